@@ -1,0 +1,86 @@
+"""The candidate contract: what a candidate file must define, and how it is loaded.
+
+A candidate defines `class Mixer(nn.Module)` with `__init__(self, d_model, n_heads, **kw)`
+and `forward(x) -> y` mapping (batch, time, d_model) to the same shape and dtype. It may
+also define `class FFN(nn.Module)` (`__init__(self, d_model, **kw)`) to replace the
+harness MLP and `LAYERS = "MMA..."` to interleave the harness's softmax attention (A).
+Loading happens only inside the sandbox's child process.
+"""
+
+import inspect
+import sys
+import types
+
+import torch
+import torch.nn as nn
+
+
+class CandidateError(Exception):
+    """A candidate was rejected. `reason` is a short machine-readable word, `detail` says why."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def load(source: str) -> types.ModuleType:
+    try:
+        code = compile(source, "candidate.py", "exec")
+    except SyntaxError as e:
+        raise CandidateError("syntax", f"line {e.lineno}: {e.msg}") from None
+    module = types.ModuleType("candidate")
+    module.__file__ = "candidate.py"
+    sys.modules["candidate"] = module
+    try:
+        exec(code, module.__dict__)
+    except CandidateError:
+        raise
+    except Exception as e:
+        raise CandidateError("error", f"importing the candidate raised {type(e).__name__}: {e}") from e
+    validate(module)
+    return module
+
+
+def validate(module: types.ModuleType) -> None:
+    mixer = getattr(module, "Mixer", None)
+    if not (isinstance(mixer, type) and issubclass(mixer, nn.Module)):
+        raise CandidateError("contract", "the file must define `class Mixer(torch.nn.Module)`")
+    _require_params(mixer, ["d_model", "n_heads"], "Mixer.__init__(self, d_model, n_heads, **kwargs)")
+    ffn = getattr(module, "FFN", None)
+    if ffn is not None:
+        if not (isinstance(ffn, type) and issubclass(ffn, nn.Module)):
+            raise CandidateError("contract", "`FFN` must be a torch.nn.Module subclass")
+        _require_params(ffn, ["d_model"], "FFN.__init__(self, d_model, **kwargs)")
+    layers = getattr(module, "LAYERS", "M")
+    if not (isinstance(layers, str) and layers and set(layers) <= {"M", "A"} and "M" in layers):
+        raise CandidateError("contract", f"LAYERS must be a string of M and A containing at least one M, got {layers!r}")
+
+
+def _require_params(cls: type, names: list[str], wanted: str) -> None:
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        raise CandidateError("contract", f"cannot read the signature; expected {wanted}") from None
+    has_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if not has_kwargs and not all(n in params for n in names):
+        raise CandidateError("contract", f"wrong constructor signature; expected {wanted}")
+
+
+def build_mixer(module: types.ModuleType, d_model: int, n_heads: int) -> nn.Module:
+    try:
+        return module.Mixer(d_model=d_model, n_heads=n_heads)
+    except Exception as e:
+        raise CandidateError("contract", f"Mixer(d_model={d_model}, n_heads={n_heads}) raised {type(e).__name__}: {e}") from e
+
+
+def check_shape(mixer: nn.Module, d_model: int, dtype=torch.float32) -> None:
+    x = torch.randn(2, 37, d_model, dtype=dtype)  # an odd length: no chunk size divides it
+    try:
+        y = mixer(x)
+    except Exception as e:
+        raise CandidateError("error", f"Mixer.forward raised {type(e).__name__}: {e}") from e
+    if not isinstance(y, torch.Tensor):
+        raise CandidateError("shape", f"Mixer.forward must return a Tensor, got {type(y).__name__}")
+    if y.shape != x.shape or y.dtype != x.dtype:
+        raise CandidateError("shape", f"input {tuple(x.shape)} {x.dtype} gave output {tuple(y.shape)} {y.dtype}")
