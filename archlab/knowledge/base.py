@@ -213,7 +213,7 @@ def parse_asi_json(path: Path) -> list[Entry]:
     for i, (obj, paper) in enumerate(records, 1):
         background = _flatten(obj.get("BACKGROUND"))
         # The paper's title is the best citation we have: from the nesting key or a "Title:" line.
-        m = re.search(r"title\W*\s*[:\-]\s*(.+)", background, re.I)
+        m = re.search(r"\btitle\W*\s*[:\-]\s*(.+)", background, re.I)
         source = paper or (m.group(1).strip(" *\"'") if m else f"ASI-Arch cognition file {path.name}")
         insight = "\n\n".join(t for t in (_flatten(obj.get("DESIGN_INSIGHT")),
                                           _flatten(obj.get("ALGORITHMIC_INNOVATION"))) if t)

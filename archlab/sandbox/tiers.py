@@ -22,6 +22,8 @@ class Tier(BaseModel):
 TIERS: dict[str, Tier] = {
     # contract, static checks, causality, parameter budget, one forward/backward
     "check": Tier(name="check", timeout_s=120),
+    # seconds: exercises the whole pipeline (tests, trying a setup); too short to rank designs
+    "micro": Tier(name="micro", d_model=64, seq_len=64, batch_size=8, steps=20, val_windows=16, timeout_s=120),
     # ~1 minute on 2 CPU cores: separates large architectural changes (ANCHORS.md)
     "smoke": Tier(name="smoke", steps=120, timeout_s=420),
     # the main proxy: learning speed over ~1.6 M bytes

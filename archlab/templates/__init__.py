@@ -7,6 +7,7 @@ the parts a mutation changed. The rendered roots are committed as readable files
 that they are up to date.
 """
 
+import textwrap
 from pathlib import Path
 from typing import Literal
 
@@ -68,7 +69,7 @@ _env = jinja2.Environment(
 def render(design: Design, title: str = "A mixer from the archlab template family.", summary: str = "") -> str:
     heads_expr = {0.5: "max(1, n_heads // 2)", 1: "n_heads", 2: "n_heads * 2"}[design.heads]
     return _env.get_template("family.py.j2").render(
-        **design.model_dump(), heads_expr=heads_expr, title=title, summary=summary
+        **design.model_dump(), heads_expr=heads_expr, title=title, summary=textwrap.fill(summary, 88)
     )
 
 

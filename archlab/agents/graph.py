@@ -1,0 +1,288 @@
+"""The discovery pipeline: one langgraph StateGraph run per candidate.
+
+    select -> research -> engineer -> commit -> evaluate -> analyze -> record
+                             ^                      |
+                             +---- repair ----------+   (bounded attempts)
+
+Each candidate is a langgraph thread checkpointed in runs/NAME/checkpoints.db, so a crash
+resumes at the step it reached. Writes are ordered so the store stays consistent at every
+point: the git commit (tag node-N) comes first, then the node row ("evaluating"), then the
+evaluation rows, then the final row. Every step is idempotent on a re-run.
+"""
+
+import json
+import random
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, TypedDict
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+
+from archlab.agents.roles import Context, Proposal, Trace
+from archlab.config import RunConfig
+from archlab.errors import UserError
+from archlab.sandbox import runner
+from archlab.sandbox.fitness import fitness
+from archlab.templates import ROOTS, Design, render_root
+from archlab.tree import sampling
+from archlab.tree.lineage import Lineage
+from archlab.tree.store import Store
+
+CHECKPOINT_FILE = "checkpoints.db"
+
+
+class CandidateState(TypedDict, total=False):
+    node_id: int
+    parent_id: int
+    references: list[int]
+    proposal: dict
+    attempt: int
+    failure: dict | None
+    result: dict
+    discarded: bool
+    analysis: str
+    stop: str
+
+
+class Run:
+    """A run directory: config, store, lineage and the brain that grows the tree."""
+
+    def __init__(self, run_dir: Path, config: RunConfig, brain):
+        self.dir = Path(run_dir)
+        self.config = config
+        self.store = Store(self.dir)
+        self.lineage = Lineage(self.dir / "repo")
+        self.brain = brain
+        (self.dir / "logs").mkdir(exist_ok=True)
+        conn = sqlite3.connect(self.dir / CHECKPOINT_FILE, check_same_thread=False)
+        self.checkpointer = SqliteSaver(conn)
+        self.graph = self._build_graph().compile(checkpointer=self.checkpointer)
+        self.rng = random.Random(config.seed)
+
+    @staticmethod
+    def create(run_dir: Path, config: RunConfig) -> None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        Store(run_dir, create=True)
+        Lineage(run_dir / "repo", create=True)
+        config.save(run_dir)
+
+    # -- the driver loop --------------------------------------------------------------------
+    def run(self, on_node: Callable[[dict], None] = lambda node: None) -> str:
+        """Grow the tree until a budget is reached; returns why it stopped."""
+        self.recover()
+        self.ensure_root(on_node)
+        started = time.monotonic()
+        elapsed_before = float(self.store.get_meta("elapsed_s", "0"))
+        try:
+            while True:
+                if self.store.count() >= self.config.max_nodes and not self.store.get_meta("open_thread"):
+                    return f"reached --max-nodes {self.config.max_nodes}"
+                elapsed = elapsed_before + time.monotonic() - started
+                if self.config.hours and elapsed >= self.config.hours * 3600 and not self.store.get_meta("open_thread"):
+                    return f"reached --hours {self.config.hours}"
+                state = self.step()
+                if state.get("stop"):
+                    return state["stop"]
+                on_node(self.store.node(state["node_id"]))
+        finally:
+            self.store.set_meta("elapsed_s", str(elapsed_before + time.monotonic() - started))
+
+    def step(self) -> CandidateState:
+        """Run one candidate through the graph, resuming an interrupted one first."""
+        thread = self.store.get_meta("open_thread")
+        resume = thread is not None
+        if not resume:
+            thread = f"candidate-{uuid.uuid4().hex[:12]}"
+            self.store.set_meta("open_thread", thread)
+        config = {"configurable": {"thread_id": thread}, "recursion_limit": 100}
+        if resume and self.graph.get_state(config).next:
+            state = self.graph.invoke(None, config)
+        elif resume and self.graph.get_state(config).values:
+            state = self.graph.get_state(config).values  # finished, but not yet closed
+        else:
+            state = self.graph.invoke({"attempt": 0}, config)
+        self.store.set_meta("open_thread", None)
+        self.checkpointer.delete_thread(thread)
+        return state
+
+    def recover(self) -> None:
+        """Make the store consistent after a crash: drop commits whose row never got written,
+        and fail in-flight nodes that no checkpoint will resume."""
+        tags = self.lineage.node_tags()
+        for node_id in tags:
+            if not self.store.has_node(node_id):
+                self.lineage.drop_tag(node_id)
+                self.store.event("recover", f"dropped commit of node {node_id}: its row was never written", node_id)
+        resumable = self._open_node()
+        for node in self.store.nodes("status = 'evaluating'"):
+            if node["id"] != resumable and node["id"] != 0:
+                self.store.update_node(node["id"], status="failed", reason="interrupted", finished=time.time())
+                self.store.event("recover", "in-flight node had no checkpoint; marked interrupted", node["id"])
+
+    def _open_node(self) -> int | None:
+        thread = self.store.get_meta("open_thread")
+        if thread is None:
+            return None
+        values = self.graph.get_state({"configurable": {"thread_id": thread}}).values
+        return values.get("node_id")
+
+    # -- the root ---------------------------------------------------------------------------
+    def ensure_root(self, on_node: Callable[[dict], None]) -> None:
+        if self.store.has_node(0) and self.store.node(0)["status"] == "done":
+            return
+        code, design = root_source(self.config.root)
+        sha = self.lineage.commit(0, code, f"node 0: root ({self.config.root})", None)
+        if not self.store.has_node(0):
+            self.store.add_node(id=0, parent_id=None, status="evaluating", operator="root", commit_sha=sha,
+                                motivation=f"the root design: {self.config.root}", design=design)
+        result = self._evaluate(0, code, attempt=0, root=True)
+        if not result.ok:
+            self.store.update_node(0, status="failed", reason=result.reason, detail=result.detail, finished=time.time())
+            raise UserError(f"the root candidate was rejected ({result.reason}): {result.detail}")
+        self.store.update_node(0, status="done", fitness=0.0, val_loss=result.metrics["val_loss"], metrics=result.metrics,
+                               analysis="The root: every fitness in this run is relative to it.", finished=time.time())
+        on_node(self.store.node(0))
+
+    # -- graph steps ------------------------------------------------------------------------------
+    def _build_graph(self) -> StateGraph:
+        g = StateGraph(CandidateState)
+        for name in ("select", "research", "engineer", "commit", "evaluate", "analyze", "record"):
+            g.add_node(name, getattr(self, f"_{name}_step"))
+        g.add_edge(START, "select")
+        g.add_conditional_edges("select", lambda s: END if s.get("stop") else "research")
+        g.add_conditional_edges("research", lambda s: END if s.get("stop") else "engineer")
+        g.add_conditional_edges("engineer", lambda s: "analyze" if s.get("discarded") else "commit")
+        g.add_edge("commit", "evaluate")
+        g.add_conditional_edges("evaluate", self._after_evaluate)
+        g.add_edge("analyze", "record")
+        g.add_edge("record", END)
+        return g
+
+    def _select_step(self, state: CandidateState) -> CandidateState:
+        node_id = self.store.next_node_id()
+        rng = random.Random(self.config.seed * 1_000_003 + node_id)  # reproducible, also across resumes
+        if hasattr(self.brain, "rng"):
+            self.brain.rng.seed(rng.random())
+        where = sampling.DONE + (" and design is not null" if self.brain.kind == "offline" else "")
+        parent = sampling.select_parent(self.store, self.config.strategy, rng, where)
+        if parent is None:
+            return {"stop": "no finished node can be a parent (the offline brain needs template designs)"}
+        refs = sampling.sample_references(self.store, parent, rng)
+        self.store.add_trace(node_id, "selector", "offline", decision={
+            "strategy": self.config.strategy, "parent": parent["id"], "references": [r["id"] for r in refs]})
+        return {"node_id": node_id, "parent_id": parent["id"], "references": [r["id"] for r in refs]}
+
+    def _research_step(self, state: CandidateState) -> CandidateState:
+        proposal, traces = self.brain.research(self.context(state))
+        self._write_traces(state["node_id"], traces, state.get("attempt", 0))
+        if proposal is None:
+            return {"stop": "the researcher found nothing new to try"}
+        return {"proposal": proposal.model_dump()}
+
+    def _engineer_step(self, state: CandidateState) -> CandidateState:
+        proposal, traces = self.brain.engineer(Proposal(**state["proposal"]), state.get("failure"))
+        self._write_traces(state["node_id"], traces, state.get("attempt", 0))
+        if proposal is None:
+            return {"discarded": True}
+        return {"proposal": proposal.model_dump(), "discarded": False}
+
+    def _commit_step(self, state: CandidateState) -> CandidateState:
+        node_id, proposal = state["node_id"], state["proposal"]
+        parent = self.store.node(state["parent_id"])
+        message = f"node {node_id}: {proposal.get('operator') or 'proposal'} (from node {parent['id']})\n\n{proposal['motivation']}"
+        sha = self.lineage.commit(node_id, proposal["code"], message, parent["commit_sha"])
+        fields = dict(commit_sha=sha, motivation=proposal["motivation"], design=proposal.get("design"),
+                      operator=proposal.get("operator"), knowledge=proposal.get("knowledge"))
+        if self.store.has_node(node_id):
+            self.store.update_node(node_id, **fields)
+        else:
+            self.store.add_node(id=node_id, parent_id=parent["id"], status="evaluating",
+                                references_used=state.get("references", []), **fields)
+        return {}
+
+    def _evaluate_step(self, state: CandidateState) -> CandidateState:
+        result = self._evaluate(state["node_id"], state["proposal"]["code"], state.get("attempt", 0))
+        failure = None if result.ok else {"reason": result.reason, "detail": result.detail}
+        return {"result": result.model_dump(), "attempt": state.get("attempt", 0) + 1, "failure": failure}
+
+    def _evaluate(self, node_id: int, code: str, attempt: int, root: bool = False) -> runner.Result:
+        """Evaluate a node's code once per attempt; a re-run after a crash reuses a stored result."""
+        stored = [e for e in self.store.evaluations(node_id) if e["kind"] == "search"]
+        if len(stored) > attempt:
+            e = stored[attempt]
+            return runner.Result(ok=bool(e["ok"]), reason=e["reason"], detail=e["detail"], metrics=e["metrics"], env=e["env"])
+        log = self.dir / "logs" / f"node-{node_id}-{attempt}.log"
+        root_node = None if root else self.store.node(0)
+        limit = -1 if root else int(root_node["metrics"]["mixer_params"] * self.config.param_ratio)
+        result = runner.evaluate(code, self.config.tier, seed=self.config.seed, data=self.config.data,
+                                 param_limit=limit, threads=self.config.threads, log_path=log)
+        self.store.add_evaluation(node_id, self.config.tier, self.config.seed, result, str(log.relative_to(self.dir)))
+        self.store.update_node(node_id, attempts=attempt + 1)
+        return result
+
+    def _after_evaluate(self, state: CandidateState) -> str:
+        if state["result"]["ok"] or state["attempt"] > self.config.repair_attempts:
+            return "analyze"
+        return "engineer"
+
+    def _analyze_step(self, state: CandidateState) -> CandidateState:
+        node = self.store.node(state["node_id"]) if self.store.has_node(state["node_id"]) else None
+        if node is None:  # discarded before its first commit: nothing to analyse
+            return {"analysis": "discarded before evaluation"}
+        text, traces = self.brain.analyze(self.context(state), node, state["result"])
+        self._write_traces(state["node_id"], traces, state.get("attempt", 0))
+        return {"analysis": text}
+
+    def _record_step(self, state: CandidateState) -> CandidateState:
+        node_id, result = state["node_id"], state.get("result")
+        if not self.store.has_node(node_id) or self.store.node(node_id)["status"] != "evaluating":
+            return {}
+        fields = {"analysis": state.get("analysis"), "finished": time.time()}
+        if result and result["ok"]:
+            root = self.store.node(0)["metrics"]
+            fields.update(status="done", fitness=fitness(result["metrics"], root, self.config.speed_weight),
+                          val_loss=result["metrics"]["val_loss"], metrics=result["metrics"], reason=None, detail=None)
+        else:
+            reason = result["reason"] if result else "discarded"
+            fields.update(status="failed", reason=reason, detail=(result or {}).get("detail"))
+        self.store.update_node(node_id, **fields)
+        self.store.event("node", f"node {node_id} {fields['status']}", node_id)
+        return {}
+
+    # -- helpers --------------------------------------------------------------------------------
+    def context(self, state: CandidateState) -> Context:
+        parent = self.store.node(state["parent_id"])
+        history = [
+            {"operator": r[0], "fitness": r[1], "parent_fitness": r[2]}
+            for r in self.store.db.execute(
+                "select c.operator, c.fitness, p.fitness from nodes c join nodes p on c.parent_id = p.id "
+                "where c.status in ('done', 'failed') and p.fitness is not null"
+            )
+        ]
+        return Context(
+            parent=parent,
+            root=self.store.node(0),
+            references=[self.store.node(i) for i in state.get("references", [])],
+            siblings=[n for n in self.store.children(parent["id"]) if n["id"] != state["node_id"]],
+            history=history,
+            seen=lambda design: self.store.db.execute(
+                "select 1 from nodes where design = ? limit 1", [json.dumps(design)]).fetchone() is not None,
+        )
+
+    def _write_traces(self, node_id: int, traces: list[Trace], attempt: int) -> None:
+        for t in traces:
+            self.store.add_trace(node_id, t.role, self.brain.kind, attempt=attempt, **t.model_dump(exclude={"role"}))
+
+
+def root_source(root: str) -> tuple[str, dict | None]:
+    """The code of a root (a built-in name or a file) and its Design when it is templated."""
+    if root in ROOTS:
+        return render_root(root), ROOTS[root][1].model_dump()
+    path = Path(root)
+    if not path.is_file():
+        raise UserError(f"--root {root!r} is neither a built-in root ({', '.join(ROOTS)}) nor a file")
+    return path.read_text(encoding="utf-8"), None

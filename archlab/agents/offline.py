@@ -1,0 +1,199 @@
+"""The embedded no-LLM brain: three roles that need no API key.
+
+The researcher mutates a parent's Design with typed operators, choosing the operator with a
+UCB bandit over what each operator has done in this tree so far; the engineer renders the
+design to code and repairs the failures it understands; the analyst compares the result
+with the parent, the siblings and the root. Every choice is returned as a trace.
+"""
+
+import json
+import math
+import random
+from dataclasses import dataclass
+
+from archlab.agents.roles import Context, Proposal, Trace
+from archlab.templates import Design, render
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    field: str
+    values: tuple
+    says: dict  # value -> what the change does, in words
+    delta_only: bool = False
+
+    def applies(self, design: Design) -> bool:
+        if self.delta_only and design.core != "delta":
+            return False
+        return self.name != "conv_size" or design.short_conv
+
+    def variants(self, design: Design) -> list[Design]:
+        current = getattr(design, self.field)
+        return [design.model_copy(update={self.field: v}) for v in self.values if v != current]
+
+
+OPERATORS = [
+    Operator("short_conv", "short_conv", (True, False), {
+        True: "add a short causal depthwise convolution on q/k/v, giving the mixer cheap local context",
+        False: "remove the short convolution, testing whether local mixing earns its cost"}),
+    Operator("conv_size", "conv_size", (2, 3, 4, 6, 8), {
+        v: f"set the short convolution's kernel to {v} tokens" for v in (2, 3, 4, 6, 8)}),
+    Operator("feature_map", "feature_map", ("silu", "elu1", "relu", "identity"), {
+        "silu": "use SiLU as the q/k feature map", "elu1": "use elu(x)+1 (positive features) as the q/k feature map",
+        "relu": "use ReLU (sparse positive features) as the q/k feature map", "identity": "drop the q/k feature map"},
+        delta_only=True),
+    Operator("qk_norm", "qk_norm", (True, False), {
+        True: "L2-normalise q and k per head, bounding the delta rule's update", False: "scale q/k instead of L2-normalising them"},
+        delta_only=True),
+    Operator("beta", "beta", ("sigmoid", "sigmoid2", "const"), {
+        "sigmoid": "learn a per-token write strength beta in (0, 1)",
+        "sigmoid2": "let beta range over (0, 2) so the state transition can have negative eigenvalues",
+        "const": "fix beta to 1 (always fully overwrite the addressed memory)"}, delta_only=True),
+    Operator("forget_gate", "forget_gate", ("none", "data", "fixed"), {
+        "none": "remove the forget gate", "data": "add a data-dependent scalar forget gate per head (gated delta rule)",
+        "fixed": "add fixed per-head decays from fast to slow (retention-style)"}, delta_only=True),
+    Operator("output_norm", "output_norm", (True, False), {
+        True: "add a per-head RMSNorm on the mixer output", False: "remove the per-head output norm"}),
+    Operator("output_gate", "output_gate", ("none", "silu", "sigmoid"), {
+        "none": "remove the output gate", "silu": "gate the output with SiLU of a projection of the input",
+        "sigmoid": "gate the output with a sigmoid of a projection of the input"}),
+    Operator("heads", "heads", (0.5, 1, 2), {
+        0.5: "halve the number of heads (larger state per head)", 1: "use the harness's number of heads",
+        2: "double the number of heads (smaller, more diverse states)"}),
+    Operator("chunk_size", "chunk_size", (16, 32, 64, 128), {
+        v: f"process the delta rule in chunks of {v} tokens" for v in (16, 32, 64, 128)}, delta_only=True),
+    Operator("hybrid", "layers", ("", "MA", "AM"), {
+        "": "use this mixer in every layer", "MA": "make every second layer softmax attention (a hybrid layout)",
+        "AM": "put softmax attention first and this mixer after it"}),
+]
+BY_NAME = {op.name: op for op in OPERATORS}
+FAILED_GAIN = -0.2  # what a failed child counts as in the operator bandit
+
+
+class OfflineBrain:
+    kind = "offline"
+
+    def __init__(self, seed: int = 0, knowledge=None):
+        self.rng = random.Random(seed)
+        self.knowledge = knowledge  # optional: entries linked to operators, cited in motivations
+
+    # -- researcher ---------------------------------------------------------------------------
+    def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
+        parent = Design.model_validate(ctx.parent["design"])
+        stats = _operator_stats(ctx.history)
+        ranked = sorted(
+            (op for op in OPERATORS if op.applies(parent)),
+            key=lambda op: (-_ucb(stats.get(op.name), sum(len(v) for v in stats.values())), self.rng.random()),
+        )
+        for op in ranked:
+            fresh = [d for d in op.variants(parent) if not ctx.seen(d.model_dump())]
+            if not fresh:
+                continue
+            child = self.rng.choice(fresh)
+            value = getattr(child, op.field)
+            cited = self._cite(op.name)
+            motivation = f"{op.says[value][0].upper()}{op.says[value][1:]} ({op.name}: {getattr(parent, op.field)!r} -> {value!r})."
+            if cited:
+                motivation += f" Background: {cited['title']} [{cited['id']}]."
+            decision = {
+                "operator": op.name, "from": getattr(parent, op.field), "to": value,
+                "bandit": {name: _summary(gains) for name, gains in stats.items()},
+                "ranked": [o.name for o in ranked], "knowledge": [cited["id"]] if cited else [],
+            }
+            trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
+            return Proposal(motivation=motivation, operator=op.name, design=child.model_dump(), knowledge=decision["knowledge"]), [trace]
+        trace = Trace(role="researcher", prompt=_describe_context(ctx), response="every variant of this parent is already in the tree",
+                      decision={"operator": None})
+        return None, [trace]
+
+    def _cite(self, operator: str) -> dict | None:
+        if self.knowledge is None:
+            return None
+        linked = self.knowledge.for_operator(operator)
+        return self.rng.choice(linked) if linked else None
+
+    # -- engineer -------------------------------------------------------------------------------
+    def engineer(self, proposal: Proposal, failure: dict | None) -> tuple[Proposal | None, list[Trace]]:
+        design = Design.model_validate(proposal.design)
+        if failure is None:
+            code = render(design, title="A candidate from archlab's offline brain.", summary=proposal.motivation)
+            return proposal.model_copy(update={"code": code}), [Trace(role="engineer", response="rendered the design", decision={"action": "render"})]
+        fix = _repair(design, failure["reason"])
+        if fix is None:
+            note = f"no repair known for '{failure['reason']}'; discarding the candidate"
+            return None, [Trace(role="engineer", prompt=failure.get("detail") or "", response=note, decision={"action": "discard"})]
+        field, value = fix
+        repaired = design.model_copy(update={field: value})
+        motivation = f"{proposal.motivation} Repaired after '{failure['reason']}': set {field} = {value!r}."
+        code = render(repaired, title="A candidate from archlab's offline brain.", summary=motivation)
+        trace = Trace(role="engineer", prompt=failure.get("detail") or "", response=f"set {field} = {value!r}",
+                      decision={"action": "repair", "reason": failure["reason"], "field": field, "value": value})
+        return proposal.model_copy(update={"design": repaired.model_dump(), "code": code, "motivation": motivation}), [trace]
+
+    # -- analyst --------------------------------------------------------------------------------
+    def analyze(self, ctx: Context, node: dict, result: dict) -> tuple[str, list[Trace]]:
+        parent, root = ctx.parent, ctx.root
+        head = f"Node {node['id']} ({node['operator']} from node {parent['id']})"
+        if not result["ok"]:
+            text = f"{head} failed: {result['reason']} — {(result.get('detail') or '').splitlines()[0][:200] if result.get('detail') else ''}"
+            return text, [Trace(role="analyst", response=text, decision={"verdict": "failed", "reason": result["reason"]})]
+        m, p = result["metrics"], parent.get("metrics") or {}
+        delta = m["val_loss"] - p.get("val_loss", m["val_loss"])
+        speed = m["tokens_per_s"] / p["tokens_per_s"] - 1 if p.get("tokens_per_s") else 0.0
+        verdict = "better" if delta < -0.01 else "worse" if delta > 0.01 else "no clear change"
+        parts = [
+            f"{head}: validation loss {m['val_loss']:.3f} nats/byte vs parent {p.get('val_loss', float('nan')):.3f} "
+            f"({delta:+.3f}, {verdict}); {m['tokens_per_s'] / 1000:.1f}k tokens/s ({speed:+.0%} vs parent).",
+        ]
+        if root.get("metrics") and node["id"] != root["id"]:
+            parts.append(f"Against the root: {m['val_loss'] - root['metrics']['val_loss']:+.3f} nats/byte.")
+        done = [s for s in ctx.siblings if s.get("val_loss") is not None and s["id"] != node["id"]]
+        if done:
+            best = min(done, key=lambda s: s["val_loss"])
+            parts.append(f"Best sibling so far: node {best['id']} ({best['operator']}) at {best['val_loss']:.3f}.")
+        lesson = {"better": "keep this change and build on it", "worse": "this change hurts at this budget",
+                  "no clear change": "the change is neutral here; prefer the cheaper variant"}[verdict]
+        parts.append(f"Lesson: {node['operator']} — {lesson}.")
+        text = " ".join(parts)
+        return text, [Trace(role="analyst", response=text, decision={"verdict": verdict, "delta_val_loss": delta, "speed": speed})]
+
+
+def _repair(design: Design, reason: str) -> tuple[str, object] | None:
+    """The repairs the offline engineer knows: undo what usually causes each failure."""
+    if reason == "nan":
+        for field, safe in (("qk_norm", True), ("beta", "sigmoid"), ("feature_map", "silu")):
+            if getattr(design, field) != safe and (design.core == "delta" or field != "qk_norm"):
+                return field, safe
+    if reason in ("timeout", "memory"):
+        for field, safe in (("chunk_size", 64), ("heads", 1), ("conv_size", 4)):
+            if getattr(design, field) != safe:
+                return field, safe
+    return None
+
+
+def _operator_stats(history: list[dict]) -> dict[str, list[float]]:
+    """Fitness gain over the parent of every finished child, per operator."""
+    stats: dict[str, list[float]] = {}
+    for row in history:
+        if row["operator"] in BY_NAME:
+            gain = FAILED_GAIN if row["fitness"] is None else row["fitness"] - row["parent_fitness"]
+            stats.setdefault(row["operator"], []).append(gain)
+    return stats
+
+
+def _ucb(gains: list[float] | None, total: int) -> float:
+    if not gains:
+        return math.inf  # try every operator once
+    return sum(gains) / len(gains) + 0.1 * math.sqrt(2 * math.log(total + 1) / len(gains))
+
+
+def _summary(gains: list[float]) -> dict:
+    return {"n": len(gains), "mean_gain": round(sum(gains) / len(gains), 4)}
+
+
+def _describe_context(ctx: Context) -> str:
+    parent = ctx.parent
+    lines = [f"parent: node {parent['id']} fitness={parent.get('fitness')} design={json.dumps(parent['design'], sort_keys=True)}"]
+    lines += [f"reference: node {r['id']} fitness={r.get('fitness')} operator={r.get('operator')}" for r in ctx.references]
+    return "\n".join(lines)

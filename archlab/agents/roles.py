@@ -1,0 +1,41 @@
+"""What the three roles exchange with the pipeline, whichever brain (offline or LLM) plays them."""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pydantic import BaseModel
+
+
+class Proposal(BaseModel):
+    motivation: str
+    code: str | None = None
+    operator: str | None = None  # the offline brain's mutation, or "llm"
+    design: dict | None = None  # template genes when the code was rendered from a Design
+    knowledge: list[str] = []  # ids of knowledge entries and experiences the proposal used
+
+
+class Trace(BaseModel):
+    """One decision or LLM call; stored as a row of the traces table."""
+
+    role: str
+    prompt: str = ""
+    response: str = ""
+    decision: dict = {}
+    model: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost: float | None = None
+    latency_s: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Context:
+    """What a role may look at when it works on one candidate."""
+
+    parent: dict
+    root: dict
+    references: list[dict] = field(default_factory=list)
+    siblings: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # finished children: operator, fitness, parent_fitness
+    seen: Callable[[dict], bool] = lambda design: False

@@ -1,0 +1,308 @@
+"""The archlab command line: parses, calls the library, prints. Nothing else lives here."""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.tree import Tree
+
+from archlab.config import CONFIG_FILE, RunConfig
+from archlab.errors import UserError
+from archlab.sandbox.tiers import TIERS
+
+app = typer.Typer(
+    help="archlab: autonomous architecture discovery for sequence models.\n\n"
+    "Agents propose changes to a mixer layer, a sandbox trains every candidate, and a search "
+    "tree in RUN_DIR (SQLite + git) keeps code, metrics, analyses and traces.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+RunDir = typer.Argument(..., help="the run directory (e.g. runs/demo)")
+
+
+@app.command()
+def run(
+    run_dir: Path = RunDir,
+    max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="stop at this many nodes, root included [default: 12]"),
+    hours: Optional[float] = typer.Option(None, "--hours", min=0.0, help="stop after this many hours of run time"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed for selection, mutations and training [default: 0]"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a text file or folder to train on [default: built-in Python docs/sources]"),
+    root: Optional[str] = typer.Option(None, "--root", help="deltanet | gated_deltanet | deltanet_ablated | transformer | FILE"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="parent selection: asi | ucb | evolution | random"),
+    tier: Optional[str] = typer.Option(None, "--tier", help="evaluation tier for every candidate: micro | smoke | explore | verify"),
+    llm: Optional[str] = typer.Option(None, "--llm", help="'offline' (embedded brain, no API key)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation"),
+    param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help="mixer parameter budget relative to the root [default: 1.2]"),
+) -> None:
+    """Start a discovery run in RUN_DIR, or resume the one that is there.
+
+    Resuming (the same command after Ctrl-C or a crash) continues from the stored tree:
+    no node is lost or duplicated. --max-nodes and --hours may be raised on resume.
+    """
+    from archlab.agents.graph import Run
+
+    given = {k: v for k, v in dict(max_nodes=max_nodes, hours=hours, seed=seed, data=str(data.resolve()) if data else None,
+                                    root=root, strategy=strategy, tier=tier, llm=llm, threads=threads, param_ratio=param_ratio).items() if v is not None}
+    if root and Path(root).is_file():
+        given["root"] = str(Path(root).resolve())
+    if data and not data.exists():
+        raise UserError(f"--data {data}: no such file or folder")
+    if (run_dir / CONFIG_FILE).exists():
+        config = RunConfig.load(run_dir)
+        fixed = {k: v for k, v in given.items() if k not in ("max_nodes", "hours", "threads") and getattr(config, k) != v}
+        if fixed:
+            name = next(iter(fixed))
+            raise UserError(f"{run_dir} was started with --{name.replace('_', '-')} {getattr(config, name)}; "
+                            f"resume without changing it, or start a new run directory")
+        config = config.model_copy(update={k: given[k] for k in ("max_nodes", "hours", "threads") if k in given})
+        config.save(run_dir)
+        console.print(f"Resuming [bold]{run_dir}[/] ({_count(run_dir)} nodes so far)")
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"{run_dir} exists, is not empty and is not an archlab run")
+        try:
+            config = RunConfig(**given)
+        except Exception as e:
+            raise UserError(_validation_message(e)) from None
+        if config.llm != "offline":
+            raise UserError(f"--llm {config.llm}: only the offline brain is available in this version")
+        from archlab.agents.graph import root_source
+
+        root_source(config.root)  # fail before creating anything when the root is wrong
+        Run.create(run_dir, config)
+        console.print(f"Started [bold]{run_dir}[/] from root [bold]{config.root}[/] ({config.tier} tier, {config.strategy} selection)")
+    from archlab.agents.offline import OfflineBrain
+
+    session = Run(run_dir, config, OfflineBrain(config.seed))
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("nodes", total=config.max_nodes, completed=session.store.count("status != 'evaluating'"), best="")
+
+        def on_node(node: dict) -> None:
+            best = session.store.best()
+            progress.update(task, completed=session.store.count("status != 'evaluating'"),
+                            best=f"best: node {best[0]['id']} fitness {best[0]['fitness']:+.4f}" if best else "")
+            progress.console.print(_node_line(node))
+
+        try:
+            why = session.run(on_node)
+        except KeyboardInterrupt:
+            progress.stop()
+            err.print(f"interrupted; run `archlab run {run_dir}` to resume where it stopped")
+            raise typer.Exit(130)
+    console.print(f"Stopped: {why}. See [bold]archlab tree {run_dir}[/] and [bold]archlab status {run_dir}[/].")
+
+
+@app.command()
+def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Progress of a run: nodes, failures, the best node, time spent."""
+    from archlab.tree.report import run_status
+
+    facts = run_status(_store(run_dir), RunConfig.load(run_dir))
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    t = Table(title=f"archlab run {run_dir}", show_header=False)
+    for key in ("nodes", "done", "failed", "evaluating", "elapsed_s"):
+        t.add_row(key, str(facts[key]))
+    for key in ("root", "best"):
+        if facts[key]:
+            n = facts[key]
+            t.add_row(key, f"node {n['id']} fitness {n['fitness']:+.4f} val_loss {n['val_loss']:.4f}  {n['operator']}")
+    t.add_row("failures", ", ".join(f"{k}: {v}" for k, v in facts["failure_reasons"].items()) or "none")
+    console.print(t)
+
+
+@app.command()
+def tree(run_dir: Path = RunDir, limit: int = typer.Option(500, help="show at most this many nodes")) -> None:
+    """The search tree in the terminal, with fitness per node (green: beats its parent)."""
+    store = _store(run_dir)
+    nodes = store.nodes(f"1 order by id limit {int(limit)}", order=None)
+    if not nodes:
+        console.print("the run has no nodes yet")
+        return
+    by_id = {n["id"]: n for n in nodes}
+    branches = {}
+    root = nodes[0]
+    top = Tree(_tree_label(root, None))
+    branches[root["id"]] = top
+    for n in nodes[1:]:
+        parent = by_id.get(n["parent_id"])
+        holder = branches.get(n["parent_id"], top)
+        branches[n["id"]] = holder.add(_tree_label(n, parent))
+    console.print(top)
+
+
+@app.command()
+def show(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
+         as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """One node: motivation, diff against its parent, metrics beside parent and root, analysis."""
+    from archlab.tree.report import node_report
+
+    facts = node_report(run_dir, _store(run_dir), node)
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    console.rule(f"node {node} — {facts['status']}" + (f" ({facts['reason']})" if facts["reason"] else ""))
+    console.print(f"[bold]parent[/] {facts['parent_id']}   [bold]operator[/] {facts['operator']}   [bold]fitness[/] {_fmt(facts['fitness'])}")
+    console.print(f"[bold]motivation[/] {facts['motivation']}")
+    if facts["detail"]:
+        console.print(f"[bold]failure[/] {facts['detail']}")
+    t = Table("metric", "this node", "parent", "root")
+    for key, row in facts["metrics_table"].items():
+        t.add_row(key, *[_fmt(v) for v in row])
+    console.print(t)
+    console.print(f"[bold]analysis[/] {facts['analysis']}")
+    if facts["knowledge"]:
+        console.print(f"[bold]knowledge used[/] {', '.join(facts['knowledge'])}")
+    if facts["diff"]:
+        console.print(Syntax(facts["diff"], "diff", theme="ansi_dark"))
+    console.print(f"[dim]{len(facts['evaluations'])} evaluation(s), {facts['traces']} trace(s): archlab traces {run_dir} {node}[/]")
+
+
+@app.command()
+def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, help="only this node's traces"),
+           as_json: bool = typer.Option(False, "--json", help="print a JSON list with every field")) -> None:
+    """Every decision and LLM call that produced the tree (or one node), in order."""
+    store = _store(run_dir)
+    if node is not None:
+        store.node(node)  # a clear error for an unknown node
+    rows = store.traces(node)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table("id", "node", "role", "attempt", "kind", "model", "tokens", "latency", "response")
+    for r in rows:
+        tokens = f"{r['tokens_in'] or 0}+{r['tokens_out'] or 0}" if r["tokens_in"] is not None else ""
+        t.add_row(str(r["id"]), str(r["node_id"]), r["role"], str(r["attempt"] or 0), r["kind"], r["model"] or "",
+                  tokens, f"{r['latency_s']:.2f}s" if r["latency_s"] else "", (r["response"] or json.dumps(r["decision"]))[:100])
+    console.print(t)
+
+
+@app.command()
+def check(file: Path = typer.Argument(..., help="a candidate .py file"),
+          as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON")) -> None:
+    """Contract, static, causality and parameter-budget checks plus one forward/backward, no training.
+
+    Exit code 0: accepted, 1: rejected (the reason says why), 2: usage error.
+    """
+    _sandbox_command(file, "check", as_json, seed=0, data=None)
+
+
+@app.command(name="eval")
+def evaluate(
+    file: Path = typer.Argument(..., help="a candidate .py file"),
+    tier: str = typer.Option("smoke", "--tier", help=f"one of: {', '.join(TIERS)}"),
+    seed: int = typer.Option(0, "--seed"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a text file or folder to train on"),
+    as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON"),
+) -> None:
+    """Check and train a candidate at a tier; prints its metrics.
+
+    Exit code 0: accepted, 1: rejected (the reason says why), 2: usage error.
+    """
+    if tier not in TIERS:
+        raise UserError(f"--tier {tier!r}: choose one of {', '.join(TIERS)}")
+    if data and not data.exists():
+        raise UserError(f"--data {data}: no such file or folder")
+    _sandbox_command(file, tier, as_json, seed=seed, data=str(data) if data else None)
+
+
+def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str | None) -> None:
+    from archlab.sandbox import runner
+
+    if not file.is_file():
+        raise UserError(f"{file}: no such file")
+    try:
+        source = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{file}: cannot read it as UTF-8 text ({e})") from None
+    if as_json:
+        result = runner.evaluate(source, tier, seed=seed, data=data)
+    else:
+        with console.status(f"evaluating {file} at the {tier} tier in the sandbox ..."):
+            result = runner.evaluate(source, tier, seed=seed, data=data)
+    if as_json:
+        print(json.dumps(result.as_json()))
+    elif result.ok:
+        console.print(f"[green]accepted[/] {file} ({tier})")
+        for key, value in result.metrics.items():
+            console.print(f"  {key:14} {_fmt(value)}")
+    else:
+        console.print(f"[red]rejected[/] {file}: {result.reason}: {result.detail}")
+    raise typer.Exit(0 if result.ok else 1)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _store(run_dir: Path):
+    from archlab.tree.store import Store
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    return Store(run_dir)
+
+
+def _count(run_dir: Path) -> int:
+    return _store(run_dir).count()
+
+
+def _node_line(node: dict) -> str:
+    if node["status"] == "done":
+        return f"  node {node['id']:>4}  [green]done[/]    fitness {node['fitness']:+.4f}  val_loss {node['val_loss']:.4f}  {node['operator']}"
+    return f"  node {node['id']:>4}  [red]{node['status']}[/]  {node['reason']}  {node['operator']}"
+
+
+def _tree_label(node: dict, parent: dict | None) -> str:
+    what = node["operator"] or ""
+    if node["design"] and parent and parent.get("design"):
+        changed = [f"{k}={v}" for k, v in node["design"].items() if parent["design"].get(k) != v]
+        what = f"{what}: {', '.join(changed)}" if changed else what
+    if node["status"] == "done":
+        better = parent is None or parent.get("fitness") is None or node["fitness"] > parent["fitness"]
+        colour = "green" if better else "yellow"
+        return f"[{colour}]node {node['id']}[/]  fitness {node['fitness']:+.4f}  loss {node['val_loss']:.4f}  [dim]{what}[/]"
+    if node["status"] == "failed":
+        return f"[red]node {node['id']}  failed: {node['reason']}[/]  [dim]{what}[/]"
+    return f"[cyan]node {node['id']}  {node['status']}[/]  [dim]{what}[/]"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return "" if value is None else str(value)
+
+
+def _validation_message(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if errors:
+        first = errors()[0]
+        return f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}"
+    return str(e)
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except UserError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("ARCHLAB_DEBUG"):
+            raise
+        err.print(f"internal error: {type(e).__name__}: {e} (set ARCHLAB_DEBUG=1 for the traceback)", markup=False, highlight=False)
+        sys.exit(3)

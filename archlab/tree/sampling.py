@@ -1,0 +1,60 @@
+"""Parent selection and reference sampling: pluggable strategies over the stored tree.
+
+Each strategy queries the store with SQL (ordered by an index, limited), so picking a parent
+stays fast on runs of any size, and draws from a seeded random.Random for reproducibility.
+"""
+
+import math
+import random
+
+from archlab.tree.store import Store
+
+DONE = "status = 'done' and fitness is not null"
+
+
+def select_parent(store: Store, strategy: str, rng: random.Random, where: str = DONE) -> dict | None:
+    total = store.count(where)
+    if total == 0:
+        return None
+    if strategy == "asi":
+        # ASI-Arch: mostly exploit the top of the tree, sometimes explore anywhere.
+        if rng.random() < 0.8:
+            return rng.choice(_rows(store, where, "fitness desc, id", 10))
+        return _nth(store, where, rng.randrange(total))
+    if strategy == "ucb":
+        # Best fitness plus a bonus for parents that have been expanded rarely.
+        rows = store.db.execute(
+            f"select n.id, n.fitness, (select count(*) from nodes c where c.parent_id = n.id) as visits "
+            f"from nodes n where {where} order by n.fitness desc limit 50"
+        ).fetchall()
+        expansions = sum(v for _, _, v in rows) + 1
+        best = max(rows, key=lambda r: r[1] + 0.05 * math.sqrt(2 * math.log(expansions) / (1 + r[2])))
+        return store.node(best[0])
+    if strategy == "evolution":
+        # Regularized evolution: a tournament among the most recent population.
+        population = _rows(store, where, "id desc", 20)
+        return max(rng.sample(population, min(5, len(population))), key=lambda n: n["fitness"])
+    if strategy == "random":
+        return _nth(store, where, rng.randrange(total))
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4) -> list[dict]:
+    """The best nodes and a few random ones, as context for a proposal (never the parent itself)."""
+    where = f"{DONE} and id != {int(parent['id'])}"
+    refs = {n["id"]: n for n in _rows(store, where, "fitness desc, id", k // 2)}
+    total = store.count(where)
+    for _ in range(k - len(refs)):
+        if total > len(refs):
+            node = _nth(store, where, rng.randrange(total))
+            refs.setdefault(node["id"], node)
+    return list(refs.values())
+
+
+def _rows(store: Store, where: str, order: str, limit: int) -> list[dict]:
+    return [store.node(r[0]) for r in store.db.execute(f"select id from nodes where {where} order by {order} limit {int(limit)}")]
+
+
+def _nth(store: Store, where: str, offset: int) -> dict:
+    row = store.db.execute(f"select id from nodes where {where} order by id limit 1 offset {int(offset)}").fetchone()
+    return store.node(row[0])

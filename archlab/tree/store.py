@@ -1,0 +1,145 @@
+"""The search tree's SQLite store (WAL mode, written with sqlite-utils).
+
+Only the driver writes; readers (status, tree, show, serve) open their own connection and
+never block it. JSON columns hold metrics, designs and decisions.
+"""
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import sqlite_utils
+
+from archlab.errors import UserError
+
+DB_FILE = "archlab.db"
+SCHEMA = {
+    "nodes": {
+        "id": int, "parent_id": int, "status": str, "operator": str, "motivation": str, "design": str,
+        "commit_sha": str, "created": float, "finished": float, "fitness": float, "val_loss": float,
+        "reason": str, "detail": str, "analysis": str, "attempts": int, "references_used": str,
+        "metrics": str, "knowledge": str,
+    },
+    "evaluations": {
+        "id": int, "node_id": int, "tier": str, "seed": int, "ok": int, "reason": str, "detail": str,
+        "metrics": str, "env": str, "log": str, "created": float, "kind": str,
+    },
+    "traces": {
+        "id": int, "node_id": int, "role": str, "attempt": int, "kind": str, "model": str, "prompt": str,
+        "response": str, "decision": str, "tokens_in": int, "tokens_out": int, "cost": float,
+        "latency_s": float, "error": str, "created": float,
+    },
+    "events": {"id": int, "ts": float, "kind": str, "node_id": int, "message": str},
+    "meta": {"key": str, "value": str},
+}
+PRIMARY_KEYS = {"meta": "key"}
+
+
+class Store:
+    def __init__(self, run_dir: Path, create: bool = False):
+        path = Path(run_dir) / DB_FILE
+        if not create and not path.exists():
+            raise UserError(f"{run_dir} is not an archlab run (no {DB_FILE})")
+        try:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            self.db = sqlite_utils.Database(conn)
+            if create:
+                self._create()
+            self.db.execute("select 1 from nodes limit 1")
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"cannot open {path}: {e}") from None
+
+    def _create(self) -> None:
+        self.db.enable_wal()
+        for name, columns in SCHEMA.items():
+            if name not in self.db.table_names():
+                self.db[name].create(columns, pk=PRIMARY_KEYS.get(name, "id"))
+        self.db["evaluations"].create_index(["node_id"], if_not_exists=True)
+        self.db["traces"].create_index(["node_id"], if_not_exists=True)
+        self.db["nodes"].create_index(["status", "fitness"], if_not_exists=True)
+        self.db["nodes"].create_index(["parent_id"], if_not_exists=True)
+
+    def transaction(self):
+        return self.db.conn  # sqlite3 connection as a context manager: commit or roll back
+
+    # -- nodes ---------------------------------------------------------------------------
+    def next_node_id(self) -> int:
+        row = self.db.execute("select max(id) from nodes").fetchone()
+        return 0 if row[0] is None else row[0] + 1
+
+    def add_node(self, **fields) -> None:
+        fields.setdefault("created", time.time())
+        fields.setdefault("attempts", 0)
+        self.db["nodes"].insert(_encode(fields), pk="id")
+
+    def update_node(self, node_id: int, **fields) -> None:
+        self.db["nodes"].update(node_id, _encode(fields))
+
+    def node(self, node_id: int) -> dict:
+        try:
+            return _decode(self.db["nodes"].get(node_id))
+        except sqlite_utils.db.NotFoundError:
+            raise UserError(f"no node {node_id} in this run") from None
+
+    def has_node(self, node_id: int) -> bool:
+        return self.db.execute("select 1 from nodes where id = ?", [node_id]).fetchone() is not None
+
+    def nodes(self, where: str | None = None, params: list | None = None, order: str = "id") -> list[dict]:
+        return [_decode(r) for r in self.db["nodes"].rows_where(where, params or [], order_by=order)]
+
+    def count(self, where: str | None = None, params: list | None = None) -> int:
+        return self.db["nodes"].count_where(where or "1", params or [])
+
+    def best(self, limit: int = 1) -> list[dict]:
+        return self.nodes("status = 'done' and fitness is not null", order="fitness desc, id")[:limit]
+
+    def children(self, node_id: int) -> list[dict]:
+        return self.nodes("parent_id = ?", [node_id])
+
+    # -- evaluations, traces, events ---------------------------------------------------------
+    def add_evaluation(self, node_id: int, tier: str, seed: int, result, log: str | None, kind: str = "search") -> None:
+        self.db["evaluations"].insert({
+            "node_id": node_id, "tier": tier, "seed": seed, "ok": int(result.ok), "reason": result.reason,
+            "detail": result.detail, "metrics": json.dumps(result.metrics), "env": json.dumps(result.env),
+            "log": log, "created": time.time(), "kind": kind,
+        })
+
+    def evaluations(self, node_id: int) -> list[dict]:
+        return [_decode(r) for r in self.db["evaluations"].rows_where("node_id = ?", [node_id], order_by="id")]
+
+    def add_trace(self, node_id: int | None, role: str, kind: str, **fields) -> None:
+        self.db["traces"].insert(_encode({"node_id": node_id, "role": role, "kind": kind, "created": time.time(), **fields}))
+
+    def traces(self, node_id: int | None = None) -> list[dict]:
+        where, params = ("node_id = ?", [node_id]) if node_id is not None else (None, [])
+        return [_decode(r) for r in self.db["traces"].rows_where(where, params, order_by="id")]
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
+        return default if row is None else row[0]
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.db.execute("delete from meta where key = ?", [key])
+        else:
+            self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    def event(self, kind: str, message: str, node_id: int | None = None) -> None:
+        self.db["events"].insert({"ts": time.time(), "kind": kind, "node_id": node_id, "message": message})
+
+
+def _encode(fields: dict) -> dict:
+    """JSON columns are written with json.dumps' defaults, so equal designs compare equal in SQL."""
+    return {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()}
+
+
+def _decode(row: dict) -> dict:
+    for key in ("design", "metrics", "env", "decision", "references_used", "knowledge"):
+        if isinstance(row.get(key), str):
+            try:
+                row[key] = json.loads(row[key])
+            except ValueError:
+                pass
+    return row
