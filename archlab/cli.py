@@ -15,6 +15,7 @@ from rich.tree import Tree
 
 from archlab.config import CONFIG_FILE, RunConfig
 from archlab.errors import UserError
+from archlab.knowledge.cli import app as knowledge_app
 from archlab.sandbox.tiers import TIERS
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(knowledge_app, name="knowledge", help="The cognition base: curated entries plus your own (list, search, show).")
 console = Console()
 err = Console(stderr=True)
 
@@ -44,6 +46,7 @@ def run(
     llm: Optional[str] = typer.Option(None, "--llm", help="'offline' (embedded brain, no API key)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation"),
     param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help="mixer parameter budget relative to the root [default: 1.2]"),
+    knowledge: Optional[list[Path]] = typer.Option(None, "--knowledge", help="a folder of your own knowledge entries (repeatable)"),
 ) -> None:
     """Start a discovery run in RUN_DIR, or resume the one that is there.
 
@@ -53,11 +56,15 @@ def run(
     from archlab.agents.graph import Run
 
     given = {k: v for k, v in dict(max_nodes=max_nodes, hours=hours, seed=seed, data=str(data.resolve()) if data else None,
-                                    root=root, strategy=strategy, tier=tier, llm=llm, threads=threads, param_ratio=param_ratio).items() if v is not None}
+                                    root=root, strategy=strategy, tier=tier, llm=llm, threads=threads, param_ratio=param_ratio,
+                                    knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None).items() if v is not None}
     if root and Path(root).is_file():
         given["root"] = str(Path(root).resolve())
     if data and not data.exists():
         raise UserError(f"--data {data}: no such file or folder")
+    for folder in knowledge or []:
+        if not folder.exists():
+            raise UserError(f"--knowledge {folder}: no such file or folder")
     if (run_dir / CONFIG_FILE).exists():
         config = RunConfig.load(run_dir)
         fixed = {k: v for k, v in given.items() if k not in ("max_nodes", "hours", "threads") and getattr(config, k) != v}
@@ -82,9 +89,7 @@ def run(
         root_source(config.root)  # fail before creating anything when the root is wrong
         Run.create(run_dir, config)
         console.print(f"Started [bold]{run_dir}[/] from root [bold]{config.root}[/] ({config.tier} tier, {config.strategy} selection)")
-    from archlab.agents.offline import OfflineBrain
-
-    session = Run(run_dir, config, OfflineBrain(config.seed))
+    session = Run(run_dir, config, _brain(run_dir, config))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task("nodes", total=config.max_nodes, completed=session.store.count("status != 'evaluating'"), best="")
@@ -245,6 +250,18 @@ def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str 
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+def _brain(run_dir: Path, config: RunConfig):
+    from archlab.agents.graph import experiences
+    from archlab.agents.offline import OfflineBrain
+    from archlab.knowledge import KnowledgeError, KnowledgeIndex
+
+    try:
+        index = KnowledgeIndex.load([Path(k) for k in config.knowledge], experiences(_store(run_dir)))
+    except KnowledgeError as e:
+        raise UserError(str(e)) from None
+    return OfflineBrain(index, config.seed)
+
+
 def _store(run_dir: Path):
     from archlab.tree.store import Store
 

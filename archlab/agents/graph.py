@@ -251,6 +251,8 @@ class Run:
             fields.update(status="failed", reason=reason, detail=(result or {}).get("detail"))
         self.store.update_node(node_id, **fields)
         self.store.event("node", f"node {node_id} {fields['status']}", node_id)
+        if fields["analysis"] and hasattr(self.brain, "knowledge"):
+            self.brain.knowledge.add_experience(f"node-{node_id}", fields["analysis"])
         return {}
 
     # -- helpers --------------------------------------------------------------------------------
@@ -276,6 +278,11 @@ class Run:
     def _write_traces(self, node_id: int, traces: list[Trace], attempt: int) -> None:
         for t in traces:
             self.store.add_trace(node_id, t.role, self.brain.kind, attempt=attempt, **t.model_dump(exclude={"role"}))
+
+
+def experiences(store: Store) -> list[tuple[str, str]]:
+    """The run's own experience: every analysis written so far, searchable like knowledge."""
+    return [(f"node-{r[0]}", r[1]) for r in store.db.execute("select id, analysis from nodes where analysis is not null")]
 
 
 def root_source(root: str) -> tuple[str, dict | None]:

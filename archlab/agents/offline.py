@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 from archlab.agents.roles import Context, Proposal, Trace
+from archlab.knowledge import KnowledgeIndex, query_for_node
 from archlab.templates import Design, render
 
 
@@ -69,22 +70,28 @@ OPERATORS = [
 ]
 BY_NAME = {op.name: op for op in OPERATORS}
 FAILED_GAIN = -0.2  # what a failed child counts as in the operator bandit
+KNOWLEDGE_BONUS = 0.02  # UCB bonus for operators that entries retrieved for the parent recommend
 
 
 class OfflineBrain:
     kind = "offline"
 
-    def __init__(self, seed: int = 0, knowledge=None):
+    def __init__(self, knowledge: KnowledgeIndex, seed: int = 0):
         self.rng = random.Random(seed)
-        self.knowledge = knowledge  # optional: entries linked to operators, cited in motivations
+        self.knowledge = knowledge
 
     # -- researcher ---------------------------------------------------------------------------
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
         parent = Design.model_validate(ctx.parent["design"])
         stats = _operator_stats(ctx.history)
+        total = sum(len(v) for v in stats.values())
+        # What the knowledge base and past analyses say about this parent's weaknesses.
+        query = query_for_node(ctx.parent.get("metrics") or {}, ctx.root.get("metrics"), ctx.parent.get("analysis"))
+        hits = self.knowledge.search(query, k=5)
+        recommended = {op for h in hits if h.kind == "entry" for op in self.knowledge.entry(h.id).operators}
         ranked = sorted(
             (op for op in OPERATORS if op.applies(parent)),
-            key=lambda op: (-_ucb(stats.get(op.name), sum(len(v) for v in stats.values())), self.rng.random()),
+            key=lambda op: (-(_ucb(stats.get(op.name), total) + KNOWLEDGE_BONUS * (op.name in recommended)), self.rng.random()),
         )
         for op in ranked:
             fresh = [d for d in op.variants(parent) if not ctx.seen(d.model_dump())]
@@ -92,26 +99,31 @@ class OfflineBrain:
                 continue
             child = self.rng.choice(fresh)
             value = getattr(child, op.field)
-            cited = self._cite(op.name)
+            cited = self._cite(op.name, op.says[value])
             motivation = f"{op.says[value][0].upper()}{op.says[value][1:]} ({op.name}: {getattr(parent, op.field)!r} -> {value!r})."
             if cited:
                 motivation += f" Background: {cited['title']} [{cited['id']}]."
+            used = ([cited["id"]] if cited else []) + [h.id for h in hits if not cited or h.id != cited["id"]]
             decision = {
                 "operator": op.name, "from": getattr(parent, op.field), "to": value,
                 "bandit": {name: _summary(gains) for name, gains in stats.items()},
-                "ranked": [o.name for o in ranked], "knowledge": [cited["id"]] if cited else [],
+                "ranked": [o.name for o in ranked], "query": query,
+                "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
+                "cited": cited["id"] if cited else None, "knowledge": used,
             }
             trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
-            return Proposal(motivation=motivation, operator=op.name, design=child.model_dump(), knowledge=decision["knowledge"]), [trace]
+            return Proposal(motivation=motivation, operator=op.name, design=child.model_dump(), knowledge=used), [trace]
         trace = Trace(role="researcher", prompt=_describe_context(ctx), response="every variant of this parent is already in the tree",
                       decision={"operator": None})
         return None, [trace]
 
-    def _cite(self, operator: str) -> dict | None:
-        if self.knowledge is None:
-            return None
-        linked = self.knowledge.for_operator(operator)
-        return self.rng.choice(linked) if linked else None
+    def _cite(self, operator: str, change: str) -> dict | None:
+        """The entry linked to this operator that best matches the change being made."""
+        linked = {e["id"]: e for e in self.knowledge.for_operator(operator)}
+        for hit in self.knowledge.search(change, k=10, kind="entry"):
+            if hit.id in linked:
+                return linked[hit.id]
+        return self.rng.choice(list(linked.values())) if linked else None
 
     # -- engineer -------------------------------------------------------------------------------
     def engineer(self, proposal: Proposal, failure: dict | None) -> tuple[Proposal | None, list[Trace]]:
