@@ -31,6 +31,7 @@ console = Console()
 err = Console(stderr=True)
 
 RunDir = typer.Argument(..., help="the run directory (e.g. runs/demo)")
+RESUME_OPTIONS = ("max_nodes", "hours", "threads", "max_cost", "llm_timeout_s", "llm_patience_s")
 
 
 @app.command()
@@ -43,7 +44,15 @@ def run(
     root: Optional[str] = typer.Option(None, "--root", help="deltanet | gated_deltanet | deltanet_ablated | transformer | FILE"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="parent selection: asi | ucb | evolution | random"),
     tier: Optional[str] = typer.Option(None, "--tier", help="evaluation tier for every candidate: micro | smoke | explore | verify"),
-    llm: Optional[str] = typer.Option(None, "--llm", help="'offline' (embedded brain, no API key)"),
+    llm: Optional[str] = typer.Option(None, "--llm", help="'offline' (embedded brain, no API key) or openai:MODEL for any OpenAI-compatible endpoint"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="endpoint URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama)"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the API key [default: OPENAI_API_KEY]"),
+    researcher_model: Optional[str] = typer.Option(None, "--researcher-model", help="model for the researcher [default: the --llm model]"),
+    engineer_model: Optional[str] = typer.Option(None, "--engineer-model", help="model for the engineer"),
+    analyst_model: Optional[str] = typer.Option(None, "--analyst-model", help="model for the analyst"),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0, help="stop when LLM spend reaches this many USD (prices: archlab.toml)"),
+    llm_timeout: Optional[float] = typer.Option(None, "--llm-timeout", min=0.1, help="seconds before one LLM request is abandoned and retried [default: 120]"),
+    llm_patience: Optional[float] = typer.Option(None, "--llm-patience", min=0.0, help="seconds to wait out a failing endpoint before stopping [default: 600]"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation"),
     param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help="mixer parameter budget relative to the root [default: 1.2]"),
     knowledge: Optional[list[Path]] = typer.Option(None, "--knowledge", help="a folder of your own knowledge entries (repeatable)"),
@@ -51,12 +60,17 @@ def run(
     """Start a discovery run in RUN_DIR, or resume the one that is there.
 
     Resuming (the same command after Ctrl-C or a crash) continues from the stored tree:
-    no node is lost or duplicated. --max-nodes and --hours may be raised on resume.
+    no node is lost or duplicated. Budgets (--max-nodes, --hours, --max-cost, --threads) may
+    be changed on resume. With --llm openai:MODEL the key is read from $OPENAI_API_KEY (or
+    --api-key-env) and is never stored.
     """
     from archlab.agents.graph import Run
 
     given = {k: v for k, v in dict(max_nodes=max_nodes, hours=hours, seed=seed, data=str(data.resolve()) if data else None,
                                     root=root, strategy=strategy, tier=tier, llm=llm, threads=threads, param_ratio=param_ratio,
+                                    base_url=base_url, api_key_env=api_key_env, researcher_model=researcher_model,
+                                    engineer_model=engineer_model, analyst_model=analyst_model, max_cost=max_cost,
+                                    llm_timeout_s=llm_timeout, llm_patience_s=llm_patience,
                                     knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None).items() if v is not None}
     if root and Path(root).is_file():
         given["root"] = str(Path(root).resolve())
@@ -67,12 +81,12 @@ def run(
             raise UserError(f"--knowledge {folder}: no such file or folder")
     if (run_dir / CONFIG_FILE).exists():
         config = RunConfig.load(run_dir)
-        fixed = {k: v for k, v in given.items() if k not in ("max_nodes", "hours", "threads") and getattr(config, k) != v}
+        fixed = {k: v for k, v in given.items() if k not in RESUME_OPTIONS and getattr(config, k) != v}
         if fixed:
             name = next(iter(fixed))
             raise UserError(f"{run_dir} was started with --{name.replace('_', '-')} {getattr(config, name)}; "
                             f"resume without changing it, or start a new run directory")
-        config = config.model_copy(update={k: given[k] for k in ("max_nodes", "hours", "threads") if k in given})
+        config = config.model_copy(update={k: given[k] for k in RESUME_OPTIONS if k in given})
         config.save(run_dir)
         console.print(f"Resuming [bold]{run_dir}[/] ({_count(run_dir)} nodes so far)")
     else:
@@ -82,14 +96,17 @@ def run(
             config = RunConfig(**given)
         except Exception as e:
             raise UserError(_validation_message(e)) from None
-        if config.llm != "offline":
-            raise UserError(f"--llm {config.llm}: only the offline brain is available in this version")
         from archlab.agents.graph import root_source
 
         root_source(config.root)  # fail before creating anything when the root is wrong
         Run.create(run_dir, config)
         console.print(f"Started [bold]{run_dir}[/] from root [bold]{config.root}[/] ({config.tier} tier, {config.strategy} selection)")
-    session = Run(run_dir, config, _brain(run_dir, config))
+    from archlab.agents.brains import make_brain
+    from archlab.agents.graph import experiences
+
+    store = _store(run_dir)
+    brain = make_brain(config, store, experiences(store), on_wait=lambda message: err.print(message, markup=False))
+    session = Run(run_dir, config, brain)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task("nodes", total=config.max_nodes, completed=session.store.count("status != 'evaluating'"), best="")
@@ -250,18 +267,6 @@ def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str 
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def _brain(run_dir: Path, config: RunConfig):
-    from archlab.agents.graph import experiences
-    from archlab.agents.offline import OfflineBrain
-    from archlab.knowledge import KnowledgeError, KnowledgeIndex
-
-    try:
-        index = KnowledgeIndex.load([Path(k) for k in config.knowledge], experiences(_store(run_dir)))
-    except KnowledgeError as e:
-        raise UserError(str(e)) from None
-    return OfflineBrain(index, config.seed)
-
-
 def _store(run_dir: Path):
     from archlab.tree.store import Store
 

@@ -28,6 +28,19 @@ class RunConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="CPU threads per evaluation (default: all, up to 4)")
     knowledge: list[str] = Field([], description="folders of the user's own knowledge entries")
     repair_attempts: int = Field(2, ge=0, description="engineer repairs per failed candidate")
+    # LLM backends (any OpenAI-compatible endpoint); the key is read from api_key_env, never stored.
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    researcher_model: str | None = None
+    engineer_model: str | None = None
+    analyst_model: str | None = None
+    prices: dict[str, list[float]] = Field({}, description="model -> [USD per 1M input tokens, per 1M output tokens]")
+    max_cost: float | None = Field(None, ge=0, description="stop when LLM spend reaches this many USD")
+    max_tokens: int | None = Field(None, ge=1, description="stop when LLM tokens reach this many")
+    llm_timeout_s: float = Field(120.0, gt=0, description="timeout of one LLM request")
+    llm_patience_s: float = Field(600.0, ge=0, description="how long to wait out a failing endpoint before stopping")
+    format_retries: int = Field(2, ge=0, description="re-asks after malformed LLM output")
+    novelty_threshold: float = Field(0.92, gt=0, le=1, description="reject proposals this similar to a sibling")
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunConfig":

@@ -21,11 +21,14 @@ from typing import Callable, TypedDict
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
+from archlab.agents import novelty
+from archlab.agents.llm import BudgetExceeded, EndpointDown
 from archlab.agents.roles import Context, Proposal, Trace
 from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.sandbox import runner
 from archlab.sandbox.fitness import fitness
+from archlab.sandbox.tiers import TIERS
 from archlab.templates import ROOTS, Design, render_root
 from archlab.tree import sampling
 from archlab.tree.lineage import Lineage
@@ -53,7 +56,7 @@ class Run:
     def __init__(self, run_dir: Path, config: RunConfig, brain):
         self.dir = Path(run_dir)
         self.config = config
-        self.store = Store(self.dir)
+        self.store = Store(self.dir, create=True)  # create=True also adds columns a newer archlab needs
         self.lineage = Lineage(self.dir / "repo")
         self.brain = brain
         (self.dir / "logs").mkdir(exist_ok=True)
@@ -84,7 +87,11 @@ class Run:
                 elapsed = elapsed_before + time.monotonic() - started
                 if self.config.hours and elapsed >= self.config.hours * 3600 and not self.store.get_meta("open_thread"):
                     return f"reached --hours {self.config.hours}"
-                state = self.step()
+                try:
+                    state = self.step()
+                except (BudgetExceeded, EndpointDown) as e:
+                    self.store.event("stop", str(e))
+                    return str(e)  # the open candidate stays checkpointed: resuming continues it
                 if state.get("stop"):
                     return state["stop"]
                 on_node(self.store.node(state["node_id"]))
@@ -155,8 +162,8 @@ class Run:
         g.add_edge(START, "select")
         g.add_conditional_edges("select", lambda s: END if s.get("stop") else "research")
         g.add_conditional_edges("research", lambda s: END if s.get("stop") else "engineer")
-        g.add_conditional_edges("engineer", lambda s: "analyze" if s.get("discarded") else "commit")
-        g.add_edge("commit", "evaluate")
+        g.add_edge("engineer", "commit")
+        g.add_conditional_edges("commit", lambda s: "analyze" if s.get("discarded") or s["proposal"].get("failure") else "evaluate")
         g.add_conditional_edges("evaluate", self._after_evaluate)
         g.add_edge("analyze", "record")
         g.add_edge("record", END)
@@ -184,7 +191,10 @@ class Run:
         return {"proposal": proposal.model_dump()}
 
     def _engineer_step(self, state: CandidateState) -> CandidateState:
-        proposal, traces = self.brain.engineer(Proposal(**state["proposal"]), state.get("failure"))
+        if state["proposal"].get("failure"):  # the researcher gave up: record the failure
+            return {}
+        ctx = self.context(state)
+        proposal, traces = self.brain.engineer(ctx, Proposal(**state["proposal"]), state.get("failure"))
         self._write_traces(state["node_id"], traces, state.get("attempt", 0))
         if proposal is None:
             return {"discarded": True}
@@ -194,7 +204,9 @@ class Run:
         node_id, proposal = state["node_id"], state["proposal"]
         parent = self.store.node(state["parent_id"])
         message = f"node {node_id}: {proposal.get('operator') or 'proposal'} (from node {parent['id']})\n\n{proposal['motivation']}"
-        sha = self.lineage.commit(node_id, proposal["code"], message, parent["commit_sha"])
+        # A failed proposal has no code of its own: its commit repeats the parent's file.
+        code = proposal.get("code") or self.lineage.code(parent["commit_sha"])
+        sha = self.lineage.commit(node_id, code, message, parent["commit_sha"])
         fields = dict(commit_sha=sha, motivation=proposal["motivation"], design=proposal.get("design"),
                       operator=proposal.get("operator"), knowledge=proposal.get("knowledge"))
         if self.store.has_node(node_id):
@@ -205,8 +217,10 @@ class Run:
         return {}
 
     def _evaluate_step(self, state: CandidateState) -> CandidateState:
-        result = self._evaluate(state["node_id"], state["proposal"]["code"], state.get("attempt", 0))
-        failure = None if result.ok else {"reason": result.reason, "detail": result.detail}
+        attempt = state.get("attempt", 0)
+        result = self._evaluate(state["node_id"], state["proposal"]["code"], attempt)
+        log = runner.tail(self.dir / "logs" / f"node-{state['node_id']}-{attempt}.log", 3000)
+        failure = None if result.ok else {"reason": result.reason, "detail": result.detail, "log": log}
         return {"result": result.model_dump(), "attempt": state.get("attempt", 0) + 1, "failure": failure}
 
     def _evaluate(self, node_id: int, code: str, attempt: int, root: bool = False) -> runner.Result:
@@ -247,8 +261,8 @@ class Run:
             fields.update(status="done", fitness=fitness(result["metrics"], root, self.config.speed_weight),
                           val_loss=result["metrics"]["val_loss"], metrics=result["metrics"], reason=None, detail=None)
         else:
-            reason = result["reason"] if result else "discarded"
-            fields.update(status="failed", reason=reason, detail=(result or {}).get("detail"))
+            failure = result or state["proposal"].get("failure") or {"reason": "discarded", "detail": None}
+            fields.update(status="failed", reason=failure["reason"], detail=failure.get("detail"))
         self.store.update_node(node_id, **fields)
         self.store.event("node", f"node {node_id} {fields['status']}", node_id)
         if fields["analysis"] and hasattr(self.brain, "knowledge"):
@@ -258,6 +272,11 @@ class Run:
     # -- helpers --------------------------------------------------------------------------------
     def context(self, state: CandidateState) -> Context:
         parent = self.store.node(state["parent_id"])
+        parent_code = self.lineage.code(parent["commit_sha"])
+        siblings = [n for n in self.store.children(parent["id"]) if n["id"] != state["node_id"]]
+        root = self.store.node(0)
+        tier = TIERS[self.config.tier]
+        limit = int(root["metrics"]["mixer_params"] * self.config.param_ratio) if root.get("metrics") else None
         history = [
             {"operator": r[0], "fitness": r[1], "parent_fitness": r[2]}
             for r in self.store.db.execute(
@@ -266,10 +285,17 @@ class Run:
             )
         ]
         return Context(
+            node_id=state["node_id"],
             parent=parent,
-            root=self.store.node(0),
+            root=root,
+            parent_code=parent_code,
+            attempt=state.get("attempt", 0),
+            limits={"param_limit": limit, "d_model": tier.d_model, "n_heads": tier.n_heads},
             references=[self.store.node(i) for i in state.get("references", [])],
-            siblings=[n for n in self.store.children(parent["id"]) if n["id"] != state["node_id"]],
+            siblings=siblings,
+            known=[(n["id"], novelty.change_text(n["motivation"] or "", self.lineage.code(n["commit_sha"]), parent_code))
+                   for n in siblings if n["commit_sha"] and self.brain.kind == "llm"],
+            diff=lambda node: self.lineage.diff(parent["commit_sha"], node["commit_sha"]),
             history=history,
             seen=lambda design: self.store.db.execute(
                 "select 1 from nodes where design = ? limit 1", [json.dumps(design)]).fetchone() is not None,

@@ -126,7 +126,7 @@ class OfflineBrain:
         return self.rng.choice(list(linked.values())) if linked else None
 
     # -- engineer -------------------------------------------------------------------------------
-    def engineer(self, proposal: Proposal, failure: dict | None) -> tuple[Proposal | None, list[Trace]]:
+    def engineer(self, ctx: Context, proposal: Proposal, failure: dict | None) -> tuple[Proposal | None, list[Trace]]:
         design = Design.model_validate(proposal.design)
         if failure is None:
             code = render(design, title="A candidate from archlab's offline brain.", summary=proposal.motivation)

@@ -12,6 +12,7 @@ class Proposal(BaseModel):
     operator: str | None = None  # the offline brain's mutation, or "llm"
     design: dict | None = None  # template genes when the code was rendered from a Design
     knowledge: list[str] = []  # ids of knowledge entries and experiences the proposal used
+    failure: dict | None = None  # set when no valid proposal came out: {"reason", "detail"}
 
 
 class Trace(BaseModel):
@@ -33,8 +34,14 @@ class Trace(BaseModel):
 class Context:
     """What a role may look at when it works on one candidate."""
 
+    node_id: int
     parent: dict
     root: dict
+    parent_code: str = ""
+    attempt: int = 0
+    limits: dict = field(default_factory=dict)  # param_limit, d_model, n_heads for the contract text
+    known: list[tuple[int, str]] = field(default_factory=list)  # (node id, motivation + diff) already tried here
+    diff: Callable[[dict], str] = lambda node: ""
     references: list[dict] = field(default_factory=list)
     siblings: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # finished children: operator, fitness, parent_fitness

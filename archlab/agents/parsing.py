@@ -1,0 +1,67 @@
+"""Turning a model's chat answer into a motivation and a complete candidate file.
+
+Accepted forms: prose plus one fenced ```python block holding the whole file (what every
+capable model can produce), or prose plus SEARCH/REPLACE edit blocks against the parent.
+Anything else raises FormatError with feedback the role can act on.
+"""
+
+import ast
+import re
+
+from archlab.sandbox.checks import static_check
+from archlab.sandbox.contract import CandidateError
+
+FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+OPEN_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n", re.DOTALL)
+EDIT = re.compile(r"<{5,}\s*SEARCH\s*\n(.*?)\n?={5,}\s*\n(.*?)\n?>{5,}\s*REPLACE", re.DOTALL)
+
+
+class FormatError(ValueError):
+    def __init__(self, reason: str, feedback: str):
+        super().__init__(feedback)
+        self.reason = reason
+        self.feedback = feedback
+
+
+def parse_answer(text: str, parent_code: str | None) -> tuple[str, str]:
+    """(motivation, code) from an answer; raises FormatError."""
+    edits = EDIT.findall(text)
+    blocks = FENCE.findall(text)
+    if edits and parent_code is not None:
+        code = apply_edits(parent_code, edits)
+        prose = EDIT.sub("", text)
+    elif blocks:
+        code = max(blocks, key=lambda b: ("class Mixer" in b, len(b)))
+        prose = FENCE.sub("", text)
+    elif OPEN_FENCE.search(text):
+        raise FormatError("truncated", "Your answer was cut off: the ```python block was never closed. Send the complete file again, shorter if needed.")
+    else:
+        raise FormatError("no_code", "Your answer had no code. Reply with your motivation in prose and the complete candidate file in one ```python block.")
+    motivation = " ".join(prose.replace("```", " ").split())
+    if len(motivation) < 10:
+        raise FormatError("no_motivation", "Explain the motivation for the change in a few sentences of prose, outside the code block.")
+    validate_code(code)
+    return motivation, code.strip() + "\n"
+
+
+def apply_edits(code: str, edits: list[tuple[str, str]]) -> str:
+    for search, replace in edits:
+        count = code.count(search)
+        if count != 1:
+            where = "does not occur" if count == 0 else f"occurs {count} times"
+            raise FormatError("bad_edit", f"A SEARCH block {where} in the parent's code; copy the lines exactly, or send the whole file in a ```python block.\nSEARCH block:\n{search[:500]}")
+        code = code.replace(search, replace)
+    return code
+
+
+def validate_code(code: str) -> None:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as e:
+        raise FormatError("syntax", f"The code does not parse: line {e.lineno}: {e.msg}. Send the corrected complete file.") from None
+    if not any(isinstance(n, ast.ClassDef) and n.name == "Mixer" for n in tree.body):
+        raise FormatError("contract", "The file must define `class Mixer(nn.Module)` at top level (that exact name).")
+    try:
+        static_check(code)
+    except CandidateError as e:
+        raise FormatError(e.reason, f"The sandbox would reject this code ({e.reason}): {e.detail}. Fix it and send the complete file.") from None

@@ -1,0 +1,28 @@
+"""Rendering the Jinja2 prompt of a role (prompts/ROLE.j2) into chat messages.
+
+Each template sets `system` with {% set %} and renders the user message as its body.
+"""
+
+from pathlib import Path
+
+import jinja2
+
+SHOWN_METRICS = ("val_loss", "val_bpb", "tokens_per_s", "mixer_params", "recall_acc", "latency_ms", "peak_mem_mb", "state_bytes_per_token")
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "prompts"), trim_blocks=True, lstrip_blocks=True,
+    undefined=jinja2.ChainableUndefined,
+)
+
+
+def metrics_of(metrics: dict | None) -> str:
+    metrics = metrics or {}
+    shown = [f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in SHOWN_METRICS if k in metrics]
+    return ", ".join(shown) or "none"
+
+
+def messages(role: str, **variables) -> list[dict]:
+    variables.setdefault("metrics", lambda node: metrics_of((node or {}).get("metrics")))
+    variables.setdefault("metrics_of", metrics_of)
+    module = _env.get_template(f"{role}.j2").make_module(variables)
+    return [{"role": "system", "content": str(module.system).strip()}, {"role": "user", "content": str(module).strip()}]
