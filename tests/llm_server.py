@@ -112,11 +112,13 @@ def make_handler(script: Script):
                 entry["status"] = fault["status"]
                 return self._send(fault["status"], {"error": {"message": "scripted failure", "type": "server_error"}},
                                   {"retry-after": "0"} if fault["status"] == 429 else {})
-            if fault and fault.get("delay"):
-                time.sleep(fault["delay"])
             if script.delay_on and script.delay_on[0] == role and script.delay_on[1] == n:
                 time.sleep(script.delay_on[2])
-            text = script.answer(role, messages[1]["content"] if len(messages) > 1 else "")  # the first user message
+            if fault and fault.get("delay"):
+                time.sleep(fault["delay"])
+                text = "(a late answer nobody waits for)"  # leaves the scripted answers for the retry
+            else:
+                text = script.answer(role, messages[1]["content"] if len(messages) > 1 else "")  # the first user message
             prompt_tokens = sum(len(m["content"]) for m in messages) // 4
             completion_tokens = len(text) // 4
             self._send(200, {

@@ -15,8 +15,8 @@ class Engineer:
             return proposal, [Trace(role="engineer", response="accepted the researcher's file as it is", decision={"action": "accept"})]
         chat = prompting.messages("engineer", motivation=proposal.motivation, code=proposal.code, failure=failure, **ctx.limits)
         traces = []
-        for attempt in range(self.retries + 1):
-            reply = self.client.chat("engineer", ctx.node_id, ctx.attempt * 10 + attempt, chat)
+        for _ in range(self.retries + 1):
+            reply = self.client.chat("engineer", ctx.node_id, ctx.attempt, chat)
             try:
                 note, code = parse_answer(reply.text, proposal.code)
             except FormatError as e:

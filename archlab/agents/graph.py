@@ -302,8 +302,10 @@ class Run:
         )
 
     def _write_traces(self, node_id: int, traces: list[Trace], attempt: int) -> None:
+        # An LLM brain's calls are traced by its client (kind "llm"); these are the roles' own decisions.
+        kind = "offline" if self.brain.kind == "offline" else "decision"
         for t in traces:
-            self.store.add_trace(node_id, t.role, self.brain.kind, attempt=attempt, **t.model_dump(exclude={"role"}))
+            self.store.add_trace(node_id, t.role, kind, attempt=attempt, **t.model_dump(exclude={"role"}))
 
 
 def experiences(store: Store) -> list[tuple[str, str]]:

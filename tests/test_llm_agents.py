@@ -1,0 +1,122 @@
+"""The LLM pipeline over real HTTP against a scripted OpenAI-compatible server."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llm_server import API_KEY, NO_CODE, ROOT, SYNTAX_ERROR, Script, ScriptedServer  # noqa: E402
+
+ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
+SHAPE_BUG = "Drop the last position of the output to save work.\n\n```python\n" + ROOT.replace(
+    "        return self.o_proj(o)\n", "        return self.o_proj(o)[:, :-1]\n") + "```\n"
+
+
+def archlab(*args, env_extra=None, timeout=600):
+    env = dict(os.environ, OPENAI_API_KEY=API_KEY, **(env_extra or {}))
+    return subprocess.run([*ARCHLAB, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def llm_args(server, run_dir, nodes):
+    return ["run", str(run_dir), "--tier", "micro", "--max-nodes", str(nodes), "--llm", "openai:scripted",
+            "--base-url", server.url, "--llm-timeout", "2", "--llm-patience", "60"]
+
+
+def rows(run_dir, sql, params=()):
+    with sqlite3.connect(run_dir / "archlab.db") as db:
+        return db.execute(sql, params).fetchall()
+
+
+def test_pipeline_survives_faults_repairs_and_traces_every_call(tmp_path):
+    run_dir = tmp_path / "run"
+    script = Script(
+        faults=[{"status": 429}, {"status": 500}, {"drop": True}, {"delay": 4}],  # the delay outlasts --llm-timeout 2
+        researcher=[NO_CODE, SYNTAX_ERROR, SHAPE_BUG],
+    )
+    with ScriptedServer(script) as server:
+        done = archlab(*llm_args(server, run_dir, 4))
+    assert done.returncode == 0, done.stderr
+    assert "reached --max-nodes 4" in done.stdout
+
+    # The run completed with 4 nodes and each fault was retried.
+    assert rows(run_dir, "select count(*) from nodes")[0][0] == 4
+    statuses = [e["status"] for e in script.log]
+    assert statuses[:3] == [429, 500, "dropped"]
+    assert all(e["auth_ok"] for e in script.log)
+
+    # Node 1: the researcher's prose-only and broken answers were fed back, then the
+    # shape bug was caught by the sandbox and repaired by the engineer.
+    format_errors = rows(run_dir, "select decision from traces where node_id = 1 and role = 'researcher' and decision like '%format_error%'")
+    assert len(format_errors) == 2 and "no_code" in format_errors[0][0] and "syntax" in format_errors[1][0]
+    evals = rows(run_dir, "select ok, reason from evaluations where node_id = 1 order by id")
+    assert evals[0] == (0, "shape") and evals[-1][0] == 1
+    assert rows(run_dir, "select count(*) from traces where node_id = 1 and role = 'engineer' and kind = 'llm' and error is null")[0][0] == 1
+
+    # Every completed call is one trace row with tokens and latency; failed tries are rows with the error.
+    completed = [e for e in script.log if e["completed"]]
+    ok_traces = rows(run_dir, "select tokens_in, tokens_out, latency_s, model, prompt, response from traces where kind = 'llm' and error is null")
+    # The slow answer completed on the server after the client gave up: it is an error row, not a result.
+    assert len(ok_traces) == len(completed) - 1
+    assert all(t[0] > 0 and t[1] > 0 and t[2] > 0 and t[3] == "scripted" and t[4] and t[5] for t in ok_traces)
+    errors = [r[0] for r in rows(run_dir, "select error from traces where kind = 'llm' and error is not null")]
+    assert len(errors) == 4 and any("Timeout" in e for e in errors) and any("RateLimit" in e for e in errors)
+
+    # The key never reaches the store, the config copy or the logs.
+    for path in [run_dir / "archlab.db", run_dir / "archlab.toml", *(run_dir / "logs").iterdir()]:
+        assert API_KEY.encode() not in path.read_bytes(), path
+    wal = run_dir / "archlab.db-wal"
+    assert not wal.exists() or API_KEY.encode() not in wal.read_bytes()
+
+
+def test_cost_cap_stops_the_run_cleanly_and_resume_continues(tmp_path):
+    run_dir = tmp_path / "run"
+    with ScriptedServer(Script()) as server:
+        first = archlab(*llm_args(server, run_dir, 1))  # root only: creates the run
+        assert first.returncode == 0, first.stderr
+        config = tomllib.loads((run_dir / "archlab.toml").read_text())
+        config["prices"] = {"scripted": [100.0, 100.0]}  # USD per 1M tokens: ~0.1 USD a call here
+        (run_dir / "archlab.toml").write_text(tomli_w.dumps(config))
+        capped = archlab(*llm_args(server, run_dir, 20), "--max-cost", "0.3")
+        assert capped.returncode == 0, capped.stderr
+        assert "max-cost" in capped.stdout
+        spent = rows(run_dir, "select sum(cost), max(cost) from traces where kind = 'llm'")[0]
+        assert 0.3 <= spent[0] < 0.3 + spent[1] + 1e-9  # stopped at the first call past the cap
+        nodes_at_cap = rows(run_dir, "select count(*) from nodes where status != 'evaluating'")[0][0]
+        assert nodes_at_cap < 20
+        more = archlab(*llm_args(server, run_dir, nodes_at_cap + 1), "--max-cost", "100")
+        assert more.returncode == 0, more.stderr
+        assert rows(run_dir, "select count(*) from nodes where status = 'evaluating'")[0][0] == 0
+        assert rows(run_dir, "select count(*) from nodes")[0][0] == nodes_at_cap + 1
+
+
+def test_killed_during_an_llm_call_repeats_no_completed_call(tmp_path):
+    run_dir = tmp_path / "run"
+    script = Script(researcher=[NO_CODE], delay_on=("researcher", 2, 60))  # the re-ask after NO_CODE hangs
+    with ScriptedServer(script) as server:
+        env = dict(os.environ, OPENAI_API_KEY=API_KEY)
+        proc = subprocess.Popen([*ARCHLAB, *llm_args(server, run_dir, 3)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        while not [e for e in script.log if e["role"] == "researcher"][1:] and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        completed_before = {e["hash"] for e in script.log if e["completed"]}
+        assert completed_before, "the first researcher call should have completed before the kill"
+        script.delay_on = None
+        n_before = len(script.log)
+        done = archlab(*llm_args(server, run_dir, 3))
+        assert done.returncode == 0, done.stderr
+        after = script.log[n_before:]
+    repeated = [e for e in after if e["hash"] in completed_before]
+    assert repeated == [], f"{len(repeated)} completed calls were asked again"
+    assert rows(run_dir, "select count(*) from nodes")[0][0] == 3
+    assert rows(run_dir, "select count(*) from nodes where status = 'evaluating'")[0][0] == 0
