@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -31,7 +32,7 @@ console = Console()
 err = Console(stderr=True)
 
 RunDir = typer.Argument(..., help="the run directory (e.g. runs/demo)")
-RESUME_OPTIONS = ("max_nodes", "hours", "threads", "max_cost", "llm_timeout_s", "llm_patience_s")
+RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_timeout_s", "llm_patience_s")
 
 
 @app.command()
@@ -54,6 +55,7 @@ def run(
     llm_timeout: Optional[float] = typer.Option(None, "--llm-timeout", min=0.1, help="seconds before one LLM request is abandoned and retried [default: 120]"),
     llm_patience: Optional[float] = typer.Option(None, "--llm-patience", min=0.0, help="seconds to wait out a failing endpoint before stopping [default: 600]"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="candidates evaluated at once [default: 1]"),
     param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help="mixer parameter budget relative to the root [default: 1.2]"),
     knowledge: Optional[list[Path]] = typer.Option(None, "--knowledge", help="a folder of your own knowledge entries (repeatable)"),
 ) -> None:
@@ -67,7 +69,7 @@ def run(
     from archlab.agents.graph import Run
 
     given = {k: v for k, v in dict(max_nodes=max_nodes, hours=hours, seed=seed, data=str(data.resolve()) if data else None,
-                                    root=root, strategy=strategy, tier=tier, llm=llm, threads=threads, param_ratio=param_ratio,
+                                    root=root, strategy=strategy, tier=tier, llm=llm, threads=threads, workers=workers, param_ratio=param_ratio,
                                     base_url=base_url, api_key_env=api_key_env, researcher_model=researcher_model,
                                     engineer_model=engineer_model, analyst_model=analyst_model, max_cost=max_cost,
                                     llm_timeout_s=llm_timeout, llm_patience_s=llm_patience,
@@ -117,12 +119,17 @@ def run(
                             best=f"best: node {best[0]['id']} fitness {best[0]['fitness']:+.4f}" if best else "")
             progress.console.print(_node_line(node))
 
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
         try:
             why = session.run(on_node)
         except KeyboardInterrupt:
             progress.stop()
             err.print(f"interrupted; run `archlab run {run_dir}` to resume where it stopped")
-            raise typer.Exit(130)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Every write is already durable (SQLite statements, git objects, langgraph checkpoints),
+            # so leave now instead of waiting for an LLM call in a worker thread to time out.
+            os._exit(130)
     console.print(f"Stopped: {why}. See [bold]archlab tree {run_dir}[/] and [bold]archlab status {run_dir}[/].")
 
 

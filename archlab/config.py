@@ -25,6 +25,7 @@ class RunConfig(BaseModel):
     data: str | None = Field(None, description="text file or folder; None = the built-in corpus")
     param_ratio: float = Field(1.2, gt=0, description="mixer parameter budget relative to the root")
     speed_weight: float = Field(0.05, ge=0, description="fitness penalty per unit of log slowdown vs the root")
+    workers: int = Field(1, ge=1, description="candidates evaluated at once (each in its own sandbox)")
     threads: int | None = Field(None, ge=1, description="CPU threads per evaluation (default: all, up to 4)")
     knowledge: list[str] = Field([], description="folders of the user's own knowledge entries")
     repair_attempts: int = Field(2, ge=0, description="engineer repairs per failed candidate")

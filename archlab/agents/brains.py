@@ -31,7 +31,7 @@ def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_
     except KnowledgeError as e:
         raise UserError(str(e)) from None
     if config.llm == "offline":
-        return OfflineBrain(knowledge, config.seed)
+        return OfflineBrain(knowledge)
     provider, _, model = config.llm.partition(":")
     if provider != "openai" or not model:
         raise UserError(f"--llm {config.llm!r}: use 'offline' or 'openai:MODEL' (any OpenAI-compatible endpoint, with --base-url)")

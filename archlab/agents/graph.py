@@ -13,8 +13,10 @@ evaluation rows, then the final row. Every step is idempotent on a re-run.
 import json
 import random
 import sqlite3
+import threading
 import time
 import uuid
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, TypedDict
 
@@ -63,7 +65,9 @@ class Run:
         conn = sqlite3.connect(self.dir / CHECKPOINT_FILE, check_same_thread=False)
         self.checkpointer = SqliteSaver(conn)
         self.graph = self._build_graph().compile(checkpointer=self.checkpointer)
-        self.rng = random.Random(config.seed)
+        self._lock = threading.Lock()  # guards node-id reservation and the offline brain's choice
+        self._reserved: set[int] = set()  # node ids held by candidates in flight
+        self._claimed: set[str] = set()  # designs chosen by candidates in flight
 
     @staticmethod
     def create(run_dir: Path, config: RunConfig) -> None:
@@ -75,46 +79,88 @@ class Run:
 
     # -- the driver loop --------------------------------------------------------------------
     def run(self, on_node: Callable[[dict], None] = lambda node: None) -> str:
-        """Grow the tree until a budget is reached; returns why it stopped."""
+        """Grow the tree with `workers` candidates in flight until a budget is reached; returns why it stopped.
+
+        Interrupted candidates (open langgraph threads) are resumed first. Only this process
+        writes the store; the workers are threads whose sandboxes are child processes.
+        """
         self.recover()
         self.ensure_root(on_node)
         started = time.monotonic()
         elapsed_before = float(self.store.get_meta("elapsed_s", "0"))
+        pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="candidate")
         try:
-            while True:
-                if self.store.count() >= self.config.max_nodes and not self.store.get_meta("open_thread"):
-                    return f"reached --max-nodes {self.config.max_nodes}"
-                elapsed = elapsed_before + time.monotonic() - started
-                if self.config.hours and elapsed >= self.config.hours * 3600 and not self.store.get_meta("open_thread"):
-                    return f"reached --hours {self.config.hours}"
-                try:
-                    state = self.step()
-                except (BudgetExceeded, EndpointDown) as e:
-                    self.store.event("stop", str(e))
-                    return str(e)  # the open candidate stays checkpointed: resuming continues it
-                if state.get("stop"):
-                    return state["stop"]
-                on_node(self.store.node(state["node_id"]))
+            why = self._drive(pool, on_node, lambda: elapsed_before + time.monotonic() - started)
+        except BaseException:
+            runner.stop_all()  # kill the sandboxes so the workers return at once; their candidates stay open
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         finally:
             self.store.set_meta("elapsed_s", str(elapsed_before + time.monotonic() - started))
+        pool.shutdown()
+        return why
 
-    def step(self) -> CandidateState:
-        """Run one candidate through the graph, resuming an interrupted one first."""
-        thread = self.store.get_meta("open_thread")
-        resume = thread is not None
-        if not resume:
-            thread = f"candidate-{uuid.uuid4().hex[:12]}"
-            self.store.set_meta("open_thread", thread)
+    def _drive(self, pool: ThreadPoolExecutor, on_node: Callable[[dict], None], elapsed: Callable[[], float]) -> str:
+        pending = self.open_threads()
+        running: dict = {}
+        why = None
+        while True:
+            while why is None and len(running) < self.config.workers:
+                if pending:
+                    thread = pending.pop(0)
+                else:
+                    why = self._budget_reason(len(running), elapsed())
+                    if why:
+                        break
+                    thread = f"candidate-{uuid.uuid4().hex[:12]}"
+                    self.store.set_meta(f"thread:{thread}", "open")
+                running[pool.submit(self.step, thread)] = thread
+            if not running:
+                return why
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                running.pop(future)
+                try:
+                    state = future.result()
+                except (BudgetExceeded, EndpointDown) as e:
+                    self.store.event("stop", str(e))
+                    why = why or str(e)  # the candidate stays checkpointed: resuming continues it
+                    continue
+                if state.get("stop"):
+                    why = why or state["stop"]
+                else:
+                    on_node(self.store.node(state["node_id"]))
+
+    def _budget_reason(self, in_flight: int, elapsed: float) -> str | None:
+        if self.store.count("status != 'evaluating'") + in_flight >= self.config.max_nodes:
+            return f"reached --max-nodes {self.config.max_nodes}"
+        if self.config.hours and elapsed >= self.config.hours * 3600:
+            return f"reached --hours {self.config.hours}"
+        if hasattr(self.brain, "client"):
+            try:
+                self.brain.client.check_budget()
+            except BudgetExceeded as e:
+                return str(e)
+        return None
+
+    def step(self, thread: str) -> CandidateState:
+        """Run one candidate (a langgraph thread) to its end, resuming where it stopped."""
         config = {"configurable": {"thread_id": thread}, "recursion_limit": 100}
-        if resume and self.graph.get_state(config).next:
+        snapshot = self.graph.get_state(config)
+        if snapshot.next:
             state = self.graph.invoke(None, config)
-        elif resume and self.graph.get_state(config).values:
-            state = self.graph.get_state(config).values  # finished, but not yet closed
+        elif snapshot.values:
+            state = snapshot.values  # finished before a crash, but not yet closed
         else:
             state = self.graph.invoke({"attempt": 0}, config)
-        self.store.set_meta("open_thread", None)
+        self.store.set_meta(f"thread:{thread}", None)
         self.checkpointer.delete_thread(thread)
+        with self._lock:
+            self._reserved.discard(state.get("node_id"))
         return state
+
+    def open_threads(self) -> list[str]:
+        return [r[0].removeprefix("thread:") for r in self.store.db.execute("select key from meta where key like 'thread:%' order by key")]
 
     def recover(self) -> None:
         """Make the store consistent after a crash: drop commits whose row never got written,
@@ -124,18 +170,22 @@ class Run:
             if not self.store.has_node(node_id):
                 self.lineage.drop_tag(node_id)
                 self.store.event("recover", f"dropped commit of node {node_id}: its row was never written", node_id)
-        resumable = self._open_node()
+        resumable = set()
+        for thread in self.open_threads():
+            node_id = self.graph.get_state({"configurable": {"thread_id": thread}}).values.get("node_id")
+            if node_id is not None:
+                resumable.add(node_id)
+                self._reserved.add(node_id)
         for node in self.store.nodes("status = 'evaluating'"):
-            if node["id"] != resumable and node["id"] != 0:
+            if node["id"] not in resumable and node["id"] != 0:
                 self.store.update_node(node["id"], status="failed", reason="interrupted", finished=time.time())
                 self.store.event("recover", "in-flight node had no checkpoint; marked interrupted", node["id"])
 
-    def _open_node(self) -> int | None:
-        thread = self.store.get_meta("open_thread")
-        if thread is None:
-            return None
-        values = self.graph.get_state({"configurable": {"thread_id": thread}}).values
-        return values.get("node_id")
+    def _reserve_id(self) -> int:
+        with self._lock:
+            node_id = max([self.store.next_node_id(), *(i + 1 for i in self._reserved)])
+            self._reserved.add(node_id)
+            return node_id
 
     # -- the root ---------------------------------------------------------------------------
     def ensure_root(self, on_node: Callable[[dict], None]) -> None:
@@ -170,13 +220,13 @@ class Run:
         return g
 
     def _select_step(self, state: CandidateState) -> CandidateState:
-        node_id = self.store.next_node_id()
+        node_id = self._reserve_id()
         rng = random.Random(self.config.seed * 1_000_003 + node_id)  # reproducible, also across resumes
-        if hasattr(self.brain, "rng"):
-            self.brain.rng.seed(rng.random())
         where = sampling.DONE + (" and design is not null" if self.brain.kind == "offline" else "")
         parent = sampling.select_parent(self.store, self.config.strategy, rng, where)
         if parent is None:
+            with self._lock:
+                self._reserved.discard(node_id)
             return {"stop": "no finished node can be a parent (the offline brain needs template designs)"}
         refs = sampling.sample_references(self.store, parent, rng)
         self.store.add_trace(node_id, "selector", "offline", decision={
@@ -184,7 +234,14 @@ class Run:
         return {"node_id": node_id, "parent_id": parent["id"], "references": [r["id"] for r in refs]}
 
     def _research_step(self, state: CandidateState) -> CandidateState:
-        proposal, traces = self.brain.research(self.context(state))
+        ctx = self.context(state)
+        if self.brain.kind == "offline":
+            with self._lock:  # choose and claim a design atomically, so parallel workers never pick the same one
+                proposal, traces = self.brain.research(ctx)
+                if proposal is not None:
+                    self._claimed.add(json.dumps(proposal.design))
+        else:
+            proposal, traces = self.brain.research(ctx)
         self._write_traces(state["node_id"], traces, state.get("attempt", 0))
         if proposal is None:
             return {"stop": "the researcher found nothing new to try"}
@@ -297,8 +354,9 @@ class Run:
                    for n in siblings if n["commit_sha"] and self.brain.kind == "llm"],
             diff=lambda node: self.lineage.diff(parent["commit_sha"], node["commit_sha"]),
             history=history,
-            seen=lambda design: self.store.db.execute(
+            seen=lambda design: json.dumps(design) in self._claimed or self.store.db.execute(
                 "select 1 from nodes where design = ? limit 1", [json.dumps(design)]).fetchone() is not None,
+            rng=random.Random(self.config.seed * 1_000_003 + state["node_id"]),
         )
 
     def _write_traces(self, node_id: int, traces: list[Trace], attempt: int) -> None:

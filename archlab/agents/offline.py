@@ -76,8 +76,7 @@ KNOWLEDGE_BONUS = 0.02  # UCB bonus for operators that entries retrieved for the
 class OfflineBrain:
     kind = "offline"
 
-    def __init__(self, knowledge: KnowledgeIndex, seed: int = 0):
-        self.rng = random.Random(seed)
+    def __init__(self, knowledge: KnowledgeIndex):
         self.knowledge = knowledge
 
     # -- researcher ---------------------------------------------------------------------------
@@ -91,15 +90,15 @@ class OfflineBrain:
         recommended = {op for h in hits if h.kind == "entry" for op in self.knowledge.entry(h.id).operators}
         ranked = sorted(
             (op for op in OPERATORS if op.applies(parent)),
-            key=lambda op: (-(_ucb(stats.get(op.name), total) + KNOWLEDGE_BONUS * (op.name in recommended)), self.rng.random()),
+            key=lambda op: (-(_ucb(stats.get(op.name), total) + KNOWLEDGE_BONUS * (op.name in recommended)), ctx.rng.random()),
         )
         for op in ranked:
             fresh = [d for d in op.variants(parent) if not ctx.seen(d.model_dump())]
             if not fresh:
                 continue
-            child = self.rng.choice(fresh)
+            child = ctx.rng.choice(fresh)
             value = getattr(child, op.field)
-            cited = self._cite(op.name, op.says[value])
+            cited = self._cite(op.name, op.says[value], ctx.rng)
             motivation = f"{op.says[value][0].upper()}{op.says[value][1:]} ({op.name}: {getattr(parent, op.field)!r} -> {value!r})."
             if cited:
                 motivation += f" Background: {cited['title']} [{cited['id']}]."
@@ -117,13 +116,13 @@ class OfflineBrain:
                       decision={"operator": None})
         return None, [trace]
 
-    def _cite(self, operator: str, change: str) -> dict | None:
+    def _cite(self, operator: str, change: str, rng: random.Random) -> dict | None:
         """The entry linked to this operator that best matches the change being made."""
         linked = {e["id"]: e for e in self.knowledge.for_operator(operator)}
         for hit in self.knowledge.search(change, k=10, kind="entry"):
             if hit.id in linked:
                 return linked[hit.id]
-        return self.rng.choice(list(linked.values())) if linked else None
+        return rng.choice(list(linked.values())) if linked else None
 
     # -- engineer -------------------------------------------------------------------------------
     def engineer(self, ctx: Context, proposal: Proposal, failure: dict | None) -> tuple[Proposal | None, list[Trace]]:

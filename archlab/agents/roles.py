@@ -1,5 +1,6 @@
 """What the three roles exchange with the pipeline, whichever brain (offline or LLM) plays them."""
 
+import random
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -46,3 +47,4 @@ class Context:
     siblings: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # finished children: operator, fitness, parent_fitness
     seen: Callable[[dict], bool] = lambda design: False
+    rng: random.Random = field(default_factory=random.Random)  # seeded per node: reproducible choices

@@ -1,116 +1,269 @@
-"""Checks that are code, not opinion: static AST rules, runtime causality, parameter budget."""
+"""Checks that are code, not opinion: static AST rules (static.py), runtime causality,
+complexity, step() agreement and the parameter budget."""
 
-import ast
+import math
+import time
+import types
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from archlab.sandbox.contract import CandidateError
+from archlab.sandbox import contract
+from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.static import (  # noqa: F401  (re-exported: the agents import them from here)
+    ALLOWED_IMPORTS,
+    FORBIDDEN_ATTRS,
+    FORBIDDEN_NAMES,
+    static_check,
+)
 
-ALLOWED_IMPORTS = {"torch", "math", "einops", "typing", "functools", "fla", "__future__"}
-# Builtins that reach the file system, the interpreter or other code.
-FORBIDDEN_NAMES = {
-    "__import__", "eval", "exec", "compile", "open", "globals", "locals", "vars", "breakpoint",
-    "input", "setattr", "delattr", "memoryview", "__builtins__", "__loader__", "__spec__",
-}
-# Attribute names that lead out of the tensor world (torch re-exports os/sys, can load
-# code and files, spawn processes, talk to the network).
-FORBIDDEN_ATTRS = {
-    "os", "sys", "subprocess", "builtins", "importlib", "ctypes", "socket", "shutil", "pathlib",
-    "io", "load", "save", "hub", "cpp_extension", "load_library", "classes", "multiprocessing",
-    "distributed", "_C", "_dynamo", "compile", "from_file",
-}
-ALLOWED_DUNDERS = {"__init__", "__call__", "__name__", "__doc__", "__future__"}
+# A growth exponent of FLOPs (or time) with sequence length above these is "super-linear".
+FLOP_EXPONENT_LIMIT = 1.25
+TIME_EXPONENT_LIMIT = 1.55
 
 
-def static_check(source: str) -> None:
-    """Reject imports outside the allowlist, dunder walking, and patching of imported modules."""
-    try:
-        tree = ast.parse(source, "candidate.py")
-    except SyntaxError as e:
-        raise CandidateError("syntax", f"line {e.lineno}: {e.msg}") from None
-    modules: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            if isinstance(node, ast.ImportFrom) and node.level:
-                _forbid(node, "relative imports")
-            for name in names:
-                if name.split(".")[0] not in ALLOWED_IMPORTS:
-                    _forbid(node, f"import of {name!r} (allowed: {', '.join(sorted(ALLOWED_IMPORTS - {'__future__'}))})")
-                if any(part in FORBIDDEN_ATTRS for part in name.split(".")[1:]):
-                    _forbid(node, f"import of {name!r}")
-            modules.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
-            _forbid(node, f"use of {node.id!r}")
-        elif isinstance(node, ast.Attribute):
-            if node.attr.startswith("__") and node.attr not in ALLOWED_DUNDERS:
-                _forbid(node, f"access to {node.attr!r}")
-            if node.attr in FORBIDDEN_ATTRS and _root_name(node) in modules:
-                _forbid(node, f"access to {ast.unparse(node)!r}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("__") and node.value.endswith("__"):
-            _forbid(node, f"the string {node.value!r} (dunder names are how sandbox escapes start)")
-    for node in ast.walk(tree):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else []
-        for target in targets:
-            if isinstance(target, ast.Attribute | ast.Subscript) and _root_name(target) in modules:
-                _forbid(node, f"assignment to {ast.unparse(target)!r} (imported modules are read-only)")
+# -- traversal that a candidate cannot redirect ------------------------------------------------
+def iter_modules(module: nn.Module, prefix: str = ""):
+    """(name, module) for the module and all submodules, read from the instances' own __dict__,
+    so a candidate overriding named_modules()/parameters() cannot hide anything."""
+    seen, stack = set(), [(prefix, module)]
+    while stack:
+        name, m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        yield name, m
+        children = vars(m).get("_modules", {})
+        for key, child in reversed(list(children.items())):
+            if child is not None:
+                stack.append((f"{name}.{key}" if name else key, child))
 
 
-def _root_name(node: ast.AST) -> str | None:
-    while isinstance(node, ast.Attribute | ast.Subscript | ast.Call):
-        node = node.value if not isinstance(node, ast.Call) else node.func
-    return node.id if isinstance(node, ast.Name) else None
+def iter_parameters(module: nn.Module):
+    seen = set()
+    for _, m in iter_modules(module):
+        for p in vars(m).get("_parameters", {}).values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                yield p
 
 
-def _forbid(node: ast.AST, what: str) -> None:
-    raise CandidateError("forbidden", f"line {getattr(node, 'lineno', '?')}: {what}")
+def iter_buffers(module: nn.Module, persistent_only: bool = True):
+    seen = set()
+    for _, m in iter_modules(module):
+        skip = vars(m).get("_non_persistent_buffers_set", set()) if persistent_only else set()
+        for key, b in vars(m).get("_buffers", {}).items():
+            if b is not None and key not in skip and id(b) not in seen:
+                seen.add(id(b))
+                yield b
 
 
 def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    return sum(p.numel() for p in iter_parameters(module))
 
 
 def check_params(mixer: nn.Module, limit: int | None) -> int:
+    """The mixer's parameter count; persistent buffers count against the budget too (a learned
+    table kept in a buffer is still capacity)."""
+    for p in iter_parameters(mixer):
+        if type(p) is not nn.Parameter:  # noqa: E721
+            raise CandidateError("contract", f"parameters must be plain nn.Parameter, got {type(p).__name__}")
     n = count_params(mixer)
-    if limit is not None and n > limit:
-        raise CandidateError("params", f"{n:,} mixer parameters, over the run's budget of {limit:,}")
+    stored = n + sum(b.numel() for b in iter_buffers(mixer))
+    if limit is not None and stored > limit:
+        extra = f" (+{stored - n:,} in buffers)" if stored > n else ""
+        raise CandidateError("params", f"{n:,} mixer parameters{extra}, over the run's budget of {limit:,}")
     return n
 
 
-def check_causality(mixer: nn.Module, d_model: int, length: int = 150) -> None:
+# -- causality ---------------------------------------------------------------------------------
+CUTS = (0, 1, 15, 16, 31, 63, 64, 65)  # inside and across the usual chunk sizes
+
+
+def check_causality(mixer: nn.Module, d_model: int, length: int = 150, *, seq_len: int | None = None,
+                    seeds: tuple[int, ...] = (0, 1, 2)) -> None:
     """Perturb every position after a cut and require the outputs up to the cut to stay put.
 
-    Runs in float64 when the mixer allows it (then numerical noise is ~1e-15 and a leak of
-    1e-9 relative is caught), else float32 with a looser threshold. Both training and
-    evaluation mode, several cut points (inside and across chunks) and seeds.
+    float64 when the mixer allows it (numerical noise ~1e-15: a leak of 1e-9 relative is
+    caught), else float32 with a 1e-5 threshold. Training and evaluation mode, several seeds
+    and cut points (at and around chunk boundaries, the middle, the end), batch 2; then once
+    more in float32 at the training length with gradients enabled and batch 3, so a leak that
+    only shows in those conditions is caught too. The model-level recheck in the evaluation
+    process repeats this on the trained model and real text.
     """
+    device = next(iter_parameters(mixer), torch.empty(0)).device
     dtype, tolerance = torch.float64, 1e-9
     try:
-        mixer.double()(torch.zeros(1, 4, d_model, dtype=dtype))
+        with torch.no_grad():
+            mixer.double()(torch.zeros(1, 4, d_model, dtype=dtype, device=device))
     except Exception:
         dtype, tolerance = torch.float32, 1e-5
         mixer.float()
     try:
+        cuts = sorted({c for c in CUTS if c < length - 1} | {length // 2 + 7, length - 2})
         for training in (True, False):
             mixer.train(training)
-            for seed in (0, 1):
-                gen = torch.Generator().manual_seed(seed)
-                x = torch.randn(2, length, d_model, dtype=dtype, generator=gen)
-                for cut in (0, 1, length // 3, length // 2 + 7, length - 2):
-                    x2 = x.clone()
-                    x2[:, cut + 1 :] = torch.randn(2, length - cut - 1, d_model, dtype=dtype, generator=gen)
-                    with torch.no_grad():
-                        torch.manual_seed(seed)  # the same dropout masks for both passes
-                        y = mixer(x)[:, : cut + 1]
-                        torch.manual_seed(seed)
-                        y2 = mixer(x2)[:, : cut + 1]
-                    leak = ((y - y2).abs().max() / y.abs().max().clamp_min(1e-30)).item()
-                    if not leak <= tolerance:  # also catches NaN
-                        raise CandidateError(
-                            "non_causal",
-                            f"outputs at positions <= {cut} changed by {leak:.1e} (relative, {dtype}, "
-                            f"{'train' if training else 'eval'} mode) when only later positions changed",
-                        )
+            for seed in seeds:
+                _perturb(mixer, d_model, length, 2, cuts, seed, dtype, tolerance, training, grad=False, device=device)
+        if seq_len and seq_len != length:
+            mixer.float().train()
+            _perturb(mixer, d_model, seq_len, 3, [seq_len // 3, seq_len - 2], 7, torch.float32, 1e-5, True, grad=True,
+                     device=device)
     finally:
         mixer.float().train()
+
+
+def _perturb(mixer, d_model, length, batch, cuts, seed, dtype, tolerance, training, *, grad, device) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, d_model, dtype=dtype, generator=gen).to(device)
+    for cut in cuts:
+        x = x.detach()
+        x2 = x.clone()
+        x2[:, cut + 1 :] = torch.randn(batch, length - cut - 1, d_model, dtype=dtype, generator=gen).to(device)
+        with torch.set_grad_enabled(grad):
+            torch.manual_seed(seed)  # the same dropout masks for both passes
+            y = _call(mixer, x.requires_grad_(grad))[:, : cut + 1].detach()
+            torch.manual_seed(seed)
+            y2 = _call(mixer, x2.requires_grad_(grad))[:, : cut + 1].detach()
+        leak = ((y - y2).abs().max() / y.abs().max().clamp_min(1e-30)).item()
+        if not leak <= tolerance:  # also catches NaN
+            raise CandidateError(
+                "non_causal",
+                f"outputs at positions <= {cut} changed by {leak:.1e} (relative, {str(dtype).replace('torch.', '')}, "
+                f"{'train' if training else 'eval'} mode, length {length}) when only later positions changed",
+            )
+
+
+def _call(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        y = mixer(x)
+    except CandidateError:
+        raise
+    except MemoryError:
+        raise CandidateError("memory", "ran out of memory in the causality check") from None
+    except Exception as e:
+        raise CandidateError("error", f"Mixer.forward raised {type(e).__name__}: {e}"[:1500]) from e
+    if type(y) is not torch.Tensor or y.shape != x.shape:  # noqa: E721
+        raise CandidateError("shape", f"input {tuple(x.shape)} gave {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
+    return y
+
+
+# -- complexity --------------------------------------------------------------------------------
+def check_complexity(candidate: types.ModuleType, tier, *, allow_quadratic: bool = False,
+                     device: torch.device | None = None) -> dict:
+    """FLOPs (torch.utils.flop_counter: matmul-class operations) and wall time of one forward
+    at two sequence lengths; the growth exponents must stay near 1 unless quadratic mixers are
+    allowed. Softmax attention belongs in LAYERS (the harness's own attention), not the mixer."""
+    device = device or torch.device("cpu")
+    short, long = tier.complexity_lengths
+    torch.manual_seed(0)
+    mixer = contract.build_mixer(candidate, tier.d_model, tier.n_heads).to(device).eval()
+    flops, times = {}, {}
+    with torch.no_grad():
+        for t in (short, long):
+            x = torch.randn(1, t, tier.d_model, device=device)
+            with FlopCounterMode(display=False) as counter:
+                _call(mixer, x)
+            flops[t] = counter.get_total_flops()
+            times[t] = _best_time(mixer, x, device, 3)
+        exp_flops = _exponent(flops[short], flops[long], short, long)
+        exp_time = _exponent(times[short], times[long], short, long)
+        if exp_time > TIME_EXPONENT_LIMIT and exp_flops <= FLOP_EXPONENT_LIMIT:  # timing noise? measure again
+            times = {t: _best_time(mixer, torch.randn(1, t, tier.d_model, device=device), device, 5) for t in (short, long)}
+            exp_time = _exponent(times[short], times[long], short, long)
+    metrics = {
+        "flops_exponent": exp_flops,
+        "time_exponent": exp_time,
+        "mixer_flops_per_token": flops[long] / long,
+        "mixer_ms_per_token": times[long] / long * 1e3,
+    }
+    quadratic = exp_flops > FLOP_EXPONENT_LIMIT or exp_time > TIME_EXPONENT_LIMIT
+    metrics["complexity"] = "superlinear" if quadratic else "linear"
+    if quadratic and not allow_quadratic:
+        raise CandidateError(
+            "quadratic",
+            f"one forward grows like T^{exp_flops:.2f} in FLOPs and T^{exp_time:.2f} in time from T={short} to "
+            f"T={long}; the run only accepts (near-)linear mixers (use LAYERS for the harness's softmax attention)",
+        )
+    return metrics
+
+
+def _best_time(mixer: nn.Module, x: torch.Tensor, device: torch.device, reps: int) -> float:
+    _call(mixer, x)  # warm
+    best = math.inf
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        _call(mixer, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _exponent(a: float, b: float, short: int, long: int) -> float:
+    if a <= 0 or b <= 0:
+        return 0.0 if b <= a else 1.0
+    return math.log(b / a) / math.log(long / short)
+
+
+# -- step() ------------------------------------------------------------------------------------
+def check_step(mixer: nn.Module, d_model: int, length: int = 40) -> dict:
+    """When the mixer defines step(x_t, state) -> (y_t, state), it must agree with forward in
+    evaluation mode, token by token; reports the state's size per sequence and its growth."""
+    if not callable(getattr(type(mixer), "step", None)):
+        return {"has_step": False}
+    dtype, tolerance = torch.float64, 1e-6
+    try:
+        with torch.no_grad():
+            mixer.double()(torch.zeros(1, 2, d_model, dtype=dtype))
+    except Exception:
+        dtype, tolerance = torch.float32, 2e-3
+        mixer.float()
+    mixer.eval()
+    try:
+        with torch.no_grad():
+            x = torch.randn(2, length, d_model, dtype=dtype, generator=torch.Generator().manual_seed(3))
+            full = _call(mixer, x)
+            state, outs, sizes = None, [], {}
+            for t in range(length):
+                try:
+                    y, state = mixer.step(x[:, t], state)
+                except Exception as e:
+                    raise CandidateError("step", f"Mixer.step raised {type(e).__name__}: {e}"[:1500]) from e
+                if type(y) is not torch.Tensor or y.shape != x[:, t].shape:  # noqa: E721
+                    raise CandidateError("step", f"Mixer.step must return (tensor of shape {tuple(x[:, t].shape)}, state)")
+                outs.append(y)
+                if t + 1 in (length // 2, length):
+                    sizes[t + 1] = _state_bytes(state) * 4 // (2 * dtype.itemsize)  # batch 1, float32
+            stepped = torch.stack(outs, 1)
+            err = ((stepped - full).abs().max() / full.abs().max().clamp_min(1e-30)).item()
+            if not err <= tolerance:
+                raise CandidateError("step", f"step() disagrees with forward() by {err:.1e} (relative, eval mode)")
+    finally:
+        mixer.float().train()
+    half, whole = sizes[length // 2], sizes[length]
+    return {"has_step": True, "mixer_state_bytes": whole, "mixer_state_bytes_per_token": max(0, whole - half) / (length - length // 2)}
+
+
+def _state_bytes(state) -> int:
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_state_bytes(v) for v in state)
+    return 0
+
+
+def warm_up() -> None:
+    """Exercise the checks' own torch paths before candidate code exists (see harness.warm_up)."""
+    m = nn.Linear(4, 4).double()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        m(torch.zeros(1, 2, 4, dtype=torch.float64))
+    counter.get_total_flops()
+    torch.Generator().manual_seed(0)
+    with torch.set_grad_enabled(True):
+        m(torch.zeros(1, 2, 4, dtype=torch.float64, requires_grad=True)).sum()

@@ -14,30 +14,29 @@ import types
 import torch
 import torch.nn as nn
 
-
-class CandidateError(Exception):
-    """A candidate was rejected. `reason` is a short machine-readable word, `detail` says why."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+from archlab.sandbox.errors import CandidateError  # noqa: F401  (re-exported: contract.CandidateError)
 
 
-def load(source: str) -> types.ModuleType:
+def load(source: str, name: str = "candidate") -> types.ModuleType:
+    """Execute a candidate file as module `name` (its code objects are named `{name}.py`, which
+    is how the audit hook recognises the candidate's own frames)."""
     try:
-        code = compile(source, "candidate.py", "exec")
+        code = compile(source, f"{name}.py", "exec")
     except SyntaxError as e:
         raise CandidateError("syntax", f"line {e.lineno}: {e.msg}") from None
-    module = types.ModuleType("candidate")
-    module.__file__ = "candidate.py"
-    sys.modules["candidate"] = module
+    except (ValueError, RecursionError, MemoryError) as e:
+        raise CandidateError("syntax", f"cannot compile: {type(e).__name__}: {e}"[:300]) from None
+    module = types.ModuleType(name)
+    module.__file__ = f"{name}.py"
+    sys.modules[name] = module
     try:
         exec(code, module.__dict__)
     except CandidateError:
         raise
+    except MemoryError:
+        raise CandidateError("memory", "ran out of memory while importing the candidate") from None
     except Exception as e:
-        raise CandidateError("error", f"importing the candidate raised {type(e).__name__}: {e}") from e
+        raise CandidateError("error", f"importing the candidate raised {type(e).__name__}: {e}"[:1500]) from e
     validate(module)
     return module
 

@@ -43,20 +43,29 @@ def read_documents(path: str | None) -> list[bytes]:
 
 @dataclass
 class Corpus:
-    train: torch.Tensor  # uint8 byte ids
-    val: torch.Tensor
+    train: torch.Tensor | None  # uint8 byte ids; None in the evaluation process
+    val: torch.Tensor | None  # None in the training process
 
     @classmethod
-    def load(cls, path: str | None = None) -> "Corpus":
-        train, val = [], []
+    def load(cls, path: str | None = None, *, train: bool = True) -> "Corpus":
+        """The corpus split 90/10 per document; train=False keeps only the validation split."""
+        train_parts, val_parts = [], []
         for doc in read_documents(path):
             cut = int(len(doc) * (1 - VAL_FRACTION))
-            train.append(doc[:cut])
-            val.append(doc[cut:])
-        corpus = cls(_as_tensor(b"\n".join(train)), _as_tensor(b"\n".join(val)))
+            train_parts.append(doc[:cut])
+            val_parts.append(doc[cut:])
+        corpus = cls(_as_tensor(b"\n".join(train_parts)) if train else None, _as_tensor(b"\n".join(val_parts)))
         if len(corpus.val) < 2 * 1024:
             raise DataError(f"corpus too small: {len(corpus.val)} validation bytes (need at least 20 kB of text)")
         return corpus
+
+    def write_train(self, path: str | Path) -> None:
+        """The training split as raw bytes: all a training process gets (it never sees validation text)."""
+        Path(path).write_bytes(self.train.numpy().tobytes())
+
+    @classmethod
+    def from_train_file(cls, path: str | Path) -> "Corpus":
+        return cls(_as_tensor(Path(path).read_bytes()), None)
 
     def train_batch(self, batch: int, seq: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(0, len(self.train) - seq - 1, (batch,), generator=gen)
@@ -78,3 +87,54 @@ def _windows(tokens: torch.Tensor, starts: torch.Tensor, seq: int) -> tuple[torc
     idx = starts[:, None] + torch.arange(seq + 1)
     chunk = tokens[idx].long()
     return chunk[:, :-1], chunk[:, 1:]
+
+
+# -- synthetic probes ---------------------------------------------------------------------------
+# Token layout inside the 256-token byte vocabulary, shared by every probe: 0 is noise/padding,
+# 1 the selective-copy separator, keys, values and copy symbols live in disjoint ranges so a
+# probe model trained on a mixture of tasks can tell them apart from the tokens alone.
+NOISE, SEPARATOR = 0, 1
+KEY_BASE, VALUE_BASE, COPY_BASE = 64, 128, 192
+IGNORE = -100  # target value that the loss and the accuracy skip
+
+
+def mqar_batch(batch: int, pairs: int, seq: int, gen: torch.Generator, *, keys: int = 64, values: int = 64,
+               queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-query associative recall (Zoology's MQAR, simplified): `pairs` key-value pairs,
+    then the keys again in a random order, each followed by its value. The target is the value
+    at every query position and IGNORE elsewhere, so only recall is scored. Keys are distinct
+    within a sequence; values are drawn with replacement. Padded with noise to `seq`."""
+    queries = min(pairs, queries or pairs)
+    need = 2 * pairs + 2 * queries
+    if need > seq or pairs > keys:
+        raise ValueError(f"mqar: {pairs} pairs and {queries} queries need {need} > {seq} tokens or too few keys")
+    k = torch.rand(batch, keys, generator=gen).argsort(-1)[:, :pairs] + KEY_BASE
+    v = torch.randint(0, values, (batch, pairs), generator=gen) + VALUE_BASE
+    order = torch.rand(batch, pairs, generator=gen).argsort(-1)[:, :queries]
+    qk, qv = k.gather(1, order), v.gather(1, order)
+    inputs = torch.full((batch, seq), NOISE, dtype=torch.long)
+    targets = torch.full((batch, seq), IGNORE, dtype=torch.long)
+    inputs[:, 0 : 2 * pairs : 2], inputs[:, 1 : 2 * pairs : 2] = k, v
+    start = 2 * pairs
+    inputs[:, start : start + 2 * queries : 2], inputs[:, start + 1 : start + 2 * queries : 2] = qk, qv
+    targets[:, start : start + 2 * queries : 2] = qv
+    return inputs, targets
+
+
+def selective_copy_batch(batch: int, tokens: int, region: int, seq: int, gen: torch.Generator, *,
+                         symbols: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selective copying (Mamba's synthetic task): `tokens` symbols scattered at random places
+    in a noise region of length `region`, then a separator, then the symbols in order (teacher
+    forced). The target is the next symbol from the separator on; IGNORE elsewhere."""
+    need = region + 1 + tokens
+    if need > seq or tokens > region:
+        raise ValueError(f"selective copy: {tokens} symbols in a {region}-token region need {need} > {seq} tokens")
+    places = torch.rand(batch, region, generator=gen).argsort(-1)[:, :tokens].sort(-1).values
+    data = torch.randint(0, symbols, (batch, tokens), generator=gen) + COPY_BASE
+    inputs = torch.full((batch, seq), NOISE, dtype=torch.long)
+    targets = torch.full((batch, seq), IGNORE, dtype=torch.long)
+    inputs.scatter_(1, places, data)
+    inputs[:, region] = SEPARATOR
+    inputs[:, region + 1 : region + tokens] = data[:, :-1]
+    targets[:, region : region + tokens] = data
+    return inputs, targets

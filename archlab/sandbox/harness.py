@@ -1,24 +1,52 @@
-"""The model shell around a candidate, its training and its metrics.
+"""The model shell around a candidate, its training and every metric.
 
 The harness owns everything but the mixer (and optionally the FFN): byte embeddings,
 pre-norm residual blocks, the tied LM head, the loss, the data, the optimizer and every
-metric, so a candidate cannot change how it is scored.
+metric, so a candidate cannot change how it is scored. Training runs in one sandboxed
+process (which never sees validation data) and saves the weights; a second, fresh process
+loads them and measures quality and hardware cost (`evaluate_trained`).
 """
 
+import contextlib
+import copy
 import math
+import resource
 import time
 import types
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.sandbox import checks, contract
-from archlab.sandbox.contract import CandidateError
-from archlab.sandbox.data import VOCAB_SIZE, Corpus
-from archlab.sandbox.tiers import Tier
+from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, mqar_batch, selective_copy_batch
+from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.tiers import Probes, Tier
+
+DECODE_TOKENS = 32  # timed decoding steps for the per-token latency
 
 
+# -- devices ----------------------------------------------------------------------------------
+def pick_device(prefer: str | None = None) -> torch.device:
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU; full precision on the CPU (where bf16 is slower, not faster)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- the model shell --------------------------------------------------------------------------
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int):
         super().__init__()
@@ -46,6 +74,15 @@ class Attention(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(o.transpose(1, 2).reshape(b, t, d))
 
+    def step(self, x, state=None):
+        """One token with a KV cache: state is (keys, values), each (batch, heads, time, head_dim)."""
+        b, d = x.shape
+        q, k, v = (y.view(b, self.n_heads, 1, -1) for y in self.qkv(x).chunk(3, -1))
+        if state is not None:
+            k, v = torch.cat([state[0], k], 2), torch.cat([state[1], v], 2)
+        o = F.scaled_dot_product_attention(q, k, v)
+        return self.out(o.reshape(b, d)), (k, v)
+
 
 class Block(nn.Module):
     def __init__(self, mixer: nn.Module, ffn: nn.Module, d_model: int):
@@ -54,7 +91,11 @@ class Block(nn.Module):
         self.norm2, self.ffn = nn.RMSNorm(d_model), ffn
 
     def forward(self, x):
-        x = x + self.mixer(self.norm1(x))
+        y = self.mixer(self.norm1(x))
+        if type(y) is not torch.Tensor or y.shape != x.shape:  # noqa: E721  (subclasses could carry __torch_function__)
+            raise CandidateError("shape", f"Mixer.forward must return a plain torch.Tensor of shape {tuple(x.shape)}, "
+                                 f"got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
+        x = x + y
         return x + self.ffn(self.norm2(x))
 
 
@@ -62,13 +103,13 @@ class LM(nn.Module):
     def __init__(self, candidate: types.ModuleType, tier: Tier):
         super().__init__()
         d = tier.d_model
-        pattern = (getattr(candidate, "LAYERS", "M") * tier.n_layers)[: tier.n_layers]
+        self.pattern = (getattr(candidate, "LAYERS", "M") * tier.n_layers)[: tier.n_layers]
         ffn = getattr(candidate, "FFN", None) or SwiGLU
         self.embed = nn.Embedding(VOCAB_SIZE, d)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.blocks = nn.ModuleList(
             Block(contract.build_mixer(candidate, d, tier.n_heads) if kind == "M" else Attention(d, tier.n_heads), ffn(d_model=d), d)
-            for kind in pattern
+            for kind in self.pattern
         )
         self.norm = nn.RMSNorm(d)
 
@@ -78,85 +119,458 @@ class LM(nn.Module):
             x = block(x)
         return F.linear(self.norm(x), self.embed.weight)  # tied LM head
 
+    def step(self, token: torch.Tensor, states: list | None):
+        """One token of inference for the whole model. Layers whose mixer has no step() keep
+        their inputs and recompute (what decoding without a recurrent form costs)."""
+        states = states if states is not None else [None] * len(self.blocks)
+        x = self.embed(token)
+        new = []
+        for block, state in zip(self.blocks, states):
+            h = block.norm1(x)
+            if has_step(block.mixer):
+                y, state = block.mixer.step(h, state)
+            else:
+                state = h[:, None] if state is None else torch.cat([state, h[:, None]], 1)
+                y = block.mixer(state)[:, -1]
+            if type(y) is not torch.Tensor or y.shape != h.shape:  # noqa: E721
+                raise CandidateError("step", f"Mixer.step must return a plain tensor of shape {tuple(h.shape)} and a state")
+            x = x + y
+            x = x + block.ffn(block.norm2(x))
+            new.append(state)
+        return F.linear(self.norm(x), self.embed.weight), new
+
+
+def has_step(mixer: nn.Module) -> bool:
+    return callable(getattr(type(mixer), "step", None))
+
 
 def lm_loss(model: LM, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = model(inputs)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
 
 
-def check_candidate(candidate: types.ModuleType, tier: Tier, param_limit: int | None) -> dict:
-    """Everything short of training: shape, parameter budget, causality, one forward/backward."""
+def warm_up(device: torch.device) -> None:
+    """Run every harness code path once on a tiny model before any candidate code is loaded,
+    so torch finishes its lazy imports and initialisation while nothing hostile is around
+    (the audit hook then sees no imports from torch's normal operation)."""
+    tiny = types.ModuleType("warmup")
+    tiny.Mixer = lambda d_model, n_heads: Attention(d_model, n_heads)
+    tier = Tier(name="warmup", d_model=16, n_heads=2, n_layers=1, seq_len=8, batch_size=2, steps=1)
+    model = LM(tiny, tier).to(device)
+    opt, schedule = _optimizer(model, tier)
+    inputs = torch.randint(0, VOCAB_SIZE, (2, 8), device=device)
+    with autocast(device):
+        loss = lm_loss(model, inputs, inputs)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    schedule.step()
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        with FlopCounterMode(display=False) as counter:
+            model(inputs[:1])
+        counter.get_total_flops()
+        _, states = model.step(inputs[:1, 0], None)
+        model.step(inputs[:1, 1], states)
+        quantized_copy(model)
+    torch.linalg.solve_triangular(torch.eye(2, device=device), torch.ones(2, 1, device=device), upper=False)
+    torch.save(model.state_dict(), _NullFile())
+    resource.getrusage(resource.RUSAGE_SELF)
+    gen = torch.Generator().manual_seed(0)
+    mqar_batch(2, 2, 16, gen, keys=4, values=4)
+    selective_copy_batch(2, 2, 6, 16, gen)
+    checks.warm_up()
+    math.isfinite(loss.item())
+
+
+class _NullFile:
+    def write(self, data):
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+# -- the check tier ---------------------------------------------------------------------------
+def check_candidate(candidate: types.ModuleType, tier: Tier, param_limit: int | None, *,
+                    allow_quadratic: bool = False, device: torch.device | None = None) -> dict:
+    """Everything short of training: shape, parameter budget, causality, complexity, step(),
+    one forward/backward of the whole model."""
+    device = device or torch.device("cpu")
     mixer = contract.build_mixer(candidate, tier.d_model, tier.n_heads)
     contract.check_shape(mixer, tier.d_model)
     mixer_params = checks.check_params(mixer, param_limit)
-    checks.check_causality(mixer, tier.d_model)
-    model = LM(candidate, tier)
-    inputs = torch.randint(0, VOCAB_SIZE, (2, 64))
-    loss = _guard(lambda: lm_loss(model, inputs, inputs))
-    _guard(loss.backward)
+    checks.check_causality(mixer.to(device), tier.d_model, tier.causality_length, seq_len=tier.seq_len)
+    metrics = {"mixer_params": mixer_params}
+    metrics.update(checks.check_complexity(candidate, tier, allow_quadratic=allow_quadratic, device=device))
+    metrics.update(checks.check_step(mixer, tier.d_model))
+    model = LM(candidate, tier).to(device)
+    inputs = torch.randint(0, VOCAB_SIZE, (2, 64), device=device)
+    with autocast(device):
+        loss = guard(lambda: lm_loss(model, inputs, inputs))
+    guard(loss.backward)
     if not torch.isfinite(loss) or any(p.grad is not None and not torch.isfinite(p.grad).all() for p in model.parameters()):
         raise CandidateError("nan", "non-finite loss or gradient in the first forward/backward pass")
-    return {"mixer_params": mixer_params, "params": checks.count_params(model)}
+    metrics["params"] = checks.count_params(model)
+    return metrics
 
 
-def train_and_evaluate(candidate: types.ModuleType, tier: Tier, corpus: Corpus, seed: int) -> dict:
+# -- training (the training process) ----------------------------------------------------------
+def _optimizer(model: nn.Module, tier: Tier, lr: float | None = None, steps: int | None = None, warmup: int | None = None):
+    params = list(checks.iter_parameters(model))
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr or tier.lr, betas=(0.9, 0.95))
+    steps, warmup = steps or max(tier.steps, 1), warmup if warmup is not None else tier.warmup
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
+    return opt, schedule
+
+
+def train_lm(candidate: types.ModuleType, tier: Tier, corpus: Corpus, seed: int, device: torch.device,
+             on_step=None) -> tuple[LM, dict]:
     torch.manual_seed(seed)
-    model = LM(candidate, tier)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=tier.lr, betas=(0.9, 0.95)
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, tier))
+    model = LM(candidate, tier).to(device)
+    opt, schedule = _optimizer(model, tier)
     gen = torch.Generator().manual_seed(seed)
     tokens_seen, train_time, loss_value = 0, 0.0, float("nan")
     for step in range(tier.steps):
         inputs, targets = corpus.train_batch(tier.batch_size, tier.seq_len, gen)
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        synchronize(device)
         start = time.perf_counter()
-        loss = _guard(lambda: lm_loss(model, inputs, targets))
+        with autocast(device):
+            loss = guard(lambda: lm_loss(model, inputs, targets))
         if not torch.isfinite(loss):
             raise CandidateError("nan", f"training loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
-        _guard(loss.backward)
+        guard(loss.backward)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         schedule.step()
-        loss_value = loss.item()
+        loss_value = loss.item()  # also synchronizes
         if step >= 2:  # the first steps pay for allocations and lazy initialisation
             train_time += time.perf_counter() - start
             tokens_seen += inputs.numel()
-    val_loss = evaluate(model, tier, corpus)
-    if not math.isfinite(val_loss):
-        raise CandidateError("nan", "validation loss is not finite")
-    return {
-        "val_loss": val_loss,
-        "val_bpb": val_loss / math.log(2),  # byte-level tokens: nats/token -> bits/byte
+        if on_step is not None and step % 50 == 49:
+            on_step(step)
+    return model, {
         "train_loss": loss_value,
         "tokens_per_s": tokens_seen / train_time if train_time else 0.0,
+        "train_time_s": train_time,
+        "timed_tokens": tokens_seen,
         "train_tokens": tier.steps * tier.batch_size * tier.seq_len,
         "params": checks.count_params(model),
     }
 
 
-@torch.no_grad()
-def evaluate(model: LM, tier: Tier, corpus: Corpus) -> float:
-    model.eval()
+def probe_tier(tier: Tier) -> Tier:
+    p = tier.probes
+    return Tier(name=f"{tier.name}-probes", d_model=p.d_model, n_heads=tier.n_heads, n_layers=p.n_layers,
+                seq_len=p.seq_len, batch_size=p.batch_size, steps=p.steps, lr=p.lr, warmup=min(30, p.steps // 10))
+
+
+def probe_batch(p: Probes, batch: int, gen: torch.Generator, task: str | None = None):
+    """A batch of the probe mixture (or of one task: 'mqar{n}' / 'copy')."""
+    if task is not None:
+        if task == "copy":
+            return selective_copy_batch(batch, p.copy_tokens, p.seq_len - p.copy_tokens - 1, p.seq_len, gen)
+        return mqar_batch(batch, int(task[4:]), p.seq_len, gen, keys=p.keys, values=p.values)
+    tasks = [f"mqar{n}" for n in p.pairs] + ["copy"]
+    share = max(1, batch // len(tasks))
+    parts = [probe_batch(p, share if i < len(tasks) - 1 else batch - share * (len(tasks) - 1), gen, t)
+             for i, t in enumerate(tasks)]
+    return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+
+
+def train_probes(candidate: types.ModuleType, tier: Tier, seed: int, device: torch.device) -> tuple[LM, dict]:
+    """Train a small model from scratch on the probe mixture (MQAR at several sizes + selective copy)."""
+    p, ptier = tier.probes, probe_tier(tier)
+    torch.manual_seed(seed + 1)
+    model = LM(candidate, ptier).to(device)
+    opt, schedule = _optimizer(model, ptier)
+    gen = torch.Generator().manual_seed(seed + 7919)
+    started, loss_value = time.perf_counter(), float("nan")
+    for step in range(p.steps):
+        inputs, targets = probe_batch(p, p.batch_size, gen)
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast(device):
+            loss = guard(lambda: lm_loss(model, inputs, targets))
+        if not torch.isfinite(loss):
+            raise CandidateError("nan", f"probe training loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        guard(loss.backward)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        loss_value = loss.item()
+    return model, {"probe_train_loss": loss_value, "probe_train_s": time.perf_counter() - started}
+
+
+# -- evaluation (the evaluation process, from saved weights) ----------------------------------
+def load_trained(candidate: types.ModuleType, tier: Tier, state: dict, device: torch.device) -> LM:
+    model = LM(candidate, tier)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as e:
+        raise CandidateError("error", f"the trained weights do not fit a freshly built model: {e}"[:600]) from None
+    return model.to(device).eval()
+
+
+def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, weights: dict, device: torch.device,
+                     *, rng: torch.Generator, recheck: bool = False) -> dict:
+    """Quality and hardware metrics of a trained model, measured from its saved weights."""
+    model = load_trained(candidate, tier, weights["lm"], device)
+    metrics: dict = {"params": checks.count_params(model), "mixer_params": _mixer_params(model)}
+    if tier.hardware and not recheck:
+        metrics.update(memory_metrics(model, tier, device))
+    with torch.no_grad():
+        _warm(model, tier, device)
+        before = fingerprint(model)
+        val_loss, batch_losses = validation_loss(model, tier, corpus, device, rng=rng, recheck=recheck)
+        if fingerprint(model) != before:
+            raise CandidateError("tamper", "the model changed its own weights or state while being evaluated")
+    if not math.isfinite(val_loss):
+        raise CandidateError("nan", "validation loss is not finite")
+    metrics.update(val_loss=val_loss, val_bpb=val_loss / math.log(2))  # byte-level tokens: nats -> bits per byte
+    if recheck:
+        return metrics
+    with torch.no_grad():
+        if tier.extrapolation:
+            metrics.update(extrapolation(model, tier, corpus, device, val_loss))
+        if tier.hardware:
+            metrics.update(latency_metrics(model, tier, device))
+            metrics.update(quantization_metrics(model, tier, corpus, device, batch_losses))
+        if tier.probes is not None and "probe" in weights:
+            metrics.update(probe_accuracy(candidate, tier, weights["probe"], device))
+    return metrics
+
+
+def validation_loss(model: LM, tier: Tier, corpus: Corpus, device: torch.device, *, rng: torch.Generator,
+                    recheck: bool = False) -> tuple[float, list[tuple[float, int]]]:
+    """Mean loss over fixed validation windows. Some batches (all of them in a recheck) are also
+    scored with everything after a random cut replaced by other real text: the logits up to the
+    cut must not move (a trained model cannot tell which batches are probed)."""
+    batches = list(corpus.val_batches(tier.val_windows, tier.batch_size, tier.seq_len))
+    order = list(range(len(batches)))
+    if recheck:  # same windows, another order and batching: an honest model gives the same loss
+        order = torch.randperm(len(batches), generator=rng).tolist()
+    probed = set(order) if recheck else set(torch.randperm(len(batches), generator=rng)[: tier.recheck_batches].tolist())
+    total, count, per_batch = 0.0, 0, [None] * len(batches)
+    for i in order:
+        inputs, targets = (t.to(device) for t in batches[i])
+        with autocast(device):
+            logits = guard(lambda: model(inputs))
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        if i in probed:
+            _model_causality(model, logits, inputs, batches[(i + 1) % len(batches)][0].to(device), device, rng)
+        per_batch[i] = (loss.item(), targets.numel())
+        total += per_batch[i][0] * per_batch[i][1]
+        count += per_batch[i][1]
+    return total / count, per_batch
+
+
+def _model_causality(model: LM, logits: torch.Tensor, inputs: torch.Tensor, other: torch.Tensor,
+                     device: torch.device, rng: torch.Generator) -> None:
+    t = inputs.shape[1]
+    cut = int(torch.randint(t // 4, 3 * t // 4, (1,), generator=rng))
+    perturbed = inputs.clone()
+    perturbed[:, cut + 1 :] = other[: inputs.shape[0], cut + 1 :]
+    with autocast(device):
+        logits2 = guard(lambda: model(perturbed))
+    a, b = logits[:, : cut + 1].float(), logits2[:, : cut + 1].float()
+    leak = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+    tolerance = 2e-2 if device.type == "cuda" else 1e-4
+    if not leak <= tolerance:
+        raise CandidateError("non_causal", f"the trained model's outputs at positions <= {cut} changed by {leak:.1e} "
+                             "(relative) when only later text changed (checked on validation batches)")
+
+
+def _warm(model: LM, tier: Tier, device: torch.device) -> None:
+    """One forward of every shape the evaluation uses, so lazily built caches exist before the fingerprint."""
+    tokens = torch.randint(0, VOCAB_SIZE, (tier.batch_size, tier.seq_len), device=device)
+    with autocast(device):
+        guard(lambda: model(tokens))
+
+
+def fingerprint(model: nn.Module) -> tuple:
+    """Everything a model could change about itself: tensors (by value) and plain attributes (by identity)."""
+    parts = []
+    for name, module in checks.iter_modules(model):
+        for key, value in sorted(vars(module).items()):
+            if key in ("_parameters", "_buffers", "_modules", "training"):
+                continue
+            if isinstance(value, torch.Tensor):
+                parts.append((name, key, tuple(value.shape), float(value.detach().double().sum())))
+            elif isinstance(value, list | dict | set | tuple):
+                parts.append((name, key, id(value), len(value)))
+            else:
+                parts.append((name, key, id(value)))
+        for kind in ("_parameters", "_buffers"):
+            for key, value in vars(module)[kind].items():
+                if value is not None:
+                    parts.append((name, kind, key, value.data_ptr(), float(value.detach().double().sum())))
+    return tuple(parts)
+
+
+def extrapolation(model: LM, tier: Tier, corpus: Corpus, device: torch.device, val_loss: float) -> dict:
+    """Loss on the second half of windows twice as long as training saw (length extrapolation)."""
+    length = 2 * tier.seq_len
     total, count = 0.0, 0
-    for inputs, targets in corpus.val_batches(tier.val_windows, tier.batch_size, tier.seq_len):
-        total += _guard(lambda: lm_loss(model, inputs, targets)).item() * targets.numel()
-        count += targets.numel()
+    for inputs, targets in corpus.val_batches(max(tier.val_windows // 2, 1), max(tier.batch_size // 2, 1), length):
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast(device):
+            logits = guard(lambda: model(inputs))
+        late = logits[:, tier.seq_len :].float()
+        loss = F.cross_entropy(late.reshape(-1, late.shape[-1]), targets[:, tier.seq_len :].reshape(-1), reduction="sum")
+        total += loss.item()
+        count += targets[:, tier.seq_len :].numel()
+    long_loss = total / count
+    return {"val_loss_2x": long_loss, "extrapolation_gap": long_loss - val_loss}
+
+
+def memory_metrics(model: LM, tier: Tier, device: torch.device) -> dict:
+    """Peak training memory: weights + gradients + AdamW moments (computed) plus the activations
+    of one forward/backward at the tier's batch shape (measured: CUDA allocator peak, or the
+    growth of the process's peak RSS on the CPU)."""
+    n = checks.count_params(model)
+    static = 4 * n * 4  # fp32 weights, gradients, two AdamW moments
+    tokens = torch.randint(0, VOCAB_SIZE, (tier.batch_size, tier.seq_len), device=device)
     model.train()
-    return total / count
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with autocast(device):
+        loss = guard(lambda: lm_loss(model, tokens, tokens))
+    guard(loss.backward)
+    synchronize(device)
+    if device.type == "cuda":
+        activations = torch.cuda.max_memory_allocated(device) - base
+    else:
+        activations = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+    for p in checks.iter_parameters(model):
+        p.grad = None
+    model.eval()
+    return {"peak_mem_mb": (static + activations) / 2**20, "activation_mem_mb": activations / 2**20}
 
 
-def _lr_factor(step: int, tier: Tier) -> float:
-    if step < tier.warmup:
-        return (step + 1) / tier.warmup
-    progress = (step - tier.warmup) / max(1, tier.steps - tier.warmup)
+def latency_metrics(model: LM, tier: Tier, device: torch.device) -> dict:
+    """Batch-1 inference: prefill latency over seq_len tokens, per-token decoding latency after
+    it (step() where the mixer has one, else recomputing the context), state bytes per token,
+    FLOPs per token of the forward pass."""
+    t = tier.seq_len
+    tokens = torch.randint(0, VOCAB_SIZE, (1, t), device=device)
+    with autocast(device):
+        guard(lambda: model(tokens))  # warm
+        prefill = min(_timed(lambda: guard(lambda: model(tokens)), device) for _ in range(3))
+        with FlopCounterMode(display=False) as counter:
+            guard(lambda: model(tokens))
+        flops = counter.get_total_flops()
+        recurrent = all(has_step(b.mixer) for b in model.blocks)
+        states, half_bytes, decode = None, 0, []
+        for i in range(t):
+            start = time.perf_counter()
+            logits, states = guard(lambda: model.step(tokens[:, i], states))
+            synchronize(device)
+            if i >= t - DECODE_TOKENS:
+                decode.append(time.perf_counter() - start)
+            if i == t // 2 - 1:
+                half_bytes = state_bytes(states)
+    full_bytes = state_bytes(states)
+    return {
+        "prefill_ms": prefill * 1e3,
+        "decode_ms_per_token": sum(decode) / len(decode) * 1e3,
+        "decode_mode": "recurrent" if recurrent else "recompute",
+        "state_bytes": full_bytes,
+        "state_bytes_per_token": max(0.0, (full_bytes - half_bytes) / (t - t // 2)),
+        "flops_per_token": flops / t,
+    }
+
+
+def state_bytes(state) -> int:
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def _timed(fn, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def quantized_copy(model: LM) -> LM:
+    """A copy with every matrix (Linear, Embedding, 2-D+ parameters) rounded to int8 per output
+    row (symmetric, absmax scale) and dequantised: weight-only int8 quantization."""
+    q = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in checks.iter_parameters(q):
+            if p.dim() >= 2:
+                w = p.float().reshape(p.shape[0], -1)
+                scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
+                p.copy_((w / scale).round().clamp(-127, 127).mul(scale).reshape(p.shape).to(p.dtype))
+    return q
+
+
+def quantization_metrics(model: LM, tier: Tier, corpus: Corpus, device: torch.device, batch_losses: list) -> dict:
+    """Validation loss increase after int8 weight quantization, on the first half of the validation batches."""
+    batches = list(corpus.val_batches(tier.val_windows, tier.batch_size, tier.seq_len))
+    use = max(1, len(batches) // 2)
+    q = guard(lambda: quantized_copy(model))
+    total, count, base = 0.0, 0, 0.0
+    for i, (inputs, targets) in enumerate(batches[:use]):
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast(device):
+            total += guard(lambda: lm_loss(q, inputs, targets)).item() * targets.numel()
+        count += targets.numel()
+        base += batch_losses[i][0] * batch_losses[i][1]
+    return {"val_loss_int8": total / count, "quant_loss": (total - base) / count}
+
+
+def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device: torch.device) -> dict:
+    p = tier.probes
+    model = load_trained(candidate, probe_tier(tier), state, device)
+    gen = torch.Generator().manual_seed(0x5EED)  # held out: training draws from another stream
+    out = {}
+    tasks = [f"mqar{n}" for n in p.pairs] + ["copy"]
+    with torch.no_grad():
+        for task in tasks:
+            correct, total = 0, 0
+            for _ in range(max(1, p.eval_examples // p.batch_size)):
+                inputs, targets = (t.to(device) for t in probe_batch(p, p.batch_size, gen, task))
+                with autocast(device):
+                    pred = guard(lambda: model(inputs)).argmax(-1)
+                mask = targets != IGNORE
+                correct += (pred[mask] == targets[mask]).sum().item()
+                total += mask.sum().item()
+            key = "selcopy_acc" if task == "copy" else f"mqar_acc_p{task[4:]}"
+            out[key] = correct / total
+    mqar = [out[f"mqar_acc_p{n}"] for n in p.pairs]
+    out["mqar_acc"] = sum(mqar) / len(mqar)
+    return out
+
+
+def _mixer_params(model: LM) -> int:
+    mixers = [b.mixer for b in model.blocks if not isinstance(b.mixer, Attention)]
+    return checks.count_params(mixers[0]) if mixers else 0
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _guard(fn):
+def guard(fn):
     """Run candidate-dependent code, turning its exceptions into a rejection with a reason."""
     try:
         return fn()
@@ -164,5 +578,13 @@ def _guard(fn):
         raise
     except MemoryError:
         raise CandidateError("memory", "ran out of memory") from None
+    except RecursionError as e:
+        raise CandidateError("error", f"RecursionError: {e}") from e
     except Exception as e:
-        raise CandidateError("error", f"{type(e).__name__}: {e}") from e
+        text = str(e)
+        if isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
+            raise CandidateError("memory", f"{type(e).__name__}: {text[:300]}") from None
+        raise CandidateError("error", f"{type(e).__name__}: {text[:1500]}") from e
+
+
+_guard = guard  # the old private name

@@ -1,26 +1,57 @@
-"""The parent side of the sandbox: run one evaluation in a child process and collect its result.
+"""The parent side of the sandbox: run one evaluation in child processes and collect its result.
 
-The child gets its own session (so a timeout kills the whole process group, grandchildren
-included), resource limits, a scratch directory as its working directory and an
-environment stripped to a few harmless variables (API keys never reach candidate code).
+An evaluation at a training tier is two children (see worker.py): one checks and trains the
+candidate and saves its weights; a fresh one loads the weights and measures everything.
+Each child gets its own session (a timeout kills the whole process group), the strongest
+isolation this machine offers (bubblewrap, namespaces, an unprivileged uid, resource limits,
+an audit hook; see protections.py and `archlab doctor`), a scratch directory as its only
+writable place and an environment stripped to a few harmless variables.
+
+A validation loss implausibly far below the root's (`reference`) triggers a recheck: a third
+process scores the same weights again, in another order, with the model-level causality
+probe on every batch. If it disagrees the result is rejected ("tamper"); if it agrees the
+result is kept but flagged (`metrics["flagged"]`), and fitness does not crown it.
 """
 
 import json
+import math
 import os
-import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from archlab.sandbox.tiers import TIERS
+from archlab.sandbox import protections
+from archlab.sandbox.tiers import TIERS, Tier, TierError, describe, resolve
 
-KEEP_ENV = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES")
+KEEP_ENV = protections.KEEP_ENV
+LOG_LIMIT = 8 * 2**20  # a log longer than this keeps its first and last MiB
+RECHECK_TOLERANCE = {"cpu": 1e-3, "cuda": 2e-2}  # relative val_loss agreement between evaluation and recheck
+
+
+# Sandboxes running in this process, so a stopping run can kill them all at once.
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+class Interrupted(Exception):
+    """The run is stopping (Ctrl-C, SIGTERM): the evaluation was abandoned, not failed."""
+
+
+def stop_all() -> None:
+    """Kill every sandbox this process started; evaluations in flight raise Interrupted."""
+    with _live_lock:
+        _stopping.set()
+        for proc in list(_live):
+            _kill_group(proc, wait=False)
 
 
 class Result(BaseModel):
@@ -36,7 +67,7 @@ class Result(BaseModel):
 
 def evaluate(
     source: str,
-    tier: str = "smoke",
+    tier: "str | Tier" = "smoke",
     *,
     seed: int = 0,
     data: str | None = None,
@@ -46,67 +77,208 @@ def evaluate(
     timeout_s: float | None = None,
     memory_gb: float = 12.0,
     log_path: Path | None = None,
+    tier_overrides: dict | None = None,
+    allow_quadratic: bool = False,
+    reference: dict | None = None,
+    implausible_gain: float = 0.10,
+    seeds: int | None = None,
+    device: str | None = None,
+    skip_static_checks: bool = False,
 ) -> Result:
-    """Evaluate candidate source code at a tier in a sandboxed child process.
+    """Evaluate candidate source code at a tier in sandboxed child processes.
 
+    tier: a tier name (see tiers.py) or a Tier; tier_overrides: fields to change (a run's config).
     param_limit: the mixer's parameter budget; None = param_ratio x the DeltaNet root's; -1 = none.
+    allow_quadratic: accept mixers whose cost grows faster than linearly with sequence length.
+    reference: the root's metrics; a val_loss more than `implausible_gain` below its val_loss is
+        rechecked and flagged. seeds: how many seeds (default: the tier's); several seeds give
+        mean metrics with `*_std` beside them. device: "cpu" or "cuda" (default: cuda when present).
+    skip_static_checks: only for testing the runtime layers with code the AST checks would reject.
     """
-    threads = threads or min(os.cpu_count() or 1, 4)
-    timeout_s = timeout_s or TIERS[tier].timeout_s
-    scratch = Path(tempfile.mkdtemp(prefix="archlab-sandbox-"))
     try:
+        spec = resolve(tier, tier_overrides)
+    except TierError as e:
+        return Result(ok=False, reason="config", detail=str(e))
+    opt = dict(data=data, param_limit=param_limit, param_ratio=param_ratio, threads=threads, timeout_s=timeout_s,
+               memory_gb=memory_gb, log_path=log_path, allow_quadratic=allow_quadratic, reference=reference,
+               implausible_gain=implausible_gain, device=device, skip_static_checks=skip_static_checks)
+    n_seeds = seeds or spec.seeds
+    if n_seeds <= 1:
+        return _evaluate_seed(source, spec, seed, opt)
+    results = []
+    for i in range(n_seeds):
+        log_i = Path(f"{log_path}.seed{seed + i}") if log_path and i else log_path
+        result = _evaluate_seed(source, spec, seed + i, {**opt, "log_path": log_i})
+        if not result.ok:
+            result.detail = f"seed {seed + i}: {result.detail}"
+            return result
+        results.append(result)
+    return _aggregate(results, [seed + i for i in range(n_seeds)])
+
+
+def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict) -> Result:
+    started = time.monotonic()
+    deadline = started + (opt["timeout_s"] or tier.timeout_s)
+    threads = opt["threads"] or min(os.cpu_count() or 1, 4)
+    launcher = protections.launcher()
+    scratch = Path(tempfile.mkdtemp(prefix="archlab-sandbox-"))
+    log = Path(opt["log_path"]) if opt["log_path"] else scratch / "log.txt"
+    try:
+        uid = launcher.prepare(scratch)
         (scratch / "candidate.py").write_text(source, encoding="utf-8")
-        job = {
-            "candidate": str(scratch / "candidate.py"), "result": str(scratch / "result.json"), "tier": tier,
-            "seed": seed, "data": str(Path(data).resolve()) if data else None, "param_limit": param_limit,
-            "param_ratio": param_ratio, "threads": threads,
+        base = {
+            "candidate": str(scratch / "candidate.py"), "tier": describe(tier), "seed": seed, "threads": threads,
+            "param_limit": opt["param_limit"], "param_ratio": opt["param_ratio"], "memory_gb": opt["memory_gb"],
+            "allow_quadratic": opt["allow_quadratic"], "device": opt["device"], "uid": uid,
+            "skip_static": opt["skip_static_checks"], "nproc": protections.DEFAULT_NPROC,
+            "data": str(Path(opt["data"]).resolve()) if opt["data"] else None, "builtin_data": str(_builtin_corpus()),
         }
-        (scratch / "job.json").write_text(json.dumps(job))
-        env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
-        env.update(HOME=str(scratch), TMPDIR=str(scratch), OMP_NUM_THREADS=str(threads), PYTHONDONTWRITEBYTECODE="1")
-        log = open(log_path, "wb") if log_path else open(scratch / "log.txt", "wb")
-        with log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "archlab.sandbox.worker", str(scratch / "job.json")],
-                cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=lambda: _limit_resources(memory_gb),
-            )
-            started = time.monotonic()
+        hide = [p for p in (base["data"], base["builtin_data"]) if p]
+        if tier.steps:
             try:
-                proc.wait(timeout=timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(proc)  # also reaps anything the candidate left running
-        return _collect(scratch, proc.returncode, timed_out, timeout_s, time.monotonic() - started, log.name)
+                from archlab.sandbox.data import Corpus, DataError
+
+                Corpus.load(opt["data"]).write_train(scratch / "train.bin")
+            except DataError as e:
+                return Result(ok=False, reason="data", detail=str(e), metrics={"wall_s": time.monotonic() - started})
+        train = _phase(launcher, scratch, log, "wb", deadline, {
+            **base, "phase": "train", "result": str(scratch / "result-train.json"),
+            "train_data": str(scratch / "train.bin"), "weights": str(scratch / "weights.pt") if tier.steps else None,
+        }, hide=hide)
+        if not train.ok or not tier.steps:
+            return _finish(train, started, log)
+        (scratch / "train.bin").unlink(missing_ok=True)
+        eval_job = {**base, "phase": "eval", "result": str(scratch / "result-eval.json"), "weights": str(scratch / "weights.pt")}
+        evaluation = _phase(launcher, scratch, log, "ab", deadline, eval_job, hide=[])
+        if not evaluation.ok:
+            evaluation.metrics = {**train.metrics, **evaluation.metrics}
+            return _finish(evaluation, started, log)
+        metrics = {**train.metrics, **evaluation.metrics}
+        metrics["train_phase_s"] = train.metrics.get("phase_wall_s")
+        claimed = metrics.get("train_time_s") or 0.0
+        if claimed > train.metrics.get("parent_wall_s", math.inf) + 1.0:
+            return _finish(Result(ok=False, reason="tamper", detail=f"the training process claims {claimed:.1f} s of training "
+                                  f"but ran {train.metrics['parent_wall_s']:.1f} s", metrics=metrics), started, log)
+        result = Result(ok=True, metrics=metrics, env={**train.env, "tier": tier.name, "launcher": launcher.kind})
+        ref = (opt.get("reference") or {}).get("val_loss")
+        if ref and metrics.get("val_loss") is not None and metrics["val_loss"] < (1 - opt["implausible_gain"]) * ref:
+            result = _recheck(result, launcher, scratch, log, deadline, {**eval_job, "recheck": True,
+                                                                         "result": str(scratch / "result-recheck.json")}, ref, opt)
+        for key in ("phase_wall_s", "parent_wall_s"):
+            result.metrics.pop(key, None)
+        return _finish(result, started, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _limit_resources(memory_gb: float) -> None:
-    limit = int(memory_gb * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 2**20, 256 * 2**20))
+def _recheck(result: Result, launcher, scratch: Path, log: Path, deadline: float, job: dict, ref: float, opt: dict) -> Result:
+    metrics = result.metrics
+    gain = 1 - metrics["val_loss"] / ref
+    again = _phase(launcher, scratch, log, "ab", deadline, job, hide=[])
+    if not again.ok:
+        reason = again.reason if again.reason in ("non_causal", "tamper", "forbidden", "timeout") else "tamper"
+        return Result(ok=False, reason=reason, detail=f"val_loss {gain:.0%} below the root's; the recheck failed: {again.detail}",
+                      metrics=metrics, env=result.env)
+    tol = RECHECK_TOLERANCE.get(result.env.get("device", "cpu"), 2e-2)
+    diff = abs(again.metrics["val_loss"] - metrics["val_loss"]) / metrics["val_loss"]
+    metrics.update(recheck_val_loss=again.metrics["val_loss"], flagged="implausible_gain", flag_detail=(
+        f"val_loss {gain:.1%} below the root's; a fresh process re-scored the weights with causality probes on every batch"))
+    if diff > tol:
+        return Result(ok=False, reason="tamper", detail=f"val_loss {gain:.0%} below the root's and the recheck disagrees "
+                      f"({again.metrics['val_loss']:.4f} vs {metrics['val_loss']:.4f})", metrics=metrics, env=result.env)
+    return result
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _phase(launcher, scratch: Path, log: Path, mode: str, deadline: float, job: dict, hide: list[str]) -> Result:
+    timeout = deadline - time.monotonic()
+    if timeout <= 1:
+        return Result(ok=False, reason="timeout", detail="no time left for the evaluation phase")
+    job = {**job, "cpu_s": int(timeout * max(job["threads"], 1) * 1.5 + 60)}
+    job_path = scratch / f"job-{job['phase']}{'-recheck' if job.get('recheck') else ''}.json"
+    job_path.write_text(json.dumps(job))
+    cuda = job.get("device") != "cpu" and (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0"))
+    argv = launcher.command([sys.executable, "-m", "archlab.sandbox.worker", str(job_path)], scratch, hide=hide, cuda=cuda)
+    env = protections.environment(scratch, job["threads"])
+    started = time.monotonic()
+    with open(log, mode) as log_file:
+        log_file.write(f"[sandbox] {job['phase']}{' (recheck)' if job.get('recheck') else ''} phase, launcher {launcher.kind}\n".encode())
+        log_file.flush()
+        with _live_lock:
+            if _stopping.is_set():
+                raise Interrupted("the run is stopping")
+            proc = subprocess.Popen(argv, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                                    stderr=subprocess.STDOUT, **launcher.popen_kwargs())
+            _live.add(proc)
+        try:
+            proc.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(proc)  # also reaps anything the candidate left running
+            with _live_lock:
+                _live.discard(proc)
+        if _stopping.is_set():
+            raise Interrupted("the run is stopping")  # not the candidate's failure: it is re-run on resume
+    wall = time.monotonic() - started
+    result = _collect(Path(job["result"]), proc.returncode, timed_out, timeout, wall, str(log))
+    result.metrics["parent_wall_s"] = wall
+    return result
+
+
+def _finish(result: Result, started: float, log: Path) -> Result:
+    result.metrics["wall_s"] = time.monotonic() - started
+    if result.detail:
+        result.detail = result.detail[:2000]
+    _cap_log(log)
+    return result
+
+
+def _aggregate(results: list[Result], seeds: list[int]) -> Result:
+    metrics: dict = {"seeds": seeds}
+    keys = [k for k in results[0].metrics if all(isinstance(r.metrics.get(k), int | float) and not isinstance(r.metrics.get(k), bool)
+                                                   for r in results)]
+    for key in keys:
+        values = [r.metrics[key] for r in results]
+        metrics[key] = statistics.fmean(values)
+        if key in ("val_loss", "val_bpb", "tokens_per_s", "mqar_acc", "selcopy_acc", "val_loss_2x", "quant_loss"):
+            metrics[f"{key}_std"] = statistics.stdev(values)
+    for key, value in results[0].metrics.items():
+        metrics.setdefault(key, value)
+    if any(r.metrics.get("flagged") for r in results):
+        metrics["flagged"] = next(r.metrics["flagged"] for r in results if r.metrics.get("flagged"))
+    metrics["wall_s"] = sum(r.metrics.get("wall_s", 0.0) for r in results)
+    return Result(ok=True, metrics=metrics, env=results[0].env)
+
+
+def _builtin_corpus() -> Path:
+    return Path(__file__).parent / "corpus" / "pystdlib.txt.gz"
+
+
+def _limit_resources(memory_gb: float) -> None:  # kept for callers of the old API; the worker sets limits itself
+    protections.apply_limits(memory_gb)
+
+
+def _kill_group(proc: subprocess.Popen, wait: bool = True) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    proc.wait()
+    if wait:
+        proc.wait()
 
 
-def _collect(scratch: Path, returncode: int, timed_out: bool, timeout_s: float, wall: float, log_name: str) -> Result:
+def _collect(result_path: Path, returncode: int, timed_out: bool, timeout_s: float, wall: float, log_name: str) -> Result:
     if timed_out:
-        return Result(ok=False, reason="timeout", detail=f"killed after {timeout_s:.0f} s", metrics={"wall_s": wall})
+        return Result(ok=False, reason="timeout", detail=f"killed after {timeout_s:.0f} s; {tail(log_name, 600)}", metrics={"wall_s": wall})
     try:
-        result = Result.model_validate_json((scratch / "result.json").read_text())
+        result = Result.model_validate_json(result_path.read_text())
     except (OSError, ValueError):
         tail_text = tail(log_name)
-        if returncode == -signal.SIGKILL or "MemoryError" in tail_text or "std::bad_alloc" in tail_text:
+        if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+            reason = "timeout"
+        elif returncode == -signal.SIGKILL or "MemoryError" in tail_text or "std::bad_alloc" in tail_text \
+                or "can't allocate memory" in tail_text:
             reason = "memory"
         else:
             reason = "crash"
@@ -117,6 +289,19 @@ def _collect(scratch: Path, returncode: int, timed_out: bool, timeout_s: float, 
     return result
 
 
+def _cap_log(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+        if size > LOG_LIMIT:
+            with open(path, "rb") as f:
+                head = f.read(2**20)
+                f.seek(-(2**20), os.SEEK_END)
+                end = f.read()
+            path.write_bytes(head + f"\n[sandbox] ... {size - 2 * 2**20:,} bytes of log left out ...\n".encode() + end)
+    except OSError:
+        pass
+
+
 def tail(path, size: int = 1500) -> str:
     try:
         with open(path, "rb") as f:
@@ -125,3 +310,6 @@ def tail(path, size: int = 1500) -> str:
             return f.read().decode("utf-8", "replace").strip()
     except OSError:
         return ""
+
+
+__all__ = ["Result", "evaluate", "tail", "TIERS", "KEEP_ENV"]

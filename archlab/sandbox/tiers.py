@@ -1,10 +1,48 @@
-"""Evaluation tiers: how much training a candidate gets (multi-fidelity, cheapest first)."""
+"""Evaluation tiers: named, documented configurations, cheapest first (multi-fidelity).
 
-from pydantic import BaseModel, ConfigDict
+A tier says how big the model is, how long it trains, which checks and metrics run and how
+long the sandbox waits. A run's config can override any field for its own evaluations:
+`resolve("explore", {"steps": 800, "probes": {"steps": 300}})` (nested probe settings merge).
+
+| tier    | model                     | training                   | extra metrics                                 |
+|---------|---------------------------|----------------------------|-----------------------------------------------|
+| check   | d128, 2 layers            | none: one forward/backward | causality, complexity, step(), param budget   |
+| micro   | d64, seq 64               | 20 steps x 8 x 64 bytes    | none (pipeline plumbing, a few seconds)       |
+| smoke   | d128, seq 256             | 120 steps x 16 x 256 bytes | hardware: latency, memory, state, FLOPs, int8 |
+| explore | d128, seq 256             | 400 steps x 16 x 256 bytes | + recall/copy probes, length extrapolation    |
+| verify  | d128, seq 256             | 1000 steps, lr 1e-3        | everything, 3 seeds (mean +- std)             |
+"""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Probes(BaseModel):
+    """Synthetic probes trained from scratch in the harness's model shell with the candidate's mixer.
+
+    One small model learns a mixture of MQAR (key-value pairs, then queries; accuracy reported
+    per number of pairs) and selective copying; accuracy is measured on held-out sequences
+    drawn with a seed only the evaluation process uses.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    d_model: int = 64
+    n_layers: int = 2
+    seq_len: int = 64
+    batch_size: int = 64
+    steps: int = 300
+    lr: float = 5e-3
+    pairs: tuple[int, ...] = (2, 4, 8, 16)  # MQAR difficulty levels, each reported as mqar_acc_p{n}
+    keys: int = 16  # key and value vocabulary sizes: small, so a short budget can learn the task
+    values: int = 16
+    copy_tokens: int = 8  # selective copying: symbols to copy, scattered over seq_len - copy_tokens - 1 noise
+    eval_examples: int = 256
 
 
 class Tier(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     d_model: int = 128
@@ -16,18 +54,63 @@ class Tier(BaseModel):
     lr: float = 2e-3
     warmup: int = 10
     val_windows: int = 64
-    timeout_s: int = 300
+    timeout_s: int = 300  # for all the tier's processes together, per seed
+    seeds: int = 1  # several seeds: metrics are means, with *_std beside them
+    # checks (every tier runs them before training)
+    causality_length: int = 150
+    complexity_lengths: tuple[int, int] = (256, 1024)
+    # what is measured beyond validation loss and training throughput
+    hardware: bool = False  # latency, peak memory, state bytes, FLOPs/token, int8 quantisation loss
+    extrapolation: bool = False  # loss at 2x the training length
+    probes: Probes | None = None
+    recheck_batches: int = 2  # validation batches re-scored with the future perturbed (model-level causality)
 
 
 TIERS: dict[str, Tier] = {
-    # contract, static checks, causality, parameter budget, one forward/backward
+    # contract, static checks, causality, complexity, step(), parameter budget, one forward/backward
     "check": Tier(name="check", timeout_s=120),
     # seconds: exercises the whole pipeline (tests, trying a setup); too short to rank designs
-    "micro": Tier(name="micro", d_model=64, seq_len=64, batch_size=8, steps=20, val_windows=16, timeout_s=120),
+    "micro": Tier(name="micro", d_model=64, seq_len=64, batch_size=8, steps=20, val_windows=16, timeout_s=150,
+                  complexity_lengths=(128, 512), recheck_batches=1),
     # ~1 minute on 2 CPU cores: separates large architectural changes (ANCHORS.md)
-    "smoke": Tier(name="smoke", steps=120, timeout_s=420),
-    # the main proxy: learning speed over ~1.6 M bytes
-    "explore": Tier(name="explore", steps=400, val_windows=128, timeout_s=1200),
-    # longer training for the top slice, run with several seeds
-    "verify": Tier(name="verify", steps=1000, lr=1e-3, val_windows=256, timeout_s=3000),
+    "smoke": Tier(name="smoke", steps=120, timeout_s=480, hardware=True),
+    # the main proxy: learning speed over ~1.6 M bytes, plus probes and length extrapolation
+    "explore": Tier(name="explore", steps=400, val_windows=128, timeout_s=1500, hardware=True, extrapolation=True,
+                    probes=Probes()),
+    # longer training for the top slice, several seeds
+    "verify": Tier(name="verify", steps=1000, lr=1e-3, val_windows=256, timeout_s=3600, seeds=3, hardware=True,
+                   extrapolation=True, probes=Probes(steps=600)),
 }
+
+
+class TierError(ValueError):
+    pass
+
+
+def resolve(tier: "str | Tier", overrides: dict[str, Any] | None = None) -> Tier:
+    """A tier by name (or as given) with a run's overrides applied and validated."""
+    if isinstance(tier, str):
+        if tier not in TIERS:
+            raise TierError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
+        tier = TIERS[tier]
+    if not overrides:
+        return tier
+    data = tier.model_dump()
+    for key, value in overrides.items():
+        if key == "probes" and isinstance(value, dict) and data.get("probes") is not None:
+            data["probes"] = {**data["probes"], **value}
+        else:
+            data[key] = value
+    try:
+        return Tier.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise TierError(f"tier override {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def describe(tier: Tier) -> dict:
+    """A tier as plain data (stored with every evaluation, so results say what produced them)."""
+    return tier.model_dump(mode="json")
+
+
+__all__ = ["Probes", "Tier", "TIERS", "TierError", "resolve", "describe", "Field"]

@@ -4,7 +4,9 @@ Commits are built from objects directly (no working tree, no checkout), so writi
 never touches files a user may be reading, and the author is fixed (no git config needed).
 """
 
+import functools
 import io
+import threading
 from pathlib import Path
 
 import git
@@ -15,10 +17,23 @@ CANDIDATE_FILE = "candidate.py"
 ACTOR = git.Actor("archlab", "archlab@localhost")
 
 
+def _locked(method):
+    """GitPython keeps one `git cat-file` process per repo: calls from worker threads take turns."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Lineage:
     def __init__(self, repo_dir: Path, create: bool = False):
         self.repo = git.Repo.init(repo_dir) if create and not (repo_dir / ".git").exists() else git.Repo(repo_dir)
+        self._lock = threading.RLock()
 
+    @_locked
     def commit(self, node_id: int, code: str, message: str, parent_sha: str | None) -> str:
         """Commit a node's code and tag it node-N. Idempotent: the same code again returns the
         existing commit; new code (an engineer's repair) replaces the node's commit."""
@@ -39,16 +54,20 @@ class Lineage:
         self.repo.create_tag(tag, ref=commit)
         return commit.hexsha
 
+    @_locked
     def code(self, sha: str) -> str:
         return self.repo.commit(sha).tree[CANDIDATE_FILE].data_stream.read().decode("utf-8")
 
+    @_locked
     def diff(self, parent_sha: str | None, sha: str) -> str:
         if parent_sha is None:
             return ""
         return self.repo.git.diff(parent_sha, sha, "--", CANDIDATE_FILE)
 
+    @_locked
     def node_tags(self) -> dict[int, str]:
         return {int(t.name[5:]): t.commit.hexsha for t in self.repo.tags if t.name.startswith("node-") and t.name[5:].isdigit()}
 
+    @_locked
     def drop_tag(self, node_id: int) -> None:
         self.repo.delete_tag(self.repo.tags[f"node-{node_id}"])

@@ -6,7 +6,6 @@ never block it. JSON columns hold metrics, designs and decisions.
 
 import json
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -43,12 +42,12 @@ class Store:
         if not create and not path.exists():
             raise UserError(f"{run_dir} is not an archlab run (no {DB_FILE})")
         try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            # Serialized SQLite (threadsafety 3): the run's worker threads share this one connection.
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
             self.db = sqlite_utils.Database(conn)
             if create:
                 self._create()
-            self.lock = threading.RLock()
             self.db.execute("select 1 from nodes limit 1")
         except sqlite3.DatabaseError as e:
             raise UserError(f"cannot open {path}: {e}") from None

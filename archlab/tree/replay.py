@@ -1,0 +1,363 @@
+"""Replay and fork: re-evaluate a node's exact code, and start a new run from a node.
+
+Replay takes the code from the node's commit, the run's recorded configuration (data, seed,
+threads, parameter budget: the root's mixer parameters at the replay tier times the run's
+param_ratio) and evaluates it in the sandbox once per seed, the root too, the same way.
+Results go into the evaluations table beside the originals (kind "replay", the commit and
+the weights file in their env), so a second replay with the same tier and seed reuses them
+unless asked to re-run. Seeds start at the run's seed, so the first replay at the run's own
+tier repeats the search evaluation exactly and shows whether the result reproduces.
+
+Fork makes a new run whose root is a node of another: its code (as NEW_RUN/root.py, which
+the new run's config names as its root), its template design (so the offline brain keeps
+mutating it), its metrics and evaluations, its traces, and a link back (meta "forked_from"
+and an event).
+"""
+
+import json
+import shutil
+import sqlite3
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pydantic import ValidationError
+
+from archlab.config import CONFIG_FILE, RunConfig
+from archlab.errors import UserError
+from archlab.sandbox import runner
+from archlab.sandbox.tiers import TIERS
+from archlab.tree.lineage import Lineage
+from archlab.tree.store import Store
+
+WEIGHTS_DIR = "weights"
+FORK_ROOT_FILE = "root.py"
+
+
+@dataclass
+class Replayed:
+    """The replay evaluations of one node at one tier, and how they compare."""
+
+    node: int
+    parent: int | None
+    operator: str | None
+    status: str
+    runs: list[dict] = field(default_factory=list)  # one per seed: seed, ok, reason, metrics, cached, evaluation
+    recorded: dict | None = None  # the node's own search evaluation: tier, seed, val_loss, env
+
+    def ok_runs(self) -> list[dict]:
+        return [r for r in self.runs if r["ok"]]
+
+    def values(self, key: str) -> dict[int, float]:
+        return {r["seed"]: r["metrics"][key] for r in self.ok_runs() if isinstance(r["metrics"].get(key), (int, float))}
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    values = list(values)
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+class Replayer:
+    """Replays nodes of one run; every evaluation is stored in the run as kind 'replay'."""
+
+    def __init__(self, run_dir: Path, tier: str | None = None, threads: int | None = None, force: bool = False):
+        self.dir = Path(run_dir)
+        if not (self.dir / CONFIG_FILE).exists():
+            raise UserError(f"{run_dir} is not an archlab run (no {CONFIG_FILE})")
+        self.config = RunConfig.load(self.dir)
+        self.store = Store(self.dir)
+        self.lineage = Lineage(self.dir / "repo")
+        self.tier = tier or self.config.tier
+        if self.tier not in TIERS:
+            raise UserError(f"--tier {self.tier!r}: choose one of {', '.join(t for t in TIERS if t != 'check')}")
+        if not TIERS[self.tier].steps:
+            raise UserError(f"--tier {self.tier}: this tier trains nothing, so there is no validation loss to replay")
+        self.threads = threads or self.config.threads
+        self.force = force
+        if not self.store.has_node(0):
+            raise UserError(f"{run_dir} has no root node yet")
+
+    # -- which nodes, which evaluations ------------------------------------------------------------
+    def lineage_of(self, node_id: int) -> list[int]:
+        chain, seen = [], set()
+        current = self.store.node(node_id)
+        while current is not None and current["id"] not in seen:
+            chain.append(current["id"])
+            seen.add(current["id"])
+            current = self.store.node(current["parent_id"]) if current["parent_id"] is not None else None
+        return chain[::-1]
+
+    def seeds(self, count: int) -> list[int]:
+        if count < 1:
+            raise UserError("--seeds must be at least 1")
+        return [self.config.seed + i for i in range(count)]
+
+    def stored(self, node_id: int, seed: int) -> dict | None:
+        for e in reversed(self.store.evaluations(node_id)):
+            if e["kind"] == "replay" and e["tier"] == self.tier and e["seed"] == seed:
+                return e
+        return None
+
+    def pending(self, node_ids: list[int], seeds: list[int]) -> int:
+        """How many evaluations a replay of these nodes will run (the others are stored)."""
+        return sum(1 for n in node_ids for s in seeds if self.force or self.stored(n, s) is None)
+
+    # -- evaluating ------------------------------------------------------------------------------------
+    def param_limit(self, node_id: int, root_runs: list[dict]) -> int:
+        if node_id == 0:
+            return -1
+        if self.tier == self.config.tier and (self.store.node(0).get("metrics") or {}).get("mixer_params"):
+            root_params = self.store.node(0)["metrics"]["mixer_params"]
+        else:
+            counted = [r["metrics"]["mixer_params"] for r in root_runs if r["ok"] and "mixer_params" in r["metrics"]]
+            if not counted:
+                raise UserError(f"the root failed its replay at the {self.tier} tier, so there is no parameter budget to hold the nodes to")
+            root_params = counted[0]
+        return int(root_params * self.config.param_ratio)
+
+    def evaluate(self, node_id: int, seed: int, param_limit: int) -> dict:
+        stored = None if self.force else self.stored(node_id, seed)
+        if stored is not None:
+            return _run_row(stored, cached=True)
+        node = self.store.node(node_id)
+        if not node["commit_sha"]:
+            raise UserError(f"node {node_id} has no committed code to replay")
+        code = self.lineage.code(node["commit_sha"])
+        name = f"node-{node_id}-{self.tier}-s{seed}"
+        log = self.dir / "logs" / f"replay-{name}.log"
+        log.parent.mkdir(exist_ok=True)
+        weights = self.dir / WEIGHTS_DIR / f"{name}.pt"
+        result = runner.evaluate(code, self.tier, seed=seed, data=self.config.data, param_limit=param_limit,
+                                 threads=self.threads, log_path=log, weights_out=weights)
+        result.env = {**result.env, "commit": node["commit_sha"]}
+        if result.ok and weights.is_file():
+            result.env["weights"] = str(weights.relative_to(self.dir))
+        self.store.add_evaluation(node_id, self.tier, seed, result, str(log.relative_to(self.dir)), kind="replay")
+        self.store.event("replay", f"replayed node {node_id} at {self.tier} seed {seed}: "
+                                   + (f"val_loss {result.metrics.get('val_loss'):.4f}" if result.ok else f"failed ({result.reason})"), node_id)
+        return _run_row(self.stored(node_id, seed), cached=False)
+
+    def replay(self, node_ids: list[int], seeds: list[int], on_eval: Callable[[int, int, dict], None] = lambda n, s, r: None) -> list[Replayed]:
+        """Replay the root and then each node (in the order given) once per seed."""
+        order = [0] + [n for n in node_ids if n != 0]
+        for n in order:
+            self.store.node(n)  # a clear error for an unknown node before anything runs
+        out: list[Replayed] = []
+        root_runs: list[dict] = []
+        for node_id in order:
+            node = self.store.node(node_id)
+            item = Replayed(node_id, node["parent_id"], node["operator"], node["status"], recorded=self.recorded(node_id))
+            limit = self.param_limit(node_id, root_runs)
+            for seed in seeds:
+                row = self.evaluate(node_id, seed, limit)
+                item.runs.append(row)
+                on_eval(node_id, seed, row)
+            if node_id == 0:
+                root_runs = item.runs
+            out.append(item)
+        return out
+
+    def recorded(self, node_id: int) -> dict | None:
+        searches = [e for e in self.store.evaluations(node_id) if e["kind"] == "search"]
+        ok = [e for e in searches if e["ok"]]
+        e = (ok or searches or [None])[-1]
+        if e is None:
+            return None
+        return {"tier": e["tier"], "seed": e["seed"], "ok": bool(e["ok"]), "val_loss": (e["metrics"] or {}).get("val_loss"),
+                "env": e["env"] or {}}
+
+
+def _run_row(e: dict, cached: bool) -> dict:
+    return {"seed": e["seed"], "ok": bool(e["ok"]), "reason": e["reason"], "detail": e["detail"], "metrics": e["metrics"] or {},
+            "env": e["env"] or {}, "evaluation": e["id"], "cached": cached}
+
+
+def summarise(items: list[Replayed], tier: str, seeds: list[int]) -> dict:
+    """Mean ± std per node, the difference to the root paired by seed, to the parent (lineage),
+    and whether the run's own evaluation reproduces."""
+    by_id = {i.node: i for i in items}
+    root = by_id[0]
+    root_loss = root.values("val_loss")
+    rows = []
+    for item in items:
+        loss = item.values("val_loss")
+        tps = item.values("tokens_per_s")
+        m, s = mean_std(loss.values())
+        tm, ts = mean_std(tps.values())
+        paired = [loss[k] - root_loss[k] for k in loss if k in root_loss]
+        dm, ds = mean_std(paired)
+        parent = by_id.get(item.parent)
+        dpm = dps = None
+        if parent is not None and item.node != 0:
+            parent_loss = parent.values("val_loss")
+            dpm, dps = mean_std([loss[k] - parent_loss[k] for k in loss if k in parent_loss])
+        spread = None
+        if len(loss) > 1:
+            spread = max(loss.values()) - min(loss.values())
+        reproduction = None
+        rec = item.recorded
+        if rec and rec["ok"] and rec["tier"] == tier and rec["seed"] in loss and rec["val_loss"] is not None:
+            replayed = loss[rec["seed"]]
+            reproduction = {"seed": rec["seed"], "recorded": rec["val_loss"], "replayed": replayed,
+                            "difference": replayed - rec["val_loss"]}
+        env_changes = {}
+        if rec:
+            for run in item.ok_runs():
+                for key in ("torch", "python", "device", "cuda"):
+                    before, now = rec["env"].get(key), run["env"].get(key)
+                    if before is not None and now is not None and before != now:
+                        env_changes[key] = {"recorded": before, "replay": now}
+        rows.append({
+            "node": item.node, "parent": item.parent, "operator": item.operator, "status": item.status,
+            "ok": len(loss), "failed": [{"seed": r["seed"], "reason": r["reason"], "detail": r["detail"]} for r in item.runs if not r["ok"]],
+            "val_loss": loss, "val_loss_mean": m, "val_loss_std": s, "spread": spread,
+            "tokens_per_s_mean": tm, "tokens_per_s_std": ts,
+            "vs_root_mean": dm if item.node != 0 else 0.0, "vs_root_std": ds if item.node != 0 else None,
+            "vs_parent_mean": dpm, "vs_parent_std": dps,
+            "recorded": rec["val_loss"] if rec else None, "reproduction": reproduction, "env_changes": env_changes,
+            "evaluations": [r["evaluation"] for r in item.runs], "cached": sum(r["cached"] for r in item.runs),
+        })
+    return {"tier": tier, "seeds": seeds, "nodes": rows}
+
+
+def replay(run_dir: Path, node_id: int, *, tier: str | None = None, seeds: int = 3, lineage: bool = False,
+           threads: int | None = None, force: bool = False,
+           on_start: Callable[[int], None] = lambda total: None,
+           on_eval: Callable[[int, int, dict], None] = lambda n, s, r: None) -> dict:
+    """Replay a node (and with lineage=True every ancestor) beside the root; see summarise()."""
+    r = Replayer(run_dir, tier, threads, force)
+    r.store.node(node_id)
+    nodes = r.lineage_of(node_id) if lineage else [0, node_id]
+    seed_list = r.seeds(seeds)
+    on_start(r.pending(list(dict.fromkeys([0] + nodes)), seed_list))
+    items = r.replay(nodes, seed_list, on_eval)
+    facts = summarise(items, r.tier, seed_list)
+    facts.update(run=str(Path(run_dir)), node=node_id, lineage=lineage, config_tier=r.config.tier)
+    return facts
+
+
+# -- fork ------------------------------------------------------------------------------------------
+def fork(run_dir: Path, node_id: int, new_dir: Path, *, tier: str | None = None, seed: int | None = None,
+         strategy: str | None = None, max_nodes: int | None = None) -> dict:
+    """Create NEW_RUN rooted at node_id of RUN; returns what was done, for the CLI to print."""
+    run_dir, new_dir = Path(run_dir), Path(new_dir)
+    config = RunConfig.load(run_dir)
+    store = Store(run_dir)
+    node = store.node(node_id)
+    if node["status"] != "done":
+        raise UserError(f"node {node_id} is {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
+                        + ": only a node that trained successfully can root a new run")
+    if new_dir.exists() and (not new_dir.is_dir() or any(new_dir.iterdir())):
+        raise UserError(f"{new_dir} exists and is not empty; fork into a new directory")
+    if new_dir.resolve() == run_dir.resolve() or new_dir.resolve().is_relative_to(run_dir.resolve()):
+        raise UserError(f"{new_dir}: fork into a directory outside {run_dir}")
+    if tier is not None and tier not in TIERS:
+        raise UserError(f"--tier {tier!r}: choose one of {', '.join(TIERS)}")
+    code = Lineage(run_dir / "repo").code(node["commit_sha"])
+    root = store.node(0)
+
+    # The parameter budget stays what it was in the source run (an absolute number of mixer
+    # parameters), so a fork cannot grow its models by re-basing the ratio on a bigger node.
+    node_params = (node.get("metrics") or {}).get("mixer_params")
+    root_params = (root.get("metrics") or {}).get("mixer_params")
+    ratio = config.param_ratio
+    if node_params and root_params:
+        ratio = config.param_ratio * root_params / node_params
+    updates = {"root": str((new_dir / FORK_ROOT_FILE).resolve()), "param_ratio": ratio}
+    for key, value in (("tier", tier), ("seed", seed), ("strategy", strategy), ("max_nodes", max_nodes)):
+        if value is not None:
+            updates[key] = value
+    try:  # a bad --strategy etc. fails before anything is written
+        new_config = RunConfig.model_validate({**config.model_dump(), **updates})
+    except ValidationError as e:
+        error = e.errors()[0]
+        raise UserError(f"--{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}") from None
+    same_tier = new_config.tier == config.tier and new_config.seed == config.seed
+
+    source = _source(run_dir, config, node)
+    created = not new_dir.exists()
+    try:
+        sha, copied = _write_fork(store, node, code, new_dir, new_config, source, same_tier)
+    except BaseException:
+        if created:
+            shutil.rmtree(new_dir, ignore_errors=True)
+        else:
+            for child in new_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
+    try:
+        store.event("forked", f"node {node_id} forked into {new_dir.resolve()}", node_id)
+    except sqlite3.OperationalError:  # a read-only source run still forks
+        pass
+    return {"source": source, "new_run": str(new_dir), "config": new_config.model_dump(exclude_none=True),
+            "root_ready": same_tier, "evaluations": copied, "design": node.get("design") is not None,
+            "param_ratio": ratio}
+
+
+def _source(run_dir: Path, config: RunConfig, node: dict) -> dict:
+    return {"run": str(run_dir.resolve()), "name": run_dir.resolve().name, "node": node["id"], "commit": node["commit_sha"],
+            "fitness": node["fitness"], "val_loss": node["val_loss"], "operator": node["operator"], "tier": config.tier,
+            "forked": time.time()}
+
+
+def _write_fork(store: Store, node: dict, code: str, new_dir: Path, new_config: RunConfig, source: dict,
+                same_tier: bool) -> tuple[str, int]:
+    from archlab.agents.graph import Run
+
+    node_id = node["id"]
+    new_dir.mkdir(parents=True, exist_ok=True)
+    (new_dir / FORK_ROOT_FILE).write_text(code, encoding="utf-8")
+    Run.create(new_dir, new_config)
+    new_store = Store(new_dir)
+    message = (f"node 0: fork of {source['name']} node {node_id} (commit {node['commit_sha'][:12]})\n\n"
+               f"{node['motivation'] or ''}\n\nsource run: {source['run']}")
+    sha = Lineage(new_dir / "repo").commit(0, code, message, None)
+    motivation = f"forked from {source['name']} node {node_id} ({node['operator'] or 'root'}): {node['motivation'] or ''}".strip()
+    fields = dict(id=0, parent_id=None, operator="root", commit_sha=sha, motivation=motivation, design=node.get("design"),
+                  knowledge=node.get("knowledge") or [], created=time.time())
+    if same_tier:
+        new_store.add_node(**fields, status="done", fitness=0.0, val_loss=node["val_loss"], metrics=node["metrics"],
+                           finished=time.time(),
+                           analysis=f"The root, forked from node {node_id} of {source['name']} (fitness there "
+                                    f"{node['fitness']:+.4f}); every fitness in this run is relative to it."
+                                    + (f" Its analysis there: {node['analysis']}" if node.get("analysis") else ""))
+    else:  # evaluated at the new tier or seed by the first `archlab run`
+        new_store.add_node(**fields, status="evaluating")
+    copied = _copy_evaluations(store, new_store, Path(source["run"]), new_dir, node_id, keep_kinds=same_tier)
+    for t in store.traces(node_id):
+        new_store.add_trace(0, t["role"], t["kind"], **{k: t[k] for k in (
+            "attempt", "model", "prompt", "response", "decision", "tokens_in", "tokens_out", "cost", "latency_s", "error")})
+    new_store.add_trace(0, "fork", "fork", decision=source, response=f"forked from {source['run']} node {node_id}")
+    new_store.set_meta("forked_from", json.dumps(source))
+    new_store.event("fork", f"forked from {source['run']} node {node_id} (commit {node['commit_sha']})", 0)
+    return sha, copied
+
+
+def _copy_evaluations(store: Store, new_store: Store, run_dir: Path, new_dir: Path, node_id: int, keep_kinds: bool) -> int:
+    """The source node's evaluations become node 0's. With another tier or seed the search
+    evaluations are kept as kind 'source' (the new run evaluates its root itself)."""
+    count = 0
+    for e in store.evaluations(node_id):
+        kind = e["kind"] if keep_kinds or e["kind"] != "search" else "source"
+        log = e["log"]
+        if log and (run_dir / log).is_file():
+            target = new_dir / "logs" / f"source-{Path(log).name}"
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(run_dir / log, target)
+            log = str(target.relative_to(new_dir))
+        env = dict(e["env"] or {})
+        weights = env.get("weights")
+        if weights and (run_dir / weights).is_file():
+            target = new_dir / WEIGHTS_DIR / Path(weights).name.replace(f"node-{node_id}-", "node-0-", 1)
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(run_dir / weights, target)
+            env["weights"] = str(target.relative_to(new_dir))
+        result = runner.Result(ok=bool(e["ok"]), reason=e["reason"], detail=e["detail"], metrics=e["metrics"] or {}, env=env)
+        new_store.add_evaluation(0, e["tier"], e["seed"], result, log, kind=kind)
+        count += 1
+    return count
+

@@ -1,0 +1,147 @@
+"""The web UI's HTTP side (Starlette): a static page and a read-only JSON API over one run.
+
+Only GET (and HEAD) routes exist; node and evaluation ids are integers in the path; static
+files come from the package's static/ folder (Starlette refuses paths that leave it); no
+route takes a file name. Host names other than the bound one and localhost are refused (a
+guard against DNS rebinding), and a strict Content-Security-Policy keeps any text that a
+candidate or a model wrote from running as script in the page.
+"""
+
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from archlab.errors import UserError
+from archlab.web.data import RunView
+from archlab.web.highlight import stylesheet
+
+STATIC = Path(__file__).parent / "static"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: adds the headers above to every response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.decode().lower() not in
+                           {h.lower() for h in SECURITY_HEADERS}]
+                headers += [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                if scope["path"].startswith("/api/"):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
+    view = RunView(run_dir)
+
+    def _int(request: Request, name: str, default: int | None) -> int | None:
+        value = request.query_params.get(name)
+        if value in (None, ""):
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise HTTPException(400, f"{name} must be an integer") from None
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def highlight_css(request: Request) -> Response:
+        return Response(stylesheet(), media_type="text/css")
+
+    async def live(request: Request) -> Response:
+        return JSONResponse(view.live())
+
+    async def run(request: Request) -> Response:
+        return JSONResponse(view.run_info())
+
+    async def tree(request: Request) -> Response:
+        return JSONResponse(view.tree(_int(request, "limit", 400), _int(request, "focus", None)))
+
+    async def children(request: Request) -> Response:
+        return JSONResponse(view.children(request.path_params["node_id"], _int(request, "offset", 0), _int(request, "limit", 200)))
+
+    async def node(request: Request) -> Response:
+        return JSONResponse(view.node(request.path_params["node_id"]))
+
+    async def code(request: Request) -> Response:
+        return JSONResponse(view.code(request.path_params["node_id"]))
+
+    async def node_traces(request: Request) -> Response:
+        return JSONResponse(view.traces(request.path_params["node_id"], None, _int(request, "offset", 0), _int(request, "limit", 500)))
+
+    async def traces(request: Request) -> Response:
+        return JSONResponse(view.traces(_int(request, "node", None), request.query_params.get("role") or None,
+                                        _int(request, "offset", 0), _int(request, "limit", 100)))
+
+    async def log(request: Request) -> Response:
+        text = view.evaluation_log(request.path_params["evaluation_id"])
+        if text is None:
+            raise HTTPException(404, "no log for this evaluation")
+        return PlainTextResponse(text)
+
+    async def plots(request: Request) -> Response:
+        return JSONResponse(view.plots())
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+    get = ["GET"]
+    routes = [
+        Route("/", index, methods=get),
+        Route("/highlight.css", highlight_css, methods=get),
+        Route("/favicon.ico", lambda request: Response(status_code=204), methods=get),
+        Route("/api/live", live, methods=get),
+        Route("/api/run", run, methods=get),
+        Route("/api/tree", tree, methods=get),
+        Route("/api/children/{node_id:int}", children, methods=get),
+        Route("/api/node/{node_id:int}", node, methods=get),
+        Route("/api/node/{node_id:int}/code", code, methods=get),
+        Route("/api/node/{node_id:int}/traces", node_traces, methods=get),
+        Route("/api/traces", traces, methods=get),
+        Route("/api/evaluation/{evaluation_id:int}/log", log, methods=get),
+        Route("/api/plots", plots, methods=get),
+        Mount("/static", app=StaticFiles(directory=STATIC, follow_symlink=False), name="static"),
+    ]
+    allowed = ["127.0.0.1", "localhost", "::1", "[::1]"]
+    if host in ("0.0.0.0", "::", ""):
+        allowed = ["*"]
+    elif host not in allowed:
+        allowed.append(host)
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],
+        exception_handlers={UserError: not_found, HTTPException: http_error, Exception: server_error},
+    )
+    app.state.view = view
+    return app

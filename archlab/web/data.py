@@ -1,0 +1,428 @@
+"""Read-only views of a run for the web UI: every query its pages make, and nothing that writes.
+
+The database is opened with SQLite's `mode=ro` and `query_only`, git objects are only read,
+and no request names a file: logs are found through their evaluation row and must resolve
+inside the run directory. The tree is summarised for big runs (at most `limit` nodes per
+answer, the rest counted per parent and fetched page by page), so the UI stays responsive
+with 100k nodes.
+"""
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import sqlite_utils
+
+from archlab.config import RunConfig
+from archlab.errors import UserError
+from archlab.sandbox.fitness import pareto_front
+from archlab.tree.lineage import Lineage
+from archlab.tree.report import METRIC_ORDER, run_status, summary
+from archlab.tree.store import DB_FILE, Store
+from archlab.web.highlight import code_html, diff_html
+
+TREE_FIELDS = "id, parent_id, status, fitness, val_loss, operator, reason"
+MAX_LIMIT = 5000
+MAX_POINTS = 2500  # per plotted series; more is decimated (the shape and every improvement are kept)
+LOG_BYTES = 256 * 1024  # the tail of an evaluation log that the UI shows
+
+
+class ReadOnlyStore(Store):
+    """The run's Store, opened read-only: the reading methods of Store, and no way to write."""
+
+    def __init__(self, run_dir: Path):
+        path = Path(run_dir).resolve() / DB_FILE
+        if not path.is_file():
+            raise UserError(f"{run_dir} is not an archlab run (no {DB_FILE})")
+        try:
+            conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA query_only = 1")
+            self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            self.lock = threading.RLock()
+            self.db.execute("select 1 from nodes limit 1")
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"cannot open {path}: {e}") from None
+
+
+class RunView:
+    """Everything the web UI shows about one run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir).resolve()
+        if not self.dir.is_dir():
+            raise UserError(f"{run_dir}: no such run directory")
+        self.config = RunConfig.load(self.dir)
+        self.store = ReadOnlyStore(self.dir)
+        self.lineage = Lineage(self.dir / "repo")
+        self._data_version = None
+        self._version = 0
+        self._cache: dict = {}
+        self._parent: dict[int, int | None] = {}
+        self._children: dict[int, list[int]] = {}
+        self._code: dict[str, str] = {}
+        self._entries = None
+
+    def close(self) -> None:
+        self.lineage.repo.close()
+        self.store.db.conn.close()
+
+    # -- change detection ---------------------------------------------------------------------
+    def version(self) -> int:
+        """A number that grows whenever the run's database changed (another process committed)."""
+        current = self.store.db.execute("PRAGMA data_version").fetchone()[0]
+        if current != self._data_version:
+            self._data_version = current
+            self._version += 1
+            self._cache.clear()
+        return self._version
+
+    def _cached(self, key, compute):
+        self.version()
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def live(self) -> dict:
+        row = self.store.db.execute("select count(*), sum(status = 'evaluating') from nodes").fetchone()
+        return {"version": self.version(), "nodes": row[0], "evaluating": row[1] or 0}
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run_info(self) -> dict:
+        def compute():
+            facts = run_status(self.store, self.config)
+            forked = self.store.get_meta("forked_from")
+            started = self.store.db.execute("select min(created) from nodes").fetchone()[0]
+            last = self.store.db.execute("select max(max(coalesce(finished, 0)), max(created)) from nodes").fetchone()[0]
+            return {**facts, "name": self.dir.name, "path": str(self.dir), "forked_from": json.loads(forked) if forked else None,
+                    "started": started, "last_activity": last, "version": self._version}
+        return self._cached("run", compute)
+
+    # -- the tree -----------------------------------------------------------------------------------
+    def _refresh_parents(self) -> None:
+        count = self.store.db.execute("select count(*) from nodes").fetchone()[0]
+        if count == len(self._parent):
+            return
+        self._parent = dict(self.store.db.execute("select id, parent_id from nodes order by id").fetchall())
+        self._children = {}
+        for node_id, parent in self._parent.items():
+            if parent is not None:
+                self._children.setdefault(parent, []).append(node_id)
+
+    def _rows(self, ids) -> list[dict]:
+        ids = sorted(ids)
+        rows = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            rows += self.store.db.execute(
+                f"select {TREE_FIELDS} from nodes where id in ({','.join('?' * len(chunk))}) order by id", chunk).fetchall()
+        keys = [k.strip() for k in TREE_FIELDS.split(",")]
+        return [dict(zip(keys, r)) for r in rows]
+
+    def _sizes(self) -> dict[int, int]:
+        """Descendants of every node, itself included (children always have larger ids)."""
+        def compute():
+            sizes = dict.fromkeys(self._parent, 1)
+            for node_id in sorted(self._parent, reverse=True):
+                parent = self._parent[node_id]
+                if parent in sizes:
+                    sizes[parent] += sizes[node_id]
+            return sizes
+        return self._cached("sizes", compute)
+
+    def _annotate(self, rows: list[dict], shown: set[int]) -> list[dict]:
+        sizes = self._sizes()
+        for r in rows:
+            kids = self._children.get(r["id"], [])
+            r["children"] = len(kids)
+            r["hidden"] = sum(1 for k in kids if k not in shown)
+            r["size"] = sizes.get(r["id"], 1)
+        return rows
+
+    def tree(self, limit: int = 400, focus: int | None = None) -> dict:
+        """The whole tree when it has at most `limit` nodes; else a summary: the root, the best
+        and the newest nodes with their ancestors, the focus node's branch, and breadth-first
+        from the root; every node says how many of its children were left out."""
+        limit = max(1, min(int(limit), MAX_LIMIT))
+        return self._cached(("tree", limit, focus), lambda: self._tree(limit, focus))
+
+    def _tree(self, limit: int, focus: int | None) -> dict:
+        self._refresh_parents()
+        total = len(self._parent)
+        if total <= limit:
+            chosen = set(self._parent)
+        else:
+            chosen: set[int] = set()
+
+            def branch(node_id):
+                while node_id is not None and node_id not in chosen and node_id in self._parent:
+                    chosen.add(node_id)
+                    node_id = self._parent[node_id]
+
+            roots = [i for i, p in self._parent.items() if p is None]
+            for r in roots:
+                chosen.add(r)
+            if focus is not None and focus in self._parent:
+                branch(focus)
+                for kid in self._children.get(focus, [])[:50]:
+                    chosen.add(kid)
+            quarter = max(1, limit // 4)
+            best = [r[0] for r in self.store.db.execute(
+                "select id from nodes where status = 'done' and fitness is not null order by fitness desc, id limit ?", [quarter])]
+            newest = [r[0] for r in self.store.db.execute("select id from nodes order by id desc limit ?", [quarter])]
+            for node_id in best + newest:
+                if len(chosen) >= limit:
+                    break
+                branch(node_id)
+            queue = deque(roots)
+            while queue and len(chosen) < limit:
+                for kid in self._children.get(queue.popleft(), []):
+                    if len(chosen) >= limit:
+                        break
+                    chosen.add(kid)
+                    queue.append(kid)
+        rows = self._annotate(self._rows(chosen), chosen)
+        best = self.store.best()
+        return {"total": total, "shown": len(rows), "limit": limit, "nodes": rows,
+                "best": best[0]["id"] if best else None, "version": self._version}
+
+    def children(self, node_id: int, offset: int = 0, limit: int = 200) -> dict:
+        self.version()
+        self._refresh_parents()
+        if node_id not in self._parent:
+            raise UserError(f"no node {node_id} in this run")
+        kids = self._children.get(node_id, [])
+        page = kids[max(0, offset):max(0, offset) + max(1, min(limit, MAX_LIMIT))]
+        rows = self._annotate(self._rows(page), set(page))
+        return {"node": node_id, "total": len(kids), "offset": offset, "nodes": rows}
+
+    # -- one node -----------------------------------------------------------------------------------
+    def _source(self, sha: str | None) -> str | None:
+        if not sha:
+            return None
+        if sha not in self._code:
+            try:
+                self._code[sha] = self.lineage.code(sha)
+            except Exception:  # a commit that is not (yet) in the repository
+                return None
+        return self._code[sha]
+
+    def node(self, node_id: int) -> dict:
+        return self._cached(("node", node_id), lambda: self._node(node_id))
+
+    def _node(self, node_id: int) -> dict:
+        node = self.store.node(node_id)
+        parent = self.store.node(node["parent_id"]) if node["parent_id"] is not None and self.store.has_node(node["parent_id"]) else None
+        root = self.store.node(0) if self.store.has_node(0) else None
+        metrics = {}
+        for source in (node, parent, root):
+            for key in (source or {}).get("metrics") or {}:
+                metrics.setdefault(key, None)
+        ordered = [k for k in METRIC_ORDER if k in metrics] + sorted(k for k in metrics if k not in METRIC_ORDER)
+        table = [{"metric": k, "node": _metric(node, k), "parent": _metric(parent, k), "root": _metric(root, k)} for k in ordered]
+        code = self._source(node["commit_sha"])
+        parent_code = self._source(parent["commit_sha"]) if parent else None
+        if code is None:
+            diff = "<p class='muted'>no code committed yet</p>"
+        elif parent_code is None:
+            diff = code_html(code)
+        else:
+            diff = diff_html(parent_code, code)
+        kids = self.store.db.execute(
+            "select id, status, fitness, operator from nodes where parent_id = ? order by id limit 200", [node_id]).fetchall()
+        evaluations = [
+            {k: e.get(k) for k in ("id", "kind", "tier", "seed", "ok", "reason", "detail", "metrics", "env", "created")}
+            | {"has_log": bool(e.get("log"))}
+            for e in self.store.evaluations(node_id)
+        ]
+        neighbours = self.store.db.execute(
+            "select (select max(id) from nodes where id < ?), (select min(id) from nodes where id > ?)", [node_id, node_id]).fetchone()
+        return {
+            **{k: node.get(k) for k in ("id", "parent_id", "status", "operator", "motivation", "fitness", "val_loss",
+                                        "reason", "detail", "analysis", "design", "commit_sha", "created", "finished", "attempts")},
+            "parent": summary(parent) | {"design": parent.get("design")} if parent else None,
+            "root": summary(root),
+            "metrics_table": table,
+            "knowledge": [self._knowledge_ref(k) for k in node.get("knowledge") or []],
+            "references": node.get("references_used") or [],
+            "children": [dict(zip(("id", "status", "fitness", "operator"), r)) for r in kids],
+            "diff_html": diff,
+            "has_parent_code": parent_code is not None,
+            "evaluations": evaluations,
+            "prev": neighbours[0],
+            "next": neighbours[1],
+            "version": self._version,
+        }
+
+    def code(self, node_id: int) -> dict:
+        node = self.store.node(node_id)
+        code = self._source(node["commit_sha"])
+        return {"id": node_id, "commit_sha": node["commit_sha"], "code": code, "html": code_html(code) if code else ""}
+
+    # -- knowledge ----------------------------------------------------------------------------------
+    def _knowledge_entries(self) -> dict:
+        if self._entries is None:
+            from archlab.knowledge import KnowledgeError, load_entries
+
+            try:
+                entries = load_entries([Path(k) for k in self.config.knowledge])
+            except KnowledgeError:
+                entries = load_entries()
+            self._entries = {e.id: e for e in entries}
+        return self._entries
+
+    def _knowledge_ref(self, ref: str) -> dict:
+        if isinstance(ref, str) and ref.startswith("node-") and ref[5:].isdigit():
+            node_id = int(ref[5:])
+            row = self.store.db.execute("select analysis from nodes where id = ?", [node_id]).fetchone()
+            return {"id": ref, "kind": "experience", "node": node_id, "title": f"experience of node {node_id}",
+                    "text": row[0] if row else None}
+        entry = self._knowledge_entries().get(ref)
+        if entry is None:
+            return {"id": str(ref), "kind": "unknown", "title": str(ref), "text": None}
+        return {"id": entry.id, "kind": "entry", "title": entry.title, "source": entry.source, "text": entry.markdown()}
+
+    # -- traces -------------------------------------------------------------------------------------
+    def traces(self, node_id: int | None = None, role: str | None = None, offset: int = 0, limit: int = 100) -> dict:
+        where, params = [], []
+        if node_id is not None:
+            self.store.node(node_id)
+            where.append("node_id = ?")
+            params.append(node_id)
+        if role:
+            where.append("role = ?")
+            params.append(role)
+        clause = " and ".join(where) or "1"
+        limit = max(1, min(int(limit), 1000))
+        total = self.store.db.execute(f"select count(*) from traces where {clause}", params).fetchone()[0]
+        rows = [
+            _decode_trace(r) for r in self.store.db["traces"].rows_where(
+                clause, params, order_by="id", limit=limit, offset=max(0, int(offset)))
+        ]
+        roles = self.store.db.execute(
+            "select role, count(*), sum(coalesce(tokens_in, 0)), sum(coalesce(tokens_out, 0)), sum(coalesce(cost, 0)), "
+            f"sum(coalesce(latency_s, 0)), sum(error is not null) from traces where {clause} group by role order by min(id)",
+            params).fetchall()
+        totals = [dict(zip(("role", "calls", "tokens_in", "tokens_out", "cost", "latency_s", "errors"), r)) for r in roles]
+        return {"total": total, "offset": offset, "limit": limit, "traces": rows, "by_role": totals}
+
+    # -- logs ---------------------------------------------------------------------------------------
+    def evaluation_log(self, evaluation_id: int) -> str | None:
+        """The tail of an evaluation's log, or None: only files that resolve inside the run directory."""
+        row = self.store.db.execute("select log from evaluations where id = ?", [evaluation_id]).fetchone()
+        if not row or not row[0]:
+            return None
+        path = (self.dir / row[0]).resolve()
+        if not path.is_relative_to(self.dir) or not path.is_file():
+            return None
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - LOG_BYTES))
+            text = f.read().decode("utf-8", "replace")
+        return (f"[... {size - LOG_BYTES} earlier bytes not shown]\n" if size > LOG_BYTES else "") + text
+
+    # -- plots --------------------------------------------------------------------------------------
+    def plots(self) -> dict:
+        return self._cached("plots", self._plots)
+
+    def _plots(self) -> dict:
+        db = self.store.db
+        start = db.execute("select min(created) from nodes").fetchone()[0] or time.time()
+        nodes = db.execute(
+            "select id, status, fitness, coalesce(finished, created) as t from nodes "
+            "where status in ('done', 'failed') order by t, id").fetchall()
+        evals = db.execute(
+            "select created, coalesce(json_extract(metrics, '$.wall_s'), 0) from evaluations "
+            "where kind = 'search' or kind is null order by created, id").fetchall()
+        # Evaluations and compute spent by the time each node finished (merge of two sorted lists).
+        best, beat, j, count, compute = -math.inf, 0, 0, 0, 0.0
+        over_time, over_evals, discovery = [], [], []
+        for node_id, status, fit, t in nodes:
+            while j < len(evals) and evals[j][0] <= t + 1e-6:
+                count += 1
+                compute += evals[j][1] or 0.0
+                j += 1
+            improved = fit is not None and fit > best
+            if improved:
+                best = fit
+            if fit is not None and fit > 0:
+                beat += 1
+            if best > -math.inf:
+                point = {"id": node_id, "fitness": fit, "best": best, "improved": improved}
+                over_time.append(point | {"x": t - start})
+                over_evals.append(point | {"x": count})
+            discovery.append({"id": node_id, "x": compute / 3600, "y": beat})
+        spend = []
+        cost = tokens = 0.0
+        for t, c, tin, tout in db.execute(
+                "select created, coalesce(cost, 0), coalesce(tokens_in, 0), coalesce(tokens_out, 0) from traces "
+                "where cost is not null or tokens_in is not null order by created, id"):
+            cost += c
+            tokens += tin + tout
+            spend.append({"x": t - start, "cost": cost, "tokens": tokens})
+        compute_curve, total = [], 0.0
+        for t, wall in evals:
+            total += wall or 0.0
+            compute_curve.append({"x": t - start, "y": total / 3600})
+        return {
+            "start": start,
+            "best_over_time": _decimate(over_time),
+            "best_over_evaluations": _decimate(over_evals),
+            "discovery": _decimate(discovery, key=None),
+            "spend": _decimate(spend, key=None),
+            "compute": _decimate(compute_curve, key=None),
+            "pareto": self._pareto(),
+            "version": self._version,
+        }
+
+    def _pareto(self) -> list[dict]:
+        """Quality (val_loss, lower is better) against each cost the metrics have."""
+        row = self.store.db.execute(
+            "select metrics from nodes where status = 'done' and metrics is not null order by id desc limit 1").fetchone()
+        keys = list(json.loads(row[0])) if row else []
+        axes = [("tokens_per_s", "training throughput (tokens/s)", True)]
+        for word, label in (("latency", "inference latency"), ("mem", "peak memory"), ("state", "state per token")):
+            key = next((k for k in keys if word in k.lower()), None)
+            if key:
+                axes.append((key, f"{label} ({key})", False))
+        out = []
+        for key, label, higher in axes:
+            rows = self.store.db.execute(
+                "select id, val_loss, json_extract(metrics, ?) from nodes "
+                "where status = 'done' and val_loss is not null and json_extract(metrics, ?) is not null", [f"$.{key}", f"$.{key}"]).fetchall()
+            points = [(i, loss, -v if higher else v) for i, loss, v in rows]
+            front = set(pareto_front(points))
+            pts = [{"id": i, "x": v, "y": loss, "front": i in front} for i, loss, v in rows]
+            if len(pts) > MAX_POINTS:
+                step = math.ceil(len(pts) / MAX_POINTS)
+                pts = [p for n, p in enumerate(pts) if p["front"] or n % step == 0 or p["id"] == 0]
+            out.append({"key": key, "label": label, "higher_is_better": higher, "points": pts,
+                        "front": sorted((p for p in pts if p["front"]), key=lambda p: p["x"])})
+        return out
+
+
+def _metric(node: dict | None, key: str):
+    return ((node or {}).get("metrics") or {}).get(key)
+
+
+def _decode_trace(row: dict) -> dict:
+    if isinstance(row.get("decision"), str):
+        try:
+            row["decision"] = json.loads(row["decision"])
+        except ValueError:
+            pass
+    return row
+
+
+def _decimate(points: list[dict], key: str | None = "improved") -> list[dict]:
+    """At most about MAX_POINTS points: an even sample, the first and the last, and every point
+    where `key` is true (the improvements of a best-so-far curve)."""
+    if len(points) <= MAX_POINTS:
+        return points
+    step = math.ceil(len(points) / MAX_POINTS)
+    return [p for n, p in enumerate(points) if n % step == 0 or n == len(points) - 1 or (key and p.get(key))]

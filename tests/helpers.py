@@ -1,0 +1,205 @@
+"""Plain helpers shared by the test modules (fixtures that wrap them live in conftest.py).
+
+Everything here drives real parts: the CLI in a child process, the run's SQLite file, the
+run's git repository and /proc.
+"""
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-c", "from archlab.cli import main; main()"]
+# One CPU thread per evaluation: the suite must stay fast on 2 cores, also when other
+# processes share them (oversubscribed OpenMP threads make training 10x slower).
+THREADS = "1"
+
+
+def cli_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "ARCHLAB_DEBUG", "FORCE_COLOR")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def cli(*args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+    """Run `archlab ARGS...` in a child process, capturing text output."""
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=cli_env(), cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def popen_cli(*args, cwd=None) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(), cwd=cwd, stdin=subprocess.DEVNULL, bufsize=1)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """A user mistake: the given exit code, exactly one line on stderr, no traceback anywhere."""
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out
+    assert proc.returncode == code, (proc.returncode, out)
+    assert "internal error" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip(), "no message on stderr"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{proc.stderr}"
+    return lines[0]
+
+
+# -- the store ---------------------------------------------------------------------------------
+def connect(run_dir: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{Path(run_dir) / 'archlab.db'}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def node_rows(run_dir: Path) -> list[dict]:
+    conn = connect(run_dir)
+    try:
+        rows = [dict(r) for r in conn.execute("select * from nodes order by id")]
+    finally:
+        conn.close()
+    for r in rows:
+        for key in ("design", "metrics"):
+            if r.get(key):
+                r[key] = json.loads(r[key])
+    return rows
+
+
+def table_rows(run_dir: Path, table: str) -> list[dict]:
+    conn = connect(run_dir)
+    try:
+        return [dict(r) for r in conn.execute(f"select * from {table} order by rowid")]
+    finally:
+        conn.close()
+
+
+def meta(run_dir: Path) -> dict:
+    conn = connect(run_dir)
+    try:
+        return dict(conn.execute("select key, value from meta").fetchall())
+    finally:
+        conn.close()
+
+
+def db_snapshot(run_dir: Path) -> tuple:
+    """Bytes of the database file(s) and every row of every table."""
+    files = {p.name: p.read_bytes() for p in sorted(Path(run_dir).glob("archlab.db*"))}
+    conn = connect(run_dir)
+    try:
+        tables = [r[0] for r in conn.execute("select name from sqlite_master where type = 'table' order by name")]
+        rows = {t: conn.execute(f"select * from {t} order by rowid").fetchall() for t in tables}
+    finally:
+        conn.close()
+    return files, {t: [tuple(r) for r in v] for t, v in rows.items()}
+
+
+# -- git ----------------------------------------------------------------------------------------
+def git(run_dir: Path, *args) -> str:
+    return subprocess.run(["git", "-C", str(Path(run_dir) / "repo"), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def commits(run_dir: Path) -> dict[str, list[str]]:
+    """Every commit reachable from any ref: sha -> parent shas."""
+    out = {}
+    for line in git(run_dir, "log", "--all", "--format=%H %P").splitlines():
+        sha, *parents = line.split()
+        out[sha] = parents
+    return out
+
+
+def code_at(run_dir: Path, sha: str) -> str:
+    return git(run_dir, "show", f"{sha}:candidate.py")
+
+
+def assert_lineage(run_dir: Path) -> list[dict]:
+    """One commit per node, tagged node-N, whose parent commit is its parent node's commit."""
+    rows = node_rows(run_dir)
+    graph = commits(run_dir)
+    by_id = {r["id"]: r for r in rows}
+    assert all(r["commit_sha"] and re.fullmatch(r"[0-9a-f]{40}", r["commit_sha"]) for r in rows), rows
+    assert len(graph) == len(rows), (len(graph), [r["id"] for r in rows])
+    assert set(graph) == {r["commit_sha"] for r in rows}
+    tags = set(git(run_dir, "tag", "--list").split())
+    assert tags == {f"node-{r['id']}" for r in rows}
+    for r in rows:
+        assert git(run_dir, "rev-parse", f"node-{r['id']}^{{commit}}").strip() == r["commit_sha"]
+        if r["parent_id"] is None:
+            assert r["id"] == 0
+            assert graph[r["commit_sha"]] == []
+        else:
+            assert graph[r["commit_sha"]] == [by_id[r["parent_id"]]["commit_sha"]], r["id"]
+    return rows
+
+
+def assert_finished_run(run_dir: Path, n_nodes: int) -> list[dict]:
+    """A run that stopped normally at n_nodes: contiguous ids, nothing in flight, sound lineage."""
+    rows = assert_lineage(run_dir)
+    assert [r["id"] for r in rows] == list(range(n_nodes))
+    assert not [r["id"] for r in rows if r["status"] not in ("done", "failed")]
+    assert rows[0]["status"] == "done" and rows[0]["parent_id"] is None
+    assert all(r["parent_id"] is not None and r["parent_id"] < r["id"] for r in rows[1:])
+    assert all(by["status"] == "done" for by in (rows[r["parent_id"]] for r in rows[1:])), "a parent must be a done node"
+    for r in rows:
+        if r["status"] == "failed":
+            assert r["reason"], r
+        else:
+            assert r["fitness"] is not None and r["val_loss"] > 0, r
+    # the offline brain never proposes a design that is already in the tree
+    for parent in {r["parent_id"] for r in rows[1:]}:
+        designs = [json.dumps(r["design"], sort_keys=True) for r in rows if r["parent_id"] == parent]
+        assert len(designs) == len(set(designs)), f"duplicate designs among the children of node {parent}"
+    assert "open_thread" not in meta(run_dir)
+    return rows
+
+
+# -- processes ----------------------------------------------------------------------------------
+def pids_matching(predicate) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if predicate(int(entry)):
+                out.append(int(entry))
+        except OSError:
+            pass
+    return out
+
+
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def sandbox_workers_of(run_dir: Path) -> list[int]:
+    """Live sandbox worker processes evaluating a node of this run (their stdout is its log)."""
+    logs = str(Path(run_dir).resolve() / "logs")
+
+    def writes_our_log(pid: int) -> bool:
+        return "archlab.sandbox.worker" in cmdline(pid) and os.readlink(f"/proc/{pid}/fd/1").startswith(logs) and alive(pid)
+
+    return pids_matching(writes_our_log)
+
+
+def kill_pids(pids) -> None:
+    """End processes this test caused, one by one, by id."""
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -1,0 +1,158 @@
+"""Crash safety of `archlab run`: SIGKILL and SIGINT in the middle of an evaluation, a kill
+during the root's evaluation, and two drivers on one run directory. Every scenario resumes
+with the same command and must end with the tree an uninterrupted run would have."""
+
+import json
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import helpers
+
+NODE_LINE = re.compile(r"^\s*node\s+(\d+)\s+(done|failed)")
+
+
+def run_args(run_dir: Path, max_nodes: int) -> tuple:
+    return ("run", run_dir, "--tier", "micro", "--max-nodes", max_nodes, "--threads", helpers.THREADS)
+
+
+class Driver:
+    """`archlab run` as a child process whose output we read line by line."""
+
+    def __init__(self, run_dir: Path, max_nodes: int, watchdog_s: float = 300):
+        self.run_dir = run_dir
+        self.proc = helpers.popen_cli(*run_args(run_dir, max_nodes))
+        self.lines: list[str] = []
+        self._watchdog = threading.Timer(watchdog_s, self.proc.kill)  # never hang the suite
+        self._watchdog.start()
+
+    def wait_for_node_lines(self, n: int) -> None:
+        seen = 0
+        while seen < n:
+            line = self.proc.stdout.readline()
+            assert line, f"the run ended before {n} node lines:\n{''.join(self.lines)}{self.proc.stderr.read()}"
+            self.lines.append(line)
+            seen += bool(NODE_LINE.match(line))
+
+    def wait_for_worker(self, timeout: float = 120) -> list[int]:
+        """Until a sandbox worker is evaluating a node of this run; returns its pid(s)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = helpers.sandbox_workers_of(self.run_dir)
+            if workers:
+                return workers
+            assert self.proc.poll() is None, "the driver exited before evaluating"
+            time.sleep(0.05)
+        raise AssertionError("no sandbox worker started")
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            self._watchdog.cancel()
+        return self.proc.returncode, "".join(self.lines) + out, err
+
+
+def in_flight(run_dir: Path) -> list[dict]:
+    return [r for r in helpers.node_rows(run_dir) if r["status"] == "evaluating"]
+
+
+def assert_traces_written_once(run_dir: Path) -> None:
+    traces = helpers.table_rows(run_dir, "traces")
+    for r in helpers.node_rows(run_dir)[1:]:
+        roles = [t["role"] for t in traces if t["node_id"] == r["id"]]
+        assert roles.count("selector") == 1 and roles.count("researcher") == 1, (r["id"], roles)
+
+
+def resume(run_dir: Path, max_nodes: int) -> str:
+    proc = helpers.cli(*run_args(run_dir, max_nodes), timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Resuming" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("sig, max_nodes", [(signal.SIGKILL, 8), (signal.SIGINT, 6)], ids=["SIGKILL", "SIGINT"])
+def test_interrupted_run_resumes_to_the_same_shape(run_dir, sig, max_nodes):
+    driver = Driver(run_dir, max_nodes)
+    driver.wait_for_node_lines(3)
+    driver.wait_for_worker()  # kill while a child is being evaluated
+    driver.proc.send_signal(sig)
+    code, out, err = driver.finish()
+    if sig == signal.SIGINT:
+        assert code == 130, (code, out, err)
+        assert "resume" in err and "Traceback" not in out + err, err
+        time.sleep(0.5)
+        assert helpers.sandbox_workers_of(run_dir) == [], "Ctrl-C must stop the evaluation it interrupted"
+    else:
+        assert code == -signal.SIGKILL
+        time.sleep(0.5)
+        helpers.kill_pids(helpers.sandbox_workers_of(run_dir))  # see test_killed_driver_leaves_no_worker
+
+    flying = in_flight(run_dir)
+    assert len(flying) == 1 and flying[0]["id"] >= 3, flying
+    interrupted = flying[0]
+    assert helpers.meta(run_dir).get("open_thread"), "the interrupted candidate's thread must stay open"
+
+    out = resume(run_dir, max_nodes)
+    rows = helpers.assert_finished_run(run_dir, max_nodes)
+    again = rows[interrupted["id"]]
+    # the interrupted candidate was continued, not replaced or marked lost
+    assert again["reason"] != "interrupted", again
+    assert (again["design"], again["commit_sha"], again["parent_id"]) == (
+        interrupted["design"], interrupted["commit_sha"], interrupted["parent_id"])
+    assert_traces_written_once(run_dir)
+    printed = [int(m[1]) for m in map(NODE_LINE.match, out.splitlines()) if m]
+    assert printed == list(range(interrupted["id"], max_nodes)), printed
+
+
+@pytest.fixture(scope="module")
+def killed_during_root(tmp_path_factory):
+    """A run whose driver was SIGKILLed while the root was being evaluated."""
+    run_dir = tmp_path_factory.mktemp("rootkill") / "run"
+    driver = Driver(run_dir, 2)
+    driver.wait_for_worker()
+    driver.proc.kill()
+    driver.finish()
+    time.sleep(2)
+    orphans = helpers.sandbox_workers_of(run_dir)
+    helpers.kill_pids(orphans)
+    return {"run_dir": run_dir, "orphans": orphans, "rows": helpers.node_rows(run_dir)}
+
+
+def test_kill_during_root_evaluation_then_resume(killed_during_root):
+    run_dir = killed_during_root["run_dir"]
+    assert [(r["id"], r["status"]) for r in killed_during_root["rows"]] == [(0, "evaluating")]
+    resume(run_dir, 2)
+    rows = helpers.assert_finished_run(run_dir, 2)
+    assert rows[0]["commit_sha"] == killed_during_root["rows"][0]["commit_sha"]
+    evals = [e for e in helpers.table_rows(run_dir, "evaluations") if e["node_id"] == 0]
+    assert len(evals) == 1 and evals[0]["ok"] == 1
+
+
+def test_killed_driver_leaves_no_worker(killed_during_root):
+    """A SIGKILLed driver cannot clean up, so the sandbox worker must not outlive it: it was
+    started in its own session and otherwise keeps training (up to the tier's timeout: 50
+    minutes at verify), writing into the log that the resumed run re-opens for the same node."""
+    assert killed_during_root["orphans"] == [], [helpers.cmdline(p) for p in killed_during_root["orphans"]]
+
+
+def test_second_driver_on_the_same_run_is_refused(run_dir):
+    """Two drivers on one run directory would both continue the same open candidate (and
+    evaluate it twice); the second must stop with one line instead."""
+    first = Driver(run_dir, 1)
+    try:
+        first.wait_for_worker()
+        second = helpers.cli(*run_args(run_dir, 1), timeout=120)
+    finally:
+        code, out, err = first.finish(timeout=180)
+    assert code == 0, out + err
+    helpers.assert_user_error(second)
+    evals = [e for e in helpers.table_rows(run_dir, "evaluations") if e["node_id"] == 0]
+    assert len(evals) == 1, "the root was evaluated by both drivers"
+    helpers.assert_finished_run(run_dir, 1)
+    assert json.loads(helpers.cli("status", run_dir, "--json").stdout)["nodes"] == 1

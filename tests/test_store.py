@@ -1,0 +1,147 @@
+"""The search tree of a finished micro run: SQLite rows, git lineage and what `show` reports.
+
+The shared run (conftest.micro_run) has 5 nodes and a parameter budget of 1.0x the root, so
+children that add parameters fail with reason params and the others are trained."""
+
+import json
+import math
+import re
+import sqlite3
+
+import pytest
+
+import helpers
+from archlab.sandbox import checks, contract
+from archlab.sandbox.tiers import TIERS
+from archlab.templates import render_root
+
+
+def apply_unified_diff(old: str, diff: str) -> list[str]:
+    """Apply git's unified diff of one file to `old`; returns the new file's lines."""
+    old_lines, out, pos = old.splitlines(), [], 0
+    lines = diff.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("@@"))
+    for line in lines[start:]:
+        if line.startswith("@@"):
+            m = re.match(r"@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@", line)
+            first, count = int(m[1]), int(m[2] if m[2] is not None else 1)
+            hunk_start = first if count == 0 else first - 1
+            assert hunk_start >= pos, "hunks out of order"
+            out += old_lines[pos:hunk_start]
+            pos = hunk_start
+        elif line.startswith("\\"):
+            continue  # "\ No newline at end of file"
+        elif line.startswith("+"):
+            out.append(line[1:])
+        elif line.startswith("-"):
+            assert old_lines[pos] == line[1:], (pos, line)
+            pos += 1
+        else:  # context (an empty context line is " ")
+            assert old_lines[pos] == line[1:], (pos, line)
+            out.append(line[1:])
+            pos += 1
+    return out + old_lines[pos:]
+
+
+def test_every_node_is_a_row_with_one_commit_on_its_parents_commit(micro_run):
+    rows = helpers.assert_finished_run(micro_run, 5)
+    assert len(helpers.commits(micro_run)) == 5
+    # the commit message names the node and its parent
+    for r in rows[1:]:
+        subject = helpers.git(micro_run, "log", "-1", "--format=%s", r["commit_sha"]).strip()
+        assert subject.startswith(f"node {r['id']}: ") and subject.endswith(f"(from node {r['parent_id']})"), subject
+
+
+def test_database_is_in_wal_mode(micro_run):
+    conn = sqlite3.connect(micro_run / "archlab.db")
+    try:
+        assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def test_root_commit_is_the_root_template(micro_run):
+    root = helpers.node_rows(micro_run)[0]
+    assert helpers.code_at(micro_run, root["commit_sha"]) == render_root("deltanet")
+    assert root["operator"] == "root" and root["fitness"] == 0.0
+
+
+@pytest.mark.parametrize("node_id", range(5))
+def test_show_json_diff_turns_the_parent_commit_into_the_node_commit(micro_run, node_id):
+    proc = helpers.cli("show", micro_run, node_id, "--json")
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    row = helpers.node_rows(micro_run)[node_id]
+    assert facts["id"] == node_id and facts["commit_sha"] == row["commit_sha"] and facts["status"] == row["status"]
+    code = helpers.code_at(micro_run, row["commit_sha"])
+    if row["parent_id"] is None:
+        assert facts["diff"] == "" and facts["parent"] is None
+        return
+    parent_code = helpers.code_at(micro_run, helpers.node_rows(micro_run)[row["parent_id"]]["commit_sha"])
+    assert facts["diff"], "a child's code always differs from its parent's"
+    assert apply_unified_diff(parent_code, facts["diff"]) == code.splitlines()
+    assert facts["parent"]["id"] == row["parent_id"]
+    assert facts["design"] == row["design"]
+
+
+def test_failed_nodes_are_rows_and_the_budget_decides_who_fails(micro_run):
+    rows = helpers.node_rows(micro_run)
+    tier = TIERS["micro"]
+    root_mixer = contract.build_mixer(contract.load(helpers.code_at(micro_run, rows[0]["commit_sha"])), tier.d_model, tier.n_heads)
+    limit = int(checks.count_params(root_mixer) * 1.0)
+    assert rows[0]["metrics"]["mixer_params"] == checks.count_params(root_mixer)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed, "the run was set up so that at least one child exceeds the parameter budget"
+    for r in rows[1:]:
+        module = contract.load(helpers.code_at(micro_run, r["commit_sha"]))
+        n = checks.count_params(contract.build_mixer(module, tier.d_model, tier.n_heads))
+        if n > limit:
+            assert r["status"] == "failed" and r["reason"] == "params", (r["id"], n, limit, r["status"], r["reason"])
+            assert f"{n:,}" in r["detail"] and f"{limit:,}" in r["detail"]
+        else:
+            assert r["reason"] != "params", r
+    for r in failed:
+        assert r["reason"] and r["detail"] and r["fitness"] is None and r["finished"] >= r["created"]
+        evals = [e for e in helpers.table_rows(micro_run, "evaluations") if e["node_id"] == r["id"]]
+        assert evals and evals[-1]["ok"] == 0 and evals[-1]["reason"] == r["reason"]
+        assert r["analysis"] and r["reason"] in r["analysis"]
+
+
+def test_done_nodes_have_metrics_and_fitness_relative_to_the_root(micro_run):
+    rows = helpers.node_rows(micro_run)
+    root = rows[0]["metrics"]
+    done = [r for r in rows if r["status"] == "done"]
+    assert len(done) >= 2, "the root and at least one child were trained"
+    for r in done:
+        m = r["metrics"]
+        assert r["val_loss"] == m["val_loss"] > 0
+        assert m["val_bpb"] == pytest.approx(m["val_loss"] / math.log(2))
+        assert m["tokens_per_s"] > 0 and m["params"] > m["mixer_params"] > 0
+        slowdown = max(0.0, math.log(root["tokens_per_s"] / m["tokens_per_s"]))
+        assert r["fitness"] == pytest.approx(root["val_loss"] - m["val_loss"] - 0.05 * slowdown, abs=1e-9)
+
+
+def test_every_node_has_its_evaluations_and_logs(micro_run):
+    evals = helpers.table_rows(micro_run, "evaluations")
+    for r in helpers.node_rows(micro_run):
+        mine = [e for e in evals if e["node_id"] == r["id"]]
+        assert len(mine) == r["attempts"] >= 1
+        assert all(e["tier"] == "micro" and e["kind"] == "search" for e in mine)
+        for e in mine:
+            assert (micro_run / e["log"]).is_file()
+            assert json.loads(e["env"])["torch"]
+
+
+def test_traces_record_every_role_and_the_selection(micro_run):
+    rows = helpers.node_rows(micro_run)
+    traces = helpers.table_rows(micro_run, "traces")
+    for r in rows[1:]:
+        mine = [t for t in traces if t["node_id"] == r["id"]]
+        roles = [t["role"] for t in mine]
+        assert roles[0] == "selector" and {"researcher", "engineer", "analyst"} <= set(roles), roles
+        selection = json.loads(mine[0]["decision"])
+        assert selection["parent"] == r["parent_id"]
+        research = json.loads(next(t for t in mine if t["role"] == "researcher")["decision"])
+        assert research["operator"] == r["operator"]
+        assert all(t["kind"] == "offline" for t in mine)
