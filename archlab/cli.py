@@ -1,8 +1,10 @@
 """The archlab command line: parses, calls the library, prints. Nothing else lives here."""
 
+import errno
 import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Optional
@@ -221,12 +223,14 @@ def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, he
 
 @app.command()
 def check(file: Path = typer.Argument(..., help="a candidate .py file"),
-          as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON")) -> None:
-    """Contract, static, causality and parameter-budget checks plus one forward/backward, no training.
+          as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON"),
+          allow_quadratic: bool = typer.Option(False, "--allow-quadratic", help="accept mixers whose cost grows faster than linearly"),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the sandbox")) -> None:
+    """Contract, static, causality, complexity, step() and parameter-budget checks plus one forward/backward, no training.
 
     Exit code 0: accepted, 1: rejected (the reason says why), 2: usage error.
     """
-    _sandbox_command(file, "check", as_json, seed=0, data=None)
+    _sandbox_command(file, "check", as_json, seed=0, data=None, allow_quadratic=allow_quadratic, threads=threads)
 
 
 @app.command(name="eval")
@@ -236,6 +240,10 @@ def evaluate(
     seed: int = typer.Option(0, "--seed"),
     data: Optional[Path] = typer.Option(None, "--data", help="a text file or folder to train on"),
     as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON"),
+    allow_quadratic: bool = typer.Option(False, "--allow-quadratic", help="accept mixers whose cost grows faster than linearly"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the sandbox"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="seeds from --seed up (default: the tier's); metrics are means"),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a tier field, e.g. --set steps=800 --set probes.steps=300"),
 ) -> None:
     """Check and train a candidate at a tier; prints its metrics.
 
@@ -245,10 +253,35 @@ def evaluate(
         raise UserError(f"--tier {tier!r}: choose one of {', '.join(TIERS)}")
     if data and not data.exists():
         raise UserError(f"--data {data}: no such file or folder")
-    _sandbox_command(file, tier, as_json, seed=seed, data=str(data) if data else None)
+    _sandbox_command(file, tier, as_json, seed=seed, data=str(data) if data else None, allow_quadratic=allow_quadratic,
+                     threads=threads, seeds=seeds, tier_overrides=_tier_overrides(tier, overrides or []))
 
 
-def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str | None) -> None:
+def _tier_overrides(tier: str, items: list[str]) -> dict:
+    from archlab.sandbox.tiers import TierError, resolve
+
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. --set steps=800")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            out.setdefault(outer, {})[inner] = value
+        else:
+            out[key] = value
+    try:
+        resolve(tier, out)
+    except TierError as e:
+        raise UserError(f"--set: {e}") from None
+    return out
+
+
+def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str | None, **options) -> None:
     from archlab.sandbox import runner
 
     if not file.is_file():
@@ -258,19 +291,142 @@ def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str 
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{file}: cannot read it as UTF-8 text ({e})") from None
     if as_json:
-        result = runner.evaluate(source, tier, seed=seed, data=data)
+        result = runner.evaluate(source, tier, seed=seed, data=data, **options)
     else:
         with console.status(f"evaluating {file} at the {tier} tier in the sandbox ..."):
-            result = runner.evaluate(source, tier, seed=seed, data=data)
+            result = runner.evaluate(source, tier, seed=seed, data=data, **options)
     if as_json:
         print(json.dumps(result.as_json()))
     elif result.ok:
         console.print(f"[green]accepted[/] {file} ({tier})")
         for key, value in result.metrics.items():
-            console.print(f"  {key:14} {_fmt(value)}")
+            console.print(f"  {key:22} {_fmt(value)}")
     else:
         console.print(f"[red]rejected[/] {file}: {result.reason}: {result.detail}")
     raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Which sandbox protections are active on this machine (each one is probed, not assumed)."""
+    from archlab.sandbox import protections
+
+    facts = protections.report_json(refresh=True)
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    t = Table("protection", "active", "how", title=f"archlab sandbox on this machine (launcher: {facts['launcher']})")
+    for p in facts["protections"]:
+        t.add_row(p["name"], "[green]yes[/]" if p["active"] else "[red]no[/]", p["detail"])
+    console.print(t)
+
+
+# -- review and replay: serve, replay, fork, export (archlab/web, archlab/tree/replay.py, archlab/export) --
+@app.command()
+def serve(run_dir: Path = RunDir,
+          port: int = typer.Option(8765, "--port", min=0, max=65535, help="TCP port (0: any free port)"),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (the default is only reachable from this machine)")) -> None:
+    """Read-only web UI of a run: tree, nodes (diff, metrics, analysis, traces), plots; updates while the run goes."""
+    from archlab.web.server import serve as serve_ui
+
+    _store(run_dir)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"warning: --host {host} makes the run's code, traces and prompts readable from the network", markup=False)
+
+    def ready(url: str) -> None:
+        console.print(f"Serving [bold]{run_dir}[/] read-only at [bold]{url}[/] (Ctrl-C to stop)")
+        console.file.flush()
+
+    serve_ui(run_dir, host, port, on_ready=ready)
+
+
+@app.command()
+def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
+           tier: Optional[str] = typer.Option(None, "--tier", help="micro | smoke | explore | verify [default: the run's tier]"),
+           seeds: int = typer.Option(3, "--seeds", min=1, help="seeds, counting up from the run's seed"),
+           lineage: bool = typer.Option(False, "--lineage", help="replay every ancestor from the root to NODE"),
+           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation [default: the run's]"),
+           force: bool = typer.Option(False, "--force", help="re-run evaluations that an earlier replay stored"),
+           as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Re-evaluate a node's exact code with the run's recorded config; mean ± std against the root evaluated the same way.
+
+    Replays are stored beside the original evaluations (kind "replay") and reused by later
+    replays with the same tier and seed.
+    """
+    from archlab.tree.replay import replay as replay_nodes, table
+
+    _store(run_dir)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("replaying", total=None)
+        facts = replay_nodes(run_dir, node, tier=tier, seeds=seeds, lineage=lineage, threads=threads, force=force,
+                             on_start=lambda total: progress.update(task, total=total),
+                             on_eval=lambda n, s, r: None if r["cached"] else progress.advance(task))
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    headers, rows = table(facts)
+    from rich import box
+
+    t = Table(*headers, title=f"replay of node {node}: {facts['tier']} tier, seeds {', '.join(map(str, facts['seeds']))}",
+              box=box.SIMPLE_HEAD)
+    for row in rows:
+        t.add_row(*row)
+    (console if console.is_terminal else Console(width=200)).print(t)  # a pipe gets whole numbers, not "4.46…"
+    console.print("[dim]val_loss: nats/byte, mean±std over seeds, lower is better; Δ: paired by seed; "
+                  "replay−rec.: against the run's own evaluation (same tier and seed)[/]")
+    for n in facts["nodes"]:
+        for key, change in n["env_changes"].items():
+            err.print(f"note: node {n['node']} was evaluated with {key} {change['recorded']}, replayed with {change['replay']}", markup=False)
+
+
+@app.command()
+def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
+         new_run: Path = typer.Argument(..., help="directory of the new run (must not exist or be empty)"),
+         tier: Optional[str] = typer.Option(None, "--tier", help="the new run's tier [default: the source run's]"),
+         seed: Optional[int] = typer.Option(None, "--seed", help="the new run's seed [default: the source run's]"),
+         strategy: Optional[str] = typer.Option(None, "--strategy", help="asi | ucb | evolution | random"),
+         max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="the new run's node budget"),
+         as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Start a new run whose root is NODE of RUN (its code, design, evaluations and traces, with a link back)."""
+    from archlab.tree.replay import fork as fork_node
+
+    _store(run_dir)
+    facts = fork_node(run_dir, node, new_run, tier=tier, seed=seed, strategy=strategy, max_nodes=max_nodes)
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    console.print(f"Forked [bold]{run_dir}[/] node {node} into [bold]{new_run}[/] (root: {new_run / 'root.py'}; "
+                  f"{facts['evaluations']} evaluation(s) copied)")
+    if not facts["root_ready"]:
+        console.print(f"The root will be evaluated at the {facts['config']['tier']} tier when the run starts.")
+    if not facts["design"] and facts["config"]["llm"] == "offline":
+        err.print(f"note: node {node} has no template design, so the offline brain cannot mutate it; use an LLM brain", markup=False)
+    console.print(f"Grow it with: archlab run {new_run}")
+
+
+@app.command()
+def export(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
+           out_dir: Path = typer.Argument(..., help="directory for the model (must not exist or be empty)"),
+           tier: Optional[str] = typer.Option(None, "--tier", help="export weights trained at this tier (trains one if none)"),
+           seed: Optional[int] = typer.Option(None, "--seed", help="seed when a training is needed [default: the run's]"),
+           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads if a training is needed"),
+           force: bool = typer.Option(False, "--force", help="write into a non-empty OUT_DIR"),
+           as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Write a Hugging Face transformers model directory for NODE (loads with trust_remote_code=True)."""
+    from archlab.export.hf import export as export_node
+
+    _store(run_dir)
+    if as_json:
+        facts = export_node(run_dir, node, out_dir, tier=tier, seed=seed, threads=threads, force=force)
+        print(json.dumps(facts, indent=2))
+        return
+    with console.status(f"exporting node {node} ...") as status:
+        facts = export_node(run_dir, node, out_dir, tier=tier, seed=seed, threads=threads, force=force,
+                            on_status=lambda message: (console.print(message), status.update(message)))
+    console.print(f"Exported node {node} ({facts['layers']}, d_model {facts['d_model']}, weights from the {facts['tier']} tier, "
+                  f"seed {facts['seed']}, val_loss {facts['val_loss']:.4f}) to [bold]{out_dir}[/]")
+    console.print(f"Load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r}, trust_remote_code=True)")
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -330,6 +486,14 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except OSError as e:
+        what = "the disk is full" if e.errno == errno.ENOSPC else str(e)
+        err.print(f"error: {what}; nothing stored so far is lost: free space and run the command again", markup=False, highlight=False)
+        sys.exit(1)
+    except sqlite3.OperationalError as e:
+        hint = "free disk space" if "full" in str(e) else "is another archlab process writing this run?"
+        err.print(f"error: database: {e} ({hint}); nothing stored so far is lost", markup=False, highlight=False)
+        sys.exit(1)
     except Exception as e:  # a bug of ours: still one line, the traceback on request
         if os.environ.get("ARCHLAB_DEBUG"):
             raise

@@ -23,6 +23,7 @@ from typing import Callable, TypedDict
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
+from archlab import chaos
 from archlab.agents import novelty
 from archlab.agents.llm import BudgetExceeded, EndpointDown
 from archlab.agents.roles import Context, Proposal, Trace
@@ -220,6 +221,7 @@ class Run:
         return g
 
     def _select_step(self, state: CandidateState) -> CandidateState:
+        chaos.point("select")
         node_id = self._reserve_id()
         rng = random.Random(self.config.seed * 1_000_003 + node_id)  # reproducible, also across resumes
         where = sampling.DONE + (" and design is not null" if self.brain.kind == "offline" else "")
@@ -264,6 +266,7 @@ class Run:
         # A failed proposal has no code of its own: its commit repeats the parent's file.
         code = proposal.get("code") or self.lineage.code(parent["commit_sha"])
         sha = self.lineage.commit(node_id, code, message, parent["commit_sha"])
+        chaos.point("after_commit")
         fields = dict(commit_sha=sha, motivation=proposal["motivation"], design=proposal.get("design"),
                       operator=proposal.get("operator"), knowledge=proposal.get("knowledge"))
         if self.store.has_node(node_id):
@@ -271,6 +274,7 @@ class Run:
         else:
             self.store.add_node(id=node_id, parent_id=parent["id"], status="evaluating",
                                 references_used=state.get("references", []), **fields)
+        chaos.point("after_row")
         return {}
 
     def _evaluate_step(self, state: CandidateState) -> CandidateState:
@@ -289,10 +293,12 @@ class Run:
         log = self.dir / "logs" / f"node-{node_id}-{attempt}.log"
         root_node = None if root else self.store.node(0)
         limit = -1 if root else int(root_node["metrics"]["mixer_params"] * self.config.param_ratio)
+        chaos.point_later("during_evaluation")
         result = runner.evaluate(code, self.config.tier, seed=self.config.seed, data=self.config.data,
                                  param_limit=limit, threads=self.config.threads, log_path=log)
         self.store.add_evaluation(node_id, self.config.tier, self.config.seed, result, str(log.relative_to(self.dir)))
         self.store.update_node(node_id, attempts=attempt + 1)
+        chaos.point("after_evaluation")
         return result
 
     def _after_evaluate(self, state: CandidateState) -> str:
@@ -306,6 +312,7 @@ class Run:
             return {"analysis": "discarded before evaluation"}
         text, traces = self.brain.analyze(self.context(state), node, state["result"])
         self._write_traces(state["node_id"], traces, state.get("attempt", 0))
+        chaos.point("during_analysis")
         return {"analysis": text}
 
     def _record_step(self, state: CandidateState) -> CandidateState:
@@ -322,6 +329,7 @@ class Run:
             fields.update(status="failed", reason=failure["reason"], detail=failure.get("detail"))
         self.store.update_node(node_id, **fields)
         self.store.event("node", f"node {node_id} {fields['status']}", node_id)
+        chaos.point("after_record")
         if fields["analysis"] and hasattr(self.brain, "knowledge"):
             self.brain.knowledge.add_experience(f"node-{node_id}", fields["analysis"])
         return {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import openai
 
+from archlab import chaos
 from archlab.errors import UserError
 
 
@@ -110,6 +111,7 @@ class LLMClient:
             except openai.APIStatusError as e:  # 4xx other than 429: retrying will not help
                 self._trace(role, node_id, attempt, model, messages, None, key, latency=time.monotonic() - started, error=str(e))
                 raise EndpointDown(f"the LLM endpoint refused the request: {e}") from None
+            chaos.point("llm_call")  # the answer arrived but is not yet stored
             latency = time.monotonic() - started
             text = response.choices[0].message.content or "" if response.choices else ""
             usage = response.usage

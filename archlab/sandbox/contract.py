@@ -83,3 +83,5 @@ def check_shape(mixer: nn.Module, d_model: int, dtype=torch.float32) -> None:
         raise CandidateError("shape", f"Mixer.forward must return a Tensor, got {type(y).__name__}")
     if y.shape != x.shape or y.dtype != x.dtype:
         raise CandidateError("shape", f"input {tuple(x.shape)} {x.dtype} gave output {tuple(y.shape)} {y.dtype}")
+    if not torch.isfinite(y).all():
+        raise CandidateError("nan", "Mixer.forward returned NaN or infinity for a random input")

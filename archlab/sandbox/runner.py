@@ -84,6 +84,7 @@ def evaluate(
     seeds: int | None = None,
     device: str | None = None,
     skip_static_checks: bool = False,
+    weights_out: Path | None = None,
 ) -> Result:
     """Evaluate candidate source code at a tier in sandboxed child processes.
 
@@ -94,6 +95,8 @@ def evaluate(
         rechecked and flagged. seeds: how many seeds (default: the tier's); several seeds give
         mean metrics with `*_std` beside them. device: "cpu" or "cuda" (default: cuda when present).
     skip_static_checks: only for testing the runtime layers with code the AST checks would reject.
+    weights_out: where to keep the trained weights (the training phase's weights file, moved there
+        when the evaluation succeeds; with several seeds, the last seed's).
     """
     try:
         spec = resolve(tier, tier_overrides)
@@ -101,7 +104,8 @@ def evaluate(
         return Result(ok=False, reason="config", detail=str(e))
     opt = dict(data=data, param_limit=param_limit, param_ratio=param_ratio, threads=threads, timeout_s=timeout_s,
                memory_gb=memory_gb, log_path=log_path, allow_quadratic=allow_quadratic, reference=reference,
-               implausible_gain=implausible_gain, device=device, skip_static_checks=skip_static_checks)
+               implausible_gain=implausible_gain, device=device, skip_static_checks=skip_static_checks,
+               weights_out=weights_out)
     n_seeds = seeds or spec.seeds
     if n_seeds <= 1:
         return _evaluate_seed(source, spec, seed, opt)
@@ -166,6 +170,9 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict) -> Result:
                                                                          "result": str(scratch / "result-recheck.json")}, ref, opt)
         for key in ("phase_wall_s", "parent_wall_s"):
             result.metrics.pop(key, None)
+        if opt.get("weights_out") and result.ok and (scratch / "weights.pt").is_file():
+            Path(opt["weights_out"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(scratch / "weights.pt", opt["weights_out"])
         return _finish(result, started, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -90,7 +90,7 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
         corpus = Corpus.load(job.get("data"), train=False)
         weights = torch.load(job["weights"], map_location="cpu", weights_only=True)
         limit = job.get("param_limit")
-    harness.warm_up(device)
+    harness.warm_up(device, train=phase == "train" and tier.steps > 0)
     rng = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)  # unknown to the candidate
     integrity = protections.Integrity(_guarded_modules(), _guarded_classes(), threads=threads)
     guard = protections.AuditGuard(

@@ -10,6 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+try:  # flash-linear-attention's chunkwise Triton kernel, used on a GPU when it is installed
+    from fla.ops.delta_rule import chunk_delta_rule as fla_chunk_delta_rule
+except Exception:  # no fla (or no triton): the pure-PyTorch path below, which is also the reference
+    fla_chunk_delta_rule = None
+
 CHUNK_SIZE = 64
 
 
@@ -64,6 +69,13 @@ def delta_rule_recurrent(q, k, v, beta, log_decay=None):
     return torch.stack(out, 2)
 
 
+def delta_rule_fla(q, k, v, beta):
+    """delta_rule_chunkwise through fla's kernel: fla wants (batch, time, heads, dim) in bf16; q is
+    already normalised, so its scale is 1."""
+    o, _ = fla_chunk_delta_rule(*(x.transpose(1, 2).to(torch.bfloat16) for x in (q, k, v, beta)), scale=1.0)
+    return o.transpose(1, 2).to(q.dtype)
+
+
 class Mixer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, **kwargs):
         super().__init__()
@@ -86,7 +98,30 @@ class Mixer(nn.Module):
         q, k = q * self.head_dim**-0.5, k * self.head_dim**-0.5
         beta = self.b_proj(x).sigmoid().transpose(1, 2)
         log_decay = None
-        o = delta_rule_chunkwise(q, k, v, beta, log_decay, CHUNK_SIZE)
+        if fla_chunk_delta_rule is not None and q.is_cuda and q.dtype != torch.float64:
+            o = delta_rule_fla(q, k, v, beta)
+        else:
+            o = delta_rule_chunkwise(q, k, v, beta, log_decay, CHUNK_SIZE)
         o = self.o_norm(o)
         o = o.transpose(1, 2).reshape(b, t, d)
         return self.o_proj(o)
+
+    def step(self, x: torch.Tensor, state: dict | None = None):
+        """One token of recurrent inference: x (batch, d_model) -> (y, state); agrees with forward()."""
+        b, d = x.shape
+        state = state or {}
+        new = {}
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k = F.silu(q), F.silu(k)
+        v = F.silu(v)
+        q, k, v = (y.view(b, self.n_heads, self.head_dim) for y in (q, k, v))
+        q, k = q * self.head_dim**-0.5, k * self.head_dim**-0.5
+        beta = self.b_proj(x).sigmoid()
+        s = state["S"] if "S" in state else q.new_zeros(b, self.n_heads, self.head_dim, self.head_dim)
+        error = v - (s * k[..., None]).sum(-2)  # what the memory recalls for k, corrected toward v
+        s = s + beta[..., None, None] * k[..., None] * error[..., None, :]
+        new["S"] = s
+        o = (s * q[..., None]).sum(-2)
+        o = self.o_norm(o)
+        o = o.reshape(b, d)
+        return self.o_proj(o), new

@@ -112,3 +112,30 @@ class Mixer(nn.Module):
         o = o.transpose(1, 2).reshape(b, t, d)
         o = o * F.silu(self.g_proj(x))
         return self.o_proj(o)
+
+    def step(self, x: torch.Tensor, state: dict | None = None):
+        """One token of recurrent inference: x (batch, d_model) -> (y, state); agrees with forward()."""
+        b, d = x.shape
+        state = state or {}
+        new = {}
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        window = torch.cat([q, k, v], -1)[:, None]
+        if "conv" in state:
+            window = torch.cat([state["conv"], window], 1)
+        q, k, v = (window * self.conv.weight[-window.shape[1] :]).sum(1).chunk(3, -1)  # ShortConv on the last inputs
+        new["conv"] = window[:, 1:] if window.shape[1] == CONV_SIZE else window
+        q, k = F.silu(q), F.silu(k)
+        v = F.silu(v)
+        q, k, v = (y.view(b, self.n_heads, self.head_dim) for y in (q, k, v))
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        beta = self.b_proj(x).sigmoid()
+        s = state["S"] if "S" in state else q.new_zeros(b, self.n_heads, self.head_dim, self.head_dim)
+        s = s * F.logsigmoid(self.a_proj(x)).exp()[..., None, None]
+        error = v - (s * k[..., None]).sum(-2)  # what the memory recalls for k, corrected toward v
+        s = s + beta[..., None, None] * k[..., None] * error[..., None, :]
+        new["S"] = s
+        o = (s * q[..., None]).sum(-2)
+        o = self.o_norm(o)
+        o = o.reshape(b, d)
+        o = o * F.silu(self.g_proj(x))
+        return self.o_proj(o), new

@@ -28,3 +28,17 @@ class Mixer(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         o = o.transpose(1, 2).reshape(b, t, d)
         return self.o_proj(o)
+
+    def step(self, x: torch.Tensor, state: dict | None = None):
+        """One token of recurrent inference: x (batch, d_model) -> (y, state); agrees with forward()."""
+        b, d = x.shape
+        state = state or {}
+        new = {}
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = (y.view(b, self.n_heads, 1, self.head_dim) for y in (q, k, v))
+        if "k" in state:  # the KV cache grows by one entry per token
+            k, v = torch.cat([state["k"], k], 2), torch.cat([state["v"], v], 2)
+        new["k"], new["v"] = k, v
+        o = F.scaled_dot_product_attention(q, k, v)[:, :, 0]
+        o = o.reshape(b, d)
+        return self.o_proj(o), new

@@ -318,7 +318,8 @@ def _write_fork(store: Store, node: dict, code: str, new_dir: Path, new_config: 
     sha = Lineage(new_dir / "repo").commit(0, code, message, None)
     motivation = f"forked from {source['name']} node {node_id} ({node['operator'] or 'root'}): {node['motivation'] or ''}".strip()
     fields = dict(id=0, parent_id=None, operator="root", commit_sha=sha, motivation=motivation, design=node.get("design"),
-                  knowledge=node.get("knowledge") or [], created=time.time())
+                  knowledge=[k for k in node.get("knowledge") or [] if not str(k).startswith("node-")],  # the source's experiences
+                  created=time.time())
     if same_tier:
         new_store.add_node(**fields, status="done", fitness=0.0, val_loss=node["val_loss"], metrics=node["metrics"],
                            finished=time.time(),
@@ -361,3 +362,34 @@ def _copy_evaluations(store: Store, new_store: Store, run_dir: Path, new_dir: Pa
         count += 1
     return count
 
+
+
+# -- presentation (shared by the CLI's table and anything else that prints a replay) ----------------
+def _pm(mean: float | None, std: float | None, digits: int = 4, signed: bool = False) -> str:
+    if mean is None:
+        return "-"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return text + (f"±{std:.{digits}f}" if std is not None else "")
+
+
+def table(facts: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: val_loss mean±std, the paired difference to the root (and to the
+    parent for a lineage), throughput, the run's own val_loss and replay minus it."""
+    lineage = facts.get("lineage")
+    headers = ["node", "operator", "val_loss", "Δ root"] + (["Δ parent"] if lineage else []) + ["tokens/s", "recorded", "replay−rec."]
+    rows = []
+    for n in facts["nodes"]:
+        if not n["ok"]:
+            reasons = ", ".join(sorted({f["reason"] or "?" for f in n["failed"]}))
+            rows.append([str(n["node"]), n["operator"] or "", f"failed: {reasons}", ""] + ([""] if lineage else [])
+                        + ["", _pm(n["recorded"], None), ""])
+            continue
+        rep = n["reproduction"]
+        row = [str(n["node"]), n["operator"] or "", _pm(n["val_loss_mean"], n["val_loss_std"]),
+               "root" if n["node"] == 0 else _pm(n["vs_root_mean"], n["vs_root_std"], signed=True)]
+        if lineage:
+            row.append("" if n["vs_parent_mean"] is None else _pm(n["vs_parent_mean"], n["vs_parent_std"], signed=True))
+        row += [_pm(n["tokens_per_s_mean"], n["tokens_per_s_std"], digits=0), _pm(n["recorded"], None),
+                "" if rep is None else f"{rep['difference']:+.1e}"]
+        rows.append(row)
+    return headers, rows

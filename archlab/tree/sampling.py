@@ -22,13 +22,16 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
             return rng.choice(_rows(store, where, "fitness desc, id", 10))
         return _nth(store, where, rng.randrange(total))
     if strategy == "ucb":
-        # Best fitness plus a bonus for parents that have been expanded rarely.
+        # UCB over subtrees: a node's value is the mean fitness of itself and its children
+        # (failed children count as the node's fitness minus a penalty), plus a bonus for
+        # subtrees that have been expanded rarely.
         rows = store.db.execute(
-            f"select n.id, n.fitness, (select count(*) from nodes c where c.parent_id = n.id) as visits "
-            f"from nodes n where {where} order by n.fitness desc limit 50"
+            f"select n.id, n.fitness, count(c.id), sum(coalesce(c.fitness, n.fitness - 0.1)) from nodes n "
+            f"left join nodes c on c.parent_id = n.id and c.status in ('done', 'failed') "
+            f"where n.id in (select id from nodes where {where} order by fitness desc limit 50) group by n.id"
         ).fetchall()
-        expansions = sum(v for _, _, v in rows) + 1
-        best = max(rows, key=lambda r: r[1] + 0.05 * math.sqrt(2 * math.log(expansions) / (1 + r[2])))
+        expansions = sum(r[2] for r in rows) + 1
+        best = max(rows, key=lambda r: (r[1] + (r[3] or 0)) / (1 + r[2]) + 0.05 * math.sqrt(2 * math.log(expansions) / (1 + r[2])))
         return store.node(best[0])
     if strategy == "evolution":
         # Regularized evolution: a tournament among the most recent population.
@@ -40,15 +43,14 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
 
 
 def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4) -> list[dict]:
-    """The best nodes and a few random ones, as context for a proposal (never the parent itself)."""
+    """Context for a proposal, as in ASI-Arch: some of the best nodes and some from the next
+    ranks (good but different ideas), never the parent itself."""
     where = f"{DONE} and id != {int(parent['id'])}"
-    refs = {n["id"]: n for n in _rows(store, where, "fitness desc, id", k // 2)}
-    total = store.count(where)
-    for _ in range(k - len(refs)):
-        if total > len(refs):
-            node = _nth(store, where, rng.randrange(total))
-            refs.setdefault(node["id"], node)
-    return list(refs.values())
+    top = _rows(store, where, "fitness desc, id", 10)
+    best = rng.sample(top, min(k // 2, len(top)))
+    following = store.db.execute(f"select id from nodes where {where} order by fitness desc, id limit 40 offset 10").fetchall()
+    nxt = [store.node(r[0]) for r in rng.sample(following, min(k - len(best), len(following)))]
+    return best + nxt
 
 
 def _rows(store: Store, where: str, order: str, limit: int) -> list[dict]:

@@ -21,7 +21,7 @@ from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.sandbox.fitness import pareto_front
 from archlab.tree.lineage import Lineage
-from archlab.tree.report import METRIC_ORDER, run_status, summary
+from archlab.tree.report import METRIC_ORDER, summary
 from archlab.tree.store import DB_FILE, Store
 from archlab.web.highlight import code_html, diff_html
 
@@ -94,13 +94,35 @@ class RunView:
     # -- the run ------------------------------------------------------------------------------------
     def run_info(self) -> dict:
         def compute():
-            facts = run_status(self.store, self.config)
+            facts = self._status()
             forked = self.store.get_meta("forked_from")
             started = self.store.db.execute("select min(created) from nodes").fetchone()[0]
             last = self.store.db.execute("select max(max(coalesce(finished, 0)), max(created)) from nodes").fetchone()[0]
             return {**facts, "name": self.dir.name, "path": str(self.dir), "forked_from": json.loads(forked) if forked else None,
                     "started": started, "last_activity": last, "version": self._version}
         return self._cached("run", compute)
+
+    def _status(self) -> dict:
+        """The facts of `archlab status` (report.run_status), with SQL that stays fast on big runs."""
+        db = self.store.db
+        counts = dict(db.execute("select status, count(*) from nodes group by status").fetchall())
+        reasons = dict(db.execute(
+            "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc").fetchall())
+        best = self._best()
+        return {
+            "nodes": sum(counts.values()), "done": counts.get("done", 0), "failed": counts.get("failed", 0),
+            "evaluating": counts.get("evaluating", 0), "failure_reasons": reasons,
+            "root": summary(self.store.node(0)) if self.store.has_node(0) else None,
+            "best": summary(self.store.node(best)) if best is not None else None,
+            "beat_root": self.store.count("status = 'done' and fitness > 0"),
+            "elapsed_s": round(float(self.store.get_meta("elapsed_s", "0")), 1),
+            "config": self.config.model_dump(),
+        }
+
+    def _best(self) -> int | None:
+        row = self.store.db.execute(
+            "select id from nodes where status = 'done' and fitness is not null order by fitness desc, id limit 1").fetchone()
+        return row[0] if row else None
 
     # -- the tree -----------------------------------------------------------------------------------
     def _refresh_parents(self) -> None:
@@ -144,9 +166,10 @@ class RunView:
         return rows
 
     def tree(self, limit: int = 400, focus: int | None = None) -> dict:
-        """The whole tree when it has at most `limit` nodes; else a summary: the root, the best
-        and the newest nodes with their ancestors, the focus node's branch, and breadth-first
-        from the root; every node says how many of its children were left out."""
+        """The whole tree when it has at most `limit` nodes; else a summary of at most `limit`
+        nodes (plus the focus node's branch): the roots, the best and the newest nodes with
+        their ancestors, then breadth-first from the root; every node says how many of its
+        children were left out (`hidden`) and how big its subtree is (`size`)."""
         limit = max(1, min(int(limit), MAX_LIMIT))
         return self._cached(("tree", limit, focus), lambda: self._tree(limit, focus))
 
@@ -158,16 +181,20 @@ class RunView:
         else:
             chosen: set[int] = set()
 
-            def branch(node_id):
+            def branch(node_id, force=False):
+                """Add a node with its missing ancestors, when they fit (or force)."""
+                missing = []
                 while node_id is not None and node_id not in chosen and node_id in self._parent:
-                    chosen.add(node_id)
+                    missing.append(node_id)
                     node_id = self._parent[node_id]
+                if force or len(chosen) + len(missing) <= limit:
+                    chosen.update(missing)
 
             roots = [i for i, p in self._parent.items() if p is None]
             for r in roots:
                 chosen.add(r)
             if focus is not None and focus in self._parent:
-                branch(focus)
+                branch(focus, force=True)
                 for kid in self._children.get(focus, [])[:50]:
                     chosen.add(kid)
             quarter = max(1, limit // 4)
@@ -186,9 +213,7 @@ class RunView:
                     chosen.add(kid)
                     queue.append(kid)
         rows = self._annotate(self._rows(chosen), chosen)
-        best = self.store.best()
-        return {"total": total, "shown": len(rows), "limit": limit, "nodes": rows,
-                "best": best[0]["id"] if best else None, "version": self._version}
+        return {"total": total, "shown": len(rows), "limit": limit, "nodes": rows, "best": self._best(), "version": self._version}
 
     def children(self, node_id: int, offset: int = 0, limit: int = 200) -> dict:
         self.version()
@@ -335,10 +360,10 @@ class RunView:
         start = db.execute("select min(created) from nodes").fetchone()[0] or time.time()
         nodes = db.execute(
             "select id, status, fitness, coalesce(finished, created) as t from nodes "
-            "where status in ('done', 'failed') order by t, id").fetchall()
+            "where status in ('done', 'failed') and t is not null order by t, id").fetchall()
         evals = db.execute(
             "select created, coalesce(json_extract(metrics, '$.wall_s'), 0) from evaluations "
-            "where kind = 'search' or kind is null order by created, id").fetchall()
+            "where (kind = 'search' or kind is null) and created is not null order by created, id").fetchall()
         # Evaluations and compute spent by the time each node finished (merge of two sorted lists).
         best, beat, j, count, compute = -math.inf, 0, 0, 0, 0.0
         over_time, over_evals, discovery = [], [], []
@@ -361,7 +386,7 @@ class RunView:
         cost = tokens = 0.0
         for t, c, tin, tout in db.execute(
                 "select created, coalesce(cost, 0), coalesce(tokens_in, 0), coalesce(tokens_out, 0) from traces "
-                "where cost is not null or tokens_in is not null order by created, id"):
+                "where (cost is not null or tokens_in is not null) and created is not null order by created, id"):
             cost += c
             tokens += tin + tout
             spend.append({"x": t - start, "cost": cost, "tokens": tokens})
@@ -390,17 +415,18 @@ class RunView:
             key = next((k for k in keys if word in k.lower()), None)
             if key:
                 axes.append((key, f"{label} ({key})", False))
+        columns = ", ".join("json_extract(metrics, ?)" for _ in axes)
+        rows = self.store.db.execute(
+            f"select id, val_loss, {columns} from nodes where status = 'done' and val_loss is not null and metrics is not null",
+            [f"$.{key}" for key, _, _ in axes]).fetchall()
         out = []
-        for key, label, higher in axes:
-            rows = self.store.db.execute(
-                "select id, val_loss, json_extract(metrics, ?) from nodes "
-                "where status = 'done' and val_loss is not null and json_extract(metrics, ?) is not null", [f"$.{key}", f"$.{key}"]).fetchall()
-            points = [(i, loss, -v if higher else v) for i, loss, v in rows]
-            front = set(pareto_front(points))
-            pts = [{"id": i, "x": v, "y": loss, "front": i in front} for i, loss, v in rows]
+        for n, (key, label, higher) in enumerate(axes, start=2):
+            values = [(r[0], r[1], r[n]) for r in rows if isinstance(r[n], (int, float))]
+            front = set(pareto_front([(i, loss, -v if higher else v) for i, loss, v in values]))
+            pts = [{"id": i, "x": v, "y": loss, "front": i in front} for i, loss, v in values]
             if len(pts) > MAX_POINTS:
                 step = math.ceil(len(pts) / MAX_POINTS)
-                pts = [p for n, p in enumerate(pts) if p["front"] or n % step == 0 or p["id"] == 0]
+                pts = [p for m, p in enumerate(pts) if p["front"] or m % step == 0 or p["id"] == 0]
             out.append({"key": key, "label": label, "higher_is_better": higher, "points": pts,
                         "front": sorted((p for p in pts if p["front"]), key=lambda p: p["x"])})
         return out

@@ -23,8 +23,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise UserError(f"port {port} on {host} is already in use (another `archlab serve`?); "
-                            f"choose another with --port, or --port 0 for any free port") from None
+            raise UserError(f"port {port} on {host} is in use; pick another --port (0 = any free)") from None
         if e.errno in (errno.EACCES, errno.EPERM):
             raise UserError(f"not allowed to listen on {host}:{port} (ports below 1024 need privileges); choose another --port") from None
         if e.errno == errno.EADDRNOTAVAIL:

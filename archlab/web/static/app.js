@@ -342,7 +342,7 @@ async function showTraces(params) {
       h("thead", {}, h("tr", {}, ["role", "calls", "tokens in", "tokens out", "cost", "latency", "errors"].map((c) => h("th", {}, c)))),
       h("tbody", {}, all.by_role.map((r) => h("tr", { class: r.role === role ? "changed" : "" },
         h("th", {}, h("a", { href: link(0, r.role === role ? "" : r.role) }, r.role)), h("td", { class: "num" }, r.calls),
-        h("td", { class: "num" }, num(r.tokens_in)), h("td", { class: "num" }, num(r.tokens_out)),
+        h("td", { class: "num" }, num(r.tokens_in, 0)), h("td", { class: "num" }, num(r.tokens_out, 0)),
         h("td", { class: "num" }, `$${Number(r.cost).toFixed(4)}`), h("td", { class: "num" }, duration(r.latency_s)),
         h("td", { class: "num" }, r.errors)))));
     const pager = h("div", { class: "toolbar" },

@@ -5,7 +5,7 @@
 
 import { h, num, signed } from "./dom.js";
 
-const DX = 200; // pixels per depth
+const DX = 240; // pixels per depth
 const DY = 26; // pixels per row
 const R = 7; // node radius
 const STATUS_COLOURS = { done: "#1a9850", failed: "#d73027", evaluating: "#2b7bb9" };
@@ -105,23 +105,36 @@ export class TreeView {
 
     const edges = h("g", { class: "edges" });
     const nodes = h("g", { class: "nodes" });
+    const isNew = (id) => this.seen && !this.seen.has(id);
+    const labels = new Map();
+    for (const p of pos.values()) {
+      const g = this._node(p, onBestPath, isNew(p.node.id));
+      labels.set(p.node.id, g.querySelector("text:not(.toggle)"));
+      nodes.append(g);
+    }
+    this.viewport.replaceChildren(edges, nodes);
+    // Edges leave a parent after its label (measured once it is in the document), so no line
+    // runs through the text; a detached or unmeasurable label falls back to the circle.
+    const end = new Map();
+    for (const [id, text] of labels) {
+      let width = 0;
+      try { width = text.getBBox().width; } catch (e) { width = 0; }
+      end.set(id, width ? Math.min(Number(text.getAttribute("x")) + width + 6, DX - 40) : R);
+    }
     for (const p of pos.values()) {
       const n = p.node;
       const parent = pos.get(n.parent_id);
-      if (parent) edges.append(this._edge(parent, p, onBestPath.has(n.id)));
+      if (parent) edges.append(this._edge(parent, p, onBestPath.has(n.id), false, end.get(n.parent_id)));
     }
     for (const s of stubs) {
       const parent = pos.get(s.parent.id);
-      edges.append(this._edge(parent, { x: s.depth, y: s.row }, false, true));
+      edges.append(this._edge(parent, { x: s.depth, y: s.row }, false, true, end.get(s.parent.id)));
       nodes.append(h("g", { class: "stub", transform: `translate(${s.depth * DX},${s.row * DY})`, "data-more": s.parent.id,
                              onclick: (e) => { e.stopPropagation(); this._more(s.parent); } },
         h("rect", { x: -R, y: -9, width: 130, height: 18, rx: 9 }),
         h("text", { x: 4, y: 4 }, `+${s.count} more children`)));
     }
-    const isNew = (id) => this.seen && !this.seen.has(id);
-    for (const p of pos.values()) nodes.append(this._node(p, onBestPath, isNew(p.node.id)));
     this.seen = new Set(this.nodes.keys());
-    this.viewport.replaceChildren(edges, nodes);
     this._apply();
     if (!this.fitted && pos.size) {
       this.fit();
@@ -129,8 +142,8 @@ export class TreeView {
     }
   }
 
-  _edge(a, b, best, stub = false) {
-    const x1 = a.x * DX + R, y1 = a.y * DY, x2 = b.x * DX - R, y2 = b.y * DY;
+  _edge(a, b, best, stub = false, start = R) {
+    const x1 = a.x * DX + start, y1 = a.y * DY, x2 = b.x * DX - R, y2 = b.y * DY;
     const mx = (x1 + x2) / 2;
     return h("path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, class: `edge${best ? " best" : ""}${stub ? " stub-edge" : ""}` });
   }

@@ -1,0 +1,139 @@
+"""Consistency checks of a run directory: database <-> git <-> logs <-> checkpoints.
+
+`check(run_dir)` only reads. `check(run_dir, repair=True)` also fixes what can be fixed
+without losing data: orphan commits (a tag whose row was never written) are removed, nodes
+left "evaluating" with no checkpoint to resume are marked failed ("interrupted"), stale
+open-thread markers are dropped. Everything else is reported for a person to look at.
+"""
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import git
+
+from archlab.tree.lineage import Lineage
+from archlab.tree.store import Store
+
+
+@dataclass
+class Finding:
+    severity: str  # "error" | "warning"
+    what: str
+    repaired: bool = False
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    checked: dict = field(default_factory=dict)
+
+    def add(self, severity: str, what: str, repaired: bool = False) -> None:
+        self.findings.append(Finding(severity, what, repaired))
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == "error" and not f.repaired for f in self.findings)
+
+    def as_json(self) -> dict:
+        return {"ok": self.ok, "checked": self.checked, "findings": [f.__dict__ for f in self.findings]}
+
+
+def check(run_dir: Path, repair: bool = False) -> Report:
+    report = Report()
+    store = Store(run_dir)
+    integrity = store.db.execute("pragma integrity_check").fetchone()[0]
+    if integrity != "ok":
+        report.add("error", f"SQLite integrity check: {integrity}")
+    try:
+        lineage = Lineage(Path(run_dir) / "repo")
+        tags = lineage.node_tags()
+    except (git.exc.GitError, ValueError, OSError) as e:
+        report.add("error", f"the git repository cannot be read: {e}")
+        return report
+    nodes = store.nodes()
+    report.checked.update(nodes=len(nodes), commits=len(tags))
+    by_id = {n["id"]: n for n in nodes}
+    for node in nodes:
+        _check_node(node, by_id, tags, lineage, report)
+    for node_id in sorted(set(tags) - set(by_id)):
+        if repair:
+            lineage.drop_tag(node_id)
+        report.add("error", f"commit node-{node_id} has no row (a crash between commit and row)", repaired=repair)
+    _check_threads(run_dir, store, repair, report)
+    _check_evaluations(run_dir, store, by_id, report)
+    try:
+        fsck = lineage.repo.git.fsck("--no-dangling")
+        if fsck.strip():
+            report.add("error", f"git fsck: {fsck.strip().splitlines()[0]}")
+    except git.exc.GitCommandError as e:
+        report.add("error", f"git fsck failed: {(e.stderr or str(e)).strip().splitlines()[-1]}")
+    return report
+
+
+def _check_node(node: dict, by_id: dict, tags: dict, lineage: Lineage, report: Report) -> None:
+    nid = node["id"]
+    if nid not in tags:
+        report.add("error", f"node {nid} has no commit (tag node-{nid} missing)")
+        return
+    if node["commit_sha"] != tags[nid]:
+        report.add("error", f"node {nid}: row says commit {node['commit_sha']}, tag says {tags[nid]}")
+    parent = by_id.get(node["parent_id"]) if node["parent_id"] is not None else None
+    try:
+        parents = [p.hexsha for p in lineage.repo.commit(tags[nid]).parents]
+    except (ValueError, git.exc.GitError) as e:
+        report.add("error", f"node {nid}: commit {tags[nid]} cannot be read ({e})")
+        return
+    wanted = [parent["commit_sha"]] if parent else []
+    if node["parent_id"] is not None and parent is None:
+        report.add("error", f"node {nid}: parent {node['parent_id']} has no row")
+    elif parents != wanted:
+        report.add("error", f"node {nid}: commit parents {parents} differ from its parent node's commit {wanted}")
+    if node["status"] == "done" and node["fitness"] is None:
+        report.add("error", f"node {nid} is done but has no fitness")
+    if node["status"] == "failed" and not node["reason"]:
+        report.add("warning", f"node {nid} failed without a reason")
+
+
+def _check_threads(run_dir: Path, store: Store, repair: bool, report: Report) -> None:
+    """Open candidate threads must have a checkpoint; in-flight nodes must belong to one."""
+    open_threads = [r[0].removeprefix("thread:") for r in store.db.execute("select key from meta where key like 'thread:%'")]
+    checkpointed: set[str] = set()
+    path = Path(run_dir) / "checkpoints.db"
+    if path.exists():
+        with sqlite3.connect(path) as db:
+            try:
+                checkpointed = {r[0] for r in db.execute("select distinct thread_id from checkpoints")}
+            except sqlite3.DatabaseError:
+                report.add("warning", "checkpoints.db cannot be read: interrupted candidates will start over")
+    resumable = set()
+    for thread in open_threads:
+        if thread in checkpointed:
+            resumable.add(thread)
+        elif repair:
+            store.set_meta(f"thread:{thread}", None)
+            report.add("warning", f"open candidate {thread} has no checkpoint yet (nothing to resume)", repaired=True)
+    report.checked["open_candidates"] = len(open_threads)
+    evaluating = store.nodes("status = 'evaluating'")
+    if evaluating and not resumable:
+        for node in evaluating:
+            if repair:
+                store.update_node(node["id"], status="failed", reason="interrupted", finished=time.time())
+            report.add("error", f"node {node['id']} is still 'evaluating' and no checkpoint resumes it", repaired=repair)
+
+
+def _check_evaluations(run_dir: Path, store: Store, by_id: dict, report: Report) -> None:
+    rows = store.db.execute("select id, node_id, log, ok from evaluations").fetchall()
+    report.checked["evaluations"] = len(rows)
+    missing_logs = [r for r in rows if r[2] and not (Path(run_dir) / r[2]).exists()]
+    if missing_logs:
+        report.add("warning", f"{len(missing_logs)} evaluation log(s) are missing (e.g. {missing_logs[0][2]}); "
+                              f"metrics are kept in the database")
+    ok_nodes = {r[1] for r in rows if r[3]}
+    for node in by_id.values():
+        if node["status"] == "done" and node["id"] not in ok_nodes:
+            report.add("error", f"node {node['id']} is done but has no accepted evaluation")
+    orphans = {r[1] for r in rows} - set(by_id)
+    if orphans:
+        report.add("error", f"evaluations of unknown nodes: {sorted(orphans)[:10]}")

@@ -1,0 +1,267 @@
+"""`archlab serve`: the review UI in headless Chromium (Playwright driving Debian's chromium)
+against a real `archlab serve` child process on a copy of a real micro-tier run, plus the
+read-only and path-confinement guarantees over raw HTTP, and a busy port.
+
+Screenshots go to $ARCHLAB_SCREENSHOTS when set, else into pytest's tmp dir (printed)."""
+
+import hashlib
+import http.client
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+import helpers
+
+CHROMIUM = os.environ.get("ARCHLAB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+class Server:
+    """`archlab serve RUN --port 0` in a child process; .url once it listens."""
+
+    def __init__(self, run: Path, *args):
+        self.proc = helpers.popen_cli("serve", run, "--port", 0, *args)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout], daemon=True).start()
+        deadline = time.monotonic() + 60
+        self.url = None
+        while self.url is None:
+            assert time.monotonic() < deadline, "archlab serve did not report its URL within 60 s"
+            assert self.proc.poll() is None, f"archlab serve exited: {self.proc.stderr.read()}"
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if "http://" in line:
+                self.url = line[line.index("http://"):].split()[0]
+        parsed = urlparse(self.url)
+        self.host, self.port = parsed.hostname, parsed.port
+
+    def request(self, method: str, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+        """A raw request: the path goes on the wire exactly as given (no client-side normalising)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.putrequest(method, path, skip_host=bool(headers and "Host" in headers), skip_accept_encoding=True)
+            for k, v in (headers or {}).items():
+                conn.putheader(k, v)
+            conn.endheaders()
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path: str):
+        status, body = self.request("GET", path)
+        assert status == 200, (path, status, body[:300])
+        return json.loads(body)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(micro_run, tmp_path_factory):
+    """A copy of the shared micro run (the browser test grows it) and a server on it."""
+    run = tmp_path_factory.mktemp("web") / "run"
+    shutil.copytree(micro_run, run)
+    server = Server(run)
+    yield run, server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("ARCHLAB_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {folder}")
+    return folder
+
+
+def test_browser_tree_node_live_update_and_plots(served, shots):
+    from playwright.sync_api import expect, sync_playwright
+
+    run, server = served
+    nodes = helpers.node_rows(run)
+    child = next(n for n in nodes if n["id"] != 0 and n["status"] == "done")
+    child_traces = [t for t in helpers.table_rows(run, "traces") if t["node_id"] == child["id"]]
+    assert child_traces, "the run should have traces for its nodes"
+    problems, foreign = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("request", lambda r: None if urlparse(r.url).hostname == server.host else foreign.append(r.url))
+
+        # The tree renders every node of the run.
+        page.goto(server.url)
+        page.wait_for_selector('g.node[data-node="0"]', timeout=30_000)
+        expect(page.locator("g.node")).to_have_count(len(nodes))
+        expect(page.locator("#run-stats")).to_contain_text(f"{len(nodes)} nodes")
+        page.screenshot(path=str(shots / "1-tree.png"))
+
+        # Fold and unfold the root: its descendants leave and come back.
+        page.locator('[data-toggle="0"]').click()
+        expect(page.locator("g.node")).to_have_count(1)
+        page.locator('[data-toggle="0"]').click()
+        expect(page.locator("g.node")).to_have_count(len(nodes))
+
+        # Clicking a node opens it: motivation, highlighted diff against the parent, metrics, traces.
+        page.locator(f'g.node[data-node="{child["id"]}"] circle').click()
+        node_page = page.locator(f'[data-testid="node-page"][data-node="{child["id"]}"]')
+        expect(node_page).to_be_visible(timeout=15_000)
+        expect(node_page.locator(".motivation")).to_have_text(child["motivation"])
+        diff = page.locator('[data-testid="diff"]')
+        assert diff.locator("tr.add, tr.del").count() > 0, "the diff against the parent shows changed lines"
+        assert diff.locator("span.k").count() > 0, "the code is syntax highlighted (keywords)"
+        expect(page.locator("table.metrics")).to_contain_text("val_loss")
+        expect(page.locator('[data-testid="node-traces"] article.trace')).to_have_count(len(child_traces))
+        expect(page.locator('[data-testid="node-traces"]')).to_contain_text("researcher")
+        page.screenshot(path=str(shots / "2-node.png"), full_page=True)
+
+        # A node added to the run while the tree is open appears without a reload.
+        page.locator('nav a[data-nav="tree"]').click()
+        expect(page.locator("g.node")).to_have_count(len(nodes))
+        grow = helpers.popen_cli("run", run, "--max-nodes", len(nodes) + 1, "--threads", helpers.THREADS)
+        try:
+            new = page.locator(f'g.node[data-node="{len(nodes)}"]')
+            new.wait_for(timeout=240_000)
+            assert grow.wait(timeout=300) == 0, grow.stderr.read()
+        finally:
+            if grow.poll() is None:
+                grow.kill()
+                grow.wait()
+        expect(page.locator("g.node")).to_have_count(len(nodes) + 1)
+        final = helpers.node_rows(run)[-1]
+        expect(page.locator(f'g.node[data-node="{final["id"]}"].st-{final["status"]}')).to_have_count(1, timeout=15_000)
+        page.screenshot(path=str(shots / "3-tree-after-new-node.png"))
+
+        # Run plots: best-so-far over time and evaluations, Pareto front, discovery curve, spend.
+        page.locator('nav a[data-nav="plots"]').click()
+        for testid in ("plot-best-time", "plot-best-evals", "plot-pareto-tokens_per_s", "plot-discovery", "plot-spend"):
+            expect(page.locator(f'[data-testid="{testid}"]')).to_be_visible(timeout=15_000)
+        done = [n for n in helpers.node_rows(run) if n["status"] == "done"]
+        assert page.locator('[data-testid="plot-best-time"] circle').count() >= len(done)
+        page.screenshot(path=str(shots / "4-plots.png"), full_page=True)
+
+        # The trace viewer lists the run's traces in order.
+        page.locator('nav a[data-nav="traces"]').click()
+        expect(page.locator("article.trace").first).to_be_visible(timeout=15_000)
+        first_id = int(page.locator("article.trace").first.get_attribute("data-trace"))
+        assert first_id == min(t["id"] for t in helpers.table_rows(run, "traces"))
+        page.screenshot(path=str(shots / "5-traces.png"))
+        browser.close()
+    assert not problems, problems
+    assert not foreign, f"the page fetched from other hosts: {foreign}"
+
+
+TRAVERSALS = [
+    "/static/../archlab.toml",
+    "/static/..%2f..%2farchlab.toml",
+    "/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/static/....//....//etc/passwd",
+    "/static//etc/passwd",
+    "/static/%2fetc%2fpasswd",
+    "/..%2f..%2f..%2f..%2fetc%2fpasswd",
+    "/../../../../etc/passwd",
+    "/archlab.toml",
+    "/archlab.db",
+    "/logs/node-0-0.log",
+    "/api/node/..%2f..%2farchlab.toml",
+    "/api/node/0%2f..%2f..%2farchlab.toml",
+    "/api/evaluation/..%2f..%2fetc%2fpasswd/log",
+    "/api/evaluation/1/log/../../../archlab.toml",
+    "/api/knowledge/..%2f..%2f..%2fetc%2fpasswd",
+    "/api/node/-1",
+    "/api/node/99999999",
+]
+
+
+def test_path_traversal_and_writes_are_refused(served):
+    run, server = served
+    secrets = [b"root:x:0", b"SQLite format", (run / "archlab.toml").read_bytes()[:40]]
+    for path in TRAVERSALS:
+        status, body = server.request("GET", path)
+        assert status in (400, 404), (path, status, body[:200])
+        assert not any(s in body for s in secrets), (path, body[:200])
+
+    # Log files are found through their evaluation row and must resolve inside the run:
+    # a row pointing outside, or a log that is a symlink to outside, gives 404, never the file.
+    (run / "logs" / "evil.log").symlink_to("/etc/passwd")
+    conn = sqlite3.connect(run / "archlab.db", timeout=30)
+    with conn:
+        ids = []
+        for log in ("../../../../../../etc/passwd", "/etc/passwd", "logs/evil.log", "logs/../../archlab.toml"):
+            ids.append(conn.execute("insert into evaluations (node_id, tier, seed, ok, metrics, env, log, kind) "
+                                    "values (0, 'micro', 0, 1, '{}', '{}', ?, 'search')", [log]).lastrowid)
+    conn.close()
+    for evaluation in ids:
+        status, body = server.request("GET", f"/api/evaluation/{evaluation}/log")
+        assert status == 404, (evaluation, status, body[:200])
+        assert not any(s in body for s in secrets)
+    # A real log is served (so the 404s above are the guard, not a broken route).
+    real = next(e for e in helpers.table_rows(run, "evaluations") if e["log"] and (run / e["log"]).is_file()
+                and not (run / e["log"]).is_symlink())
+    status, body = server.request("GET", f"/api/evaluation/{real['id']}/log")
+    assert status == 200 and body == (run / real["log"]).read_bytes()[-len(body):]
+
+    # Nothing in the API writes: other methods are refused and the database stays byte-identical.
+    before = _fingerprint(run)
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        for path in ("/api/node/0", "/api/tree", "/api/run", "/static/app.js"):
+            status, _ = server.request(method, path)
+            assert status == 405, (method, path, status)
+    for path in ("/", "/api/run", "/api/live", "/api/tree", "/api/node/0", "/api/node/1/traces", "/api/plots",
+                 "/api/traces?limit=5", "/api/children/0", "/api/node/0/code"):
+        status, _ = server.request("GET", path)
+        assert status == 200, path
+    assert _fingerprint(run) == before
+
+    # Another host name (DNS rebinding) is refused.
+    status, _ = server.request("GET", "/api/run", {"Host": f"evil.example:{server.port}"})
+    assert status == 400
+    # The page forbids inline and foreign scripts.
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    conn.request("GET", "/")
+    csp = conn.getresponse().getheader("Content-Security-Policy")
+    conn.close()
+    assert "script-src 'self'" in csp and "default-src 'self'" in csp
+
+
+def _fingerprint(run: Path) -> tuple:
+    files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if not p.name.startswith("archlab.db-"))
+    return files, hashlib.sha256((run / "archlab.db").read_bytes()).hexdigest(), helpers.db_snapshot(run)[1]
+
+
+def test_busy_port_is_one_clear_error(served):
+    run, server = served
+    proc = helpers.cli("serve", run, "--port", server.port, timeout=60)
+    line = helpers.assert_user_error(proc)
+    assert f"port {server.port}" in line and "in use" in line
+    # Also when something else holds the port.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        line = helpers.assert_user_error(helpers.cli("serve", run, "--port", port, timeout=60))
+        assert f"port {port}" in line
+    line = helpers.assert_user_error(helpers.cli("serve", run.parent / "no-such-run", "--port", 0, timeout=60))
+    assert "no such run" in line
