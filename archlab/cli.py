@@ -34,7 +34,8 @@ console = Console()
 err = Console(stderr=True)
 
 RunDir = typer.Argument(..., help="the run directory (e.g. runs/demo)")
-RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_timeout_s", "llm_patience_s")
+RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_timeout_s", "llm_patience_s",
+                  "executor", "address", "device", "max_cpu_hours", "max_gpu_hours", "promote")
 
 
 @app.command()
@@ -60,6 +61,15 @@ def run(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="candidates evaluated at once [default: 1]"),
     param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help="mixer parameter budget relative to the root [default: 1.2]"),
     knowledge: Optional[list[Path]] = typer.Option(None, "--knowledge", help="a folder of your own knowledge entries (repeatable)"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local (slots on this machine) | ray (one Ray task per evaluation) [default: local]"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto | HOST:PORT [default: start a private local Ray instance]"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (one slot per GPU when there are GPUs) [default: auto]"),
+    cpu_hours: Optional[float] = typer.Option(None, "--cpu-hours", min=0.0, help="stop when evaluations have used this many CPU-hours"),
+    gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", min=0.0, help="stop when evaluations have used this many GPU-hours"),
+    promote: Optional[float] = typer.Option(None, "--promote", min=0.0, max=1.0, help="fraction of finished candidates re-evaluated at --promote-tier with several seeds [default: 0.25 at the explore tier, else 0]"),
+    promote_tier: Optional[str] = typer.Option(None, "--promote-tier", help="smoke | explore | verify: the tier of promoted nodes [default: verify]"),
+    promote_seeds: Optional[int] = typer.Option(None, "--promote-seeds", min=1, help="seeds per promoted node [default: 3]"),
+    promote_set: Optional[list[str]] = typer.Option(None, "--promote-set", help="override a field of the promotion tier, e.g. --promote-set steps=2000"),
 ) -> None:
     """Start a discovery run in RUN_DIR, or resume the one that is there.
 
@@ -67,6 +77,10 @@ def run(
     no node is lost or duplicated. Budgets (--max-nodes, --hours, --max-cost, --threads) may
     be changed on resume. With --llm openai:MODEL the key is read from $OPENAI_API_KEY (or
     --api-key-env) and is never stored.
+
+    With --executor ray every evaluation is a Ray task (pip install 'archlab[ray]'); without
+    --address a private Ray instance is started here. On a cluster, a --data path must be readable
+    at the same place on every node (the built-in corpus ships with archlab).
     """
     from archlab.agents.graph import Run
 
@@ -75,7 +89,11 @@ def run(
                                     base_url=base_url, api_key_env=api_key_env, researcher_model=researcher_model,
                                     engineer_model=engineer_model, analyst_model=analyst_model, max_cost=max_cost,
                                     llm_timeout_s=llm_timeout, llm_patience_s=llm_patience,
-                                    knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None).items() if v is not None}
+                                    knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None,
+                                    executor=executor, address=address, device=device, max_cpu_hours=cpu_hours,
+                                    max_gpu_hours=gpu_hours, promote=promote, promote_tier=promote_tier, promote_seeds=promote_seeds,
+                                    promote_overrides=_tier_overrides(promote_tier or "verify", promote_set) if promote_set else None,
+                                    ).items() if v is not None}
     if root and Path(root).is_file():
         given["root"] = str(Path(root).resolve())
     if data and not data.exists():
@@ -90,7 +108,10 @@ def run(
             name = next(iter(fixed))
             raise UserError(f"{run_dir} was started with --{name.replace('_', '-')} {getattr(config, name)}; "
                             f"resume without changing it, or start a new run directory")
-        config = config.model_copy(update={k: given[k] for k in RESUME_OPTIONS if k in given})
+        try:
+            config = RunConfig(**{**config.model_dump(), **{k: given[k] for k in RESUME_OPTIONS if k in given}})
+        except Exception as e:
+            raise UserError(_validation_message(e)) from None
         config.save(run_dir)
         console.print(f"Resuming [bold]{run_dir}[/] ({_count(run_dir)} nodes so far)")
     else:
@@ -152,7 +173,34 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
             n = facts[key]
             t.add_row(key, f"node {n['id']} fitness {n['fitness']:+.4f} val_loss {n['val_loss']:.4f}  {n['operator']}")
     t.add_row("failures", ", ".join(f"{k}: {v}" for k, v in facts["failure_reasons"].items()) or "none")
+    sp = facts["spend"]
+    t.add_row("compute", f"{sp['evaluations']} evaluations, {sp['cpu_hours']:.3f} CPU-h"
+              + (f" of {sp['max_cpu_hours']}" if sp["max_cpu_hours"] else "")
+              + (f", {sp['gpu_hours']:.3f} GPU-h" + (f" of {sp['max_gpu_hours']}" if sp["max_gpu_hours"] else "")
+                 if sp["gpu_hours"] or sp["max_gpu_hours"] else "")
+              + (f", {sp['evaluations_per_cpu_hour']:.1f} evaluations/CPU-h" if sp["evaluations_per_cpu_hour"] else "")
+              + (f", {sp['evaluations_per_gpu_hour']:.1f} evaluations/GPU-h" if sp["evaluations_per_gpu_hour"] else ""))
+    if facts["promotion"]:
+        p = facts["promotion"]
+        t.add_row("promotion", f"top {p['fraction']:.0%} to {p['tier']} x {p['seeds']} seeds: {len(p['promoted'])} promoted"
+                  f" (root included), {len(p['due'])} due, {len(p['failed'])} failed")
     console.print(t)
+    gpu = bool(sp["gpu_hours"])
+    s = Table("tier", "kind", "evals", "ok", "wall h", "CPU-h", *(("GPU-h",) if gpu else ()), "evals/CPU-h",
+              *(("evals/GPU-h",) if gpu else ()), title="spend per tier")
+    for r in sp["by_tier"]:
+        per_cpu, per_gpu = r["evaluations_per_cpu_hour"], r["evaluations_per_gpu_hour"]
+        s.add_row(r["tier"], r["kind"], str(r["evaluations"]), str(r["ok"]), f"{r['wall_hours']:.3f}", f"{r['cpu_hours']:.3f}",
+                  *((f"{r['gpu_hours']:.3f}",) if gpu else ()), f"{per_cpu:.1f}" if per_cpu else "",
+                  *((f"{per_gpu:.1f}" if per_gpu else "",) if gpu else ()))
+    if sp["by_tier"]:
+        console.print(s)
+    if facts["leaderboard"]:
+        b = Table("node", "fitness", "val_loss", "tier", "operator", title="leaderboard (highest fidelity first, mean ± std over seeds)")
+        for n in facts["leaderboard"]:
+            b.add_row(str(n["id"]), _pm(n["fitness"], n["fitness_std"], signed=True), _pm(n["val_loss"], n["val_loss_std"]),
+                      _tier_tag(n), n["operator"] or "")
+        console.print(b)
 
 
 @app.command()
@@ -186,7 +234,15 @@ def show(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
         print(json.dumps(facts, indent=2))
         return
     console.rule(f"node {node} — {facts['status']}" + (f" ({facts['reason']})" if facts["reason"] else ""))
-    console.print(f"[bold]parent[/] {facts['parent_id']}   [bold]operator[/] {facts['operator']}   [bold]fitness[/] {_fmt(facts['fitness'])}")
+    console.print(f"[bold]parent[/] {facts['parent_id']}   [bold]operator[/] {facts['operator']}   "
+                  f"[bold]fitness[/] {_pm(facts['fitness'], facts['fitness_std'], signed=True)} {_tier_tag(facts)}"
+                  + (f"   [bold]search fitness[/] {facts['search_fitness']:+.4f}"
+                     if facts["search_fitness"] is not None and facts["search_fitness"] != facts["fitness"] else ""))
+    for tier, promoted in (facts["promoted"] or {}).items():
+        m = promoted["metrics"] or {}
+        console.print(f"[bold]promoted to {tier}[/] seeds {', '.join(map(str, promoted['seeds']))}: "
+                      + (f"val_loss {_pm(m.get('val_loss'), m.get('val_loss_std'))}" if m else "")
+                      + "".join(f"  [red]seed {f['seed']} failed: {f['reason']}[/]" for f in promoted["failed"]))
     console.print(f"[bold]motivation[/] {facts['motivation']}")
     if facts["detail"]:
         console.print(f"[bold]failure[/] {facts['detail']}")
@@ -356,12 +412,20 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
     from archlab.tree.replay import replay as replay_nodes, table
 
     _store(run_dir)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=as_json) as progress:
-        task = progress.add_task("replaying", total=None)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True, disable=as_json)
+    task = progress.add_task("replaying", total=None)
+
+    def start(total: int) -> None:  # only once the arguments are checked: a mistake stays one line
+        progress.update(task, total=total)
+        progress.start()
+
+    try:
         facts = replay_nodes(run_dir, node, tier=tier, seeds=seeds, lineage=lineage, threads=threads, force=force,
-                             on_start=lambda total: progress.update(task, total=total),
-                             on_eval=lambda n, s, r: None if r["cached"] else progress.advance(task))
+                             on_start=start, on_eval=lambda n, s, r: None if r["cached"] else progress.advance(task))
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     if as_json:
         print(json.dumps(facts, indent=2))
         return
@@ -444,7 +508,8 @@ def _count(run_dir: Path) -> int:
 
 def _node_line(node: dict) -> str:
     if node["status"] == "done":
-        return f"  node {node['id']:>4}  [green]done[/]    fitness {node['fitness']:+.4f}  val_loss {node['val_loss']:.4f}  {node['operator']}"
+        return (f"  node {node['id']:>4}  [green]done[/]    fitness {_pm(node['fitness'], node.get('fitness_std'), signed=True)}  "
+                f"val_loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  {node['operator']}")
     return f"  node {node['id']:>4}  [red]{node['status']}[/]  {node['reason']}  {node['operator']}"
 
 
@@ -456,10 +521,27 @@ def _tree_label(node: dict, parent: dict | None) -> str:
     if node["status"] == "done":
         better = parent is None or parent.get("fitness") is None or node["fitness"] > parent["fitness"]
         colour = "green" if better else "yellow"
-        return f"[{colour}]node {node['id']}[/]  fitness {node['fitness']:+.4f}  loss {node['val_loss']:.4f}  [dim]{what}[/]"
+        return (f"[{colour}]node {node['id']}[/]  fitness {_pm(node['fitness'], node.get('fitness_std'), signed=True)}  "
+                f"loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  [dim]{what}[/]")
     if node["status"] == "failed":
         return f"[red]node {node['id']}  failed: {node['reason']}[/]  [dim]{what}[/]"
     return f"[cyan]node {node['id']}  {node['status']}[/]  [dim]{what}[/]"
+
+
+def _pm(value, std, signed: bool = False) -> str:
+    """A figure with its spread over seeds: +0.0123 ± 0.0040 (no ± for a single seed)."""
+    if value is None:
+        return ""
+    text = f"{value:+.4f}" if signed else f"{value:.4f}"
+    return f"{text} ± {std:.4f}" if std is not None else text
+
+
+def _tier_tag(node: dict) -> str:
+    """Where a node's figures come from: [micro] for one search evaluation, [verify x3] for a promoted mean."""
+    if not node.get("tier"):
+        return ""
+    seeds = node.get("seeds") or 1
+    return f"\\[{node['tier']}{f' x{seeds}' if seeds > 1 else ''}]"
 
 
 def _fmt(value) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from archlab.errors import UserError
 
@@ -42,6 +42,40 @@ class RunConfig(BaseModel):
     llm_patience_s: float = Field(600.0, ge=0, description="how long to wait out a failing endpoint before stopping")
     format_retries: int = Field(2, ge=0, description="re-asks after malformed LLM output")
     novelty_threshold: float = Field(0.92, gt=0, le=1, description="reject proposals this similar to a sibling")
+    # Where evaluations run (archlab/sandbox/executors.py) and the compute budgets.
+    executor: Literal["local", "ray"] = Field("local", description="local: slots on this machine; ray: one Ray task per evaluation")
+    address: str | None = Field(None, description="Ray cluster to join: 'auto' or HOST:PORT; None = a private local Ray instance")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where evaluations train: auto = one slot per GPU when there are GPUs")
+    task_memory_gb: float | None = Field(2.0, gt=0, description="memory Ray reserves for one evaluation (scheduling only)")
+    max_retries: int = Field(2, ge=0, description="Ray: re-runs of an evaluation whose worker or node was lost")
+    max_cpu_hours: float | None = Field(None, gt=0, description="stop when evaluations have used this many CPU-hours (wall x threads)")
+    max_gpu_hours: float | None = Field(None, gt=0, description="stop when evaluations have used this many GPU-hours")
+    # Multi-fidelity promotion (archlab/agents/promotion.py): the top slice of the search tier is re-evaluated higher.
+    promote: float | None = Field(None, ge=0, le=1, description="fraction of finished candidates promoted to promote_tier "
+                                  "(asynchronous successive halving); None = 0.25 when tier is explore, else off")
+    promote_seeds: int = Field(3, ge=1, description="seeds per promoted evaluation (figures are mean +- std)")
+    promote_tier: Literal["smoke", "explore", "verify"] = Field("verify", description="the higher tier of promoted nodes")
+    promote_overrides: dict = Field({}, description="tier fields changed for promoted evaluations, e.g. {steps = 2000}")
+
+    @field_validator("promote_tier")
+    @classmethod
+    def _higher_tier(cls, value: str, info):
+        order = ("micro", "smoke", "explore", "verify")
+        tier, fraction = info.data.get("tier"), info.data.get("promote")
+        if fraction and tier in order and order.index(value) <= order.index(tier):
+            raise ValueError(f"must be a higher tier than --tier {tier} for --promote {fraction}")
+        return value
+
+    @field_validator("promote_overrides")
+    @classmethod
+    def _valid_overrides(cls, value: dict, info):
+        from archlab.sandbox.tiers import TierError, resolve
+
+        try:
+            resolve(info.data.get("promote_tier") or "verify", value)
+        except TierError as e:
+            raise ValueError(str(e)) from None
+        return value
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunConfig":

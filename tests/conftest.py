@@ -22,11 +22,12 @@ def run_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> Path:
-    """A finished 5-node micro-tier run with a tight parameter budget (ratio 1.0), so that
-    children that add parameters fail (reason params) and the others are trained.
-    Read-only for the tests that use it: copy it before changing anything."""
+    """A finished 5-node micro-tier run with a parameter budget of half the root's mixer, so
+    that every child fails with reason params (whatever mutation the brain picks: none
+    halves the parameter count) while the root is trained. Read-only for the tests that use
+    it: copy it before changing anything."""
     run = tmp_path_factory.mktemp("shared") / "micro5"
-    proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 5, "--param-ratio", "1.0",
+    proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 5, "--param-ratio", "0.5",
                        "--threads", helpers.THREADS, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run

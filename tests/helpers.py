@@ -5,11 +5,13 @@ run's git repository and /proc.
 """
 
 import json
+import math
 import os
 import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +52,8 @@ def assert_user_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
 
 # -- the store ---------------------------------------------------------------------------------
 def connect(run_dir: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{Path(run_dir) / 'archlab.db'}?mode=ro", uri=True)
+    """A plain reader, like `archlab status` (a read-only connection would leave -wal/-shm behind)."""
+    conn = sqlite3.connect(Path(run_dir) / "archlab.db")
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -84,16 +87,25 @@ def meta(run_dir: Path) -> dict:
         conn.close()
 
 
+def open_threads(run_dir: Path) -> list[str]:
+    """Candidates that were started and not yet closed (their langgraph threads)."""
+    return sorted(k for k in meta(run_dir) if k.startswith("thread:") or k == "open_thread")
+
+
 def db_snapshot(run_dir: Path) -> tuple:
-    """Bytes of the database file(s) and every row of every table."""
+    """Bytes of the database file(s) and every row of every table, read from a copy so that
+    taking the snapshot changes nothing."""
     files = {p.name: p.read_bytes() for p in sorted(Path(run_dir).glob("archlab.db*"))}
-    conn = connect(run_dir)
-    try:
-        tables = [r[0] for r in conn.execute("select name from sqlite_master where type = 'table' order by name")]
-        rows = {t: conn.execute(f"select * from {t} order by rowid").fetchall() for t in tables}
-    finally:
-        conn.close()
-    return files, {t: [tuple(r) for r in v] for t, v in rows.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        conn = sqlite3.connect(Path(tmp) / "archlab.db")
+        try:
+            tables = [r[0] for r in conn.execute("select name from sqlite_master where type = 'table' order by name")]
+            rows = {t: [tuple(r) for r in conn.execute(f"select * from {t} order by rowid")] for t in tables}
+        finally:
+            conn.close()
+    return files, rows
 
 
 # -- git ----------------------------------------------------------------------------------------
@@ -143,16 +155,22 @@ def assert_finished_run(run_dir: Path, n_nodes: int) -> list[dict]:
     assert rows[0]["status"] == "done" and rows[0]["parent_id"] is None
     assert all(r["parent_id"] is not None and r["parent_id"] < r["id"] for r in rows[1:])
     assert all(by["status"] == "done" for by in (rows[r["parent_id"]] for r in rows[1:])), "a parent must be a done node"
+    root_loss = rows[0]["val_loss"]
+    assert rows[0]["fitness"] == 0.0
     for r in rows:
         if r["status"] == "failed":
-            assert r["reason"], r
+            assert r["reason"] and r["fitness"] is None, r
         else:
-            assert r["fitness"] is not None and r["val_loss"] > 0, r
+            m = r["metrics"]
+            assert r["val_loss"] == m["val_loss"] > 0 and m["tokens_per_s"] > 0 and m["params"] > 0, r
+            assert abs(m["val_bpb"] * math.log(2) - m["val_loss"]) < 1e-9
+            # fitness is the quality gain over the root minus penalties that only subtract
+            assert math.isfinite(r["fitness"]) and r["fitness"] <= root_loss - r["val_loss"] + 1e-9, r
     # the offline brain never proposes a design that is already in the tree
     for parent in {r["parent_id"] for r in rows[1:]}:
         designs = [json.dumps(r["design"], sort_keys=True) for r in rows if r["parent_id"] == parent]
         assert len(designs) == len(set(designs)), f"duplicate designs among the children of node {parent}"
-    assert "open_thread" not in meta(run_dir)
+    assert open_threads(run_dir) == []
     return rows
 
 
@@ -183,14 +201,18 @@ def alive(pid: int) -> bool:
         return False
 
 
-def sandbox_workers_of(run_dir: Path) -> list[int]:
-    """Live sandbox worker processes evaluating a node of this run (their stdout is its log)."""
+def sandbox_workers_of(run_dir: Path, min_node: int = 0) -> list[int]:
+    """Live sandbox processes evaluating a node >= min_node of this run (their stdout is the
+    node's log, logs/node-N-ATTEMPT.log)."""
     logs = str(Path(run_dir).resolve() / "logs")
 
-    def writes_our_log(pid: int) -> bool:
-        return "archlab.sandbox.worker" in cmdline(pid) and os.readlink(f"/proc/{pid}/fd/1").startswith(logs) and alive(pid)
+    def evaluates_our_node(pid: int) -> bool:
+        if "archlab.sandbox.worker" not in cmdline(pid):
+            return False
+        m = re.fullmatch(re.escape(logs) + r"/node-(\d+)-\d+\.log", os.readlink(f"/proc/{pid}/fd/1"))
+        return bool(m) and int(m[1]) >= min_node and alive(pid)
 
-    return pids_matching(writes_our_log)
+    return pids_matching(evaluates_our_node)
 
 
 def kill_pids(pids) -> None:

@@ -1,4 +1,4 @@
-"""`archlab export`: a node of a real micro-tier run becomes a Hugging Face model directory that
+"""`archlab export`: a node of a real micro-tier run (see test_replay.review_run) becomes a Hugging Face model directory that
 transformers loads (trust_remote_code), scores like the harness did, and generates from."""
 
 import json
@@ -9,12 +9,13 @@ import pytest
 import torch
 
 import helpers
+from test_replay import review_run  # one small trained run per session, shared
 
 
 @pytest.fixture
-def run(micro_run, tmp_path) -> Path:
+def run(tmp_path_factory, tmp_path) -> Path:
     copy = tmp_path / "run"
-    shutil.copytree(micro_run, copy)
+    shutil.copytree(review_run(tmp_path_factory), copy, ignore=shutil.ignore_patterns("READY"))
     return copy
 
 

@@ -1,6 +1,6 @@
-"""`archlab replay` and `archlab fork` on a copy of the shared micro-tier run (real sandbox,
-real training, real git): a replay repeats the recorded validation loss, stores its
-evaluations beside the originals, and a fork grows a new run from a node."""
+"""`archlab replay` and `archlab fork` on a copy of a small micro-tier run (real sandbox, real
+training, real git): a replay repeats the recorded validation loss, stores its evaluations
+beside the originals, and a fork grows a new run from a node."""
 
 import json
 import shutil
@@ -12,10 +12,25 @@ import pytest
 import helpers
 
 
+def review_run(tmp_path_factory) -> Path:
+    """A finished 3-node micro-tier run whose two children trained (the default parameter
+    budget), built once per test session and shared by the replay, fork, export and web tests
+    (which work on copies). Read-only: copy it before changing anything."""
+    run = tmp_path_factory.getbasetemp() / "review-run"
+    if not (run / "READY").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 3, "--threads", helpers.THREADS, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        nodes = helpers.node_rows(run)
+        assert any(n["parent_id"] == 0 and n["status"] == "done" for n in nodes), nodes
+        (run / "READY").write_text("")
+    return run
+
+
 @pytest.fixture
-def run(micro_run, tmp_path) -> Path:
+def run(tmp_path_factory, tmp_path) -> Path:
     copy = tmp_path / "run"
-    shutil.copytree(micro_run, copy)
+    shutil.copytree(review_run(tmp_path_factory), copy, ignore=shutil.ignore_patterns("READY"))
     return copy
 
 
@@ -29,7 +44,7 @@ def _replay(run: Path, *args) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_replay_reproduces_the_recorded_val_loss_within_the_seed_spread(run, micro_run):
+def test_replay_reproduces_the_recorded_val_loss_within_the_seed_spread(run, tmp_path_factory):
     nodes = {n["id"]: n for n in helpers.node_rows(run)}
     child = _done_child_of_root(run)
 
@@ -64,7 +79,7 @@ def test_replay_reproduces_the_recorded_val_loss_within_the_seed_spread(run, mic
         assert env["commit"] == nodes[e["node_id"]]["commit_sha"]
         assert (run / env["weights"]).is_file() and (run / e["log"]).is_file()
     # ... and the originals are untouched.
-    original = [e for e in helpers.table_rows(micro_run, "evaluations") if e["kind"] == "search"]
+    original = [e for e in helpers.table_rows(review_run(tmp_path_factory), "evaluations") if e["kind"] == "search"]
     assert [e for e in helpers.table_rows(run, "evaluations") if e["kind"] == "search"] == original
 
     # The table for people says the same.

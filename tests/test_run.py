@@ -38,11 +38,11 @@ class Driver:
             self.lines.append(line)
             seen += bool(NODE_LINE.match(line))
 
-    def wait_for_worker(self, timeout: float = 120) -> list[int]:
-        """Until a sandbox worker is evaluating a node of this run; returns its pid(s)."""
+    def wait_for_worker(self, min_node: int = 0, timeout: float = 120) -> list[int]:
+        """Until a sandbox worker is evaluating node min_node (or a later one); returns its pid(s)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = helpers.sandbox_workers_of(self.run_dir)
+            workers = helpers.sandbox_workers_of(self.run_dir, min_node)
             if workers:
                 return workers
             assert self.proc.poll() is None, "the driver exited before evaluating"
@@ -76,11 +76,11 @@ def resume(run_dir: Path, max_nodes: int) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("sig, max_nodes", [(signal.SIGKILL, 8), (signal.SIGINT, 6)], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("sig, max_nodes", [(signal.SIGKILL, 8), (signal.SIGINT, 5)], ids=["SIGKILL", "SIGINT"])
 def test_interrupted_run_resumes_to_the_same_shape(run_dir, sig, max_nodes):
     driver = Driver(run_dir, max_nodes)
     driver.wait_for_node_lines(3)
-    driver.wait_for_worker()  # kill while a child is being evaluated
+    driver.wait_for_worker(min_node=3)  # kill while a child is being evaluated
     driver.proc.send_signal(sig)
     code, out, err = driver.finish()
     if sig == signal.SIGINT:
@@ -94,9 +94,9 @@ def test_interrupted_run_resumes_to_the_same_shape(run_dir, sig, max_nodes):
         helpers.kill_pids(helpers.sandbox_workers_of(run_dir))  # see test_killed_driver_leaves_no_worker
 
     flying = in_flight(run_dir)
-    assert len(flying) == 1 and flying[0]["id"] >= 3, flying
+    assert len(flying) == 1 and flying[0]["id"] >= 3, (helpers.node_rows(run_dir), helpers.table_rows(run_dir, "events"))
     interrupted = flying[0]
-    assert helpers.meta(run_dir).get("open_thread"), "the interrupted candidate's thread must stay open"
+    assert len(helpers.open_threads(run_dir)) == 1, "the interrupted candidate's thread must stay open"
 
     out = resume(run_dir, max_nodes)
     rows = helpers.assert_finished_run(run_dir, max_nodes)
@@ -114,21 +114,30 @@ def test_interrupted_run_resumes_to_the_same_shape(run_dir, sig, max_nodes):
 def killed_during_root(tmp_path_factory):
     """A run whose driver was SIGKILLed while the root was being evaluated."""
     run_dir = tmp_path_factory.mktemp("rootkill") / "run"
-    driver = Driver(run_dir, 2)
+    driver = Driver(run_dir, 1)
     driver.wait_for_worker()
+    time.sleep(1.5)  # well inside the evaluation, not at the instant a sandbox starts
+    driver.wait_for_worker()  # (the root's training phase may have handed over to its scoring phase)
     driver.proc.kill()
     driver.finish()
-    time.sleep(2)
-    orphans = helpers.sandbox_workers_of(run_dir)
-    helpers.kill_pids(orphans)
+    deadline = time.monotonic() + 5
+    while helpers.sandbox_workers_of(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    orphans = {}
+    for pid in helpers.sandbox_workers_of(run_dir):
+        try:
+            orphans[pid] = helpers.cmdline(pid)
+        except OSError:
+            pass
+    helpers.kill_pids(list(orphans))
     return {"run_dir": run_dir, "orphans": orphans, "rows": helpers.node_rows(run_dir)}
 
 
 def test_kill_during_root_evaluation_then_resume(killed_during_root):
     run_dir = killed_during_root["run_dir"]
     assert [(r["id"], r["status"]) for r in killed_during_root["rows"]] == [(0, "evaluating")]
-    resume(run_dir, 2)
-    rows = helpers.assert_finished_run(run_dir, 2)
+    resume(run_dir, 1)
+    rows = helpers.assert_finished_run(run_dir, 1)
     assert rows[0]["commit_sha"] == killed_during_root["rows"][0]["commit_sha"]
     evals = [e for e in helpers.table_rows(run_dir, "evaluations") if e["node_id"] == 0]
     assert len(evals) == 1 and evals[0]["ok"] == 1
@@ -136,9 +145,9 @@ def test_kill_during_root_evaluation_then_resume(killed_during_root):
 
 def test_killed_driver_leaves_no_worker(killed_during_root):
     """A SIGKILLed driver cannot clean up, so the sandbox worker must not outlive it: it was
-    started in its own session and otherwise keeps training (up to the tier's timeout: 50
-    minutes at verify), writing into the log that the resumed run re-opens for the same node."""
-    assert killed_during_root["orphans"] == [], [helpers.cmdline(p) for p in killed_during_root["orphans"]]
+    started in its own session and otherwise keeps training (up to the tier's timeout: an
+    hour at verify), writing into the log that the resumed run re-opens for the same node."""
+    assert killed_during_root["orphans"] == {}
 
 
 def test_second_driver_on_the_same_run_is_refused(run_dir):

@@ -1,7 +1,8 @@
 """The search tree of a finished micro run: SQLite rows, git lineage and what `show` reports.
 
-The shared run (conftest.micro_run) has 5 nodes and a parameter budget of 1.0x the root, so
-children that add parameters fail with reason params and the others are trained."""
+The shared run (conftest.micro_run) has 5 nodes and a parameter budget of 0.5x the root's
+mixer, so the root is trained and every child fails with reason params. (Deeper trees with
+trained children are checked the same way by test_run.py, through helpers.assert_finished_run.)"""
 
 import json
 import math
@@ -89,10 +90,10 @@ def test_failed_nodes_are_rows_and_the_budget_decides_who_fails(micro_run):
     rows = helpers.node_rows(micro_run)
     tier = TIERS["micro"]
     root_mixer = contract.build_mixer(contract.load(helpers.code_at(micro_run, rows[0]["commit_sha"])), tier.d_model, tier.n_heads)
-    limit = int(checks.count_params(root_mixer) * 1.0)
+    limit = int(checks.count_params(root_mixer) * 0.5)
     assert rows[0]["metrics"]["mixer_params"] == checks.count_params(root_mixer)
     failed = [r for r in rows if r["status"] == "failed"]
-    assert failed, "the run was set up so that at least one child exceeds the parameter budget"
+    assert [r["id"] for r in failed] == [1, 2, 3, 4], "the run was set up so that every child exceeds the budget"
     for r in rows[1:]:
         module = contract.load(helpers.code_at(micro_run, r["commit_sha"]))
         n = checks.count_params(contract.build_mixer(module, tier.d_model, tier.n_heads))
@@ -108,18 +109,12 @@ def test_failed_nodes_are_rows_and_the_budget_decides_who_fails(micro_run):
         assert r["analysis"] and r["reason"] in r["analysis"]
 
 
-def test_done_nodes_have_metrics_and_fitness_relative_to_the_root(micro_run):
-    rows = helpers.node_rows(micro_run)
-    root = rows[0]["metrics"]
-    done = [r for r in rows if r["status"] == "done"]
-    assert len(done) >= 2, "the root and at least one child were trained"
-    for r in done:
-        m = r["metrics"]
-        assert r["val_loss"] == m["val_loss"] > 0
-        assert m["val_bpb"] == pytest.approx(m["val_loss"] / math.log(2))
-        assert m["tokens_per_s"] > 0 and m["params"] > m["mixer_params"] > 0
-        slowdown = max(0.0, math.log(root["tokens_per_s"] / m["tokens_per_s"]))
-        assert r["fitness"] == pytest.approx(root["val_loss"] - m["val_loss"] - 0.05 * slowdown, abs=1e-9)
+def test_the_root_has_metrics_and_fitness_zero(micro_run):
+    root = helpers.node_rows(micro_run)[0]
+    m = root["metrics"]
+    assert root["status"] == "done" and root["fitness"] == 0.0 and root["val_loss"] == m["val_loss"] > 0
+    assert m["val_bpb"] == pytest.approx(m["val_loss"] / math.log(2))
+    assert m["tokens_per_s"] > 0 and m["params"] > m["mixer_params"] > 0
 
 
 def test_every_node_has_its_evaluations_and_logs(micro_run):

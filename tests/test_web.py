@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import pytest
 
 import helpers
+from test_replay import review_run  # one small trained run per session, shared
 
 CHROMIUM = os.environ.get("ARCHLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -78,10 +79,10 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def served(micro_run, tmp_path_factory):
-    """A copy of the shared micro run (the browser test grows it) and a server on it."""
+def served(tmp_path_factory):
+    """A copy of the session's small trained run (the browser test grows it) and a server on it."""
     run = tmp_path_factory.mktemp("web") / "run"
-    shutil.copytree(micro_run, run)
+    shutil.copytree(review_run(tmp_path_factory), run, ignore=shutil.ignore_patterns("READY"))
     server = Server(run)
     yield run, server
     server.stop()
@@ -122,6 +123,17 @@ def test_browser_tree_node_live_update_and_plots(served, shots):
         page.locator('[data-toggle="0"]').click()
         expect(page.locator("g.node")).to_have_count(1)
         page.locator('[data-toggle="0"]').click()
+        expect(page.locator("g.node")).to_have_count(len(nodes))
+
+        # A summarised tree (as big runs are served): "+N more" loads the children left out.
+        page.goto(server.url + "#/?limit=2")
+        expect(page.locator("g.node")).to_have_count(2)
+        stub = page.locator('g.stub[data-more="0"]')
+        expect(stub).to_contain_text("more children")
+        page.screenshot(path=str(shots / "1b-tree-summarised.png"))
+        stub.click()
+        expect(page.locator("g.node")).to_have_count(1 + sum(1 for n in nodes if n["parent_id"] == 0))
+        page.goto(server.url + "#/")
         expect(page.locator("g.node")).to_have_count(len(nodes))
 
         # Clicking a node opens it: motivation, highlighted diff against the parent, metrics, traces.

@@ -104,3 +104,25 @@ def test_tree_api_summarises_and_pages_a_100k_tree(big_run):
         node = client.get(f"/api/node/{N - 1}").json()
         assert node["id"] == N - 1 and time.perf_counter() - started < 2.0
         assert client.get("/api/node/100000").status_code == 404
+
+
+def test_api_answers_for_a_run_that_has_no_node_yet(tmp_path):
+    """`archlab serve` right after `archlab run` created the run: empty answers, not errors."""
+    from starlette.testclient import TestClient
+
+    from archlab.web.app import create_app
+
+    run = tmp_path / "fresh"
+    run.mkdir()
+    RunConfig().save(run)
+    Lineage(run / "repo", create=True)
+    Store(run, create=True).db.conn.close()
+    with TestClient(create_app(run), base_url="http://127.0.0.1") as client:
+        assert client.get("/api/tree").json()["total"] == 0
+        assert client.get("/api/run").json()["nodes"] == 0
+        assert client.get("/api/live").json()["nodes"] == 0
+        plots = client.get("/api/plots").json()
+        assert plots["best_over_time"] == [] and plots["discovery"] == []
+        assert client.get("/api/traces").json()["total"] == 0
+        assert client.get("/api/node/0").status_code == 404
+        assert client.get("/").status_code == 200

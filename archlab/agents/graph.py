@@ -8,6 +8,11 @@ Each candidate is a langgraph thread checkpointed in runs/NAME/checkpoints.db, s
 resumes at the step it reached. Writes are ordered so the store stays consistent at every
 point: the git commit (tag node-N) comes first, then the node row ("evaluating"), then the
 evaluation rows, then the final row. Every step is idempotent on a re-run.
+
+Evaluations go through an executor (archlab/sandbox/executors.py: local slots or Ray); only
+this process writes the store. With promotion on (archlab/agents/promotion.py) a free slot
+first promotes a node from the top slice of the search tier to a higher tier with several
+seeds (asynchronous successive halving), else it starts a new candidate.
 """
 
 import json
@@ -16,7 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Callable, TypedDict
 
@@ -24,12 +29,12 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
 from archlab import chaos
-from archlab.agents import novelty
+from archlab.agents import novelty, promotion
 from archlab.agents.llm import BudgetExceeded, EndpointDown
 from archlab.agents.roles import Context, Proposal, Trace
 from archlab.config import RunConfig
 from archlab.errors import UserError
-from archlab.sandbox import runner
+from archlab.sandbox import executors, runner
 from archlab.sandbox.fitness import fitness
 from archlab.sandbox.tiers import TIERS
 from archlab.templates import ROOTS, Design, render_root
@@ -56,7 +61,7 @@ class CandidateState(TypedDict, total=False):
 class Run:
     """A run directory: config, store, lineage and the brain that grows the tree."""
 
-    def __init__(self, run_dir: Path, config: RunConfig, brain):
+    def __init__(self, run_dir: Path, config: RunConfig, brain, executor: executors.Executor | None = None):
         self.dir = Path(run_dir)
         self.config = config
         self.store = Store(self.dir, create=True)  # create=True also adds columns a newer archlab needs
@@ -69,6 +74,9 @@ class Run:
         self._lock = threading.Lock()  # guards node-id reservation and the offline brain's choice
         self._reserved: set[int] = set()  # node ids held by candidates in flight
         self._claimed: set[str] = set()  # designs chosen by candidates in flight
+        self.executor = executor  # None: run() makes the one the config asks for, and shuts it down at the end
+        plan = promotion.plan_of(config)
+        self.promoter = promotion.Promoter(self.store, plan, config.speed_weight) if plan else None
 
     @staticmethod
     def create(run_dir: Path, config: RunConfig) -> None:
@@ -86,14 +94,31 @@ class Run:
         writes the store; the workers are threads whose sandboxes are child processes.
         """
         self.recover()
-        self.ensure_root(on_node)
+        own_executor = self.executor is None
+        if own_executor:
+            self.executor = executors.make(self.config)
+            self.store.event("executor", json.dumps(self.executor.describe()))
+        try:
+            return self._run(on_node)
+        finally:
+            if own_executor:
+                self.executor.shutdown()
+                self.executor = None
+
+    def _run(self, on_node: Callable[[dict], None]) -> str:
+        try:
+            self.ensure_root(on_node)
+        except BaseException as e:
+            if not isinstance(e, UserError):  # a rejected root is over; anything else may still be running
+                self.executor.stop()
+            raise
         started = time.monotonic()
         elapsed_before = float(self.store.get_meta("elapsed_s", "0"))
         pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="candidate")
         try:
             why = self._drive(pool, on_node, lambda: elapsed_before + time.monotonic() - started)
         except BaseException:
-            runner.stop_all()  # kill the sandboxes so the workers return at once; their candidates stay open
+            self.executor.stop()  # kill the sandboxes so the workers return at once; their candidates stay open
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
@@ -102,30 +127,51 @@ class Run:
         return why
 
     def _drive(self, pool: ThreadPoolExecutor, on_node: Callable[[dict], None], elapsed: Callable[[], float]) -> str:
+        """Keep `workers` slots busy. A free slot resumes an open candidate, else promotes a due node
+        (promotion on), else starts a new candidate. `why`: no new candidates (reaching --max-nodes or
+        running out of ideas still lets due promotions finish); `halt`: nothing new at all (time,
+        compute or LLM budgets, a failing endpoint)."""
         pending = self.open_threads()
-        running: dict = {}
-        why = None
+        running: dict = {}  # future -> ("candidate", thread) | ("promotion", node_id)
+        why = halt = None
         while True:
-            while why is None and len(running) < self.config.workers:
-                if pending:
+            while halt is None and len(running) < self.config.workers:
+                in_flight = sum(1 for kind, _ in running.values() if kind == "candidate")
+                if why is None and pending:
                     thread = pending.pop(0)
-                else:
-                    why = self._budget_reason(len(running), elapsed())
-                    if why:
-                        break
-                    thread = f"candidate-{uuid.uuid4().hex[:12]}"
-                    self.store.set_meta(f"thread:{thread}", "open")
-                running[pool.submit(self.step, thread)] = thread
+                    running[pool.submit(self.step, thread)] = ("candidate", thread)
+                    continue
+                halt = self._hard_stop(elapsed())
+                if halt:
+                    why = why or halt
+                    break
+                busy = {key for kind, key in running.values() if kind == "promotion"}
+                node_id = self.promoter.next(busy) if self.promoter else None
+                if node_id is not None:
+                    running[pool.submit(self.promote, node_id)] = ("promotion", node_id)
+                    continue
+                if why is None:
+                    why = self._budget_reason(in_flight, elapsed())
+                if why:
+                    break
+                thread = f"candidate-{uuid.uuid4().hex[:12]}"
+                self.store.set_meta(f"thread:{thread}", "open")
+                running[pool.submit(self.step, thread)] = ("candidate", thread)
             if not running:
                 return why
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                running.pop(future)
+                kind, key = running.pop(future)
+                if kind == "promotion":
+                    future.result()  # an executor failure stops the run (the promotion resumes next time)
+                    on_node(self.store.node(key))
+                    continue
                 try:
                     state = future.result()
                 except (BudgetExceeded, EndpointDown) as e:
                     self.store.event("stop", str(e))
                     why = why or str(e)  # the candidate stays checkpointed: resuming continues it
+                    halt = halt or str(e)
                     continue
                 if state.get("stop"):
                     why = why or state["stop"]
@@ -135,8 +181,19 @@ class Run:
     def _budget_reason(self, in_flight: int, elapsed: float) -> str | None:
         if self.store.count("status != 'evaluating'") + in_flight >= self.config.max_nodes:
             return f"reached --max-nodes {self.config.max_nodes}"
+        return self._hard_stop(elapsed)
+
+    def _hard_stop(self, elapsed: float) -> str | None:
+        """Budgets that stop everything, promotions included: wall time, compute, LLM spend."""
         if self.config.hours and elapsed >= self.config.hours * 3600:
             return f"reached --hours {self.config.hours}"
+        if self.config.max_cpu_hours or self.config.max_gpu_hours:
+            spent = self.store.spend(("search", promotion.KIND))
+            cpu, gpu = sum(r["cpu_hours"] for r in spent), sum(r["gpu_hours"] for r in spent)
+            if self.config.max_cpu_hours and cpu >= self.config.max_cpu_hours:
+                return f"reached --cpu-hours {self.config.max_cpu_hours} ({cpu:.3f} CPU-hours used)"
+            if self.config.max_gpu_hours and gpu >= self.config.max_gpu_hours:
+                return f"reached --gpu-hours {self.config.max_gpu_hours} ({gpu:.3f} GPU-hours used)"
         if hasattr(self.brain, "client"):
             try:
                 self.brain.client.check_budget()
@@ -202,7 +259,8 @@ class Run:
             self.store.update_node(0, status="failed", reason=result.reason, detail=result.detail, finished=time.time())
             raise UserError(f"the root candidate was rejected ({result.reason}): {result.detail}")
         self.store.update_node(0, status="done", fitness=0.0, val_loss=result.metrics["val_loss"], metrics=result.metrics,
-                               analysis="The root: every fitness in this run is relative to it.", finished=time.time())
+                               analysis="The root: every fitness in this run is relative to it.", finished=time.time(),
+                               **self._search_figures(0.0))
         on_node(self.store.node(0))
 
     # -- graph steps ------------------------------------------------------------------------------
@@ -293,9 +351,11 @@ class Run:
         log = self.dir / "logs" / f"node-{node_id}-{attempt}.log"
         root_node = None if root else self.store.node(0)
         limit = -1 if root else int(root_node["metrics"]["mixer_params"] * self.config.param_ratio)
+        self.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
         chaos.point_later("during_evaluation")
-        result = runner.evaluate(code, self.config.tier, seed=self.config.seed, data=self.config.data,
-                                 param_limit=limit, threads=self.config.threads, log_path=log)
+        job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
+                            options=dict(data=self.config.data, param_limit=limit), log_path=str(log))
+        result = self.executor.evaluate(job)
         self.store.add_evaluation(node_id, self.config.tier, self.config.seed, result, str(log.relative_to(self.dir)))
         self.store.update_node(node_id, attempts=attempt + 1)
         chaos.point("after_evaluation")
@@ -322,8 +382,9 @@ class Run:
         fields = {"analysis": state.get("analysis"), "finished": time.time()}
         if result and result["ok"]:
             root = self.store.node(0)["metrics"]
-            fields.update(status="done", fitness=fitness(result["metrics"], root, self.config.speed_weight),
-                          val_loss=result["metrics"]["val_loss"], metrics=result["metrics"], reason=None, detail=None)
+            score = fitness(result["metrics"], root, self.config.speed_weight)
+            fields.update(status="done", fitness=score, val_loss=result["metrics"]["val_loss"], metrics=result["metrics"],
+                          reason=None, detail=None, **self._search_figures(score))
         else:
             failure = result or state["proposal"].get("failure") or {"reason": "discarded", "detail": None}
             fields.update(status="failed", reason=failure["reason"], detail=failure.get("detail"))
@@ -333,6 +394,41 @@ class Run:
         if fields["analysis"] and hasattr(self.brain, "knowledge"):
             self.brain.knowledge.add_experience(f"node-{node_id}", fields["analysis"])
         return {}
+
+    # -- multi-fidelity promotion ------------------------------------------------------------------
+    def _search_figures(self, score: float) -> dict:
+        """Node columns of a search-tier result (one seed); a promotion replaces them with its own."""
+        return dict(search_fitness=score, tier=self.config.tier, seeds=1, fidelity=promotion.fidelity(self.config.tier),
+                    fitness_std=None, val_loss_std=None)
+
+    def promote(self, node_id: int) -> str:
+        """Evaluate a node at the promotion tier once per seed (in parallel through the executor), record
+        each seed's row as it arrives, then derive the node's figures. Idempotent: stored seeds are reused."""
+        plan = self.promoter.plan
+        node = self.store.node(node_id)
+        code = self.lineage.code(node["commit_sha"])
+        limit = -1
+        if node_id != 0:  # the budget at the promotion tier: the root's mixer there times the run's ratio
+            root_rows = self.promoter.rows(0)
+            limit = int(root_rows[plan.seeds[0]]["metrics"]["mixer_params"] * self.config.param_ratio)
+        stored = self.promoter.rows(node_id)
+        futures = {}
+        for seed in plan.seeds:
+            if seed in stored:
+                continue
+            log = self.dir / "logs" / f"node-{node_id}-{plan.tier}-s{seed}.log"
+            job = executors.Job(key=f"node-{node_id} {plan.tier} seed {seed}", source=code, tier=plan.tier, seed=seed,
+                                options=dict(data=self.config.data, param_limit=limit, tier_overrides=plan.overrides or None),
+                                log_path=str(log))
+            self.store.event("promote", f"evaluating at {plan.tier}, seed {seed}", node_id)
+            futures[self.executor.submit(job)] = (seed, log)
+        for future in as_completed(futures):
+            seed, log = futures[future]
+            result = executors.result_of(future)
+            self.store.add_evaluation(node_id, plan.tier, seed, result, str(log.relative_to(self.dir)), kind=promotion.KIND)
+        message = self.promoter.finish(node_id)
+        self.store.event("promote", message, node_id)
+        return message
 
     # -- helpers --------------------------------------------------------------------------------
     def context(self, state: CandidateState) -> Context:

@@ -23,9 +23,9 @@ import jinja2
 from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.sandbox.data import VOCAB_SIZE
-from archlab.sandbox.tiers import TIERS
+from archlab.sandbox.tiers import TIERS, TierError, resolve
 from archlab.tree.lineage import Lineage
-from archlab.tree.replay import Replayer
+from archlab.tree.replay import Replayer, tier_overrides
 from archlab.tree.store import Store
 
 TEMPLATES = Path(__file__).parent / "template"
@@ -74,10 +74,10 @@ def export(run_dir: Path, node_id: int, out_dir: Path, *, tier: str | None = Non
     store = Store(run_dir)
     node = store.node(node_id)
     if node["status"] != "done":
-        raise UserError(f"node {node_id} is {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
-                        + ": only a node that trained successfully can be exported")
+        raise UserError(f"node {node_id} {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
+                        + ": only a trained node can be exported")
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not force)):
-        raise UserError(f"{out_dir} exists and is not empty (use --force to overwrite the files archlab writes there)")
+        raise UserError(f"OUT_DIR {out_dir.name}/ exists and is not empty (--force writes into it)")
     if tier is not None and tier not in TIERS:
         raise UserError(f"--tier {tier!r}: choose one of {', '.join(t for t in TIERS if TIERS[t].steps)}")
     code = Lineage(run_dir / "repo").code(node["commit_sha"])
@@ -107,7 +107,10 @@ def export(run_dir: Path, node_id: int, out_dir: Path, *, tier: str | None = Non
         raise UserError(f"{found['weights_path']}: not the weights of an archlab language model")
     d_model = state["embed.weight"].shape[1]
     n_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    tier_spec = TIERS.get(found["tier"], TIERS[config.tier])
+    try:
+        tier_spec = resolve(found["tier"], tier_overrides(config, found["tier"]))
+    except (TierError, KeyError):
+        tier_spec = TIERS[config.tier]
     pattern = (layers * n_layers)[:n_layers]
     provenance = {
         "run": str(run_dir.resolve()), "node": node_id, "commit": node["commit_sha"], "operator": node["operator"],

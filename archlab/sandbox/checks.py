@@ -151,9 +151,9 @@ def _call(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         y = mixer(x)
     except CandidateError:
         raise
-    except MemoryError:
-        raise CandidateError("memory", "ran out of memory in the causality check") from None
     except Exception as e:
+        if contract.out_of_memory(e):
+            raise CandidateError("memory", f"Mixer.forward ran out of memory: {e}"[:600]) from None
         raise CandidateError("error", f"Mixer.forward raised {type(e).__name__}: {e}"[:1500]) from e
     if type(y) is not torch.Tensor or y.shape != x.shape:  # noqa: E721
         raise CandidateError("shape", f"input {tuple(x.shape)} gave {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")

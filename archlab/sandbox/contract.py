@@ -36,6 +36,8 @@ def load(source: str, name: str = "candidate") -> types.ModuleType:
     except MemoryError:
         raise CandidateError("memory", "ran out of memory while importing the candidate") from None
     except Exception as e:
+        if out_of_memory(e):
+            raise CandidateError("memory", f"importing the candidate ran out of memory: {e}"[:600]) from None
         raise CandidateError("error", f"importing the candidate raised {type(e).__name__}: {e}"[:1500]) from e
     validate(module)
     return module
@@ -69,16 +71,30 @@ def _require_params(cls: type, names: list[str], wanted: str) -> None:
 def build_mixer(module: types.ModuleType, d_model: int, n_heads: int) -> nn.Module:
     try:
         return module.Mixer(d_model=d_model, n_heads=n_heads)
+    except CandidateError:
+        raise
     except Exception as e:
-        raise CandidateError("contract", f"Mixer(d_model={d_model}, n_heads={n_heads}) raised {type(e).__name__}: {e}") from e
+        if isinstance(e, MemoryError) or out_of_memory(e):
+            raise CandidateError("memory", f"Mixer(d_model={d_model}, n_heads={n_heads}) ran out of memory: {e}"[:600]) from None
+        raise CandidateError("contract", f"Mixer(d_model={d_model}, n_heads={n_heads}) raised {type(e).__name__}: {e}"[:1500]) from e
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """torch reports a failed allocation as a RuntimeError (CPU) or OutOfMemoryError (CUDA)."""
+    text = str(e)
+    return isinstance(e, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def check_shape(mixer: nn.Module, d_model: int, dtype=torch.float32) -> None:
     x = torch.randn(2, 37, d_model, dtype=dtype)  # an odd length: no chunk size divides it
     try:
         y = mixer(x)
+    except CandidateError:
+        raise
     except Exception as e:
-        raise CandidateError("error", f"Mixer.forward raised {type(e).__name__}: {e}") from e
+        if out_of_memory(e):
+            raise CandidateError("memory", f"Mixer.forward ran out of memory: {e}"[:600]) from None
+        raise CandidateError("error", f"Mixer.forward raised {type(e).__name__}: {e}"[:1500]) from e
     if not isinstance(y, torch.Tensor):
         raise CandidateError("shape", f"Mixer.forward must return a Tensor, got {type(y).__name__}")
     if y.shape != x.shape or y.dtype != x.dtype:

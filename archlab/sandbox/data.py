@@ -6,11 +6,16 @@ byte). The split takes the last 10% of every document for validation, so both pr
 code are in both halves and a single-file corpus still splits.
 """
 
+from __future__ import annotations
+
+import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made: the sandbox's parent splits text without it
+    import torch
 
 BUILTIN = Path(__file__).parent / "corpus" / "pystdlib.txt.gz"
 VOCAB_SIZE = 256
@@ -49,41 +54,70 @@ class Corpus:
     @classmethod
     def load(cls, path: str | None = None, *, train: bool = True) -> "Corpus":
         """The corpus split 90/10 per document; train=False keeps only the validation split."""
-        train_parts, val_parts = [], []
-        for doc in read_documents(path):
-            cut = int(len(doc) * (1 - VAL_FRACTION))
-            train_parts.append(doc[:cut])
-            val_parts.append(doc[cut:])
-        corpus = cls(_as_tensor(b"\n".join(train_parts)) if train else None, _as_tensor(b"\n".join(val_parts)))
-        if len(corpus.val) < 2 * 1024:
-            raise DataError(f"corpus too small: {len(corpus.val)} validation bytes (need at least 20 kB of text)")
-        return corpus
-
-    def write_train(self, path: str | Path) -> None:
-        """The training split as raw bytes: all a training process gets (it never sees validation text)."""
-        Path(path).write_bytes(self.train.numpy().tobytes())
+        train_bytes, val_bytes = split(path)
+        return cls(_as_tensor(train_bytes) if train else None, _as_tensor(val_bytes))
 
     @classmethod
     def from_train_file(cls, path: str | Path) -> "Corpus":
         return cls(_as_tensor(Path(path).read_bytes()), None)
 
     def train_batch(self, batch: int, seq: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         starts = torch.randint(0, len(self.train) - seq - 1, (batch,), generator=gen)
         return _windows(self.train, starts, seq)
 
     def val_batches(self, windows: int, batch: int, seq: int):
         """A fixed set of evenly spaced validation windows: every candidate sees the same bytes."""
+        import torch
+
         windows = min(windows, (len(self.val) - 1) // seq)
         starts = torch.linspace(0, len(self.val) - seq - 1, windows).long()
         for i in range(0, windows, batch):
             yield _windows(self.val, starts[i : i + batch], seq)
 
 
+def split(path: str | None = None) -> tuple[bytes, bytes]:
+    """(training bytes, validation bytes): the last 10% of every document is validation text."""
+    return _split(path, _stamp(path))
+
+
+def write_train_split(path: str | None, out: str | Path) -> None:
+    """The training split as raw bytes: all a training process gets (it never sees validation text)."""
+    Path(out).write_bytes(split(path)[0])
+
+
+def _stamp(path: str | None):
+    """What makes a cached split stale: the files' names, sizes and modification times."""
+    if path is None:
+        return None
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+@functools.lru_cache(maxsize=2)
+def _split(path: str | None, stamp) -> tuple[bytes, bytes]:
+    train_parts, val_parts = [], []
+    for doc in read_documents(path):
+        cut = int(len(doc) * (1 - VAL_FRACTION))
+        train_parts.append(doc[:cut])
+        val_parts.append(doc[cut:])
+    train, val = b"\n".join(train_parts), b"\n".join(val_parts)
+    if len(val) < 2 * 1024:
+        raise DataError(f"corpus too small: {len(val)} validation bytes (need at least 20 kB of text)")
+    return train, val
+
+
 def _as_tensor(data: bytes) -> torch.Tensor:
+    import torch
+
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def _windows(tokens: torch.Tensor, starts: torch.Tensor, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     idx = starts[:, None] + torch.arange(seq + 1)
     chunk = tokens[idx].long()
     return chunk[:, :-1], chunk[:, 1:]
@@ -104,6 +138,8 @@ def mqar_batch(batch: int, pairs: int, seq: int, gen: torch.Generator, *, keys: 
     then the keys again in a random order, each followed by its value. The target is the value
     at every query position and IGNORE elsewhere, so only recall is scored. Keys are distinct
     within a sequence; values are drawn with replacement. Padded with noise to `seq`."""
+    import torch
+
     queries = min(pairs, queries or pairs)
     need = 2 * pairs + 2 * queries
     if need > seq or pairs > keys:
@@ -126,6 +162,8 @@ def selective_copy_batch(batch: int, tokens: int, region: int, seq: int, gen: to
     """Selective copying (Mamba's synthetic task): `tokens` symbols scattered at random places
     in a noise region of length `region`, then a separator, then the symbols in order (teacher
     forced). The target is the next symbol from the separator on; IGNORE elsewhere."""
+    import torch
+
     need = region + 1 + tokens
     if need > seq or tokens > region:
         raise ValueError(f"selective copy: {tokens} symbols in a {region}-token region need {need} > {seq} tokens")

@@ -151,10 +151,15 @@ def lm_loss(model: LM, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
 
 
-def warm_up(device: torch.device, *, train: bool = True) -> None:
+def warm_up(device: torch.device, *, train: bool = True, counters: bool = True) -> None:
     """Run every harness code path once on a tiny model before any candidate code is loaded,
     so torch finishes its lazy imports and initialisation while nothing hostile is around
-    (the audit hook then sees no imports from torch's normal operation)."""
+    (the audit hook then sees no imports from torch's normal operation). `train`: the
+    optimizer; `counters`: FLOP/traffic counting (both import torch._dynamo, which costs
+    seconds: a process that needs neither skips them)."""
+    for name in ("encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_16", "unicodedata", "stringprep"):
+        with contextlib.suppress(ImportError):  # after the uid drop the standard library may be unreadable
+            importlib.import_module(name)
     if importlib.util.find_spec("fla") is not None:  # candidates may import fla: its imports happen here, not under the hook
         with contextlib.suppress(Exception):
             importlib.import_module("fla.ops")
@@ -166,7 +171,7 @@ def warm_up(device: torch.device, *, train: bool = True) -> None:
     with autocast(device):
         loss = lm_loss(model, inputs, inputs)
     loss.backward()
-    if train:  # the optimizer's first use imports torch._dynamo (seconds): only where training happens
+    if train:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt, schedule = _optimizer(model, tier)
         opt.step()
@@ -174,9 +179,11 @@ def warm_up(device: torch.device, *, train: bool = True) -> None:
         torch.save(model.state_dict(), _NullFile())
     model.eval()
     with torch.no_grad(), autocast(device):
-        with FlopCounterMode(display=False) as counter:
-            model(inputs[:1])
-        counter.get_total_flops()
+        if counters:
+            with FlopCounterMode(display=False) as counter:
+                model(inputs[:1])
+            counter.get_total_flops()
+            checks.warm_up()
         _, states = model.step(inputs[:1, 0], None)
         model.step(inputs[:1, 1], states)
         quantized_copy(model)
@@ -186,7 +193,6 @@ def warm_up(device: torch.device, *, train: bool = True) -> None:
     gen = torch.Generator().manual_seed(0)
     mqar_batch(2, 2, 16, gen, keys=4, values=4)
     selective_copy_batch(2, 2, 6, 16, gen)
-    checks.warm_up()
     math.isfinite(loss.item())
 
 
@@ -589,10 +595,9 @@ def guard(fn):
     except RecursionError as e:
         raise CandidateError("error", f"RecursionError: {e}") from e
     except Exception as e:
-        text = str(e)
-        if isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
-            raise CandidateError("memory", f"{type(e).__name__}: {text[:300]}") from None
-        raise CandidateError("error", f"{type(e).__name__}: {text[:1500]}") from e
+        if contract.out_of_memory(e):
+            raise CandidateError("memory", f"{type(e).__name__}: {str(e)[:300]}") from None
+        raise CandidateError("error", f"{type(e).__name__}: {str(e)[:1500]}") from e
 
 
 _guard = guard  # the old private name

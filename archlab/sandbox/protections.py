@@ -250,6 +250,27 @@ def drop_privileges(uid: int | None) -> None:
     os.setuid(uid)
 
 
+def run_contained(code: str, *, timeout: float = 60, nproc: int = 32, memory_gb: float = 4.0,
+                  preimport: tuple[str, ...] = ("os", "socket", "subprocess", "time", "encodings.idna")) -> subprocess.CompletedProcess:
+    """Run Python `code` the way the sandbox runs a worker, minus the audit hook: launcher,
+    stripped environment, resource limits and the uid drop. For tests and `archlab doctor`:
+    it shows what the operating-system layers alone stop."""
+    import tempfile
+
+    lx = launcher()
+    scratch = Path(tempfile.mkdtemp(prefix="archlab-contained-"))
+    try:
+        uid = lx.prepare(scratch)
+        prelude = (f"import {', '.join(preimport)}\n" if preimport else "") + (
+                   f"from archlab.sandbox import protections as _p\n_p.apply_limits({memory_gb}, {nproc})\n"
+                   f"_p.drop_privileges({uid})\ndel _p\n")
+        argv = lx.command([sys.executable, "-c", prelude + code], scratch)
+        return subprocess.run(argv, cwd=scratch, env=environment(scratch, 1), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout, **lx.popen_kwargs())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def report(refresh: bool = False) -> list[Protection]:
     """Every protection and whether it is active on this machine (what `archlab doctor` prints)."""
     lx = launcher(refresh)
@@ -268,7 +289,9 @@ def report(refresh: bool = False) -> list[Protection]:
                                                  else "not enforced for root: no unprivileged uid could be used" if root
                                                  else "counted for your user")),
         Protection("unprivileged uid", lx.drop_uid or not root,
-                   f"child uid {f.get('uid')}" if lx.drop_uid else "runs as your user" if not root else "child runs as root"),
+                   (f"child drops to uid {f.get('uid')} once the harness is loaded"
+                    + ("" if f.get("stdlib_readable", True) else " (the standard library is unreadable to it: the harness pre-imports)"))
+                   if lx.drop_uid else "runs as your user" if not root else "child runs as root"),
         Protection("PID namespace", namespaces and f.get("pid", 99) < 10, f"child sees itself as pid {f.get('pid')}"),
         Protection("no network (network namespace)", namespaces and not f.get("network") and set(f.get("interfaces", [])) <= {"lo"},
                    f"interfaces inside: {', '.join(f.get('interfaces', [])) or 'none'}"),

@@ -34,6 +34,7 @@ from archlab.sandbox.tiers import TIERS, Tier, TierError, describe, resolve
 KEEP_ENV = protections.KEEP_ENV
 LOG_LIMIT = 8 * 2**20  # a log longer than this keeps its first and last MiB
 RECHECK_TOLERANCE = {"cpu": 1e-3, "cuda": 2e-2}  # relative val_loss agreement between evaluation and recheck
+PREWARM_MAX_STEPS = 60  # tiers this short start the evaluation process while training runs
 
 
 # Sandboxes running in this process, so a stopping run can kill them all at once.
@@ -140,20 +141,36 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict) -> Result:
         hide = [p for p in (base["data"], base["builtin_data"]) if p]
         if tier.steps:
             try:
-                from archlab.sandbox.data import Corpus, DataError
+                from archlab.sandbox.data import DataError, write_train_split
 
-                Corpus.load(opt["data"]).write_train(scratch / "train.bin")
+                write_train_split(opt["data"], scratch / "train.bin")  # plain bytes: no torch in this process
             except DataError as e:
                 return Result(ok=False, reason="data", detail=str(e), metrics={"wall_s": time.monotonic() - started})
-        train = _phase(launcher, scratch, log, "wb", deadline, {
+        trainer = _start(launcher, scratch, log, "wb", deadline, {
             **base, "phase": "train", "result": str(scratch / "result-train.json"),
             "train_data": str(scratch / "train.bin"), "weights": str(scratch / "weights.pt") if tier.steps else None,
         }, hide=hide)
+        eval_job = {**base, "phase": "eval", "result": str(scratch / "result-eval.json"), "weights": str(scratch / "weights.pt")}
+        evaluator = None
+        if 0 < tier.steps <= PREWARM_MAX_STEPS:  # short training: start the evaluation process's imports meanwhile
+            evaluator = _start(launcher, scratch, scratch / "log-eval.txt", "wb", deadline, eval_job, hide=[], wait_for_go=True)
+        try:
+            train = trainer.wait()
+        except BaseException:
+            if evaluator is not None:
+                evaluator.cancel()
+            raise
         if not train.ok or not tier.steps:
+            if evaluator is not None:
+                evaluator.cancel()
             return _finish(train, started, log)
         (scratch / "train.bin").unlink(missing_ok=True)
-        eval_job = {**base, "phase": "eval", "result": str(scratch / "result-eval.json"), "weights": str(scratch / "weights.pt")}
-        evaluation = _phase(launcher, scratch, log, "ab", deadline, eval_job, hide=[])
+        if evaluator is not None:
+            evaluator.go()
+            evaluation = evaluator.wait()
+            _append(log, scratch / "log-eval.txt")
+        else:
+            evaluation = _phase(launcher, scratch, log, "ab", deadline, eval_job, hide=[])
         if not evaluation.ok:
             evaluation.metrics = {**train.metrics, **evaluation.metrics}
             return _finish(evaluation, started, log)
@@ -197,25 +214,35 @@ def _recheck(result: Result, launcher, scratch: Path, log: Path, deadline: float
 
 
 def _phase(launcher, scratch: Path, log: Path, mode: str, deadline: float, job: dict, hide: list[str]) -> Result:
-    timeout = deadline - time.monotonic()
-    if timeout <= 1:
-        return Result(ok=False, reason="timeout", detail="no time left for the evaluation phase")
-    job = {**job, "cpu_s": int(timeout * max(job["threads"], 1) * 1.5 + 60)}
-    job_path = scratch / f"job-{job['phase']}{'-recheck' if job.get('recheck') else ''}.json"
-    job_path.write_text(json.dumps(job))
-    cuda = job.get("device") != "cpu" and (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0"))
-    argv = launcher.command([sys.executable, "-m", "archlab.sandbox.worker", str(job_path)], scratch, hide=hide, cuda=cuda)
-    env = protections.environment(scratch, job["threads"])
-    started = time.monotonic()
-    with open(log, mode) as log_file:
-        log_file.write(f"[sandbox] {job['phase']}{' (recheck)' if job.get('recheck') else ''} phase, launcher {launcher.kind}\n".encode())
-        log_file.flush()
-        with _live_lock:
-            if _stopping.is_set():
-                raise Interrupted("the run is stopping")
-            proc = subprocess.Popen(argv, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                    stderr=subprocess.STDOUT, **launcher.popen_kwargs())
-            _live.add(proc)
+    return _start(launcher, scratch, log, mode, deadline, job, hide).wait()
+
+
+class _Child:
+    """One sandboxed worker process: started at once, waited for (and killed) later."""
+
+    def __init__(self, proc, job: dict, log: Path, deadline: float, started: float, error: Result | None = None):
+        self.proc, self.job, self.log, self.deadline, self.started, self.error = proc, job, log, deadline, started, error
+
+    def go(self) -> None:
+        """Let a pre-started child continue past its warm-up (see job["wait_for_go"])."""
+        if self.proc is not None and self.proc.stdin:
+            try:
+                self.proc.stdin.write(b"go\n")
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.started = time.monotonic()
+
+    def cancel(self) -> None:
+        if self.proc is not None:
+            _kill_group(self.proc)
+            with _live_lock:
+                _live.discard(self.proc)
+
+    def wait(self) -> Result:
+        if self.error is not None:
+            return self.error
+        proc, timeout = self.proc, max(0.0, self.deadline - time.monotonic())
         try:
             proc.wait(timeout=timeout)
             timed_out = False
@@ -227,10 +254,34 @@ def _phase(launcher, scratch: Path, log: Path, mode: str, deadline: float, job: 
                 _live.discard(proc)
         if _stopping.is_set():
             raise Interrupted("the run is stopping")  # not the candidate's failure: it is re-run on resume
-    wall = time.monotonic() - started
-    result = _collect(Path(job["result"]), proc.returncode, timed_out, timeout, wall, str(log))
-    result.metrics["parent_wall_s"] = wall
-    return result
+        wall = time.monotonic() - self.started
+        result = _collect(Path(self.job["result"]), proc.returncode, timed_out, timeout, wall, str(self.log))
+        result.metrics["parent_wall_s"] = wall
+        return result
+
+
+def _start(launcher, scratch: Path, log: Path, mode: str, deadline: float, job: dict, hide: list[str],
+           wait_for_go: bool = False) -> _Child:
+    timeout = deadline - time.monotonic()
+    if timeout <= 1:
+        return _Child(None, job, log, deadline, time.monotonic(),
+                      Result(ok=False, reason="timeout", detail="no time left for the evaluation phase"))
+    job = {**job, "cpu_s": int(timeout * max(job["threads"], 1) * 1.5 + 60), "wait_for_go": wait_for_go}
+    job_path = scratch / f"job-{job['phase']}{'-recheck' if job.get('recheck') else ''}.json"
+    job_path.write_text(json.dumps(job))
+    cuda = job.get("device") != "cpu" and (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0"))
+    argv = launcher.command([sys.executable, "-m", "archlab.sandbox.worker", str(job_path)], scratch, hide=hide, cuda=cuda)
+    env = protections.environment(scratch, job["threads"])
+    with open(log, mode) as log_file:
+        log_file.write(f"[sandbox] {job['phase']}{' (recheck)' if job.get('recheck') else ''} phase, launcher {launcher.kind}\n".encode())
+        log_file.flush()
+        with _live_lock:
+            if _stopping.is_set():
+                raise Interrupted("the run is stopping")
+            proc = subprocess.Popen(argv, cwd=scratch, env=env, stdin=subprocess.PIPE if wait_for_go else subprocess.DEVNULL,
+                                    stdout=log_file, stderr=subprocess.STDOUT, **launcher.popen_kwargs())
+            _live.add(proc)
+    return _Child(proc, job, log, deadline, time.monotonic())
 
 
 def _finish(result: Result, started: float, log: Path) -> Result:
@@ -294,6 +345,14 @@ def _collect(result_path: Path, returncode: int, timed_out: bool, timeout_s: flo
     if not result.ok and result.detail:
         result.detail = result.detail[:2000]
     return result
+
+
+def _append(log: Path, part: Path) -> None:
+    try:
+        with open(log, "ab") as out, open(part, "rb") as f:
+            shutil.copyfileobj(f, out)
+    except OSError:
+        pass
 
 
 def _cap_log(path: Path) -> None:

@@ -15,7 +15,7 @@ long the sandbox waits. A run's config can override any field for its own evalua
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class Probes(BaseModel):
@@ -30,11 +30,11 @@ class Probes(BaseModel):
 
     d_model: int = 64
     n_layers: int = 2
-    seq_len: int = 64
-    batch_size: int = 64
-    steps: int = 300
-    lr: float = 5e-3
-    pairs: tuple[int, ...] = (2, 4, 8, 16)  # MQAR difficulty levels, each reported as mqar_acc_p{n}
+    seq_len: int = 32
+    batch_size: int = 32
+    steps: int = 600
+    lr: float = 3e-3
+    pairs: tuple[int, ...] = (2, 4, 8)  # MQAR difficulty levels, each reported as mqar_acc_p{n}
     keys: int = 16  # key and value vocabulary sizes: small, so a short budget can learn the task
     values: int = 16
     copy_tokens: int = 8  # selective copying: symbols to copy, scattered over seq_len - copy_tokens - 1 noise
@@ -79,7 +79,7 @@ TIERS: dict[str, Tier] = {
                     probes=Probes()),
     # longer training for the top slice, several seeds
     "verify": Tier(name="verify", steps=1000, lr=1e-3, val_windows=256, timeout_s=3600, seeds=3, hardware=True,
-                   extrapolation=True, probes=Probes(steps=600)),
+                   extrapolation=True, probes=Probes(steps=1000)),
 }
 
 
@@ -113,4 +113,4 @@ def describe(tier: Tier) -> dict:
     return tier.model_dump(mode="json")
 
 
-__all__ = ["Probes", "Tier", "TIERS", "TierError", "resolve", "describe", "Field"]
+__all__ = ["Probes", "Tier", "TIERS", "TierError", "resolve", "describe"]

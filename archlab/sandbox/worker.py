@@ -61,6 +61,14 @@ def run(job: dict, out_files: dict) -> dict:
 _GUARD: dict = {}
 
 
+def _mark(what: str) -> None:
+    """Progress lines in the sandbox log, with seconds since the process started."""
+    print(f"[sandbox] {time.monotonic() - _T0:7.2f}s {what}", flush=True)
+
+
+_T0 = time.monotonic()
+
+
 def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict):
     import torch
 
@@ -88,9 +96,15 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
         weights = None
     else:
         corpus = Corpus.load(job.get("data"), train=False)
-        weights = torch.load(job["weights"], map_location="cpu", weights_only=True)
         limit = job.get("param_limit")
-    harness.warm_up(device, train=phase == "train" and tier.steps > 0)
+    _mark("harness imported")
+    harness.warm_up(device, train=phase == "train" and tier.steps > 0, counters=phase == "train" or tier.hardware)
+    _mark("warmed up")
+    if phase == "eval":
+        if job.get("wait_for_go") and sys.stdin.readline().strip() != "go":  # started early: wait for the weights
+            os._exit(0)
+        _mark("weights are ready")
+        weights = torch.load(job["weights"], map_location="cpu", weights_only=True)
     rng = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)  # unknown to the candidate
     integrity = protections.Integrity(_guarded_modules(), _guarded_classes(), threads=threads)
     guard = protections.AuditGuard(
@@ -102,6 +116,7 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
     protections.drop_privileges(job.get("uid"))
     guard.install()
 
+    _mark("guards installed; loading the candidate")
     candidate = contract.load(source)
     integrity.verify("after importing the candidate")
     guard.check()
@@ -110,6 +125,7 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
                                                allow_quadratic=job.get("allow_quadratic", False), device=device))
         integrity.verify("after the checks")
         guard.check()
+        _mark("checks passed")
         if tier.steps:
             model, train_metrics = harness.train_lm(candidate, tier, corpus, seed, device)
             metrics.update(train_metrics)
@@ -120,9 +136,11 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
                 saved["probe"] = {k: v.detach().cpu() for k, v in probe_model.state_dict().items()}
             integrity.verify("after training")
             guard.check()
+            _mark("trained")
             torch.save(saved, out_files["weights"])
             out_files["weights"].flush()
     else:
+        _mark("candidate loaded")
         metrics.update(harness.evaluate_trained(candidate, tier, corpus, weights, device, rng=rng,
                                                 recheck=job.get("recheck", False)))
         if limit is not None and limit >= 0:
@@ -132,6 +150,7 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
                 checks.check_params(mixers[0], limit)
         integrity.verify("after evaluation")
         guard.check()
+        _mark("evaluated")
     if not all(isinstance(v, int | float | str | bool | type(None)) for v in metrics.values()):
         raise CandidateError("error", "internal: a metric is not a plain value")
     return True, metrics, env, guard
@@ -155,9 +174,6 @@ def _guarded_modules() -> list:
     import torch
     import torch.nn.functional as F
     import torch.nn.utils.clip_grad
-    import torch.optim.adamw
-    import torch.optim.lr_scheduler
-    import torch.optim.optimizer
     import torch.utils.flop_counter
 
     from archlab.sandbox import checks, contract, data, errors, harness, protections, static
@@ -175,6 +191,8 @@ def _guarded_classes() -> list:
     import torch.nn as nn
 
     from archlab.sandbox import data, harness, protections
+
+    import torch.optim.lr_scheduler
 
     return [torch.Tensor, nn.Parameter, nn.Module, nn.Linear, nn.Embedding, nn.RMSNorm, nn.ModuleList,
             torch.optim.Optimizer, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR,

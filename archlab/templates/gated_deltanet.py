@@ -22,9 +22,11 @@ class ShortConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(size, dim).uniform_(-size**-0.5, size**-0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, time, dim)
+        size, t = self.weight.shape[0], x.shape[1]
+        padded = F.pad(x, (0, 0, size - 1, 0))  # size - 1 zeros before the first token
         out = x * self.weight[-1]
-        for shift in range(1, min(self.weight.shape[0], x.shape[1])):
-            out = out + F.pad(x[:, :-shift], (0, 0, shift, 0)) * self.weight[-1 - shift]
+        for shift in range(1, size):  # the input `shift` tokens back times its tap
+            out = out + padded[:, size - 1 - shift : size - 1 - shift + t] * self.weight[-1 - shift]
         return out
 
 
@@ -37,30 +39,42 @@ def delta_rule_chunkwise(q, k, v, beta, log_decay=None, chunk_size=64):
     """
     b, h, t, dk = q.shape
     dv = v.shape[-1]
-    if log_decay is None:
-        log_decay = q.new_zeros(b, h, t)
     pad = (-t) % chunk_size
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        beta, log_decay = F.pad(beta, (0, pad)), F.pad(log_decay, (0, pad))
+        beta = F.pad(beta, (0, pad))
+        log_decay = None if log_decay is None else F.pad(log_decay, (0, pad))
     n, c = (t + pad) // chunk_size, chunk_size
     q, k, v = (x.reshape(b, h, n, c, -1) for x in (q, k, v))
     beta = beta.reshape(b, h, n, c, 1)
-    g = log_decay.reshape(b, h, n, c).cumsum(-1)  # log of the decay from the chunk start
     future = torch.triu(torch.ones(c, c, dtype=torch.bool, device=q.device), 1)
-    gap = (g[..., :, None] - g[..., None, :]).masked_fill(future, float("-inf")).exp()  # a_{j+1..i}
     eye = torch.eye(c, dtype=q.dtype, device=q.device)
-    a = eye + (beta * (k @ k.transpose(-1, -2)) * gap).masked_fill(future | eye.bool(), 0)
-    rhs = torch.cat([v * beta, k * beta * g.exp()[..., None]], -1)
+    if log_decay is None:  # no forgetting: the decay factors below are all 1, so skip them
+        g = None
+        a = (beta * (k @ k.transpose(-1, -2))).tril(-1)  # the solve takes the unit diagonal as given
+        rhs = torch.cat([v, k], -1) * beta
+        scores = (q @ k.transpose(-1, -2)).tril()
+    else:
+        g = log_decay.reshape(b, h, n, c).cumsum(-1)  # log of the decay from the chunk start
+        gap = (g[..., :, None] - g[..., None, :]).masked_fill(future, float("-inf")).exp()  # a_{j+1..i}
+        a = eye + (beta * (k @ k.transpose(-1, -2)) * gap).masked_fill(future | eye.bool(), 0)
+        rhs = torch.cat([v * beta, k * beta * g.exp()[..., None]], -1)
+        scores = (q @ k.transpose(-1, -2)) * gap
     u, w = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True).split([dv, dk], -1)
-    scores = (q @ k.transpose(-1, -2)) * gap
     state = q.new_zeros(b, h, dk, dv)
     out = []
-    for i in range(n):
-        u_i = u[:, :, i] - w[:, :, i] @ state
-        out.append((q[:, :, i] * g[:, :, i, :, None].exp()) @ state + scores[:, :, i] @ u_i)
-        to_end = (g[:, :, i, -1:] - g[:, :, i]).exp()[..., None]
-        state = state * g[:, :, i, -1, None, None].exp() + (k[:, :, i] * to_end).transpose(-1, -2) @ u_i
+    # unbind, not indexing: the backward of one unbind is one stack, of n indexings n zero-filled copies
+    chunks = zip(q.unbind(2), k.unbind(2), u.unbind(2), w.unbind(2), scores.unbind(2),
+                 g.unbind(2) if g is not None else [None] * n)
+    for q_i, k_i, u_i, w_i, scores_i, g_i in chunks:
+        u_i = u_i - w_i @ state
+        if g_i is None:
+            out.append(q_i @ state + scores_i @ u_i)
+            state = state + k_i.transpose(-1, -2) @ u_i
+        else:
+            out.append((q_i * g_i[..., None].exp()) @ state + scores_i @ u_i)
+            to_end = (g_i[..., -1:] - g_i).exp()[..., None]
+            state = state * g_i[..., -1, None, None].exp() + (k_i * to_end).transpose(-1, -2) @ u_i
     return torch.stack(out, 2).reshape(b, h, n * c, dv)[:, :, :t]
 
 
@@ -99,8 +113,10 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q, k, v = self.conv(torch.cat([q, k, v], -1)).chunk(3, -1)
+        # one matmul for the three projections (they stay three parameters)
+        qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
+        qkv = self.conv(qkv)
+        q, k, v = qkv.chunk(3, -1)
         q, k = F.silu(q), F.silu(k)
         v = F.silu(v)
         q, k, v = (y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for y in (q, k, v))

@@ -46,6 +46,7 @@ class Replayed:
     status: str
     runs: list[dict] = field(default_factory=list)  # one per seed: seed, ok, reason, metrics, cached, evaluation
     recorded: dict | None = None  # the node's own search evaluation: tier, seed, val_loss, env
+    originals: dict = field(default_factory=dict)  # seed -> the run's evaluation at the replay tier
 
     def ok_runs(self) -> list[dict]:
         return [r for r in self.runs if r["ok"]]
@@ -75,9 +76,10 @@ class Replayer:
         if self.tier not in TIERS:
             raise UserError(f"--tier {self.tier!r}: choose one of {', '.join(t for t in TIERS if t != 'check')}")
         if not TIERS[self.tier].steps:
-            raise UserError(f"--tier {self.tier}: this tier trains nothing, so there is no validation loss to replay")
+            raise UserError(f"--tier {self.tier}: it trains nothing, so there is no val_loss to replay")
         self.threads = threads or self.config.threads
         self.force = force
+        self.overrides = tier_overrides(self.config, self.tier)
         if not self.store.has_node(0):
             raise UserError(f"{run_dir} has no root node yet")
 
@@ -131,8 +133,9 @@ class Replayer:
         log = self.dir / "logs" / f"replay-{name}.log"
         log.parent.mkdir(exist_ok=True)
         weights = self.dir / WEIGHTS_DIR / f"{name}.pt"
-        result = runner.evaluate(code, self.tier, seed=seed, data=self.config.data, param_limit=param_limit,
-                                 threads=self.threads, log_path=log, weights_out=weights)
+        result = runner.evaluate(code, self.tier, seed=seed, seeds=1, data=self.config.data, param_limit=param_limit,
+                                 threads=self.threads, log_path=log, weights_out=weights, tier_overrides=self.overrides,
+                                 device=None if self.config.device == "auto" else self.config.device)
         result.env = {**result.env, "commit": node["commit_sha"]}
         if result.ok and weights.is_file():
             result.env["weights"] = str(weights.relative_to(self.dir))
@@ -150,7 +153,8 @@ class Replayer:
         root_runs: list[dict] = []
         for node_id in order:
             node = self.store.node(node_id)
-            item = Replayed(node_id, node["parent_id"], node["operator"], node["status"], recorded=self.recorded(node_id))
+            item = Replayed(node_id, node["parent_id"], node["operator"], node["status"], recorded=self.recorded(node_id),
+                            originals=self.originals(node_id))
             limit = self.param_limit(node_id, root_runs)
             for seed in seeds:
                 row = self.evaluate(node_id, seed, limit)
@@ -161,6 +165,15 @@ class Replayer:
             out.append(item)
         return out
 
+    def originals(self, node_id: int) -> dict[int, dict]:
+        """The run's own successful evaluations of the node at the replay tier (search or
+        promotion), by seed: what a replay with that seed should reproduce."""
+        out = {}
+        for e in self.store.evaluations(node_id):
+            if e["kind"] in ("search", "promotion") and e["tier"] == self.tier and e["ok"]:
+                out[e["seed"]] = {"kind": e["kind"], "val_loss": (e["metrics"] or {}).get("val_loss"), "env": e["env"] or {}}
+        return out
+
     def recorded(self, node_id: int) -> dict | None:
         searches = [e for e in self.store.evaluations(node_id) if e["kind"] == "search"]
         ok = [e for e in searches if e["ok"]]
@@ -169,6 +182,11 @@ class Replayer:
             return None
         return {"tier": e["tier"], "seed": e["seed"], "ok": bool(e["ok"]), "val_loss": (e["metrics"] or {}).get("val_loss"),
                 "env": e["env"] or {}}
+
+
+def tier_overrides(config: RunConfig, tier: str) -> dict | None:
+    """The tier fields the run changed for evaluations at this tier (its promotions), if any."""
+    return dict(config.promote_overrides) if tier == config.promote_tier and config.promote_overrides else None
 
 
 def _run_row(e: dict, cached: bool) -> dict:
@@ -200,10 +218,11 @@ def summarise(items: list[Replayed], tier: str, seeds: list[int]) -> dict:
             spread = max(loss.values()) - min(loss.values())
         reproduction = None
         rec = item.recorded
-        if rec and rec["ok"] and rec["tier"] == tier and rec["seed"] in loss and rec["val_loss"] is not None:
-            replayed = loss[rec["seed"]]
-            reproduction = {"seed": rec["seed"], "recorded": rec["val_loss"], "replayed": replayed,
-                            "difference": replayed - rec["val_loss"]}
+        same = [seed for seed in seeds if seed in loss and (item.originals.get(seed) or {}).get("val_loss") is not None]
+        if same:  # the first seed the run itself evaluated at this tier
+            original = item.originals[same[0]]
+            reproduction = {"seed": same[0], "kind": original["kind"], "recorded": original["val_loss"],
+                            "replayed": loss[same[0]], "difference": loss[same[0]] - original["val_loss"]}
         env_changes = {}
         if rec:
             for run in item.ok_runs():
@@ -249,12 +268,12 @@ def fork(run_dir: Path, node_id: int, new_dir: Path, *, tier: str | None = None,
     store = Store(run_dir)
     node = store.node(node_id)
     if node["status"] != "done":
-        raise UserError(f"node {node_id} is {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
-                        + ": only a node that trained successfully can root a new run")
+        raise UserError(f"node {node_id} {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
+                        + ": only a trained node can root a new run")
     if new_dir.exists() and (not new_dir.is_dir() or any(new_dir.iterdir())):
-        raise UserError(f"{new_dir} exists and is not empty; fork into a new directory")
+        raise UserError(f"NEW_RUN {new_dir.name}/ exists and is not empty; fork into a new directory")
     if new_dir.resolve() == run_dir.resolve() or new_dir.resolve().is_relative_to(run_dir.resolve()):
-        raise UserError(f"{new_dir}: fork into a directory outside {run_dir}")
+        raise UserError(f"NEW_RUN {new_dir.name}/ is inside RUN; fork into a directory outside it")
     if tier is not None and tier not in TIERS:
         raise UserError(f"--tier {tier!r}: choose one of {', '.join(TIERS)}")
     code = Lineage(run_dir / "repo").code(node["commit_sha"])
@@ -276,12 +295,18 @@ def fork(run_dir: Path, node_id: int, new_dir: Path, *, tier: str | None = None,
     except ValidationError as e:
         error = e.errors()[0]
         raise UserError(f"--{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}") from None
-    same_tier = new_config.tier == config.tier and new_config.seed == config.seed
+    # The new root's figures: the node's own evaluation at the new run's tier and seed (its
+    # search evaluation; not a promotion's, which the node's columns may hold); without one,
+    # the new run evaluates its root first.
+    search = [e for e in store.evaluations(node_id) if e["kind"] == "search" and e["ok"]
+              and e["tier"] == new_config.tier and e["seed"] == new_config.seed]
+    baseline = search[-1]["metrics"] if search and (search[-1]["metrics"] or {}).get("val_loss") is not None else None
+    same_tier = baseline is not None
 
     source = _source(run_dir, config, node)
     created = not new_dir.exists()
     try:
-        sha, copied = _write_fork(store, node, code, new_dir, new_config, source, same_tier)
+        sha, copied = _write_fork(store, node, code, new_dir, new_config, source, baseline)
     except BaseException:
         if created:
             shutil.rmtree(new_dir, ignore_errors=True)
@@ -305,7 +330,7 @@ def _source(run_dir: Path, config: RunConfig, node: dict) -> dict:
 
 
 def _write_fork(store: Store, node: dict, code: str, new_dir: Path, new_config: RunConfig, source: dict,
-                same_tier: bool) -> tuple[str, int]:
+                baseline: dict | None) -> tuple[str, int]:
     from archlab.agents.graph import Run
 
     node_id = node["id"]
@@ -320,8 +345,9 @@ def _write_fork(store: Store, node: dict, code: str, new_dir: Path, new_config: 
     fields = dict(id=0, parent_id=None, operator="root", commit_sha=sha, motivation=motivation, design=node.get("design"),
                   knowledge=[k for k in node.get("knowledge") or [] if not str(k).startswith("node-")],  # the source's experiences
                   created=time.time())
+    same_tier = baseline is not None
     if same_tier:
-        new_store.add_node(**fields, status="done", fitness=0.0, val_loss=node["val_loss"], metrics=node["metrics"],
+        new_store.add_node(**fields, status="done", fitness=0.0, val_loss=baseline["val_loss"], metrics=baseline,
                            finished=time.time(),
                            analysis=f"The root, forked from node {node_id} of {source['name']} (fitness there "
                                     f"{node['fitness']:+.4f}); every fitness in this run is relative to it."

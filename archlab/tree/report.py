@@ -7,6 +7,7 @@ from archlab.tree.lineage import Lineage
 from archlab.tree.store import Store
 
 SUMMARY_KEYS = ("id", "parent_id", "status", "operator", "fitness", "val_loss", "motivation")
+FIDELITY_KEYS = ("tier", "seeds", "fitness_std", "val_loss_std", "search_fitness")
 METRIC_ORDER = ("val_loss", "val_bpb", "train_loss", "tokens_per_s", "params", "mixer_params", "train_tokens", "wall_s")
 
 
@@ -18,7 +19,7 @@ def run_status(store: Store, config: RunConfig) -> dict:
     counts = dict(store.db.execute("select status, count(*) from nodes group by status").fetchall())
     reasons = dict(store.db.execute(
         "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc").fetchall())
-    best = store.best()
+    best = store.leaderboard(1)
     root = store.node(0) if store.has_node(0) else None
     return {
         "nodes": sum(counts.values()),
@@ -31,6 +32,9 @@ def run_status(store: Store, config: RunConfig) -> dict:
         "beat_root": store.count("status = 'done' and fitness > 0"),
         "elapsed_s": round(float(store.get_meta("elapsed_s", "0")), 1),
         "config": config.model_dump(),
+        "leaderboard": [ranked(n) for n in store.leaderboard(10)],
+        "spend": spend(store, config),
+        "promotion": promotion_status(store, config),
     }
 
 
@@ -57,4 +61,56 @@ def node_report(run_dir: Path, store: Store, node_id: int) -> dict:
         "diff": diff,
         "evaluations": [{k: e[k] for k in ("tier", "seed", "ok", "reason", "metrics", "env", "log", "kind")} for e in store.evaluations(node_id)],
         "traces": len(store.traces(node_id)),
+        **{k: node.get(k) for k in FIDELITY_KEYS},
+        "promoted": promoted_metrics(store, node_id),
     }
+
+
+# -- multi-fidelity and compute -------------------------------------------------------------------
+def ranked(node: dict) -> dict:
+    """A leaderboard entry: the node's best figure, the tier it comes from and its spread over seeds."""
+    return {**summary(node), **{k: node.get(k) for k in FIDELITY_KEYS}}
+
+
+def spend(store: Store, config: RunConfig) -> dict:
+    """Evaluations and compute per tier and kind, totals, throughput per CPU/GPU-hour, and the budgets."""
+    rows = store.spend()
+    cpu = sum(r["cpu_hours"] for r in rows)
+    gpu = sum(r["gpu_hours"] for r in rows)
+    count = sum(r["evaluations"] for r in rows)
+    for r in rows:
+        r["evaluations_per_cpu_hour"] = r["evaluations"] / r["cpu_hours"] if r["cpu_hours"] else None
+        r["evaluations_per_gpu_hour"] = r["evaluations"] / r["gpu_hours"] if r["gpu_hours"] else None
+    return {
+        "by_tier": rows, "evaluations": count, "cpu_hours": cpu, "gpu_hours": gpu,
+        "wall_hours": sum(r["wall_hours"] for r in rows),
+        "evaluations_per_cpu_hour": count / cpu if cpu else None,
+        "evaluations_per_gpu_hour": count / gpu if gpu else None,
+        "max_cpu_hours": config.max_cpu_hours, "max_gpu_hours": config.max_gpu_hours,
+    }
+
+
+def promotion_status(store: Store, config: RunConfig) -> dict | None:
+    from archlab.agents.promotion import Promoter, plan_of
+
+    plan = plan_of(config)
+    if plan is None or "fidelity" not in store.db["nodes"].columns_dict:
+        return None
+    return Promoter(store, plan, config.speed_weight).summary()
+
+
+def promoted_metrics(store: Store, node_id: int) -> dict | None:
+    """The node's promotion evaluations by tier: seeds and mean metrics (with *_std)."""
+    from archlab.agents.promotion import KIND, aggregate
+
+    by_tier: dict = {}
+    for e in store.evaluations(node_id):
+        if e["kind"] == KIND:
+            by_tier.setdefault(e["tier"], {})[e["seed"]] = e
+    out = {}
+    for tier, rows in by_tier.items():
+        ok = [r["metrics"] for r in rows.values() if r["ok"]]
+        out[tier] = {"seeds": sorted(rows), "ok": len(ok), "failed": [{"seed": r["seed"], "reason": r["reason"]}
+                                                                        for r in rows.values() if not r["ok"]],
+                     "metrics": aggregate(ok) if ok else None}
+    return out or None

@@ -20,6 +20,8 @@ SCHEMA = {
         "commit_sha": str, "created": float, "finished": float, "fitness": float, "val_loss": float,
         "reason": str, "detail": str, "analysis": str, "attempts": int, "references_used": str,
         "metrics": str, "knowledge": str,
+        # multi-fidelity (archlab/agents/promotion.py): where fitness/val_loss come from, and their spread
+        "search_fitness": float, "tier": str, "seeds": int, "fidelity": int, "fitness_std": float, "val_loss_std": float,
     },
     "evaluations": {
         "id": int, "node_id": int, "tier": str, "seed": int, "ok": int, "reason": str, "detail": str,
@@ -133,6 +135,25 @@ class Store:
 
     def event(self, kind: str, message: str, node_id: int | None = None) -> None:
         self.db["events"].insert({"ts": time.time(), "kind": kind, "node_id": node_id, "message": message})
+
+    # -- multi-fidelity leaderboard and compute spend ------------------------------------------------
+    def leaderboard(self, limit: int = 10) -> list[dict]:
+        """Finished nodes, highest-fidelity figure first (promoted before search-tier only), then fitness."""
+        if "fidelity" not in self.db["nodes"].columns_dict:  # a store from an older archlab, opened read-only
+            return self.best(limit)
+        return self.nodes("status = 'done' and fitness is not null", order="coalesce(fidelity, 0) desc, fitness desc, id")[:limit]
+
+    def spend(self, kinds: tuple[str, ...] | None = None) -> list[dict]:
+        """Evaluations and compute per (tier, kind): wall hours, CPU-hours (wall x threads), GPU-hours."""
+        where, params = ("where kind in (%s)" % ", ".join("?" * len(kinds)), list(kinds)) if kinds else ("", [])
+        wall = "coalesce(json_extract(metrics, '$.wall_s'), 0.0)"
+        threads = "coalesce(json_extract(env, '$.executor.threads'), json_extract(env, '$.threads'), 1)"
+        gpus = "coalesce(json_extract(env, '$.executor.gpus'), case when json_extract(env, '$.device') = 'cuda' then 1 else 0 end)"
+        rows = self.db.execute(
+            f"select tier, kind, count(*), sum(ok), sum({wall}) / 3600.0, sum({wall} * {threads}) / 3600.0, "
+            f"sum({wall} * {gpus}) / 3600.0 from evaluations {where} group by tier, kind order by min(id)", params).fetchall()
+        return [{"tier": r[0], "kind": r[1], "evaluations": r[2], "ok": r[3] or 0, "wall_hours": r[4] or 0.0,
+                 "cpu_hours": r[5] or 0.0, "gpu_hours": r[6] or 0.0} for r in rows]
 
 
 def _encode(fields: dict) -> dict:

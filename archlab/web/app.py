@@ -7,6 +7,8 @@ guard against DNS rebinding), and a strict Content-Security-Policy keeps any tex
 candidate or a model wrote from running as script in the page.
 """
 
+import json
+import math
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -30,6 +32,23 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+
+
+class JSON(JSONResponse):
+    """JSON that browsers can parse: NaN and infinities (a diverged loss) become null."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class SecurityHeaders:
@@ -74,28 +93,28 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
         return Response(stylesheet(), media_type="text/css")
 
     async def live(request: Request) -> Response:
-        return JSONResponse(view.live())
+        return JSON(view.live())
 
     async def run(request: Request) -> Response:
-        return JSONResponse(view.run_info())
+        return JSON(view.run_info())
 
     async def tree(request: Request) -> Response:
-        return JSONResponse(view.tree(_int(request, "limit", 400), _int(request, "focus", None)))
+        return JSON(view.tree(_int(request, "limit", 400), _int(request, "focus", None)))
 
     async def children(request: Request) -> Response:
-        return JSONResponse(view.children(request.path_params["node_id"], _int(request, "offset", 0), _int(request, "limit", 200)))
+        return JSON(view.children(request.path_params["node_id"], _int(request, "offset", 0), _int(request, "limit", 200)))
 
     async def node(request: Request) -> Response:
-        return JSONResponse(view.node(request.path_params["node_id"]))
+        return JSON(view.node(request.path_params["node_id"]))
 
     async def code(request: Request) -> Response:
-        return JSONResponse(view.code(request.path_params["node_id"]))
+        return JSON(view.code(request.path_params["node_id"]))
 
     async def node_traces(request: Request) -> Response:
-        return JSONResponse(view.traces(request.path_params["node_id"], None, _int(request, "offset", 0), _int(request, "limit", 500)))
+        return JSON(view.traces(request.path_params["node_id"], None, _int(request, "offset", 0), _int(request, "limit", 500)))
 
     async def traces(request: Request) -> Response:
-        return JSONResponse(view.traces(_int(request, "node", None), request.query_params.get("role") or None,
+        return JSON(view.traces(_int(request, "node", None), request.query_params.get("role") or None,
                                         _int(request, "offset", 0), _int(request, "limit", 100)))
 
     async def log(request: Request) -> Response:
@@ -105,16 +124,16 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
         return PlainTextResponse(text)
 
     async def plots(request: Request) -> Response:
-        return JSONResponse(view.plots())
+        return JSON(view.plots())
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSON({"error": str(exc)}, status_code=404)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSON({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        return JSON({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
 
     get = ["GET"]
     routes = [

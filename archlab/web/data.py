@@ -120,8 +120,10 @@ class RunView:
         }
 
     def _best(self) -> int | None:
+        """The run's best node: highest fitness, a promoted (higher-fidelity) figure first when the run promotes."""
+        fidelity = "coalesce(fidelity, 0) desc, " if "fidelity" in self.store.db["nodes"].columns_dict else ""
         row = self.store.db.execute(
-            "select id from nodes where status = 'done' and fitness is not null order by fitness desc, id limit 1").fetchone()
+            f"select id from nodes where status = 'done' and fitness is not null order by {fidelity}fitness desc, id limit 1").fetchone()
         return row[0] if row else None
 
     # -- the tree -----------------------------------------------------------------------------------
@@ -269,6 +271,8 @@ class RunView:
         return {
             **{k: node.get(k) for k in ("id", "parent_id", "status", "operator", "motivation", "fitness", "val_loss",
                                         "reason", "detail", "analysis", "design", "commit_sha", "created", "finished", "attempts")},
+            # present when the run promotes nodes to a higher tier (mean over seeds there)
+            **{k: node.get(k) for k in ("tier", "seeds", "fitness_std", "val_loss_std", "search_fitness", "fidelity")},
             "parent": summary(parent) | {"design": parent.get("design")} if parent else None,
             "root": summary(root),
             "metrics_table": table,
@@ -363,7 +367,7 @@ class RunView:
             "where status in ('done', 'failed') and t is not null order by t, id").fetchall()
         evals = db.execute(
             "select created, coalesce(json_extract(metrics, '$.wall_s'), 0) from evaluations "
-            "where (kind = 'search' or kind is null) and created is not null order by created, id").fetchall()
+            "where (kind in ('search', 'promotion') or kind is null) and created is not null order by created, id").fetchall()
         # Evaluations and compute spent by the time each node finished (merge of two sorted lists).
         best, beat, j, count, compute = -math.inf, 0, 0, 0, 0.0
         over_time, over_evals, discovery = [], [], []

@@ -80,6 +80,7 @@ async function header() {
 // -- the tree -------------------------------------------------------------------------------
 async function showTree(params) {
   if (!treePage) treePage = makeTreePage();
+  treePage.limit = Number(params.get("limit")) || TREE_LIMIT; // #/?limit=N: at most N nodes before "+N more"
   view.replaceChildren(treePage.element);
   await treePage.refresh();
   const focus = params.get("focus");
@@ -115,7 +116,7 @@ function makeTreePage() {
   return {
     name: "tree", element, tree,
     async refresh() {
-      const data = await api(`/api/tree?limit=${TREE_LIMIT}`);
+      const data = await api(`/api/tree?limit=${this.limit || TREE_LIMIT}`);
       tree.setData(data);
       info.textContent = data.shown < data.total
         ? `showing ${data.shown} of ${data.total} nodes (best, newest and their ancestors; "+N more" loads the rest)`
@@ -191,7 +192,9 @@ function renderNode(n, tr) {
     h("h1", {}, `Node ${n.id}`),
     statusBadge(n.status, n.reason),
     n.operator ? h("span", { class: "badge op" }, n.operator) : null,
-    n.fitness !== null ? h("span", { class: `fitness ${n.fitness >= 0 ? "good" : "bad"}` }, `fitness ${signed(n.fitness)}`) : null,
+    n.fitness !== null ? h("span", { class: `fitness ${n.fitness >= 0 ? "good" : "bad"}` }, `fitness ${signed(n.fitness)}` +
+      (n.fitness_std !== null && n.fitness_std !== undefined ? ` ± ${n.fitness_std.toFixed(4)}` : "") +
+      (n.seeds > 1 ? ` (${n.tier}, ${n.seeds} seeds; search ${signed(n.search_fitness)})` : "")) : null,
     h("span", { class: "nav-links" },
       n.prev !== null ? h("a", { href: `#/node/${n.prev}` }, `← #${n.prev}`) : null,
       n.parent ? h("a", { href: `#/node/${n.parent.id}` }, `parent #${n.parent.id}`) : h("span", { class: "muted" }, "root"),
@@ -267,7 +270,8 @@ function renderNode(n, tr) {
           h("td", {}, e.ok ? "ok" : `${e.reason}${e.detail ? ": " + e.detail.slice(0, 160) : ""}`),
           h("td", { class: "num" }, num(e.metrics.val_loss)), h("td", { class: "num" }, num(e.metrics.tokens_per_s, 0)),
           h("td", { class: "num" }, duration(e.metrics.wall_s)),
-          h("td", { class: "muted" }, Object.entries(e.env || {}).filter(([k]) => k !== "weights").map(([k, v]) => `${k} ${v}`).join(" · ")),
+          h("td", { class: "muted" }, Object.entries(e.env || {}).filter(([k, v]) => k !== "weights" && v !== null)
+            .map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ")),
           logCell);
       })))));
   }
@@ -313,7 +317,7 @@ async function showPlots() {
     }
     figures.push(chart({
       title: "Nodes that beat the root vs compute spent", xLabel: "evaluation compute (hours)", yLabel: "nodes with fitness > 0",
-      onPoint: open, testid: "plot-discovery", note: "the discovery-scaling curve (ASI-Arch)",
+      onPoint: open, testid: "plot-discovery", note: "the discovery-scaling curve (ASI-Arch)", yInteger: true,
       series: [{ label: "beat the root", colour: "#7570b3", type: "step", markers: true, r: 2.5, points: p.discovery }],
     }));
     const spendSeries = [{ label: "evaluation compute (hours)", colour: "#2b7bb9", type: "line", points: p.compute }];

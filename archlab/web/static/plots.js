@@ -42,8 +42,8 @@ function fmtTick(v) {
 }
 
 // chart({title, xLabel, yLabel, series: [{label, colour, type: "step"|"line"|"scatter", points: [{x, y, id, tip}]}],
-//        onPoint(id), xFormat, yFormat}) -> <figure>
-export function chart({ title, xLabel, yLabel, series, onPoint, xFormat = fmtTick, yFormat = fmtTick, xTicks = ticks, note, testid }) {
+//        onPoint(id), xFormat, yFormat, xTicks, yInteger (counts: whole-number ticks)}) -> <figure>
+export function chart({ title, xLabel, yLabel, series, onPoint, xFormat = fmtTick, yFormat = fmtTick, xTicks = ticks, yInteger = false, note, testid }) {
   const all = series.flatMap((s) => s.points).filter((p) => p.y !== null && p.y !== undefined && isFinite(p.y));
   const fig = h("figure", { class: "chart", "data-testid": testid });
   fig.append(h("figcaption", {}, title));
@@ -61,7 +61,7 @@ export function chart({ title, xLabel, yLabel, series, onPoint, xFormat = fmtTic
     axes.append(h("line", { x1: sx(t), x2: sx(t), y1: M.top, y2: H - M.bottom, class: "grid" }));
     axes.append(h("text", { x: sx(t), y: H - M.bottom + 16, "text-anchor": "middle" }, xFormat(t)));
   }
-  for (const t of ticks(y0, y1)) {
+  for (const t of ticks(y0, y1).filter((v) => !yInteger || Number.isInteger(v))) {
     axes.append(h("line", { x1: M.left, x2: W - M.right, y1: sy(t), y2: sy(t), class: "grid" }));
     axes.append(h("text", { x: M.left - 6, y: sy(t) + 4, "text-anchor": "end" }, yFormat(t)));
   }

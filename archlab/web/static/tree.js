@@ -90,8 +90,9 @@ export class TreeView {
     if (this.colour === "status") return STATUS_COLOURS[n.status] || "#999";
     if (n.status !== "done" || n.fitness === null) return "#ffffff";
     const f = n.fitness;
-    if (f >= 0) return mix("#b8c2cc", "#1a9850", this.hi > 0 ? f / this.hi : 0);
-    return mix("#b8c2cc", "#d73027", this.lo < 0 ? f / this.lo : 0);
+    const span = Math.max(this.hi, -this.lo); // one scale for both sides: a tiny loss stays grey
+    if (!span) return "#b8c2cc";
+    return mix("#b8c2cc", f >= 0 ? "#1a9850" : "#d73027", Math.abs(f) / span);
   }
 
   // -- drawing ------------------------------------------------------------------------------

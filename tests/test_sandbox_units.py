@@ -1,0 +1,250 @@
+"""Sandbox parts tested in-process (fast): tiers and overrides, fitness and the Pareto archive,
+the hardened static checks, integrity snapshots, probes, step(), int8 quantization, and torch's
+normal operation under the audit hook (in a child process: a hook cannot be removed)."""
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from archlab.sandbox import checks, contract, harness, protections
+from archlab.sandbox.data import IGNORE, KEY_BASE, SEPARATOR, VALUE_BASE, mqar_batch, selective_copy_batch
+from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.fitness import OBJECTIVES, ParetoArchive, Weights, breakdown, fitness, pareto_front
+from archlab.sandbox.static import static_check
+from archlab.sandbox.tiers import TIERS, Probes, TierError, resolve
+from archlab.templates import ROOTS, Design, render, render_root
+
+
+# -- tiers -------------------------------------------------------------------------------------
+def test_tiers_are_named_documented_configurations():
+    assert list(TIERS) == ["check", "micro", "smoke", "explore", "verify"]
+    assert TIERS["check"].steps == 0 and TIERS["micro"].steps > 0
+    assert TIERS["micro"].probes is None and not TIERS["micro"].hardware  # micro stays a few seconds
+    assert TIERS["explore"].probes is not None and TIERS["explore"].hardware and TIERS["explore"].extrapolation
+    assert TIERS["verify"].seeds > 1
+
+
+def test_tier_overrides_merge_and_validate():
+    tier = resolve("explore", {"steps": 800, "probes": {"steps": 50}})
+    assert tier.steps == 800 and tier.probes.steps == 50 and tier.probes.pairs == Probes().pairs
+    assert resolve("micro") is TIERS["micro"]
+    with pytest.raises(TierError, match="nonsense"):
+        resolve("smoke", {"nonsense": 1})
+    with pytest.raises(TierError):
+        resolve("smoke", {"steps": "many"})
+    with pytest.raises(TierError, match="unknown tier"):
+        resolve("huge")
+
+
+# -- fitness -----------------------------------------------------------------------------------
+ROOT = {"val_loss": 2.0, "tokens_per_s": 1000.0}
+
+
+def test_fitness_is_backward_compatible():
+    assert fitness({"val_loss": 1.9, "tokens_per_s": 1000.0}, ROOT) == pytest.approx(0.1)
+    slower = fitness({"val_loss": 1.9, "tokens_per_s": 500.0}, ROOT, 0.05)
+    assert slower == pytest.approx(0.1 - 0.05 * math.log(2))
+    assert fitness({"val_loss": 1.9, "tokens_per_s": 2000.0}, ROOT) == pytest.approx(0.1)  # faster is no bonus
+
+
+def test_fitness_hardware_penalties_apply_when_both_sides_have_the_metric():
+    root = {**ROOT, "decode_ms_per_token": 1.0, "peak_mem_mb": 100.0, "quant_loss": 0.01, "state_bytes": 1000,
+            "state_bytes_per_token": 0.0, "mqar_acc": 0.5}
+    same = {**root, "val_loss": 1.9}
+    assert fitness(same, root) == pytest.approx(0.1)
+    heavy = {**same, "decode_ms_per_token": 2.0, "peak_mem_mb": 400.0, "quant_loss": 0.11, "state_bytes_per_token": 1024.0,
+             "compile_ok": False}
+    terms = breakdown(heavy, root)
+    assert terms["latency"] == pytest.approx(-0.02 * math.log(2))
+    assert terms["memory"] == pytest.approx(-0.02 * math.log(4))
+    assert terms["quant"] == pytest.approx(-0.5 * 0.1)
+    assert terms["state"] < 0 and terms["compile"] == -0.05
+    assert terms["fitness"] == pytest.approx(sum(v for k, v in terms.items() if k != "fitness"))
+    assert fitness(heavy, root, weights={"latency": 0, "memory": 0, "quant": 0, "state": 0, "compile": 0}) == pytest.approx(0.1)
+    assert fitness({**same, "mqar_acc": 0.9}, root, weights=Weights(recall=1.0)) == pytest.approx(0.1 + 0.4)
+
+
+def test_flagged_results_are_never_crowned():
+    flagged = {"val_loss": 1.0, "tokens_per_s": 1000.0, "flagged": "implausible_gain"}
+    assert fitness(flagged, ROOT) == 0.0
+    assert fitness(flagged, ROOT, trust_flagged=True) == pytest.approx(1.0)
+
+
+def test_pareto_archive_over_quality_latency_memory():
+    assert OBJECTIVES == ("val_loss", "decode_ms_per_token", "peak_mem_mb")
+    archive = ParetoArchive()
+    assert archive.add(1, {"val_loss": 2.0, "decode_ms_per_token": 1.0, "peak_mem_mb": 100})
+    assert archive.add(2, {"val_loss": 1.9, "decode_ms_per_token": 2.0, "peak_mem_mb": 100})  # better quality, slower
+    assert not archive.add(3, {"val_loss": 2.1, "decode_ms_per_token": 2.0, "peak_mem_mb": 200})  # dominated
+    assert archive.add(4, {"val_loss": 1.8, "decode_ms_per_token": 0.5, "peak_mem_mb": 50})  # dominates both
+    assert archive.front() == [4]
+    assert ParetoArchive.of({1: {"val_loss": 2.0}, 2: {"val_loss": 1.0}, 3: None}).front() == [2]
+    assert pareto_front([(1, 2.0, 1.0), (2, 1.0, 2.0), (3, 3.0, 3.0)]) == [2, 1]
+
+
+# -- static checks -----------------------------------------------------------------------------
+ACCEPTED = {
+    "self_private": "class A:\n    def __init__(self):\n        self._cache = None\n        x = self._cache\n",
+    "local_tensor_items": "import torch\nout = torch.zeros(3)\nout[0] = 1.0\nout.add_(1)\n",
+    "fla_import": "try:\n    from fla.ops.delta_rule import chunk_delta_rule\nexcept Exception:\n    chunk_delta_rule = None\n",
+    "docstring_mentions_dunders": '"""See archlab/templates/__init__.py and __main__."""\n',
+    "getattr_constant": "import torch\nrelu = getattr(torch, 'relu')\n",
+    "autograd_function": "import torch\nclass F(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x\n",
+    "main_guard": "if __name__ == '__main__':\n    pass\n",
+}
+REJECTED = {
+    "alias_chain": "import torch\nt = torch\nT = t.Tensor\nT.item = None\n",
+    "walrus_alias": "import torch.nn.functional as F\nif (g := F):\n    g.cross_entropy = None\n",
+    "call_result_patch": "import torch\ntorch.zeros(1).__class__.item = None\n",
+    "getattr_as_value": "import functools\nf = functools.partial(getattr, 1)\n",
+    "hasattr_computed": "n = 'x'\nhasattr(1, n)\n",
+    "torch_library": "import torch\nlib = torch.library.Library('aten', 'IMPL')\n",
+    "torch_jit": "import torch\nf = torch.jit.script\n",
+    "type_hints_eval": "import typing\ntyping.get_type_hints(int)\n",
+    "mro_walk": "x = type(1).mro()\n",
+    "del_module_attr": "import torch\ndel torch.relu\n",
+    "set_default_dtype": "import torch\ntorch.set_default_dtype(torch.float64)\n",
+    "metaclass": "class A(metaclass=type):\n    pass\n",
+    "dispatch_mode": "import torch\nclass M(torch.utils.TorchDispatchMode):\n    pass\n",
+    "star_import": "from torch import *\n",
+    "null_bytes": "x = 1\x00",
+}
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED))
+def test_static_check_accepts(name):
+    static_check(ACCEPTED[name])
+
+
+@pytest.mark.parametrize("name", list(REJECTED))
+def test_static_check_rejects(name):
+    with pytest.raises(CandidateError) as e:
+        static_check(REJECTED[name])
+    assert e.value.reason in ("forbidden", "syntax")
+
+
+def test_static_check_survives_absurd_input():
+    for source in ("(" * 100_000, "x = " + "+".join(["1"] * 50_000), "a" * 300_000):
+        with pytest.raises(CandidateError):
+            static_check(source)
+
+
+# -- integrity ---------------------------------------------------------------------------------
+def test_integrity_names_what_was_replaced():
+    import torch.nn.functional as F
+
+    snapshot = protections.Integrity([F], [torch.nn.Linear], threads=torch.get_num_threads())
+    snapshot.verify("untouched")
+    original = F.cross_entropy
+    try:
+        F.cross_entropy = lambda *a, **k: torch.zeros(())
+        with pytest.raises(CandidateError) as e:
+            snapshot.verify("after training")
+        assert e.value.reason == "tamper" and "cross_entropy" in e.value.detail and "after training" in e.value.detail
+    finally:
+        F.cross_entropy = original
+    try:
+        torch.nn.Linear.extra = 1
+        with pytest.raises(CandidateError, match="extra"):
+            snapshot.verify("added")
+    finally:
+        del torch.nn.Linear.extra
+    snapshot.verify("restored")
+
+
+# -- probes --------------------------------------------------------------------------------------
+def test_mqar_batches_score_only_recall():
+    inputs, targets = mqar_batch(4, 3, 16, torch.Generator().manual_seed(0), keys=8, values=8)
+    for row, target in zip(inputs, targets):
+        keys, values = row[0:6:2].tolist(), row[1:6:2].tolist()
+        assert len(set(keys)) == 3 and all(KEY_BASE <= k < KEY_BASE + 8 for k in keys)
+        scored = (target != IGNORE).nonzero().flatten().tolist()
+        assert len(scored) == 3
+        for pos in scored:  # at a repeated key, the target is the value that followed it
+            assert target[pos] == values[keys.index(row[pos].item())] and target[pos] >= VALUE_BASE
+
+
+def test_selective_copy_batches():
+    inputs, targets = selective_copy_batch(2, 4, 12, 20, torch.Generator().manual_seed(0))
+    for row, target in zip(inputs, targets):
+        data = [t for t in row[:12].tolist() if t]
+        assert len(data) == 4 and row[12] == SEPARATOR
+        assert target[12:16].tolist() == data and row[13:16].tolist() == data[:3]
+
+
+# -- step(), quantization, model-level causality -------------------------------------------------
+@pytest.mark.parametrize("design", [Design(), Design(forget_gate="data"), Design(forget_gate="fixed", conv_size=2),
+                                    Design(core="attention", short_conv=False), Design(short_conv=False, beta="const")],
+                         ids=["deltanet", "gated", "fixed_decay", "attention", "no_conv"])
+def test_template_step_agrees_with_forward(design):
+    mixer = contract.build_mixer(contract.load(render(design)), 32, 4)
+    metrics = checks.check_step(mixer, 32)
+    assert metrics["has_step"]
+    assert (metrics["mixer_state_bytes_per_token"] > 0) == (design.core == "attention")
+
+
+def test_int8_quantization_is_close_but_not_identical():
+    model = harness.LM(contract.load(render_root("deltanet")), TIERS["micro"])
+    q = harness.quantized_copy(model)
+    for (name, a), b in zip(model.state_dict().items(), q.state_dict().values()):
+        if a.dim() >= 2:
+            assert not torch.equal(a, b), name
+            assert (a - b).abs().max() <= a.abs().amax() / 127, name
+        else:
+            assert torch.equal(a, b), name
+
+
+def test_trained_model_causality_probe():
+    model = harness.LM(contract.load(render_root("deltanet")), TIERS["micro"]).eval()
+    gen = torch.Generator().manual_seed(0)
+    inputs, other = torch.randint(0, 256, (2, 2, 64), generator=gen)
+    with torch.no_grad():
+        harness._model_causality(model, model(inputs), inputs, other, torch.device("cpu"), gen)  # passes
+
+        class Peek(torch.nn.Module):
+            def forward(self, x):
+                return x + 0.5 * x.roll(-1, dims=1)
+
+        model.blocks[0].mixer = Peek()
+        with pytest.raises(CandidateError, match="trained model"):
+            harness._model_causality(model, model(inputs), inputs, other, torch.device("cpu"), gen)
+
+
+# -- torch under the audit hook ----------------------------------------------------------------
+def test_torch_normal_operation_under_the_audit_hook(tmp_path):
+    """Train, evaluate, count FLOPs, decode with step(), quantize and save weights with the
+    hook installed: torch's own operation must never trip it."""
+    script = textwrap.dedent(f"""
+        import torch
+        from archlab.sandbox import contract, harness, protections
+        from archlab.sandbox.data import Corpus
+        from archlab.sandbox.tiers import resolve
+        from archlab.templates import render_root
+        torch.set_num_threads(1)
+        device = torch.device("cpu")
+        corpus = Corpus.load()
+        harness.warm_up(device)
+        out = open({str(tmp_path / 'weights.pt')!r}, "wb")
+        guard = protections.AuditGuard(writable=[{str(tmp_path / 'cache')!r}])
+        guard.install()
+        tier = resolve("explore", dict(d_model=32, seq_len=32, batch_size=4, steps=3, val_windows=8,
+                                       probes=dict(d_model=32, steps=2, batch_size=8, seq_len=32, pairs=[2, 4], eval_examples=8)))
+        for root in ("deltanet", "transformer"):
+            candidate = contract.load(render_root(root))
+            harness.check_candidate(candidate, resolve("check", dict(d_model=32, complexity_lengths=(32, 64))), None,
+                                    allow_quadratic=True)
+            model, _ = harness.train_lm(candidate, tier, corpus, 0, device)
+            probe, _ = harness.train_probes(candidate, tier, 0, device)
+            torch.save({{"lm": model.state_dict(), "probe": probe.state_dict()}}, out)
+            weights = {{"lm": model.state_dict(), "probe": probe.state_dict()}}
+            metrics = harness.evaluate_trained(candidate, tier, corpus, weights, device, rng=torch.Generator().manual_seed(0))
+            assert "quant_loss" in metrics and "mqar_acc" in metrics and "val_loss_2x" in metrics, metrics
+        print("violations:", guard.violations)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "violations: []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
