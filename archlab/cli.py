@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 app.add_typer(knowledge_app, name="knowledge", help="The cognition base: curated entries plus your own (list, search, show).")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error = one line, however long
 
 RunDir = typer.Argument(..., help="the run directory (e.g. runs/demo)")
 RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_timeout_s", "llm_patience_s",
@@ -207,7 +207,7 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
 def tree(run_dir: Path = RunDir, limit: int = typer.Option(500, help="show at most this many nodes")) -> None:
     """The search tree in the terminal, with fitness per node (green: beats its parent)."""
     store = _store(run_dir)
-    nodes = store.nodes(f"1 order by id limit {int(limit)}", order=None)
+    nodes = store.nodes(limit=limit)
     if not nodes:
         console.print("the run has no nodes yet")
         return

@@ -3,6 +3,7 @@
     python bench/sandbox_throughput.py                  # CPU: root vs the transformer template
     python bench/sandbox_throughput.py --sandbox        # the same, measured by the sandbox itself
     python bench/sandbox_throughput.py --steps 40       # more steps, steadier numbers
+    python bench/sandbox_throughput.py --cpu-time       # per CPU-second: steady when others share the machine
 
 On the CPU both models have the explore tier's shape (2 layers, d_model 128, 4 heads,
 batch 16 x 256 bytes) and are measured in alternating rounds, so a busy machine slows both
@@ -62,8 +63,12 @@ def fla_model(shape: dict, device: torch.device) -> torch.nn.Module | None:
     return Logits()
 
 
-def steps_per_second(model: torch.nn.Module, shape: dict, device: torch.device, steps: int, warmup: int = 3) -> float:
-    """Training tokens/s: forward, loss, backward, AdamW step; the first `warmup` steps are not timed."""
+def steps_per_second(model: torch.nn.Module, shape: dict, device: torch.device, steps: int, warmup: int = 3,
+                     cpu_time: bool = False) -> float:
+    """Training tokens/s: forward, loss, backward, AdamW step; the first `warmup` steps are not timed.
+    cpu_time: per second of this process's CPU time (on one thread, what other processes on a
+    shared machine cannot distort) instead of wall time."""
+    clock = time.process_time if cpu_time else time.perf_counter
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB_SIZE, (shape["batch_size"], shape["seq_len"] + 1), generator=gen).to(device)
@@ -71,7 +76,7 @@ def steps_per_second(model: torch.nn.Module, shape: dict, device: torch.device, 
     elapsed = 0.0
     for step in range(warmup + steps):
         harness.synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         with harness.autocast(device):
             logits = model(inputs)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
@@ -80,7 +85,7 @@ def steps_per_second(model: torch.nn.Module, shape: dict, device: torch.device, 
         opt.step()
         harness.synchronize(device)
         if step >= warmup:
-            elapsed += time.perf_counter() - start
+            elapsed += clock() - start
     return steps * inputs.numel() / elapsed
 
 
@@ -100,17 +105,16 @@ def cpu(args) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     shape = CPU_SHAPE
-    print(f"CPU, {args.threads} thread(s), torch {torch.__version__}; shape {shape}")
-    ratios, root_tps, attn_tps = [], [], []
+    clock = "CPU time" if args.cpu_time else "wall time"
+    print(f"CPU, {args.threads} thread(s), torch {torch.__version__}, {clock}; shape {shape}")
+    ratios = []
     for round_ in range(args.rounds):
         if args.sandbox:
             r = sandbox_tokens_per_s("deltanet", shape, args.steps, args.threads)
             a = sandbox_tokens_per_s("transformer", shape, args.steps, args.threads)
         else:
-            r = steps_per_second(harness_model("deltanet", shape, device), shape, device, args.steps)
-            a = steps_per_second(harness_model("transformer", shape, device), shape, device, args.steps)
-        root_tps.append(r)
-        attn_tps.append(a)
+            r = steps_per_second(harness_model("deltanet", shape, device), shape, device, args.steps, cpu_time=args.cpu_time)
+            a = steps_per_second(harness_model("transformer", shape, device), shape, device, args.steps, cpu_time=args.cpu_time)
         ratios.append(r / a)
         print(f"  round {round_ + 1}: root DeltaNet {r:,.0f} tokens/s, transformer template {a:,.0f} tokens/s, ratio {r / a:.2f}")
     ratio = statistics.median(ratios)
@@ -153,6 +157,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds on the CPU")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     parser.add_argument("--sandbox", action="store_true", help="measure through runner.evaluate (CPU)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="tokens per CPU-second of this process (steady on a shared machine; use with --threads 1)")
     parser.add_argument("--cpu", action="store_true", help="the CPU comparison even when a GPU is present")
     args = parser.parse_args()
     if torch.cuda.is_available() and not args.cpu:

@@ -180,7 +180,7 @@ def check_complexity(candidate: types.ModuleType, tier, *, allow_quadratic: bool
         with torch.no_grad():
             for t in (short, long):
                 x = torch.randn(1, t, tier.d_model, device=device)
-                with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter, _Traffic() as moved:
+                with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter, _Traffic() as moved:
                     _call(mixer, x)
                 flops[t], traffic[t] = counter.get_total_flops(), moved.elements
                 times[t] = _best_time(mixer, x, device, 5)
@@ -234,7 +234,7 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * math.prod(batch) * length * key_shape[-2] * (dk + value_shape[-1])
 
 
-def _extra_flop_formulas() -> dict:
+def extra_flop_formulas() -> dict:
     """FLOP formulas torch's counter lacks (the CPU flash-attention kernel)."""
     ops = {}
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -315,7 +315,7 @@ def _state_bytes(state) -> int:
 def warm_up() -> None:
     """Exercise the checks' own torch paths before candidate code exists (see harness.warm_up)."""
     m = nn.Linear(4, 4).double()
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter, _Traffic():
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter, _Traffic():
         m(torch.zeros(1, 2, 4, dtype=torch.float64)).cumsum(1)
     counter.get_total_flops()
     torch.Generator().manual_seed(0)

@@ -5,6 +5,25 @@ pre-norm residual blocks, the tied LM head, the loss, the data, the optimizer an
 metric, so a candidate cannot change how it is scored. Training runs in one sandboxed
 process (which never sees validation data) and saves the weights; a second, fresh process
 loads them and measures quality and hardware cost (`evaluate_trained`).
+
+Metrics (which tier measures what: tiers.py):
+  every tier      mixer_params, params, complexity, flops_exponent, traffic_exponent,
+                  time_exponent, mixer_flops_per_token, mixer_ms_per_token, has_step,
+                  mixer_state_bytes(_per_token) (mixers with step()), wall_s
+  training tiers  val_loss (nats/byte), val_bpb, train_loss, tokens_per_s (training),
+                  train_tokens, train_time_s
+  hardware        peak_mem_mb (weights + grads + AdamW + measured activations of one
+                  training step), activation_mem_mb, prefill_ms (batch 1, seq_len tokens),
+                  decode_ms_per_token (step() or recomputation: decode_mode), state_bytes
+                  (inference state or KV cache after seq_len tokens, state_context),
+                  state_bytes_per_token (its growth), flops_per_token (forward, matmul-class
+                  ops), val_loss_int8 and quant_loss (weight-only int8, first half of the
+                  validation batches)
+  extrapolation   val_loss_2x (loss on positions seq_len..2*seq_len of 2x-long windows),
+                  extrapolation_gap
+  probes          mqar_acc_p{n} per number of pairs, mqar_acc (their mean), selcopy_acc,
+                  probe_train_loss, probe_train_s
+  flags           flagged, flag_detail, recheck_val_loss (runner.py)
 """
 
 import contextlib
@@ -162,7 +181,10 @@ def warm_up(device: torch.device, *, train: bool = True, counters: bool = True) 
             importlib.import_module(name)
     if importlib.util.find_spec("fla") is not None:  # candidates may import fla: its imports happen here, not under the hook
         with contextlib.suppress(Exception):
-            importlib.import_module("fla.ops")
+            ops = importlib.import_module("fla.ops.delta_rule")
+            if device.type == "cuda":  # one real kernel call: triton's compiler and launcher are loaded now
+                x = torch.randn(1, 64, 1, 64, device=device, dtype=torch.bfloat16)
+                ops.chunk_delta_rule(x, x, x, torch.rand(1, 64, 1, device=device, dtype=torch.bfloat16), scale=1.0)
     tiny = types.ModuleType("warmup")
     tiny.Mixer = lambda d_model, n_heads: Attention(d_model, n_heads)
     tier = Tier(name="warmup", d_model=16, n_heads=2, n_layers=1, seq_len=8, batch_size=2, steps=1)
@@ -180,7 +202,7 @@ def warm_up(device: torch.device, *, train: bool = True, counters: bool = True) 
     model.eval()
     with torch.no_grad(), autocast(device):
         if counters:
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False, custom_mapping=checks.extra_flop_formulas()) as counter:
                 model(inputs[:1])
             counter.get_total_flops()
             checks.warm_up()
@@ -478,7 +500,7 @@ def latency_metrics(model: LM, tier: Tier, device: torch.device) -> dict:
     with autocast(device):
         guard(lambda: model(tokens))  # warm
         prefill = min(_timed(lambda: guard(lambda: model(tokens)), device) for _ in range(3))
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=checks.extra_flop_formulas()) as counter:
             guard(lambda: model(tokens))
         flops = counter.get_total_flops()
         recurrent = all(has_step(b.mixer) for b in model.blocks)

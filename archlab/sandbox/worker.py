@@ -127,10 +127,12 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
         guard.check()
         _mark("checks passed")
         if tier.steps:
-            model, train_metrics = harness.train_lm(candidate, tier, corpus, seed, device)
+            model, train_metrics = harness.train_lm(candidate, tier, corpus, seed, device,
+                                                    on_step=lambda step: _mark(f"step {step + 1}/{tier.steps}"))
             metrics.update(train_metrics)
             saved = {"lm": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
             if tier.probes is not None:
+                _mark("training the probe model")
                 probe_model, probe_metrics = harness.train_probes(candidate, tier, seed, device)
                 metrics.update(probe_metrics)
                 saved["probe"] = {k: v.detach().cpu() for k, v in probe_model.state_dict().items()}

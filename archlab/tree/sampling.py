@@ -54,7 +54,7 @@ def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4
 
 
 def _rows(store: Store, where: str, order: str, limit: int) -> list[dict]:
-    return [store.node(r[0]) for r in store.db.execute(f"select id from nodes where {where} order by {order} limit {int(limit)}")]
+    return store.nodes(where, order=order, limit=limit)
 
 
 def _nth(store: Store, where: str, offset: int) -> dict:

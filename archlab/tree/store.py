@@ -93,14 +93,14 @@ class Store:
     def has_node(self, node_id: int) -> bool:
         return self.db.execute("select 1 from nodes where id = ?", [node_id]).fetchone() is not None
 
-    def nodes(self, where: str | None = None, params: list | None = None, order: str = "id") -> list[dict]:
-        return [_decode(r) for r in self.db["nodes"].rows_where(where, params or [], order_by=order)]
+    def nodes(self, where: str | None = None, params: list | None = None, order: str = "id", limit: int | None = None) -> list[dict]:
+        return [_decode(r) for r in self.db["nodes"].rows_where(where, params or [], order_by=order, limit=limit)]
 
     def count(self, where: str | None = None, params: list | None = None) -> int:
         return self.db["nodes"].count_where(where or "1", params or [])
 
     def best(self, limit: int = 1) -> list[dict]:
-        return self.nodes("status = 'done' and fitness is not null", order="fitness desc, id")[:limit]
+        return self.nodes("status = 'done' and fitness is not null", order="fitness desc, id", limit=limit)
 
     def children(self, node_id: int) -> list[dict]:
         return self.nodes("parent_id = ?", [node_id])
