@@ -310,7 +310,7 @@ def evaluate(
     if data and not data.exists():
         raise UserError(f"--data {data}: no such file or folder")
     _sandbox_command(file, tier, as_json, seed=seed, data=str(data) if data else None, allow_quadratic=allow_quadratic,
-                     threads=threads, seeds=seeds, tier_overrides=_tier_overrides(tier, overrides or []))
+                     threads=threads, seeds=seeds or TIERS[tier].seeds, tier_overrides=_tier_overrides(tier, overrides or []))
 
 
 def _tier_overrides(tier: str, items: list[str]) -> dict:
@@ -491,6 +491,20 @@ def export(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
     console.print(f"Exported node {node} ({facts['layers']}, d_model {facts['d_model']}, weights from the {facts['tier']} tier, "
                   f"seed {facts['seed']}, val_loss {facts['val_loss']:.4f}) to [bold]{out_dir}[/]")
     console.print(f"Load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r}, trust_remote_code=True)")
+
+
+@app.command()
+def report(run_dir: Path = RunDir,
+           out: Optional[Path] = typer.Option(None, "--out", help="the report file (default: RUN_DIR/report.html, or .md)"),
+           top: int = typer.Option(5, "--top", min=1, help="how many of the best nodes to show in full"),
+           fmt: Optional[str] = typer.Option(None, "--format", help="html (one self-contained file) | md (FILE.md + FILE-plotN.svg) "
+                                             "(default: md when --out ends in .md, else html)")) -> None:
+    """A self-contained report of a run: summary, plots, and the top nodes' motivation, metrics, diff and analysis."""
+    from archlab.web.report import write_report
+
+    facts = write_report(run_dir, out, top=top, fmt=fmt)
+    extra = f" and {len(facts['plots'])} SVG plots beside it" if facts["plots"] else ""
+    console.print(f"Wrote the report of [bold]{run_dir}[/] to [bold]{facts['path']}[/]{extra}")
 
 
 # -- helpers ----------------------------------------------------------------------------------------

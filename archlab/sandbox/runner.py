@@ -93,8 +93,9 @@ def evaluate(
     param_limit: the mixer's parameter budget; None = param_ratio x the DeltaNet root's; -1 = none.
     allow_quadratic: accept mixers whose cost grows faster than linearly with sequence length.
     reference: the root's metrics; a val_loss more than `implausible_gain` below its val_loss is
-        rechecked and flagged. seeds: how many seeds (default: the tier's); several seeds give
-        mean metrics with `*_std` beside them. device: "cpu" or "cuda" (default: cuda when present).
+        rechecked and flagged. seeds: how many seeds to run here, counting up from `seed` (default
+        1; a tier's `seeds` says how many its results deserve); several give mean metrics with
+        `*_std` beside them. device: "cpu" or "cuda" (default: cuda when present).
     skip_static_checks: only for testing the runtime layers with code the AST checks would reject.
     weights_out: where to keep the trained weights (the training phase's weights file, moved there
         when the evaluation succeeds; with several seeds, the last seed's).
@@ -107,7 +108,7 @@ def evaluate(
                memory_gb=memory_gb, log_path=log_path, allow_quadratic=allow_quadratic, reference=reference,
                implausible_gain=implausible_gain, device=device, skip_static_checks=skip_static_checks,
                weights_out=weights_out)
-    n_seeds = seeds or spec.seeds
+    n_seeds = seeds or 1  # a tier's `seeds` is what callers should run; drivers loop over seeds themselves
     if n_seeds <= 1:
         return _evaluate_seed(source, spec, seed, opt)
     results = []

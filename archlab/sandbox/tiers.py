@@ -55,7 +55,7 @@ class Tier(BaseModel):
     warmup: int = 10
     val_windows: int = 64
     timeout_s: int = 300  # for all the tier's processes together, per seed
-    seeds: int = 1  # several seeds: metrics are means, with *_std beside them
+    seeds: int = 1  # how many seeds a result at this tier deserves (`archlab eval` runs them; metrics are means, *_std beside)
     # checks (every tier runs them before training)
     causality_length: int = 150
     complexity_lengths: tuple[int, int] = (256, 1024)

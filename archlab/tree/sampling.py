@@ -13,14 +13,10 @@ DONE = "status = 'done' and fitness is not null"
 
 
 def select_parent(store: Store, strategy: str, rng: random.Random, where: str = DONE) -> dict | None:
-    total = store.count(where)
-    if total == 0:
-        return None
     if strategy == "asi":
         # ASI-Arch: mostly exploit the top of the tree, sometimes explore anywhere.
-        if rng.random() < 0.8:
-            return rng.choice(_rows(store, where, "fitness desc, id", 10))
-        return _nth(store, where, rng.randrange(total))
+        top = _rows(store, where, "fitness desc, id", 10)
+        return (rng.choice(top) if rng.random() < 0.8 else _any(store, where, rng)) if top else None
     if strategy == "ucb":
         # UCB over subtrees: a node's value is the mean fitness of itself and its children
         # (failed children count as the node's fitness minus a penalty), plus a bonus for
@@ -30,15 +26,17 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
             f"left join nodes c on c.parent_id = n.id and c.status in ('done', 'failed') "
             f"where n.id in (select id from nodes where {where} order by fitness desc limit 50) group by n.id"
         ).fetchall()
+        if not rows:
+            return None
         expansions = sum(r[2] for r in rows) + 1
         best = max(rows, key=lambda r: (r[1] + (r[3] or 0)) / (1 + r[2]) + 0.05 * math.sqrt(2 * math.log(expansions) / (1 + r[2])))
         return store.node(best[0])
     if strategy == "evolution":
         # Regularized evolution: a tournament among the most recent population.
         population = _rows(store, where, "id desc", 20)
-        return max(rng.sample(population, min(5, len(population))), key=lambda n: n["fitness"])
+        return max(rng.sample(population, min(5, len(population))), key=lambda n: n["fitness"]) if population else None
     if strategy == "random":
-        return _nth(store, where, rng.randrange(total))
+        return _any(store, where, rng)
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
@@ -57,6 +55,13 @@ def _rows(store: Store, where: str, order: str, limit: int) -> list[dict]:
     return store.nodes(where, order=order, limit=limit)
 
 
-def _nth(store: Store, where: str, offset: int) -> dict:
-    row = store.db.execute(f"select id from nodes where {where} order by id limit 1 offset {int(offset)}").fetchone()
-    return store.node(row[0])
+def _any(store: Store, where: str, rng: random.Random) -> dict | None:
+    """A uniformly drawn id, moved to the next node that qualifies: O(log n) on the primary key.
+    (Nodes right after a run of failures are a little likelier; fine for exploration.)"""
+    top = store.db.execute("select max(id) from nodes").fetchone()[0]
+    if top is None:
+        return None
+    pick = rng.randint(0, top)
+    row = store.db.execute(f"select id from nodes where {where} and id >= ? order by id limit 1", [pick]).fetchone()
+    row = row or store.db.execute(f"select id from nodes where {where} order by id limit 1").fetchone()
+    return store.node(row[0]) if row else None

@@ -67,6 +67,7 @@ class Store:
         self.db["traces"].create_index(["node_id", "role", "request_hash"], if_not_exists=True)
         self.db["nodes"].create_index(["status", "fitness"], if_not_exists=True)
         self.db["nodes"].create_index(["parent_id"], if_not_exists=True)
+        self.db["nodes"].create_index(["status", "id"], if_not_exists=True)  # recent finished nodes (evolution)
 
     def transaction(self):
         return self.db.conn  # sqlite3 connection as a context manager: commit or roll back
@@ -141,7 +142,7 @@ class Store:
         """Finished nodes, highest-fidelity figure first (promoted before search-tier only), then fitness."""
         if "fidelity" not in self.db["nodes"].columns_dict:  # a store from an older archlab, opened read-only
             return self.best(limit)
-        return self.nodes("status = 'done' and fitness is not null", order="coalesce(fidelity, 0) desc, fitness desc, id")[:limit]
+        return self.nodes("status = 'done' and fitness is not null", order="coalesce(fidelity, 0) desc, fitness desc, id", limit=limit)
 
     def spend(self, kinds: tuple[str, ...] | None = None) -> list[dict]:
         """Evaluations and compute per (tier, kind): wall hours, CPU-hours (wall x threads), GPU-hours."""
