@@ -41,34 +41,34 @@ RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_t
 @app.command()
 def run(
     run_dir: Path = RunDir,
-    max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="stop at this many nodes, root included [default: 12]"),
+    max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="stop at this many nodes, root included (default: 12)"),
     hours: Optional[float] = typer.Option(None, "--hours", min=0.0, help="stop after this many hours of run time"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed for selection, mutations and training [default: 0]"),
-    data: Optional[Path] = typer.Option(None, "--data", help="a text file or folder to train on [default: built-in Python docs/sources]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed for selection, mutations and training (default: 0)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a text file or folder to train on (default: built-in Python docs/sources)"),
     root: Optional[str] = typer.Option(None, "--root", help="deltanet | gated_deltanet | deltanet_ablated | transformer | FILE"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="parent selection: asi | ucb | evolution | random"),
     tier: Optional[str] = typer.Option(None, "--tier", help="evaluation tier for every candidate: micro | smoke | explore | verify"),
     llm: Optional[str] = typer.Option(None, "--llm", help="'offline' (embedded brain, no API key) or openai:MODEL for any OpenAI-compatible endpoint"),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="endpoint URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama)"),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the API key [default: OPENAI_API_KEY]"),
-    researcher_model: Optional[str] = typer.Option(None, "--researcher-model", help="model for the researcher [default: the --llm model]"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the API key (default: OPENAI_API_KEY)"),
+    researcher_model: Optional[str] = typer.Option(None, "--researcher-model", help="model for the researcher (default: the --llm model)"),
     engineer_model: Optional[str] = typer.Option(None, "--engineer-model", help="model for the engineer"),
     analyst_model: Optional[str] = typer.Option(None, "--analyst-model", help="model for the analyst"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0, help="stop when LLM spend reaches this many USD (prices: archlab.toml)"),
-    llm_timeout: Optional[float] = typer.Option(None, "--llm-timeout", min=0.1, help="seconds before one LLM request is abandoned and retried [default: 120]"),
-    llm_patience: Optional[float] = typer.Option(None, "--llm-patience", min=0.0, help="seconds to wait out a failing endpoint before stopping [default: 600]"),
+    llm_timeout: Optional[float] = typer.Option(None, "--llm-timeout", min=0.1, help="seconds before one LLM request is abandoned and retried (default: 120)"),
+    llm_patience: Optional[float] = typer.Option(None, "--llm-patience", min=0.0, help="seconds to wait out a failing endpoint before stopping (default: 600)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="candidates evaluated at once [default: 1]"),
-    param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help="mixer parameter budget relative to the root [default: 1.2]"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="candidates evaluated at once (default: 1)"),
+    param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help="mixer parameter budget relative to the root (default: 1.2)"),
     knowledge: Optional[list[Path]] = typer.Option(None, "--knowledge", help="a folder of your own knowledge entries (repeatable)"),
-    executor: Optional[str] = typer.Option(None, "--executor", help="local (slots on this machine) | ray (one Ray task per evaluation) [default: local]"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto | HOST:PORT [default: start a private local Ray instance]"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (one slot per GPU when there are GPUs) [default: auto]"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local (slots on this machine) | ray (one Ray task per evaluation) (default: local)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto | HOST:PORT (default: start a private local Ray instance)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (one slot per GPU when there are GPUs) (default: auto)"),
     cpu_hours: Optional[float] = typer.Option(None, "--cpu-hours", min=0.0, help="stop when evaluations have used this many CPU-hours"),
     gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", min=0.0, help="stop when evaluations have used this many GPU-hours"),
-    promote: Optional[float] = typer.Option(None, "--promote", min=0.0, max=1.0, help="fraction of finished candidates re-evaluated at --promote-tier with several seeds [default: 0.25 at the explore tier, else 0]"),
-    promote_tier: Optional[str] = typer.Option(None, "--promote-tier", help="smoke | explore | verify: the tier of promoted nodes [default: verify]"),
-    promote_seeds: Optional[int] = typer.Option(None, "--promote-seeds", min=1, help="seeds per promoted node [default: 3]"),
+    promote: Optional[float] = typer.Option(None, "--promote", min=0.0, max=1.0, help="fraction of finished candidates re-evaluated at --promote-tier with several seeds (default: 0.25 at the explore tier, else 0)"),
+    promote_tier: Optional[str] = typer.Option(None, "--promote-tier", help="smoke | explore | verify: the tier of promoted nodes (default: verify)"),
+    promote_seeds: Optional[int] = typer.Option(None, "--promote-seeds", min=1, help="seeds per promoted node (default: 3)"),
     promote_set: Optional[list[str]] = typer.Option(None, "--promote-set", help="override a field of the promotion tier, e.g. --promote-set steps=2000"),
 ) -> None:
     """Start a discovery run in RUN_DIR, or resume the one that is there.
@@ -363,18 +363,39 @@ def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str 
 
 
 @app.command()
-def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
-    """Which sandbox protections are active on this machine (each one is probed, not assumed)."""
+def doctor(run_dir: Optional[Path] = typer.Argument(None, help="a run directory to check (omit: only the sandbox)"),
+           repair: bool = typer.Option(False, "--repair", help="fix what can be fixed without losing data"),
+           as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Check a run's consistency (database <-> git <-> logs <-> checkpoints) and which sandbox
+    protections are active on this machine (each one is probed, not assumed).
+
+    Exit code 0: consistent (or repaired), 1: problems remain.
+    """
     from archlab.sandbox import protections
 
-    facts = protections.report_json(refresh=True)
+    facts = {"sandbox": protections.report_json(refresh=True)}
+    if run_dir is not None:
+        from archlab.tree.doctor import check
+
+        _store(run_dir)
+        facts["run"] = check(run_dir, repair=repair).as_json()
     if as_json:
         print(json.dumps(facts, indent=2))
-        return
-    t = Table("protection", "active", "how", title=f"archlab sandbox on this machine (launcher: {facts['launcher']})")
-    for p in facts["protections"]:
-        t.add_row(p["name"], "[green]yes[/]" if p["active"] else "[red]no[/]", p["detail"])
-    console.print(t)
+    else:
+        sandbox = facts["sandbox"]
+        t = Table("protection", "active", "how", title=f"archlab sandbox on this machine (launcher: {sandbox['launcher']})")
+        for p in sandbox["protections"]:
+            t.add_row(p["name"], "[green]yes[/]" if p["active"] else "[red]no[/]", p["detail"])
+        console.print(t)
+        if "run" in facts:
+            run = facts["run"]
+            console.print(f"run {run_dir}: {', '.join(f'{k} {v}' for k, v in run['checked'].items())}")
+            for f in run["findings"]:
+                mark = "[green]repaired[/]" if f["repaired"] else "[red]error[/]" if f["severity"] == "error" else "[yellow]warning[/]"
+                console.print(f"  {mark} {f['what']}", highlight=False)
+            console.print("[green]consistent[/]" if run["ok"] else "[red]problems remain[/] (try --repair)")
+    if "run" in facts and not facts["run"]["ok"]:
+        raise typer.Exit(1)
 
 
 # -- review and replay: serve, replay, fork, export (archlab/web, archlab/tree/replay.py, archlab/export) --
@@ -398,10 +419,10 @@ def serve(run_dir: Path = RunDir,
 
 @app.command()
 def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
-           tier: Optional[str] = typer.Option(None, "--tier", help="micro | smoke | explore | verify [default: the run's tier]"),
+           tier: Optional[str] = typer.Option(None, "--tier", help="micro | smoke | explore | verify (default: the run's tier)"),
            seeds: int = typer.Option(3, "--seeds", min=1, help="seeds, counting up from the run's seed"),
            lineage: bool = typer.Option(False, "--lineage", help="replay every ancestor from the root to NODE"),
-           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation [default: the run's]"),
+           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation (default: the run's)"),
            force: bool = typer.Option(False, "--force", help="re-run evaluations that an earlier replay stored"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Re-evaluate a node's exact code with the run's recorded config; mean ± std against the root evaluated the same way.
@@ -447,8 +468,8 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
 @app.command()
 def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
          new_run: Path = typer.Argument(..., help="directory of the new run (must not exist or be empty)"),
-         tier: Optional[str] = typer.Option(None, "--tier", help="the new run's tier [default: the source run's]"),
-         seed: Optional[int] = typer.Option(None, "--seed", help="the new run's seed [default: the source run's]"),
+         tier: Optional[str] = typer.Option(None, "--tier", help="the new run's tier (default: the source run's)"),
+         seed: Optional[int] = typer.Option(None, "--seed", help="the new run's seed (default: the source run's)"),
          strategy: Optional[str] = typer.Option(None, "--strategy", help="asi | ucb | evolution | random"),
          max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="the new run's node budget"),
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
@@ -473,7 +494,7 @@ def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
 def export(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
            out_dir: Path = typer.Argument(..., help="directory for the model (must not exist or be empty)"),
            tier: Optional[str] = typer.Option(None, "--tier", help="export weights trained at this tier (trains one if none)"),
-           seed: Optional[int] = typer.Option(None, "--seed", help="seed when a training is needed [default: the run's]"),
+           seed: Optional[int] = typer.Option(None, "--seed", help="seed when a training is needed (default: the run's)"),
            threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads if a training is needed"),
            force: bool = typer.Option(False, "--force", help="write into a non-empty OUT_DIR"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:

@@ -1,5 +1,6 @@
 """Fault injection: SIGKILL the driver at every write point, restart, and check the store."""
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -75,8 +76,11 @@ def test_doctor_repairs_an_orphan_commit_and_a_stuck_node(tmp_path):
     (run_dir / "checkpoints.db").unlink()  # and the checkpoint that would resume it is gone
     report = check(run_dir)
     assert not report.ok and any("no row" in f.what for f in report.findings)
-    repaired = check(run_dir, repair=True)
-    assert all(f.repaired for f in repaired.findings if f.severity == "error")
+    found = subprocess.run([*ARCHLAB, "doctor", str(run_dir), "--json"], capture_output=True, text=True)
+    assert found.returncode == 1 and not json.loads(found.stdout)["run"]["ok"]
+    repaired = subprocess.run([*ARCHLAB, "doctor", str(run_dir), "--repair", "--json"], capture_output=True, text=True)
+    assert repaired.returncode == 0, repaired.stdout
+    assert all(f["repaired"] for f in json.loads(repaired.stdout)["run"]["findings"] if f["severity"] == "error")
     assert check(run_dir).ok
     done = run(run_dir)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -46,7 +46,7 @@ def one_json_object(stdout: str) -> dict:
 
 # -- check / eval ----------------------------------------------------------------------------------
 def test_check_json_accepts_deltanet(cli, deltanet_file):
-    proc = cli("check", deltanet_file, "--json")
+    proc = cli("check", deltanet_file, "--json", "--threads", helpers.THREADS)
     assert proc.returncode == 0, proc.stderr
     result = one_json_object(proc.stdout)
     assert {"ok", "reason", "metrics"} <= set(result)
@@ -57,7 +57,7 @@ def test_check_json_accepts_deltanet(cli, deltanet_file):
 def test_check_json_rejects_a_non_causal_mixer(cli, tmp_path):
     path = tmp_path / "leaky.py"
     path.write_text(NON_CAUSAL)
-    proc = cli("check", path, "--json")
+    proc = cli("check", path, "--json", "--threads", helpers.THREADS)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     result = one_json_object(proc.stdout)
     assert result["ok"] is False and result["reason"] == "non_causal"
@@ -72,7 +72,7 @@ def test_check_missing_file_is_a_usage_error(cli, tmp_path):
 
 
 def test_eval_micro_json(cli, deltanet_file):
-    proc = cli("eval", deltanet_file, "--tier", "micro", "--json")
+    proc = cli("eval", deltanet_file, "--tier", "micro", "--json", "--threads", helpers.THREADS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = one_json_object(proc.stdout)
     assert result["ok"] is True

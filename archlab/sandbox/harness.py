@@ -17,10 +17,11 @@ Metrics (which tier measures what: tiers.py):
                   decode_ms_per_token (step() or recomputation: decode_mode), state_bytes
                   (inference state or KV cache after seq_len tokens, state_context),
                   state_bytes_per_token (its growth), flops_per_token (forward, matmul-class
-                  ops), val_loss_int8 and quant_loss (weight-only int8, first half of the
-                  validation batches)
+                  ops), quant_loss (validation loss increase with weight-only int8, on every
+                  other validation batch) and val_loss_int8 (val_loss + quant_loss)
   extrapolation   val_loss_2x (loss on positions seq_len..2*seq_len of 2x-long windows),
-                  extrapolation_gap
+                  val_loss_late (positions seq_len/2..seq_len of the usual windows) and
+                  extrapolation_gap (val_loss_2x - val_loss_late: > 0 when longer context hurts)
   probes          mqar_acc_p{n} per number of pairs, mqar_acc (their mean), selcopy_acc,
                   probe_train_loss, probe_train_s
   flags           flagged, flag_detail, recheck_val_loss (runner.py)
@@ -360,9 +361,9 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
     if tier.hardware and not recheck:
         metrics.update(memory_metrics(model, tier, device))
     with torch.no_grad():
-        _warm(model, tier, device)
+        _warm(model, tier, corpus, device)
         before = fingerprint(model)
-        val_loss, batch_losses = validation_loss(model, tier, corpus, device, rng=rng, recheck=recheck)
+        val_loss, batch_losses, late_loss = validation_loss(model, tier, corpus, device, rng=rng, recheck=recheck)
         if fingerprint(model) != before:
             raise CandidateError("tamper", "the model changed its own weights or state while being evaluated")
     if not math.isfinite(val_loss):
@@ -372,7 +373,7 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
         return metrics
     with torch.no_grad():
         if tier.extrapolation:
-            metrics.update(extrapolation(model, tier, corpus, device, val_loss))
+            metrics.update(extrapolation(model, tier, corpus, device, late_loss))
         if tier.hardware:
             metrics.update(latency_metrics(model, tier, device))
             metrics.update(quantization_metrics(model, tier, corpus, device, batch_losses))
@@ -382,27 +383,32 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
 
 
 def validation_loss(model: LM, tier: Tier, corpus: Corpus, device: torch.device, *, rng: torch.Generator,
-                    recheck: bool = False) -> tuple[float, list[tuple[float, int]]]:
+                    recheck: bool = False) -> tuple[float, list[tuple[float, int]], float]:
     """Mean loss over fixed validation windows. Some batches (all of them in a recheck) are also
     scored with everything after a random cut replaced by other real text: the logits up to the
-    cut must not move (a trained model cannot tell which batches are probed)."""
+    cut must not move (a trained model cannot tell which batches are probed). Returns the mean
+    loss, (loss, tokens) per batch and the mean loss on the second half of the positions."""
     batches = list(corpus.val_batches(tier.val_windows, tier.batch_size, tier.seq_len))
     order = list(range(len(batches)))
     if recheck:  # same windows, another order and batching: an honest model gives the same loss
         order = torch.randperm(len(batches), generator=rng).tolist()
     probed = set(order) if recheck else set(torch.randperm(len(batches), generator=rng)[: tier.recheck_batches].tolist())
-    total, count, per_batch = 0.0, 0, [None] * len(batches)
+    total, count, late, late_count, per_batch = 0.0, 0, 0.0, 0, [None] * len(batches)
+    half = tier.seq_len // 2
     for i in order:
         inputs, targets = (t.to(device) for t in batches[i])
         with autocast(device):
             logits = guard(lambda: model(inputs))
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
         if i in probed:
             _model_causality(model, logits, inputs, batches[(i + 1) % len(batches)][0].to(device), device, rng)
-        per_batch[i] = (loss.item(), targets.numel())
+        losses = losses.view(targets.shape)
+        per_batch[i] = (losses.mean().item(), targets.numel())
         total += per_batch[i][0] * per_batch[i][1]
         count += per_batch[i][1]
-    return total / count, per_batch
+        late += losses[:, half:].sum().item()
+        late_count += losses[:, half:].numel()
+    return total / count, per_batch, late / late_count
 
 
 def _model_causality(model: LM, logits: torch.Tensor, inputs: torch.Tensor, other: torch.Tensor,
@@ -421,11 +427,14 @@ def _model_causality(model: LM, logits: torch.Tensor, inputs: torch.Tensor, othe
                              "(relative) when only later text changed (checked on validation batches)")
 
 
-def _warm(model: LM, tier: Tier, device: torch.device) -> None:
-    """One forward of every shape the evaluation uses, so lazily built caches exist before the fingerprint."""
-    tokens = torch.randint(0, VOCAB_SIZE, (tier.batch_size, tier.seq_len), device=device)
-    with autocast(device):
-        guard(lambda: model(tokens))
+def _warm(model: LM, tier: Tier, corpus: Corpus, device: torch.device) -> None:
+    """One forward of every batch shape the validation uses, so caches a mixer builds lazily
+    (masks, tables) exist before the fingerprint is taken."""
+    shapes = {tuple(inputs.shape) for inputs, _ in corpus.val_batches(tier.val_windows, tier.batch_size, tier.seq_len)}
+    for shape in sorted(shapes):
+        tokens = torch.randint(0, VOCAB_SIZE, shape, device=device)
+        with autocast(device):
+            guard(lambda: model(tokens))
 
 
 def fingerprint(model: nn.Module) -> tuple:
@@ -448,8 +457,11 @@ def fingerprint(model: nn.Module) -> tuple:
     return tuple(parts)
 
 
-def extrapolation(model: LM, tier: Tier, corpus: Corpus, device: torch.device, val_loss: float) -> dict:
-    """Loss on the second half of windows twice as long as training saw (length extrapolation)."""
+def extrapolation(model: LM, tier: Tier, corpus: Corpus, device: torch.device, late_loss: float) -> dict:
+    """Length extrapolation: the loss on positions seq_len..2*seq_len of windows twice as long as
+    training saw, against the loss on positions seq_len/2..seq_len of the usual windows. A model
+    that extrapolates does at least as well with the extra context (gap <= 0); one that breaks
+    beyond its training length does worse."""
     length = 2 * tier.seq_len
     total, count = 0.0, 0
     for inputs, targets in corpus.val_batches(max(tier.val_windows // 2, 1), max(tier.batch_size // 2, 1), length):
@@ -461,7 +473,7 @@ def extrapolation(model: LM, tier: Tier, corpus: Corpus, device: torch.device, v
         total += loss.item()
         count += targets[:, tier.seq_len :].numel()
     long_loss = total / count
-    return {"val_loss_2x": long_loss, "extrapolation_gap": long_loss - val_loss}
+    return {"val_loss_2x": long_loss, "val_loss_late": late_loss, "extrapolation_gap": long_loss - late_loss}
 
 
 def memory_metrics(model: LM, tier: Tier, device: torch.device) -> dict:
@@ -557,18 +569,21 @@ def quantized_copy(model: LM) -> LM:
 
 
 def quantization_metrics(model: LM, tier: Tier, corpus: Corpus, device: torch.device, batch_losses: list) -> dict:
-    """Validation loss increase after int8 weight quantization, on the first half of the validation batches."""
+    """Validation loss increase after int8 weight quantization, measured on every other
+    validation batch (against the same batches' full-precision loss); val_loss_int8 is the
+    full-precision val_loss plus that increase."""
     batches = list(corpus.val_batches(tier.val_windows, tier.batch_size, tier.seq_len))
-    use = max(1, len(batches) // 2)
     q = guard(lambda: quantized_copy(model))
     total, count, base = 0.0, 0, 0.0
-    for i, (inputs, targets) in enumerate(batches[:use]):
-        inputs, targets = inputs.to(device), targets.to(device)
+    for i in range(0, len(batches), 2):
+        inputs, targets = (t.to(device) for t in batches[i])
         with autocast(device):
             total += guard(lambda: lm_loss(q, inputs, targets)).item() * targets.numel()
         count += targets.numel()
         base += batch_losses[i][0] * batch_losses[i][1]
-    return {"val_loss_int8": total / count, "quant_loss": (total - base) / count}
+    increase = (total - base) / count
+    full = sum(loss * n for loss, n in batch_losses) / sum(n for _, n in batch_losses)
+    return {"val_loss_int8": full + increase, "quant_loss": increase}
 
 
 def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device: torch.device) -> dict:

@@ -107,6 +107,7 @@ def environment(scratch: Path, threads: int, extra: dict | None = None) -> dict:
 _launcher: Launcher | None = None
 _launcher_lock = threading.Lock()
 _uid_counter = 0
+_uid_lock = threading.Lock()
 
 
 def launcher(refresh: bool = False) -> Launcher:
@@ -119,9 +120,12 @@ def launcher(refresh: bool = False) -> Launcher:
 
 
 def _next_uid() -> int:
+    """A uid no other sandbox of this process uses at the same time (processes rarely collide;
+    when they do, two sandboxes merely share one process budget)."""
     global _uid_counter
-    _uid_counter += 1
-    return UID_BASE + (os.getpid() * 97 + _uid_counter) % UID_SPAN
+    with _uid_lock:
+        _uid_counter += 1
+        return UID_BASE + (os.getpid() * 97 + _uid_counter) % UID_SPAN
 
 
 def _choose_launcher() -> Launcher:
@@ -322,7 +326,7 @@ def report_json(refresh: bool = False) -> dict:
 # ---------------------------------------------------------------------------------------------
 # child side: limits, audit hook, integrity
 # ---------------------------------------------------------------------------------------------
-def apply_limits(memory_gb: float, nproc: int = DEFAULT_NPROC, cpu_s: float | None = None, fsize_mb: int = 1024) -> None:
+def apply_limits(memory_gb: float, nproc: int = DEFAULT_NPROC, cpu_s: float | None = None, fsize_mb: int = 256) -> None:
     """Resource limits of the child, set by the worker before anything of the candidate exists."""
 
     def cap(which: int, value: int) -> None:

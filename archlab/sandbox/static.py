@@ -83,6 +83,7 @@ class _Checker:
         self.nodes = list(ast.walk(tree))
         self.imported: set[str] = set()  # names bound by import statements
         self.roots: dict[str, str] = {}  # alias -> imported top-level module it came from
+        self.calls = {id(n.func): n for n in self.nodes if isinstance(n, ast.Call)}  # callee node -> the call
         self.docstrings = {  # docstrings are text for people, never evaluated
             id(n.body[0].value) for n in self.nodes
             if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and n.body
@@ -203,13 +204,12 @@ class _Checker:
             _forbid(node, f"assignment to {ast.unparse(node)!r} ({what})")
 
     def is_safe_getattr_call(self, name: ast.Name) -> bool:
-        for node in self.nodes:
-            if isinstance(node, ast.Call) and node.func is name:
-                if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
-                    attr = node.args[1].value
-                    self.check_attr_name(node, attr, self.roots.get(_root_name(node.args[0])), node.args[0])
-                    return not node.keywords
-                return False
+        node = self.calls.get(id(name))
+        if node is None:  # getattr used as a value (passed to map, reduce, partial ...)
+            return False
+        if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+            self.check_attr_name(node, node.args[1].value, self.roots.get(_root_name(node.args[0])), node.args[0])
+            return not node.keywords
         return False
 
 
