@@ -101,8 +101,11 @@ def run(
     for folder in knowledge or []:
         if not folder.exists():
             raise UserError(f"--knowledge {folder}: no such file or folder")
+    from archlab.agents.graph import hold_driver_lock
+
     if (run_dir / CONFIG_FILE).exists():
         config = RunConfig.load(run_dir)
+        lock = hold_driver_lock(run_dir)  # held (open) until this process ends
         fixed = {k: v for k, v in given.items() if k not in RESUME_OPTIONS and getattr(config, k) != v}
         if fixed:
             name = next(iter(fixed))
@@ -125,6 +128,7 @@ def run(
 
         root_source(config.root)  # fail before creating anything when the root is wrong
         Run.create(run_dir, config)
+        lock = hold_driver_lock(run_dir)
         console.print(f"Started [bold]{run_dir}[/] from root [bold]{config.root}[/] ({config.tier} tier, {config.strategy} selection)")
     from archlab.agents.brains import make_brain
     from archlab.agents.graph import experiences

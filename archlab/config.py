@@ -84,6 +84,8 @@ class RunConfig(BaseModel):
             return cls.model_validate(tomllib.loads(path.read_text()))
         except FileNotFoundError:
             raise UserError(f"{run_dir} is not an archlab run (no {CONFIG_FILE})") from None
+        except (UnicodeDecodeError, OSError) as e:
+            raise UserError(f"{path} cannot be read as a text file: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{path} is not valid TOML: {e}") from None
         except ValidationError as e:

@@ -15,7 +15,9 @@ first promotes a node from the top slice of the search tier to a higher tier wit
 seeds (asynchronous successive halving), else it starts a new candidate.
 """
 
+import fcntl
 import json
+import os
 import random
 import sqlite3
 import threading
@@ -468,6 +470,23 @@ class Run:
         kind = "offline" if self.brain.kind == "offline" else "decision"
         for t in traces:
             self.store.add_trace(node_id, t.role, kind, attempt=attempt, **t.model_dump(exclude={"role"}))
+
+
+def hold_driver_lock(run_dir: Path):
+    """Take the run's driver lock (one `archlab run` per run directory) and return it; keep the
+    returned file open for as long as the run goes. The kernel drops the lock when the process
+    ends, however it ends, so a crash never leaves a stale lock behind."""
+    lock = open(Path(run_dir) / "driver.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        raise UserError(f"{run_dir} is already being run by {holder}; wait for it or stop it first") from None
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()}")
+    lock.flush()
+    return lock
 
 
 def experiences(store: Store) -> list[tuple[str, str]]:

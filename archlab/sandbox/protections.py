@@ -287,7 +287,8 @@ def report(refresh: bool = False) -> list[Protection]:
     out = [
         Protection("process group + wall-clock timeout", True, "own session; the whole group is killed at the deadline"),
         Protection("launcher", True, f"{lx.kind}" + ("" if bwrap else why_not_bwrap)),
-        Protection("memory limit (RLIMIT_AS)", True, "per child, --memory-gb (default 12 GiB)"),
+        Protection("memory limit (RLIMIT_AS)", True, "per child, 12 GiB unless the caller says (none on a GPU, where the "
+                   "CUDA driver maps more address space than there is memory)"),
         Protection("process/thread limit (RLIMIT_NPROC)", lx.drop_uid or not root,
                    f"{DEFAULT_NPROC} tasks; " + ("the child runs as its own unprivileged uid, so the limit holds" if lx.drop_uid
                                                  else "not enforced for root: no unprivileged uid could be used" if root
@@ -326,8 +327,9 @@ def report_json(refresh: bool = False) -> dict:
 # ---------------------------------------------------------------------------------------------
 # child side: limits, audit hook, integrity
 # ---------------------------------------------------------------------------------------------
-def apply_limits(memory_gb: float, nproc: int = DEFAULT_NPROC, cpu_s: float | None = None, fsize_mb: int = 256) -> None:
-    """Resource limits of the child, set by the worker before anything of the candidate exists."""
+def apply_limits(memory_gb: float | None, nproc: int = DEFAULT_NPROC, cpu_s: float | None = None, fsize_mb: int = 256) -> None:
+    """Resource limits of the child, set by the worker before anything of the candidate exists.
+    memory_gb None: no address-space limit (on a GPU, where the driver maps huge address ranges)."""
 
     def cap(which: int, value: int) -> None:
         try:
@@ -337,7 +339,8 @@ def apply_limits(memory_gb: float, nproc: int = DEFAULT_NPROC, cpu_s: float | No
         except (ValueError, OSError):
             pass
 
-    cap(resource.RLIMIT_AS, int(memory_gb * 2**30))
+    if memory_gb:
+        cap(resource.RLIMIT_AS, int(memory_gb * 2**30))
     cap(resource.RLIMIT_CORE, 0)
     cap(resource.RLIMIT_FSIZE, fsize_mb * 2**20)
     cap(resource.RLIMIT_NPROC, nproc + (0 if os.getuid() == 0 else _tasks_of_user()))

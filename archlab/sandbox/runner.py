@@ -268,9 +268,11 @@ def _start(launcher, scratch: Path, log: Path, mode: str, deadline: float, job: 
         return _Child(None, job, log, deadline, time.monotonic(),
                       Result(ok=False, reason="timeout", detail="no time left for the evaluation phase"))
     job = {**job, "cpu_s": int(timeout * max(job["threads"], 1) * 1.5 + 60), "wait_for_go": wait_for_go}
+    cuda = job.get("device") != "cpu" and (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0"))
+    if cuda:  # the CUDA driver reserves far more address space than memory: RLIMIT_AS would break it
+        job["memory_gb"] = None
     job_path = scratch / f"job-{job['phase']}{'-recheck' if job.get('recheck') else ''}.json"
     job_path.write_text(json.dumps(job))
-    cuda = job.get("device") != "cpu" and (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0"))
     argv = launcher.command([sys.executable, "-m", "archlab.sandbox.worker", str(job_path)], scratch, hide=hide, cuda=cuda)
     env = protections.environment(scratch, job["threads"])
     with open(log, mode) as log_file:

@@ -207,7 +207,7 @@ def main() -> None:
     job = json.load(open(sys.argv[1]))
     from archlab.sandbox import protections
 
-    protections.apply_limits(job.get("memory_gb", 12.0), job.get("nproc", protections.DEFAULT_NPROC), job.get("cpu_s"))
+    protections.apply_limits(job.get("memory_gb"), job.get("nproc", protections.DEFAULT_NPROC), job.get("cpu_s"))
     protections.start_parent_watchdog()
     out_files = {"result": open(job["result"], "w")}  # opened before the candidate exists
     if job.get("phase", "train") == "train" and job.get("weights"):
