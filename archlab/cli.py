@@ -55,6 +55,7 @@ def run(
     engineer_model: Optional[str] = typer.Option(None, "--engineer-model", help="model for the engineer"),
     analyst_model: Optional[str] = typer.Option(None, "--analyst-model", help="model for the analyst"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0, help="stop when LLM spend reaches this many USD (prices: archlab.toml)"),
+    judge_weight: Optional[float] = typer.Option(None, "--judge-weight", min=0.0, help="weight of an LLM judge's novelty-minus-complexity score in fitness (default: 0, no judge)"),
     llm_timeout: Optional[float] = typer.Option(None, "--llm-timeout", min=0.1, help="seconds before one LLM request is abandoned and retried (default: 120)"),
     llm_patience: Optional[float] = typer.Option(None, "--llm-patience", min=0.0, help="seconds to wait out a failing endpoint before stopping (default: 600)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation"),
@@ -88,7 +89,7 @@ def run(
                                     root=root, strategy=strategy, tier=tier, llm=llm, threads=threads, workers=workers, param_ratio=param_ratio,
                                     base_url=base_url, api_key_env=api_key_env, researcher_model=researcher_model,
                                     engineer_model=engineer_model, analyst_model=analyst_model, max_cost=max_cost,
-                                    llm_timeout_s=llm_timeout, llm_patience_s=llm_patience,
+                                    llm_timeout_s=llm_timeout, llm_patience_s=llm_patience, judge_weight=judge_weight,
                                     knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None,
                                     executor=executor, address=address, device=device, max_cpu_hours=cpu_hours,
                                     max_gpu_hours=gpu_hours, promote=promote, promote_tier=promote_tier, promote_seeds=promote_seeds,
@@ -141,7 +142,7 @@ def run(
         task = progress.add_task("nodes", total=config.max_nodes, completed=session.store.count("status != 'evaluating'"), best="")
 
         def on_node(node: dict) -> None:
-            best = session.store.best()
+            best = session.store.leaderboard(1)  # the highest-fidelity figure first (multi-fidelity promotion)
             progress.update(task, completed=session.store.count("status != 'evaluating'"),
                             best=f"best: node {best[0]['id']} fitness {best[0]['fitness']:+.4f}" if best else "")
             progress.console.print(_node_line(node))

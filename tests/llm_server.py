@@ -57,6 +57,8 @@ class Script:
                 return self._edit(user)
             if role == "engineer":
                 return f"Restored a shape-correct forward pass.\n\n```python\n{ROOT}```\n"
+            if role == "judge":
+                return '{"novelty": 7, "complexity": 2, "reason": "a small, uncommon change"}'
             return "The change moved validation loss as shown; the lesson is to keep changes that lower loss at equal speed."
 
     def _edit(self, user: str) -> str:
@@ -79,7 +81,7 @@ def _parent_code(user: str) -> str:
 
 def _role(messages: list[dict]) -> str:
     system = messages[0]["content"] if messages else ""
-    for role in ("researcher", "engineer", "analyst"):
+    for role in ("researcher", "engineer", "analyst", "judge"):
         if f"You are the {role}" in system:
             return role
     return "unknown"
@@ -149,9 +151,9 @@ def make_handler(script: Script):
 class ScriptedServer:
     """Runs in a thread of the test process; `url` is the base URL for --base-url."""
 
-    def __init__(self, script: Script):
+    def __init__(self, script: Script, port: int = 0):
         self.script = script
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(script))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), make_handler(script))
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

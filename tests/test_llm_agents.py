@@ -1,5 +1,6 @@
 """The LLM pipeline over real HTTP against a scripted OpenAI-compatible server."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -10,6 +11,8 @@ import tomllib
 from pathlib import Path
 
 import tomli_w
+
+from archlab.sandbox.fitness import fitness
 
 sys.path.insert(0, str(Path(__file__).parent))
 from llm_server import API_KEY, NO_CODE, ROOT, SYNTAX_ERROR, Script, ScriptedServer  # noqa: E402
@@ -120,3 +123,44 @@ def test_killed_during_an_llm_call_repeats_no_completed_call(tmp_path):
     assert repeated == [], f"{len(repeated)} completed calls were asked again"
     assert rows(run_dir, "select count(*) from nodes")[0][0] == 3
     assert rows(run_dir, "select count(*) from nodes where status = 'evaluating'")[0][0] == 0
+
+
+def test_endpoint_down_for_a_while_then_back_and_the_judge_scores(tmp_path):
+    """The endpoint refuses connections for several seconds; the run waits with backoff, then
+    goes on by itself. The optional judge's score enters the fitness and its calls are traces."""
+    import socket
+
+    run_dir = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OPENAI_API_KEY=API_KEY)
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = subprocess.Popen([*ARCHLAB, "run", str(run_dir), "--tier", "micro", "--max-nodes", "2", "--llm", "openai:scripted",
+                             "--base-url", url, "--llm-patience", "120", "--judge-weight", "0.1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not rows_if_any(run_dir, "select 1 from traces where kind = 'llm' and error is not null") and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # down for a while: several refused tries
+    with ScriptedServer(Script(), port=port):
+        out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "retrying" in err
+    refused = rows(run_dir, "select count(*) from traces where kind = 'llm' and error like '%Connection%'")[0][0]
+    assert refused >= 2
+    judged = rows(run_dir, "select count(*) from traces where role = 'judge' and kind = 'llm' and error is null")[0][0]
+    assert judged == 1
+    metrics, fit = rows(run_dir, "select metrics, fitness from nodes where id = 1")[0]
+    m = json.loads(metrics)
+    base = fitness({k: v for k, v in m.items() if not k.startswith("judge_")},
+                   json.loads(rows(run_dir, "select metrics from nodes where id = 0")[0][0]))
+    assert (m["judge_novelty"], m["judge_complexity"]) == (7.0, 2.0)
+    assert abs(fit - (base + 0.1 * 0.5)) < 1e-6
+
+
+def rows_if_any(run_dir, sql):
+    try:
+        return rows(run_dir, sql)
+    except sqlite3.Error:
+        return []

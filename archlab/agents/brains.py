@@ -4,6 +4,7 @@ from pathlib import Path
 
 from archlab.agents.analyst import Analyst
 from archlab.agents.engineer import Engineer
+from archlab.agents.judge import Judge
 from archlab.agents.llm import LLMClient
 from archlab.agents.offline import OfflineBrain
 from archlab.agents.researcher import Researcher
@@ -23,6 +24,7 @@ class LLMBrain:
         self.research = Researcher(client, knowledge, config.format_retries).research
         self.engineer = Engineer(client, config.format_retries).engineer
         self.analyze = Analyst(client).analyze
+        self.judge = Judge(client) if config.judge_weight > 0 else None
 
 
 def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_wait=None):
@@ -36,7 +38,7 @@ def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_
     if provider != "openai" or not model:
         raise UserError(f"--llm {config.llm!r}: use 'offline' or 'openai:MODEL' (any OpenAI-compatible endpoint, with --base-url)")
     models = {"researcher": config.researcher_model or model, "engineer": config.engineer_model or model,
-              "analyst": config.analyst_model or model}
+              "analyst": config.analyst_model or model, "judge": config.analyst_model or model}
     client = LLMClient(store, base_url=config.base_url, api_key_env=config.api_key_env, models=models, prices=config.prices,
                        timeout_s=config.llm_timeout_s, patience_s=config.llm_patience_s, max_cost=config.max_cost,
                        max_tokens=config.max_tokens, on_wait=on_wait)

@@ -57,6 +57,7 @@ class CandidateState(TypedDict, total=False):
     result: dict
     discarded: bool
     analysis: str
+    judge: dict | None
     stop: str
 
 
@@ -372,10 +373,12 @@ class Run:
         node = self.store.node(state["node_id"]) if self.store.has_node(state["node_id"]) else None
         if node is None:  # discarded before its first commit: nothing to analyse
             return {"analysis": "discarded before evaluation"}
-        text, traces = self.brain.analyze(self.context(state), node, state["result"])
+        ctx = self.context(state)
+        text, traces = self.brain.analyze(ctx, node, state["result"])
         self._write_traces(state["node_id"], traces, state.get("attempt", 0))
         chaos.point("during_analysis")
-        return {"analysis": text}
+        judged = self.brain.judge.score(ctx, node) if getattr(self.brain, "judge", None) and state["result"]["ok"] else None
+        return {"analysis": text, "judge": judged}
 
     def _record_step(self, state: CandidateState) -> CandidateState:
         node_id, result = state["node_id"], state.get("result")
@@ -384,8 +387,11 @@ class Run:
         fields = {"analysis": state.get("analysis"), "finished": time.time()}
         if result and result["ok"]:
             root = self.store.node(0)["metrics"]
+            metrics = {**result["metrics"], **(state.get("judge") or {})}
             score = fitness(result["metrics"], root, self.config.speed_weight)
-            fields.update(status="done", fitness=score, val_loss=result["metrics"]["val_loss"], metrics=result["metrics"],
+            if state.get("judge"):  # ASI-Arch-style: the judge's view of novelty minus complexity
+                score += self.config.judge_weight * (metrics["judge_novelty"] - metrics["judge_complexity"]) / 10
+            fields.update(status="done", fitness=score, val_loss=result["metrics"]["val_loss"], metrics=metrics,
                           reason=None, detail=None, **self._search_figures(score))
         else:
             failure = result or state["proposal"].get("failure") or {"reason": "discarded", "detail": None}
