@@ -1,6 +1,7 @@
 """The local executor with real sandboxes: CPU slots side by side, a GPU slot as a pinned slot
 process, stopping abandons what is in flight, and how a run's config picks its executor."""
 
+import json
 import os
 import sys
 import time
@@ -97,3 +98,14 @@ def test_a_run_config_picks_its_executor():
     else:
         with pytest.raises(UserError, match="--device cuda"):
             executors.make(RunConfig(device="cuda"))
+
+
+def test_a_cpu_hours_budget_stops_the_run(cli, run_dir):
+    # 0.001 CPU-hours is 3.6 CPU-seconds: the root's evaluation alone spends more.
+    proc = cli("run", run_dir, "--tier", "micro", "--max-nodes", 5, "--threads", helpers.THREADS, "--cpu-hours", 0.001)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reached --cpu-hours 0.001" in " ".join(proc.stdout.split())
+    assert [r["id"] for r in helpers.node_rows(run_dir)] == [0]
+    spend = json.loads(cli("status", run_dir, "--json").stdout)["spend"]
+    assert spend["max_cpu_hours"] == 0.001 and spend["cpu_hours"] >= 0.001 and spend["evaluations"] == 1
+    assert spend["by_tier"][0]["tier"] == "micro" and spend["by_tier"][0]["kind"] == "search"
