@@ -55,6 +55,7 @@ def run(
     engineer_model: Optional[str] = typer.Option(None, "--engineer-model", help="model for the engineer"),
     analyst_model: Optional[str] = typer.Option(None, "--analyst-model", help="model for the analyst"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0, help="stop when LLM spend reaches this many USD (prices: archlab.toml)"),
+    allow_quadratic: Optional[bool] = typer.Option(None, "--allow-quadratic/--linear-only", help="accept candidates whose cost grows faster than linearly (default: only with --root transformer)"),
     judge_weight: Optional[float] = typer.Option(None, "--judge-weight", min=0.0, help="weight of an LLM judge's novelty-minus-complexity score in fitness (default: 0, no judge)"),
     llm_timeout: Optional[float] = typer.Option(None, "--llm-timeout", min=0.1, help="seconds before one LLM request is abandoned and retried (default: 120)"),
     llm_patience: Optional[float] = typer.Option(None, "--llm-patience", min=0.0, help="seconds to wait out a failing endpoint before stopping (default: 600)"),
@@ -79,7 +80,7 @@ def run(
     be changed on resume. With --llm openai:MODEL the key is read from $OPENAI_API_KEY (or
     --api-key-env) and is never stored.
 
-    With --executor ray every evaluation is a Ray task (pip install 'archlab[ray]'); without
+    With --executor ray every evaluation is a Ray task (pip install 'archlab\\[ray]'); without
     --address a private Ray instance is started here. On a cluster, a --data path must be readable
     at the same place on every node (the built-in corpus ships with archlab).
     """
@@ -90,10 +91,11 @@ def run(
                                     base_url=base_url, api_key_env=api_key_env, researcher_model=researcher_model,
                                     engineer_model=engineer_model, analyst_model=analyst_model, max_cost=max_cost,
                                     llm_timeout_s=llm_timeout, llm_patience_s=llm_patience, judge_weight=judge_weight,
+                                    allow_quadratic=allow_quadratic,
                                     knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None,
                                     executor=executor, address=address, device=device, max_cpu_hours=cpu_hours,
                                     max_gpu_hours=gpu_hours, promote=promote, promote_tier=promote_tier, promote_seeds=promote_seeds,
-                                    promote_overrides=_tier_overrides(promote_tier or "verify", promote_set) if promote_set else None,
+                                    promote_overrides=_tier_overrides(promote_tier or "verify", promote_set, "--promote-set") if promote_set else None,
                                     ).items() if v is not None}
     if root and Path(root).is_file():
         given["root"] = str(Path(root).resolve())
@@ -121,6 +123,8 @@ def run(
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"{run_dir} exists, is not empty and is not an archlab run")
+        if given.get("root") == "transformer":
+            given.setdefault("allow_quadratic", True)  # softmax attention is the point of that root
         try:
             config = RunConfig(**given)
         except Exception as e:
@@ -318,14 +322,14 @@ def evaluate(
                      threads=threads, seeds=seeds or TIERS[tier].seeds, tier_overrides=_tier_overrides(tier, overrides or []))
 
 
-def _tier_overrides(tier: str, items: list[str]) -> dict:
+def _tier_overrides(tier: str, items: list[str], flag: str = "--set") -> dict:
     from archlab.sandbox.tiers import TierError, resolve
 
     out: dict = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. --set steps=800")
+            raise UserError(f"{flag} {item!r}: write KEY=VALUE, e.g. {flag} steps=800")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -338,7 +342,7 @@ def _tier_overrides(tier: str, items: list[str]) -> dict:
     try:
         resolve(tier, out)
     except TierError as e:
-        raise UserError(f"--set: {e}") from None
+        raise UserError(f"{flag}: {e}") from None
     return out
 
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from archlab.errors import UserError
 
@@ -24,6 +25,8 @@ class RunConfig(BaseModel):
     seed: int = 0
     data: str | None = Field(None, description="text file or folder; None = the built-in corpus")
     param_ratio: float = Field(1.2, gt=0, description="mixer parameter budget relative to the root")
+    allow_quadratic: bool = Field(False, description="accept mixers whose cost grows faster than linearly with length")
+    implausible_gain: float = Field(0.10, gt=0, description="a val_loss this far below the root's is rechecked and flagged")
     speed_weight: float = Field(0.05, ge=0, description="fitness penalty per unit of log slowdown vs the root")
     workers: int = Field(1, ge=1, description="candidates evaluated at once (each in its own sandbox)")
     threads: int | None = Field(None, ge=1, description="CPU threads per evaluation (default: all, up to 4)")
@@ -58,13 +61,21 @@ class RunConfig(BaseModel):
     promote_tier: Literal["smoke", "explore", "verify"] = Field("verify", description="the higher tier of promoted nodes")
     promote_overrides: dict = Field({}, description="tier fields changed for promoted evaluations, e.g. {steps = 2000}")
 
+    @field_validator("address")
+    @classmethod
+    def _ray_address(cls, value: str | None, info):
+        if value and info.data.get("executor") != "ray":
+            raise PydanticCustomError("address", "only --executor ray joins a cluster")
+        return value
+
     @field_validator("promote_tier")
     @classmethod
     def _higher_tier(cls, value: str, info):
         order = ("micro", "smoke", "explore", "verify")
         tier, fraction = info.data.get("tier"), info.data.get("promote")
         if fraction and tier in order and order.index(value) <= order.index(tier):
-            raise ValueError(f"must be a higher tier than --tier {tier} for --promote {fraction}")
+            raise PydanticCustomError("tier_order", "must be a higher tier than --tier {tier} for --promote {fraction}",
+                                      {"tier": tier, "fraction": fraction})
         return value
 
     @field_validator("promote_overrides")
@@ -75,7 +86,7 @@ class RunConfig(BaseModel):
         try:
             resolve(info.data.get("promote_tier") or "verify", value)
         except TierError as e:
-            raise ValueError(str(e)) from None
+            raise PydanticCustomError("tier_override", "{error}", {"error": str(e)}) from None
         return value
 
     @classmethod

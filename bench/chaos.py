@@ -54,7 +54,7 @@ def main() -> None:
         restarts += 1
     with sqlite3.connect(run_dir / "archlab.db") as db:
         ids = [r[0] for r in db.execute("select id from nodes order by id")]
-        dup = db.execute("select count(*) - count(distinct parent_id || ':' || commit_sha) from nodes").fetchone()[0]
+        dup = db.execute("select count(*) - count(distinct parent_id || ':' || commit_sha) from nodes where parent_id is not null").fetchone()[0]
         started_evals = db.execute("select count(*) from events where kind = 'evaluate'").fetchone()[0]
         distinct_evals = db.execute("select count(distinct node_id || ':' || message) from events where kind = 'evaluate'").fetchone()[0]
     code = Lineage(run_dir / "repo")

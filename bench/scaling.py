@@ -132,7 +132,7 @@ def main() -> None:
             if args.mode not in (mode, "both"):
                 continue
             one, two = measure(Path(tmp), 1, args), measure(Path(tmp), 2, args)
-            out[mode] = {"1": one, "2": two, "ratio": two["evaluations_per_hour"] / one["evaluations_per_hour"]}
+            out.setdefault("modes", {})[mode] = {"1": one, "2": two, "ratio": two["evaluations_per_hour"] / one["evaluations_per_hour"]}
         out["gpu"] = gpu_mode(Path(tmp), args)
     out["load_avg_after"] = os.getloadavg()
     if args.json:
@@ -140,14 +140,12 @@ def main() -> None:
         return
     print(f"tier {args.tier}, executor {args.executor}, {out['cores']} cores, load average before "
           f"{out['load_avg_before'][0]:.1f}, after {out['load_avg_after'][0]:.1f}")
-    for mode in ("run", "executor"):
-        if mode in out:
-            r = out[mode]
-            for w in ("1", "2"):
-                m = r[w]
-                print(f"{mode:9} {w} worker(s): {m['evaluations']} evaluations ({m['ok']} ok) in {m['window_s']:.1f} s "
-                      f"-> {m['evaluations_per_hour']:.0f} evaluations/hour")
-            print(f"{mode:9} ratio 2 workers / 1 worker: {r['ratio']:.2f} (ideal 2.0)")
+    for mode, r in out.get("modes", {}).items():
+        for w in ("1", "2"):
+            m = r[w]
+            print(f"{mode:9} {w} worker(s): {m['evaluations']} evaluations ({m['ok']} ok) in {m['window_s']:.1f} s "
+                  f"-> {m['evaluations_per_hour']:.0f} evaluations/hour")
+        print(f"{mode:9} ratio 2 workers / 1 worker: {r['ratio']:.2f} (ideal 2.0)")
     if out["gpu"] is None:
         print("gpu: no CUDA device here; GPU utilisation not measured")
     elif "error" in out["gpu"]:

@@ -23,6 +23,14 @@ def environ(pid: int) -> bytes:
         return f.read()
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line, or "" once it is gone (processes come and go while we look)."""
+    try:
+        return helpers.cmdline(pid)
+    except OSError:
+        return ""
+
+
 def children(pid: int) -> list[int]:
     def child(p: int) -> bool:
         with open(f"/proc/{p}/stat") as f:
@@ -86,7 +94,7 @@ def test_a_killed_ray_worker_is_retried_and_recorded_once(run_dir):
         while time.monotonic() < deadline and proc.poll() is None:
             workers = helpers.pids_matching(evaluating_root)
             if workers:
-                sandbox = [p for p in descendants(workers[0]) if "archlab.sandbox.worker" in helpers.cmdline(p)]
+                sandbox = [p for p in descendants(workers[0]) if "archlab.sandbox.worker" in cmdline(p)]
                 if sandbox:  # the evaluation is under way in the sandbox, not just scheduled
                     worker = workers[0]
                     break
@@ -95,9 +103,13 @@ def test_a_killed_ray_worker_is_retried_and_recorded_once(run_dir):
         os.kill(worker, signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        if proc.poll() is None:  # a failed test: stop the run like Ctrl-C, so that it shuts its Ray instance down
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 0, out + err
     deadline = time.monotonic() + 20
     while any(helpers.alive(p) for p in sandbox) and time.monotonic() < deadline:
@@ -118,4 +130,4 @@ def test_a_killed_ray_worker_is_retried_and_recorded_once(run_dir):
     while helpers.pids_matching(lambda p: ours(p) and helpers.alive(p)) and time.monotonic() < deadline:
         time.sleep(0.5)
     left = helpers.pids_matching(lambda p: ours(p) and helpers.alive(p))
-    assert not left, [helpers.cmdline(p) for p in left]
+    assert not left, [cmdline(p) for p in left]

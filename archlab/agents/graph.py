@@ -357,12 +357,19 @@ class Run:
         self.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
         chaos.point_later("during_evaluation")
         job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
-                            options=dict(data=self.config.data, param_limit=limit), log_path=str(log))
+                            options=self._options(limit, root_node), log_path=str(log))
         result = self.executor.evaluate(job)
         self.store.add_evaluation(node_id, self.config.tier, self.config.seed, result, str(log.relative_to(self.dir)))
         self.store.update_node(node_id, attempts=attempt + 1)
         chaos.point("after_evaluation")
         return result
+
+    def _options(self, param_limit: int, root_node: dict | None) -> dict:
+        """runner.evaluate options from the run's config; `reference` (the root's metrics) makes an
+        implausibly good result be rechecked and flagged instead of crowned."""
+        return dict(data=self.config.data, param_limit=param_limit, allow_quadratic=self.config.allow_quadratic,
+                    implausible_gain=self.config.implausible_gain,
+                    reference=(root_node or {}).get("metrics") if root_node else None)
 
     def _after_evaluate(self, state: CandidateState) -> str:
         if state["result"]["ok"] or state["attempt"] > self.config.repair_attempts:
@@ -426,7 +433,7 @@ class Run:
                 continue
             log = self.dir / "logs" / f"node-{node_id}-{plan.tier}-s{seed}.log"
             job = executors.Job(key=f"node-{node_id} {plan.tier} seed {seed}", source=code, tier=plan.tier, seed=seed,
-                                options=dict(data=self.config.data, param_limit=limit, tier_overrides=plan.overrides or None),
+                                options={**self._options(limit, None), "tier_overrides": plan.overrides or None},
                                 log_path=str(log))
             self.store.event("promote", f"evaluating at {plan.tier}, seed {seed}", node_id)
             futures[self.executor.submit(job)] = (seed, log)

@@ -14,11 +14,12 @@ example archlab cannot be imported on a Ray worker). Executors never touch the r
     (`python -m archlab.sandbox.executors`) whose environment pins CUDA_VISIBLE_DEVICES to the
     slot's GPU; its `runner.evaluate` call passes the pin on to the sandbox.
 - `RayExecutor`: one Ray task per job, asking for the resources the job needs (`num_cpus` =
-  threads, `num_gpus=1` on GPU, `memory`). The task calls `runner.evaluate` on the worker, so the
-  sandbox's isolation (child processes, bubblewrap, limits) is kept there, and sends the result
-  and the evaluation log back. A worker or node lost during an evaluation makes Ray run the task
-  again elsewhere (`max_retries`, default 2); only the result that comes back is recorded, once.
-  When every try was lost the evaluation is a failure with reason "lost". Without an address a
+  threads, `num_gpus=1` on GPU and, on a cluster, `memory` = task_memory_gb). The task calls
+  `runner.evaluate` on the worker, so the sandbox's isolation (child processes, bubblewrap,
+  limits) is kept there, and sends the result and the evaluation log back. A worker or node
+  lost during an evaluation makes Ray run the task again elsewhere (`max_retries`, default 2);
+  only the result that comes back is recorded, once. When every try was lost the evaluation is
+  a failure with reason "lost". Without an address a
   private Ray instance is started on this machine, sized for the run (workers x threads CPUs,
   the visible GPUs); with `--address auto|HOST:PORT` archlab joins a cluster and ships its own
   package to the workers (runtime_env py_modules), which need torch installed. The training
@@ -286,6 +287,7 @@ class RayExecutor(Executor):
             ray.init(address="local", num_cpus=cpus, num_gpus=len(local_gpus), include_dashboard=False,
                      object_store_memory=100 * 2**20, logging_level="ERROR", log_to_driver=False)
             self._owns = True
+            self.memory = None  # sized by CPUs already; a memory request could only make tasks unschedulable here
         resources = ray.cluster_resources()
         cluster_gpus = int(resources.get("GPU", 0))
         if device == "cuda" and cluster_gpus == 0:
