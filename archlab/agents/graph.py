@@ -422,10 +422,12 @@ class Run:
         plan = self.promoter.plan
         node = self.store.node(node_id)
         code = self.lineage.code(node["commit_sha"])
-        limit = -1
+        limit, reference = -1, None
         if node_id != 0:  # the budget at the promotion tier: the root's mixer there times the run's ratio
             root_rows = self.promoter.rows(0)
             limit = int(root_rows[plan.seeds[0]]["metrics"]["mixer_params"] * self.config.param_ratio)
+            # the root's mean at this tier: an implausible gain over it is rechecked and flagged, as in the search
+            reference = {"metrics": promotion.aggregate([root_rows[s]["metrics"] for s in plan.seeds])}
         stored = self.promoter.rows(node_id)
         futures = {}
         for seed in plan.seeds:
@@ -433,7 +435,7 @@ class Run:
                 continue
             log = self.dir / "logs" / f"node-{node_id}-{plan.tier}-s{seed}.log"
             job = executors.Job(key=f"node-{node_id} {plan.tier} seed {seed}", source=code, tier=plan.tier, seed=seed,
-                                options={**self._options(limit, None), "tier_overrides": plan.overrides or None},
+                                options={**self._options(limit, reference), "tier_overrides": plan.overrides or None},
                                 log_path=str(log))
             self.store.event("promote", f"evaluating at {plan.tier}, seed {seed}", node_id)
             futures[self.executor.submit(job)] = (seed, log)
