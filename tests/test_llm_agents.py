@@ -164,3 +164,13 @@ def rows_if_any(run_dir, sql):
         return rows(run_dir, sql)
     except sqlite3.Error:
         return []
+
+
+def test_a_researcher_that_never_gives_code_becomes_a_failed_node(tmp_path):
+    run_dir = tmp_path / "run"
+    with ScriptedServer(Script(researcher=[NO_CODE] * 3)) as server:  # the first answer and both re-asks
+        done = archlab(*llm_args(server, run_dir, 2))
+    assert done.returncode == 0, done.stderr
+    status, reason, analysis, sha = rows(run_dir, "select status, reason, analysis, commit_sha from nodes where id = 1")[0]
+    assert (status, reason) == ("failed", "malformed") and analysis and sha
+    assert rows(run_dir, "select count(*) from evaluations where node_id = 1")[0][0] == 0  # nothing reached the sandbox

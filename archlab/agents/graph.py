@@ -381,10 +381,13 @@ class Run:
         if node is None:  # discarded before its first commit: nothing to analyse
             return {"analysis": "discarded before evaluation"}
         ctx = self.context(state)
-        text, traces = self.brain.analyze(ctx, node, state["result"])
+        # A proposal that never became code (malformed, discarded) is analysed as a failure.
+        failure = state["proposal"].get("failure") or {"reason": "discarded", "detail": None}
+        result = state.get("result") or {"ok": False, "metrics": {}, **failure}
+        text, traces = self.brain.analyze(ctx, node, result)
         self._write_traces(state["node_id"], traces, state.get("attempt", 0))
         chaos.point("during_analysis")
-        judged = self.brain.judge.score(ctx, node) if getattr(self.brain, "judge", None) and state["result"]["ok"] else None
+        judged = self.brain.judge.score(ctx, node) if getattr(self.brain, "judge", None) and result["ok"] else None
         return {"analysis": text, "judge": judged}
 
     def _record_step(self, state: CandidateState) -> CandidateState:
