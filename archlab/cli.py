@@ -613,7 +613,7 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except OSError as e:
-        what = "the disk is full" if e.errno == errno.ENOSPC else str(e)
+        what = f"the disk is full ({e.strerror}{': ' + str(e.filename) if e.filename else ''})" if e.errno == errno.ENOSPC else str(e)
         err.print(f"error: {what}; nothing stored so far is lost: free space and run the command again", markup=False, highlight=False)
         sys.exit(1)
     except sqlite3.OperationalError as e:

@@ -40,7 +40,7 @@ from archlab.sandbox import executors, runner
 from archlab.sandbox.fitness import fitness
 from archlab.sandbox.tiers import TIERS
 from archlab.templates import ROOTS, Design, render_root
-from archlab.tree import sampling
+from archlab.tree import sampling, space
 from archlab.tree.lineage import Lineage
 from archlab.tree.store import Store
 
@@ -138,6 +138,7 @@ class Run:
         running: dict = {}  # future -> ("candidate", thread) | ("promotion", node_id)
         why = halt = None
         while True:
+            space.ensure_free(self.dir)
             while halt is None and len(running) < self.config.workers:
                 in_flight = sum(1 for kind, _ in running.values() if kind == "candidate")
                 if why is None and pending:
@@ -257,6 +258,7 @@ class Run:
         if not self.store.has_node(0):
             self.store.add_node(id=0, parent_id=None, status="evaluating", operator="root", commit_sha=sha,
                                 motivation=f"the root design: {self.config.root}", design=design)
+        self.store.save_code(0, code)
         result = self._evaluate(0, code, attempt=0, root=True)
         if not result.ok:
             self.store.update_node(0, status="failed", reason=result.reason, detail=result.detail, finished=time.time())
@@ -335,6 +337,7 @@ class Run:
         else:
             self.store.add_node(id=node_id, parent_id=parent["id"], status="evaluating",
                                 references_used=state.get("references", []), **fields)
+        self.store.save_code(node_id, code)
         chaos.point("after_row")
         return {}
 
@@ -359,7 +362,7 @@ class Run:
         job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
                             options=self._options(limit, root_node), log_path=str(log))
         result = self.executor.evaluate(job)
-        self.store.add_evaluation(node_id, self.config.tier, self.config.seed, result, str(log.relative_to(self.dir)))
+        self._add_evaluation(node_id, self.config.tier, self.config.seed, result, log)
         self.store.update_node(node_id, attempts=attempt + 1)
         chaos.point("after_evaluation")
         return result
@@ -445,12 +448,17 @@ class Run:
         for future in as_completed(futures):
             seed, log = futures[future]
             result = executors.result_of(future)
-            self.store.add_evaluation(node_id, plan.tier, seed, result, str(log.relative_to(self.dir)), kind=promotion.KIND)
+            self._add_evaluation(node_id, plan.tier, seed, result, log, kind=promotion.KIND)
         message = self.promoter.finish(node_id)
         self.store.event("promote", message, node_id)
         return message
 
     # -- helpers --------------------------------------------------------------------------------
+    def _add_evaluation(self, node_id: int, tier: str, seed: int, result: runner.Result, log: Path, kind: str = "search") -> None:
+        if not result.ok:  # a full disk kills sandboxes too: stop (the evaluation is redone on resume), don't blame the candidate
+            space.ensure_free(self.dir)
+        self.store.add_evaluation(node_id, tier, seed, result, str(log.relative_to(self.dir)), kind=kind)
+
     def context(self, state: CandidateState) -> Context:
         parent = self.store.node(state["parent_id"])
         parent_code = self.lineage.code(parent["commit_sha"])

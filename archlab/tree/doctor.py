@@ -3,7 +3,9 @@
 `check(run_dir)` only reads. `check(run_dir, repair=True)` also fixes what can be fixed
 without losing data: orphan commits (a tag whose row was never written) are removed, nodes
 left "evaluating" with no checkpoint to resume are marked failed ("interrupted"), stale
-open-thread markers are dropped. Everything else is reported for a person to look at.
+open-thread markers are dropped, a node's damaged git blob/tree is rewritten from the
+database's copy of its code (and missing copies are taken from git). Everything else is
+reported for a person to look at.
 """
 
 import sqlite3
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import git
 
-from archlab.tree.lineage import Lineage
+from archlab.tree.lineage import DamagedObject, Lineage
 from archlab.tree.store import Store
 
 
@@ -57,6 +59,7 @@ def check(run_dir: Path, repair: bool = False) -> Report:
     by_id = {n["id"]: n for n in nodes}
     for node in nodes:
         _check_node(node, by_id, tags, lineage, report)
+    _check_code(store, nodes, tags, lineage, repair, report)
     for node_id in sorted(set(tags) - set(by_id)):
         if repair:
             lineage.drop_tag(node_id)
@@ -64,12 +67,37 @@ def check(run_dir: Path, repair: bool = False) -> Report:
     _check_threads(run_dir, store, repair, report)
     _check_evaluations(run_dir, store, by_id, report)
     try:
-        fsck = lineage.repo.git.fsck("--no-dangling")
-        if fsck.strip():
-            report.add("error", f"git fsck: {fsck.strip().splitlines()[0]}")
+        lineage.repo.git.fsck("--no-dangling")
     except git.exc.GitCommandError as e:
-        report.add("error", f"git fsck failed: {(e.stderr or str(e)).strip().splitlines()[-1]}")
+        lines = [line.strip().removeprefix("stderr:").strip(" '") for line in (e.stderr or str(e)).splitlines()]
+        problems = [line for line in lines if line and not line.startswith("notice:")]
+        report.add("error", f"git fsck: {problems[0] if problems else 'failed'}")
     return report
+
+
+def _check_code(store: Store, nodes: list[dict], tags: dict, lineage: Lineage, repair: bool, report: Report) -> None:
+    """Every node's code must read back from git and match the database's copy."""
+    uncopied = []
+    for node in nodes:
+        nid, copy = node["id"], store.code_copy(node["id"])
+        if nid not in tags:
+            continue
+        try:
+            code = lineage.code(tags[nid])
+        except DamagedObject:
+            restored = repair and copy is not None and lineage.restore(tags[nid], copy)
+            report.add("error", f"node {nid}: its code cannot be read from git"
+                                + ("" if copy is not None else " and the database has no copy of it"), repaired=bool(restored))
+            continue
+        if copy is None:
+            uncopied.append(nid)
+            if repair:
+                store.save_code(nid, code)
+        elif copy != code:
+            report.add("error", f"node {nid}: its code in git differs from the database's copy")
+    if uncopied:
+        report.add("warning", f"{len(uncopied)} node(s) have no database copy of their code (e.g. node {uncopied[0]}; "
+                              f"runs from an older archlab)", repaired=repair)
 
 
 def _check_node(node: dict, by_id: dict, tags: dict, lineage: Lineage, report: Report) -> None:

@@ -354,6 +354,7 @@ def _write_fork(store: Store, node: dict, code: str, new_dir: Path, new_config: 
                                     + (f" Its analysis there: {node['analysis']}" if node.get("analysis") else ""))
     else:  # evaluated at the new tier or seed by the first `archlab run`
         new_store.add_node(**fields, status="evaluating")
+    new_store.save_code(0, code)
     copied = _copy_evaluations(store, new_store, Path(source["run"]), new_dir, node_id, keep_kinds=same_tier)
     for t in store.traces(node_id):
         new_store.add_trace(0, t["role"], t["kind"], **{k: t[k] for k in (

@@ -5,6 +5,7 @@ never block it. JSON columns hold metrics, designs and decisions.
 """
 
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -34,8 +35,11 @@ SCHEMA = {
     },
     "events": {"id": int, "ts": float, "kind": str, "node_id": int, "message": str},
     "meta": {"key": str, "value": str},
+    # A second copy of each node's code beside its git blob: `archlab doctor --repair` rewrites a
+    # damaged git object from it (same bytes, same hash), so a corrupted repository loses nothing.
+    "code": {"node_id": int, "code": str},
 }
-PRIMARY_KEYS = {"meta": "key"}
+PRIMARY_KEYS = {"meta": "key", "code": "node_id"}
 
 
 class Store:
@@ -52,7 +56,8 @@ class Store:
                 self._create()
             self.db.execute("select 1 from nodes limit 1")
         except sqlite3.DatabaseError as e:
-            raise UserError(f"cannot open {path}: {e}") from None
+            full = shutil.disk_usage(path.parent).free < 2**20  # SQLite needs a little space even to read a WAL database
+            raise UserError(f"cannot open {path}: {e}" + (" (the disk is full: free some space and retry)" if full else "")) from None
 
     def _create(self) -> None:
         self.db.enable_wal()
@@ -105,6 +110,15 @@ class Store:
 
     def children(self, node_id: int) -> list[dict]:
         return self.nodes("parent_id = ?", [node_id])
+
+    def save_code(self, node_id: int, code: str) -> None:
+        self.db["code"].upsert({"node_id": node_id, "code": code}, pk="node_id")
+
+    def code_copy(self, node_id: int) -> str | None:
+        if "code" not in self.db.table_names():  # a store from an older archlab, opened read-only
+            return None
+        row = self.db.execute("select code from code where node_id = ?", [node_id]).fetchone()
+        return row[0] if row else None
 
     # -- evaluations, traces, events ---------------------------------------------------------
     def add_evaluation(self, node_id: int, tier: str, seed: int, result, log: str | None, kind: str = "search") -> None:

@@ -118,10 +118,10 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
                                         _int(request, "offset", 0), _int(request, "limit", 100)))
 
     async def log(request: Request) -> Response:
-        text = view.evaluation_log(request.path_params["evaluation_id"])
-        if text is None:
-            raise HTTPException(404, "no log for this evaluation")
-        return PlainTextResponse(text)
+        try:
+            return PlainTextResponse(view.evaluation_log(request.path_params["evaluation_id"]))
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from None
 
     async def plots(request: Request) -> Response:
         return JSON(view.plots())

@@ -340,14 +340,18 @@ class RunView:
         return {"total": total, "offset": offset, "limit": limit, "traces": rows, "by_role": totals}
 
     # -- logs ---------------------------------------------------------------------------------------
-    def evaluation_log(self, evaluation_id: int) -> str | None:
-        """The tail of an evaluation's log, or None: only files that resolve inside the run directory."""
+    def evaluation_log(self, evaluation_id: int) -> str:
+        """The tail of an evaluation's log; only files that resolve inside the run directory.
+        LookupError (with what to tell the user) when there is none to show."""
         row = self.store.db.execute("select log from evaluations where id = ?", [evaluation_id]).fetchone()
         if not row or not row[0]:
-            return None
+            raise LookupError("no log for this evaluation")
         path = (self.dir / row[0]).resolve()
-        if not path.is_relative_to(self.dir) or not path.is_file():
-            return None
+        if not path.is_relative_to(self.dir):
+            raise LookupError("no log for this evaluation")
+        if not path.is_file():
+            raise LookupError(f"the log file {row[0]} is missing (deleted?); the evaluation's metrics and error "
+                              f"excerpt are kept in the database")
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()

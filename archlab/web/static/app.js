@@ -259,7 +259,7 @@ function renderNode(n, tr) {
           logCell.append(h("button", { class: "small", onclick: async () => {
             if (box.hidden && !box.textContent) {
               const r = await fetch(`/api/evaluation/${e.id}/log`);
-              box.textContent = r.ok ? await r.text() : "(log not available)";
+              box.textContent = r.ok ? await r.text() : `(${(await r.json().catch(() => ({}))).error || "log not available"})`;
             }
             box.hidden = !box.hidden;
           } }, "log"));
