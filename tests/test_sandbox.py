@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import helpers
 from archlab.sandbox import checks, contract, runner
 from archlab.sandbox.contract import CandidateError
+from archlab.sandbox.fitness import breakdown
 from archlab.templates import ROOTS, render_root
 
 THREADS = 1
@@ -312,3 +313,21 @@ def test_micro_evaluation_of_deltanet():
     assert m["val_loss"] < math.log(256)  # it learned something beyond a uniform guess over bytes
     assert m["train_tokens"] == 20 * 8 * 64
     assert m["mixer_params"] < m["params"]
+
+
+def test_compile_check_penalises_a_mixer_torch_compile_cannot_take_whole():
+    """Hardware tiers try torch.compile's graph capture on the mixer: the root is captured whole;
+    a mixer with a data-dependent .item() breaks the graph, is still accepted, and pays the
+    fitness's compile penalty."""
+    root = render_root("deltanet")
+    head, sep, body = root.rpartition("    def forward(self, x: torch.Tensor) -> torch.Tensor:\n")
+    breaking = head + sep + "        if float(x.abs().max()) > 1e9:  # a host sync: TorchDynamo must break the graph here\n            x = x * 1.0\n" + body
+    tier = {"hardware": True}
+    good = evaluate(root, "micro", tier_overrides=tier)
+    bad = evaluate(breaking, "micro", tier_overrides=tier)
+    assert good.ok and bad.ok, (good, bad)
+    assert good.metrics["compile_ok"] is True and good.metrics["compile_graph_breaks"] == 0
+    assert bad.metrics["compile_ok"] is False and bad.metrics["compile_graph_breaks"] >= 1
+    assert "graph break" in bad.metrics["compile_error"]
+    terms = breakdown(bad.metrics, good.metrics)
+    assert terms["compile"] < 0 and "compile" not in breakdown(good.metrics, good.metrics)

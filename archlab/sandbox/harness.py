@@ -207,6 +207,7 @@ def warm_up(device: torch.device, *, train: bool = True, counters: bool = True) 
                 model(inputs[:1])
             counter.get_total_flops()
             checks.warm_up()
+            compile_metrics(model, tier, device)
         _, states = model.step(inputs[:1, 0], None)
         model.step(inputs[:1, 1], states)
         quantized_copy(model)
@@ -377,6 +378,7 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
         if tier.hardware:
             metrics.update(latency_metrics(model, tier, device))
             metrics.update(quantization_metrics(model, tier, corpus, device, batch_losses))
+            metrics.update(compile_metrics(model, tier, device))
         if tier.probes is not None and "probe" in weights:
             metrics.update(probe_accuracy(candidate, tier, weights["probe"], device))
     return metrics
@@ -537,6 +539,35 @@ def latency_metrics(model: LM, tier: Tier, device: torch.device) -> dict:
     }
 
 
+def compile_metrics(model: LM, tier: Tier, device: torch.device) -> dict:
+    """Whether torch.compile takes the first mixer whole (fullgraph): a graph break (.item(), data-
+    dependent Python control flow, an unsupported call) or an error is a compile failure. On CUDA
+    the real compile (inductor + triton), its output checked against eager; on the CPU TorchDynamo's
+    graph capture only, because inductor's C++ build takes ~40 s per model there."""
+    mixer = model.blocks[0].mixer
+    x = torch.randn(1, min(tier.seq_len, 64), tier.d_model, device=device)
+    torch._dynamo.reset()
+    try:
+        if device.type == "cuda":
+            with autocast(device):
+                eager, compiled = mixer(x).float(), torch.compile(mixer, fullgraph=True)(x).float()
+            if not torch.allclose(compiled, eager, rtol=5e-2, atol=5e-2):
+                return {"compile_ok": False, "compile_error": "the compiled mixer's output differs from eager"}
+            return {"compile_ok": True}
+        explanation = torch._dynamo.explain(mixer)(x)
+        breaks = explanation.graph_break_count
+        if breaks:
+            return {"compile_ok": False, "compile_graph_breaks": breaks,
+                    "compile_error": f"graph break: {explanation.break_reasons[0].reason}"[:300]}
+        return {"compile_ok": True, "compile_graph_breaks": 0}
+    except CandidateError:
+        raise
+    except Exception as e:  # failing to compile is a metric (a fitness penalty), not a rejection
+        return {"compile_ok": False, "compile_error": f"{type(e).__name__}: {e}"[:300]}
+    finally:
+        torch._dynamo.reset()
+
+
 def state_bytes(state) -> int:
     if isinstance(state, torch.Tensor):
         return state.numel() * state.element_size()
@@ -635,6 +666,3 @@ def guard(fn):
         if contract.out_of_memory(e):
             raise CandidateError("memory", f"{type(e).__name__}: {str(e)[:300]}") from None
         raise CandidateError("error", f"{type(e).__name__}: {str(e)[:1500]}") from e
-
-
-_guard = guard  # the old private name

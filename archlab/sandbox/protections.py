@@ -38,6 +38,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import types
@@ -78,13 +79,19 @@ class Launcher:
             os.chown(path, uid, uid)
         return uid
 
-    def command(self, argv: list[str], scratch: Path, *, hide: list[str] = (), cuda: bool = False) -> list[str]:
+    def command(self, argv: list[str], scratch: Path, *, hide: list[str] = (), read: list[str] = (),
+                cuda: bool = False) -> list[str]:
+        """The child's argv. `read`: paths it must be able to read (data that may live under /tmp,
+        which bwrap replaces by an empty one); `hide`: paths it must not see (applied after)."""
         scratch = Path(scratch).resolve()
         if self.kind == "bwrap":
-            return _bwrap_argv(scratch, hide, cuda, as_root=os.getuid() == 0) + argv
+            return _bwrap_argv(scratch, hide, read, cuda, as_root=os.getuid() == 0) + argv
+        # Without bwrap's --die-with-parent: the kernel kills the launcher when the driver dies (a
+        # SIGKILLed driver cannot clean up), and unshare --kill-child takes the worker with it.
+        deathsig = [shutil.which("setpriv"), "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
         if self.kind == "unshare":
-            return _unshare_argv(as_root=os.getuid() == 0) + argv
-        return list(argv)
+            return deathsig + _unshare_argv(as_root=os.getuid() == 0) + argv
+        return deathsig + list(argv)
 
     def popen_kwargs(self) -> dict:
         return {"start_new_session": True}
@@ -216,7 +223,7 @@ def _probe(cand: Launcher) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _bwrap_argv(scratch: Path, hide: list[str], cuda: bool, as_root: bool) -> list[str]:
+def _bwrap_argv(scratch: Path, hide: list[str], read: list[str], cuda: bool, as_root: bool) -> list[str]:
     argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent",
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if as_root:  # keep only what the worker needs to drop to its own uid; it loses those too when it does
@@ -227,6 +234,8 @@ def _bwrap_argv(scratch: Path, hide: list[str], cuda: bool, as_root: bool) -> li
     argv += ["--ro-bind", "/", "/", "--proc", "/proc"]
     argv += ["--dev-bind", "/dev", "/dev"] if cuda else ["--dev", "/dev"]
     argv += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
+    for path in _under_tmp([*_install_paths(), *read]):  # Python, torch and archlab installed under /tmp stay readable
+        argv += ["--ro-bind", path, path]
     argv += ["--bind", str(scratch), str(scratch)]
     for path in hide:  # the evaluation data: invisible to the training child
         p = Path(path)
@@ -236,6 +245,25 @@ def _bwrap_argv(scratch: Path, hide: list[str], cuda: bool, as_root: bool) -> li
             argv += ["--ro-bind", "/dev/null", str(p.resolve())]
     argv += ["--chdir", str(scratch), "--"]
     return argv
+
+
+def _install_paths() -> list[str]:
+    import archlab
+
+    return [sys.prefix, sys.exec_prefix, sys.base_prefix, *sysconfig.get_paths().values(),
+            str(Path(archlab.__file__).resolve().parents[1])]
+
+
+def _under_tmp(paths) -> list[str]:
+    """The existing paths below /tmp or /var/tmp (never those two themselves), outermost only."""
+    found = set()
+    for p in paths:
+        if not p or not os.path.exists(p):
+            continue
+        real = os.path.realpath(p)
+        if any(real.startswith(t + "/") for t in ("/tmp", "/var/tmp")):
+            found.add(real)
+    return [p for p in sorted(found) if not any(p.startswith(q + "/") for q in found)]
 
 
 def _unshare_argv(as_root: bool) -> list[str]:
@@ -305,8 +333,9 @@ def report(refresh: bool = False) -> list[Protection]:
                    "only file permissions" + (" of the unprivileged uid" if lx.drop_uid else "")),
         Protection("evaluation data hidden from training", bwrap, "bind-mounted away in the training child" if bwrap
                    else "audit hook only"),
-        Protection("killed with its parent", True, "bwrap --die-with-parent" if bwrap else "unshare --kill-child" if lx.kind == "unshare"
-                   else "watchdog thread + RLIMIT_CPU"),
+        Protection("killed with its parent", True, "bwrap --die-with-parent" if bwrap else
+                   ("setpriv --pdeathsig KILL + " if shutil.which("setpriv") else "")
+                   + ("unshare --kill-child" if lx.kind == "unshare" else "watchdog thread + RLIMIT_CPU")),
         Protection("stripped environment", True, f"only {', '.join(KEEP_ENV)} are passed"),
         Protection("CPU thread cap", True, "torch.set_num_threads + OMP/MKL_NUM_THREADS"),
         Protection("audit hook (sys.addaudithook)", hasattr(sys, "addaudithook"),
@@ -414,6 +443,12 @@ DENIED_FROM_CANDIDATE = {"sys._getframe", "sys._getframemodulename", "object.__g
                          "object.__delattr__", "exec", "compile", "marshal.loads", "marshal.load", "marshal.dumps",
                          "mmap.__new__", "os.putenv", "os.unsetenv", "builtins.input", "sys.excepthook"}
 TRANSPARENT_FILES = ("inspect.py", "traceback.py", "functools.py", "contextlib.py")  # callers seen through
+# The compile check (harness.compile_metrics) runs TorchDynamo, which rewrites bytecode: it may make
+# code objects and functions, nobody else may. A candidate cannot forge these file names (it can
+# neither compile() nor write files outside its scratch directory).
+# Code that TorchDynamo generates itself (guards are eval()'d strings) is judged as TorchDynamo's.
+COMPILER_EVENTS = {"code.__new__", "function.__new__"}
+COMPILER_DIRS = ("/torch/_dynamo/", "/torch/fx/", "/torch/_guards.py")
 
 
 class AuditGuard:
@@ -470,6 +505,8 @@ class AuditGuard:
             if paths and all(self._is_writable(p) for p in paths):
                 return None
             return f"{event} {paths[:2]!r}"
+        if event in COMPILER_EVENTS and any(d in (self._caller_file() or "") for d in COMPILER_DIRS):
+            return None
         if event in ALWAYS_DENIED:
             return event
         if event in DENIED_FROM_CANDIDATE and self._untrusted_caller():
@@ -521,6 +558,12 @@ class AuditGuard:
 
     def _untrusted_caller(self) -> bool:
         """Is the code that triggered the event the candidate's (or code it generated)?"""
+        name = self._caller_file()
+        return name is not None and (name in self.candidate_files or (name.startswith("<") and not name.startswith("<frozen")))
+
+    @staticmethod
+    def _caller_file() -> str | None:
+        """The file of the code that raised the event being judged (library helpers seen through)."""
         hook = AuditGuard._hook.__code__
         frame = sys._getframe(1)
         while frame is not None and frame.f_code is not hook:
@@ -529,9 +572,12 @@ class AuditGuard:
         while frame is not None and frame.f_code.co_filename.endswith(TRANSPARENT_FILES):
             frame = frame.f_back
         if frame is None:
-            return False
+            return None
         name = frame.f_code.co_filename
-        return name in self.candidate_files or (name.startswith("<") and not name.startswith("<frozen"))
+        maker = frame.f_back.f_code.co_filename if frame.f_back is not None else ""
+        if name.startswith("<") and any(d in maker for d in COMPILER_DIRS):
+            return maker
+        return name
 
     def check(self) -> None:
         """Raise the candidate rejection for the first violation, caught or not."""

@@ -273,7 +273,9 @@ def _start(launcher, scratch: Path, log: Path, mode: str, deadline: float, job: 
         job["memory_gb"] = None
     job_path = scratch / f"job-{job['phase']}{'-recheck' if job.get('recheck') else ''}.json"
     job_path.write_text(json.dumps(job))
-    argv = launcher.command([sys.executable, "-m", "archlab.sandbox.worker", str(job_path)], scratch, hide=hide, cuda=cuda)
+    data = [p for p in (job.get("data"), job.get("builtin_data")) if p]
+    argv = launcher.command([sys.executable, "-m", "archlab.sandbox.worker", str(job_path)], scratch, hide=hide, read=data,
+                            cuda=cuda)
     env = protections.environment(scratch, job["threads"])
     with open(log, mode) as log_file:
         log_file.write(f"[sandbox] {job['phase']}{' (recheck)' if job.get('recheck') else ''} phase, launcher {launcher.kind}\n".encode())
