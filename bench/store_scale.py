@@ -37,14 +37,15 @@ def build(run: Path, n: int) -> None:
         design = json.dumps({"core": "delta", "variant": i})
         nodes.append((i, parent, "failed" if failed else "done", "op", fit, None if failed else 4.3 - fit,
                       "params" if failed else None, float(i), metrics, 1, design, f"motivation {i}"))
-        evaluations.append((i, "smoke", 0, int(not failed), json.dumps({"wall_s": 45.0}), "{}", float(i), "search"))
+        evaluations.append((i, "smoke", 0, int(not failed), json.dumps({"wall_s": 45.0}), "{}", float(i), "search", 45.0, 2, 0))
         for role in ("researcher", "engineer", "analyst"):
             traces.append((i, role, "llm", 0, "m", "prompt " * 200, "response " * 100, 1500, 400, 0.01, 2.0, float(i)))
     conn = store.db.conn
     conn.execute("begin")
     conn.executemany("insert into nodes (id, parent_id, status, operator, fitness, val_loss, reason, created, metrics, attempts, design, motivation) "
                      "values (?,?,?,?,?,?,?,?,?,?,?,?)", nodes)
-    conn.executemany("insert into evaluations (node_id, tier, seed, ok, metrics, env, created, kind) values (?,?,?,?,?,?,?,?)", evaluations)
+    conn.executemany("insert into evaluations (node_id, tier, seed, ok, metrics, env, created, kind, wall_s, threads, gpus) "
+                     "values (?,?,?,?,?,?,?,?,?,?,?)", evaluations)
     conn.executemany("insert into traces (node_id, role, kind, attempt, model, prompt, response, tokens_in, tokens_out, cost, latency_s, created) "
                      "values (?,?,?,?,?,?,?,?,?,?,?,?)", traces)
     conn.execute("commit")

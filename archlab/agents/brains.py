@@ -12,6 +12,10 @@ from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.knowledge import KnowledgeError, KnowledgeIndex
 
+# Honest baselines for benchmarks: their parent selection is blind to the tree's lessons, and so
+# are their mutations (the offline brain draws operators uniformly instead of by bandit + knowledge).
+BASELINE_STRATEGIES = ("evolution", "random")
+
 
 class LLMBrain:
     """The three LLM roles behind the interface the pipeline expects."""
@@ -33,7 +37,7 @@ def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_
     except KnowledgeError as e:
         raise UserError(str(e)) from None
     if config.llm == "offline":
-        return OfflineBrain(knowledge)
+        return OfflineBrain(knowledge, guided=config.strategy not in BASELINE_STRATEGIES)
     provider, _, model = config.llm.partition(":")
     if provider != "openai" or not model:
         raise UserError(f"--llm {config.llm!r}: use 'offline' or 'openai:MODEL' (any OpenAI-compatible endpoint, with --base-url)")

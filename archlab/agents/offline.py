@@ -1,7 +1,9 @@
 """The embedded no-LLM brain: three roles that need no API key.
 
 The researcher mutates a parent's Design with typed operators, choosing the operator with a
-UCB bandit over what each operator has done in this tree so far; the engineer renders the
+UCB bandit over what each operator has done in this tree so far (plus a bonus for what the
+knowledge base recommends); unguided (the baseline strategies `evolution` and `random`) it
+draws the operator uniformly instead, as regularized evolution does. The engineer renders the
 design to code and repairs the failures it understands; the analyst compares the result
 with the parent, the siblings and the root. Every choice is returned as a trace.
 """
@@ -76,8 +78,9 @@ KNOWLEDGE_BONUS = 0.02  # UCB bonus for operators that entries retrieved for the
 class OfflineBrain:
     kind = "offline"
 
-    def __init__(self, knowledge: KnowledgeIndex):
+    def __init__(self, knowledge: KnowledgeIndex, guided: bool = True):
         self.knowledge = knowledge
+        self.guided = guided
 
     # -- researcher ---------------------------------------------------------------------------
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
@@ -88,10 +91,12 @@ class OfflineBrain:
         query = query_for_node(ctx.parent.get("metrics") or {}, ctx.root.get("metrics"), ctx.parent.get("analysis"))
         hits = self.knowledge.search(query, k=5)
         recommended = {op for h in hits if h.kind == "entry" for op in self.knowledge.entry(h.id).operators}
-        ranked = sorted(
-            (op for op in OPERATORS if op.applies(parent)),
-            key=lambda op: (-(_ucb(stats.get(op.name), total) + KNOWLEDGE_BONUS * (op.name in recommended)), ctx.rng.random()),
-        )
+        applicable = [op for op in OPERATORS if op.applies(parent)]
+        if self.guided:
+            ranked = sorted(applicable, key=lambda op: (
+                -(_ucb(stats.get(op.name), total) + KNOWLEDGE_BONUS * (op.name in recommended)), ctx.rng.random()))
+        else:
+            ranked = ctx.rng.sample(applicable, len(applicable))
         for op in ranked:
             fresh = [d for d in op.variants(parent) if not ctx.seen(d.model_dump())]
             if not fresh:

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from archlab.config import RunConfig
-from archlab.tree.lineage import Lineage
 from archlab.tree.store import Store
 
 SUMMARY_KEYS = ("id", "parent_id", "status", "operator", "fitness", "val_loss", "motivation")
@@ -42,6 +41,8 @@ def node_report(run_dir: Path, store: Store, node_id: int) -> dict:
     node = store.node(node_id)
     parent = store.node(node["parent_id"]) if node["parent_id"] is not None else None
     root = store.node(0)
+    from archlab.tree.lineage import Lineage  # git is slow to import: `archlab status` does without it
+
     lineage = Lineage(Path(run_dir) / "repo")
     diff = lineage.diff(parent["commit_sha"] if parent else None, node["commit_sha"]) if node["commit_sha"] else ""
     metrics = {}

@@ -27,6 +27,8 @@ SCHEMA = {
     "evaluations": {
         "id": int, "node_id": int, "tier": str, "seed": int, "ok": int, "reason": str, "detail": str,
         "metrics": str, "env": str, "log": str, "created": float, "kind": str,
+        # compute spent, out of the JSON so that summing 100k evaluations stays fast (Store.spend)
+        "wall_s": float, "threads": int, "gpus": int,
     },
     "traces": {
         "id": int, "node_id": int, "role": str, "attempt": int, "kind": str, "model": str, "prompt": str,
@@ -40,6 +42,10 @@ SCHEMA = {
     "code": {"node_id": int, "code": str},
 }
 PRIMARY_KEYS = {"meta": "key", "code": "node_id"}
+# The compute of an evaluation as stored in its JSON (rows written before the columns existed).
+WALL_SQL = "coalesce(json_extract(metrics, '$.wall_s'), 0.0)"
+THREADS_SQL = "coalesce(json_extract(env, '$.executor.threads'), json_extract(env, '$.threads'), 1)"
+GPUS_SQL = "coalesce(json_extract(env, '$.executor.gpus'), case when json_extract(env, '$.device') = 'cuda' then 1 else 0 end)"
 
 
 class Store:
@@ -68,11 +74,17 @@ class Store:
                 missing = {c: t for c, t in columns.items() if c not in self.db[name].columns_dict}
                 for column, kind in missing.items():
                     self.db[name].add_column(column, kind)
+                if name == "evaluations" and "wall_s" in missing:
+                    self.db.execute(f"update evaluations set wall_s = {WALL_SQL}, threads = {THREADS_SQL}, gpus = {GPUS_SQL}")
         self.db["evaluations"].create_index(["node_id"], if_not_exists=True)
+        if "wall_s" in self.db["evaluations"].columns_dict:  # covers Store.spend: it never reads the rows themselves
+            self.db["evaluations"].create_index(["tier", "kind", "ok", "wall_s", "threads", "gpus"], if_not_exists=True)
         self.db["traces"].create_index(["node_id", "role", "request_hash"], if_not_exists=True)
         self.db["nodes"].create_index(["status", "fitness"], if_not_exists=True)
         self.db["nodes"].create_index(["parent_id"], if_not_exists=True)
         self.db["nodes"].create_index(["status", "id"], if_not_exists=True)  # recent finished nodes (evolution)
+        # the leaderboard's order (highest fidelity first), so `archlab status` reads ten rows, not all
+        self.db.execute("create index if not exists idx_nodes_rank on nodes (status, coalesce(fidelity, 0) desc, fitness desc, id)")
 
     def transaction(self):
         return self.db.conn  # sqlite3 connection as a context manager: commit or roll back
@@ -122,10 +134,14 @@ class Store:
 
     # -- evaluations, traces, events ---------------------------------------------------------
     def add_evaluation(self, node_id: int, tier: str, seed: int, result, log: str | None, kind: str = "search") -> None:
+        env = result.env or {}
+        executor = env.get("executor") or {}
         self.db["evaluations"].insert({
             "node_id": node_id, "tier": tier, "seed": seed, "ok": int(result.ok), "reason": result.reason,
             "detail": result.detail, "metrics": json.dumps(result.metrics), "env": json.dumps(result.env),
-            "log": log, "created": time.time(), "kind": kind,
+            "log": log, "created": time.time(), "kind": kind, "wall_s": (result.metrics or {}).get("wall_s") or 0.0,
+            "threads": executor.get("threads") or env.get("threads") or 1,
+            "gpus": executor["gpus"] if executor.get("gpus") is not None else int(env.get("device") == "cuda"),
         })
 
     def evaluations(self, node_id: int) -> list[dict]:
@@ -161,9 +177,10 @@ class Store:
     def spend(self, kinds: tuple[str, ...] | None = None) -> list[dict]:
         """Evaluations and compute per (tier, kind): wall hours, CPU-hours (wall x threads), GPU-hours."""
         where, params = ("where kind in (%s)" % ", ".join("?" * len(kinds)), list(kinds)) if kinds else ("", [])
-        wall = "coalesce(json_extract(metrics, '$.wall_s'), 0.0)"
-        threads = "coalesce(json_extract(env, '$.executor.threads'), json_extract(env, '$.threads'), 1)"
-        gpus = "coalesce(json_extract(env, '$.executor.gpus'), case when json_extract(env, '$.device') = 'cuda' then 1 else 0 end)"
+        if "wall_s" in self.db["evaluations"].columns_dict:
+            wall, threads, gpus = "coalesce(wall_s, 0.0)", "coalesce(threads, 1)", "coalesce(gpus, 0)"
+        else:  # a store from an older archlab, opened read-only
+            wall, threads, gpus = WALL_SQL, THREADS_SQL, GPUS_SQL
         rows = self.db.execute(
             f"select tier, kind, count(*), sum(ok), sum({wall}) / 3600.0, sum({wall} * {threads}) / 3600.0, "
             f"sum({wall} * {gpus}) / 3600.0 from evaluations {where} group by tier, kind order by min(id)", params).fetchall()

@@ -88,7 +88,7 @@ def _unified(old: str | None, new: str) -> str:
 # -- plots: the web UI's series (static/app.js showPlots), drawn as SVG ---------------------------------
 def _plots(p: dict) -> list[Plot]:
     def best(points: list[dict], title: str, x_label: str, time_axis: bool) -> Plot:
-        return _chart(title, x_label, "fitness", [
+        return chart(title, x_label, "fitness", [
             {"label": "every node", "colour": GREY, "type": "scatter", "r": 2.5,
              "points": [{"x": q["x"], "y": q["fitness"], "id": q["id"]} for q in points if q["fitness"] is not None]},
             {"label": "best so far", "colour": GREEN, "type": "step", "extend": True,
@@ -101,20 +101,20 @@ def _plots(p: dict) -> list[Plot]:
     plots = [best(p["best_over_time"], "Best-so-far fitness over time", "run time", True),
              best(p["best_over_evaluations"], "Best-so-far fitness over evaluations", "evaluations", False)]
     for axis in p["pareto"]:
-        plots.append(_chart(
+        plots.append(chart(
             f"Pareto front: validation loss vs {axis['label']}", axis["label"], "val_loss (nats/byte)", [
                 {"label": "nodes", "colour": GREY, "type": "scatter", "r": 3, "points": axis["points"]},
                 {"label": "Pareto front", "colour": ORANGE, "type": "line", "markers": True, "r": 4.5, "points": axis["front"]},
                 {"label": "root", "colour": BLUE, "type": "scatter", "r": 5, "points": [q for q in axis["points"] if q["id"] == 0]},
             ], note="lower-right is better" if axis["higher_is_better"] else "lower-left is better"))
-    plots.append(_chart("Nodes that beat the root vs compute spent", "evaluation compute (hours)", "nodes with fitness > 0",
+    plots.append(chart("Nodes that beat the root vs compute spent", "evaluation compute (hours)", "nodes with fitness > 0",
                         [{"label": "beat the root", "colour": PURPLE, "type": "step", "markers": True, "r": 2.5,
                           "points": p["discovery"]}], y_integer=True, note="the discovery-scaling curve (ASI-Arch)"))
     series = [{"label": "evaluation compute (hours)", "colour": BLUE, "type": "line", "points": p["compute"]}]
     if p["spend"]:
         series.append({"label": "LLM cost ($)", "colour": ORANGE, "type": "line",
                        "points": [{"x": q["x"], "y": q["cost"]} for q in p["spend"]]})
-    plots.append(_chart("Spend over time", "run time", "hours / $" if p["spend"] else "compute hours", series, time_axis=True,
+    plots.append(chart("Spend over time", "run time", "hours / $" if p["spend"] else "compute hours", series, time_axis=True,
                         note=None if p["spend"] else "no LLM spend (the offline brain makes no paid calls)"))
     return plots
 
@@ -123,7 +123,7 @@ W, H = 600, 360
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 30, 70
 
 
-def _chart(title: str, x_label: str, y_label: str, series: list[dict], time_axis: bool = False,
+def chart(title: str, x_label: str, y_label: str, series: list[dict], time_axis: bool = False,
            y_integer: bool = False, note: str | None = None) -> Plot:
     """A line/step/scatter chart as one standalone SVG: title, axes with nice ticks, legend, a tooltip per point."""
     e = html.escape

@@ -1,0 +1,102 @@
+"""Rediscovery: start from DeltaNet with known-good parts removed and see how much of the way
+back to the full DeltaNet a run finds, at a fixed evaluation budget.
+
+The root `deltanet_ablated` lacks the short convolution, the output gate and the q/k L2 norm;
+the full DeltaNet (the hidden answer) is evaluated at the same tier and seeds. Per strategy
+(mean over seeds): the share of the validation-loss gap between them that the best node
+closes, the evaluations needed to close half of it, and which removed parts the best node
+has back. The mixer budget is 1.3x the root's (the removed parts cost ~27% more parameters),
+and the implausible-gain recheck starts at 50% (gains of 10% are expected here).
+
+    python bench/rediscovery.py                 # CPU: micro tier, 12 evaluations, 3 seeds
+    python bench/rediscovery.py --tier smoke --evaluations 40 --jobs 8
+    python bench/rediscovery.py --quick         # a few minutes: checks that it all works
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from discovery import archlab, curves_svg, mean_std, run_all, search
+
+from archlab.templates import render_root
+
+STRATEGIES = ("asi", "evolution", "random")
+REMOVED = {"short_conv": lambda d: d["short_conv"], "output_gate": lambda d: d["output_gate"] != "none",
+           "qk_norm": lambda d: d["qk_norm"]}
+
+
+def full_deltanet(tier: str, seed: int, out: Path) -> float:
+    """The hidden answer's validation loss at this tier and seed."""
+    source = out / "deltanet.py"
+    source.write_text(render_root("deltanet"))
+    return json.loads(archlab("eval", source, "--tier", tier, "--seed", seed, "--json", "--threads", 1).stdout)["metrics"]["val_loss"]
+
+
+def score(run: dict, target: float) -> dict:
+    root = run["root"]["val_loss"]
+    gap = root - target
+    best, curve, half_at = root, [], None
+    best_node = run["root"]
+    for i, c in enumerate(run["candidates"], 1):
+        if c["status"] == "done" and not c["flagged"] and c["val_loss"] < best:
+            best, best_node = c["val_loss"], c
+        curve.append((root - best) / gap if gap > 0 else 0.0)
+        if half_at is None and gap > 0 and root - best >= gap / 2:
+            half_at = i
+    parts = [name for name, has in REMOVED.items() if best_node["design"] and has(best_node["design"])]
+    return {"root_val_loss": root, "target_val_loss": target, "gap": gap, "best_val_loss": best, "best_node": best_node["id"],
+            "closed": curve[-1] if curve else 0.0, "half_gap_at": half_at, "parts_back": parts, "curve": curve}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tier", default="micro")
+    parser.add_argument("--evaluations", type=int, default=12)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU thread each)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/rediscovery"))
+    parser.add_argument("--quick", action="store_true", help="micro tier, 2 evaluations, 1 seed, the default strategy")
+    args = parser.parse_args()
+    if args.quick:
+        args.tier, args.evaluations, args.seeds, args.strategies = "micro", 2, 1, ["asi"]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    seeds = list(range(args.seeds))
+    grid = [(strategy, seed) for seed in seeds for strategy in args.strategies]
+    jobs = [(full_deltanet, args.tier, seed, args.out) for seed in seeds]
+    jobs += [(search, args.out / "runs" / f"{strategy}-s{seed}", args.evaluations,
+              dict(root="deltanet_ablated", strategy=strategy, seed=seed, tier=args.tier, param_ratio=1.3, implausible_gain=0.5))
+             for strategy, seed in grid]
+    done = run_all(jobs, args.jobs)
+    targets, runs = dict(zip(seeds, done[:len(seeds)])), done[len(seeds):]
+    results = {"tier": args.tier, "evaluations": args.evaluations, "seeds": args.seeds, "runs": [], "summary": {}}
+    for (strategy, seed), run in zip(grid, runs):
+        results["runs"].append({"strategy": strategy, "seed": seed, "run": run["run"], **score(run, targets[seed])})
+
+    print(f"rediscovery: root deltanet_ablated -> hidden answer deltanet; tier {args.tier}, "
+          f"{args.evaluations} evaluations per run, {args.seeds} seed(s)")
+    for seed in seeds:
+        r = next(r for r in results["runs"] if r["seed"] == seed)
+        print(f"  seed {seed}: ablated root val_loss {r['root_val_loss']:.4f}, full DeltaNet {r['target_val_loss']:.4f}, gap {r['gap']:.4f}")
+    print(f"{'strategy':10} {'gap closed':>16} {'evals to half':>14} {'parts back (best node)':>40}")
+    curves = {}
+    for strategy in args.strategies:
+        rows = [r for r in results["runs"] if r["strategy"] == strategy]
+        curves[strategy] = [r["curve"] for r in rows]
+        closed = mean_std([r["closed"] for r in rows])
+        halves = [r["half_gap_at"] for r in rows]
+        reached = [h for h in halves if h is not None]
+        parts = "; ".join(",".join(r["parts_back"]) or "-" for r in rows)
+        results["summary"][strategy] = {"closed": closed, "half_gap_at": halves}
+        half = f"{mean_std(reached)[0]:.1f} ({len(reached)}/{len(rows)})" if reached else f"never (0/{len(rows)})"
+        print(f"{strategy:10} {100 * closed[0]:7.0f}% ± {100 * closed[1]:3.0f}% {half:>14} {parts:>40}")
+    (args.out / "gap_closed.svg").write_text(
+        curves_svg(f"share of the gap to full DeltaNet closed ({args.tier}, mean of {args.seeds} seeds)", "gap closed", curves))
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"results: {args.out / 'results.json'}, plot: {args.out / 'gap_closed.svg'}")
+
+
+if __name__ == "__main__":
+    main()
