@@ -9,7 +9,6 @@ consistent at the end.
 """
 
 import argparse
-import os
 import random
 import signal
 import sqlite3

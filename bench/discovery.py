@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from archlab.agents.graph import Run
 from archlab.config import RunConfig
 from archlab.web.report import chart
 
@@ -27,12 +28,11 @@ def archlab(*args, timeout: float | None = None) -> subprocess.CompletedProcess:
     return proc
 
 
-def search(run_dir: Path, evaluations: int, **config) -> dict:
+def search(run_dir: Path, evaluations: int, config: dict) -> dict:
     """One run of `evaluations` candidates (the root not counted) with the given RunConfig fields;
     resumes a run directory that is already there. Returns its history."""
     if not (run_dir / "archlab.toml").exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        RunConfig(**config).save(run_dir)
+        Run.create(run_dir, RunConfig(**config))
     started = time.monotonic()
     archlab("run", run_dir, "--max-nodes", evaluations + 1, "--threads", 1)
     return {"run": str(run_dir), "wall_s": time.monotonic() - started, **history(run_dir)}

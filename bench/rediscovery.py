@@ -8,7 +8,7 @@ closes, the evaluations needed to close half of it, and which removed parts the 
 has back. The mixer budget is 1.3x the root's (the removed parts cost ~27% more parameters),
 and the implausible-gain recheck starts at 50% (gains of 10% are expected here).
 
-    python bench/rediscovery.py                 # CPU: micro tier, 12 evaluations, 3 seeds
+    python bench/rediscovery.py                 # CPU: smoke tier, 8 evaluations, 2 seeds (~40 min on 2 cores)
     python bench/rediscovery.py --tier smoke --evaluations 40 --jobs 8
     python bench/rediscovery.py --quick         # a few minutes: checks that it all works
 """
@@ -51,9 +51,9 @@ def score(run: dict, target: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tier", default="micro")
-    parser.add_argument("--evaluations", type=int, default=12)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tier", default="smoke", help="smoke at least: at micro the ablated root still beats DeltaNet")
+    parser.add_argument("--evaluations", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU thread each)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/rediscovery"))

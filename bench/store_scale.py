@@ -3,7 +3,7 @@
 Measures parent/reference sampling per strategy (target < 20 ms), `archlab status --json`
 as a whole command (target < 1 s) and the web UI's tree endpoint (first and cached request).
 
-    python bench/store_scale.py [--nodes 100000]
+    python bench/store_scale.py [--nodes 100000] [--quick]
 """
 
 import argparse
@@ -63,7 +63,10 @@ def ms(fn, repeat: int = 20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="5,000 nodes: checks that it all works")
     args = parser.parse_args()
+    if args.quick:
+        args.nodes = 5_000
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         started = time.perf_counter()

@@ -16,7 +16,7 @@ from archlab.sandbox.errors import CandidateError
 from archlab.sandbox.fitness import OBJECTIVES, ParetoArchive, Weights, breakdown, fitness, pareto_front
 from archlab.sandbox.static import static_check
 from archlab.sandbox.tiers import TIERS, Probes, TierError, resolve
-from archlab.templates import ROOTS, Design, render, render_root
+from archlab.templates import Design, render, render_root
 
 
 # -- tiers -------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from archlab.errors import UserError
 from archlab.sandbox import executors, runner
 from archlab.sandbox.fitness import fitness
 from archlab.sandbox.tiers import TIERS
-from archlab.templates import ROOTS, Design, render_root
+from archlab.templates import ROOTS, render_root
 from archlab.tree import sampling, space
 from archlab.tree.lineage import Lineage
 from archlab.tree.store import Store

@@ -20,12 +20,11 @@ from typing import Callable
 
 import jinja2
 
-from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.sandbox.data import VOCAB_SIZE
 from archlab.sandbox.tiers import TIERS, TierError, resolve
 from archlab.tree.lineage import Lineage
-from archlab.tree.replay import Replayer, tier_overrides
+from archlab.tree.replay import Replayer, tier_overrides, trained_node
 from archlab.tree.store import Store
 
 TEMPLATES = Path(__file__).parent / "template"
@@ -70,12 +69,7 @@ def export(run_dir: Path, node_id: int, out_dir: Path, *, tier: str | None = Non
     except ImportError as e:
         raise UserError(f"export needs transformers and safetensors ({e.name} is missing): pip install 'archlab[export]'") from None
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    config = RunConfig.load(run_dir)
-    store = Store(run_dir)
-    node = store.node(node_id)
-    if node["status"] != "done":
-        raise UserError(f"node {node_id} {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
-                        + ": only a trained node can be exported")
+    config, store, node = trained_node(run_dir, node_id, "be exported")
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not force)):
         raise UserError(f"OUT_DIR {out_dir.name}/ exists and is not empty (--force writes into it)")
     if tier is not None and tier not in TIERS:

@@ -276,16 +276,7 @@ def train_lm(candidate: types.ModuleType, tier: Tier, corpus: Corpus, seed: int,
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         synchronize(device)
         start = time.perf_counter()
-        with autocast(device):
-            loss = guard(lambda: lm_loss(model, inputs, targets))
-        if not torch.isfinite(loss):
-            raise CandidateError("nan", f"training loss became {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        guard(loss.backward)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        loss_value = loss.item()  # also synchronizes
+        loss_value = _train_step(model, opt, schedule, inputs, targets, device, f"training loss at step {step}")
         if step >= 2:  # the first steps pay for allocations and lazy initialisation
             train_time += time.perf_counter() - start
             tokens_seen += inputs.numel()
@@ -299,6 +290,21 @@ def train_lm(candidate: types.ModuleType, tier: Tier, corpus: Corpus, seed: int,
         "train_tokens": tier.steps * tier.batch_size * tier.seq_len,
         "params": checks.count_params(model),
     }
+
+
+def _train_step(model: LM, opt, schedule, inputs: torch.Tensor, targets: torch.Tensor, device: torch.device,
+                what: str) -> float:
+    """One optimizer step on the candidate's model; returns the loss (reading it synchronizes)."""
+    with autocast(device):
+        loss = guard(lambda: lm_loss(model, inputs, targets))
+    if not torch.isfinite(loss):
+        raise CandidateError("nan", f"{what} became {loss.item()}")
+    opt.zero_grad(set_to_none=True)
+    guard(loss.backward)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    schedule.step()
+    return loss.item()
 
 
 def probe_tier(tier: Tier) -> Tier:
@@ -331,16 +337,7 @@ def train_probes(candidate: types.ModuleType, tier: Tier, seed: int, device: tor
     for step in range(p.steps):
         inputs, targets = probe_batch(p, p.batch_size, gen)
         inputs, targets = inputs.to(device), targets.to(device)
-        with autocast(device):
-            loss = guard(lambda: lm_loss(model, inputs, targets))
-        if not torch.isfinite(loss):
-            raise CandidateError("nan", f"probe training loss became {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        guard(loss.backward)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        loss_value = loss.item()
+        loss_value = _train_step(model, opt, schedule, inputs, targets, device, f"probe training loss at step {step}")
     return model, {"probe_train_loss": loss_value, "probe_train_s": time.perf_counter() - started}
 
 

@@ -260,16 +260,21 @@ def replay(run_dir: Path, node_id: int, *, tier: str | None = None, seeds: int =
 
 
 # -- fork ------------------------------------------------------------------------------------------
+def trained_node(run_dir: Path, node_id: int, purpose: str) -> tuple[RunConfig, Store, dict]:
+    """The run's config, store and node `node_id`, which must have been trained (status done)."""
+    config, store = RunConfig.load(run_dir), Store(run_dir)
+    node = store.node(node_id)
+    if node["status"] != "done":
+        raise UserError(f"node {node_id} {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
+                        + f": only a trained node can {purpose}")
+    return config, store, node
+
+
 def fork(run_dir: Path, node_id: int, new_dir: Path, *, tier: str | None = None, seed: int | None = None,
          strategy: str | None = None, max_nodes: int | None = None) -> dict:
     """Create NEW_RUN rooted at node_id of RUN; returns what was done, for the CLI to print."""
     run_dir, new_dir = Path(run_dir), Path(new_dir)
-    config = RunConfig.load(run_dir)
-    store = Store(run_dir)
-    node = store.node(node_id)
-    if node["status"] != "done":
-        raise UserError(f"node {node_id} {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
-                        + ": only a trained node can root a new run")
+    config, store, node = trained_node(run_dir, node_id, "root a new run")
     if new_dir.exists() and (not new_dir.is_dir() or any(new_dir.iterdir())):
         raise UserError(f"NEW_RUN {new_dir.name}/ exists and is not empty; fork into a new directory")
     if new_dir.resolve() == run_dir.resolve() or new_dir.resolve().is_relative_to(run_dir.resolve()):

@@ -1,0 +1,51 @@
+"""The discovery benchmarks' --quick modes: they run end to end on real runs and write
+well-formed results (their figures are not judged here: timings and gains are the benchmarks'
+business, reported in the README)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def quick(script: str, out: Path | None, timeout: float = 900) -> str:
+    args = [sys.executable, str(BENCH / script), "--quick", *(["--out", str(out)] if out else [])]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_search_efficiency_quick(tmp_path):
+    out = quick("search_efficiency.py", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["strategy"] for r in results["runs"]} == {"asi", "evolution", "random"}
+    for r in results["runs"]:
+        assert len(r["curve"]) == 2 and r["curve"] == sorted(r["curve"]) and r["best_gain"] == r["curve"][-1] >= 0
+        assert 0 <= r["failed_rate"] <= 1 and r["root_val_loss"] > 0
+    assert (tmp_path / "best_so_far-deltanet.svg").read_text().startswith("<svg")
+    assert "the default" in out
+
+
+def test_rediscovery_quick(tmp_path):
+    out = quick("rediscovery.py", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    (run,) = results["runs"]
+    assert run["gap"] == run["root_val_loss"] - run["target_val_loss"]
+    assert len(run["curve"]) == 2 and set(run["parts_back"]) <= {"short_conv", "output_gate", "qk_norm"}
+    assert "gap closed" in out
+
+
+def test_verified_improvement_quick(tmp_path):
+    out = quick("verified_improvement.py", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["candidates"] == 2 and isinstance(results["verified"], bool)
+    for n in results["nodes"]:
+        assert len(n["val_loss"]) == 2 and n["verified"] == (n["difference"] > 2 * n["pooled_std"])
+    assert "verified improvement:" in out
+
+
+def test_store_scale_quick():
+    out = quick("store_scale.py", None)
+    assert "select_parent[asi" in out and "archlab status" in out and "web /api/tree" in out
