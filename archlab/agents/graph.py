@@ -467,9 +467,9 @@ class Run:
         tier = TIERS[self.config.tier]
         limit = int(root["metrics"]["mixer_params"] * self.config.param_ratio) if root.get("metrics") else None
         history = [
-            {"operator": r[0], "fitness": r[1], "parent_fitness": r[2]}
+            {"node": r[0], "operator": r[1], "fitness": r[2], "parent_fitness": r[3], "change": _change(r[4], r[5])}
             for r in self.store.db.execute(
-                "select c.operator, c.fitness, p.fitness from nodes c join nodes p on c.parent_id = p.id "
+                "select c.id, c.operator, c.fitness, p.fitness, c.design, p.design from nodes c join nodes p on c.parent_id = p.id "
                 "where c.status in ('done', 'failed') and p.fitness is not null"
             )
         ]
@@ -496,6 +496,14 @@ class Run:
         kind = "offline" if self.brain.kind == "offline" else "decision"
         for t in traces:
             self.store.add_trace(node_id, t.role, kind, attempt=attempt, **t.model_dump(exclude={"role"}))
+
+
+def _change(child: str | None, parent: str | None) -> dict | None:
+    """The design fields a child changed from its parent (templated designs only)."""
+    if not child or not parent:
+        return None
+    child, parent = json.loads(child), json.loads(parent)
+    return {k: v for k, v in child.items() if parent.get(k) != v}
 
 
 def hold_driver_lock(run_dir: Path):

@@ -2,8 +2,10 @@
 
 The researcher mutates a parent's Design with typed operators, choosing the operator with a
 UCB bandit over what each operator has done in this tree so far (plus a bonus for what the
-knowledge base recommends); unguided (the baseline strategies `evolution` and `random`) it
-draws the operator uniformly instead, as regularized evolution does. The engineer renders the
+knowledge base recommends), and half of the time, when some change raised fitness elsewhere in
+the tree and the parent lacks it, it transplants that change instead (so improvements found
+in different branches get combined). Unguided (the baseline strategies `evolution` and
+`random`) it draws the operator uniformly, as regularized evolution does. The engineer renders the
 design to code and repairs the failures it understands; the analyst compares the result
 with the parent, the siblings and the root. Every choice is returned as a trace.
 """
@@ -73,6 +75,7 @@ OPERATORS = [
 BY_NAME = {op.name: op for op in OPERATORS}
 FAILED_GAIN = -0.2  # what a failed child counts as in the operator bandit
 KNOWLEDGE_BONUS = 0.02  # UCB bonus for operators that entries retrieved for the parent recommend
+TRANSPLANT_SHARE = 0.5  # how often the guided researcher reuses a change that worked elsewhere, when there is one
 
 
 class OfflineBrain:
@@ -97,29 +100,56 @@ class OfflineBrain:
                 -(_ucb(stats.get(op.name), total) + KNOWLEDGE_BONUS * (op.name in recommended)), ctx.rng.random()))
         else:
             ranked = ctx.rng.sample(applicable, len(applicable))
+        choice = self._transplant(ctx, parent) if self.guided and ctx.rng.random() < TRANSPLANT_SHARE else None
         for op in ranked:
+            if choice is not None:
+                break
             fresh = [d for d in op.variants(parent) if not ctx.seen(d.model_dump())]
-            if not fresh:
+            if fresh:
+                choice = op, ctx.rng.choice(fresh), None
+        if choice is None:
+            trace = Trace(role="researcher", prompt=_describe_context(ctx), response="every variant of this parent is already in the tree",
+                          decision={"operator": None})
+            return None, [trace]
+        op, child, transplant = choice
+        value = getattr(child, op.field)
+        cited = self._cite(op.name, op.says[value], ctx.rng)
+        motivation = f"{op.says[value][0].upper()}{op.says[value][1:]} ({op.name}: {getattr(parent, op.field)!r} -> {value!r})."
+        if transplant:
+            motivation += f" The same change raised fitness by {transplant['gain']:+.4f} at node {transplant['node']}."
+        if cited:
+            motivation += f" Background: {cited['title']} [{cited['id']}]."
+        used = ([cited["id"]] if cited else []) + [h.id for h in hits if not cited or h.id != cited["id"]]
+        decision = {
+            "operator": op.name, "from": getattr(parent, op.field), "to": value, "transplant": transplant,
+            "bandit": {name: _summary(gains) for name, gains in stats.items()},
+            "ranked": [o.name for o in ranked], "query": query,
+            "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
+            "cited": cited["id"] if cited else None, "knowledge": used,
+        }
+        trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
+        return Proposal(motivation=motivation, operator=op.name, design=child.model_dump(), knowledge=used), [trace]
+
+    @staticmethod
+    def _transplant(ctx: Context, parent: Design) -> tuple[Operator, Design, dict] | None:
+        """Experience: the single-field change that raised fitness most somewhere in the tree and that
+        this parent lacks, applied to it (improvements found in different branches get combined)."""
+        best: dict[tuple, dict] = {}
+        for row in ctx.history:
+            change = row.get("change") or {}
+            if row["fitness"] is None or len(change) != 1:
                 continue
-            child = ctx.rng.choice(fresh)
-            value = getattr(child, op.field)
-            cited = self._cite(op.name, op.says[value], ctx.rng)
-            motivation = f"{op.says[value][0].upper()}{op.says[value][1:]} ({op.name}: {getattr(parent, op.field)!r} -> {value!r})."
-            if cited:
-                motivation += f" Background: {cited['title']} [{cited['id']}]."
-            used = ([cited["id"]] if cited else []) + [h.id for h in hits if not cited or h.id != cited["id"]]
-            decision = {
-                "operator": op.name, "from": getattr(parent, op.field), "to": value,
-                "bandit": {name: _summary(gains) for name, gains in stats.items()},
-                "ranked": [o.name for o in ranked], "query": query,
-                "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
-                "cited": cited["id"] if cited else None, "knowledge": used,
-            }
-            trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
-            return Proposal(motivation=motivation, operator=op.name, design=child.model_dump(), knowledge=used), [trace]
-        trace = Trace(role="researcher", prompt=_describe_context(ctx), response="every variant of this parent is already in the tree",
-                      decision={"operator": None})
-        return None, [trace]
+            (field, value), = change.items()
+            gain = row["fitness"] - row["parent_fitness"]
+            key = (field, json.dumps(value))
+            if gain > 0 and getattr(parent, field, value) != value and gain > best.get(key, {}).get("gain", 0.0):
+                best[key] = {"gain": gain, "node": row["node"], "field": field, "value": value}
+        for found in sorted(best.values(), key=lambda t: -t["gain"]):
+            op = next((o for o in OPERATORS if o.field == found["field"] and found["value"] in o.values), None)
+            child = parent.model_copy(update={found["field"]: found["value"]})
+            if op is not None and op.applies(parent) and not ctx.seen(child.model_dump()):
+                return op, child, {"node": found["node"], "gain": round(found["gain"], 4)}
+        return None
 
     def _cite(self, operator: str, change: str, rng: random.Random) -> dict | None:
         """The entry linked to this operator that best matches the change being made."""

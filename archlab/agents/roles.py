@@ -45,6 +45,6 @@ class Context:
     diff: Callable[[dict], str] = lambda node: ""
     references: list[dict] = field(default_factory=list)
     siblings: list[dict] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)  # finished children: operator, fitness, parent_fitness
+    history: list[dict] = field(default_factory=list)  # finished children: node, operator, fitness, parent_fitness, change
     seen: Callable[[dict], bool] = lambda design: False
     rng: random.Random = field(default_factory=random.Random)  # seeded per node: reproducible choices

@@ -14,9 +14,12 @@ DONE = "status = 'done' and fitness is not null"
 
 def select_parent(store: Store, strategy: str, rng: random.Random, where: str = DONE) -> dict | None:
     if strategy == "asi":
-        # ASI-Arch: mostly exploit the top of the tree, sometimes explore anywhere.
+        # ASI-Arch: mostly exploit the top of the tree (rank-weighted: the best half the time),
+        # sometimes explore anywhere.
         top = _rows(store, where, "fitness desc, id", 10)
-        return (rng.choice(top) if rng.random() < 0.8 else _any(store, where, rng)) if top else None
+        if not top:
+            return None
+        return rng.choices(top, weights=[0.5 ** i for i in range(len(top))])[0] if rng.random() < 0.8 else _any(store, where, rng)
     if strategy == "ucb":
         # UCB over subtrees: a node's value is the mean fitness of itself and its children
         # (failed children count as the node's fitness minus a penalty), plus a bonus for

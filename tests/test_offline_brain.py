@@ -1,0 +1,45 @@
+"""The offline researcher's choices: the guided default reuses what worked elsewhere in the
+tree; the baselines draw uniformly."""
+
+import random
+
+from archlab.agents.offline import OfflineBrain
+from archlab.agents.roles import Context
+from archlab.knowledge import KnowledgeIndex
+from archlab.templates import ROOTS
+
+ABLATED = ROOTS["deltanet_ablated"][1].model_dump()
+
+
+def context(history: list[dict], seed: int) -> Context:
+    parent = {"id": 3, "design": ABLATED, "fitness": 0.01, "metrics": {"val_loss": 2.3}, "analysis": None}
+    return Context(node_id=9, parent=parent, root={"id": 0, "metrics": {"val_loss": 2.34}}, history=history,
+                   rng=random.Random(seed))
+
+
+def test_guided_researcher_transplants_the_best_change_found_elsewhere():
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    history = [  # node 4 gained from an output gate, node 5 lost from a forget gate, node 6 gained less
+        {"node": 4, "operator": "output_gate", "fitness": 0.09, "parent_fitness": 0.0, "change": {"output_gate": "silu"}},
+        {"node": 5, "operator": "forget_gate", "fitness": -0.2, "parent_fitness": 0.0, "change": {"forget_gate": "data"}},
+        {"node": 6, "operator": "short_conv", "fitness": 0.03, "parent_fitness": 0.0, "change": {"short_conv": True}},
+    ]
+    guided, blind = OfflineBrain(knowledge), OfflineBrain(knowledge, guided=False)
+    transplanted = 0
+    for seed in range(40):
+        proposal, (trace,) = guided.research(context(history, seed))
+        if trace.decision["transplant"]:
+            transplanted += 1
+            assert trace.decision["transplant"] == {"node": 4, "gain": 0.09}
+            assert proposal.design["output_gate"] == "silu" and "node 4" in proposal.motivation
+        proposal, (trace,) = blind.research(context(history, seed))
+        assert trace.decision["transplant"] is None
+    assert 10 <= transplanted <= 30  # about half of the time, not always
+
+
+def test_a_transplant_the_parent_already_has_is_not_proposed():
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    history = [{"node": 4, "operator": "qk_norm", "fitness": 0.09, "parent_fitness": 0.0, "change": {"qk_norm": False}}]
+    for seed in range(10):  # the ablated parent already has qk_norm False
+        _, (trace,) = OfflineBrain(knowledge).research(context(history, seed))
+        assert trace.decision["transplant"] is None
