@@ -133,7 +133,7 @@ def run(
 
         root_source(config.root)  # fail before creating anything when the root is wrong
         Run.create(run_dir, config)
-        lock = hold_driver_lock(run_dir)
+        lock = hold_driver_lock(run_dir)  # noqa: F841  (held open, so locked, until this process ends)
         console.print(f"Started [bold]{run_dir}[/] from root [bold]{config.root}[/] ({config.tier} tier, {config.strategy} selection)")
     from archlab.agents.brains import make_brain
     from archlab.agents.graph import experiences

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import helpers
-from archlab.sandbox import checks, contract, runner
+from archlab.sandbox import checks, contract, runner, static
 from archlab.sandbox.contract import CandidateError
 from archlab.sandbox.fitness import breakdown
 from archlab.templates import ROOTS, render_root
@@ -145,7 +145,7 @@ FORBIDDEN = {
 @pytest.mark.parametrize("body", list(FORBIDDEN.values()), ids=list(FORBIDDEN))
 def test_static_check_rejects(body):
     with pytest.raises(CandidateError) as e:
-        checks.static_check(candidate(body))
+        static.static_check(candidate(body))
     assert e.value.reason == "forbidden"
     assert e.value.detail.startswith("line ")
 
@@ -155,18 +155,18 @@ def test_static_check_rejects_dunders_reached_with_computed_names():
     (and from there to every loaded module): the static check must not let it through."""
     body = "D = '_' * 2\nobject_type = getattr((), D + 'class' + D)\n"
     with pytest.raises(CandidateError) as e:
-        checks.static_check(candidate(body))
+        static.static_check(candidate(body))
     assert e.value.reason == "forbidden"
 
 
 @pytest.mark.parametrize("name", list(ROOTS))
 def test_static_check_accepts_every_root(name):
-    checks.static_check(render_root(name))
+    static.static_check(render_root(name))
 
 
 def test_static_check_reports_syntax_errors():
     with pytest.raises(CandidateError) as e:
-        checks.static_check("def broken(:\n")
+        static.static_check("def broken(:\n")
     assert e.value.reason == "syntax" and "line 1" in e.value.detail
 
 

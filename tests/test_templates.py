@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from archlab.agents.offline import OPERATORS
-from archlab.sandbox import checks
+from archlab.sandbox import static
 from archlab.templates import ROOTS, Design, render, render_root, root_path
 
 
@@ -28,7 +28,7 @@ def test_committed_root_file_is_the_rendered_root(name):
 @pytest.mark.parametrize("name", list(ROOTS))
 def test_root_passes_the_static_check_and_maps_shapes(name):
     code = render_root(name)
-    checks.static_check(code)
+    static.static_check(code)
     mixer = load(code)["Mixer"](d_model=64, n_heads=4)
     x = torch.randn(2, 37, 64)
     assert mixer(x).shape == x.shape
@@ -117,7 +117,7 @@ def test_variant_renders_to_a_working_mixer(root, operator, design: Design):
     code = render(design)
     assert code != render(parent), f"{operator} changed the design but not the code"
     compile(code, "candidate.py", "exec")
-    checks.static_check(code)
+    static.static_check(code)
     namespace = load(code)
     torch.manual_seed(0)
     mixer = namespace["Mixer"](d_model=64, n_heads=4)

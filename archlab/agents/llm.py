@@ -13,8 +13,6 @@ import os
 import time
 from dataclasses import dataclass
 
-import openai
-
 from archlab import chaos
 from archlab.errors import UserError
 
@@ -38,7 +36,10 @@ class Reply:
     cached: bool = False
 
 
-RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+def _openai():
+    import openai  # ~1.5 s to import: only runs with an LLM brain pay for it
+
+    return openai
 
 
 class LLMClient:
@@ -59,12 +60,12 @@ class LLMClient:
         self._client = None
 
     @property
-    def client(self) -> openai.OpenAI:
+    def client(self):
         if self._client is None:
             key = os.environ.get(self.api_key_env) or ("not-needed" if self.base_url else None)
             if key is None:
                 raise UserError(f"set {self.api_key_env} in the environment (the key is never stored by archlab)")
-            self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0)
+            self._client = _openai().OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0)
         return self._client
 
     def spent(self) -> tuple[float, int]:
@@ -90,12 +91,14 @@ class LLMClient:
         if done:
             return Reply(done[0], model, done[1] or 0, done[2] or 0, done[3] or 0.0, done[4] or 0.0, cached=True)
         self.check_budget()
+        openai = _openai()
+        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
         first_failure, delay = None, self.backoff_s
         while True:
             started = time.monotonic()
             try:
                 response = self.client.chat.completions.create(model=model, messages=messages)
-            except RETRYABLE as e:
+            except retryable as e:
                 latency = time.monotonic() - started
                 error = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
                 self._trace(role, node_id, attempt, model, messages, None, key, latency=latency, error=error)

@@ -8,8 +8,8 @@ Anything else raises FormatError with feedback the role can act on.
 import ast
 import re
 
-from archlab.sandbox.checks import static_check
-from archlab.sandbox.contract import CandidateError
+from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.static import static_check  # (not via sandbox.checks: the driver never imports torch)
 
 FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 OPEN_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n", re.DOTALL)

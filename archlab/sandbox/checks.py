@@ -13,12 +13,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.sandbox import contract
 from archlab.sandbox.errors import CandidateError
-from archlab.sandbox.static import (  # noqa: F401  (re-exported: the agents import them from here)
-    ALLOWED_IMPORTS,
-    FORBIDDEN_ATTRS,
-    FORBIDDEN_NAMES,
-    static_check,
-)
 
 # A growth exponent of FLOPs (or time) with sequence length above these is "super-linear".
 FLOP_EXPONENT_LIMIT = 1.25
