@@ -318,8 +318,6 @@ def _builtin_corpus() -> Path:
     return Path(__file__).parent / "corpus" / "pystdlib.txt.gz"
 
 
-def _limit_resources(memory_gb: float) -> None:  # kept for callers of the old API; the worker sets limits itself
-    protections.apply_limits(memory_gb)
 
 
 def _kill_group(proc: subprocess.Popen, wait: bool = True) -> None:
