@@ -211,9 +211,9 @@ class Run:
         snapshot = self.graph.get_state(config)
         if snapshot.next:
             state = self.graph.invoke(None, config)
-        elif snapshot.values:
+        elif snapshot.values.get("node_id") is not None or snapshot.values.get("stop"):
             state = snapshot.values  # finished before a crash, but not yet closed
-        else:
+        else:  # never started, or killed while only its input was checkpointed: start it afresh
             state = self.graph.invoke({"attempt": 0}, config)
         self.store.set_meta(f"thread:{thread}", None)
         self.checkpointer.delete_thread(thread)
