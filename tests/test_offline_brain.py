@@ -11,8 +11,8 @@ from archlab.templates import ROOTS
 ABLATED = ROOTS["deltanet_ablated"][1].model_dump()
 
 
-def context(history: list[dict], seed: int) -> Context:
-    parent = {"id": 3, "design": ABLATED, "fitness": 0.01, "metrics": {"val_loss": 2.3}, "analysis": None}
+def context(history: list[dict], seed: int, val_loss: float = 2.3) -> Context:
+    parent = {"id": 3, "design": ABLATED, "fitness": 0.01, "metrics": {"val_loss": val_loss}, "analysis": None}
     return Context(node_id=9, parent=parent, root={"id": 0, "metrics": {"val_loss": 2.34}}, history=history,
                    rng=random.Random(seed))
 
@@ -43,3 +43,26 @@ def test_a_transplant_the_parent_already_has_is_not_proposed():
     for seed in range(10):  # the ablated parent already has qk_norm False
         _, (trace,) = OfflineBrain(knowledge).research(context(history, seed))
         assert trace.decision["transplant"] is None
+
+
+def test_bandit_builds_on_an_operator_that_worked_before_trying_the_rest():
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    history = [
+        {"node": 4, "operator": "output_gate", "fitness": 0.09, "parent_fitness": 0.0, "change": {"output_gate": "silu"}},
+        {"node": 5, "operator": "forget_gate", "fitness": -0.2, "parent_fitness": 0.0, "change": {"forget_gate": "data"}},
+    ]
+    for seed in range(10):
+        _, (trace,) = OfflineBrain(knowledge).research(context(history, seed))
+        ranked = trace.decision["ranked"]
+        assert ranked[0] == "output_gate" and ranked[-1] == "forget_gate", ranked
+
+
+def test_untried_operators_the_knowledge_base_recommends_come_first():
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    for seed in range(10):
+        ctx = context([], seed, val_loss=2.45)  # worse than the root: knowledge is searched for that weakness
+        _, (trace,) = OfflineBrain(knowledge).research(ctx)
+        recommended = {op for hit in trace.decision["retrieved"] if hit["kind"] == "entry"
+                       for op in knowledge.entry(hit["id"]).operators}
+        ranked = trace.decision["ranked"]
+        assert recommended and set(ranked[: len(recommended & set(ranked))]) == recommended & set(ranked), (recommended, ranked)

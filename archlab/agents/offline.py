@@ -74,6 +74,11 @@ OPERATORS = [
 ]
 BY_NAME = {op.name: op for op in OPERATORS}
 FAILED_GAIN = -0.2  # what a failed child counts as in the operator bandit
+# Every operator starts with one imagined child that neither helped nor hurt (a finite prior, not
+# "try everything once" as plain UCB does): with 11 operators the untried ones would otherwise fill the
+# first dozen evaluations whatever the knowledge base says, and a change that clearly worked could
+# not be built on until the sweep was over.
+EXPLORATION = 0.05  # UCB's exploration weight, in units of fitness gain
 KNOWLEDGE_BONUS = 0.02  # UCB bonus for operators that entries retrieved for the parent recommend
 TRANSPLANT_SHARE = 0.5  # how often the guided researcher reuses a change that worked elsewhere, when there is one
 
@@ -229,9 +234,9 @@ def _operator_stats(history: list[dict]) -> dict[str, list[float]]:
 
 
 def _ucb(gains: list[float] | None, total: int) -> float:
-    if not gains:
-        return math.inf  # try every operator once
-    return sum(gains) / len(gains) + 0.1 * math.sqrt(2 * math.log(total + 1) / len(gains))
+    """Mean gain and exploration bonus, both counting the prior's imagined zero-gain child."""
+    n = len(gains or ()) + 1
+    return sum(gains or ()) / n + EXPLORATION * math.sqrt(2 * math.log(total + 1) / n)
 
 
 def _summary(gains: list[float]) -> dict:
