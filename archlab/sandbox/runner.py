@@ -81,7 +81,7 @@ def evaluate(
     tier_overrides: dict | None = None,
     allow_quadratic: bool = False,
     reference: dict | None = None,
-    implausible_gain: float = 0.10,
+    implausible_gain: float = 0.25,
     seeds: int | None = None,
     device: str | None = None,
     skip_static_checks: bool = False,
