@@ -45,7 +45,7 @@ def test_a_transplant_the_parent_already_has_is_not_proposed():
         assert trace.decision["transplant"] is None
 
 
-def test_bandit_builds_on_an_operator_that_worked_before_trying_the_rest():
+def test_bandit_tries_every_operator_once_before_the_one_that_hurt():
     knowledge = KnowledgeIndex.load(embeddings=False)
     history = [
         {"node": 4, "operator": "output_gate", "fitness": 0.09, "parent_fitness": 0.0, "change": {"output_gate": "silu"}},
@@ -54,7 +54,7 @@ def test_bandit_builds_on_an_operator_that_worked_before_trying_the_rest():
     for seed in range(10):
         _, (trace,) = OfflineBrain(knowledge).research(context(history, seed))
         ranked = trace.decision["ranked"]
-        assert ranked[0] == "output_gate" and ranked[-1] == "forget_gate", ranked
+        assert ranked[-2:] == ["output_gate", "forget_gate"], ranked
 
 
 def test_untried_operators_the_knowledge_base_recommends_come_first():
