@@ -17,6 +17,7 @@ from archlab.agents.graph import Run
 from archlab.config import RunConfig
 from archlab.web.report import chart
 
+sys.stdout.reconfigure(line_buffering=True)  # these run for an hour: show progress even when redirected to a file
 ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
 COLOURS = {"asi": "#2563eb", "ucb": "#7c3aed", "evolution": "#d97706", "random": "#6b7280"}
 
@@ -34,8 +35,11 @@ def search(run_dir: Path, evaluations: int, config: dict) -> dict:
     if not (run_dir / "archlab.toml").exists():
         Run.create(run_dir, RunConfig(**config))
     started = time.monotonic()
+    print(f"{run_dir}: searching (watch it with: archlab status {run_dir})")
     archlab("run", run_dir, "--max-nodes", evaluations + 1, "--threads", 1)
-    return {"run": str(run_dir), "wall_s": time.monotonic() - started, **history(run_dir)}
+    wall_s = time.monotonic() - started
+    print(f"{run_dir}: done in {wall_s / 60:.1f} min")
+    return {"run": str(run_dir), "wall_s": wall_s, **history(run_dir)}
 
 
 def history(run_dir: Path) -> dict:

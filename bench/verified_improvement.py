@@ -45,8 +45,9 @@ def main() -> None:
           f"({status['spend']['evaluations_per_cpu_hour'] or 0:.1f} evaluations/CPU-hour), {status['beat_root']} beat the root")
     results = {"search_tier": args.tier, "search_s": search_s, "candidates": len(found["candidates"]),
                "spend": status["spend"], "verify_tier": args.verify_tier, "seeds": args.seeds, "nodes": []}
-    print(f"{'node':>5} {'operator':12} {'val_loss':>18} {'root':>18} {'difference':>11} {'2 x pooled std':>14}  verified")
+    table = [f"{'node':>5} {'operator':12} {'val_loss':>18} {'root':>18} {'difference':>11} {'2 x pooled std':>14}  verified"]
     for node in better:
+        print(f"replaying node {node['id']} and the root at {args.verify_tier} x {args.seeds} seeds ...")
         facts = json.loads(archlab("replay", run_dir, node["id"], "--tier", args.verify_tier, "--seeds", args.seeds,
                                    "--threads", 2, "--json").stdout)
         row, root = (next(r for r in facts["nodes"] if r["node"] == i) for i in (node["id"], 0))
@@ -56,9 +57,10 @@ def main() -> None:
         results["nodes"].append({"node": node["id"], "operator": node["operator"], "val_loss": row["val_loss"],
                                  "root_val_loss": root["val_loss"], "difference": difference, "pooled_std": pooled,
                                  "verified": verified})
-        print(f"{node['id']:5} {node['operator'] or '':12} {row['val_loss_mean']:9.4f} ± {row['val_loss_std'] or 0:.4f} "
-              f"{root['val_loss_mean']:9.4f} ± {root['val_loss_std'] or 0:.4f} {difference:+11.4f} {2 * pooled:14.4f}  "
-              f"{'yes' if verified else 'no'}")
+        table.append(f"{node['id']:5} {node['operator'] or '':12} {row['val_loss_mean']:9.4f} ± {row['val_loss_std'] or 0:.4f} "
+                     f"{root['val_loss_mean']:9.4f} ± {root['val_loss_std'] or 0:.4f} {difference:+11.4f} {2 * pooled:14.4f}  "
+                     f"{'yes' if verified else 'no'}")
+    print("\n".join(table))
     results["verified"] = any(n["verified"] for n in results["nodes"])
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"verified improvement: {'yes' if results['verified'] else 'no'}; results: {args.out / 'results.json'}; "
