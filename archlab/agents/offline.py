@@ -1,8 +1,8 @@
 """The embedded no-LLM brain: three roles that need no API key.
 
 The researcher mutates a parent's Design with typed operators, choosing the operator with a
-UCB bandit over what each operator has done in this tree so far (plus a bonus for what the
-knowledge base recommends), and half of the time, when some change raised fitness elsewhere in
+UCB bandit over what each operator has done in this tree so far (every operator once first, in
+the order the knowledge base recommends for the parent's weaknesses), and half of the time, when some change raised fitness elsewhere in
 the tree and the parent lacks it, it transplants that change instead (so improvements found
 in different branches get combined). Unguided (the baseline strategies `evolution` and
 `random`) it draws the operator uniformly, as regularized evolution does. The engineer renders the
