@@ -2,9 +2,9 @@
 
 The researcher mutates a parent's Design with typed operators, choosing the operator with a
 UCB bandit over what each operator has done in this tree so far (every operator once first, in
-the order the knowledge base recommends for the parent's weaknesses), and half of the time, when some change raised fitness elsewhere in
-the tree and the parent lacks it, it transplants that change instead (so improvements found
-in different branches get combined). Unguided (the baseline strategies `evolution` and
+the order the knowledge base recommends for the parent's weaknesses), and half of the time,
+when some change raised fitness elsewhere in the tree and the parent lacks it, it transplants
+that change instead (so improvements found in different branches get combined). Unguided (the baseline strategies `evolution` and
 `random`) it draws the operator uniformly, as regularized evolution does. The engineer renders the
 design to code and repairs the failures it understands; the analyst compares the result
 with the parent, the siblings and the root. Every choice is returned as a trace.
