@@ -48,6 +48,7 @@ def run(
     root: Optional[str] = typer.Option(None, "--root", help="deltanet | gated_deltanet | deltanet_ablated | transformer | FILE"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="parent selection: asi | ucb | evolution | random"),
     tier: Optional[str] = typer.Option(None, "--tier", help="evaluation tier for every candidate: micro | smoke | explore | verify"),
+    tier_set: Optional[list[str]] = typer.Option(None, "--tier-set", help="override a field of the search tier, e.g. --tier-set d_model=512 (a bigger model on a GPU)"),
     llm: Optional[str] = typer.Option(None, "--llm", help="'offline' (embedded brain, no API key) or openai:MODEL for any OpenAI-compatible endpoint"),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="endpoint URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama)"),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the API key (default: OPENAI_API_KEY)"),
@@ -96,6 +97,7 @@ def run(
                                     executor=executor, address=address, device=device, max_cpu_hours=cpu_hours,
                                     max_gpu_hours=gpu_hours, promote=promote, promote_tier=promote_tier, promote_seeds=promote_seeds,
                                     promote_overrides=_tier_overrides(promote_tier or "verify", promote_set, "--promote-set") if promote_set else None,
+                                    tier_overrides=_tier_overrides(tier or "smoke", tier_set, "--tier-set") if tier_set else None,
                                     ).items() if v is not None}
     if root and Path(root).is_file():
         given["root"] = str(Path(root).resolve())

@@ -20,6 +20,7 @@ class RunConfig(BaseModel):
     llm: str = Field("offline", description="'offline' (embedded brain) or PROVIDER:MODEL")
     strategy: Literal["asi", "ucb", "evolution", "random"] = "asi"
     tier: Literal["micro", "smoke", "explore", "verify"] = "smoke"
+    tier_overrides: dict = Field({}, description="tier fields changed for every search evaluation, e.g. {d_model = 512, steps = 600}")
     max_nodes: int = Field(12, ge=1, description="stop after this many nodes (the root included)")
     hours: float | None = Field(None, gt=0, description="stop after this many hours of wall time")
     seed: int = 0
@@ -80,13 +81,14 @@ class RunConfig(BaseModel):
                                       {"tier": tier, "fraction": fraction})
         return value
 
-    @field_validator("promote_overrides")
+    @field_validator("tier_overrides", "promote_overrides")
     @classmethod
     def _valid_overrides(cls, value: dict, info):
         from archlab.sandbox.tiers import TierError, resolve
 
+        tier = info.data.get("tier") if info.field_name == "tier_overrides" else info.data.get("promote_tier")
         try:
-            resolve(info.data.get("promote_tier") or "verify", value)
+            resolve(tier or "verify", value)
         except TierError as e:
             raise PydanticCustomError("tier_override", "{error}", {"error": str(e)}) from None
         return value

@@ -4,6 +4,8 @@ below the root's by more than twice the pooled standard deviation.
 
     python bench/verified_improvement.py                       # CPU: 1 hour of search at smoke, top 2 at verify x 3 seeds
     python bench/verified_improvement.py --hours 4 --top 3 --device cuda --tier explore   # a GPU machine
+    python bench/verified_improvement.py --device cuda --workers 4 --verify-tier smoke \
+        --tier-set d_model=512 --tier-set n_layers=6 --tier-set n_heads=8 --tier-set seq_len=1024   # ~20M parameters
     python bench/verified_improvement.py --quick               # a few minutes: checks that it all works
 
 The search part is plain `archlab run`, the check plain `archlab replay --json`, so the figures
@@ -28,11 +30,15 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=2, help="best nodes to verify")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tier-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a field of the search tier (as archlab run --tier-set); a --verify-tier equal to "
+                             "--tier replays with the same changes")
     parser.add_argument("--out", type=Path, default=Path("bench/results/verified_improvement"))
     parser.add_argument("--quick", action="store_true", help="micro tier, 2 candidates, verified at micro with 2 seeds")
     args = parser.parse_args()
     run_dir = args.out / "run"
-    config = dict(root="deltanet", tier=args.tier, hours=args.hours, workers=args.workers, device=args.device)
+    config = dict(root="deltanet", tier=args.tier, hours=args.hours, workers=args.workers, device=args.device,
+                  tier_overrides={k: json.loads(v) for k, _, v in (item.partition("=") for item in args.tier_set)})
     if args.quick:
         args.verify_tier, args.seeds, args.top = "micro", 2, 1
         config.update(tier="micro", hours=None)
@@ -41,9 +47,9 @@ def main() -> None:
     search_s = time.monotonic() - started
     status = json.loads(archlab("status", run_dir, "--json").stdout)
     better = [n for n in status["leaderboard"] if n["id"] != 0 and n["fitness"] > 0][: args.top]
-    print(f"search: {len(found['candidates'])} candidates in {search_s / 60:.1f} min at {args.tier} "
+    print(f"search: {len(found['candidates'])} candidates in {search_s / 60:.1f} min at {config['tier']} "
           f"({status['spend']['evaluations_per_cpu_hour'] or 0:.1f} evaluations/CPU-hour), {status['beat_root']} beat the root")
-    results = {"search_tier": args.tier, "search_s": search_s, "candidates": len(found["candidates"]),
+    results = {"search_tier": config["tier"], "tier_overrides": config["tier_overrides"], "search_s": search_s, "candidates": len(found["candidates"]),
                "spend": status["spend"], "verify_tier": args.verify_tier, "seeds": args.seeds, "nodes": []}
     table = [f"{'node':>5} {'operator':12} {'val_loss':>18} {'root':>18} {'difference':>11} {'2 x pooled std':>14}  verified"]
     for node in better:

@@ -64,6 +64,19 @@ def test_a_gpu_slot_is_a_slot_process_pinned_with_cuda_visible_devices(tmp_path)
     assert not broken.ok and broken.reason == "syntax", (broken.reason, broken.detail)
 
 
+def test_more_workers_than_gpus_share_them_round_robin(tmp_path):
+    # Small models leave a GPU idle, so --workers 3 on two GPUs gives three slots: 0 -> "5", 1 -> "7", 2 -> "5".
+    ex = executors.LocalExecutor(slots=3, gpus=["5", "7"], device="cpu", threads=1)
+    try:
+        assert ex.slots == 3
+        results = [executors.result_of(f) for f in [ex.submit(job(tmp_path, f"shared{i}")) for i in range(3)]]
+    finally:
+        ex.shutdown()
+    assert all(r.ok for r in results), [r.detail for r in results]
+    pins = {r.env["executor"]["slot"]: (r.env["executor"]["gpu"], r.env["executor"]["cuda_visible_devices"]) for r in results}
+    assert pins == {0: ("5", "5"), 1: ("7", "7"), 2: ("5", "5")}
+
+
 def test_stop_abandons_the_evaluation_in_flight(tmp_path):
     ex = executors.LocalExecutor(gpus=["0"], device="cpu", threads=1)  # a slot process: stopping it leaves this process usable
     log = tmp_path / "long.log"

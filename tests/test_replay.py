@@ -88,6 +88,24 @@ def test_replay_reproduces_the_recorded_val_loss_within_the_seed_spread(run, tmp
     assert f"{node['val_loss']['0']:.4f}" in proc.stdout and "+0.0e+00" in proc.stdout
 
 
+def test_a_run_with_tier_overrides_trains_and_replays_that_shape(tmp_path, tmp_path_factory):
+    # --tier-set changes the search tier for every evaluation (a bigger model on a GPU); replay uses it too.
+    run = tmp_path / "small"
+    proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 1, "--threads", helpers.THREADS,
+                       "--tier-set", "d_model=32", "--tier-set", "steps=5", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "d_model = 32" in (run / "archlab.toml").read_text()
+    (search,) = [json.loads(e["metrics"]) for e in helpers.table_rows(run, "evaluations")]
+    assert search["train_tokens"] == 5 * 8 * 64, "5 steps of micro's 8 x 64 batch"
+    default = next(json.loads(e["metrics"]) for e in helpers.table_rows(review_run(tmp_path_factory), "evaluations")
+                   if e["node_id"] == 0 and e["kind"] == "search")
+    assert search["mixer_params"] < default["mixer_params"] / 3, "d_model 32 instead of micro's 64"
+    replayed = _replay(run, 0, "--seeds", 1)["nodes"][0]
+    assert abs(replayed["reproduction"]["difference"]) < 1e-4, "the replay trains the overridden shape, as the run did"
+    bad = helpers.cli("run", tmp_path / "bad", "--tier", "micro", "--tier-set", "d_model=big", timeout=60)
+    assert "--tier-set" in helpers.assert_user_error(bad)
+
+
 def test_replay_user_errors(run):
     assert "no node 999" in helpers.assert_user_error(helpers.cli("replay", run, 999, timeout=60))
     assert "check" in helpers.assert_user_error(helpers.cli("replay", run, 0, "--tier", "check", timeout=60))

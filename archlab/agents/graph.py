@@ -38,7 +38,7 @@ from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.sandbox import executors, runner
 from archlab.sandbox.fitness import fitness
-from archlab.sandbox.tiers import TIERS
+from archlab.sandbox.tiers import resolve
 from archlab.templates import ROOTS, render_root
 from archlab.tree import sampling, space
 from archlab.tree.lineage import Lineage
@@ -360,7 +360,7 @@ class Run:
         self.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
         chaos.point_later("during_evaluation")
         job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
-                            options=self._options(limit, root_node), log_path=str(log))
+                            options={**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None}, log_path=str(log))
         result = self.executor.evaluate(job)
         self._add_evaluation(node_id, self.config.tier, self.config.seed, result, log)
         self.store.update_node(node_id, attempts=attempt + 1)
@@ -464,7 +464,7 @@ class Run:
         parent_code = self.lineage.code(parent["commit_sha"])
         siblings = [n for n in self.store.children(parent["id"]) if n["id"] != state["node_id"]]
         root = self.store.node(0)
-        tier = TIERS[self.config.tier]
+        tier = resolve(self.config.tier, self.config.tier_overrides)
         limit = int(root["metrics"]["mixer_params"] * self.config.param_ratio) if root.get("metrics") else None
         history = [
             {"node": r[0], "operator": r[1], "fitness": r[2], "parent_fitness": r[3], "change": _change(r[4], r[5])}

@@ -10,7 +10,8 @@ example archlab cannot be imported on a Ray worker). Executors never touch the r
 - `LocalExecutor`: slots on this machine.
   * CPU: N slots, `threads` CPU threads each. A job runs `runner.evaluate` in a thread of the
     driver process; the sandbox is that call's child process, exactly as without an executor.
-  * GPU: one slot per visible GPU. A job runs in a short-lived slot process
+  * GPU: one slot per visible GPU, or --workers slots shared round-robin over the GPUs (several
+    small models train side by side on one GPU). A job runs in a short-lived slot process
     (`python -m archlab.sandbox.executors`) whose environment pins CUDA_VISIBLE_DEVICES to the
     slot's GPU; its `runner.evaluate` call passes the pin on to the sandbox.
 - `RayExecutor`: one Ray task per job, asking for the resources the job needs (`num_cpus` =
@@ -111,11 +112,12 @@ class LocalExecutor(Executor):
 
     def __init__(self, slots: int = 1, threads: int | None = None, device: str | None = None,
                  gpus: list[str] | None = None, isolate: bool | None = None):
-        """slots: CPU slots (ignored when `gpus` is given: one slot per GPU id, pinned with CUDA_VISIBLE_DEVICES).
+        """slots: evaluations at once. With `gpus`, at least one slot per GPU id, pinned with CUDA_VISIBLE_DEVICES;
+        more slots than GPUs share them round-robin (small models leave a GPU mostly idle).
         device: what the sandbox trains on (default: "cuda" with `gpus`, else "cpu").
         isolate: run each job in a slot process (default: with GPUs only)."""
         self.gpus_ids = list(gpus or [])
-        self.slots = len(self.gpus_ids) if self.gpus_ids else max(1, int(slots))
+        self.slots = max(int(slots), len(self.gpus_ids), 1)
         self.threads = threads or default_threads(self.slots)
         self.device = device or ("cuda" if self.gpus_ids else "cpu")
         self.gpus = 1 if self.gpus_ids and self.device == "cuda" else 0
@@ -141,7 +143,7 @@ class LocalExecutor(Executor):
             result = self._in_slot_process(job, slot) if self.isolate else self._in_thread(job)
             result.env = {**result.env, "executor": {
                 "kind": self.kind, "host": socket.gethostname(), "pid": os.getpid(), "slot": slot,
-                "gpu": self.gpus_ids[slot] if self.gpus_ids else None, "threads": self.threads, "gpus": self.gpus,
+                "gpu": self._gpu_of(slot), "threads": self.threads, "gpus": self.gpus,
                 "started": started, **result.env.get("executor", {})}}
             return result
         finally:
@@ -151,10 +153,13 @@ class LocalExecutor(Executor):
         return runner.evaluate(job.source, job.tier, seed=job.seed, threads=self.threads, device=self.device,
                                log_path=Path(job.log_path) if job.log_path else None, **job.options)
 
+    def _gpu_of(self, slot: int) -> str | None:
+        return str(self.gpus_ids[slot % len(self.gpus_ids)]) if self.gpus_ids else None
+
     def _in_slot_process(self, job: Job, slot: int) -> Result:
         env = dict(os.environ)
         if self.gpus_ids:
-            env["CUDA_VISIBLE_DEVICES"] = str(self.gpus_ids[slot])
+            env["CUDA_VISIBLE_DEVICES"] = self._gpu_of(slot)
         payload = {**job.as_payload(), "threads": self.threads, "device": self.device}
         with self._lock:
             if self._stopping.is_set():
@@ -425,7 +430,8 @@ def make(config) -> Executor:
     if device == "cuda" and not gpus:
         raise UserError("--device cuda: no CUDA GPU is visible on this machine")
     if gpus:
-        return LocalExecutor(threads=config.threads or default_threads(len(gpus)), gpus=gpus)
+        slots = max(config.workers, len(gpus))
+        return LocalExecutor(slots=slots, threads=config.threads or default_threads(slots), gpus=gpus)
     return LocalExecutor(slots=config.workers, threads=config.threads, device="cpu")
 
 

@@ -185,7 +185,9 @@ class Replayer:
 
 
 def tier_overrides(config: RunConfig, tier: str) -> dict | None:
-    """The tier fields the run changed for evaluations at this tier (its promotions), if any."""
+    """The tier fields the run changed for evaluations at this tier (its search tier or its promotions), if any."""
+    if tier == config.tier and config.tier_overrides:
+        return dict(config.tier_overrides)
     return dict(config.promote_overrides) if tier == config.promote_tier and config.promote_overrides else None
 
 
