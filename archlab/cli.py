@@ -182,7 +182,8 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
     for key in ("root", "best"):
         if facts[key]:
             n = facts[key]
-            t.add_row(key, f"node {n['id']} fitness {n['fitness']:+.4f} val_loss {n['val_loss']:.4f}  {n['operator']}")
+            t.add_row(key, f"node {n['id']} fitness {n['fitness']:+.4f} val_loss {n['val_loss']:.4f}  {n['operator']}"
+                      if n["fitness"] is not None else f"node {n['id']} {n['status']} ({n['reason']})")
     t.add_row("failures", ", ".join(f"{k}: {v}" for k, v in facts["failure_reasons"].items()) or "none")
     sp = facts["spend"]
     t.add_row("compute", f"{sp['evaluations']} evaluations, {sp['cpu_hours']:.3f} CPU-h"
@@ -435,6 +436,7 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
            lineage: bool = typer.Option(False, "--lineage", help="replay every ancestor from the root to NODE"),
            threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation (default: the run's)"),
            force: bool = typer.Option(False, "--force", help="re-run evaluations that an earlier replay stored"),
+           workers: int = typer.Option(1, "--workers", min=1, help="evaluations at once, each in its own sandbox (on a GPU they share it)"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Re-evaluate a node's exact code with the run's recorded config; mean ± std against the root evaluated the same way.
 
@@ -454,7 +456,7 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
 
     try:
         facts = replay_nodes(run_dir, node, tier=tier, seeds=seeds, lineage=lineage, threads=threads, force=force,
-                             on_start=start, on_eval=lambda n, s, r: None if r["cached"] else progress.advance(task))
+                             workers=workers, on_start=start, on_eval=lambda n, s, r: None if r["cached"] else progress.advance(task))
     finally:
         if progress.live.is_started:
             progress.stop()

@@ -106,6 +106,22 @@ def test_status_table(cli, micro_run):
     assert "nodes" in proc.stdout and "5" in proc.stdout and "best" in proc.stdout
 
 
+def test_status_of_a_run_whose_root_failed(cli, run_dir, tmp_path):
+    code = render_root("deltanet")
+    mixer = code.index("class Mixer")
+    forward = code.index("    def forward(self, x", mixer)
+    body = code.index("\n", forward) + 1
+    broken = tmp_path / "broken_root.py"
+    broken.write_text(code[:body] + "        raise RuntimeError('broken on purpose')\n" + code[body:])
+    message = helpers.assert_user_error(cli("run", run_dir, "--root", broken, "--tier", "micro", "--max-nodes", 2))
+    assert "root candidate was rejected" in message
+    table = cli("status", run_dir)
+    assert table.returncode == 0, table.stderr
+    assert "node 0 failed (" in " ".join(table.stdout.split())
+    root = json.loads(cli("status", run_dir, "--json").stdout)["root"]
+    assert root["status"] == "failed" and root["reason"] and root["fitness"] is None
+
+
 def test_status_of_a_missing_directory(cli, tmp_path):
     line = helpers.assert_user_error(cli("status", tmp_path / "missing"))
     assert "missing" in line

@@ -248,3 +248,45 @@ def test_torch_normal_operation_under_the_audit_hook(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "violations: []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_the_gpu_toolchain_may_run_under_the_audit_hook_and_nothing_else(tmp_path):
+    """Triton compiles every new kernel with ptxas (subprocess.Popen, then os.posix_spawn on Python
+    3.12+): with cuda=True a trusted library may start a toolchain program; the candidate may not,
+    and no library may start anything else."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("ptxas", "sh"):
+        (tools / name).write_text("#!/bin/sh\necho ran $0\n")
+        (tools / name).chmod(0o755)
+    (tmp_path / "compiler_lib.py").write_text(textwrap.dedent('''
+        import subprocess
+        def run(path):  # what triton.backends.nvidia.compiler does for ptxas: a full path, close_fds=False
+            return subprocess.run([path, "--version"], check=True, close_fds=False, capture_output=True, text=True).stdout
+    '''))
+    (tmp_path / "candidate.py").write_text(textwrap.dedent('''
+        import os
+        def spawn(path):
+            return os.posix_spawn(path, [path], {})
+    '''))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import compiler_lib, candidate
+        from archlab.sandbox import protections
+        protections.AuditGuard(writable=[{str(tmp_path)!r}], cuda=True).install()
+        print(compiler_lib.run({str(tools / 'ptxas')!r}).strip())
+        for what, call in (("other", lambda: compiler_lib.run({str(tools / 'sh')!r})),
+                           ("candidate", lambda: candidate.spawn({str(tools / 'ptxas')!r}))):
+            try:
+                call()
+                print(what, "spawned")
+            except PermissionError as e:
+                print(what, "blocked:", e)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"ran {tools / 'ptxas'}", proc.stdout
+    assert lines[1].startswith("other blocked:") and "no processes" in lines[1], proc.stdout
+    assert lines[2].startswith("candidate blocked:"), proc.stdout

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from archlab.agents.offline import OPERATORS
-from archlab.sandbox import static
+from archlab.sandbox import contract, static
 from archlab.templates import ROOTS, Design, render, render_root, root_path
 
 
@@ -129,3 +129,18 @@ def test_variant_renders_to_a_working_mixer(root, operator, design: Design):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mixer.parameters() if p.requires_grad)
     if design.layers:
         assert namespace["LAYERS"] == design.layers
+
+
+def test_the_chunkwise_delta_rule_runs_in_fp32_under_bf16_autocast():
+    # On CUDA the triangular solve has no bf16 kernel, so the pure-PyTorch path (every candidate
+    # without fla's kernel) must not hand it bf16; in fp32 it is exactly the unautocast result.
+    module = contract.load(render_root("gated_deltanet"))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.nn.functional.normalize(torch.randn(1, 2, 40, 8, generator=gen), dim=-1) for _ in range(3))
+    beta, log_decay = torch.rand(1, 2, 40, generator=gen), -torch.rand(1, 2, 40, generator=gen)
+    reference = module.delta_rule_chunkwise(q, k, v, beta, log_decay, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = module.delta_rule_chunkwise(q, k, v, beta, log_decay, 16)
+    assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, reference)
+    half = module.delta_rule_chunkwise(*(x.bfloat16() for x in (q, k, v, beta, log_decay)), 16)
+    assert half.dtype == torch.bfloat16 and (half.float() - reference).abs().max() < 2e-2

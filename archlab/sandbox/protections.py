@@ -550,10 +550,18 @@ class AuditGuard:
         return None
 
     def _judge_spawn(self, event: str, args: tuple) -> str | None:
+        local = self._local
         if self.cuda and event == "subprocess.Popen" and not self._untrusted_caller():
             exe = args[0] or (args[1][0] if args[1] else "")
             if os.path.basename(os.fsdecode(exe)) in TOOLCHAIN:
+                local.toolchain = os.fsdecode(exe)  # the spawn that this Popen makes next is that tool
                 return None
+        # Popen then starts the process with os.posix_spawn (Triton's ptxas call on Python 3.12): allowed
+        # once, for the very tool that the Popen just allowed, in the same thread.
+        allowed, local.toolchain = getattr(local, "toolchain", None), None
+        if (event == "os.posix_spawn" and allowed and os.path.basename(allowed) == os.path.basename(os.fsdecode(args[0]))
+                and (self._caller_file() or "").endswith("subprocess.py")):
+            return None
         return f"{event} (no processes in the sandbox)"
 
     def _untrusted_caller(self) -> bool:

@@ -25,6 +25,12 @@ def delta_rule_chunkwise(q, k, v, beta, log_decay=None, chunk_size=64):
     with a_t = exp(log_decay_t) (1 when log_decay is None). Inside a chunk the updates are
     folded into one triangular solve (the WY/UT form), so the Python loop runs per chunk.
     """
+    if q.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(q.device.type):
+        # fp32 inside, whatever autocast says: the solve has no half-precision CUDA kernel, and
+        # the state, summed over the whole sequence, drifts in bf16
+        with torch.autocast(q.device.type, enabled=False):
+            wide = (None if x is None else x.float() for x in (q, k, v, beta, log_decay))
+            return delta_rule_chunkwise(*wide, chunk_size).to(q.dtype)
     b, h, t, dk = q.shape
     dv = v.shape[-1]
     pad = (-t) % chunk_size

@@ -19,6 +19,7 @@ import shutil
 import sqlite3
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -144,26 +145,32 @@ class Replayer:
                                    + (f"val_loss {result.metrics.get('val_loss'):.4f}" if result.ok else f"failed ({result.reason})"), node_id)
         return _run_row(self.stored(node_id, seed), cached=False)
 
-    def replay(self, node_ids: list[int], seeds: list[int], on_eval: Callable[[int, int, dict], None] = lambda n, s, r: None) -> list[Replayed]:
-        """Replay the root and then each node (in the order given) once per seed."""
+    def replay(self, node_ids: list[int], seeds: list[int], on_eval: Callable[[int, int, dict], None] = lambda n, s, r: None,
+               workers: int = 1) -> list[Replayed]:
+        """Replay the root and then each node (in the order given) once per seed; `workers`
+        evaluations at once (each its own sandbox), the root's first since its runs set the
+        parameter budget of the others."""
         order = [0] + [n for n in node_ids if n != 0]
-        for n in order:
-            self.store.node(n)  # a clear error for an unknown node before anything runs
-        out: list[Replayed] = []
-        root_runs: list[dict] = []
-        for node_id in order:
-            node = self.store.node(node_id)
-            item = Replayed(node_id, node["parent_id"], node["operator"], node["status"], recorded=self.recorded(node_id),
-                            originals=self.originals(node_id))
-            limit = self.param_limit(node_id, root_runs)
-            for seed in seeds:
-                row = self.evaluate(node_id, seed, limit)
-                item.runs.append(row)
-                on_eval(node_id, seed, row)
-            if node_id == 0:
-                root_runs = item.runs
-            out.append(item)
-        return out
+        items = {}
+        for n in order:  # a clear error for an unknown node before anything runs
+            node = self.store.node(n)
+            items[n] = Replayed(n, node["parent_id"], node["operator"], node["status"], recorded=self.recorded(n),
+                                originals=self.originals(n))
+
+        def evaluate_all(pairs: list[tuple[int, int]], limit) -> None:
+            def one(pair: tuple[int, int]) -> dict:
+                row = self.evaluate(*pair, limit(pair[0]))
+                on_eval(*pair, row)
+                return row
+
+            with ThreadPoolExecutor(max(1, workers), thread_name_prefix="replay") as pool:
+                for (node_id, _), row in zip(pairs, pool.map(one, pairs)):
+                    items[node_id].runs.append(row)
+
+        evaluate_all([(0, seed) for seed in seeds], lambda n: -1)
+        limits = {n: self.param_limit(n, items[0].runs) for n in order[1:]}
+        evaluate_all([(n, seed) for n in order[1:] for seed in seeds], limits.get)
+        return [items[n] for n in order]
 
     def originals(self, node_id: int) -> dict[int, dict]:
         """The run's own successful evaluations of the node at the replay tier (search or
@@ -246,7 +253,7 @@ def summarise(items: list[Replayed], tier: str, seeds: list[int]) -> dict:
 
 
 def replay(run_dir: Path, node_id: int, *, tier: str | None = None, seeds: int = 3, lineage: bool = False,
-           threads: int | None = None, force: bool = False,
+           threads: int | None = None, force: bool = False, workers: int = 1,
            on_start: Callable[[int], None] = lambda total: None,
            on_eval: Callable[[int, int, dict], None] = lambda n, s, r: None) -> dict:
     """Replay a node (and with lineage=True every ancestor) beside the root; see summarise()."""
@@ -255,7 +262,7 @@ def replay(run_dir: Path, node_id: int, *, tier: str | None = None, seeds: int =
     nodes = r.lineage_of(node_id) if lineage else [0, node_id]
     seed_list = r.seeds(seeds)
     on_start(r.pending(list(dict.fromkeys([0] + nodes)), seed_list))
-    items = r.replay(nodes, seed_list, on_eval)
+    items = r.replay(nodes, seed_list, on_eval, workers)
     facts = summarise(items, r.tier, seed_list)
     facts.update(run=str(Path(run_dir)), node=node_id, lineage=lineage, config_tier=r.config.tier)
     return facts

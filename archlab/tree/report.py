@@ -5,7 +5,7 @@ from pathlib import Path
 from archlab.config import RunConfig
 from archlab.tree.store import Store
 
-SUMMARY_KEYS = ("id", "parent_id", "status", "operator", "fitness", "val_loss", "motivation")
+SUMMARY_KEYS = ("id", "parent_id", "status", "reason", "operator", "fitness", "val_loss", "motivation")
 FIDELITY_KEYS = ("tier", "seeds", "fitness_std", "val_loss_std", "search_fitness")
 METRIC_ORDER = ("val_loss", "val_bpb", "train_loss", "tokens_per_s", "params", "mixer_params", "train_tokens", "wall_s")
 
