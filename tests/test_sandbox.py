@@ -331,3 +331,24 @@ def test_compile_check_penalises_a_mixer_torch_compile_cannot_take_whole():
     assert "graph break" in bad.metrics["compile_error"]
     terms = breakdown(bad.metrics, good.metrics)
     assert terms["compile"] < 0 and "compile" not in breakdown(good.metrics, good.metrics)
+
+
+def test_a_kernel_cache_is_copied_in_and_only_a_trusted_evaluation_writes_it_back(tmp_path):
+    # GPU evaluations compile and autotune Triton kernels into the sandbox's cache; the root's
+    # cache is kept (keep_kernel_cache) and copied into later sandboxes, which never write it back.
+    seed = tmp_path / "kernel-cache"
+    seed.mkdir()
+    (seed / "triton").mkdir()
+    (seed / "triton" / "kernel.cubin").write_bytes(b"compiled by the root")
+    fresh = tmp_path / "never-written"
+    result = runner.evaluate(render_root("deltanet"), "micro", threads=1, kernel_cache=fresh, param_limit=-1)
+    assert result.ok and not fresh.exists(), "without keep_kernel_cache nothing is written back"
+    broken = runner.evaluate("def broken(:\n", "micro", threads=1, kernel_cache=seed, keep_kernel_cache=True)
+    assert not broken.ok and sorted(p.name for p in seed.iterdir()) == ["triton"], "a failed evaluation keeps nothing"
+    before = seed.stat().st_ino
+    kept = runner.evaluate(render_root("deltanet"), "micro", threads=1, kernel_cache=seed, keep_kernel_cache=True, param_limit=-1)
+    assert kept.ok, kept.detail
+    assert seed.stat().st_ino != before, "the trusted evaluation's cache replaced the directory"
+    # ... and that cache held the seed's kernel: it had been copied in
+    assert (seed / "triton" / "kernel.cubin").read_bytes() == b"compiled by the root"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("kernel-cache.")] == [], "no half-copied leftovers"

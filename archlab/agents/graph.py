@@ -360,7 +360,8 @@ class Run:
         self.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
         chaos.point_later("during_evaluation")
         job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
-                            options={**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None}, log_path=str(log))
+                            options={**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None,
+                     "keep_kernel_cache": root}, log_path=str(log))
         result = self.executor.evaluate(job)
         self._add_evaluation(node_id, self.config.tier, self.config.seed, result, log)
         self.store.update_node(node_id, attempts=attempt + 1)
@@ -371,7 +372,7 @@ class Run:
         """runner.evaluate options from the run's config; `reference` (the root's metrics) makes an
         implausibly good result be rechecked and flagged instead of crowned."""
         return dict(data=self.config.data, param_limit=param_limit, allow_quadratic=self.config.allow_quadratic,
-                    implausible_gain=self.config.implausible_gain,
+                    implausible_gain=self.config.implausible_gain, kernel_cache=str(self.dir / runner.KERNEL_CACHE),
                     reference=(root_node or {}).get("metrics") if root_node else None)
 
     def _after_evaluate(self, state: CandidateState) -> str:

@@ -69,14 +69,20 @@ class Launcher:
     drop_uid: bool  # running as root: the child drops to its own unprivileged uid once the harness is loaded
     facts: dict = field(default_factory=dict)  # what the probe observed inside the sandbox
 
-    def prepare(self, scratch: Path) -> int | None:
-        """Make the scratch directory (and its cache dir) the child's; returns the uid the child must drop to."""
-        (scratch / CACHE_DIR).mkdir(exist_ok=True)
+    def prepare(self, scratch: Path, kernel_cache: Path | None = None) -> int | None:
+        """Make the scratch directory (and its cache dir) the child's; returns the uid the child must drop to.
+        kernel_cache: a trusted evaluation's cache dir, copied in first (see runner.evaluate)."""
+        cache = scratch / CACHE_DIR
+        if kernel_cache is not None and Path(kernel_cache).is_dir():
+            shutil.copytree(kernel_cache, cache, symlinks=True, dirs_exist_ok=True)
+        cache.mkdir(exist_ok=True)
         if not self.drop_uid:
             return None
         uid = _next_uid()
-        for path in (scratch, scratch / CACHE_DIR):
-            os.chown(path, uid, uid)
+        for parent, dirs, files in os.walk(scratch):
+            os.chown(parent, uid, uid)
+            for name in dirs + files:
+                os.lchown(os.path.join(parent, name), uid, uid)
         return uid
 
     def command(self, argv: list[str], scratch: Path, *, hide: list[str] = (), read: list[str] = (),

@@ -66,6 +66,9 @@ class Result(BaseModel):
         return {"ok": self.ok, "reason": self.reason, "detail": self.detail, "metrics": self.metrics}
 
 
+KERNEL_CACHE = "kernel-cache"  # runs/NAME/kernel-cache: the root evaluation's compiled kernels (see evaluate)
+
+
 def evaluate(
     source: str,
     tier: "str | Tier" = "smoke",
@@ -86,6 +89,8 @@ def evaluate(
     device: str | None = None,
     skip_static_checks: bool = False,
     weights_out: Path | None = None,
+    kernel_cache: Path | None = None,
+    keep_kernel_cache: bool = False,
 ) -> Result:
     """Evaluate candidate source code at a tier in sandboxed child processes.
 
@@ -99,6 +104,11 @@ def evaluate(
     skip_static_checks: only for testing the runtime layers with code the AST checks would reject.
     weights_out: where to keep the trained weights (the training phase's weights file, moved there
         when the evaluation succeeds; with several seeds, the last seed's).
+    kernel_cache: a directory of compiled kernels (Triton's, inductor's) copied into the sandbox's
+        cache before it starts, so a GPU evaluation does not recompile and re-autotune the kernels
+        that an earlier one built (minutes per process on an H200 for fla's). Only a trusted
+        evaluation (the root's: keep_kernel_cache) writes it back, so a candidate cannot plant
+        kernels that later evaluations would run.
     """
     try:
         spec = resolve(tier, tier_overrides)
@@ -107,7 +117,7 @@ def evaluate(
     opt = dict(data=data, param_limit=param_limit, param_ratio=param_ratio, threads=threads, timeout_s=timeout_s,
                memory_gb=memory_gb, log_path=log_path, allow_quadratic=allow_quadratic, reference=reference,
                implausible_gain=implausible_gain, device=device, skip_static_checks=skip_static_checks,
-               weights_out=weights_out)
+               weights_out=weights_out, kernel_cache=kernel_cache, keep_kernel_cache=keep_kernel_cache)
     n_seeds = seeds or 1  # a tier's `seeds` is what callers should run; drivers loop over seeds themselves
     if n_seeds <= 1:
         return _evaluate_seed(source, spec, seed, opt)
@@ -130,7 +140,7 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict) -> Result:
     scratch = Path(tempfile.mkdtemp(prefix="archlab-sandbox-"))
     log = Path(opt["log_path"]) if opt["log_path"] else scratch / "log.txt"
     try:
-        uid = launcher.prepare(scratch)
+        uid = launcher.prepare(scratch, opt["kernel_cache"])
         (scratch / "candidate.py").write_text(source, encoding="utf-8")
         base = {
             "candidate": str(scratch / "candidate.py"), "tier": describe(tier), "seed": seed, "threads": threads,
@@ -191,9 +201,23 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict) -> Result:
         if opt.get("weights_out") and result.ok and (scratch / "weights.pt").is_file():
             Path(opt["weights_out"]).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(scratch / "weights.pt", opt["weights_out"])
+        if opt["keep_kernel_cache"] and opt["kernel_cache"] and result.ok:
+            _replace_dir(scratch / protections.CACHE_DIR, Path(opt["kernel_cache"]))
         return _finish(result, started, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Copy `source` over `target` whole; a reader copying `target` meanwhile sees the old one or none."""
+    fresh = target.with_name(f"{target.name}.new-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.copytree(source, fresh, symlinks=True)
+    stale = target.with_name(f"{target.name}.old-{os.getpid()}-{threading.get_ident()}")
+    if target.exists():
+        target.rename(stale)
+    fresh.rename(target)
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def _recheck(result: Result, launcher, scratch: Path, log: Path, deadline: float, job: dict, ref: float, opt: dict) -> Result:
