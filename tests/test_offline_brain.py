@@ -45,6 +45,16 @@ def test_a_transplant_the_parent_already_has_is_not_proposed():
         assert trace.decision["transplant"] is None
 
 
+def test_a_gain_within_seed_noise_is_not_transplanted():
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    history = [{"node": 4, "operator": "output_gate", "fitness": 0.015, "parent_fitness": 0.0, "change": {"output_gate": "silu"}}]
+    for seed in range(20):
+        _, (trace,) = OfflineBrain(knowledge).research(context(history, seed))
+        assert trace.decision["transplant"] is None
+    history[0]["fitness"] = 0.03  # above the noise floor: reused about half of the time
+    assert any(OfflineBrain(knowledge).research(context(history, seed))[1][0].decision["transplant"] for seed in range(20))
+
+
 def test_bandit_tries_every_operator_once_before_the_one_that_hurt():
     knowledge = KnowledgeIndex.load(embeddings=False)
     history = [

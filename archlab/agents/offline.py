@@ -76,6 +76,9 @@ BY_NAME = {op.name: op for op in OPERATORS}
 FAILED_GAIN = -0.2  # what a failed child counts as in the operator bandit
 KNOWLEDGE_BONUS = 0.02  # UCB bonus for operators that entries retrieved for the parent recommend
 TRANSPLANT_SHARE = 0.5  # how often the guided researcher reuses a change that worked elsewhere, when there is one
+# A change is reused elsewhere only when it beat its parent by more than seed noise (ANCHORS.md: 0.005-0.015
+# at smoke): in one run's traces, transplants of gains >= 0.07 paid off in 5 of 7, those of <= 0.022 in 1 of 4.
+TRANSPLANT_MIN_GAIN = 0.02
 
 
 class OfflineBrain:
@@ -146,7 +149,7 @@ class OfflineBrain:
             (field, value), = change.items()
             gain = row["fitness"] - row["parent_fitness"]
             key = (field, json.dumps(value))
-            if gain > 0 and getattr(parent, field, value) != value and gain > best.get(key, {}).get("gain", 0.0):
+            if gain > TRANSPLANT_MIN_GAIN and getattr(parent, field, value) != value and gain > best.get(key, {}).get("gain", 0.0):
                 best[key] = {"gain": gain, "node": row["node"], "field": field, "value": value}
         for found in sorted(best.values(), key=lambda t: -t["gain"]):
             op = next((o for o in OPERATORS if o.field == found["field"] and found["value"] in o.values), None)
