@@ -55,7 +55,7 @@ def main() -> None:
     for node in better:
         print(f"replaying node {node['id']} and the root at {args.verify_tier} x {args.seeds} seeds ...")
         facts = json.loads(archlab("replay", run_dir, node["id"], "--tier", args.verify_tier, "--seeds", args.seeds,
-                                   "--threads", 2, "--workers", args.workers, "--json").stdout)
+                                   "--threads", max(1, 2 // args.workers), "--workers", args.workers, "--json").stdout)
         row, root = (next(r for r in facts["nodes"] if r["node"] == i) for i in (node["id"], 0))
         pooled = math.sqrt(((row["val_loss_std"] or 0) ** 2 + (root["val_loss_std"] or 0) ** 2) / 2)
         difference = root["val_loss_mean"] - row["val_loss_mean"]

@@ -359,9 +359,10 @@ class Run:
         limit = -1 if root else int(root_node["metrics"]["mixer_params"] * self.config.param_ratio)
         self.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
         chaos.point_later("during_evaluation")
+        options = {**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None,
+                   "keep_kernel_cache": root}  # the root's compiled kernels seed every later sandbox
         job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
-                            options={**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None,
-                     "keep_kernel_cache": root}, log_path=str(log))
+                            options=options, log_path=str(log))
         result = self.executor.evaluate(job)
         self._add_evaluation(node_id, self.config.tier, self.config.seed, result, log)
         self.store.update_node(node_id, attempts=attempt + 1)
