@@ -4,8 +4,8 @@ back to the full DeltaNet a run finds, at a fixed evaluation budget.
 The root `deltanet_ablated` lacks the short convolution, the output gate and the q/k L2 norm;
 the full DeltaNet (the hidden answer) is evaluated at the same tier and seeds. Per strategy
 (mean over seeds): the share of the validation-loss gap between them that the best node
-closes, the evaluations needed to close half of it, and which removed parts the best node
-has back. The mixer budget is 1.3x the root's (the removed parts cost ~27% more parameters),
+closes, the evaluations needed to close half of it, which removed parts the best node has
+back, and search_efficiency.py's best fitness gain and area under the best-so-far curve. The mixer budget is 1.3x the root's (the removed parts cost ~27% more parameters),
 and the implausible-gain recheck starts at 50% (the removed parts alone are worth ~15%).
 
     python bench/rediscovery.py                 # CPU: smoke tier, 8 evaluations, 2 seeds (~40 min on 2 cores)
@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from discovery import archlab, curves_svg, mean_std, run_all, search
+from discovery import archlab, best_so_far, curves_svg, mean_std, run_all, search
 
 from archlab.templates import render_root
 
@@ -73,14 +73,16 @@ def main() -> None:
     targets, runs = dict(zip(seeds, done[:len(seeds)])), done[len(seeds):]
     results = {"tier": args.tier, "evaluations": args.evaluations, "seeds": args.seeds, "runs": [], "summary": {}}
     for (strategy, seed), run in zip(grid, runs):
-        results["runs"].append({"strategy": strategy, "seed": seed, "run": run["run"], **score(run, targets[seed])})
+        fitness = best_so_far(run["candidates"])  # as in search_efficiency.py: these runs measure that at this tier too
+        results["runs"].append({"strategy": strategy, "seed": seed, "run": run["run"], **score(run, targets[seed]),
+                                "best_gain": fitness[-1] if fitness else 0.0, "auc": sum(fitness) / len(fitness) if fitness else 0.0})
 
     print(f"rediscovery: root deltanet_ablated -> hidden answer deltanet; tier {args.tier}, "
           f"{args.evaluations} evaluations per run, {args.seeds} seed(s)")
     for seed in seeds:
         r = next(r for r in results["runs"] if r["seed"] == seed)
         print(f"  seed {seed}: ablated root val_loss {r['root_val_loss']:.4f}, full DeltaNet {r['target_val_loss']:.4f}, gap {r['gap']:.4f}")
-    print(f"{'strategy':10} {'gap closed':>16} {'evals to half':>14} {'parts back (best node)':>40}")
+    print(f"{'strategy':10} {'gap closed':>16} {'evals to half':>14} {'best fitness gain':>18} {'AUC':>16} {'parts back (best node)':>40}")
     curves = {}
     for strategy in args.strategies:
         rows = [r for r in results["runs"] if r["strategy"] == strategy]
@@ -89,9 +91,11 @@ def main() -> None:
         halves = [r["half_gap_at"] for r in rows]
         reached = [h for h in halves if h is not None]
         parts = "; ".join(",".join(r["parts_back"]) or "-" for r in rows)
-        results["summary"][strategy] = {"closed": closed, "half_gap_at": halves}
+        gain, auc = mean_std([r["best_gain"] for r in rows]), mean_std([r["auc"] for r in rows])
+        results["summary"][strategy] = {"closed": closed, "half_gap_at": halves, "best_gain": gain, "auc": auc}
         half = f"{mean_std(reached)[0]:.1f} ({len(reached)}/{len(rows)})" if reached else f"never (0/{len(rows)})"
-        print(f"{strategy:10} {100 * closed[0]:7.0f}% ± {100 * closed[1]:3.0f}% {half:>14} {parts:>40}")
+        print(f"{strategy:10} {100 * closed[0]:7.0f}% ± {100 * closed[1]:3.0f}% {half:>14} {gain[0]:+9.4f} ± {gain[1]:.4f} "
+              f"{auc[0]:+7.4f} ± {auc[1]:.4f} {parts:>40}")
     (args.out / "gap_closed.svg").write_text(
         curves_svg(f"share of the gap to full DeltaNet closed ({args.tier}, mean of {args.seeds} seeds)", "gap closed", curves))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
