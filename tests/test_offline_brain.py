@@ -67,6 +67,24 @@ def test_bandit_tries_every_operator_once_before_the_one_that_hurt():
         assert ranked[-2:] == ["output_gate", "forget_gate"], ranked
 
 
+def test_the_roots_placeholder_analysis_recommends_nothing():
+    # The root's analysis only says that it is the root; entries retrieved with those words were
+    # arbitrary, and the untried operators were ordered by them.
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    root = {"id": 0, "design": ABLATED, "fitness": 0.0, "metrics": {"val_loss": 2.34},
+            "analysis": "The root: every fitness in this run is relative to it."}
+    firsts = set()
+    for seed in range(12):
+        ctx = Context(node_id=1, parent=root, root=root, history=[], rng=random.Random(seed))
+        assert ctx.knowledge_query() == ""
+        _, (trace,) = OfflineBrain(knowledge).research(ctx)
+        assert trace.decision["query"] == "" and trace.decision["retrieved"] == []
+        firsts.add(trace.decision["operator"])
+    assert len(firsts) >= 5, f"with nothing known against the root, the first operator is drawn uniformly: {firsts}"
+    child = {**root, "id": 3, "analysis": "Node 3 (short_conv from node 0): validation loss worse than the root"}
+    assert "short_conv" in Context(node_id=4, parent=child, root=root).knowledge_query()
+
+
 def test_untried_operators_the_knowledge_base_recommends_come_first():
     knowledge = KnowledgeIndex.load(embeddings=False)
     for seed in range(10):

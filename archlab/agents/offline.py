@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 
 from archlab.agents.roles import Context, Proposal, Trace
-from archlab.knowledge import KnowledgeIndex, query_for_node
+from archlab.knowledge import KnowledgeIndex
 from archlab.templates import Design, render
 
 
@@ -94,7 +94,7 @@ class OfflineBrain:
         stats = _operator_stats(ctx.history)
         total = sum(len(v) for v in stats.values())
         # What the knowledge base and past analyses say about this parent's weaknesses.
-        query = query_for_node(ctx.parent.get("metrics") or {}, ctx.root.get("metrics"), ctx.parent.get("analysis"))
+        query = ctx.knowledge_query()
         hits = self.knowledge.search(query, k=5)
         recommended = {op for h in hits if h.kind == "entry" for op in self.knowledge.entry(h.id).operators}
         applicable = [op for op in OPERATORS if op.applies(parent)]

@@ -3,7 +3,7 @@
 from archlab.agents import novelty, prompting
 from archlab.agents.parsing import FormatError, parse_answer
 from archlab.agents.roles import Context, Proposal, Trace
-from archlab.knowledge import KnowledgeIndex, query_for_node
+from archlab.knowledge import KnowledgeIndex
 
 
 class Researcher:
@@ -14,7 +14,7 @@ class Researcher:
         self.novelty_threshold = novelty_threshold
 
     def research(self, ctx: Context) -> tuple[Proposal, list[Trace]]:
-        query = query_for_node(ctx.parent.get("metrics") or {}, ctx.root.get("metrics"), ctx.parent.get("analysis"))
+        query = ctx.knowledge_query()
         entries = [self.knowledge.entry(h.id) for h in self.knowledge.search(query, k=3, kind="entry")]
         experiences = self.knowledge.search(query, k=3, kind="experience")
         used = [e.id for e in entries] + [x.id for x in experiences]

@@ -6,6 +6,8 @@ from typing import Callable
 
 from pydantic import BaseModel
 
+from archlab.knowledge import query_for_node
+
 
 class Proposal(BaseModel):
     motivation: str
@@ -48,3 +50,11 @@ class Context:
     history: list[dict] = field(default_factory=list)  # finished children: node, operator, fitness, parent_fitness, change
     seen: Callable[[dict], bool] = lambda design: False
     rng: random.Random = field(default_factory=random.Random)  # seeded per node: reproducible choices
+
+    def knowledge_query(self) -> str:
+        """What is wrong with the parent, as a knowledge-base query: its weaknesses against the root
+        and its analysis. Empty for the root: its analysis only says that it is the root, and
+        entries retrieved by those words are arbitrary (measured: they sent the offline researcher
+        to the same unhelpful operators first in most runs from the ablated root)."""
+        analysis = self.parent.get("analysis") if self.parent.get("id") != 0 else None
+        return query_for_node(self.parent.get("metrics") or {}, self.root.get("metrics"), analysis)
