@@ -20,6 +20,8 @@ from pathlib import Path
 
 from discovery import archlab, search
 
+from archlab.cli import _tier_overrides as tier_overrides  # the CLI's KEY=VALUE parsing, nested keys included
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     run_dir = args.out / "run"
     config = dict(root="deltanet", tier=args.tier, hours=args.hours, workers=args.workers, device=args.device,
-                  tier_overrides={k: json.loads(v) for k, _, v in (item.partition("=") for item in args.tier_set)})
+                  tier_overrides=tier_overrides(args.tier, args.tier_set, "--tier-set"))
     if args.quick:
         args.verify_tier, args.seeds, args.top = "micro", 2, 1
         config.update(tier="micro", hours=None)

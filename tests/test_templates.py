@@ -136,7 +136,7 @@ def test_the_chunkwise_delta_rule_runs_in_fp32_under_bf16_autocast():
     # without fla's kernel) must not hand it bf16; in fp32 it is exactly the unautocast result.
     module = contract.load(render_root("gated_deltanet"))
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.nn.functional.normalize(torch.randn(1, 2, 40, 8, generator=gen), dim=-1) for _ in range(3))
+    q, k, v = (F.normalize(torch.randn(1, 2, 40, 8, generator=gen), dim=-1) for _ in range(3))
     beta, log_decay = torch.rand(1, 2, 40, generator=gen), -torch.rand(1, 2, 40, generator=gen)
     reference = module.delta_rule_chunkwise(q, k, v, beta, log_decay, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
