@@ -3,12 +3,13 @@ tree; the baselines draw uniformly."""
 
 import random
 
-from archlab.agents.offline import OfflineBrain
+from archlab.agents.offline import OPERATORS, OfflineBrain
 from archlab.agents.roles import Context
 from archlab.knowledge import KnowledgeIndex
 from archlab.templates import ROOTS
 
 ABLATED = ROOTS["deltanet_ablated"][1].model_dump()
+SPEED_ONLY = {op.name for op in OPERATORS if op.speed_only}
 
 
 def context(history: list[dict], seed: int, val_loss: float = 2.3) -> Context:
@@ -93,4 +94,19 @@ def test_untried_operators_the_knowledge_base_recommends_come_first():
         recommended = {op for hit in trace.decision["retrieved"] if hit["kind"] == "entry"
                        for op in knowledge.entry(hit["id"]).operators}
         ranked = trace.decision["ranked"]
-        assert recommended and set(ranked[: len(recommended & set(ranked))]) == recommended & set(ranked), (recommended, ranked)
+        first = recommended & set(ranked) - SPEED_ONLY
+        assert first and set(ranked[: len(first)]) == first, (recommended, ranked)
+
+
+def test_operators_that_only_change_the_speed_are_swept_last():
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    assert SPEED_ONLY == {"chunk_size"}  # the chunkwise delta rule is exact for any chunk size
+    tried = [{"node": 4, "operator": "output_gate", "fitness": 0.09, "parent_fitness": 0.0, "change": {"output_gate": "silu"}}]
+    for seed in range(10):
+        _, (trace,) = OfflineBrain(knowledge).research(context(tried, seed, val_loss=2.45))
+        assert trace.decision["ranked"][-2:] == ["chunk_size", "output_gate"], trace.decision["ranked"]
+    # once tried, speed-only operators compete on what they did like every other operator
+    tried = [{"node": n, "operator": op.name, "fitness": 0.05 if op.name == "chunk_size" else -0.05, "parent_fitness": 0.0,
+              "change": {}} for n, op in enumerate(OPERATORS)]
+    _, (trace,) = OfflineBrain(knowledge).research(context(tried, 0))
+    assert trace.decision["ranked"][0] == "chunk_size"
