@@ -15,13 +15,17 @@ DONE = "status = 'done' and fitness is not null"
 def select_parent(store: Store, strategy: str, rng: random.Random, where: str = DONE) -> dict | None:
     if strategy == "asi":
         # ASI-Arch: mostly exploit the top of the tree (rank-weighted: the best half the time),
-        # sometimes explore anywhere. Only nodes at least as fit as the root (fitness 0) are exploited:
-        # in a young tree the top ten are all there is, and building on children that lost to the
-        # root spent evaluations that tournament selection did not (bench/search_efficiency.py).
-        top = _rows(store, f"{where} and fitness >= 0", "fitness desc, id", 10) or _rows(store, where, "fitness desc, id", 10)
+        # sometimes explore anywhere else. Only among nodes at least as fit as the root (fitness 0),
+        # as ASI-Arch samples parents from its top candidates only: in a young tree the top ten are
+        # all there is, and building on children that lost to the root spent evaluations that
+        # tournament selection did not (bench/search_efficiency.py).
+        good = f"{where} and fitness >= 0"
+        top = _rows(store, good, "fitness desc, id", 10)
+        if not top:  # the root itself failed or was re-scored below zero: fall back to everything
+            good, top = where, _rows(store, where, "fitness desc, id", 10)
         if not top:
             return None
-        return rng.choices(top, weights=[0.5 ** i for i in range(len(top))])[0] if rng.random() < 0.8 else _any(store, where, rng)
+        return rng.choices(top, weights=[0.5 ** i for i in range(len(top))])[0] if rng.random() < 0.8 else _any(store, good, rng)
     if strategy == "ucb":
         # UCB over subtrees: a node's value is the mean fitness of itself and its children
         # (failed children count as the node's fitness minus a penalty), plus a bonus for
