@@ -26,6 +26,9 @@ def test_search_efficiency_quick(tmp_path):
         assert 0 <= r["failed_rate"] <= 1 and r["root_val_loss"] > 0
     assert (tmp_path / "best_so_far-deltanet.svg").read_text().startswith("<svg")
     assert "the default" in out
+    for baseline in ("evolution", "random"):
+        paired = results["summary"][f"deltanet/asi-vs-{baseline}"]
+        assert paired["seeds"] == 1 and set(paired["wins"].values()) <= {0, 1}
 
 
 def test_rediscovery_quick(tmp_path):
