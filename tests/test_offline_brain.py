@@ -68,6 +68,27 @@ def test_bandit_tries_every_operator_once_before_the_one_that_hurt():
         assert ranked[-2:] == ["output_gate", "forget_gate"], ranked
 
 
+def test_credit_goes_to_the_value_an_operator_set():
+    # Removing the output norm helped three times; putting it back hurt. The parent lacks the norm,
+    # so its only output_norm move is the one that hurt: an operator-level mean would still rank it first.
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    history = [{"node": n, "operator": op.name, "fitness": -0.01, "parent_fitness": 0.0, "change": {}}
+               for n, op in enumerate(OPERATORS) if op.name != "output_norm"]
+    history += [{"node": 20 + n, "operator": "output_norm", "fitness": 0.3, "parent_fitness": 0.0, "change": {"output_norm": False}}
+                for n in range(3)]
+    history.append({"node": 30, "operator": "output_norm", "fitness": -0.35, "parent_fitness": 0.0, "change": {"output_norm": True}})
+    for seed in range(10):
+        ctx = context(history, seed)
+        ctx.parent = {**ctx.parent, "design": {**ABLATED, "output_norm": False}}
+        proposal, (trace,) = OfflineBrain(knowledge).research(ctx)
+        assert trace.decision["ranked"][-1] == "output_norm" and proposal.operator != "output_norm", trace.decision["ranked"]
+        assert trace.decision["values"]["output_norm=true"] == {"n": 1, "mean_gain": -0.35}
+    # on a parent that has the norm (the ablated root does), the move that helped comes first
+    assert ABLATED["output_norm"] is True
+    _, (trace,) = OfflineBrain(knowledge).research(context(history, 0))
+    assert trace.decision["ranked"][0] == "output_norm"
+
+
 def test_the_roots_placeholder_analysis_recommends_nothing():
     # The root's analysis only says that it is the root; entries retrieved with those words were
     # arbitrary, and the untried operators were ordered by them.

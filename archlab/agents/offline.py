@@ -1,12 +1,12 @@
 """The embedded no-LLM brain: three roles that need no API key.
 
 The researcher mutates a parent's Design with typed operators, choosing the operator with a
-UCB bandit over what each operator has done in this tree so far (every operator once first, in
-the order the knowledge base recommends for the parent's weaknesses, those that only change the
-speed last), and half of the time,
-when some change raised fitness elsewhere in the tree and the parent lacks it, it transplants
-that change instead (so improvements found in different branches get combined). Unguided (the baseline strategies `evolution` and
-`random`) it draws the operator uniformly, as regularized evolution does. The engineer renders the
+UCB bandit over what each operator, and each value it sets, has done in this tree so far (every
+operator once first, in the order the knowledge base recommends for the parent's weaknesses,
+those that only change the speed last), and half of the time, when some change raised fitness
+elsewhere in the tree and the parent lacks it, it transplants that change instead (so
+improvements found in different branches get combined). Unguided (the baseline strategies
+`evolution` and `random`) it draws the operator uniformly, as regularized evolution does. The engineer renders the
 design to code and repairs the failures it understands; the analyst compares the result
 with the parent, the siblings and the root. Every choice is returned as a trace.
 """
@@ -93,31 +93,42 @@ class OfflineBrain:
     # -- researcher ---------------------------------------------------------------------------
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
         parent = Design.model_validate(ctx.parent["design"])
-        stats = _operator_stats(ctx.history)
+        stats, arms = _operator_stats(ctx.history), _value_stats(ctx.history)
         total = sum(len(v) for v in stats.values())
         # What the knowledge base and past analyses say about this parent's weaknesses.
         query = ctx.knowledge_query()
         hits = self.knowledge.search(query, k=5)
         recommended = {op for h in hits if h.kind == "entry" for op in self.knowledge.entry(h.id).operators}
         applicable = [op for op in OPERATORS if op.applies(parent)]
+        fresh = {op.name: [d for d in op.variants(parent) if not ctx.seen(d.model_dump())] for op in applicable}
+
+        def score(op: Operator, design: Design) -> float:
+            # Credit goes to the value an operator sets, not just the operator: removing the output norm
+            # helped, putting it back on a child that lacks it hurt, and an operator-level mean kept
+            # proposing the latter (4 of 40 evaluations in one micro run). A value not yet tried
+            # borrows its operator's record.
+            gains = arms.get((op.name, json.dumps(getattr(design, op.field)))) or stats.get(op.name)
+            return _ucb(gains, total) + KNOWLEDGE_BONUS * (op.name in recommended)
+
         if self.guided:
+            best = {op.name: max(((score(op, d), ctx.rng.random(), d) for d in fresh[op.name]), key=lambda t: t[:2], default=None)
+                    for op in applicable}
             # Untried operators first, in the order the knowledge base suggests, those that only change the
             # speed last (fitness is mostly quality: in 60 micro runs chunk_size gained 0.000 on average,
-            # one evaluation of the first sweep's eleven). Building on an operator that just helped (a finite
-            # UCB prior) mostly tries its other values on the child it improved: measured worse
-            # (bench/search_efficiency.py, micro: AUC 0.25 vs 0.35 from the DeltaNet root).
+            # one evaluation of the first sweep's eleven); then by the UCB of their best untried value.
+            # Building on an operator that just helped (a finite UCB prior) mostly tries its other values
+            # on the child it improved: measured worse (bench/search_efficiency.py, micro: AUC 0.25 vs 0.35).
             ranked = sorted(applicable, key=lambda op: (
                 op.name in stats, op.name not in stats and op.speed_only,
-                -(_ucb(stats.get(op.name), total) + KNOWLEDGE_BONUS * (op.name in recommended)), ctx.rng.random()))
+                -best[op.name][0] if best[op.name] else 0.0, ctx.rng.random()))
         else:
             ranked = ctx.rng.sample(applicable, len(applicable))
         choice = self._transplant(ctx, parent) if self.guided and ctx.rng.random() < TRANSPLANT_SHARE else None
         for op in ranked:
             if choice is not None:
                 break
-            fresh = [d for d in op.variants(parent) if not ctx.seen(d.model_dump())]
-            if fresh:
-                choice = op, ctx.rng.choice(fresh), None
+            if fresh[op.name]:
+                choice = op, (best[op.name][2] if self.guided else ctx.rng.choice(fresh[op.name])), None
         if choice is None:
             trace = Trace(role="researcher", prompt=_describe_context(ctx), response="every variant of this parent is already in the tree",
                           decision={"operator": None})
@@ -134,6 +145,7 @@ class OfflineBrain:
         decision = {
             "operator": op.name, "from": getattr(parent, op.field), "to": value, "transplant": transplant,
             "bandit": {name: _summary(gains) for name, gains in stats.items()},
+            "values": {f"{name}={value}": _summary(gains) for (name, value), gains in arms.items()},
             "ranked": [o.name for o in ranked], "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
             "cited": cited["id"] if cited else None, "knowledge": used,
@@ -236,6 +248,17 @@ def _operator_stats(history: list[dict]) -> dict[str, list[float]]:
         if row["operator"] in BY_NAME:
             gain = FAILED_GAIN if row["fitness"] is None else row["fitness"] - row["parent_fitness"]
             stats.setdefault(row["operator"], []).append(gain)
+    return stats
+
+
+def _value_stats(history: list[dict]) -> dict[tuple[str, str], list[float]]:
+    """Fitness gain over the parent of every finished child, per (operator, the value it set)."""
+    stats: dict[tuple[str, str], list[float]] = {}
+    for row in history:
+        op = BY_NAME.get(row["operator"])
+        if op is not None and op.field in (row.get("change") or {}):
+            gain = FAILED_GAIN if row["fitness"] is None else row["fitness"] - row["parent_fitness"]
+            stats.setdefault((op.name, json.dumps(row["change"][op.field])), []).append(gain)
     return stats
 
 
