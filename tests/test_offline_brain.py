@@ -31,7 +31,7 @@ def test_guided_researcher_transplants_the_best_change_found_elsewhere():
         proposal, (trace,) = guided.research(context(history, seed))
         if trace.decision["transplant"]:
             transplanted += 1
-            assert trace.decision["transplant"] == {"node": 4, "gain": 0.09}
+            assert trace.decision["transplant"] == {"node": 4, "gain": 0.09, "mean_gain": 0.09, "times": 1}
             assert proposal.design["output_gate"] == "silu" and "node 4" in proposal.motivation
         proposal, (trace,) = blind.research(context(history, seed))
         assert trace.decision["transplant"] is None
@@ -54,6 +54,22 @@ def test_a_gain_within_seed_noise_is_not_transplanted():
         assert trace.decision["transplant"] is None
     history[0]["fitness"] = 0.03  # above the noise floor: reused about half of the time
     assert any(OfflineBrain(knowledge).research(context(history, seed))[1][0].decision["transplant"] for seed in range(20))
+
+
+def test_a_change_that_stopped_paying_off_is_no_longer_transplanted():
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    history = [  # a large gain once (node 4), then three transplants of the same change that hurt
+        {"node": 4, "operator": "output_gate", "fitness": 0.3, "parent_fitness": 0.0, "change": {"output_gate": "silu"}},
+        *({"node": n, "operator": "output_gate", "fitness": 0.4, "parent_fitness": 0.5, "change": {"output_gate": "silu"}} for n in (5, 6, 7)),
+        {"node": 8, "operator": "short_conv", "fitness": 0.05, "parent_fitness": 0.0, "change": {"short_conv": True}},
+    ]
+    transplants = [OfflineBrain(knowledge).research(context(history, seed))[1][0].decision["transplant"] for seed in range(20)]
+    assert {t["node"] for t in transplants if t} == {8}, transplants
+    # after one failed transplant the average (+0.10) still clears the noise floor
+    proposals = [OfflineBrain(knowledge).research(context(history[:2] + history[4:], seed)) for seed in range(20)]
+    transplanted = [p for p, (trace,) in proposals if trace.decision["transplant"]]
+    assert transplanted and all(p.design["output_gate"] == "silu" for p in transplanted)
+    assert "+0.1000 on average over 2 tries" in transplanted[0].motivation
 
 
 def test_bandit_tries_every_operator_once_before_the_one_that_hurt():
