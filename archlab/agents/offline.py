@@ -79,9 +79,10 @@ BY_NAME = {op.name: op for op in OPERATORS}
 FAILED_GAIN = -0.2  # what a failed child counts as in the operator bandit
 KNOWLEDGE_BONUS = 0.02  # UCB bonus for operators that entries retrieved for the parent recommend
 TRANSPLANT_SHARE = 0.5  # how often the guided researcher reuses a change that worked elsewhere, when there is one
-# A change is reused elsewhere only when it beat its parent by more than seed noise (ANCHORS.md: 0.005-0.015
-# at smoke): in one run's traces, transplants of gains >= 0.07 paid off in 5 of 7, those of <= 0.022 in 1 of 4.
-TRANSPLANT_MIN_GAIN = 0.02
+# Seed noise in fitness (ANCHORS.md: 0.005-0.015 at smoke). A change is reused elsewhere only when it beat
+# its parent by more on average: in one run's traces, transplants of gains >= 0.07 paid off in 5 of 7,
+# those of <= 0.022 in 1 of 4. A speed-only operator competes with the others only once it has.
+NOISE_FLOOR = 0.02
 
 
 class OfflineBrain:
@@ -114,13 +115,14 @@ class OfflineBrain:
         if self.guided:
             best = {op.name: max(((score(op, d), ctx.rng.random(), d) for d in fresh[op.name]), key=lambda t: t[:2], default=None)
                     for op in applicable}
-            # Untried operators first, in the order the knowledge base suggests, those that only change the
-            # speed last (fitness is mostly quality: in 60 micro runs chunk_size gained 0.000 on average,
-            # one evaluation of the first sweep's eleven); then by the UCB of their best untried value.
+            # Untried operators first, in the order the knowledge base suggests, then by the UCB of their best
+            # untried value; in both groups those that only change the speed come last unless they have
+            # earned more than noise (fitness is mostly quality: in 60 micro runs chunk_size gained 0.000 on
+            # average, and near a plateau, where every real change costs a little, its zero topped the UCB).
             # Building on an operator that just helped (a finite UCB prior) mostly tries its other values
             # on the child it improved: measured worse (bench/search_efficiency.py, micro: AUC 0.25 vs 0.35).
             ranked = sorted(applicable, key=lambda op: (
-                op.name in stats, op.name not in stats and op.speed_only,
+                op.name in stats, op.speed_only and statistics.fmean(stats.get(op.name) or [0.0]) <= NOISE_FLOOR,
                 -best[op.name][0] if best[op.name] else 0.0, ctx.rng.random()))
         else:
             ranked = ctx.rng.sample(applicable, len(applicable))
@@ -172,7 +174,7 @@ class OfflineBrain:
         ranked = sorted(((statistics.fmean(r["gain"] for r in rows), max(rows, key=lambda r: r["gain"]), len(rows))
                          for rows in made.values()), key=lambda t: -t[0])
         for mean, found, times in ranked:
-            if mean <= TRANSPLANT_MIN_GAIN:
+            if mean <= NOISE_FLOOR:
                 break
             op = next((o for o in OPERATORS if o.field == found["field"] and found["value"] in o.values), None)
             child = parent.model_copy(update={found["field"]: found["value"]})
