@@ -106,6 +106,17 @@ def test_credit_goes_to_the_value_an_operator_set():
     assert trace.decision["ranked"][0] == "output_norm"
 
 
+def test_a_value_not_yet_tried_comes_before_retrying_its_sibling():
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    history = [{"node": n, "operator": op.name, "fitness": -0.01, "parent_fitness": 0.0, "change": {}}
+               for n, op in enumerate(OPERATORS) if op.name != "feature_map"]
+    history += [{"node": 20 + n, "operator": "feature_map", "fitness": 0.015, "parent_fitness": 0.0, "change": {"feature_map": "identity"}}
+                for n in range(3)]
+    for seed in range(10):
+        proposal, _ = OfflineBrain(knowledge).research(context(history, seed))
+        assert proposal.operator == "feature_map" and proposal.design["feature_map"] in ("elu1", "relu"), proposal.design
+
+
 def test_the_roots_placeholder_analysis_recommends_nothing():
     # The root's analysis only says that it is the root; entries retrieved with those words were
     # arbitrary, and the untried operators were ordered by them.

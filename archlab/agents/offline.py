@@ -107,9 +107,12 @@ class OfflineBrain:
         def score(op: Operator, design: Design) -> float:
             # Credit goes to the value an operator sets, not just the operator: removing the output norm
             # helped, putting it back on a child that lacks it hurt, and an operator-level mean kept
-            # proposing the latter (4 of 40 evaluations in one micro run). A value not yet tried
-            # borrows its operator's record.
-            gains = arms.get((op.name, json.dumps(getattr(design, op.field)))) or stats.get(op.name)
+            # proposing the latter (4 of 40 evaluations in one micro run). A value not yet tried counts
+            # as one try at its operator's average (with the whole record it lost to a once-tried
+            # sibling value, and one run tried identity three times, never elu(x)+1).
+            gains = arms.get((op.name, json.dumps(getattr(design, op.field))))
+            if not gains and op.name in stats:
+                gains = [statistics.fmean(stats[op.name])]
             return _ucb(gains, total) + KNOWLEDGE_BONUS * (op.name in recommended)
 
         if self.guided:
