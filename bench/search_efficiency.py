@@ -11,8 +11,8 @@ bandit over their gains plus what the knowledge base recommends). The baselines:
 (regularized evolution: tournament among the recent population, uniformly random mutations)
 and `random` (uniformly random parent and mutation).
 
-    python bench/search_efficiency.py                    # CPU: micro tier, 12 evaluations, 3 seeds, 2 roots
-    python bench/search_efficiency.py --tier smoke --evaluations 40 --jobs 8   # a bigger machine
+    python bench/search_efficiency.py                    # CPU: micro tier, 40 evaluations, 3 seeds, 2 roots (~30 min on 2 cores)
+    python bench/search_efficiency.py --tier smoke --jobs 8   # a bigger machine
     python bench/search_efficiency.py --quick            # a few minutes: checks that it all works
 """
 
@@ -29,7 +29,7 @@ ROOTS = ("deltanet", "deltanet_ablated")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", default="micro")
-    parser.add_argument("--evaluations", type=int, default=12, help="candidates per run (the root not counted)")
+    parser.add_argument("--evaluations", type=int, default=40, help="candidates per run (the root not counted)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--roots", nargs="+", default=list(ROOTS))
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
