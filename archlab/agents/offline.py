@@ -104,29 +104,29 @@ class OfflineBrain:
         applicable = [op for op in OPERATORS if op.applies(parent)]
         fresh = {op.name: [d for d in op.variants(parent) if not ctx.seen(d.model_dump())] for op in applicable}
 
-        def score(op: Operator, design: Design) -> float:
+        def arm(op: Operator, design: Design) -> tuple:
             # Credit goes to the value an operator sets, not just the operator: removing the output norm
             # helped, putting it back on a child that lacks it hurt, and an operator-level mean kept
-            # proposing the latter (4 of 40 evaluations in one micro run). A value not yet tried counts
-            # as one try at its operator's average (with the whole record it lost to a once-tried
-            # sibling value, and one run tried identity three times, never elu(x)+1).
+            # proposing the latter (4 of 40 evaluations in one micro run). Every value is tried once
+            # before any is retried (halving and doubling the heads are opposite bets: neither's record
+            # says much about the other), those of operators that did well first.
             gains = arms.get((op.name, json.dumps(getattr(design, op.field))))
-            if not gains and op.name in stats:
-                gains = [statistics.fmean(stats[op.name])]
-            return _ucb(gains, total) + KNOWLEDGE_BONUS * (op.name in recommended)
+            if gains:
+                return True, -(_ucb(gains, total) + KNOWLEDGE_BONUS * (op.name in recommended)), ctx.rng.random()
+            return False, -statistics.fmean(stats.get(op.name) or [KNOWLEDGE_BONUS * (op.name in recommended)]), ctx.rng.random()
 
         if self.guided:
-            best = {op.name: max(((score(op, d), ctx.rng.random(), d) for d in fresh[op.name]), key=lambda t: t[:2], default=None)
-                    for op in applicable}
-            # Untried operators first, in the order the knowledge base suggests, then by the UCB of their best
-            # untried value; in both groups those that only change the speed come last unless they have
-            # earned more than noise (fitness is mostly quality: in 60 micro runs chunk_size gained 0.000 on
-            # average, and near a plateau, where every real change costs a little, its zero topped the UCB).
-            # Building on an operator that just helped (a finite UCB prior) mostly tries its other values
-            # on the child it improved: measured worse (bench/search_efficiency.py, micro: AUC 0.25 vs 0.35).
+            best = {op.name: min(((*arm(op, d), d) for d in fresh[op.name]), key=lambda t: t[:3], default=None) for op in applicable}
+            # Untried operators first, in the order the knowledge base suggests, then operators with an
+            # untried value, then by the UCB of their best value; in each group those that only change the
+            # speed come last unless they have earned more than noise (fitness is mostly quality: in 60
+            # micro runs chunk_size gained 0.000 on average, and near a plateau, where every real change
+            # costs a little, its zero topped the UCB). Building on an operator that just helped (a finite
+            # UCB prior) mostly tries its other values on the child it improved: measured worse
+            # (bench/search_efficiency.py, micro: AUC 0.25 vs 0.35 from the DeltaNet root).
             ranked = sorted(applicable, key=lambda op: (
                 op.name in stats, op.speed_only and statistics.fmean(stats.get(op.name) or [0.0]) <= NOISE_FLOOR,
-                -best[op.name][0] if best[op.name] else 0.0, ctx.rng.random()))
+                best[op.name][:3] if best[op.name] else (True, 0.0, 0.0)))
         else:
             ranked = ctx.rng.sample(applicable, len(applicable))
         choice = self._transplant(ctx, parent) if self.guided and ctx.rng.random() < TRANSPLANT_SHARE else None
@@ -134,7 +134,7 @@ class OfflineBrain:
             if choice is not None:
                 break
             if fresh[op.name]:
-                choice = op, (best[op.name][2] if self.guided else ctx.rng.choice(fresh[op.name])), None
+                choice = op, (best[op.name][3] if self.guided else ctx.rng.choice(fresh[op.name])), None
         if choice is None:
             trace = Trace(role="researcher", prompt=_describe_context(ctx), response="every variant of this parent is already in the tree",
                           decision={"operator": None})
