@@ -1,14 +1,15 @@
 """The embedded no-LLM brain: three roles that need no API key.
 
-The researcher mutates a parent's Design with typed operators, choosing the operator with a
-UCB bandit over what each operator, and each value it sets, has done in this tree so far (every
-operator once first, in the order the knowledge base recommends for the parent's weaknesses,
-those that only change the speed last), and half of the time, when some change raised fitness
-elsewhere in the tree and the parent lacks it, it transplants that change instead (so
-improvements found in different branches get combined). Unguided (the baseline strategies
-`evolution` and `random`) it draws the operator uniformly, as regularized evolution does. The engineer renders the
-design to code and repairs the failures it understands; the analyst compares the result
-with the parent, the siblings and the root. Every choice is returned as a trace.
+The researcher mutates a parent's Design with typed operators, choosing the change with a UCB
+bandit over what each value an operator sets has done in this tree so far (every operator once
+first, in the order the knowledge base recommends for the parent's weaknesses, then every value
+once; those that only change the speed last), and half of the time, when some change raised
+fitness elsewhere in the tree on average and the parent lacks it, it transplants that change
+instead (so improvements found in different branches get combined). Unguided (the baseline
+strategies `evolution` and `random`) it draws the operator uniformly, as regularized evolution
+does. The engineer renders the design to code and repairs the failures it understands; the
+analyst compares the result with the parent, the siblings and the root. Every choice is
+returned as a trace.
 """
 
 import json
@@ -113,7 +114,9 @@ class OfflineBrain:
             gains = arms.get((op.name, json.dumps(getattr(design, op.field))))
             if gains:
                 return True, -(_ucb(gains, total) + KNOWLEDGE_BONUS * (op.name in recommended)), ctx.rng.random()
-            return False, -statistics.fmean(stats.get(op.name) or [KNOWLEDGE_BONUS * (op.name in recommended)]), ctx.rng.random()
+            if op.name in stats:  # an untried value of a tried operator: ranked by its operator's average
+                return False, -statistics.fmean(stats[op.name]), ctx.rng.random()
+            return False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
 
         if self.guided:
             best = {op.name: min(((*arm(op, d), d) for d in fresh[op.name]), key=lambda t: t[:3], default=None) for op in applicable}
@@ -273,9 +276,7 @@ def _value_stats(history: list[dict]) -> dict[tuple[str, str], list[float]]:
     return stats
 
 
-def _ucb(gains: list[float] | None, total: int) -> float:
-    if not gains:
-        return 0.0  # untried operators are ranked apart, before the rest
+def _ucb(gains: list[float], total: int) -> float:
     return sum(gains) / len(gains) + 0.1 * math.sqrt(2 * math.log(total + 1) / len(gains))
 
 
