@@ -18,6 +18,13 @@ def context(history: list[dict], seed: int, val_loss: float = 2.3) -> Context:
                    rng=random.Random(seed))
 
 
+def every_value_set(gain: float, but) -> list[dict]:
+    """A history in which every value of every operator was set once with this gain, except where but(op, value)."""
+    changes = [(op, value) for op in OPERATORS for value in op.values if not but(op, value)]
+    return [{"node": 100 + n, "operator": op.name, "fitness": gain, "parent_fitness": 0.0, "change": {op.field: value}}
+            for n, (op, value) in enumerate(changes)]
+
+
 def test_guided_researcher_transplants_the_best_change_found_elsewhere():
     knowledge = KnowledgeIndex.load(embeddings=False)
     history = [  # node 4 gained from an output gate, node 5 lost from a forget gate, node 6 gained less
@@ -88,8 +95,7 @@ def test_credit_goes_to_the_value_an_operator_set():
     # Removing the output norm helped three times; putting it back hurt. The parent lacks the norm,
     # so its only output_norm move is the one that hurt: an operator-level mean would still rank it first.
     knowledge = KnowledgeIndex.load(embeddings=False)
-    history = [{"node": 100 + n, "operator": op.name, "fitness": -0.01, "parent_fitness": 0.0, "change": {op.field: value}}
-               for n, (op, value) in enumerate((op, v) for op in OPERATORS for v in op.values) if op.name != "output_norm"]
+    history = every_value_set(-0.01, but=lambda op, value: op.name == "output_norm")
     history += [{"node": 20 + n, "operator": "output_norm", "fitness": 0.3, "parent_fitness": 0.0, "change": {"output_norm": False}}
                 for n in range(3)]
     history.append({"node": 30, "operator": "output_norm", "fitness": -0.35, "parent_fitness": 0.0, "change": {"output_norm": True}})
@@ -116,8 +122,7 @@ def test_a_value_not_yet_tried_comes_before_retrying_its_sibling():
         proposal, _ = OfflineBrain(knowledge).research(context(history, seed))
         assert proposal.operator == "feature_map" and proposal.design["feature_map"] in ("elu1", "relu"), proposal.design
     # doubling the heads hurt; halving them is a different bet and is tried before anything is retried
-    history = [{"node": 100 + n, "operator": op.name, "fitness": 0.01, "parent_fitness": 0.0, "change": {op.field: value}}
-               for n, (op, value) in enumerate((op, v) for op in OPERATORS for v in op.values) if (op.name, value) != ("heads", 0.5)]
+    history = every_value_set(0.01, but=lambda op, value: (op.name, value) == ("heads", 0.5))
     history[[r["change"] for r in history].index({"heads": 2})]["fitness"] = -0.16
     for seed in range(5):
         proposal, _ = OfflineBrain(knowledge).research(context(history, seed))
