@@ -96,7 +96,7 @@ class OfflineBrain:
     # -- researcher ---------------------------------------------------------------------------
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
         parent = Design.model_validate(ctx.parent["design"])
-        stats, arms = _operator_stats(ctx.history), _value_stats(ctx.history)
+        stats, arms = _bandit_stats(ctx.history)
         total = sum(len(v) for v in stats.values())
         # What the knowledge base and past analyses say about this parent's weaknesses.
         query = ctx.knowledge_query()
@@ -255,25 +255,20 @@ def _repair(design: Design, reason: str) -> tuple[str, object] | None:
     return None
 
 
-def _operator_stats(history: list[dict]) -> dict[str, list[float]]:
-    """Fitness gain over the parent of every finished child, per operator."""
-    stats: dict[str, list[float]] = {}
-    for row in history:
-        if row["operator"] in BY_NAME:
-            gain = FAILED_GAIN if row["fitness"] is None else row["fitness"] - row["parent_fitness"]
-            stats.setdefault(row["operator"], []).append(gain)
-    return stats
-
-
-def _value_stats(history: list[dict]) -> dict[tuple[str, str], list[float]]:
-    """Fitness gain over the parent of every finished child, per (operator, the value it set)."""
-    stats: dict[tuple[str, str], list[float]] = {}
+def _bandit_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[tuple[str, str], list[float]]]:
+    """Fitness gain over the parent of every finished child (failed: FAILED_GAIN), per operator and
+    per (operator, the value it set)."""
+    per_operator: dict[str, list[float]] = {}
+    per_value: dict[tuple[str, str], list[float]] = {}
     for row in history:
         op = BY_NAME.get(row["operator"])
-        if op is not None and op.field in (row.get("change") or {}):
-            gain = FAILED_GAIN if row["fitness"] is None else row["fitness"] - row["parent_fitness"]
-            stats.setdefault((op.name, json.dumps(row["change"][op.field])), []).append(gain)
-    return stats
+        if op is None:
+            continue
+        gain = FAILED_GAIN if row["fitness"] is None else row["fitness"] - row["parent_fitness"]
+        per_operator.setdefault(op.name, []).append(gain)
+        if op.field in (row.get("change") or {}):
+            per_value.setdefault((op.name, json.dumps(row["change"][op.field])), []).append(gain)
+    return per_operator, per_value
 
 
 def _ucb(gains: list[float], total: int) -> float:
