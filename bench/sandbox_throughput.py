@@ -127,28 +127,29 @@ def gpu(args) -> None:
     shape = GPU_SHAPE
     print(f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}, bf16 autocast; shape {shape}")
     results = {}
+
+    def measure(name: str, model: torch.nn.Module, warmup: int = 3) -> None:
+        # printed at once: a time-boxed GPU session keeps whatever was measured before it was stopped
+        results[name] = steps_per_second(model, shape, device, args.steps, warmup=warmup)
+        print(f"  {name:40} {results[name]:>14,.0f} tokens/s", flush=True)
+        base = results.get("fla DeltaNetForCausalLM")
+        target = {"root in the harness (fla kernel)": 0.9, "root, pure PyTorch + torch.compile": 0.35}.get(name)
+        if base and target:
+            ratio = results[name] / base
+            print(f"{name} / fla's model: {ratio:.2f}x   target >= {target}x   [{'met' if ratio >= target else 'NOT met'}]",
+                  flush=True)
+
     reference = fla_model(shape, device)
     if reference is not None:
-        results["fla DeltaNetForCausalLM"] = steps_per_second(reference, shape, device, args.steps)
+        measure("fla DeltaNetForCausalLM", reference)
         del reference
-    root = harness_model("deltanet", shape, device)
-    results["root in the harness (fla kernel)"] = steps_per_second(root, shape, device, args.steps)
-    del root
+    measure("root in the harness (fla kernel)", harness_model("deltanet", shape, device))
     pure = harness_model("deltanet", shape, device, pure=True)
-    results["root, pure PyTorch"] = steps_per_second(pure, shape, device, args.steps)
+    measure("root, pure PyTorch", pure)
     try:
-        compiled = torch.compile(pure)
-        results["root, pure PyTorch + torch.compile"] = steps_per_second(compiled, shape, device, args.steps, warmup=5)
+        measure("root, pure PyTorch + torch.compile", torch.compile(pure), warmup=5)
     except Exception as e:
         print(f"torch.compile failed: {type(e).__name__}: {e}")
-    for name, tps in results.items():
-        print(f"  {name:40} {tps:>14,.0f} tokens/s")
-    base = results.get("fla DeltaNetForCausalLM")
-    if base:
-        for name, target in (("root in the harness (fla kernel)", 0.9), ("root, pure PyTorch + torch.compile", 0.35)):
-            if name in results:
-                ratio = results[name] / base
-                print(f"{name} / fla's model: {ratio:.2f}x   target >= {target}x   [{'met' if ratio >= target else 'NOT met'}]")
 
 
 def main() -> None:

@@ -252,17 +252,21 @@ def test_torch_normal_operation_under_the_audit_hook(tmp_path):
 
 def test_the_gpu_toolchain_may_run_under_the_audit_hook_and_nothing_else(tmp_path):
     """Triton compiles every new kernel with ptxas (subprocess.Popen, then os.posix_spawn on Python
-    3.12+): with cuda=True a trusted library may start a toolchain program; the candidate may not,
-    and no library may start anything else."""
+    3.12+) and its launcher with cc (stdout to /dev/null): with cuda=True a trusted library may
+    start a toolchain program; the candidate may not, and no library may start anything else."""
     tools = tmp_path / "bin"
     tools.mkdir()
     for name in ("ptxas", "sh"):
         (tools / name).write_text("#!/bin/sh\necho ran $0\n")
         (tools / name).chmod(0o755)
+    (tools / "cc").write_text("#!/bin/sh\necho built > $1\n")
+    (tools / "cc").chmod(0o755)
     (tmp_path / "compiler_lib.py").write_text(textwrap.dedent('''
         import subprocess
         def run(path):  # what triton.backends.nvidia.compiler does for ptxas: a full path, close_fds=False
             return subprocess.run([path, "--version"], check=True, close_fds=False, capture_output=True, text=True).stdout
+        def build(cc, out):  # what triton.runtime.build does for a kernel's launcher
+            subprocess.check_call([cc, out], stdout=subprocess.DEVNULL)
     '''))
     (tmp_path / "candidate.py").write_text(textwrap.dedent('''
         import os
@@ -276,6 +280,7 @@ def test_the_gpu_toolchain_may_run_under_the_audit_hook_and_nothing_else(tmp_pat
         from archlab.sandbox import protections
         protections.AuditGuard(writable=[{str(tmp_path)!r}], cuda=True).install()
         print(compiler_lib.run({str(tools / 'ptxas')!r}).strip())
+        compiler_lib.build({str(tools / 'cc')!r}, {str(tmp_path / 'launcher.so')!r})
         for what, call in (("other", lambda: compiler_lib.run({str(tools / 'sh')!r})),
                            ("candidate", lambda: candidate.spawn({str(tools / 'ptxas')!r}))):
             try:
@@ -290,3 +295,4 @@ def test_the_gpu_toolchain_may_run_under_the_audit_hook_and_nothing_else(tmp_pat
     assert lines[0] == f"ran {tools / 'ptxas'}", proc.stdout
     assert lines[1].startswith("other blocked:") and "no processes" in lines[1], proc.stdout
     assert lines[2].startswith("candidate blocked:"), proc.stdout
+    assert (tmp_path / "launcher.so").read_text() == "built\n"

@@ -263,17 +263,18 @@ def check_step(mixer: nn.Module, d_model: int, length: int = 40) -> dict:
     evaluation mode, token by token; reports the state's size per sequence and its growth."""
     if not callable(getattr(type(mixer), "step", None)):
         return {"has_step": False}
+    device = next(iter_parameters(mixer), torch.empty(0)).device  # where the caller put it (a GPU run checks there)
     dtype, tolerance = torch.float64, 1e-6
     try:
         with torch.no_grad():
-            mixer.double()(torch.zeros(1, 2, d_model, dtype=dtype))
+            mixer.double()(torch.zeros(1, 2, d_model, dtype=dtype, device=device))
     except Exception:
         dtype, tolerance = torch.float32, 2e-3
         mixer.float()
     mixer.eval()
     try:
         with torch.no_grad():
-            x = torch.randn(2, length, d_model, dtype=dtype, generator=torch.Generator().manual_seed(3))
+            x = torch.randn(2, length, d_model, dtype=dtype, generator=torch.Generator().manual_seed(3)).to(device)
             full = _call(mixer, x)
             state, outs, sizes = None, [], {}
             for t in range(length):
