@@ -296,3 +296,51 @@ def test_the_gpu_toolchain_may_run_under_the_audit_hook_and_nothing_else(tmp_pat
     assert lines[1].startswith("other blocked:") and "no processes" in lines[1], proc.stdout
     assert lines[2].startswith("candidate blocked:"), proc.stdout
     assert (tmp_path / "launcher.so").read_text() == "built\n"
+
+
+def test_a_kernel_launcher_built_by_triton_may_be_loaded_and_nothing_else(tmp_path):
+    """Triton's runtime/build.py loads the launcher it just compiled from its cache (an import of a
+    .so): allowed with cuda=True when library code (fla) asked for the kernel, not when the candidate
+    calls Triton's build step itself, not from outside the writable cache, not without CUDA."""
+    build = tmp_path / "site" / "triton" / "runtime" / "build.py"
+    build.parent.mkdir(parents=True)
+    build.write_text(textwrap.dedent('''
+        import importlib.util
+        def load(name, path):  # triton.runtime.build._load_module_from_path
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            return mod
+    '''))
+    (tmp_path / "site" / "kernels_lib.py").write_text("def launch(build, path):\n    return build.load('__triton_launcher', path)\n")
+    cache, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    for d in (cache, elsewhere):
+        d.mkdir()
+        (d / "launcher.so").write_bytes(b"not an ELF file: loading it fails after the hook allowed it")
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.path.insert(0, {str(tmp_path / 'site')!r})
+        spec = importlib.util.spec_from_file_location("triton_build", {str(build)!r})
+        build = importlib.util.module_from_spec(spec); spec.loader.exec_module(build)
+        import kernels_lib, types
+        candidate = types.ModuleType("candidate")  # compiled as the sandbox loads it (contract.load)
+        exec(compile("def launch(build, path):\\n    return build.load('__triton_launcher', path)\\n", "candidate.py", "exec"),
+             vars(candidate))
+        from archlab.sandbox import protections
+        cuda = sys.argv[1] == "cuda"
+        protections.AuditGuard(writable=[{str(cache)!r}], cuda=cuda).install()
+        for what, call in (("library", lambda: kernels_lib.launch(build, {str(cache / 'launcher.so')!r})),
+                           ("candidate", lambda: candidate.launch(build, {str(cache / 'launcher.so')!r})),
+                           ("elsewhere", lambda: kernels_lib.launch(build, {str(elsewhere / 'launcher.so')!r}))):
+            try:
+                call()
+            except PermissionError:
+                print(what, "blocked")
+            except ImportError:
+                print(what, "loaded")
+    """)
+    for device, expected in (("cuda", ["library loaded", "candidate blocked", "elsewhere blocked"]),
+                             ("cpu", ["library blocked", "candidate blocked", "elsewhere blocked"])):
+        proc = subprocess.run([sys.executable, "-c", script, device], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.splitlines() == expected, (device, proc.stdout)

@@ -428,6 +428,10 @@ DENIED_MODULES = {
     "crypt", "termios", "readline", "curses", "venv", "ensurepip", "idlelib", "tkinter", "turtle", "wsgiref", "_thread",
     "threading", "concurrent", "signal", "faulthandler", "tracemalloc", "gc", "inspect", "importlib",
 }
+# Triton compiles a small C launcher for each new kernel (runtime/build.py: cc, then an import of
+# the .so from its cache); with cuda=True that import is allowed when library code asked for it.
+TRITON_PACKAGE = os.sep + "triton" + os.sep
+TRITON_BUILD = os.path.join("triton", "runtime", "build.py")
 # Tools that GPU compilers legitimately start (triton calls ptxas and ldconfig).
 TOOLCHAIN = {"ptxas", "ldconfig", "ldconfig.real", "nvcc", "nvdisasm", "cuobjdump", "gcc", "cc", "g++", "c++", "clang", "ld"}
 SPAWN_EVENTS = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen",
@@ -497,7 +501,7 @@ class AuditGuard:
         if event == "open":
             return self._judge_open(args)
         if event == "import":
-            return self._judge_import(args[0])
+            return self._judge_import(args)
         if event in SPAWN_EVENTS:
             return self._judge_spawn(event, args)
         if event.startswith("socket."):
@@ -548,13 +552,26 @@ class AuditGuard:
         real = os.path.realpath(os.fsdecode(path))
         return any(real == w or real.startswith(w.rstrip("/") + "/") for w in self.writable)
 
-    def _judge_import(self, name) -> str | None:
+    def _judge_import(self, args: tuple) -> str | None:
+        name, path = (tuple(args) + (None, None))[:2]
         top = str(name).split(".")[0]
         if top in RUNTIME_MODULES:
             return None
+        if self.cuda and isinstance(path, str) and self._is_writable(path) and self._built_by_triton():
+            return None  # the launcher Triton just compiled for a kernel, loaded from its cache
         if top in DENIED_MODULES or top not in self._stdlib:
             return f"import {name}"
         return None
+
+    def _built_by_triton(self) -> bool:
+        """Is Triton's build step (runtime/build.py) on the stack, reached from library code (fla,
+        torch), not called by the candidate itself?"""
+        frame = sys._getframe(1)
+        while frame is not None and not frame.f_code.co_filename.endswith(TRITON_BUILD):
+            frame = frame.f_back
+        while frame is not None and TRITON_PACKAGE in frame.f_code.co_filename:
+            frame = frame.f_back
+        return frame is not None and not self._untrusted(frame.f_code.co_filename)
 
     def _judge_spawn(self, event: str, args: tuple) -> str | None:
         local = self._local
@@ -574,7 +591,10 @@ class AuditGuard:
     def _untrusted_caller(self) -> bool:
         """Is the code that triggered the event the candidate's (or code it generated)?"""
         name = self._caller_file()
-        return name is not None and (name in self.candidate_files or (name.startswith("<") and not name.startswith("<frozen")))
+        return name is not None and self._untrusted(name)
+
+    def _untrusted(self, filename: str) -> bool:
+        return filename in self.candidate_files or (filename.startswith("<") and not filename.startswith("<frozen"))
 
     @staticmethod
     def _caller_file() -> str | None:
