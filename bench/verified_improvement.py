@@ -30,7 +30,7 @@ def main() -> None:
                         help="search wall time (the claim to check: an improvement within one hour of search)")
     parser.add_argument("--verify-tier", default="verify")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--top", type=int, default=1, help="best nodes to verify (each adds ~15 min on 2 CPU cores)")
+    parser.add_argument("--top", type=int, default=1, help="best nodes to verify (each adds ~10 min on 2 CPU cores)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tier-set", action="append", default=[], metavar="KEY=VALUE",
