@@ -9,7 +9,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,27 +33,28 @@ def search(run_dir: Path, evaluations: int, config: dict) -> dict:
     resumes a run directory that is already there. Returns its history."""
     if not (run_dir / "archlab.toml").exists():
         Run.create(run_dir, RunConfig(**config))
-    started = time.monotonic()
     print(f"{run_dir}: searching (watch it with: archlab status {run_dir})")
     archlab("run", run_dir, "--max-nodes", evaluations + 1, "--threads", 1)
-    wall_s = time.monotonic() - started
-    print(f"{run_dir}: done in {wall_s / 60:.1f} min")
-    return {"run": str(run_dir), "wall_s": wall_s, **history(run_dir)}
+    found = history(run_dir)
+    print(f"{run_dir}: done in {found['wall_s'] / 60:.1f} min")
+    return {"run": str(run_dir), **found}
 
 
 def history(run_dir: Path) -> dict:
-    """The root and the candidates in the order they finished."""
+    """The root and the candidates in the order they finished, and the run's wall time (summed
+    over every `archlab run` of it, so a resumed run counts its earlier sessions too)."""
     with sqlite3.connect(run_dir / "archlab.db") as db:
         db.row_factory = sqlite3.Row
         rows = [dict(r) for r in db.execute(
             "select id, status, fitness, val_loss, operator, design, reason, metrics from nodes "
             "where status != 'evaluating' order by finished, id")]
+        elapsed = db.execute("select value from meta where key = 'elapsed_s'").fetchone()
     for r in rows:
         metrics = json.loads(r.pop("metrics") or "{}")
         r["flagged"] = bool(metrics.get("flagged"))
         r["design"] = json.loads(r["design"]) if r["design"] else None
     root = next(r for r in rows if r["id"] == 0)
-    return {"root": root, "candidates": [r for r in rows if r["id"] != 0]}
+    return {"root": root, "candidates": [r for r in rows if r["id"] != 0], "wall_s": float(elapsed[0]) if elapsed else 0.0}
 
 
 def best_so_far(candidates: list[dict], start: float = 0.0) -> list[float]:
