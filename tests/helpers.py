@@ -201,16 +201,16 @@ def alive(pid: int) -> bool:
         return False
 
 
-def sandbox_workers_of(run_dir: Path, min_node: int = 0) -> list[int]:
-    """Live sandbox processes evaluating a node >= min_node of this run (their stdout is the
-    node's log, logs/node-N-ATTEMPT.log)."""
+def sandbox_workers_of(run_dir: Path, min_node: int = 0, max_node: int | None = None) -> list[int]:
+    """Live sandbox processes evaluating a node min_node..max_node of this run (their stdout is
+    the node's log, logs/node-N-ATTEMPT.log)."""
     logs = str(Path(run_dir).resolve() / "logs")
 
     def evaluates_our_node(pid: int) -> bool:
         if "archlab.sandbox.worker" not in cmdline(pid):
             return False
         m = re.fullmatch(re.escape(logs) + r"/node-(\d+)-\d+\.log", os.readlink(f"/proc/{pid}/fd/1"))
-        return bool(m) and int(m[1]) >= min_node and alive(pid)
+        return bool(m) and min_node <= int(m[1]) <= (max_node if max_node is not None else int(m[1])) and alive(pid)
 
     return pids_matching(evaluates_our_node)
 

@@ -38,11 +38,11 @@ class Driver:
             self.lines.append(line)
             seen += bool(NODE_LINE.match(line))
 
-    def wait_for_worker(self, min_node: int = 0, timeout: float = 120) -> list[int]:
-        """Until a sandbox worker is evaluating node min_node (or a later one); returns its pid(s)."""
+    def wait_for_worker(self, min_node: int = 0, max_node: int | None = None, timeout: float = 120) -> list[int]:
+        """Until a sandbox worker is evaluating a node min_node..max_node; returns its pid(s)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = helpers.sandbox_workers_of(self.run_dir, min_node)
+            workers = helpers.sandbox_workers_of(self.run_dir, min_node, max_node)
             if workers:
                 return workers
             assert self.proc.poll() is None, "the driver exited before evaluating"
@@ -76,11 +76,13 @@ def resume(run_dir: Path, max_nodes: int) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("sig, max_nodes", [(signal.SIGKILL, 8), (signal.SIGINT, 5)], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("sig, max_nodes", [(signal.SIGKILL, 8), (signal.SIGINT, 6)], ids=["SIGKILL", "SIGINT"])
 def test_interrupted_run_resumes_to_the_same_shape(run_dir, sig, max_nodes):
     driver = Driver(run_dir, max_nodes)
     driver.wait_for_node_lines(3)
-    driver.wait_for_worker(min_node=3)  # kill while a child is being evaluated
+    # stop it while a child is being evaluated, one that is not the last: had the run just finished
+    # its last node, the signal could land after its work was done, and it would rightly exit 0
+    driver.wait_for_worker(min_node=3, max_node=max_nodes - 2)
     driver.proc.send_signal(sig)
     code, out, err = driver.finish()
     if sig == signal.SIGINT:
