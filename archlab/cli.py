@@ -153,7 +153,10 @@ def run(
                             best=f"best: node {best[0]['id']} fitness {best[0]['fitness']:+.4f}" if best else "")
             progress.console.print(_node_line(node))
 
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+        # SIGTERM stops like Ctrl-C, and so does SIGINT even when it was inherited ignored (a run
+        # started in the background by a script: `archlab run ... &`), so `kill -INT` always stops it
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.default_int_handler)
         try:
             why = session.run(on_node)
         except KeyboardInterrupt:

@@ -33,9 +33,9 @@ def cli(*args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
                           env=cli_env(), cwd=cwd, stdin=subprocess.DEVNULL)
 
 
-def popen_cli(*args, cwd=None) -> subprocess.Popen:
+def popen_cli(*args, cwd=None, preexec_fn=None) -> subprocess.Popen:
     return subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(), cwd=cwd, stdin=subprocess.DEVNULL, bufsize=1)
+                            env=cli_env(), cwd=cwd, stdin=subprocess.DEVNULL, bufsize=1, preexec_fn=preexec_fn)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:

@@ -23,9 +23,9 @@ def run_args(run_dir: Path, max_nodes: int) -> tuple:
 class Driver:
     """`archlab run` as a child process whose output we read line by line."""
 
-    def __init__(self, run_dir: Path, max_nodes: int, watchdog_s: float = 300):
+    def __init__(self, run_dir: Path, max_nodes: int, watchdog_s: float = 300, preexec_fn=None):
         self.run_dir = run_dir
-        self.proc = helpers.popen_cli(*run_args(run_dir, max_nodes))
+        self.proc = helpers.popen_cli(*run_args(run_dir, max_nodes), preexec_fn=preexec_fn)
         self.lines: list[str] = []
         self._watchdog = threading.Timer(watchdog_s, self.proc.kill)  # never hang the suite
         self._watchdog.start()
@@ -78,7 +78,8 @@ def resume(run_dir: Path, max_nodes: int) -> str:
 
 @pytest.mark.parametrize("sig, max_nodes", [(signal.SIGKILL, 8), (signal.SIGINT, 6)], ids=["SIGKILL", "SIGINT"])
 def test_interrupted_run_resumes_to_the_same_shape(run_dir, sig, max_nodes):
-    driver = Driver(run_dir, max_nodes)
+    # started as a script's background job is: SIGINT ignored (`archlab run ... &`); kill -INT must still stop it
+    driver = Driver(run_dir, max_nodes, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     driver.wait_for_node_lines(3)
     # stop it while a child is being evaluated, one that is not the last: had the run just finished
     # its last node, the signal could land after its work was done, and it would rightly exit 0
