@@ -140,3 +140,29 @@ def test_traces_record_every_role_and_the_selection(micro_run):
         research = json.loads(next(t for t in mine if t["role"] == "researcher")["decision"])
         assert research["operator"] == r["operator"]
         assert all(t["kind"] == "offline" for t in mine)
+
+
+def test_worker_threads_write_through_one_store_at_once(tmp_path):
+    """The run's worker threads share one connection: each sqlite-utils write opens a transaction or,
+    inside another thread's, a savepoint that thread's commit would end ("no such savepoint")."""
+    import threading
+
+    from archlab.tree.store import Store
+
+    store = Store(tmp_path, create=True)
+    errors = []
+
+    def write(base):
+        try:
+            for i in range(200):
+                store.add_node(id=base + i, status="done", fitness=0.1)
+                store.update_node(base + i, fitness=0.2)
+        except Exception as e:  # noqa: BLE001  (collected for the assertion)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=write, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and store.count("fitness = 0.2") == 800, errors[:2]

@@ -4,9 +4,11 @@ Only the driver writes; readers (status, tree, show, serve) open their own conne
 never block it. JSON columns hold metrics, designs and decisions.
 """
 
+import contextlib
 import json
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +50,25 @@ THREADS_SQL = "coalesce(json_extract(env, '$.executor.threads'), json_extract(en
 GPUS_SQL = "coalesce(json_extract(env, '$.executor.gpus'), case when json_extract(env, '$.device') = 'cuda' then 1 else 0 end)"
 
 
+class _SharedDatabase(sqlite_utils.Database):
+    """sqlite-utils on the one connection the run's worker threads share. Each write opens a
+    transaction, or a savepoint when one is already open, so one thread's commit could end
+    another thread's savepoint ("no such savepoint"): writes and queries take turns."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        super().__init__(conn)
+        self._turn = threading.RLock()
+
+    @contextlib.contextmanager
+    def atomic(self):
+        with self._turn, super().atomic() as db:
+            yield db
+
+    def query(self, sql, params=None):
+        with self._turn:
+            return super().query(sql, params)
+
+
 class Store:
     def __init__(self, run_dir: Path, create: bool = False):
         path = Path(run_dir) / DB_FILE
@@ -57,7 +78,7 @@ class Store:
             # Serialized SQLite (threadsafety 3): the run's worker threads share this one connection.
             conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
-            self.db = sqlite_utils.Database(conn)
+            self.db = _SharedDatabase(conn)
             if create:
                 self._create()
             self.db.execute("select 1 from nodes limit 1")
@@ -85,9 +106,6 @@ class Store:
         self.db["nodes"].create_index(["status", "id"], if_not_exists=True)  # recent finished nodes (evolution)
         # the leaderboard's order (highest fidelity first), so `archlab status` reads ten rows, not all
         self.db.execute("create index if not exists idx_nodes_rank on nodes (status, coalesce(fidelity, 0) desc, fitness desc, id)")
-
-    def transaction(self):
-        return self.db.conn  # sqlite3 connection as a context manager: commit or roll back
 
     # -- nodes ---------------------------------------------------------------------------
     def next_node_id(self) -> int:
