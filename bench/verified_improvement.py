@@ -50,10 +50,13 @@ def main() -> None:
     search_s = time.monotonic() - started
     status = json.loads(archlab("status", run_dir, "--json").stdout)
     better = [n for n in status["leaderboard"] if n["id"] != 0 and n["fitness"] > 0][: args.top]
-    print(f"search: {len(found['candidates'])} candidates in {search_s / 60:.1f} min at {config['tier']} "
-          f"({status['spend']['evaluations_per_cpu_hour'] or 0:.1f} evaluations/CPU-hour), {status['beat_root']} beat the root")
+    spend = status["spend"]
+    rate = (f"{spend['evaluations_per_gpu_hour']:.1f} evaluations/GPU-hour" if spend["evaluations_per_gpu_hour"]
+            else f"{spend['evaluations_per_cpu_hour'] or 0:.1f} evaluations/CPU-hour")
+    print(f"search: {len(found['candidates'])} candidates in {search_s / 60:.1f} min at {config['tier']} ({rate}), "
+          f"{status['beat_root']} beat the root")
     results = {"search_tier": config["tier"], "tier_overrides": config["tier_overrides"], "search_s": search_s, "candidates": len(found["candidates"]),
-               "spend": status["spend"], "verify_tier": args.verify_tier, "seeds": args.seeds, "nodes": []}
+               "spend": spend, "verify_tier": args.verify_tier, "seeds": args.seeds, "nodes": []}
     table = [f"{'node':>5} {'operator':12} {'val_loss':>18} {'root':>18} {'difference':>11} {'2 x pooled std':>14}  verified"]
     for node in better:
         print(f"replaying node {node['id']} and the root at {args.verify_tier} x {args.seeds} seeds ...")
