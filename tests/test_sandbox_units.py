@@ -250,6 +250,42 @@ def test_torch_normal_operation_under_the_audit_hook(tmp_path):
     assert "violations: []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
+def test_files_changed_through_a_directory_fd_are_judged_where_they_really_are(tmp_path):
+    """shutil.rmtree removes a tree with os.remove('name', dir_fd) (Triton cleans its launcher
+    build directory so, seen on a GPU): inside the writable cache that is allowed; the same
+    relative names through a directory fd outside it are refused, even when the working
+    directory, against which the bare name would resolve, is writable."""
+    cache, outside = tmp_path / "cache", tmp_path / "outside"
+    cache.mkdir()
+    outside.mkdir()
+    (outside / "keep").write_text("stored data")
+    script = textwrap.dedent(f"""
+        import os, tempfile
+        from archlab.sandbox import protections
+        os.chdir({str(cache)!r})
+        guard = protections.AuditGuard(writable=[{str(cache)!r}])
+        guard.install()
+        with tempfile.TemporaryDirectory(dir={str(cache)!r}) as build:
+            os.mkdir(os.path.join(build, "sub"))
+            for name in ("launcher.c", "sub/launcher.so"):
+                open(os.path.join(build, name), "w").close()
+        print("cleaned:", not os.path.exists(build), guard.violations)
+        fd = os.open({str(outside)!r}, os.O_RDONLY)
+        for what, call in (("remove", lambda: os.remove("keep", dir_fd=fd)), ("mkdir", lambda: os.mkdir("new", dir_fd=fd)),
+                           ("rename", lambda: os.rename("keep", "moved", src_dir_fd=fd, dst_dir_fd=fd))):
+            try:
+                call()
+                print(what, "done")
+            except PermissionError as e:
+                print(what, "blocked")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cleaned: True []" in proc.stdout, proc.stdout
+    assert [line.split()[1] for line in proc.stdout.splitlines()[1:]] == ["blocked"] * 3, proc.stdout
+    assert (outside / "keep").read_text() == "stored data" and sorted(p.name for p in outside.iterdir()) == ["keep"]
+
+
 def test_the_gpu_toolchain_may_run_under_the_audit_hook_and_nothing_else(tmp_path):
     """Triton compiles every new kernel with ptxas (subprocess.Popen, then os.posix_spawn on Python
     3.12+) and its launcher with cc (stdout to /dev/null): with cuda=True a trusted library may

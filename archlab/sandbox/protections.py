@@ -440,6 +440,11 @@ FS_CHANGE_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod"
                     "os.truncate", "os.utime", "os.chflags", "os.lchflags", "shutil.copyfile", "shutil.copymode",
                     "shutil.copystat", "shutil.copytree", "shutil.move", "shutil.rmtree", "shutil.chown",
                     "shutil.make_archive", "shutil.unpack_archive", "tempfile.mkstemp", "tempfile.mkdtemp"}
+# Events whose path may be relative to a directory fd: {event: {index of a path: index of its dir_fd}}.
+# shutil.rmtree removes a tree that way (os.remove('name', dir_fd)): Triton's build directory, for one.
+DIR_FD_ARGS = {"os.remove": {0: 1}, "os.rmdir": {0: 1}, "shutil.rmtree": {0: 1}, "os.mkdir": {0: 2},
+               "os.chmod": {0: 2}, "os.chown": {0: 3}, "os.utime": {0: 3}, "os.rename": {0: 2, 1: 3},
+               "os.link": {0: 2, 1: 3}, "os.symlink": {0: 2, 1: 2}}
 ALWAYS_DENIED = {"sys.addaudithook", "code.__new__", "function.__new__", "cpython._PySys_ClearAuditHooks",
                  "cpython.run_command", "cpython.run_file", "cpython.run_module", "cpython.run_startup",
                  "cpython.run_interactivehook", "cpython.run_stdin", "os.kill", "os.killpg", "signal.pthread_kill",
@@ -511,10 +516,10 @@ class AuditGuard:
                 return f"{event} (ctypes)"
             return None
         if event in FS_CHANGE_EVENTS:
-            paths = [a for a in args if isinstance(a, str | bytes)]
-            if paths and all(self._is_writable(p) for p in paths):
+            paths = self._changed_paths(event, args)
+            if paths and all(p is not None and self._is_writable(p) for p in paths):
                 return None
-            return f"{event} {paths[:2]!r}"
+            return f"{event} {[a for a in args if isinstance(a, str | bytes)][:2]!r}"
         if event in COMPILER_EVENTS and any(d in (self._caller_file() or "") for d in COMPILER_DIRS):
             return None
         if event in ALWAYS_DENIED:
@@ -547,6 +552,24 @@ class AuditGuard:
         if isinstance(flags, int):
             return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
         return False
+
+    @staticmethod
+    def _changed_paths(event: str, args: tuple) -> list[str | None]:
+        """The event's paths, a relative one joined to the directory its dir_fd is open on
+        (None where that directory cannot be told: the change is then refused)."""
+        fds = DIR_FD_ARGS.get(event, {})
+        paths = []
+        for i, arg in enumerate(args):
+            if not isinstance(arg, str | bytes):
+                continue
+            path, fd = os.fsdecode(arg), args[fds[i]] if i in fds and fds[i] < len(args) else None
+            if isinstance(fd, int) and fd >= 0 and not os.path.isabs(path):
+                try:
+                    path = os.path.join(os.readlink(f"/proc/self/fd/{fd}"), path)
+                except OSError:
+                    path = None
+            paths.append(path)
+        return paths
 
     def _is_writable(self, path) -> bool:
         real = os.path.realpath(os.fsdecode(path))
