@@ -13,6 +13,7 @@ import concurrent.futures
 import json
 import math
 import os
+import re
 import textwrap
 from dataclasses import dataclass, field
 
@@ -463,3 +464,27 @@ def test_implausible_gain_is_rechecked_flagged_and_not_crowned():
     assert fitness(m, root) <= 0.0  # kept, shown, never crowned
     assert fitness(m, root, trust_flagged=True) > 0.0
     assert math.isfinite(m["val_loss"])
+
+
+def test_every_blocked_operation_is_named_in_the_sandbox_log(tmp_path):
+    """The rejection names the first violation; the log lists each distinct one, so a single
+    evaluation shows every fault (a lent GPU's minutes are too few to find them one by one)."""
+    source = mixer(PLAIN, init="""
+        import subprocess
+        for attempt in range(3):
+            try:
+                open('/work/archlab-pwned', 'w')
+            except PermissionError:
+                pass
+        try:
+            subprocess.run(['true'])
+        except PermissionError:
+            pass
+    """)
+    log = tmp_path / "sandbox.log"
+    result = runner.evaluate(source, "check", threads=1, log_path=log, skip_static_checks=True, timeout_s=120)
+    assert not result.ok and result.reason == "forbidden", result
+    more = re.search(r"\(and (\d+) more\)", result.detail)
+    assert more and int(more.group(1)) >= 3, result.detail  # three writes and a spawn per Mixer built
+    blocked = [line.split("blocked: ", 1)[1] for line in log.read_text().splitlines() if "blocked: " in line]
+    assert len(blocked) == 2 and "archlab-pwned" in blocked[0] and "no processes" in blocked[1], blocked

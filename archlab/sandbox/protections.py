@@ -637,13 +637,17 @@ class AuditGuard:
             return maker
         return name
 
+    def summary(self) -> str:
+        """The rejection's detail: the first violation, and how many followed."""
+        more = f" (and {len(self.violations) - 1} more)" if len(self.violations) > 1 else ""
+        return f"the sandbox blocked {self.violations[0]}{more}"
+
     def check(self) -> None:
         """Raise the candidate rejection for the first violation, caught or not."""
         if self.violations:
             from archlab.sandbox.errors import CandidateError
 
-            more = f" (and {len(self.violations) - 1} more)" if len(self.violations) > 1 else ""
-            raise CandidateError("forbidden", f"the sandbox blocked {self.violations[0]}{more}")
+            raise CandidateError("forbidden", self.summary())
 
 
 class Integrity:

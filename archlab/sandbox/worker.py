@@ -52,8 +52,9 @@ def run(job: dict, out_files: dict) -> dict:
             reason, detail = "error", f"{type(e).__name__}: {e}"
     guard = guard or _GUARD.get("guard")
     if guard is not None and guard.violations:  # a blocked operation decides the reason, caught or not
-        ok, reason = False, "forbidden"
-        detail = f"the sandbox blocked {guard.violations[0]}" + (f" (and {len(guard.violations) - 1} more)" if len(guard.violations) > 1 else "")
+        ok, reason, detail = False, "forbidden", guard.summary()
+        for violation in dict.fromkeys(guard.violations):  # all of them in the log: one run shows every fault
+            _mark(f"blocked: {violation}")
     metrics["phase_wall_s"] = time.perf_counter() - started
     return {"ok": ok, "reason": None if ok else reason, "detail": None if ok else detail, "metrics": metrics, "env": env}
 
