@@ -18,13 +18,20 @@ left() { echo $(( $1 - ($(date +%s) - T0) )); }
 stamp() { echo "=== $(( $(date +%s) - T0 ))s: $*"; }
 stamp "GPU: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null)"
 stamp "tests and throughput in the background (they share the GPU with the search)"
-( timeout $(left $((BUDGET / 3))) python3 -m pytest -q -p no:cacheprovider tests/test_sandbox_gpu.py > "$OUT/tests.log" 2>&1
-  timeout $(left $((BUDGET - 10))) python3 bench/sandbox_throughput.py --steps 10 > "$OUT/throughput.log" 2>&1 ) &
+# in a session of its own, so a failed search can stop it as a whole
+setsid bash -c "timeout $(left $((BUDGET / 3))) python3 -m pytest -q -p no:cacheprovider tests/test_sandbox_gpu.py > '$OUT/tests.log' 2>&1
+  timeout \$(( $((T0 + BUDGET - 10)) - \$(date +%s) )) python3 bench/sandbox_throughput.py --steps 10 > '$OUT/throughput.log' 2>&1" &
+BACKGROUND=$!
 stamp "search and verify"
 timeout $(left $((BUDGET - 20))) python3 bench/verified_improvement.py --hours $(python3 -c "print(round($BUDGET / 3 / 3600, 3))") \
   --top 1 --seeds 3 --device cuda --workers 4 --tier smoke --verify-tier smoke --out "$OUT/verified" \
   --tier-set d_model=512 --tier-set n_layers=6 --tier-set n_heads=8 --tier-set seq_len=1024 --tier-set batch_size=16 \
   --tier-set steps=200 --tier-set val_windows=32 --tier-set lr=1e-3 2>&1 | tee "$OUT/search.log"
+if [ "${PIPESTATUS[0]}" != 0 ]; then  # the rest would spend the GPU's minutes on a sandbox fault: stop, show it
+  stamp "the search failed: stopping the tests and the throughput bench"
+  kill -- -$BACKGROUND 2>/dev/null
+  grep -h "blocked\|rejected\|Error" "$OUT"/verified/run/logs/*.log 2>/dev/null | sort | uniq -c | head -20
+fi
 wait
 stamp "results"
 tail -5 "$OUT/tests.log"; tail -8 "$OUT/throughput.log"
