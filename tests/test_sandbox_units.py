@@ -380,3 +380,27 @@ def test_a_kernel_launcher_built_by_triton_may_be_loaded_and_nothing_else(tmp_pa
         proc = subprocess.run([sys.executable, "-c", script, device], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.splitlines() == expected, (device, proc.stdout)
+
+
+def test_inductor_in_the_sandbox_compiles_in_process_without_pickled_caches():
+    """On a GPU the compile check runs inductor under the audit hook, which refuses unpickling a
+    class for anyone: inductor's worker pool (results come back pickled) and its FX-graph and
+    AOT-autograd caches (entries are pickles) must be off in the sandbox's environment."""
+    probe = protections.run_contained("""
+import pickle, torch
+from torch._inductor import config
+from torch._inductor.async_compile import AsyncCompile
+from torch._functorch import config as functorch_config
+from archlab.sandbox import protections
+print(config.compile_threads, AsyncCompile.use_process_pool(), config.fx_graph_cache, functorch_config.enable_autograd_cache)
+blob = pickle.dumps(torch.Size([2]))
+protections.AuditGuard(writable=[], cuda=True).install()
+try:
+    pickle.loads(blob)
+    print("unpickled")
+except PermissionError:
+    print("refused")
+""", timeout=120, preimport=("pickle", "torch", "torch._inductor.async_compile", "torch._functorch.config",
+                             "archlab.sandbox.protections"))  # after the uid drop the libraries may be unreadable
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert probe.stdout.split() == ["1", "False", "False", "False", "refused"], probe.stdout

@@ -111,6 +111,10 @@ def environment(scratch: Path, threads: int, extra: dict | None = None) -> dict:
         HOME=cache, TMPDIR=cache, TRITON_CACHE_DIR=cache, TORCHINDUCTOR_CACHE_DIR=cache, XDG_CACHE_HOME=cache,
         OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
         PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1", PYTHONSAFEPATH="1", PYTHONUNBUFFERED="1",
+        # The compile check's inductor (on a GPU) compiles in-process, without its caches: the worker
+        # pool's results and the FX-graph and AOT-autograd cache entries are pickles, and the audit
+        # hook refuses unpickling classes (pickle.find_class), for the library as for the candidate.
+        TORCHINDUCTOR_COMPILE_THREADS="1", TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0",
     )
     if extra:
         env.update(extra)
