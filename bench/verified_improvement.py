@@ -2,7 +2,7 @@
 tier over several seeds beside the root; a node is verified when its mean validation loss is
 below the root's by more than twice the pooled standard deviation.
 
-    python bench/verified_improvement.py                       # CPU: 30 min of search at smoke, the best node at verify x 3 seeds (~1 h)
+    python bench/verified_improvement.py                       # CPU: 15 min of search at smoke, the best node at verify x 3 seeds (~45 min)
     python bench/verified_improvement.py --hours 4 --top 3 --device cuda --tier explore   # a GPU machine
     python bench/verified_improvement.py --device cuda --workers 4 --verify-tier smoke \
         --tier-set d_model=512 --tier-set n_layers=6 --tier-set n_heads=8 --tier-set seq_len=1024   # ~20M parameters
@@ -26,7 +26,7 @@ from archlab.cli import _tier_overrides as tier_overrides  # the CLI's KEY=VALUE
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", default="smoke", help="search tier")
-    parser.add_argument("--hours", type=float, default=0.5,
+    parser.add_argument("--hours", type=float, default=0.25,
                         help="search wall time (the claim to check: an improvement within one hour of search)")
     parser.add_argument("--verify-tier", default="verify")
     parser.add_argument("--seeds", type=int, default=3)
