@@ -404,3 +404,26 @@ except PermissionError:
                              "archlab.sandbox.protections"))  # after the uid drop the libraries may be unreadable
     assert probe.returncode == 0, probe.stderr[-3000:]
     assert probe.stdout.split() == ["1", "False", "False", "False", "refused"], probe.stdout
+
+
+@pytest.mark.parametrize("error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                   RuntimeError("std::bad_alloc"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")])
+def test_every_shape_of_memory_exhaustion_is_a_memory_rejection(error):
+    """torch's CUDA wheels running on a CPU report a failed host allocation as
+    RuntimeError('std::bad_alloc') (seen with Python 3.12 + torch 2.13+cu130): still 'memory'."""
+    def fail():
+        raise error
+
+    with pytest.raises(CandidateError) as raised:
+        harness.guard(fail)
+    assert raised.value.reason == "memory", raised.value
+
+
+def test_an_ordinary_runtime_error_is_not_memory():
+    def fail():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 4x4)")
+
+    with pytest.raises(CandidateError) as raised:
+        harness.guard(fail)
+    assert raised.value.reason == "error" and "shapes cannot be multiplied" in raised.value.detail

@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.sandbox import contract
-from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.errors import CandidateError, out_of_memory
 
 # A growth exponent of FLOPs (or time) with sequence length above these is "super-linear".
 FLOP_EXPONENT_LIMIT = 1.25
@@ -146,7 +146,7 @@ def _call(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     except CandidateError:
         raise
     except Exception as e:
-        if contract.out_of_memory(e):
+        if out_of_memory(e):
             raise CandidateError("memory", f"Mixer.forward ran out of memory: {e}"[:600]) from None
         raise CandidateError("error", f"Mixer.forward raised {type(e).__name__}: {e}"[:1500]) from e
     if type(y) is not torch.Tensor or y.shape != x.shape:  # noqa: E721

@@ -14,7 +14,7 @@ import types
 import torch
 import torch.nn as nn
 
-from archlab.sandbox.errors import CandidateError  # noqa: F401  (re-exported: contract.CandidateError)
+from archlab.sandbox.errors import CandidateError, out_of_memory  # noqa: F401  (CandidateError re-exported)
 
 
 def load(source: str, name: str = "candidate") -> types.ModuleType:
@@ -74,15 +74,9 @@ def build_mixer(module: types.ModuleType, d_model: int, n_heads: int) -> nn.Modu
     except CandidateError:
         raise
     except Exception as e:
-        if isinstance(e, MemoryError) or out_of_memory(e):
+        if out_of_memory(e):
             raise CandidateError("memory", f"Mixer(d_model={d_model}, n_heads={n_heads}) ran out of memory: {e}"[:600]) from None
         raise CandidateError("contract", f"Mixer(d_model={d_model}, n_heads={n_heads}) raised {type(e).__name__}: {e}"[:1500]) from e
-
-
-def out_of_memory(e: BaseException) -> bool:
-    """torch reports a failed allocation as a RuntimeError (CPU) or OutOfMemoryError (CUDA)."""
-    text = str(e)
-    return isinstance(e, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def check_shape(mixer: nn.Module, d_model: int, dtype=torch.float32) -> None:

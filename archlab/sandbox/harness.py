@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.sandbox import checks, contract
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, mqar_batch, selective_copy_batch
-from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.errors import CandidateError, out_of_memory
 from archlab.sandbox.tiers import Probes, Tier
 
 DECODE_TOKENS = 32  # timed decoding steps for the per-token latency
@@ -660,6 +660,6 @@ def guard(fn):
     except RecursionError as e:
         raise CandidateError("error", f"RecursionError: {e}") from e
     except Exception as e:
-        if contract.out_of_memory(e):
+        if out_of_memory(e):
             raise CandidateError("memory", f"{type(e).__name__}: {str(e)[:300]}") from None
         raise CandidateError("error", f"{type(e).__name__}: {str(e)[:1500]}") from e

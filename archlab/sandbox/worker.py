@@ -35,14 +35,14 @@ def run(job: dict, out_files: dict) -> dict:
             static_check(source)  # no torch yet: a forbidden file is rejected in milliseconds
         ok, metrics, env, guard = _run_phase(job, source, out_files, metrics, env)
     except BaseException as e:  # noqa: BLE001  (SystemExit from candidate code is a rejection too)
-        from archlab.sandbox.errors import CandidateError
+        from archlab.sandbox.errors import CandidateError, out_of_memory
 
         if isinstance(e, CandidateError):
             reason, detail = e.reason, e.detail
             if e.__cause__ is not None:
                 traceback.print_exception(e.__cause__)
-        elif isinstance(e, MemoryError):
-            reason, detail = "memory", "ran out of memory"
+        elif out_of_memory(e):
+            reason, detail = "memory", ("ran out of memory" + (f": {e}" if str(e) else ""))[:600]
         elif type(e).__name__ == "DataError":
             reason, detail = "data", str(e)
         elif isinstance(e, SystemExit | KeyboardInterrupt | GeneratorExit):
