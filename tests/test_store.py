@@ -143,8 +143,10 @@ def test_traces_record_every_role_and_the_selection(micro_run):
 
 
 def test_worker_threads_write_through_one_store_at_once(tmp_path):
-    """The run's worker threads share one connection: each sqlite-utils write opens a transaction or,
-    inside another thread's, a savepoint that thread's commit would end ("no such savepoint")."""
+    """The run's worker threads write at once. On one shared connection each sqlite-utils write
+    opened a transaction or, inside another thread's, a savepoint that thread's commit ended ("no
+    such savepoint"), and on Python 3.12 threads read each other's rows (InvalidColumns): each
+    thread now has a connection of its own."""
     import threading
 
     from archlab.tree.store import Store

@@ -4,7 +4,6 @@ Only the driver writes; readers (status, tree, show, serve) open their own conne
 never block it. JSON columns hold metrics, designs and decisions.
 """
 
-import contextlib
 import json
 import shutil
 import sqlite3
@@ -50,41 +49,51 @@ THREADS_SQL = "coalesce(json_extract(env, '$.executor.threads'), json_extract(en
 GPUS_SQL = "coalesce(json_extract(env, '$.executor.gpus'), case when json_extract(env, '$.device') = 'cuda' then 1 else 0 end)"
 
 
-class _SharedDatabase(sqlite_utils.Database):
-    """sqlite-utils on the one connection the run's worker threads share. Each write opens a
-    transaction, or a savepoint when one is already open, so one thread's commit could end
-    another thread's savepoint ("no such savepoint"): writes and queries take turns."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        super().__init__(conn)
-        self._turn = threading.RLock()
-
-    @contextlib.contextmanager
-    def atomic(self):
-        with self._turn, super().atomic() as db:
-            yield db
-
-    def query(self, sql, params=None):
-        with self._turn:
-            return super().query(sql, params)
-
-
 class Store:
+    """The run's database. Each thread works through a connection of its own (the run's worker
+    threads, the replay pool, the web server's threads): sqlite-utils opens a transaction per
+    write, or a savepoint inside one already open, and sqlite3 reuses prepared statements per
+    connection, so threads sharing one connection ended each other's savepoints ("no such
+    savepoint") and read each other's rows (Python 3.12: a table's columns came back short)."""
+
     def __init__(self, run_dir: Path, create: bool = False):
-        path = Path(run_dir) / DB_FILE
-        if not create and not path.exists():
+        self.path = Path(run_dir) / DB_FILE
+        if not create and not self.path.exists():
             raise UserError(f"{run_dir} is not an archlab run (no {DB_FILE})")
+        self._local = threading.local()
+        self._opened: list[sqlite_utils.Database] = []
+        self._opened_lock = threading.Lock()
         try:
-            # Serialized SQLite (threadsafety 3): the run's worker threads share this one connection.
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            self.db = _SharedDatabase(conn)
             if create:
                 self._create()
             self.db.execute("select 1 from nodes limit 1")
         except sqlite3.DatabaseError as e:
-            full = shutil.disk_usage(path.parent).free < 2**20  # SQLite needs a little space even to read a WAL database
-            raise UserError(f"cannot open {path}: {e}" + (" (the disk is full: free some space and retry)" if full else "")) from None
+            self.close()
+            full = shutil.disk_usage(self.path.parent).free < 2**20  # SQLite needs a little space even to read a WAL database
+            raise UserError(f"cannot open {self.path}: {e}" + (" (the disk is full: free some space and retry)" if full else "")) from None
+
+    def _connect(self) -> sqlite_utils.Database:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")  # WAL: one writer at a time, the others wait their turn
+        return sqlite_utils.Database(conn)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection, opened on first use."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            with self._opened_lock:
+                self._opened.append(db)
+        return db
+
+    def close(self) -> None:
+        """Close every thread's connection (check_same_thread=False allows it from any thread)."""
+        with self._opened_lock:
+            for db in self._opened:
+                db.conn.close()
+            self._opened.clear()
+        self._local = threading.local()
 
     def _create(self) -> None:
         self.db.enable_wal()

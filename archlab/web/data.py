@@ -38,15 +38,26 @@ class ReadOnlyStore(Store):
         path = Path(run_dir).resolve() / DB_FILE
         if not path.is_file():
             raise UserError(f"{run_dir} is not an archlab run (no {DB_FILE})")
-        try:
-            conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA query_only = 1")
-            self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-            self.lock = threading.RLock()
-            self.db.execute("select 1 from nodes limit 1")
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"cannot open {path}: {e}") from None
+        super().__init__(path.parent)
+        self._watch = self._connect().conn  # data_version's own connection (see there)
+        self._watch_lock = threading.Lock()
+
+    def _connect(self) -> sqlite_utils.Database:
+        conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=10, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA query_only = 1")
+        return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+
+    def data_version(self) -> int:
+        """A number that changes when another process commits. SQLite compares the commits that one
+        connection saw, so every thread asks the same connection, one at a time."""
+        with self._watch_lock:
+            return self._watch.execute("PRAGMA data_version").fetchone()[0]
+
+    def close(self) -> None:
+        with self._watch_lock:
+            self._watch.close()
+        super().close()
 
 
 class RunView:
@@ -69,12 +80,12 @@ class RunView:
 
     def close(self) -> None:
         self.lineage.repo.close()
-        self.store.db.conn.close()
+        self.store.close()
 
     # -- change detection ---------------------------------------------------------------------
     def version(self) -> int:
         """A number that grows whenever the run's database changed (another process committed)."""
-        current = self.store.db.execute("PRAGMA data_version").fetchone()[0]
+        current = self.store.data_version()
         if current != self._data_version:
             self._data_version = current
             self._version += 1
