@@ -276,7 +276,7 @@ def test_files_changed_through_a_directory_fd_are_judged_where_they_really_are(t
             try:
                 call()
                 print(what, "done")
-            except PermissionError as e:
+            except PermissionError:
                 print(what, "blocked")
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
