@@ -171,12 +171,12 @@ def lm_loss(model: LM, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
 
 
-def warm_up(device: torch.device, *, train: bool = True, counters: bool = True) -> None:
+def warm_up(device: torch.device, *, train: bool = True, counters: bool = True, compiler: bool = True) -> None:
     """Run every harness code path once on a tiny model before any candidate code is loaded,
     so torch finishes its lazy imports and initialisation while nothing hostile is around
     (the audit hook then sees no imports from torch's normal operation). `train`: the
-    optimizer; `counters`: FLOP/traffic counting (both import torch._dynamo, which costs
-    seconds: a process that needs neither skips them)."""
+    optimizer; `counters`: FLOP/traffic counting; `compiler`: compile_metrics (each imports
+    parts of torch._dynamo, which cost seconds: a process skips what it will not run)."""
     for name in ("encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_16", "unicodedata", "stringprep"):
         with contextlib.suppress(ImportError):  # after the uid drop the standard library may be unreadable
             importlib.import_module(name)
@@ -207,6 +207,7 @@ def warm_up(device: torch.device, *, train: bool = True, counters: bool = True) 
                 model(inputs[:1])
             counter.get_total_flops()
             checks.warm_up()
+        if compiler:
             compile_metrics(model, tier, device)
         _, states = model.step(inputs[:1, 0], None)
         model.step(inputs[:1, 1], states)

@@ -99,7 +99,8 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
         corpus = Corpus.load(job.get("data"), train=False)
         limit = job.get("param_limit")
     _mark("harness imported")
-    harness.warm_up(device, train=phase == "train" and tier.steps > 0, counters=phase == "train" or tier.hardware)
+    harness.warm_up(device, train=phase == "train" and tier.steps > 0, counters=phase == "train" or tier.hardware,
+                    compiler=phase == "eval" and tier.hardware)  # only evaluate_trained compiles
     _mark("warmed up")
     if phase == "eval":
         if job.get("wait_for_go") and sys.stdin.readline().strip() != "go":  # started early: wait for the weights
