@@ -247,6 +247,75 @@ BROKEN = {
     "exits_the_interpreter": Case(mixer(PLAIN, top="raise SystemExit(0)\n"), "error"),
 }
 
+
+# -- cheats that hide in the candidate's own parts -----------------------------------------------
+# Remembers its last input and output; a call that shares a prefix with it gets the old outputs
+# for that prefix. Every causality probe compares a pass with a perturbed copy of the same input,
+# so on a single instance the two always agree, however much the mixer reads ahead.
+REPLAY = """
+        n = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[None, :, None]
+        y = self.past(x.cumsum(1) / n) + LEAK
+        old_x, old_y = MEMO.get("x"), MEMO.get("y")
+        if old_x is not None and old_x.shape[-1] == x.shape[-1] and old_x.dtype == x.dtype:
+            m = min(x.shape[1], old_x.shape[1])
+            same = (x[:, None, :m] == old_x[None, :, :m]).all(-1)
+            length, best = same.long().cumprod(-1).sum(-1).max(-1)
+            old = F.pad(old_y[best][:, :m], (0, 0, 0, x.shape[1] - m))
+            keep = (torch.arange(x.shape[1], device=x.device)[None, :] < length[:, None])[..., None]
+            y = torch.where(keep, old.to(y.dtype), y)
+        MEMO["x"], MEMO["y"] = x.detach(), y.detach()
+        return y
+"""
+PEEK = "self.future(F.pad(x[:, 1:], (0, 0, 0, 1)))"  # reads x[t + 1]
+REPLAY_INIT = "self.past = nn.Linear(d_model, d_model)\nself.future = nn.Linear(d_model, d_model)\n"
+HIDDEN = {
+    "replays_cached_outputs_from_the_module": Case(mixer(REPLAY.replace("LEAK", PEEK), init=REPLAY_INIT,
+                                                         top="MEMO = {}\n"), "non_causal"),
+    "replays_cached_outputs_from_the_instance": Case(
+        mixer(REPLAY.replace("LEAK", PEEK).replace("MEMO", "self.memo"), init=REPLAY_INIT + "self.memo = {}\n"), "non_causal"),
+    "ffn_with_softmax_attention": Case(mixer(PLAIN, top="""
+        class FFN(nn.Module):
+            def __init__(self, d_model, **kwargs):
+                super().__init__()
+                self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+
+            def forward(self, x):
+                b, t, d = x.shape
+                q, k, v = (y.view(b, t, 4, -1).transpose(1, 2) for y in self.qkv(x).chunk(3, -1))
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        """), "quadratic"),
+    "ffn_reads_the_next_position": Case(mixer(PLAIN, top="""
+        class FFN(nn.Module):
+            def __init__(self, d_model, **kwargs):
+                super().__init__()
+                self.up = nn.Linear(d_model, 2 * d_model)
+                self.down = nn.Linear(2 * d_model, d_model)
+
+            def forward(self, x):
+                return self.down(F.gelu(self.up(x + 0.1 * F.pad(x[:, 1:], (0, 0, 0, 1)))))
+        """), "non_causal"),
+    "ffn_sixteen_times_wider": Case(mixer(PLAIN, top="""
+        class FFN(nn.Module):
+            def __init__(self, d_model, **kwargs):
+                super().__init__()
+                self.up = nn.Linear(d_model, 16 * d_model)
+                self.down = nn.Linear(16 * d_model, d_model)
+
+            def forward(self, x):
+                return self.down(F.gelu(self.up(x)))
+        """), "params"),
+    "weights_hidden_in_extra_state": Case(mixer("return self.proj(x) + (x @ self.w1) @ self.w2\n", init="""
+        self.w1 = torch.randn(d_model, 64 * d_model).requires_grad_()
+        self.w2 = torch.zeros(64 * d_model, d_model).requires_grad_()
+        """, methods="""
+        def get_extra_state(self):
+            return torch.cat([self.w1.detach().flatten(), self.w2.detach().flatten()])
+
+        def set_extra_state(self, state):
+            pass
+        """), "params"),
+}
+
 # -- escapes the static check stops ------------------------------------------------------------
 STATIC = {
     "file_write": mixer(PLAIN, top="open('/tmp/archlab-pwned', 'w').write('x')\n"),
@@ -311,6 +380,7 @@ HOSTILE: dict[str, Case] = {
     **{name: Case(src, "quadratic") for name, src in QUADRATIC.items()},
     "transformer_root_when_quadratic_is_not_allowed": Case(render_root("transformer"), "quadratic"),
     **BROKEN,
+    **HIDDEN,
     **{name: Case(src, "forbidden") for name, src in STATIC.items()},
     **RUNTIME_CASES,
 }
@@ -447,6 +517,43 @@ def test_a_leak_that_hides_from_the_checks_is_caught_on_the_trained_model():
     result = runner.evaluate(LEAKS_ON_EVALUATION_BATCHES, "micro", threads=1)
     assert not result.ok and result.reason == "non_causal", result
     assert "trained model" in result.detail
+
+
+# The micro tier's validation batches (8 rows; no check uses that shape) read ahead; with the replay,
+# a probe on the scored instance would see nothing.
+REPLAYS_ON_EVALUATION_BATCHES = mixer(
+    REPLAY.replace("LEAK", f"({PEEK} if not self.training and x.shape[0] == 8 else 0)").replace("MEMO", "self.memo")
+    .replace("if old_x is not None", "if x.shape[0] == 8 and old_x is not None"),
+    init=REPLAY_INIT + "self.memo = {}\n")  # one memo per layer: each replays its own outputs
+
+
+def test_a_leak_that_replays_cached_outputs_is_caught_on_the_trained_model():
+    """The scored model and the one the probes run on are built separately: the replay that fools
+    a probe on one instance (see REPLAY) has nothing to replay."""
+    result = runner.evaluate(REPLAYS_ON_EVALUATION_BATCHES, "micro", threads=1)
+    assert not result.ok and result.reason == "non_causal", result
+    assert "trained model" in result.detail
+
+
+def test_an_honest_mixer_may_build_an_optimizer():
+    """torch.optim imports torch._dynamo lazily; the evaluation process has it imported before
+    the hook is installed, so an honest use is not blocked as forbidden."""
+    source = mixer(PLAIN, init="self.inner = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)\n")
+    result = runner.evaluate(source, "micro", threads=1)
+    assert result.ok, result
+
+
+def test_extra_state_that_is_not_a_tensor_is_a_contract_rejection():
+    source = mixer(PLAIN, methods="""
+        def get_extra_state(self):
+            return {"scale": torch.ones(1)}
+
+        def set_extra_state(self, state):
+            pass
+        """)
+    result = runner.evaluate(source, "micro", threads=1)
+    assert not result.ok and result.reason == "contract", result
+    assert "get_extra_state" in result.detail
 
 
 def test_training_process_cannot_read_the_validation_data():

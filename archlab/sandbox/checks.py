@@ -4,6 +4,7 @@ complexity, step() agreement and the parameter budget."""
 import math
 import time
 import types
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -59,63 +60,85 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in iter_parameters(module))
 
 
-def check_params(mixer: nn.Module, limit: int | None) -> int:
-    """The mixer's parameter count; persistent buffers count against the budget too (a learned
-    table kept in a buffer is still capacity)."""
-    for p in iter_parameters(mixer):
-        if type(p) is not nn.Parameter:  # noqa: E721
-            raise CandidateError("contract", f"parameters must be plain nn.Parameter, got {type(p).__name__}")
-    n = count_params(mixer)
-    stored = n + sum(b.numel() for b in iter_buffers(mixer))
-    if limit is not None and stored > limit:
-        extra = f" (+{stored - n:,} in buffers)" if stored > n else ""
-        raise CandidateError("params", f"{n:,} mixer parameters{extra}, over the run's budget of {limit:,}")
+def stored_numbers(module: nn.Module) -> int:
+    """Every number a module carries from training to evaluation: parameters, persistent buffers
+    (a learned table kept in a buffer is still capacity) and the tensors of its extra state
+    (get_extra_state: weights trained by hand and smuggled past the parameter count)."""
+    n = count_params(module) + sum(b.numel() for b in iter_buffers(module))
+    for _, m in iter_modules(module):
+        if type(m).get_extra_state is not nn.Module.get_extra_state:
+            n += sum(t.numel() for t in tree_leaves(m.get_extra_state()) if isinstance(t, torch.Tensor))
     return n
+
+
+def check_params(mixer: nn.Module, limit: int | None, *, ffn: nn.Module | None = None, ffn_baseline: int = 0) -> int:
+    """The parameters the candidate adds, checked against the budget: the mixer's, plus what its
+    own FFN (if any) stores beyond the harness MLP's `ffn_baseline` (swapping the MLP for one of
+    the same size is free; a bigger one pays from the mixer's budget). Returns the mixer's
+    parameter count plus that FFN excess (reported as mixer_params, so budgets derived from a
+    root with its own FFN carry over)."""
+    for part in (mixer, ffn):
+        for p in iter_parameters(part) if part is not None else ():
+            if type(p) is not nn.Parameter:  # noqa: E721
+                raise CandidateError("contract", f"parameters must be plain nn.Parameter, got {type(p).__name__}")
+    n = count_params(mixer)
+    hidden = stored_numbers(mixer) - n
+    ffn_extra = max(0, stored_numbers(ffn) - ffn_baseline) if ffn is not None else 0
+    if limit is not None and n + hidden + ffn_extra > limit:
+        extra = f" (+{hidden:,} in buffers or extra state)" if hidden else ""
+        extra += f" (+{ffn_extra:,} in the FFN beyond the harness MLP's {ffn_baseline:,})" if ffn_extra else ""
+        raise CandidateError("params", f"{n:,} mixer parameters{extra}, over the run's budget of {limit:,}")
+    return n + ffn_extra
 
 
 # -- causality ---------------------------------------------------------------------------------
 CUTS = (0, 1, 15, 16, 31, 63, 64, 65)  # inside and across the usual chunk sizes
 
 
-def check_causality(mixer: nn.Module, d_model: int, length: int = 150, *, seq_len: int | None = None,
-                    seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+def check_causality(make: Callable[[], nn.Module], d_model: int, length: int = 150, *, seq_len: int | None = None,
+                    seeds: tuple[int, ...] = (0, 1, 2), device: torch.device | None = None, part: str = "Mixer") -> None:
     """Perturb every position after a cut and require the outputs up to the cut to stay put.
 
-    float64 when the mixer allows it (numerical noise ~1e-15: a leak of 1e-9 relative is
-    caught), else float32 with a 1e-5 threshold. Training and evaluation mode, several seeds
-    and cut points (at and around chunk boundaries, the middle, the end), batch 2; then once
-    more in float32 at the training length with gradients enabled and batch 3, so a leak that
-    only shows in those conditions is caught too. The model-level recheck in the evaluation
-    process repeats this on the trained model and real text.
+    `make` builds identical instances of the part (contract.twins); every comparison runs its
+    original and perturbed passes on two fresh ones, so a part that caches earlier calls cannot
+    make the two agree by replaying one in the other. float64 when the part allows it
+    (numerical noise ~1e-15: a leak of 1e-9 relative is caught), else float32 with a 1e-5
+    threshold. Training and evaluation mode, several seeds and cut points (at and around chunk
+    boundaries, the middle, the end), batch 2; then once more in float32 at the training length
+    with gradients enabled and batch 3, so a leak that only shows in those conditions is caught
+    too. The model-level recheck in the evaluation process repeats this on the trained model
+    and real text.
     """
-    device = next(iter_parameters(mixer), torch.empty(0)).device
+    device = device or torch.device("cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small batches: one thread is as fast, and far steadier on a busy machine
-    dtype, tolerance = torch.float64, 1e-9
     try:
-        with torch.no_grad():
-            mixer.double()(torch.zeros(1, 4, d_model, dtype=dtype, device=device))
-    except Exception:
-        dtype, tolerance = torch.float32, 1e-5
-        mixer.float()
-    try:
+        dtype = _widest_dtype(make, d_model, device)
+        tolerance = 1e-9 if dtype == torch.float64 else 1e-5
         cuts = sorted({c for c in CUTS if c < length - 1} | {length // 2 + 7, length - 2})
         for i, seed in enumerate(seeds):  # the last seed in evaluation mode, the others in training mode
-            training = i < len(seeds) - 1
-            mixer.train(training)
-            _perturb(mixer, d_model, length, 2, cuts, seed, dtype, tolerance, training, grad=False, device=device)
+            _perturb(make, d_model, length, 2, cuts, seed, dtype, tolerance, i < len(seeds) - 1, grad=False,
+                     device=device, part=part)
         if seq_len and seq_len != length:
-            mixer.float().train()
-            _perturb(mixer, d_model, seq_len, 3, [seq_len // 3, seq_len - 2], 7, torch.float32, 1e-5, True, grad=True,
-                     device=device)
+            _perturb(make, d_model, seq_len, 3, [seq_len // 3, seq_len - 2], 7, torch.float32, 1e-5, True, grad=True,
+                     device=device, part=part)
     finally:
-        mixer.float().train()
         torch.set_num_threads(threads)
 
 
-def _perturb(mixer, d_model, length, batch, cuts, seed, dtype, tolerance, training, *, grad, device) -> None:
+def _widest_dtype(make: Callable[[], nn.Module], d_model: int, device: torch.device) -> torch.dtype:
+    """float64 when the part runs in it (its checks are then ~1e6 times more sensitive), else float32."""
+    try:
+        with torch.no_grad():
+            make().to(device=device, dtype=torch.float64)(torch.zeros(1, 4, d_model, dtype=torch.float64, device=device))
+        return torch.float64
+    except Exception:
+        return torch.float32
+
+
+def _perturb(make, d_model, length, batch, cuts, seed, dtype, tolerance, training, *, grad, device, part) -> None:
     """One forward of the original batch, one of every cut's perturbed copy stacked into a batch
-    (so a mixer that mixes information across the batch is caught as well)."""
+    (so a part that mixes information across the batch is caught as well), on twin instances."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, length, d_model, dtype=dtype, generator=gen)
     copies = []
@@ -124,31 +147,32 @@ def _perturb(mixer, d_model, length, batch, cuts, seed, dtype, tolerance, traini
         x2[:, cut + 1 :] = torch.randn(batch, length - cut - 1, d_model, dtype=dtype, generator=gen)
         copies.append(x2)
     x, x2 = x.to(device), torch.cat(copies).to(device)
+    first, second = (make().to(device=device, dtype=dtype).train(training) for _ in range(2))
     with torch.set_grad_enabled(grad):
-        torch.manual_seed(seed)  # the same dropout masks for both passes, as far as the mixer allows
-        y = _call(mixer, x.requires_grad_(grad)).detach()
+        torch.manual_seed(seed)  # the same dropout masks for both passes, as far as the part allows
+        y = _call(first, x.requires_grad_(grad), part).detach()
         torch.manual_seed(seed)
-        y2 = _call(mixer, x2.requires_grad_(grad)).detach()
+        y2 = _call(second, x2.requires_grad_(grad), part).detach()
     for i, cut in enumerate(cuts):
         a, b = y[:, : cut + 1], y2[i * batch : (i + 1) * batch, : cut + 1]
         leak = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
         if not leak <= tolerance:  # also catches NaN
             raise CandidateError(
                 "non_causal",
-                f"outputs at positions <= {cut} changed by {leak:.1e} (relative, {str(dtype).replace('torch.', '')}, "
+                f"{part} outputs at positions <= {cut} changed by {leak:.1e} (relative, {str(dtype).replace('torch.', '')}, "
                 f"{'train' if training else 'eval'} mode, length {length}) when only later positions changed",
             )
 
 
-def _call(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _call(module: nn.Module, x: torch.Tensor, part: str = "Mixer") -> torch.Tensor:
     try:
-        y = mixer(x)
+        y = module(x)
     except CandidateError:
         raise
     except Exception as e:
         if out_of_memory(e):
-            raise CandidateError("memory", f"Mixer.forward ran out of memory: {e}"[:600]) from None
-        raise CandidateError("error", f"Mixer.forward raised {type(e).__name__}: {e}"[:1500]) from e
+            raise CandidateError("memory", f"{part}.forward ran out of memory: {e}"[:600]) from None
+        raise CandidateError("error", f"{part}.forward raised {type(e).__name__}: {e}"[:1500]) from e
     if type(y) is not torch.Tensor or y.shape != x.shape:  # noqa: E721
         raise CandidateError("shape", f"input {tuple(x.shape)} gave {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
     return y
@@ -161,12 +185,37 @@ def check_complexity(candidate: types.ModuleType, tier, *, allow_quadratic: bool
     (torch.utils.flop_counter), elements read and written by every non-view operation (catches
     quadratic work the FLOP counter does not see, e.g. a T x T elementwise product), and wall
     time (single-threaded, best of several runs; a time-only verdict is measured twice). The
-    growth exponents must stay near 1 unless quadratic mixers are allowed. Softmax attention
-    belongs in LAYERS (the harness's own attention), not in the mixer."""
+    growth exponents of the mixer, and of the candidate's FFN if it has one, must stay near 1
+    unless quadratic mixers are allowed. Softmax attention belongs in LAYERS (the harness's own
+    attention), not in the mixer or the FFN."""
     device = device or torch.device("cpu")
-    short, long = tier.complexity_lengths
     torch.manual_seed(0)
-    mixer = contract.build_mixer(candidate, tier.d_model, tier.n_heads).to(device).eval()
+    exponents, per_token = _growth(contract.build_mixer(candidate, tier.d_model, tier.n_heads), "Mixer", tier, device)
+    metrics = {"flops_exponent": exponents[0], "traffic_exponent": exponents[1], "time_exponent": exponents[2],
+               "mixer_flops_per_token": per_token[0], "mixer_ms_per_token": per_token[1]}
+    verdicts = [("Mixer", exponents)]
+    ffn = contract.build_ffn(candidate, tier.d_model)
+    if ffn is not None:
+        ffn_exponents, (metrics["ffn_flops_per_token"], metrics["ffn_ms_per_token"]) = _growth(ffn, "FFN", tier, device)
+        verdicts.append(("FFN", ffn_exponents))
+    short, long = tier.complexity_lengths
+    quadratic = [(part, e) for part, e in verdicts if max(e[0], e[1]) > FLOP_EXPONENT_LIMIT or e[2] > TIME_EXPONENT_LIMIT]
+    metrics["complexity"] = "superlinear" if quadratic else "linear"
+    if quadratic and not allow_quadratic:
+        part, (exp_flops, exp_traffic, exp_time) = quadratic[0]
+        raise CandidateError(
+            "quadratic",
+            f"one {part} forward grows like T^{exp_flops:.2f} in FLOPs, T^{exp_traffic:.2f} in memory traffic and "
+            f"T^{exp_time:.2f} in time from T={short} to T={long}; the run only accepts (near-)linear mixers and FFNs "
+            "(put softmax attention in LAYERS: the harness's own attention)",
+        )
+    return metrics
+
+
+def _growth(part: nn.Module, name: str, tier, device: torch.device) -> tuple[tuple[float, float, float], tuple[float, float]]:
+    """(FLOP, traffic and time growth exponents), (FLOPs and milliseconds per token at the longer length)."""
+    short, long = tier.complexity_lengths
+    part = part.to(device).eval()
     flops, traffic, times = {}, {}, {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # timings of small ops are far less noisy on one thread
@@ -175,34 +224,19 @@ def check_complexity(candidate: types.ModuleType, tier, *, allow_quadratic: bool
             for t in (short, long):
                 x = torch.randn(1, t, tier.d_model, device=device)
                 with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter, _Traffic() as moved:
-                    _call(mixer, x)
+                    _call(part, x, name)
                 flops[t], traffic[t] = counter.get_total_flops(), moved.elements
-                times[t] = _best_time(mixer, x, device, 5)
+                times[t] = _best_time(part, x, device, 5, name)
             exp_time = _exponent(times[short], times[long], short, long)
             if exp_time > TIME_EXPONENT_LIMIT:  # timing noise on a busy machine? measure again
-                again = {t: _best_time(mixer, torch.randn(1, t, tier.d_model, device=device), device, 7) for t in (short, long)}
+                again = {t: _best_time(part, torch.randn(1, t, tier.d_model, device=device), device, 7, name)
+                         for t in (short, long)}
                 exp_time = min(exp_time, _exponent(again[short], again[long], short, long))
     finally:
         torch.set_num_threads(threads)
-    exp_flops = _exponent(flops[short], flops[long], short, long)
-    exp_traffic = _exponent(traffic[short], traffic[long], short, long)
-    metrics = {
-        "flops_exponent": exp_flops,
-        "traffic_exponent": exp_traffic,
-        "time_exponent": exp_time,
-        "mixer_flops_per_token": flops[long] / long,
-        "mixer_ms_per_token": times[long] / long * 1e3,
-    }
-    quadratic = max(exp_flops, exp_traffic) > FLOP_EXPONENT_LIMIT or exp_time > TIME_EXPONENT_LIMIT
-    metrics["complexity"] = "superlinear" if quadratic else "linear"
-    if quadratic and not allow_quadratic:
-        raise CandidateError(
-            "quadratic",
-            f"one forward grows like T^{exp_flops:.2f} in FLOPs, T^{exp_traffic:.2f} in memory traffic and "
-            f"T^{exp_time:.2f} in time from T={short} to T={long}; the run only accepts (near-)linear mixers "
-            "(put softmax attention in LAYERS: the harness's own attention)",
-        )
-    return metrics
+    exponents = (_exponent(flops[short], flops[long], short, long), _exponent(traffic[short], traffic[long], short, long),
+                 exp_time)
+    return exponents, (flops[long] / long, times[long] / long * 1e3)
 
 
 class _Traffic(TorchDispatchMode):
@@ -237,14 +271,14 @@ def extra_flop_formulas() -> dict:
     return ops
 
 
-def _best_time(mixer: nn.Module, x: torch.Tensor, device: torch.device, reps: int) -> float:
-    _call(mixer, x)  # warm
+def _best_time(part: nn.Module, x: torch.Tensor, device: torch.device, reps: int, name: str) -> float:
+    _call(part, x, name)  # warm
     best = math.inf
     for _ in range(reps):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        _call(mixer, x)
+        _call(part, x, name)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
@@ -258,41 +292,35 @@ def _exponent(a: float, b: float, short: int, long: int) -> float:
 
 
 # -- step() ------------------------------------------------------------------------------------
-def check_step(mixer: nn.Module, d_model: int, length: int = 40) -> dict:
+def check_step(make: Callable[[], nn.Module], d_model: int, length: int = 40, device: torch.device | None = None) -> dict:
     """When the mixer defines step(x_t, state) -> (y_t, state), it must agree with forward in
-    evaluation mode, token by token; reports the state's size per sequence and its growth."""
+    evaluation mode, token by token (on a twin: see check_causality); reports the state's size
+    per sequence and its growth."""
+    mixer = make()
     if not callable(getattr(type(mixer), "step", None)):
         return {"has_step": False}
-    device = next(iter_parameters(mixer), torch.empty(0)).device  # where the caller put it (a GPU run checks there)
-    dtype, tolerance = torch.float64, 1e-6
-    try:
-        with torch.no_grad():
-            mixer.double()(torch.zeros(1, 2, d_model, dtype=dtype, device=device))
-    except Exception:
-        dtype, tolerance = torch.float32, 2e-3
-        mixer.float()
-    mixer.eval()
-    try:
-        with torch.no_grad():
-            x = torch.randn(2, length, d_model, dtype=dtype, generator=torch.Generator().manual_seed(3)).to(device)
-            full = _call(mixer, x)
-            state, outs, sizes = None, [], {}
-            for t in range(length):
-                try:
-                    y, state = mixer.step(x[:, t], state)
-                except Exception as e:
-                    raise CandidateError("step", f"Mixer.step raised {type(e).__name__}: {e}"[:1500]) from e
-                if type(y) is not torch.Tensor or y.shape != x[:, t].shape:  # noqa: E721
-                    raise CandidateError("step", f"Mixer.step must return (tensor of shape {tuple(x[:, t].shape)}, state)")
-                outs.append(y)
-                if t + 1 in (length // 2, length):
-                    sizes[t + 1] = _state_bytes(state) * 4 // (2 * dtype.itemsize)  # batch 1, float32
-            stepped = torch.stack(outs, 1)
-            err = ((stepped - full).abs().max() / full.abs().max().clamp_min(1e-30)).item()
-            if not err <= tolerance:
-                raise CandidateError("step", f"step() disagrees with forward() by {err:.1e} (relative, eval mode)")
-    finally:
-        mixer.float().train()
+    device = device or torch.device("cpu")
+    dtype = _widest_dtype(make, d_model, device)
+    tolerance = 1e-6 if dtype == torch.float64 else 2e-3
+    forward_twin, mixer = (m.to(device=device, dtype=dtype).eval() for m in (mixer, make()))
+    with torch.no_grad():
+        x = torch.randn(2, length, d_model, dtype=dtype, generator=torch.Generator().manual_seed(3)).to(device)
+        full = _call(forward_twin, x)
+        state, outs, sizes = None, [], {}
+        for t in range(length):
+            try:
+                y, state = mixer.step(x[:, t], state)
+            except Exception as e:
+                raise CandidateError("step", f"Mixer.step raised {type(e).__name__}: {e}"[:1500]) from e
+            if type(y) is not torch.Tensor or y.shape != x[:, t].shape:  # noqa: E721
+                raise CandidateError("step", f"Mixer.step must return (tensor of shape {tuple(x[:, t].shape)}, state)")
+            outs.append(y)
+            if t + 1 in (length // 2, length):
+                sizes[t + 1] = _state_bytes(state) * 4 // (2 * dtype.itemsize)  # batch 1, float32
+        stepped = torch.stack(outs, 1)
+        err = ((stepped - full).abs().max() / full.abs().max().clamp_min(1e-30)).item()
+        if not err <= tolerance:
+            raise CandidateError("step", f"step() disagrees with forward() by {err:.1e} (relative, eval mode)")
     half, whole = sizes[length // 2], sizes[length]
     return {"has_step": True, "mixer_state_bytes": whole, "mixer_state_bytes_per_token": max(0, whole - half) / (length - length // 2)}
 

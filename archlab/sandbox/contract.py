@@ -10,11 +10,16 @@ Loading happens only inside the sandbox's child process.
 import inspect
 import sys
 import types
+import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from archlab.sandbox.errors import CandidateError, out_of_memory  # noqa: F401  (CandidateError re-exported)
+
+_SOURCES: "weakref.WeakKeyDictionary[types.ModuleType, tuple[str, str]]" = weakref.WeakKeyDictionary()
+TWIN_SEED = 1234  # every twin of a part starts from the same random state, hence the same weights
 
 
 def load(source: str, name: str = "candidate") -> types.ModuleType:
@@ -40,7 +45,23 @@ def load(source: str, name: str = "candidate") -> types.ModuleType:
             raise CandidateError("memory", f"importing the candidate ran out of memory: {e}"[:600]) from None
         raise CandidateError("error", f"importing the candidate raised {type(e).__name__}: {e}"[:1500]) from e
     validate(module)
+    _SOURCES[module] = (source, name)
     return module
+
+
+def twins(module: types.ModuleType, build: Callable[[types.ModuleType], nn.Module]) -> Callable[[], nn.Module]:
+    """A factory of independent, identical instances of one of the candidate's parts: each call
+    executes the candidate's file again (new globals, new classes) and builds the part from the
+    same random state. The two sides of a comparison (a pass and its perturbed copy, forward and
+    step) run on two twins, so nothing a part remembers from one call (a cache of past inputs
+    and outputs, in the instance or the module) can be replayed in the other."""
+    source, name = _SOURCES[module]
+
+    def make() -> nn.Module:
+        torch.manual_seed(TWIN_SEED)
+        return build(load(source, name))
+
+    return make
 
 
 def validate(module: types.ModuleType) -> None:
@@ -69,14 +90,25 @@ def _require_params(cls: type, names: list[str], wanted: str) -> None:
 
 
 def build_mixer(module: types.ModuleType, d_model: int, n_heads: int) -> nn.Module:
+    return _build(module.Mixer, "Mixer", d_model=d_model, n_heads=n_heads)
+
+
+def build_ffn(module: types.ModuleType, d_model: int) -> nn.Module | None:
+    """The candidate's FFN (None: it keeps the harness's MLP)."""
+    ffn = getattr(module, "FFN", None)
+    return None if ffn is None else _build(ffn, "FFN", d_model=d_model)
+
+
+def _build(cls: type, name: str, **kwargs) -> nn.Module:
+    call = f"{name}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
     try:
-        return module.Mixer(d_model=d_model, n_heads=n_heads)
+        return cls(**kwargs)
     except CandidateError:
         raise
     except Exception as e:
         if out_of_memory(e):
-            raise CandidateError("memory", f"Mixer(d_model={d_model}, n_heads={n_heads}) ran out of memory: {e}"[:600]) from None
-        raise CandidateError("contract", f"Mixer(d_model={d_model}, n_heads={n_heads}) raised {type(e).__name__}: {e}"[:1500]) from e
+            raise CandidateError("memory", f"{call} ran out of memory: {e}"[:600]) from None
+        raise CandidateError("contract", f"{call} raised {type(e).__name__}: {e}"[:1500]) from e
 
 
 def check_shape(mixer: nn.Module, d_model: int, dtype=torch.float32) -> None:

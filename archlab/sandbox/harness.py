@@ -176,8 +176,11 @@ def warm_up(device: torch.device, *, train: bool = True, counters: bool = True, 
     so torch finishes its lazy imports and initialisation while nothing hostile is around
     (the audit hook then sees no imports from torch's normal operation). `train`: the
     optimizer; `counters`: FLOP/traffic counting; `compiler`: compile_metrics (each imports
-    parts of torch._dynamo, which cost seconds: a process skips what it will not run)."""
-    for name in ("encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_16", "unicodedata", "stringprep"):
+    more of torch's compiler stack, which costs seconds: a process skips what it will not run)."""
+    # torch imports torch._dynamo lazily from many public APIs (every optimizer, activation
+    # checkpointing), and _dynamo imports modules the hook denies (cProfile): import it now.
+    for name in ("torch._dynamo", "encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_16",
+                 "unicodedata", "stringprep"):
         with contextlib.suppress(ImportError):  # after the uid drop the standard library may be unreadable
             importlib.import_module(name)
     if importlib.util.find_spec("fla") is not None:  # candidates may import fla: its imports happen here, not under the hook
@@ -232,16 +235,20 @@ class _NullFile:
 # -- the check tier ---------------------------------------------------------------------------
 def check_candidate(candidate: types.ModuleType, tier: Tier, param_limit: int | None, *,
                     allow_quadratic: bool = False, device: torch.device | None = None) -> dict:
-    """Everything short of training: shape, parameter budget, causality, complexity, step(),
-    one forward/backward of the whole model."""
+    """Everything short of training: shape, parameter budget, causality (of the mixer and of the
+    candidate's FFN, if any), complexity, step(), one forward/backward of the whole model."""
     device = device or torch.device("cpu")
-    mixer = contract.build_mixer(candidate, tier.d_model, tier.n_heads)
-    contract.check_shape(mixer, tier.d_model)
-    mixer_params = checks.check_params(mixer, param_limit)
-    checks.check_causality(mixer.to(device), tier.d_model, tier.causality_length, seq_len=tier.seq_len)
-    metrics = {"mixer_params": mixer_params}
+    d = tier.d_model
+    mixer = contract.build_mixer(candidate, d, tier.n_heads)
+    contract.check_shape(mixer, d)
+    metrics = {"mixer_params": budget(mixer, contract.build_ffn(candidate, d), d, param_limit)}
+    make_mixer = contract.twins(candidate, lambda module: contract.build_mixer(module, d, tier.n_heads))
+    checks.check_causality(make_mixer, d, tier.causality_length, seq_len=tier.seq_len, device=device)
+    if getattr(candidate, "FFN", None) is not None:
+        checks.check_causality(contract.twins(candidate, lambda module: contract.build_ffn(module, d)), d,
+                               tier.causality_length, seq_len=tier.seq_len, device=device, part="FFN")
     metrics.update(checks.check_complexity(candidate, tier, allow_quadratic=allow_quadratic, device=device))
-    metrics.update(checks.check_step(mixer, tier.d_model))
+    metrics.update(checks.check_step(make_mixer, d, device=device))
     model = LM(candidate, tier).to(device)
     inputs = torch.randint(0, VOCAB_SIZE, (2, 64), device=device)
     with autocast(device):
@@ -355,14 +362,17 @@ def load_trained(candidate: types.ModuleType, tier: Tier, state: dict, device: t
 def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, weights: dict, device: torch.device,
                      *, rng: torch.Generator, recheck: bool = False) -> dict:
     """Quality and hardware metrics of a trained model, measured from its saved weights."""
-    model = load_trained(candidate, tier, weights["lm"], device)
-    metrics: dict = {"params": checks.count_params(model), "mixer_params": _mixer_params(model)}
+    # Two identical models (contract.twins): the causality probes run on the second, so the scored
+    # one cannot pass them by replaying what it computed for the unperturbed batch.
+    make = contract.twins(candidate, lambda module: load_trained(module, tier, weights["lm"], device))
+    model, twin = make(), make()
+    metrics: dict = {"params": checks.count_params(model), "mixer_params": model_budget(model, None)}
     if tier.hardware and not recheck:
         metrics.update(memory_metrics(model, tier, device))
     with torch.no_grad():
         _warm(model, tier, corpus, device)
         before = fingerprint(model)
-        val_loss, batch_losses, late_loss = validation_loss(model, tier, corpus, device, rng=rng, recheck=recheck)
+        val_loss, batch_losses, late_loss = validation_loss(model, twin, tier, corpus, device, rng=rng, recheck=recheck)
         if fingerprint(model) != before:
             raise CandidateError("tamper", "the model changed its own weights or state while being evaluated")
     if not math.isfinite(val_loss):
@@ -382,11 +392,12 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
     return metrics
 
 
-def validation_loss(model: LM, tier: Tier, corpus: Corpus, device: torch.device, *, rng: torch.Generator,
+def validation_loss(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: torch.device, *, rng: torch.Generator,
                     recheck: bool = False) -> tuple[float, list[tuple[float, int]], float]:
     """Mean loss over fixed validation windows. Some batches (all of them in a recheck) are also
-    scored with everything after a random cut replaced by other real text: the logits up to the
-    cut must not move (a trained model cannot tell which batches are probed). Returns the mean
+    scored by `twin` (the same model, built separately) with everything after a random cut
+    replaced by other real text: the logits up to the cut must not move (a trained model cannot
+    tell which batches are probed). Returns the mean
     loss, (loss, tokens) per batch and the mean loss on the second half of the positions."""
     batches = list(corpus.val_batches(tier.val_windows, tier.batch_size, tier.seq_len))
     order = list(range(len(batches)))
@@ -401,7 +412,7 @@ def validation_loss(model: LM, tier: Tier, corpus: Corpus, device: torch.device,
             logits = guard(lambda: model(inputs))
             losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
         if i in probed:
-            _model_causality(model, logits, inputs, batches[(i + 1) % len(batches)][0].to(device), device, rng)
+            _model_causality(twin, logits, inputs, batches[(i + 1) % len(batches)][0].to(device), device, rng)
         losses = losses.view(targets.shape)
         per_batch[i] = (losses.mean().item(), targets.numel())
         total += per_batch[i][0] * per_batch[i][1]
@@ -411,14 +422,16 @@ def validation_loss(model: LM, tier: Tier, corpus: Corpus, device: torch.device,
     return total / count, per_batch, late / late_count
 
 
-def _model_causality(model: LM, logits: torch.Tensor, inputs: torch.Tensor, other: torch.Tensor,
+def _model_causality(twin: LM, logits: torch.Tensor, inputs: torch.Tensor, other: torch.Tensor,
                      device: torch.device, rng: torch.Generator) -> None:
+    """`logits` are the scored model's for `inputs`; `twin`, an independent copy, scores them with
+    the text after a random cut replaced by `other`."""
     t = inputs.shape[1]
     cut = int(torch.randint(t // 4, 3 * t // 4, (1,), generator=rng))
     perturbed = inputs.clone()
     perturbed[:, cut + 1 :] = other[: inputs.shape[0], cut + 1 :]
     with autocast(device):
-        logits2 = guard(lambda: model(perturbed))
+        logits2 = guard(lambda: twin(perturbed))
     a, b = logits[:, : cut + 1].float(), logits2[:, : cut + 1].float()
     leak = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
     tolerance = 2e-2 if device.type == "cuda" else 1e-4
@@ -638,9 +651,17 @@ def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device:
     return out
 
 
-def _mixer_params(model: LM) -> int:
-    mixers = [b.mixer for b in model.blocks if not isinstance(b.mixer, Attention)]
-    return checks.count_params(mixers[0]) if mixers else 0
+def budget(mixer: nn.Module, ffn: nn.Module | None, d_model: int, limit: int | None) -> int:
+    """The parameters the candidate adds (checks.check_params), against the budget `limit`."""
+    return checks.check_params(mixer, limit, ffn=ffn, ffn_baseline=checks.stored_numbers(SwiGLU(d_model)))
+
+
+def model_budget(model: LM, limit: int | None) -> int:
+    """budget() of a whole model's first candidate block."""
+    block = next((b for b in model.blocks if not isinstance(b.mixer, Attention)), None)
+    if block is None:
+        return 0
+    return budget(block.mixer, None if isinstance(block.ffn, SwiGLU) else block.ffn, model.embed.embedding_dim, limit)
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:

@@ -132,12 +132,12 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
             model, train_metrics = harness.train_lm(candidate, tier, corpus, seed, device,
                                                     on_step=lambda step: _mark(f"step {step + 1}/{tier.steps}"))
             metrics.update(train_metrics)
-            saved = {"lm": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+            saved = {"lm": _tensors(model.state_dict())}
             if tier.probes is not None:
                 _mark("training the probe model")
                 probe_model, probe_metrics = harness.train_probes(candidate, tier, seed, device)
                 metrics.update(probe_metrics)
-                saved["probe"] = {k: v.detach().cpu() for k, v in probe_model.state_dict().items()}
+                saved["probe"] = _tensors(probe_model.state_dict())
             integrity.verify("after training")
             guard.check()
             _mark("trained")
@@ -148,16 +148,27 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
         metrics.update(harness.evaluate_trained(candidate, tier, corpus, weights, device, rng=rng,
                                                 recheck=job.get("recheck", False)))
         if limit is not None and limit >= 0:
-            mixers = [b.mixer for b in harness.load_trained(candidate, tier, weights["lm"], device).blocks
-                      if not isinstance(b.mixer, harness.Attention)]
-            if mixers:
-                checks.check_params(mixers[0], limit)
+            harness.model_budget(harness.load_trained(candidate, tier, weights["lm"], device), limit)
         integrity.verify("after evaluation")
         guard.check()
         _mark("evaluated")
     if not all(isinstance(v, int | float | str | bool | type(None)) for v in metrics.values()):
         raise CandidateError("error", "internal: a metric is not a plain value")
     return True, metrics, env, guard
+
+
+def _tensors(state: dict) -> dict:
+    """A trained model's state_dict as CPU tensors; anything else in it (extra state that is not
+    a tensor) breaks the contract: only tensors travel to the evaluation process."""
+    import torch
+
+    from archlab.sandbox.errors import CandidateError
+
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CandidateError("contract", f"state_dict entry {key!r} is a {type(value).__name__}: a part's state "
+                                 "(parameters, buffers, get_extra_state) must be tensors")
+    return {key: value.detach().cpu() for key, value in state.items()}
 
 
 def root_param_limit(tier, ratio: float) -> int:
