@@ -535,6 +535,20 @@ def test_a_leak_that_replays_cached_outputs_is_caught_on_the_trained_model():
     assert "trained model" in result.detail
 
 
+@pytest.mark.parametrize("length, overrides, where", [
+    (32, {"probes": {"steps": 10, "eval_examples": 32}}, "probe batches"),  # the probe model's sequences
+    (128, {"extrapolation": True}, "twice the training length"),  # micro's extrapolation windows
+], ids=["probes", "extrapolation"])
+def test_a_leak_at_the_shapes_of_other_metrics_is_caught(length, overrides, where):
+    """Recall probes and length extrapolation are scored on shapes the validation batches do not
+    have; a mixer that reads ahead only there is caught by the same twin probe."""
+    source = mixer(f"y = self.proj(x)\nif not self.training and x.shape[1] == {length}:\n    y = y + {PEEK}\nreturn y\n",
+                   init="self.future = nn.Linear(d_model, d_model)\n")
+    result = runner.evaluate(source, "micro", threads=1, tier_overrides=overrides)
+    assert not result.ok and result.reason == "non_causal", result
+    assert where in result.detail
+
+
 def test_an_honest_mixer_may_build_an_optimizer():
     """torch.optim imports torch._dynamo lazily; the evaluation process has it imported before
     the hook is installed, so an honest use is not blocked as forbidden."""

@@ -382,13 +382,13 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
         return metrics
     with torch.no_grad():
         if tier.extrapolation:
-            metrics.update(extrapolation(model, tier, corpus, device, late_loss))
+            metrics.update(extrapolation(model, twin, tier, corpus, device, late_loss, rng))
         if tier.hardware:
             metrics.update(latency_metrics(model, tier, device))
             metrics.update(quantization_metrics(model, tier, corpus, device, batch_losses))
             metrics.update(compile_metrics(model, tier, device))
         if tier.probes is not None and "probe" in weights:
-            metrics.update(probe_accuracy(candidate, tier, weights["probe"], device))
+            metrics.update(probe_accuracy(candidate, tier, weights["probe"], device, rng))
     return metrics
 
 
@@ -423,7 +423,7 @@ def validation_loss(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: tor
 
 
 def _model_causality(twin: LM, logits: torch.Tensor, inputs: torch.Tensor, other: torch.Tensor,
-                     device: torch.device, rng: torch.Generator) -> None:
+                     device: torch.device, rng: torch.Generator, what: str = "validation batches") -> None:
     """`logits` are the scored model's for `inputs`; `twin`, an independent copy, scores them with
     the text after a random cut replaced by `other`."""
     t = inputs.shape[1]
@@ -437,7 +437,7 @@ def _model_causality(twin: LM, logits: torch.Tensor, inputs: torch.Tensor, other
     tolerance = 2e-2 if device.type == "cuda" else 1e-4
     if not leak <= tolerance:
         raise CandidateError("non_causal", f"the trained model's outputs at positions <= {cut} changed by {leak:.1e} "
-                             "(relative) when only later text changed (checked on validation batches)")
+                             f"(relative) when only later text changed (checked on {what})")
 
 
 def _warm(model: LM, tier: Tier, corpus: Corpus, device: torch.device) -> None:
@@ -470,17 +470,21 @@ def fingerprint(model: nn.Module) -> tuple:
     return tuple(parts)
 
 
-def extrapolation(model: LM, tier: Tier, corpus: Corpus, device: torch.device, late_loss: float) -> dict:
+def extrapolation(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: torch.device, late_loss: float,
+                  rng: torch.Generator) -> dict:
     """Length extrapolation: the loss on positions seq_len..2*seq_len of windows twice as long as
     training saw, against the loss on positions seq_len/2..seq_len of the usual windows. A model
     that extrapolates does at least as well with the extra context (gap <= 0); one that breaks
-    beyond its training length does worse."""
+    beyond its training length does worse. The first batch is also probed for causality (twin)."""
     length = 2 * tier.seq_len
     total, count = 0.0, 0
-    for inputs, targets in corpus.val_batches(max(tier.val_windows // 2, 1), max(tier.batch_size // 2, 1), length):
+    batches = list(corpus.val_batches(max(tier.val_windows // 2, 1), max(tier.batch_size // 2, 1), length))
+    for i, (inputs, targets) in enumerate(batches):
         inputs, targets = inputs.to(device), targets.to(device)
         with autocast(device):
             logits = guard(lambda: model(inputs))
+        if i == 0:
+            _model_causality(twin, logits, inputs, batches[-1][0].to(device), device, rng, "windows twice the training length")
         late = logits[:, tier.seq_len :].float()
         loss = F.cross_entropy(late.reshape(-1, late.shape[-1]), targets[:, tier.seq_len :].reshape(-1), reduction="sum")
         total += loss.item()
@@ -628,19 +632,28 @@ def quantization_metrics(model: LM, tier: Tier, corpus: Corpus, device: torch.de
     return {"val_loss_int8": full + increase, "quant_loss": increase}
 
 
-def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device: torch.device) -> dict:
+def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device: torch.device, rng: torch.Generator) -> dict:
+    """Accuracy of the trained probe model per task; each task's first batch is also scored by a
+    twin with the text after a random cut replaced (a mixer that reads ahead only at the probes'
+    shapes would otherwise read the answers)."""
     p = tier.probes
-    model = load_trained(candidate, probe_tier(tier), state, device)
+    make = contract.twins(candidate, lambda module: load_trained(module, probe_tier(tier), state, device))
+    model, twin = make(), make()
     gen = torch.Generator().manual_seed(0x5EED)  # held out: training draws from another stream
     out = {}
     tasks = [f"mqar{n}" for n in p.pairs] + ["copy"]
     with torch.no_grad():
         for task in tasks:
             correct, total = 0, 0
-            for _ in range(max(1, p.eval_examples // p.batch_size)):
+            for i in range(max(1, p.eval_examples // p.batch_size)):
                 inputs, targets = (t.to(device) for t in probe_batch(p, p.batch_size, gen, task))
                 with autocast(device):
-                    pred = guard(lambda: model(inputs)).argmax(-1)
+                    logits = guard(lambda: model(inputs))
+                if i == 0:
+                    other_gen = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=rng)))
+                    other = probe_batch(p, p.batch_size, other_gen, task)[0]
+                    _model_causality(twin, logits, inputs, other.to(device), device, rng, f"{task} probe batches")
+                pred = logits.argmax(-1)
                 mask = targets != IGNORE
                 correct += (pred[mask] == targets[mask]).sum().item()
                 total += mask.sum().item()
