@@ -547,6 +547,9 @@ def test_a_leak_at_the_shapes_of_other_metrics_is_caught(length, overrides, wher
     result = runner.evaluate(source, "micro", threads=1, tier_overrides=overrides)
     assert not result.ok and result.reason == "non_causal", result
     assert where in result.detail
+    honest = runner.evaluate(render_root("deltanet"), "micro", threads=1, tier_overrides=overrides)
+    assert honest.ok, honest
+    assert "mqar_acc" in honest.metrics or "extrapolation_gap" in honest.metrics
 
 
 def test_an_honest_mixer_may_build_an_optimizer():
