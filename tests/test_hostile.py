@@ -266,6 +266,20 @@ REPLAY = """
         MEMO["x"], MEMO["y"] = x.detach(), y.detach()
         return y
 """
+def ffn(width: int, into: str) -> str:
+    """A GELU MLP `width` times d_model wide as the candidate's FFN, fed `into`."""
+    return f"""
+        class FFN(nn.Module):
+            def __init__(self, d_model, **kwargs):
+                super().__init__()
+                self.up = nn.Linear(d_model, {width} * d_model)
+                self.down = nn.Linear({width} * d_model, d_model)
+
+            def forward(self, x):
+                return self.down(F.gelu(self.up({into})))
+        """
+
+
 PEEK = "self.future(F.pad(x[:, 1:], (0, 0, 0, 1)))"  # reads x[t + 1]
 REPLAY_INIT = "self.past = nn.Linear(d_model, d_model)\nself.future = nn.Linear(d_model, d_model)\n"
 HIDDEN = {
@@ -284,26 +298,8 @@ HIDDEN = {
                 q, k, v = (y.view(b, t, 4, -1).transpose(1, 2) for y in self.qkv(x).chunk(3, -1))
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
         """), "quadratic"),
-    "ffn_reads_the_next_position": Case(mixer(PLAIN, top="""
-        class FFN(nn.Module):
-            def __init__(self, d_model, **kwargs):
-                super().__init__()
-                self.up = nn.Linear(d_model, 2 * d_model)
-                self.down = nn.Linear(2 * d_model, d_model)
-
-            def forward(self, x):
-                return self.down(F.gelu(self.up(x + 0.1 * F.pad(x[:, 1:], (0, 0, 0, 1)))))
-        """), "non_causal"),
-    "ffn_sixteen_times_wider": Case(mixer(PLAIN, top="""
-        class FFN(nn.Module):
-            def __init__(self, d_model, **kwargs):
-                super().__init__()
-                self.up = nn.Linear(d_model, 16 * d_model)
-                self.down = nn.Linear(16 * d_model, d_model)
-
-            def forward(self, x):
-                return self.down(F.gelu(self.up(x)))
-        """), "params"),
+    "ffn_reads_the_next_position": Case(mixer(PLAIN, top=ffn(2, "x + 0.1 * F.pad(x[:, 1:], (0, 0, 0, 1))")), "non_causal"),
+    "ffn_sixteen_times_wider": Case(mixer(PLAIN, top=ffn(16, "x")), "params"),
     "weights_hidden_in_extra_state": Case(mixer("return self.proj(x) + (x @ self.w1) @ self.w2\n", init="""
         self.w1 = torch.randn(d_model, 64 * d_model).requires_grad_()
         self.w2 = torch.zeros(64 * d_model, d_model).requires_grad_()
