@@ -15,11 +15,13 @@ import tomli_w
 from archlab.sandbox.fitness import fitness
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llm_server import API_KEY, NO_CODE, ROOT, SYNTAX_ERROR, Script, ScriptedServer  # noqa: E402
+from llm_server import API_KEY, EDITS, NO_CODE, ROOT, SHAPE_BUG_CUT, SYNTAX_ERROR, Script, ScriptedServer  # noqa: E402
 
 ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
-SHAPE_BUG = "Drop the last position of the output to save work.\n\n```python\n" + ROOT.replace(
-    "        return self.o_proj(o)\n", "        return self.o_proj(o)[:, :-1]\n") + "```\n"
+GATED = ROOT.replace(EDITS[0][0], EDITS[0][1])  # a real change of the root: a sigmoid output gate
+# The gate plus a bug the sandbox rejects; the scripted engineer's repair removes the bug and keeps the gate.
+SHAPE_BUG = "Use a sigmoid output gate, and drop the last position of the output to save work.\n\n```python\n" + GATED.replace(
+    "        return self.o_proj(o)\n", SHAPE_BUG_CUT) + "```\n"
 
 
 def archlab(*args, env_extra=None, timeout=600):
@@ -174,3 +176,96 @@ def test_a_researcher_that_never_gives_code_becomes_a_failed_node(tmp_path):
     status, reason, analysis, sha = rows(run_dir, "select status, reason, analysis, commit_sha from nodes where id = 1")[0]
     assert (status, reason) == ("failed", "malformed") and analysis and sha
     assert rows(run_dir, "select count(*) from evaluations where node_id = 1")[0][0] == 0  # nothing reached the sandbox
+
+
+def test_the_cost_cap_holds_when_the_endpoint_reports_no_usage(tmp_path):
+    """llama.cpp and some proxies send no `usage`: the tokens are estimated, so --max-cost still stops the run."""
+    run_dir = tmp_path / "run"
+    with ScriptedServer(Script(usage="none")) as server:
+        first = archlab(*llm_args(server, run_dir, 1))
+        assert first.returncode == 0, first.stderr
+        config = tomllib.loads((run_dir / "archlab.toml").read_text())
+        config["prices"] = {"scripted": [100.0, 100.0]}
+        (run_dir / "archlab.toml").write_text(tomli_w.dumps(config))
+        capped = archlab(*llm_args(server, run_dir, 4), "--max-cost", "0.3")
+    assert capped.returncode == 0, capped.stderr
+    assert "max-cost" in capped.stdout
+    assert rows(run_dir, "select count(*) from nodes where status != 'evaluating'")[0][0] < 4
+    spent, estimated = rows(run_dir, "select sum(cost), sum(decision like '%\"usage\": \"estimated\"%') from traces where kind = 'llm'")[0]
+    assert spent >= 0.3 and estimated >= 1
+
+
+def test_unreadable_answers_fail_the_candidate_and_the_run_goes_on(tmp_path):
+    """A proxy's HTML page instead of a completion, for longer than --llm-patience: the candidate
+    fails as data (with error traces) and the run reaches its node budget."""
+    run_dir = tmp_path / "run"
+    html = {"raw": b"<html><body>502 Bad Gateway</body></html>", "content_type": "text/html"}
+    with ScriptedServer(Script(faults=[html] * 3)) as server:
+        done = archlab(*llm_args(server, run_dir, 2)[:-1], "1")  # --llm-patience 1
+    assert done.returncode == 0, done.stderr
+    assert "reached --max-nodes 2" in done.stdout
+    status, reason, detail = rows(run_dir, "select status, reason, detail from nodes where id = 1")[0]
+    assert (status, reason) == ("failed", "malformed") and "unreadable answers" in detail
+    assert rows(run_dir, "select count(*) from traces where kind = 'llm' and error like 'Malformed: the answer is not JSON%'")[0][0] >= 2
+
+
+def test_a_refused_request_fails_its_candidate_and_the_run_goes_on(tmp_path):
+    """A 400 for one request (the context is too long) is that candidate's failure, not the endpoint's."""
+    run_dir = tmp_path / "run"
+    too_long = {"status": 400, "message": "This model's maximum context length is 4096 tokens."}
+    with ScriptedServer(Script(faults=[too_long])) as server:
+        done = archlab(*llm_args(server, run_dir, 3))
+    assert done.returncode == 0, done.stderr
+    assert "reached --max-nodes 3" in done.stdout
+    status, reason, detail = rows(run_dir, "select status, reason, detail from nodes where id = 1")[0]
+    assert (status, reason) == ("failed", "malformed") and "maximum context length" in detail
+    assert rows(run_dir, "select status from nodes where id = 2")[0][0] == "done"
+    assert rows(run_dir, "select count(*) from traces where kind = 'llm' and error like 'BadRequestError 400%'")[0][0] == 1
+
+
+def test_a_rejected_key_stops_with_an_error_and_the_echoed_key_is_stored_nowhere(tmp_path):
+    run_dir = tmp_path / "run"
+    faults = [{"status": 500, "message": f"upstream failed for key {API_KEY}"},
+              {"status": 401, "message": f"Invalid API key: Bearer {API_KEY}"}]
+    with ScriptedServer(Script(faults=faults)) as server:
+        done = archlab(*llm_args(server, run_dir, 3))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "error: the LLM endpoint refused the request (AuthenticationError 401: Invalid API key: Bearer [redacted]); " \
+           "check OPENAI_API_KEY" in " ".join(done.stderr.split())
+    assert "retrying" in done.stderr and "Traceback" not in done.stderr
+    assert API_KEY not in done.stdout + done.stderr
+    for name in ("archlab.db", "archlab.db-wal", "checkpoints.db", "checkpoints.db-wal"):
+        path = run_dir / name
+        assert not path.exists() or API_KEY.encode() not in path.read_bytes(), name
+    assert rows(run_dir, "select count(*) from traces where error like '%[redacted]%'")[0][0] == 2
+
+
+def test_a_cut_off_answer_is_said_so_and_sent_back_trimmed(tmp_path):
+    """The first answer rambles to the token limit (60 kB, finish_reason "length"): the re-ask says
+    it was cut off and sends back a bounded excerpt of it. The second answer comes from a reasoning
+    model, only in reasoning_content: it is read as the answer."""
+    run_dir = tmp_path / "run"
+    rambling = "Idea: " + "very long reasoning " * 3000 + "\n```python\n" + ROOT[:500]
+    script = Script(faults=[{"form": "length"}, {"form": "reasoning"}], researcher=[rambling])
+    with ScriptedServer(script) as server:
+        done = archlab(*llm_args(server, run_dir, 2))
+    assert done.returncode == 0, done.stderr
+    said = rows(run_dir, "select response from traces where node_id = 1 and role = 'researcher' and decision like '%format_error%'")
+    assert len(said) == 1 and said[0][0].startswith("Your answer was cut off by the token limit")
+    reask = [e for e in script.log if e["role"] == "researcher"][1]["messages"]
+    assert len(reask) == 4 and reask[3]["content"] == said[0][0]
+    assert len(reask[2]["content"]) < 16_100 and "characters cut" in reask[2]["content"]
+    assert rows(run_dir, "select count(*) from evaluations where node_id = 1")[0][0] >= 1
+
+
+def test_an_engineer_handing_back_the_parent_is_not_a_repair(tmp_path):
+    run_dir = tmp_path / "run"
+    parent_again = f"Restored the working file.\n\n```python\n{ROOT}```\n"
+    with ScriptedServer(Script(researcher=[SHAPE_BUG], engineer=[parent_again] * 6)) as server:
+        done = archlab(*llm_args(server, run_dir, 2))
+    assert done.returncode == 0, done.stderr
+    assert rows(run_dir, "select status, reason from nodes where id = 1")[0] == ("failed", "shape")
+    refused = rows(run_dir, "select decision from traces where role = 'engineer' and decision like '%no_change%'")
+    assert len(refused) == 3
+    attempts = [r[0] for r in rows(run_dir, "select attempt from traces where role = 'engineer' and kind = 'llm' order by id")]
+    assert attempts == [0, 1, 2]  # each format retry its own number

@@ -1,6 +1,7 @@
 """The LLM analyst: explains a result against parent, siblings and root; the text becomes experience."""
 
 from archlab.agents import prompting
+from archlab.agents.llm import CallFailed
 from archlab.agents.roles import Context, Trace
 
 
@@ -11,7 +12,10 @@ class Analyst:
     def analyze(self, ctx: Context, node: dict, result: dict) -> tuple[str, list[Trace]]:
         chat = prompting.messages("analyst", node=node, parent=ctx.parent, root=ctx.root, siblings=ctx.siblings,
                                   result=result, diff=ctx.diff(node))
-        reply = self.client.chat("analyst", ctx.node_id, ctx.attempt, chat)
+        try:
+            reply = self.client.chat("analyst", ctx.node_id, ctx.attempt, chat)
+        except CallFailed as e:  # the node keeps its result; it only goes without an analysis
+            return f"(no analysis: {e})", []
         text = " ".join(reply.text.split()) or "(the analyst returned nothing)"
         return text, []
 

@@ -8,6 +8,7 @@ import json
 import re
 
 from archlab.agents import prompting
+from archlab.agents.llm import CallFailed
 from archlab.agents.roles import Context
 
 JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -19,7 +20,10 @@ class Judge:
 
     def score(self, ctx: Context, node: dict) -> dict | None:
         chat = prompting.messages("judge", node=node, diff=ctx.diff(node))
-        reply = self.client.chat("judge", ctx.node_id, ctx.attempt, chat)
+        try:
+            reply = self.client.chat("judge", ctx.node_id, ctx.attempt, chat)
+        except CallFailed:
+            return None
         match = JSON_OBJECT.search(reply.text)
         try:
             scores = json.loads(match.group(0)) if match else {}

@@ -4,11 +4,19 @@ Every call — the failed tries too — becomes a trace row with the full messag
 tokens, cost and latency. A completed call is never paid for twice: before calling, the
 client looks for a finished trace of the same request for the same node and reuses it, so
 a run killed mid-candidate resumes without repeating what it already got. The API key is
-read from the environment at call time and is never written anywhere.
+read from the environment at call time and is never written anywhere: error messages that
+echo it are redacted before they are stored or printed.
+
+Endpoints differ and some misbehave, so the client reads the raw answer itself: a body that
+is not a chat completion (an HTML page from a proxy, an event stream) is a failed try that is
+retried like a dropped connection; content given as a list of parts, or only as
+`reasoning_content`, is still the answer; missing token counts are estimated so that the
+spend caps keep working.
 """
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -16,13 +24,32 @@ from dataclasses import dataclass
 from archlab import chaos
 from archlab.errors import UserError
 
+# HTTP statuses that say the endpoint as configured is unusable (key, credit, model or URL):
+# no other request will fare better, so the run stops.
+STOP_STATUSES = {401: "check {key}", 402: "check the account's credit", 403: "check {key}",
+                 404: "check the model in --llm and --base-url"}
+# Statuses of a busy or failing server: worth another try after a pause. Any other 4xx refuses
+# this request as it stands (too long for the context, invalid): its candidate fails, the run goes on.
+TRANSIENT_STATUSES = {408, 409, 429}
+CHARS_PER_TOKEN = 4  # the usual rough ratio, to estimate tokens an endpoint does not report
+
 
 class BudgetExceeded(Exception):
     """A money/token cap was reached: the run stops cleanly between steps."""
 
 
 class EndpointDown(Exception):
-    """The endpoint kept failing for longer than the configured patience."""
+    """The endpoint kept failing for longer than the configured patience, or refused our
+    credentials, model or URL: the run stops."""
+
+
+class CallFailed(Exception):
+    """One request failed for good (the endpoint refused it, or kept sending answers that cannot
+    be read): the candidate that made it fails, the run goes on."""
+
+
+class Malformed(Exception):
+    """A 200 answer that is not a readable chat completion."""
 
 
 @dataclass
@@ -34,6 +61,7 @@ class Reply:
     cost: float
     latency_s: float
     cached: bool = False
+    finish_reason: str | None = None  # "length": the token limit cut the answer off
 
 
 def _openai():
@@ -82,65 +110,162 @@ class LLMClient:
             raise BudgetExceeded(f"reached the token cap {self.max_tokens} (used {tokens})")
 
     def chat(self, role: str, node_id: int, attempt: int, messages: list[dict]) -> Reply:
+        """One answer to `messages`. Raises BudgetExceeded or EndpointDown (the run stops) or
+        CallFailed (this request cannot be answered: the caller fails its candidate)."""
         model = self.models[role]
         key = hashlib.sha256(json.dumps([model, messages], sort_keys=True).encode()).hexdigest()
         done = self.store.db.execute(
-            "select response, tokens_in, tokens_out, cost, latency_s from traces "
+            "select response, tokens_in, tokens_out, cost, latency_s, decision from traces "
             "where node_id = ? and role = ? and request_hash = ? and error is null order by id limit 1", [node_id, role, key]
         ).fetchone()
         if done:
-            return Reply(done[0], model, done[1] or 0, done[2] or 0, done[3] or 0.0, done[4] or 0.0, cached=True)
+            finish = json.loads(done[5] or "{}").get("finish_reason")
+            return Reply(done[0], model, done[1] or 0, done[2] or 0, done[3] or 0.0, done[4] or 0.0, cached=True, finish_reason=finish)
         self.check_budget()
         openai = _openai()
-        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
         first_failure, delay = None, self.backoff_s
         while True:
             started = time.monotonic()
+            retry_after, malformed = None, False
             try:
-                response = self.client.chat.completions.create(model=model, messages=messages)
-            except retryable as e:
-                latency = time.monotonic() - started
-                error = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
-                self._trace(role, node_id, attempt, model, messages, None, key, latency=latency, error=error)
-                first_failure = first_failure or time.monotonic()
-                waited = time.monotonic() - first_failure
-                if waited > self.patience_s:
-                    raise EndpointDown(f"the LLM endpoint has failed for {waited:.0f} s (last: {error})") from None
+                answer = _parse(self._post(model, messages))
+            except openai.APIStatusError as e:
+                error = self._redact(_status_error(e))
+                self._trace(role, node_id, attempt, model, messages, None, key, latency=time.monotonic() - started, error=error)
+                if e.status_code in STOP_STATUSES:
+                    hint = STOP_STATUSES[e.status_code].format(key=self.api_key_env)
+                    raise EndpointDown(f"the LLM endpoint refused the request ({error}); {hint}") from None
+                if e.status_code < 500 and e.status_code not in TRANSIENT_STATUSES:
+                    raise CallFailed(f"the LLM endpoint refused this request ({error})") from None
                 retry_after = _retry_after(e)
-                self.on_wait(f"LLM endpoint: {error}; retrying in {retry_after or delay:.1f} s")
-                time.sleep(min(retry_after or delay, max(0.0, self.patience_s - waited) + 0.01))
-                delay = min(delay * 2, 60.0)
-                continue
-            except openai.APIStatusError as e:  # 4xx other than 429: retrying will not help
-                self._trace(role, node_id, attempt, model, messages, None, key, latency=time.monotonic() - started, error=str(e))
-                raise EndpointDown(f"the LLM endpoint refused the request: {e}") from None
-            chaos.point("llm_call")  # the answer arrived but is not yet stored
-            latency = time.monotonic() - started
-            text = response.choices[0].message.content or "" if response.choices else ""
-            usage = response.usage
-            tokens_in = usage.prompt_tokens if usage else 0
-            tokens_out = usage.completion_tokens if usage else 0
-            cost = self._cost(model, tokens_in, tokens_out)
-            self._trace(role, node_id, attempt, model, messages, text, key, tokens_in=tokens_in, tokens_out=tokens_out,
-                        cost=cost, latency=latency)
-            return Reply(text, model, tokens_in, tokens_out, cost, latency)
+            except (openai.APIConnectionError, Malformed) as e:  # APITimeoutError is an APIConnectionError
+                error = self._redact(f"{type(e).__name__}: {getattr(e, 'message', None) or e}")
+                self._trace(role, node_id, attempt, model, messages, None, key, latency=time.monotonic() - started, error=error)
+                malformed = isinstance(e, Malformed)
+            else:
+                chaos.point("llm_call")  # the answer arrived but is not yet stored
+                latency = time.monotonic() - started
+                text, finish, usage = answer
+                text = self._redact(text)
+                tokens_in, tokens_out, estimated = _tokens(usage, messages, text)
+                cost = self._cost(model, tokens_in, tokens_out)
+                decision = {"finish_reason": finish, **({"usage": "estimated"} if estimated else {})}
+                self._trace(role, node_id, attempt, model, messages, text, key, tokens_in=tokens_in, tokens_out=tokens_out,
+                            cost=cost, latency=latency, decision=decision)
+                return Reply(text, model, tokens_in, tokens_out, cost, latency, finish_reason=finish)
+            first_failure = first_failure or time.monotonic()
+            waited = time.monotonic() - first_failure
+            if waited > self.patience_s:
+                if malformed:  # the endpoint answers, just not readably: blame this request, not the run
+                    raise CallFailed(f"the LLM endpoint sent unreadable answers for {waited:.0f} s (last: {error})")
+                raise EndpointDown(f"the LLM endpoint has failed for {waited:.0f} s (last: {error})")
+            pause = retry_after or delay
+            self.on_wait(f"LLM endpoint: {error}; retrying in {pause:.1f} s")
+            time.sleep(min(pause, max(0.0, self.patience_s - waited) + 0.01))
+            delay = min(delay * 2, 60.0)
+
+    def _post(self, model: str, messages: list[dict]) -> bytes:
+        """The raw body of one request, read within an overall deadline of --llm-timeout: the
+        HTTP timeouts bound each read only, so a server trickling bytes could hold a worker for ever."""
+        openai, deadline = _openai(), time.monotonic() + self.timeout_s
+        with self.client.chat.completions.with_streaming_response.create(model=model, messages=messages) as response:
+            request, body = response.http_response.request, bytearray()
+            try:
+                for chunk in response.iter_bytes():
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    body += chunk
+            except TimeoutError:
+                raise openai.APITimeoutError(request=request) from None
+            except Exception as e:  # the HTTP library's errors while reading the body: openai wraps only those before it
+                raise openai.APIConnectionError(message=f"{type(e).__name__}: {e}", request=request) from None
+        return bytes(body)
+
+    def _redact(self, text: str) -> str:
+        """`text` without the API key: endpoints echo it in error messages ("invalid key sk-...")."""
+        secret = os.environ.get(self.api_key_env)
+        return text.replace(secret, "[redacted]") if secret and len(secret) >= 4 else text
 
     def _cost(self, model: str, tokens_in: int, tokens_out: int) -> float:
         price_in, price_out = self.prices.get(model, [0.0, 0.0])
         return (tokens_in * price_in + tokens_out * price_out) / 1e6
 
     def _trace(self, role, node_id, attempt, model, messages, response, key, *, tokens_in=None, tokens_out=None,
-               cost=None, latency=None, error=None) -> None:
+               cost=None, latency=None, error=None, decision=None) -> None:
         prompt = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
         self.store.add_trace(node_id, role, "llm", attempt=attempt, model=model, prompt=prompt, response=response,
-                             decision={"messages": len(messages)}, tokens_in=tokens_in, tokens_out=tokens_out, cost=cost,
-                             latency_s=latency, error=error, request_hash=key)
+                             decision={"messages": len(messages), **(decision or {})}, tokens_in=tokens_in,
+                             tokens_out=tokens_out, cost=cost, latency_s=latency, error=error, request_hash=key)
+
+
+def _parse(body: bytes) -> tuple[str, str | None, dict]:
+    """(text, finish_reason, usage) of a chat completion's body; raises Malformed."""
+    # Invalid UTF-8 is replaced rather than refused: the rest of the answer is still usable.
+    raw = body.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise Malformed(f"the answer is not JSON: {_preview(raw)}") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise Malformed(f"the answer has no choices[0].message: {_preview(raw)}")
+    # Reasoning models (DeepSeek-R1 on vLLM, llama.cpp) may leave `content` empty and answer in `reasoning_content`.
+    text = _text(message.get("content")) or _text(message.get("reasoning_content")) or _text(message.get("reasoning"))
+    usage = data.get("usage")
+    finish = choice.get("finish_reason")
+    return clean(text), finish if isinstance(finish, str) else None, usage if isinstance(usage, dict) else {}
+
+
+def _text(content) -> str:
+    """A message's text: a string, or a list of parts ([{"type": "text", "text": ...}]) joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def clean(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate ("\\ud83d", half an emoji in JSON) cannot be stored in SQLite."""
+    return text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
+
+
+def _tokens(usage: dict, messages: list[dict], text: str) -> tuple[int, int, bool]:
+    """(tokens in, tokens out, estimated?): an endpoint that reports no usage (llama.cpp, some
+    proxies) or nulls must not blind the spend caps, so the counts it leaves out are estimated."""
+    def count(field):
+        value = usage.get(field)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    tokens_in, tokens_out = count("prompt_tokens"), count("completion_tokens")
+    estimated = tokens_in is None or tokens_out is None
+    if tokens_in is None:
+        tokens_in = sum(len(str(m.get("content") or "")) for m in messages) // CHARS_PER_TOKEN
+    if tokens_out is None:
+        tokens_out = len(text) // CHARS_PER_TOKEN
+    return tokens_in, tokens_out, estimated
+
+
+def _preview(text: str, limit: int = 200) -> str:
+    text = " ".join(clean(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _status_error(e) -> str:
+    """`RateLimitError 429: message` from an HTTP error, with the endpoint's own message when it gave one."""
+    body = e.body
+    message = body.get("message") if isinstance(body, dict) else body if isinstance(body, str) else None
+    return f"{type(e).__name__} {e.status_code}: {_preview(str(message or e.message), 500)}"
 
 
 def _retry_after(e: Exception) -> float | None:
+    """The server's Retry-After in seconds, within [0, 60]; None when absent or unreadable (an HTTP date, "nan")."""
     response = getattr(e, "response", None)
     value = response.headers.get("retry-after") if response is not None else None
     try:
-        return min(float(value), 60.0) if value else None
+        seconds = float(value) if value else None
     except ValueError:
         return None
+    return min(max(seconds, 0.0), 60.0) if seconds is not None and math.isfinite(seconds) else None

@@ -24,9 +24,13 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, " ".join(a.split()), " ".join(b.split()), autojunk=False).ratio()
 
 
+def unchanged(code: str, parent_code: str) -> bool:
+    return code.strip() == parent_code.strip()
+
+
 def too_similar(motivation: str, code: str, parent_code: str, known: list[tuple[int, str]], threshold: float) -> tuple[int, float] | None:
     """(node id, similarity) of the closest known change above the threshold, else None."""
-    if code.strip() == parent_code.strip():
+    if unchanged(code, parent_code):
         return (-1, 1.0)  # no change at all
     text = change_text(motivation, code, parent_code)
     scored = [(node_id, similarity(text, other)) for node_id, other in known]

@@ -16,6 +16,13 @@ OPEN_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n", re.DOTALL)
 EDIT = re.compile(r"<{5,}\s*SEARCH\s*\n(.*?)\n?={5,}\s*\n(.*?)\n?>{5,}\s*REPLACE", re.DOTALL)
 
 
+# A previous answer sent back with a re-ask keeps this many characters, its start and its end:
+# a model rambling to its token limit can write 60 kB, and sending all of it back could overflow
+# the context (the endpoint then refuses the re-ask). Candidate files are well under this.
+REASK_CHARS = 16_000
+CUT_OFF = "Your answer was cut off by the token limit before it was complete: keep the prose short. "
+
+
 class FormatError(ValueError):
     def __init__(self, reason: str, feedback: str):
         super().__init__(feedback)
@@ -42,6 +49,19 @@ def parse_answer(text: str, parent_code: str | None) -> tuple[str, str]:
         raise FormatError("no_motivation", "Explain the motivation for the change in a few sentences of prose, outside the code block.")
     validate_code(code)
     return motivation, code.strip() + "\n"
+
+
+def feedback(error: FormatError, finish_reason: str | None) -> str:
+    """What to tell the model about a rejected answer; an answer the token limit cut off says so first."""
+    return CUT_OFF + error.feedback if finish_reason == "length" else error.feedback
+
+
+def reask(chat: list[dict], answer: str, said: str) -> list[dict]:
+    """The conversation with the rejected answer (a huge one cut to its ends) and the feedback on it."""
+    if len(answer) > REASK_CHARS:
+        half = REASK_CHARS // 2
+        answer = f"{answer[:half]}\n[... {len(answer) - 2 * half} characters cut ...]\n{answer[-half:]}"
+    return chat + [{"role": "assistant", "content": answer}, {"role": "user", "content": said}]
 
 
 def apply_edits(code: str, edits: list[tuple[str, str]]) -> str:

@@ -1,7 +1,8 @@
 """The LLM researcher: reads the parent, references, knowledge and experience; proposes a change."""
 
 from archlab.agents import novelty, prompting
-from archlab.agents.parsing import FormatError, parse_answer
+from archlab.agents.llm import CallFailed
+from archlab.agents.parsing import FormatError, feedback, parse_answer, reask
 from archlab.agents.roles import Context, Proposal, Trace
 from archlab.knowledge import KnowledgeIndex
 
@@ -26,7 +27,11 @@ class Researcher:
                         decision={"query": query, "knowledge": used})]
         error = None
         for attempt in range(self.retries + 1):
-            reply = self.client.chat("researcher", ctx.node_id, attempt, chat)
+            try:
+                reply = self.client.chat("researcher", ctx.node_id, attempt, chat)
+            except CallFailed as e:  # refused or unreadable: this candidate fails, the run goes on
+                return Proposal(motivation=f"(no proposal: {e})", operator="llm", knowledge=used,
+                                failure={"reason": "malformed", "detail": f"llm_error: {e}"}), traces
             try:
                 motivation, code = parse_answer(reply.text, ctx.parent_code)
                 similar = novelty.too_similar(motivation, code, ctx.parent_code, ctx.known, self.novelty_threshold)
@@ -36,7 +41,8 @@ class Researcher:
                 return Proposal(motivation=motivation, code=code, operator="llm", knowledge=used), traces
             except FormatError as e:
                 error = e
-                traces.append(Trace(role="researcher", response=e.feedback, decision={"format_error": e.reason, "attempt": attempt}))
-                chat = chat + [{"role": "assistant", "content": reply.text}, {"role": "user", "content": e.feedback}]
+                said = feedback(e, reply.finish_reason)
+                traces.append(Trace(role="researcher", response=said, decision={"format_error": e.reason, "attempt": attempt}))
+                chat = reask(chat, reply.text, said)
         return Proposal(motivation=f"(no valid proposal: {error.feedback})", operator="llm", knowledge=used,
                         failure={"reason": "malformed", "detail": f"{error.reason}: {error.feedback}"}), traces
