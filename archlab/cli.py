@@ -16,7 +16,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
-from archlab.config import CONFIG_FILE, RunConfig
+from archlab.config import CONFIG_FILE, MAX_SEED, MAX_THREADS, RunConfig
 from archlab.errors import UserError
 from archlab.knowledge.cli import app as knowledge_app
 from archlab.sandbox.tiers import TIERS
@@ -42,7 +42,7 @@ RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_t
 def run(
     run_dir: Path = RunDir,
     max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="stop at this many nodes, root included (default: 12)"),
-    hours: Optional[float] = typer.Option(None, "--hours", min=0.0, help="stop after this many hours of run time"),
+    hours: Optional[float] = typer.Option(None, "--hours", help="stop after this many hours of run time (> 0)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for selection, mutations and training (default: 0)"),
     data: Optional[Path] = typer.Option(None, "--data", help="a text file or folder to train on (default: built-in Python docs/sources)"),
     root: Optional[str] = typer.Option(None, "--root", help="deltanet | gated_deltanet | deltanet_ablated | transformer | FILE"),
@@ -67,8 +67,8 @@ def run(
     executor: Optional[str] = typer.Option(None, "--executor", help="local (slots on this machine) | ray (one Ray task per evaluation) (default: local)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto | HOST:PORT (default: start a private local Ray instance)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (one slot per GPU when there are GPUs) (default: auto)"),
-    cpu_hours: Optional[float] = typer.Option(None, "--cpu-hours", min=0.0, help="stop when evaluations have used this many CPU-hours"),
-    gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", min=0.0, help="stop when evaluations have used this many GPU-hours"),
+    cpu_hours: Optional[float] = typer.Option(None, "--cpu-hours", help="stop when evaluations have used this many CPU-hours (> 0)"),
+    gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", help="stop when evaluations have used this many GPU-hours (> 0)"),
     promote: Optional[float] = typer.Option(None, "--promote", min=0.0, max=1.0, help="fraction of finished candidates re-evaluated at --promote-tier with several seeds (default: 0.25 at the explore tier, else 0)"),
     promote_tier: Optional[str] = typer.Option(None, "--promote-tier", help="smoke | explore | verify: the tier of promoted nodes (default: verify)"),
     promote_seeds: Optional[int] = typer.Option(None, "--promote-seeds", min=1, help="seeds per promoted node (default: 3)"),
@@ -134,6 +134,9 @@ def run(
         from archlab.agents.graph import root_source
 
         root_source(config.root)  # fail before creating anything when the root is wrong
+        from archlab.agents.brains import check_brain_options
+
+        check_brain_options(config)  # and when --llm or --knowledge is: archlab.toml would keep them
         Run.create(run_dir, config)
         lock = hold_driver_lock(run_dir)  # noqa: F841  (held open, so locked, until this process ends)
         console.print(f"Started [bold]{run_dir}[/] from root [bold]{config.root}[/] ({config.tier} tier, {config.strategy} selection)")
@@ -168,6 +171,9 @@ def run(
             # so leave now instead of waiting for an LLM call in a worker thread to time out.
             os._exit(130)
     console.print(f"Stopped: {why}. See [bold]archlab tree {run_dir}[/] and [bold]archlab status {run_dir}[/].")
+    if session.endpoint_down:  # not a budget reached: scripts must see the failure
+        err.print(f"error: {session.endpoint_down}; fix it and run `archlab run {run_dir}` to resume", markup=False, highlight=False)
+        sys.exit(1)
 
 
 @app.command()
@@ -175,7 +181,7 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
     """Progress of a run: nodes, failures, the best node, time spent."""
     from archlab.tree.report import run_status
 
-    facts = run_status(_store(run_dir), RunConfig.load(run_dir))
+    facts = run_status(_store(run_dir, reading=True), RunConfig.load(run_dir))
     if as_json:
         print(json.dumps(facts, indent=2))
         return
@@ -221,7 +227,7 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
 @app.command()
 def tree(run_dir: Path = RunDir, limit: int = typer.Option(500, help="show at most this many nodes")) -> None:
     """The search tree in the terminal, with fitness per node (green: beats its parent)."""
-    store = _store(run_dir)
+    store = _store(run_dir, reading=True)
     nodes = store.nodes(limit=limit)
     if not nodes:
         console.print("the run has no nodes yet")
@@ -244,7 +250,7 @@ def show(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
     """One node: motivation, diff against its parent, metrics beside parent and root, analysis."""
     from archlab.tree.report import node_report
 
-    facts = node_report(run_dir, _store(run_dir), node)
+    facts = node_report(run_dir, _store(run_dir, reading=True), node)
     if as_json:
         print(json.dumps(facts, indent=2))
         return
@@ -277,7 +283,7 @@ def show(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
 def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, help="only this node's traces"),
            as_json: bool = typer.Option(False, "--json", help="print a JSON list with every field")) -> None:
     """Every decision and LLM call that produced the tree (or one node), in order."""
-    store = _store(run_dir)
+    store = _store(run_dir, reading=True)
     if node is not None:
         store.node(node)  # a clear error for an unknown node
     rows = store.traces(node)
@@ -355,6 +361,7 @@ def _tier_overrides(tier: str, items: list[str], flag: str = "--set") -> dict:
 def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str | None, **options) -> None:
     from archlab.sandbox import runner
 
+    _bounds(threads=options.get("threads"), seed=seed)
     if not file.is_file():
         raise UserError(f"{file}: no such file")
     try:
@@ -388,11 +395,14 @@ def doctor(run_dir: Optional[Path] = typer.Argument(None, help="a run directory 
     """
     from archlab.sandbox import protections
 
+    if run_dir is not None and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    if run_dir is not None and not (run_dir / CONFIG_FILE).is_file():  # what every other command says of such a folder
+        raise UserError(f"{run_dir} is not an archlab run (no {CONFIG_FILE})")
     facts = {"sandbox": protections.report_json(refresh=True)}
     if run_dir is not None:
         from archlab.tree.doctor import check
 
-        _store(run_dir)
         facts["run"] = check(run_dir, repair=repair).as_json()
     if as_json:
         print(json.dumps(facts, indent=2))
@@ -408,7 +418,8 @@ def doctor(run_dir: Optional[Path] = typer.Argument(None, help="a run directory 
             for f in run["findings"]:
                 mark = "[green]repaired[/]" if f["repaired"] else "[red]error[/]" if f["severity"] == "error" else "[yellow]warning[/]"
                 console.print(f"  {mark} {f['what']}", highlight=False)
-            console.print("[green]consistent[/]" if run["ok"] else "[red]problems remain[/] (try --repair)")
+            hint = "" if repair or not run["repairable"] else " (try --repair)"  # no advice that cannot help
+            console.print("[green]consistent[/]" if run["ok"] else f"[red]problems remain[/]{hint}")
     if "run" in facts and not facts["run"]["ok"]:
         raise typer.Exit(1)
 
@@ -448,6 +459,7 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
     """
     from archlab.tree.replay import replay as replay_nodes, table
 
+    _bounds(threads=threads)
     _store(run_dir)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=as_json)
@@ -492,6 +504,7 @@ def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
     """Start a new run whose root is NODE of RUN (its code, design, evaluations and traces, with a link back)."""
     from archlab.tree.replay import fork as fork_node
 
+    _bounds(seed=seed)
     _store(run_dir)
     facts = fork_node(run_dir, node, new_run, tier=tier, seed=seed, strategy=strategy, max_nodes=max_nodes)
     if as_json:
@@ -517,6 +530,7 @@ def export(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
     """Write a Hugging Face transformers model directory for NODE (loads with trust_remote_code=True)."""
     from archlab.export.hf import export as export_node
 
+    _bounds(threads=threads, seed=seed)
     _store(run_dir)
     if as_json:
         facts = export_node(run_dir, node, out_dir, tier=tier, seed=seed, threads=threads, force=force)
@@ -545,12 +559,25 @@ def report(run_dir: Path = RunDir,
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def _store(run_dir: Path):
-    from archlab.tree.store import Store
+def _store(run_dir: Path, reading: bool = False):
+    """The run's Store; `reading`: a command that only reads, which also works on a run this user cannot write."""
+    from archlab.tree.store import Store, writable
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
+    if reading and (run_dir / "archlab.db").is_file() and not writable(run_dir):
+        from archlab.web.data import ReadOnlyStore
+
+        return ReadOnlyStore(run_dir)
     return Store(run_dir)
+
+
+def _bounds(threads: int | None = None, seed: int | None = None) -> None:
+    """The limits RunConfig puts on a run's --threads and --seed, for the commands without a RunConfig."""
+    if threads is not None and threads > MAX_THREADS:
+        raise UserError(f"--threads {threads}: at most {MAX_THREADS} threads per evaluation")
+    if seed is not None and not 0 <= seed < MAX_SEED:
+        raise UserError(f"--seed {seed}: choose a seed from 0 to {MAX_SEED - 1}")
 
 
 def _count(run_dir: Path) -> int:
@@ -601,11 +628,36 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+# RunConfig fields whose command-line option has another name
+OPTION_NAMES = {"max_cpu_hours": "cpu_hours", "max_gpu_hours": "gpu_hours", "llm_timeout_s": "llm_timeout",
+                "llm_patience_s": "llm_patience", "tier_overrides": "tier_set", "promote_overrides": "promote_set"}
+
+
 def _validation_message(e: Exception) -> str:
     errors = getattr(e, "errors", None)
     if errors:
         first = errors()[0]
-        return f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}"
+        loc = [OPTION_NAMES.get(str(part), str(part)) for part in first["loc"]]
+        return f"--{'-'.join(loc).replace('_', '-')}: {first['msg']}"
+    return str(e)
+
+
+def _os_error(e: OSError) -> str:
+    """One line per kind of OSError: only a full disk is fixed by freeing space and retrying."""
+    import git
+
+    where = f": {e.filename}" if e.filename else ""
+    if isinstance(e, git.exc.NoSuchPathError):
+        return (f"the run's git repository {e} is missing; `archlab doctor RUN_DIR --repair` rebuilds it "
+                f"from the database's copy of every node's code")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({e.strerror}{where}); nothing stored so far is lost: free space and run the command again"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where} ({e.strerror})"
+    if e.errno == errno.EISDIR:
+        return f"{e.filename or 'the path'} is a directory, not a file"
+    if e.errno == errno.ENOENT:
+        return f"no such file or directory{where}"
     return str(e)
 
 
@@ -615,17 +667,20 @@ def main() -> None:
         app()
     except UserError as e:
         err.print(f"error: {e}", markup=False, highlight=False)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
     except OSError as e:
-        what = f"the disk is full ({e.strerror}{': ' + str(e.filename) if e.filename else ''})" if e.errno == errno.ENOSPC else str(e)
-        err.print(f"error: {what}; nothing stored so far is lost: free space and run the command again", markup=False, highlight=False)
+        err.print(f"error: {_os_error(e)}", markup=False, highlight=False)
         sys.exit(1)
     except sqlite3.OperationalError as e:
         hint = "free disk space" if "full" in str(e) else "is another archlab process writing this run?"
         err.print(f"error: database: {e} ({hint}); nothing stored so far is lost", markup=False, highlight=False)
+        sys.exit(1)
+    except sqlite3.DatabaseError as e:  # a damaged file, not a bug of ours: say so, and where recovery starts
+        err.print(f"error: a database of the run is damaged ({e}); nothing was changed: "
+                  f"`archlab doctor RUN_DIR` says how to recover it", markup=False, highlight=False)
         sys.exit(1)
     except Exception as e:  # a bug of ours: still one line, the traceback on request
         if os.environ.get("ARCHLAB_DEBUG"):

@@ -11,6 +11,10 @@ from pydantic_core import PydanticCustomError
 from archlab.errors import UserError
 
 CONFIG_FILE = "archlab.toml"
+# A sandbox may hold 256 tasks (protections.DEFAULT_NPROC) and torch starts pools of threads on
+# top of the evaluation's: 100000 threads made every candidate fail, and stuck in archlab.toml.
+MAX_THREADS = 64
+MAX_SEED = 2**32  # seeds are 0 .. 2**32-1: runs add small offsets, and SQLite and torch take 64-bit ones
 
 
 class RunConfig(BaseModel):
@@ -23,7 +27,7 @@ class RunConfig(BaseModel):
     tier_overrides: dict = Field({}, description="tier fields changed for every search evaluation, e.g. {d_model = 512, steps = 600}")
     max_nodes: int = Field(12, ge=1, description="stop after this many nodes (the root included)")
     hours: float | None = Field(None, gt=0, description="stop after this many hours of wall time")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
     data: str | None = Field(None, description="text file or folder; None = the built-in corpus")
     param_ratio: float = Field(1.2, gt=0, description="mixer parameter budget relative to the root")
     allow_quadratic: bool = Field(False, description="accept mixers whose cost grows faster than linearly with length")
@@ -32,7 +36,7 @@ class RunConfig(BaseModel):
     implausible_gain: float = Field(0.25, gt=0, description="a val_loss this far below the root's is rechecked and flagged")
     speed_weight: float = Field(0.05, ge=0, description="fitness penalty per unit of log slowdown vs the root")
     workers: int = Field(1, ge=1, description="candidates evaluated at once (each in its own sandbox)")
-    threads: int | None = Field(None, ge=1, description="CPU threads per evaluation (default: all, up to 4)")
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="CPU threads per evaluation (default: all, up to 4)")
     knowledge: list[str] = Field([], description="folders of the user's own knowledge entries")
     repair_attempts: int = Field(2, ge=0, description="engineer repairs per failed candidate")
     # LLM backends (any OpenAI-compatible endpoint); the key is read from api_key_env, never stored.

@@ -306,14 +306,14 @@ def test_cli_show_and_tables():
 
 def test_cli_errors_are_one_line(tmp_path):
     r = runner.invoke(app, ["show", "no-such-entry"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # a usage error, as everywhere in archlab
     assert len(r.stderr.strip().splitlines()) == 1 and "no-such-entry" in r.stderr
     assert "Traceback" not in r.output
     (tmp_path / "broken.md").write_text("oops")
     r = runner.invoke(app, ["list", "--knowledge", str(tmp_path)])
-    assert r.exit_code == 1 and "broken.md" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.exit_code == 2 and "broken.md" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = runner.invoke(app, ["search", "x", "--knowledge", str(tmp_path / "missing")])
-    assert r.exit_code == 1 and "does not exist" in r.stderr
+    assert r.exit_code == 2 and "does not exist" in r.stderr
 
 
 def test_cli_user_dir(tmp_path):

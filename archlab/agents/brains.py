@@ -31,16 +31,34 @@ class LLMBrain:
         self.judge = Judge(client) if config.judge_weight > 0 else None
 
 
-def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_wait=None):
+def check_brain_options(config: RunConfig) -> None:
+    """Refuse a bad --llm or --knowledge before a run directory is created: once its config is
+    frozen into archlab.toml, no resume could ever start it."""
+    _model(config)
+    _knowledge(config, [], embeddings=False)  # parses every entry; the search index itself is built later
+
+
+def _model(config: RunConfig) -> str | None:
+    if config.llm == "offline":
+        return None
+    provider, _, model = config.llm.partition(":")
+    if provider != "openai" or not model.strip():
+        raise UserError(f"--llm {config.llm!r}: use 'offline' or 'openai:MODEL' (any OpenAI-compatible endpoint, with --base-url)")
+    return model
+
+
+def _knowledge(config: RunConfig, experiences: list[tuple[str, str]], embeddings: bool | None = None) -> KnowledgeIndex:
     try:
-        knowledge = KnowledgeIndex.load([Path(k) for k in config.knowledge], experiences)
+        return KnowledgeIndex.load([Path(k) for k in config.knowledge], experiences, embeddings=embeddings)
     except KnowledgeError as e:
         raise UserError(str(e)) from None
-    if config.llm == "offline":
+
+
+def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_wait=None):
+    knowledge = _knowledge(config, experiences)
+    model = _model(config)
+    if model is None:
         return OfflineBrain(knowledge, guided=config.strategy not in BASELINE_STRATEGIES)
-    provider, _, model = config.llm.partition(":")
-    if provider != "openai" or not model:
-        raise UserError(f"--llm {config.llm!r}: use 'offline' or 'openai:MODEL' (any OpenAI-compatible endpoint, with --base-url)")
     models = {"researcher": config.researcher_model or model, "engineer": config.engineer_model or model,
               "analyst": config.analyst_model or model, "judge": config.analyst_model or model}
     client = LLMClient(store, base_url=config.base_url, api_key_env=config.api_key_env, models=models, prices=config.prices,

@@ -78,6 +78,7 @@ class Run:
         self._reserved: set[int] = set()  # node ids held by candidates in flight
         self._claimed: set[str] = set()  # designs chosen by candidates in flight
         self.executor = executor  # None: run() makes the one the config asks for, and shuts it down at the end
+        self.endpoint_down: str | None = None  # why the LLM endpoint stopped the run (the CLI then exits 1)
         plan = promotion.plan_of(config)
         self.promoter = promotion.Promoter(self.store, plan, config.speed_weight) if plan else None
 
@@ -174,6 +175,8 @@ class Run:
                     state = future.result()
                 except (BudgetExceeded, EndpointDown) as e:
                     self.store.event("stop", str(e))
+                    if isinstance(e, EndpointDown):  # a failure, unlike a budget reached
+                        self.endpoint_down = self.endpoint_down or str(e)
                     why = why or str(e)  # the candidate stays checkpointed: resuming continues it
                     halt = halt or str(e)
                     continue
@@ -259,10 +262,16 @@ class Run:
             self.store.add_node(id=0, parent_id=None, status="evaluating", operator="root", commit_sha=sha,
                                 motivation=f"the root design: {self.config.root}", design=design)
         self.store.save_code(0, code)
-        result = self._evaluate(0, code, attempt=0, root=True)
+        root = self.store.node(0)
+        # A root rejected for its data or its tier settings was not at fault: once the user fixed the
+        # cause, resuming evaluates it again (a new attempt) instead of reusing the stored failure.
+        retry = root["status"] == "failed" and root["reason"] in ROOT_RETRY_REASONS
+        result = self._evaluate(0, code, attempt=(root["attempts"] or 0) if retry else 0, root=True)
         if not result.ok:
             self.store.update_node(0, status="failed", reason=result.reason, detail=result.detail, finished=time.time())
-            raise UserError(f"the root candidate was rejected ({result.reason}): {result.detail}")
+            hint = ("; fix the cause and run the same command again: the root is then evaluated again"
+                    if result.reason in ROOT_RETRY_REASONS else "")
+            raise UserError(f"the root candidate was rejected ({result.reason}): {result.detail}{hint}")
         self.store.update_node(0, status="done", fitness=0.0, val_loss=result.metrics["val_loss"], metrics=result.metrics,
                                analysis="The root: every fitness in this run is relative to it.", finished=time.time(),
                                **self._search_figures(0.0))
@@ -530,6 +539,9 @@ def experiences(store: Store) -> list[tuple[str, str]]:
     return [(f"node-{r[0]}", r[1]) for r in store.db.execute("select id, analysis from nodes where analysis is not null")]
 
 
+ROOT_RETRY_REASONS = ("data", "config")  # a root's failures that the run's settings caused, not its code
+
+
 def root_source(root: str) -> tuple[str, dict | None]:
     """The code of a root (a built-in name or a file) and its Design when it is templated."""
     if root in ROOTS:
@@ -537,4 +549,7 @@ def root_source(root: str) -> tuple[str, dict | None]:
     path = Path(root)
     if not path.is_file():
         raise UserError(f"--root {root!r} is neither a built-in root ({', '.join(ROOTS)}) nor a file")
-    return path.read_text(encoding="utf-8"), None
+    try:
+        return path.read_text(encoding="utf-8"), None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--root {root}: cannot read it as UTF-8 text ({e})") from None

@@ -34,9 +34,9 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document in
 
 
 def _fail(message: str) -> NoReturn:
-    # One clear line on stderr and exit status 1: a user mistake is not a traceback.
+    # One clear line on stderr and exit status 2, like every other archlab usage error: not a traceback.
     print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(1)
+    raise typer.Exit(2)
 
 
 def _entries(dirs: list[Path] | None) -> list[Entry]:

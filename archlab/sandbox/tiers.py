@@ -13,9 +13,14 @@ long the sandbox waits. A run's config can override any field for its own evalua
 | verify  | d128, seq 256             | 1000 steps, lr 1e-3        | everything, 3 seeds (mean +- std)             |
 """
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Bounds on every field, so a run's --tier-set or eval's --set is refused as a usage error instead of
+# failing (or passing) in the sandbox: a sequence needs 2 positions (one input, one target).
+Positive = Annotated[int, Field(ge=1)]
+Length = Annotated[int, Field(ge=2)]
 
 
 class Probes(BaseModel):
@@ -28,42 +33,42 @@ class Probes(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    d_model: int = 64
-    n_layers: int = 2
-    seq_len: int = 32
-    batch_size: int = 32
-    steps: int = 600
-    lr: float = 3e-3
-    pairs: tuple[int, ...] = (2, 4, 8)  # MQAR difficulty levels, each reported as mqar_acc_p{n}
-    keys: int = 16  # key and value vocabulary sizes: small, so a short budget can learn the task
-    values: int = 16
-    copy_tokens: int = 8  # selective copying: symbols to copy, scattered over seq_len - copy_tokens - 1 noise
-    eval_examples: int = 256
+    d_model: Positive = 64
+    n_layers: Positive = 2
+    seq_len: Length = 32
+    batch_size: Positive = 32
+    steps: Positive = 600
+    lr: float = Field(3e-3, gt=0, allow_inf_nan=False)
+    pairs: tuple[Positive, ...] = Field((2, 4, 8), min_length=1)  # MQAR difficulty levels, each reported as mqar_acc_p{n}
+    keys: Positive = 16  # key and value vocabulary sizes: small, so a short budget can learn the task
+    values: Positive = 16
+    copy_tokens: Positive = 8  # selective copying: symbols to copy, scattered over seq_len - copy_tokens - 1 noise
+    eval_examples: Positive = 256
 
 
 class Tier(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    d_model: int = 128
-    n_heads: int = 4
-    n_layers: int = 2
-    seq_len: int = 256
-    batch_size: int = 16
-    steps: int = 0  # 0 = no training (the check tier)
-    lr: float = 2e-3
-    warmup: int = 10
-    val_windows: int = 64
-    timeout_s: int = 300  # for all the tier's processes together, per seed
-    seeds: int = 1  # how many seeds a result at this tier deserves (`archlab eval` runs them; metrics are means, *_std beside)
+    d_model: Positive = 128
+    n_heads: Positive = 4
+    n_layers: Positive = 2
+    seq_len: Length = 256
+    batch_size: Positive = 16
+    steps: int = Field(0, ge=0)  # 0 = no training (the check tier); resolve() keeps a training tier training
+    lr: float = Field(2e-3, gt=0, allow_inf_nan=False)
+    warmup: int = Field(10, ge=0)
+    val_windows: Positive = 64
+    timeout_s: Positive = 300  # for all the tier's processes together, per seed
+    seeds: Positive = 1  # how many seeds a result at this tier deserves (`archlab eval` runs them; metrics are means, *_std beside)
     # checks (every tier runs them before training)
-    causality_length: int = 150
-    complexity_lengths: tuple[int, int] = (256, 1024)
+    causality_length: Length = 150
+    complexity_lengths: tuple[Length, Length] = (256, 1024)
     # what is measured beyond validation loss and training throughput
     hardware: bool = False  # latency, peak memory, state bytes, FLOPs/token, int8 quantisation loss
     extrapolation: bool = False  # loss at 2x the training length
     probes: Probes | None = None
-    recheck_batches: int = 2  # validation batches re-scored with the future perturbed (model-level causality)
+    recheck_batches: int = Field(2, ge=0)  # validation batches re-scored with the future perturbed (model-level causality)
 
 
 TIERS: dict[str, Tier] = {
@@ -102,10 +107,14 @@ def resolve(tier: "str | Tier", overrides: dict[str, Any] | None = None) -> Tier
         else:
             data[key] = value
     try:
-        return Tier.model_validate(data)
+        resolved = Tier.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         raise TierError(f"tier override {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if tier.steps > 0 and resolved.steps == 0:  # nothing trained means no val_loss to rank by
+        raise TierError(f"tier override steps: the {tier.name} tier trains, so it needs at least 1 step "
+                        "(`archlab check` runs the checks without training)")
+    return resolved
 
 
 def describe(tier: Tier) -> dict:

@@ -4,8 +4,9 @@
 without losing data: orphan commits (a tag whose row was never written) are removed, nodes
 left "evaluating" with no checkpoint to resume are marked failed ("interrupted"), stale
 open-thread markers are dropped, a node's damaged git blob/tree is rewritten from the
-database's copy of its code (and missing copies are taken from git). Everything else is
-reported for a person to look at.
+database's copy of its code (and missing copies are taken from git), a deleted git repository
+is rebuilt from those copies. Everything else is reported for a person to look at: a damaged
+database with how to recover it, since no guess at its rows could be trusted.
 """
 
 import sqlite3
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import git
 
+from archlab.config import RunConfig
+from archlab.errors import UserError
 from archlab.tree.lineage import DamagedObject, Lineage
-from archlab.tree.store import Store
+from archlab.tree.store import DB_FILE, DamagedStore, Store, writable
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Finding:
 class Report:
     findings: list[Finding] = field(default_factory=list)
     checked: dict = field(default_factory=dict)
+    repairable: bool = True  # False: --repair cannot help (a damaged database needs a person)
 
     def add(self, severity: str, what: str, repaired: bool = False) -> None:
         self.findings.append(Finding(severity, what, repaired))
@@ -39,21 +43,56 @@ class Report:
         return not any(f.severity == "error" and not f.repaired for f in self.findings)
 
     def as_json(self) -> dict:
-        return {"ok": self.ok, "checked": self.checked, "findings": [f.__dict__ for f in self.findings]}
+        return {"ok": self.ok, "checked": self.checked, "findings": [f.__dict__ for f in self.findings],
+                "repairable": self.repairable}
+
+
+# What to do with a damaged archlab.db: nothing here rewrites it, since a wrong guess would lose rows.
+DAMAGED_DB = ("copy the run directory aside, then restore archlab.db from a backup, or salvage its readable rows with "
+              "`sqlite3 archlab.db .recover | sqlite3 recovered.db` and put recovered.db in its place "
+              "(every node's code is also in the run's git repository, tags node-N)")
 
 
 def check(run_dir: Path, repair: bool = False) -> Report:
     report = Report()
-    store = Store(run_dir)
+    if not (Path(run_dir) / DB_FILE).is_file():
+        raise UserError(f"{run_dir} is not an archlab run (no {DB_FILE})")
+    try:
+        _check(Path(run_dir), repair, report)
+    except (DamagedStore, sqlite3.DatabaseError) as e:
+        report.add("error", f"the database is damaged ({e.args[0] if e.args else e}): {DAMAGED_DB}")
+        report.repairable = False
+    return report
+
+
+def _check(run_dir: Path, repair: bool, report: Report) -> None:
+    try:
+        RunConfig.load(run_dir)
+    except UserError as e:  # the other checks do not need it: report it beside them
+        report.add("error", str(e))
+    if repair or writable(run_dir):
+        store = Store(run_dir)
+    else:  # another user's run, or one made read-only: check it without writing
+        from archlab.web.data import ReadOnlyStore
+
+        store = ReadOnlyStore(run_dir)
     integrity = store.db.execute("pragma integrity_check").fetchone()[0]
     if integrity != "ok":
-        report.add("error", f"SQLite integrity check: {integrity}")
+        report.add("error", f"SQLite integrity check: {integrity}; {DAMAGED_DB}")
+        report.repairable = False
+    if not (run_dir / "repo" / ".git").exists():
+        if not repair:
+            report.add("error", "the git repository (repo/) is missing; --repair rebuilds it from the database's copy of the code")
+            return
+        if not _rebuild_repo(run_dir, store, report):
+            return
     try:
-        lineage = Lineage(Path(run_dir) / "repo")
+        lineage = Lineage(run_dir / "repo")
         tags = lineage.node_tags()
     except (git.exc.GitError, ValueError, OSError) as e:
-        report.add("error", f"the git repository cannot be read: {e}")
-        return report
+        report.add("error", f"the git repository cannot be read: {e}; restore repo/ from a backup, "
+                            f"or move it aside and run `archlab doctor {run_dir} --repair` to rebuild it from the database")
+        return
     nodes = store.nodes()
     report.checked.update(nodes=len(nodes), commits=len(tags))
     by_id = {n["id"]: n for n in nodes}
@@ -72,7 +111,28 @@ def check(run_dir: Path, repair: bool = False) -> Report:
         lines = [line.strip().removeprefix("stderr:").strip(" '") for line in (e.stderr or str(e)).splitlines()]
         problems = [line for line in lines if line and not line.startswith("notice:")]
         report.add("error", f"git fsck: {problems[0] if problems else 'failed'}")
-    return report
+
+
+def _rebuild_repo(run_dir: Path, store: Store, report: Report) -> bool:
+    """A new git repository with one commit per node, written from the database's copy of the code.
+    The commits are new (new hashes, recorded in the rows); code, parents and tags are as before."""
+    nodes = store.nodes()  # by id: a parent's id is always below its children's
+    uncopied = [n["id"] for n in nodes if store.code_copy(n["id"]) is None]
+    if uncopied:
+        report.add("error", f"the git repository (repo/) is missing and the database has no copy of node {uncopied[0]}'s code "
+                            f"(a run from an older archlab): restore repo/ from a backup")
+        return False
+    lineage = Lineage(run_dir / "repo", create=True)
+    shas: dict[int, str] = {}
+    for n in nodes:
+        parent = n["parent_id"]
+        message = (f"node {n['id']}: {n['operator'] or 'proposal'}" + (f" (from node {parent})" if parent is not None else "")
+                   + f"\n\n{n['motivation'] or ''}\n\nRebuilt by archlab doctor --repair from the database's copy of the code.")
+        shas[n["id"]] = lineage.commit(n["id"], store.code_copy(n["id"]), message, shas.get(parent))
+        store.update_node(n["id"], commit_sha=shas[n["id"]])
+    lineage.repo.close()
+    report.add("error", f"the git repository (repo/) was missing: rebuilt with {len(shas)} commit(s) from the database", repaired=True)
+    return True
 
 
 def _check_code(store: Store, nodes: list[dict], tags: dict, lineage: Lineage, repair: bool, report: Report) -> None:

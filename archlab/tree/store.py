@@ -5,6 +5,7 @@ never block it. JSON columns hold metrics, designs and decisions.
 """
 
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -49,6 +50,20 @@ THREADS_SQL = "coalesce(json_extract(env, '$.executor.threads'), json_extract(en
 GPUS_SQL = "coalesce(json_extract(env, '$.executor.gpus'), case when json_extract(env, '$.device') = 'cuda' then 1 else 0 end)"
 
 
+def writable(run_dir: Path) -> bool:
+    """Whether this user may write the run's database (and the folder where SQLite keeps its WAL files)."""
+    return os.access(run_dir, os.W_OK) and os.access(Path(run_dir) / DB_FILE, os.W_OK)
+
+
+class DamagedStore(UserError):
+    """The database file is there but SQLite cannot read it (truncated, overwritten, corrupted)."""
+
+    exit_code = 1  # not a usage error: the same command fails until the file is restored
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}; `archlab doctor RUN_DIR` says how to recover it"
+
+
 class Store:
     """The run's database. Each thread works through a connection of its own (the run's worker
     threads, the replay pool, the web server's threads): sqlite-utils opens a transaction per
@@ -70,7 +85,9 @@ class Store:
         except sqlite3.DatabaseError as e:
             self.close()
             full = shutil.disk_usage(self.path.parent).free < 2**20  # SQLite needs a little space even to read a WAL database
-            raise UserError(f"cannot open {self.path}: {e}" + (" (the disk is full: free some space and retry)" if full else "")) from None
+            if full:
+                raise UserError(f"cannot open {self.path}: {e} (the disk is full: free some space and retry)") from None
+            raise DamagedStore(f"cannot open {self.path}: {e}") from None
 
     def _connect(self) -> sqlite_utils.Database:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -132,10 +149,12 @@ class Store:
     def node(self, node_id: int) -> dict:
         try:
             return _decode(self.db["nodes"].get(node_id))
-        except sqlite_utils.db.NotFoundError:
+        except (sqlite_utils.db.NotFoundError, OverflowError):  # OverflowError: an id beyond SQLite's 64-bit integers
             raise UserError(f"no node {node_id} in this run") from None
 
     def has_node(self, node_id: int) -> bool:
+        if not -2**63 <= node_id < 2**63:  # SQLite cannot even compare it
+            return False
         return self.db.execute("select 1 from nodes where id = ?", [node_id]).fetchone() is not None
 
     def nodes(self, where: str | None = None, params: list | None = None, order: str = "id", limit: int | None = None) -> list[dict]:

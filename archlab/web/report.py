@@ -40,12 +40,13 @@ def write_report(run_dir: Path, out: Path | None = None, top: int = 5, fmt: str 
         fmt = "md" if out is not None and out.suffix.lower() == ".md" else "html"
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose html or md")
+    out = Path(out) if out is not None else Path(run_dir) / f"report.{fmt}"
+    _check_out(Path(run_dir), out)
     view = RunView(run_dir)
     try:
         facts = _facts(view, max(0, top))
     finally:
         view.close()
-    out = Path(out) if out is not None else Path(run_dir) / f"report.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
     files = []
     if fmt == "html":
@@ -58,6 +59,24 @@ def write_report(run_dir: Path, out: Path | None = None, top: int = 5, fmt: str 
             files.append(path)
         out.write_text(_markdown(facts, [p.name for p in files]), encoding="utf-8")
     return {"path": str(out), "format": fmt, "plots": [str(p) for p in files], "nodes": [n["id"] for n in facts["nodes"]]}
+
+
+# Inside the run directory a report may only replace an earlier report: `--out RUN/archlab.db` once
+# overwrote the run's database. Archlab's own folders are off limits even for new files.
+REPORT_SUFFIXES = (".html", ".md", ".svg")
+RUN_FOLDERS = ("repo", "logs", "kernel-cache")
+
+
+def _check_out(run_dir: Path, out: Path) -> None:
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; name a file, e.g. {out / 'report.html'}")
+    run, target = run_dir.resolve(), out.resolve()
+    if not target.is_relative_to(run):
+        return
+    inside = target.relative_to(run).parts
+    if inside[0] in RUN_FOLDERS or (target.exists() and target.suffix.lower() not in REPORT_SUFFIXES):
+        raise UserError(f"--out {out}: refusing to write over the run's own files; "
+                        f"write the report outside {run_dir} or as RUN_DIR/report.html")
 
 
 # -- the facts --------------------------------------------------------------------------------------
