@@ -397,8 +397,8 @@ def validation_loss(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: tor
     """Mean loss over fixed validation windows. Some batches (all of them in a recheck) are also
     scored by `twin` (the same model, built separately) with everything after a random cut
     replaced by other real text: the logits up to the cut must not move (a trained model cannot
-    tell which batches are probed). Returns the mean
-    loss, (loss, tokens) per batch and the mean loss on the second half of the positions."""
+    tell which batches are probed). Returns the mean loss, (loss, tokens) per batch and the mean
+    loss on the second half of the positions."""
     batches = list(corpus.val_batches(tier.val_windows, tier.batch_size, tier.seq_len))
     order = list(range(len(batches)))
     if recheck:  # same windows, another order and batching: an honest model gives the same loss
