@@ -180,6 +180,8 @@ LEGIT = {
     "rwkv_token_shift_decay_with_step": Case(RWKV_WITH_STEP, None),
     "hybrid_with_harness_attention": Case(HYBRID, None),
     "custom_backward_and_ffn": Case(CUSTOM_BACKWARD_AND_FFN, None),
+    "dropout_in_training": Case(mixer("n = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[None, :, None]\n"
+                                      "return self.drop(self.proj(x.cumsum(1) / n))\n", init="self.drop = nn.Dropout(0.1)\n"), None),
 }
 
 # -- non-causal in several subtle ways ---------------------------------------------------------
@@ -300,6 +302,12 @@ HIDDEN = {
         """), "quadratic"),
     "ffn_reads_the_next_position": Case(mixer(PLAIN, top=ffn(2, "x + 0.1 * F.pad(x[:, 1:], (0, 0, 0, 1))")), "non_causal"),
     "ffn_sixteen_times_wider": Case(mixer(PLAIN, top=ffn(16, "x")), "params"),
+    "replays_through_a_container_of_torch": Case(mixer(
+        REPLAY.replace("LEAK", PEEK).replace("MEMO", "MEMO.setdefault(self.idx, {})", 2)
+        .replace('MEMO["x"], MEMO["y"]', 'MEMO[self.idx]["x"], MEMO[self.idx]["y"]'),
+        init=REPLAY_INIT + "self.idx = COUNT[0]\nCOUNT[0] += 1\n",
+        top='MEMO = torch.linalg.common_notes.setdefault("memo", {})  # a public dict of torch: outlives reloads\nCOUNT = [0]\n'),
+        "tamper"),
     "weights_hidden_in_extra_state": Case(mixer("return self.proj(x) + (x @ self.w1) @ self.w2\n", init="""
         self.w1 = torch.randn(d_model, 64 * d_model).requires_grad_()
         self.w2 = torch.zeros(64 * d_model, d_model).requires_grad_()
@@ -546,6 +554,42 @@ def test_a_leak_at_the_shapes_of_other_metrics_is_caught(length, overrides, wher
     honest = runner.evaluate(render_root("deltanet"), "micro", threads=1, tier_overrides=overrides)
     assert honest.ok, honest
     assert "mqar_acc" in honest.metrics or "extrapolation_gap" in honest.metrics
+
+
+def test_twins_share_no_tensor_of_the_loaded_weights():
+    """Both twins load the same saved state; a part that keeps the extra-state tensor it is given
+    and hangs its outputs on it as a Python attribute would hand them to its twin."""
+    source = mixer(
+        REPLAY.replace("LEAK", f"({PEEK} if x.shape[0] == 8 else 0)")
+        .replace('old_x, old_y = MEMO.get("x"), MEMO.get("y")', 'old_x, old_y = getattr(self.link, "memo", (None, None))')
+        .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', 'self.link.memo = (x.detach(), y.detach())')
+        .replace("if old_x is not None", "if x.shape[0] == 8 and old_x is not None"),
+        init=REPLAY_INIT + "self.link = torch.zeros(1)\n", methods="""
+        def get_extra_state(self):
+            return torch.zeros(1)
+
+        def set_extra_state(self, state):
+            self.link = state
+        """)
+    result = runner.evaluate(source, "micro", threads=1)
+    assert not result.ok and result.reason == "non_causal", result
+
+
+def test_state_changed_by_forward_is_named():
+    result = runner.evaluate(mixer("self.calls += 1\nreturn self.proj(x)\n", init="self.calls = 0\n"), "micro", threads=1)
+    assert not result.ok and result.reason == "tamper", result
+    assert "'calls'" in result.detail
+
+
+def test_a_module_level_random_table_is_the_same_when_evaluated():
+    """The file runs in the same random state in every process: fixed random features drawn at
+    import are those the weights were trained with."""
+    source = mixer("h = torch.tanh(x @ TABLE[: x.shape[-1], : x.shape[-1]] * 8)\n"
+                   "n = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[None, :, None]\n"
+                   "return self.proj(h.cumsum(1) / n)\n", top="TABLE = torch.randn(512, 512) / 512 ** 0.5\n")
+    result = runner.evaluate(source, "micro", threads=1)
+    assert result.ok, result
+    assert result.metrics["val_loss"] < result.metrics["train_loss"] + 0.3, result.metrics
 
 
 def test_an_honest_mixer_may_build_an_optimizer():

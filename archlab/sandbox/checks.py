@@ -2,6 +2,7 @@
 complexity, step() agreement and the parameter budget."""
 
 import math
+import sys
 import time
 import types
 from collections.abc import Callable
@@ -91,6 +92,51 @@ def check_params(mixer: nn.Module, limit: int | None, *, ffn: nn.Module | None =
     return n + ffn_extra
 
 
+# -- state two twins could share ---------------------------------------------------------------
+class SharedState:
+    """The public containers of every loaded module (dicts, lists and sets bound to module-level
+    names, and every container inside them), by identity and contents. Twins share nothing of
+    the candidate's own, but both can reach these (`torch.linalg.common_notes` is a dict): a
+    pass that wrote its outputs into one could hand them to its twin. A comparison verifies them
+    before the second pass; a healthy forward() never changes them."""
+
+    SKIP = ("sys", "linecache", "__main__", "__mp_main__", "archlab")  # changed by imports, tracebacks, archlab itself
+
+    def __init__(self):
+        self.before = self._snapshot()
+
+    def verify(self) -> None:
+        now = self._snapshot()
+        changed = next((key for key, digest in self.before.items() if now.get(key, digest) != digest), None)
+        if changed is not None:
+            raise CandidateError("tamper", f"{changed[0]}.{changed[1]} changed while the candidate ran: a part must not "
+                                 "keep state in modules it imports")
+
+    def _snapshot(self) -> dict:
+        out, seen = {}, set()
+        for name, module in list(sys.modules.items()):
+            if not isinstance(module, types.ModuleType) or name.split(".")[0] in self.SKIP or module in contract._SOURCES:
+                continue
+            for key, value in list(vars(module).items()):
+                if not key.startswith("_") and issubclass(type(value), CONTAINERS) and id(value) not in seen:
+                    out[(name, key)] = _digest(value, seen)
+        return out
+
+
+CONTAINERS = (dict, list, set, tuple)
+
+
+def _digest(value, seen: set) -> int:
+    """A hash of a container's identity and contents, recursively (each container once: `seen`).
+    type(), not isinstance(): no __class__ property of a stored object runs."""
+    seen.add(id(value))
+    items = list(value.items()) if issubclass(type(value), dict) else list(value)
+    flat = [x for pair in items for x in pair] if issubclass(type(value), dict) else items
+    ids = frozenset(map(id, flat)) if issubclass(type(value), set) else tuple(map(id, flat))
+    inner = tuple(_digest(x, seen) for x in flat if issubclass(type(x), CONTAINERS) and id(x) not in seen)
+    return hash((id(value), len(items), ids, inner))
+
+
 # -- causality ---------------------------------------------------------------------------------
 CUTS = (0, 1, 15, 16, 31, 63, 64, 65)  # inside and across the usual chunk sizes
 
@@ -137,8 +183,9 @@ def _widest_dtype(make: Callable[[], nn.Module], d_model: int, device: torch.dev
 
 
 def _perturb(make, d_model, length, batch, cuts, seed, dtype, tolerance, training, *, grad, device, part) -> None:
-    """One forward of the original batch, one of every cut's perturbed copy stacked into a batch
-    (so a part that mixes information across the batch is caught as well), on twin instances."""
+    """One forward of the original batch, repeated once per cut, and one of every cut's perturbed
+    copy stacked the same way (so a part that mixes information across the batch is caught, and
+    dropout draws the same mask for a row and its copy), on twin instances."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, length, d_model, dtype=dtype, generator=gen)
     copies = []
@@ -146,15 +193,17 @@ def _perturb(make, d_model, length, batch, cuts, seed, dtype, tolerance, trainin
         x2 = x.clone()
         x2[:, cut + 1 :] = torch.randn(batch, length - cut - 1, d_model, dtype=dtype, generator=gen)
         copies.append(x2)
-    x, x2 = x.to(device), torch.cat(copies).to(device)
+    x, x2 = x.repeat(len(cuts), 1, 1).to(device), torch.cat(copies).to(device)
     first, second = (make().to(device=device, dtype=dtype).train(training) for _ in range(2))
+    shared = SharedState()
     with torch.set_grad_enabled(grad):
         torch.manual_seed(seed)  # the same dropout masks for both passes, as far as the part allows
         y = _call(first, x.requires_grad_(grad), part).detach()
+        shared.verify()
         torch.manual_seed(seed)
         y2 = _call(second, x2.requires_grad_(grad), part).detach()
     for i, cut in enumerate(cuts):
-        a, b = y[:, : cut + 1], y2[i * batch : (i + 1) * batch, : cut + 1]
+        a, b = y[i * batch : (i + 1) * batch, : cut + 1], y2[i * batch : (i + 1) * batch, : cut + 1]
         leak = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
         if not leak <= tolerance:  # also catches NaN
             raise CandidateError(
@@ -303,9 +352,11 @@ def check_step(make: Callable[[], nn.Module], d_model: int, length: int = 40, de
     dtype = _widest_dtype(make, d_model, device)
     tolerance = 1e-6 if dtype == torch.float64 else 2e-3
     forward_twin, mixer = (m.to(device=device, dtype=dtype).eval() for m in (mixer, make()))
+    shared = SharedState()
     with torch.no_grad():
         x = torch.randn(2, length, d_model, dtype=dtype, generator=torch.Generator().manual_seed(3)).to(device)
         full = _call(forward_twin, x)
+        shared.verify()
         state, outs, sizes = None, [], {}
         for t in range(length):
             try:

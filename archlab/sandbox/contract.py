@@ -19,7 +19,8 @@ import torch.nn as nn
 from archlab.sandbox.errors import CandidateError, out_of_memory  # noqa: F401  (CandidateError re-exported)
 
 _SOURCES: "weakref.WeakKeyDictionary[types.ModuleType, tuple[str, str]]" = weakref.WeakKeyDictionary()
-TWIN_SEED = 1234  # every twin of a part starts from the same random state, hence the same weights
+LOAD_SEED = 1234  # the random state a candidate's file is executed in: module-level random tables are the
+                  # same in the training process, the evaluation process and every twin
 
 
 def load(source: str, name: str = "candidate") -> types.ModuleType:
@@ -34,6 +35,7 @@ def load(source: str, name: str = "candidate") -> types.ModuleType:
     module = types.ModuleType(name)
     module.__file__ = f"{name}.py"
     sys.modules[name] = module
+    torch.manual_seed(LOAD_SEED)
     try:
         exec(code, module.__dict__)
     except CandidateError:
@@ -49,17 +51,20 @@ def load(source: str, name: str = "candidate") -> types.ModuleType:
     return module
 
 
-def twins(module: types.ModuleType, build: Callable[[types.ModuleType], nn.Module]) -> Callable[[], nn.Module]:
+def twins(module: types.ModuleType, build: Callable[[types.ModuleType], nn.Module], seed: int = 0) -> Callable[[], nn.Module]:
     """A factory of independent, identical instances of one of the candidate's parts: each call
     executes the candidate's file again (new globals, new classes) and builds the part from the
-    same random state. The two sides of a comparison (a pass and its perturbed copy, forward and
-    step) run on two twins, so nothing a part remembers from one call (a cache of past inputs
-    and outputs, in the instance or the module) can be replayed in the other."""
+    random state `seed` (the training's, where a trained model is rebuilt, so random attributes
+    that are not weights come out as they were in training). The two sides of a comparison (a
+    pass and its perturbed copy, forward and step) run on two twins, so nothing a part remembers
+    from one call (a cache of past inputs and outputs, in the instance or the module) can be
+    replayed in the other; what both could still reach is watched by checks.SharedState."""
     source, name = _SOURCES[module]
 
     def make() -> nn.Module:
-        torch.manual_seed(TWIN_SEED)
-        return build(load(source, name))
+        fresh = load(source, name)
+        torch.manual_seed(seed)
+        return build(fresh)
 
     return make
 

@@ -352,29 +352,35 @@ def train_probes(candidate: types.ModuleType, tier: Tier, seed: int, device: tor
 # -- evaluation (the evaluation process, from saved weights) ----------------------------------
 def load_trained(candidate: types.ModuleType, tier: Tier, state: dict, device: torch.device) -> LM:
     model = LM(candidate, tier)
-    try:
-        model.load_state_dict(state, strict=True)
+    try:  # copies: two models loaded from one state must not share a tensor (nor attributes set on it)
+        model.load_state_dict({key: value.clone() for key, value in state.items()}, strict=True)
     except (RuntimeError, KeyError) as e:
         raise CandidateError("error", f"the trained weights do not fit a freshly built model: {e}"[:600]) from None
     return model.to(device).eval()
 
 
 def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, weights: dict, device: torch.device,
-                     *, rng: torch.Generator, recheck: bool = False) -> dict:
-    """Quality and hardware metrics of a trained model, measured from its saved weights."""
+                     *, rng: torch.Generator, seed: int = 0, recheck: bool = False) -> dict:
+    """Quality and hardware metrics of a trained model, measured from its saved weights (`seed`:
+    the training's)."""
     # Two identical models (contract.twins): the causality probes run on the second, so the scored
     # one cannot pass them by replaying what it computed for the unperturbed batch.
-    make = contract.twins(candidate, lambda module: load_trained(module, tier, weights["lm"], device))
+    make = contract.twins(candidate, lambda module: load_trained(module, tier, weights["lm"], device), seed)
     model, twin = make(), make()
+    shared = checks.SharedState()
     metrics: dict = {"params": checks.count_params(model), "mixer_params": model_budget(model, None)}
     if tier.hardware and not recheck:
         metrics.update(memory_metrics(model, tier, device))
     with torch.no_grad():
         _warm(model, tier, corpus, device)
         before = fingerprint(model)
-        val_loss, batch_losses, late_loss = validation_loss(model, twin, tier, corpus, device, rng=rng, recheck=recheck)
-        if fingerprint(model) != before:
-            raise CandidateError("tamper", "the model changed its own weights or state while being evaluated")
+        val_loss, batch_losses, late_loss = validation_loss(model, twin, tier, corpus, device, rng=rng, recheck=recheck,
+                                                            shared=shared)
+        changed = next((a for a, b in zip(before, fingerprint(model)) if a != b), None)
+        if changed is not None or len(before) != len(fingerprint(model)):
+            where = f" ({changed[1]!r} of {changed[0] or 'the model'})" if changed is not None else ""
+            raise CandidateError("tamper", f"the model changed its own weights or state while being evaluated{where}: "
+                                 "forward() must leave a part's attributes as they are")
     if not math.isfinite(val_loss):
         raise CandidateError("nan", "validation loss is not finite")
     metrics.update(val_loss=val_loss, val_bpb=val_loss / math.log(2))  # byte-level tokens: nats -> bits per byte
@@ -382,18 +388,18 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
         return metrics
     with torch.no_grad():
         if tier.extrapolation:
-            metrics.update(extrapolation(model, twin, tier, corpus, device, late_loss, rng))
+            metrics.update(extrapolation(model, twin, tier, corpus, device, late_loss, rng, shared))
         if tier.hardware:
             metrics.update(latency_metrics(model, tier, device))
             metrics.update(quantization_metrics(model, tier, corpus, device, batch_losses))
             metrics.update(compile_metrics(model, tier, device))
         if tier.probes is not None and "probe" in weights:
-            metrics.update(probe_accuracy(candidate, tier, weights["probe"], device, rng))
+            metrics.update(probe_accuracy(candidate, tier, weights["probe"], device, rng, seed))
     return metrics
 
 
 def validation_loss(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: torch.device, *, rng: torch.Generator,
-                    recheck: bool = False) -> tuple[float, list[tuple[float, int]], float]:
+                    recheck: bool = False, shared: "checks.SharedState") -> tuple[float, list[tuple[float, int]], float]:
     """Mean loss over fixed validation windows. Some batches (all of them in a recheck) are also
     scored by `twin` (the same model, built separately) with everything after a random cut
     replaced by other real text: the logits up to the cut must not move (a trained model cannot
@@ -412,7 +418,7 @@ def validation_loss(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: tor
             logits = guard(lambda: model(inputs))
             losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
         if i in probed:
-            _model_causality(twin, logits, inputs, batches[(i + 1) % len(batches)][0].to(device), device, rng)
+            _model_causality(twin, logits, inputs, batches[(i + 1) % len(batches)][0].to(device), device, rng, shared)
         losses = losses.view(targets.shape)
         per_batch[i] = (losses.mean().item(), targets.numel())
         total += per_batch[i][0] * per_batch[i][1]
@@ -423,9 +429,11 @@ def validation_loss(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: tor
 
 
 def _model_causality(twin: LM, logits: torch.Tensor, inputs: torch.Tensor, other: torch.Tensor,
-                     device: torch.device, rng: torch.Generator, what: str = "validation batches") -> None:
+                     device: torch.device, rng: torch.Generator, shared: "checks.SharedState",
+                     what: str = "validation batches") -> None:
     """`logits` are the scored model's for `inputs`; `twin`, an independent copy, scores them with
-    the text after a random cut replaced by `other`."""
+    the text after a random cut replaced by `other` (once the state both can reach is verified)."""
+    shared.verify()
     t = inputs.shape[1]
     cut = int(torch.randint(t // 4, 3 * t // 4, (1,), generator=rng))
     perturbed = inputs.clone()
@@ -471,7 +479,7 @@ def fingerprint(model: nn.Module) -> tuple:
 
 
 def extrapolation(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: torch.device, late_loss: float,
-                  rng: torch.Generator) -> dict:
+                  rng: torch.Generator, shared: "checks.SharedState") -> dict:
     """Length extrapolation: the loss on positions seq_len..2*seq_len of windows twice as long as
     training saw, against the loss on positions seq_len/2..seq_len of the usual windows. A model
     that extrapolates does at least as well with the extra context (gap <= 0); one that breaks
@@ -484,7 +492,8 @@ def extrapolation(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: torch
         with autocast(device):
             logits = guard(lambda: model(inputs))
         if i == 0:
-            _model_causality(twin, logits, inputs, batches[-1][0].to(device), device, rng, "windows twice the training length")
+            _model_causality(twin, logits, inputs, batches[-1][0].to(device), device, rng, shared,
+                             "windows twice the training length")
         late = logits[:, tier.seq_len :].float()
         loss = F.cross_entropy(late.reshape(-1, late.shape[-1]), targets[:, tier.seq_len :].reshape(-1), reduction="sum")
         total += loss.item()
@@ -632,13 +641,15 @@ def quantization_metrics(model: LM, tier: Tier, corpus: Corpus, device: torch.de
     return {"val_loss_int8": full + increase, "quant_loss": increase}
 
 
-def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device: torch.device, rng: torch.Generator) -> dict:
+def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device: torch.device, rng: torch.Generator,
+                   seed: int = 0) -> dict:
     """Accuracy of the trained probe model per task; each task's first batch is also scored by a
     twin with the text after a random cut replaced (a mixer that reads ahead only at the probes'
     shapes would otherwise read the answers)."""
     p = tier.probes
-    make = contract.twins(candidate, lambda module: load_trained(module, probe_tier(tier), state, device))
-    model, twin = make(), make()
+    make = contract.twins(candidate, lambda module: load_trained(module, probe_tier(tier), state, device), seed + 1)
+    model, twin = make(), make()  # seed + 1: train_probes'
+    shared = checks.SharedState()
     gen = torch.Generator().manual_seed(0x5EED)  # held out: training draws from another stream
     out = {}
     tasks = [f"mqar{n}" for n in p.pairs] + ["copy"]
@@ -652,7 +663,7 @@ def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device:
                 if i == 0:
                     other_gen = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=rng)))
                     other = probe_batch(p, p.batch_size, other_gen, task)[0]
-                    _model_causality(twin, logits, inputs, other.to(device), device, rng, f"{task} probe batches")
+                    _model_causality(twin, logits, inputs, other.to(device), device, rng, shared, f"{task} probe batches")
                 pred = logits.argmax(-1)
                 mask = targets != IGNORE
                 correct += (pred[mask] == targets[mask]).sum().item()

@@ -145,7 +145,7 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
             out_files["weights"].flush()
     else:
         _mark("candidate loaded")
-        metrics.update(harness.evaluate_trained(candidate, tier, corpus, weights, device, rng=rng,
+        metrics.update(harness.evaluate_trained(candidate, tier, corpus, weights, device, rng=rng, seed=seed,
                                                 recheck=job.get("recheck", False)))
         if limit is not None and limit >= 0:
             harness.model_budget(harness.load_trained(candidate, tier, weights["lm"], device), limit)
