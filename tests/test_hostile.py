@@ -308,6 +308,14 @@ HIDDEN = {
         init=REPLAY_INIT + "self.idx = COUNT[0]\nCOUNT[0] += 1\n",
         top='MEMO = torch.linalg.common_notes.setdefault("memo", {})  # a public dict of torch: outlives reloads\nCOUNT = [0]\n'),
         "tamper"),
+    "replays_through_an_object_planted_in_torch": Case(mixer(
+        REPLAY.replace("LEAK", PEEK).replace('MEMO.get("x"), MEMO.get("y")', 'BOX.memo.get("x"), BOX.memo.get("y")')
+        .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', 'BOX.memo = {"x": x.detach(), "y": y.detach()}'),
+        init=REPLAY_INIT, top="""
+        class Box:
+            memo = {}
+        BOX = torch.linalg.common_notes.setdefault("box", Box())  # an object of its own, kept where reloads find it
+        """), "tamper"),
     "weights_hidden_in_extra_state": Case(mixer("return self.proj(x) + (x @ self.w1) @ self.w2\n", init="""
         self.w1 = torch.randn(d_model, 64 * d_model).requires_grad_()
         self.w2 = torch.zeros(64 * d_model, d_model).requires_grad_()

@@ -202,7 +202,7 @@ def test_trained_model_causality_probe():
     gen = torch.Generator().manual_seed(0)
     inputs, other = torch.randint(0, 256, (2, 2, 64), generator=gen)
     with torch.no_grad():
-        harness._model_causality(model, model(inputs), inputs, other, torch.device("cpu"), gen, checks.SharedState())  # passes
+        harness._model_causality(model, model(inputs), inputs, other, torch.device("cpu"), gen)  # passes
 
         class Peek(torch.nn.Module):
             def forward(self, x):
@@ -210,7 +210,7 @@ def test_trained_model_causality_probe():
 
         model.blocks[0].mixer = Peek()
         with pytest.raises(CandidateError, match="trained model"):
-            harness._model_causality(model, model(inputs), inputs, other, torch.device("cpu"), gen, checks.SharedState())
+            harness._model_causality(model, model(inputs), inputs, other, torch.device("cpu"), gen)
 
 
 # -- torch under the audit hook ----------------------------------------------------------------

@@ -94,13 +94,27 @@ def check_params(mixer: nn.Module, limit: int | None, *, ffn: nn.Module | None =
 
 # -- state two twins could share ---------------------------------------------------------------
 class SharedState:
-    """The public containers of every loaded module (dicts, lists and sets bound to module-level
-    names, and every container inside them), by identity and contents. Twins share nothing of
-    the candidate's own, but both can reach these (`torch.linalg.common_notes` is a dict): a
-    pass that wrote its outputs into one could hand them to its twin. A comparison verifies them
-    before the second pass; a healthy forward() never changes them."""
+    """The public containers of every loaded module (dicts, lists, sets and tuples bound to
+    module-level names, and every container inside them), by identity and contents. Twins share
+    nothing of the candidate's own, but both can reach these (`torch.linalg.common_notes` is a
+    dict): a pass that wrote its outputs into one, or into an object it planted there, could hand
+    them to its twin. The worker takes the baseline before the candidate's file first runs
+    (start), and every comparison verifies it before its second pass: candidate code never
+    changes them."""
 
     SKIP = ("sys", "linecache", "__main__", "__mp_main__", "archlab")  # changed by imports, tracebacks, archlab itself
+    _baseline: "SharedState | None" = None
+
+    @classmethod
+    def start(cls) -> "SharedState":
+        """The sandbox process's baseline, taken before the candidate's code first runs."""
+        cls._baseline = cls()
+        return cls._baseline
+
+    @classmethod
+    def current(cls) -> "SharedState":
+        """The baseline in a sandbox process; elsewhere (the checks called directly) a snapshot of now."""
+        return cls._baseline or cls()
 
     def __init__(self):
         self.before = self._snapshot()
@@ -115,7 +129,9 @@ class SharedState:
     def _snapshot(self) -> dict:
         out, seen = {}, set()
         for name, module in list(sys.modules.items()):
-            if not isinstance(module, types.ModuleType) or name.split(".")[0] in self.SKIP or module in contract._SOURCES:
+            parts = name.split(".")
+            if (not isinstance(module, types.ModuleType) or parts[0] in self.SKIP or module in contract._SOURCES
+                    or any(p.startswith("_") for p in parts)):  # private modules: out of a candidate's reach (static.py)
                 continue
             for key, value in list(vars(module).items()):
                 if not key.startswith("_") and issubclass(type(value), CONTAINERS) and id(value) not in seen:
@@ -128,13 +144,21 @@ CONTAINERS = (dict, list, set, tuple)
 
 def _digest(value, seen: set) -> int:
     """A hash of a container's identity and contents, recursively (each container once: `seen`).
-    type(), not isinstance(): no __class__ property of a stored object runs."""
+    The base types' own methods read the contents, so a subclass's overrides (candidate code)
+    never run and cannot hide what it holds."""
     seen.add(id(value))
-    items = list(value.items()) if issubclass(type(value), dict) else list(value)
-    flat = [x for pair in items for x in pair] if issubclass(type(value), dict) else items
-    ids = frozenset(map(id, flat)) if issubclass(type(value), set) else tuple(map(id, flat))
+    kind = type(value)
+    if issubclass(kind, dict):
+        flat = [x for pair in list(dict.items(value)) for x in pair]
+    elif issubclass(kind, list):
+        flat = list.copy(value)
+    elif issubclass(kind, set):
+        flat = list(set.copy(value))
+    else:
+        flat = tuple.__getitem__(value, slice(None))
+    ids = frozenset(map(id, flat)) if issubclass(kind, set) else tuple(map(id, flat))
     inner = tuple(_digest(x, seen) for x in flat if issubclass(type(x), CONTAINERS) and id(x) not in seen)
-    return hash((id(value), len(items), ids, inner))
+    return hash((id(value), len(flat), ids, inner))
 
 
 # -- causality ---------------------------------------------------------------------------------
@@ -195,9 +219,9 @@ def _perturb(make, d_model, length, batch, cuts, seed, dtype, tolerance, trainin
         copies.append(x2)
     x, x2 = x.repeat(len(cuts), 1, 1).to(device), torch.cat(copies).to(device)
     first, second = (make().to(device=device, dtype=dtype).train(training) for _ in range(2))
-    shared = SharedState()
     with torch.set_grad_enabled(grad):
         torch.manual_seed(seed)  # the same dropout masks for both passes, as far as the part allows
+        shared = SharedState.current()
         y = _call(first, x.requires_grad_(grad), part).detach()
         shared.verify()
         torch.manual_seed(seed)
@@ -352,9 +376,9 @@ def check_step(make: Callable[[], nn.Module], d_model: int, length: int = 40, de
     dtype = _widest_dtype(make, d_model, device)
     tolerance = 1e-6 if dtype == torch.float64 else 2e-3
     forward_twin, mixer = (m.to(device=device, dtype=dtype).eval() for m in (mixer, make()))
-    shared = SharedState()
     with torch.no_grad():
         x = torch.randn(2, length, d_model, dtype=dtype, generator=torch.Generator().manual_seed(3)).to(device)
+        shared = SharedState.current()
         full = _call(forward_twin, x)
         shared.verify()
         state, outs, sizes = None, [], {}

@@ -367,15 +367,13 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
     # one cannot pass them by replaying what it computed for the unperturbed batch.
     make = contract.twins(candidate, lambda module: load_trained(module, tier, weights["lm"], device), seed)
     model, twin = make(), make()
-    shared = checks.SharedState()
     metrics: dict = {"params": checks.count_params(model), "mixer_params": model_budget(model, None)}
     if tier.hardware and not recheck:
         metrics.update(memory_metrics(model, tier, device))
     with torch.no_grad():
         _warm(model, tier, corpus, device)
         before = fingerprint(model)
-        val_loss, batch_losses, late_loss = validation_loss(model, twin, tier, corpus, device, rng=rng, recheck=recheck,
-                                                            shared=shared)
+        val_loss, batch_losses, late_loss = validation_loss(model, twin, tier, corpus, device, rng=rng, recheck=recheck)
         changed = next((a for a, b in zip(before, fingerprint(model)) if a != b), None)
         if changed is not None or len(before) != len(fingerprint(model)):
             where = f" ({changed[1]!r} of {changed[0] or 'the model'})" if changed is not None else ""
@@ -388,7 +386,7 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
         return metrics
     with torch.no_grad():
         if tier.extrapolation:
-            metrics.update(extrapolation(model, twin, tier, corpus, device, late_loss, rng, shared))
+            metrics.update(extrapolation(model, twin, tier, corpus, device, late_loss, rng))
         if tier.hardware:
             metrics.update(latency_metrics(model, tier, device))
             metrics.update(quantization_metrics(model, tier, corpus, device, batch_losses))
@@ -399,7 +397,7 @@ def evaluate_trained(candidate: types.ModuleType, tier: Tier, corpus: Corpus, we
 
 
 def validation_loss(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: torch.device, *, rng: torch.Generator,
-                    recheck: bool = False, shared: "checks.SharedState") -> tuple[float, list[tuple[float, int]], float]:
+                    recheck: bool = False) -> tuple[float, list[tuple[float, int]], float]:
     """Mean loss over fixed validation windows. Some batches (all of them in a recheck) are also
     scored by `twin` (the same model, built separately) with everything after a random cut
     replaced by other real text: the logits up to the cut must not move (a trained model cannot
@@ -418,7 +416,7 @@ def validation_loss(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: tor
             logits = guard(lambda: model(inputs))
             losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
         if i in probed:
-            _model_causality(twin, logits, inputs, batches[(i + 1) % len(batches)][0].to(device), device, rng, shared)
+            _model_causality(twin, logits, inputs, batches[(i + 1) % len(batches)][0].to(device), device, rng)
         losses = losses.view(targets.shape)
         per_batch[i] = (losses.mean().item(), targets.numel())
         total += per_batch[i][0] * per_batch[i][1]
@@ -429,11 +427,10 @@ def validation_loss(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: tor
 
 
 def _model_causality(twin: LM, logits: torch.Tensor, inputs: torch.Tensor, other: torch.Tensor,
-                     device: torch.device, rng: torch.Generator, shared: "checks.SharedState",
-                     what: str = "validation batches") -> None:
+                     device: torch.device, rng: torch.Generator, what: str = "validation batches") -> None:
     """`logits` are the scored model's for `inputs`; `twin`, an independent copy, scores them with
     the text after a random cut replaced by `other` (once the state both can reach is verified)."""
-    shared.verify()
+    checks.SharedState.current().verify()  # against the worker's baseline: the scored pass ran before this call
     t = inputs.shape[1]
     cut = int(torch.randint(t // 4, 3 * t // 4, (1,), generator=rng))
     perturbed = inputs.clone()
@@ -479,7 +476,7 @@ def fingerprint(model: nn.Module) -> tuple:
 
 
 def extrapolation(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: torch.device, late_loss: float,
-                  rng: torch.Generator, shared: "checks.SharedState") -> dict:
+                  rng: torch.Generator) -> dict:
     """Length extrapolation: the loss on positions seq_len..2*seq_len of windows twice as long as
     training saw, against the loss on positions seq_len/2..seq_len of the usual windows. A model
     that extrapolates does at least as well with the extra context (gap <= 0); one that breaks
@@ -492,8 +489,7 @@ def extrapolation(model: LM, twin: LM, tier: Tier, corpus: Corpus, device: torch
         with autocast(device):
             logits = guard(lambda: model(inputs))
         if i == 0:
-            _model_causality(twin, logits, inputs, batches[-1][0].to(device), device, rng, shared,
-                             "windows twice the training length")
+            _model_causality(twin, logits, inputs, batches[-1][0].to(device), device, rng, "windows twice the training length")
         late = logits[:, tier.seq_len :].float()
         loss = F.cross_entropy(late.reshape(-1, late.shape[-1]), targets[:, tier.seq_len :].reshape(-1), reduction="sum")
         total += loss.item()
@@ -649,7 +645,6 @@ def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device:
     p = tier.probes
     make = contract.twins(candidate, lambda module: load_trained(module, probe_tier(tier), state, device), seed + 1)
     model, twin = make(), make()  # seed + 1: train_probes'
-    shared = checks.SharedState()
     gen = torch.Generator().manual_seed(0x5EED)  # held out: training draws from another stream
     out = {}
     tasks = [f"mqar{n}" for n in p.pairs] + ["copy"]
@@ -663,7 +658,7 @@ def probe_accuracy(candidate: types.ModuleType, tier: Tier, state: dict, device:
                 if i == 0:
                     other_gen = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=rng)))
                     other = probe_batch(p, p.batch_size, other_gen, task)[0]
-                    _model_causality(twin, logits, inputs, other.to(device), device, rng, shared, f"{task} probe batches")
+                    _model_causality(twin, logits, inputs, other.to(device), device, rng, f"{task} probe batches")
                 pred = logits.argmax(-1)
                 mask = targets != IGNORE
                 correct += (pred[mask] == targets[mask]).sum().item()

@@ -119,8 +119,10 @@ def _run_phase(job: dict, source: str, out_files: dict, metrics: dict, env: dict
     guard.install()
 
     _mark("guards installed; loading the candidate")
+    shared = checks.SharedState.start()  # before the candidate's code first runs
     candidate = contract.load(source)
     integrity.verify("after importing the candidate")
+    shared.verify()
     guard.check()
     if phase == "train":
         metrics.update(harness.check_candidate(candidate, tier, None if limit < 0 else limit,
