@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
@@ -426,3 +427,24 @@ def test_an_ordinary_runtime_error_is_not_memory():
     with pytest.raises(CandidateError) as raised:
         harness.guard(fail)
     assert raised.value.reason == "error" and "shapes cannot be multiplied" in raised.value.detail
+
+
+# -- state shared between twins ----------------------------------------------------------------
+def test_shared_state_sees_writes_into_module_containers_but_not_imports():
+    alias = types.ModuleType("shared_state_alias")
+    alias.modules = sys.modules  # bound under a public name elsewhere too, as triton.language.extra does
+    sys.modules["shared_state_alias"] = alias
+    notes = torch.linalg.common_notes
+    try:
+        state = checks.SharedState()
+        sys.modules["shared_state_new"] = types.ModuleType("shared_state_new")  # an import changes sys.modules
+        state.verify()
+        notes.setdefault("box", {}).setdefault("inner", {})
+        state = checks.SharedState()
+        notes["box"]["inner"]["x"] = torch.zeros(1)  # two levels down
+        with pytest.raises(CandidateError, match="common_notes"):
+            state.verify()
+    finally:
+        notes.pop("box", None)
+        sys.modules.pop("shared_state_alias", None)
+        sys.modules.pop("shared_state_new", None)

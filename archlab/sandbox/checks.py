@@ -103,6 +103,7 @@ class SharedState:
     changes them."""
 
     SKIP = ("sys", "linecache", "__main__", "__mp_main__", "archlab")  # changed by imports, tracebacks, archlab itself
+    VOLATILE = ("sys", "linecache")  # their containers (sys.modules...) are skipped wherever else they are bound
     _baseline: "SharedState | None" = None
 
     @classmethod
@@ -127,7 +128,10 @@ class SharedState:
                                  "keep state in modules it imports")
 
     def _snapshot(self) -> dict:
-        out, seen = {}, set()
+        out = {}
+        volatile = [sys.modules[name] for name in self.VOLATILE if name in sys.modules]
+        seen = {id(value) for module in volatile for value in vars(module).values()
+                if issubclass(type(value), CONTAINERS)}  # triton.language.extra.modules is sys.modules
         for name, module in list(sys.modules.items()):
             parts = name.split(".")
             if (not isinstance(module, types.ModuleType) or parts[0] in self.SKIP or module in contract._SOURCES
