@@ -102,8 +102,8 @@ class SharedState:
     (start), and every comparison verifies it before its second pass: candidate code never
     changes them."""
 
-    SKIP = ("sys", "linecache", "__main__", "__mp_main__", "archlab")  # changed by imports, tracebacks, archlab itself
-    VOLATILE = ("sys", "linecache")  # their containers (sys.modules...) are skipped wherever else they are bound
+    VOLATILE = ("sys", "linecache")  # changed by imports and tracebacks: skipped, and their containers wherever bound
+    SKIP = VOLATILE + ("__main__", "__mp_main__", "archlab")  # and archlab's own modules
     _baseline: "SharedState | None" = None
 
     @classmethod
@@ -395,7 +395,7 @@ def check_step(make: Callable[[], nn.Module], d_model: int, length: int = 40, de
                 raise CandidateError("step", f"Mixer.step must return (tensor of shape {tuple(x[:, t].shape)}, state)")
             outs.append(y)
             if t + 1 in (length // 2, length):
-                sizes[t + 1] = _state_bytes(state) * 4 // (2 * dtype.itemsize)  # batch 1, float32
+                sizes[t + 1] = state_bytes(state) * 4 // (2 * dtype.itemsize)  # batch 1, float32
         stepped = torch.stack(outs, 1)
         err = ((stepped - full).abs().max() / full.abs().max().clamp_min(1e-30)).item()
         if not err <= tolerance:
@@ -404,13 +404,13 @@ def check_step(make: Callable[[], nn.Module], d_model: int, length: int = 40, de
     return {"has_step": True, "mixer_state_bytes": whole, "mixer_state_bytes_per_token": max(0, whole - half) / (length - length // 2)}
 
 
-def _state_bytes(state) -> int:
+def state_bytes(state) -> int:
     if isinstance(state, torch.Tensor):
         return state.numel() * state.element_size()
     if isinstance(state, dict):
-        return sum(_state_bytes(v) for v in state.values())
+        return sum(state_bytes(v) for v in state.values())
     if isinstance(state, list | tuple):
-        return sum(_state_bytes(v) for v in state)
+        return sum(state_bytes(v) for v in state)
     return 0
 
 

@@ -546,8 +546,8 @@ def latency_metrics(model: LM, tier: Tier, device: torch.device) -> dict:
             if i >= t - DECODE_TOKENS:
                 decode.append(time.perf_counter() - start)
             if i == t // 2 - 1:
-                half_bytes = state_bytes(states)
-    full_bytes = state_bytes(states)
+                half_bytes = checks.state_bytes(states)
+    full_bytes = checks.state_bytes(states)
     return {
         "prefill_ms": prefill * 1e3,
         "decode_ms_per_token": sum(decode) / len(decode) * 1e3,
@@ -586,16 +586,6 @@ def compile_metrics(model: LM, tier: Tier, device: torch.device) -> dict:
         return {"compile_ok": False, "compile_error": f"{type(e).__name__}: {e}"[:300]}
     finally:
         torch._dynamo.reset()
-
-
-def state_bytes(state) -> int:
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, dict):
-        return sum(state_bytes(v) for v in state.values())
-    if isinstance(state, list | tuple):
-        return sum(state_bytes(v) for v in state)
-    return 0
 
 
 def _timed(fn, device: torch.device) -> float:
