@@ -1,9 +1,16 @@
 """Training data: a corpus that ships with archlab (or the user's own), a byte-level
-tokenizer, a fixed train/validation split and deterministic batches.
+tokenizer, a fixed train/validation split and the batches. Trusted side only (numpy, no
+torch): the scorer draws every batch and sends it to a model server, which never holds a
+data file.
 
 Byte-level tokens keep the vocabulary at 256 and make bits/byte exact (one token is one
-byte). The split takes the last 10% of every document for validation, so both prose and
-code are in both halves and a single-file corpus still splits.
+byte). The built-in corpus is Python's reference documentation and standard-library
+sources; its validation text is the last 35% of every documentation topic only, because the
+sources are on every Python installation's disk, where a model server could look them up.
+The documentation is not: the sandbox hides the standard library's `pydoc_data`. A user's
+corpus holds out the last 10% of every document (and is never visible inside the sandbox).
+Validation windows do not overlap and are separated by gaps of at least their length, so no
+window reveals the text that follows another.
 """
 
 from __future__ import annotations
@@ -12,14 +19,13 @@ import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch is imported where tensors are made: the sandbox's parent splits text without it
-    import torch
+import numpy as np
 
 BUILTIN = Path(__file__).parent / "corpus" / "pystdlib.txt.gz"
 VOCAB_SIZE = 256
-VAL_FRACTION = 0.1
+VAL_FRACTION = 0.1  # of every document of a user's corpus
+DOC_VAL_FRACTION = 0.35  # of every documentation topic of the built-in corpus (its sources only train)
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text", ""}
 
 
@@ -31,7 +37,7 @@ def read_documents(path: str | None) -> list[bytes]:
     """The built-in corpus (documents separated by its header lines) or the user's text."""
     if path is None:
         text = gzip.decompress(BUILTIN.read_bytes())
-        return [b"### " + doc for doc in text.split(b"\n\n### ") if doc]
+        return [b"### " + doc if not doc.startswith(b"### ") else doc for doc in text.split(b"\n\n### ") if doc]
     root = Path(path)
     if root.is_file():
         files = [root]
@@ -48,43 +54,29 @@ def read_documents(path: str | None) -> list[bytes]:
 
 @dataclass
 class Corpus:
-    train: torch.Tensor | None  # uint8 byte ids; None in the evaluation process
-    val: torch.Tensor | None  # None in the training process
+    train: np.ndarray  # uint8 byte ids
+    val: np.ndarray
 
     @classmethod
-    def load(cls, path: str | None = None, *, train: bool = True) -> "Corpus":
-        """The corpus split 90/10 per document; train=False keeps only the validation split."""
+    def load(cls, path: str | None = None) -> "Corpus":
         train_bytes, val_bytes = split(path)
-        return cls(_as_tensor(train_bytes) if train else None, _as_tensor(val_bytes))
+        return cls(np.frombuffer(train_bytes, dtype=np.uint8), np.frombuffer(val_bytes, dtype=np.uint8))
 
-    @classmethod
-    def from_train_file(cls, path: str | Path) -> "Corpus":
-        return cls(_as_tensor(Path(path).read_bytes()), None)
-
-    def train_batch(self, batch: int, seq: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        starts = torch.randint(0, len(self.train) - seq - 1, (batch,), generator=gen)
+    def train_batch(self, batch: int, seq: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        starts = rng.integers(0, len(self.train) - seq - 1, batch)
         return _windows(self.train, starts, seq)
 
-    def val_batches(self, windows: int, batch: int, seq: int):
-        """A fixed set of evenly spaced validation windows: every candidate sees the same bytes."""
-        import torch
-
-        windows = min(windows, (len(self.val) - 1) // seq)
-        starts = torch.linspace(0, len(self.val) - seq - 1, windows).long()
-        for i in range(0, windows, batch):
-            yield _windows(self.val, starts[i : i + batch], seq)
+    def val_windows(self, count: int, seq: int) -> tuple[np.ndarray, np.ndarray]:
+        """A fixed set of `count` validation windows (fewer if the text is short), every candidate
+        the same bytes; consecutive windows are at least `seq` bytes apart."""
+        count = max(1, min(count, (len(self.val) - 1) // (2 * seq)))
+        starts = np.linspace(0, len(self.val) - seq - 1, count).astype(np.int64)
+        return _windows(self.val, starts, seq)
 
 
 def split(path: str | None = None) -> tuple[bytes, bytes]:
-    """(training bytes, validation bytes): the last 10% of every document is validation text."""
+    """(training bytes, validation bytes)."""
     return _split(path, _stamp(path))
-
-
-def write_train_split(path: str | None, out: str | Path) -> None:
-    """The training split as raw bytes: all a training process gets (it never sees validation text)."""
-    Path(out).write_bytes(split(path)[0])
 
 
 def _stamp(path: str | None):
@@ -100,7 +92,10 @@ def _stamp(path: str | None):
 def _split(path: str | None, stamp) -> tuple[bytes, bytes]:
     train_parts, val_parts = [], []
     for doc in read_documents(path):
-        cut = int(len(doc) * (1 - VAL_FRACTION))
+        if path is None and doc.startswith(b"### file:"):  # a standard-library source: training only
+            train_parts.append(doc)
+            continue
+        cut = int(len(doc) * (1 - (VAL_FRACTION if path is not None else DOC_VAL_FRACTION)))
         train_parts.append(doc[:cut])
         val_parts.append(doc[cut:])
     train, val = b"\n".join(train_parts), b"\n".join(val_parts)
@@ -109,17 +104,8 @@ def _split(path: str | None, stamp) -> tuple[bytes, bytes]:
     return train, val
 
 
-def _as_tensor(data: bytes) -> torch.Tensor:
-    import torch
-
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
-def _windows(tokens: torch.Tensor, starts: torch.Tensor, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    idx = starts[:, None] + torch.arange(seq + 1)
-    chunk = tokens[idx].long()
+def _windows(tokens: np.ndarray, starts: np.ndarray, seq: int) -> tuple[np.ndarray, np.ndarray]:
+    chunk = tokens[starts[:, None] + np.arange(seq + 1)].astype(np.int64)
     return chunk[:, :-1], chunk[:, 1:]
 
 
@@ -132,24 +118,22 @@ KEY_BASE, VALUE_BASE, COPY_BASE = 64, 128, 192
 IGNORE = -100  # target value that the loss and the accuracy skip
 
 
-def mqar_batch(batch: int, pairs: int, seq: int, gen: torch.Generator, *, keys: int = 64, values: int = 64,
-               queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mqar_batch(batch: int, pairs: int, seq: int, rng: np.random.Generator, *, keys: int = 64, values: int = 64,
+               queries: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Multi-query associative recall (Zoology's MQAR, simplified): `pairs` key-value pairs,
     then the keys again in a random order, each followed by its value. The target is the value
     at every query position and IGNORE elsewhere, so only recall is scored. Keys are distinct
     within a sequence; values are drawn with replacement. Padded with noise to `seq`."""
-    import torch
-
     queries = min(pairs, queries or pairs)
     need = 2 * pairs + 2 * queries
     if need > seq or pairs > keys:
         raise ValueError(f"mqar: {pairs} pairs and {queries} queries need {need} > {seq} tokens or too few keys")
-    k = torch.rand(batch, keys, generator=gen).argsort(-1)[:, :pairs] + KEY_BASE
-    v = torch.randint(0, values, (batch, pairs), generator=gen) + VALUE_BASE
-    order = torch.rand(batch, pairs, generator=gen).argsort(-1)[:, :queries]
-    qk, qv = k.gather(1, order), v.gather(1, order)
-    inputs = torch.full((batch, seq), NOISE, dtype=torch.long)
-    targets = torch.full((batch, seq), IGNORE, dtype=torch.long)
+    k = rng.random((batch, keys)).argsort(-1)[:, :pairs] + KEY_BASE
+    v = rng.integers(0, values, (batch, pairs)) + VALUE_BASE
+    order = rng.random((batch, pairs)).argsort(-1)[:, :queries]
+    qk, qv = np.take_along_axis(k, order, 1), np.take_along_axis(v, order, 1)
+    inputs = np.full((batch, seq), NOISE, dtype=np.int64)
+    targets = np.full((batch, seq), IGNORE, dtype=np.int64)
     inputs[:, 0 : 2 * pairs : 2], inputs[:, 1 : 2 * pairs : 2] = k, v
     start = 2 * pairs
     inputs[:, start : start + 2 * queries : 2], inputs[:, start + 1 : start + 2 * queries : 2] = qk, qv
@@ -157,22 +141,37 @@ def mqar_batch(batch: int, pairs: int, seq: int, gen: torch.Generator, *, keys: 
     return inputs, targets
 
 
-def selective_copy_batch(batch: int, tokens: int, region: int, seq: int, gen: torch.Generator, *,
-                         symbols: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def selective_copy_batch(batch: int, tokens: int, region: int, seq: int, rng: np.random.Generator, *,
+                         symbols: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Selective copying (Mamba's synthetic task): `tokens` symbols scattered at random places
     in a noise region of length `region`, then a separator, then the symbols in order (teacher
     forced). The target is the next symbol from the separator on; IGNORE elsewhere."""
-    import torch
-
     need = region + 1 + tokens
     if need > seq or tokens > region:
         raise ValueError(f"selective copy: {tokens} symbols in a {region}-token region need {need} > {seq} tokens")
-    places = torch.rand(batch, region, generator=gen).argsort(-1)[:, :tokens].sort(-1).values
-    data = torch.randint(0, symbols, (batch, tokens), generator=gen) + COPY_BASE
-    inputs = torch.full((batch, seq), NOISE, dtype=torch.long)
-    targets = torch.full((batch, seq), IGNORE, dtype=torch.long)
-    inputs.scatter_(1, places, data)
+    places = np.sort(rng.random((batch, region)).argsort(-1)[:, :tokens], -1)
+    data = rng.integers(0, symbols, (batch, tokens)) + COPY_BASE
+    inputs = np.full((batch, seq), NOISE, dtype=np.int64)
+    targets = np.full((batch, seq), IGNORE, dtype=np.int64)
+    np.put_along_axis(inputs, places, data, 1)
     inputs[:, region] = SEPARATOR
     inputs[:, region + 1 : region + tokens] = data[:, :-1]
     targets[:, region : region + tokens] = data
     return inputs, targets
+
+
+def probe_batch(p, batch: int, rng: np.random.Generator, task: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of the probe mixture (tiers.Probes `p`), or of one task: 'mqar{n}' / 'copy'."""
+    if task is not None:
+        if task == "copy":
+            return selective_copy_batch(batch, p.copy_tokens, p.seq_len - p.copy_tokens - 1, p.seq_len, rng)
+        return mqar_batch(batch, int(task[4:]), p.seq_len, rng, keys=p.keys, values=p.values)
+    tasks = probe_tasks(p)
+    share = max(1, batch // len(tasks))
+    parts = [probe_batch(p, share if i < len(tasks) - 1 else batch - share * (len(tasks) - 1), rng, t)
+             for i, t in enumerate(tasks)]
+    return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+
+
+def probe_tasks(p) -> list[str]:
+    return [f"mqar{n}" for n in p.pairs] + ["copy"]

@@ -63,12 +63,13 @@ class Tier(BaseModel):
     seeds: Positive = 1  # how many seeds a result at this tier deserves (`archlab eval` runs them; metrics are means, *_std beside)
     # checks (every tier runs them before training)
     causality_length: Length = 150
-    complexity_lengths: tuple[Length, Length] = (256, 1024)
+    # complexity is also measured at seq_len / 2 and seq_len (scorer.complexity)
+    complexity_lengths: tuple[Length, ...] = Field((256, 1024), min_length=1)
     # what is measured beyond validation loss and training throughput
     hardware: bool = False  # latency, peak memory, state bytes, FLOPs/token, int8 quantisation loss
     extrapolation: bool = False  # loss at 2x the training length
     probes: Probes | None = None
-    recheck_batches: int = Field(2, ge=0)  # validation batches re-scored with the future perturbed (model-level causality)
+    causal_copies: Positive = 2  # perturbed copies of every validation window the twin server scores (scorer.scored)
 
 
 TIERS: dict[str, Tier] = {
@@ -76,7 +77,7 @@ TIERS: dict[str, Tier] = {
     "check": Tier(name="check", timeout_s=120),
     # seconds: exercises the whole pipeline (tests, trying a setup); too short to rank designs
     "micro": Tier(name="micro", d_model=64, seq_len=64, batch_size=8, steps=20, val_windows=16, timeout_s=150,
-                  complexity_lengths=(128, 512), recheck_batches=1),
+                  complexity_lengths=(128, 512)),
     # ~1 minute on 2 CPU cores: separates large architectural changes (ANCHORS.md)
     "smoke": Tier(name="smoke", steps=120, timeout_s=480, hardware=True),
     # the main proxy: learning speed over ~1.6 M bytes, plus probes and length extrapolation

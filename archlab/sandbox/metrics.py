@@ -1,0 +1,124 @@
+"""Measurements a model server takes of its own candidate: FLOPs and memory traffic of one
+forward at several lengths, its time, whether torch.compile takes the mixer whole. These are
+the only figures a candidate process reports about itself (everything else is the scorer's);
+the scorer times training and decoding from outside and checks every output it is given."""
+
+import math
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.model import autocast, guard, synchronize
+
+
+class Traffic(TorchDispatchMode):
+    """Counts the elements every non-view aten operation reads and writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not getattr(func, "is_view", False):
+            for leaf in tree_leaves((args, kwargs, out)):
+                if isinstance(leaf, torch.Tensor):
+                    self.elements += leaf.numel()
+            if "attention" in str(func) and len(args) >= 2 and isinstance(args[1], torch.Tensor) and args[1].dim() >= 2:
+                self.elements += math.prod(args[0].shape[:-1]) * args[1].shape[-2]  # the fused kernel's score matrix
+        return out
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    *batch, length, dk = query_shape
+    return 2 * math.prod(batch) * length * key_shape[-2] * (dk + value_shape[-1])
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter plus the formula it lacks (the CPU flash-attention kernel)."""
+    ops = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        ops[op] = _sdpa_flops
+    return FlopCounterMode(display=False, custom_mapping=ops)
+
+
+def cost(part: nn.Module, lengths: list[int], d_model: int, device: torch.device) -> list[dict]:
+    """FLOPs, elements moved and best-of-5 seconds of one forward (batch 1) at each length."""
+    part = part.to(device).eval()
+    out = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # timings of small ops are far less noisy on one thread
+    try:
+        with torch.no_grad():
+            for t in lengths:
+                x = torch.randn(1, t, d_model, device=device)
+                with flop_counter() as counter, Traffic() as moved:
+                    guard(lambda: part(x))
+                out.append({"length": t, "flops": counter.get_total_flops(), "traffic": moved.elements,
+                            "seconds": best_time(lambda: guard(lambda: part(x)), device, 5)})
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def best_time(fn, device: torch.device, reps: int) -> float:
+    fn()  # warm
+    best = math.inf
+    for _ in range(reps):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def forward_flops(model: nn.Module, tokens: torch.Tensor, device: torch.device) -> int:
+    with torch.no_grad(), autocast(device), flop_counter() as counter:
+        guard(lambda: model(tokens))
+    return counter.get_total_flops()
+
+
+def compile_metrics(mixer: nn.Module, seq_len: int, d_model: int, device: torch.device) -> dict:
+    """Whether torch.compile takes the mixer whole (fullgraph): a graph break (.item(), data-
+    dependent Python control flow, an unsupported call) or an error is a compile failure. On CUDA
+    the real compile (inductor + triton), its output checked against eager; on the CPU TorchDynamo's
+    graph capture only, because inductor's C++ build takes ~40 s per model there."""
+    x = torch.randn(1, min(seq_len, 64), d_model, device=device)
+    torch._dynamo.reset()
+    try:
+        if device.type == "cuda":
+            with autocast(device):
+                eager, compiled = mixer(x).float(), torch.compile(mixer, fullgraph=True)(x).float()
+            if not torch.allclose(compiled, eager, rtol=5e-2, atol=5e-2):
+                return {"compile_ok": False, "compile_error": "the compiled mixer's output differs from eager"}
+            return {"compile_ok": True}
+        explanation = torch._dynamo.explain(mixer)(x)
+        breaks = explanation.graph_break_count
+        if breaks:
+            return {"compile_ok": False, "compile_graph_breaks": breaks,
+                    "compile_error": f"graph break: {explanation.break_reasons[0].reason}"[:300]}
+        return {"compile_ok": True, "compile_graph_breaks": 0}
+    except CandidateError:
+        raise
+    except Exception as e:  # failing to compile is a metric (a fitness penalty), not a rejection
+        return {"compile_ok": False, "compile_error": f"{type(e).__name__}: {e}"[:300]}
+    finally:
+        torch._dynamo.reset()
+
+
+def flat_state(state, prefix: str = "s") -> dict[str, torch.Tensor]:
+    """A recurrent state (tensors in lists, tuples and dicts) as named tensors, to send whole."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, list | tuple) else ()
+    out = {}
+    for key, value in items:
+        out.update(flat_state(value, f"{prefix}.{key}"))
+    return out

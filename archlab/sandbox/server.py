@@ -1,0 +1,391 @@
+"""The candidate's side of the sandbox: a model server, `python -m archlab.sandbox.server`.
+
+Started by the scorer inside the launcher (launch.py). It reads its job from stdin, imports
+its libraries, contains itself (rlimits, the uid drop, seccomp), installs the diagnostics
+(static checks, audit hook; switched off with `diagnostics: false`), runs the candidate's
+file and then answers requests on fd 3 until stdin closes. It returns outputs only: a part's
+outputs for given inputs, logits for given tokens, decoded steps and states, its weights
+after training on the batches it is sent, and the few measurements of its own that
+metrics.py lists. It never sees a data file, a target it is scored on, or a verdict.
+"""
+
+import os
+import platform
+import sys
+import time
+import traceback
+
+from archlab.sandbox import wire
+from archlab.sandbox.errors import CandidateError, out_of_memory
+
+REPLY_FD = 1  # main() moves the scorer's pipe off stdout, so a print() of the candidate lands in the log
+MAX_REQUEST = 1 << 31
+
+
+class Server:
+    def __init__(self, job: dict):
+        import torch
+
+        from archlab.sandbox.model import pick_device
+        from archlab.sandbox.tiers import Tier
+
+        self.job = job
+        self.tier = Tier.model_validate(job["tier"])
+        self.seed = int(job.get("seed", 0))
+        self.device = pick_device(job.get("device"))
+        torch.set_num_threads(int(job.get("threads", 1)))
+        self.models: dict = {}
+        self.candidate = None
+
+    # -- requests --------------------------------------------------------------------------------
+    def part(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        """A fresh Mixer (or FFN) built in random state `seed`, in float64/float32, train or eval mode,
+        applied to `x` with dropout drawn from `seed` too (so two servers draw the same masks)."""
+        import torch
+
+        module = self._build_part(req["part"], int(req["seed"]), getattr(torch, req["dtype"]), bool(req["train"]))
+        x = self._tensor(arrays["x"]).to(getattr(torch, req["dtype"]))
+        with torch.set_grad_enabled(bool(req.get("grad"))):
+            torch.manual_seed(int(req["seed"]))
+            y = self._call(module, x.requires_grad_(bool(req.get("grad"))), req["part"])
+        return {}, {"y": y.detach()}
+
+    def step(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        """The mixer's step() over every position of `x` (evaluation mode), its outputs stacked."""
+        import torch
+
+        from archlab.sandbox.metrics import flat_state
+
+        mixer = self._build_part("Mixer", int(req["seed"]), getattr(torch, req["dtype"]), False)
+        x = self._tensor(arrays["x"]).to(getattr(torch, req["dtype"]))
+        outs, state = [], None
+        with torch.no_grad():
+            for t in range(x.shape[1]):
+                try:
+                    y, state = mixer.step(x[:, t], state)
+                except CandidateError:
+                    raise
+                except Exception as e:
+                    raise CandidateError("step", f"Mixer.step raised {type(e).__name__}: {e}"[:1500]) from e
+                if type(y) is not torch.Tensor or y.shape != x[:, t].shape:  # noqa: E721
+                    raise CandidateError("step", f"Mixer.step must return (tensor of shape {tuple(x[:, t].shape)}, state)")
+                outs.append(y)
+        return {}, {"y": torch.stack(outs, 1), **flat_state(state)}
+
+    def cost(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        import torch
+
+        from archlab.sandbox import metrics
+
+        part = self._build_part(req["part"], 0, torch.float32, False)
+        return {"cost": metrics.cost(part, [int(t) for t in req["lengths"]], self.tier.d_model, self.device)}, {}
+
+    def build(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        """A fresh model of the tier's shape (or the probe model's), in the training's random state;
+        replies with its weights (the scorer counts them), or loads the weights it is sent."""
+        model = self._new_model(req["model"])
+        if arrays:
+            import torch
+
+            try:
+                model.load_state_dict({k: self._tensor(v) for k, v in arrays.items()}, strict=True)
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise CandidateError("error", f"the trained weights do not fit a freshly built model: {e}"[:600]) from None
+            model.to(self.device)
+            return {}, {}
+        return {}, self._weights(model)
+
+    def check_lm(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        """One forward/backward of the whole model on the tokens given: are loss and gradients finite?"""
+        import torch
+
+        from archlab.sandbox.model import autocast, guard, lm_loss
+
+        model = self._new_model("lm").train()
+        tokens = self._tensor(arrays["tokens"]).long().to(self.device)
+        with autocast(self.device):
+            loss = guard(lambda: lm_loss(model, tokens, tokens))
+        guard(loss.backward)
+        finite = bool(torch.isfinite(loss)) and all(p.grad is None or bool(torch.isfinite(p.grad).all())
+                                                     for p in model.parameters())
+        return {"finite": finite}, {}
+
+    def train(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        """Train a fresh model on the batches the scorer sends, one per request for the next step."""
+        import torch
+
+        from archlab.sandbox import train
+        from archlab.sandbox.train import probe_tier
+
+        which = req["model"]
+        tier = probe_tier(self.tier) if which == "probe" else self.tier
+        model = self._new_model(which).train()
+        opt, schedule = train.optimizer(model, tier)
+        loss = float("nan")
+        for step in range(tier.steps):
+            wire.send(REPLY_FD, {"need": step})
+            _, batch = wire.receive(0, MAX_REQUEST)
+            inputs, targets = (self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets"))
+            loss = train.train_step(model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}")
+            if step % 50 == 49:
+                print(f"[server] {which} step {step + 1}/{tier.steps} loss {loss:.3f}", flush=True)
+        del opt, schedule
+        torch.manual_seed(self.seed)
+        return {"train_loss": loss}, self._weights(model)
+
+    def logits(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        import torch
+
+        from archlab.sandbox.model import autocast, guard
+
+        model = self._model(req["model"])
+        tokens = self._tensor(arrays["tokens"]).long().to(self.device)
+        with torch.no_grad(), autocast(self.device):
+            logits = guard(lambda: model(tokens))
+        return {}, {"logits": logits.float()}
+
+    def decode(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        """Token-by-token inference over `tokens` (batch 1): logits per step, the state at the half
+        and at the end (the scorer counts its bytes)."""
+        import torch
+
+        from archlab.sandbox.metrics import flat_state
+        from archlab.sandbox.model import autocast, guard
+
+        model = self._model("lm")
+        tokens = self._tensor(arrays["tokens"]).long().to(self.device)
+        t = tokens.shape[1]
+        states, half, outs = None, {}, []
+        with torch.no_grad(), autocast(self.device):
+            for i in range(t):
+                logits, states = guard(lambda: model.step(tokens[:, i], states))
+                outs.append(logits.float())
+                if i == t // 2 - 1:
+                    half = flat_state(states, "half")
+        return {}, {"logits": torch.stack(outs, 1), **half, **flat_state(states, "full")}
+
+    def memory(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        """One training forward/backward at the tier's batch shape (the scorer reads the process's
+        peak memory from outside); on a GPU the allocator's peak is all there is to read."""
+        import torch
+
+        from archlab.sandbox.model import autocast, guard, lm_loss
+
+        model = self._model("lm").train()
+        tokens = torch.randint(0, 256, (self.tier.batch_size, self.tier.seq_len), device=self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with autocast(self.device):
+            loss = guard(lambda: lm_loss(model, tokens, tokens))
+        guard(loss.backward)
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return {"cuda_peak_bytes": peak}, {}
+
+    def extras(self, req: dict, arrays: dict) -> tuple[dict, dict]:
+        """FLOPs of one forward over seq_len tokens, and whether torch.compile takes the mixer."""
+        import torch
+
+        from archlab.sandbox import metrics
+
+        model = self._model("lm")
+        tokens = torch.randint(0, 256, (1, self.tier.seq_len), device=self.device)
+        out = {"flops_per_token": metrics.forward_flops(model, tokens, self.device) / self.tier.seq_len}
+        mixer = next((b.mixer for b in model.blocks if b.mixer.__class__.__module__ == "candidate"), None)
+        if mixer is not None:
+            out.update(metrics.compile_metrics(mixer, self.tier.seq_len, self.tier.d_model, self.device))
+        return out, {}
+
+    OPS = ("part", "step", "cost", "build", "check_lm", "train", "logits", "decode", "memory", "extras")
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _tensor(self, array):
+        import torch
+
+        return torch.from_numpy(array.copy())
+
+    def _new_model(self, which: str):
+        import torch
+
+        from archlab.sandbox.model import LM
+        from archlab.sandbox.train import probe_tier
+
+        torch.manual_seed(self.seed + (1 if which == "probe" else 0))
+        model = LM(self.candidate, probe_tier(self.tier) if which == "probe" else self.tier).to(self.device)
+        self.models[which] = model
+        return model
+
+    def _model(self, which: str):
+        if which not in self.models:
+            raise CandidateError("error", f"internal: no {which} model in this server")
+        return self.models[which].eval()
+
+    def _weights(self, model) -> dict:
+        import torch
+
+        out = {}
+        for key, value in model.state_dict().items():
+            if not isinstance(value, torch.Tensor):
+                raise CandidateError("contract", f"state_dict entry {key!r} is a {type(value).__name__}: a part's state "
+                                     "(parameters, buffers, get_extra_state) must be tensors")
+            value = value.detach().cpu()
+            out[key] = value.float() if value.is_floating_point() else value
+        return out
+
+    def _build_part(self, part: str, seed: int, dtype, train: bool):
+        import torch
+
+        from archlab.sandbox import contract
+
+        torch.manual_seed(seed)
+        d = self.tier.d_model
+        module = contract.build_mixer(self.candidate, d, self.tier.n_heads) if part == "Mixer" else \
+            contract.build_ffn(self.candidate, d)
+        if module is None:
+            raise CandidateError("contract", "the candidate defines no FFN")
+        return module.to(device=self.device, dtype=dtype).train(train)
+
+    def _call(self, module, x, part: str):
+        import torch
+
+        from archlab.sandbox.model import guard
+
+        y = guard(lambda: module(x.to(self.device)))
+        if type(y) is not torch.Tensor or y.shape != x.shape:  # noqa: E721
+            raise CandidateError("shape", f"{part}.forward: input {tuple(x.shape)} gave {type(y).__name__} "
+                                 f"{tuple(getattr(y, 'shape', ()))}")
+        return y
+
+    def widest_dtype(self) -> str:
+        """float64 when the mixer runs in it (its causality checks are then ~1e6 times more sensitive)."""
+        import torch
+
+        try:
+            with torch.no_grad():
+                self._build_part("Mixer", 0, torch.float64, False)(torch.zeros(1, 4, self.tier.d_model, dtype=torch.float64,
+                                                                                device=self.device))
+            return "float64"
+        except Exception:
+            return "float32"
+
+
+def warm_up(device) -> None:
+    """Run the server's own torch paths once before the candidate exists: torch finishes its lazy
+    imports while the standard library is still readable (a dropped uid may not read it)."""
+    import importlib
+    import types
+
+    import torch
+
+    from archlab.sandbox import metrics, train
+    from archlab.sandbox.model import LM, Attention, autocast, lm_loss
+    from archlab.sandbox.tiers import Tier
+
+    for name in ("torch._dynamo", "encodings.idna", "unicodedata"):
+        importlib.import_module(name)
+    tiny = types.ModuleType("warmup")
+    tiny.Mixer = lambda d_model, n_heads: Attention(d_model, n_heads)
+    tier = Tier(name="warmup", d_model=16, n_heads=2, n_layers=1, seq_len=8, batch_size=2, steps=1)
+    model = LM(tiny, tier).to(device)
+    inputs = torch.randint(0, 256, (2, 8), device=device)
+    opt, schedule = train.optimizer(model, tier)
+    train.train_step(model, opt, schedule, inputs, inputs, device, "warm-up")
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        lm_loss(model, inputs, inputs)
+        metrics.forward_flops(model, inputs[:1], device)
+        metrics.cost(model.blocks[0].mixer, [8], 16, device)
+        _, states = model.step(inputs[:1, 0], None)
+        model.step(inputs[:1, 1], states)
+
+
+def _reply_error(e: BaseException) -> dict:
+    if isinstance(e, CandidateError):
+        return {"reason": e.reason, "detail": e.detail}
+    if out_of_memory(e):
+        return {"reason": "memory", "detail": ("ran out of memory" + (f": {e}" if str(e) else ""))[:600]}
+    if isinstance(e, SystemExit | KeyboardInterrupt | GeneratorExit):
+        return {"reason": "error", "detail": f"the candidate tried to leave the interpreter ({type(e).__name__})"}
+    return {"reason": "error", "detail": f"{type(e).__name__}: {e}"[:1500]}
+
+
+def serve(job: dict) -> None:
+    from archlab.sandbox import launch
+    from archlab.sandbox.static import static_check
+
+    started = time.monotonic()
+    diagnostics = job.get("diagnostics", True)
+    guard = None
+    try:
+        if diagnostics:
+            static_check(job["source"])  # no torch yet: a forbidden file is rejected in milliseconds
+        import torch
+
+        from archlab.sandbox import contract
+
+        server = Server(job)
+        warm_up(server.device)
+        launch.contain(memory_gb=job.get("memory_gb"), nproc=job.get("nproc", launch.DEFAULT_NPROC),
+                       cpu_s=job.get("cpu_s"), uid=job.get("uid"))
+        if diagnostics:
+            from archlab.sandbox.guard import AuditGuard
+
+            guard = AuditGuard()
+            guard.install()
+        print(f"[server] {time.monotonic() - started:.2f}s contained; loading the candidate", flush=True)
+        server.candidate = contract.load(job["source"])
+        contract.check_shape(contract.build_mixer(server.candidate, server.tier.d_model, server.tier.n_heads),
+                             server.tier.d_model)
+        mixer_type = server.candidate.Mixer
+        wire.send(REPLY_FD, {"ready": True, "has_step": callable(getattr(mixer_type, "step", None)),
+                             "has_ffn": getattr(server.candidate, "FFN", None) is not None,
+                             "dtype": server.widest_dtype(),
+                             "env": {"torch": torch.__version__, "device": server.device.type, "python": platform.python_version(),
+                                     "cuda": torch.version.cuda if server.device.type == "cuda" else None,
+                                     "gpu": torch.cuda.get_device_name(server.device) if server.device.type == "cuda" else None}})
+    except BaseException as e:  # noqa: BLE001  (SystemExit from candidate code is a rejection too)
+        _finish(guard, e)
+    while True:
+        try:
+            req, arrays = wire.receive(0, MAX_REQUEST)
+        except wire.WireError:
+            os._exit(0)  # the scorer is done (or gone)
+        op = req.get("op")
+        try:
+            if op not in Server.OPS:
+                raise CandidateError("error", f"internal: unknown request {op!r}")
+            header, out = getattr(server, op)(req, arrays)
+            if guard is not None and guard.violations:
+                raise CandidateError("forbidden", guard.summary())
+            wire.send(REPLY_FD, header, {k: v.detach().cpu().numpy() for k, v in out.items()} if out else None)
+        except BaseException as e:  # noqa: BLE001
+            _finish(guard, e)
+
+
+def _finish(guard, e: BaseException) -> None:
+    """Report the rejection (a blocked operation decides the reason, caught or not) and leave."""
+    error = _reply_error(e)
+    if guard is not None and guard.violations:
+        error = {"reason": "forbidden", "detail": guard.summary()}
+    elif not isinstance(e, CandidateError):
+        traceback.print_exception(e)
+    print(f"[server] rejected: {error['reason']}: {error['detail']}", flush=True)
+    try:
+        wire.send(REPLY_FD, {"error": error})
+    finally:
+        os._exit(0)
+
+
+def main() -> None:
+    global REPLY_FD
+    REPLY_FD = os.dup(1)
+    os.dup2(2, 1)
+    job, _ = wire.receive(0, wire.MAX_HEADER)
+    serve(job)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
