@@ -393,13 +393,13 @@ def doctor(run_dir: Optional[Path] = typer.Argument(None, help="a run directory 
 
     Exit code 0: consistent (or repaired), 1: problems remain.
     """
-    from archlab.sandbox import protections
+    from archlab.sandbox import launch
 
     if run_dir is not None and not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     if run_dir is not None and not (run_dir / CONFIG_FILE).is_file():  # what every other command says of such a folder
         raise UserError(f"{run_dir} is not an archlab run (no {CONFIG_FILE})")
-    facts = {"sandbox": protections.report_json(refresh=True)}
+    facts = {"sandbox": launch.report(refresh=True)}
     if run_dir is not None:
         from archlab.tree.doctor import check
 

@@ -368,8 +368,7 @@ class Run:
         limit = -1 if root else int(root_node["metrics"]["mixer_params"] * self.config.param_ratio)
         self.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
         chaos.point_later("during_evaluation")
-        options = {**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None,
-                   "keep_kernel_cache": root}  # the root's compiled kernels seed every later sandbox
+        options = {**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None}
         job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
                             options=options, log_path=str(log))
         result = self.executor.evaluate(job)
@@ -382,7 +381,7 @@ class Run:
         """runner.evaluate options from the run's config; `reference` (the root's metrics) makes an
         implausibly good result be rechecked and flagged instead of crowned."""
         return dict(data=self.config.data, param_limit=param_limit, allow_quadratic=self.config.allow_quadratic,
-                    implausible_gain=self.config.implausible_gain, kernel_cache=str(self.dir / runner.KERNEL_CACHE),
+                    implausible_gain=self.config.implausible_gain,
                     reference=(root_node or {}).get("metrics") if root_node else None)
 
     def _after_evaluate(self, state: CandidateState) -> str:

@@ -65,7 +65,7 @@ def export(run_dir: Path, node_id: int, out_dir: Path, *, tier: str | None = Non
            threads: int | None = None, force: bool = False, on_status: Callable[[str], None] = lambda message: None) -> dict:
     try:
         import torch
-        from safetensors.torch import save_file
+        from safetensors.torch import load_file, save_file
     except ImportError as e:
         raise UserError(f"export needs transformers and safetensors ({e.name} is missing): pip install 'archlab[export]'") from None
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -95,8 +95,11 @@ def export(run_dir: Path, node_id: int, out_dir: Path, *, tier: str | None = Non
             raise UserError("the sandbox did not save the trained weights (this archlab's harness cannot export)")
         trained = True
 
-    saved = torch.load(found["weights_path"], map_location="cpu", weights_only=True)
-    state = saved["lm"] if isinstance(saved.get("lm"), dict) else saved
+    try:
+        saved = load_file(str(found["weights_path"]))
+    except Exception as e:  # safetensors raises its own types for a damaged file
+        raise UserError(f"{found['weights_path']}: not a safetensors file ({type(e).__name__}: {e})") from None
+    state = {k[3:]: v for k, v in saved.items() if k.startswith("lm.")}
     if "embed.weight" not in state or tuple(state["embed.weight"].shape)[0] != VOCAB_SIZE:
         raise UserError(f"{found['weights_path']}: not the weights of an archlab language model")
     d_model = state["embed.weight"].shape[1]

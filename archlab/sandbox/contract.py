@@ -4,23 +4,20 @@ A candidate defines `class Mixer(nn.Module)` with `__init__(self, d_model, n_hea
 and `forward(x) -> y` mapping (batch, time, d_model) to the same shape and dtype. It may
 also define `class FFN(nn.Module)` (`__init__(self, d_model, **kw)`) to replace the
 harness MLP and `LAYERS = "MMA..."` to interleave the harness's softmax attention (A).
-Loading happens only inside the sandbox's child process.
+Loading happens only inside a model server (server.py).
 """
 
 import inspect
 import sys
 import types
-import weakref
-from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from archlab.sandbox.errors import CandidateError, out_of_memory  # noqa: F401  (CandidateError re-exported)
 
-_SOURCES: "weakref.WeakKeyDictionary[types.ModuleType, tuple[str, str]]" = weakref.WeakKeyDictionary()
 LOAD_SEED = 1234  # the random state a candidate's file is executed in: module-level random tables are the
-                  # same in the training process, the evaluation process and every twin
+                  # same in every model server of an evaluation
 
 
 def load(source: str, name: str = "candidate") -> types.ModuleType:
@@ -47,26 +44,7 @@ def load(source: str, name: str = "candidate") -> types.ModuleType:
             raise CandidateError("memory", f"importing the candidate ran out of memory: {e}"[:600]) from None
         raise CandidateError("error", f"importing the candidate raised {type(e).__name__}: {e}"[:1500]) from e
     validate(module)
-    _SOURCES[module] = (source, name)
     return module
-
-
-def twins(module: types.ModuleType, build: Callable[[types.ModuleType], nn.Module], seed: int = 0) -> Callable[[], nn.Module]:
-    """A factory of independent, identical instances of one of the candidate's parts: each call
-    executes the candidate's file again (new globals, new classes) and builds the part from the
-    random state `seed` (the training's, where a trained model is rebuilt, so random attributes
-    that are not weights come out as they were in training). The two sides of a comparison (a
-    pass and its perturbed copy, forward and step) run on two twins, so nothing a part remembers
-    from one call (a cache of past inputs and outputs, in the instance or the module) can be
-    replayed in the other; what both could still reach is watched by checks.SharedState."""
-    source, name = _SOURCES[module]
-
-    def make() -> nn.Module:
-        fresh = load(source, name)
-        torch.manual_seed(seed)
-        return build(fresh)
-
-    return make
 
 
 def validate(module: types.ModuleType) -> None:

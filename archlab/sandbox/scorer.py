@@ -94,7 +94,7 @@ class Server:
         while todo:
             pid = todo.pop()
             try:
-                if b"archlab.sandbox.server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"archlab.sandbox.server"]:
                     return pid
                 for task in os.listdir(f"/proc/{pid}/task"):
                     todo += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]

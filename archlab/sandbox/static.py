@@ -3,8 +3,9 @@
 Pure `ast` work with no torch import, so the sandbox's child process can reject a forbidden
 file in milliseconds, and the agents can run the same check in the driver process. The
 rules are an allowlist where that is possible (imports, dunder names) and a denylist of
-known ways out of the tensor world otherwise; the runtime layers (audit hook, integrity
-checks, bubblewrap/uid isolation, see protections.py) stand behind them.
+known ways out of the tensor world otherwise. They are a diagnostic that gives an honest
+mistake a fast, readable reason, not the boundary: the operating system (launch.py) contains
+the candidate, and the scorer (scorer.py) runs none of its code.
 
 What is rejected, with reason "forbidden" unless said otherwise:
 - imports outside ALLOWED_IMPORTS, relative and star imports, importing forbidden names;

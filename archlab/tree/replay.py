@@ -133,10 +133,9 @@ class Replayer:
         name = f"node-{node_id}-{self.tier}-s{seed}"
         log = self.dir / "logs" / f"replay-{name}.log"
         log.parent.mkdir(exist_ok=True)
-        weights = self.dir / WEIGHTS_DIR / f"{name}.pt"
+        weights = self.dir / WEIGHTS_DIR / f"{name}.safetensors"
         result = runner.evaluate(code, self.tier, seed=seed, seeds=1, data=self.config.data, param_limit=param_limit,
                                  threads=self.threads, log_path=log, weights_out=weights, tier_overrides=self.overrides,
-                                 kernel_cache=self.dir / runner.KERNEL_CACHE,
                                  device=None if self.config.device == "auto" else self.config.device)
         result.env = {**result.env, "commit": node["commit_sha"]}
         if result.ok and weights.is_file():
