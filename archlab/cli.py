@@ -140,6 +140,7 @@ def run(
         Run.create(run_dir, config)
         lock = hold_driver_lock(run_dir)  # noqa: F841  (held open, so locked, until this process ends)
         console.print(f"Started [bold]{run_dir}[/] from root [bold]{config.root}[/] ({config.tier} tier, {config.strategy} selection)")
+    _warn_weak_sandbox(config)
     from archlab.agents.brains import make_brain
     from archlab.agents.graph import experiences
 
@@ -382,6 +383,18 @@ def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str 
     else:
         console.print(f"[red]rejected[/] {file}: {result.reason}: {result.detail}")
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _warn_weak_sandbox(config) -> None:
+    """Say plainly, first thing, when candidates run without the full boundary (launch.py)."""
+    if config.executor == "ray":
+        return  # probed where the workers run
+    from archlab.sandbox import launch
+
+    lx = launch.launcher()
+    if lx.kind != "bwrap":
+        console.print(f"[yellow]warning:[/] the sandbox runs on the weaker '{lx.kind}' launcher here (bubblewrap refused: "
+                      f"{lx.facts.get('refused', {}).get('bwrap', '?')[:160].strip()}); see `archlab doctor`", highlight=False)
 
 
 @app.command()

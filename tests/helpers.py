@@ -201,15 +201,30 @@ def alive(pid: int) -> bool:
         return False
 
 
-def sandbox_workers_of(run_dir: Path, min_node: int = 0, max_node: int | None = None) -> list[int]:
-    """Live sandbox processes evaluating a node min_node..max_node of this run (their stdout is
-    the node's log, logs/node-N-ATTEMPT.log)."""
+SERVER = "-m archlab.sandbox.server"  # in the command line of a model server and of its launcher (bwrap, unshare)
+
+
+def log_of(pid: int) -> str:
+    """The file a sandbox process writes to: a model server's stderr (fd 2) is its evaluation's
+    log, opened by the scorer (its stdout is the reply pipe)."""
+    return os.readlink(f"/proc/{pid}/fd/2")
+
+
+def sandbox_servers_writing(log: Path) -> list[int]:
+    """Live model servers (and their launchers) writing into `log`."""
+    log = str(Path(log).resolve())
+    return pids_matching(lambda pid: SERVER in cmdline(pid) and log_of(pid) == log and alive(pid))
+
+
+def sandbox_servers_of(run_dir: Path, min_node: int = 0, max_node: int | None = None) -> list[int]:
+    """Live model servers (and their launchers) evaluating a node min_node..max_node of this run
+    (their stderr is the node's log, logs/node-N-ATTEMPT.log)."""
     logs = str(Path(run_dir).resolve() / "logs")
 
     def evaluates_our_node(pid: int) -> bool:
-        if "archlab.sandbox.worker" not in cmdline(pid):
+        if SERVER not in cmdline(pid):
             return False
-        m = re.fullmatch(re.escape(logs) + r"/node-(\d+)-\d+\.log", os.readlink(f"/proc/{pid}/fd/1"))
+        m = re.fullmatch(re.escape(logs) + r"/node-(\d+)-\d+\.log", log_of(pid))
         return bool(m) and min_node <= int(m[1]) <= (max_node if max_node is not None else int(m[1])) and alive(pid)
 
     return pids_matching(evaluates_our_node)

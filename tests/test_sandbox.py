@@ -1,4 +1,5 @@
-"""The sandbox: static and causality checks in-process, then the runner with real child processes."""
+"""The sandbox: causality checks of the scorer against in-process servers (loopback.py), the static
+checks, then the runner with real model servers (sandboxed child processes) and the trusted scorer."""
 
 import math
 import tempfile
@@ -8,109 +9,92 @@ import time
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from safetensors.numpy import load_file
 
 import helpers
-from archlab.sandbox import checks, contract, runner, static
+import loopback
+from archlab.sandbox import contract, runner, static
 from archlab.sandbox.contract import CandidateError
 from archlab.sandbox.fitness import breakdown
+from archlab.sandbox.model import LM
+from archlab.sandbox.tiers import TIERS, resolve
 from archlab.templates import ROOTS, render_root
 
 THREADS = 1
 
 
-# -- causality (in-process) ----------------------------------------------------------------------
-class ReversedCumsum(nn.Module):
-    """Every output sums the inputs from t to the end: anti-causal."""
-
-    def __init__(self, d_model):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-
-    def forward(self, x):
-        return self.proj(x.flip(1).cumsum(1).flip(1))
+# -- causality: original and perturbed copy go to two different servers ---------------------------
+HEADER = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
 
 
-class TinyFutureLeak(nn.Module):
-    """Causal except for a 1e-3 weighted copy of the next token."""
+def mixer(forward: str) -> str:
+    """A candidate whose Mixer projects its input and then applies `forward` (h = self.proj(x))."""
+    return HEADER + textwrap.dedent(f"""
+        class Mixer(nn.Module):
+            def __init__(self, d_model, n_heads, **kwargs):
+                super().__init__()
+                self.proj = nn.Linear(d_model, d_model)
 
-    def __init__(self, d_model, weight=1e-3):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-        self.weight = weight
-
-    def forward(self, x):
-        nxt = F.pad(x[:, 1:], (0, 0, 0, 1))
-        return self.proj(x) + self.weight * nxt
-
-
-class TimeMeanNorm(nn.Module):
-    """Normalises with statistics over the whole sequence (a classic accidental leak)."""
-
-    def __init__(self, d_model):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-
-    def forward(self, x):
-        h = self.proj(x)
-        return h - h.mean(dim=1, keepdim=True)
+            def forward(self, x):
+                h = self.proj(x)
+                {forward}
+    """)
 
 
-class EvalOnlyLeak(nn.Module):
-    """Causal while training, leaks the future in evaluation mode."""
-
-    def __init__(self, d_model):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-
-    def forward(self, x):
-        y = self.proj(x)
-        return y if self.training else y + y.roll(-1, dims=1)
-
-
-class CumulativeMean(nn.Module):
-    """The running mean over positions <= t: causal."""
-
-    def __init__(self, d_model):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-
-    def forward(self, x):
-        h = self.proj(x)
-        counts = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[:, None]
-        return h.cumsum(1) / counts
-
-
+LEAKS = {
+    "reversed_cumsum": mixer("return self.proj(x.flip(1).cumsum(1).flip(1))"),  # every output sums t..end
+    "leak_1e-3": mixer("return h + 1e-3 * F.pad(x[:, 1:], (0, 0, 0, 1))"),  # a small copy of the next token
+    "leak_1e-7": mixer("return h + 1e-7 * F.pad(x[:, 1:], (0, 0, 0, 1))"),
+    "mean_over_time": mixer("return h - h.mean(dim=1, keepdim=True)"),  # a classic accidental leak
+    "eval_mode_leak": mixer("return h if self.training else h + h.roll(-1, dims=1)"),  # causal while training
+}
+CUMULATIVE_MEAN = mixer("return h.cumsum(1) / torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[:, None]")
 D = 32
 
 
-def identical(cls, *args, **kwargs):
-    """A factory of identical instances, as check_causality wants (contract.twins for candidates)."""
-    def make():
-        torch.manual_seed(0)
-        return cls(*args, **kwargs)
-    return make
+def checks_tier(d_model: int = D, **kw):
+    return resolve("check", {"d_model": d_model, "causality_length": 80, **kw})
 
 
-@pytest.mark.parametrize("make", [
-    identical(ReversedCumsum, D), identical(TinyFutureLeak, D), identical(TinyFutureLeak, D, weight=1e-7),
-    identical(TimeMeanNorm, D), identical(EvalOnlyLeak, D),
-], ids=["reversed_cumsum", "leak_1e-3", "leak_1e-7", "mean_over_time", "eval_mode_leak"])
-def test_causality_check_rejects_leaks(make):
+@pytest.mark.parametrize("name", list(LEAKS))
+def test_causality_check_rejects_leaks(name):
+    ev = loopback.evaluation(LEAKS[name], checks_tier())
+    assert ev.dtype == "float64", "checked in float64: a leak of 1e-9 relative is caught"
     with pytest.raises(CandidateError) as e:
-        checks.check_causality(make, D, length=80)
+        ev.causality("Mixer")
     assert e.value.reason == "non_causal"
     assert "changed" in e.value.detail
 
 
 def test_causality_check_accepts_cumulative_mean():
-    checks.check_causality(identical(CumulativeMean, D), D, length=80)
+    ev = loopback.evaluation(CUMULATIVE_MEAN, checks_tier())
+    ev.causality("Mixer")
+    parts = [op for op, _ in ev.a.requests + ev.b.requests]
+    assert parts and set(parts) == {"part"}
+    assert len(ev.a.requests) + len(ev.b.requests) == 2 * 4, "3 seeds at the check length + 1 at the training length, 2 sides"
 
 
 def test_causality_check_accepts_the_deltanet_root():
-    module = contract.load(render_root("deltanet"))
-    checks.check_causality(contract.twins(module, lambda m: contract.build_mixer(m, 64, 4)), 64)
+    loopback.evaluation(render_root("deltanet"), resolve("check", {"d_model": 64})).causality("Mixer")
+
+
+def test_causality_check_covers_the_candidates_ffn():
+    source = CUMULATIVE_MEAN + textwrap.dedent("""
+        class FFN(nn.Module):
+            def __init__(self, d_model, **kwargs):
+                super().__init__()
+                self.up = nn.Linear(d_model, 2 * d_model)
+                self.down = nn.Linear(2 * d_model, d_model)
+
+            def forward(self, x):
+                return self.down(F.gelu(self.up(x + x.roll(-1, dims=1))))  # mixes in the next position
+    """)
+    ev = loopback.evaluation(source, checks_tier())
+    assert ev.has_ffn
+    ev.causality("Mixer")
+    with pytest.raises(CandidateError) as e:
+        ev.causality("FFN")
+    assert e.value.reason == "non_causal" and "FFN" in e.value.detail
 
 
 # -- static checks (in-process) ------------------------------------------------------------------
@@ -174,22 +158,36 @@ def test_static_check_reports_syntax_errors():
     assert e.value.reason == "syntax" and "line 1" in e.value.detail
 
 
-# -- the runner: real child processes -------------------------------------------------------------
+# -- the runner: real model servers and the trusted scorer ------------------------------------------------
 def evaluate(source: str, tier: str = "check", **kw) -> runner.Result:
     return runner.evaluate(source, tier, threads=THREADS, **kw)
 
 
-def test_runner_accepts_the_deltanet_root():
-    result = evaluate(render_root("deltanet"))
+def test_runner_accepts_the_deltanet_root(tmp_path):
+    log = tmp_path / "log.txt"
+    result = evaluate(render_root("deltanet"), log_path=log)
     assert result.ok, result
     assert result.reason is None
     assert result.metrics["mixer_params"] > 0 and result.metrics["params"] > result.metrics["mixer_params"]
-    assert result.metrics["wall_s"] > 0
-    assert result.env["torch"] == torch.__version__
+    assert result.metrics["wall_s"] > 0 and result.metrics["complexity"] == "linear" and result.metrics["has_step"]
+    assert result.env["torch"] == torch.__version__ and result.env["launcher"] in ("bwrap", "unshare", "plain")
+    text = log.read_text()
+    assert text.count("[server]") >= 2, "both servers write to the evaluation's log"
+    assert text.rstrip().endswith("[sandbox] accepted:"), text[-500:]
+
+
+def test_runner_without_a_log_path_keeps_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the evaluation's directory (and its log) lands in tmp_path
+    result = evaluate("def broken(:\n")
+    assert not result.ok and result.reason == "syntax", result
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_runner_times_out_and_leaves_no_process(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the scratch dir lands in tmp_path
+    """A server that spins is stopped by its CPU-time limit (timeout_s sets it); the evaluation
+    is a timeout, and no server, launcher or directory of it is left behind."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the evaluation's directory lands in tmp_path
+    log = tmp_path / "log.txt"
     source = candidate(mixer="""
         class Mixer(nn.Module):
             def __init__(self, d_model, n_heads, **kwargs):
@@ -200,7 +198,7 @@ def test_runner_times_out_and_leaves_no_process(tmp_path, monkeypatch):
             def forward(self, x):
                 return x
         """)
-    mine = lambda: helpers.pids_matching(lambda pid: str(tmp_path) in helpers.cmdline(pid) and helpers.alive(pid))
+    mine = lambda: helpers.sandbox_servers_writing(log)  # noqa: E731
     seen: set[int] = set()
     done = threading.Event()
 
@@ -211,20 +209,18 @@ def test_runner_times_out_and_leaves_no_process(tmp_path, monkeypatch):
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    started = time.monotonic()
     try:
-        result = evaluate(source, timeout_s=5)
+        result = evaluate(source, timeout_s=5, log_path=log)
     finally:
         done.set()
         watcher.join()
-    elapsed = time.monotonic() - started
-    assert seen, "the watcher never saw the sandbox worker (the test would prove nothing)"
+    assert seen, "the watcher never saw a model server (the test would prove nothing)"
     assert not result.ok and result.reason == "timeout", result
-    assert 5 <= elapsed < 15
-    leftovers = mine()
+    assert "CPU-seconds" in result.detail, result.detail
+    leftovers = [p for p in seen if helpers.alive(p)]
     helpers.kill_pids(leftovers)
-    assert leftovers == [], [helpers.cmdline(p) for p in leftovers]
-    assert not any(tmp_path.glob("archlab-sandbox-*")), "the scratch directory was not removed"
+    assert leftovers == [], leftovers
+    assert not any(tmp_path.glob("archlab-sandbox-*")), "the evaluation's directory was not removed"
 
 
 REJECTED = {
@@ -290,25 +286,44 @@ def test_runner_rejects_with_reason(case):
     assert result.metrics["wall_s"] > 0
 
 
+def stored_numbers(source: str, d_model: int, n_heads: int) -> int:
+    """What a mixer of `source` stores (parameters and buffers), counted here, in-process."""
+    torch.manual_seed(0)
+    return sum(v.numel() for v in contract.build_mixer(contract.load(source), d_model, n_heads).state_dict().values())
+
+
 def test_runner_rejects_ten_times_the_parameters():
-    root = contract.build_mixer(contract.load(render_root("deltanet")), 128, 4)  # the check tier's width
-    limit = math.floor(checks.count_params(root) * 1.2)
+    tier = TIERS["check"]
+    limit = math.floor(stored_numbers(render_root("deltanet"), tier.d_model, tier.n_heads) * 1.2)
     result = evaluate(TOO_MANY_PARAMS)
     assert not result.ok and result.reason == "params", result
     assert f"{limit:,}" in result.detail, result.detail
+    assert f"{stored_numbers(TOO_MANY_PARAMS, tier.d_model, tier.n_heads):,}" in result.detail, result.detail
+
+
+ALIAS_PATCH = candidate("g = F\ng.cross_entropy = lambda logits, targets, *a, **k: logits.sum() * 0.0\n")
 
 
 def test_candidate_cannot_patch_the_loss_through_an_alias():
-    """`import torch.nn.functional as F; g = F; g.cross_entropy = ...` replaces the harness's
-    loss in the worker (the candidate runs in the harness's process), so a candidate could
-    score any loss it likes. It must be rejected (forbidden or tamper), not accepted."""
-    source = candidate("g = F\ng.cross_entropy = lambda logits, targets, *a, **k: logits.sum() * 0.0\n")
-    result = evaluate(source)
-    assert not result.ok and result.reason in ("forbidden", "tamper"), result
+    """`import torch.nn.functional as F; g = F; g.cross_entropy = ...` replaces the loss inside the
+    candidate's own server. The static check names it at once (forbidden)."""
+    result = evaluate(ALIAS_PATCH)
+    assert not result.ok and result.reason == "forbidden", result
 
 
-def test_micro_evaluation_of_deltanet():
-    result = evaluate(render_root("deltanet"), "micro")
+def test_a_patched_loss_fools_only_its_own_server():
+    """Without the diagnostics the patch runs: the server trains on a loss of 0 and says so, but
+    the validation loss is the scorer's, computed from the logits: an untrained model's."""
+    result = evaluate(ALIAS_PATCH, "micro", skip_static_checks=True)
+    assert result.ok, result
+    m = result.metrics
+    assert m["train_loss"] == 0.0, "the patch did run in the server"
+    assert m["val_loss"] > math.log(256) - 0.3, m["val_loss"]  # ~ a uniform guess over bytes (the root learns ~4.2)
+
+
+def test_micro_evaluation_of_deltanet(tmp_path):
+    weights = tmp_path / "weights" / "node.safetensors"
+    result = evaluate(render_root("deltanet"), "micro", weights_out=weights)
     assert result.ok, result
     m = result.metrics
     for key in ("val_loss", "val_bpb", "tokens_per_s", "params", "wall_s"):
@@ -317,6 +332,27 @@ def test_micro_evaluation_of_deltanet():
     assert m["val_loss"] < math.log(256)  # it learned something beyond a uniform guess over bytes
     assert m["train_tokens"] == 20 * 8 * 64
     assert m["mixer_params"] < m["params"]
+    # The trained weights: safetensors, the language model's under `lm.`; they load into the model shell.
+    saved = load_file(str(weights))
+    assert saved and all(k.startswith("lm.") for k in saved), sorted(saved)[:5]
+    assert sum(v.size for v in saved.values()) == m["params"]
+    lm = LM(contract.load(render_root("deltanet")), TIERS["micro"])
+    lm.load_state_dict({k[3:]: torch.from_numpy(v) for k, v in saved.items()}, strict=True)
+    failed = evaluate("def broken(:\n", "micro", weights_out=tmp_path / "never.safetensors")
+    assert not failed.ok and not (tmp_path / "never.safetensors").exists()
+
+
+def test_probe_weights_are_saved_beside_the_language_models(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    tier = {"probes": {"d_model": 32, "n_layers": 1, "seq_len": 32, "batch_size": 8, "steps": 5, "pairs": [2], "eval_examples": 16},
+            "extrapolation": False, "hardware": False, "val_windows": 8, "steps": 5}
+    result = evaluate(render_root("deltanet"), "micro", tier_overrides=tier, weights_out=weights)
+    assert result.ok, result
+    assert 0 <= result.metrics["mqar_acc_p2"] <= 1 and 0 <= result.metrics["selcopy_acc"] <= 1
+    assert result.metrics["mqar_acc"] == result.metrics["mqar_acc_p2"]
+    saved = load_file(str(weights))
+    assert {k.split(".")[0] for k in saved} == {"lm", "probe"}
+    assert saved["probe.embed.weight"].shape == (256, 32) and saved["lm.embed.weight"].shape == (256, 64)
 
 
 def test_compile_check_penalises_a_mixer_torch_compile_cannot_take_whole():
@@ -335,24 +371,18 @@ def test_compile_check_penalises_a_mixer_torch_compile_cannot_take_whole():
     assert "graph break" in bad.metrics["compile_error"]
     terms = breakdown(bad.metrics, good.metrics)
     assert terms["compile"] < 0 and "compile" not in breakdown(good.metrics, good.metrics)
+    for key in ("decode_ms_per_token", "prefill_ms", "peak_mem_mb", "state_bytes", "flops_per_token", "quant_loss"):
+        assert key in good.metrics, key
+    assert good.metrics["decode_mode"] == "recurrent"
 
 
-def test_a_kernel_cache_is_copied_in_and_only_a_trusted_evaluation_writes_it_back(tmp_path):
-    # GPU evaluations compile and autotune Triton kernels into the sandbox's cache; the root's
-    # cache is kept (keep_kernel_cache) and copied into later sandboxes, which never write it back.
-    seed = tmp_path / "kernel-cache"
-    seed.mkdir()
-    (seed / "triton").mkdir()
-    (seed / "triton" / "kernel.cubin").write_bytes(b"compiled by the root")
-    fresh = tmp_path / "never-written"
-    result = runner.evaluate(render_root("deltanet"), "micro", threads=1, kernel_cache=fresh, param_limit=-1)
-    assert result.ok and not fresh.exists(), "without keep_kernel_cache nothing is written back"
-    broken = runner.evaluate("def broken(:\n", "micro", threads=1, kernel_cache=seed, keep_kernel_cache=True)
-    assert not broken.ok and sorted(p.name for p in seed.iterdir()) == ["triton"], "a failed evaluation keeps nothing"
-    before = seed.stat().st_ino
-    kept = runner.evaluate(render_root("deltanet"), "micro", threads=1, kernel_cache=seed, keep_kernel_cache=True, param_limit=-1)
-    assert kept.ok, kept.detail
-    assert seed.stat().st_ino != before, "the trusted evaluation's cache replaced the directory"
-    # ... and that cache held the seed's kernel: it had been copied in
-    assert (seed / "triton" / "kernel.cubin").read_bytes() == b"compiled by the root"
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("kernel-cache.")] == [], "no half-copied leftovers"
+def test_torch_normal_operation_under_the_audit_hook():
+    """Every request of a whole evaluation (training, probes, long windows, FLOPs, decoding, int8)
+    runs in servers with the audit hook installed: torch's own operation must never trip it."""
+    tier = {"d_model": 32, "seq_len": 32, "batch_size": 4, "steps": 3, "val_windows": 8, "complexity_lengths": [64],
+            "probes": {"d_model": 32, "steps": 2, "batch_size": 8, "seq_len": 32, "pairs": [2, 4], "eval_examples": 8}}
+    for root in ("deltanet", "transformer"):
+        result = evaluate(render_root(root), "explore", tier_overrides=tier, allow_quadratic=True, param_limit=-1)
+        assert result.ok, (root, result.reason, result.detail)
+        for key in ("quant_loss", "mqar_acc", "val_loss_2x", "decode_ms_per_token", "flops_per_token"):
+            assert key in result.metrics, (root, key)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def read_documents(path: str | None) -> list[bytes]:
     """The built-in corpus (documents separated by its header lines) or the user's text."""
     if path is None:
         text = gzip.decompress(BUILTIN.read_bytes())
-        return [b"### " + doc if not doc.startswith(b"### ") else doc for doc in text.split(b"\n\n### ") if doc]
+        # Documents are joined by a blank line before their header line (tools/build_corpus.py). Only the
+        # two header forms start a document: sources have comment lines "### ..." after blank lines too.
+        return [doc for doc in re.split(rb"\n\n(?=### (?:doc|file): )", text) if doc]
     root = Path(path)
     if root.is_file():
         files = [root]

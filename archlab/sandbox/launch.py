@@ -177,8 +177,9 @@ def writable(path):
     except OSError:
         return False
 facts["scratch_writable"] = writable(os.getcwd())
-facts["outside_writable"] = [p for p in sys.argv[2:] if writable(p)]
-facts["outside_readable"] = [p for p in ("/root", "/home", "/etc/shadow", "/var/log") if os.access(p, os.R_OK)]
+host = json.loads(sys.argv[2])
+facts["outside_writable"] = [p for p in host["writable"] if writable(p)]
+facts["outside_visible"] = [p for p in host["hidden"] if os.path.exists(p)]
 facts["seccomp"] = open("/proc/self/status").read().split("Seccomp:")[1].split()[0]
 print(json.dumps(facts))
 """
@@ -190,8 +191,12 @@ def _probe(cand: Launcher) -> dict:
     try:
         uid = cand.next_uid()
         os.chmod(host, 0o777)  # the plain and unshare launchers work in it as the dropped uid
-        outside = [str(Path(__file__).resolve().parent), sys.prefix]  # host paths: must not be writable
-        argv = cand.command([sys.executable, "-c", _PROBE, str(-1 if uid is None else uid), *outside], host)
+        from archlab.sandbox.data import BUILTIN
+
+        outside = {"writable": [str(Path(__file__).resolve().parent), sys.prefix],  # host paths it must not write
+                   "hidden": [p for p in (str(BUILTIN), "/etc/shadow", "/etc/hostname", str(Path.home() / ".bash_history"),
+                                          "/var/log") if os.path.exists(p) and not _in_view(p)]}
+        argv = cand.command([sys.executable, "-c", _PROBE, str(-1 if uid is None else uid), json.dumps(outside)], host)
         proc = subprocess.run(argv, cwd=host if cand.kind != "bwrap" else None, stdin=subprocess.DEVNULL,
                               env=environment(cand.scratch(host), 1), capture_output=True, timeout=120,
                               start_new_session=True)
@@ -260,6 +265,11 @@ def _view() -> list[str]:
     keep = [p for p in real if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in real)]
     links = [p for p in seen if os.path.islink(p) and not any(p.startswith(q.rstrip("/") + "/") for q in keep)]
     return sorted(keep, key=len) + links
+
+
+def _in_view(path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(real == v or real.startswith(v.rstrip("/") + "/") for v in _view())
 
 
 def _hidden() -> list[str]:
@@ -412,7 +422,7 @@ def report(refresh: bool = False) -> dict:
         ("PID namespace", namespaces and f.get("pid", 99) < 10, f"a server sees itself as pid {f.get('pid')}"),
         ("no network", not f.get("inet_socket", True) and set(f.get("interfaces", [])) <= {"lo"},
          f"interfaces inside: {', '.join(f.get('interfaces', [])) or 'none'}; inet sockets refused by seccomp"),
-        ("minimal read-only file system", bwrap and not f.get("outside_writable") and not f.get("outside_readable"),
+        ("minimal read-only file system", bwrap and not f.get("outside_writable") and not f.get("outside_visible"),
          "interpreter, libraries, archlab (no corpus); private size-capped /tmp, /dev/shm, scratch" if bwrap
          else "the whole file system is visible; only file permissions" + (" of the unprivileged uid" if lx.drop_uid else "")),
         ("unprivileged uid", lx.drop_uid or not root,

@@ -79,7 +79,7 @@ def evaluate(
     param_limit: the budget per block (mixer + FFN beyond the harness MLP); None = param_ratio x the
         DeltaNet root mixer's; -1 = none.
     timeout_s: the tier's time (default tier.timeout_s): each server gets that many CPU-seconds per
-        thread (x1.5 + 60), and the whole evaluation a wall-clock backstop of 3x + 120 s.
+        thread (x1.5 + 20), and the whole evaluation a wall-clock backstop of 3x + 120 s.
     allow_quadratic: accept mixers whose cost grows faster than linearly with sequence length.
     reference: the root's metrics; a val_loss more than `implausible_gain` below its val_loss is
         flagged. seeds: how many seeds to run here, counting up from `seed` (default 1); several
@@ -123,34 +123,36 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")
     evaluation = None
-    try:
-        if _stopping.is_set():
-            raise Interrupted("the run is stopping")
-        evaluation = Evaluation(source, tier, seed, opt, host_dir, log)
-        with _live_lock:
-            _live.add(evaluation)
-        metrics = evaluation.run()
-        if weights_out and evaluation.weights:
-            evaluation.save_weights(Path(weights_out))
-        lx = launch.launcher()
-        result = Result(ok=True, metrics=metrics, env={**evaluation.env, "tier": tier.name, "launcher": lx.kind})
-    except CandidateError as e:
-        if _stopping.is_set():
-            raise Interrupted("the run is stopping") from None
-        result = Result(ok=False, reason=e.reason, detail=e.detail[:2000],
-                        metrics=dict(evaluation.metrics) if evaluation else {})
-    except DataError as e:
-        result = Result(ok=False, reason="data", detail=str(e))
-    finally:
-        if evaluation is not None:
-            evaluation.close()
+    try:  # host_dir holds the log when no log_path is given: removed only once the log is written
+        try:
+            if _stopping.is_set():
+                raise Interrupted("the run is stopping")
+            evaluation = Evaluation(source, tier, seed, opt, host_dir, log)
             with _live_lock:
-                _live.discard(evaluation)
+                _live.add(evaluation)
+            metrics = evaluation.run()
+            if weights_out and evaluation.weights:
+                evaluation.save_weights(Path(weights_out))
+            lx = launch.launcher()
+            result = Result(ok=True, metrics=metrics, env={**evaluation.env, "tier": tier.name, "launcher": lx.kind})
+        except CandidateError as e:
+            if _stopping.is_set():
+                raise Interrupted("the run is stopping") from None
+            result = Result(ok=False, reason=e.reason, detail=e.detail[:2000],
+                            metrics=dict(evaluation.metrics) if evaluation else {})
+        except DataError as e:
+            result = Result(ok=False, reason="data", detail=str(e))
+        finally:
+            if evaluation is not None:
+                evaluation.close()
+                with _live_lock:
+                    _live.discard(evaluation)
+        result.metrics["wall_s"] = time.monotonic() - started
+        with open(log, "a") as f:
+            f.write(f"[sandbox] {'accepted' if result.ok else 'rejected: ' + str(result.reason)}: {result.detail or ''}\n")
+        _cap_log(log)
+    finally:
         shutil.rmtree(host_dir, ignore_errors=True)
-    result.metrics["wall_s"] = time.monotonic() - started
-    with open(log, "a") as f:
-        f.write(f"[sandbox] {'accepted' if result.ok else 'rejected: ' + str(result.reason)}: {result.detail or ''}\n")
-    _cap_log(log)
     return result
 
 

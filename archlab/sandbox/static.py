@@ -42,8 +42,8 @@ FORBIDDEN_ATTRS = {
     # modules torch and others re-export
     "os", "sys", "subprocess", "builtins", "importlib", "ctypes", "socket", "shutil", "pathlib", "io",
     "multiprocessing", "threading", "signal", "pickle", "marshal", "inspect", "gc", "types", "tempfile",
-    # loading code or files, compiling, registering kernels, hubs
-    "load", "save", "load_library", "cpp_extension", "from_file", "hub", "library", "classes", "compile",
+    # loading code or files, registering kernels, hubs (torch.compile is allowed: DESIGN.md)
+    "load", "save", "load_library", "cpp_extension", "from_file", "hub", "library", "classes",
     "jit", "distributed", "overrides", "ops_registry", "get_type_hints", "ForwardRef", "singledispatch",
     "singledispatchmethod", "format", "format_map", "mro", "untyped_storage",
     # frames, code objects and the autograd graph (ways to reach the harness's locals and tensors)

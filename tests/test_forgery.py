@@ -1,0 +1,428 @@
+"""Scores a candidate cannot forge, and nothing that escapes or stays behind: attacks on trained
+tiers, each class with several variants, all with the diagnostics switched off (no static check,
+no audit hook), through the real sandbox.
+
+The property every forgery test asserts is the same: the candidate is rejected, or it is
+accepted with the validation loss its honest model earns (the plain single-Linear mixer these
+attacks are built on scores `plain`; a forged score would sit far below it). Findings F1-F10
+refer to the security review in the issue "Scores a candidate cannot forge".
+"""
+
+import ast
+import concurrent.futures
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from archlab.sandbox import launch, runner
+from archlab.sandbox.data import BUILTIN
+from archlab.sandbox.fitness import fitness
+from archlab.templates import render_root
+
+import helpers
+
+HEADER = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+OFF = {"skip_static_checks": True}  # the diagnostics off: only the boundary stands in the way
+MARK = f"archlab-escape-{uuid.uuid4().hex[:8]}"  # names every file and process an attack tries to leave behind
+
+
+def mixer(forward: str = "return self.proj(x)\n", init: str = "", top: str = "") -> str:
+    fwd = textwrap.indent(textwrap.dedent(forward), " " * 8)
+    body = textwrap.indent(textwrap.dedent(init), " " * 8)
+    return HEADER + textwrap.dedent(top) + f"""
+
+class Mixer(nn.Module):
+    def __init__(self, d_model, n_heads, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+{body}
+    def forward(self, x):
+{fwd}"""
+
+
+# The server's own module, as a candidate reaches it: `python -m archlab.sandbox.server` is __main__.
+SERVER = "import sys\nimport numpy as np\nfrom archlab.sandbox import wire\nSERVER = sys.modules['__main__']\n"
+
+FORGED = {  # F1, F2, F8: whatever a server sends, the scorer computes the score, or rejects
+    "patched_logits_read_the_next_token": SERVER + """
+def cheat(self, req, arrays):
+    tokens = self._tensor(arrays["tokens"]).long()
+    nxt = torch.cat([tokens[:, 1:], tokens[:, -1:]], 1)
+    return {}, {"logits": 20.0 * F.one_hot(nxt, 256).float()}
+SERVER.Server.logits = cheat
+""",
+    "forged_reply_written_to_the_pipe": SERVER + """
+wire.send(SERVER.REPLY_FD, {"ready": True, "has_step": False, "has_ffn": False, "dtype": "float32", "env": {}})
+wire.send(SERVER.REPLY_FD, {"val_loss": 0.01, "ok": True})
+""",
+    "garbage_on_the_pipe": SERVER + "import os\nos.write(SERVER.REPLY_FD, b'{\"ok\": true, \"val_loss\": 0.0}' * 50)\n",
+    "nan_in_a_reply_header": SERVER + """
+import struct
+def cheat(self, req, arrays):
+    head = b'{"train_loss": NaN}'
+    import os
+    for step in range(self.tier.steps):
+        wire.send(SERVER.REPLY_FD, {"need": step})
+        wire.receive(0, 1 << 30)
+    os.write(SERVER.REPLY_FD, struct.pack("<4sIQ", b"ALW1", len(head), 0) + head)
+    return {}, {}
+SERVER.Server.train = cheat
+""",
+    "huge_length_prefix": SERVER + """
+import os, struct
+os.write(SERVER.REPLY_FD, struct.pack("<4sIQ", b"ALW1", 2, 1 << 40) + b"{}")
+""",
+    "wrong_types_in_the_extras": SERVER + """
+SERVER.Server.extras = lambda self, req, arrays: ({"flops_per_token": "none at all", "compile_ok": "yes"}, {})
+""",
+    "logits_of_the_wrong_shape": SERVER + """
+SERVER.Server.logits = lambda self, req, arrays: ({}, {"logits": torch.zeros(1, 1, 256)})
+""",
+    "exits_in_the_middle_of_training": SERVER + """
+import os
+from archlab.sandbox import train as T
+T.train_step = lambda *args, **kwargs: os._exit(0)
+""",
+}
+
+LATE_LEAK = "F.pad(x[:, 1:], (0, 0, 0, 1))"  # reads x[t + 1]
+SCORED_LEAKS = {  # F5, F10: the scored server is checked on every window it is scored on
+    "after_the_first_calls_of_an_instance": ("y = self.proj(x)\nself.calls += 1\n"
+                                             f"return y + {LATE_LEAK} if self.calls > 40 else y\n", "self.calls = 0\n"),
+    "after_the_first_calls_of_the_process": ("y = self.proj(x)\nCALLS[0] += 1\n"
+                                             f"return y + {LATE_LEAK} if CALLS[0] > 60 else y\n", ""),
+    "only_without_gradients_in_eval_mode": (f"y = self.proj(x)\nreturn y if self.training or torch.is_grad_enabled() else y + {LATE_LEAK}\n", ""),
+    "only_once_trained_weights_are_loaded": ("y = self.proj(x)\n"
+                                             f"return y + {LATE_LEAK} if self.proj.bias.abs().sum() > 0.5 and not self.training else y\n",
+                                             ""),
+    "on_a_fraction_of_the_windows": ("y = self.proj(x)\nif self.training or x.shape[1] < 16:\n    return y\n"
+                                     f"hit = (x[:, :1, :1] > 0.6).to(x.dtype)\nreturn y + hit * {LATE_LEAK}\n", ""),
+    "keeps_the_previous_window_as_context": ("y = self.proj(x)\nprev = self.prev if self.prev is not None and self.prev.shape == y.shape else 0\n"
+                                            "self.prev = y.detach()\nreturn y if self.training else y + 0.5 * prev\n",
+                                            "self.prev = None\n"),
+}
+
+
+def _leaking(forward: str, init: str) -> str:
+    return mixer(forward, init, top="CALLS = [0]\n")
+
+
+def _capacity_after_the_first_model() -> str:
+    """F4: small while the checks count it, a 40x wider MLP in every instance built after that."""
+    return HEADER + """
+BUILT = [0]
+
+
+class Mixer(nn.Module):
+    def __init__(self, d_model, n_heads, **kwargs):
+        super().__init__()
+        BUILT[0] += 1
+        wide = 40 * d_model if BUILT[0] > 3 else 1
+        self.proj = nn.Linear(d_model, d_model)
+        self.up = nn.Linear(d_model, wide, bias=False)
+        self.down = nn.Linear(wide, d_model, bias=False)
+
+    def forward(self, x):
+        return self.proj(x) + self.down(F.gelu(self.up(x)))
+"""
+
+
+def _capacity_outside_the_weights() -> str:
+    """F4: a trained tensor the optimizer sees but the saved weights do not carry."""
+    return mixer("return self.proj(x) + (x @ self.hidden[0]) @ self.hidden[1]\n", init="""
+        self.hidden = [torch.zeros(d_model, 16 * d_model, requires_grad=True),
+                       (torch.randn(16 * d_model, d_model) * 0.02).requires_grad_()]
+        """) + """
+    def parameters(self, recurse=True):
+        yield from super().parameters(recurse)
+        yield from self.hidden
+"""
+
+
+CASES = {
+    "plain": (mixer(), {}),
+    **{f"forged_{name}": (mixer(top=src), {"tier_overrides": {"hardware": True}} if "extras" in name else {})
+       for name, src in FORGED.items()},
+    **{f"leaks_{name}": (_leaking(*src), {}) for name, src in SCORED_LEAKS.items()},
+    "capacity_after_the_first_model": (_capacity_after_the_first_model(), {}),
+    "capacity_outside_the_weights": (_capacity_outside_the_weights(), {}),
+}
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, runner.Result]:
+    def one(name: str) -> runner.Result:
+        source, options = CASES[name]
+        return runner.evaluate(source, "micro", threads=1, timeout_s=120, **OFF, **options)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return dict(zip(CASES, pool.map(one, CASES)))
+
+
+def _no_forged_score(result: runner.Result, plain: float) -> None:
+    if result.ok:
+        assert result.metrics["val_loss"] > plain - 0.1, (result.metrics["val_loss"], plain)
+
+
+def test_the_plain_baseline_trains(results):
+    plain = results["plain"]
+    assert plain.ok, plain
+    assert 3.0 < plain.metrics["val_loss"] < 5.6
+
+
+@pytest.mark.parametrize("name", list(FORGED))
+def test_a_forged_reply_is_a_rejection_of_that_candidate(results, name):
+    """F1/F2/F8: a server that writes its own messages, patches its request handlers or sends
+    malformed data is rejected (crash, shape, nan, non_causal), and the evaluation returns a result
+    (it never raises: a run goes on)."""
+    result = results[f"forged_{name}"]
+    assert not result.ok, (name, result.metrics)
+    assert result.reason in ("crash", "shape", "nan", "non_causal", "error"), (name, result.reason, result.detail)
+    _no_forged_score(result, results["plain"].metrics["val_loss"])
+
+
+def test_a_next_token_oracle_is_named_non_causal(results):
+    result = results["forged_patched_logits_read_the_next_token"]
+    assert result.reason == "non_causal" and "trained model" in result.detail, result
+
+
+@pytest.mark.parametrize("name", list(SCORED_LEAKS))
+def test_a_leak_on_the_scored_server_is_caught(results, name):
+    """F5/F10: however the leak hides from the checks (after some calls, only where no gradient
+    is taken, only with trained weights, on some windows, through state kept between calls), the
+    scored server's every validation window is compared with a copy scored by another process."""
+    result = results[f"leaks_{name}"]
+    assert not result.ok and result.reason == "non_causal", (name, result.reason, result.detail, result.metrics)
+
+
+@pytest.mark.parametrize("name", ["capacity_after_the_first_model", "capacity_outside_the_weights"])
+def test_capacity_the_budget_does_not_count_earns_nothing(results, name):
+    """F4: every block of the trained model is counted from the saved weights; capacity that the
+    weights do not carry is missing in the fresh scored server, whose outputs then disagree."""
+    result = results[name]
+    assert not result.ok and result.reason in ("params", "non_causal"), (name, result.reason, result.detail)
+
+
+# -- data a candidate cannot see (F6) -------------------------------------------------------------
+def _snoop(paths: list[str]) -> str:
+    """A candidate that tries every way to read the given paths and reports, in its rejection,
+    how many bytes it got (it always raises, so the report reaches the detail)."""
+    return mixer(top=f"""
+        import os
+        PATHS = {paths!r}
+        found = {{}}
+        for path in PATHS:
+            try:
+                found[path] = len(open(path, 'rb').read())
+            except OSError:
+                pass
+            try:
+                fd = os.open(os.path.dirname(path) or '/', os.O_RDONLY)
+                found[path + ' (dir_fd)'] = len(os.read(os.open(os.path.basename(path), os.O_RDONLY, dir_fd=fd), 1 << 30))
+            except OSError:
+                pass
+            try:
+                for entry in os.scandir(path):
+                    found[entry.path] = entry.stat().st_size
+            except OSError:
+                pass
+        raise RuntimeError('SNOOPED ' + repr(found))
+        """)
+
+
+def test_no_candidate_process_can_read_evaluation_data(tmp_path):
+    secret = tmp_path / "corpus"
+    secret.mkdir()
+    (secret / "text.txt").write_text("the user's private validation text " * 2000)
+    import sysconfig
+
+    topics = os.path.join(sysconfig.get_paths()["stdlib"], "pydoc_data", "topics.py")
+    paths = [str(BUILTIN), str(BUILTIN.parent), str(secret), str(secret / "text.txt"), topics,
+             "/proc/1/environ", "/proc/self/environ", "/root/.bash_history", "/etc/shadow"]
+    result = runner.evaluate(_snoop(paths), "micro", threads=1, data=str(secret), **OFF)
+    assert not result.ok and result.reason == "error" and "SNOOPED" in result.detail, result
+    found = ast.literal_eval(result.detail.split("SNOOPED ", 1)[1].split("}")[0] + "}")  # the candidate's own report
+    leaked = {path: size for path, size in found.items() if size and "environ" not in path}
+    assert leaked == {}, leaked
+    environ = [size for path, size in found.items() if "environ" in path and size]
+    assert all(size < 400 for size in environ)  # only the stripped environment of the sandbox itself
+
+
+def test_builtin_validation_text_is_not_on_the_interpreters_disk():
+    """The built-in corpus validates on documentation text only; the standard library's sources
+    (readable by every server) train only, and the documentation the stdlib carries is hidden."""
+    from archlab.sandbox.data import split
+
+    train, val = split(None)
+    stdlib = Path(os.__file__).parent
+    sources = b"".join(p.read_bytes() for p in sorted(stdlib.glob("*.py"))[:200])
+    probes = [val[i : i + 48] for i in range(0, len(val) - 48, len(val) // 200)]
+    assert sum(p in sources for p in probes) <= 2  # a shared boilerplate line at most
+    assert any(str(Path(p)).endswith("pydoc_data") for p in launch._hidden())
+
+
+# -- nothing left behind (F3, F9) -----------------------------------------------------------------
+LEAVE_BEHIND = {
+    "os_posix_spawn": f"""
+        import os
+        os.posix_spawn("/bin/sh", ["sh", "-c", "echo x > /tmp/{MARK}; echo x > /dev/shm/{MARK}; sleep 600; : {MARK}"], {{}})
+        """,
+    "subprocess_popen_in_a_new_session": f"""
+        import subprocess
+        subprocess.Popen(["sh", "-c", "echo x > /tmp/{MARK}.p; sleep 601; : {MARK}"], start_new_session=True)
+        """,
+    "os_system_double_fork": f"""
+        import os
+        os.system("echo x > /dev/shm/{MARK}.s; (sh -c 'sleep 602; : {MARK}' &)")
+        """,
+    "fork_and_write": f"""
+        import os, time
+        if os.fork() == 0:
+            open("/tmp/{MARK}.f", "w").write("x")
+            os.setsid()
+            time.sleep(600)
+        """,
+}
+
+
+def _marked(pid: int) -> bool:
+    return MARK in helpers.cmdline(pid)
+
+
+@pytest.mark.parametrize("name", list(LEAVE_BEHIND))
+def test_nothing_outlives_an_evaluation(name):
+    """F3: what a candidate starts or writes (its own /tmp, /dev/shm and scratch) is gone when the
+    evaluation ends: private file systems, and a PID namespace torn down with its server."""
+    source = mixer(top=LEAVE_BEHIND[name] + "import time\ntime.sleep(1)\n")
+    result = runner.evaluate(source, "check", threads=1, **OFF)
+    assert result.reason in (None, "error"), result
+    time.sleep(1)
+    left = [p for d in ("/tmp", "/dev/shm", "/var/tmp") for p in Path(d).glob(f"{MARK}*")]
+    assert left == [], left
+    assert helpers.pids_matching(_marked) == [], [helpers.cmdline(p) for p in helpers.pids_matching(_marked)]
+
+
+def test_the_scratch_is_size_capped():
+    """F9: a server writes until its private file systems are full; the host's disk does not move."""
+    source = mixer(top="""
+        import numpy as np
+        written = {}
+        for where in ("/tmp", "/dev/shm", "."):
+            total = 0
+            try:
+                with open(where + "/flood", "wb") as f:
+                    block = np.zeros(64 << 20, np.uint8).tobytes()
+                    while total < (4 << 30):
+                        f.write(block)
+                        total += len(block)
+            except OSError:
+                pass
+            written[where] = total
+        raise RuntimeError("FLOODED " + repr(written))
+        """)
+    before = shutil.disk_usage("/tmp").free
+    result = runner.evaluate(source, "check", threads=1, **OFF)
+    assert "FLOODED" in result.detail, result
+    written = ast.literal_eval(result.detail.split("FLOODED ", 1)[1].split("}")[0] + "}")
+    assert all(size <= launch.SCRATCH_MB * 2**20 for size in written.values()), written
+    assert shutil.disk_usage("/tmp").free > before - (256 << 20)
+
+
+# -- time: the candidate's own CPU, never the machine's (item 7) ----------------------------------
+def test_a_slow_candidate_times_out_on_its_own_cpu_time():
+    result = runner.evaluate(mixer("while True:\n    pass\n"), "check", threads=1, timeout_s=2, **OFF)
+    assert not result.ok and result.reason == "timeout", result
+    assert "CPU-seconds" in result.detail
+
+
+def test_a_busy_machine_does_not_time_out_an_honest_candidate():
+    """Eight busy processes on two cores: the root's micro evaluation is slower, not a timeout,
+    with a time limit its own CPU time fits in but the wall clock does not."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(8)]
+    try:
+        started = time.monotonic()
+        result = runner.evaluate(render_root("deltanet"), "micro", threads=1, timeout_s=4)
+        wall = time.monotonic() - started
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert result.ok, result
+    assert wall > 4, wall  # slower than its limit in wall-clock time, and still not blamed
+
+
+ORPHAN = mixer(top=f"""
+    import subprocess
+    subprocess.Popen(["sh", "-c", "sleep 603; : {MARK}"])
+    while True:
+        pass
+    """)
+
+
+@pytest.mark.parametrize("kind", ["bwrap", "unshare"])
+def test_a_killed_driver_leaves_no_process(kind, tmp_path):
+    """A SIGKILLed driver (no chance to clean up): its servers and whatever they started go with it."""
+    cand = tmp_path / "cand.py"
+    cand.write_text(ORPHAN)
+    driver = subprocess.Popen([sys.executable, "-c", "from archlab.sandbox import runner\n"
+                               f"runner.evaluate(open({str(cand)!r}).read(), 'check', threads=1, timeout_s=300, "
+                               "skip_static_checks=True)"], env={**os.environ, "ARCHLAB_SANDBOX": kind})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not helpers.pids_matching(_marked):
+            time.sleep(0.5)
+        assert helpers.pids_matching(_marked), "the candidate never started its child"
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and helpers.pids_matching(_marked):
+        time.sleep(0.5)
+    assert helpers.pids_matching(_marked) == [], [helpers.cmdline(p) for p in helpers.pids_matching(_marked)]
+
+
+# -- toolchains inside (item 6) -------------------------------------------------------------------
+def test_torch_compile_with_inductor_builds_inside_the_sandbox():
+    """Inductor generates C++, runs the C compiler and loads what it built, all inside a server's
+    private scratch, with no allowance of its own; the diagnostics stay on (library code is never
+    judged by them)."""
+    source = HEADER + """
+
+@torch.compile(backend="inductor", dynamic=True)
+def running_mean(h):
+    n = torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[None, :, None]
+    return h.cumsum(1) / n
+
+
+class Mixer(nn.Module):
+    def __init__(self, d_model, n_heads, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        h = self.proj(x)
+        if x.dtype == torch.float32 and not torch.is_grad_enabled():
+            return running_mean(h)
+        n = torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[None, :, None]
+        return h.cumsum(1) / n
+"""
+    result = runner.evaluate(source, "micro", threads=1, timeout_s=600)
+    assert result.ok, result
+
+
+def test_implausible_gain_is_flagged_and_not_crowned():
+    root = {"val_loss": 9.0, "tokens_per_s": 1.0}  # any trained model is > 25% below this
+    result = runner.evaluate(mixer(), "micro", threads=1, reference=root)
+    assert result.ok, result
+    m = result.metrics
+    assert m["flagged"] == "implausible_gain"
+    assert fitness(m, root) <= 0.0  # kept, shown, never crowned
+    assert fitness(m, root, trust_flagged=True) > 0.0
