@@ -25,13 +25,6 @@ def job(tmp_path: Path, key: str, tier: str = "check", source: str = ROOT) -> ex
     return executors.Job(key=key, source=source, tier=tier, seed=0, options={"param_limit": -1}, log_path=str(tmp_path / f"{key}.log"))
 
 
-def sandboxes_writing(log: Path) -> list[int]:
-    def writes(pid: int) -> bool:
-        return "archlab.sandbox.worker" in helpers.cmdline(pid) and os.readlink(f"/proc/{pid}/fd/1") == str(log) and helpers.alive(pid)
-
-    return helpers.pids_matching(writes)
-
-
 def test_two_cpu_slots_evaluate_side_by_side(tmp_path):
     ex = executors.LocalExecutor(slots=2, threads=1)
     try:
@@ -82,9 +75,9 @@ def test_stop_abandons_the_evaluation_in_flight(tmp_path):
     log = tmp_path / "long.log"
     future = ex.submit(job(tmp_path, "long", tier="micro"))
     deadline = time.monotonic() + 120
-    while not sandboxes_writing(log) and time.monotonic() < deadline:
+    while not helpers.sandbox_servers_writing(log) and time.monotonic() < deadline:
         time.sleep(0.1)
-    pids = sandboxes_writing(log)
+    pids = helpers.sandbox_servers_writing(log)
     assert pids, "the sandbox never started"
     ex.stop()
     with pytest.raises(Interrupted):
@@ -114,7 +107,7 @@ def test_a_run_config_picks_its_executor():
 
 
 def test_a_cpu_hours_budget_stops_the_run(cli, run_dir):
-    # 0.0002 CPU-hours is 0.72 CPU-seconds: the root's evaluation alone (a sandbox process, checks, training) spends more.
+    # 0.0002 CPU-hours is 0.72 CPU-seconds: the root's evaluation alone (two model servers, checks, training) spends more.
     proc = cli("run", run_dir, "--tier", "micro", "--max-nodes", 5, "--threads", helpers.THREADS, "--cpu-hours", 0.0002)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "reached --cpu-hours 0.0002" in " ".join(proc.stdout.split())

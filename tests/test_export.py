@@ -1,5 +1,5 @@
 """`archlab export`: a node of a real micro-tier run (see test_replay.review_run) becomes a Hugging Face model directory that
-transformers loads (trust_remote_code), scores like the harness did, and generates from."""
+transformers loads (trust_remote_code), scores like the sandbox's scorer did, and generates from."""
 
 import json
 import shutil
@@ -27,11 +27,14 @@ def offline_hf(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
-def test_export_loads_with_transformers_matches_the_harness_and_generates(run, tmp_path, offline_hf):
+def test_export_loads_with_transformers_matches_the_model_shell_and_generates(run, tmp_path, offline_hf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from archlab.sandbox import contract, harness
+    from safetensors.torch import load_file
+
+    from archlab.sandbox import contract
     from archlab.sandbox.data import Corpus
+    from archlab.sandbox.model import LM
     from archlab.sandbox.tiers import TIERS
 
     node = next(n for n in helpers.node_rows(run) if n["id"] != 0 and n["status"] == "done")
@@ -57,24 +60,22 @@ def test_export_loads_with_transformers_matches_the_harness_and_generates(run, t
     assert tokenizer(text).input_ids == list(text.encode("utf-8")), "byte-level: token id = byte value"
 
     # The same numbers as archlab's own model shell with the trained weights ...
-    assert Path(facts["weights"]).is_relative_to(run.resolve())
-    weights = torch.load(facts["weights"], weights_only=True)
-    state = weights["lm"] if "lm" in weights else weights
+    assert Path(facts["weights"]).is_relative_to(run.resolve()) and facts["weights"].endswith(".safetensors")
+    saved = load_file(facts["weights"])
+    assert {k.split(".")[0] for k in saved} <= {"lm", "probe"} and "lm.embed.weight" in saved
+    state = {k[3:]: v for k, v in saved.items() if k.startswith("lm.")}
     tier = TIERS["micro"]
-    lm = harness.LM(contract.load(code), tier)
-    lm.load_state_dict(state)
+    lm = LM(contract.load(code), tier)
+    lm.load_state_dict(state, strict=True)
     lm.eval()
     tokens = torch.tensor([list(b"import torch\nclass Mixer(nn.Module):")])
     with torch.no_grad():
         assert torch.allclose(model(tokens).logits, lm(tokens), atol=1e-5)
-        # ... and its validation loss over the harness's validation windows is the recorded one.
-        corpus = Corpus.load(None)
-        total = count = 0
-        for inputs, targets in corpus.val_batches(tier.val_windows, tier.batch_size, tier.seq_len):
-            logits = model(inputs).logits
-            total += torch.nn.functional.cross_entropy(logits.reshape(-1, 256), targets.reshape(-1), reduction="sum").item()
-            count += targets.numel()
-    assert total / count == pytest.approx(facts["val_loss"], abs=1e-4)
+        # ... and its validation loss over the scorer's validation windows is the recorded one.
+        inputs, targets = (torch.from_numpy(a) for a in Corpus.load(None).val_windows(tier.val_windows, tier.seq_len))
+        logits = model(inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256).double(), targets.reshape(-1)).item()
+    assert loss == pytest.approx(facts["val_loss"], abs=1e-4)
 
     # It generates: greedy continuation, byte tokens, the same as decoding by hand.
     prompt = tokenizer("for i in range(", return_tensors="pt").input_ids

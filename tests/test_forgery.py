@@ -95,8 +95,9 @@ T.train_step = lambda *args, **kwargs: os._exit(0)
 
 LATE_LEAK = "F.pad(x[:, 1:], (0, 0, 0, 1))"  # reads x[t + 1]
 SCORED_LEAKS = {  # F5, F10: the scored server is checked on every window it is scored on
-    "after_the_first_calls_of_an_instance": ("y = self.proj(x)\nself.calls += 1\n"
-                                             f"return y + {LATE_LEAK} if self.calls > 40 else y\n", "self.calls = 0\n"),
+    "after_the_first_call_of_an_instance": ("y = self.proj(x)\nself.calls += 1\n"
+                                            f"return y + {LATE_LEAK} if self.calls > 1 and x.shape[0] > 1 and not self.training else y\n",
+                                            "self.calls = 0\n"),
     "after_the_first_calls_of_the_process": ("y = self.proj(x)\nCALLS[0] += 1\n"
                                              f"return y + {LATE_LEAK} if CALLS[0] > 60 else y\n", ""),
     "only_without_gradients_in_eval_mode": (f"y = self.proj(x)\nreturn y if self.training or torch.is_grad_enabled() else y + {LATE_LEAK}\n", ""),
@@ -136,14 +137,20 @@ class Mixer(nn.Module):
 
 
 def _capacity_outside_the_weights() -> str:
-    """F4: a trained tensor the optimizer sees but the saved weights do not carry."""
-    return mixer("return self.proj(x) + (x @ self.hidden[0]) @ self.hidden[1]\n", init="""
-        self.hidden = [torch.zeros(d_model, 16 * d_model, requires_grad=True),
-                       (torch.randn(16 * d_model, d_model) * 0.02).requires_grad_()]
+    """F4: a wide MLP that trains in server A but leaves itself out of the saved weights, in a
+    process that loads weights leniently: the capacity the budget does not count."""
+    return mixer("return self.proj(x) + self.down(F.gelu(self.up(x)))\n", init="""
+        self.up = nn.Linear(d_model, 16 * d_model)
+        self.down = nn.Linear(16 * d_model, d_model)
+        """, top="""
+        LOAD = nn.Module.load_state_dict
+        nn.Module.load_state_dict = lambda self, state, strict=True, **kwargs: LOAD(self, state, strict=False, **kwargs)
         """) + """
-    def parameters(self, recurse=True):
-        yield from super().parameters(recurse)
-        yield from self.hidden
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        for key in [k for k in state if ".up." in k or ".down." in k]:
+            del state[key]
+        return state
 """
 
 
@@ -185,7 +192,7 @@ def test_a_forged_reply_is_a_rejection_of_that_candidate(results, name):
     (it never raises: a run goes on)."""
     result = results[f"forged_{name}"]
     assert not result.ok, (name, result.metrics)
-    assert result.reason in ("crash", "shape", "nan", "non_causal", "error"), (name, result.reason, result.detail)
+    assert result.reason in ("crash", "shape", "nan", "non_causal", "error", "params"), (name, result.reason, result.detail)
     _no_forged_score(result, results["plain"].metrics["val_loss"])
 
 
@@ -208,7 +215,7 @@ def test_capacity_the_budget_does_not_count_earns_nothing(results, name):
     """F4: every block of the trained model is counted from the saved weights; capacity that the
     weights do not carry is missing in the fresh scored server, whose outputs then disagree."""
     result = results[name]
-    assert not result.ok and result.reason in ("params", "non_causal"), (name, result.reason, result.detail)
+    assert not result.ok and result.reason in ("params", "non_causal", "error"), (name, result.reason, result.detail)
 
 
 # -- data a candidate cannot see (F6) -------------------------------------------------------------
@@ -301,7 +308,7 @@ def _marked(pid: int) -> bool:
 def test_nothing_outlives_an_evaluation(name):
     """F3: what a candidate starts or writes (its own /tmp, /dev/shm and scratch) is gone when the
     evaluation ends: private file systems, and a PID namespace torn down with its server."""
-    source = mixer(top=LEAVE_BEHIND[name] + "import time\ntime.sleep(1)\n")
+    source = mixer(top=textwrap.dedent(LEAVE_BEHIND[name]) + "import time\ntime.sleep(1)\n")
     result = runner.evaluate(source, "check", threads=1, **OFF)
     assert result.reason in (None, "error"), result
     time.sleep(1)

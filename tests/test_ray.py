@@ -68,7 +68,9 @@ def test_a_discovery_run_through_a_ray_cluster(run_dir):
         info = json.loads(e["env"])["executor"]
         assert info["kind"] == "ray" and info["node"] == node_id and info["threads"] == 1 and info["gpus"] == 0, info
         assert info["pid"] != os.getpid()
-        assert "[sandbox] train phase" in (run_dir / e["log"]).read_text(), "the worker's log comes back to the run"
+        log = (run_dir / e["log"]).read_text()
+        verdict = "[sandbox] accepted" if e["ok"] else f"[sandbox] rejected: {e['reason']}"
+        assert "[server]" in log and verdict in log, "the worker's log (both servers and the scorer) comes back to the run"
     facts = json.loads(helpers.cli("status", run_dir, "--json").stdout)
     assert facts["config"]["executor"] == "ray" and facts["spend"]["evaluations"] == 3 and facts["spend"]["cpu_hours"] > 0
 
@@ -94,7 +96,7 @@ def test_a_killed_ray_worker_is_retried_and_recorded_once(run_dir):
         while time.monotonic() < deadline and proc.poll() is None:
             workers = helpers.pids_matching(evaluating_root)
             if workers:
-                sandbox = [p for p in descendants(workers[0]) if "archlab.sandbox.worker" in cmdline(p)]
+                sandbox = [p for p in descendants(workers[0]) if helpers.SERVER in cmdline(p)]
                 if sandbox:  # the evaluation is under way in the sandbox, not just scheduled
                     worker = workers[0]
                     break

@@ -38,16 +38,16 @@ class Driver:
             self.lines.append(line)
             seen += bool(NODE_LINE.match(line))
 
-    def wait_for_worker(self, min_node: int = 0, max_node: int | None = None, timeout: float = 120) -> list[int]:
-        """Until a sandbox worker is evaluating a node min_node..max_node; returns its pid(s)."""
+    def wait_for_server(self, min_node: int = 0, max_node: int | None = None, timeout: float = 120) -> list[int]:
+        """Until a model server is evaluating a node min_node..max_node; returns its pid(s) (and its launcher's)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = helpers.sandbox_workers_of(self.run_dir, min_node, max_node)
-            if workers:
-                return workers
+            servers = helpers.sandbox_servers_of(self.run_dir, min_node, max_node)
+            if servers:
+                return servers
             assert self.proc.poll() is None, "the driver exited before evaluating"
             time.sleep(0.05)
-        raise AssertionError("no sandbox worker started")
+        raise AssertionError("no model server started")
 
     def finish(self, timeout: float = 120) -> tuple[int, str, str]:
         try:
@@ -83,20 +83,20 @@ def test_interrupted_run_resumes_to_the_same_shape(run_dir, sig, max_nodes):
     driver.wait_for_node_lines(3)
     # stop it while a child is being evaluated, one that is not the last: had the run just finished
     # its last node, the signal could land after its work was done, and it would rightly exit 0
-    driver.wait_for_worker(min_node=3, max_node=max_nodes - 2)
+    driver.wait_for_server(min_node=3, max_node=max_nodes - 2)
     driver.proc.send_signal(sig)
     code, out, err = driver.finish()
     if sig == signal.SIGINT:
         assert code == 130, (code, out, err)
         assert "resume" in err and "Traceback" not in out + err, err
         deadline = time.monotonic() + 5
-        while helpers.sandbox_workers_of(run_dir) and time.monotonic() < deadline:
+        while helpers.sandbox_servers_of(run_dir) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert helpers.sandbox_workers_of(run_dir) == [], "Ctrl-C must stop the evaluation it interrupted"
+        assert helpers.sandbox_servers_of(run_dir) == [], "Ctrl-C must stop the evaluation it interrupted"
     else:
         assert code == -signal.SIGKILL
         time.sleep(0.5)
-        helpers.kill_pids(helpers.sandbox_workers_of(run_dir))  # see test_killed_driver_leaves_no_worker
+        helpers.kill_pids(helpers.sandbox_servers_of(run_dir))  # see test_killed_driver_leaves_no_server
 
     flying = in_flight(run_dir)
     assert len(flying) == 1 and flying[0]["id"] >= 3, (helpers.node_rows(run_dir), helpers.table_rows(run_dir, "events"))
@@ -120,16 +120,16 @@ def killed_during_root(tmp_path_factory):
     """A run whose driver was SIGKILLed while the root was being evaluated."""
     run_dir = tmp_path_factory.mktemp("rootkill") / "run"
     driver = Driver(run_dir, 1)
-    driver.wait_for_worker()
+    driver.wait_for_server()
     time.sleep(1.5)  # well inside the evaluation, not at the instant a sandbox starts
-    driver.wait_for_worker()  # (the root's training phase may have handed over to its scoring phase)
+    driver.wait_for_server()  # (still evaluating: the servers live from the checks to the last score)
     driver.proc.kill()
     driver.finish()
     deadline = time.monotonic() + 5
-    while helpers.sandbox_workers_of(run_dir) and time.monotonic() < deadline:
+    while helpers.sandbox_servers_of(run_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
     orphans = {}
-    for pid in helpers.sandbox_workers_of(run_dir):
+    for pid in helpers.sandbox_servers_of(run_dir):
         try:
             orphans[pid] = helpers.cmdline(pid)
         except OSError:
@@ -148,10 +148,11 @@ def test_kill_during_root_evaluation_then_resume(killed_during_root):
     assert len(evals) == 1 and evals[0]["ok"] == 1
 
 
-def test_killed_driver_leaves_no_worker(killed_during_root):
-    """A SIGKILLed driver cannot clean up, so the sandbox worker must not outlive it: it was
-    started in its own session and otherwise keeps training (up to the tier's timeout: an
-    hour at verify), writing into the log that the resumed run re-opens for the same node."""
+def test_killed_driver_leaves_no_server(killed_during_root):
+    """A SIGKILLed driver cannot clean up, so its model servers must not outlive it: they were
+    started in sessions of their own and would otherwise wait on their pipes or keep training
+    (up to their CPU-time limit: hours at verify), writing into the log that the resumed run
+    re-opens for the same node."""
     assert killed_during_root["orphans"] == {}
 
 
@@ -160,7 +161,7 @@ def test_second_driver_on_the_same_run_is_refused(run_dir):
     evaluate it twice); the second must stop with one line instead."""
     first = Driver(run_dir, 1)
     try:
-        first.wait_for_worker()
+        first.wait_for_server()
         second = helpers.cli(*run_args(run_dir, 1), timeout=120)
     finally:
         code, out, err = first.finish(timeout=180)

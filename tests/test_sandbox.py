@@ -297,6 +297,7 @@ def test_runner_rejects_ten_times_the_parameters():
     limit = math.floor(stored_numbers(render_root("deltanet"), tier.d_model, tier.n_heads) * 1.2)
     result = evaluate(TOO_MANY_PARAMS)
     assert not result.ok and result.reason == "params", result
+    assert result.env["torch"] == torch.__version__, "a rejection records what produced it too"
     assert f"{limit:,}" in result.detail, result.detail
     assert f"{stored_numbers(TOO_MANY_PARAMS, tier.d_model, tier.n_heads):,}" in result.detail, result.detail
 

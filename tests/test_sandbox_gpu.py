@@ -1,13 +1,14 @@
 """GPU-only checks (skipped without CUDA, or without flash-linear-attention where it is needed):
 the root DeltaNet's fla kernel path agrees with its pure-PyTorch path, forward and backward, and
-the sandbox trains on the GPU with bf16 autocast."""
+the sandbox's model servers train and score on the GPU with bf16 autocast."""
 
 import importlib.util
 
 import pytest
 import torch
 
-from archlab.sandbox import contract, harness, runner
+from archlab.sandbox import contract, runner
+from archlab.sandbox.model import autocast
 from archlab.templates import render_root
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -72,15 +73,27 @@ def test_the_root_mixer_uses_fla_under_bf16_autocast_and_agrees():
 
 
 @needs_cuda
-def test_micro_evaluation_on_the_gpu():
-    result = runner.evaluate(render_root("deltanet"), "micro", device="cuda", threads=1)
-    assert result.ok, result
-    assert result.env["device"] == "cuda" and result.env["gpu"]
+def test_micro_evaluation_on_the_gpu(tmp_path):
+    """Both model servers on the GPU (bubblewrap binds the driver's device files), the scorer on the CPU."""
+    log = tmp_path / "log.txt"
+    result = runner.evaluate(render_root("deltanet"), "micro", device="cuda", threads=1, log_path=log)
+    assert result.ok, (result, log.read_text()[-3000:])
+    assert result.env["device"] == "cuda" and result.env["gpu"] and result.env["cuda"]
     assert result.metrics["val_loss"] < 5.6
 
 
 @needs_cuda
+def test_hardware_metrics_on_the_gpu():
+    """The GPU's peak memory comes from the server's allocator; decoding agrees with the forward pass in bf16."""
+    result = runner.evaluate(render_root("deltanet"), "micro", device="cuda", threads=1, tier_overrides={"hardware": True})
+    assert result.ok, result
+    m = result.metrics
+    assert m["activation_mem_mb"] > 0 and m["peak_mem_mb"] > m["activation_mem_mb"]
+    assert m["decode_mode"] == "recurrent" and m["flops_per_token"] > 0 and "quant_loss" in m
+
+
+@needs_cuda
 def test_autocast_is_bf16_on_the_gpu():
-    with harness.autocast(torch.device("cuda")):
+    with autocast(torch.device("cuda")):
         y = torch.nn.Linear(8, 8).cuda()(torch.randn(2, 8, device="cuda"))
     assert y.dtype == torch.bfloat16

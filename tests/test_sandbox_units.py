@@ -754,3 +754,31 @@ def test_the_checks_count_parameters_from_the_weights_a_server_sends():
     assert ev.metrics["mixer_params"] == max(sum(p.numel() for p in root.parameters()), attention)
     assert ev.metrics["params"] == sum(p.numel() for p in LM(contract.load(HYBRID), tier).state_dict().values())
     assert ev.metrics["complexity"] == "linear" and ev.metrics["has_step"]
+
+
+@pytest.mark.parametrize("noisy", [1, 2], ids=["once", "twice"])
+def test_a_time_only_superlinear_verdict_is_measured_twice(noisy):
+    """Time is noisy on a busy machine: growth in time alone, with FLOPs and traffic linear, is
+    measured again and only kept if the second table shows it too."""
+    tier = resolve("check", {"d_model": 32, "seq_len": 64, "complexity_lengths": (256,)})
+    ev = loopback.evaluation(render_root("deltanet"), tier)
+    ask, calls = ev.a.ask, []
+
+    def slow_on_long_inputs(op, arrays=None, **fields):
+        header, out = ask(op, arrays, **fields)
+        if op == "cost":
+            calls.append(fields["part"])
+            if len(calls) <= noisy:  # as if the machine were busy while the long inputs ran
+                for row in header["cost"]:
+                    row["seconds"] *= (row["length"] / 32) ** 1.5
+        return header, out
+
+    ev.a.ask = slow_on_long_inputs
+    if noisy == 1:
+        ev.complexity()
+        assert ev.metrics["complexity"] == "linear" and ev.metrics["time_exponent"] <= scorer.TIME_EXPONENT_LIMIT
+    else:
+        with pytest.raises(CandidateError) as e:
+            ev.complexity()
+        assert e.value.reason == "quadratic" and "in time" in e.value.detail
+    assert calls == ["Mixer", "Mixer"]

@@ -219,7 +219,7 @@ def _bwrap_argv(cuda: bool, as_root: bool, hide: tuple[str, ...]) -> list[str]:
     argv = [bwrap_path() or "bwrap", "--die-with-parent", "--new-session",
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if as_root:  # keep only what the server needs to drop to its own uid; it loses those too when it does
-        argv += ["--cap-drop", "ALL"] + [a for cap in ("SETUID", "SETGID") for a in ("--cap-add", f"CAP_{cap}")]
+        argv += ["--cap-drop", "ALL"] + [a for cap in ("SETUID", "SETGID", "CHOWN") for a in ("--cap-add", f"CAP_{cap}")]
     else:
         argv.append("--unshare-user")
     argv += ["--proc", "/proc"]
@@ -296,6 +296,9 @@ def contain(*, memory_gb: float | None, nproc: int, cpu_s: float | None, uid: in
     _limits(memory_gb, nproc, cpu_s)
     parent = os.getppid()
     if uid is not None and os.getuid() == 0:
+        for top, dirs, files in os.walk(os.getcwd()):  # the scratch, with what root's imports cached there
+            for name in [".", *dirs, *files]:
+                os.lchown(os.path.join(top, name), uid, uid)
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)

@@ -119,6 +119,7 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
 
     started = time.monotonic()
     host_dir = Path(tempfile.mkdtemp(prefix="archlab-sandbox-"))
+    os.chmod(host_dir, 0o711)  # the unshare and plain launchers: a dropped uid reaches its scratch below
     log = Path(log_path) if log_path else host_dir / "log.txt"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")
@@ -139,7 +140,8 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
             if _stopping.is_set():
                 raise Interrupted("the run is stopping") from None
             result = Result(ok=False, reason=e.reason, detail=e.detail[:2000],
-                            metrics=dict(evaluation.metrics) if evaluation else {})
+                            metrics=dict(evaluation.metrics) if evaluation else {},
+                            env={**evaluation.env, "tier": tier.name, "launcher": launch.launcher().kind} if evaluation else {})
         except DataError as e:
             result = Result(ok=False, reason="data", detail=str(e))
         finally:

@@ -220,6 +220,9 @@ def budget(weights: dict, d_model: int, n_layers: int, has_ffn: bool, limit: int
     harness = {"embed.weight": (VOCAB_SIZE, d_model), "norm.weight": (d_model,)}
     for i in range(n_layers):
         harness |= {f"blocks.{i}.norm1.weight": (d_model,), f"blocks.{i}.norm2.weight": (d_model,)}
+    missing = sorted(harness.keys() - weights.keys())
+    if missing:
+        raise CandidateError("crash", f"the server sent weights without the harness's own {missing[0]}")
     per_block = [0] * n_layers
     ffn = [0] * n_layers
     for key, value in weights.items():
@@ -387,13 +390,13 @@ class Evaluation:
         lengths = sorted(set(tier.complexity_lengths) | {max(16, tier.seq_len // 2), tier.seq_len})
         quadratic = []
         for part in ("Mixer", "FFN") if self.has_ffn else ("Mixer",):
-            header, _ = self.a.ask("cost", part=part, lengths=lengths)
-            rows = header.get("cost")
-            if not (isinstance(rows, list) and len(rows) == len(lengths)):
-                raise CandidateError("crash", f"server A sent no cost table for the {part}")
-            costs = [[number(r, k, f"{part} cost") for k in ("flops", "traffic", "seconds")] for r in rows]
+            costs = self._cost_table(part, lengths)
             worst = [max(_exponent(costs[i][j], costs[i + 1][j], lengths[i], lengths[i + 1]) for i in range(len(lengths) - 1))
                      for j in range(3)]
+            if max(worst[:2]) <= FLOP_EXPONENT_LIMIT and worst[2] > TIME_EXPONENT_LIMIT:  # timing noise on a busy machine?
+                again = self._cost_table(part, lengths)  # a time-only verdict is measured twice
+                worst[2] = min(worst[2], max(_exponent(again[i][2], again[i + 1][2], lengths[i], lengths[i + 1])
+                                             for i in range(len(lengths) - 1)))
             key = "" if part == "Mixer" else "ffn_"
             self.metrics.update({f"{key}flops_exponent": worst[0], f"{key}traffic_exponent": worst[1],
                                  f"{key}time_exponent": worst[2], f"{key or 'mixer_'}flops_per_token": costs[-1][0] / lengths[-1],
@@ -411,6 +414,14 @@ class Evaluation:
         if quadratic and not self.opt.get("allow_quadratic"):
             raise CandidateError("quadratic", f"{quadratic[0]} (training length {tier.seq_len}); the run only accepts "
                                  "(near-)linear mixers and FFNs (put softmax attention in LAYERS: the harness's own attention)")
+
+    def _cost_table(self, part: str, lengths: list[int]) -> list[list[float]]:
+        """[flops, traffic, seconds] of one forward of the part at each length, measured in server A."""
+        header, _ = self.a.ask("cost", part=part, lengths=lengths)
+        rows = header.get("cost")
+        if not (isinstance(rows, list) and len(rows) == len(lengths)):
+            raise CandidateError("crash", f"server A sent no cost table for the {part}")
+        return [[number(r, k, f"{part} cost") for k in ("flops", "traffic", "seconds")] for r in rows]
 
     def step_agreement(self, length: int = 40) -> None:
         """step() token by token (in B) must agree with forward() (in A), evaluation mode."""
