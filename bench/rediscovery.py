@@ -6,7 +6,7 @@ the full DeltaNet (the hidden answer) is evaluated at the same tier and seeds. P
 (mean over seeds): the share of the validation-loss gap between them that the best node
 closes, the evaluations needed to close half of it, which removed parts the best node has
 back, and search_efficiency.py's best fitness gain and area under the best-so-far curve. The mixer budget is 1.3x the root's (the removed parts cost ~27% more parameters),
-and the implausible-gain recheck starts at 50% (the removed parts alone are worth ~15%).
+and the implausible-gain flag starts at 50% (the removed parts alone are worth ~15%).
 
     python bench/rediscovery.py                 # CPU: smoke tier, 8 evaluations, 2 seeds (~40 min on 2 cores)
     python bench/rediscovery.py --tier smoke --evaluations 40 --jobs 8

@@ -1,7 +1,7 @@
-"""Training throughput of the root DeltaNet in archlab's harness, printed as ratios.
+"""Training throughput of the root DeltaNet in archlab's model shell (sandbox/model.py), printed as ratios.
 
     python bench/sandbox_throughput.py                  # CPU: root vs the transformer template
-    python bench/sandbox_throughput.py --sandbox        # the same, measured by the sandbox itself
+    python bench/sandbox_throughput.py --sandbox        # the same, measured by the sandbox itself (model servers)
     python bench/sandbox_throughput.py --steps 40       # more steps, steadier numbers
     python bench/sandbox_throughput.py --cpu-time       # per CPU-second: steady when others share the machine
 
@@ -24,8 +24,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from archlab.sandbox import contract, harness
+from archlab.sandbox import contract
 from archlab.sandbox.data import VOCAB_SIZE
+from archlab.sandbox.model import LM, autocast, synchronize
 from archlab.sandbox.tiers import Tier
 from archlab.templates import render_root
 
@@ -39,7 +40,7 @@ def harness_model(root: str, shape: dict, device: torch.device, *, pure: bool = 
         module.fla_chunk_delta_rule = None  # the pure-PyTorch chunkwise path
     tier = Tier(name="bench", steps=1, **shape)
     torch.manual_seed(0)
-    return harness.LM(module, tier).to(device)
+    return LM(module, tier).to(device)
 
 
 def fla_model(shape: dict, device: torch.device) -> torch.nn.Module | None:
@@ -75,15 +76,15 @@ def steps_per_second(model: torch.nn.Module, shape: dict, device: torch.device, 
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     elapsed = 0.0
     for step in range(warmup + steps):
-        harness.synchronize(device)
+        synchronize(device)
         start = clock()
-        with harness.autocast(device):
+        with autocast(device):
             logits = model(inputs)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        harness.synchronize(device)
+        synchronize(device)
         if step >= warmup:
             elapsed += clock() - start
     return steps * inputs.numel() / elapsed

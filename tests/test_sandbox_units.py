@@ -5,6 +5,7 @@ scorer's checks against two in-process servers (loopback.py). What must run in a
 process does: the seccomp filter, the launcher's view of the file system, the audit hook
 (neither can be removed from a process once installed)."""
 
+import itertools
 import json
 import math
 import os
@@ -199,7 +200,7 @@ def test_a_user_corpus_holds_out_the_end_of_every_document(tmp_path):
     val = corpus.val.tobytes()
     starts = [val.find(bytes(row.astype(np.uint8))) for row in inputs]  # random letters: each window occurs once
     assert all(s >= 0 for s in starts)
-    assert all(b - a >= 2 * seq for a, b in zip(starts, starts[1:])), "windows are separated by gaps of their length"
+    assert all(b - a >= 2 * seq for a, b in itertools.pairwise(starts)), "windows are separated by gaps of their length"
     assert np.array_equal(corpus.val_windows(16, seq)[0], inputs), "every candidate is scored on the same windows"
 
     rng = np.random.default_rng(1)
@@ -525,7 +526,7 @@ def test_the_installed_filter_refuses_what_it_should_and_nothing_else(tmp_path):
 
         attempt("inet", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close())
         attempt("inet6", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close())
-        attempt("unix", lambda: socket.socketpair(socket.AF_UNIX).__iter__().__next__().close())
+        attempt("unix", lambda: [s.close() for s in socket.socketpair(socket.AF_UNIX)])
         attempt("unshare", lambda: c_call(libc.unshare, 0x10000000))
         attempt("setuid", lambda: os.setuid(os.getuid()))
         attempt("thread", lambda: (lambda t: (t.start(), t.join()))(threading.Thread(target=lambda: None)))

@@ -116,6 +116,7 @@ def evaluate(
 def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path | None, weights_out: Path | None) -> Result:
     from archlab.sandbox.data import DataError
     from archlab.sandbox.scorer import Evaluation
+    from archlab.sandbox.static import static_check
 
     started = time.monotonic()
     host_dir = Path(tempfile.mkdtemp(prefix="archlab-sandbox-"))
@@ -128,6 +129,8 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
         try:
             if _stopping.is_set():
                 raise Interrupted("the run is stopping")
+            if not opt["skip_static_checks"]:
+                static_check(source)  # a diagnostic, pure AST work: an honest mistake's reason in milliseconds
             evaluation = Evaluation(source, tier, seed, opt, host_dir, log)
             with _live_lock:
                 _live.add(evaluation)

@@ -75,7 +75,7 @@ class Server:
         """Serve `steps` training batches on request; returns the final reply, the weights, and
         the seconds and tokens of every step after the second (the first pay for warm-up)."""
         self._send({"op": "train", "model": which})
-        seconds, tokens, started = 0.0, 0, None
+        seconds, tokens, started, last = 0.0, 0, None, 0
         for step in range(steps):
             header, _ = self._receive()
             if header.get("need") != step:

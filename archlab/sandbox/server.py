@@ -1,9 +1,9 @@
 """The candidate's side of the sandbox: a model server, `python -m archlab.sandbox.server`.
 
 Started by the scorer inside the launcher (launch.py). It reads its job from stdin, imports
-its libraries, contains itself (rlimits, the uid drop, seccomp), installs the diagnostics
-(static checks, audit hook; switched off with `diagnostics: false`), runs the candidate's
-file and then answers requests on fd 3 until stdin closes. It returns outputs only: a part's
+its libraries, contains itself (rlimits, the uid drop, seccomp), installs the audit hook (a
+diagnostic; off with `diagnostics: false`), runs the candidate's file and then answers
+requests on its stdout (main() moves its own printing to stderr, the log) until stdin closes. It returns outputs only: a part's
 outputs for given inputs, logits for given tokens, decoded steps and states, its weights
 after training on the batches it is sent, and the few measurements of its own that
 metrics.py lists. It never sees a data file, a target it is scored on, or a verdict.
@@ -85,8 +85,6 @@ class Server:
         replies with its weights (the scorer counts them), or loads the weights it is sent."""
         model = self._new_model(req["model"])
         if arrays:
-            import torch
-
             try:
                 model.load_state_dict({k: self._tensor(v) for k, v in arrays.items()}, strict=True)
             except (RuntimeError, KeyError, ValueError) as e:
@@ -312,14 +310,11 @@ def _reply_error(e: BaseException) -> dict:
 
 def serve(job: dict) -> None:
     from archlab.sandbox import launch
-    from archlab.sandbox.static import static_check
 
     started = time.monotonic()
     diagnostics = job.get("diagnostics", True)
     guard = None
     try:
-        if diagnostics:
-            static_check(job["source"])  # no torch yet: a forbidden file is rejected in milliseconds
         import torch
 
         from archlab.sandbox import contract
