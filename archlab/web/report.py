@@ -64,7 +64,7 @@ def write_report(run_dir: Path, out: Path | None = None, top: int = 5, fmt: str 
 # Inside the run directory a report may only replace an earlier report: `--out RUN/archlab.db` once
 # overwrote the run's database. Archlab's own folders are off limits even for new files.
 REPORT_SUFFIXES = (".html", ".md", ".svg")
-RUN_FOLDERS = ("repo", "logs", "kernel-cache")
+RUN_FOLDERS = ("repo", "logs")
 
 
 def _check_out(run_dir: Path, out: Path) -> None:
