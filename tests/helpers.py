@@ -205,9 +205,9 @@ SERVER = "-m archlab.sandbox.server"  # in the command line of a model server an
 
 
 def log_of(pid: int) -> str:
-    """The file a sandbox process writes to: a model server's stderr (fd 2) is its evaluation's
-    log, opened by the scorer (its stdout is the reply pipe)."""
-    return os.readlink(f"/proc/{pid}/fd/2")
+    """The evaluation a sandbox process belongs to: its command line names the log (`--for=LOG`)."""
+    found = re.search(r"--for=(\S+)", cmdline(pid))
+    return found[1] if found else ""
 
 
 def sandbox_servers_writing(log: Path) -> list[int]:

@@ -45,16 +45,33 @@ class Loopback:
 
 
 def evaluation(source: str, tier: Tier, *, seed: int = 0, rng: int = 0, **opt) -> scorer.Evaluation:
-    """A scorer.Evaluation of `source` whose two servers are Loopbacks (checks only)."""
+    """A scorer.Evaluation of `source` whose servers A and B are Loopbacks (checks only); `ev.a` and
+    `ev.b` are the two, for the tests to look at the requests each got."""
     ev = object.__new__(scorer.Evaluation)
-    ev.tier, ev.seed, ev.opt, ev.log = tier, seed, {"threads": 1, "param_limit": -1, **opt}, None
+    ev.tier, ev.seed, ev.opt = tier, seed, {"threads": 1, "param_limit": -1, **opt}
     ev.rng = np.random.default_rng(rng)
     ev.cuda, ev.device = False, "cpu"
-    ev.servers = [Loopback(name, source, tier, seed) for name in ("A", "B")]
-    ev.a, ev.b = ev.servers
-    ev.metrics, ev.env, ev.weights = {}, {}, {}
+    ev.a, ev.b = (Loopback(name, source, tier, seed) for name in ("A", "B"))
+    ev.servers = {"A": ev.a, "B": ev.b}
+    ev.metrics, ev.env, ev.weights, ev.pending = {}, {}, {}, []
     ready = ev.a.start()
     assert ev.b.start() == ready
     ev.has_step, ev.has_ffn = bool(ready["has_step"]), bool(ready["has_ffn"])
     ev.dtype = ready["dtype"]
     return ev
+
+
+def causality(ev: scorer.Evaluation, part: str = "Mixer") -> None:
+    """The check tier's causality comparisons of one part: first passes in A, perturbed copies in B."""
+    plan = [p for p in ev.check_plan() if p[4]["part"] == part]
+    ev.compare(ev.b, plan, ev.first_passes(ev.a, plan))
+
+
+def step_agreement(ev: scorer.Evaluation, length: int = 40) -> None:
+    ev.step_compare(ev.b, *ev.step_first(ev.a, length))
+
+
+def checks(ev: scorer.Evaluation) -> None:
+    """Everything the check tier runs, A then B."""
+    plan = ev.check_plan()
+    ev.checks_in_b(ev.b, plan, ev.checks_in_a(ev.a, plan))

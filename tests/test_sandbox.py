@@ -61,21 +61,21 @@ def test_causality_check_rejects_leaks(name):
     ev = loopback.evaluation(LEAKS[name], checks_tier())
     assert ev.dtype == "float64", "checked in float64: a leak of 1e-9 relative is caught"
     with pytest.raises(CandidateError) as e:
-        ev.causality("Mixer")
+        loopback.causality(ev, "Mixer")
     assert e.value.reason == "non_causal"
     assert "changed" in e.value.detail
 
 
 def test_causality_check_accepts_cumulative_mean():
     ev = loopback.evaluation(CUMULATIVE_MEAN, checks_tier())
-    ev.causality("Mixer")
+    loopback.causality(ev, "Mixer")
     parts = [op for op, _ in ev.a.requests + ev.b.requests]
     assert parts and set(parts) == {"part"}
     assert len(ev.a.requests) + len(ev.b.requests) == 2 * 4, "3 seeds at the check length + 1 at the training length, 2 sides"
 
 
 def test_causality_check_accepts_the_deltanet_root():
-    loopback.evaluation(render_root("deltanet"), resolve("check", {"d_model": 64})).causality("Mixer")
+    loopback.causality(loopback.evaluation(render_root("deltanet"), resolve("check", {"d_model": 64})))
 
 
 def test_causality_check_covers_the_candidates_ffn():
@@ -91,9 +91,9 @@ def test_causality_check_covers_the_candidates_ffn():
     """)
     ev = loopback.evaluation(source, checks_tier())
     assert ev.has_ffn
-    ev.causality("Mixer")
+    loopback.causality(ev, "Mixer")
     with pytest.raises(CandidateError) as e:
-        ev.causality("FFN")
+        loopback.causality(ev, "FFN")
     assert e.value.reason == "non_causal" and "FFN" in e.value.detail
 
 

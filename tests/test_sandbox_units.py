@@ -691,10 +691,10 @@ def test_template_step_agrees_with_forward(design):
     context only for attention (a KV cache)."""
     ev = loopback.evaluation(render(design), resolve("check", {"d_model": 32}))
     assert ev.has_step and ev.dtype == "float64"
-    ev.step_agreement(20)
+    loopback.step_agreement(ev, 20)
     short = ev.metrics["mixer_state_bytes"]
-    ev.step_agreement(40)
-    assert ev.metrics["has_step"] and ev.metrics["mixer_state_bytes"] > 0
+    loopback.step_agreement(ev, 40)
+    assert ev.metrics["mixer_state_bytes"] > 0
     assert (ev.metrics["mixer_state_bytes"] > short) == (design.core == "attention")
     assert [op for op, _ in ev.a.requests] == ["part", "part"] and [op for op, _ in ev.b.requests] == ["step", "step"]
 
@@ -715,7 +715,7 @@ def test_a_step_that_disagrees_with_forward_is_rejected():
     """)
     ev = loopback.evaluation(source, resolve("check", {"d_model": 32}))
     with pytest.raises(CandidateError) as e:
-        ev.step_agreement()
+        loopback.step_agreement(ev)
     assert e.value.reason == "step" and "disagrees" in e.value.detail
 
 
@@ -729,27 +729,29 @@ def test_every_scored_window_is_checked_for_causality_on_the_trained_model():
     replaced, and must agree with B up to the cut: a model that peeks one token ahead is caught."""
     tier = TIERS["micro"]
     ev = loopback.evaluation(render_root("deltanet"), tier)
-    for server in ev.servers:
+    for server in ev.servers.values():
         server.ask("build", model="lm")
     inputs = np.random.default_rng(0).integers(0, 256, (11, tier.seq_len))
-    logits = ev.scored(inputs, copies=3)
+    logits = ev.scored(ev.b, inputs, "lm", 3, "validation windows")
+    ev.check_copies(ev.a)
     with torch.no_grad():
         direct = ev.b.server.models["lm"].eval()(torch.from_numpy(inputs)).double().numpy()
     assert np.allclose(logits, direct, atol=1e-5)
     rows = lambda s: sum(shape["tokens"][0] for op, shape in s.requests if op == "logits")  # noqa: E731
-    assert rows(ev.b) == 11 and rows(ev.a) == 33, "B scores each window once, A checks three copies of each"
+    assert rows(ev.b) == 11 and rows(ev.a) == 33, "B scores each window once, the checker (C; A here) three copies of each"
 
-    for server in ev.servers:
+    for server in ev.servers.values():
         server.server.models["lm"].blocks[0].mixer = Peek()
+    ev.scored(ev.b, inputs, "lm", 3, "validation windows")
     with pytest.raises(CandidateError) as e:
-        ev.scored(inputs, copies=3)
+        ev.check_copies(ev.a)
     assert e.value.reason == "non_causal" and "trained model" in e.value.detail
 
 
 def test_the_checks_count_parameters_from_the_weights_a_server_sends():
     tier = resolve("check", {"d_model": 32, "complexity_lengths": (64,), "causality_length": 40, "seq_len": 64})
     ev = loopback.evaluation(HYBRID, tier)
-    ev.checks()
+    loopback.checks(ev)
     root = contract.build_mixer(contract.load(render(Design())), 32, tier.n_heads)
     attention = 4 * 32 * 32  # the harness's attention in block 1 counts as that block's mixer
     assert ev.metrics["mixer_params"] == max(sum(p.numel() for p in root.parameters()), attention)
@@ -776,10 +778,10 @@ def test_a_time_only_superlinear_verdict_is_measured_twice(noisy):
 
     ev.a.ask = slow_on_long_inputs
     if noisy == 1:
-        ev.complexity()
+        ev.complexity(ev.a)
         assert ev.metrics["complexity"] == "linear" and ev.metrics["time_exponent"] <= scorer.TIME_EXPONENT_LIMIT
     else:
         with pytest.raises(CandidateError) as e:
-            ev.complexity()
+            ev.complexity(ev.a)
         assert e.value.reason == "quadratic" and "in time" in e.value.detail
     assert calls == ["Mixer", "Mixer"]

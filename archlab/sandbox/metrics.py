@@ -117,10 +117,19 @@ def compile_metrics(mixer: nn.Module, seq_len: int, d_model: int, device: torch.
 
 
 def flat_state(state, prefix: str = "s") -> dict[str, torch.Tensor]:
-    """A recurrent state (tensors in lists, tuples and dicts) as named tensors, to send whole."""
-    if isinstance(state, torch.Tensor):
+    """A recurrent state as named tensors, to send whole. A state is tensors (or None) in lists,
+    tuples and dicts, nothing else: anything the scorer could not count is a rejection."""
+    if state is None:
+        return {}
+    if type(state) is torch.Tensor:  # noqa: E721  (a subclass could hide what it holds)
         return {prefix: state}
-    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, list | tuple) else ()
+    if type(state) in (list, tuple):
+        items = enumerate(state)
+    elif type(state) is dict:  # noqa: E721
+        items = state.items()
+    else:
+        raise CandidateError("step", f"the decoding state holds a {type(state).__name__}: a state must be tensors "
+                             "in lists, tuples and dicts")
     out = {}
     for key, value in items:
         out.update(flat_state(value, f"{prefix}.{key}"))

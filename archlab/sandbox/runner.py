@@ -13,6 +13,7 @@ import statistics
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -79,7 +80,7 @@ def evaluate(
     param_limit: the budget per block (mixer + FFN beyond the harness MLP); None = param_ratio x the
         DeltaNet root mixer's; -1 = none.
     timeout_s: the tier's time (default tier.timeout_s): each server gets that many CPU-seconds per
-        thread (x1.5 + 20), and the whole evaluation a wall-clock backstop of 3x + 120 s.
+        thread (x1.5 + 20), and the whole evaluation a wall-clock backstop of 3x + 60 s.
     allow_quadratic: accept mixers whose cost grows faster than linearly with sequence length.
     reference: the root's metrics; a val_loss more than `implausible_gain` below its val_loss is
         flagged. seeds: how many seeds to run here, counting up from `seed` (default 1); several
@@ -121,7 +122,7 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
     started = time.monotonic()
     host_dir = Path(tempfile.mkdtemp(prefix="archlab-sandbox-"))
     os.chmod(host_dir, 0o711)  # the unshare and plain launchers: a dropped uid reaches its scratch below
-    log = Path(log_path) if log_path else host_dir / "log.txt"
+    log = Path(log_path).resolve() if log_path else host_dir / "log.txt"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")
     evaluation = None
@@ -147,6 +148,13 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
                             env={**evaluation.env, "tier": tier.name, "launcher": launch.launcher().kind} if evaluation else {})
         except DataError as e:
             result = Result(ok=False, reason="data", detail=str(e))
+        except Exception as e:  # noqa: BLE001  (whatever a server sent must not stop the run: a crash of the candidate)
+            if _stopping.is_set():
+                raise Interrupted("the run is stopping") from None
+            with open(log, "a") as f:
+                traceback.print_exc(file=f)
+            result = Result(ok=False, reason="crash", detail=f"the scorer could not use what a server sent: "
+                            f"{type(e).__name__}: {e}"[:2000], metrics=dict(evaluation.metrics) if evaluation else {})
         finally:
             if evaluation is not None:
                 evaluation.close()

@@ -24,8 +24,10 @@ import math
 import os
 import select
 import signal
+import re
 import subprocess
 import sys
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -45,27 +47,54 @@ TIME_EXPONENT_LIMIT = 1.75  # time is noisy on a shared machine: only clear grow
 # (The root's chunk padding at the micro tier's seq_len = its chunk size gives ~0.45.)
 FLAT_EXPONENT_LIMIT = 0.3
 CUTS = (0, 1, 15, 16, 31, 63, 64, 65)  # inside and across the usual chunk sizes
-CAUSAL_TOLERANCE = {"cpu": 1e-4, "cuda": 2e-2}  # trained models, relative (B and A batch differently)
+CAUSAL_TOLERANCE = {"cpu": 1e-4, "cuda": 2e-2}  # trained models, relative (B and C batch differently)
+DECODE_TOKENS = 32  # decoding latency: the mean of the last requests, at nearly full context
 MAX_REPLY = 1 << 31
 
 
 # -- one model server, seen from here ---------------------------------------------------------
 class Server:
+    """A model server: started warm (trusted code only), given the candidate's source later."""
+
+    LOG_CAP = 4 << 20  # bytes of a server's own output kept in the evaluation's log
+
     def __init__(self, name: str, job: dict, log: Path, deadline: float, host_dir: Path, cuda: bool, hide: tuple):
-        self.name, self.deadline, self.log, self.cpu_s = name, deadline, log, job.get("cpu_s")
+        self.name, self.deadline, self.cpu_s = name, deadline, job.get("cpu_s")
+        self.expired = False  # set by the evaluation's watchdog when it kills the server at the backstop
         lx = launch.launcher()
-        argv = lx.command([sys.executable, "-m", "archlab.sandbox.server"], host_dir, cuda=cuda, hide=hide)
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out,
-                                         cwd=host_dir if lx.kind != "bwrap" else None, start_new_session=True,
-                                         env=launch.environment(lx.scratch(host_dir), job["threads"]))
-        self.ready: dict = {}
+        # The log's path names the evaluation in `ps` (the server never opens it: it is not in its view).
+        argv = lx.command([sys.executable, "-m", "archlab.sandbox.server", f"--for={log}"], host_dir, cuda=cuda, hide=hide)
+        # Nothing of the host is handed over: stdin and stdout are pipes to this process, stderr a pipe
+        # drained into the log from here (a shared log file would connect the servers of a candidate).
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     cwd=host_dir if lx.kind != "bwrap" else None, start_new_session=True,
+                                     env=launch.environment(lx.scratch(host_dir), job["threads"]))
+        self.tail = b""
+        self._drain = threading.Thread(target=self._drain_log, args=(log,), daemon=True, name=f"archlab-log-{name}")
+        self._drain.start()
+        self.warm_hwm, self.pipe_s = 0, 0.0
         self._send(job)
 
-    def start(self) -> dict:
-        """Wait for the server's ready message (its contract facts)."""
-        self.ready = self._receive()[0]
-        return self.ready
+    def warm(self) -> None:
+        """Wait until the server has imported and contained itself (nothing of the candidate yet), and
+        time the pipe: a request with a decoding step's reply, answered by archlab's code alone."""
+        if self._receive()[0].get("warm") is not True:
+            raise CandidateError("crash", f"server {self.name} did not start")
+        self.warm_hwm = _memory(self.host_pid(), "VmHWM")
+        self.pipe_s = math.inf
+        for _ in range(20):
+            started = time.perf_counter()
+            self._send({"ping": True}, {"token": np.zeros(1, np.int64)})
+            self._receive()
+            self.pipe_s = min(self.pipe_s, time.perf_counter() - started)
+
+    def load(self, source: str, diagnostics: bool) -> dict:
+        """Give it the candidate; returns the ready message (its contract facts), checked for types."""
+        self._send({"source": source, "diagnostics": diagnostics})
+        ready = self._receive()[0]
+        if ready.get("ready") is not True or not isinstance(ready.get("env"), dict):
+            raise CandidateError("crash", f"server {self.name} sent no ready message ({str(ready)[:200]})")
+        return ready
 
     def ask(self, op: str, arrays: dict | None = None, **fields) -> tuple[dict, dict]:
         self._send({"op": op, **fields}, arrays)
@@ -73,13 +102,13 @@ class Server:
 
     def train(self, which: str, steps: int, batches) -> tuple[dict, dict, float, int]:
         """Serve `steps` training batches on request; returns the final reply, the weights, and
-        the seconds and tokens of every step after the second (the first pay for warm-up)."""
+        the seconds and tokens of every step after the third (the first pay for warm-up)."""
         self._send({"op": "train", "model": which})
         seconds, tokens, started, last = 0.0, 0, None, 0
         for step in range(steps):
             header, _ = self._receive()
             if header.get("need") != step:
-                raise CandidateError("crash", f"server {self.name} asked for {header!r} instead of training batch {step}")
+                raise CandidateError("crash", f"server {self.name} asked for {str(header)[:100]} instead of training batch {step}")
             now = time.perf_counter()
             if started is not None and step >= 3:
                 seconds, tokens = seconds + now - started, tokens + last
@@ -106,30 +135,47 @@ class Server:
                 continue
         return None
 
-    def close(self) -> None:
+    def kill(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def close(self) -> None:
+        """Kill it and everything in its namespaces, and wait until they are gone."""
+        self.kill()
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()
             except OSError:
                 pass
         self.proc.wait()
+        self._drain.join(timeout=10)
 
-    # -- the pipe --------------------------------------------------------------------------------
+    # -- the pipes -------------------------------------------------------------------------------
+    def _drain_log(self, log: Path) -> None:
+        kept = 0
+        with open(log, "ab") as out:
+            for line in iter(self.proc.stderr.readline, b""):
+                self.tail = (self.tail + line)[-4000:]
+                if kept < self.LOG_CAP:
+                    out.write(f"[{self.name}] ".encode() + line[: self.LOG_CAP - kept])
+                    out.flush()
+                kept += len(line)
+            if kept > self.LOG_CAP:
+                out.write(f"[{self.name}] ... {kept - self.LOG_CAP:,} more bytes of output left out\n".encode())
+
     def _send(self, header: dict, arrays: dict | None = None) -> None:
         try:
             wire.send(self.proc.stdin.fileno(), header, arrays)
-        except (BrokenPipeError, OSError):
+        except (BrokenPipeError, OSError, ValueError):
             raise self._died() from None
 
     def _receive(self) -> tuple[dict, dict]:
         try:
             header, arrays = wire.receive(self.proc.stdout.fileno(), MAX_REPLY, self._wait)
-        except wire.WireError as e:
-            if self.proc.poll() is None and "closed" not in str(e):
+        except (wire.WireError, OSError, ValueError) as e:
+            if self.proc.poll() is None and not self.expired and "closed" not in str(e):
                 raise CandidateError("crash", f"server {self.name} sent a malformed reply: {e}") from None
             raise self._died() from None
         error = header.get("error")
@@ -142,30 +188,25 @@ class Server:
     def _wait(self, fd: int) -> None:
         left = self.deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise CandidateError("timeout", f"no answer from server {self.name} within the wall-clock backstop "
-                                 "(its own CPU time was not used up: the machine may be overloaded)")
+            self.expired = True
+            raise self._died()
 
     def _died(self) -> CandidateError:
+        if self.expired:
+            self.kill()
+            return CandidateError("timeout", f"server {self.name} did not answer within the wall-clock backstop (its own "
+                                  "CPU time was not used up: it waited, or the machine was overloaded)")
         try:
             code = self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             code = None
-        tail = _tail(self.log)
+        self._drain.join(timeout=5)
+        tail = self.tail.decode("utf-8", "replace").strip()
         if code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
             return CandidateError("timeout", f"server {self.name} used up its {self.cpu_s:.0f} CPU-seconds")
         if code in (-signal.SIGKILL, 137) or "MemoryError" in tail or "bad_alloc" in tail:
             return CandidateError("memory", f"server {self.name} was killed (exit {code}): {tail[-600:]}")
         return CandidateError("crash", f"server {self.name} exited with {code} and no result: {tail[-1200:]}")
-
-
-def _tail(path: Path, size: int = 1500) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
 
 
 # -- checking what comes back -------------------------------------------------------------------
@@ -180,18 +221,45 @@ def array(arrays: dict, key: str, shape: tuple, what: str) -> np.ndarray:
     return a.astype(np.float64, copy=False)
 
 
-def number(header: dict, key: str, what: str, default=None):
+def number(header: dict, key: str, what: str, default=None) -> float:
     value = header.get(key, default)
     if value is default and default is not None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CandidateError("crash", f"{what}: {key} is not a finite number ({str(value)[:60]})")
-    return value
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError
+        return float(value)
+    except (ValueError, OverflowError):
+        raise CandidateError("crash", f"{what}: {key} is not a finite number ({str(value)[:60]})") from None
 
 
 def leak(a: np.ndarray, b: np.ndarray) -> float:
     """Relative difference of two outputs that a causal model makes equal."""
+    if a.size == 0:
+        return 0.0
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+
+
+def numbers(a: np.ndarray) -> int:
+    """How many numbers an array carries, in float32s: a wider dtype (int64, float64) counts double."""
+    return max(a.size, -(-a.nbytes // 4))
+
+
+def canonical(weights: dict) -> dict:
+    """Weights as the scorer serves them: real numbers only, floats rounded to bfloat16 precision (kept
+    as float32), so that no weight carries a second number in its low bits; the budget counts each
+    float as one number. Integer buffers pass as they are (counted by their bytes)."""
+    out = {}
+    for key, w in weights.items():
+        if w.dtype.kind == "f":
+            if not np.isfinite(w).all():
+                raise CandidateError("nan", f"the trained weight {key} holds NaN or infinity")
+            bits = w.astype(np.float32).view(np.uint32)
+            w = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+        elif w.dtype.kind not in "iub":
+            raise CandidateError("params", f"the weight {key} is {w.dtype}: weights must be real numbers")
+        out[key] = w
+    return out
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -231,14 +299,14 @@ def budget(weights: dict, d_model: int, n_layers: int, has_ffn: bool, limit: int
             if value.shape != harness[key]:
                 raise CandidateError("params", f"{key} has shape {value.shape}, not the harness's {harness[key]}")
             continue
-        if len(parts) < 4 or parts[0] != "blocks" or not parts[1].isdigit() or int(parts[1]) >= n_layers \
-                or parts[2] not in ("mixer", "ffn"):
-            raise CandidateError("params", f"the model carries {key!r} outside its blocks' mixers and FFNs")
+        if len(parts) < 4 or parts[0] != "blocks" or not re.fullmatch(r"[0-9]{1,4}", parts[1]) \
+                or int(parts[1]) >= n_layers or parts[2] not in ("mixer", "ffn"):
+            raise CandidateError("params", f"the model carries {key[:80]!r} outside its blocks' mixers and FFNs")
         i = int(parts[1])
         if parts[2] == "mixer":
-            per_block[i] += value.size
+            per_block[i] += numbers(value)
         else:
-            ffn[i] += value.size
+            ffn[i] += numbers(value)
     for i in range(n_layers):
         per_block[i] += max(0, ffn[i] - swiglu_params(d_model)) if has_ffn else 0
         if not has_ffn and ffn[i] != swiglu_params(d_model):
@@ -267,7 +335,7 @@ def quantized(weights: dict) -> dict:
     """Weight-only int8: every matrix rounded per output row (symmetric absmax scale), dequantised."""
     out = {}
     for key, w in weights.items():
-        if w.ndim >= 2 and w.dtype.kind == "f":
+        if w.ndim >= 2 and w.size and w.dtype.kind == "f":
             flat = w.reshape(w.shape[0], -1).astype(np.float32)
             scale = np.maximum(np.abs(flat).max(1, keepdims=True), 1e-12) / 127
             w = (np.clip(np.round(flat / scale), -127, 127) * scale).reshape(w.shape).astype(w.dtype)
@@ -277,82 +345,100 @@ def quantized(weights: dict) -> dict:
 
 # -- the evaluation -----------------------------------------------------------------------------
 class Evaluation:
-    """One seed of one candidate at one tier: two servers, checks, training, scoring."""
+    """One seed of one candidate at one tier: up to three model servers whose lives with the
+    candidate's code never overlap (A checks and trains; B is checked against A and scored; C,
+    loaded from the same weights, checks B), so no channel between processes can connect them.
+    The next server imports and contains itself while the previous one works, still without the
+    candidate's code, so the start-up mostly overlaps."""
 
     def __init__(self, source: str, tier: Tier, seed: int, opt: dict, host_dir: Path, log: Path):
-        self.tier, self.seed, self.opt, self.log = tier, seed, opt, log
+        self.source, self.tier, self.seed, self.opt = source, tier, seed, opt
         self.rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # unknown to any candidate
         threads = opt["threads"]
         wall = opt.get("timeout_s") or tier.timeout_s
-        self.deadline = time.monotonic() + 3 * wall + 120  # a backstop: the real bound is each server's CPU time
+        self.deadline = time.monotonic() + 3 * wall + 60  # a backstop: the real bound is each server's CPU time
         self.cuda = opt.get("device") != "cpu" and (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0"))
         self.device = "cuda" if self.cuda else "cpu"
-        job = {"source": source, "tier": tier.model_dump(mode="json"), "seed": seed, "threads": threads,
-               "device": opt.get("device"), "diagnostics": not opt.get("skip_static_checks"),
+        self.diagnostics = not opt.get("skip_static_checks")
+        job = {"tier": tier.model_dump(mode="json"), "seed": seed, "threads": threads, "device": opt.get("device"),
                "memory_gb": None if self.cuda else opt.get("memory_gb"), "nproc": launch.DEFAULT_NPROC,
                "cpu_s": wall * max(threads, 1) * 1.5 + 20}
-        hide = tuple(str(Path(p).resolve()) for p in [opt.get("data")] if p)
-        lx = launch.launcher()
-        self.servers = []
-        for name in ("A", "B"):
-            (host_dir / name).mkdir()
-            os.chmod(host_dir / name, 0o777)  # the plain and unshare launchers: the dropped uid works in it
-            self.servers.append(Server(name, {**job, "uid": lx.next_uid()}, log, self.deadline, host_dir / name,
-                                       self.cuda, hide))
-        self.a, self.b = self.servers
+        self.spawn_args = (job, log, host_dir, tuple(str(Path(p).resolve()) for p in [opt.get("data")] if p))
+        self.servers: dict[str, Server] = {}
+        for name in ("A", "B", "C") if tier.steps else ("A", "B"):  # warm at once: C only waits, idle, until B is done
+            self._spawn(name)
+        self.watchdog = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._expire)
+        self.watchdog.daemon = True
+        self.watchdog.start()
         self.metrics: dict = {}
         self.env: dict = {}
-        self.weights: dict = {}
+        self.weights: dict = {}  # the trained weights as the scorer serves them (lm.*, probe.*)
+        self.pending: list = []  # scored rows waiting for their copies in server C
+
+    def _expire(self) -> None:
+        """The wall-clock backstop: kill every server (a blocked pipe write then fails too)."""
+        for server in self.servers.values():
+            server.expired = True
+            server.kill()
 
     def close(self) -> None:
-        for s in self.servers:
-            s.close()
+        self.watchdog.cancel()
+        for server in self.servers.values():
+            server.close()
+
+    def _spawn(self, name: str) -> None:
+        """Start server `name` warming up (it gets the candidate later: _start)."""
+        job, log, host_dir, hide = self.spawn_args
+        (host_dir / name).mkdir()
+        os.chmod(host_dir / name, 0o777)  # the plain and unshare launchers: the dropped uid works in it
+        self.servers[name] = Server(name, {**job, "uid": launch.launcher().next_uid()}, log, self.deadline,
+                                    host_dir / name, self.cuda, hide)
+
+    def _start(self, name: str) -> Server:
+        """Server `name` gets the candidate: every server before it is gone by now."""
+        server = self.servers[name]
+        server.warm()
+        ready = server.load(self.source, self.diagnostics)
+        facts = (ready.get("has_step"), ready.get("has_ffn"), ready.get("dtype"))
+        if name == "A":
+            self.facts = facts
+            self.has_step, self.has_ffn = bool(facts[0]), bool(facts[1])
+            self.dtype = "float64" if facts[2] == "float64" else "float32"
+            self.env = {k: v for k, v in ready["env"].items() if isinstance(k, str) and isinstance(v, str | None)}
+        elif facts != self.facts:
+            raise CandidateError("non_causal", "two servers of the same candidate describe it differently")
+        return server
+
+    def _end(self, name: str) -> None:
+        self.servers[name].close()
 
     def run(self) -> dict:
-        ready = self.a.start()
-        if self.b.start() != ready:
-            raise CandidateError("non_causal", "two servers of the same candidate describe it differently")
-        self.has_step, self.has_ffn = bool(ready.get("has_step")), bool(ready.get("has_ffn"))
-        self.dtype = "float64" if ready.get("dtype") == "float64" else "float32"
-        self.env = {k: v for k, v in (ready.get("env") or {}).items() if isinstance(v, str | None)}
-        self.checks()
+        a = self._start("A")
+        plan = self.check_plan()
+        firsts = self.checks_in_a(a, plan)
+        corpus = None
+        if self.tier.steps:
+            corpus = Corpus.load(self.opt.get("data"))
+            self.train(a, corpus)
+        self._end("A")
+        b = self._start("B")
+        self.checks_in_b(b, plan, firsts)
         if not self.tier.steps:
             return self.metrics
-        corpus = Corpus.load(self.opt.get("data"))
-        self.train(corpus)
-        self.score(corpus)
-        if self.tier.extrapolation:
-            self.extrapolation(corpus)
-        if self.tier.probes is not None:
-            self.probes()
+        self.score(b, corpus)
+        self._end("B")
+        c = self._start("C")
+        self.check_copies(c)
         if self.tier.hardware:
-            self.hardware(corpus)
+            self.hardware_in_c(c)
+        self._end("C")
         return self.metrics
 
     # -- checks ----------------------------------------------------------------------------------
-    def checks(self) -> None:
-        tier, d = self.tier, self.tier.d_model
-        _, weights = self.a.ask("build", model="lm")
-        limit = self.opt.get("param_limit")
-        if limit is None:
-            limit = math.floor(root_mixer_params(d, tier.n_heads) * self.opt.get("param_ratio", 1.2))
-        self.metrics["mixer_params"] = budget(weights, d, tier.n_layers, self.has_ffn, limit)
-        self.metrics["params"] = int(sum(w.size for w in weights.values()))
-        self.causality("Mixer")
-        if self.has_ffn:
-            self.causality("FFN")
-        self.complexity()
-        self.step_agreement()
-        tokens = self.rng.integers(0, VOCAB_SIZE, (2, 64))
-        header, _ = self.a.ask("check_lm", {"tokens": tokens})
-        if header.get("finite") is not True:
-            raise CandidateError("nan", "non-finite loss or gradient in the first forward/backward pass")
-
-    def causality(self, part: str) -> None:
-        """Perturb every position after a cut: outputs up to the cut must not move. Original and copy
-        go to different servers (at random which); float64 where the part runs in it (a leak of
-        1e-9 relative is caught), training and evaluation mode, several seeds and cuts; then once in
-        float32 at the training length with gradients enabled."""
+    def check_plan(self) -> list[tuple]:
+        """Every causality comparison of the checks: (part, input, perturbed copy, cuts, fields, tolerance).
+        float64 where the part runs in it (a leak of 1e-9 relative is caught), training and evaluation
+        mode, several seeds and cuts; then once in float32 at the training length with gradients."""
         tier, d = self.tier, self.tier.d_model
         length = tier.causality_length
         cuts = sorted({c for c in CUTS if c < length - 1} | {length // 2 + 7, length - 2,
@@ -362,207 +448,277 @@ class Evaluation:
         if tier.seq_len != length:
             runs.append((tier.seq_len, 3, [tier.seq_len // 3, int(self.rng.integers(0, tier.seq_len - 1)), tier.seq_len - 2],
                          7, "float32", 1e-5, True, True))
-        for length, batch, cuts, seed, dtype, tol, train, grad in runs:
-            x = self.rng.standard_normal((batch, length, d)).astype(dtype)
-            copies = []
-            for cut in cuts:
-                x2 = x.copy()
-                x2[:, cut + 1:] = self.rng.standard_normal((batch, length - cut - 1, d))
-                copies.append(x2)
-            original, perturbed = np.tile(x, (len(cuts), 1, 1)), np.concatenate(copies)
-            first, second = (self.a, self.b) if self.rng.random() < 0.5 else (self.b, self.a)
-            fields = dict(part=part, seed=seed, dtype=dtype, train=train, grad=grad)
-            y = array(first.ask("part", {"x": original}, **fields)[1], "y", original.shape, f"{part}.forward")
-            y2 = array(second.ask("part", {"x": perturbed}, **fields)[1], "y", original.shape, f"{part}.forward")
+        plan = []
+        for part in ("Mixer", "FFN") if self.has_ffn else ("Mixer",):
+            for length, batch, cuts, seed, dtype, tol, train, grad in runs:
+                x = self.rng.standard_normal((batch, length, d)).astype(dtype)
+                copies = []
+                for cut in cuts:
+                    x2 = x.copy()
+                    x2[:, cut + 1:] = self.rng.standard_normal((batch, length - cut - 1, d))
+                    copies.append(x2)
+                fields = dict(part=part, seed=seed, dtype=dtype, train=train, grad=grad)
+                plan.append((np.tile(x, (len(cuts), 1, 1)), np.concatenate(copies), cuts, batch, fields, tol))
+        return plan
+
+    def checks_in_a(self, a: Server, plan: list) -> tuple:
+        """Parameters, complexity, one forward/backward, and the first pass of every comparison."""
+        tier, d = self.tier, self.tier.d_model
+        _, weights = a.ask("build", model="lm")
+        self.metrics["mixer_params"] = budget(weights, d, tier.n_layers, self.has_ffn, self._limit(d))
+        self.metrics["params"] = int(sum(w.size for w in weights.values()))
+        self.complexity(a)
+        header, _ = a.ask("check_lm", {"tokens": self.rng.integers(0, VOCAB_SIZE, (2, 64))})
+        if header.get("finite") is not True:
+            raise CandidateError("nan", "non-finite loss or gradient in the first forward/backward pass")
+        self.metrics["has_step"] = self.has_step
+        return self.first_passes(a, plan), self.step_first(a) if self.has_step else None
+
+    def checks_in_b(self, b: Server, plan: list, firsts: tuple) -> None:
+        """The perturbed copies, and step() against A's forward(), in B."""
+        self.compare(b, plan, firsts[0])
+        if self.has_step:
+            self.step_compare(b, *firsts[1])
+
+    def first_passes(self, a: Server, plan: list) -> list:
+        return [array(a.ask("part", {"x": x}, **fields)[1], "y", x.shape, f"{fields['part']}.forward")
+                for x, _, _, _, fields, _ in plan]
+
+    def compare(self, b: Server, plan: list, firsts: list) -> None:
+        """B's outputs for the perturbed copies must equal A's for the originals up to every cut."""
+        for (x, perturbed, cuts, batch, fields, tol), y in zip(plan, firsts):
+            part = fields["part"]
+            y2 = array(b.ask("part", {"x": perturbed}, **fields)[1], "y", x.shape, f"{part}.forward")
             for i, cut in enumerate(cuts):
                 rows = slice(i * batch, (i + 1) * batch)
                 diff = leak(y[rows, : cut + 1], y2[rows, : cut + 1])
                 if not diff <= tol:
                     raise CandidateError("non_causal", f"{part} outputs at positions <= {cut} changed by {diff:.1e} "
-                                         f"(relative, {dtype}, {'train' if train else 'eval'} mode, length {length}) "
-                                         "when only later positions changed")
+                                         f"(relative, {fields['dtype']}, {'train' if fields['train'] else 'eval'} mode, "
+                                         f"length {x.shape[1]}) when only later positions changed")
 
-    def complexity(self) -> None:
+    def step_first(self, a: Server, length: int = 40) -> tuple[np.ndarray, np.ndarray]:
+        """A random input and the mixer's forward() of it in A (evaluation mode)."""
+        x = self.rng.standard_normal((2, length, self.tier.d_model)).astype(self.dtype)
+        return x, array(a.ask("part", {"x": x}, part="Mixer", seed=11, dtype=self.dtype, train=False)[1], "y", x.shape,
+                        "Mixer.forward")
+
+    def step_compare(self, b: Server, x: np.ndarray, forward: np.ndarray) -> None:
+        """step() token by token in B must agree with A's forward(); the state it ends with is counted."""
+        reply = b.ask("step", {"x": x}, seed=11, dtype=self.dtype)[1]
+        err = leak(forward, array(reply, "y", x.shape, "Mixer.step"))
+        if not err <= (1e-6 if self.dtype == "float64" else 2e-3):
+            raise CandidateError("step", f"step() disagrees with forward() by {err:.1e} (relative, eval mode)")
+        self.metrics["mixer_state_bytes"] = sum(a.size for k, a in reply.items() if k != "y") * 4 // 2  # float32, batch 1
+
+    def complexity(self, a: Server) -> None:
         """Cost of one forward at lengths below, at and above the training length (FLOPs, memory traffic,
-        time): the largest growth exponent between neighbouring lengths must stay near 1. A part that
-        is full attention over the lengths it is trained at is quadratic there, whatever it does beyond."""
+        time), at the model's width and at the probe model's: the largest growth exponent between
+        neighbouring lengths must stay near 1, and the cost must grow from half the training length to
+        all of it (a part that pads to one block of the training length is full attention there)."""
         tier = self.tier
-        lengths = sorted(set(tier.complexity_lengths) | {max(16, tier.seq_len // 2), tier.seq_len})
+        shapes = [(tier.d_model, tier.seq_len, tier.complexity_lengths)]
+        if tier.probes is not None:
+            shapes.append((tier.probes.d_model, tier.probes.seq_len, (2 * tier.probes.seq_len, 4 * tier.probes.seq_len)))
         quadratic = []
-        for part in ("Mixer", "FFN") if self.has_ffn else ("Mixer",):
-            costs = self._cost_table(part, lengths)
-            worst = [max(_exponent(costs[i][j], costs[i + 1][j], lengths[i], lengths[i + 1]) for i in range(len(lengths) - 1))
-                     for j in range(3)]
-            if max(worst[:2]) <= FLOP_EXPONENT_LIMIT and worst[2] > TIME_EXPONENT_LIMIT:  # timing noise on a busy machine?
-                again = self._cost_table(part, lengths)  # a time-only verdict is measured twice
-                worst[2] = min(worst[2], max(_exponent(again[i][2], again[i + 1][2], lengths[i], lengths[i + 1])
-                                             for i in range(len(lengths) - 1)))
-            key = "" if part == "Mixer" else "ffn_"
-            self.metrics.update({f"{key}flops_exponent": worst[0], f"{key}traffic_exponent": worst[1],
-                                 f"{key}time_exponent": worst[2], f"{key or 'mixer_'}flops_per_token": costs[-1][0] / lengths[-1],
-                                 f"{key or 'mixer_'}ms_per_token": costs[-1][2] / lengths[-1] * 1e3})
-            half, full = lengths.index(max(16, tier.seq_len // 2)), lengths.index(tier.seq_len)
-            flat = _exponent(costs[half][0], costs[full][0], lengths[half], lengths[full]) if half < full else 1.0
-            if max(worst[:2]) > FLOP_EXPONENT_LIMIT or worst[2] > TIME_EXPONENT_LIMIT:
-                quadratic.append(f"one {part} forward grows like T^{worst[0]:.2f} in FLOPs, T^{worst[1]:.2f} in memory "
-                                 f"traffic and T^{worst[2]:.2f} in time between lengths {lengths}")
-            elif flat < FLAT_EXPONENT_LIMIT:
-                quadratic.append(f"one {part} forward costs as many FLOPs at T={lengths[half]} as at T={lengths[full]} "
-                                 f"(T^{flat:.2f}): it works on the whole training window as one block, which is full "
-                                 "attention at the length it is trained and scored at")
+        for n, (d, seq_len, extra) in enumerate(shapes):
+            lengths = sorted(set(extra) | {max(16, seq_len // 2), seq_len})
+            for part in ("Mixer", "FFN") if self.has_ffn else ("Mixer",):
+                costs = self._cost_table(a, part, d, lengths)
+                worst = [max(_exponent(costs[i][j], costs[i + 1][j], lengths[i], lengths[i + 1])
+                             for i in range(len(lengths) - 1)) for j in range(3)]
+                if max(worst[:2]) <= FLOP_EXPONENT_LIMIT and worst[2] > TIME_EXPONENT_LIMIT:  # timing noise?
+                    again = self._cost_table(a, part, d, lengths)  # a time-only verdict is measured twice
+                    worst[2] = min(worst[2], max(_exponent(again[i][2], again[i + 1][2], lengths[i], lengths[i + 1])
+                                                 for i in range(len(lengths) - 1)))
+                if n == 0:
+                    key = "" if part == "Mixer" else "ffn_"
+                    self.metrics.update({f"{key}flops_exponent": worst[0], f"{key}traffic_exponent": worst[1],
+                                         f"{key}time_exponent": worst[2],
+                                         f"{key or 'mixer_'}flops_per_token": costs[-1][0] / lengths[-1],
+                                         f"{key or 'mixer_'}ms_per_token": costs[-1][2] / lengths[-1] * 1e3})
+                half, full = lengths.index(max(16, seq_len // 2)), lengths.index(seq_len)
+                flat = _exponent(costs[half][0], costs[full][0], lengths[half], lengths[full]) if half < full else 1.0
+                where = f"(d_model {d}, training length {seq_len})"
+                if max(worst[:2]) > FLOP_EXPONENT_LIMIT or worst[2] > TIME_EXPONENT_LIMIT:
+                    quadratic.append(f"one {part} forward grows like T^{worst[0]:.2f} in FLOPs, T^{worst[1]:.2f} in "
+                                     f"memory traffic and T^{worst[2]:.2f} in time between lengths {lengths} {where}")
+                elif flat < FLAT_EXPONENT_LIMIT and n == 0:  # the probes' 32 tokens are inside one chunk of the root's
+                    quadratic.append(f"one {part} forward costs as many FLOPs at T={lengths[half]} as at T={lengths[full]} "
+                                     f"(T^{flat:.2f}) {where}: it works on the whole training window as one block, which "
+                                     "is full attention at the length it is trained and scored at")
         self.metrics["complexity"] = "superlinear" if quadratic else "linear"
         if quadratic and not self.opt.get("allow_quadratic"):
-            raise CandidateError("quadratic", f"{quadratic[0]} (training length {tier.seq_len}); the run only accepts "
-                                 "(near-)linear mixers and FFNs (put softmax attention in LAYERS: the harness's own attention)")
+            raise CandidateError("quadratic", f"{quadratic[0]}; the run only accepts (near-)linear mixers and FFNs "
+                                 "(put softmax attention in LAYERS: the harness's own attention)")
 
-    def _cost_table(self, part: str, lengths: list[int]) -> list[list[float]]:
+    def _cost_table(self, a: Server, part: str, d_model: int, lengths: list[int]) -> list[list[float]]:
         """[flops, traffic, seconds] of one forward of the part at each length, measured in server A."""
-        header, _ = self.a.ask("cost", part=part, lengths=lengths)
-        rows = header.get("cost")
-        if not (isinstance(rows, list) and len(rows) == len(lengths)):
+        rows = a.ask("cost", part=part, d_model=d_model, lengths=lengths)[0].get("cost")
+        if not (isinstance(rows, list) and len(rows) == len(lengths) and all(isinstance(r, dict) for r in rows)):
             raise CandidateError("crash", f"server A sent no cost table for the {part}")
         return [[number(r, k, f"{part} cost") for k in ("flops", "traffic", "seconds")] for r in rows]
 
-    def step_agreement(self, length: int = 40) -> None:
-        """step() token by token (in B) must agree with forward() (in A), evaluation mode."""
-        self.metrics["has_step"] = self.has_step
-        if not self.has_step:
-            return
-        x = self.rng.standard_normal((2, length, self.tier.d_model)).astype(self.dtype)
-        full = array(self.a.ask("part", {"x": x}, part="Mixer", seed=11, dtype=self.dtype, train=False)[1], "y", x.shape,
-                     "Mixer.forward")
-        reply = self.b.ask("step", {"x": x}, seed=11, dtype=self.dtype)[1]
-        stepped = array(reply, "y", x.shape, "Mixer.step")
-        tolerance = 1e-6 if self.dtype == "float64" else 2e-3
-        err = leak(full, stepped)
-        if not err <= tolerance:
-            raise CandidateError("step", f"step() disagrees with forward() by {err:.1e} (relative, eval mode)")
-        state = sum(a.size for k, a in reply.items() if k != "y") * 4 // 2  # float32 bytes, batch 1
-        self.metrics.update(mixer_state_bytes=state)
+    def _limit(self, d_model: int) -> int | None:
+        """The budget per block at this width: the run's, scaled like the root's mixer where the probe
+        model is narrower; param_ratio x the root's mixer when the run gives none; -1: none."""
+        limit, tier = self.opt.get("param_limit"), self.tier
+        if limit is not None and limit < 0:
+            return None
+        if limit is None:
+            return math.floor(root_mixer_params(d_model, tier.n_heads) * self.opt.get("param_ratio", 1.2))
+        if d_model == tier.d_model:
+            return limit
+        return math.floor(limit * root_mixer_params(d_model, tier.n_heads) / root_mixer_params(tier.d_model, tier.n_heads))
 
-    # -- training --------------------------------------------------------------------------------
-    def train(self, corpus: Corpus) -> None:
+    # -- training (server A) ---------------------------------------------------------------------
+    def train(self, a: Server, corpus: Corpus) -> None:
         tier = self.tier
         rng = np.random.default_rng(self.seed)
         batches = (corpus.train_batch(tier.batch_size, tier.seq_len, rng) for _ in range(tier.steps))
-        header, weights, seconds, tokens = self.a.train("lm", tier.steps, batches)
-        self.metrics["mixer_params"] = budget(weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit())
+        header, weights, seconds, tokens = a.train("lm", tier.steps, batches)
+        weights = canonical(weights)
+        self.metrics["mixer_params"] = budget(weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit(tier.d_model))
         self.weights = {f"lm.{k}": v for k, v in weights.items()}
         self.metrics.update(train_loss=number(header, "train_loss", "training"), tokens_per_s=tokens / seconds if seconds else 0.0,
                             train_time_s=seconds, timed_tokens=tokens, train_tokens=tier.steps * tier.batch_size * tier.seq_len)
-        self.b.ask("build", weights, model="lm")
         if tier.probes is not None:
             p = tier.probes
             prng = np.random.default_rng(self.seed + 7919)
             started = time.perf_counter()
-            header, probe, _, _ = self.a.train("probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)))
+            header, probe, _, _ = a.train("probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)))
+            probe = canonical(probe)
+            budget(probe, p.d_model, p.n_layers, self.has_ffn, self._limit(p.d_model))
             self.metrics.update(probe_train_loss=number(header, "train_loss", "probe training"),
                                 probe_train_s=time.perf_counter() - started)
             self.weights |= {f"probe.{k}": v for k, v in probe.items()}
-            self.b.ask("build", probe, model="probe")
 
-    def _limit(self) -> int | None:
-        limit = self.opt.get("param_limit")
-        return math.floor(root_mixer_params(self.tier.d_model, self.tier.n_heads) * self.opt.get("param_ratio", 1.2)) \
-            if limit is None else limit
+    def _load(self, server: Server, weights: dict) -> None:
+        for model in ("lm", "probe"):
+            part = {k[len(model) + 1:]: v for k, v in weights.items() if k.startswith(model + ".")}
+            if part:
+                server.ask("build", part, model=model)
 
-    # -- scoring ---------------------------------------------------------------------------------
-    def scored(self, inputs: np.ndarray, model: str = "lm", copies: int = 1, what: str = "validation windows") -> np.ndarray:
-        """B's logits for every row of `inputs` (sent in a random order); A is sent `copies` copies of
-        every row with the text after a random cut replaced by another row's, in another random order,
-        and must agree with B up to each cut."""
+    # -- scoring (server B), checked by server C -------------------------------------------------
+    def score(self, b: Server, corpus: Corpus) -> None:
+        """B, holding only the saved weights, is sent every validation window, long window and probe
+        sequence in a random order; its logits give the scores. The copies that check them go to C."""
+        tier, t = self.tier, self.tier.seq_len
+        self._load(b, self.weights)
+        inputs, targets = corpus.val_windows(tier.val_windows, t)
+        losses = token_losses(self.scored(b, inputs, "lm", tier.causal_copies, "validation windows"), targets)
+        val = float(losses.mean())
+        self.val = (inputs, targets, losses)
+        self.metrics.update(val_loss=val, val_bpb=val / math.log(2))
+        if tier.extrapolation:  # positions seq_len..2*seq_len of windows twice as long vs seq_len/2..seq_len
+            long_in, long_targets = corpus.val_windows(max(tier.val_windows // 4, 1), 2 * t)
+            long = float(token_losses(self.scored(b, long_in, "lm", 1, "windows twice the training length"),
+                                      long_targets)[:, t:].mean())
+            late = float(losses[:, t // 2:].mean())
+            self.metrics.update(val_loss_2x=long, val_loss_late=late, extrapolation_gap=long - late)
+        if tier.probes is not None:
+            p = tier.probes
+            rng = np.random.default_rng(0x5EED)  # held out: training draws from another stream
+            for task in probe_tasks(p):
+                probe_in, probe_targets = probe_batch(p, max(p.batch_size, p.eval_examples), rng, task)
+                pred = self.scored(b, probe_in, "probe", 1, f"{task} probe sequences").argmax(-1)
+                mask = probe_targets != IGNORE
+                key = "selcopy_acc" if task == "copy" else f"mqar_acc_p{task[4:]}"
+                self.metrics[key] = float((pred[mask] == probe_targets[mask]).mean())
+            self.metrics["mqar_acc"] = float(np.mean([self.metrics[f"mqar_acc_p{n}"] for n in p.pairs]))
+        if tier.hardware:
+            self.hardware_in_b(b)
+
+    def scored(self, b: Server, inputs: np.ndarray, model: str, copies: int, what: str) -> np.ndarray:
+        """B's logits for every row of `inputs`, sent in a random order; the check against `copies`
+        perturbed copies of every row (C, later) is queued."""
         n, t = inputs.shape
         batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
         logits = np.empty((n, t, VOCAB_SIZE), dtype=np.float64)
         for rows in np.array_split(self.rng.permutation(n), max(1, math.ceil(n / batch))):
-            out = self.b.ask("logits", {"tokens": inputs[rows]}, model=model)[1]
+            out = b.ask("logits", {"tokens": inputs[rows]}, model=model)[1]
             logits[rows] = array(out, "logits", (len(rows), t, VOCAB_SIZE), f"logits of the {what}")
-        which = np.repeat(np.arange(n), copies)
-        cuts = self.rng.integers(0, t - 1, len(which))
-        donors = (which + self.rng.integers(1, max(n, 2), len(which))) % n
-        perturbed = inputs[which].copy()
-        for j, (cut, donor) in enumerate(zip(cuts, donors)):
-            perturbed[j, cut + 1:] = inputs[donor, cut + 1:] if donor != which[j] else self.rng.integers(0, VOCAB_SIZE, t - cut - 1)
-        tolerance = CAUSAL_TOLERANCE[self.device]
-        for rows in np.array_split(self.rng.permutation(len(which)), max(1, math.ceil(len(which) / batch))):
-            out = array(self.a.ask("logits", {"tokens": perturbed[rows]}, model=model)[1], "logits",
-                        (len(rows), t, VOCAB_SIZE), f"logits of the {what}")
-            for k, j in enumerate(rows):
-                diff = leak(logits[which[j], : cuts[j] + 1], out[k, : cuts[j] + 1])
-                if not diff <= tolerance:
-                    raise CandidateError("non_causal", f"the trained model's outputs at positions <= {cuts[j]} changed by "
-                                         f"{diff:.1e} (relative) when only later text changed (checked on {what})")
+        self.pending.append((inputs, logits, model, copies, what))
         return logits
 
-    def score(self, corpus: Corpus) -> None:
-        inputs, targets = corpus.val_windows(self.tier.val_windows, self.tier.seq_len)
-        losses = token_losses(self.scored(inputs, copies=self.tier.causal_copies), targets)
-        val = float(losses.mean())
-        self.late_loss = float(losses[:, self.tier.seq_len // 2:].mean())
-        self.val = (inputs, targets, losses)
-        self.metrics.update(val_loss=val, val_bpb=val / math.log(2))
-
-    def extrapolation(self, corpus: Corpus) -> None:
-        """Loss on positions seq_len..2*seq_len of windows twice the training length, against positions
-        seq_len/2..seq_len of the usual ones (gap > 0: longer context hurts)."""
-        t = self.tier.seq_len
-        inputs, targets = corpus.val_windows(max(self.tier.val_windows // 4, 1), 2 * t)
-        losses = token_losses(self.scored(inputs, what="windows twice the training length"), targets)
-        long = float(losses[:, t:].mean())
-        self.metrics.update(val_loss_2x=long, val_loss_late=self.late_loss, extrapolation_gap=long - self.late_loss)
-
-    def probes(self) -> None:
-        p = self.tier.probes
-        rng = np.random.default_rng(0x5EED)  # held out: training draws from another stream
-        out = {}
-        for task in probe_tasks(p):
-            inputs, targets = probe_batch(p, max(p.batch_size, p.eval_examples), rng, task)
-            pred = self.scored(inputs, "probe", what=f"{task} probe sequences").argmax(-1)
-            mask = targets != IGNORE
-            out["selcopy_acc" if task == "copy" else f"mqar_acc_p{task[4:]}"] = float((pred[mask] == targets[mask]).mean())
-        out["mqar_acc"] = float(np.mean([out[f"mqar_acc_p{n}"] for n in p.pairs]))
-        self.metrics.update(out)
+    def check_copies(self, c: Server) -> None:
+        """C, loaded from the same weights, scores copies of every row B scored, each with the text after
+        a random cut replaced by another row's, in another random order: its logits must equal B's up
+        to every cut. B could not tell which rows are checked (all are), nor reach C (it is gone)."""
+        self._load(c, self.weights)
+        tolerance = CAUSAL_TOLERANCE[self.device]
+        for inputs, logits, model, copies, what in self.pending:
+            n, t = inputs.shape
+            batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
+            which = np.repeat(np.arange(n), copies)
+            cuts = self.rng.integers(0, t - 1, len(which))
+            donors = (which + self.rng.integers(1, max(n, 2), len(which))) % n
+            perturbed = inputs[which].copy()
+            for j, (cut, donor) in enumerate(zip(cuts, donors)):
+                perturbed[j, cut + 1:] = inputs[donor, cut + 1:] if donor != which[j] else self.rng.integers(0, VOCAB_SIZE, t - cut - 1)
+            for rows in np.array_split(self.rng.permutation(len(which)), max(1, math.ceil(len(which) / batch))):
+                out = array(c.ask("logits", {"tokens": perturbed[rows]}, model=model)[1], "logits",
+                            (len(rows), t, VOCAB_SIZE), f"logits of the {what}")
+                for k, j in enumerate(rows):
+                    diff = leak(logits[which[j], : cuts[j] + 1], out[k, : cuts[j] + 1])
+                    if not diff <= tolerance:
+                        raise CandidateError("non_causal", f"the trained model's outputs at positions <= {cuts[j]} changed "
+                                             f"by {diff:.1e} (relative) when only later text changed (checked on {what}; "
+                                             "or it answered from what it kept of earlier inputs)")
 
     # -- hardware --------------------------------------------------------------------------------
-    def hardware(self, corpus: Corpus) -> None:
-        tier, t = self.tier, self.tier.seq_len
-        pid = self.b.host_pid()
-        before = _memory(pid)
-        header, _ = self.b.ask("memory")
-        n = sum(a.size for k, a in self.weights.items() if k.startswith("lm."))
-        if self.cuda:
-            activations = number(header, "cuda_peak_bytes", "memory", 0)
-        else:
-            activations = max(0, _memory(pid, "VmHWM") - before) if pid else 0
-        self.metrics.update(peak_mem_mb=(16 * n + activations) / 2**20, activation_mem_mb=activations / 2**20)
-        tokens = self.rng.integers(0, VOCAB_SIZE, (1, t))
-        forward, prefill = None, math.inf
-        for _ in range(3):
+    def hardware_in_b(self, b: Server) -> None:
+        """Decoding one token per request (the next sent only when its logits are back), timed from
+        here; the state it hands back at half and at full context is counted; FLOPs and the compile
+        flag are the server's own figures."""
+        t = self.tier.seq_len
+        self.decode_tokens = self.rng.integers(0, VOCAB_SIZE, (1, t))
+        stepped, times, sizes = np.empty((1, t, VOCAB_SIZE)), [], {}
+        for i in range(t):
+            want = i + 1 in (t // 2, t)
             started = time.perf_counter()
-            forward = array(self.a.ask("logits", {"tokens": tokens}, model="lm")[1], "logits", (1, t, VOCAB_SIZE), "prefill")
-            prefill = min(prefill, time.perf_counter() - started)
-        started = time.perf_counter()
-        reply = self.b.ask("decode", {"tokens": tokens})[1]
-        decode_s = time.perf_counter() - started
-        stepped = array(reply, "logits", (1, t, VOCAB_SIZE), "decoded logits")
-        if not leak(forward, stepped) <= 2e-2:
-            raise CandidateError("step", f"token-by-token decoding disagrees with the forward pass by {leak(forward, stepped):.1e}")
-        half = sum(a.nbytes for k, a in reply.items() if k.startswith("half"))
-        full = sum(a.nbytes for k, a in reply.items() if k.startswith("full"))
-        extras, _ = self.b.ask("extras")
-        self.metrics.update(prefill_ms=prefill * 1e3, decode_ms_per_token=decode_s / t * 1e3,
-                            decode_mode="recurrent" if self.has_step else "recompute", state_bytes=full, state_context=t,
-                            state_bytes_per_token=max(0.0, (full - half) / (t - t // 2)),
+            reply = b.ask("decode", {"token": self.decode_tokens[:, i]}, first=i == 0, state=want)[1]
+            times.append(time.perf_counter() - started)
+            stepped[0, i] = array(reply, "logits", (1, VOCAB_SIZE), "decoded logits")[0]
+            if want:
+                sizes[i + 1] = sum(numbers(a) * 4 for k, a in reply.items() if k != "logits")
+        self.stepped = stepped
+        extras, _ = b.ask("extras")
+        decode = max(0.0, float(np.mean(times[-DECODE_TOKENS:])) - b.pipe_s)  # the pipe's own time, measured warm
+        self.metrics.update(decode_ms_per_token=decode * 1e3,
+                            decode_mode="recurrent" if self.has_step else "recompute", state_bytes=sizes[t], state_context=t,
+                            state_bytes_per_token=max(0.0, (sizes[t] - sizes[t // 2]) / (t - t // 2)),
                             flops_per_token=number(extras, "flops_per_token", "extras"),
                             compile_ok=extras.get("compile_ok") is True)
         for key in ("compile_graph_breaks", "compile_error"):
             if isinstance(extras.get(key), int | str):
                 self.metrics[key] = extras[key] if isinstance(extras[key], int) else extras[key][:300]
-        # int8 weights, scored on every other validation window against the full-precision losses there
+
+    def hardware_in_c(self, c: Server) -> None:
+        """In C: the forward pass that decoding must agree with (and its latency), peak memory of a
+        training step (the process's peak over its baseline before the candidate was loaded, which
+        the candidate can only raise), and the loss with int8 weights."""
+        tier, t = self.tier, self.tier.seq_len
+        forward, prefill = None, math.inf
+        for _ in range(3):
+            started = time.perf_counter()
+            forward = array(c.ask("logits", {"tokens": self.decode_tokens}, model="lm")[1], "logits", (1, t, VOCAB_SIZE),
+                            "prefill")
+            prefill = min(prefill, time.perf_counter() - started)
+        if not leak(forward, self.stepped) <= 2e-2:
+            raise CandidateError("step", f"token-by-token decoding disagrees with the forward pass by {leak(forward, self.stepped):.1e}")
+        header, _ = c.ask("memory")
+        n = sum(numbers(a) for k, a in self.weights.items() if k.startswith("lm."))
+        if self.cuda:
+            measured = number(header, "cuda_peak_bytes", "memory", 0)
+        else:
+            measured = max(0, _memory(c.host_pid(), "VmHWM") - c.warm_hwm)
+        self.metrics.update(prefill_ms=prefill * 1e3, peak_mem_mb=(8 * n + measured) / 2**20,  # + AdamW's two moments
+                            activation_mem_mb=max(0, measured - 8 * n) / 2**20)
         inputs, targets, losses = self.val
         rows = np.arange(0, len(inputs), 2)
-        self.b.ask("build", {k[3:]: v for k, v in quantized(self.weights).items() if k.startswith("lm.")}, model="lm")
-        q = np.concatenate([token_losses(array(self.b.ask("logits", {"tokens": inputs[r]}, model="lm")[1], "logits",
+        c.ask("build", {k[3:]: v for k, v in quantized(self.weights).items() if k.startswith("lm.")}, model="lm")
+        q = np.concatenate([token_losses(array(c.ask("logits", {"tokens": inputs[r]}, model="lm")[1], "logits",
                                                (len(r), t, VOCAB_SIZE), "int8 logits"), targets[r])
                             for r in np.array_split(rows, max(1, math.ceil(len(rows) / tier.batch_size)))])
         increase = float(q.mean() - losses[rows].mean())

@@ -1,9 +1,11 @@
 """The candidate's side of the sandbox: a model server, `python -m archlab.sandbox.server`.
 
 Started by the scorer inside the launcher (launch.py). It reads its job from stdin, imports
-its libraries, contains itself (rlimits, the uid drop, seccomp), installs the audit hook (a
-diagnostic; off with `diagnostics: false`), runs the candidate's file and then answers
-requests on its stdout (main() moves its own printing to stderr, the log) until stdin closes. It returns outputs only: a part's
+its libraries, contains itself (rlimits, the uid drop, seccomp) and says it is warm; then it
+waits for the candidate's source (the scorer sends it only when no other server of the same
+candidate is alive), installs the audit hook (a diagnostic; off with `diagnostics: false`),
+runs the candidate's file and answers requests on its stdout (main() moves its own printing to
+stderr, a pipe the scorer drains into the log) until stdin closes. It returns outputs only: a part's
 outputs for given inputs, logits for given tokens, decoded steps and states, its weights
 after training on the batches it is sent, and the few measurements of its own that
 metrics.py lists. It never sees a data file, a target it is scored on, or a verdict.
@@ -14,6 +16,8 @@ import platform
 import sys
 import time
 import traceback
+
+import numpy as np
 
 from archlab.sandbox import wire
 from archlab.sandbox.errors import CandidateError, out_of_memory
@@ -36,6 +40,7 @@ class Server:
         torch.set_num_threads(int(job.get("threads", 1)))
         self.models: dict = {}
         self.candidate = None
+        self.states = None  # decoding's, between decode requests
 
     # -- requests --------------------------------------------------------------------------------
     def part(self, req: dict, arrays: dict) -> tuple[dict, dict]:
@@ -77,8 +82,9 @@ class Server:
 
         from archlab.sandbox import metrics
 
-        part = self._build_part(req["part"], 0, torch.float32, False)
-        return {"cost": metrics.cost(part, [int(t) for t in req["lengths"]], self.tier.d_model, self.device)}, {}
+        d = int(req.get("d_model", self.tier.d_model))
+        part = self._build_part(req["part"], 0, torch.float32, False, d)
+        return {"cost": metrics.cost(part, [int(t) for t in req["lengths"]], d, self.device)}, {}
 
     def build(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """A fresh model of the tier's shape (or the probe model's), in the training's random state;
@@ -143,24 +149,22 @@ class Server:
         return {}, {"logits": logits.float()}
 
     def decode(self, req: dict, arrays: dict) -> tuple[dict, dict]:
-        """Token-by-token inference over `tokens` (batch 1): logits per step, the state at the half
-        and at the end (the scorer counts its bytes)."""
+        """One token of inference (batch 1) after the ones sent before (`first`: a new sequence): its
+        logits, and the state (when asked: the scorer counts its bytes). The scorer sends the next
+        token only once these logits are back, and times each request."""
         import torch
 
         from archlab.sandbox.metrics import flat_state
         from archlab.sandbox.model import autocast, guard
 
         model = self._model("lm")
-        tokens = self._tensor(arrays["tokens"]).long().to(self.device)
-        t = tokens.shape[1]
-        states, half, outs = None, {}, []
+        token = self._tensor(arrays["token"]).long().to(self.device)
+        if req.get("first"):
+            self.states = None
         with torch.no_grad(), autocast(self.device):
-            for i in range(t):
-                logits, states = guard(lambda: model.step(tokens[:, i], states))
-                outs.append(logits.float())
-                if i == t // 2 - 1:
-                    half = flat_state(states, "half")
-        return {}, {"logits": torch.stack(outs, 1), **half, **flat_state(states, "full")}
+            logits, self.states = guard(lambda: model.step(token, self.states))
+        state = flat_state(self.states, "state") if req.get("state") else {}
+        return {}, {"logits": logits.float(), **state}
 
     def memory(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """One training forward/backward at the tier's batch shape (the scorer reads the process's
@@ -231,13 +235,13 @@ class Server:
             out[key] = value.float() if value.is_floating_point() else value
         return out
 
-    def _build_part(self, part: str, seed: int, dtype, train: bool):
+    def _build_part(self, part: str, seed: int, dtype, train: bool, d_model: int | None = None):
         import torch
 
         from archlab.sandbox import contract
 
         torch.manual_seed(seed)
-        d = self.tier.d_model
+        d = d_model or self.tier.d_model
         module = contract.build_mixer(self.candidate, d, self.tier.n_heads) if part == "Mixer" else \
             contract.build_ffn(self.candidate, d)
         if module is None:
@@ -309,10 +313,11 @@ def _reply_error(e: BaseException) -> dict:
 
 
 def serve(job: dict) -> None:
+    """Warm up (trusted code only: the scorer may start this process while another server of the
+    same candidate still runs), contain, then wait for the candidate's source and load it."""
     from archlab.sandbox import launch
 
     started = time.monotonic()
-    diagnostics = job.get("diagnostics", True)
     guard = None
     try:
         import torch
@@ -323,13 +328,19 @@ def serve(job: dict) -> None:
         warm_up(server.device)
         launch.contain(memory_gb=job.get("memory_gb"), nproc=job.get("nproc", launch.DEFAULT_NPROC),
                        cpu_s=job.get("cpu_s"), uid=job.get("uid"))
-        if diagnostics:
+        print(f"[server] {time.monotonic() - started:.2f}s warm and contained", flush=True)
+        wire.send(REPLY_FD, {"warm": True})
+        while True:  # until the candidate's source arrives (only once no other server of it is alive)
+            load, arrays = wire.receive(0, MAX_REQUEST)
+            if not load.get("ping"):
+                break
+            wire.send(REPLY_FD, {}, {"logits": np.zeros((1, 256), np.float32)})  # what a decoding step returns
+        if load.get("diagnostics", True):
             from archlab.sandbox.guard import AuditGuard
 
             guard = AuditGuard()
             guard.install()
-        print(f"[server] {time.monotonic() - started:.2f}s contained; loading the candidate", flush=True)
-        server.candidate = contract.load(job["source"])
+        server.candidate = contract.load(load["source"])
         contract.check_shape(contract.build_mixer(server.candidate, server.tier.d_model, server.tier.n_heads),
                              server.tier.d_model)
         mixer_type = server.candidate.Mixer
@@ -339,6 +350,8 @@ def serve(job: dict) -> None:
                              "env": {"torch": torch.__version__, "device": server.device.type, "python": platform.python_version(),
                                      "cuda": torch.version.cuda if server.device.type == "cuda" else None,
                                      "gpu": torch.cuda.get_device_name(server.device) if server.device.type == "cuda" else None}})
+    except wire.WireError:
+        os._exit(0)  # the scorer did not need this server after all
     except BaseException as e:  # noqa: BLE001  (SystemExit from candidate code is a rejection too)
         _finish(guard, e)
     while True:
