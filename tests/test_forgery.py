@@ -433,3 +433,216 @@ def test_implausible_gain_is_flagged_and_not_crowned():
     assert m["flagged"] == "implausible_gain"
     assert fitness(m, root) <= 0.0  # kept, shown, never crowned
     assert fitness(m, root, trust_flagged=True) > 0.0
+
+
+# -- an outside red team's findings against the first model-server design, by class --------------
+def test_no_file_in_the_view_holds_validation_text():
+    """Validation text anywhere a server can read (a second copy of Python's documentation, say)
+    would let a causal model look the next byte up: walk the whole view for it."""
+    from archlab.sandbox.data import split
+
+    val = split(None)[1]
+    snippets = [val[i : i + 40] for i in range(0, len(val) - 40, len(val) // 30)]
+    source = mixer(top=f"""
+        import os
+        SNIPPETS = {snippets!r}
+        hits, scanned = [], 0
+        for top, dirs, files in os.walk("/"):
+            if top.startswith(("/proc", "/sys", "/dev")):
+                dirs[:] = []
+                continue
+            for name in files:
+                path = os.path.join(top, name)
+                if not name.endswith((".py", ".txt", ".rst", ".html", ".json", ".md", ".pyi")):
+                    continue
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read(8 << 20)
+                except OSError:
+                    continue
+                scanned += 1
+                hits += [path for s in SNIPPETS if s in data][:1]
+        raise RuntimeError("SCANNED " + repr((scanned, hits)))
+        """)
+    result = runner.evaluate(source, "check", threads=1, timeout_s=600, **OFF)
+    assert "SCANNED" in result.detail, result
+    scanned, hits = ast.literal_eval(result.detail.split("SCANNED ", 1)[1].split(")")[0] + ")")
+    assert scanned > 1000 and hits == [], (scanned, hits)
+
+
+def _oracle_with_a_mailbox() -> str:
+    """Server B writes every window it scores wherever its twins could look (the log, /tmp, /dev/shm,
+    a lock on a shared read-only file); a server that finds them answers the copies from them."""
+    return SERVER + """
+import fcntl, os
+BOXES = ["/tmp/archlab-mailbox", "/dev/shm/archlab-mailbox"]
+SHARED = os.__file__  # read-only and the same in every server's view
+_logits = SERVER.Server.logits
+
+def found():
+    seen = []
+    for box in BOXES:
+        try:
+            seen += [bytes.fromhex(line) for line in open(box).read().split()]
+        except OSError:
+            pass
+    try:
+        f = open(SHARED, "rb")
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        seen.append(b"locked")  # a twin holds the lock: it is alive beside us
+    return seen
+
+def logits(self, req, arrays):
+    header, out = _logits(self, req, arrays)
+    if req.get("model") != "lm":
+        return header, out
+    rows, lg = arrays["tokens"].tolist(), out["logits"]
+    seen = found()
+    if not seen:  # the first: publish and peek
+        for box in BOXES:
+            try:
+                with open(box, "a") as f:
+                    f.write(" ".join(bytes(r).hex() for r in rows) + " ")
+            except OSError:
+                pass
+        os.write(2, (" ".join(bytes(r).hex() for r in rows) + "\\n").encode())
+        HOLD.append(open(SHARED, "rb"))
+        fcntl.flock(HOLD[-1], fcntl.LOCK_SH)
+        for b, r in enumerate(rows):
+            for p in range(len(r) - 1):
+                lg[b, p, r[p + 1]] += 20.0
+    else:  # a twin: answer from what the first one saw
+        for b, r in enumerate(rows):
+            for p in range(len(r) - 1):
+                nxt = {w[p + 1] for w in seen if len(w) > p + 1 and w[: p + 1] == bytes(r[: p + 1])}
+                if len(nxt) == 1:
+                    lg[b, p, nxt.pop()] += 20.0
+    return header, {"logits": lg}
+
+HOLD = []
+SERVER.Server.logits = logits
+"""
+
+
+def test_twins_cannot_reach_each_other():
+    """The checker of the scored server is a different process that starts only after it is gone, and
+    nothing of the host is shared: whatever mailbox the scored server leaves, the checker finds none."""
+    result = runner.evaluate(mixer(top=_oracle_with_a_mailbox()), "micro", threads=1, **OFF)
+    assert not result.ok and result.reason == "non_causal", result
+
+
+PROBE_ONLY = {  # F3: the probe model is scored too, so it is held to the same budget and complexity
+    "a_wide_mlp_only_at_the_probe_width": ("""
+        self.big = nn.Sequential(nn.Linear(d_model, 16384), nn.GELU(), nn.Linear(16384, d_model)) if d_model == 32 else None
+        """, "y = self.proj(x)\nreturn y if self.big is None else y + self.big(x)\n", "params"),
+    "attention_only_at_the_probe_width": ("", """
+        if x.shape[-1] != 32:
+            return self.proj(x)
+        t = x.shape[1]
+        scores = (x @ x.transpose(1, 2)).masked_fill(~torch.ones(t, t, dtype=torch.bool, device=x.device).tril(), float("-inf"))
+        return scores.softmax(-1) @ x
+        """, "quadratic"),
+}
+
+
+@pytest.mark.parametrize("name", list(PROBE_ONLY))
+def test_the_probe_model_is_held_to_the_same_checks(name):
+    init, forward, reason = PROBE_ONLY[name]
+    probes = {"probes": {"d_model": 32, "steps": 5, "eval_examples": 32}}
+    result = runner.evaluate(mixer(forward, init), "micro", threads=1, tier_overrides=probes, **OFF)
+    assert not result.ok and result.reason == reason, result
+
+
+@pytest.mark.parametrize("dtype", ["torch.complex64", "torch.int64"])
+def test_wider_numbers_count_for_what_they_carry(dtype):
+    """F4: a weight carries as many numbers as its bytes hold: a complex or int64 one counts double
+    (floats reach the scorer as float32 and are served at bfloat16 precision: one number each)."""
+    n = 14000  # under the micro budget (25,824) as elements, over it counted by bytes with the mixer's own
+    source = mixer("return self.proj(x)\n", init=f"self.register_buffer('store', torch.zeros({n}, dtype={dtype}))\n")
+    result = runner.evaluate(source, "micro", threads=1, **OFF)
+    assert not result.ok and result.reason == "params", result
+
+
+RUNNING_MEAN_WITH_STEP = """
+    def step(self, x, state):
+        hist = x[:, None] if state is None else torch.cat([STATE(state), x[:, None]], 1)
+        return self.proj(hist.mean(1)), WRAP(hist)
+"""
+BALLAST = SERVER + """
+BALLAST = [None]
+_logits, _memory = SERVER.Server.logits, SERVER.Server.memory
+
+def logits(self, req, arrays):
+    if BALLAST[0] is None:
+        BALLAST[0] = torch.ones(2 ** 26)  # 256 MiB, held while the scorer reads the baseline
+    return _logits(self, req, arrays)
+
+def memory(self, req, arrays):
+    BALLAST[0] = None  # and freed just before the measured step
+    return _memory(self, req, arrays)
+
+SERVER.Server.logits, SERVER.Server.memory = logits, memory
+"""
+
+
+def _running_mean(top: str, wrap: str, state: str) -> str:
+    forward = "n = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)[:, None]\nreturn self.proj(x.cumsum(1) / n)\n"
+    return mixer(forward, top=top) + RUNNING_MEAN_WITH_STEP.replace("WRAP", wrap).replace("STATE", state)
+
+
+def test_server_decided_hardware_figures_are_not_believed():
+    """F5: a state hidden in an object is refused; memory freed just before it is measured does not
+    lower the peak (the scorer reads the peak over the server's baseline before the candidate)."""
+    tier = {"hardware": True}
+    honest = runner.evaluate(_running_mean("", "", ""), "micro", threads=1, tier_overrides=tier, **OFF)
+    boxed = runner.evaluate(_running_mean("class Box:\n    def __init__(self, t):\n        self.t = t\n", "Box",
+                                          "(lambda box: box.t)"), "micro", threads=1, tier_overrides=tier, **OFF)
+    ballast = runner.evaluate(_running_mean(BALLAST, "", ""), "micro", threads=1, tier_overrides=tier, **OFF)
+    assert honest.ok and ballast.ok, (honest, ballast)
+    assert not boxed.ok and boxed.reason == "step" and "Box" in boxed.detail, boxed
+    assert ballast.metrics["peak_mem_mb"] >= 0.9 * honest.metrics["peak_mem_mb"]
+    assert ballast.metrics["state_bytes"] == honest.metrics["state_bytes"] > 0
+
+
+MALFORMED = {  # F6, F7: whatever a server sends, the scorer returns a Result
+    "ready_env_a_list": SERVER + """
+_send = SERVER.wire.send
+def send(fd, header, arrays=None):
+    if header.get("ready"):
+        header = {**header, "env": ["not", "a", "dict"]}
+    return _send(fd, header, arrays)
+SERVER.wire.send = send
+""",
+    "cost_rows_of_the_wrong_type": SERVER + "SERVER.Server.cost = lambda self, req, arrays: ({'cost': [0] * len(req['lengths'])}, {})\n",
+    "a_number_too_large_for_a_float": SERVER + """
+SERVER.Server.cost = lambda self, req, arrays: ({"cost": [{"flops": 10 ** 400, "traffic": 1, "seconds": 1}
+                                                          for _ in req["lengths"]]}, {})
+""",
+    "stops_reading_its_requests": SERVER + """
+import threading
+_receive = SERVER.wire.receive
+def receive(fd, max_bytes, wait=None):
+    head = SERVER.wire.read_exactly(fd, SERVER.wire._FRAME.size, wait)
+    magic, head_len, blob_len = SERVER.wire._FRAME.unpack(head)
+    if blob_len > 1 << 20:
+        threading.Event().wait()  # never read the rest: the scorer's write blocks
+    import json
+    header = json.loads(SERVER.wire.read_exactly(fd, head_len, wait))
+    return header, (SERVER.wire._load_arrays(SERVER.wire.read_exactly(fd, blob_len, wait)) if blob_len else {})
+SERVER.wire.receive = receive
+""",
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_a_malformed_server_is_a_rejection_never_an_exception(name):
+    result = runner.evaluate(mixer(top=MALFORMED[name]), "check", threads=1, timeout_s=1, **OFF)
+    assert not result.ok and result.reason in ("crash", "timeout"), result
+
+
+def test_an_empty_weight_is_not_a_crash_of_the_scorer():
+    result = runner.evaluate(mixer(init="self.unused = nn.Parameter(torch.empty(4, 0))\n"), "micro", threads=1,
+                             tier_overrides={"hardware": True})
+    assert result.ok, result

@@ -27,6 +27,7 @@ Child side (server.py calls `contain()` before the candidate's file is read):
 from __future__ import annotations
 
 import ctypes
+import glob
 import json
 import os
 import platform
@@ -273,11 +274,16 @@ def _in_view(path: str) -> bool:
 
 
 def _hidden() -> list[str]:
-    """Inside the view but not for candidates: archlab's corpus, and the reference documentation the
-    standard library carries (pydoc_data), which a corpus of documentation may share text with."""
+    """Inside the view but not for candidates: archlab's corpus, and every copy of Python's reference
+    documentation a Python in the view carries (pydoc_data, Debian's doc folders), which the
+    corpus's validation text comes from."""
     from archlab.sandbox.data import BUILTIN
 
-    return [str(BUILTIN.parent), os.path.join(sysconfig.get_paths()["stdlib"], "pydoc_data")]
+    found = {str(BUILTIN.parent), "/usr/share/doc", os.path.join(sysconfig.get_paths()["stdlib"], "pydoc_data")}
+    for root in _view():
+        for pattern in ("lib/python3*/pydoc_data", "lib64/python3*/pydoc_data", "local/lib/python3*/pydoc_data"):
+            found.update(glob.glob(os.path.join(root, pattern)))
+    return sorted(p for p in found if os.path.exists(p))
 
 
 def _unshare_argv(as_root: bool) -> list[str]:
