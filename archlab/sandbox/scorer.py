@@ -391,7 +391,7 @@ class Evaluation:
         job, log, host_dir, hide = self.spawn_args
         (host_dir / name).mkdir()
         os.chmod(host_dir / name, 0o777)  # the plain and unshare launchers: the dropped uid works in it
-        self.servers[name] = Server(name, {**job, "uid": launch.launcher().next_uid()}, log, self.deadline,
+        self.servers[name] = Server(name, {**job, "role": name, "uid": launch.launcher().next_uid()}, log, self.deadline,
                                     host_dir / name, self.cuda, hide)
 
     def _start(self, name: str) -> Server:

@@ -272,27 +272,30 @@ class Server:
             return "float32"
 
 
-def warm_up(device) -> None:
+def warm_up(device, *, train: bool, compiler: bool) -> None:
     """Run the server's own torch paths once before the candidate exists: torch finishes its lazy
-    imports while the standard library is still readable (a dropped uid may not read it)."""
+    imports while the standard library is still readable (a dropped uid may not read it under the
+    fallback launchers). `train`: the optimizer; `compiler`: TorchDynamo (each imports ~1 s of
+    torch's compiler stack: a server skips what its role will not run)."""
     import importlib
     import types
 
     import torch
 
-    from archlab.sandbox import metrics, train
+    from archlab.sandbox import metrics, train as training
     from archlab.sandbox.model import LM, Attention, autocast, lm_loss
     from archlab.sandbox.tiers import Tier
 
-    for name in ("torch._dynamo", "encodings.idna", "unicodedata"):
+    for name in ("encodings.idna", "unicodedata", *(["torch._dynamo"] if compiler else [])):
         importlib.import_module(name)
     tiny = types.ModuleType("warmup")
     tiny.Mixer = lambda d_model, n_heads: Attention(d_model, n_heads)
     tier = Tier(name="warmup", d_model=16, n_heads=2, n_layers=1, seq_len=8, batch_size=2, steps=1)
     model = LM(tiny, tier).to(device)
     inputs = torch.randint(0, 256, (2, 8), device=device)
-    opt, schedule = train.optimizer(model, tier)
-    train.train_step(model, opt, schedule, inputs, inputs, device, "warm-up")
+    if train:
+        opt, schedule = training.optimizer(model, tier)
+        training.train_step(model, opt, schedule, inputs, inputs, device, "warm-up")
     model.eval()
     with torch.no_grad(), autocast(device):
         lm_loss(model, inputs, inputs)
@@ -325,7 +328,7 @@ def serve(job: dict) -> None:
         from archlab.sandbox import contract
 
         server = Server(job)
-        warm_up(server.device)
+        warm_up(server.device, train=job.get("role") == "A", compiler=job.get("role") == "B" and server.tier.hardware)
         launch.contain(memory_gb=job.get("memory_gb"), nproc=job.get("nproc", launch.DEFAULT_NPROC),
                        cpu_s=job.get("cpu_s"), uid=job.get("uid"))
         print(f"[server] {time.monotonic() - started:.2f}s warm and contained", flush=True)
