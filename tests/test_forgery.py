@@ -28,24 +28,11 @@ from archlab.sandbox.fitness import fitness
 from archlab.templates import render_root
 
 import helpers
+from helpers import CANDIDATE_HEADER as HEADER
+from helpers import mixer
 
-HEADER = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
 OFF = {"skip_static_checks": True}  # the diagnostics off: only the boundary stands in the way
 MARK = f"archlab-escape-{uuid.uuid4().hex[:8]}"  # names every file and process an attack tries to leave behind
-
-
-def mixer(forward: str = "return self.proj(x)\n", init: str = "", top: str = "") -> str:
-    fwd = textwrap.indent(textwrap.dedent(forward), " " * 8)
-    body = textwrap.indent(textwrap.dedent(init), " " * 8)
-    return HEADER + textwrap.dedent(top) + f"""
-
-class Mixer(nn.Module):
-    def __init__(self, d_model, n_heads, **kwargs):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-{body}
-    def forward(self, x):
-{fwd}"""
 
 
 # The server's own module, as a candidate reaches it: `python -m archlab.sandbox.server` is __main__.

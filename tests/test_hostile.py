@@ -13,7 +13,6 @@ Score forgery on trained tiers and escapes are in test_forgery.py.
 
 import concurrent.futures
 import json
-import textwrap
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,8 +20,9 @@ import pytest
 from archlab.sandbox import launch, runner
 from archlab.sandbox.data import BUILTIN
 from archlab.templates import ROOTS, render_root
+from helpers import CANDIDATE_HEADER as HEADER
+from helpers import mixer
 
-HEADER = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
 
 
 @dataclass
@@ -30,24 +30,6 @@ class Case:
     source: str
     expect: str | None  # the rejection reason, or None: accepted
     options: dict = field(default_factory=dict)
-
-
-def mixer(forward: str, init: str = "", top: str = "", methods: str = "") -> str:
-    """A candidate file: HEADER, `top`, then a Mixer with proj = Linear(d, d) plus `init`,
-    the given forward body and extra `methods`."""
-    body = textwrap.indent(textwrap.dedent(init), " " * 8)
-    fwd = textwrap.indent(textwrap.dedent(forward), " " * 8)
-    more = textwrap.indent(textwrap.dedent(methods), " " * 4)
-    return HEADER + textwrap.dedent(top) + f"""
-
-class Mixer(nn.Module):
-    def __init__(self, d_model, n_heads, **kwargs):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-{body}
-    def forward(self, x):
-{fwd}
-{more}"""
 
 
 PLAIN = "return self.proj(x)\n"

@@ -148,6 +148,8 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
                             env={**evaluation.env, "tier": tier.name, "launcher": launch.launcher().kind} if evaluation else {})
         except DataError as e:
             result = Result(ok=False, reason="data", detail=str(e))
+        except OSError:
+            raise  # this machine's fault (a full disk): the run stops and says so, the candidate is not blamed
         except Exception as e:  # noqa: BLE001  (whatever a server sent must not stop the run: a crash of the candidate)
             if _stopping.is_set():
                 raise Interrupted("the run is stopping") from None

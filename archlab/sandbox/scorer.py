@@ -1,23 +1,21 @@
 """The trusted side of an evaluation: it owns the data, the targets, every loss, verdict and
 count, and never runs candidate code (numpy only: it does not even import torch).
 
-An evaluation starts two model servers (server.py) of the candidate, each in its own sandbox
-(launch.py): A trains; B, a fresh process, only ever holds what A's saved weights carry.
-- Checks: parameters are counted from the weights a server sends (safetensors), for every
-  mixer and FFN instance in the model. Causality: each comparison sends the original input
-  to one server and its copy with everything after a cut perturbed to the other, so no
-  channel inside a process can make the two agree. step() runs in B against forward() in A.
-  Complexity is measured below, at and above the training length.
-- Training: A is sent the training batches one per step and timed from here.
-- Scoring: B, loaded from A's weights, is sent the validation windows in a random order; A is
-  sent copies of every window, each with the text after a random cut replaced, in another
-  random order. B's logits give the loss; A's must equal B's up to every cut. So the scored
-  server is checked for causality on the very windows it is scored on, and cannot tell which
-  of its inputs are checked (all are). Probes and long windows work the same way.
-- Hardware: latency is timed from here, peak memory read from the server's /proc entry, the
-  state is what decoding hands back, int8 quantisation is done here on the saved weights.
+An evaluation runs up to three model servers of the candidate (server.py), each in its own
+sandbox (launch.py), and no two of them hold the candidate's code at the same time:
+- A: parameters are counted from the weights it sends (safetensors), for every mixer and FFN
+  instance of the model and of the probe model; complexity is measured below, at and above the
+  training length; the first pass of every causality comparison; then training, on batches it
+  is sent one per step and timed from here.
+- B, loaded from A's weights: the perturbed copies of the check comparisons and step() against
+  A's forward(); then the scored rows (validation windows in a random order, long windows, probe
+  sequences), one decoding request per token (timed from here), the state it hands back.
+- C, loaded from the same weights after B is gone: a copy of every row B scored with the text
+  after a random cut replaced, in another order; its logits must equal B's up to each cut. Then
+  the forward pass decoding must agree with, the peak memory of a training step (over C's own
+  baseline before the candidate was loaded), and int8 quantisation of the served weights.
 Every reply is checked for shape, dtype and finiteness; a malformed one rejects the candidate
-(`crash`), never the run.
+(`crash`), never the run; a watchdog kills the servers at the wall-clock backstop.
 """
 
 import math
@@ -154,16 +152,29 @@ class Server:
 
     # -- the pipes -------------------------------------------------------------------------------
     def _drain_log(self, log: Path) -> None:
-        kept = 0
-        with open(log, "ab") as out:
-            for line in iter(self.proc.stderr.readline, b""):
-                self.tail = (self.tail + line)[-4000:]
-                if kept < self.LOG_CAP:
+        """Read everything the server prints (it must never block on a full pipe) and keep the first
+        LOG_CAP bytes in the log; a log that cannot be written (a full disk) only loses the log."""
+        kept, out = 0, None
+        try:
+            out = open(log, "ab")
+        except OSError:
+            pass
+        for line in iter(self.proc.stderr.readline, b""):
+            self.tail = (self.tail + line)[-4000:]
+            if out is not None and kept < self.LOG_CAP:
+                try:
                     out.write(f"[{self.name}] ".encode() + line[: self.LOG_CAP - kept])
                     out.flush()
-                kept += len(line)
-            if kept > self.LOG_CAP:
-                out.write(f"[{self.name}] ... {kept - self.LOG_CAP:,} more bytes of output left out\n".encode())
+                except OSError:
+                    out = None
+            kept += len(line)
+        if out is not None:
+            try:
+                if kept > self.LOG_CAP:
+                    out.write(f"[{self.name}] ... {kept - self.LOG_CAP:,} more bytes of output left out\n".encode())
+                out.close()
+            except OSError:
+                pass
 
     def _send(self, header: dict, arrays: dict | None = None) -> None:
         try:
