@@ -86,7 +86,8 @@ SCORED_LEAKS = {  # F5, F10: the scored server is checked on every window it is 
                                             f"return y + {LATE_LEAK} if self.calls > 1 and x.shape[0] > 1 and not self.training else y\n",
                                             "self.calls = 0\n"),
     "after_the_first_calls_of_the_process": ("y = self.proj(x)\nCALLS[0] += 1\n"
-                                             f"return y + {LATE_LEAK} if CALLS[0] > 60 else y\n", ""),
+                                             f"return y + {LATE_LEAK} if CALLS[0] > 8 and x.shape[0] > 1 and not self.training else y\n",
+                                             ""),
     "only_without_gradients_in_eval_mode": (f"y = self.proj(x)\nreturn y if self.training or torch.is_grad_enabled() else y + {LATE_LEAK}\n", ""),
     "only_once_trained_weights_are_loaded": ("y = self.proj(x)\n"
                                              f"return y + {LATE_LEAK} if self.proj.bias.abs().sum() > 0.5 and not self.training else y\n",
