@@ -35,8 +35,8 @@ OFF = {"skip_static_checks": True}  # the diagnostics off: only the boundary sta
 MARK = f"archlab-escape-{uuid.uuid4().hex[:8]}"  # names every file and process an attack tries to leave behind
 
 
-# The server's own module, as a candidate reaches it: `python -m archlab.sandbox.server` is __main__.
-SERVER = "import sys\nimport numpy as np\nfrom archlab.sandbox import wire\nSERVER = sys.modules['__main__']\n"
+# The server's own module, as a candidate reaches it (forked from the launch pad, it is imported).
+SERVER = "import sys\nimport numpy as np\nfrom archlab.sandbox import wire\nSERVER = sys.modules['archlab.sandbox.server']\n"
 
 FORGED = {  # F1, F2, F8: whatever a server sends, the scorer computes the score, or rejects
     "patched_logits_read_the_next_token": SERVER + """

@@ -145,9 +145,15 @@ _PROBE = r"""
 import json, os, socket, sys
 import archlab.sandbox.launch as launch
 import torch
-facts = {"ok": True, "pid": os.getpid()}
 uid = int(sys.argv[1])
-launch.contain(memory_gb=None, nproc=8, cpu_s=60, uid=None if uid < 0 else uid)
+scratch = os.getcwd()
+launch.drop_uid(None if uid < 0 else uid)  # as a server forked from a launch pad does
+isolated = launch.isolate(scratch)
+os.chdir(scratch)
+if isolated and os.fork() != 0:  # the server is the next child: PID 1 of its namespace
+    os._exit(os.waitstatus_to_exitcode(os.wait()[1]))
+facts = {"ok": True, "pid": os.getpid(), "isolates": isolated}
+launch.contain(memory_gb=None, nproc=8, cpu_s=60)
 facts["uid"] = os.getuid()
 try:
     facts["interfaces"] = [name for _, name in socket.if_nameindex()]
@@ -197,6 +203,8 @@ def _probe(cand: Launcher) -> dict:
         outside = {"writable": [str(Path(__file__).resolve().parent), sys.prefix],  # host paths it must not write
                    "hidden": [p for p in (str(BUILTIN), "/etc/shadow", "/etc/hostname", str(Path.home() / ".bash_history"),
                                           "/var/log") if os.path.exists(p) and not _in_view(p)]}
+        if cand.kind == "bwrap":  # what the view holds must not be writable either
+            outside["writable"] += ["/", "/etc", "/dev", str(BUILTIN.parent)]
         argv = cand.command([sys.executable, "-c", _PROBE, str(-1 if uid is None else uid), json.dumps(outside)], host)
         proc = subprocess.run(argv, cwd=host if cand.kind != "bwrap" else None, stdin=subprocess.DEVNULL,
                               env=environment(cand.scratch(host), 1), capture_output=True, timeout=120,
@@ -241,10 +249,12 @@ def _bwrap_argv(cuda: bool, as_root: bool, hide: tuple[str, ...]) -> list[str]:
     for path in (*_hidden(), *hide):  # the evaluation data, wherever it lies inside the view
         p = Path(path)
         if p.is_dir():
-            argv += ["--tmpfs", str(p.resolve())]
+            argv += ["--tmpfs", str(p.resolve()), "--remount-ro", str(p.resolve())]
         elif p.exists():
             argv += ["--ro-bind", "/dev/null", str(p.resolve())]
-    return argv + ["--chdir", SCRATCH, "--"]
+    # Read-only: bwrap's own root and /dev (tmpfs it creates for its mount points): the only writable
+    # places left are the private tmpfs mounts above, and each server covers them with its own.
+    return argv + ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SCRATCH, "--"]
 
 
 def _view() -> list[str]:
@@ -296,22 +306,68 @@ def _unshare_argv(as_root: bool) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # child side
 # ---------------------------------------------------------------------------------------------
-def contain(*, memory_gb: float | None, nproc: int, cpu_s: float | None, uid: int | None) -> None:
-    """Everything the server does to itself before the candidate's file is read: rlimits, the uid
-    drop (root only), the parent-death signal again, the seccomp filter."""
-    _limits(memory_gb, nproc, cpu_s)
+def die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: killed when the parent dies (set again after a uid change, which clears it)."""
     parent = os.getppid()
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(137)
+
+
+# clone(2) flags
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # + the scratch: each server's own, fresh
+
+
+def drop_uid(uid: int | None) -> None:
+    """Running as root: become `uid`, one no other sandbox uses (so RLIMIT_NPROC holds and no
+    root-owned file is readable). The parent-death signal is cleared: set it again."""
     if uid is not None and os.getuid() == 0:
-        for top, dirs, files in os.walk(os.getcwd()):  # the scratch, with what root's imports cached there
-            for name in [".", *dirs, *files]:
-                os.lchown(os.path.join(top, name), uid, uid)
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+        die_with_parent()
+
+
+def isolate(scratch: str) -> bool:
+    """In a server's first process, forked from the launch pad (zygote.py), after drop_uid: new
+    user, mount, PID (for its next child), network, IPC and UTS namespaces, and fresh size-capped
+    tmpfs over /tmp, /var/tmp, /dev/shm and the scratch (chdir there again). Nothing else in the
+    view is writable (bubblewrap mounts it read-only), so two servers of one launch pad share no
+    writable place, no abstract socket, no IPC object, and cannot see or signal each other. False
+    where the kernel refuses a user namespace (then every server gets a launch pad of its own)."""
+    outer_uid, outer_gid = os.getuid(), os.getgid()
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: cleared by setuid, so set again now
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(137)
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    if libc.unshare(flags) != 0:
+        return False
+    libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: an undumpable process cannot write its own id maps
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{outer_uid} {outer_uid} 1"), ("gid_map", f"{outer_gid} {outer_gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    libc.prctl(4, 0, 0, 0, 0)
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "making the server's mounts private failed")
+    options = f"size={SCRATCH_MB}m,mode=1777".encode()
+    for path in [p for p in PRIVATE_DIRS if os.path.isdir(p)] + [scratch]:
+        os.makedirs(path, exist_ok=True)  # the fallback launchers' scratch lies below /tmp, just covered
+        if libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+            raise OSError(ctypes.get_errno(), f"mounting the server's private {path} failed")
+    return True
+
+
+def contain(*, memory_gb: float | None, nproc: int, cpu_s: float | None) -> None:
+    """Everything the server does to itself before the candidate's file is read: rlimits, no
+    capabilities (an isolated server holds all of them in its own user namespace), the
+    parent-death signal, the seccomp filter."""
+    _limits(memory_gb, nproc, cpu_s)
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    if libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:
+        raise OSError(ctypes.get_errno(), "dropping capabilities failed")
+    die_with_parent()
     install_seccomp(libc)
 
 

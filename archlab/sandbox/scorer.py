@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from archlab.sandbox import launch, wire
+from archlab.sandbox import launch, wire, zygote
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, probe_batch, probe_tasks
 from archlab.sandbox.errors import CandidateError
 from archlab.sandbox.tiers import Tier
@@ -52,21 +52,31 @@ MAX_REPLY = 1 << 31
 
 # -- one model server, seen from here ---------------------------------------------------------
 class Server:
-    """A model server: started warm (trusted code only), given the candidate's source later."""
+    """A model server, forked from a launch pad (zygote.py) warm, given the candidate's source later."""
 
     LOG_CAP = 4 << 20  # bytes of a server's own output kept in the evaluation's log
 
-    def __init__(self, name: str, job: dict, log: Path, deadline: float, host_dir: Path, cuda: bool, hide: tuple):
-        self.name, self.deadline, self.cpu_s = name, deadline, job.get("cpu_s")
+    def __init__(self, name: str, job: dict, log: Path, deadline: float, pad: zygote.LaunchPad, scratch: str,
+                 isolate: bool):
+        self.name, self.deadline, self.cpu_s, self.pad, self.isolate = name, deadline, job.get("cpu_s"), pad, isolate
         self.expired = False  # set by the evaluation's watchdog when it kills the server at the backstop
-        lx = launch.launcher()
-        # The log's path names the evaluation in `ps` (the server never opens it: it is not in its view).
-        argv = lx.command([sys.executable, "-m", "archlab.sandbox.server", f"--for={log}"], host_dir, cuda=cuda, hide=hide)
+        self.closed = False
+        self.pids: tuple[int, int] | None = None  # (the process to kill, the server) as this machine sees them
         # Nothing of the host is handed over: stdin and stdout are pipes to this process, stderr a pipe
         # drained into the log from here (a shared log file would connect the servers of a candidate).
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     cwd=host_dir if lx.kind != "bwrap" else None, start_new_session=True,
-                                     env=launch.environment(lx.scratch(host_dir), job["threads"]))
+        ends = [os.pipe() for _ in range(3)]
+        theirs, ours = (ends[0][0], ends[1][1], ends[2][1]), (ends[0][1], ends[1][0], ends[2][0])
+        try:  # its title names the log in `ps` (the server never opens it: it is not in its view)
+            self.bridge = pad.fork(f"{sys.executable} -m archlab.sandbox.server --for={log}", job.get("uid"), scratch,
+                                   isolate, list(theirs), deadline)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self.stdin, self.stdout, self.stderr = ends[0][1], ends[1][0], os.fdopen(ends[2][0], "rb")
         self.tail = b""
         self._drain = threading.Thread(target=self._drain_log, args=(log,), daemon=True, name=f"archlab-log-{name}")
         self._drain.start()
@@ -74,10 +84,12 @@ class Server:
         self._send(job)
 
     def warm(self) -> None:
-        """Wait until the server has imported and contained itself (nothing of the candidate yet), and
-        time the pipe: a request with a decoding step's reply, answered by archlab's code alone."""
+        """Wait until the server has contained itself (nothing of the candidate yet), find its
+        processes, and time the pipe: a request with a decoding step's reply, answered by
+        archlab's code alone."""
         if self._receive()[0].get("warm") is not True:
             raise CandidateError("crash", f"server {self.name} did not start")
+        self.pids = self._host_pids()
         self.warm_hwm = _memory(self.host_pid(), "VmHWM")
         self.pipe_s = math.inf
         for _ in range(20):
@@ -120,34 +132,39 @@ class Server:
         return header, weights, seconds, tokens
 
     def host_pid(self) -> int | None:
-        """The server's pid as this machine sees it (below bwrap or unshare): its /proc is readable."""
-        todo = [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"archlab.sandbox.server"]:
-                    return pid
-                for task in os.listdir(f"/proc/{pid}/task"):
-                    todo += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-            except OSError:
-                continue
-        return None
+        """The model server's pid as this machine sees it: its /proc is readable from here."""
+        return self.pids[1] if self.pids else None
+
+    def _host_pids(self) -> tuple[int, int] | None:
+        """While only archlab's code runs in them: the bridge (the launch pad's child) has one child, the
+        init of the server's own PID namespace (where isolated), whose one child is the server."""
+        pad = self.pad.host_pid()
+        bridge = next((c for c in zygote.children(pad) if zygote.nspid(c)[-1:] == [self.bridge]), None) if pad else None
+        top = zygote.children(bridge)[:1] if bridge else []
+        server = (zygote.children(top[0])[:1] if self.isolate else top) if top else []
+        return (top[0], server[0]) if server else None
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """Kill the server and everything the candidate started (its PID namespace's init, where isolated)."""
+        if self.pids:
+            try:
+                os.kill(self.pids[0], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def close(self) -> None:
-        """Kill it and everything in its namespaces, and wait until they are gone."""
+        """Kill it and everything in its namespaces, and wait until they are gone (once)."""
+        if self.closed:
+            return
+        self.closed = True
         self.kill()
-        for f in (self.proc.stdin, self.proc.stdout):
+        for fd in (self.stdin, self.stdout):
             try:
-                f.close()
+                os.close(fd)
             except OSError:
                 pass
-        self.proc.wait()
+        if self.pad.wait(self.bridge, 10) is None and not self.pids:
+            raise zygote.LaunchPadError(f"server {self.name} did not end")
         self._drain.join(timeout=10)
 
     # -- the pipes -------------------------------------------------------------------------------
@@ -159,7 +176,7 @@ class Server:
             out = open(log, "ab")
         except OSError:
             pass
-        for line in iter(self.proc.stderr.readline, b""):
+        for line in iter(self.stderr.readline, b""):
             self.tail = (self.tail + line)[-4000:]
             if out is not None and kept < self.LOG_CAP:
                 try:
@@ -168,6 +185,7 @@ class Server:
                 except OSError:
                     out = None
             kept += len(line)
+        self.stderr.close()
         if out is not None:
             try:
                 if kept > self.LOG_CAP:
@@ -178,15 +196,15 @@ class Server:
 
     def _send(self, header: dict, arrays: dict | None = None) -> None:
         try:
-            wire.send(self.proc.stdin.fileno(), header, arrays)
+            wire.send(self.stdin, header, arrays)
         except (BrokenPipeError, OSError, ValueError):
             raise self._died() from None
 
     def _receive(self) -> tuple[dict, dict]:
         try:
-            header, arrays = wire.receive(self.proc.stdout.fileno(), MAX_REPLY, self._wait)
+            header, arrays = wire.receive(self.stdout, MAX_REPLY, self._wait)
         except (wire.WireError, OSError, ValueError) as e:
-            if self.proc.poll() is None and not self.expired and "closed" not in str(e):
+            if not self.expired and "closed" not in str(e):
                 raise CandidateError("crash", f"server {self.name} sent a malformed reply: {e}") from None
             raise self._died() from None
         error = header.get("error")
@@ -207,10 +225,7 @@ class Server:
             self.kill()
             return CandidateError("timeout", f"server {self.name} did not answer within the wall-clock backstop (its own "
                                   "CPU time was not used up: it waited, or the machine was overloaded)")
-        try:
-            code = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = self.pad.wait(self.bridge, 10)
         self._drain.join(timeout=5)
         tail = self.tail.decode("utf-8", "replace").strip()
         if code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
@@ -359,8 +374,8 @@ class Evaluation:
     """One seed of one candidate at one tier: up to three model servers whose lives with the
     candidate's code never overlap (A checks and trains; B is checked against A and scored; C,
     loaded from the same weights, checks B), so no channel between processes can connect them.
-    The next server imports and contains itself while the previous one works, still without the
-    candidate's code, so the start-up mostly overlaps."""
+    Each is forked when it is needed from a warm launch pad (zygote.py): one from this process's
+    pool for every server where the kernel lets a fork isolate itself, else one per server."""
 
     def __init__(self, source: str, tier: Tier, seed: int, opt: dict, host_dir: Path, log: Path):
         self.source, self.tier, self.seed, self.opt = source, tier, seed, opt
@@ -374,10 +389,19 @@ class Evaluation:
         job = {"tier": tier.model_dump(mode="json"), "seed": seed, "threads": threads, "device": opt.get("device"),
                "memory_gb": None if self.cuda else opt.get("memory_gb"), "nproc": launch.DEFAULT_NPROC,
                "cpu_s": wall * max(threads, 1) * 1.5 + 20}
-        self.spawn_args = (job, log, host_dir, tuple(str(Path(p).resolve()) for p in [opt.get("data")] if p))
+        self.job, self.log, self.host_dir = job, log, host_dir
         self.servers: dict[str, Server] = {}
-        for name in ("A", "B", "C") if tier.steps else ("A", "B"):  # warm at once: C only waits, idle, until B is done
-            self._spawn(name)
+        hide = tuple(str(Path(p).resolve()) for p in [opt.get("data")] if p)
+        self.isolate = bool(launch.launcher().facts.get("isolates"))
+        roles = ("A", "B", "C") if tier.steps else ("A", "B")
+        for name in roles:
+            (host_dir / name).mkdir()
+            os.chmod(host_dir / name, 0o777)  # the plain and unshare launchers: the dropped uid works in it
+        if self.isolate:
+            pad = zygote.take(self.cuda, threads, hide)
+            self.pads = {name: pad for name in roles}
+        else:  # each in a launcher of its own, all warming up at once
+            self.pads = {name: zygote.LaunchPad(self.cuda, threads, hide, host_dir / name) for name in roles}
         self.watchdog = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._expire)
         self.watchdog.daemon = True
         self.watchdog.start()
@@ -393,21 +417,31 @@ class Evaluation:
             server.kill()
 
     def close(self) -> None:
+        """End every server, then the launch pads (a shared one goes back to the pool once each of its
+        servers is known to be gone)."""
         self.watchdog.cancel()
+        ended = True
         for server in self.servers.values():
-            server.close()
-
-    def _spawn(self, name: str) -> None:
-        """Start server `name` warming up (it gets the candidate later: _start)."""
-        job, log, host_dir, hide = self.spawn_args
-        (host_dir / name).mkdir()
-        os.chmod(host_dir / name, 0o777)  # the plain and unshare launchers: the dropped uid works in it
-        self.servers[name] = Server(name, {**job, "role": name, "uid": launch.launcher().next_uid()}, log, self.deadline,
-                                    host_dir / name, self.cuda, hide)
+            try:
+                server.close()
+            except zygote.LaunchPadError:
+                ended = False
+        for pad in set(self.pads.values()):
+            if self.isolate and ended:
+                zygote.give_back(pad)
+            else:
+                pad.close()
 
     def _start(self, name: str) -> Server:
-        """Server `name` gets the candidate: every server before it is gone by now."""
-        server = self.servers[name]
+        """Fork server `name` and give it the candidate: every server before it is gone by now."""
+        job = {**self.job, "role": name, "uid": launch.launcher().next_uid()}
+        try:
+            server = self.servers[name] = Server(name, job, self.log, self.deadline, self.pads[name],
+                                                 launch.launcher().scratch(self.host_dir / name), self.isolate)
+        except zygote.LaunchPadError as e:
+            if self.isolate:
+                raise  # this machine's fault: no candidate can reach an isolated server's launch pad
+            raise CandidateError("crash", str(e)) from None  # it may have been killed by the previous server
         server.warm()
         ready = server.load(self.source, self.diagnostics)
         facts = (ready.get("has_step"), ready.get("has_ffn"), ready.get("dtype"))

@@ -1,7 +1,8 @@
-"""The candidate's side of the sandbox: a model server, `python -m archlab.sandbox.server`.
+"""The candidate's side of the sandbox: a model server.
 
-Started by the scorer inside the launcher (launch.py). It reads its job from stdin, imports
-its libraries, contains itself (rlimits, the uid drop, seccomp) and says it is warm; then it
+Forked by a launch pad (zygote.py) that imported and warmed up torch, isolated in namespaces of
+its own (launch.isolate). It reads its job from stdin, contains itself (rlimits, no
+capabilities, seccomp) and says it is warm; then it
 waits for the candidate's source (the scorer sends it only when no other server of the same
 candidate is alive), installs the audit hook (a diagnostic; off with `diagnostics: false`),
 runs the candidate's file and answers requests on its stdout (main() moves its own printing to
@@ -13,7 +14,6 @@ metrics.py lists. It never sees a data file, a target it is scored on, or a verd
 
 import os
 import platform
-import sys
 import time
 import traceback
 
@@ -272,11 +272,11 @@ class Server:
             return "float32"
 
 
-def warm_up(device, *, train: bool, compiler: bool) -> None:
-    """Run the server's own torch paths once before the candidate exists: torch finishes its lazy
-    imports while the standard library is still readable (a dropped uid may not read it under the
-    fallback launchers). `train`: the optimizer; `compiler`: TorchDynamo (each imports ~1 s of
-    torch's compiler stack: a server skips what its role will not run)."""
+def warm_up(device, *, train: bool, count: bool) -> None:
+    """Run the server's own torch paths once before the candidate exists (in the launch pad, and
+    on a GPU in each server): torch finishes its lazy imports while the standard library is still
+    readable (a dropped uid may not read it under the fallback launchers). `train`: the optimizer;
+    `count`: the FLOP counter (each imports TorchDynamo, ~1.2 s of CPU)."""
     import importlib
     import types
 
@@ -286,7 +286,7 @@ def warm_up(device, *, train: bool, compiler: bool) -> None:
     from archlab.sandbox.model import LM, Attention, autocast, lm_loss
     from archlab.sandbox.tiers import Tier
 
-    for name in ("encodings.idna", "unicodedata", *(["torch._dynamo"] if compiler else [])):
+    for name in ("encodings.idna", "unicodedata", "torch._dynamo"):  # torch._dynamo: the compile check
         importlib.import_module(name)
     tiny = types.ModuleType("warmup")
     tiny.Mixer = lambda d_model, n_heads: Attention(d_model, n_heads)
@@ -299,8 +299,9 @@ def warm_up(device, *, train: bool, compiler: bool) -> None:
     model.eval()
     with torch.no_grad(), autocast(device):
         lm_loss(model, inputs, inputs)
-        metrics.forward_flops(model, inputs[:1], device)
-        metrics.cost(model.blocks[0].mixer, [8], 16, device)
+        if count:
+            metrics.forward_flops(model, inputs[:1], device)
+            metrics.cost(model.blocks[0].mixer, [8], 16, device)
         _, states = model.step(inputs[:1, 0], None)
         model.step(inputs[:1, 1], states)
 
@@ -316,8 +317,9 @@ def _reply_error(e: BaseException) -> dict:
 
 
 def serve(job: dict) -> None:
-    """Warm up (trusted code only: the scorer may start this process while another server of the
-    same candidate still runs), contain, then wait for the candidate's source and load it."""
+    """Contain (the launch pad warmed up this process's torch before forking it: on a GPU the
+    server warms up CUDA itself first, still trusted code only), then wait for the candidate's
+    source (sent only when no other server of the same candidate is alive) and load it."""
     from archlab.sandbox import launch
 
     started = time.monotonic()
@@ -328,9 +330,10 @@ def serve(job: dict) -> None:
         from archlab.sandbox import contract
 
         server = Server(job)
-        warm_up(server.device, train=job.get("role") == "A", compiler=job.get("role") == "B" and server.tier.hardware)
-        launch.contain(memory_gb=job.get("memory_gb"), nproc=job.get("nproc", launch.DEFAULT_NPROC),
-                       cpu_s=job.get("cpu_s"), uid=job.get("uid"))
+        if server.device.type == "cuda":  # CUDA cannot be initialised before a fork
+            role = job.get("role")
+            warm_up(server.device, train=role == "A", count=role == "A" or (role == "B" and server.tier.hardware))
+        launch.contain(memory_gb=job.get("memory_gb"), nproc=job.get("nproc", launch.DEFAULT_NPROC), cpu_s=job.get("cpu_s"))
         print(f"[server] {time.monotonic() - started:.2f}s warm and contained", flush=True)
         wire.send(REPLY_FD, {"warm": True})
         while True:  # until the candidate's source arrives (only once no other server of it is alive)
@@ -389,14 +392,10 @@ def _finish(guard, e: BaseException) -> None:
 
 
 def main() -> None:
+    """A forked server (zygote.py): stdin and stdout are the scorer's pipes, stderr its log."""
     global REPLY_FD
     REPLY_FD = os.dup(1)
     os.dup2(2, 1)
     job, _ = wire.receive(0, wire.MAX_HEADER)
     serve(job)
     os._exit(0)
-
-
-if __name__ == "__main__":
-    main()
-    sys.exit(0)
