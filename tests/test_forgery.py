@@ -344,14 +344,14 @@ def test_a_busy_machine_does_not_time_out_an_honest_candidate():
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(8)]
     try:
         started = time.monotonic()
-        result = runner.evaluate(render_root("deltanet"), "micro", threads=1, timeout_s=4)
+        result = runner.evaluate(render_root("deltanet"), "micro", threads=1, timeout_s=1)
         wall = time.monotonic() - started
     finally:
         for p in spinners:
             p.kill()
             p.wait()
     assert result.ok, result
-    assert wall > 4, wall  # slower than its limit in wall-clock time, and still not blamed
+    assert wall > 1, wall  # slower than its limit in wall-clock time, and still not blamed
 
 
 ORPHAN = mixer(top=f"""

@@ -597,7 +597,7 @@ def test_a_launched_child_sees_a_minimal_read_only_view(tmp_path):
     """)
     host = tmp_path / "host"
     host.mkdir()
-    argv = lx.command([sys.executable, "-c", script, str(secret), private, str(BUILTIN), pydoc], host)
+    argv = lx.command([sys.executable, "-c", script, str(secret), private, str(BUILTIN), pydoc])
     proc = subprocess.run(argv, env=launch.environment(lx.scratch(host), 1), capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]

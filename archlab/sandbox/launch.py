@@ -65,13 +65,13 @@ class Launcher:
     drop_uid: bool  # running as root: the server drops to its own unprivileged uid once its libraries are loaded
     facts: dict = field(default_factory=dict)  # what the probe observed inside
 
-    def scratch(self, host_dir: Path) -> str:
-        """The server's writable directory, as the server sees it."""
+    def scratch(self, host_dir: Path | None) -> str:
+        """The writable directory (host_dir where there is no bubblewrap), as the process inside sees it."""
         return SCRATCH if self.kind == "bwrap" else str(Path(host_dir).resolve())
 
-    def command(self, argv: list[str], host_dir: Path, *, cuda: bool = False, hide: tuple[str, ...] = ()) -> list[str]:
-        """The server's argv. host_dir: a private directory of the parent's, the scratch where there is
-        no bubblewrap; `hide`: paths that must not be visible even if they lie inside the view."""
+    def command(self, argv: list[str], *, cuda: bool = False, hide: tuple[str, ...] = ()) -> list[str]:
+        """The launched argv (the fallback launchers run it in a host directory, the scratch); `hide`:
+        paths that must not be visible even if they lie inside the view."""
         if self.kind == "bwrap":
             return _bwrap_argv(cuda, as_root=os.getuid() == 0, hide=hide) + argv
         # The kernel kills the launcher when the parent dies (a SIGKILLed driver cannot clean up),
@@ -209,7 +209,7 @@ def _probe(cand: Launcher) -> dict:
                                           "/var/log") if os.path.exists(p) and not _in_view(p)]}
         if cand.kind == "bwrap":  # what the view holds must not be writable either
             outside["writable"] += ["/", "/etc", "/dev", str(BUILTIN.parent)]
-        argv = cand.command([sys.executable, "-c", _PROBE, str(-1 if uid is None else uid), json.dumps(outside)], host)
+        argv = cand.command([sys.executable, "-c", _PROBE, str(-1 if uid is None else uid), json.dumps(outside)])
         proc = subprocess.run(argv, cwd=host if cand.kind != "bwrap" else None, stdin=subprocess.DEVNULL,
                               env=environment(cand.scratch(host), 1), capture_output=True, timeout=120,
                               start_new_session=True)
@@ -347,11 +347,7 @@ def isolate(scratch: str) -> bool:
     flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
     if libc.unshare(flags) != 0:
         return False
-    libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: an undumpable process cannot write its own id maps
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{outer_uid} {outer_uid} 1"), ("gid_map", f"{outer_gid} {outer_gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-    libc.prctl(4, 0, 0, 0, 0)
+    _write_own(("setgroups", "deny"), ("uid_map", f"{outer_uid} {outer_uid} 1"), ("gid_map", f"{outer_gid} {outer_gid} 1"))
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         raise OSError(ctypes.get_errno(), "making the server's mounts private failed")
     options = f"size={SCRATCH_MB}m,mode=1777".encode()
@@ -362,11 +358,25 @@ def isolate(scratch: str) -> bool:
     return True
 
 
+def _write_own(*files: tuple[str, str]) -> None:
+    """Write files of /proc/self. They belong to root while the process is undumpable (as the launch
+    pad and its forks are): dumpable for as long as it takes, which only trusted code runs in."""
+    libc = ctypes.CDLL(None)
+    libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    try:
+        for name, text in files:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    finally:
+        libc.prctl(4, 0, 0, 0, 0)
+
+
 def contain(*, memory_gb: float | None, nproc: int, cpu_s: float | None) -> None:
-    """Everything the server does to itself before the candidate's file is read: rlimits, no
-    capabilities (an isolated server holds all of them in its own user namespace), the
-    parent-death signal, the seccomp filter."""
+    """Everything the server does to itself before the candidate's file is read: rlimits, first in
+    line for the OOM killer, no capabilities (an isolated server holds all of them in its own user
+    namespace), the parent-death signal, the seccomp filter."""
     _limits(memory_gb, nproc, cpu_s)
+    _write_own(("oom_score_adj", "1000"))  # the first the kernel kills when memory runs out: not the launch pad
     libc = ctypes.CDLL(None, use_errno=True)
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
     if libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:

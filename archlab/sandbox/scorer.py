@@ -391,6 +391,7 @@ class Evaluation:
                "cpu_s": wall * max(threads, 1) * 1.5 + 20}
         self.job, self.log, self.host_dir = job, log, host_dir
         self.servers: dict[str, Server] = {}
+        self._lock, self.closed = threading.Lock(), False
         hide = tuple(str(Path(p).resolve()) for p in [opt.get("data")] if p)
         self.isolate = bool(launch.launcher().facts.get("isolates"))
         roles = ("A", "B", "C") if tier.steps else ("A", "B")
@@ -418,7 +419,11 @@ class Evaluation:
 
     def close(self) -> None:
         """End every server, then the launch pads (a shared one goes back to the pool once each of its
-        servers is known to be gone)."""
+        servers is known to be gone). Safe from another thread (runner.stop_all) and more than once."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
         self.watchdog.cancel()
         ended = True
         for server in self.servers.values():
@@ -435,13 +440,16 @@ class Evaluation:
     def _start(self, name: str) -> Server:
         """Fork server `name` and give it the candidate: every server before it is gone by now."""
         job = {**self.job, "role": name, "uid": launch.launcher().next_uid()}
-        try:
-            server = self.servers[name] = Server(name, job, self.log, self.deadline, self.pads[name],
-                                                 launch.launcher().scratch(self.host_dir / name), self.isolate)
-        except zygote.LaunchPadError as e:
-            if self.isolate:
-                raise  # this machine's fault: no candidate can reach an isolated server's launch pad
-            raise CandidateError("crash", str(e)) from None  # it may have been killed by the previous server
+        with self._lock:  # never a server forked after close() ended the others
+            if self.closed:
+                raise CandidateError("crash", "the evaluation was stopped")
+            try:
+                server = self.servers[name] = Server(name, job, self.log, self.deadline, self.pads[name],
+                                                     launch.launcher().scratch(self.host_dir / name), self.isolate)
+            except zygote.LaunchPadError as e:
+                if self.isolate:
+                    raise  # this machine's fault: no candidate can reach an isolated server's launch pad
+                raise CandidateError("crash", str(e)) from None  # it may have been killed by the previous server
         server.warm()
         ready = server.load(self.source, self.diagnostics)
         facts = (ready.get("has_step"), ready.get("has_ffn"), ready.get("dtype"))

@@ -38,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 
+from setproctitle import setproctitle
+
 PACKET = 1 << 16
 ISOLATION_FAILED = 71  # a bridge's exit status when the kernel refused the namespaces it was asked for
 
@@ -54,12 +56,15 @@ class LaunchPad:
         from archlab.sandbox import launch
 
         self.key = (cuda, threads, hide)
-        self.own_dir = host_dir is None  # a pooled launch pad has a directory of its own
-        self.host_dir = Path(tempfile.mkdtemp(prefix="archlab-launchpad-")) if host_dir is None else host_dir
-        os.chmod(self.host_dir, 0o777)  # the plain and unshare launchers: a dropped uid works in it
         lx = launch.launcher()
+        # The fallback launchers work in a host directory (bubblewrap's scratch is a tmpfs of its own):
+        # a pooled launch pad gets one of its own, which a dropped uid can write.
+        self.own_dir = host_dir is None and lx.kind != "bwrap"
+        self.host_dir = Path(tempfile.mkdtemp(prefix="archlab-launchpad-")) if self.own_dir else host_dir
+        if self.own_dir:
+            os.chmod(self.host_dir, 0o777)
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = lx.command([sys.executable, "-m", "archlab.sandbox.zygote"], self.host_dir, cuda=cuda, hide=hide)
+        argv = lx.command([sys.executable, "-m", "archlab.sandbox.zygote"], cuda=cuda, hide=hide)
         self.proc = subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      cwd=self.host_dir if lx.kind != "bwrap" else None, start_new_session=True,
                                      env=launch.environment(lx.scratch(self.host_dir), 1))
@@ -277,8 +282,8 @@ def _bridge(req: dict, fds: list[int], sock: socket.socket) -> None:
         sock.close()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-        os.closerange(3, _max_fd())
-        _title(req["fork"])
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        setproctitle(req["fork"])  # the evaluation it serves, in `ps` (and for the tests)
         launch.die_with_parent()
         scratch = req["scratch"]
         launch.drop_uid(req.get("uid"))
@@ -324,17 +329,6 @@ def _exit_status(pid: int) -> int:
         if done == pid:
             code = os.waitstatus_to_exitcode(status)
             return 128 - code if code < 0 else code
-
-
-def _max_fd() -> int:
-    return os.sysconf("SC_OPEN_MAX")
-
-
-def _title(title: str) -> None:
-    """Name the process after the evaluation it serves (what `ps` and the tests see)."""
-    from setproctitle import setproctitle
-
-    setproctitle(title)
 
 
 if __name__ == "__main__":
