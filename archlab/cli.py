@@ -20,6 +20,7 @@ from archlab.config import CONFIG_FILE, MAX_SEED, MAX_THREADS, RunConfig
 from archlab.errors import UserError
 from archlab.knowledge.cli import app as knowledge_app
 from archlab.sandbox.tiers import TIERS
+from archlab.text import printable, terminal
 
 app = typer.Typer(
     help="archlab: autonomous architecture discovery for sequence models.\n\n"
@@ -192,9 +193,9 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
     for key in ("root", "best"):
         if facts[key]:
             n = facts[key]
-            t.add_row(key, f"node {n['id']} fitness {n['fitness']:+.4f} val_loss {n['val_loss']:.4f}  {n['operator']}"
-                      if n["fitness"] is not None else f"node {n['id']} {n['status']} ({n['reason']})")
-    t.add_row("failures", ", ".join(f"{k}: {v}" for k, v in facts["failure_reasons"].items()) or "none")
+            t.add_row(key, f"node {n['id']} fitness {n['fitness']:+.4f} val_loss {n['val_loss']:.4f}  {terminal(n['operator'])}"
+                      if n["fitness"] is not None else f"node {n['id']} {n['status']} ({terminal(n['reason'])})")
+    t.add_row("failures", terminal(", ".join(f"{k}: {v}" for k, v in facts["failure_reasons"].items()) or "none"))
     sp = facts["spend"]
     t.add_row("compute", f"{sp['evaluations']} evaluations, {sp['cpu_hours']:.3f} CPU-h"
               + (f" of {sp['max_cpu_hours']}" if sp["max_cpu_hours"] else "")
@@ -255,8 +256,8 @@ def show(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
     if as_json:
         print(json.dumps(facts, indent=2))
         return
-    console.rule(f"node {node} — {facts['status']}" + (f" ({facts['reason']})" if facts["reason"] else ""))
-    console.print(f"[bold]parent[/] {facts['parent_id']}   [bold]operator[/] {facts['operator']}   "
+    console.rule(f"node {node} — {facts['status']}" + (f" ({terminal(facts['reason'])})" if facts["reason"] else ""))
+    console.print(f"[bold]parent[/] {facts['parent_id']}   [bold]operator[/] {terminal(facts['operator'])}   "
                   f"[bold]fitness[/] {_pm(facts['fitness'], facts['fitness_std'], signed=True)} {_tier_tag(facts)}"
                   + (f"   [bold]search fitness[/] {facts['search_fitness']:+.4f}"
                      if facts["search_fitness"] is not None and facts["search_fitness"] != facts["fitness"] else ""))
@@ -264,19 +265,19 @@ def show(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
         m = promoted["metrics"] or {}
         console.print(f"[bold]promoted to {tier}[/] seeds {', '.join(map(str, promoted['seeds']))}: "
                       + (f"val_loss {_pm(m.get('val_loss'), m.get('val_loss_std'))}" if m else "")
-                      + "".join(f"  [red]seed {f['seed']} failed: {f['reason']}[/]" for f in promoted["failed"]))
-    console.print(f"[bold]motivation[/] {facts['motivation']}")
+                      + "".join(f"  [red]seed {f['seed']} failed: {terminal(f['reason'])}[/]" for f in promoted["failed"]))
+    console.print(f"[bold]motivation[/] {terminal(facts['motivation'])}")
     if facts["detail"]:
-        console.print(f"[bold]failure[/] {facts['detail']}")
+        console.print(f"[bold]failure[/] {terminal(facts['detail'])}")
     t = Table("metric", "this node", "parent", "root")
     for key, row in facts["metrics_table"].items():
-        t.add_row(key, *[_fmt(v) for v in row])
+        t.add_row(terminal(key), *[terminal(_fmt(v)) for v in row])
     console.print(t)
-    console.print(f"[bold]analysis[/] {facts['analysis']}")
+    console.print(f"[bold]analysis[/] {terminal(facts['analysis'])}")
     if facts["knowledge"]:
-        console.print(f"[bold]knowledge used[/] {', '.join(facts['knowledge'])}")
+        console.print(f"[bold]knowledge used[/] {terminal(', '.join(facts['knowledge']))}")
     if facts["diff"]:
-        console.print(Syntax(facts["diff"], "diff", theme="ansi_dark"))
+        console.print(Syntax(printable(facts["diff"]), "diff", theme="ansi_dark"))
     console.print(f"[dim]{len(facts['evaluations'])} evaluation(s), {facts['traces']} trace(s): archlab traces {run_dir} {node}[/]")
 
 
@@ -294,8 +295,9 @@ def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, he
     t = Table("id", "node", "role", "attempt", "kind", "model", "tokens", "latency", "response")
     for r in rows:
         tokens = f"{r['tokens_in'] or 0}+{r['tokens_out'] or 0}" if r["tokens_in"] is not None else ""
-        t.add_row(str(r["id"]), str(r["node_id"]), r["role"], str(r["attempt"] or 0), r["kind"], r["model"] or "",
-                  tokens, f"{r['latency_s']:.2f}s" if r["latency_s"] else "", (r["response"] or json.dumps(r["decision"]))[:100])
+        t.add_row(str(r["id"]), str(r["node_id"]), terminal(r["role"]), str(r["attempt"] or 0), terminal(r["kind"]),
+                  terminal(r["model"] or ""), tokens, f"{r['latency_s']:.2f}s" if r["latency_s"] else "",
+                  terminal((r["response"] or json.dumps(r["decision"]))[:100]))
     console.print(t)
 
 
@@ -381,7 +383,7 @@ def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str 
         for key, value in result.metrics.items():
             console.print(f"  {key:22} {_fmt(value)}")
     else:
-        console.print(f"[red]rejected[/] {file}: {result.reason}: {result.detail}")
+        console.print(f"[red]rejected[/] {file}: {terminal(result.reason)}: {terminal(result.detail)}")
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -497,7 +499,7 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
     t = Table(*headers, title=f"replay of node {node}: {facts['tier']} tier, seeds {', '.join(map(str, facts['seeds']))}",
               box=box.SIMPLE_HEAD)
     for row in rows:
-        t.add_row(*row)
+        t.add_row(*map(terminal, row))
     (console if console.is_terminal else Console(width=200)).print(t)  # a pipe gets whole numbers, not "4.46…"
     console.print("[dim]val_loss: nats/byte, mean±std over seeds, lower is better; Δ: paired by seed; "
                   "replay−rec.: against the run's own evaluation (same tier and seed)[/]")
@@ -600,8 +602,8 @@ def _count(run_dir: Path) -> int:
 def _node_line(node: dict) -> str:
     if node["status"] == "done":
         return (f"  node {node['id']:>4}  [green]done[/]    fitness {_pm(node['fitness'], node.get('fitness_std'), signed=True)}  "
-                f"val_loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  {node['operator']}")
-    return f"  node {node['id']:>4}  [red]{node['status']}[/]  {node['reason']}  {node['operator']}"
+                f"val_loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  {terminal(node['operator'])}")
+    return f"  node {node['id']:>4}  [red]{node['status']}[/]  {terminal(node['reason'])}  {terminal(node['operator'])}"
 
 
 def _tree_label(node: dict, parent: dict | None) -> str:
@@ -613,10 +615,10 @@ def _tree_label(node: dict, parent: dict | None) -> str:
         better = parent is None or parent.get("fitness") is None or node["fitness"] > parent["fitness"]
         colour = "green" if better else "yellow"
         return (f"[{colour}]node {node['id']}[/]  fitness {_pm(node['fitness'], node.get('fitness_std'), signed=True)}  "
-                f"loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  [dim]{what}[/]")
+                f"loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  [dim]{terminal(what)}[/]")
     if node["status"] == "failed":
-        return f"[red]node {node['id']}  failed: {node['reason']}[/]  [dim]{what}[/]"
-    return f"[cyan]node {node['id']}  {node['status']}[/]  [dim]{what}[/]"
+        return f"[red]node {node['id']}  failed: {terminal(node['reason'])}[/]  [dim]{terminal(what)}[/]"
+    return f"[cyan]node {node['id']}  {node['status']}[/]  [dim]{terminal(what)}[/]"
 
 
 def _pm(value, std, signed: bool = False) -> str:

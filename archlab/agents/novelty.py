@@ -2,18 +2,16 @@
 
 A proposal is its motivation plus the lines its code changes relative to the parent. With the
 optional bundled embedding model the texts are compared by cosine similarity; without it, by
-difflib's sequence ratio on whitespace-normalised text.
+the sequence ratio on whitespace-normalised text. Both the diff and the ratio take bounded time
+whatever the proposal's size (archlab.text): the driver waits on them.
 """
 
-import difflib
-
+from archlab import text
 from archlab.knowledge.retrieval import embedder
 
 
 def change_text(motivation: str, code: str, parent_code: str) -> str:
-    changed = [line for line in difflib.unified_diff(parent_code.splitlines(), code.splitlines(), lineterm="", n=0)
-               if line[:1] in "+-" and line[:3] not in ("+++", "---")]
-    return motivation + "\n" + "\n".join(changed)
+    return motivation + "\n" + "\n".join(text.changed_lines(parent_code, code))
 
 
 def similarity(a: str, b: str) -> float:
@@ -21,7 +19,7 @@ def similarity(a: str, b: str) -> float:
     if encode is not None:
         vectors = encode([a, b])
         return float(vectors[0] @ vectors[1])
-    return difflib.SequenceMatcher(None, " ".join(a.split()), " ".join(b.split()), autojunk=False).ratio()
+    return text.similarity(a, b)
 
 
 def unchanged(code: str, parent_code: str) -> bool:

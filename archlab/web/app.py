@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -93,38 +94,38 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
         return Response(stylesheet(), media_type="text/css")
 
     async def live(request: Request) -> Response:
-        return JSON(view.live())
+        return JSON(await run_in_threadpool(view.live))
 
     async def run(request: Request) -> Response:
-        return JSON(view.run_info())
+        return JSON(await run_in_threadpool(view.run_info))
 
     async def tree(request: Request) -> Response:
-        return JSON(view.tree(_int(request, "limit", 400), _int(request, "focus", None)))
+        return JSON(await run_in_threadpool(view.tree, _int(request, "limit", 400), _int(request, "focus", None)))
 
     async def children(request: Request) -> Response:
-        return JSON(view.children(request.path_params["node_id"], _int(request, "offset", 0), _int(request, "limit", 200)))
+        return JSON(await run_in_threadpool(view.children, request.path_params["node_id"], _int(request, "offset", 0), _int(request, "limit", 200)))
 
     async def node(request: Request) -> Response:
-        return JSON(view.node(request.path_params["node_id"]))
+        return JSON(await run_in_threadpool(view.node, request.path_params["node_id"]))
 
     async def code(request: Request) -> Response:
-        return JSON(view.code(request.path_params["node_id"]))
+        return JSON(await run_in_threadpool(view.code, request.path_params["node_id"]))
 
     async def node_traces(request: Request) -> Response:
-        return JSON(view.traces(request.path_params["node_id"], None, _int(request, "offset", 0), _int(request, "limit", 500)))
+        return JSON(await run_in_threadpool(view.traces, request.path_params["node_id"], None, _int(request, "offset", 0), _int(request, "limit", 500)))
 
     async def traces(request: Request) -> Response:
-        return JSON(view.traces(_int(request, "node", None), request.query_params.get("role") or None,
-                                        _int(request, "offset", 0), _int(request, "limit", 100)))
+        return JSON(await run_in_threadpool(view.traces, _int(request, "node", None), request.query_params.get("role") or None,
+                                            _int(request, "offset", 0), _int(request, "limit", 100)))
 
     async def log(request: Request) -> Response:
         try:
-            return PlainTextResponse(view.evaluation_log(request.path_params["evaluation_id"]))
+            return PlainTextResponse(await run_in_threadpool(view.evaluation_log, request.path_params["evaluation_id"]))
         except LookupError as e:
             raise HTTPException(404, str(e)) from None
 
     async def plots(request: Request) -> Response:
-        return JSON(view.plots())
+        return JSON(await run_in_threadpool(view.plots))
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSON({"error": str(exc)}, status_code=404)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import sqlite_utils
 
@@ -141,7 +142,7 @@ class RunView:
             "best": summary(self.store.node(best)) if best is not None else None,
             "beat_root": self.store.count("status = 'done' and fitness > 0"),
             "elapsed_s": round(float(self.store.get_meta("elapsed_s", "0")), 1),
-            "config": self.config.model_dump(),
+            "config": {**self.config.model_dump(), "base_url": _origin(self.config.base_url)},
         }
 
     def _best(self) -> int | None:
@@ -485,3 +486,11 @@ def _decimate(points: list[dict], key: str | None = "improved") -> list[dict]:
         return points
     step = math.ceil(len(points) / MAX_POINTS)
     return [p for n, p in enumerate(points) if n % step == 0 or n == len(points) - 1 or (key and p.get(key))]
+
+
+def _origin(url: str | None) -> str | None:
+    """An endpoint's scheme and host only: its path or query may carry a token."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")

@@ -1,16 +1,17 @@
 """Syntax-highlighted code and diffs as HTML (Pygments), built on the server.
 
 Both files are highlighted whole (so a docstring that spans lines is coloured right), then
-the lines are aligned with difflib: a unified diff whose every line keeps its Python colours.
-Everything in the output is escaped by Pygments or by html.escape.
+the lines are aligned by a diff with a time budget (archlab.text): a unified diff whose every
+line keeps its Python colours. Everything in the output is escaped by Pygments or by html.escape.
 """
 
-import difflib
 import html
 
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
+
+from archlab.text import hunks, line_opcodes
 
 CSS_CLASS = "hl"
 CONTEXT = 3
@@ -34,9 +35,8 @@ def code_html(code: str) -> str:
 def diff_html(old: str, new: str, context: int = CONTEXT) -> str:
     old_src, new_src = old.splitlines(), new.splitlines()
     old_hl, new_hl = _lines(old), _lines(new)
-    matcher = difflib.SequenceMatcher(None, old_src, new_src, autojunk=False)
     rows, added, removed = [], 0, 0
-    for group in matcher.get_grouped_opcodes(context):
+    for group in hunks(line_opcodes(old_src, new_src), context):
         first, last = group[0], group[-1]
         rows.append(f"<tr class='hunk'><td class='ln'></td><td class='ln'></td><td class='src'>"
                     f"@@ -{first[1] + 1},{last[2] - first[1]} +{first[3] + 1},{last[4] - first[3]} @@</td></tr>")

@@ -50,8 +50,10 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, on_ready: Ca
         raise UserError(f"the web UI needs its extra ({e.name} is missing): pip install 'archlab[web]'") from None
     app = create_app(run_dir, host)
     sock = bind(host, port)
+    # A client that holds connections open cannot starve the others: idle ones close after 5 s, and
+    # past 64 at once new ones get a 503.
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                           timeout_graceful_shutdown=2))
+                                           timeout_graceful_shutdown=2, timeout_keep_alive=5, limit_concurrency=64))
     on_ready(url_of(sock))
     try:
         server.run(sockets=[sock])
