@@ -557,6 +557,7 @@ def export(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
     console.print(f"Exported node {node} ({facts['layers']}, d_model {facts['d_model']}, weights from the {facts['tier']} tier, "
                   f"seed {facts['seed']}, val_loss {facts['val_loss']:.4f}) to [bold]{out_dir}[/]")
     console.print(f"Load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r}, trust_remote_code=True)")
+    console.print("[yellow]Loading it runs the node's code[/] (candidate.py, written by the search): read it first.")
 
 
 @app.command()

@@ -22,9 +22,12 @@ import jinja2
 
 from archlab.errors import UserError
 from archlab.sandbox.data import VOCAB_SIZE
+from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.static import static_check
 from archlab.sandbox.tiers import TIERS, TierError, resolve
 from archlab.tree.lineage import Lineage
 from archlab.tree.replay import Replayer, tier_overrides, trained_node
+from archlab.text import markdown
 from archlab.tree.store import Store
 
 TEMPLATES = Path(__file__).parent / "template"
@@ -110,7 +113,8 @@ def export(run_dir: Path, node_id: int, out_dir: Path, *, tier: str | None = Non
         tier_spec = TIERS[config.tier]
     pattern = (layers * n_layers)[:n_layers]
     provenance = {
-        "run": str(run_dir.resolve()), "node": node_id, "commit": node["commit_sha"], "operator": node["operator"],
+        # the run's name only: no local path leaves the machine
+        "run": run_dir.resolve().name, "node": node_id, "commit": node["commit_sha"], "operator": node["operator"],
         "motivation": node["motivation"], "design": node.get("design"), "tier": found["tier"], "seed": found["seed"],
         "evaluation": found["id"], "evaluation_kind": found["kind"], "metrics": found["metrics"],
         "search_metrics": node["metrics"], "fitness": node["fitness"], "exported": time.time(),
@@ -119,6 +123,10 @@ def export(run_dir: Path, node_id: int, out_dir: Path, *, tier: str | None = Non
     out_dir.mkdir(parents=True, exist_ok=True)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     values = {"node": node_id, "run_name": run_dir.resolve().name, "commit": node["commit_sha"], "has_ffn": has_ffn}
+    try:  # loading the export runs this code: it must pass today's static checks, whatever the run allowed
+        static_check(code)
+    except CandidateError as e:
+        raise UserError(f"node {node_id}'s code does not pass the static checks ({e.reason}: {e.detail}); not exported") from None
     (out_dir / "candidate.py").write_text(code, encoding="utf-8")
     (out_dir / "modeling_archlab.py").write_text(env.get_template("modeling_archlab.py.j2").render(**values), encoding="utf-8")
     (out_dir / "configuration_archlab.py").write_text(env.get_template("configuration_archlab.py.j2").render(**values), encoding="utf-8")
@@ -175,10 +183,14 @@ def model_card(p: dict, pattern: str, d_model: int, n_layers: int, n_heads: int,
     return f"""# archlab node {p['node']}
 
 A small byte-level language model whose sequence mixer was discovered by
-[archlab](https://pypi.org/project/archlab/) in run `{Path(p['run']).name}` (node {p['node']},
-operator `{p['operator']}`, commit `{p['commit']}`).
+[archlab](https://pypi.org/project/archlab/) in run `{markdown(p['run'])}` (node {p['node']},
+operator `{markdown(p['operator'])}`, commit `{p['commit']}`).
 
-> {p['motivation'] or ''}
+> {markdown(" ".join((p['motivation'] or '').split()))}
+
+**Loading this model runs its code** (`candidate.py`, written by an automated search, and the
+shell around it: `trust_remote_code=True`). Read `candidate.py` before you load it, or load it
+in a sandbox.
 
 | | |
 |---|---|
@@ -197,8 +209,8 @@ producing good text.
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained("OUT_DIR", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("OUT_DIR", trust_remote_code=True)  # bytes: id = byte value
+model = AutoModelForCausalLM.from_pretrained("path/to/this/folder", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder", trust_remote_code=True)  # bytes: id = byte value
 ids = tokenizer("def main(", return_tensors="pt").input_ids  # or torch.tensor([list("def main(".encode())])
 out = model.generate(ids, max_new_tokens=40, do_sample=False)
 print(tokenizer.decode(out[0]))                             # or bytes(out[0].tolist()).decode("utf-8", "replace")

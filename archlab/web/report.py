@@ -6,13 +6,13 @@ Every figure comes from the web UI's read-only RunView (archlab/web/data.py): th
 data, node pages and highlighted diffs as `archlab serve`, so the report and the UI agree.
 """
 
-import difflib
 import html
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from archlab import text
 from archlab.errors import UserError
 from archlab.tree.report import spend
 from archlab.web.data import RunView
@@ -101,7 +101,7 @@ def _facts(view: RunView, top: int) -> dict:
 def _unified(old: str | None, new: str) -> str:
     if old is None:
         return new
-    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "parent", "node"))
+    return text.unified(old, new)
 
 
 # -- plots: the web UI's series (static/app.js showPlots), drawn as SVG ---------------------------------
@@ -255,7 +255,7 @@ def _num(v) -> str:
     if v is None:
         return "–"
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
+        return text.markdown(v)  # escaped for HTML and Markdown alike: a stored metric may be any text
     if isinstance(v, int) or abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:.4f}"
@@ -298,11 +298,11 @@ def _when(ts: float | None) -> str:
 
 
 def _figure_line(node: dict) -> str:
-    text = f"fitness {node['fitness']:+.4f}" + (f" ± {node['fitness_std']:.4f}" if node.get("fitness_std") is not None else "")
-    text += f", val_loss {_num(node['val_loss'])}"
+    line = f"fitness {node['fitness']:+.4f}" + (f" ± {node['fitness_std']:.4f}" if node.get("fitness_std") is not None else "")
+    line += f", val_loss {_num(node['val_loss'])}"
     if node.get("tier"):
-        text += f" [{node['tier']}" + (f" x{node['seeds']}" if (node.get("seeds") or 1) > 1 else "") + "]"
-    return text
+        line += f" [{node['tier']}" + (f" x{node['seeds']}" if (node.get("seeds") or 1) > 1 else "") + "]"
+    return line
 
 
 def _parent_line(node: dict) -> str:
@@ -377,14 +377,8 @@ def _html(facts: dict) -> str:
 
 
 # -- Markdown ---------------------------------------------------------------------------------------
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _fence(text: str, lang: str) -> str:
-    longest = max((len(run) for run in text.replace("\n", " ").split() if set(run) == {"`"}), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
+def _cell(value) -> str:
+    return text.markdown(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _markdown(facts: dict, plot_files: list[str]) -> str:
@@ -397,13 +391,13 @@ def _markdown(facts: dict, plot_files: list[str]) -> str:
         lines += ["No node other than the root has finished yet.", ""]
     for rank, n in enumerate(facts["nodes"], start=1):
         lines += [f"### #{rank} node {n['id']}: {_figure_line(n)}", "", f"*{_parent_line(n)}*", "",
-                  "**Motivation.** " + (n["motivation"] or ""), "",
+                  "**Motivation.** " + text.markdown(n["motivation"] or ""), "",
                   "| metric | node | parent | vs parent | root | vs root |", "|---|--:|--:|--:|--:|--:|"]
         for m in n["metrics_table"]:
             lines.append(f"| {m['metric']} | {_num(m['node'])} | {_num(m['parent'])} | {_change(m['metric'], m['node'], m['parent'])[0]} "
                          f"| {_num(m['root'])} | {_change(m['metric'], m['node'], m['root'])[0]} |")
-        lines += ["", f"**Diff against node {n['parent_id']}:**", "", _fence(n["unified_diff"], "diff"), "",
-                  "**Analysis.** " + (n["analysis"] or "no analysis"), ""]
+        lines += ["", f"**Diff against node {n['parent_id']}:**", "", text.code_block(n["unified_diff"], "diff"), "",
+                  "**Analysis.** " + text.markdown(n["analysis"] or "no analysis"), ""]
         if n["knowledge"]:
-            lines += ["Knowledge used: " + "; ".join(k["title"] for k in n["knowledge"]), ""]
+            lines += ["Knowledge used: " + text.markdown("; ".join(k["title"] for k in n["knowledge"])), ""]
     return "\n".join(lines)
