@@ -53,6 +53,7 @@ def run(
     llm: Optional[str] = typer.Option(None, "--llm", help="'offline' (embedded brain, no API key) or openai:MODEL for any OpenAI-compatible endpoint"),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="endpoint URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama)"),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the API key (default: OPENAI_API_KEY)"),
+    trust_endpoint: bool = typer.Option(False, "--trust-endpoint", help="resume a run (or a fork) whose archlab.toml names another endpoint or key variable without repeating them: its key goes to its URL"),
     researcher_model: Optional[str] = typer.Option(None, "--researcher-model", help="model for the researcher (default: the --llm model)"),
     engineer_model: Optional[str] = typer.Option(None, "--engineer-model", help="model for the engineer"),
     analyst_model: Optional[str] = typer.Option(None, "--analyst-model", help="model for the analyst"),
@@ -112,6 +113,7 @@ def run(
     if (run_dir / CONFIG_FILE).exists():
         config = RunConfig.load(run_dir)
         lock = hold_driver_lock(run_dir)  # held (open) until this process ends
+        _check_endpoint(run_dir, config, given, trust_endpoint)
         fixed = {k: v for k, v in given.items() if k not in RESUME_OPTIONS and getattr(config, k) != v}
         if fixed:
             name = next(iter(fixed))
@@ -598,6 +600,21 @@ def _bounds(threads: int | None = None, seed: int | None = None) -> None:
 
 def _count(run_dir: Path) -> int:
     return _store(run_dir).count()
+
+
+def _check_endpoint(run_dir: Path, config: RunConfig, given: dict, trusted: bool) -> None:
+    """A run directory may come from elsewhere (a download, a colleague, a fork of theirs): its
+    archlab.toml must not send one of this user's secrets to a URL they did not choose. An endpoint
+    or key variable other than the defaults must be repeated on the command line, or trusted."""
+    if config.llm == "offline" or trusted:
+        return
+    unconfirmed = [k for k in ("base_url", "api_key_env")
+                   if getattr(config, k) != RunConfig.model_fields[k].default and given.get(k) != getattr(config, k)]
+    if unconfirmed:
+        raise UserError(f"{run_dir}/archlab.toml would send the key in ${config.api_key_env} to "
+                        f"{config.base_url or 'the OpenAI API'}; if that is yours, repeat "
+                        + " ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in unconfirmed)
+                        + " (or pass --trust-endpoint)")
 
 
 def _node_line(node: dict) -> str:

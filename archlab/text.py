@@ -33,6 +33,17 @@ def markdown(text: object) -> str:
     return html.escape(printable(text), quote=False)
 
 
+def redact(text: str, secret: str | None) -> str:
+    """`text` without `secret`, also spaced, dotted, reversed, in another case, or cut short at its
+    ends (an endpoint that echoes a key rarely echoes it verbatim)."""
+    if not secret or len(secret) < 4:
+        return text
+    forms = {secret, secret[::-1]} | ({secret[4:-4], secret[4:-4][::-1]} if len(secret) >= 16 else set())
+    gap = r"[\s\W_]{0,3}"
+    pattern = "|".join(gap.join(map(re.escape, form)) for form in sorted(forms, key=len, reverse=True))
+    return re.sub(pattern, "[redacted]", text, flags=re.IGNORECASE)
+
+
 def code_block(text: object, lang: str = "") -> str:
     """A Markdown code block the text cannot close: its fence is longer than any backtick run inside."""
     body = printable(text).rstrip("\n")

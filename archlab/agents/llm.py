@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from archlab import chaos
 from archlab.errors import UserError
+from archlab.text import redact
 
 # HTTP statuses that say the endpoint as configured is unusable (key, credit, model or URL):
 # no other request will fare better, so the run stops.
@@ -181,10 +182,9 @@ class LLMClient:
                 raise openai.APIConnectionError(message=f"{type(e).__name__}: {e}", request=request) from None
         return bytes(body)
 
-    def _redact(self, text: str) -> str:
+    def _redact(self, message: str) -> str:
         """`text` without the API key: endpoints echo it in error messages ("invalid key sk-...")."""
-        secret = os.environ.get(self.api_key_env)
-        return text.replace(secret, "[redacted]") if secret and len(secret) >= 4 else text
+        return redact(message, os.environ.get(self.api_key_env))
 
     def _cost(self, model: str, tokens_in: int, tokens_out: int) -> float:
         price_in, price_out = self.prices.get(model, [0.0, 0.0])
