@@ -14,8 +14,9 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.markup import escape
 from rich.table import Table
+
+from archlab.text import terminal
 
 from .base import Entry, KnowledgeError, load_entries
 from .retrieval import KnowledgeIndex
@@ -63,7 +64,7 @@ def list_entries(knowledge: KnowledgeDirs = None, as_json: AsJson = False) -> No
     table.add_column("title")
     table.add_column("operators", style="green")
     for e in entries:
-        table.add_row(escape(e.id), escape(e.title), escape(", ".join(e.operators)))
+        table.add_row(terminal(e.id), terminal(e.title), terminal(", ".join(e.operators)))
     Console().print(table)
 
 
@@ -91,13 +92,13 @@ def search(
     if not hits:
         Console().print("no matching entries")
         return
-    table = Table(title=f"knowledge for: {escape(query)}", caption=f"ranked by {retriever}")
+    table = Table(title=f"knowledge for: {terminal(query)}", caption=f"ranked by {retriever}")
     table.add_column("#", justify="right")
     table.add_column("id", style="cyan", no_wrap=True)
     table.add_column("score", justify="right")
     table.add_column("title / matching text")
     for i, h in enumerate(hits, 1):
-        table.add_row(str(i), escape(h.id), f"{h.score:.3g}", f"[bold]{escape(h.title)}[/bold]\n[dim]{escape(h.snippet)}[/dim]")
+        table.add_row(str(i), terminal(h.id), f"{h.score:.3g}", f"[bold]{terminal(h.title)}[/bold]\n[dim]{terminal(h.snippet)}[/dim]")
     Console().print(table)
 
 
