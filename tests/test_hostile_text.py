@@ -162,3 +162,33 @@ def test_the_web_ui_shows_an_endpoints_origin_only(run_copy):
         assert view.run_info()["config"]["base_url"] == "https://llm.example:8443"
     finally:
         view.close()
+
+
+def test_a_slow_page_does_not_hold_up_the_others(run_copy):
+    """The view's work runs off the event loop: while one request computes (here: waits until the
+    other has been answered), another is served."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    from archlab.web.app import create_app
+
+    app = create_app(run_copy)
+    answered, released = threading.Event(), []
+    view_node = app.state.view.node
+    app.state.view.node = lambda node_id: (released.append(answered.wait(20)), view_node(node_id))[1]
+
+    async def both():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+            slow = asyncio.create_task(client.get("/api/node/0"))
+            await asyncio.sleep(0.2)
+            fast = await client.get("/api/live")
+            answered.set()
+            return fast.status_code, (await slow).status_code
+
+    try:
+        assert asyncio.run(both()) == (200, 200)
+        assert released == [True], "the slow request blocked the other until it gave up waiting"
+    finally:
+        app.state.view.close()

@@ -40,21 +40,21 @@ from pathlib import Path
 
 from setproctitle import setproctitle
 
+from archlab.sandbox import launch
+
 PACKET = 1 << 16
 ISOLATION_FAILED = 71  # a bridge's exit status when the kernel refused the namespaces it was asked for
 
 
 # -- the scorer's side ---------------------------------------------------------------------------
 class LaunchPadError(OSError):
-    """The launch pad died or did not start: this machine's fault, never the candidate's."""
+    """The launch pad died or did not start (where servers are isolated from it: this machine's fault)."""
 
 
 class LaunchPad:
     """A launch pad, seen from the scorer: started in the launcher, then asked for forks."""
 
     def __init__(self, cuda: bool, threads: int, hide: tuple, host_dir: Path | None = None):
-        from archlab.sandbox import launch
-
         self.key = (cuda, threads, hide)
         lx = launch.launcher()
         # The fallback launchers work in a host directory (bubblewrap's scratch is a tmpfs of its own):
@@ -277,8 +277,6 @@ def _wait(pid: int, timeout: float, statuses: dict) -> int | None:
 def _bridge(req: dict, fds: list[int], sock: socket.socket) -> None:
     """The forked child: take the server's pipes, isolate, start the server, pass its status on."""
     try:
-        from archlab.sandbox import launch
-
         sock.close()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
