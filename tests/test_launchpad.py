@@ -62,6 +62,7 @@ if reached:
 def isolating_launcher():
     lx = launch.launcher()
     assert lx.kind == "bwrap" and lx.facts.get("isolates"), lx.facts  # else these tests would prove nothing
+    zygote.close_all()  # an earlier test's evaluations side by side leave more than one launch pad idle
 
 
 def pad_pid() -> int:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -153,6 +154,48 @@ def test_static_check_survives_absurd_input():
         with pytest.raises(CandidateError):
             static_check(source)
 
+
+
+class _SwitchesThreads:
+    """A garbage cycle whose finalizer lets other threads run: what torch's objects do."""
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        time.sleep(0)
+
+
+def test_static_checks_in_threads_side_by_side():
+    """Two evaluations check their candidates at once. On CPython 3.11 a collection inside
+    ast.parse that switches threads broke both parses ("AST constructor recursion depth
+    mismatch", CI 2026-12-02, as a crashed candidate); archlab.syntax serializes every parse."""
+    source = ACCEPTED[next(iter(ACCEPTED))] + "\n" + "\n".join(f"v{i} = [(a, b) for a in range(3) for b in {{1: [2]}}]" for i in range(300))
+    errors = []
+
+    def check():
+        for _ in range(30):
+            for _ in range(50):
+                _SwitchesThreads()
+            try:
+                static_check(source)
+            except Exception as e:  # noqa: BLE001  (any failure is the finding)
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_archlab_parses_python_only_through_its_lock():
+    import archlab
+    root = os.path.dirname(archlab.__file__)
+    direct = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+              if f.endswith(".py") and f != "syntax.py" and "ast.parse(" in open(os.path.join(d, f)).read()]
+    assert direct == [], f"parse through archlab.syntax.parse: {direct}"
 
 # -- data: the split and the batches (numpy only) -------------------------------------------------
 def test_no_validation_byte_of_the_built_in_corpus_comes_from_a_source_file():

@@ -8,6 +8,7 @@ Anything else raises FormatError with feedback the role can act on.
 import ast
 import re
 
+from archlab import syntax
 from archlab.sandbox.errors import CandidateError
 from archlab.sandbox.static import static_check  # (not via sandbox.checks: the driver never imports torch)
 
@@ -76,7 +77,7 @@ def apply_edits(code: str, edits: list[tuple[str, str]]) -> str:
 
 def validate_code(code: str) -> None:
     try:
-        tree = ast.parse(code)
+        tree = syntax.parse(code)
     except SyntaxError as e:
         raise FormatError("syntax", f"The code does not parse: line {e.lineno}: {e.msg}. Send the corrected complete file.") from None
     if not any(isinstance(n, ast.ClassDef) and n.name == "Mixer" for n in tree.body):

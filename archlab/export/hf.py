@@ -20,6 +20,7 @@ from typing import Callable
 
 import jinja2
 
+from archlab import syntax
 from archlab.errors import UserError
 from archlab.sandbox.data import VOCAB_SIZE
 from archlab.sandbox.errors import CandidateError
@@ -47,7 +48,7 @@ def latest_weights(store: Store, run_dir: Path, node_id: int, tier: str | None =
 
 def candidate_layout(code: str) -> tuple[str, bool]:
     """The candidate's LAYERS pattern and whether it defines FFN, read from its syntax tree."""
-    tree = ast.parse(code)
+    tree = syntax.parse(code)
     layers, has_ffn = "M", False
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "FFN":

@@ -24,6 +24,7 @@ What is rejected, with reason "forbidden" unless said otherwise:
 import ast
 import re
 
+from archlab import syntax
 from archlab.sandbox.errors import CandidateError
 
 MAX_SOURCE_BYTES = 200_000
@@ -67,7 +68,7 @@ def static_check(source: str) -> None:
     if len(source.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:
         raise CandidateError("forbidden", f"the file is larger than {MAX_SOURCE_BYTES // 1000} kB")
     try:
-        tree = ast.parse(source, "candidate.py")
+        tree = syntax.parse(source, "candidate.py")
     except SyntaxError as e:
         raise CandidateError("syntax", f"line {e.lineno}: {e.msg}") from None
     except (ValueError, RecursionError, MemoryError) as e:  # null bytes, absurd nesting
