@@ -52,6 +52,7 @@ class RunConfig(BaseModel):
     llm_patience_s: float = Field(600.0, ge=0, description="how long to wait out a failing endpoint before stopping")
     format_retries: int = Field(2, ge=0, description="re-asks after malformed LLM output")
     judge_weight: float = Field(0.0, ge=0, description="LLM judge's weight in fitness (0 = no judge)")
+    code_edits: float = Field(0.0, ge=0, le=1, description="LLM runs: the share of proposals made by the offline brain's code operators")
     novelty_threshold: float = Field(0.92, gt=0, le=1, description="reject proposals this similar to a sibling")
     # Where evaluations run (archlab/sandbox/executors.py) and the compute budgets.
     executor: Literal["local", "ray"] = Field("local", description="local: slots on this machine; ray: one Ray task per evaluation")

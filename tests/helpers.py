@@ -167,10 +167,11 @@ def assert_finished_run(run_dir: Path, n_nodes: int) -> list[dict]:
             assert abs(m["val_bpb"] * math.log(2) - m["val_loss"]) < 1e-9
             # fitness is the quality gain over the root minus penalties that only subtract
             assert math.isfinite(r["fitness"]) and r["fitness"] <= root_loss - r["val_loss"] + 1e-9, r
-    # the offline brain never proposes a design that is already in the tree
+    # the offline brain never proposes a design (or, for a code edit, a file) that is already in the tree
     for parent in {r["parent_id"] for r in rows[1:]}:
-        designs = [json.dumps(r["design"], sort_keys=True) for r in rows if r["parent_id"] == parent]
-        assert len(designs) == len(set(designs)), f"duplicate designs among the children of node {parent}"
+        made = [json.dumps(r["design"], sort_keys=True) if r["design"] else code_at(run_dir, r["commit_sha"])
+                for r in rows if r["parent_id"] == parent and r["status"] == "done"]
+        assert len(made) == len(set(made)), f"duplicate candidates among the children of node {parent}"
     assert open_threads(run_dir) == []
     return rows
 

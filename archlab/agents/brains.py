@@ -6,8 +6,9 @@ from archlab.agents.analyst import Analyst
 from archlab.agents.engineer import Engineer
 from archlab.agents.judge import Judge
 from archlab.agents.llm import LLMClient
-from archlab.agents.offline import OfflineBrain
+from archlab.agents.offline import CODE, OfflineBrain
 from archlab.agents.researcher import Researcher
+from archlab.agents.roles import Context, Proposal, Trace
 from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.knowledge import KnowledgeError, KnowledgeIndex
@@ -18,17 +19,32 @@ BASELINE_STRATEGIES = ("evolution", "random")
 
 
 class LLMBrain:
-    """The three LLM roles behind the interface the pipeline expects."""
+    """The three LLM roles behind the interface the pipeline expects; with --code-edits a share of
+    the proposals comes from the offline brain's code operators (cheap local refinements)."""
 
     kind = "llm"
 
     def __init__(self, client: LLMClient, knowledge: KnowledgeIndex, config: RunConfig):
         self.client = client
         self.knowledge = knowledge
-        self.research = Researcher(client, knowledge, config.format_retries).research
-        self.engineer = Engineer(client, config.format_retries).engineer
+        self.researcher = Researcher(client, knowledge, config.format_retries)
+        self.engineer_role = Engineer(client, config.format_retries)
         self.analyze = Analyst(client).analyze
         self.judge = Judge(client) if config.judge_weight > 0 else None
+        self.code_edits = config.code_edits
+        self.offline = OfflineBrain(knowledge)
+
+    def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
+        if self.code_edits and ctx.rng.random() < self.code_edits:
+            proposal, traces = self.offline.research_code(ctx)
+            if proposal is not None:
+                return proposal, traces
+        return self.researcher.research(ctx)
+
+    def engineer(self, ctx: Context, proposal: Proposal, failure: dict | None) -> tuple[Proposal | None, list[Trace]]:
+        if (proposal.operator or "").startswith(CODE):
+            return self.offline.engineer(ctx, proposal, failure)
+        return self.engineer_role.engineer(ctx, proposal, failure)
 
 
 def check_brain_options(config: RunConfig) -> None:

@@ -16,6 +16,7 @@ seeds (asynchronous successive halving), else it starts a new candidate.
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -300,12 +301,11 @@ class Run:
         chaos.point("select")
         node_id = self._reserve_id()
         rng = random.Random(self.config.seed * 1_000_003 + node_id)  # reproducible, also across resumes
-        where = sampling.DONE + (" and design is not null" if self.brain.kind == "offline" else "")
-        parent = sampling.select_parent(self.store, self.config.strategy, rng, where)
+        parent = sampling.select_parent(self.store, self.config.strategy, rng, sampling.DONE)
         if parent is None:
             with self._lock:
                 self._reserved.discard(node_id)
-            return {"stop": "no finished node can be a parent (the offline brain needs template designs)"}
+            return {"stop": "no finished node can be a parent"}
         refs = sampling.sample_references(self.store, parent, rng)
         self.store.add_trace(node_id, "selector", "offline", decision={
             "strategy": self.config.strategy, "parent": parent["id"], "references": [r["id"] for r in refs]})
@@ -317,7 +317,7 @@ class Run:
             with self._lock:  # choose and claim a design atomically, so parallel workers never pick the same one
                 proposal, traces = self.brain.research(ctx)
                 if proposal is not None:
-                    self._claimed.add(json.dumps(proposal.design))
+                    self._claimed.add(_claim(proposal.design, proposal.code))
         else:
             proposal, traces = self.brain.research(ctx)
         self._write_traces(state["node_id"], traces, state.get("attempt", 0))
@@ -480,8 +480,10 @@ class Run:
         root = self.store.node(0)
         tier = resolve(self.config.tier, self.config.tier_overrides)
         limit = int(root["metrics"]["mixer_params"] * self.config.param_ratio) if root.get("metrics") else None
+        edits = {r[0]: json.loads(r[1]).get("edit") for r in self.store.db.execute(  # code edits: what to make again elsewhere
+            "select node_id, decision from traces where role = 'researcher' and decision like '%\"edit\": {%'")}
         history = [
-            {"node": r[0], "operator": r[1], "fitness": r[2], "parent_fitness": r[3], "change": _change(r[4], r[5])}
+            {"node": r[0], "operator": r[1], "fitness": r[2], "parent_fitness": r[3], "change": _change(r[4], r[5]), "edit": edits.get(r[0])}
             for r in self.store.db.execute(
                 "select c.id, c.operator, c.fitness, p.fitness, c.design, p.design from nodes c join nodes p on c.parent_id = p.id "
                 "where c.status in ('done', 'failed') and p.fitness is not null"
@@ -502,6 +504,9 @@ class Run:
             history=history,
             seen=lambda design: json.dumps(design) in self._claimed or self.store.db.execute(
                 "select 1 from nodes where design = ? limit 1", [json.dumps(design)]).fetchone() is not None,
+            seen_code=lambda code: _claim(None, code) in self._claimed or self.store.db.execute(
+                "select 1 from code where code = ? limit 1", [code]).fetchone() is not None,
+            code=lambda node_id: self.lineage.code(self.store.node(node_id)["commit_sha"]),
             rng=random.Random(self.config.seed * 1_000_003 + state["node_id"]),
         )
 
@@ -510,6 +515,12 @@ class Run:
         kind = "offline" if self.brain.kind == "offline" else "decision"
         for t in traces:
             self.store.add_trace(node_id, t.role, kind, attempt=attempt, **t.model_dump(exclude={"role"}))
+
+
+def _claim(design: dict | None, code: str | None) -> str:
+    """What a candidate in flight claims, so parallel workers never pick the same: its design, or
+    for a code edit its file."""
+    return json.dumps(design) if design is not None else "code:" + hashlib.sha256((code or "").encode()).hexdigest()
 
 
 def _change(child: str | None, parent: str | None) -> dict | None:

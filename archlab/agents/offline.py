@@ -10,6 +10,12 @@ strategies `evolution` and `random`) it draws the operator uniformly, as regular
 does. The engineer renders the design to code and repairs the failures it understands; the
 analyst compares the result with the parent, the siblings and the root. Every choice is
 returned as a trace.
+
+A parent without a design (a user's own root, an LLM's file, a node made by a code edit) gets the
+code operators of code_edits.py instead, chosen the same way: untried operators first, then by
+UCB over the fitness gains of their children, and half of the time the edit that paid most
+elsewhere in the tree, made again on this parent. A template parent gets them too, now and then
+(CODE_SHARE), and more often once they have paid more than the template operators in this tree.
 """
 
 import json
@@ -18,6 +24,8 @@ import random
 import statistics
 from dataclasses import dataclass
 
+from archlab.agents import code_edits
+from archlab.agents.code_edits import Edit
 from archlab.agents.roles import Context, Proposal, Trace
 from archlab.knowledge import KnowledgeIndex
 from archlab.templates import Design, render
@@ -84,6 +92,11 @@ TRANSPLANT_SHARE = 0.5  # how often the guided researcher reuses a change that w
 # its parent by more on average: in one run's traces, transplants of gains >= 0.07 paid off in 5 of 7,
 # those of <= 0.022 in 1 of 4. A speed-only operator competes with the others only once it has.
 NOISE_FLOOR = 0.02
+CODE = "code:"  # the operator names of code edits: code:gate, code:constant, ...
+# How often a template parent gets a code edit: a share that lets the bandit learn whether code edits
+# pay from a template root, without costing the template operators' proven efficiency; once both
+# kinds have MIN_TRIES results, code edits get the larger share if they paid more on average.
+CODE_SHARE, CODE_SHARE_PAYING, MIN_TRIES = 0.15, 0.5, 3
 
 
 class OfflineBrain:
@@ -95,13 +108,41 @@ class OfflineBrain:
 
     # -- researcher ---------------------------------------------------------------------------
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
+        query, hits, recommended = self._retrieve(ctx)
+        if ctx.parent.get("design") and ctx.rng.random() >= self._code_share(ctx.history):
+            proposal, traces = self._research_design(ctx, query, hits, recommended)
+            if proposal is not None:
+                return proposal, traces
+        proposal, traces = self._research_code(ctx, query, hits, recommended)
+        if proposal is None and ctx.parent.get("design"):  # every code edit of this parent is in the tree
+            return self._research_design(ctx, query, hits, recommended)
+        return proposal, traces
+
+    def research_code(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
+        """A code edit of the parent, whatever it is (an LLM run's share of local refinements)."""
+        return self._research_code(ctx, *self._retrieve(ctx))
+
+    def _retrieve(self, ctx: Context) -> tuple[str, list, set]:
+        """What the knowledge base and past analyses say about this parent's weaknesses, and the
+        operators the entries found recommend."""
+        query = ctx.knowledge_query()
+        hits = self.knowledge.search(query, k=5)
+        return query, hits, {op for h in hits if h.kind == "entry" for op in self.knowledge.entry(h.id).operators}
+
+    def _code_share(self, history: list[dict]) -> float:
+        """How often a template parent gets a code edit instead of a template operator."""
+        if not self.guided:
+            return 0.0  # the baselines keep their template search as published (bench figures)
+        code = [_gain(r) for r in history if (r["operator"] or "").startswith(CODE)]
+        template = [_gain(r) for r in history if r["operator"] in BY_NAME]
+        if len(code) >= MIN_TRIES and len(template) >= MIN_TRIES and statistics.fmean(code) > statistics.fmean(template):
+            return CODE_SHARE_PAYING
+        return CODE_SHARE
+
+    def _research_design(self, ctx: Context, query: str, hits: list, recommended: set) -> tuple[Proposal | None, list[Trace]]:
         parent = Design.model_validate(ctx.parent["design"])
         stats, arms = _bandit_stats(ctx.history)
         total = sum(len(v) for v in stats.values())
-        # What the knowledge base and past analyses say about this parent's weaknesses.
-        query = ctx.knowledge_query()
-        hits = self.knowledge.search(query, k=5)
-        recommended = {op for h in hits if h.kind == "entry" for op in self.knowledge.entry(h.id).operators}
         applicable = [op for op in OPERATORS if op.applies(parent)]
         fresh = {op.name: [d for d in op.variants(parent) if not ctx.seen(d.model_dump())] for op in applicable}
 
@@ -163,6 +204,69 @@ class OfflineBrain:
         trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
         return Proposal(motivation=motivation, operator=op.name, design=child.model_dump(), knowledge=used), [trace]
 
+    def _research_code(self, ctx: Context, query: str, hits: list, recommended: set) -> tuple[Proposal | None, list[Trace]]:
+        """A code edit of the parent's file: any file that meets the contract has some."""
+        stats = {}
+        for row in ctx.history:
+            if (row["operator"] or "").startswith(CODE):
+                stats.setdefault(row["operator"][len(CODE):], []).append(_gain(row))
+        total = sum(len(v) for v in stats.values())
+        donors = {r["id"]: ctx.code(r["id"]) for r in ctx.references if r["id"] != ctx.parent["id"] and r.get("fitness") is not None}
+        ops = list(code_edits.OPERATORS)
+        if self.guided:  # untried first (those the knowledge base recommends before the rest), then by UCB
+            ops.sort(key=lambda op: (op in stats, -_ucb(stats[op], total) if op in stats else
+                                     -(code_edits.OPERATORS[op][1] in recommended), ctx.rng.random()))
+        else:
+            ctx.rng.shuffle(ops)
+        choice = self._code_transplant(ctx) if self.guided and ctx.rng.random() < TRANSPLANT_SHARE else None
+        for op in ops:
+            if choice is not None:
+                break
+            edit = code_edits.choose(ctx.parent_code, op, ctx.rng, ctx.seen_code, donors)
+            choice = (edit, None) if edit else None
+        if choice is None:
+            trace = Trace(role="researcher", prompt=_describe_context(ctx), response="no code edit of this parent is new to the tree",
+                          decision={"operator": None})
+            return None, [trace]
+        edit, transplant = choice
+        motivation = f"{edit.says[0].upper()}{edit.says[1:]} (code edit: {edit.operator})."
+        if transplant:
+            motivation += (f" The same edit raised fitness by {transplant['gain']:+.4f} at node {transplant['node']}"
+                           + (f" ({transplant['mean_gain']:+.4f} on average over {transplant['times']} tries)." if transplant["times"] > 1 else "."))
+        cited = self._cite(code_edits.OPERATORS[edit.operator][1], edit.says, ctx.rng)
+        if cited:
+            motivation += f" Background: {cited['title']} [{cited['id']}]."
+        used = ([cited["id"]] if cited else []) + [h.id for h in hits if not cited or h.id != cited["id"]]
+        decision = {
+            "operator": CODE + edit.operator, "edit": edit.spec, "transplant": transplant,
+            "bandit": {CODE + name: _summary(gains) for name, gains in stats.items()},
+            "ranked": [CODE + op for op in ops], "donors": sorted(donors), "query": query,
+            "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
+            "cited": cited["id"] if cited else None, "knowledge": used,
+        }
+        trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
+        return Proposal(motivation=motivation, operator=CODE + edit.operator, code=edit.code, knowledge=used), [trace]
+
+    @staticmethod
+    def _code_transplant(ctx: Context) -> tuple[Edit, dict] | None:
+        """The code edit that raised fitness most on average wherever it was made, made on this parent."""
+        made: dict[str, list[dict]] = {}
+        for row in ctx.history:
+            if (row["operator"] or "").startswith(CODE) and row.get("edit") and row["fitness"] is not None:
+                key = json.dumps([row["operator"], row["edit"]], sort_keys=True)
+                made.setdefault(key, []).append({"gain": row["fitness"] - row["parent_fitness"], "node": row["node"]})
+        ranked = sorted(((statistics.fmean(r["gain"] for r in rows), max(rows, key=lambda r: r["gain"]), len(rows), key)
+                         for key, rows in made.items()), key=lambda t: -t[0])
+        for mean, found, times, key in ranked:
+            if mean <= NOISE_FLOOR:
+                break
+            operator, spec = json.loads(key)
+            donor = spec.get("donor")
+            edit = code_edits.redo(ctx.parent_code, operator[len(CODE):], spec, {donor: ctx.code(donor)} if donor is not None else None)
+            if edit is not None and not ctx.seen_code(edit.code):
+                return edit, {"node": found["node"], "gain": round(found["gain"], 4), "mean_gain": round(mean, 4), "times": times}
+        return None
+
     @staticmethod
     def _transplant(ctx: Context, parent: Design) -> tuple[Operator, Design, dict] | None:
         """Experience: the single-field change that raised fitness most, on average over every time it
@@ -198,6 +302,11 @@ class OfflineBrain:
 
     # -- engineer -------------------------------------------------------------------------------
     def engineer(self, ctx: Context, proposal: Proposal, failure: dict | None) -> tuple[Proposal | None, list[Trace]]:
+        if proposal.design is None:  # a code edit: the researcher already made it
+            if failure is None:
+                return proposal, [Trace(role="engineer", response="the code edit as proposed", decision={"action": "code_edit"})]
+            note = f"no repair known for a code edit that failed with '{failure['reason']}'; discarding the candidate"
+            return None, [Trace(role="engineer", prompt=failure.get("detail") or "", response=note, decision={"action": "discard"})]
         design = Design.model_validate(proposal.design)
         if failure is None:
             code = render(design, title="A candidate from archlab's offline brain.", summary=proposal.motivation)
@@ -264,11 +373,15 @@ def _bandit_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[tup
         op = BY_NAME.get(row["operator"])
         if op is None:
             continue
-        gain = FAILED_GAIN if row["fitness"] is None else row["fitness"] - row["parent_fitness"]
+        gain = _gain(row)
         per_operator.setdefault(op.name, []).append(gain)
         if op.field in (row.get("change") or {}):
             per_value.setdefault((op.name, json.dumps(row["change"][op.field])), []).append(gain)
     return per_operator, per_value
+
+
+def _gain(row: dict) -> float:
+    return FAILED_GAIN if row["fitness"] is None else row["fitness"] - row["parent_fitness"]
 
 
 def _ucb(gains: list[float], total: int) -> float:
