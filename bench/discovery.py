@@ -46,7 +46,7 @@ def history(run_dir: Path) -> dict:
     with sqlite3.connect(run_dir / "archlab.db") as db:
         db.row_factory = sqlite3.Row
         rows = [dict(r) for r in db.execute(
-            "select id, status, fitness, val_loss, operator, design, reason, metrics from nodes "
+            "select id, parent_id, status, fitness, val_loss, operator, design, reason, metrics from nodes "
             "where status != 'evaluating' order by finished, id")]
         elapsed = db.execute("select value from meta where key = 'elapsed_s'").fetchone()
     for r in rows:

@@ -10,8 +10,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def quick(script: str, out: Path | None, timeout: float = 900) -> str:
-    args = [sys.executable, str(BENCH / script), "--quick", *(["--out", str(out)] if out else [])]
+def quick(script: str, out: Path | None, *extra: str, timeout: float = 900) -> str:
+    args = [sys.executable, str(BENCH / script), "--quick", *extra, *(["--out", str(out)] if out else [])]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -39,6 +39,16 @@ def test_rediscovery_quick(tmp_path):
     assert len(run["curve"]) == 2 and set(run["parts_back"]) <= {"short_conv", "output_gate", "qk_norm"}
     assert run["best_gain"] >= run["auc"] >= 0  # the best-so-far fitness curve starts at the root's 0 and never falls
     assert "gap closed" in out and "AUC" in out
+
+
+def test_foreign_rediscovery_quick(tmp_path):
+    """From a root outside the template family: the code operators' lineage is what comes back."""
+    out = quick("rediscovery.py", tmp_path, "--foreign")
+    (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert run["gap"] == run["root_val_loss"] - run["target_val_loss"] and len(run["curve"]) == 2
+    assert all(op in {"conv", "gate", "norm", "skip", "layers", "ffn", "activation", "norm_swap", "constant", "ablate", "crossover"}
+               for op in run["parts_back"]), run["parts_back"]
+    assert "root gla_ablated -> hidden answer gla_full" in out
 
 
 def test_verified_improvement_quick(tmp_path):

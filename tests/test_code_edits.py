@@ -56,6 +56,9 @@ def test_in_place_edits_change_what_they_say():
     assert "self.proj_out((o) * torch.sigmoid" in by_says["remove self.out_norm (LayerNorm) in Mixer.forward"].code
     # a factor of a constant is a scale, not a gate: `F.gelu(q) * 0.5` keeps its activation
     assert not any("remove the gate F.gelu" in s for s in by_says)
+    # a size stays below the training length (a chunk as long as the sequence is rejected as quadratic)
+    sizes = {e.spec["to"] for e in code_edits.edits(render_root("deltanet"), "constant", max_size=64) if e.says.startswith("set CHUNK_SIZE")}
+    assert sizes == {32}, sizes
 
 
 def test_a_spec_makes_the_same_edit_again_on_this_file_and_on_others():

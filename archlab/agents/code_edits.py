@@ -52,6 +52,7 @@ MODULE_ATTRS = {"training", "parameters", "buffers", "modules", "children", "nam
                 "to", "eval", "train", "zero_grad", "state_dict", "load_state_dict", "forward", "half", "float",
                 "double", "cpu", "cuda", "requires_grad_", "get_extra_state", "set_extra_state", "extra_repr", "type"}
 MARK = "# archlab code operator"
+MAX_SIZE = 1024  # integer constants stay below this (and below the training length, when known)
 
 
 @dataclass(frozen=True)
@@ -62,31 +63,35 @@ class Edit:
     code: str
 
 
-def edits(code: str, operator: str, donors: dict[int, str] | None = None) -> list[Edit]:
+def edits(code: str, operator: str, donors: dict[int, str] | None = None, max_size: int = MAX_SIZE) -> list[Edit]:
     """Every edit `operator` can make to `code` whose result is a valid candidate file."""
-    return [e for e in candidates(code, operator, donors) if valid(e, code)]
+    return [e for e in candidates(code, operator, donors, max_size) if valid(e, code)]
 
 
-def choose(code: str, operator: str, rng, seen, donors: dict[int, str] | None = None) -> Edit | None:
+def choose(code: str, operator: str, rng, seen, donors: dict[int, str] | None = None, max_size: int = MAX_SIZE) -> Edit | None:
     """One valid edit not `seen` before, drawn at random (checking only the one drawn: the static
     rules take milliseconds per file, and a constant can have a hundred sites)."""
-    made = candidates(code, operator, donors)
+    made = candidates(code, operator, donors, max_size)
     rng.shuffle(made)
     return next((e for e in made if not seen(e.code) and valid(e, code)), None)
 
 
-def redo(code: str, operator: str, spec: dict, donors: dict[int, str] | None = None) -> Edit | None:
+def redo(code: str, operator: str, spec: dict, donors: dict[int, str] | None = None, max_size: int = MAX_SIZE) -> Edit | None:
     """The edit `spec` describes, made on another file; None where it does not apply there."""
-    return next((e for e in candidates(code, operator, donors) if e.spec == spec and valid(e, code)), None)
+    return next((e for e in candidates(code, operator, donors, max_size) if e.spec == spec and valid(e, code)), None)
 
 
-def candidates(code: str, operator: str, donors: dict[int, str] | None = None) -> list[Edit]:
+def candidates(code: str, operator: str, donors: dict[int, str] | None = None, max_size: int = MAX_SIZE) -> list[Edit]:
+    """Every edit, valid or not; `max_size` bounds an integer constant (the training length: a chunk
+    or kernel as long as the sequence makes the mixer's cost flat in length, rejected as quadratic)."""
     try:
         src = Source(code)
     except (SyntaxError, ValueError, RecursionError):
         return []
     if operator == "crossover":
         made = [e for node, donor in (donors or {}).items() for e in _crossover(src, node, donor)]
+    elif operator == "constant":
+        made = _constant(src, max_size)
     else:
         made = _MAKERS[operator](src)
     return [e for e in made if e.code != code]
@@ -410,17 +415,17 @@ def _constants(src: Source):
                     yield scope, side, "factor" if isinstance(node.op, ast.Mult) else "divisor"
 
 
-def _scaled(value: int | float) -> list[int | float]:
+def _scaled(value: int | float, max_size: int) -> list[int | float]:
     if isinstance(value, int):
-        return [v for v in (value // 2, value * 2) if 1 <= v <= 1024 and v != value]
+        return [v for v in (value // 2, value * 2) if 1 <= v < max_size and v != value]
     factors = (0.1, 10) if 0 < abs(value) < 1e-3 else (0.5, 2)  # an eps: orders of magnitude
     return [float(f"{value * f:.6g}") for f in factors]  # 1e-06, not 1.0000000000000002e-06
 
 
-def _constant(src: Source) -> list[Edit]:
+def _constant(src: Source, max_size: int = MAX_SIZE) -> list[Edit]:
     made = []
     for site, node, name in src.numbered(_constants(src)):
-        for new in _scaled(node.value):
+        for new in _scaled(node.value, max_size):
             shown = f"{new:.3g}" if isinstance(new, float) else str(new)
             says = f"set {name} to {shown} (was {node.value!r}) in {_where(site)}"
             made.append(Edit("constant", {"site": site, "from": node.value, "to": new}, says,
@@ -533,4 +538,4 @@ def _crossover(src: Source, donor_id: int, donor_code: str) -> list[Edit]:
 
 
 _MAKERS = {**_WRAPPERS, "layers": _layers, "ffn": _ffn, "activation": _activation, "norm_swap": _norm_swap,
-           "constant": _constant, "ablate": _ablate}
+           "ablate": _ablate}

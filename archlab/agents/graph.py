@@ -495,7 +495,7 @@ class Run:
             root=root,
             parent_code=parent_code,
             attempt=state.get("attempt", 0),
-            limits={"param_limit": limit, "d_model": tier.d_model, "n_heads": tier.n_heads},
+            limits={"param_limit": limit, "d_model": tier.d_model, "n_heads": tier.n_heads, "seq_len": tier.seq_len},
             references=[self.store.node(i) for i in state.get("references", [])],
             siblings=siblings,
             known=[(n["id"], novelty.change_text(n["motivation"] or "", self.lineage.code(n["commit_sha"]), parent_code))

@@ -222,7 +222,7 @@ class OfflineBrain:
         for op in ops:
             if choice is not None:
                 break
-            edit = code_edits.choose(ctx.parent_code, op, ctx.rng, ctx.seen_code, donors)
+            edit = code_edits.choose(ctx.parent_code, op, ctx.rng, ctx.seen_code, donors, _max_size(ctx))
             choice = (edit, None) if edit else None
         if choice is None:
             trace = Trace(role="researcher", prompt=_describe_context(ctx), response="no code edit of this parent is new to the tree",
@@ -262,7 +262,8 @@ class OfflineBrain:
                 break
             operator, spec = json.loads(key)
             donor = spec.get("donor")
-            edit = code_edits.redo(ctx.parent_code, operator[len(CODE):], spec, {donor: ctx.code(donor)} if donor is not None else None)
+            edit = code_edits.redo(ctx.parent_code, operator[len(CODE):], spec,
+                                   {donor: ctx.code(donor)} if donor is not None else None, _max_size(ctx))
             if edit is not None and not ctx.seen_code(edit.code):
                 return edit, {"node": found["node"], "gain": round(found["gain"], 4), "mean_gain": round(mean, 4), "times": times}
         return None
@@ -378,6 +379,10 @@ def _bandit_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[tup
         if op.field in (row.get("change") or {}):
             per_value.setdefault((op.name, json.dumps(row["change"][op.field])), []).append(gain)
     return per_operator, per_value
+
+
+def _max_size(ctx: Context) -> int:
+    return min(code_edits.MAX_SIZE, ctx.limits.get("seq_len") or code_edits.MAX_SIZE)
 
 
 def _gain(row: dict) -> float:

@@ -42,7 +42,7 @@ class Context:
     root: dict
     parent_code: str = ""
     attempt: int = 0
-    limits: dict = field(default_factory=dict)  # param_limit, d_model, n_heads for the contract text
+    limits: dict = field(default_factory=dict)  # param_limit, d_model, n_heads for the contract text; seq_len
     known: list[tuple[int, str]] = field(default_factory=list)  # (node id, motivation + diff) already tried here
     diff: Callable[[dict], str] = lambda node: ""
     references: list[dict] = field(default_factory=list)
