@@ -269,3 +269,19 @@ def test_an_engineer_handing_back_the_parent_is_not_a_repair(tmp_path):
     assert len(refused) == 3
     attempts = [r[0] for r in rows(run_dir, "select attempt from traces where role = 'engineer' and kind = 'llm' order by id")]
     assert attempts == [0, 1, 2]  # each format retry its own number
+
+
+def test_code_edits_share_an_llm_run(tmp_path):
+    """--code-edits 1: every proposal comes from the offline brain's code operators (no researcher or
+    engineer request reaches the endpoint); the analyst still writes through the LLM."""
+    run_dir = tmp_path / "run"
+    script = Script()
+    with ScriptedServer(script) as server:
+        done = archlab(*llm_args(server, run_dir, 3), "--code-edits", "1")
+    assert done.returncode == 0, done.stderr
+    operators = [r[0] for r in rows(run_dir, "select operator from nodes where id > 0 order by id")]
+    assert len(operators) == 2 and all(op.startswith("code:") for op in operators), operators
+    roles = {e["role"] for e in script.log}
+    assert "analyst" in roles and not roles & {"researcher", "engineer"}, roles
+    edits = rows(run_dir, "select decision from traces where role = 'researcher' and node_id > 0")
+    assert len(edits) == 2 and all(json.loads(d)["edit"] for (d,) in edits)

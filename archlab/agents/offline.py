@@ -109,7 +109,8 @@ class OfflineBrain:
     # -- researcher ---------------------------------------------------------------------------
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
         query, hits, recommended = self._retrieve(ctx)
-        if ctx.parent.get("design") and ctx.rng.random() >= self._code_share(ctx.history):
+        share = self._code_share(ctx.history)
+        if ctx.parent.get("design") and (share == 0 or ctx.rng.random() >= share):  # (no draw for the baselines: as published)
             proposal, traces = self._research_design(ctx, query, hits, recommended)
             if proposal is not None:
                 return proposal, traces
