@@ -102,6 +102,19 @@ def test_every_composition_passes_the_sandbox(root):
             assert result.metrics["has_step"] == (root == "gla"), (op, result.metrics)  # the wrapper keeps decoding recurrent
 
 
+def test_an_edit_of_forward_is_made_in_step_too():
+    """A forward and its step compute the same gate: an edit of one alone is rejected by the
+    sandbox's step check (seen in a benchmark run). Every in-place edit of a gated file with a
+    step() keeps them in agreement, through the real sandbox."""
+    gated = code_edits.edits(GLA, "gate")[0].code
+    made = [e for op in ("ablate", "activation") for e in code_edits.edits(gated, op)][:5]
+    assert made and all("1 more place(s) that read the same" in e.says for e in made), [e.says for e in made]
+    for edit in made:
+        assert len(changed_lines(gated, edit.code)) == 4, edit.says  # forward's line and step's
+        result = runner.evaluate(edit.code, "check", threads=1)
+        assert result.ok, (edit.says, result.reason, result.detail)
+
+
 def context(parent_code: str, design: dict | None, history: list[dict], seed: int, references=(), codes=None) -> Context:
     parent = {"id": 3, "design": design, "fitness": 0.01, "metrics": {"val_loss": 2.3}, "analysis": None}
     return Context(node_id=9, parent=parent, root={"id": 0, "metrics": {"val_loss": 2.34}}, parent_code=parent_code,

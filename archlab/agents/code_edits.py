@@ -86,14 +86,14 @@ def candidates(code: str, operator: str, donors: dict[int, str] | None = None, m
     or kernel as long as the sequence makes the mixer's cost flat in length, rejected as quadratic)."""
     try:
         src = Source(code)
-    except (SyntaxError, ValueError, RecursionError):
+        if operator == "crossover":
+            made = [e for node, donor in (donors or {}).items() for e in _crossover(src, node, donor)]
+        elif operator == "constant":
+            made = _constant(src, max_size)
+        else:
+            made = _MAKERS[operator](src)
+    except (SyntaxError, ValueError, RecursionError):  # a file nested too deeply to walk has no edits
         return []
-    if operator == "crossover":
-        made = [e for node, donor in (donors or {}).items() for e in _crossover(src, node, donor)]
-    elif operator == "constant":
-        made = _constant(src, max_size)
-    else:
-        made = _MAKERS[operator](src)
     return [e for e in made if e.code != code]
 
 
@@ -103,9 +103,9 @@ def valid(edit: Edit, parent: str) -> bool:
     that would fail at once)."""
     try:
         validate_code(edit.code)
-    except FormatError:
+        return _undefined(edit.code) <= _undefined(parent) and _unset_attributes(edit.code) <= _unset_attributes(parent)
+    except (FormatError, RecursionError):  # (nesting the static rules let through can still be too deep for pyflakes)
         return False
-    return _undefined(edit.code) <= _undefined(parent) and _unset_attributes(edit.code) <= _unset_attributes(parent)
 
 
 def _undefined(code: str) -> set[str]:
@@ -175,12 +175,18 @@ class Source:
                     yield from walk(child, scope)
         yield from walk(self.tree, "")
 
-    def numbered(self, matches):
-        """Sites of one kind numbered within their scope: a spec names `Mixer.forward#1`."""
-        count: dict[str, int] = {}
+    def numbered(self, matches, twins: bool = True, key=None):
+        """Sites of one kind numbered within their scope: a spec names `Mixer.forward#1`. With twins,
+        the nodes of one top-level class or function that read the same are one site, edited together:
+        a forward and its step compute the same gate, and editing one alone breaks their agreement."""
+        groups: dict = {}
         for scope, node, *rest in matches:
+            same = (scope.split(".")[0], (key or self.text)(node), *rest) if twins else id(node)
+            groups.setdefault(same, (scope, [], rest))[1].append(node)
+        count: dict[str, int] = {}
+        for scope, nodes, rest in groups.values():
             count[scope] = count.get(scope, 0) + 1
-            yield f"{scope or '<module>'}#{count[scope]}", node, *rest
+            yield f"{scope or '<module>'}#{count[scope]}", nodes, *rest
 
 
 def _aliases(tree: ast.Module) -> dict[str, str]:
@@ -352,10 +358,11 @@ def _calls(src: Source):
                 yield scope, node, name
 
 
-def _where(site: str) -> str:
+def _where(site: str, nodes: list) -> str:
     """'Mixer.forward#2' -> 'Mixer.forward (site 2)': the words of a motivation."""
     scope, number = site.rsplit("#", 1)
-    return scope if number == "1" else f"{scope} (site {number})"
+    twins = f" and {len(nodes) - 1} more place(s) that read the same" if len(nodes) > 1 else ""
+    return (scope if number == "1" else f"{scope} (site {number})") + twins
 
 
 def _attr_span(src: Source, func: ast.Attribute) -> tuple[int, int]:
@@ -367,13 +374,13 @@ def _activation(src: Source) -> list[Edit]:
     sites = [(s, n, name) for s, n, name in _calls(src) if isinstance(n.func, ast.Attribute)
              and (name in {f"torch.nn.functional.{a}" for a in ACTIVATIONS} or name in {f"torch.nn.{m}" for m in ACTIVATION_MODULES})]
     made = []
-    for site, node, name in src.numbered(sites):
-        old = node.func.attr
+    for site, nodes, name in src.numbered(sites):
+        old = nodes[0].func.attr
         for new in (ACTIVATION_MODULES if old in ACTIVATION_MODULES else ACTIVATIONS):
             if new != old:
-                says = f"use {new} instead of {old} in {_where(site)}"
+                says = f"use {new} instead of {old} in {_where(site, nodes)}"
                 made.append(Edit("activation", {"site": site, "from": old, "to": new}, says,
-                                 src.replace(_attr_span(src, node.func) + (new,))))
+                                 src.replace(*(_attr_span(src, n.func) + (new,) for n in nodes))))
     return made
 
 
@@ -381,11 +388,12 @@ def _norm_swap(src: Source) -> list[Edit]:
     sites = [(s, n, name) for s, n, name in _calls(src) if isinstance(n.func, ast.Attribute)
              and name in {f"torch.nn.{m}" for m in NORMS} and not any(k.arg == "bias" for k in n.keywords)]
     made = []
-    for site, node, _ in src.numbered(sites):
-        old = node.func.attr
+    for site, nodes, _ in src.numbered(sites):
+        old = nodes[0].func.attr
         new = NORMS[1 - NORMS.index(old)]
-        says = f"use {new} instead of {old} in {_where(site)}"
-        made.append(Edit("norm_swap", {"site": site, "from": old, "to": new}, says, src.replace(_attr_span(src, node.func) + (new,))))
+        says = f"use {new} instead of {old} in {_where(site, nodes)}"
+        made.append(Edit("norm_swap", {"site": site, "from": old, "to": new}, says,
+                         src.replace(*(_attr_span(src, n.func) + (new,) for n in nodes))))
     return made
 
 
@@ -424,10 +432,10 @@ def _scaled(value: int | float, max_size: int) -> list[int | float]:
 
 def _constant(src: Source, max_size: int = MAX_SIZE) -> list[Edit]:
     made = []
-    for site, node, name in src.numbered(_constants(src)):
+    for site, (node,), name in src.numbered(_constants(src), twins=False):  # (equal numbers elsewhere are other knobs)
         for new in _scaled(node.value, max_size):
             shown = f"{new:.3g}" if isinstance(new, float) else str(new)
-            says = f"set {name} to {shown} (was {node.value!r}) in {_where(site)}"
+            says = f"set {name} to {shown} (was {node.value!r}) in {_where(site, [node])}"
             made.append(Edit("constant", {"site": site, "from": node.value, "to": new}, says,
                              src.replace(src.span(node) + (repr(new),))))
     return made
@@ -435,26 +443,33 @@ def _constant(src: Source, max_size: int = MAX_SIZE) -> list[Edit]:
 
 def _ablate(src: Source) -> list[Edit]:
     made = []
-    gates = [(s, n, which) for s, n in src.sites() if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mult)
+    # A gate is one side of a product that is an activation of something (not a constant factor);
+    # gates that read the same in one class are one site, whatever they multiply (forward and step).
+    gates = [(s, n, which, src.text(side)) for s, n in src.sites() if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mult)
              for which, side, other in (("left", n.left, n.right), ("right", n.right, n.left))
              if isinstance(side, ast.Call) and src.canonical(side.func) in GATES and not isinstance(other, ast.Constant)]
-    for site, node, which in src.numbered(gates):
-        keep = node.right if which == "left" else node.left
-        says = f"remove the gate {src.text(node.left if which == 'left' else node.right)[:60]} in {_where(site)}"
-        made.append(Edit("ablate", {"site": site, "gate": which}, says, src.replace(src.span(node) + (f"({src.text(keep)})",))))
+    for site, nodes, which, gate in src.numbered(gates, key=lambda n: ""):
+        says = f"remove the gate {gate[:60]} in {_where(site, nodes)}"
+        made.append(Edit("ablate", {"site": site, "gate": which}, says, src.replace(
+            *(src.span(n) + (f"({src.text(n.right if which == 'left' else n.left)})",) for n in nodes))))
     acts = [(s, n, name) for s, n, name in _calls(src) if name in {f"torch.nn.functional.{a}" for a in ACTIVATIONS}
             and len(n.args) == 1 and all(k.arg == "inplace" for k in n.keywords)]
-    for site, node, name in src.numbered(acts):
-        says = f"drop the {name.rsplit('.', 1)[1]} in {_where(site)} (identity instead)"
-        made.append(Edit("ablate", {"site": site, "activation": name}, says, src.replace(src.span(node) + (f"({src.text(node.args[0])})",))))
+    for site, nodes, name in src.numbered(acts):
+        says = f"drop the {name.rsplit('.', 1)[1]} in {_where(site, nodes)} (identity instead)"
+        made.append(Edit("ablate", {"site": site, "activation": name}, says, _unwrap(src, nodes)))
     removable = _shape_keeping_members(src)
     members = [(s, n, n.func.attr) for s, n in src.sites() if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                and isinstance(n.func.value, ast.Name) and n.func.value.id == "self" and (s.split(".")[0], n.func.attr) in removable
                and len(n.args) == 1 and not n.keywords]
-    for site, node, attr in src.numbered(members):
-        says = f"remove self.{attr} ({removable[site.split('.')[0], attr]}) in {_where(site)}"
-        made.append(Edit("ablate", {"site": site, "member": attr}, says, src.replace(src.span(node) + (f"({src.text(node.args[0])})",))))
+    for site, nodes, attr in src.numbered(members):
+        says = f"remove self.{attr} ({removable[site.split('.')[0], attr]}) in {_where(site, nodes)}"
+        made.append(Edit("ablate", {"site": site, "member": attr}, says, _unwrap(src, nodes)))
     return made
+
+
+def _unwrap(src: Source, calls: list[ast.Call]) -> str:
+    """Each call replaced by its one argument."""
+    return src.replace(*(src.span(c) + (f"({src.text(c.args[0])})",) for c in calls))
 
 
 def _shape_keeping_members(src: Source) -> dict[tuple[str, str], str]:
