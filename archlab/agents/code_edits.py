@@ -18,6 +18,7 @@ in place (the parent's formatting and comments stay), so a child's diff shows ju
 """
 
 import ast
+import functools
 from dataclasses import dataclass
 
 import pyflakes.checker
@@ -108,9 +109,10 @@ def valid(edit: Edit, parent: str) -> bool:
         return False
 
 
-def _undefined(code: str) -> set[str]:
+@functools.lru_cache(maxsize=16)  # (the parent's, once per proposal, not once per edit checked)
+def _undefined(code: str) -> frozenset[str]:
     checker = pyflakes.checker.Checker(syntax.parse(code), "candidate.py")
-    return {m.message_args[0] for m in checker.messages if isinstance(m, pyflakes.messages.UndefinedName)}
+    return frozenset(m.message_args[0] for m in checker.messages if isinstance(m, pyflakes.messages.UndefinedName))
 
 
 # -- the parsed file, edited as text ----------------------------------------------------------------
@@ -202,7 +204,8 @@ def _aliases(tree: ast.Module) -> dict[str, str]:
     return names
 
 
-def _unset_attributes(code: str) -> set[tuple[str, str]]:
+@functools.lru_cache(maxsize=16)
+def _unset_attributes(code: str) -> frozenset[tuple[str, str]]:
     tree = syntax.parse(code)
     missing = set()
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
@@ -219,7 +222,7 @@ def _unset_attributes(code: str) -> set[tuple[str, str]]:
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 assigned |= {t.id for t in targets if isinstance(t, ast.Name)}
         missing |= {(cls.name, a) for a in read - assigned - methods - MODULE_ATTRS}
-    return missing
+    return frozenset(missing)
 
 
 # -- composition: a wrapper class around the file's own Mixer ---------------------------------------
