@@ -87,7 +87,7 @@ def test_edits_that_would_fail_at_once_are_skipped():
     assert grafts["Mixer"].says == "take class Mixer from node 5 (with helper_scale)"
     # a file the static rules reject is never an edit, and seen files are never chosen again
     assert code_edits.edits("import os\n" + RETENTION, "gate") == []
-    assert code_edits.choose(RETENTION, "norm_swap", random.Random(0), seen=lambda code: True) is None
+    assert code_edits.first(code_edits.edits(RETENTION, "norm_swap"), RETENTION, seen=lambda code: True) is None
 
 
 @pytest.mark.parametrize("root", ["retention", "gla"])
@@ -105,8 +105,9 @@ def test_every_composition_passes_the_sandbox(root):
 def test_an_edit_of_forward_is_made_in_step_too():
     """A forward and its step compute the same gate: an edit of one alone is rejected by the
     sandbox's step check (seen in a benchmark run). Every in-place edit of a gated file with a
-    step() keeps them in agreement, through the real sandbox."""
-    gated = code_edits.edits(GLA, "gate")[0].code
+    step() keeps them in agreement, through the real sandbox. (The gate wrapper's code, made the
+    file's own: in-place edits leave what code operators appended alone.)"""
+    gated = code_edits.edits(GLA, "gate")[0].code.replace(code_edits.MARK, "#")
     made = [e for op in ("ablate", "activation") for e in code_edits.edits(gated, op)][:5]
     assert made and all("1 more place(s) that read the same" in e.says for e in made), [e.says for e in made]
     for edit in made:
@@ -139,6 +140,51 @@ def test_a_file_without_a_design_gets_code_edits_untried_operators_first():
         assert trace.decision["edit"] and proposal.motivation.endswith(".")
 
 
+def test_untried_operators_come_in_the_prior_order_after_the_recommended():
+    """With no record, the parts a root most likely lacks (gate, conv, norm) come first, unless the
+    knowledge base recommends others for the parent's weaknesses."""
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    prior = list(code_edits.OPERATORS)
+    firsts = set()
+    for seed in range(8):
+        proposal, (trace,) = OfflineBrain(knowledge).research(context(GLA, None, [], seed))
+        recommended = {op for hit in trace.decision["retrieved"] if hit["kind"] == "entry" for op in knowledge.entry(hit["id"]).operators}
+        ranked = [name.removeprefix(CODE) for name in trace.decision["ranked"]]
+        assert ranked == sorted(ranked, key=lambda op: (code_edits.OPERATORS[op][1] not in recommended, prior.index(op))), ranked
+        firsts.add(ranked[0])
+        assert proposal.operator == CODE + ranked[0]
+    assert firsts & {"gate", "conv", "norm"}, firsts
+
+
+def test_where_scaling_a_constant_cost_the_opposite_is_the_bet():
+    """Credit per arm, not per operator: one constant scaled up that hurt makes the same constant
+    scaled down the next bet (the operator's mean alone had sunk it), and the other way round."""
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    site = "Mixer.parts#1"  # the decay divisor `/ 8`
+    others = [code_row(10 + i, op, 0.0) for i, op in enumerate(code_edits.OPERATORS) if op != "constant"]
+    hurt = [code_row(4, "constant", -0.12, {"site": site, "from": 8, "to": 16})]
+    for seed in range(6):
+        proposal, (trace,) = OfflineBrain(knowledge).research(context(GLA, None, others + hurt, seed))
+        assert trace.decision["edit"] == {"site": site, "from": 8, "to": 4}, trace.decision["edit"]
+        assert "/ 4" in proposal.code and trace.decision["arms"]
+    helped = [code_row(4, "constant", 0.12, {"site": site, "from": 16, "to": 8})]  # down helped: keep going down
+    _, (trace,) = OfflineBrain(knowledge).research(context(GLA, None, others + helped, 0))
+    assert trace.decision["edit"] == {"site": site, "from": 8, "to": 4}, trace.decision["edit"]
+    assert code_edits.arm("constant", {"site": site, "from": 8, "to": 4}) == code_edits.arm("constant", {"site": site, "from": 16, "to": 8})
+    assert code_edits.arm("gate", {"variant": "silu"}, flip=True) is None
+
+
+def test_in_place_edits_leave_what_code_operators_appended_alone():
+    """Swapping or removing the gate a wrapper just added undoes the edit that made the parent: the
+    wrapper's own variants are its operator's. The file's own code is still edited."""
+    gated = code_edits.edits(GLA, "gate")[0].code
+    appended = gated[gated.index(code_edits.MARK):]
+    for op in IN_PLACE:
+        made = code_edits.edits(gated, op)
+        assert [e.spec for e in made] == [e.spec for e in code_edits.edits(GLA, op)], op  # the same sites as without the wrapper
+        assert all(e.code.endswith(appended) for e in made), op
+
+
 def test_the_code_edit_that_paid_elsewhere_is_made_again_here():
     knowledge = KnowledgeIndex.load(embeddings=False)
     history = [code_row(4, "gate", 0.09, {"variant": "sigmoid"}), code_row(5, "skip", -0.1, {"variant": "learned"})]
@@ -156,9 +202,10 @@ def test_crossover_takes_parts_from_the_references():
     knowledge = KnowledgeIndex.load(embeddings=False)
     full = (HERE.parent / "bench" / "roots" / "gla_full.py").read_text()
     refs = [{"id": 7, "fitness": 0.2}]
+    tried = [code_row(10 + i, op, -0.05) for i, op in enumerate(code_edits.OPERATORS) if op != "crossover"]
     seen = set()
-    for seed in range(40):
-        proposal, (trace,) = OfflineBrain(knowledge).research(context(GLA, None, [], seed, refs, {7: full}))
+    for seed in range(10):
+        proposal, (trace,) = OfflineBrain(knowledge).research(context(GLA, None, tried, seed, refs, {7: full}))
         assert trace.decision["donors"] == [7]
         seen.add(proposal.operator)
         if proposal.operator == CODE + "crossover":

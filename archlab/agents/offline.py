@@ -207,23 +207,20 @@ class OfflineBrain:
 
     def _research_code(self, ctx: Context, query: str, hits: list, recommended: set) -> tuple[Proposal | None, list[Trace]]:
         """A code edit of the parent's file: any file that meets the contract has some."""
-        stats = {}
-        for row in ctx.history:
-            if (row["operator"] or "").startswith(CODE):
-                stats.setdefault(row["operator"][len(CODE):], []).append(_gain(row))
-        total = sum(len(v) for v in stats.values())
+        stats, arms = _code_stats(ctx.history)
         donors = {r["id"]: ctx.code(r["id"]) for r in ctx.references if r["id"] != ctx.parent["id"] and r.get("fitness") is not None}
-        ops = list(code_edits.OPERATORS)
-        if self.guided:  # untried first (those the knowledge base recommends before the rest), then by UCB
-            ops.sort(key=lambda op: (op in stats, -_ucb(stats[op], total) if op in stats else
-                                     -(code_edits.OPERATORS[op][1] in recommended), ctx.rng.random()))
-        else:
+        made = [e for op in code_edits.OPERATORS for e in code_edits.candidates(ctx.parent_code, op, donors, _max_size(ctx))]
+        ctx.rng.shuffle(made)  # (ties are broken at random)
+        if self.guided:
+            made.sort(key=lambda edit: _code_rank(edit, stats, arms, recommended))
+        else:  # an operator drawn uniformly, then one of its edits
+            ops = list(code_edits.OPERATORS)
             ctx.rng.shuffle(ops)
+            made.sort(key=lambda edit: ops.index(edit.operator))
+        ops = list(dict.fromkeys(e.operator for e in made))
         choice = self._code_transplant(ctx) if self.guided and ctx.rng.random() < TRANSPLANT_SHARE else None
-        for op in ops:
-            if choice is not None:
-                break
-            edit = code_edits.choose(ctx.parent_code, op, ctx.rng, ctx.seen_code, donors, _max_size(ctx))
+        if choice is None:
+            edit = code_edits.first(made, ctx.parent_code, ctx.seen_code)
             choice = (edit, None) if edit else None
         if choice is None:
             trace = Trace(role="researcher", prompt=_describe_context(ctx), response="no code edit of this parent is new to the tree",
@@ -241,6 +238,7 @@ class OfflineBrain:
         decision = {
             "operator": CODE + edit.operator, "edit": edit.spec, "transplant": transplant,
             "bandit": {CODE + name: _summary(gains) for name, gains in stats.items()},
+            "arms": {name: _summary(gains) for name, gains in arms.items()},
             "ranked": [CODE + op for op in ops], "donors": sorted(donors), "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
             "cited": cited["id"] if cited else None, "knowledge": used,
@@ -380,6 +378,35 @@ def _bandit_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[tup
         if op.field in (row.get("change") or {}):
             per_value.setdefault((op.name, json.dumps(row["change"][op.field])), []).append(gain)
     return per_operator, per_value
+
+
+def _code_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Fitness gains of the children made by code edits, per operator and per arm (code_edits.arm)."""
+    per_operator: dict[str, list[float]] = {}
+    per_arm: dict[str, list[float]] = {}
+    for row in history:
+        if (row["operator"] or "").startswith(CODE):
+            operator = row["operator"][len(CODE):]
+            per_operator.setdefault(operator, []).append(_gain(row))
+            if row.get("edit"):
+                per_arm.setdefault(code_edits.arm(operator, row["edit"]), []).append(_gain(row))
+    return per_operator, per_arm
+
+
+def _code_rank(edit: Edit, stats: dict, arms: dict, recommended: set) -> tuple:
+    """Untried operators first (those the knowledge base recommends for the parent, then in the prior
+    order of code_edits.OPERATORS), then by UCB: of the edit's arm where it was made before; where
+    only the opposite bet was made, of that record mirrored (a constant's effect is locally monotone:
+    when scaling it up cost, scaling it down is the bet; in the first foreign-root benchmark the decay
+    divisor 8 -> 16 lost 0.09-0.15 five times of five and 8 -> 4 gained 0.09-0.19 three times of three,
+    but the operator's mean kept the default from ever trying it); else of half its operator's mean
+    (another site or variant of the same operator is a related bet, not the same one)."""
+    if edit.operator not in stats:
+        return 0, code_edits.OPERATORS[edit.operator][1] not in recommended, list(code_edits.OPERATORS).index(edit.operator)
+    total = sum(len(v) for v in stats.values())
+    gains = arms.get(code_edits.arm(edit.operator, edit.spec))
+    opposite = [-g for g in arms.get(code_edits.arm(edit.operator, edit.spec, flip=True)) or [] if g != FAILED_GAIN]
+    return 1, -_ucb(gains or opposite or [statistics.fmean(stats[edit.operator]) / 2], total)
 
 
 def _max_size(ctx: Context) -> int:
