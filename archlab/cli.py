@@ -3,9 +3,11 @@
 import errno
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +22,7 @@ from archlab.config import CONFIG_FILE, MAX_SEED, MAX_THREADS, RunConfig
 from archlab.errors import UserError
 from archlab.knowledge.cli import app as knowledge_app
 from archlab.sandbox.tiers import TIERS
-from archlab.text import printable, terminal
+from archlab.text import duration, printable, terminal
 
 app = typer.Typer(
     help="archlab: autonomous architecture discovery for sequence models.\n\n"
@@ -34,7 +36,7 @@ app.add_typer(knowledge_app, name="knowledge", help="The cognition base: curated
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one error = one line, however long
 
-RunDir = typer.Argument(..., help="the run directory (e.g. runs/demo)")
+RunDir = typer.Argument(..., metavar="RUN_DIR", help="the run directory (e.g. runs/demo)")
 RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_timeout_s", "llm_patience_s",
                   "executor", "address", "device", "max_cpu_hours", "max_gpu_hours", "promote")
 
@@ -109,7 +111,7 @@ def run(
     for folder in knowledge or []:
         if not folder.exists():
             raise UserError(f"--knowledge {folder}: no such file or folder")
-    from archlab.agents.graph import hold_driver_lock
+    from archlab.tree.driver import hold_driver_lock
 
     if (run_dir / CONFIG_FILE).exists():
         config = RunConfig.load(run_dir)
@@ -124,8 +126,14 @@ def run(
             config = RunConfig(**{**config.model_dump(), **{k: given[k] for k in RESUME_OPTIONS if k in given}})
         except Exception as e:
             raise UserError(_validation_message(e)) from None
+        from archlab.agents.brains import check_brain_options
+
+        check_brain_options(config)  # a key gone or an endpoint down since: say so before anything trains
         config.save(run_dir)
-        console.print(f"Resuming [bold]{run_dir}[/] ({_count(run_dir)} nodes so far)")
+        store = _store(run_dir)
+        open_ = store.count("status = 'evaluating'")
+        console.print(f"Resuming [bold]{run_dir}[/] ({store.count() - open_} nodes finished"
+                      + (f", {open_} interrupted to finish first)" if open_ else ")"))
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"{run_dir} exists, is not empty and is not an archlab run")
@@ -160,25 +168,71 @@ def run(
             progress.update(task, completed=session.store.count("status != 'evaluating'"),
                             best=f"best: node {best[0]['id']} fitness {best[0]['fitness']:+.4f}" if best else "")
             progress.console.print(_node_line(node))
+            if node["id"] == 0:  # the root measured this machine: what the run will take, and the limits
+                progress.console.print(session.forecast(), markup=False, highlight=False)
 
         # SIGTERM stops like Ctrl-C, and so does SIGINT even when it was inherited ignored (a run
         # started in the background by a script: `archlab run ... &`), so `kill -INT` always stops it
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.default_int_handler)
+        done = threading.Event()
+        watcher = threading.Thread(target=_show_in_flight, args=(progress, run_dir, done), daemon=True, name="archlab-progress")
+        watcher.start()
         try:
             why = session.run(on_node)
         except KeyboardInterrupt:
             progress.stop()
-            err.print(f"interrupted; run `archlab run {run_dir}` to resume where it stopped")
+            err.print(f"interrupted; run the same command to resume where it stopped: {shlex.join(['archlab', *sys.argv[1:]])}",
+                      markup=False, highlight=False, soft_wrap=True)
             sys.stdout.flush()
             sys.stderr.flush()
             # Every write is already durable (SQLite statements, git objects, langgraph checkpoints),
             # so leave now instead of waiting for an LLM call in a worker thread to time out.
             os._exit(130)
+        finally:
+            done.set()
+            watcher.join(timeout=5)
     console.print(f"Stopped: {why}. See [bold]archlab tree {run_dir}[/] and [bold]archlab status {run_dir}[/].")
     if session.endpoint_down:  # not a budget reached: scripts must see the failure
-        err.print(f"error: {session.endpoint_down}; fix it and run `archlab run {run_dir}` to resume", markup=False, highlight=False)
+        err.print(f"error: {session.endpoint_down}; fix it and run the same command to resume: {shlex.join(['archlab', *sys.argv[1:]])}",
+                  markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def _show_in_flight(progress: Progress, run_dir: Path, stop: threading.Event) -> None:
+    """A line per candidate in flight under the run's bar: stage, step/steps, the last training loss,
+    seconds spent of its limit; read from the sandbox's progress files every second."""
+    from archlab.tree.report import in_flight
+
+    store, lines = _store(run_dir, reading=True), {}
+    while not stop.wait(1.0):
+        try:
+            now = {n["id"]: n for n in in_flight(store)}
+        except sqlite3.Error:  # busy or locked for a moment: the display waits, the run goes on
+            continue
+        for node_id in set(lines) - set(now):
+            progress.remove_task(lines.pop(node_id))
+        for node_id, n in sorted(now.items()):
+            fields = dict(description=f"  node {node_id}: {n['stage']}", total=n.get("steps"), completed=n.get("step", 0),
+                          best=_in_flight_words(n, steps=False))
+            if node_id in lines:
+                progress.update(lines[node_id], **fields)
+            else:
+                lines[node_id] = progress.add_task(**fields)
+    for task in lines.values():
+        progress.remove_task(task)
+
+
+def _in_flight_words(n: dict, steps: bool = True) -> str:
+    """'training · step 50/120 · loss 2.603 · 38 s of up to 480 s' (the stage and step where the bar shows them)."""
+    words = [n["stage"]] if steps else []
+    if steps and n.get("steps"):
+        words.append(f"step {n['step'] + 1}/{n['steps']}")
+    if n.get("loss") is not None:
+        words.append(f"loss {n['loss']:.3f}")
+    if "elapsed_s" in n:
+        words.append(f"{n['elapsed_s']:.0f} s of up to {n['limit_s']:.0f} s")
+    return " · ".join(words)
 
 
 @app.command()
@@ -191,8 +245,15 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
         print(json.dumps(facts, indent=2))
         return
     t = Table(title=f"archlab run {run_dir}", show_header=False)
-    for key in ("nodes", "done", "failed", "evaluating", "elapsed_s"):
+    pid = facts["driver_pid"]
+    t.add_row("state", f"running (archlab run, pid {pid})" if pid else "stopped (`archlab run` resumes it)")
+    for key in ("nodes", "done", "failed"):
         t.add_row(key, str(facts[key]))
+    if facts["evaluating"]:
+        t.add_row("evaluating" if pid else "interrupted", str(facts["evaluating"]))
+    for n in facts["in_flight"]:
+        t.add_row(f"  node {n['id']}", _in_flight_words(n))
+    t.add_row("run time", duration(facts["elapsed_s"]))
     for key in ("root", "best"):
         if facts[key]:
             n = facts[key]
@@ -250,7 +311,7 @@ def tree(run_dir: Path = RunDir, limit: int = typer.Option(500, help="show at mo
 
 
 @app.command()
-def show(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
+def show(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE", help="node id"),
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """One node: motivation, diff against its parent, metrics beside parent and root, analysis."""
     from archlab.tree.report import node_report
@@ -260,7 +321,8 @@ def show(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
         print(json.dumps(facts, indent=2))
         return
     console.rule(f"node {node} — {facts['status']}" + (f" ({terminal(facts['reason'])})" if facts["reason"] else ""))
-    console.print(f"[bold]parent[/] {facts['parent_id']}   [bold]operator[/] {terminal(facts['operator'])}   "
+    parent = "none (the root)" if facts["parent_id"] is None else facts["parent_id"]
+    console.print(f"[bold]parent[/] {parent}   [bold]operator[/] {terminal(facts['operator'])}   "
                   f"[bold]fitness[/] {_pm(facts['fitness'], facts['fitness_std'], signed=True)} {_tier_tag(facts)}"
                   + (f"   [bold]search fitness[/] {facts['search_fitness']:+.4f}"
                      if facts["search_fitness"] is not None and facts["search_fitness"] != facts["fitness"] else ""))
@@ -285,7 +347,7 @@ def show(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
 
 
 @app.command()
-def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, help="only this node's traces"),
+def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, metavar="NODE", help="only this node's traces"),
            as_json: bool = typer.Option(False, "--json", help="print a JSON list with every field")) -> None:
     """Every decision and LLM call that produced the tree (or one node), in order."""
     store = _store(run_dir, reading=True)
@@ -305,7 +367,7 @@ def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, he
 
 
 @app.command()
-def check(file: Path = typer.Argument(..., help="a candidate .py file"),
+def check(file: Path = typer.Argument(..., metavar="FILE", help="a candidate .py file"),
           as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON"),
           allow_quadratic: bool = typer.Option(False, "--allow-quadratic", help="accept mixers whose cost grows faster than linearly"),
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the sandbox")) -> None:
@@ -318,7 +380,7 @@ def check(file: Path = typer.Argument(..., help="a candidate .py file"),
 
 @app.command(name="eval")
 def evaluate(
-    file: Path = typer.Argument(..., help="a candidate .py file"),
+    file: Path = typer.Argument(..., metavar="FILE", help="a candidate .py file"),
     tier: str = typer.Option("smoke", "--tier", help=f"one of: {', '.join(TIERS)}"),
     seed: int = typer.Option(0, "--seed"),
     data: Optional[Path] = typer.Option(None, "--data", help="a text file or folder to train on"),
@@ -403,7 +465,7 @@ def _warn_weak_sandbox(config) -> None:
 
 
 @app.command()
-def doctor(run_dir: Optional[Path] = typer.Argument(None, help="a run directory to check (omit: only the sandbox)"),
+def doctor(run_dir: Optional[Path] = typer.Argument(None, metavar="RUN_DIR", help="a run directory to check (omit: only the sandbox)"),
            repair: bool = typer.Option(False, "--repair", help="fix what can be fixed without losing data"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Check a run's consistency (database <-> git <-> logs <-> checkpoints) and which sandbox
@@ -462,7 +524,7 @@ def serve(run_dir: Path = RunDir,
 
 
 @app.command()
-def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
+def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE", help="node id"),
            tier: Optional[str] = typer.Option(None, "--tier", help="micro | smoke | explore | verify (default: the run's tier)"),
            seeds: int = typer.Option(3, "--seeds", min=1, help="seeds, counting up from the run's seed"),
            lineage: bool = typer.Option(False, "--lineage", help="replay every ancestor from the root to NODE"),
@@ -512,8 +574,8 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id
 
 
 @app.command()
-def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
-         new_run: Path = typer.Argument(..., help="directory of the new run (must not exist or be empty)"),
+def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE", help="node id"),
+         new_run: Path = typer.Argument(..., metavar="NEW_RUN", help="directory of the new run (must not exist or be empty)"),
          tier: Optional[str] = typer.Option(None, "--tier", help="the new run's tier (default: the source run's)"),
          seed: Optional[int] = typer.Option(None, "--seed", help="the new run's seed (default: the source run's)"),
          strategy: Optional[str] = typer.Option(None, "--strategy", help="asi | ucb | evolution | random"),
@@ -538,8 +600,8 @@ def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id")
 
 
 @app.command()
-def export(run_dir: Path = RunDir, node: int = typer.Argument(..., help="node id"),
-           out_dir: Path = typer.Argument(..., help="directory for the model (must not exist or be empty)"),
+def export(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE", help="node id"),
+           out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="directory for the model (must not exist or be empty)"),
            tier: Optional[str] = typer.Option(None, "--tier", help="export weights trained at this tier (trains one if none)"),
            seed: Optional[int] = typer.Option(None, "--seed", help="seed when a training is needed (default: the run's)"),
            threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads if a training is needed"),
@@ -597,10 +659,6 @@ def _bounds(threads: int | None = None, seed: int | None = None) -> None:
         raise UserError(f"--threads {threads}: at most {MAX_THREADS} threads per evaluation")
     if seed is not None and not 0 <= seed < MAX_SEED:
         raise UserError(f"--seed {seed}: choose a seed from 0 to {MAX_SEED - 1}")
-
-
-def _count(run_dir: Path) -> int:
-    return _store(run_dir).count()
 
 
 def _check_endpoint(run_dir: Path, config: RunConfig, given: dict, trusted: bool) -> None:

@@ -124,3 +124,14 @@ def similarity(a: str, b: str) -> float:
     """0..1, difflib's ratio on whitespace-normalised text (rapidfuzz: bit-parallel, on the first
     SIMILARITY_CHARS characters of each)."""
     return ratio(" ".join(a.split())[:SIMILARITY_CHARS], " ".join(b.split())[:SIMILARITY_CHARS]) / 100
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds in the unit a person reads: '8.4 s', '52 s', '7.8 min', '1.25 h'."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"{seconds:.{1 if seconds < 10 else 0}f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

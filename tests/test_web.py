@@ -185,6 +185,48 @@ def test_browser_tree_node_live_update_and_plots(served, shots):
     assert not foreign, f"the page fetched from other hosts: {foreign}"
 
 
+def test_browser_watches_a_node_train_without_a_reload(tmp_path):
+    """The page of a node being evaluated shows the sandbox's progress (stage, step, training loss)
+    and it advances while the page stays loaded; once the run stops, the node reads interrupted."""
+    from playwright.sync_api import expect, sync_playwright
+
+    run = tmp_path / "run"
+    grow = helpers.popen_cli("run", run, "--tier", "micro", "--tier-set", "steps=20000", "--max-nodes", 1,
+                             "--threads", helpers.THREADS)
+    server = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "archlab.toml").exists() or not (run / "archlab.db").exists():
+            assert time.monotonic() < deadline and grow.poll() is None, "the run did not start"
+            time.sleep(0.2)
+        server = Server(run)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(server.url + "#/node/0")
+            text = page.locator('[data-testid="progress-text"]')
+            expect(text).to_contain_text("training · step", timeout=120_000)
+            page.evaluate("window.notReloaded = true")
+            first = text.inner_text()
+            expect(text).not_to_have_text(first, timeout=30_000)
+            second = text.inner_text()
+            assert page.evaluate("window.notReloaded === true")
+            step = lambda words: int(words.split("step ")[1].split("/")[0])  # noqa: E731
+            assert step(second) > step(first) and "loss " in second and "of up to 150 s" in second, (first, second)
+            expect(page.locator("#live")).to_have_attribute("title", "running: 1 node(s) evaluating")
+            grow.send_signal(signal.SIGINT)
+            grow.wait(timeout=60)
+            expect(page.locator("#progress")).to_contain_text("interrupted", timeout=15_000)
+            expect(page.locator("#run-stats")).to_contain_text("1 interrupted")
+            browser.close()
+    finally:
+        if grow.poll() is None:
+            grow.kill()
+            grow.wait()
+        if server:
+            server.stop()
+
+
 TRAVERSALS = [
     "/static/../archlab.toml",
     "/static/..%2f..%2farchlab.toml",

@@ -5,7 +5,7 @@ from pathlib import Path
 from archlab.agents.analyst import Analyst
 from archlab.agents.engineer import Engineer
 from archlab.agents.judge import Judge
-from archlab.agents.llm import LLMClient
+from archlab.agents.llm import LLMClient, preflight
 from archlab.agents.offline import CODE, OfflineBrain
 from archlab.agents.researcher import Researcher
 from archlab.agents.roles import Context, Proposal, Trace
@@ -48,9 +48,11 @@ class LLMBrain:
 
 
 def check_brain_options(config: RunConfig) -> None:
-    """Refuse a bad --llm or --knowledge before a run directory is created: once its config is
-    frozen into archlab.toml, no resume could ever start it."""
-    _model(config)
+    """Refuse a bad --llm or --knowledge, and an endpoint that cannot be used, before a run directory
+    is created or a root trains: once its config is frozen into archlab.toml, no resume could ever
+    start it, and a missing key found after the root has trained costs minutes."""
+    if _model(config) is not None:
+        preflight(config.base_url, config.api_key_env)
     _knowledge(config, [], embeddings=False)  # parses every entry; the search index itself is built later
 
 

@@ -15,10 +15,9 @@ first promotes a node from the top slice of the search tier to a higher tier wit
 seeds (asynchronous successive halving), else it starts a new candidate.
 """
 
-import fcntl
 import hashlib
 import json
-import os
+import math
 import random
 import sqlite3
 import threading
@@ -37,6 +36,7 @@ from archlab.agents.llm import BudgetExceeded, EndpointDown
 from archlab.agents.roles import Context, Proposal, Trace
 from archlab.config import RunConfig
 from archlab.errors import UserError
+from archlab.text import duration
 from archlab.sandbox import executors, runner
 from archlab.sandbox.fitness import fitness
 from archlab.sandbox.tiers import resolve
@@ -111,25 +111,29 @@ class Run:
                 self.executor = None
 
     def _run(self, on_node: Callable[[dict], None]) -> str:
+        # Run time counts the root, and is stored as it grows (after the root and every node), so
+        # `status` and the report agree with the clock while a run is going.
+        started, elapsed_before = time.monotonic(), float(self.store.get_meta("elapsed_s", "0"))
+        elapsed = lambda: elapsed_before + time.monotonic() - started  # noqa: E731
         try:
-            self.ensure_root(on_node)
-        except BaseException as e:
-            if not isinstance(e, UserError):  # a rejected root is over; anything else may still be running
-                self.executor.stop()
-            raise
-        started = time.monotonic()
-        elapsed_before = float(self.store.get_meta("elapsed_s", "0"))
-        pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="candidate")
-        try:
-            why = self._drive(pool, on_node, lambda: elapsed_before + time.monotonic() - started)
-        except BaseException:
-            self.executor.stop()  # kill the sandboxes so the workers return at once; their candidates stay open
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            try:
+                self.ensure_root(on_node)
+            except BaseException as e:
+                if not isinstance(e, UserError):  # a rejected root is over; anything else may still be running
+                    self.executor.stop()
+                raise
+            self.store.set_meta("elapsed_s", str(elapsed()))
+            pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="candidate")
+            try:
+                why = self._drive(pool, on_node, elapsed)
+            except BaseException:
+                self.executor.stop()  # kill the sandboxes so the workers return at once; their candidates stay open
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
+            return why
         finally:
-            self.store.set_meta("elapsed_s", str(elapsed_before + time.monotonic() - started))
-        pool.shutdown()
-        return why
+            self.store.set_meta("elapsed_s", str(elapsed()))
 
     def _drive(self, pool: ThreadPoolExecutor, on_node: Callable[[dict], None], elapsed: Callable[[], float]) -> str:
         """Keep `workers` slots busy. A free slot resumes an open candidate, else promotes a due node
@@ -166,6 +170,7 @@ class Run:
             if not running:
                 return why
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            self.store.set_meta("elapsed_s", str(elapsed()))
             for future in finished:
                 kind, key = running.pop(future)
                 if kind == "promotion":
@@ -270,8 +275,8 @@ class Run:
         attempt = (root["attempts"] or 0) if retry else 0
         result = self._evaluate(0, code, attempt=attempt, root=True)
         if not result.ok and result.reason == "timeout":  # the trusted root is slow only on a busy machine
-            self.store.event("evaluate", "the root timed out: evaluating it once more", 0)
-            result = self._evaluate(0, code, attempt=attempt + 1, root=True)
+            self.store.event("evaluate", "the root timed out: evaluating it once more, with twice the time", 0)
+            result = self._evaluate(0, code, attempt=attempt + 1, root=True, timeout_s=2 * self._tier().timeout_s)
         if not result.ok:
             self.store.update_node(0, status="failed", reason=result.reason, detail=result.detail, finished=time.time())
             hint = ("; fix the cause and run the same command again: the root is then evaluated again"
@@ -361,7 +366,30 @@ class Run:
         failure = None if result.ok else {"reason": result.reason, "detail": result.detail, "log": log}
         return {"result": result.model_dump(), "attempt": state.get("attempt", 0) + 1, "failure": failure}
 
-    def _evaluate(self, node_id: int, code: str, attempt: int, root: bool = False) -> runner.Result:
+    def _tier(self):
+        return resolve(self.config.tier, self.config.tier_overrides)
+
+    def candidate_timeout(self) -> int:
+        """A candidate's time limit: the tier's, or ROOT_TIME_FACTOR times what the root took on this
+        machine when that is more (unless the user set the tier's timeout_s)."""
+        tier = self._tier()
+        if "timeout_s" in (self.config.tier_overrides or {}) or not self.store.has_node(0):
+            return tier.timeout_s
+        wall = (self.store.node(0).get("metrics") or {}).get("wall_s") or 0.0
+        return max(tier.timeout_s, math.ceil(ROOT_TIME_FACTOR * wall))
+
+    def forecast(self) -> str:
+        """What the root cost and what the run will take, said once the root is measured."""
+        tier, wall = self._tier(), self.store.node(0)["metrics"].get("wall_s") or 0.0
+        left = max(0, self.config.max_nodes - self.store.count("status != 'evaluating'"))
+        line = (f"root: {wall:.0f} s at the {tier.name} tier; {left} more node(s) take about {duration(wall * left / self.config.workers)}"
+                f" ({self.config.workers} at a time); a candidate may take up to {self.candidate_timeout()} s")
+        if wall > tier.timeout_s / 2:
+            line += (f". This machine is slow or busy for the {tier.name} tier (the root used {wall / tier.timeout_s:.0%} of its"
+                     f" {tier.timeout_s} s): candidates get more time, so the run takes longer; --tier micro takes seconds per node")
+        return line
+
+    def _evaluate(self, node_id: int, code: str, attempt: int, root: bool = False, timeout_s: int | None = None) -> runner.Result:
         """Evaluate a node's code once per attempt; a re-run after a crash reuses a stored result."""
         stored = [e for e in self.store.evaluations(node_id) if e["kind"] == "search"]
         if len(stored) > attempt:
@@ -372,7 +400,8 @@ class Run:
         limit = -1 if root else int(root_node["metrics"]["mixer_params"] * self.config.param_ratio)
         self.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
         chaos.point_later("during_evaluation")
-        options = {**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None}
+        options = {**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None,
+                   "timeout_s": timeout_s or (None if root else self.candidate_timeout())}
         job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
                             options=options, log_path=str(log))
         result = self.executor.evaluate(job)
@@ -531,26 +560,16 @@ def _change(child: str | None, parent: str | None) -> dict | None:
     return {k: v for k, v in child.items() if parent.get(k) != v}
 
 
-def hold_driver_lock(run_dir: Path):
-    """Take the run's driver lock (one `archlab run` per run directory) and return it; keep the
-    returned file open for as long as the run goes. The kernel drops the lock when the process
-    ends, however it ends, so a crash never leaves a stale lock behind."""
-    lock = open(Path(run_dir) / "driver.lock", "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        raise UserError(f"{run_dir} is already being run by {holder}; wait for it or stop it first") from None
-    lock.truncate(0)
-    lock.write(f"pid {os.getpid()}")
-    lock.flush()
-    return lock
-
-
 def experiences(store: Store) -> list[tuple[str, str]]:
     """The run's own experience: every analysis written so far, searchable like knowledge."""
     return [(f"node-{r[0]}", r[1]) for r in store.db.execute("select id, analysis from nodes where analysis is not null")]
+
+
+# A candidate may take this many times what the root took on this machine, when that is more than the
+# tier's limit: a fixed limit killed every candidate of a demo on a busy 2-core machine where the root
+# alone took 448 s of the smoke tier's 480 s. (On an idle machine the root takes a tenth of it or less,
+# so the tier's limit stands.)
+ROOT_TIME_FACTOR = 8
 
 
 # A root's failures that the run's settings or the machine caused, not its code: resuming evaluates it again.

@@ -19,6 +19,8 @@ import json
 import math
 import os
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 from archlab import chaos
@@ -33,6 +35,39 @@ STOP_STATUSES = {401: "check {key}", 402: "check the account's credit", 403: "ch
 # this request as it stands (too long for the context, invalid): its candidate fails, the run goes on.
 TRANSIENT_STATUSES = {408, 409, 429}
 CHARS_PER_TOKEN = 4  # the usual rough ratio, to estimate tokens an endpoint does not report
+
+
+DEFAULT_URL = "https://api.openai.com/v1"  # where the openai client goes without --base-url
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+class EndpointUnusable(UserError):
+    """The endpoint cannot be used as configured (no key, not reachable, key refused): found before
+    a run directory is created or a root trains."""
+
+    exit_code = 1  # the environment, not the command's syntax
+
+
+def preflight(base_url: str | None, api_key_env: str, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """One `GET {url}/models` before anything is spent: the key is there, the endpoint answers and
+    accepts it. Any answer but 401/403 will do (servers without a model list answer 404); a missing
+    key without --base-url fails before any request (the default endpoint needs one)."""
+    url = (base_url or DEFAULT_URL).rstrip("/")
+    key = os.environ.get(api_key_env)
+    if not key and not base_url:
+        raise EndpointUnusable(f"--llm talks to {url}, which needs an API key: set {api_key_env} "
+                               f"(or --api-key-env NAME), or give --base-url for a local endpoint")
+    request = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {key or 'not-needed'}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise EndpointUnusable(f"{url} refused the key in ${api_key_env} (HTTP {e.code}); check it") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:  # refused, unresolvable, timed out, not a URL
+        cause = getattr(e, "reason", None) or e
+        raise EndpointUnusable(redact(f"cannot reach the LLM endpoint {url} ({cause}); start it, or fix --base-url",
+                                      key)) from None
 
 
 class BudgetExceeded(Exception):
@@ -140,7 +175,7 @@ class LLMClient:
                     raise CallFailed(f"the LLM endpoint refused this request ({error})") from None
                 retry_after = _retry_after(e)
             except (openai.APIConnectionError, Malformed) as e:  # APITimeoutError is an APIConnectionError
-                error = self._redact(f"{type(e).__name__}: {getattr(e, 'message', None) or e}")
+                error = self._redact(f"{type(e).__name__}: {getattr(e, 'message', None) or e} ({self.base_url or DEFAULT_URL})")
                 self._trace(role, node_id, attempt, model, messages, None, key, latency=time.monotonic() - started, error=error)
                 malformed = isinstance(e, Malformed)
             else:

@@ -160,6 +160,7 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
         finally:
             if evaluation is not None:
                 evaluation.close()
+                evaluation.progress.end()
                 with _live_lock:
                     _live.discard(evaluation)
         result.metrics["wall_s"] = time.monotonic() - started

@@ -36,6 +36,7 @@ from safetensors.numpy import save_file
 from archlab.sandbox import launch, wire, zygote
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, probe_batch, probe_tasks
 from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.progress import Progress
 from archlab.sandbox.tiers import Tier
 
 FLOP_EXPONENT_LIMIT = 1.25  # growth of FLOPs or memory traffic with length above this is super-linear
@@ -110,7 +111,7 @@ class Server:
         self._send({"op": op, **fields}, arrays)
         return self._receive()
 
-    def train(self, which: str, steps: int, batches) -> tuple[dict, dict, float, int]:
+    def train(self, which: str, steps: int, batches, progress) -> tuple[dict, dict, float, int]:
         """Serve `steps` training batches on request; returns the final reply, the weights, and
         the seconds and tokens of every step after the third (the first pay for warm-up)."""
         self._send({"op": "train", "model": which})
@@ -119,6 +120,7 @@ class Server:
             header, _ = self._receive()
             if header.get("need") != step:
                 raise CandidateError("crash", f"server {self.name} asked for {str(header)[:100]} instead of training batch {step}")
+            progress(step=step, steps=steps, loss=header.get("loss"))
             now = time.perf_counter()
             if started is not None and step >= 3:
                 seconds, tokens = seconds + now - started, tokens + last
@@ -390,6 +392,7 @@ class Evaluation:
                "memory_gb": None if self.cuda else opt.get("memory_gb"), "nproc": launch.DEFAULT_NPROC,
                "cpu_s": wall * max(threads, 1) * 1.5 + 20}
         self.job, self.log, self.host_dir = job, log, host_dir
+        self.progress = Progress(log, wall)
         self.servers: dict[str, Server] = {}
         self._lock, self.closed = threading.Lock(), False
         hide = tuple(str(Path(p).resolve()) for p in [opt.get("data")] if p)
@@ -466,6 +469,7 @@ class Evaluation:
         self.servers[name].close()
 
     def run(self) -> dict:
+        self.progress("checks")
         a = self._start("A")
         plan = self.check_plan()
         firsts = self.checks_in_a(a, plan)
@@ -474,12 +478,15 @@ class Evaluation:
             corpus = Corpus.load(self.opt.get("data"))
             self.train(a, corpus)
         self._end("A")
+        self.progress("checks")
         b = self._start("B")
         self.checks_in_b(b, plan, firsts)
         if not self.tier.steps:
             return self.metrics
+        self.progress("scoring")
         self.score(b, corpus)
         self._end("B")
+        self.progress("checking the scores" + (", measuring" if self.tier.hardware else ""))
         c = self._start("C")
         self.check_copies(c)
         if self.tier.hardware:
@@ -629,7 +636,8 @@ class Evaluation:
         tier = self.tier
         rng = np.random.default_rng(self.seed)
         batches = (corpus.train_batch(tier.batch_size, tier.seq_len, rng) for _ in range(tier.steps))
-        header, weights, seconds, tokens = a.train("lm", tier.steps, batches)
+        self.progress("training")
+        header, weights, seconds, tokens = a.train("lm", tier.steps, batches, self.progress)
         weights = canonical(weights)
         self.metrics["mixer_params"] = budget(weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit(tier.d_model))
         self.weights = {f"lm.{k}": v for k, v in weights.items()}
@@ -639,7 +647,8 @@ class Evaluation:
             p = tier.probes
             prng = np.random.default_rng(self.seed + 7919)
             started = time.perf_counter()
-            header, probe, _, _ = a.train("probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)))
+            self.progress("training the probes")
+            header, probe, _, _ = a.train("probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)), self.progress)
             probe = canonical(probe)
             budget(probe, p.d_model, p.n_layers, self.has_ffn, self._limit(p.d_model))
             self.metrics.update(probe_train_loss=number(header, "train_loss", "probe training"),

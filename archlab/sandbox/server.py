@@ -12,6 +12,7 @@ after training on the batches it is sent, and the few measurements of its own th
 metrics.py lists. It never sees a data file, a target it is scored on, or a verdict.
 """
 
+import math
 import os
 import platform
 import time
@@ -127,7 +128,8 @@ class Server:
         opt, schedule = train.optimizer(model, tier)
         loss = float("nan")
         for step in range(tier.steps):
-            wire.send(REPLY_FD, {"need": step})
+            # (the last step's loss, for the scorer's progress display; the wire refuses NaN)
+            wire.send(REPLY_FD, {"need": step, "loss": loss if math.isfinite(loss) else None})
             _, batch = wire.receive(0, MAX_REQUEST)
             inputs, targets = (self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets"))
             loss = train.train_step(model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}")

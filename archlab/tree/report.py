@@ -3,6 +3,8 @@
 from pathlib import Path
 
 from archlab.config import RunConfig
+from archlab.sandbox import progress
+from archlab.tree.driver import driver_pid
 from archlab.tree.store import Store
 
 SUMMARY_KEYS = ("id", "parent_id", "status", "reason", "operator", "fitness", "val_loss", "motivation")
@@ -20,11 +22,14 @@ def run_status(store: Store, config: RunConfig) -> dict:
         "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc").fetchall())
     best = store.leaderboard(1)
     root = store.node(0) if store.has_node(0) else None
+    running = driver_pid(store.path.parent)
     return {
         "nodes": sum(counts.values()),
         "done": counts.get("done", 0),
         "failed": counts.get("failed", 0),
         "evaluating": counts.get("evaluating", 0),
+        "driver_pid": running,  # None: stopped, and what is `evaluating` was interrupted
+        "in_flight": in_flight(store) if running else [],
         "failure_reasons": reasons,
         "root": summary(root),
         "best": summary(best[0]) if best else None,
@@ -35,6 +40,15 @@ def run_status(store: Store, config: RunConfig) -> dict:
         "spend": spend(store, config),
         "promotion": promotion_status(store, config),
     }
+
+
+def in_flight(store: Store) -> list[dict]:
+    """The nodes being evaluated, each with its sandbox's progress (sandbox/progress.py) when its
+    evaluation has started: stage, step, steps, loss, elapsed_s, limit_s."""
+    rows = store.db.execute("select id, coalesce(attempts, 0) from nodes where status = 'evaluating' order by id").fetchall()
+    logs = store.path.parent / "logs"
+    return [{"id": node_id, **(progress.read(logs / f"node-{node_id}-{attempt}.log") or {"stage": "proposing"})}
+            for node_id, attempt in rows]
 
 
 def node_report(run_dir: Path, store: Store, node_id: int) -> dict:

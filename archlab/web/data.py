@@ -17,12 +17,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import sqlite_utils
+from markdown_it import MarkdownIt
 
 from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.sandbox.fitness import pareto_front
+from archlab.tree.driver import driver_pid
 from archlab.tree.lineage import Lineage
-from archlab.tree.report import METRIC_ORDER, summary
+from archlab.tree.report import METRIC_ORDER, in_flight, summary
 from archlab.tree.store import DB_FILE, Store
 from archlab.web.highlight import code_html, diff_html
 
@@ -30,6 +32,9 @@ TREE_FIELDS = "id, parent_id, status, fitness, val_loss, operator, reason"
 MAX_LIMIT = 5000
 MAX_POINTS = 2500  # per plotted series; more is decimated (the shape and every improvement are kept)
 LOG_BYTES = 256 * 1024  # the tail of an evaluation log that the UI shows
+# Knowledge entries are Markdown: shown rendered, with any raw HTML in them escaped (html=False) and
+# markdown-it's link check (no javascript: URLs); the page's CSP stops scripts besides.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})
 
 
 class ReadOnlyStore(Store):
@@ -99,8 +104,9 @@ class RunView:
 
     # -- change detection ---------------------------------------------------------------------
     def version(self) -> int:
-        """A number that grows whenever the run's database changed (another process committed)."""
-        current = self.store.data_version()
+        """A number that grows whenever the run's database changed (another process committed), or
+        its driver started or stopped (what is `evaluating` reads as interrupted once it stops)."""
+        current = (self.store.data_version(), driver_pid(self.dir))
         if current != self._data_version:
             self._data_version = current
             self._version += 1
@@ -115,7 +121,9 @@ class RunView:
 
     def live(self) -> dict:
         row = self.store.db.execute("select count(*), sum(status = 'evaluating') from nodes").fetchone()
-        return {"version": self.version(), "nodes": row[0], "evaluating": row[1] or 0}
+        running = driver_pid(self.dir) is not None
+        return {"version": self.version(), "nodes": row[0], "evaluating": row[1] or 0, "running": running,
+                "in_flight": in_flight(self.store) if running and row[1] else []}
 
     # -- the run ------------------------------------------------------------------------------------
     def run_info(self) -> dict:
@@ -137,7 +145,7 @@ class RunView:
         best = self._best()
         return {
             "nodes": sum(counts.values()), "done": counts.get("done", 0), "failed": counts.get("failed", 0),
-            "evaluating": counts.get("evaluating", 0), "failure_reasons": reasons,
+            "evaluating": counts.get("evaluating", 0), "running": driver_pid(self.dir) is not None, "failure_reasons": reasons,
             "root": summary(self.store.node(0)) if self.store.has_node(0) else None,
             "best": summary(self.store.node(best)) if best is not None else None,
             "beat_root": self.store.count("status = 'done' and fitness > 0"),
@@ -339,7 +347,8 @@ class RunView:
         entry = self._knowledge_entries().get(ref)
         if entry is None:
             return {"id": str(ref), "kind": "unknown", "title": str(ref), "text": None}
-        return {"id": entry.id, "kind": "entry", "title": entry.title, "source": entry.source, "text": entry.markdown()}
+        return {"id": entry.id, "kind": "entry", "title": entry.title, "source": entry.source, "text": entry.markdown(),
+                "html": _MARKDOWN.render(entry.markdown())}
 
     # -- traces -------------------------------------------------------------------------------------
     def traces(self, node_id: int | None = None, role: str | None = None, offset: int = 0, limit: int = 100) -> dict:

@@ -164,7 +164,7 @@ def chart(title: str, x_label: str, y_label: str, series: list[dict], time_axis:
     def sy(y: float) -> float:
         return round(H - BOTTOM - (y - y0) / (y1 - y0) * (H - TOP - BOTTOM), 2)
 
-    x_format = _duration if time_axis else _tick
+    x_format = text.duration if time_axis else _tick
     for t in (_time_ticks if time_axis else _ticks)(x0, x1):
         out.append(f'<line x1="{sx(t)}" x2="{sx(t)}" y1="{TOP}" y2="{H - BOTTOM}" stroke="#eef1f4"/>'
                    f'<text x="{sx(t)}" y="{H - BOTTOM + 16}" text-anchor="middle" fill="#6b7280">{e(x_format(t))}</text>')
@@ -240,16 +240,6 @@ def _tick(v: float) -> str:
     return f"{float(f'{v:.3g}'):g}"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 90:
-        return f"{seconds:.{1 if seconds < 10 else 0}f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
-
-
 # -- text pieces shared by both formats -------------------------------------------------------------
 def _num(v) -> str:
     if v is None:
@@ -284,8 +274,8 @@ def _summary_rows(facts: dict) -> list[tuple[str, str]]:
         ("compute", f"{sp['evaluations']} evaluations, {sp['cpu_hours']:.3f} CPU-h"
          + (f", {sp['gpu_hours']:.3f} GPU-h" if sp["gpu_hours"] else "")),
         ("LLM spend", f"${llm['cost']:.4f}, {llm['tokens']:,.0f} tokens" if llm["tokens"] or llm["cost"] else "none (offline brain)"),
-        ("wall time", _duration(info["elapsed_s"])
-         + (f" (from {_when(info['started'])} to {_when(info['last_activity'])})" if info["started"] else "")),
+        ("run time", text.duration(info["elapsed_s"]) + " of running, the root included"  # (a resumed run was stopped in between)
+         + (f"; between {_when(info['started'])} and {_when(info['last_activity'])}" if info["started"] else "")),
         ("setup", f"root {cfg.get('root')}, {cfg.get('tier')} tier, {cfg.get('strategy')} selection, llm {cfg.get('llm')}, seed {cfg.get('seed')}"),
     ]
     if info["forked_from"]:
@@ -349,7 +339,7 @@ def _html(facts: dict) -> str:
              *(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _summary_rows(facts)),
              "</table><h2 id='plots'>Plots</h2><div class='plots'>",
              *(f"<figure>{p.svg}</figure>" for p in facts["plots"]),
-             f"</div><h2 id='top'>Top {len(facts['nodes'])} nodes</h2>"]
+             f"</div><h2 id='top'>{_top_heading(facts['nodes'])}</h2>"]
     if not facts["nodes"]:
         parts.append("<p class='muted'>No node other than the root has finished yet.</p>")
     else:
@@ -381,12 +371,16 @@ def _cell(value) -> str:
     return text.markdown(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _top_heading(nodes: list) -> str:
+    return f"Top {len(nodes)} node{'s' if len(nodes) > 1 else ''}" if nodes else "Top nodes"
+
+
 def _markdown(facts: dict, plot_files: list[str]) -> str:
     lines = [f"# archlab report: {facts['info']['name']}", "",
              f"{facts['info']['path']} · generated {_when(facts['generated'])}", "", "## Summary", "", "| | |", "|---|---|",
              *(f"| {_cell(k)} | {_cell(v)} |" for k, v in _summary_rows(facts)), "", "## Plots", ""]
     lines += [f"![{_cell(p.title)}]({f})" + "\n" for p, f in zip(facts["plots"], plot_files)]
-    lines += [f"## Top {len(facts['nodes'])} nodes", ""]
+    lines += [f"## {_top_heading(facts['nodes'])}", ""]
     if not facts["nodes"]:
         lines += ["No node other than the root has finished yet.", ""]
     for rank, n in enumerate(facts["nodes"], start=1):

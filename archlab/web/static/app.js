@@ -44,14 +44,17 @@ async function poll() {
   const dot = document.getElementById("live");
   try {
     const live = await api("/api/live");
-    dot.className = live.evaluating ? "live busy" : "live ok";
-    dot.title = live.evaluating ? `running: ${live.evaluating} node(s) evaluating` : `up to date (${live.nodes} nodes)`;
+    dot.className = live.evaluating && live.running ? "live busy" : "live ok";
+    dot.title = !live.evaluating ? `up to date (${live.nodes} nodes)`
+      : live.running ? `running: ${live.evaluating} node(s) evaluating`
+      : `stopped: ${live.evaluating} node(s) interrupted (archlab run resumes them)`;
     if (live.version !== version) {
       const first = version === null;
       version = live.version;
       await header();
       if (!first && page && page.refresh) await page.refresh();
     }
+    if (page && page.progress) page.progress(live.in_flight || [], live.running);
   } catch (e) {
     dot.className = "live down";
     dot.title = `server unreachable: ${e.message}`;
@@ -69,7 +72,8 @@ async function header() {
     h("span", { class: "ok" }, `${run.done} done`),
     h("span", { class: "bad" }, `${run.failed} failed`),
   ];
-  if (run.evaluating) parts.push(h("span", { class: "busy" }, `${run.evaluating} evaluating`));
+  if (run.evaluating) parts.push(run.running ? h("span", { class: "busy" }, `${run.evaluating} evaluating`)
+    : h("span", { class: "muted", title: "the run is stopped: `archlab run` resumes them" }, `${run.evaluating} interrupted`));
   if (run.best) parts.push(h("a", { href: `#/node/${run.best.id}` }, `best #${run.best.id} ${signed(run.best.fitness)}`));
   parts.push(h("span", {}, `${run.beat_root} beat the root`));
   parts.push(h("span", { class: "muted" }, `${run.config.tier} tier · ${run.config.strategy} · ${run.config.llm}`));
@@ -184,7 +188,21 @@ async function showNode(id) {
     window.scrollTo(0, y);
   }
   await load();
-  return { name: "node", refresh: load };
+  // An evaluating node's stage, step and training loss, from the sandbox's progress, at every poll.
+  function progress(inFlight, running) {
+    const box = document.getElementById("progress");
+    if (!box) return;
+    const p = inFlight.find((x) => x.id === id);
+    if (!running) { box.textContent = "interrupted: the run is stopped (`archlab run` resumes it)"; return; }
+    if (!p) return;
+    const words = [p.stage];
+    if (p.steps) words.push(`step ${p.step + 1}/${p.steps}`);
+    if (p.loss !== null && p.loss !== undefined) words.push(`loss ${p.loss.toFixed(3)}`);
+    if (p.elapsed_s !== undefined) words.push(`${Math.round(p.elapsed_s)} s of up to ${Math.round(p.limit_s)} s`);
+    box.replaceChildren(h("span", { "data-testid": "progress-text" }, words.join(" · ")),
+      p.steps ? h("progress", { value: p.step + 1, max: p.steps }) : null);
+  }
+  return { name: "node", refresh: load, progress };
 }
 
 function renderNode(n, tr) {
@@ -203,6 +221,7 @@ function renderNode(n, tr) {
   const out = h("div", { class: "node-page", "data-testid": "node-page", "data-node": n.id }, head);
   out.append(h("p", { class: "motivation" }, n.motivation || h("span", { class: "muted" }, "no motivation recorded")));
   if (n.status === "failed" && n.detail) out.append(h("div", { class: "error" }, `${n.reason}: ${n.detail}`));
+  if (n.status === "evaluating") out.append(section("Progress", h("div", { id: "progress", class: "progress" }, "waiting for the sandbox ...")));
   if (n.children.length) {
     out.append(h("p", { class: "children" }, "children: ",
       n.children.map((c) => h("a", { href: `#/node/${c.id}`, class: `chip st-${c.status}` },
@@ -228,7 +247,7 @@ function renderNode(n, tr) {
       k.kind === "experience"
         ? [h("a", { href: `#/node/${k.node}` }, k.title), k.text ? h("span", { class: "muted" }, ` — ${k.text}`) : null]
         : h("details", {}, h("summary", {}, h("b", {}, k.title), h("span", { class: "muted" }, ` [${k.id}]${k.source ? " · " + k.source : ""}`)),
-            k.text ? pre(k.text, "entry") : h("p", { class: "muted" }, "this entry is not in the knowledge base any more")))))));
+            k.html ? h("div", { class: "entry", html: k.html }) : h("p", { class: "muted" }, "this entry is not in the knowledge base any more")))))));
   }
 
   if (n.design) {
