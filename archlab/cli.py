@@ -38,7 +38,7 @@ err = Console(stderr=True, soft_wrap=True)  # one error = one line, however long
 
 RunDir = typer.Argument(..., metavar="RUN_DIR", help="the run directory (e.g. runs/demo)")
 RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_timeout_s", "llm_patience_s",
-                  "executor", "address", "device", "max_cpu_hours", "max_gpu_hours", "promote")
+                  "executor", "address", "device", "max_cpu_hours", "max_gpu_hours", "promote", "keep_weights")
 
 
 @app.command()
@@ -78,6 +78,7 @@ def run(
     promote_tier: Optional[str] = typer.Option(None, "--promote-tier", help="smoke | explore | verify: the tier of promoted nodes (default: verify)"),
     promote_seeds: Optional[int] = typer.Option(None, "--promote-seeds", min=1, help="seeds per promoted node (default: 3)"),
     promote_set: Optional[list[str]] = typer.Option(None, "--promote-set", help="override a field of the promotion tier, e.g. --promote-set steps=2000"),
+    keep_weights: Optional[int] = typer.Option(None, "--keep-weights", min=0, help="keep the trained weights of this many best nodes, besides the root and promoted nodes, so `archlab export` of them needs no training (default: 3)"),
 ) -> None:
     """Start a discovery run in RUN_DIR, or resume the one that is there.
 
@@ -101,6 +102,7 @@ def run(
                                     knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None,
                                     executor=executor, address=address, device=device, max_cpu_hours=cpu_hours,
                                     max_gpu_hours=gpu_hours, promote=promote, promote_tier=promote_tier, promote_seeds=promote_seeds,
+                                    keep_weights=keep_weights,
                                     promote_overrides=_tier_overrides(promote_tier or "verify", promote_set, "--promote-set") if promote_set else None,
                                     tier_overrides=_tier_overrides(tier or "smoke", tier_set, "--tier-set") if tier_set else None,
                                     ).items() if v is not None}
@@ -617,12 +619,31 @@ def export(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE
         print(json.dumps(facts, indent=2))
         return
     with console.status(f"exporting node {node} ...") as status:
-        facts = export_node(run_dir, node, out_dir, tier=tier, seed=seed, threads=threads, force=force,
-                            on_status=lambda message: (console.print(message), status.update(message)))
+        done = threading.Event()
+        threading.Thread(target=_show_training, args=(run_dir, status, done), daemon=True).start()
+        try:
+            facts = export_node(run_dir, node, out_dir, tier=tier, seed=seed, threads=threads, force=force,
+                                on_status=lambda message: (console.print(message), status.update(message)))
+        finally:
+            done.set()
     console.print(f"Exported node {node} ({facts['layers']}, d_model {facts['d_model']}, weights from the {facts['tier']} tier, "
                   f"seed {facts['seed']}, val_loss {facts['val_loss']:.4f}) to [bold]{out_dir}[/]")
     console.print(f"Load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r}, trust_remote_code=True)")
     console.print("[yellow]Loading it runs the node's code[/] (candidate.py, written by the search): read it first.")
+
+
+def _show_training(run_dir: Path, status, stop: threading.Event) -> None:
+    """While a node is trained for export: the replay's progress (its sandbox's progress file)."""
+    from archlab.sandbox import progress
+
+    while not stop.wait(1.0):
+        try:
+            newest = max((run_dir / "logs").glob(f"replay-*.log{progress.SUFFIX}"), key=lambda f: f.stat().st_mtime, default=None)
+        except OSError:  # one ended while we looked
+            continue
+        now = newest and progress.read(newest.with_name(newest.name.removesuffix(progress.SUFFIX)))
+        if now:
+            status.update(f"training: {_in_flight_words(now)}")
 
 
 @app.command()

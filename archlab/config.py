@@ -39,6 +39,8 @@ class RunConfig(BaseModel):
     threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="CPU threads per evaluation (default: all, up to 4)")
     knowledge: list[str] = Field([], description="folders of the user's own knowledge entries")
     repair_attempts: int = Field(2, ge=0, description="engineer repairs per failed candidate")
+    keep_weights: int = Field(3, ge=0, description="keep the trained weights of this many best nodes (and of every promoted "
+                              "node and the root), so exporting them needs no training")
     # LLM backends (any OpenAI-compatible endpoint); the key is read from api_key_env, never stored.
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"

@@ -151,3 +151,35 @@ def test_usage_lines_name_the_arguments():
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr  # (typer marks required arguments with braces: {RUN_DIR})
     assert "RUN_DIR} {NODE}" in out and "run_dir" not in out, out
+
+
+def test_the_best_nodes_keep_their_weights_so_export_needs_no_training(tmp_path):
+    """A run keeps the trained weights of the root and its --keep-weights best nodes (the others are
+    pruned as it goes): exporting a kept node is instant; a pruned one is trained again, saying so;
+    a node that cannot be trained is one line and exit 1."""
+    run = tmp_path / "run"
+    done = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 7, "--keep-weights", 2, "--threads", helpers.THREADS, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    nodes = [n for n in helpers.node_rows(run) if n["status"] == "done"]
+    best = sorted((n for n in nodes if n["id"] != 0), key=lambda n: -n["fitness"])
+    assert len(best) >= 4, [(n["id"], n["status"], n["reason"]) for n in helpers.node_rows(run)]
+    kept = {int(f.name.split("-")[1]) for f in (run / "weights").glob("node-*.safetensors")}
+    assert kept == {0, *(n["id"] for n in best[:2])}, (kept, [(n["id"], n["fitness"]) for n in best])
+
+    started = time.monotonic()
+    proc = helpers.cli("export", run, best[0]["id"], tmp_path / "out", "--json")
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["trained_now"] is False and (tmp_path / "out" / "model.safetensors").is_file()
+    assert time.monotonic() - started < 60
+
+    pruned = best[2]["id"]
+    proc = helpers.cli("export", run, pruned, tmp_path / "out2", "--threads", helpers.THREADS)
+    assert proc.returncode == 0, proc.stderr
+    assert "training it" in proc.stdout and "its search evaluation took" in proc.stdout, proc.stdout
+
+    config = (run / "archlab.toml").read_text()
+    corpus = tmp_path / "gone.txt"
+    (run / "archlab.toml").write_text(config.replace('tier = "micro"', f'tier = "micro"\ndata = "{corpus}"', 1))
+    line = helpers.assert_user_error(helpers.cli("export", run, best[3]["id"], tmp_path / "out3"), code=1)
+    assert f"training node {best[3]['id']} failed (data" in line and "the whole log:" in line, line

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -36,14 +37,14 @@ from archlab.agents.llm import BudgetExceeded, EndpointDown
 from archlab.agents.roles import Context, Proposal, Trace
 from archlab.config import RunConfig
 from archlab.errors import UserError
-from archlab.text import duration
 from archlab.sandbox import executors, runner
 from archlab.sandbox.fitness import fitness
 from archlab.sandbox.tiers import resolve
 from archlab.templates import ROOTS, render_root
+from archlab.text import duration
 from archlab.tree import sampling, space
 from archlab.tree.lineage import Lineage
-from archlab.tree.store import Store
+from archlab.tree.store import WEIGHTS_DIR, Store
 
 CHECKPOINT_FILE = "checkpoints.db"
 
@@ -401,7 +402,7 @@ class Run:
         self.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
         chaos.point_later("during_evaluation")
         options = {**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None,
-                   "timeout_s": timeout_s or (None if root else self.candidate_timeout())}
+                   "timeout_s": timeout_s or (None if root else self.candidate_timeout()), "weights_out": str(self._weights(log))}
         job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
                             options=options, log_path=str(log))
         result = self.executor.evaluate(job)
@@ -454,6 +455,7 @@ class Run:
             fields.update(status="failed", reason=failure["reason"], detail=failure.get("detail"))
         self.store.update_node(node_id, **fields)
         self.store.event("node", f"node {node_id} {fields['status']}", node_id)
+        self.prune_weights()
         chaos.point("after_record")
         if fields["analysis"] and hasattr(self.brain, "knowledge"):
             self.brain.knowledge.add_experience(f"node-{node_id}", fields["analysis"])
@@ -484,7 +486,8 @@ class Run:
                 continue
             log = self.dir / "logs" / f"node-{node_id}-{plan.tier}-s{seed}.log"
             job = executors.Job(key=f"node-{node_id} {plan.tier} seed {seed}", source=code, tier=plan.tier, seed=seed,
-                                options={**self._options(limit, reference), "tier_overrides": plan.overrides or None},
+                                options={**self._options(limit, reference), "tier_overrides": plan.overrides or None,
+                                         "weights_out": str(self._weights(log))},
                                 log_path=str(log))
             self.store.event("promote", f"evaluating at {plan.tier}, seed {seed}", node_id)
             futures[self.executor.submit(job)] = (seed, log)
@@ -500,7 +503,23 @@ class Run:
     def _add_evaluation(self, node_id: int, tier: str, seed: int, result: runner.Result, log: Path, kind: str = "search") -> None:
         if not result.ok:  # a full disk kills sandboxes too: stop (the evaluation is redone on resume), don't blame the candidate
             space.ensure_free(self.dir)
+        weights = self._weights(log)
+        if result.ok and weights.is_file():  # what `archlab export` and `fork` load instead of training again
+            result.env = {**result.env, "weights": str(weights.relative_to(self.dir))}
         self.store.add_evaluation(node_id, tier, seed, result, str(log.relative_to(self.dir)), kind=kind)
+
+    def _weights(self, log: Path) -> Path:
+        """Where an evaluation keeps its trained weights: named like its log."""
+        return self.dir / WEIGHTS_DIR / f"{log.stem}.safetensors"
+
+    def prune_weights(self) -> None:
+        """Keep the search weights of the root and the `keep_weights` best nodes (promoted nodes keep theirs:
+        promotions are few and verified nodes are the ones worth exporting); the rest would grow with the tree."""
+        keep = {0} | {n["id"] for n in self.store.leaderboard(self.config.keep_weights)} if self.config.keep_weights else {0}
+        for path in (self.dir / WEIGHTS_DIR).glob("node-*.safetensors"):
+            match = SEARCH_WEIGHTS.fullmatch(path.name)
+            if match and int(match[1]) not in keep:
+                path.unlink(missing_ok=True)
 
     def context(self, state: CandidateState) -> Context:
         parent = self.store.node(state["parent_id"])
@@ -564,6 +583,8 @@ def experiences(store: Store) -> list[tuple[str, str]]:
     """The run's own experience: every analysis written so far, searchable like knowledge."""
     return [(f"node-{r[0]}", r[1]) for r in store.db.execute("select id, analysis from nodes where analysis is not null")]
 
+
+SEARCH_WEIGHTS = re.compile(r"node-(\d+)-(\d+)\.safetensors")  # a search evaluation's (a promotion's name its tier)
 
 # A candidate may take this many times what the root took on this machine, when that is more than the
 # tier's limit: a fixed limit killed every candidate of a demo on a busy 2-core machine where the root

@@ -28,11 +28,15 @@ from archlab.sandbox.static import static_check
 from archlab.sandbox.tiers import TIERS, TierError, resolve
 from archlab.tree.lineage import Lineage
 from archlab.tree.replay import Replayer, tier_overrides, trained_node
-from archlab.text import markdown
+from archlab.text import duration, markdown
 from archlab.tree.store import Store
 
 TEMPLATES = Path(__file__).parent / "template"
 MODEL_FILE = "model.safetensors"
+
+
+class TrainingFailed(UserError):
+    exit_code = 1  # not a usage error: the node could not be trained here
 
 
 def latest_weights(store: Store, run_dir: Path, node_id: int, tier: str | None = None) -> dict | None:
@@ -86,14 +90,18 @@ def export(run_dir: Path, node_id: int, out_dir: Path, *, tier: str | None = Non
     if found is None:
         replayer = Replayer(run_dir, tier, threads)
         train_seed = config.seed if seed is None else seed
+        took = (node.get("metrics") or {}).get("wall_s") if replayer.tier == config.tier else None
         on_status(f"no saved weights for node {node_id}{f' at the {tier} tier' if tier else ''}: training it "
-                  f"(a replay at the {replayer.tier} tier, seed {train_seed})")
+                  f"(a replay at the {replayer.tier} tier, seed {train_seed}"
+                  + (f"; its search evaluation took {duration(took)})" if took else ")"))
         if replayer.tier == config.tier:
             row = replayer.evaluate(node_id, train_seed, replayer.param_limit(node_id, []))
         else:
             row = replayer.replay([node_id], [train_seed])[-1].runs[0]
-        if not row["ok"]:
-            raise UserError(f"training node {node_id} failed ({row['reason']}): {row['detail']}")
+        if not row["ok"]:  # one line: the cause's first line and where the whole log is
+            first = next(iter((row["detail"] or "").strip().splitlines()), "")[:300]
+            where = f"; the whole log: {run_dir / row['log']}" if row.get("log") else ""
+            raise TrainingFailed(f"training node {node_id} failed ({row['reason']}{': ' + first if first else ''}){where}")
         found = latest_weights(store, run_dir, node_id, tier or replayer.tier)
         if found is None:
             raise UserError("the sandbox did not save the trained weights (this archlab's harness cannot export)")

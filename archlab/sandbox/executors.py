@@ -239,15 +239,20 @@ def _ray_task(payload: dict) -> dict:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="archlab-ray-") as tmp:
         log = Path(tmp) / "eval.log"
+        options = dict(payload["options"])
+        if options.get("weights_out"):  # the driver's path may not exist on this node: the weights travel back
+            options["weights_out"] = str(Path(tmp) / "weights.safetensors")
         result = runner.evaluate(payload["source"], payload["tier"], seed=payload["seed"], threads=payload["threads"],
-                                 device=payload["device"], log_path=log, **payload["options"])
+                                 device=payload["device"], log_path=log, **options)
         logs = {p.name[len("eval.log"):]: _read_capped(p) for p in sorted(Path(tmp).glob("eval.log*"))}
+        weights = Path(tmp) / "weights.safetensors"
+        weights = weights.read_bytes() if options.get("weights_out") and weights.is_file() else None
     context = ray.get_runtime_context()
     result.env = {**result.env, "executor": {
         "kind": "ray", "host": socket.gethostname(), "pid": os.getpid(), "node": context.get_node_id(),
         "threads": payload["threads"], "gpus": payload["gpus"], "started": started,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}}
-    return {"result": result.model_dump(), "logs": logs}
+    return {"result": result.model_dump(), "logs": logs, "weights": weights}
 
 
 def _read_capped(path: Path) -> str:
@@ -338,6 +343,10 @@ class RayExecutor(Executor):
                 path = Path(f"{job.log_path}{suffix}")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
+        if reply.get("weights") and job.options.get("weights_out"):
+            path = Path(job.options["weights_out"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(reply["weights"])
         return result
 
     def _translate(self, job: Job, e: BaseException) -> BaseException:

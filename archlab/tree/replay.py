@@ -31,9 +31,7 @@ from archlab.errors import UserError
 from archlab.sandbox import runner
 from archlab.sandbox.tiers import TIERS
 from archlab.tree.lineage import Lineage
-from archlab.tree.store import Store
-
-WEIGHTS_DIR = "weights"
+from archlab.tree.store import WEIGHTS_DIR, Store
 FORK_ROOT_FILE = "root.py"
 
 
@@ -200,7 +198,7 @@ def tier_overrides(config: RunConfig, tier: str) -> dict | None:
 
 def _run_row(e: dict, cached: bool) -> dict:
     return {"seed": e["seed"], "ok": bool(e["ok"]), "reason": e["reason"], "detail": e["detail"], "metrics": e["metrics"] or {},
-            "env": e["env"] or {}, "evaluation": e["id"], "cached": cached}
+            "env": e["env"] or {}, "evaluation": e["id"], "cached": cached, "log": e.get("log")}
 
 
 def summarise(items: list[Replayed], tier: str, seeds: list[int]) -> dict:

@@ -17,6 +17,7 @@ import sqlite_utils
 from archlab.errors import UserError
 
 DB_FILE = "archlab.db"
+WEIGHTS_DIR = "weights"  # trained weights kept beside the database (search, promotions, replays) for export and fork
 SCHEMA = {
     "nodes": {
         "id": int, "parent_id": int, "status": str, "operator": str, "motivation": str, "design": str,
