@@ -124,7 +124,7 @@ def test_a_candidate_in_flight_can_be_watched_and_a_stopped_run_says_so(tmp_path
             if not (run / "archlab.db").exists():
                 continue
             facts = status(run)
-            flight = [n for n in facts["in_flight"] if n.get("stage") == "training"]
+            flight = [n for n in facts["in_flight"] if n.get("stage") == "training" and "step" in n]
             if flight:
                 assert facts["driver_pid"] == proc.pid
                 seen.append(flight[0])
