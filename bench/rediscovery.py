@@ -14,7 +14,7 @@ removed parts cost ~27% more parameters in both), and the implausible-gain flag 
 (the removed parts alone are worth ~10-15%).
 
     python bench/rediscovery.py                 # CPU: smoke tier, 8 evaluations, 2 seeds (~40 min on 2 cores)
-    python bench/rediscovery.py --foreign       # 16 evaluations, 3 seeds, default vs random code edits (~50 min)
+    python bench/rediscovery.py --foreign       # 16 evaluations, 3 seeds, default vs random code edits (~30 min)
     python bench/rediscovery.py --tier smoke --evaluations 40 --jobs 8
     python bench/rediscovery.py --quick         # a few minutes: checks that it all works
 """

@@ -115,7 +115,10 @@ class Run:
         # Run time counts the root, and is stored as it grows (after the root and every node), so
         # `status` and the report agree with the clock while a run is going.
         started, elapsed_before = time.monotonic(), float(self.store.get_meta("elapsed_s", "0"))
-        elapsed = lambda: elapsed_before + time.monotonic() - started  # noqa: E731
+
+        def elapsed() -> float:
+            return elapsed_before + time.monotonic() - started
+
         try:
             try:
                 self.ensure_root(on_node)
