@@ -39,7 +39,9 @@ def test_export_loads_with_transformers_matches_the_model_shell_and_generates(ru
 
     node = next(n for n in helpers.node_rows(run) if n["id"] != 0 and n["status"] == "done")
     out = tmp_path / "model"
-    # No replay saved weights yet: export trains the node once (a replay at the run's tier and seed).
+    # Without the weights the run kept (as for a node not among its best): export trains the node once
+    # (a replay at the run's tier and seed). tests/test_first_minutes.py exports kept weights.
+    shutil.rmtree(run / "weights", ignore_errors=True)
     proc = helpers.cli("export", run, node["id"], out, "--threads", helpers.THREADS, "--json", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     facts = json.loads(proc.stdout)

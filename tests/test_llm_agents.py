@@ -138,9 +138,14 @@ def test_endpoint_down_for_a_while_then_back_and_the_judge_scores(tmp_path):
         port = s.getsockname()[1]
     env = dict(os.environ, OPENAI_API_KEY=API_KEY)
     url = f"http://127.0.0.1:{port}/v1"
-    proc = subprocess.Popen([*ARCHLAB, "run", str(run_dir), "--tier", "micro", "--max-nodes", "2", "--llm", "openai:scripted",
-                             "--base-url", url, "--llm-patience", "120", "--judge-weight", "0.1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with ScriptedServer(Script(), port=port):  # up for the check made before the run starts (tests/test_first_minutes.py) ...
+        proc = subprocess.Popen([*ARCHLAB, "run", str(run_dir), "--tier", "micro", "--max-nodes", "2", "--llm", "openai:scripted",
+                                 "--base-url", url, "--llm-patience", "120", "--judge-weight", "0.1"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not (run_dir / "archlab.toml").exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.05)
+    # ... and down while the root trains and for a while after
     deadline = time.time() + 300
     while not rows_if_any(run_dir, "select 1 from traces where kind = 'llm' and error is not null") and time.time() < deadline:
         time.sleep(0.5)

@@ -196,7 +196,7 @@ def test_browser_watches_a_node_train_without_a_reload(tmp_path):
     server = None
     try:
         deadline = time.monotonic() + 120
-        while not (run / "archlab.toml").exists() or not (run / "archlab.db").exists():
+        while not (run / "archlab.db").exists() or not helpers.node_rows(run):  # the root is in the tree
             assert time.monotonic() < deadline and grow.poll() is None, "the run did not start"
             time.sleep(0.2)
         server = Server(run)
