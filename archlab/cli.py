@@ -300,6 +300,10 @@ def tree(run_dir: Path = RunDir, limit: int = typer.Option(500, help="show at mo
     if not nodes:
         console.print("the run has no nodes yet")
         return
+    from archlab.tree.driver import driver_pid
+
+    if driver_pid(run_dir) is None:  # stopped: what it left `evaluating` resumes with the next `archlab run`
+        nodes = [n | {"status": "interrupted"} if n["status"] == "evaluating" else n for n in nodes]
     by_id = {n["id"]: n for n in nodes}
     branches = {}
     root = nodes[0]

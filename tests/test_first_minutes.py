@@ -144,6 +144,7 @@ def test_a_candidate_in_flight_can_be_watched_and_a_stopped_run_says_so(tmp_path
     assert facts["elapsed_s"] >= last["elapsed_s"], facts["elapsed_s"]  # the root's time counts
     text = helpers.cli("status", run).stdout
     assert "stopped" in text and "interrupted" in text, text
+    assert "node 0  interrupted" in helpers.cli("tree", run).stdout
 
 
 def test_usage_lines_name_the_arguments():
