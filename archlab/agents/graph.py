@@ -398,7 +398,8 @@ class Run:
         stored = [e for e in self.store.evaluations(node_id) if e["kind"] == "search"]
         if len(stored) > attempt:
             e = stored[attempt]
-            return runner.Result(ok=bool(e["ok"]), reason=e["reason"], detail=e["detail"], metrics=e["metrics"], env=e["env"])
+            return runner.Result(ok=bool(e["ok"]), reason=e["reason"], detail=e["detail"], metrics=e["metrics"], env=e["env"],
+                                 curves=e.get("curves") or [])
         log = self.dir / "logs" / f"node-{node_id}-{attempt}.log"
         root_node = None if root else self.store.node(0)
         limit = -1 if root else int(root_node["metrics"]["mixer_params"] * self.config.param_ratio)

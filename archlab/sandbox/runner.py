@@ -48,6 +48,7 @@ class Result(BaseModel):
     detail: str | None = None
     metrics: dict = {}
     env: dict = {}
+    curves: list[dict] = []  # loss curves, one per seed (curves.py): shown, never scored
 
     def as_json(self) -> dict:
         return {"ok": self.ok, "reason": self.reason, "detail": self.detail, "metrics": self.metrics}
@@ -139,13 +140,15 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
             if weights_out and evaluation.weights:
                 evaluation.save_weights(Path(weights_out))
             lx = launch.launcher()
-            result = Result(ok=True, metrics=metrics, env={**evaluation.env, "tier": tier.name, "launcher": lx.kind})
+            result = Result(ok=True, metrics=metrics, env={**evaluation.env, "tier": tier.name, "launcher": lx.kind},
+                            curves=_curves(evaluation))
         except CandidateError as e:
             if _stopping.is_set():
                 raise Interrupted("the run is stopping") from None
             result = Result(ok=False, reason=e.reason, detail=e.detail[:2000],
                             metrics=dict(evaluation.metrics) if evaluation else {},
-                            env={**evaluation.env, "tier": tier.name, "launcher": launch.launcher().kind} if evaluation else {})
+                            env={**evaluation.env, "tier": tier.name, "launcher": launch.launcher().kind} if evaluation else {},
+                            curves=_curves(evaluation))
         except DataError as e:
             result = Result(ok=False, reason="data", detail=str(e))
         except OSError:
@@ -156,7 +159,8 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
             with open(log, "a") as f:
                 traceback.print_exc(file=f)
             result = Result(ok=False, reason="crash", detail=f"the scorer could not use what a server sent: "
-                            f"{type(e).__name__}: {e}"[:2000], metrics=dict(evaluation.metrics) if evaluation else {})
+                            f"{type(e).__name__}: {e}"[:2000], metrics=dict(evaluation.metrics) if evaluation else {},
+                            curves=_curves(evaluation))
         finally:
             if evaluation is not None:
                 evaluation.close()
@@ -186,7 +190,12 @@ def _aggregate(results: list[Result], seeds: list[int]) -> Result:
     if any(r.metrics.get("flagged") for r in results):
         metrics["flagged"] = next(r.metrics["flagged"] for r in results if r.metrics.get("flagged"))
     metrics["wall_s"] = sum(r.metrics.get("wall_s", 0.0) for r in results)
-    return Result(ok=True, metrics=metrics, env=results[0].env)
+    return Result(ok=True, metrics=metrics, env=results[0].env, curves=[c for r in results for c in r.curves])
+
+
+def _curves(evaluation) -> list[dict]:
+    """The evaluation's loss curves as far as training got (a failed one's too: where it diverged)."""
+    return [evaluation.curves.as_dict()] if evaluation is not None and evaluation.curves is not None else []
 
 
 def _cap_log(path: Path) -> None:

@@ -6,10 +6,12 @@ sandbox (launch.py), and no two of them hold the candidate's code at the same ti
 - A: parameters are counted from the weights it sends (safetensors), for every mixer and FFN
   instance of the model and of the probe model; complexity is measured below, at and above the
   training length; the first pass of every causality comparison; then training, on batches it
-  is sent one per step and timed from here.
+  is sent one per step and timed from here (with a copy of its weights at a few steps, asked for
+  with their batch, for the validation curve: curves.py).
 - B, loaded from A's weights: the perturbed copies of the check comparisons and step() against
   A's forward(); then the scored rows (validation windows in a random order, long windows, probe
-  sequences), one decoding request per token (timed from here), the state it hands back.
+  sequences), one decoding request per token (timed from here), the state it hands back; once
+  every score is taken, A's copies on a few validation windows (the display-only curve).
 - C, loaded from the same weights after B is gone: a copy of every row B scored with the text
   after a random cut replaced, in another order; its logits must equal B's up to each cut. Then
   the forward pass decoding must agree with, the peak memory of a training step (over C's own
@@ -34,6 +36,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from archlab.sandbox import launch, wire, zygote
+from archlab.sandbox.curves import VAL_WINDOWS, Curves, val_steps
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, probe_batch, probe_tasks
 from archlab.sandbox.errors import CandidateError
 from archlab.sandbox.progress import Progress
@@ -111,27 +114,42 @@ class Server:
         self._send({"op": op, **fields}, arrays)
         return self._receive()
 
-    def train(self, which: str, steps: int, batches, progress) -> tuple[dict, dict, float, int]:
-        """Serve `steps` training batches on request; returns the final reply, the weights, and
-        the seconds and tokens of every step after the third (the first pay for warm-up)."""
+    def train(self, which: str, steps: int, batches, progress, curves: Curves | None = None,
+              snapshots: tuple[int, ...] | list[int] = ()) -> tuple[dict, dict, float, int, dict]:
+        """Serve `steps` training batches on request; returns the final reply, the weights, the
+        seconds and tokens of every step after the third (the first pay for warm-up), and the copies
+        of the weights it sent before each step in `snapshots` (asked for with that step's batch,
+        answered at once; those steps are not timed). The loss it reports with each request goes to
+        the progress display and to `curves`."""
         self._send({"op": "train", "model": which})
-        seconds, tokens, started, last = 0.0, 0, None, 0
+        seconds, tokens, started, last, copies = 0.0, 0, None, 0, {}
         for step in range(steps):
             header, _ = self._receive()
             if header.get("need") != step:
                 raise CandidateError("crash", f"server {self.name} asked for {str(header)[:100]} instead of training batch {step}")
             progress(step=step, steps=steps, loss=header.get("loss"))
+            if curves is not None and step:
+                curves.train_loss(step, header.get("loss"))
             now = time.perf_counter()
             if started is not None and step >= 3:
                 seconds, tokens = seconds + now - started, tokens + last
             inputs, targets = next(batches)
             last = inputs.size
             started = time.perf_counter()
-            self._send({}, {"inputs": inputs, "targets": targets})
+            self._send({"snapshot": True} if step in snapshots else {}, {"inputs": inputs, "targets": targets})
+            if step in snapshots:
+                copy, copies[step] = self._receive()
+                if copy.get("snapshot") != step:
+                    raise CandidateError("crash", f"server {self.name} sent {str(copy)[:100]} instead of its weights after step {step}")
+                if curves is not None:
+                    curves.val_cost_s += time.perf_counter() - started
+                started = None  # a step that made a copy is not timed (nor could a server hide its training in it)
         header, weights = self._receive()
         if started is not None and steps >= 4:
             seconds, tokens = seconds + time.perf_counter() - started, tokens + last
-        return header, weights, seconds, tokens
+        if curves is not None:
+            curves.train_loss(steps, header.get("train_loss"))
+        return header, weights, seconds, tokens, copies
 
     def host_pid(self) -> int | None:
         """The model server's pid as this machine sees it: its /proc is readable from here."""
@@ -412,6 +430,8 @@ class Evaluation:
         self.metrics: dict = {}
         self.env: dict = {}
         self.weights: dict = {}  # the trained weights as the scorer serves them (lm.*, probe.*)
+        self.curves: Curves | None = None  # loss curves (curves.py), from the start of training
+        self.copies: dict = {}  # step -> a copy of the weights after it, for the validation curve
         self.pending: list = []  # scored rows waiting for their copies in server C
 
     def _expire(self) -> None:
@@ -485,6 +505,7 @@ class Evaluation:
             return self.metrics
         self.progress("scoring")
         self.score(b, corpus)
+        self.val_curve(b)
         self._end("B")
         self.progress("checking the scores" + (", measuring" if self.tier.hardware else ""))
         c = self._start("C")
@@ -637,8 +658,11 @@ class Evaluation:
         rng = np.random.default_rng(self.seed)
         batches = (corpus.train_batch(tier.batch_size, tier.seq_len, rng) for _ in range(tier.steps))
         self.progress("training")
-        header, weights, seconds, tokens = a.train("lm", tier.steps, batches, self.progress)
+        self.curves = Curves(tier.steps, self.seed)
+        header, weights, seconds, tokens, copies = a.train("lm", tier.steps, batches, self.progress, self.curves,
+                                                           val_steps(tier.steps, tier.val_points))
         weights = canonical(weights)
+        self.copies = {step: copy for step, copy in ((s, _same_shapes(c, weights)) for s, c in copies.items()) if copy}
         self.metrics["mixer_params"] = budget(weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit(tier.d_model))
         self.weights = {f"lm.{k}": v for k, v in weights.items()}
         self.metrics.update(train_loss=number(header, "train_loss", "training"), tokens_per_s=tokens / seconds if seconds else 0.0,
@@ -648,7 +672,7 @@ class Evaluation:
             prng = np.random.default_rng(self.seed + 7919)
             started = time.perf_counter()
             self.progress("training the probes")
-            header, probe, _, _ = a.train("probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)), self.progress)
+            header, probe, _, _, _ = a.train("probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)), self.progress)
             probe = canonical(probe)
             budget(probe, p.d_model, p.n_layers, self.has_ffn, self._limit(p.d_model))
             self.metrics.update(probe_train_loss=number(header, "train_loss", "probe training"),
@@ -660,6 +684,33 @@ class Evaluation:
             part = {k[len(model) + 1:]: v for k, v in weights.items() if k.startswith(model + ".")}
             if part:
                 server.ask("build", part, model=model)
+
+    # -- the validation curve (server B, after scoring) ---------------------------------------------
+    def val_curve(self, b: Server) -> None:
+        """Validation loss of the copies of the weights server A sent during training, on VAL_WINDOWS
+        of the scored windows, in B once every score is taken (nothing here changes a score). The
+        final weights' point comes from the scored logits. Display-only: a copy that B cannot use
+        ends the curve with a note, never the evaluation."""
+        inputs, targets, losses = self.val
+        rows = np.unique(np.linspace(0, len(inputs) - 1, min(len(inputs), VAL_WINDOWS)).round().astype(np.int64))
+        self.curves.val_windows = len(rows)
+        self.curves.val_loss(self.tier.steps, float(losses[rows].mean()), True)
+        batches = np.array_split(rows, max(1, math.ceil(len(rows) / self.tier.batch_size)))
+        started = time.perf_counter()
+        if self.copies:
+            self.progress("validation curve")
+        try:
+            for step, copy in sorted(self.copies.items()):
+                b.ask("build", copy, model="lm")
+                logits = np.concatenate([array(b.ask("logits", {"tokens": inputs[r]}, model="lm")[1], "logits",
+                                               (len(r), inputs.shape[1], VOCAB_SIZE), f"logits of the weights after step {step}")
+                                         for r in batches])
+                self.curves.val_loss(step, float(token_losses(logits, targets[rows]).mean()), False)
+        except CandidateError as e:
+            self.curves.val_note = f"the curve stops: {e.reason}: {e.detail[:200]}"
+        finally:
+            self.curves.val_cost_s += time.perf_counter() - started
+            self.copies = {}
 
     # -- scoring (server B), checked by server C -------------------------------------------------
     def score(self, b: Server, corpus: Corpus) -> None:
@@ -789,6 +840,17 @@ class Evaluation:
     def save_weights(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(self.weights, str(path))
+
+
+def _same_shapes(copy: dict, weights: dict) -> dict | None:
+    """A copy of the weights sent during training, as the scorer serves weights, if it has the
+    final weights' names and shapes (else None: it is left out of the validation curve)."""
+    if copy.keys() != weights.keys() or any(copy[k].shape != weights[k].shape for k in weights):
+        return None
+    try:
+        return canonical(copy)
+    except CandidateError:
+        return None
 
 
 def _memory(pid: int | None, field: str = "VmRSS") -> int:

@@ -128,9 +128,11 @@ class Server:
         opt, schedule = train.optimizer(model, tier)
         loss = float("nan")
         for step in range(tier.steps):
-            # (the last step's loss, for the scorer's progress display; the wire refuses NaN)
+            # (the last step's loss, for the scorer's progress display and loss curve; the wire refuses NaN)
             wire.send(REPLY_FD, {"need": step, "loss": loss if math.isfinite(loss) else None})
-            _, batch = wire.receive(0, MAX_REQUEST)
+            header, batch = wire.receive(0, MAX_REQUEST)
+            if header.get("snapshot"):  # a copy of the weights so far, for the validation curve (curves.py)
+                wire.send(REPLY_FD, {"snapshot": step}, {k: v.numpy() for k, v in self._weights(model).items()})
             inputs, targets = (self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets"))
             loss = train.train_step(model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}")
             if step % 50 == 49:

@@ -70,6 +70,7 @@ class Tier(BaseModel):
     extrapolation: bool = False  # loss at 2x the training length
     probes: Probes | None = None
     causal_copies: Positive = 2  # perturbed copies of every validation window the twin server scores (scorer.scored)
+    val_points: int = Field(4, ge=0, le=64)  # validation-curve points during training, display-only (curves.py)
 
 
 TIERS: dict[str, Tier] = {

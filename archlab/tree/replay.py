@@ -396,7 +396,8 @@ def _copy_evaluations(store: Store, new_store: Store, run_dir: Path, new_dir: Pa
             target.parent.mkdir(exist_ok=True)
             shutil.copyfile(run_dir / weights, target)
             env["weights"] = str(target.relative_to(new_dir))
-        result = runner.Result(ok=bool(e["ok"]), reason=e["reason"], detail=e["detail"], metrics=e["metrics"] or {}, env=env)
+        result = runner.Result(ok=bool(e["ok"]), reason=e["reason"], detail=e["detail"], metrics=e["metrics"] or {}, env=env,
+                               curves=e.get("curves") or [])
         new_store.add_evaluation(0, e["tier"], e["seed"], result, log, kind=kind)
         count += 1
     return count

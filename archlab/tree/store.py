@@ -32,6 +32,7 @@ SCHEMA = {
         "metrics": str, "env": str, "log": str, "created": float, "kind": str,
         # compute spent, out of the JSON so that summing 100k evaluations stays fast (Store.spend)
         "wall_s": float, "threads": int, "gpus": int,
+        "curves": str,  # loss over steps, one dict per seed (archlab/sandbox/curves.py); display-only
     },
     "traces": {
         "id": int, "node_id": int, "role": str, "attempt": int, "kind": str, "model": str, "prompt": str,
@@ -189,6 +190,7 @@ class Store:
             "log": log, "created": time.time(), "kind": kind, "wall_s": (result.metrics or {}).get("wall_s") or 0.0,
             "threads": executor.get("threads") or env.get("threads") or 1,
             "gpus": executor["gpus"] if executor.get("gpus") is not None else int(env.get("device") == "cuda"),
+            "curves": json.dumps(result.curves) if getattr(result, "curves", None) else None,
         })
 
     def evaluations(self, node_id: int) -> list[dict]:
@@ -241,7 +243,7 @@ def _encode(fields: dict) -> dict:
 
 
 def _decode(row: dict) -> dict:
-    for key in ("design", "metrics", "env", "decision", "references_used", "knowledge"):
+    for key in ("design", "metrics", "env", "decision", "references_used", "knowledge", "curves"):
         if isinstance(row.get(key), str):
             try:
                 row[key] = json.loads(row[key])

@@ -119,10 +119,35 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
                                             _int(request, "offset", 0), _int(request, "limit", 100)))
 
     async def log(request: Request) -> Response:
+        full = request.query_params.get("full") in ("1", "true")
         try:
-            return PlainTextResponse(await run_in_threadpool(view.evaluation_log, request.path_params["evaluation_id"]))
+            return PlainTextResponse(await run_in_threadpool(view.evaluation_log, request.path_params["evaluation_id"], full))
         except LookupError as e:
             raise HTTPException(404, str(e)) from None
+
+    async def evaluation(request: Request) -> Response:
+        try:
+            return JSON(await run_in_threadpool(view.evaluation, request.path_params["evaluation_id"]))
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from None
+
+    async def curves(request: Request) -> Response:
+        try:
+            ids = [int(i) for i in request.query_params.get("nodes", "").split(",") if i.strip()]
+        except ValueError:
+            raise HTTPException(400, "nodes must be node ids separated by commas") from None
+        return JSON(await run_in_threadpool(view.curves, ids))
+
+    async def compare(request: Request) -> Response:
+        return JSON(await run_in_threadpool(view.compare, request.path_params["a"], request.path_params["b"]))
+
+    async def leaderboard(request: Request) -> Response:
+        q = request.query_params
+        try:
+            return JSON(await run_in_threadpool(view.leaderboard, q.get("sort") or "fitness", q.get("order") or "desc",
+                                                q.get("q") or "", _int(request, "offset", 0), _int(request, "limit", 200)))
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
 
     async def plots(request: Request) -> Response:
         return JSON(await run_in_threadpool(view.plots))
@@ -150,6 +175,10 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
         Route("/api/node/{node_id:int}/traces", node_traces, methods=get),
         Route("/api/traces", traces, methods=get),
         Route("/api/evaluation/{evaluation_id:int}/log", log, methods=get),
+        Route("/api/evaluation/{evaluation_id:int}", evaluation, methods=get),
+        Route("/api/curves", curves, methods=get),
+        Route("/api/compare/{a:int}/{b:int}", compare, methods=get),
+        Route("/api/leaderboard", leaderboard, methods=get),
         Route("/api/plots", plots, methods=get),
         Mount("/static", app=StaticFiles(directory=STATIC, follow_symlink=False), name="static"),
     ]

@@ -32,6 +32,15 @@ TREE_FIELDS = "id, parent_id, status, fitness, val_loss, operator, reason"
 MAX_LIMIT = 5000
 MAX_POINTS = 2500  # per plotted series; more is decimated (the shape and every improvement are kept)
 LOG_BYTES = 256 * 1024  # the tail of an evaluation log that the UI shows
+FULL_LOG_BYTES = 16 * 2**20  # a whole log (runner caps logs at 8 MiB; this bounds one that grew otherwise)
+MAX_OVERLAY = 20  # nodes whose curves one overlay draws
+# The leaderboard's sortable columns: name -> SQL over the nodes table (metrics from its JSON).
+LEADERBOARD_COLUMNS = {
+    "id": "id", "parent_id": "parent_id", "status": "status", "operator": "operator", "fitness": "fitness",
+    "val_loss": "val_loss", "train_loss": "json_extract(metrics, '$.train_loss')",
+    "tokens_per_s": "json_extract(metrics, '$.tokens_per_s')", "mixer_params": "json_extract(metrics, '$.mixer_params')",
+    "wall_s": "json_extract(metrics, '$.wall_s')", "reason": "reason",
+}
 # Knowledge entries are Markdown: shown rendered, with any raw HTML in them escaped (html=False) and
 # markdown-it's link check (no javascript: URLs); the page's CSP stops scripts besides.
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})
@@ -296,7 +305,7 @@ class RunView:
         kids = self.store.db.execute(
             "select id, status, fitness, operator from nodes where parent_id = ? order by id limit 200", [node_id]).fetchall()
         evaluations = [
-            {k: e.get(k) for k in ("id", "kind", "tier", "seed", "ok", "reason", "detail", "metrics", "env", "created")}
+            {k: e.get(k) for k in ("id", "kind", "tier", "seed", "ok", "reason", "detail", "metrics", "env", "created", "curves")}
             | {"has_log": bool(e.get("log"))}
             for e in self.store.evaluations(node_id)
         ]
@@ -375,9 +384,18 @@ class RunView:
         return {"total": total, "offset": offset, "limit": limit, "traces": rows, "by_role": totals}
 
     # -- logs ---------------------------------------------------------------------------------------
-    def evaluation_log(self, evaluation_id: int) -> str:
-        """The tail of an evaluation's log; only files that resolve inside the run directory.
-        LookupError (with what to tell the user) when there is none to show."""
+    def evaluation(self, evaluation_id: int) -> dict:
+        """One evaluation's facts (not its log), for the log page's heading."""
+        row = self.store.db.execute("select id, node_id, kind, tier, seed, ok, reason, detail, log is not null and log != '' "
+                                    "from evaluations where id = ?", [evaluation_id]).fetchone()
+        if not row:
+            raise LookupError(f"no evaluation {evaluation_id} in this run")
+        return dict(zip(("id", "node_id", "kind", "tier", "seed", "ok", "reason", "detail", "has_log"), row))
+
+    def evaluation_log(self, evaluation_id: int, full: bool = False) -> str:
+        """The tail of an evaluation's log (`full`: all of it, up to FULL_LOG_BYTES); only files
+        that resolve inside the run directory. LookupError (with what to tell the user) when there
+        is none to show."""
         row = self.store.db.execute("select log from evaluations where id = ?", [evaluation_id]).fetchone()
         if not row or not row[0]:
             raise LookupError("no log for this evaluation")
@@ -387,12 +405,80 @@ class RunView:
         if not path.is_file():
             raise LookupError(f"the log file {row[0]} is missing (deleted?); the evaluation's metrics and error "
                               f"excerpt are kept in the database")
+        keep = FULL_LOG_BYTES if full else LOG_BYTES
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()
-            f.seek(max(0, size - LOG_BYTES))
+            f.seek(max(0, size - keep))
             text = f.read().decode("utf-8", "replace")
-        return (f"[... {size - LOG_BYTES} earlier bytes not shown]\n" if size > LOG_BYTES else "") + text
+        return (f"[... {size - keep} earlier bytes not shown]\n" if size > keep else "") + text
+
+    # -- curves, comparison, leaderboard --------------------------------------------------------------
+    def _main_curves(self, node_id: int) -> dict | None:
+        """The loss curves of a node's own evaluation at the run's tier (its latest search evaluation
+        that has curves; else its latest one that has), with where they come from."""
+        if "curves" not in self.store.db["evaluations"].columns_dict:  # a store from an older archlab
+            return None
+        row = self.store.db.execute(
+            "select id, kind, tier, curves from evaluations where node_id = ? and curves is not null "
+            "order by kind = 'search' desc, id desc limit 1", [node_id]).fetchone()
+        if not row:
+            return None
+        try:
+            curves = json.loads(row[3])
+        except ValueError:
+            return None
+        return {"evaluation": row[0], "kind": row[1], "tier": row[2], "curves": curves if isinstance(curves, list) else []}
+
+    def curves(self, node_ids: list[int]) -> dict:
+        """The curves of up to MAX_OVERLAY nodes, one entry per node (in the order asked)."""
+        nodes = []
+        for node_id in list(dict.fromkeys(node_ids))[:MAX_OVERLAY]:
+            node = self.store.node(node_id)
+            nodes.append({**summary(node), "main": self._main_curves(node_id)})
+        return {"nodes": nodes, "max": MAX_OVERLAY, "version": self.version()}
+
+    def compare(self, a: int, b: int) -> dict:
+        """Two nodes side by side: their summaries, every metric of either, b's code as a diff
+        against a's, and their curves."""
+        na, nb = self.store.node(a), self.store.node(b)
+        keys = dict.fromkeys([*(na.get("metrics") or {}), *(nb.get("metrics") or {})])
+        ordered = [k for k in METRIC_ORDER if k in keys] + sorted(k for k in keys if k not in METRIC_ORDER)
+        code_a, code_b = self._source(na["commit_sha"]), self._source(nb["commit_sha"])
+        if code_a is None or code_b is None:
+            diff = "<p class='muted'>no code committed yet for one of the two nodes</p>"
+        else:
+            diff = diff_html(code_a, code_b, against=f"node {a}")
+        side = lambda n: {**summary(n), "design": n.get("design"), "main": self._main_curves(n["id"])}  # noqa: E731
+        return {"a": side(na), "b": side(nb), "diff_html": diff, "version": self.version(),
+                "metrics_table": [{"metric": k, "a": _metric(na, k), "b": _metric(nb, k)} for k in ordered]}
+
+    def leaderboard(self, sort: str = "fitness", order: str = "desc", query: str = "", offset: int = 0,
+                    limit: int = 200) -> dict:
+        """Every node, sorted by one column (missing values last) and filtered by words: each word
+        must match the node's id (`12` or `#12`), status, operator, failure reason or motivation."""
+        if sort not in LEADERBOARD_COLUMNS:
+            raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(LEADERBOARD_COLUMNS)}")
+        if order not in ("asc", "desc"):
+            raise ValueError("order must be asc or desc")
+        where, params = [], []
+        for word in query.split()[:8]:
+            like = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(cast(id as text) = ? or operator like ? escape '\\' or status like ? escape '\\' "
+                         "or reason like ? escape '\\' or motivation like ? escape '\\')")
+            params += [word.lstrip("#"), like, like, like, like]
+        clause = " and ".join(where) or "1"
+        column = LEADERBOARD_COLUMNS[sort]
+        limit, offset = max(1, min(int(limit), MAX_LIMIT)), max(0, int(offset))
+        total = self.store.db.execute(f"select count(*) from nodes where {clause}", params).fetchone()[0]
+        extra = [k for k, sql in LEADERBOARD_COLUMNS.items() if sql.startswith("json_extract")]
+        rows = self.store.db.execute(
+            f"select id, parent_id, status, operator, fitness, val_loss, reason, substr(motivation, 1, 200), "
+            f"{', '.join(LEADERBOARD_COLUMNS[k] for k in extra)} from nodes where {clause} "
+            f"order by {column} is null, {column} {order}, id limit ? offset ?", [*params, limit, offset]).fetchall()
+        names = ("id", "parent_id", "status", "operator", "fitness", "val_loss", "reason", "motivation", *extra)
+        return {"total": total, "offset": offset, "limit": limit, "sort": sort, "order": order, "query": query,
+                "columns": list(LEADERBOARD_COLUMNS), "rows": [dict(zip(names, r)) for r in rows], "version": self.version()}
 
     # -- plots --------------------------------------------------------------------------------------
     def plots(self) -> dict:

@@ -32,7 +32,7 @@ def code_html(code: str) -> str:
     return _table(rows, "code")
 
 
-def diff_html(old: str, new: str, context: int = CONTEXT) -> str:
+def diff_html(old: str, new: str, context: int = CONTEXT, against: str = "the parent") -> str:
     old_src, new_src = old.splitlines(), new.splitlines()
     old_hl, new_hl = _lines(old), _lines(new)
     rows, added, removed = [], 0, 0
@@ -51,8 +51,8 @@ def diff_html(old: str, new: str, context: int = CONTEXT) -> str:
                 rows += [_row("add", None, j + 1, new_hl[j]) for j in range(j1, j2)]
                 added += j2 - j1
     if not rows:
-        return "<p class='muted diff-empty'>the code is identical to the parent's</p>"
-    summary = f"<p class='diff-stat'><span class='add'>+{added}</span> <span class='del'>&minus;{removed}</span> lines vs the parent</p>"
+        return f"<p class='muted diff-empty'>the code is identical to {html.escape(against)}'s</p>"
+    summary = f"<p class='diff-stat'><span class='add'>+{added}</span> <span class='del'>&minus;{removed}</span> lines vs {html.escape(against)}</p>"
     return summary + _table(rows, "diff")
 
 

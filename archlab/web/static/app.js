@@ -6,6 +6,8 @@
 import { api, duration, h, num, signed, statusBadge, when } from "./dom.js";
 import { chart, timeTicks } from "./plots.js";
 import { TreeView } from "./tree.js";
+import { curvesSection, failedLogLink } from "./curves.js";
+import { route } from "./pages.js";
 
 const POLL_MS = 2000;
 const TREE_LIMIT = 600;
@@ -22,7 +24,7 @@ function parseHash() {
   if (parts[0] === "node" && /^\d+$/.test(parts[1] || "")) return { name: "node", id: Number(parts[1]), params };
   if (parts[0] === "plots") return { name: "plots", params };
   if (parts[0] === "traces") return { name: "traces", params };
-  return { name: "tree", params };
+  return route(parts, params) || { name: "tree", params };
 }
 
 async function show() {
@@ -32,6 +34,7 @@ async function show() {
     if (r.name === "tree") page = await showTree(r.params);
     else if (r.name === "node") page = await showNode(r.id);
     else if (r.name === "plots") page = await showPlots();
+    else if (r.show) page = await r.show(view);
     else page = await showTraces(r.params);
   } catch (e) {
     view.replaceChildren(h("div", { class: "error" }, `Cannot show this page: ${e.message}`));
@@ -216,11 +219,13 @@ function renderNode(n, tr) {
     h("span", { class: "nav-links" },
       n.prev !== null ? h("a", { href: `#/node/${n.prev}` }, `← #${n.prev}`) : null,
       n.parent ? h("a", { href: `#/node/${n.parent.id}` }, `parent #${n.parent.id}`) : h("span", { class: "muted" }, "root"),
+      n.parent ? h("a", { href: `#/compare/${n.parent.id}/${n.id}` }, "compare") : null,
       h("a", { href: `#/?focus=${n.id}` }, "in tree"),
       n.next !== null ? h("a", { href: `#/node/${n.next}` }, `#${n.next} →`) : null));
   const out = h("div", { class: "node-page", "data-testid": "node-page", "data-node": n.id }, head);
   out.append(h("p", { class: "motivation" }, n.motivation || h("span", { class: "muted" }, "no motivation recorded")));
   if (n.status === "failed" && n.detail) out.append(h("div", { class: "error" }, `${n.reason}: ${n.detail}`));
+  if (n.status === "failed") out.append(failedLogLink(n) || "");
   if (n.status === "evaluating") out.append(section("Progress", h("div", { id: "progress", class: "progress" }, "waiting for the sandbox ...")));
   if (n.children.length) {
     out.append(h("p", { class: "children" }, "children: ",
@@ -240,6 +245,7 @@ function renderNode(n, tr) {
         h("th", {}, "root #0"), h("th", {}, "Δ root"))),
       h("tbody", {}, rows)) : h("p", { class: "muted" }, "no metrics (not evaluated yet, or it failed before training)")));
 
+  out.append(curvesSection(n) || "");
   out.append(section("Analysis", n.analysis ? h("p", { class: "analysis" }, n.analysis) : h("p", { class: "muted" }, "no analysis yet")));
 
   if (n.knowledge.length) {

@@ -41,7 +41,8 @@ function fmtTick(v) {
   return String(Number(v.toPrecision(3)));
 }
 
-// chart({title, xLabel, yLabel, series: [{label, colour, type: "step"|"line"|"scatter", points: [{x, y, id, tip}]}],
+// chart({title, xLabel, yLabel, series: [{label, colour, type: "step"|"line"|"scatter", points: [{x, y, id, tip}],
+//                                          dash (an SVG dash array), attrs (extra attributes of its line)}],
 //        onPoint(id), xFormat, yFormat, xTicks, yInteger (counts: whole-number ticks)}) -> <figure>
 export function chart({ title, xLabel, yLabel, series, onPoint, xFormat = fmtTick, yFormat = fmtTick, xTicks = ticks, yInteger = false, note, testid }) {
   const all = series.flatMap((s) => s.points).filter((p) => p.y !== null && p.y !== undefined && isFinite(p.y));
@@ -82,7 +83,7 @@ export function chart({ title, xLabel, yLabel, series, onPoint, xFormat = fmtTic
         else d += `L${sx(p.x)},${sy(p.y)}`;
       });
       if (s.extend && pts.length) d += `H${sx(x1)}`;
-      svg.append(h("path", { d, class: "series", stroke: s.colour, fill: "none" }));
+      svg.append(h("path", { d, class: "series", stroke: s.colour, fill: "none", "stroke-dasharray": s.dash, ...(s.attrs || {}) }));
     }
     if (s.type === "scatter" || s.markers) {
       const g = h("g", { class: "points" });
