@@ -10,6 +10,7 @@ refer to the security review in the issue "Scores a candidate cannot forge".
 
 import ast
 import concurrent.futures
+import json
 import os
 import shutil
 import signal
@@ -249,6 +250,42 @@ def test_no_candidate_process_can_read_evaluation_data(tmp_path):
     assert leaked == {}, leaked
     environ = [size for path, size in found.items() if "environ" in path and size]
     assert all(size < 400 for size in environ)  # only the stripped environment of the sandbox itself
+
+
+def test_an_archlab_under_tmp_evaluates_and_still_hides_its_corpus(tmp_path):
+    """A checkout and its venv under /tmp (tmp_path is there), which every server covers with a fresh
+    tmpfs: the view below it stays visible (a server imports archlab modules it had not yet: found
+    by running the README's demo from a clone in /tmp) and what hides the corpus comes along."""
+    assert str(tmp_path).startswith("/tmp/")
+    home, venv = tmp_path / "checkout", tmp_path / "venv"
+    shutil.copytree(Path(runner.__file__).parents[1], home / "archlab", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def link(src, dst):  # this venv's files, hard-linked where the file system allows (else copied)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(sys.prefix, venv, symlinks=True, copy_function=link, ignore=shutil.ignore_patterns("__pycache__"))
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    for editable in site.glob("__editable__*archlab*"):  # this venv's archlab is the checkout's copy
+        editable.unlink()
+    (site / "archlab_checkout.pth").write_text(f"{home}\n")
+    corpus = home / "archlab" / "sandbox" / "corpus"
+    (tmp_path / "snoop.py").write_text(_snoop([str(corpus), *(str(f) for f in corpus.iterdir())]))
+    script = (f"import json; from archlab.sandbox import launch, runner; from archlab.templates import render_root\n"
+              f"assert runner.__file__.startswith({str(home)!r}), runner.__file__\n"
+              f"root = runner.evaluate(render_root('deltanet'), 'micro', threads=1)\n"
+              f"snoop = runner.evaluate(open({str(tmp_path / 'snoop.py')!r}).read(), 'micro', threads=1, skip_static_checks=True)\n"
+              f"print(json.dumps([launch.launcher().kind, root.ok, root.reason, root.detail, snoop.reason, snoop.detail]))")
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=600, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kind, ok, reason, detail, snoop_reason, snoop_detail = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert kind == launch.launcher().kind, kind  # the same boundary as from where the suite runs
+    assert ok, (reason, detail)
+    assert snoop_reason == "error" and "SNOOPED" in snoop_detail, snoop_detail
+    found = ast.literal_eval(snoop_detail.split("SNOOPED ", 1)[1].split("}")[0] + "}")
+    assert {path: size for path, size in found.items() if size} == {}, found
 
 
 def test_builtin_validation_text_is_not_on_the_interpreters_disk():

@@ -321,7 +321,7 @@ def die_with_parent() -> None:
 # clone(2) flags
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x4, 0x20, 0x1000, 0x4000, 0x40000
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # + the scratch: each server's own, fresh
 
 
@@ -351,10 +351,29 @@ def isolate(scratch: str) -> bool:
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         raise OSError(ctypes.get_errno(), "making the server's mounts private failed")
     options = f"size={SCRATCH_MB}m,mode=1777".encode()
-    for path in [p for p in PRIVATE_DIRS if os.path.isdir(p)] + [scratch]:
+    private = [p for p in PRIVATE_DIRS if os.path.isdir(p)] + [scratch]
+    # What of the view lies below a private directory (a checkout or a venv under /tmp) stays visible:
+    # held by a descriptor before the fresh tmpfs covers it, bound back read-only on top (with what
+    # hides the corpus inside it: MS_REC). Without it, a server of an archlab installed under /tmp
+    # could not import archlab's modules it had not imported yet.
+    below = [v for v in _view() if not os.path.islink(v) and any(v.startswith(d.rstrip("/") + "/") for d in private)]
+    held = {v: os.open(v, os.O_PATH) for v in below}
+    for path in private:
         os.makedirs(path, exist_ok=True)  # the fallback launchers' scratch lies below /tmp, just covered
         if libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
             raise OSError(ctypes.get_errno(), f"mounting the server's private {path} failed")
+    for path, fd in held.items():
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "a").close()
+        if libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None) != 0:
+            raise OSError(ctypes.get_errno(), f"keeping {path} visible in the server's view failed")
+        locked = os.statvfs(path).f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC)  # kept by a remount (ST_* = MS_* bits)
+        if libc.mount(None, path.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked, None) != 0:
+            raise OSError(ctypes.get_errno(), f"making {path} read-only in the server's view failed")
+        os.close(fd)
     return True
 
 
