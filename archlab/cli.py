@@ -38,7 +38,7 @@ err = Console(stderr=True, soft_wrap=True)  # one error = one line, however long
 
 RunDir = typer.Argument(..., metavar="RUN_DIR", help="the run directory (e.g. runs/demo)")
 RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_timeout_s", "llm_patience_s",
-                  "executor", "address", "device", "max_cpu_hours", "max_gpu_hours", "promote", "keep_weights")
+                  "executor", "address", "device", "max_cpu_hours", "max_gpu_hours", "promote", "keep_weights", "mirror")
 
 
 @app.command()
@@ -79,6 +79,7 @@ def run(
     promote_seeds: Optional[int] = typer.Option(None, "--promote-seeds", min=1, help="seeds per promoted node (default: 3)"),
     promote_set: Optional[list[str]] = typer.Option(None, "--promote-set", help="override a field of the promotion tier, e.g. --promote-set steps=2000"),
     keep_weights: Optional[int] = typer.Option(None, "--keep-weights", min=0, help="keep the trained weights of this many best nodes, besides the root and promoted nodes, so `archlab export` of them needs no training (default: 3)"),
+    mirror: Optional[str] = typer.Option(None, "--mirror", help="mirror each finished node to tensorboard, mlflow and/or wandb (comma-separated; none: stop; files under RUN_DIR/mirror; pip install 'archlab\\[tensorboard]' etc.)"),
 ) -> None:
     """Start a discovery run in RUN_DIR, or resume the one that is there.
 
@@ -102,7 +103,7 @@ def run(
                                     knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None,
                                     executor=executor, address=address, device=device, max_cpu_hours=cpu_hours,
                                     max_gpu_hours=gpu_hours, promote=promote, promote_tier=promote_tier, promote_seeds=promote_seeds,
-                                    keep_weights=keep_weights,
+                                    keep_weights=keep_weights, mirror=_mirror_targets(mirror) if mirror is not None else None,
                                     promote_overrides=_tier_overrides(promote_tier or "verify", promote_set, "--promote-set") if promote_set else None,
                                     tier_overrides=_tier_overrides(tier or "smoke", tier_set, "--tier-set") if tier_set else None,
                                     ).items() if v is not None}
@@ -161,6 +162,7 @@ def run(
     store = _store(run_dir)
     brain = make_brain(config, store, experiences(store), on_wait=lambda message: err.print(message, markup=False))
     session = Run(run_dir, config, brain)
+    mirror_node = _live_mirror(run_dir, config, session.store)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task("nodes", total=config.max_nodes, completed=session.store.count("status != 'evaluating'"), best="")
@@ -170,6 +172,7 @@ def run(
             progress.update(task, completed=session.store.count("status != 'evaluating'"),
                             best=f"best: node {best[0]['id']} fitness {best[0]['fitness']:+.4f}" if best else "")
             progress.console.print(_node_line(node))
+            mirror_node(node)
             if node["id"] == 0:  # the root measured this machine: what the run will take, and the limits
                 progress.console.print(session.forecast(), markup=False, highlight=False)
 
@@ -662,6 +665,104 @@ def report(run_dir: Path = RunDir,
     facts = write_report(run_dir, out, top=top, fmt=fmt)
     extra = f" and {len(facts['plots'])} SVG plots beside it" if facts["plots"] else ""
     console.print(f"Wrote the report of [bold]{run_dir}[/] to [bold]{facts['path']}[/]{extra}")
+
+
+# -- the ecosystem: mirrors to TensorBoard / MLflow / W&B, the proposal dataset (archlab/export) --------
+@app.command(name="mirror")
+def mirror_run(run_dir: Path = RunDir,
+               to: str = typer.Option(..., "--to", help="tensorboard | mlflow | wandb, or several: --to tensorboard,mlflow"),
+               out: Optional[Path] = typer.Option(None, "--out", help="where the mirrors go (default: RUN_DIR/mirror)")) -> None:
+    """Mirror a run's finished nodes (figures, metrics, loss curves, events) to TensorBoard, MLflow or W&B.
+
+    Adds the nodes a target does not hold yet, so it also completes a live `--mirror` or an
+    interrupted one. MLflow: $MLFLOW_TRACKING_URI, else a SQLite store in the --out folder.
+    W&B: offline in the --out folder unless $WANDB_MODE is set (upload later with `wandb sync`).
+    """
+    from archlab.export.mirrors import Mirror
+
+    targets = _mirror_targets(to, "--to")
+    store = _store(run_dir, reading=True)
+    RunConfig.load(run_dir)  # a clear error for a folder that is not a run
+    total = store.count("status in ('done', 'failed')")
+    mirror = Mirror(run_dir, targets, out)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task("mirroring", total=total)
+        try:
+            written = mirror.sync(store, on_node=lambda node_id: progress.advance(task))
+        finally:
+            mirror.close()
+    for target in targets:
+        console.print(f"{target}: {written[target]} node(s) mirrored, {total - written[target]} already there; {_mirror_hint(target, mirror.out)}",
+                      markup=False, highlight=False, soft_wrap=True)  # one line per target, whatever the width
+
+
+@app.command()
+def dataset(run_dir: Path = RunDir,
+            out: Path = typer.Argument(..., metavar="OUT.jsonl", help="the file to write ('-': standard output)"),
+            force: bool = typer.Option(False, "--force", help="replace an existing OUT.jsonl")) -> None:
+    """Every proposal of a run as one JSON line (parent code, diff, traces, measured outcome), to train a proposer on.
+
+    The schema is in README.md ("The proposal dataset"). Nodes still being evaluated are left out.
+    """
+    from archlab.export.dataset import write
+
+    store = _store(run_dir, reading=True)
+    RunConfig.load(run_dir)  # a clear error for a folder that is not a run
+    if str(out) == "-":
+        facts = write(run_dir, store, sys.stdout)
+        sys.stdout.flush()
+    else:
+        if out.is_dir():
+            raise UserError(f"{out} is a directory; name a file, e.g. {out / 'proposals.jsonl'}")
+        if out.exists() and not force:
+            raise UserError(f"{out} exists; pass --force to replace it")
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                facts = write(run_dir, store, f)
+            tmp.replace(out)  # whole or not at all: a reader never sees half a file
+        finally:
+            tmp.unlink(missing_ok=True)
+    skipped = f" ({facts['in_flight']} in flight left out)" if facts["in_flight"] else ""
+    (err if str(out) == "-" else console).print(f"Wrote {facts['proposals']} proposal(s) of {run_dir} to {out}{skipped}",
+                                                markup=False, highlight=False, soft_wrap=True)
+
+
+def _mirror_targets(text: str, flag: str = "--mirror") -> list[str]:
+    """Parse and check a --mirror/--to list; a missing package is one line, before anything is written."""
+    from archlab.export.mirrors import check_installed, parse_targets
+
+    targets = parse_targets(text, flag)
+    check_installed(targets)
+    return targets
+
+
+def _mirror_hint(target: str, out: Path) -> str:
+    if target == "tensorboard":
+        return f"view: tensorboard --logdir {out / 'tensorboard'}"
+    if target == "mlflow":
+        where = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}"
+        return f"view: mlflow ui --backend-store-uri {where}"
+    return f"upload: wandb sync {out / 'wandb'}/offline-run-*" if (os.environ.get("WANDB_MODE") or "offline") == "offline" else "sent to W&B"
+
+
+def _live_mirror(run_dir: Path, config: RunConfig, store):
+    """A callback that mirrors each finished node (`archlab run --mirror`), after adding the finished
+    nodes the targets lack (a resume, a --mirror added later). A target that fails is dropped with one
+    warning: a mirror is a copy, the run goes on, and `archlab mirror` completes it later."""
+    if not config.mirror:
+        return lambda node: None
+    from archlab.export.mirrors import Mirror, brief
+
+    mirror = Mirror(run_dir, list(config.mirror))
+
+    def dropped(target: str, e: Exception) -> None:
+        err.print(f"warning: mirroring to {target} stopped ({brief(e)}); the run goes on; "
+                  f"`archlab mirror {run_dir} --to {target}` completes it later", markup=False, highlight=False)
+
+    mirror.sync(store, on_error=dropped)
+    return lambda node: mirror.node(store, node, on_error=dropped)
 
 
 # -- helpers ----------------------------------------------------------------------------------------

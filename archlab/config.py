@@ -41,6 +41,8 @@ class RunConfig(BaseModel):
     repair_attempts: int = Field(2, ge=0, description="engineer repairs per failed candidate")
     keep_weights: int = Field(3, ge=0, description="keep the trained weights of this many best nodes (and of every promoted "
                               "node and the root), so exporting them needs no training")
+    mirror: list[Literal["tensorboard", "mlflow", "wandb"]] = Field([], description="mirror each finished node to these "
+                                                                     "(archlab/export/mirrors.py), under RUN_DIR/mirror")
     # LLM backends (any OpenAI-compatible endpoint); the key is read from api_key_env, never stored.
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"

@@ -216,6 +216,11 @@ class Store:
     def event(self, kind: str, message: str, node_id: int | None = None) -> None:
         self.db["events"].insert({"ts": time.time(), "kind": kind, "node_id": node_id, "message": message})
 
+    def events(self, node_id: int | None = None) -> list[dict]:
+        """The audit trail in order: every event, or one node's (evaluation attempts, recoveries, promotions)."""
+        where, params = ("node_id = ?", [node_id]) if node_id is not None else (None, [])
+        return list(self.db["events"].rows_where(where, params, order_by="id"))
+
     # -- multi-fidelity leaderboard and compute spend ------------------------------------------------
     def leaderboard(self, limit: int = 10) -> list[dict]:
         """Finished nodes, highest-fidelity figure first (promoted before search-tier only), then fitness."""
