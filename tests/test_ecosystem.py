@@ -186,7 +186,10 @@ def test_mirror_command_writes_curves_to_every_target_and_adds_only_what_is_miss
 
     node = tensorboard(out / "tensorboard" / "node-00001")
     assert tb_scalars(node, "loss/train") == train and tb_scalars(node, "loss/val") == val
-    assert "loss/train" not in tensorboard(out / "tensorboard" / "node-00002").Tags()["scalars"]
+    node2 = next(e for e in helpers.table_rows(run, "evaluations") if e["node_id"] == 2 and e["kind"] == "search")
+    stored = json.loads(node2["curves"] or "[]")  # as its sandbox recorded it
+    assert stored and stored[0]["train"], "every evaluation records its curves (sandbox/curves.py)"
+    assert set(tb_scalars(tensorboard(out / "tensorboard" / "node-00002"), "loss/train")) == {p[0] for p in stored[0]["train"]}
 
     client, runs = mlflow_runs(out / "mlflow" / "mlflow.db", run)
     history = client.get_metric_history(runs[1].info.run_id, "loss/train")
