@@ -639,6 +639,34 @@ def export(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE
     console.print("[yellow]Loading it runs the node's code[/] (candidate.py, written by the search): read it first.")
 
 
+@app.command()
+def steer(run_dir: Path = RunDir,
+          action: str = typer.Argument(..., metavar="ACTION", help="pin NODE | veto NODE | note TEXT | stop"),
+          arg: Optional[str] = typer.Argument(None, metavar="[NODE|TEXT]", help="the node to pin or veto, or the note's text")) -> None:
+    """Steer a run while it goes (or before it resumes): `pin NODE` draws most parents from NODE's
+    subtree, `veto NODE` never expands NODE again, `note TEXT` gives a hypothesis to the next
+    researcher, `stop` lets the candidates in flight finish and starts no new one. Each is kept as
+    a trace of the run; the driver picks it up before its next candidate."""
+    from archlab.tree import steering
+    from archlab.tree.driver import driver_pid
+
+    store = _store(run_dir)
+    node = None
+    if action in ("pin", "veto"):
+        if arg is None or not arg.lstrip("-").isdigit():
+            raise UserError(f"steer {action}: give a node id, e.g. archlab steer {run_dir} {action} 5")
+        node = int(arg)
+    elif action == "stop" and arg is not None:
+        raise UserError("steer stop takes nothing after it")
+    steering.add(store, action, node=node, text=arg if action == "note" else None)
+    said = {"pin": f"pinned node {node}: most parents come from its subtree from the next candidate on",
+            "veto": f"vetoed node {node}: it is never a parent again", "note": "noted: the next researcher gets it",
+            "stop": "stop asked: the candidates in flight finish, no new one starts"}[action]
+    running = driver_pid(run_dir)
+    console.print(said + ("" if running else f" (no `archlab run` is driving {run_dir} now: it applies when it resumes)"),
+                  markup=False, highlight=False, soft_wrap=True)
+
+
 def _show_training(run_dir: Path, status, stop: threading.Event) -> None:
     """While a node is trained for export: the replay's progress (its sandbox's progress file)."""
     from archlab.sandbox import progress

@@ -43,6 +43,7 @@ from archlab.sandbox.tiers import resolve
 from archlab.templates import ROOTS, render_root
 from archlab.text import duration
 from archlab.tree import sampling, space
+from archlab.tree import steering as tree_steering
 from archlab.tree.lineage import Lineage
 from archlab.tree.store import WEIGHTS_DIR, Store
 
@@ -61,6 +62,7 @@ class CandidateState(TypedDict, total=False):
     analysis: str
     judge: dict | None
     stop: str
+    notes: list[str]  # what `archlab steer RUN note` asked this candidate's researcher to consider
 
 
 class Run:
@@ -165,7 +167,7 @@ class Run:
                     running[pool.submit(self.promote, node_id)] = ("promotion", node_id)
                     continue
                 if why is None:
-                    why = self._budget_reason(in_flight, elapsed())
+                    why = self._budget_reason(in_flight, elapsed()) or self._stop_asked()
                 if why:
                     break
                 thread = f"candidate-{uuid.uuid4().hex[:12]}"
@@ -194,6 +196,15 @@ class Run:
                     why = why or state["stop"]
                 else:
                     on_node(self.store.node(state["node_id"]))
+
+    def _stop_asked(self) -> str | None:
+        """`archlab steer RUN stop`: the candidates in flight finish, no new one starts (used once:
+        the same `archlab run` resumes the run afterwards)."""
+        stop = tree_steering.read(self.store).stop
+        if stop is None:
+            return None
+        self.store.set_meta(tree_steering.STOP_USED, str(stop))
+        return "stopped by `archlab steer stop` (the candidates in flight finished)"
 
     def _budget_reason(self, in_flight: int, elapsed: float) -> str | None:
         if self.store.count("status != 'evaluating'") + in_flight >= self.config.max_nodes:
@@ -310,15 +321,36 @@ class Run:
         chaos.point("select")
         node_id = self._reserve_id()
         rng = random.Random(self.config.seed * 1_000_003 + node_id)  # reproducible, also across resumes
-        parent = sampling.select_parent(self.store, self.config.strategy, rng, sampling.DONE)
+        parent, steered = self._steered_parent(rng)
         if parent is None:
             with self._lock:
                 self._reserved.discard(node_id)
             return {"stop": "no finished node can be a parent"}
         refs = sampling.sample_references(self.store, parent, rng)
         self.store.add_trace(node_id, "selector", "offline", decision={
-            "strategy": self.config.strategy, "parent": parent["id"], "references": [r["id"] for r in refs]})
-        return {"node_id": node_id, "parent_id": parent["id"], "references": [r["id"] for r in refs]}
+            "strategy": self.config.strategy, "parent": parent["id"], "references": [r["id"] for r in refs], **steered})
+        return {"node_id": node_id, "parent_id": parent["id"], "references": [r["id"] for r in refs], "notes": self._notes()}
+
+    def _steered_parent(self, rng: random.Random) -> tuple[dict | None, dict]:
+        """The strategy's parent, never a vetoed node, and PIN_SHARE of the time from a pinned subtree
+        (`archlab steer`); what steering did goes into the selector's trace."""
+        steering = tree_steering.read(self.store)
+        where = sampling.DONE + (f" and id not in ({','.join(map(str, sorted(steering.vetoed)))})" if steering.vetoed else "")
+        steered = {"vetoed": sorted(steering.vetoed)} if steering.vetoed else {}
+        if steering.pinned and rng.random() < PIN_SHARE:
+            subtree = self.store.subtree(steering.pinned)
+            parent = sampling.select_parent(self.store, self.config.strategy, rng, f"{where} and id in ({','.join(map(str, subtree))})")
+            if parent is not None:
+                return parent, {**steered, "pinned": sorted(steering.pinned)}
+        return sampling.select_parent(self.store, self.config.strategy, rng, where), steered
+
+    def _notes(self) -> list[str]:
+        """The notes `archlab steer RUN note` left since the last researcher got them: given once."""
+        with self._lock:
+            notes = tree_steering.read(self.store).notes
+            if notes:
+                self.store.set_meta(tree_steering.NOTES_USED, str(notes[-1][0]))
+        return [text for _, text in notes]
 
     def _research_step(self, state: CandidateState) -> CandidateState:
         ctx = self.context(state)
@@ -560,6 +592,7 @@ class Run:
                 "select 1 from code where code = ? limit 1", [code]).fetchone() is not None,
             code=lambda node_id: self.lineage.code(self.store.node(node_id)["commit_sha"]),
             rng=random.Random(self.config.seed * 1_000_003 + state["node_id"]),
+            notes=state.get("notes") or [],
         )
 
     def _write_traces(self, node_id: int, traces: list[Trace], attempt: int) -> None:
@@ -588,6 +621,7 @@ def experiences(store: Store) -> list[tuple[str, str]]:
     return [(f"node-{r[0]}", r[1]) for r in store.db.execute("select id, analysis from nodes where analysis is not null")]
 
 
+PIN_SHARE = 0.8  # parents drawn from a pinned subtree (`archlab steer RUN pin NODE`); the rest as the strategy says
 SEARCH_WEIGHTS = re.compile(r"node-(\d+)-(\d+)\.safetensors")  # a search evaluation's (a promotion's name its tier)
 
 # A candidate may take this many times what the root took on this machine, when that is more than the

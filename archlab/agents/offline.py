@@ -200,7 +200,7 @@ class OfflineBrain:
             "values": {f"{name}={value}": _summary(gains) for (name, value), gains in arms.items()},
             "ranked": [o.name for o in ranked], "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
-            "cited": cited["id"] if cited else None, "knowledge": used,
+            "cited": cited["id"] if cited else None, "knowledge": used, **({"notes": ctx.notes} if ctx.notes else {}),
         }
         trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
         return Proposal(motivation=motivation, operator=op.name, design=child.model_dump(), knowledge=used), [trace]
@@ -241,7 +241,7 @@ class OfflineBrain:
             "arms": {name: _summary(gains) for name, gains in arms.items()},
             "ranked": [CODE + op for op in ops], "donors": sorted(donors), "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
-            "cited": cited["id"] if cited else None, "knowledge": used,
+            "cited": cited["id"] if cited else None, "knowledge": used, **({"notes": ctx.notes} if ctx.notes else {}),
         }
         trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
         return Proposal(motivation=motivation, operator=CODE + edit.operator, code=edit.code, knowledge=used), [trace]

@@ -21,7 +21,7 @@ class Researcher:
         used = [e.id for e in entries] + [x.id for x in experiences]
         chat = prompting.messages(
             "researcher", parent=ctx.parent, root=ctx.root, parent_code=ctx.parent_code, references=ctx.references,
-            siblings=ctx.siblings, entries=entries, experiences=experiences, **ctx.limits,
+            siblings=ctx.siblings, entries=entries, experiences=experiences, notes=ctx.notes, **ctx.limits,
         )
         traces = [Trace(role="researcher", response="retrieved knowledge for the prompt",
                         decision={"query": query, "knowledge": used})]

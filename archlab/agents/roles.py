@@ -52,6 +52,7 @@ class Context:
     seen_code: Callable[[str], bool] = lambda code: False  # the file is already a node (or claimed by one in flight)
     code: Callable[[int], str] = lambda node_id: ""  # another node's file (crossover donors)
     rng: random.Random = field(default_factory=random.Random)  # seeded per node: reproducible choices
+    notes: list[str] = field(default_factory=list)  # the user's hypotheses (`archlab steer RUN note`), given once
 
     def knowledge_query(self) -> str:
         """What is wrong with the parent, as a knowledge-base query: its weaknesses against the root
@@ -59,4 +60,5 @@ class Context:
         entries retrieved by those words are arbitrary (measured: they sent the offline researcher
         to the same unhelpful operators first in most runs from the ablated root)."""
         analysis = self.parent.get("analysis") if self.parent.get("id") != 0 else None
-        return query_for_node(self.parent.get("metrics") or {}, self.root.get("metrics"), analysis)
+        query = query_for_node(self.parent.get("metrics") or {}, self.root.get("metrics"), analysis)
+        return " ".join([*self.notes, query]).strip()  # a user's note says what to look for first

@@ -199,6 +199,19 @@ class Store:
     def add_trace(self, node_id: int | None, role: str, kind: str, **fields) -> None:
         self.db["traces"].insert(_encode({"node_id": node_id, "role": role, "kind": kind, "created": time.time(), **fields}))
 
+    def traces_of(self, role: str, kind: str) -> list[dict]:
+        """Every trace of one role and kind, in order (steering commands: role "user", kind "steer")."""
+        return [_decode(r) for r in self.db["traces"].rows_where("role = ? and kind = ?", [role, kind], order_by="id")]
+
+    def subtree(self, node_ids: set[int]) -> list[int]:
+        """The given nodes and all their descendants."""
+        if not node_ids:
+            return []
+        marks = ",".join("?" * len(node_ids))
+        return [r[0] for r in self.db.execute(
+            f"with recursive sub(id) as (select id from nodes where id in ({marks}) "
+            f"union select n.id from nodes n join sub on n.parent_id = sub.id) select id from sub", list(node_ids))]
+
     def traces(self, node_id: int | None = None) -> list[dict]:
         where, params = ("node_id = ?", [node_id]) if node_id is not None else (None, [])
         return [_decode(r) for r in self.db["traces"].rows_where(where, params, order_by="id")]

@@ -1,0 +1,112 @@
+"""`archlab steer`: a user changes what a run's driver does next, from another process — pin a
+branch, veto a node, leave a note for the researcher, stop after the candidates in flight."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import helpers
+from llm_server import API_KEY, Script, ScriptedServer
+
+ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
+
+
+def selections(run) -> dict[int, dict]:
+    """node id -> its selector decision (parent, references, and what steering did)."""
+    return {t["node_id"]: json.loads(t["decision"]) for t in helpers.table_rows(run, "traces") if t["role"] == "selector"}
+
+
+def subtree(rows: list[dict], top: int) -> set[int]:
+    found, grew = {top}, True
+    while grew:
+        grew = False
+        for r in rows:
+            if r["parent_id"] in found and r["id"] not in found:
+                found.add(r["id"])
+                grew = True
+    return found
+
+
+def test_pin_veto_and_note_change_what_the_driver_does_next(tmp_path):
+    run = tmp_path / "run"
+    first = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 5, "--threads", helpers.THREADS, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    done = sorted((r for r in helpers.node_rows(run) if r["status"] == "done" and r["id"] != 0), key=lambda r: -r["fitness"])
+    assert len(done) >= 2, [(r["id"], r["status"], r["reason"]) for r in helpers.node_rows(run)]
+    best, pinned = done[0]["id"], done[-1]["id"]  # veto the node the strategy likes most; pin a weaker one
+    for args in (("pin", pinned), ("veto", best), ("note", "add a short causal convolution before the mixer")):
+        proc = helpers.cli("steer", run, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert "no `archlab run` is driving" in proc.stdout  # said when nobody is: it applies on resume
+    before = {r["id"] for r in helpers.node_rows(run)}
+
+    again = helpers.cli("run", run, "--max-nodes", 13, "--threads", helpers.THREADS, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = helpers.node_rows(run)
+    new = [r for r in rows if r["id"] not in before]
+    chosen = selections(run)
+    assert len(new) == 8
+    parents = {r["id"]: r["parent_id"] for r in new}
+    assert best not in parents.values(), parents  # vetoed: never a parent again
+    from_pin = [n for n, p in parents.items() if p in subtree(rows, pinned)]
+    assert len(from_pin) >= 4, (pinned, parents)  # most parents from the pinned branch (PIN_SHARE 0.8)
+    assert all(chosen[n].get("pinned") == [pinned] for n in from_pin if "pinned" in chosen[n])
+    assert all(chosen[n]["vetoed"] == [best] for n in parents)
+    noted = [t for t in helpers.table_rows(run, "traces") if t["role"] == "researcher" and "notes" in (t["decision"] or "")]
+    assert len(noted) == 1 and json.loads(noted[0]["decision"])["notes"] == ["add a short causal convolution before the mixer"]
+    assert noted[0]["node_id"] == min(parents)  # the next researcher, and only it
+    steers = [t for t in helpers.table_rows(run, "traces") if t["role"] == "user" and t["kind"] == "steer"]
+    assert [json.loads(t["decision"])["action"] for t in steers] == ["pin", "veto", "note"]
+
+    for bad in (("pin",), ("pin", "x"), ("veto", 0), ("pin", 999), ("note",), ("stop", "now"), ("rewind", 1)):
+        helpers.assert_user_error(helpers.cli("steer", run, *bad))
+    assert len(helpers.node_rows(run)) == len(rows)  # refused steering changes nothing
+
+
+def test_a_note_reaches_the_llm_researchers_prompt(tmp_path):
+    run = tmp_path / "run"
+    script = Script()
+    env = dict(os.environ, OPENAI_API_KEY=API_KEY)
+    with ScriptedServer(script) as server:
+        args = ["run", str(run), "--tier", "micro", "--llm", "openai:scripted", "--base-url", server.url, "--threads", "1"]
+        first = subprocess.run([*ARCHLAB, *args, "--max-nodes", "1"], env=env, capture_output=True, text=True, timeout=600)
+        assert first.returncode == 0, first.stderr
+        assert helpers.cli("steer", run, "note", "try a data-dependent forget gate").returncode == 0
+        again = subprocess.run([*ARCHLAB, *args, "--max-nodes", "3"], env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+    prompts = [e["messages"][1]["content"] for e in script.log if e["role"] == "researcher"]
+    assert len(prompts) >= 2
+    assert "try a data-dependent forget gate" in prompts[0] and "Notes from the user" in prompts[0]
+    assert all("try a data-dependent forget gate" not in p for p in prompts[1:])  # given once
+
+
+def test_stop_finishes_the_candidate_in_flight_and_starts_no_new_one(tmp_path):
+    run = tmp_path / "run"
+    proc = helpers.popen_cli("run", run, "--tier", "micro", "--tier-set", "steps=1500", "--max-nodes", 30,
+                             "--threads", helpers.THREADS)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # a candidate (not the root) is training
+            assert time.monotonic() < deadline and proc.poll() is None, "no candidate started"
+            time.sleep(0.5)
+            if (run / "archlab.db").exists():
+                flight = json.loads(helpers.cli("status", run, "--json").stdout)["in_flight"]
+                if any(n["id"] > 0 and n.get("stage") == "training" for n in flight):
+                    break
+        steer = helpers.cli("steer", run, "stop")
+        assert steer.returncode == 0 and "stop asked" in steer.stdout, steer.stderr
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "stopped by `archlab steer stop`" in out, out
+    rows = helpers.node_rows(run)
+    assert all(r["status"] in ("done", "failed") for r in rows), [(r["id"], r["status"]) for r in rows]  # in flight: finished
+    assert len(rows) < 30
+    resumed = helpers.cli("run", run, "--max-nodes", len(rows) + 1, "--threads", helpers.THREADS,
+                          timeout=600)
+    assert resumed.returncode == 0 and len(helpers.node_rows(run)) == len(rows) + 1, resumed.stdout  # the stop was used once
