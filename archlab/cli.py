@@ -517,19 +517,27 @@ def doctor(run_dir: Optional[Path] = typer.Argument(None, metavar="RUN_DIR", hel
 @app.command()
 def serve(run_dir: Path = RunDir,
           port: int = typer.Option(8765, "--port", min=0, max=65535, help="TCP port (0: any free port)"),
-          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (the default is only reachable from this machine)")) -> None:
-    """Read-only web UI of a run: tree, nodes (diff, metrics, analysis, traces), plots; updates while the run goes."""
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (the default is only reachable from this machine)"),
+          allow_steer: bool = typer.Option(False, "--allow-steer", help="let the page pin, veto, note and stop (127.0.0.1 only; "
+                                           "the printed URL carries a token that every steering request must show)")) -> None:
+    """Web UI of a run: tree, nodes (diff, metrics, curves, analysis, traces), plots; updates while the run goes.
+    Read-only unless --allow-steer."""
+    import secrets
+
     from archlab.web.server import serve as serve_ui
 
     _store(run_dir)
+    if allow_steer and host != "127.0.0.1":
+        raise UserError(f"--allow-steer serves on 127.0.0.1 only (not --host {host}): steering writes to the run")
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"warning: --host {host} makes the run's code, traces and prompts readable from the network", markup=False)
 
     def ready(url: str) -> None:
-        console.print(f"Serving [bold]{run_dir}[/] read-only at [bold]{url}[/] (Ctrl-C to stop)")
+        mode = "with steering (keep the URL to yourself: its token allows it)" if allow_steer else "read-only"
+        console.print(f"Serving {run_dir} {mode} at {url} (Ctrl-C to stop)", markup=False, highlight=False, soft_wrap=True)
         console.file.flush()
 
-    serve_ui(run_dir, host, port, on_ready=ready)
+    serve_ui(run_dir, host, port, on_ready=ready, steer_token=secrets.token_urlsafe(24) if allow_steer else None)
 
 
 @app.command()

@@ -227,6 +227,54 @@ def test_browser_watches_a_node_train_without_a_reload(tmp_path):
             server.stop()
 
 
+def _post(server, path: str, body: bytes, token: str | None) -> int:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        conn.request("POST", path, body, {"Content-Type": "application/json", **({"X-Archlab-Token": token} if token else {})})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_steering_from_the_page_needs_the_flag_and_its_token(served, tmp_path_factory):
+    """Read-only by default (POST /api/steer does not exist); with --allow-steer, on 127.0.0.1 only,
+    a steering request needs the token in the printed URL; the page's pin button records a pin,
+    and the node shows it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    _, readonly = served
+    assert _post(readonly, "/api/steer", b'{"action": "stop"}', None) == 404  # no such route
+    run = tmp_path_factory.mktemp("steer") / "run"
+    shutil.copytree(review_run(tmp_path_factory), run, ignore=shutil.ignore_patterns("READY"))
+    helpers.assert_user_error(helpers.cli("serve", run, "--allow-steer", "--host", "0.0.0.0"))
+    server = Server(run, "--allow-steer")
+    try:
+        token = server.url.split("?token=", 1)[1]
+        assert len(token) >= 24
+        order = b'{"action": "stop"}'
+        assert _post(server, "/api/steer", order, None) == 403
+        assert _post(server, "/api/steer", order, token[:-1] + ("A" if token[-1] != "A" else "B")) == 403
+        assert _post(server, "/api/steer", b'{"action": "pin", "node": "1; drop"}', token) == 400
+        assert _post(server, "/api/steer", b'{"action": "pin", "node": 99999}', token) == 400
+        assert not [t for t in helpers.table_rows(run, "traces") if t["role"] == "user"]  # nothing refused was recorded
+        child = next(n for n in helpers.node_rows(run) if n["id"] != 0 and n["status"] == "done")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(server.url + f"#/node/{child['id']}")
+            page.locator('[data-testid="steer-pin"]').click()
+            expect(page.locator('[data-testid="steer-status"]')).to_contain_text("recorded", timeout=15_000)
+            expect(page.locator('[data-testid="steer-pinned"]')).to_be_visible(timeout=15_000)
+            page.goto(server.url.split("?")[0] + f"#/node/{child['id']}")  # without the token: badges, no controls
+            expect(page.locator('[data-testid="steer-pinned"]')).to_be_visible(timeout=15_000)
+            assert page.locator('[data-testid="steer-pin"]').count() == 0
+            browser.close()
+        steers = [json.loads(t["decision"]) for t in helpers.table_rows(run, "traces") if t["role"] == "user"]
+        assert steers == [{"action": "pin", "node": child["id"]}]
+    finally:
+        server.stop()
+
+
 TRAVERSALS = [
     "/static/../archlab.toml",
     "/static/..%2f..%2farchlab.toml",

@@ -1,6 +1,7 @@
 """The web UI's HTTP side (Starlette): a static page and a read-only JSON API over one run.
 
-Only GET (and HEAD) routes exist; node and evaluation ids are integers in the path; static
+Only GET (and HEAD) routes exist (with `archlab serve --allow-steer`, also POST /api/steer, which
+needs the token printed in the server's URL); node and evaluation ids are integers in the path; static
 files come from the package's static/ folder (Starlette refuses paths that leave it); no
 route takes a file name. Host names other than the bound one and localhost are refused (a
 guard against DNS rebinding), and a strict Content-Security-Policy keeps any text that a
@@ -9,6 +10,7 @@ candidate or a model wrote from running as script in the page.
 
 import json
 import math
+import secrets
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -22,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from archlab.errors import UserError
+from archlab.tree import steering
 from archlab.web.data import RunView
 from archlab.web.highlight import stylesheet
 
@@ -75,7 +78,7 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
+def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None = None) -> Starlette:
     view = RunView(run_dir)
 
     def _int(request: Request, name: str, default: int | None) -> int | None:
@@ -152,6 +155,24 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
     async def plots(request: Request) -> Response:
         return JSON(await run_in_threadpool(view.plots))
 
+    async def steer(request: Request) -> Response:
+        """`archlab serve --allow-steer` only: a steering command (tree/steering.py), with the run's token."""
+        if not secrets.compare_digest(request.headers.get("x-archlab-token", ""), steer_token):
+            raise HTTPException(403, "steering needs this server's token (the URL `archlab serve --allow-steer` printed)")
+        body = await request.body()
+        try:
+            order = json.loads(body) if len(body) <= 4096 else None
+            assert isinstance(order, dict)
+            node, text = order.get("node"), order.get("text")
+            assert (node is None or type(node) is int) and (text is None or isinstance(text, str))
+        except (ValueError, AssertionError):
+            raise HTTPException(400, 'send {"action": "pin" | "veto" | "note" | "stop", "node": N, "text": "..."}') from None
+        try:
+            await run_in_threadpool(steering.add, view.writer(), str(order.get("action")), node, text)
+        except UserError as e:
+            raise HTTPException(400, str(e)) from None
+        return JSON({"ok": True})
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSON({"error": str(exc)}, status_code=404)
 
@@ -182,6 +203,8 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
         Route("/api/plots", plots, methods=get),
         Mount("/static", app=StaticFiles(directory=STATIC, follow_symlink=False), name="static"),
     ]
+    if steer_token:  # the one write, and only with the flag: everything else stays read-only
+        routes.insert(0, Route("/api/steer", steer, methods=["POST"]))
     allowed = ["127.0.0.1", "localhost", "::1", "[::1]"]
     if host in ("0.0.0.0", "::", ""):
         allowed = ["*"]

@@ -22,6 +22,7 @@ from markdown_it import MarkdownIt
 from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.sandbox.fitness import pareto_front
+from archlab.tree import steering
 from archlab.tree.driver import driver_pid
 from archlab.tree.lineage import Lineage
 from archlab.tree.report import METRIC_ORDER, in_flight, summary
@@ -106,10 +107,19 @@ class RunView:
         self._children: dict[int, list[int]] = {}
         self._code: dict[str, str] = {}
         self._entries = None
+        self._writer: Store | None = None
 
     def close(self) -> None:
         self.lineage.repo.close()
         self.store.close()
+        if self._writer is not None:
+            self._writer.close()
+
+    def writer(self) -> Store:
+        """The run's writable store, for steering only (`archlab serve --allow-steer`), opened on first use."""
+        if self._writer is None:
+            self._writer = Store(self.dir)
+        return self._writer
 
     # -- change detection ---------------------------------------------------------------------
     def version(self) -> int:
@@ -311,6 +321,7 @@ class RunView:
         ]
         neighbours = self.store.db.execute(
             "select (select max(id) from nodes where id < ?), (select min(id) from nodes where id > ?)", [node_id, node_id]).fetchone()
+        steered = steering.read(self.store)
         return {
             **{k: node.get(k) for k in ("id", "parent_id", "status", "operator", "motivation", "fitness", "val_loss",
                                         "reason", "detail", "analysis", "design", "commit_sha", "created", "finished", "attempts")},
@@ -327,6 +338,7 @@ class RunView:
             "evaluations": evaluations,
             "prev": neighbours[0],
             "next": neighbours[1],
+            "steering": [a for a, held in (("pinned", node_id in steered.pinned), ("vetoed", node_id in steered.vetoed)) if held],
             "version": self._version,
         }
 

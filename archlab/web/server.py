@@ -39,7 +39,8 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}/"
 
 
-def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, on_ready: Callable[[str], None] = print) -> None:
+def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, on_ready: Callable[[str], None] = print,
+          steer_token: str | None = None) -> None:
     """Serve the run's review UI until interrupted. Everything that can fail because of the
     user's input (not a run, busy port) fails before anything is printed as ready."""
     try:
@@ -48,13 +49,13 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, on_ready: Ca
         from archlab.web.app import create_app
     except ImportError as e:
         raise UserError(f"the web UI needs its extra ({e.name} is missing): pip install 'archlab[web]'") from None
-    app = create_app(run_dir, host)
+    app = create_app(run_dir, host, steer_token)
     sock = bind(host, port)
     # A client that holds connections open cannot starve the others: idle ones close after 5 s, and
     # past 64 at once new ones get a 503.
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                            timeout_graceful_shutdown=2, timeout_keep_alive=5, limit_concurrency=64))
-    on_ready(url_of(sock))
+    on_ready(url_of(sock) + (f"?token={steer_token}" if steer_token else ""))
     try:
         server.run(sockets=[sock])
     finally:

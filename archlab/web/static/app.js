@@ -8,6 +8,7 @@ import { chart, timeTicks } from "./plots.js";
 import { TreeView } from "./tree.js";
 import { curvesSection, failedLogLink } from "./curves.js";
 import { route } from "./pages.js";
+import { steerPanel } from "./steer.js";
 
 const POLL_MS = 2000;
 const TREE_LIMIT = 600;
@@ -222,7 +223,7 @@ function renderNode(n, tr) {
       n.parent ? h("a", { href: `#/compare/${n.parent.id}/${n.id}` }, "compare") : null,
       h("a", { href: `#/?focus=${n.id}` }, "in tree"),
       n.next !== null ? h("a", { href: `#/node/${n.next}` }, `#${n.next} →`) : null));
-  const out = h("div", { class: "node-page", "data-testid": "node-page", "data-node": n.id }, head);
+  const out = h("div", { class: "node-page", "data-testid": "node-page", "data-node": n.id }, head, steerPanel(n));
   out.append(h("p", { class: "motivation" }, n.motivation || h("span", { class: "muted" }, "no motivation recorded")));
   if (n.status === "failed" && n.detail) out.append(h("div", { class: "error" }, `${n.reason}: ${n.detail}`));
   if (n.status === "failed") out.append(failedLogLink(n) || "");
