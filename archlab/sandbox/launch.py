@@ -31,6 +31,7 @@ Child side, in each server forked from the launch pad:
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import json
 import os
@@ -261,9 +262,12 @@ def _bwrap_argv(cuda: bool, as_root: bool, hide: tuple[str, ...]) -> list[str]:
     return argv + ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", SCRATCH, "--"]
 
 
-def _view() -> list[str]:
+@functools.cache
+def _view() -> tuple[str, ...]:
     """What a server can read: the interpreter and its libraries, the system's shared libraries and
-    compilers, a few files of /etc. Outermost paths only, each once (symlinks kept as symlinks)."""
+    compilers, a few files of /etc. Outermost paths only, each once (symlinks kept as symlinks).
+    Computed once per process, on import (below): a server needs it after it has dropped its uid,
+    when sysconfig may no longer be able to import what it reads."""
     import archlab
 
     paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, *sysconfig.get_paths().values(),
@@ -279,7 +283,7 @@ def _view() -> list[str]:
     real = [p for p in seen if not os.path.islink(p)]
     keep = [p for p in real if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in real)]
     links = [p for p in seen if os.path.islink(p) and not any(p.startswith(q.rstrip("/") + "/") for q in keep)]
-    return sorted(keep, key=len) + links
+    return tuple(sorted(keep, key=len) + links)
 
 
 def _in_view(path: str) -> bool:
@@ -343,6 +347,13 @@ def isolate(scratch: str) -> bool:
     writable place, no abstract socket, no IPC object, and cannot see or signal each other. False
     where the kernel refuses a user namespace (then every server gets a launch pad of its own)."""
     outer_uid, outer_gid = os.getuid(), os.getgid()
+    private = [p for p in PRIVATE_DIRS if os.path.isdir(p)] + [scratch]
+    # What of the view lies below a private directory (a checkout or a venv under /tmp) stays visible:
+    # held by a descriptor before the fresh tmpfs covers it, bound back read-only on top (with what
+    # hides the corpus inside it: MS_REC). Without it, a server of an archlab installed under /tmp
+    # could not import archlab's modules it had not imported yet. Listed before unshare: the first
+    # process forked after it is the PID namespace's init, and nothing but the server may be.
+    below = [v for v in _view() if not os.path.islink(v) and any(v.startswith(d.rstrip("/") + "/") for d in private)]
     libc = ctypes.CDLL(None, use_errno=True)
     flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
     if libc.unshare(flags) != 0:
@@ -351,13 +362,7 @@ def isolate(scratch: str) -> bool:
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         raise OSError(ctypes.get_errno(), "making the server's mounts private failed")
     options = f"size={SCRATCH_MB}m,mode=1777".encode()
-    private = [p for p in PRIVATE_DIRS if os.path.isdir(p)] + [scratch]
-    # What of the view lies below a private directory (a checkout or a venv under /tmp) stays visible:
-    # held by a descriptor before the fresh tmpfs covers it, bound back read-only on top (with what
-    # hides the corpus inside it: MS_REC). Without it, a server of an archlab installed under /tmp
-    # could not import archlab's modules it had not imported yet.
-    below = [v for v in _view() if not os.path.islink(v) and any(v.startswith(d.rstrip("/") + "/") for d in private)]
-    held = {v: os.open(v, os.O_PATH) for v in below}
+    held = {v: os.open(v, os.O_PATH) for v in below}  # (in the new mount namespace: a bind's source must be)
     for path in private:
         os.makedirs(path, exist_ok=True)  # the fallback launchers' scratch lies below /tmp, just covered
         if libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
@@ -541,3 +546,6 @@ def report(refresh: bool = False) -> dict:
     ]
     return {"launcher": lx.kind, "uid_dropped": lx.drop_uid, "probe": f,
             "protections": [{"name": n, "active": bool(a), "detail": d} for n, a, d in layers]}
+
+
+_view()  # see its docstring: the launch pad and the probe import this module before forking servers
