@@ -310,13 +310,26 @@ def tree(run_dir: Path = RunDir, limit: int = typer.Option(500, help="show at mo
     by_id = {n["id"]: n for n in nodes}
     branches = {}
     root = nodes[0]
-    top = Tree(_tree_label(root, None))
+    marks = _steer_marks(store)
+    top = Tree(_tree_label(root, None) + marks.get(root["id"], ""))
     branches[root["id"]] = top
     for n in nodes[1:]:
         parent = by_id.get(n["parent_id"])
         holder = branches.get(n["parent_id"], top)
-        branches[n["id"]] = holder.add(_tree_label(n, parent))
+        branches[n["id"]] = holder.add(_tree_label(n, parent) + marks.get(n["id"], ""))
     console.print(top)
+
+
+def _steer_marks(store) -> dict[int, str]:
+    """node id -> "  [pinned]" / "  [vetoed]" (rich markup) for the nodes `archlab steer` pinned or vetoed."""
+    from archlab.tree import steering
+
+    held = steering.read(store)
+    marks: dict[int, str] = {}
+    for ids, badge in ((held.pinned, "[bold blue]\\[pinned][/]"), (held.vetoed, "[bold red]\\[vetoed][/]")):
+        for n in ids:
+            marks[n] = marks.get(n, "") + "  " + badge
+    return marks
 
 
 @app.command()
@@ -524,11 +537,14 @@ def serve(run_dir: Path = RunDir,
     Read-only unless --allow-steer."""
     import secrets
 
+    from archlab.tree.store import writable
     from archlab.web.server import serve as serve_ui
 
     _store(run_dir)
     if allow_steer and host != "127.0.0.1":
         raise UserError(f"--allow-steer serves on 127.0.0.1 only (not --host {host}): steering writes to the run")
+    if allow_steer and not writable(run_dir):
+        raise UserError(f"--allow-steer: this user cannot write {run_dir / 'archlab.db'}, where steering is recorded")
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"warning: --host {host} makes the run's code, traces and prompts readable from the network", markup=False)
 
@@ -653,8 +669,9 @@ def steer(run_dir: Path = RunDir,
           arg: Optional[str] = typer.Argument(None, metavar="[NODE|TEXT]", help="the node to pin or veto, or the note's text")) -> None:
     """Steer a run while it goes (or before it resumes): `pin NODE` draws most parents from NODE's
     subtree, `veto NODE` never expands NODE again, `note TEXT` gives a hypothesis to the next
-    researcher, `stop` lets the candidates in flight finish and starts no new one. Each is kept as
-    a trace of the run; the driver picks it up before its next candidate."""
+    researcher, `stop` lets the candidates in flight finish and starts no new one (only while an
+    `archlab run` drives the run). Each is kept as a trace of the run (who, when); the driver picks
+    it up before its next candidate."""
     from archlab.tree import steering
     from archlab.tree.driver import driver_pid
 
@@ -666,7 +683,7 @@ def steer(run_dir: Path = RunDir,
         node = int(arg)
     elif action == "stop" and arg is not None:
         raise UserError("steer stop takes nothing after it")
-    steering.add(store, action, node=node, text=arg if action == "note" else None)
+    steering.add(store, action, node=node, text=arg if action == "note" else None, by=steering.who("cli"))
     said = {"pin": f"pinned node {node}: most parents come from its subtree from the next candidate on",
             "veto": f"vetoed node {node}: it is never a parent again", "note": "noted: the next researcher gets it",
             "stop": "stop asked: the candidates in flight finish, no new one starts"}[action]

@@ -1,6 +1,7 @@
 """`archlab steer`: a user changes what a run's driver does next, from another process — pin a
 branch, veto a node, leave a note for the researcher, stop after the candidates in flight."""
 
+import getpass
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ import time
 
 import helpers
 from llm_server import API_KEY, Script, ScriptedServer
+
+from archlab.tree.store import Store
 
 ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
 
@@ -56,9 +59,11 @@ def test_pin_veto_and_note_change_what_the_driver_does_next(tmp_path):
     assert all(chosen[n]["vetoed"] == [best] for n in parents)
     noted = [t for t in helpers.table_rows(run, "traces") if t["role"] == "researcher" and "notes" in (t["decision"] or "")]
     assert len(noted) == 1 and json.loads(noted[0]["decision"])["notes"] == ["add a short causal convolution before the mixer"]
+    assert json.loads(noted[0]["decision"])["query"].startswith("add a short causal convolution before the mixer")  # what it looks up
     assert noted[0]["node_id"] == min(parents)  # the next researcher, and only it
     steers = [t for t in helpers.table_rows(run, "traces") if t["role"] == "user" and t["kind"] == "steer"]
     assert [json.loads(t["decision"])["action"] for t in steers] == ["pin", "veto", "note"]
+    assert all(json.loads(t["decision"])["by"].endswith(" via cli") and t["created"] for t in steers)  # who, when
 
     for bad in (("pin",), ("pin", "x"), ("veto", 0), ("pin", 999), ("note",), ("stop", "now"), ("rewind", 1)):
         helpers.assert_user_error(helpers.cli("steer", run, *bad))
@@ -109,4 +114,38 @@ def test_stop_finishes_the_candidate_in_flight_and_starts_no_new_one(tmp_path):
     assert len(rows) < 30
     resumed = helpers.cli("run", run, "--max-nodes", len(rows) + 1, "--threads", helpers.THREADS,
                           timeout=600)
+    helpers.assert_user_error(helpers.cli("steer", run, "stop"))  # nobody drives it now: nothing to stop
+    # A stop that reached a driver which then died before acting on it (Ctrl-C, a crash) is the
+    # earlier driver's: the run the user starts next does not stop because of it.
+    store = Store(run)
+    store.add_trace(None, "user", "steer", decision={"action": "stop", "node": None, "by": "test via cli"})
+    store.close()
+    resumed = helpers.cli("run", run, "--max-nodes", len(rows) + 1, "--threads", helpers.THREADS,
+                          timeout=600)
     assert resumed.returncode == 0 and len(helpers.node_rows(run)) == len(rows) + 1, resumed.stdout  # the stop was used once
+    assert "reached --max-nodes" in resumed.stdout, resumed.stdout
+
+
+def test_steering_that_cannot_act_is_refused_and_records_nothing(tmp_path):
+    """One clear line and nothing stored for a stop with no driver, a failed node, an overlong note;
+    an accepted pin says who asked and when."""
+    store = Store(tmp_path, create=True)
+    store.add_node(id=0, parent_id=None, status="done", fitness=0.0)
+    store.add_node(id=1, parent_id=0, status="done", fitness=0.1)
+    store.add_node(id=2, parent_id=0, status="failed", reason="nan")
+    store.close()
+    assert "nothing to stop" in helpers.assert_user_error(helpers.cli("steer", tmp_path, "stop"))
+    assert "failed (nan)" in helpers.assert_user_error(helpers.cli("steer", tmp_path, "pin", 2))
+    assert "never a parent anyway" in helpers.assert_user_error(helpers.cli("steer", tmp_path, "veto", 2))
+    assert "2000" in helpers.assert_user_error(helpers.cli("steer", tmp_path, "note", "x" * 2001))
+    assert not helpers.table_rows(tmp_path, "traces")
+    before = time.time()
+    ok = helpers.cli("steer", tmp_path, "pin", 1)
+    assert ok.returncode == 0 and "pinned node 1" in ok.stdout, ok.stderr
+    (trace,) = helpers.table_rows(tmp_path, "traces")
+    assert (trace["role"], trace["kind"], trace["node_id"]) == ("user", "steer", 1)
+    assert json.loads(trace["decision"]) == {"action": "pin", "node": 1, "by": f"{getpass.getuser()} via cli"}
+    assert before - 1 <= trace["created"] <= time.time()
+    assert [n["status"] for n in helpers.node_rows(tmp_path)] == ["done", "done", "failed"]  # the nodes are untouched
+    tree = helpers.cli("tree", tmp_path).stdout.splitlines()
+    assert [line for line in tree if "[pinned]" in line] == [next(line for line in tree if "node 1 " in line)], tree

@@ -4,6 +4,7 @@ read-only and path-confinement guarantees over raw HTTP, and a busy port.
 
 Screenshots go to $ARCHLAB_SCREENSHOTS when set, else into pytest's tmp dir (printed)."""
 
+import getpass
 import hashlib
 import http.client
 import json
@@ -261,16 +262,33 @@ def test_steering_from_the_page_needs_the_flag_and_its_token(served, tmp_path_fa
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
+            page.goto(server.url.split("?")[0] + f"?token=wrong-{token}#/node/{child['id']}")  # a wrong token: refused
+            page.locator('[data-testid="steer-pin"]').click()
+            expect(page.locator('[data-testid="steer-status"]')).to_contain_text("refused", timeout=15_000)
+            assert not [t for t in helpers.table_rows(run, "traces") if t["role"] == "user"]
             page.goto(server.url + f"#/node/{child['id']}")
+            page.locator('[data-testid="steer-stop"]').click()  # no `archlab run` drives this run: nothing to stop
+            expect(page.locator('[data-testid="steer-status"]')).to_contain_text("nothing to stop", timeout=15_000)
+            page.locator('[data-testid="steer-note-text"]').fill("try a data-dependent forget gate")
+            page.locator('[data-testid="steer-note"]').click()
+            expect(page.locator('[data-testid="steer-status"]')).to_contain_text("recorded", timeout=15_000)
             page.locator('[data-testid="steer-pin"]').click()
             expect(page.locator('[data-testid="steer-status"]')).to_contain_text("recorded", timeout=15_000)
             expect(page.locator('[data-testid="steer-pinned"]')).to_be_visible(timeout=15_000)
             page.goto(server.url.split("?")[0] + f"#/node/{child['id']}")  # without the token: badges, no controls
             expect(page.locator('[data-testid="steer-pinned"]')).to_be_visible(timeout=15_000)
             assert page.locator('[data-testid="steer-pin"]').count() == 0
+            page.goto(server.url.split("?")[0] + "#/")  # the tree marks the pinned node too
+            expect(page.locator(f'g.node[data-node="{child["id"]}"] [data-testid="tree-steer-pinned"]')).to_be_visible(timeout=15_000)
+            assert page.locator('[data-testid="tree-steer-pinned"]').count() == 1
+            page.goto(server.url.split("?")[0] + "#/traces?role=user")  # the note, with who sent it, in the traces
+            expect(page.locator("article.trace", has_text="try a data-dependent forget gate")).to_contain_text("via web", timeout=15_000)
             browser.close()
-        steers = [json.loads(t["decision"]) for t in helpers.table_rows(run, "traces") if t["role"] == "user"]
-        assert steers == [{"action": "pin", "node": child["id"]}]
+        steers = [t for t in helpers.table_rows(run, "traces") if t["role"] == "user"]
+        by = f"{getpass.getuser()} via web"
+        assert [json.loads(t["decision"]) for t in steers] == [{"action": "note", "node": None, "by": by},
+                                                               {"action": "pin", "node": child["id"], "by": by}]
+        assert steers[0]["response"] == "try a data-dependent forget gate"
     finally:
         server.stop()
 

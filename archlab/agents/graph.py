@@ -102,6 +102,7 @@ class Run:
         writes the store; the workers are threads whose sandboxes are child processes.
         """
         self.recover()
+        tree_steering.forget_stops(self.store)  # a stop asked of an earlier driver is not one for this run
         own_executor = self.executor is None
         if own_executor:
             self.executor = executors.make(self.config)

@@ -129,6 +129,7 @@ class Store:
         if "wall_s" in self.db["evaluations"].columns_dict:  # covers Store.spend: it never reads the rows themselves
             self.db["evaluations"].create_index(["tier", "kind", "ok", "wall_s", "threads", "gpus"], if_not_exists=True)
         self.db["traces"].create_index(["node_id", "role", "request_hash"], if_not_exists=True)
+        self.db["traces"].create_index(["role", "kind"], if_not_exists=True)  # steering, read before every candidate
         self.db["nodes"].create_index(["status", "fitness"], if_not_exists=True)
         self.db["nodes"].create_index(["parent_id"], if_not_exists=True)
         self.db["nodes"].create_index(["status", "id"], if_not_exists=True)  # recent finished nodes (evolution)

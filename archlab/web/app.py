@@ -168,7 +168,7 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
         except (ValueError, AssertionError):
             raise HTTPException(400, 'send {"action": "pin" | "veto" | "note" | "stop", "node": N, "text": "..."}') from None
         try:
-            await run_in_threadpool(steering.add, view.writer(), str(order.get("action")), node, text)
+            await run_in_threadpool(steering.add, view.writer(), str(order.get("action")), node, text, steering.who("web"))
         except UserError as e:
             raise HTTPException(400, str(e)) from None
         return JSON({"ok": True})

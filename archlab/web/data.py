@@ -213,11 +213,13 @@ class RunView:
 
     def _annotate(self, rows: list[dict], shown: set[int]) -> list[dict]:
         sizes = self._sizes()
+        steered = steering.read(self.store)
         for r in rows:
             kids = self._children.get(r["id"], [])
             r["children"] = len(kids)
             r["hidden"] = sum(1 for k in kids if k not in shown)
             r["size"] = sizes.get(r["id"], 1)
+            r["steering"] = _steering_of(steered, r["id"])
         return rows
 
     def tree(self, limit: int = 400, focus: int | None = None) -> dict:
@@ -338,7 +340,7 @@ class RunView:
             "evaluations": evaluations,
             "prev": neighbours[0],
             "next": neighbours[1],
-            "steering": [a for a, held in (("pinned", node_id in steered.pinned), ("vetoed", node_id in steered.vetoed)) if held],
+            "steering": _steering_of(steered, node_id),
             "version": self._version,
         }
 
@@ -601,3 +603,8 @@ def _origin(url: str | None) -> str | None:
         return url
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+
+
+def _steering_of(steered: steering.Steering, node_id: int) -> list[str]:
+    """The badges `archlab steer` earned a node: "pinned", "vetoed" (both, when asked both)."""
+    return [badge for badge, held in (("pinned", node_id in steered.pinned), ("vetoed", node_id in steered.vetoed)) if held]

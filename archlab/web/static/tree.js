@@ -157,6 +157,7 @@ export class TreeView {
     else label.push(h("tspan", { class: `fit st-${n.status}`, dx: 6 }, n.status === "failed" ? `failed: ${n.reason || "?"}` : n.status));
     if (n.operator) label.push(h("tspan", { class: "op", dx: 6 }, n.operator));
     if (collapsed && n.size > 1) label.push(h("tspan", { class: "folded", dx: 6 }, `(+${n.size - 1} hidden)`));
+    for (const s of n.steering || []) label.push(h("tspan", { class: `steer-${s}`, dx: 6, "data-testid": `tree-steer-${s}` }, s));  // archlab steer
     const title = `node ${n.id} · ${n.status}${n.reason ? " (" + n.reason + ")" : ""}` +
       (n.fitness !== null ? ` · fitness ${signed(n.fitness)}` : "") + (n.val_loss !== null ? ` · val_loss ${num(n.val_loss)}` : "") +
       ` · ${n.operator || ""} · ${n.children} child${n.children === 1 ? "" : "ren"}, ${n.size - 1} descendants`;
