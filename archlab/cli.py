@@ -118,6 +118,7 @@ def run(
 
     if (run_dir / CONFIG_FILE).exists():
         config = RunConfig.load(run_dir)
+        _refuse_imported(run_dir)
         lock = hold_driver_lock(run_dir)  # held (open) until this process ends
         _check_endpoint(run_dir, config, given, trust_endpoint)
         fixed = {k: v for k, v in given.items() if k not in RESUME_OPTIONS and getattr(config, k) != v}
@@ -251,7 +252,10 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
         return
     t = Table(title=f"archlab run {run_dir}", show_header=False)
     pid = facts["driver_pid"]
-    t.add_row("state", f"running (archlab run, pid {pid})" if pid else "stopped (`archlab run` resumes it)")
+    if facts["imported"]:
+        t.add_row("state", f"imported records ({facts['imported']} nodes): `archlab fork` a node to search from it")
+    else:
+        t.add_row("state", f"running (archlab run, pid {pid})" if pid else "stopped (`archlab run` resumes it)")
     for key in ("nodes", "done", "failed"):
         t.add_row(key, str(facts[key]))
     if facts["evaluating"]:
@@ -632,6 +636,79 @@ def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE",
     console.print(f"Grow it with: archlab run {new_run}")
 
 
+@app.command(name="import")
+def import_records(
+    source: str = typer.Argument(..., metavar="FORMAT", help="whose records: asi-arch (GAIR-NLP/ASI-Arch's published search)"),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="the new run directory (must not exist or be empty)"),
+    files: list[Path] = typer.Argument(..., metavar="FILES...", help="asi-arch: data/tree.json, and data/106.json for the designs' code and measurements"),
+    tier: str = typer.Option("smoke", "--tier", help="the tier replays and forks of this run use by default (micro | smoke | explore | verify)"),
+    param_ratio: float = typer.Option(1.2, "--param-ratio", help="parameter budget of replays and forks, relative to the root (ASI-Arch's designs often exceed 1.2x at small widths)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Turn another system's published search into an archlab run to review, replay and fork.
+
+    asi-arch: download data/tree.json and data/106.json from github.com/GAIR-NLP/ASI-Arch, then
+    `archlab import asi-arch runs/asi tree.json 106.json`. Node N is ASI-Arch's index N (its root
+    is node 0); the 106 designs become commits (converted to archlab's contract, each change logged
+    as an `import` trace) with ASI-Arch's figures as `external` evaluations. `archlab replay RUN N`
+    trains one in archlab's sandbox; `archlab fork RUN N NEW_RUN` starts a search from it.
+    """
+    from archlab.interop.importer import import_asi_arch
+
+    if source != "asi-arch":
+        raise UserError(f"FORMAT {source!r}: the only format so far is asi-arch")
+    tree_file, programs = _asi_arch_files(files)
+    try:
+        config = RunConfig(tier=tier, param_ratio=param_ratio)
+    except Exception as e:
+        raise UserError(_validation_message(e)) from None
+    progress = Progress(TextColumn("[bold]importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True, disable=as_json)
+    task = progress.add_task("importing", total=None)
+    with progress:
+        facts = import_asi_arch(tree_file, programs, run_dir, config,
+                                on_node=lambda done, total: progress.update(task, completed=done, total=total))
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    console.print(f"Imported {facts['nodes']} nodes of ASI-Arch's tree into [bold]{run_dir}[/]: {facts['designs']} with code, "
+                  f"{facts['converted']} of them pass archlab's static checks"
+                  + (f", {facts['rejected']} do not (their reason is on the node: archlab show {run_dir} N)" if facts["rejected"] else ""))
+    console.print(f"Review: archlab tree {run_dir} | archlab serve {run_dir}.  Train one here: archlab replay {run_dir} N.  "
+                  f"Search from one: archlab fork {run_dir} N NEW_RUN")
+
+
+def _asi_arch_files(files: list[Path]) -> tuple[Path, Path | None]:
+    """ASI-Arch's tree.json and 106.json in either order, told apart by their content."""
+    if len(files) > 2:
+        raise UserError("asi-arch takes two files at most: tree.json and 106.json")
+    tree_file, programs = None, None
+    for f in files:
+        try:
+            with open(f, encoding="utf-8") as handle:
+                head = handle.read(256).lstrip()[:1]
+        except OSError as e:
+            raise UserError(f"cannot read {f}: {e.strerror or e}") from None
+        if head == "{" and tree_file is None:
+            tree_file = f
+        elif head == "[" and programs is None:
+            programs = f
+        else:
+            raise UserError(f"{f}: neither ASI-Arch's tree.json (an object) nor its 106.json (a list), or given twice")
+    if tree_file is None:
+        raise UserError("asi-arch needs data/tree.json (the tree); data/106.json alone has no lineage")
+    return tree_file, programs
+
+
+def _refuse_imported(run_dir: Path) -> None:
+    """An imported run holds another system's scores: archlab does not grow it, a fork does."""
+    from archlab.interop.importer import IMPORTED_META
+
+    if _store(run_dir, reading=True).get_meta(IMPORTED_META):
+        raise UserError(f"{run_dir} holds imported records, not an archlab search; start one from a node: "
+                        f"archlab fork {run_dir} NODE NEW_RUN")
+
+
 @app.command()
 def export(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE", help="node id"),
            out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="directory for the model (must not exist or be empty)"),
@@ -874,6 +951,12 @@ def _tree_label(node: dict, parent: dict | None) -> str:
                 f"loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  [dim]{terminal(what)}[/]")
     if node["status"] == "failed":
         return f"[red]node {node['id']}  failed: {terminal(node['reason'])}[/]  [dim]{terminal(what)}[/]"
+    if node["status"] == "imported":  # another system's node: its own score, whether its code came along and passes
+        score = (node.get("metrics") or {}).get("asi_score")
+        parts = [f"[cyan]node {node['id']}[/]"] + ([f"ASI-Arch score {score:.4f}"] if score is not None else [])
+        parts += ["[bold]code[/]"] if node["commit_sha"] else []
+        parts += [f"[red]{terminal(node['reason'])}[/]"] if node["reason"] else []
+        return "  ".join(parts + [f"[dim]{terminal(what)}[/]"])
     return f"[cyan]node {node['id']}  {node['status']}[/]  [dim]{terminal(what)}[/]"
 
 

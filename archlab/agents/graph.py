@@ -44,6 +44,7 @@ from archlab.templates import ROOTS, render_root
 from archlab.text import duration
 from archlab.tree import sampling, space
 from archlab.tree import steering as tree_steering
+from archlab.tree.create import create_run
 from archlab.tree.lineage import Lineage
 from archlab.tree.store import WEIGHTS_DIR, Store
 
@@ -86,13 +87,7 @@ class Run:
         plan = promotion.plan_of(config)
         self.promoter = promotion.Promoter(self.store, plan, config.speed_weight) if plan else None
 
-    @staticmethod
-    def create(run_dir: Path, config: RunConfig) -> None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        Store(run_dir, create=True)
-        Lineage(run_dir / "repo", create=True)
-        config.save(run_dir)
+    create = staticmethod(create_run)
 
     # -- the driver loop --------------------------------------------------------------------
     def run(self, on_node: Callable[[dict], None] = lambda node: None) -> str:

@@ -30,6 +30,7 @@ from archlab.config import CONFIG_FILE, RunConfig
 from archlab.errors import UserError
 from archlab.sandbox import runner
 from archlab.sandbox.tiers import TIERS
+from archlab.tree.create import create_run
 from archlab.tree.lineage import Lineage
 from archlab.tree.store import WEIGHTS_DIR, Store
 FORK_ROOT_FILE = "root.py"
@@ -267,11 +268,12 @@ def replay(run_dir: Path, node_id: int, *, tier: str | None = None, seeds: int =
 
 
 # -- fork ------------------------------------------------------------------------------------------
-def trained_node(run_dir: Path, node_id: int, purpose: str) -> tuple[RunConfig, Store, dict]:
-    """The run's config, store and node `node_id`, which must have been trained (status done)."""
+def trained_node(run_dir: Path, node_id: int, purpose: str, imported: bool = False) -> tuple[RunConfig, Store, dict]:
+    """The run's config, store and node `node_id`, which must have been trained (status done) or, with
+    `imported`, be another system's design whose code came along (archlab import)."""
     config, store = RunConfig.load(run_dir), Store(run_dir)
     node = store.node(node_id)
-    if node["status"] != "done":
+    if node["status"] != "done" and not (imported and node["status"] == "imported" and node["commit_sha"]):
         raise UserError(f"node {node_id} {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
                         + f": only a trained node can {purpose}")
     return config, store, node
@@ -281,7 +283,7 @@ def fork(run_dir: Path, node_id: int, new_dir: Path, *, tier: str | None = None,
          strategy: str | None = None, max_nodes: int | None = None) -> dict:
     """Create NEW_RUN rooted at node_id of RUN; returns what was done, for the CLI to print."""
     run_dir, new_dir = Path(run_dir), Path(new_dir)
-    config, store, node = trained_node(run_dir, node_id, "root a new run")
+    config, store, node = trained_node(run_dir, node_id, "root a new run", imported=True)
     if new_dir.exists() and (not new_dir.is_dir() or any(new_dir.iterdir())):
         raise UserError(f"NEW_RUN {new_dir.name}/ exists and is not empty; fork into a new directory")
     if new_dir.resolve() == run_dir.resolve() or new_dir.resolve().is_relative_to(run_dir.resolve()):
@@ -343,12 +345,10 @@ def _source(run_dir: Path, config: RunConfig, node: dict) -> dict:
 
 def _write_fork(store: Store, node: dict, code: str, new_dir: Path, new_config: RunConfig, source: dict,
                 baseline: dict | None) -> tuple[str, int]:
-    from archlab.agents.graph import Run
-
     node_id = node["id"]
     new_dir.mkdir(parents=True, exist_ok=True)
     (new_dir / FORK_ROOT_FILE).write_text(code, encoding="utf-8")
-    Run.create(new_dir, new_config)
+    create_run(new_dir, new_config)
     new_store = Store(new_dir)
     message = (f"node 0: fork of {source['name']} node {node_id} (commit {node['commit_sha'][:12]})\n\n"
                f"{node['motivation'] or ''}\n\nsource run: {source['run']}")

@@ -28,6 +28,7 @@ def run_status(store: Store, config: RunConfig) -> dict:
         "done": counts.get("done", 0),
         "failed": counts.get("failed", 0),
         "evaluating": counts.get("evaluating", 0),
+        "imported": counts.get("imported", 0),  # another system's nodes (archlab import): reviewed, replayed, forked
         "driver_pid": running,  # None: stopped, and what is `evaluating` was interrupted
         "in_flight": in_flight(store) if running else [],
         "failure_reasons": reasons,
