@@ -632,7 +632,8 @@ def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE",
     if not facts["root_ready"]:
         console.print(f"The root will be evaluated at the {facts['config']['tier']} tier when the run starts.")
     if not facts["design"] and facts["config"]["llm"] == "offline":
-        err.print(f"note: node {node} has no template design, so the offline brain cannot mutate it; use an LLM brain", markup=False)
+        err.print(f"note: node {node} has no template design: the offline brain will change its code with its code "
+                  "operators (gate, conv, norm, constants, ...); an LLM brain can propose anything", markup=False)
     console.print(f"Grow it with: archlab run {new_run}")
 
 
