@@ -139,7 +139,7 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path):
                                              {"index": 3, "name": "c", "parent": 2, "score": 1.0}]}))
     for args, words in [
         (("mlflow", tmp_path / "r1", TREE), "only format"),
-        (("asi-arch", tmp_path / "r2", bad), "neither"),
+        (("asi-arch", tmp_path / "r2", bad), "not JSON"),
         (("asi-arch", tmp_path / "r3", PROGRAMS), "needs data/tree.json"),
         (("asi-arch", tmp_path / "r4", TREE, unknown), "is not a node of"),
         (("asi-arch", tmp_path / "r5", cycle), "cycle"),
