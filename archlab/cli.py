@@ -280,6 +280,8 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
         p = facts["promotion"]
         t.add_row("promotion", f"top {p['fraction']:.0%} to {p['tier']} x {p['seeds']} seeds: {len(p['promoted'])} promoted"
                   f" (root included), {len(p['due'])} due, {len(p['failed'])} failed")
+    for a in facts["tier_agreement"]:  # Spearman's rho of fitness between tiers, 95% bootstrap interval over nodes
+        t.add_row(f"{a['cheap']} vs {a['dear']}", terminal(a["sentence"]))
     console.print(t)
     gpu = bool(sp["gpu_hours"])
     s = Table("tier", "kind", "evals", "ok", "wall h", "CPU-h", *(("GPU-h",) if gpu else ()), "evals/CPU-h",

@@ -1,5 +1,6 @@
 """Facts about a run and its nodes, shared by the CLI's tables and its --json output."""
 
+import math
 from pathlib import Path
 
 from archlab.config import RunConfig
@@ -40,6 +41,7 @@ def run_status(store: Store, config: RunConfig) -> dict:
         "leaderboard": [ranked(n) for n in store.leaderboard(10)],
         "spend": spend(store, config),
         "promotion": promotion_status(store, config),
+        "tier_agreement": tier_agreement(store, config),
     }
 
 
@@ -113,6 +115,42 @@ def promotion_status(store: Store, config: RunConfig) -> dict | None:
     if plan is None or "fidelity" not in store.db["nodes"].columns_dict:
         return None
     return Promoter(store, plan, config.speed_weight).summary()
+
+
+def tier_figures(rows: list[dict], speed_weight: float) -> dict[str, dict[int, float]]:
+    """{tier: {node: fitness}} from successful evaluation rows, ranked as promotion ranks: per node
+    and tier the latest row of each seed, its metrics averaged over seeds, and the fitness of that
+    mean against the root's mean at the same tier, the root's own being 0 (as Promoter.finish and
+    the search figures have it). No root at a tier: no figures there."""
+    from archlab.agents.promotion import aggregate
+    from archlab.sandbox.fitness import fitness
+
+    latest: dict = {}
+    for r in rows:
+        if (r["metrics"] or {}).get("val_loss") is not None:
+            latest.setdefault(r["tier"], {}).setdefault(r["node_id"], {})[r["seed"]] = r["metrics"]
+    out: dict = {}
+    for tier, nodes in latest.items():
+        if 0 not in nodes:
+            continue
+        root = aggregate(list(nodes[0].values()))
+        for node_id, seeds in nodes.items():
+            value = 0.0 if node_id == 0 else fitness(aggregate(list(seeds.values())), root, speed_weight)
+            if math.isfinite(value):
+                out.setdefault(tier, {})[node_id] = value
+    return out
+
+
+def tier_agreement(store: Store, config: RunConfig) -> list[dict]:
+    """Whether a cheaper tier ranks nodes like a dearer one, for every pair of tiers at which nodes
+    were evaluated (promotions, replays): Spearman's rho of their fitness with a bootstrap interval
+    over nodes (archlab/agreement.py), in tier order. Empty when no node has two tiers."""
+    from archlab import agreement  # numpy: imported when a status is asked for, not by every command
+    from archlab.agents.promotion import TIER_ORDER
+
+    figures = tier_figures(store.multi_tier_evaluations(), config.speed_weight)
+    order = sorted(figures, key=lambda t: (TIER_ORDER.index(t) if t in TIER_ORDER else len(TIER_ORDER), t))
+    return [{**pair, "metric": "fitness"} for pair in agreement.tier_pairs(figures, order)]
 
 
 def promoted_metrics(store: Store, node_id: int) -> dict | None:

@@ -242,6 +242,25 @@ class Store:
             return self.best(limit)
         return self.nodes("status = 'done' and fitness is not null", order="coalesce(fidelity, 0) desc, fitness desc, id", limit=limit)
 
+    def multi_tier_evaluations(self) -> list[dict]:
+        """The successful evaluations (node_id, tier, seed, kind, metrics) of every node evaluated
+        successfully at more than one tier (search and promotion, or a replay), oldest first.
+        Such a node has an evaluation outside the tier with the most, so only those are looked up
+        through the (tier, kind, ok) index, not every search evaluation of a big run."""
+        counts = self.db.execute("select tier, count(*) from evaluations where ok = 1 group by tier order by count(*) desc").fetchall()
+        if len(counts) < 2:
+            return []
+        others = [t for t, _ in counts[1:]]
+        rows = self.db.execute(
+            f"select node_id, tier, seed, kind, metrics from evaluations where ok = 1 and node_id in ("
+            f"select distinct node_id from evaluations where tier in ({', '.join('?' * len(others))}) and ok = 1) order by id",
+            others).fetchall()
+        tiers: dict = {}
+        for node_id, tier, *_ in rows:
+            tiers.setdefault(node_id, set()).add(tier)
+        return [_decode({"node_id": r[0], "tier": r[1], "seed": r[2], "kind": r[3], "metrics": r[4]})
+                for r in rows if len(tiers[r[0]]) > 1]
+
     def spend(self, kinds: tuple[str, ...] | None = None) -> list[dict]:
         """Evaluations and compute per (tier, kind): wall hours, CPU-hours (wall x threads), GPU-hours."""
         where, params = ("where kind in (%s)" % ", ".join("?" * len(kinds)), list(kinds)) if kinds else ("", [])

@@ -25,7 +25,7 @@ from archlab.sandbox.fitness import pareto_front
 from archlab.tree import steering
 from archlab.tree.driver import driver_pid
 from archlab.tree.lineage import Lineage
-from archlab.tree.report import METRIC_ORDER, in_flight, summary
+from archlab.tree.report import METRIC_ORDER, in_flight, summary, tier_agreement
 from archlab.tree.store import DB_FILE, Store
 from archlab.web.highlight import code_html, diff_html
 
@@ -170,6 +170,7 @@ class RunView:
             "beat_root": self.store.count("status = 'done' and fitness > 0"),
             "elapsed_s": round(float(self.store.get_meta("elapsed_s", "0")), 1),
             "config": {**self.config.model_dump(), "base_url": _origin(self.config.base_url)},
+            "tier_agreement": tier_agreement(self.store, self.config),
         }
 
     def _best(self) -> int | None:

@@ -278,6 +278,9 @@ def _summary_rows(facts: dict) -> list[tuple[str, str]]:
          + (f"; between {_when(info['started'])} and {_when(info['last_activity'])}" if info["started"] else "")),
         ("setup", f"root {cfg.get('root')}, {cfg.get('tier')} tier, {cfg.get('strategy')} selection, llm {cfg.get('llm')}, seed {cfg.get('seed')}"),
     ]
+    for a in info.get("tier_agreement") or []:  # does the cheaper tier rank like the dearer one (archlab/agreement.py)
+        rows.append((f"{a['cheap']} vs {a['dear']} ranking", f"{a['sentence']} (Spearman's rho of fitness over the nodes "
+                     "evaluated at both tiers, 95% bootstrap interval over nodes)"))
     if info["forked_from"]:
         rows.append(("forked from", str(info["forked_from"])))
     return rows

@@ -80,9 +80,26 @@ async function header() {
     : h("span", { class: "muted", title: "the run is stopped: `archlab run` resumes them" }, `${run.evaluating} interrupted`));
   if (run.best) parts.push(h("a", { href: `#/node/${run.best.id}` }, `best #${run.best.id} ${signed(run.best.fitness)}`));
   parts.push(h("span", {}, `${run.beat_root} beat the root`));
+  for (const a of run.tier_agreement || []) parts.push(agreementTag(a));
   parts.push(h("span", { class: "muted" }, `${run.config.tier} tier · ${run.config.strategy} · ${run.config.llm}`));
   if (run.forked_from) parts.push(h("span", { class: "muted", title: run.forked_from.run }, `forked from ${run.forked_from.name} #${run.forked_from.node}`));
   stats.replaceChildren(...parts);
+}
+
+// Rank agreement between two tiers (archlab/agreement.py): compact in the header, the sentence on hover.
+function agreementTag(a) {
+  const figures = a.low !== null ? `ρ ${a.rho.toFixed(2)} [${a.low.toFixed(2)}, ${a.high.toFixed(2)}] · ${a.n} nodes` : `${a.verdict} (${a.n})`;
+  return h("span", { class: `agreement ${a.verdict.replace(/ /g, "-")}`, title: a.sentence, "data-testid": "tier-agreement" },
+    `${a.cheap}→${a.dear} ${figures}`);
+}
+
+function agreementNote(pairs) {
+  return h("section", { class: "agreement-note", "data-testid": "tier-agreement-note" },
+    h("h3", {}, "Does the cheaper tier rank nodes like the dearer one?"),
+    ...pairs.map((a) => h("p", { class: `agreement ${a.verdict.replace(/ /g, "-")}` }, a.sentence)),
+    h("p", { class: "muted" }, "Spearman's rho between the fitness of the nodes evaluated at both tiers (promotions, replays), "
+      + "with a 95% bootstrap interval over nodes: near 1, the cheaper tier picks what the dearer one would; "
+      + "an interval that includes 0 says it cannot be trusted yet."));
 }
 
 // -- the tree -------------------------------------------------------------------------------
@@ -353,7 +370,9 @@ async function showPlots() {
       testid: "plot-spend", series: spendSeries,
       note: p.spend.length ? `${p.spend[p.spend.length - 1].tokens.toLocaleString()} LLM tokens so far` : "no LLM spend: the offline brain makes no paid calls",
     }));
-    view.replaceChildren(h("div", { class: "plots", "data-testid": "plots" }, figures));
+    const run = await api("/api/run");
+    const note = run.tier_agreement && run.tier_agreement.length ? [agreementNote(run.tier_agreement)] : [];
+    view.replaceChildren(...note, h("div", { class: "plots", "data-testid": "plots" }, figures));
   }
   await load();
   return { name: "plots", refresh: load };
