@@ -4,6 +4,7 @@ and the parameter budget of `archlab check` / `archlab eval`. Small fixtures of 
 real sandboxed model servers."""
 
 import textwrap
+import time
 
 import pytest
 
@@ -102,3 +103,49 @@ def test_a_type_checking_candidate_is_accepted_in_the_sandbox():
     """Loaded for real in a model server: the annotations stay strings, nothing is imported."""
     result = runner.evaluate(textwrap.dedent(ANNOTATIONS_ONLY) + MIXER, "check", threads=1)
     assert result.ok, result
+
+
+# -- torch.compile: the sandbox decides ---------------------------------------------------------------
+COMPILED = HEADER + '''
+
+@torch.compile
+def running_mean(h):
+    return h.cumsum(1) / torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[:, None]
+
+
+@torch.compile(mode="max-autotune-no-cudagraphs", dynamic=True, fullgraph=True)
+def gate(h):
+    return torch.sigmoid(h) * h
+
+
+def plain(h):
+    return h * 0.5
+
+
+half = torch.compile(plain, backend="inductor")
+if half is not plain or torch.compiler.compile(plain) is not plain:
+    raise RuntimeError("COMPILED: torch.compile is not the identity here")
+
+
+class Mixer(nn.Module):
+    def __init__(self, d_model, n_heads, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        return half(gate(running_mean(self.proj(x))))
+'''
+
+
+def test_a_candidates_torch_compile_is_eager_on_the_cpu():
+    """@torch.compile, @torch.compile(...) and torch.compile(fn) are accepted; on a CPU the candidate's
+    server runs them eagerly (before, inductor's first import failed inside the server, and where it
+    runs it builds C++ for ~40 s per function), also when the tier asks for compilation."""
+    assert static.static_check(COMPILED) is None
+    started = time.monotonic()
+    result = runner.evaluate(COMPILED, "micro", threads=1)
+    assert result.ok, result
+    assert result.env["candidate_compile"] == "eager" and result.metrics["val_loss"] < 6
+    assert time.monotonic() - started < 60
+    asked = runner.evaluate(COMPILED, "check", threads=1, tier_overrides={"compile": True})
+    assert asked.ok and asked.env["candidate_compile"] == "eager", asked

@@ -5,6 +5,15 @@ and `forward(x) -> y` mapping (batch, time, d_model) to the same shape and dtype
 also define `class FFN(nn.Module)` (`__init__(self, d_model, **kw)`) to replace the
 harness MLP and `LAYERS = "MMA..."` to interleave the harness's softmax attention (A).
 Loading happens only inside a model server (server.py).
+
+torch.compile: a candidate may decorate or wrap its own functions (`@torch.compile`,
+`@torch.compile(mode=...)`, `torch.compile(fn)`), and the sandbox decides whether that compiles.
+Inside a candidate's servers `torch.compile` and `torch.compiler.compile` are the identity
+(eager) unless the tier asks for compilation (`compile: true`, e.g. `--set compile=true`) and
+the server runs on a GPU; on a CPU they are always eager (inductor's C++ build would cost tens
+of seconds per function and changes no metric that is scored). The evaluation's environment
+says which (`candidate_compile`: "eager" | "compiled"). Whether torch.compile takes the mixer
+whole is measured separately, by the harness (metrics.compile_metrics).
 """
 
 import inspect

@@ -290,7 +290,8 @@ def warm_up(device, *, train: bool, count: bool) -> None:
     from archlab.sandbox.model import LM, Attention, autocast, lm_loss
     from archlab.sandbox.tiers import Tier
 
-    for name in ("encodings.idna", "unicodedata", "torch._dynamo"):  # torch._dynamo: the compile check
+    # torch._dynamo: the compile check; importlib.readers: what a candidate's torch.compile imports first
+    for name in ("encodings.idna", "unicodedata", "torch._dynamo", "importlib.readers"):
         importlib.import_module(name)
     tiny = types.ModuleType("warmup")
     tiny.Mixer = lambda d_model, n_heads: Attention(d_model, n_heads)
@@ -308,6 +309,28 @@ def warm_up(device, *, train: bool, count: bool) -> None:
             metrics.cost(model.blocks[0].mixer, [8], 16, device)
         _, states = model.step(inputs[:1, 0], None)
         model.step(inputs[:1, 1], states)
+
+
+def eager_compile(model=None, **options):
+    """torch.compile as a candidate's server has it when the sandbox does not compile: the identity,
+    as a decorator (`@torch.compile`, `@torch.compile(mode=...)`) and as a call (`torch.compile(fn)`)."""
+    if model is None:
+        return lambda fn: fn
+    return model
+
+
+def set_compile(enabled: bool) -> bool:
+    """The sandbox decides whether a candidate's torch.compile compiles (contract.py): where it does not
+    (the tier does not ask for it, or no GPU), `torch.compile` and `torch.compiler.compile` become the
+    identity before the candidate's file runs. The harness keeps the real one (metrics.REAL_COMPILE)."""
+    import torch
+
+    from archlab.sandbox import metrics  # noqa: F401  (captures the real torch.compile first)
+
+    if not enabled:
+        torch.compile = eager_compile
+        torch.compiler.compile = eager_compile
+    return enabled
 
 
 def _reply_error(e: BaseException) -> dict:
@@ -345,6 +368,7 @@ def serve(job: dict) -> None:
             if not load.get("ping"):
                 break
             wire.send(REPLY_FD, {}, {"logits": np.zeros((1, 256), np.float32)})  # what a decoding step returns
+        compiling = set_compile(server.tier.compile and server.device.type == "cuda")
         if load.get("diagnostics", True):
             from archlab.sandbox.guard import AuditGuard
 
@@ -358,6 +382,7 @@ def serve(job: dict) -> None:
                              "has_ffn": getattr(server.candidate, "FFN", None) is not None,
                              "dtype": server.widest_dtype(),
                              "env": {"torch": torch.__version__, "device": server.device.type, "python": platform.python_version(),
+                                     "candidate_compile": "compiled" if compiling else "eager",
                                      "cuda": torch.version.cuda if server.device.type == "cuda" else None,
                                      "gpu": torch.cuda.get_device_name(server.device) if server.device.type == "cuda" else None}})
     except wire.WireError:
