@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from archlab import candidate as api
 from archlab.sandbox import runner, static
 from archlab.sandbox.contract import CandidateError
 
@@ -149,3 +150,108 @@ def test_a_candidates_torch_compile_is_eager_on_the_cpu():
     assert time.monotonic() - started < 60
     asked = runner.evaluate(COMPILED, "check", threads=1, tier_overrides={"compile": True})
     assert asked.ok and asked.env["candidate_compile"] == "eager", asked
+
+
+# -- the harness's training progress (archlab/candidate.py) ------------------------------------------
+PROGRESS_API = {
+    "from_import": ("from archlab.candidate import training_progress\n", None),
+    "module_alias": ("import archlab.candidate as progress\n", None),
+    "from_archlab": ("from archlab import candidate\n", None),
+    "bare_import_binds_archlab": ("import archlab.candidate\n", "binds the name archlab"),
+    "the_private_setter": ("from archlab.candidate import _set_training_progress\n", "private attribute"),
+    "the_setter_through_the_module": ("import archlab.candidate as c\nc._set_training_progress(0.5)\n", "private attribute"),
+    "replacing_the_reader": ("import archlab.candidate as c\nc.training_progress = lambda: 0.5\n", "read-only"),
+    "the_rest_of_archlab": ("from archlab.sandbox import server\n", "'archlab.sandbox'"),
+    "archlab_itself": ("import archlab\n", "'archlab'"),
+    "another_archlab_module": ("from archlab import sandbox\n", "only archlab.candidate"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROGRESS_API), ids=list(PROGRESS_API))
+def test_only_the_progress_reader_is_importable(case):
+    top, expected = PROGRESS_API[case]
+    detail = reason(source(top))
+    assert (detail is None) if expected is None else (detail is not None and expected in detail), detail
+
+
+def test_progress_outside_a_server_and_its_private_setter():
+    assert api.training_progress() == 0.0  # nothing has trained in this process
+    try:
+        api._set_training_progress(0.25)
+        assert api.training_progress() == 0.25
+        api._set_training_progress(7)
+        assert api.training_progress() == 1.0
+    finally:
+        api._set_training_progress(0.0)
+
+
+ANNEALED = HEADER + '''from archlab.candidate import training_progress
+
+AT_IMPORT = training_progress()
+
+
+class Mixer(nn.Module):
+    """A gate annealed from the running mean to the identity by the harness's training progress; it
+    records what it saw in each training step (a buffer its output never reads) and refuses any
+    other value than 1.0 outside training."""
+
+    def __init__(self, d_model, n_heads, **kwargs):
+        super().__init__()
+        if AT_IMPORT != 1.0:
+            raise RuntimeError(f"PROGRESS at import {AT_IMPORT}")
+        self.proj = nn.Linear(d_model, d_model)
+        self.register_buffer("seen", torch.full((64,), -1.0))
+        self.calls = 0
+
+    def forward(self, x):
+        p = training_progress()
+        if not self.training and p != 1.0:
+            raise RuntimeError(f"PROGRESS in evaluation {p}")
+        if self.training and self.calls < 64:
+            with torch.no_grad():
+                self.seen[self.calls] = p
+            self.calls += 1
+        h = self.proj(x)
+        mean = h.cumsum(1) / torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[:, None]
+        return (1.0 - 0.5 * p) * mean + 0.5 * p * h
+'''
+
+
+def test_training_progress_rises_in_training_and_is_one_in_every_measurement(tmp_path):
+    from safetensors.numpy import load_file
+
+    assert static.static_check(ANNEALED) is None
+    probes = {"steps": 10, "d_model": 32, "seq_len": 24, "batch_size": 8, "eval_examples": 32, "pairs": [2]}
+    result = runner.evaluate(ANNEALED, "micro", threads=1, weights_out=tmp_path / "w.safetensors",
+                             tier_overrides={"probes": probes, "val_points": 2})
+    assert result.ok, result
+    weights = load_file(tmp_path / "w.safetensors")
+    for model, steps in (("lm", 20), ("probe", 10)):
+        seen = weights[f"{model}.blocks.0.mixer.seen"]
+        expected = [s / steps for s in range(steps)]  # (the weights come back rounded: abs)
+        assert list(seen[:steps]) == pytest.approx(expected, abs=4e-3), (model, seen[:steps + 2])
+        assert seen[0] == 0.0 and seen[steps - 1] > 0.85 and (seen[steps:] == -1.0).all(), (model, seen)
+    assert "mqar_acc" in result.metrics and result.metrics["val_loss"] < 6
+
+
+STEP_COUNTER = HEADER + '''
+
+class Mixer(nn.Module):
+    """A step counter kept in a buffer and advanced in forward: state between calls."""
+
+    def __init__(self, d_model, n_heads, **kwargs):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+        self.register_buffer("_step", torch.zeros(1), persistent=False)
+
+    def forward(self, x):
+        self._step += 1
+        g = torch.clamp(self._step / 50.0, max=1.0)
+        h = self.proj(x)
+        return g * h.cumsum(1) / torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[:, None]
+'''
+
+
+def test_a_step_counter_advanced_in_forward_is_still_rejected():
+    result = runner.evaluate(STEP_COUNTER, "micro", threads=1)
+    assert not result.ok and result.reason == "non_causal", result

@@ -14,6 +14,14 @@ the server runs on a GPU; on a CPU they are always eager (inductor's C++ build w
 of seconds per function and changes no metric that is scored). The evaluation's environment
 says which (`candidate_compile`: "eager" | "compiled"). Whether torch.compile takes the mixer
 whole is measured separately, by the harness (metrics.compile_metrics).
+
+Training progress: a candidate keeps no state between calls; what needs to know how far
+training has gone (an annealed gate, a temperature) reads `training_progress()` from
+`archlab.candidate`, the one part of archlab it may import: 0.0 at the first training step,
+step / steps during training (the server sets it between optimizer steps, for the language
+model and for the probe model alike), 1.0, frozen, after training and in every other request
+(checks, evaluation, validation, probes, decoding). A step counter kept in a buffer and advanced
+in forward is still state between calls (a `non_causal` rejection once twins disagree).
 """
 
 import inspect

@@ -20,6 +20,7 @@ import traceback
 
 import numpy as np
 
+from archlab import candidate as candidate_api
 from archlab.sandbox import wire
 from archlab.sandbox.errors import CandidateError, out_of_memory
 
@@ -127,16 +128,20 @@ class Server:
         model = self._new_model(which).train()
         opt, schedule = train.optimizer(model, tier)
         loss = float("nan")
-        for step in range(tier.steps):
-            # (the last step's loss, for the scorer's progress display and loss curve; the wire refuses NaN)
-            wire.send(REPLY_FD, {"need": step, "loss": loss if math.isfinite(loss) else None})
-            header, batch = wire.receive(0, MAX_REQUEST)
-            if header.get("snapshot"):  # a copy of the weights so far, for the validation curve (curves.py)
-                wire.send(REPLY_FD, {"snapshot": step}, {k: v.numpy() for k, v in self._weights(model).items()})
-            inputs, targets = (self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets"))
-            loss = train.train_step(model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}")
-            if step % 50 == 49:
-                print(f"[server] {which} step {step + 1}/{tier.steps} loss {loss:.3f}", flush=True)
+        try:
+            for step in range(tier.steps):
+                # (the last step's loss, for the scorer's progress display and loss curve; the wire refuses NaN)
+                wire.send(REPLY_FD, {"need": step, "loss": loss if math.isfinite(loss) else None})
+                header, batch = wire.receive(0, MAX_REQUEST)
+                if header.get("snapshot"):  # a copy of the weights so far, for the validation curve (curves.py)
+                    wire.send(REPLY_FD, {"snapshot": step}, {k: v.numpy() for k, v in self._weights(model).items()})
+                inputs, targets = (self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets"))
+                candidate_api._set_training_progress(step / tier.steps)  # between optimizer steps (archlab/candidate.py)
+                loss = train.train_step(model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}")
+                if step % 50 == 49:
+                    print(f"[server] {which} step {step + 1}/{tier.steps} loss {loss:.3f}", flush=True)
+        finally:
+            candidate_api._set_training_progress(1.0)  # frozen for every measurement
         del opt, schedule
         torch.manual_seed(self.seed)
         return {"train_loss": loss}, self._weights(model)
@@ -369,6 +374,7 @@ def serve(job: dict) -> None:
                 break
             wire.send(REPLY_FD, {}, {"logits": np.zeros((1, 256), np.float32)})  # what a decoding step returns
         compiling = set_compile(server.tier.compile and server.device.type == "cuda")
+        candidate_api._set_training_progress(1.0)  # every request but training is a measurement
         if load.get("diagnostics", True):
             from archlab.sandbox.guard import AuditGuard
 
