@@ -3,11 +3,13 @@ only, torch.compile on a candidate's own functions, the harness's read-only trai
 and the parameter budget of `archlab check` / `archlab eval`. Small fixtures of our own, run in
 real sandboxed model servers."""
 
+import json
 import textwrap
 import time
 
 import pytest
 
+import helpers
 from archlab import candidate as api
 from archlab.sandbox import runner, static
 from archlab.sandbox.contract import CandidateError
@@ -255,3 +257,73 @@ class Mixer(nn.Module):
 def test_a_step_counter_advanced_in_forward_is_still_rejected():
     result = runner.evaluate(STEP_COUNTER, "micro", threads=1)
     assert not result.ok and result.reason == "non_causal", result
+
+
+# -- the parameter budget of `archlab check` / `archlab eval` ----------------------------------------
+WIDE = source(mixer="""
+
+class Mixer(nn.Module):
+    def __init__(self, d_model, n_heads, **kwargs):
+        super().__init__()
+        self.up = nn.Linear(d_model, 4 * d_model)
+        self.down = nn.Linear(4 * d_model, d_model)
+
+    def forward(self, x):
+        h = self.down(torch.relu(self.up(x)))
+        return h.cumsum(1) / torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[:, None]
+""")  # 131,712 numbers at d_model 128: 1.57x the root DeltaNet mixer's 84,000
+
+
+def _json(proc) -> dict:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_check_takes_the_parameter_budget_as_options(tmp_path):
+    wide = tmp_path / "wide.py"
+    wide.write_text(WIDE)
+    default = helpers.cli("check", wide, "--json", "--threads", helpers.THREADS)
+    out = _json(default)
+    assert default.returncode == 1 and out["reason"] == "params" and "100,800" in out["detail"], out  # floor(84,000 x 1.2)
+    roomy = helpers.cli("check", wide, "--json", "--threads", helpers.THREADS, "--param-ratio", "1.6")
+    out = _json(roomy)
+    assert roomy.returncode == 0 and out["metrics"]["param_limit"] == 134_400 and out["metrics"]["mixer_params"] == 131_712, out
+    free = helpers.cli("check", wide, "--json", "--threads", helpers.THREADS, "--no-budget")
+    out = _json(free)
+    assert free.returncode == 0 and "param_limit" in out["metrics"] and out["metrics"]["param_limit"] is None, out
+    shown = helpers.cli("check", wide, "--threads", helpers.THREADS, "--no-budget")
+    assert shown.returncode == 0 and "none (--no-budget)" in shown.stdout, shown.stdout
+    narrow = tmp_path / "narrow.py"
+    narrow.write_text(source())  # 16,512 numbers
+    tight = helpers.cli("check", narrow, "--json", "--threads", helpers.THREADS, "--param-ratio", "0.1")
+    out = _json(tight)
+    assert tight.returncode == 1 and out["reason"] == "params" and "8,400" in out["detail"], out
+
+
+def test_eval_takes_the_parameter_budget_as_options(tmp_path):
+    wide = tmp_path / "wide.py"
+    wide.write_text(WIDE.replace("4 * d_model", "8 * d_model"))  # 66,112 numbers at d_model 64 (root: 21,520)
+    free = helpers.cli("eval", wide, "--tier", "micro", "--json", "--threads", helpers.THREADS, "--no-budget")
+    out = _json(free)
+    assert free.returncode == 0 and out["metrics"]["param_limit"] is None and out["metrics"]["mixer_params"] == 66_112, out
+    assert out["metrics"]["val_loss"] < 6
+    ratio = helpers.cli("eval", wide, "--tier", "micro", "--json", "--threads", helpers.THREADS, "--param-ratio", "3")
+    out = _json(ratio)
+    assert ratio.returncode == 1 and out["reason"] == "params" and "64,560" in out["detail"], out  # 21,520 x 3
+
+
+@pytest.mark.parametrize("command", ["check", "eval"])
+@pytest.mark.parametrize("args", [["--param-ratio", "0"], ["--param-ratio", "-1.5"], ["--param-ratio", "nan"],
+                                  ["--param-ratio", "inf"], ["--param-ratio", "2", "--no-budget"]],
+                         ids=["zero", "negative", "nan", "inf", "both"])
+def test_bad_budget_options_are_usage_errors(tmp_path, command, args):
+    narrow = tmp_path / "narrow.py"
+    narrow.write_text(source())
+    line = helpers.assert_user_error(helpers.cli(command, narrow, *args, timeout=60))
+    assert ("--param-ratio" in line) and ("--no-budget" in line if "--no-budget" in args else "above 0" in line), line
+
+
+def test_budget_options_are_explained_in_the_help():
+    for command in ("check", "eval"):
+        text = " ".join(helpers.cli(command, "--help").stdout.split())
+        assert "--param-ratio" in text and "--no-budget" in text and "root DeltaNet mixer" in text, text
