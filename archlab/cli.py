@@ -2,6 +2,7 @@
 
 import errno
 import json
+import math
 import os
 import shlex
 import signal
@@ -394,16 +395,28 @@ def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, me
     console.print(t)
 
 
+PARAM_RATIO_HELP = ("parameter budget per block: the root DeltaNet mixer's parameter count at this width times RATIO "
+                    "(default 1.2, as `archlab run --param-ratio`)")
+NO_BUDGET_HELP = "no parameter budget at all (the metrics show param_limit null)"
+
+
 @app.command()
 def check(file: Path = typer.Argument(..., metavar="FILE", help="a candidate .py file"),
           as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON"),
           allow_quadratic: bool = typer.Option(False, "--allow-quadratic", help="accept mixers whose cost grows faster than linearly"),
-          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the sandbox")) -> None:
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the sandbox"),
+          param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help=PARAM_RATIO_HELP),
+          no_budget: bool = typer.Option(False, "--no-budget", help=NO_BUDGET_HELP)) -> None:
     """Contract, static, causality, complexity, step() and parameter-budget checks plus one forward/backward, no training.
+
+    The parameter budget per block is the root DeltaNet mixer's parameter count at the tier's width
+    times --param-ratio (1.2 by default, as `archlab run`), or none with --no-budget; the metrics
+    say which (param_limit, null for none).
 
     Exit code 0: accepted, 1: rejected (the reason says why), 2: usage error.
     """
-    _sandbox_command(file, "check", as_json, seed=0, data=None, allow_quadratic=allow_quadratic, threads=threads)
+    _sandbox_command(file, "check", as_json, seed=0, data=None, allow_quadratic=allow_quadratic, threads=threads,
+                     **_budget_options(param_ratio, no_budget))
 
 
 @app.command(name="eval")
@@ -417,8 +430,14 @@ def evaluate(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the sandbox"),
     seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="seeds from --seed up (default: the tier's); metrics are means"),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a tier field, e.g. --set steps=800 --set probes.steps=300"),
+    param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help=PARAM_RATIO_HELP),
+    no_budget: bool = typer.Option(False, "--no-budget", help=NO_BUDGET_HELP),
 ) -> None:
     """Check and train a candidate at a tier; prints its metrics.
+
+    The parameter budget per block is the root DeltaNet mixer's parameter count at the tier's width
+    times --param-ratio (1.2 by default, as `archlab run`), or none with --no-budget; the metrics
+    say which (param_limit, null for none).
 
     Exit code 0: accepted, 1: rejected (the reason says why), 2: usage error.
     """
@@ -426,8 +445,23 @@ def evaluate(
         raise UserError(f"--tier {tier!r}: choose one of {', '.join(TIERS)}")
     if data and not data.exists():
         raise UserError(f"--data {data}: no such file or folder")
+    budget = _budget_options(param_ratio, no_budget)
     _sandbox_command(file, tier, as_json, seed=seed, data=str(data) if data else None, allow_quadratic=allow_quadratic,
-                     threads=threads, seeds=seeds or TIERS[tier].seeds, tier_overrides=_tier_overrides(tier, overrides or []))
+                     threads=threads, seeds=seeds or TIERS[tier].seeds, tier_overrides=_tier_overrides(tier, overrides or []),
+                     **budget)
+
+
+def _budget_options(param_ratio: float | None, no_budget: bool) -> dict:
+    """runner.evaluate's budget options (the scorer computes the limit from them, as for a run's nodes)."""
+    if no_budget and param_ratio is not None:
+        raise UserError("--param-ratio and --no-budget exclude each other: give one of them")
+    if no_budget:
+        return {"param_limit": -1}
+    if param_ratio is None:
+        return {}
+    if not math.isfinite(param_ratio) or param_ratio <= 0:
+        raise UserError(f"--param-ratio {param_ratio}: give a number above 0 (1.2 allows 20% more than the root's mixer)")
+    return {"param_ratio": param_ratio}
 
 
 def _tier_overrides(tier: str, items: list[str], flag: str = "--set") -> dict:
@@ -474,7 +508,7 @@ def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str 
     elif result.ok:
         console.print(f"[green]accepted[/] {file} ({tier})")
         for key, value in result.metrics.items():
-            console.print(f"  {key:22} {_fmt(value)}")
+            console.print(f"  {key:22} {'none (--no-budget)' if key == 'param_limit' and value is None else _fmt(value)}")
     else:
         console.print(f"[red]rejected[/] {file}: {terminal(result.reason)}: {terminal(result.detail)}")
     raise typer.Exit(0 if result.ok else 1)

@@ -421,35 +421,6 @@ def test_a_killed_driver_leaves_no_process(kind, tmp_path):
     assert helpers.pids_matching(_marked) == [], [helpers.cmdline(p) for p in helpers.pids_matching(_marked)]
 
 
-# -- toolchains inside (item 6) -------------------------------------------------------------------
-def test_torch_compile_with_inductor_builds_inside_the_sandbox():
-    """Inductor generates C++, runs the C compiler and loads what it built, all inside a server's
-    private scratch, with no allowance of its own; the diagnostics stay on (library code is never
-    judged by them)."""
-    source = HEADER + """
-
-@torch.compile(backend="inductor", dynamic=True)
-def running_mean(h):
-    n = torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[None, :, None]
-    return h.cumsum(1) / n
-
-
-class Mixer(nn.Module):
-    def __init__(self, d_model, n_heads, **kwargs):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-
-    def forward(self, x):
-        h = self.proj(x)
-        if x.dtype == torch.float32 and not torch.is_grad_enabled():
-            return running_mean(h)
-        n = torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[None, :, None]
-        return h.cumsum(1) / n
-"""
-    result = runner.evaluate(source, "micro", threads=1, timeout_s=600)
-    assert result.ok, result
-
-
 def test_implausible_gain_is_flagged_and_not_crowned():
     root = {"val_loss": 9.0, "tokens_per_s": 1.0}  # any trained model is > 25% below this
     result = runner.evaluate(mixer(), "micro", threads=1, reference=root)

@@ -5,6 +5,23 @@ and `forward(x) -> y` mapping (batch, time, d_model) to the same shape and dtype
 also define `class FFN(nn.Module)` (`__init__(self, d_model, **kw)`) to replace the
 harness MLP and `LAYERS = "MMA..."` to interleave the harness's softmax attention (A).
 Loading happens only inside a model server (server.py).
+
+torch.compile: a candidate may decorate or wrap its own functions (`@torch.compile`,
+`@torch.compile(mode=...)`, `torch.compile(fn)`), and the sandbox decides whether that compiles.
+Inside a candidate's servers `torch.compile` and `torch.compiler.compile` are the identity
+(eager) unless the tier asks for compilation (`compile: true`, e.g. `--set compile=true`) and
+the server runs on a GPU; on a CPU they are always eager (inductor's C++ build would cost tens
+of seconds per function and changes no metric that is scored). The evaluation's environment
+says which (`candidate_compile`: "eager" | "compiled"). Whether torch.compile takes the mixer
+whole is measured separately, by the harness (metrics.compile_metrics).
+
+Training progress: a candidate keeps no state between calls; what needs to know how far
+training has gone (an annealed gate, a temperature) reads `training_progress()` from
+`archlab.candidate`, the one part of archlab it may import: 0.0 at the first training step,
+step / steps during training (the server sets it between optimizer steps, for the language
+model and for the probe model alike), 1.0, frozen, after training and in every other request
+(checks, evaluation, validation, probes, decoding). A step counter kept in a buffer and advanced
+in forward is still state between calls (a `non_causal` rejection once twins disagree).
 """
 
 import inspect

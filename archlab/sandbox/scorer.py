@@ -546,7 +546,8 @@ class Evaluation:
         """Parameters, complexity, one forward/backward, and the first pass of every comparison."""
         tier, d = self.tier, self.tier.d_model
         _, weights = a.ask("build", model="lm")
-        self.metrics["mixer_params"] = budget(weights, d, tier.n_layers, self.has_ffn, self._limit(d))
+        self.metrics["param_limit"] = self._limit(d)  # the budget per block at this width; None: no budget
+        self.metrics["mixer_params"] = budget(weights, d, tier.n_layers, self.has_ffn, self.metrics["param_limit"])
         self.metrics["params"] = int(sum(w.size for w in weights.values()))
         self.complexity(a)
         header, _ = a.ask("check_lm", {"tokens": self.rng.integers(0, VOCAB_SIZE, (2, 64))})

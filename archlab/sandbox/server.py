@@ -20,6 +20,7 @@ import traceback
 
 import numpy as np
 
+from archlab import candidate as candidate_api
 from archlab.sandbox import wire
 from archlab.sandbox.errors import CandidateError, out_of_memory
 
@@ -127,16 +128,20 @@ class Server:
         model = self._new_model(which).train()
         opt, schedule = train.optimizer(model, tier)
         loss = float("nan")
-        for step in range(tier.steps):
-            # (the last step's loss, for the scorer's progress display and loss curve; the wire refuses NaN)
-            wire.send(REPLY_FD, {"need": step, "loss": loss if math.isfinite(loss) else None})
-            header, batch = wire.receive(0, MAX_REQUEST)
-            if header.get("snapshot"):  # a copy of the weights so far, for the validation curve (curves.py)
-                wire.send(REPLY_FD, {"snapshot": step}, {k: v.numpy() for k, v in self._weights(model).items()})
-            inputs, targets = (self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets"))
-            loss = train.train_step(model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}")
-            if step % 50 == 49:
-                print(f"[server] {which} step {step + 1}/{tier.steps} loss {loss:.3f}", flush=True)
+        try:
+            for step in range(tier.steps):
+                # (the last step's loss, for the scorer's progress display and loss curve; the wire refuses NaN)
+                wire.send(REPLY_FD, {"need": step, "loss": loss if math.isfinite(loss) else None})
+                header, batch = wire.receive(0, MAX_REQUEST)
+                if header.get("snapshot"):  # a copy of the weights so far, for the validation curve (curves.py)
+                    wire.send(REPLY_FD, {"snapshot": step}, {k: v.numpy() for k, v in self._weights(model).items()})
+                inputs, targets = (self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets"))
+                candidate_api._set_training_progress(step / tier.steps)  # between optimizer steps (archlab/candidate.py)
+                loss = train.train_step(model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}")
+                if step % 50 == 49:
+                    print(f"[server] {which} step {step + 1}/{tier.steps} loss {loss:.3f}", flush=True)
+        finally:
+            candidate_api._set_training_progress(1.0)  # frozen for every measurement
         del opt, schedule
         torch.manual_seed(self.seed)
         return {"train_loss": loss}, self._weights(model)
@@ -290,7 +295,8 @@ def warm_up(device, *, train: bool, count: bool) -> None:
     from archlab.sandbox.model import LM, Attention, autocast, lm_loss
     from archlab.sandbox.tiers import Tier
 
-    for name in ("encodings.idna", "unicodedata", "torch._dynamo"):  # torch._dynamo: the compile check
+    # torch._dynamo: the compile check; importlib.readers: what a candidate's torch.compile imports first
+    for name in ("encodings.idna", "unicodedata", "torch._dynamo", "importlib.readers"):
         importlib.import_module(name)
     tiny = types.ModuleType("warmup")
     tiny.Mixer = lambda d_model, n_heads: Attention(d_model, n_heads)
@@ -306,8 +312,32 @@ def warm_up(device, *, train: bool, count: bool) -> None:
         if count:
             metrics.forward_flops(model, inputs[:1], device)
             metrics.cost(model.blocks[0].mixer, [8], 16, device)
+            if device.type == "cpu":  # TorchDynamo's graph capture imports ~1,200 modules the first time (~0.9 s)
+                metrics.compile_metrics(model.blocks[0].mixer, 8, 16, device)
         _, states = model.step(inputs[:1, 0], None)
         model.step(inputs[:1, 1], states)
+
+
+def eager_compile(model=None, **options):
+    """torch.compile as a candidate's server has it when the sandbox does not compile: the identity,
+    as a decorator (`@torch.compile`, `@torch.compile(mode=...)`) and as a call (`torch.compile(fn)`)."""
+    if model is None:
+        return lambda fn: fn
+    return model
+
+
+def set_compile(enabled: bool) -> bool:
+    """The sandbox decides whether a candidate's torch.compile compiles (contract.py): where it does not
+    (the tier does not ask for it, or no GPU), `torch.compile` and `torch.compiler.compile` become the
+    identity before the candidate's file runs. The harness keeps the real one (metrics.REAL_COMPILE)."""
+    import torch
+
+    from archlab.sandbox import metrics  # noqa: F401  (captures the real torch.compile first)
+
+    if not enabled:
+        torch.compile = eager_compile
+        torch.compiler.compile = eager_compile
+    return enabled
 
 
 def _reply_error(e: BaseException) -> dict:
@@ -345,6 +375,8 @@ def serve(job: dict) -> None:
             if not load.get("ping"):
                 break
             wire.send(REPLY_FD, {}, {"logits": np.zeros((1, 256), np.float32)})  # what a decoding step returns
+        compiling = set_compile(server.tier.compile and server.device.type == "cuda")
+        candidate_api._set_training_progress(1.0)  # every request but training is a measurement
         if load.get("diagnostics", True):
             from archlab.sandbox.guard import AuditGuard
 
@@ -358,6 +390,7 @@ def serve(job: dict) -> None:
                              "has_ffn": getattr(server.candidate, "FFN", None) is not None,
                              "dtype": server.widest_dtype(),
                              "env": {"torch": torch.__version__, "device": server.device.type, "python": platform.python_version(),
+                                     "candidate_compile": "compiled" if compiling else "eager",
                                      "cuda": torch.version.cuda if server.device.type == "cuda" else None,
                                      "gpu": torch.cuda.get_device_name(server.device) if server.device.type == "cuda" else None}})
     except wire.WireError:

@@ -8,7 +8,12 @@ mistake a fast, readable reason, not the boundary: the operating system (launch.
 the candidate, and the scorer (scorer.py) runs none of its code.
 
 What is rejected, with reason "forbidden" unless said otherwise:
-- imports outside ALLOWED_IMPORTS, relative and star imports, importing forbidden names;
+- imports outside ALLOWED_IMPORTS (and archlab.candidate, the harness's read-only values, bound
+  under a name of its own), relative and star imports, importing forbidden names. Imports in the
+  body of `if TYPE_CHECKING:` / `if typing.TYPE_CHECKING:` (annotations only: that body never
+  runs) may name any module, provided the name TYPE_CHECKING (or typing) is bound by nothing but
+  its import from typing and the body holds nothing but imports and `pass`: a block with any
+  other statement in it is checked as any code is, and so is every `else:`;
 - builtins that reach code, files or the interpreter (eval, exec, open, vars, __import__, ...);
   `getattr`/`hasattr` except called with a constant, harmless attribute name;
 - dunder names, attributes and strings (`__class__`, `__globals__`, "__builtins__", ...),
@@ -29,6 +34,7 @@ from archlab.sandbox.errors import CandidateError
 
 MAX_SOURCE_BYTES = 200_000
 ALLOWED_IMPORTS = {"torch", "math", "einops", "typing", "functools", "fla", "__future__"}
+CANDIDATE_API = "archlab.candidate"  # the one part of archlab a candidate may import (archlab/candidate.py)
 # Builtins that reach the file system, the interpreter or other code.
 FORBIDDEN_NAMES = {
     "__import__", "eval", "exec", "compile", "open", "globals", "locals", "vars", "breakpoint",
@@ -86,6 +92,7 @@ class _Checker:
         self.imported: set[str] = set()  # names bound by import statements
         self.roots: dict[str, str] = {}  # alias -> imported top-level module it came from
         self.calls = {id(n.func): n for n in self.nodes if isinstance(n, ast.Call)}  # callee node -> the call
+        self.annotation_only = _type_checking_imports(tree, self.nodes)  # ids of imports that never run
         self.docstrings = {  # docstrings are text for people, never evaluated
             id(n.body[0].value) for n in self.nodes
             if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and n.body
@@ -102,11 +109,17 @@ class _Checker:
 
     # -- imports --------------------------------------------------------------------------------
     def check_import(self, node: ast.Import | ast.ImportFrom) -> None:
+        any_module = id(node) in self.annotation_only  # under `if TYPE_CHECKING:`: never imported
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 _forbid(node, "relative imports")
             module = node.module or ""
-            self.check_module(node, module)
+            if module == "archlab" and not any_module:
+                for alias in node.names:
+                    if alias.name != "candidate":
+                        _forbid(node, f"`from archlab import {alias.name}` (only archlab.candidate may be imported)")
+            elif not any_module:
+                self.check_module(node, module)
             for alias in node.names:
                 if alias.name == "*":
                     _forbid(node, f"`from {module} import *`")
@@ -116,12 +129,18 @@ class _Checker:
                 self.roots[bound] = module.split(".")[0]
         else:
             for alias in node.names:
-                self.check_module(node, alias.name)
+                if alias.name == CANDIDATE_API and not alias.asname and not any_module:
+                    _forbid(node, f"`import {CANDIDATE_API}` binds the name archlab: write "
+                            f"`from {CANDIDATE_API} import training_progress`")
+                if not any_module:
+                    self.check_module(node, alias.name)
                 bound = (alias.asname or alias.name).split(".")[0]
                 self.imported.add(bound)
                 self.roots[bound] = alias.name.split(".")[0]
 
     def check_module(self, node: ast.AST, name: str) -> None:
+        if name == CANDIDATE_API:
+            return
         parts = name.split(".")
         if parts[0] not in ALLOWED_IMPORTS:
             _forbid(node, f"import of {name!r} (allowed: {', '.join(sorted(ALLOWED_IMPORTS - {'__future__'}))})")
@@ -213,6 +232,61 @@ class _Checker:
             self.check_attr_name(node, node.args[1].value, self.roots.get(_root_name(node.args[0])), node.args[0])
             return not node.keywords
         return False
+
+
+def _type_checking_imports(tree: ast.Module, nodes: list[ast.AST]) -> set[int]:
+    """The import statements in the body of `if TYPE_CHECKING:` / `if typing.TYPE_CHECKING:` blocks
+    that hold nothing but imports and `pass` (ids). None when the file binds TYPE_CHECKING (or
+    typing) any other way than importing it from typing: then that test could be true."""
+    bindings: dict[str, list[ast.AST]] = {}
+    for node in nodes:
+        names: list[str] = []
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            names = [node.id]
+        elif isinstance(node, ast.arg):
+            names = [node.arg]
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names = [node.name]
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names = [node.name]
+        elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
+            names = [node.name]
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names = [node.rest]
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            names = list(node.names)
+        elif isinstance(node, ast.alias):
+            names = [(node.asname or node.name).split(".")[0]]
+        elif type(node).__name__ in ("TypeVar", "ParamSpec", "TypeVarTuple"):  # 3.12 type parameters
+            names = [getattr(node, "name", "")]
+        for name in names:
+            bindings.setdefault(name, []).append(node)
+    imports = {id(a): n for n in nodes if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names}
+
+    def only_from_typing(name: str, module_itself: bool) -> bool:
+        found = bindings.get(name, [])
+        for alias in found:
+            stmt = imports.get(id(alias))
+            if stmt is None or alias.asname:
+                return False
+            if module_itself and not (isinstance(stmt, ast.Import) and alias.name == "typing"):
+                return False
+            if not module_itself and not (isinstance(stmt, ast.ImportFrom) and stmt.module == "typing" and not stmt.level):
+                return False
+        return bool(found)
+
+    def is_test(test: ast.expr) -> bool:
+        if isinstance(test, ast.Name) and test.id == "TYPE_CHECKING":
+            return only_from_typing("TYPE_CHECKING", False)
+        return (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING" and isinstance(test.value, ast.Name)
+                and test.value.id == "typing" and only_from_typing("typing", True))
+
+    out: set[int] = set()
+    for node in nodes:
+        if isinstance(node, ast.If) and is_test(node.test) \
+                and all(isinstance(s, ast.Import | ast.ImportFrom | ast.Pass) for s in node.body):
+            out.update(id(s) for s in node.body if not isinstance(s, ast.Pass))
+    return out
 
 
 def _is_dunder(name: str) -> bool:

@@ -71,6 +71,9 @@ class Tier(BaseModel):
     probes: Probes | None = None
     causal_copies: Positive = 2  # perturbed copies of every validation window the twin server scores (scorer.scored)
     val_points: int = Field(4, ge=0, le=64)  # validation-curve points during training, display-only (curves.py)
+    # whether a candidate's own torch.compile compiles: on a GPU only; elsewhere, and when False, it is
+    # the identity (eager) inside the candidate's servers (contract.py)
+    compile: bool = False
 
 
 TIERS: dict[str, Tier] = {
