@@ -215,10 +215,11 @@ def _real_fla_importable() -> bool:
     spec = importlib.util.find_spec("fla")
     if spec is None or (spec.origin or "").startswith(compat.DIRECTORY):
         return False
-    try:
-        importlib.import_module("fla.modules.norm.layernorm")
+    try:  # fla-core (fla.modules) and flash-linear-attention (fla.layers), with triton (imported at their tops)
+        for name in ("fla.modules.norm.layernorm", "fla.layers.utils"):
+            importlib.import_module(name)
         return True
-    except Exception:  # installed without triton (its modules import it at the top)
+    except Exception:
         return False
 
 
