@@ -51,7 +51,7 @@ class Result(BaseModel):
     curves: list[dict] = []  # loss curves, one per seed (curves.py): shown, never scored
 
     def as_json(self) -> dict:
-        return {"ok": self.ok, "reason": self.reason, "detail": self.detail, "metrics": self.metrics}
+        return {"ok": self.ok, "reason": self.reason, "detail": self.detail, "metrics": self.metrics, "env": self.env}
 
 
 def evaluate(

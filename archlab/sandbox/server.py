@@ -340,6 +340,21 @@ def set_compile(enabled: bool) -> bool:
     return enabled
 
 
+def provide_fla(device_type: str) -> str:
+    """What a candidate's `import fla` will get: the real flash-linear-attention where it can run (its
+    version), else archlab's pure-PyTorch stand-ins ("fallback", put first on sys.path and imported
+    now, before the server contains itself): see archlab/sandbox/compat."""
+    import importlib
+
+    from archlab.sandbox import compat
+
+    which = compat.provide_fla(device_type)
+    if which == compat.FALLBACK:
+        for name in ("fla", "fla.modules", "fla.modules.l2norm", "fla.layers.utils", "fla.models.utils"):
+            importlib.import_module(name)
+    return which
+
+
 def _reply_error(e: BaseException) -> dict:
     if isinstance(e, CandidateError):
         return {"reason": e.reason, "detail": e.detail}
@@ -367,6 +382,7 @@ def serve(job: dict) -> None:
         if server.device.type == "cuda":  # CUDA cannot be initialised before a fork
             role = job.get("role")
             warm_up(server.device, train=role == "A", count=role == "A" or (role == "B" and server.tier.hardware))
+        fla = provide_fla(server.device.type)
         launch.contain(memory_gb=job.get("memory_gb"), nproc=job.get("nproc", launch.DEFAULT_NPROC), cpu_s=job.get("cpu_s"))
         print(f"[server] {time.monotonic() - started:.2f}s warm and contained", flush=True)
         wire.send(REPLY_FD, {"warm": True})
@@ -392,7 +408,8 @@ def serve(job: dict) -> None:
                              "env": {"torch": torch.__version__, "device": server.device.type, "python": platform.python_version(),
                                      "candidate_compile": "compiled" if compiling else "eager",
                                      "cuda": torch.version.cuda if server.device.type == "cuda" else None,
-                                     "gpu": torch.cuda.get_device_name(server.device) if server.device.type == "cuda" else None}})
+                                     "gpu": torch.cuda.get_device_name(server.device) if server.device.type == "cuda" else None,
+                                     "fla": fla}})
     except wire.WireError:
         os._exit(0)  # the scorer did not need this server after all
     except BaseException as e:  # noqa: BLE001  (SystemExit from candidate code is a rejection too)
