@@ -108,6 +108,43 @@ def test_a_type_checking_candidate_is_accepted_in_the_sandbox():
     assert result.ok, result
 
 
+# -- static rules that real code met: harmless forms of what the rules forbid --------------------------
+ACCEPTED = {  # each found in ASI-Arch's published designs (issue #23), in our own words
+    "hasattr_dunder": "def is_cache(x):\n    return hasattr(x, '__setitem__') or hasattr(x, \"ema\")\n",
+    "module_all": "__all__ = ['Mixer']\n",
+    "builtin_name_as_parameter": "def sparse(input, dim=-1):\n    return input - input.amax(dim=dim, keepdim=True)\n"
+                                 "f = lambda open: open + 1\n",
+    "item_of_own_view": "class Init(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                        "        self.out = nn.Linear(4, 8)\n        with torch.no_grad():\n"
+                        "            self.out.bias.view(2, 4)[:, 3] = 2.0\n            bias = self.out.bias\n"
+                        "            bias.view(2, 4)[:, -1] += 0.5\n",
+}
+STILL_FORBIDDEN = {
+    "getattr_dunder": ("def f(x):\n    return getattr(x, '__class__')\n", "__class__"),
+    "hasattr_variable_name": ("def f(x, name):\n    return hasattr(x, name)\n", "hasattr without a constant"),
+    "dunder_string_elsewhere": ("NAME = '__setitem__'\n", "the string"),
+    "all_in_a_function": ("def f():\n    __all__ = []\n    return __all__\n", "'__all__'"),
+    "builtin_outside_its_function": ("def f(input):\n    return input\nx = input\n", "use of 'input'"),
+    "builtin_made_global": ("def f():\n    global input\n    return input\n", "declaring 'input' global"),
+    "item_of_an_imported_modules_call": ("torch.zeros(2).view(2)[0] = 1.0\n", "imported modules are read-only"),
+    "item_through_getattr": ("getattr(nn, 'Linear')[0] = 1\n", "only attributes of your own objects"),
+    "attribute_of_a_call": ("class A(nn.Module):\n    def f(self):\n        self.get_submodule('x').forward = None\n",
+                            "only attributes of your own objects"),
+}
+
+
+@pytest.mark.parametrize("top", list(ACCEPTED.values()), ids=list(ACCEPTED))
+def test_harmless_forms_real_code_uses_are_accepted(top):
+    assert reason(source(top)) is None
+
+
+@pytest.mark.parametrize("case", list(STILL_FORBIDDEN.values()), ids=list(STILL_FORBIDDEN))
+def test_the_forms_around_them_stay_forbidden(case):
+    top, words = case
+    detail = reason(source(top))
+    assert detail is not None and words in detail, detail
+
+
 # -- torch.compile: the sandbox decides ---------------------------------------------------------------
 COMPILED = HEADER + '''
 

@@ -9,8 +9,8 @@ and was trained under GPU autocast. `convert` makes it an archlab candidate file
 what the contract requires and logging each change:
 
 - an adapter `class Mixer` that builds the layer at archlab's width and returns its output;
-- step counters kept in buffers and advanced in `forward` (archlab rejects that as `tamper`: the
-  mixer would carry state between calls) read archlab's training progress instead, scaled to
+- step counters kept in buffers and advanced in `forward` (a mixer that carries state between
+  calls fails archlab's causality twins: `non_causal`) read archlab's training progress instead, scaled to
   ASI-Arch's 2,000 steps, so an annealed gate follows the same schedule over a shorter run;
 - `.to(torch.bfloat16)` casts are dropped: under autocast they saved memory, in archlab's fp32
   training they make a matmul mix dtypes and fail.
@@ -88,8 +88,8 @@ def convert(program: str) -> Conversion:
             elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and _self_attr(node) in counters:
                 edits.append((*span(node), f"_asi_step({ast.get_source_segment(program, node)})"))
         names = ", ".join(f"self.{c}" for c in sorted(counters))
-        changes.append(f"step counter {names}: advanced in forward() (archlab rejects a mixer that keeps state "
-                       f"between calls as tamper); now read from archlab's training progress x {ASI_ARCH_STEPS} steps")
+        changes.append(f"step counter {names}: advanced in forward() (a mixer that keeps state between calls "
+                       f"fails archlab's causality twins); now read from archlab's training progress x {ASI_ARCH_STEPS} steps")
     casts = [n for n in ast.walk(tree) if _is_bf16_cast(n)]
     for node in casts:  # `(a + b).to(torch.bfloat16)` -> `(a + b)`: the call's own text less its last `.to(...)`
         edits.append((*span(node), BF16_CAST.sub("", ast.get_source_segment(program, node))))

@@ -14,15 +14,19 @@ What is rejected, with reason "forbidden" unless said otherwise:
   runs) may name any module, provided the name TYPE_CHECKING (or typing) is bound by nothing but
   its import from typing and the body holds nothing but imports and `pass`: a block with any
   other statement in it is checked as any code is, and so is every `else:`;
-- builtins that reach code, files or the interpreter (eval, exec, open, vars, __import__, ...);
-  `getattr`/`hasattr` except called with a constant, harmless attribute name;
+- builtins that reach code, files or the interpreter (eval, exec, open, vars, __import__, ...),
+  except where the name is a parameter of an enclosing function (`def sparsemax(input)`: there
+  it is the argument); `getattr` except called with a constant, harmless attribute name, and
+  `hasattr` except called with a constant name (any name: it returns a bool, never the object);
 - dunder names, attributes and strings (`__class__`, `__globals__`, "__builtins__", ...),
   except `__init__`/`__name__`/`__doc__`; defining dunder methods other than `__init__`;
 - private attributes (`x._foo`) except on `self`; frame/graph walking (`f_back`, `grad_fn`,
   ...); module escapes (`os`, `sys`, `torch.load`, `torch.ops`, `torch.library`, `torch.jit`,
   global hooks, global torch settings such as `set_num_threads`);
 - assignment or deletion of attributes/items of imported modules or their aliases, of
-  `type(...)` results and of other call results (monkeypatching);
+  `type(...)` results and of other call results (monkeypatching), except items of call results
+  on its own objects (`self.proj.bias.view(h, 4)[:, 3] = 2.0` writes into its own tensor);
+- assignment of dunder names other than a module's `__all__`;
 - subclasses of Tensor/Parameter/torch function modes and metaclasses.
 """
 
@@ -41,7 +45,7 @@ FORBIDDEN_NAMES = {
     "input", "setattr", "delattr", "memoryview", "help", "exit", "quit", "copyright", "credits",
     "license", "dir",
 }
-ALLOWED_DUNDER_NAMES = {"__name__", "__doc__", "__debug__"}
+ALLOWED_DUNDER_NAMES = {"__name__", "__doc__", "__debug__", "__all__"}
 ALLOWED_DUNDER_ATTRS = {"__init__", "__name__", "__doc__"}
 ALLOWED_DUNDER_DEFS = {"__init__"}
 # Attribute names that lead out of the tensor world, anywhere they appear.
@@ -93,6 +97,10 @@ class _Checker:
         self.roots: dict[str, str] = {}  # alias -> imported top-level module it came from
         self.calls = {id(n.func): n for n in self.nodes if isinstance(n, ast.Call)}  # callee node -> the call
         self.annotation_only = _type_checking_imports(tree, self.nodes)  # ids of imports that never run
+        self.shadowed = _parameter_uses(self.nodes, FORBIDDEN_NAMES)  # ids of Names that are a function's own argument
+        self.hasattr_names = {  # hasattr's constant names: any is fine, hasattr returns a bool
+            id(n.args[1]) for n in self.nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+            and n.func.id == "hasattr" and len(n.args) == 2 and isinstance(n.args[1], ast.Constant)}
         self.docstrings = {  # docstrings are text for people, never evaluated
             id(n.body[0].value) for n in self.nodes
             if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and n.body
@@ -169,7 +177,7 @@ class _Checker:
     # -- everything else ------------------------------------------------------------------------
     def check_node(self, node: ast.AST) -> None:
         if isinstance(node, ast.Name):
-            if node.id in FORBIDDEN_NAMES:
+            if node.id in FORBIDDEN_NAMES and id(node) not in self.shadowed:
                 _forbid(node, f"use of {node.id!r}")
             if _is_dunder(node.id) and node.id not in ALLOWED_DUNDER_NAMES:
                 _forbid(node, f"the name {node.id!r} (dunder names are how sandbox escapes start)")
@@ -181,7 +189,7 @@ class _Checker:
                 self.check_target(node)
         elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del):
             self.check_target(node)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in self.docstrings and any(
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in self.docstrings | self.hasattr_names and any(
             m not in ALLOWED_DUNDER_ATTRS | {"__main__"} for m in DUNDER_IN_STRING.findall(node.value)
         ):
             _forbid(node, f"the string {node.value[:60]!r} (dunder names are how sandbox escapes start)")
@@ -199,10 +207,12 @@ class _Checker:
             for name in node.names:
                 if name in self.imported:
                     _forbid(node, f"rebinding the imported name {name!r}")
+                if name in FORBIDDEN_NAMES:  # would make a shadowed builtin's name reach the module's (and the builtin)
+                    _forbid(node, f"declaring {name!r} global or nonlocal")
         elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
             for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
                 for name in _bound_names(target):
-                    if _is_dunder(name):
+                    if _is_dunder(name) and not (name == "__all__" and node in self.tree.body):
                         _forbid(node, f"assigning the dunder name {name!r}")
 
     def check_attr_name(self, node: ast.AST, attr: str, root_module: str | None, value: ast.AST | None = None) -> None:
@@ -220,7 +230,8 @@ class _Checker:
 
     def check_target(self, node: ast.Attribute | ast.Subscript) -> None:
         root = _root_name(node)
-        if root is None or root in self.roots or root in UNSAFE_ROOTS or _has_call(node):
+        own_item = isinstance(node, ast.Subscript)  # items of its own objects, through views too (`bias.view(h, 4)[:, 3] = 2.0`)
+        if root is None or root in self.roots or root in UNSAFE_ROOTS or (_has_call(node) and not own_item):
             what = "imported modules are read-only" if root in self.roots else "only attributes of your own objects may be set"
             _forbid(node, f"assignment to {ast.unparse(node)!r} ({what})")
 
@@ -229,6 +240,8 @@ class _Checker:
         if node is None:  # getattr used as a value (passed to map, reduce, partial ...)
             return False
         if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+            if name.id == "hasattr":
+                return len(node.args) == 2 and not node.keywords
             self.check_attr_name(node, node.args[1].value, self.roots.get(_root_name(node.args[0])), node.args[0])
             return not node.keywords
         return False
@@ -286,6 +299,20 @@ def _type_checking_imports(tree: ast.Module, nodes: list[ast.AST]) -> set[int]:
         if isinstance(node, ast.If) and is_test(node.test) \
                 and all(isinstance(s, ast.Import | ast.ImportFrom | ast.Pass) for s in node.body):
             out.update(id(s) for s in node.body if not isinstance(s, ast.Pass))
+    return out
+
+
+def _parameter_uses(nodes: list[ast.AST], names: set[str]) -> set[int]:
+    """The Name nodes (ids) that read a parameter of an enclosing function or lambda whose name is
+    in `names`: inside `def f(input)`, `input` is the argument, not the builtin."""
+    out: set[int] = set()
+    for fn in nodes:
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            a = fn.args
+            params = {p.arg for p in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if p} & names
+            if params:
+                body = fn.body if isinstance(fn.body, list) else [fn.body]
+                out.update(id(n) for stmt in body for n in ast.walk(stmt) if isinstance(n, ast.Name) and n.id in params)
     return out
 
 
