@@ -76,7 +76,7 @@ def main() -> None:
     for tier in args.tiers:
         replayer = Replayer(run, tier, threads=1)
         seeds = replayer.seeds(args.seeds)
-        total, done = replayer.pending(ids, seeds), 0
+        total, done = replayer.pending([0] + ids, seeds), 0  # the root is replayed first: its runs set the budget
 
         def progress(node: int, seed: int, row: dict, tier=tier) -> None:
             nonlocal done
