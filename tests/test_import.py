@@ -186,3 +186,32 @@ def test_a_fork_of_an_imported_design_is_searched_by_the_offline_brain(imported,
     assert rows[0]["status"] == "done", rows
     assert len(rows) == 3 and all(r["operator"] != "root" for r in rows[1:]), rows
     assert any(r["status"] == "done" for r in rows[1:]), rows  # a code operator changed the imported design
+
+
+def test_the_web_ui_shows_an_imported_design_with_its_published_curve(imported, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_web import CHROMIUM, CHROMIUM_ARGS, Server
+
+    run = tmp_path / "asi"
+    shutil.copytree(imported, run)
+    server = Server(run)
+    problems = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(server.url)
+            page.wait_for_selector('g.node[data-node="12"]', timeout=30_000)
+            expect(page.locator("g.node")).to_have_count(8)
+            page.goto(server.url + "#/node/2")
+            expect(page.locator("body")).to_contain_text("delta_net_gated_fir in one sentence.", timeout=30_000)
+            expect(page.locator("body")).to_contain_text("bench_average")
+            expect(page.locator("body")).to_contain_text("ASI-Arch's published training loss")
+            page.screenshot(path=str(tmp_path / "imported-node.png"))
+            browser.close()
+    finally:
+        server.stop()
+    assert not problems, problems
