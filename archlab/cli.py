@@ -32,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring paragraphs are re-wrapped to the terminal, not cut at source line breaks
 )
 app.add_typer(knowledge_app, name="knowledge", help="The cognition base: curated entries plus your own (list, search, show).")
 console = Console()
