@@ -63,3 +63,22 @@ def test_verified_improvement_quick(tmp_path):
 def test_store_scale_quick():
     out = quick("store_scale.py", None)
     assert "select_parent[asi" in out and "archlab status" in out and "web /api/tree" in out
+
+
+def test_fidelity_quick(tmp_path):
+    """ASI-Arch-format fixtures imported and trained at micro: every causal design is ranked against the
+    published figures, the leaking one is named, and the figures agree with the run's own rows."""
+    out = quick("fidelity.py", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["designs"] == 5 and results["budget"] == "1.2x the root mixer"
+    assert results["trained"]["micro"] + sum(results["failures"]["micro"].values()) == 5
+    assert results["failures"]["micro"].get("non_causal") == 1  # delta_net_global_pool reads the future
+    rows = {r["asi_arch"]: r for r in results["vs_asi_arch"]}
+    assert set(rows) == {"train_loss", "bench_average", "asi_score"}
+    assert all(r["n"] == results["trained"]["micro"] and r["verdict"] == "too few nodes" for r in rows.values())
+    assert (tmp_path / "scatter-micro.svg").read_text().startswith("<svg") and "| micro |" in out
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "run" / "archlab.db") as db:  # the replays are the run's: status and serve read them
+        kinds = db.execute("select kind, count(*) from evaluations where tier = 'micro' group by kind").fetchall()
+    assert kinds == [("replay", 6)]  # the root and the five designs, one seed
