@@ -32,6 +32,8 @@ import helpers
 from helpers import CANDIDATE_HEADER as HEADER
 from helpers import mixer
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the module's fixture: 17 micro evaluations
+
 OFF = {"skip_static_checks": True}  # the diagnostics off: only the boundary stands in the way
 MARK = f"archlab-escape-{uuid.uuid4().hex[:8]}"  # names every file and process an attack tries to leave behind
 

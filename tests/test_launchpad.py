@@ -12,6 +12,8 @@ from archlab.sandbox import launch, runner, zygote
 import helpers
 from helpers import mixer
 
+pytestmark = pytest.mark.e2e
+
 OFF = {"skip_static_checks": True}
 MARK = f"archlab-pad-{uuid.uuid4().hex[:8]}"
 

@@ -13,6 +13,8 @@ import pytest
 
 import helpers
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # runs interrupted and resumed
+
 NODE_LINE = re.compile(r"^\s*node\s+(\d+)\s+(done|failed)")
 
 
