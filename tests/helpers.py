@@ -52,16 +52,18 @@ def popen_cli(*args, cwd=None, preexec_fn=None) -> subprocess.Popen:
                             env=cli_env(), cwd=cwd, stdin=subprocess.DEVNULL, bufsize=1, preexec_fn=preexec_fn)
 
 
-def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
-    """Poll `condition()` until it returns something truthy (returned) or `timeout` seconds pass
-    (an AssertionError naming `what`): a wait for an event, never a fixed sleep."""
+def wait_until(condition, timeout: float, what: str | None = None, interval: float = 0.05):
+    """Poll `condition()` until it returns something truthy (returned) or `timeout` seconds pass:
+    a wait for an event, never a fixed sleep. On timeout: an AssertionError naming `what`, or
+    without `what` the last (falsy) value, for the caller's own assertion."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        if value or time.monotonic() >= deadline:
+            break
         time.sleep(interval)
+    assert value or what is None, f"timed out after {timeout} s waiting for {what}"
+    return value
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:

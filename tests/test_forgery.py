@@ -338,8 +338,12 @@ def test_nothing_outlives_an_evaluation(name):
     source = mixer(top=textwrap.dedent(LEAVE_BEHIND[name]) + "import time\ntime.sleep(1)\n")
     result = runner.evaluate(source, "check", threads=1, **OFF)
     assert result.reason in (None, "error"), result
-    time.sleep(1)
-    left = [p for d in ("/tmp", "/dev/shm", "/var/tmp") for p in Path(d).glob(f"{MARK}*")]
+
+    def left_behind() -> list:
+        return [p for d in ("/tmp", "/dev/shm", "/var/tmp") for p in Path(d).glob(f"{MARK}*")]
+
+    helpers.wait_until(lambda: not left_behind() and not helpers.pids_matching(_marked), 10)  # asserted below
+    left = left_behind()
     assert left == [], left
     assert helpers.pids_matching(_marked) == [], [helpers.cmdline(p) for p in helpers.pids_matching(_marked)]
 

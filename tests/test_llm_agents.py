@@ -148,11 +148,12 @@ def test_endpoint_down_for_a_while_then_back_and_the_judge_scores(tmp_path):
         while not (run_dir / "archlab.toml").exists():
             assert proc.poll() is None, proc.communicate()[1]
             time.sleep(0.05)
-    # ... and down while the root trains and for a while after
-    deadline = time.time() + 300
-    while not rows_if_any(run_dir, "select 1 from traces where kind = 'llm' and error is not null") and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)  # down for a while: several refused tries
+    # ... and down while the root trains and for a while after: until several tries were refused
+    def refused_tries() -> int:
+        assert proc.poll() is None, proc.communicate()[1]
+        return (rows_if_any(run_dir, "select count(*) from traces where kind = 'llm' and error like '%Connection%'") or [(0,)])[0][0]
+
+    helpers.wait_until(lambda: refused_tries() >= 2, 300, "two refused tries", interval=0.2)
     with ScriptedServer(Script(), port=port):
         out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
