@@ -8,7 +8,6 @@ import pytest
 
 import helpers
 
-
 # Every test of these kinds is end-to-end too, so `pytest -m "not e2e"` is the whole unit layer.
 SLOW_KINDS = ("chaos", "bench", "browser", "ray", "gpu")
 # Fixtures that train a run: a test using one (directly or through another fixture) is end-to-end.

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 import helpers
-from helpers import CHROMIUM, CHROMIUM_ARGS, Server
-
 from archlab.sandbox.curves import VAL_WINDOWS, val_steps
 from archlab.sandbox.tiers import TIERS
 from archlab.tree.store import Store
 from archlab.web.data import RunView
+from helpers import CHROMIUM, CHROMIUM_ARGS, Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the module's fixtures: runs
 

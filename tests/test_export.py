@@ -29,9 +29,8 @@ def offline_hf(tmp_path, monkeypatch):
 
 
 def test_export_loads_with_transformers_matches_the_model_shell_and_generates(run, tmp_path, offline_hf):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from archlab.sandbox import contract
     from archlab.sandbox.data import Corpus

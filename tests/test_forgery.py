@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from archlab.sandbox import launch, runner
 from archlab.sandbox.data import BUILTIN
 from archlab.sandbox.fitness import fitness
 from archlab.templates import render_root
-
-import helpers
 from helpers import CANDIDATE_HEADER as HEADER
 from helpers import mixer
 

@@ -7,9 +7,8 @@ import uuid
 
 import pytest
 
-from archlab.sandbox import launch, runner, zygote
-
 import helpers
+from archlab.sandbox import launch, runner, zygote
 from helpers import mixer
 
 pytestmark = pytest.mark.e2e

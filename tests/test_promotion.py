@@ -18,6 +18,7 @@ from archlab.tree.store import Store
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers  # noqa: E402
 
+
 def metrics(val_loss: float, tokens_per_s: float = 1000.0) -> dict:
     return {"val_loss": val_loss, "val_bpb": val_loss / math.log(2), "tokens_per_s": tokens_per_s, "mixer_params": 1000, "wall_s": 2.0}
 

@@ -10,9 +10,8 @@ import time
 import pytest
 
 import helpers
-from llm_server import API_KEY, Script, ScriptedServer
-
 from archlab.tree.store import Store
+from llm_server import API_KEY, Script, ScriptedServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # runs resumed (600 + 900 s bounds)
 
