@@ -611,7 +611,8 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE
     Replays are stored beside the original evaluations (kind "replay") and reused by later
     replays with the same tier and seed.
     """
-    from archlab.tree.replay import replay as replay_nodes, table
+    from archlab.tree.replay import replay as replay_nodes
+    from archlab.tree.replay import table
 
     _bounds(threads=threads)
     _store(run_dir)

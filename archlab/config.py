@@ -31,7 +31,7 @@ class RunConfig(BaseModel):
     data: str | None = Field(None, description="text file or folder; None = the built-in corpus")
     param_ratio: float = Field(1.2, gt=0, description="mixer parameter budget relative to the root")
     allow_quadratic: bool = Field(False, description="accept mixers whose cost grows faster than linearly with length")
-    # Real architectural changes move the smoke tier's loss by 10-17% (ANCHORS.md: the short conv and
+    # Real architectural changes move the smoke tier's loss by 10-17% (measured: the short conv and
     # the output gate are worth 0.25-0.4 nats of ~2.3); 10% flagged a real one-hour discovery.
     implausible_gain: float = Field(0.25, gt=0, description="a val_loss this far below the root's is rechecked and flagged")
     speed_weight: float = Field(0.05, ge=0, description="fitness penalty per unit of log slowdown vs the root")

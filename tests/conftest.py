@@ -1,11 +1,24 @@
-"""Shared fixtures: a CLI runner in a child process, fresh run directories and one shared
-micro-tier run that the store and CLI tests read (and never modify)."""
+"""Shared fixtures: a CLI runner in a child process, fresh run directories and the two trained
+micro-tier runs that several modules read (and never modify); the markers that select a subset."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 import helpers
+
+# Every test of these kinds is end-to-end too, so `pytest -m "not e2e"` is the whole unit layer.
+SLOW_KINDS = ("chaos", "bench", "browser", "ray", "gpu")
+# Fixtures that train a run: a test using one (directly or through another fixture) is end-to-end.
+# (The first such test builds the run in its own time: 10-14 s on 2 busy cores, well inside 300 s.)
+TRAINED_RUNS = {"micro_run", "review_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINED_RUNS & set(item.fixturenames) or any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture
@@ -30,6 +43,25 @@ def micro_run(tmp_path_factory) -> Path:
     proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 5, "--param-ratio", "0.5",
                        "--threads", helpers.THREADS, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run
+
+
+@pytest.fixture
+def run_copy(micro_run, tmp_path) -> Path:
+    """A private copy of the shared micro run, free to change, corrupt or damage."""
+    return Path(shutil.copytree(micro_run, tmp_path / "copy"))
+
+
+@pytest.fixture(scope="session")
+def review_run(tmp_path_factory) -> Path:
+    """A finished 3-node micro-tier run whose two children trained (the default parameter
+    budget), built once per test session and shared by the replay, fork, export, curves and web
+    tests (which work on copies). Read-only: copy it before changing anything."""
+    run = tmp_path_factory.mktemp("shared") / "review-run"
+    proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 3, "--threads", helpers.THREADS, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    nodes = helpers.node_rows(run)
+    assert any(n["parent_id"] == 0 and n["status"] == "done" for n in nodes), nodes
     return run
 
 

@@ -1,25 +1,38 @@
 """Plain helpers shared by the test modules (fixtures that wrap them live in conftest.py).
 
-Everything here drives real parts: the CLI in a child process, the run's SQLite file, the
-run's git repository and /proc.
+Everything here drives real parts: the CLI in a child process, `archlab serve` over HTTP, the
+run's SQLite file, the run's git repository and /proc.
 """
 
+import http.client
 import json
 import math
 import os
+import queue
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
-CLI = [sys.executable, "-c", "from archlab.cli import main; main()"]
+# The CLI in a child process (the one launcher of the tests): `python -c CLI_CODE ARGS...`.
+CLI_CODE = "from archlab.cli import main; main()"
+CLI = [sys.executable, "-c", CLI_CODE]
 # One CPU thread per evaluation: the suite must stay fast on 2 cores, also when other
 # processes share them (oversubscribed OpenMP threads make training 10x slower).
 THREADS = "1"
+
+# The promotion tier of the promotion and agreement tests: smoke's measurements (hardware metrics) at micro's size, so
+# that it is higher than the search tier and still takes seconds.
+PROMOTE = ["--promote", "0.5", "--promote-tier", "smoke", "--promote-seeds", "2",
+           "--promote-set", "steps=20", "--promote-set", "d_model=64", "--promote-set", "seq_len=64",
+           "--promote-set", "batch_size=8", "--promote-set", "val_windows=16", "--promote-set", "complexity_lengths=[128,512]"]
 
 
 def cli_env() -> dict:
@@ -39,6 +52,20 @@ def popen_cli(*args, cwd=None, preexec_fn=None) -> subprocess.Popen:
                             env=cli_env(), cwd=cwd, stdin=subprocess.DEVNULL, bufsize=1, preexec_fn=preexec_fn)
 
 
+def wait_until(condition, timeout: float, what: str | None = None, interval: float = 0.05):
+    """Poll `condition()` until it returns something truthy (returned) or `timeout` seconds pass:
+    a wait for an event, never a fixed sleep. On timeout: an AssertionError naming `what`, or
+    without `what` the last (falsy) value, for the caller's own assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    assert value or what is None, f"timed out after {timeout} s waiting for {what}"
+    return value
+
+
 def assert_user_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
     """A user mistake: the given exit code, exactly one line on stderr, no traceback anywhere."""
     out = proc.stdout + proc.stderr
@@ -49,6 +76,61 @@ def assert_user_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{proc.stderr}"
     return lines[0]
+
+
+# -- the web UI ---------------------------------------------------------------------------------
+CHROMIUM = os.environ.get("ARCHLAB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+class Server:
+    """`archlab serve RUN --port 0` in a child process; .url once it listens."""
+
+    def __init__(self, run: Path, *args):
+        self.proc = popen_cli("serve", run, "--port", 0, *args)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout], daemon=True).start()
+        deadline = time.monotonic() + 60
+        self.url = None
+        while self.url is None:
+            assert time.monotonic() < deadline, "archlab serve did not report its URL within 60 s"
+            assert self.proc.poll() is None, f"archlab serve exited: {self.proc.stderr.read()}"
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if "http://" in line:
+                self.url = line[line.index("http://"):].split()[0]
+        parsed = urlparse(self.url)
+        self.host, self.port = parsed.hostname, parsed.port
+
+    def request(self, method: str, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+        """A raw request: the path goes on the wire exactly as given (no client-side normalising)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.putrequest(method, path, skip_host=bool(headers and "Host" in headers), skip_accept_encoding=True)
+            for k, v in (headers or {}).items():
+                conn.putheader(k, v)
+            conn.endheaders()
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path: str):
+        status, body = self.request("GET", path)
+        assert status == 200, (path, status, body[:300])
+        return json.loads(body)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 # -- the store ---------------------------------------------------------------------------------

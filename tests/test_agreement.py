@@ -22,7 +22,6 @@ from archlab.tree.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers  # noqa: E402
-from test_promotion import PROMOTE  # noqa: E402  smoke's measurements at micro's size: seconds per evaluation
 
 
 def plain_spearman(xs, ys):
@@ -163,8 +162,8 @@ def test_figures_from_the_store_rank_fitness_per_tier_like_promotion(tmp_path):
 def promoted_run(tmp_path_factory) -> Path:
     """6 micro-tier nodes, every one promoted to a smoke tier of micro's size (one seed each)."""
     run = tmp_path_factory.mktemp("agreement") / "run"
-    assert PROMOTE[:6] == ["--promote", "0.5", "--promote-tier", "smoke", "--promote-seeds", "2"]
-    promote = ["--promote", "1.0", "--promote-tier", "smoke", "--promote-seeds", "1", *PROMOTE[6:]]
+    assert helpers.PROMOTE[:6] == ["--promote", "0.5", "--promote-tier", "smoke", "--promote-seeds", "2"]
+    promote = ["--promote", "1.0", "--promote-tier", "smoke", "--promote-seeds", "1", *helpers.PROMOTE[6:]]
     proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 6, "--workers", 2, "--threads", helpers.THREADS,
                        *promote, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -178,6 +177,8 @@ def _expected(run: Path) -> tuple[int, float]:
     return len(nodes), plain_spearman([n["search_fitness"] for n in nodes], [n["fitness"] for n in nodes])
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.e2e
 def test_status_report_and_table_show_the_agreement_of_a_promoted_run(promoted_run, tmp_path):
     n, rho = _expected(promoted_run)
     assert n >= agreement.MIN_NODES, helpers.node_rows(promoted_run)
@@ -210,10 +211,12 @@ def test_a_run_at_one_tier_has_no_agreement(micro_run):
     assert " vs " not in helpers.cli("status", micro_run).stdout
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.browser
 def test_web_ui_shows_the_agreement_in_the_header_and_on_the_plots_page(promoted_run, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from test_web import CHROMIUM, CHROMIUM_ARGS, Server
+    from helpers import CHROMIUM, CHROMIUM_ARGS, Server
 
     run = tmp_path / "run"
     shutil.copytree(promoted_run, run)

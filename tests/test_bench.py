@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]  # a benchmark's --quick mode (900 s bound)
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 

@@ -12,9 +12,11 @@ import pytest
 from archlab.tree.doctor import check
 
 sys.path.insert(0, str(Path(__file__).parent))
+import helpers  # noqa: E402
 from llm_server import API_KEY, Script, ScriptedServer  # noqa: E402
 
-ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]  # killed runs resumed (900 s bound each)
+
 NODES = 3
 
 
@@ -23,7 +25,7 @@ def run(run_dir: Path, chaos: str | None = None, extra: tuple = ()) -> subproces
     env.pop("ARCHLAB_CHAOS", None)
     if chaos:
         env["ARCHLAB_CHAOS"] = chaos
-    return subprocess.run([*ARCHLAB, "run", str(run_dir), "--tier", "micro", "--max-nodes", str(NODES), *extra],
+    return subprocess.run([*helpers.CLI, "run", str(run_dir), "--tier", "micro", "--max-nodes", str(NODES), *extra],
                           env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -76,9 +78,9 @@ def test_doctor_repairs_an_orphan_commit_and_a_stuck_node(tmp_path):
     (run_dir / "checkpoints.db").unlink()  # and the checkpoint that would resume it is gone
     report = check(run_dir)
     assert not report.ok and any("no row" in f.what for f in report.findings)
-    found = subprocess.run([*ARCHLAB, "doctor", str(run_dir), "--json"], capture_output=True, text=True)
+    found = subprocess.run([*helpers.CLI, "doctor", str(run_dir), "--json"], capture_output=True, text=True)
     assert found.returncode == 1 and not json.loads(found.stdout)["run"]["ok"]
-    repaired = subprocess.run([*ARCHLAB, "doctor", str(run_dir), "--repair", "--json"], capture_output=True, text=True)
+    repaired = subprocess.run([*helpers.CLI, "doctor", str(run_dir), "--repair", "--json"], capture_output=True, text=True)
     assert repaired.returncode == 0, repaired.stdout
     assert all(f["repaired"] for f in json.loads(repaired.stdout)["run"]["findings"] if f["severity"] == "error")
     assert check(run_dir).ok

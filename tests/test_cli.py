@@ -2,7 +2,6 @@
 (never a traceback, never a changed database) for every user mistake."""
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -32,12 +31,6 @@ def deltanet_file(tmp_path):
     return path
 
 
-@pytest.fixture
-def run_copy(micro_run, tmp_path):
-    """A private copy of the shared run, free to corrupt."""
-    return shutil.copytree(micro_run, tmp_path / "copy")
-
-
 def one_json_object(stdout: str) -> dict:
     value = json.loads(stdout)  # raises on anything but exactly one JSON document
     assert isinstance(value, dict)
@@ -45,6 +38,7 @@ def one_json_object(stdout: str) -> dict:
 
 
 # -- check / eval ----------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_check_json_accepts_deltanet(cli, deltanet_file):
     proc = cli("check", deltanet_file, "--json", "--threads", helpers.THREADS)
     assert proc.returncode == 0, proc.stderr
@@ -54,6 +48,7 @@ def test_check_json_accepts_deltanet(cli, deltanet_file):
     assert result["metrics"]["mixer_params"] > 0
 
 
+@pytest.mark.e2e
 def test_check_json_rejects_a_non_causal_mixer(cli, tmp_path):
     path = tmp_path / "leaky.py"
     path.write_text(NON_CAUSAL)
@@ -71,6 +66,7 @@ def test_check_missing_file_is_a_usage_error(cli, tmp_path):
     assert proc.stdout == ""
 
 
+@pytest.mark.e2e
 def test_eval_micro_json(cli, deltanet_file):
     proc = cli("eval", deltanet_file, "--tier", "micro", "--json", "--threads", helpers.THREADS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -107,6 +103,7 @@ def test_status_table(cli, micro_run):
     assert "nodes" in proc.stdout and "5" in proc.stdout and "best" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_status_of_a_run_whose_root_failed(cli, run_dir, tmp_path):
     code = render_root("deltanet")
     mixer = code.index("class Mixer")

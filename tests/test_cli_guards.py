@@ -16,12 +16,6 @@ from archlab.sandbox import launch
 from archlab.templates import render_root
 
 
-@pytest.fixture
-def run_copy(micro_run, tmp_path):
-    """A private copy of the shared run, free to damage."""
-    return Path(shutil.copytree(micro_run, tmp_path / "copy"))
-
-
 def owned_files(run_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
 
@@ -100,6 +94,8 @@ def test_eval_refuses_out_of_bounds_options(cli, tmp_path, args):
 
 
 # -- 5: a root rejected for its data is evaluated again once the data is fixed ---------------------------
+@pytest.mark.timeout(600)
+@pytest.mark.e2e
 def test_root_rejected_for_its_data_is_evaluated_again_after_the_fix(cli, run_dir, tmp_path):
     data = tmp_path / "corpus.txt"
     data.write_text("")

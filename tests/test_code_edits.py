@@ -90,6 +90,7 @@ def test_edits_that_would_fail_at_once_are_skipped():
     assert code_edits.first(code_edits.edits(RETENTION, "norm_swap"), RETENTION, seen=lambda code: True) is None
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("root", ["retention", "gla"])
 def test_every_composition_passes_the_sandbox(root):
     """Each wrapper, layout and FFN on a file with step() (its decoding must agree with forward)
@@ -102,6 +103,7 @@ def test_every_composition_passes_the_sandbox(root):
             assert result.metrics["has_step"] == (root == "gla"), (op, result.metrics)  # the wrapper keeps decoding recurrent
 
 
+@pytest.mark.e2e
 def test_an_edit_of_forward_is_made_in_step_too():
     """A forward and its step compute the same gate: an edit of one alone is rejected by the
     sandbox's step check (seen in a benchmark run). Every in-place edit of a gated file with a
@@ -231,6 +233,8 @@ def test_a_template_parent_mixes_both_kinds_and_learns_which_pays():
     assert not any(op.startswith(CODE) for op in blind)  # the baselines keep their published template search
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.e2e
 def test_the_default_brain_grows_a_tree_from_a_foreign_root(tmp_path):
     run_dir = tmp_path / "run"
     root = tmp_path / "my_retention.py"

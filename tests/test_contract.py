@@ -102,6 +102,7 @@ def test_type_checking_blocks_cannot_smuggle_code(top):
     assert detail is not None and ("'os'" in detail or "access to 'system'" in detail or "'TYPE_CHECKING'" in detail), detail
 
 
+@pytest.mark.e2e
 def test_a_type_checking_candidate_is_accepted_in_the_sandbox():
     """Loaded for real in a model server: the annotations stay strings, nothing is imported."""
     result = runner.evaluate(textwrap.dedent(ANNOTATIONS_ONLY) + MIXER, "check", threads=1)
@@ -177,6 +178,7 @@ class Mixer(nn.Module):
 '''
 
 
+@pytest.mark.e2e
 def test_a_candidates_torch_compile_is_eager_on_the_cpu():
     """@torch.compile, @torch.compile(...) and torch.compile(fn) are accepted; on a CPU the candidate's
     server runs them eagerly (before, inductor's first import failed inside the server, and where it
@@ -256,6 +258,7 @@ class Mixer(nn.Module):
 '''
 
 
+@pytest.mark.e2e
 def test_training_progress_rises_in_training_and_is_one_in_every_measurement(tmp_path):
     from safetensors.numpy import load_file
 
@@ -291,6 +294,7 @@ class Mixer(nn.Module):
 '''
 
 
+@pytest.mark.e2e
 def test_a_step_counter_advanced_in_forward_is_still_rejected():
     result = runner.evaluate(STEP_COUNTER, "micro", threads=1)
     assert not result.ok and result.reason == "non_causal", result
@@ -316,6 +320,7 @@ def _json(proc) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.e2e
 def test_check_takes_the_parameter_budget_as_options(tmp_path):
     wide = tmp_path / "wide.py"
     wide.write_text(WIDE)
@@ -337,6 +342,7 @@ def test_check_takes_the_parameter_budget_as_options(tmp_path):
     assert tight.returncode == 1 and out["reason"] == "params" and "8,400" in out["detail"], out
 
 
+@pytest.mark.e2e
 def test_eval_takes_the_parameter_budget_as_options(tmp_path):
     wide = tmp_path / "wide.py"
     wide.write_text(WIDE.replace("4 * d_model", "8 * d_model"))  # 66,112 numbers at d_model 64 (root: 21,520)

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 import helpers
-from test_replay import review_run  # one small trained run per session, shared
-from test_web import CHROMIUM, CHROMIUM_ARGS, Server
-
 from archlab.sandbox.curves import VAL_WINDOWS, val_steps
 from archlab.sandbox.tiers import TIERS
 from archlab.tree.store import Store
 from archlab.web.data import RunView
+from helpers import CHROMIUM, CHROMIUM_ARGS, Server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the module's fixtures: runs
 
 MICRO = TIERS["micro"]
 
@@ -35,10 +35,10 @@ DIVERGING = helpers.mixer("""
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(review_run, tmp_path_factory) -> Path:
     """A copy of the session's 3-node micro run (the web test writes nothing to it)."""
     run = tmp_path_factory.mktemp("curves") / "run"
-    shutil.copytree(review_run(tmp_path_factory), run, ignore=shutil.ignore_patterns("READY"))
+    shutil.copytree(review_run, run)
     return run
 
 

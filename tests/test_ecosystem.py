@@ -19,6 +19,8 @@ import pytest
 import helpers
 import wandb_log
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # runs (600 s bound each)
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 FINISHED = ("done", "failed")
 # a loss curve as the sandbox stores it with an evaluation (archlab/sandbox/curves.py): one dict per seed
@@ -35,7 +37,7 @@ def mirror_env(tmp: Path) -> dict:
 def run_cli(*args, tmp: Path, block: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`archlab ARGS` in a child process; `block`: a module made unimportable there (sys.modules[name] = None
     is Python's own way to say a module is absent), as on a machine without that extra."""
-    code = (f"import sys; sys.modules[{block!r}] = None; " if block else "") + "from archlab.cli import main; main()"
+    code = (f"import sys; sys.modules[{block!r}] = None; " if block else "") + helpers.CLI_CODE
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=mirror_env(tmp), stdin=subprocess.DEVNULL)
 

@@ -25,6 +25,7 @@ def job(tmp_path: Path, key: str, tier: str = "check", source: str = ROOT) -> ex
     return executors.Job(key=key, source=source, tier=tier, seed=0, options={"param_limit": -1}, log_path=str(tmp_path / f"{key}.log"))
 
 
+@pytest.mark.e2e
 def test_two_cpu_slots_evaluate_side_by_side(tmp_path):
     ex = executors.LocalExecutor(slots=2, threads=1)
     try:
@@ -41,6 +42,7 @@ def test_two_cpu_slots_evaluate_side_by_side(tmp_path):
         assert "[sandbox]" in (tmp_path / f"job{i}.log").read_text()
 
 
+@pytest.mark.e2e
 def test_a_gpu_slot_is_a_slot_process_pinned_with_cuda_visible_devices(tmp_path):
     # The pinning machinery of a GPU slot, exercised on CPU: the slot process gets CUDA_VISIBLE_DEVICES=3.
     ex = executors.LocalExecutor(gpus=["3"], device="cpu", threads=1)
@@ -57,6 +59,7 @@ def test_a_gpu_slot_is_a_slot_process_pinned_with_cuda_visible_devices(tmp_path)
     assert not broken.ok and broken.reason == "syntax", (broken.reason, broken.detail)
 
 
+@pytest.mark.e2e
 def test_more_workers_than_gpus_share_them_round_robin(tmp_path):
     # Small models leave a GPU idle, so --workers 3 on two GPUs gives three slots: 0 -> "5", 1 -> "7", 2 -> "5".
     ex = executors.LocalExecutor(slots=3, gpus=["5", "7"], device="cpu", threads=1)
@@ -70,6 +73,7 @@ def test_more_workers_than_gpus_share_them_round_robin(tmp_path):
     assert pins == {0: ("5", "5"), 1: ("7", "7"), 2: ("5", "5")}
 
 
+@pytest.mark.e2e
 def test_stop_abandons_the_evaluation_in_flight(tmp_path):
     ex = executors.LocalExecutor(gpus=["0"], device="cpu", threads=1)  # a slot process: stopping it leaves this process usable
     log = tmp_path / "long.log"
@@ -106,6 +110,8 @@ def test_a_run_config_picks_its_executor():
             executors.make(RunConfig(device="cuda"))
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.e2e
 def test_a_cpu_hours_budget_stops_the_run(cli, run_dir):
     # 0.0002 CPU-hours is 0.72 CPU-seconds: the root's evaluation alone (two model servers, checks, training) spends more.
     proc = cli("run", run_dir, "--tier", "micro", "--max-nodes", 5, "--threads", helpers.THREADS, "--cpu-hours", 0.0002)

@@ -1,4 +1,4 @@
-"""`archlab export`: a node of a real micro-tier run (see test_replay.review_run) becomes a Hugging Face model directory that
+"""`archlab export`: a node of a real micro-tier run (conftest.py's review_run) becomes a Hugging Face model directory that
 transformers loads (trust_remote_code), scores like the sandbox's scorer did, and generates from."""
 
 import json
@@ -9,13 +9,14 @@ import pytest
 import torch
 
 import helpers
-from test_replay import review_run  # one small trained run per session, shared
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # an export that trains (600 s bound)
 
 
 @pytest.fixture
-def run(tmp_path_factory, tmp_path) -> Path:
+def run(review_run, tmp_path) -> Path:
     copy = tmp_path / "run"
-    shutil.copytree(review_run(tmp_path_factory), copy, ignore=shutil.ignore_patterns("READY"))
+    shutil.copytree(review_run, copy)
     return copy
 
 
@@ -28,9 +29,8 @@ def offline_hf(tmp_path, monkeypatch):
 
 
 def test_export_loads_with_transformers_matches_the_model_shell_and_generates(run, tmp_path, offline_hf):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from archlab.sandbox import contract
     from archlab.sandbox.data import Corpus

@@ -15,9 +15,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import helpers
 from archlab.tree.doctor import check
 from archlab.web.app import create_app
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # runs (600 s bound each)
 
 
 def copy_run(micro_run: Path, tmp_path: Path) -> Path:
@@ -81,7 +85,7 @@ def test_disk_full_stops_the_run_with_a_clear_message_and_loses_nothing(micro_ru
     mnt.mkdir(), out.mkdir()
     namespace = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-r", "-m"]
     env = dict(helpers.cli_env(), MNT=str(mnt), SRC=str(micro_run), OUT=str(out), PY=sys.executable,
-               ARCHLAB="from archlab.cli import main; main()")
+               ARCHLAB=helpers.CLI_CODE)
     proc = subprocess.run([*namespace, "bash", "-c", DISK_FULL], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert (out / "df").read_text().split()[-3] == "0", (out / "df").read_text()  # the disk really was full

@@ -9,6 +9,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 import helpers
 from archlab.agents.graph import Run
 from archlab.agents.offline import OfflineBrain
@@ -81,6 +83,8 @@ def test_a_refused_key_is_named_and_a_resume_checks_again(tmp_path, monkeypatch)
     assert (run / "archlab.db").read_bytes() == before and helpers.node_rows(run) == []
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.e2e
 def test_candidates_get_time_in_proportion_to_what_the_root_took(tmp_path):
     """On a machine where the root took 100 s at smoke (limit 480 s), a candidate may take 800 s;
     a --tier-set timeout_s is the user's choice and stands; the forecast says so."""
@@ -107,6 +111,8 @@ def status(run):
     return json.loads(proc.stdout)
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.e2e
 def test_a_candidate_in_flight_can_be_watched_and_a_stopped_run_says_so(tmp_path):
     """`status` (and the run's own display) show the sandbox's progress: the stage, a step that
     advances, the training loss and the time limit. Stopped mid-evaluation, the run says the node
@@ -154,6 +160,8 @@ def test_usage_lines_name_the_arguments():
     assert "RUN_DIR} {NODE}" in out and "run_dir" not in out, out
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.e2e
 def test_the_best_nodes_keep_their_weights_so_export_needs_no_training(tmp_path):
     """A run keeps the trained weights of the root and its --keep-weights best nodes (the others are
     pruned as it goes): exporting a kept node is instant; a pruned one is trained again, saying so;

@@ -324,6 +324,7 @@ class Mixer(nn.Module):
 '''
 
 
+@pytest.mark.e2e
 def test_a_candidate_importing_fla_evaluates_in_the_sandbox():
     result = runner.evaluate(CANDIDATE, "micro", threads=1)
     assert result.ok and result.reason is None, (result.reason, result.detail)

@@ -23,14 +23,15 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from archlab.sandbox import launch, runner
 from archlab.sandbox.data import BUILTIN
 from archlab.sandbox.fitness import fitness
 from archlab.templates import render_root
-
-import helpers
 from helpers import CANDIDATE_HEADER as HEADER
 from helpers import mixer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the module's fixture: 17 micro evaluations
 
 OFF = {"skip_static_checks": True}  # the diagnostics off: only the boundary stands in the way
 MARK = f"archlab-escape-{uuid.uuid4().hex[:8]}"  # names every file and process an attack tries to leave behind
@@ -336,8 +337,12 @@ def test_nothing_outlives_an_evaluation(name):
     source = mixer(top=textwrap.dedent(LEAVE_BEHIND[name]) + "import time\ntime.sleep(1)\n")
     result = runner.evaluate(source, "check", threads=1, **OFF)
     assert result.reason in (None, "error"), result
-    time.sleep(1)
-    left = [p for d in ("/tmp", "/dev/shm", "/var/tmp") for p in Path(d).glob(f"{MARK}*")]
+
+    def left_behind() -> list:
+        return [p for d in ("/tmp", "/dev/shm", "/var/tmp") for p in Path(d).glob(f"{MARK}*")]
+
+    helpers.wait_until(lambda: not left_behind() and not helpers.pids_matching(_marked), 10)  # asserted below
+    left = left_behind()
     assert left == [], left
     assert helpers.pids_matching(_marked) == [], [helpers.cmdline(p) for p in helpers.pids_matching(_marked)]
 

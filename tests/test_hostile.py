@@ -23,6 +23,8 @@ from archlab.templates import ROOTS, render_root
 from helpers import CANDIDATE_HEADER as HEADER
 from helpers import mixer
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the module's fixture: 88 check evaluations
+
 
 
 @dataclass

@@ -160,6 +160,8 @@ def test_an_imported_run_is_not_grown_but_forked(imported):
     assert "archlab fork" in line
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.e2e
 def test_replay_trains_imported_designs_in_the_sandbox_and_catches_the_leak(imported, tmp_path):
     run = tmp_path / "asi"
     shutil.copytree(imported, run)
@@ -172,6 +174,8 @@ def test_replay_trains_imported_designs_in_the_sandbox_and_catches_the_leak(impo
     assert not node["ok"] and {f["reason"] for f in node["failed"]} == {"non_causal"}, node
 
 
+@pytest.mark.timeout(900)
+@pytest.mark.e2e
 def test_a_fork_of_an_imported_design_is_searched_by_the_offline_brain(imported, tmp_path):
     new = tmp_path / "branch"
     proc = helpers.cli("fork", imported, 6, new, "--tier", "micro", "--max-nodes", 3)
@@ -188,10 +192,11 @@ def test_a_fork_of_an_imported_design_is_searched_by_the_offline_brain(imported,
     assert any(r["status"] == "done" for r in rows[1:]), rows  # a code operator changed the imported design
 
 
+@pytest.mark.browser
 def test_the_web_ui_shows_an_imported_design_with_its_published_curve(imported, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from test_web import CHROMIUM, CHROMIUM_ARGS, Server
+    from helpers import CHROMIUM, CHROMIUM_ARGS, Server
 
     run = tmp_path / "asi"
     shutil.copytree(imported, run)

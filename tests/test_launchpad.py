@@ -7,10 +7,11 @@ import uuid
 
 import pytest
 
-from archlab.sandbox import launch, runner, zygote
-
 import helpers
+from archlab.sandbox import launch, runner, zygote
 from helpers import mixer
+
+pytestmark = pytest.mark.e2e
 
 OFF = {"skip_static_checks": True}
 MARK = f"archlab-pad-{uuid.uuid4().hex[:8]}"

@@ -10,14 +10,17 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
 import tomli_w
 
 from archlab.sandbox.fitness import fitness
 
 sys.path.insert(0, str(Path(__file__).parent))
+import helpers  # noqa: E402
 from llm_server import API_KEY, EDITS, NO_CODE, ROOT, SHAPE_BUG_CUT, SYNTAX_ERROR, Script, ScriptedServer  # noqa: E402
 
-ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # LLM runs (600 s bound each)
+
 GATED = ROOT.replace(EDITS[0][0], EDITS[0][1])  # a real change of the root: a sigmoid output gate
 # The gate plus a bug the sandbox rejects; the scripted engineer's repair removes the bug and keeps the gate.
 SHAPE_BUG = "Use a sigmoid output gate, and drop the last position of the output to save work.\n\n```python\n" + GATED.replace(
@@ -26,7 +29,7 @@ SHAPE_BUG = "Use a sigmoid output gate, and drop the last position of the output
 
 def archlab(*args, env_extra=None, timeout=600):
     env = dict(os.environ, OPENAI_API_KEY=API_KEY, **(env_extra or {}))
-    return subprocess.run([*ARCHLAB, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*helpers.CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def llm_args(server, run_dir, nodes):
@@ -106,7 +109,7 @@ def test_killed_during_an_llm_call_repeats_no_completed_call(tmp_path):
     script = Script(researcher=[NO_CODE], delay_on=("researcher", 2, 60))  # the re-ask after NO_CODE hangs
     with ScriptedServer(script) as server:
         env = dict(os.environ, OPENAI_API_KEY=API_KEY)
-        proc = subprocess.Popen([*ARCHLAB, *llm_args(server, run_dir, 3)], env=env, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([*helpers.CLI, *llm_args(server, run_dir, 3)], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 300
         while not [e for e in script.log if e["role"] == "researcher"][1:] and time.time() < deadline:
@@ -139,17 +142,18 @@ def test_endpoint_down_for_a_while_then_back_and_the_judge_scores(tmp_path):
     env = dict(os.environ, OPENAI_API_KEY=API_KEY)
     url = f"http://127.0.0.1:{port}/v1"
     with ScriptedServer(Script(), port=port):  # up for the check made before the run starts (tests/test_first_minutes.py) ...
-        proc = subprocess.Popen([*ARCHLAB, "run", str(run_dir), "--tier", "micro", "--max-nodes", "2", "--llm", "openai:scripted",
+        proc = subprocess.Popen([*helpers.CLI, "run", str(run_dir), "--tier", "micro", "--max-nodes", "2", "--llm", "openai:scripted",
                                  "--base-url", url, "--llm-patience", "120", "--judge-weight", "0.1"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         while not (run_dir / "archlab.toml").exists():
             assert proc.poll() is None, proc.communicate()[1]
             time.sleep(0.05)
-    # ... and down while the root trains and for a while after
-    deadline = time.time() + 300
-    while not rows_if_any(run_dir, "select 1 from traces where kind = 'llm' and error is not null") and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)  # down for a while: several refused tries
+    # ... and down while the root trains and for a while after: until several tries were refused
+    def refused_tries() -> int:
+        assert proc.poll() is None, proc.communicate()[1]
+        return (rows_if_any(run_dir, "select count(*) from traces where kind = 'llm' and error like '%Connection%'") or [(0,)])[0][0]
+
+    helpers.wait_until(lambda: refused_tries() >= 2, 300, "two refused tries", interval=0.2)
     with ScriptedServer(Script(), port=port):
         out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err

@@ -7,6 +7,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import pytest
+
 from archlab.agents.promotion import KIND, Plan, Promoter, aggregate
 from archlab.sandbox.fitness import fitness
 from archlab.sandbox.runner import Result
@@ -15,12 +17,6 @@ from archlab.tree.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers  # noqa: E402
-
-# The promotion tier of the run test: smoke's measurements (hardware metrics) at micro's size, so
-# that it is higher than the search tier and still takes seconds.
-PROMOTE = ["--promote", "0.5", "--promote-tier", "smoke", "--promote-seeds", "2",
-           "--promote-set", "steps=20", "--promote-set", "d_model=64", "--promote-set", "seq_len=64",
-           "--promote-set", "batch_size=8", "--promote-set", "val_windows=16", "--promote-set", "complexity_lengths=[128,512]"]
 
 
 def metrics(val_loss: float, tokens_per_s: float = 1000.0) -> dict:
@@ -73,8 +69,10 @@ def test_the_rule_promotes_the_root_first_then_the_top_slice(tmp_path):
     assert spent[("smoke", KIND)]["evaluations"] == 6 and math.isclose(spent[("smoke", KIND)]["cpu_hours"], 19.0 / 3600)
 
 
+@pytest.mark.timeout(900)
+@pytest.mark.e2e
 def test_a_run_promotes_its_top_slice_with_several_seeds(cli, run_dir):
-    proc = cli("run", run_dir, "--tier", "micro", "--max-nodes", 3, "--workers", 2, "--threads", helpers.THREADS, *PROMOTE, timeout=900)
+    proc = cli("run", run_dir, "--tier", "micro", "--max-nodes", 3, "--workers", 2, "--threads", helpers.THREADS, *helpers.PROMOTE, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert check(run_dir).ok
     rows = {r["id"]: r for r in helpers.assert_lineage(run_dir)}

@@ -10,12 +10,15 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import ray
 
 from archlab.tree.doctor import check
 
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]  # a cluster's start, then a run (600 s bound)
 
 
 def environ(pid: int) -> bytes:

@@ -11,26 +11,13 @@ import pytest
 
 import helpers
 
-
-def review_run(tmp_path_factory) -> Path:
-    """A finished 3-node micro-tier run whose two children trained (the default parameter
-    budget), built once per test session and shared by the replay, fork, export and web tests
-    (which work on copies). Read-only: copy it before changing anything."""
-    run = tmp_path_factory.getbasetemp() / "review-run"
-    if not (run / "READY").exists():
-        shutil.rmtree(run, ignore_errors=True)
-        proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 3, "--threads", helpers.THREADS, timeout=600)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        nodes = helpers.node_rows(run)
-        assert any(n["parent_id"] == 0 and n["status"] == "done" for n in nodes), nodes
-        (run / "READY").write_text("")
-    return run
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # replays and forks (600 s bound each)
 
 
 @pytest.fixture
-def run(tmp_path_factory, tmp_path) -> Path:
+def run(review_run, tmp_path) -> Path:
     copy = tmp_path / "run"
-    shutil.copytree(review_run(tmp_path_factory), copy, ignore=shutil.ignore_patterns("READY"))
+    shutil.copytree(review_run, copy)
     return copy
 
 
@@ -44,7 +31,7 @@ def _replay(run: Path, *args) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_replay_reproduces_the_recorded_val_loss_within_the_seed_spread(run, tmp_path_factory):
+def test_replay_reproduces_the_recorded_val_loss_within_the_seed_spread(run, review_run):
     nodes = {n["id"]: n for n in helpers.node_rows(run)}
     child = _done_child_of_root(run)
 
@@ -79,7 +66,7 @@ def test_replay_reproduces_the_recorded_val_loss_within_the_seed_spread(run, tmp
         assert env["commit"] == nodes[e["node_id"]]["commit_sha"]
         assert (run / env["weights"]).is_file() and (run / e["log"]).is_file()
     # ... and the originals are untouched.
-    original = [e for e in helpers.table_rows(review_run(tmp_path_factory), "evaluations") if e["kind"] == "search"]
+    original = [e for e in helpers.table_rows(review_run, "evaluations") if e["kind"] == "search"]
     assert [e for e in helpers.table_rows(run, "evaluations") if e["kind"] == "search"] == original
 
     # The table for people says the same.
@@ -88,7 +75,7 @@ def test_replay_reproduces_the_recorded_val_loss_within_the_seed_spread(run, tmp
     assert f"{node['val_loss']['0']:.4f}" in proc.stdout and "+0.0e+00" in proc.stdout
 
 
-def test_a_run_with_tier_overrides_trains_and_replays_that_shape(tmp_path, tmp_path_factory):
+def test_a_run_with_tier_overrides_trains_and_replays_that_shape(tmp_path, review_run):
     # --tier-set changes the search tier for every evaluation (a bigger model on a GPU); replay uses it too.
     run = tmp_path / "small"
     proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 1, "--threads", helpers.THREADS,
@@ -97,7 +84,7 @@ def test_a_run_with_tier_overrides_trains_and_replays_that_shape(tmp_path, tmp_p
     assert "d_model = 32" in (run / "archlab.toml").read_text()
     (search,) = [json.loads(e["metrics"]) for e in helpers.table_rows(run, "evaluations")]
     assert search["train_tokens"] == 5 * 8 * 64, "5 steps of micro's 8 x 64 batch"
-    default = next(json.loads(e["metrics"]) for e in helpers.table_rows(review_run(tmp_path_factory), "evaluations")
+    default = next(json.loads(e["metrics"]) for e in helpers.table_rows(review_run, "evaluations")
                    if e["node_id"] == 0 and e["kind"] == "search")
     assert search["mixer_params"] < default["mixer_params"] / 3, "d_model 32 instead of micro's 64"
     replayed = _replay(run, 0, "--seeds", 1)["nodes"][0]

@@ -9,6 +9,8 @@ import pytest
 
 import helpers
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the module's fixture: a run (600 s bound)
+
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 

@@ -13,6 +13,8 @@ import pytest
 
 import helpers
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # runs interrupted and resumed
+
 NODE_LINE = re.compile(r"^\s*node\s+(\d+)\s+(done|failed)")
 
 
@@ -121,7 +123,8 @@ def killed_during_root(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("rootkill") / "run"
     driver = Driver(run_dir, 1)
     driver.wait_for_server()
-    time.sleep(0.3)  # inside the evaluation, not at the instant a sandbox starts (a micro root takes ~2 s)
+    # inside the evaluation (the scorer has reported a stage), not at the instant a sandbox starts
+    helpers.wait_until(lambda: list((run_dir / "logs").glob("node-0-*.log.progress")), 120, "the root's progress")
     driver.wait_for_server()  # (still evaluating: the servers live from the checks to the last score)
     driver.proc.kill()
     driver.finish()

@@ -163,6 +163,7 @@ def evaluate(source: str, tier: str = "check", **kw) -> runner.Result:
     return runner.evaluate(source, tier, threads=THREADS, **kw)
 
 
+@pytest.mark.e2e
 def test_runner_accepts_the_deltanet_root(tmp_path):
     log = tmp_path / "log.txt"
     result = evaluate(render_root("deltanet"), log_path=log)
@@ -176,6 +177,7 @@ def test_runner_accepts_the_deltanet_root(tmp_path):
     assert text.rstrip().endswith("[sandbox] accepted:"), text[-500:]
 
 
+@pytest.mark.e2e
 def test_runner_without_a_log_path_keeps_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the evaluation's directory (and its log) lands in tmp_path
     result = evaluate("def broken(:\n")
@@ -183,6 +185,7 @@ def test_runner_without_a_log_path_keeps_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_runner_times_out_and_leaves_no_process(tmp_path, monkeypatch):
     """A server that spins is stopped by its CPU-time limit (timeout_s sets it); the evaluation
     is a timeout, and no server, launcher or directory of it is left behind."""
@@ -277,6 +280,7 @@ TOO_MANY_PARAMS = candidate(mixer="""
 EXPECTED_REASON = {"nan_in_gradient": "nan", "nan_in_output": "nan"}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", list(REJECTED))
 def test_runner_rejects_with_reason(case):
     result = evaluate(REJECTED[case])
@@ -292,6 +296,7 @@ def stored_numbers(source: str, d_model: int, n_heads: int) -> int:
     return sum(v.numel() for v in contract.build_mixer(contract.load(source), d_model, n_heads).state_dict().values())
 
 
+@pytest.mark.e2e
 def test_runner_rejects_ten_times_the_parameters():
     tier = TIERS["check"]
     limit = math.floor(stored_numbers(render_root("deltanet"), tier.d_model, tier.n_heads) * 1.2)
@@ -305,6 +310,7 @@ def test_runner_rejects_ten_times_the_parameters():
 ALIAS_PATCH = candidate("g = F\ng.cross_entropy = lambda logits, targets, *a, **k: logits.sum() * 0.0\n")
 
 
+@pytest.mark.e2e
 def test_candidate_cannot_patch_the_loss_through_an_alias():
     """`import torch.nn.functional as F; g = F; g.cross_entropy = ...` replaces the loss inside the
     candidate's own server. The static check names it at once (forbidden)."""
@@ -312,6 +318,7 @@ def test_candidate_cannot_patch_the_loss_through_an_alias():
     assert not result.ok and result.reason == "forbidden", result
 
 
+@pytest.mark.e2e
 def test_a_patched_loss_fools_only_its_own_server():
     """Without the diagnostics the patch runs: the server trains on a loss of 0 and says so, but
     the validation loss is the scorer's, computed from the logits: an untrained model's."""
@@ -322,6 +329,7 @@ def test_a_patched_loss_fools_only_its_own_server():
     assert m["val_loss"] > math.log(256) - 0.3, m["val_loss"]  # ~ a uniform guess over bytes (the root learns ~4.2)
 
 
+@pytest.mark.e2e
 def test_micro_evaluation_of_deltanet(tmp_path):
     weights = tmp_path / "weights" / "node.safetensors"
     result = evaluate(render_root("deltanet"), "micro", weights_out=weights)
@@ -343,6 +351,7 @@ def test_micro_evaluation_of_deltanet(tmp_path):
     assert not failed.ok and not (tmp_path / "never.safetensors").exists()
 
 
+@pytest.mark.e2e
 def test_probe_weights_are_saved_beside_the_language_models(tmp_path):
     weights = tmp_path / "w.safetensors"
     tier = {"probes": {"d_model": 32, "n_layers": 1, "seq_len": 32, "batch_size": 8, "steps": 5, "pairs": [2], "eval_examples": 16},
@@ -356,6 +365,7 @@ def test_probe_weights_are_saved_beside_the_language_models(tmp_path):
     assert saved["probe.embed.weight"].shape == (256, 32) and saved["lm.embed.weight"].shape == (256, 64)
 
 
+@pytest.mark.e2e
 def test_compile_check_penalises_a_mixer_torch_compile_cannot_take_whole():
     """Hardware tiers try torch.compile's graph capture on the mixer: the root is captured whole;
     a mixer with a data-dependent .item() breaks the graph, is still accepted, and pays the
@@ -377,6 +387,7 @@ def test_compile_check_penalises_a_mixer_torch_compile_cannot_take_whole():
     assert good.metrics["decode_mode"] == "recurrent"
 
 
+@pytest.mark.e2e
 def test_torch_normal_operation_under_the_audit_hook():
     """Every request of a whole evaluation (training, probes, long windows, FLOPs, decoding, int8)
     runs in servers with the audit hook installed: torch's own operation must never trip it."""

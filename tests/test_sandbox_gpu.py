@@ -11,6 +11,8 @@ from archlab.sandbox import contract, runner
 from archlab.sandbox.model import autocast
 from archlab.templates import render_root
 
+pytestmark = pytest.mark.gpu
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

@@ -24,8 +24,20 @@ import torch
 
 import loopback
 from archlab.sandbox import contract, launch, scorer, wire
-from archlab.sandbox.data import (BUILTIN, DOC_VAL_FRACTION, IGNORE, KEY_BASE, SEPARATOR, VAL_FRACTION, VALUE_BASE, Corpus,
-                                  mqar_batch, probe_batch, probe_tasks, selective_copy_batch)
+from archlab.sandbox.data import (
+    BUILTIN,
+    DOC_VAL_FRACTION,
+    IGNORE,
+    KEY_BASE,
+    SEPARATOR,
+    VAL_FRACTION,
+    VALUE_BASE,
+    Corpus,
+    mqar_batch,
+    probe_batch,
+    probe_tasks,
+    selective_copy_batch,
+)
 from archlab.sandbox.errors import CandidateError
 from archlab.sandbox.fitness import OBJECTIVES, ParetoArchive, Weights, breakdown, fitness, pareto_front
 from archlab.sandbox.model import LM, SwiGLU, guard, has_step

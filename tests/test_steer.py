@@ -5,15 +5,16 @@ import getpass
 import json
 import os
 import subprocess
-import sys
 import time
 
+import pytest
+
 import helpers
+from archlab.tree.store import Store
 from llm_server import API_KEY, Script, ScriptedServer
 
-from archlab.tree.store import Store
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # runs resumed (600 + 900 s bounds)
 
-ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
 
 
 def selections(run) -> dict[int, dict]:
@@ -76,10 +77,10 @@ def test_a_note_reaches_the_llm_researchers_prompt(tmp_path):
     env = dict(os.environ, OPENAI_API_KEY=API_KEY)
     with ScriptedServer(script) as server:
         args = ["run", str(run), "--tier", "micro", "--llm", "openai:scripted", "--base-url", server.url, "--threads", "1"]
-        first = subprocess.run([*ARCHLAB, *args, "--max-nodes", "1"], env=env, capture_output=True, text=True, timeout=600)
+        first = subprocess.run([*helpers.CLI, *args, "--max-nodes", "1"], env=env, capture_output=True, text=True, timeout=600)
         assert first.returncode == 0, first.stderr
         assert helpers.cli("steer", run, "note", "try a data-dependent forget gate").returncode == 0
-        again = subprocess.run([*ARCHLAB, *args, "--max-nodes", "3"], env=env, capture_output=True, text=True, timeout=600)
+        again = subprocess.run([*helpers.CLI, *args, "--max-nodes", "3"], env=env, capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr
     prompts = [e["messages"][1]["content"] for e in script.log if e["role"] == "researcher"]
     assert len(prompts) >= 2

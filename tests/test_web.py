@@ -9,13 +9,10 @@ import hashlib
 import http.client
 import json
 import os
-import queue
 import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,67 +20,15 @@ from urllib.parse import urlparse
 import pytest
 
 import helpers
-from test_replay import review_run  # one small trained run per session, shared
+from helpers import CHROMIUM, CHROMIUM_ARGS, Server
 
-CHROMIUM = os.environ.get("ARCHLAB_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-class Server:
-    """`archlab serve RUN --port 0` in a child process; .url once it listens."""
-
-    def __init__(self, run: Path, *args):
-        self.proc = helpers.popen_cli("serve", run, "--port", 0, *args)
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout], daemon=True).start()
-        deadline = time.monotonic() + 60
-        self.url = None
-        while self.url is None:
-            assert time.monotonic() < deadline, "archlab serve did not report its URL within 60 s"
-            assert self.proc.poll() is None, f"archlab serve exited: {self.proc.stderr.read()}"
-            try:
-                line = self.lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if "http://" in line:
-                self.url = line[line.index("http://"):].split()[0]
-        parsed = urlparse(self.url)
-        self.host, self.port = parsed.hostname, parsed.port
-
-    def request(self, method: str, path: str, headers: dict | None = None) -> tuple[int, bytes]:
-        """A raw request: the path goes on the wire exactly as given (no client-side normalising)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        try:
-            conn.putrequest(method, path, skip_host=bool(headers and "Host" in headers), skip_accept_encoding=True)
-            for k, v in (headers or {}).items():
-                conn.putheader(k, v)
-            conn.endheaders()
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-    def get_json(self, path: str):
-        status, body = self.request("GET", path)
-        assert status == 200, (path, status, body[:300])
-        return json.loads(body)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
+pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(review_run, tmp_path_factory):
     """A copy of the session's small trained run (the browser test grows it) and a server on it."""
     run = tmp_path_factory.mktemp("web") / "run"
-    shutil.copytree(review_run(tmp_path_factory), run, ignore=shutil.ignore_patterns("READY"))
+    shutil.copytree(review_run, run)
     server = Server(run)
     yield run, server
     server.stop()
@@ -237,7 +182,7 @@ def _post(server, path: str, body: bytes, token: str | None) -> int:
         conn.close()
 
 
-def test_steering_from_the_page_needs_the_flag_and_its_token(served, tmp_path_factory):
+def test_steering_from_the_page_needs_the_flag_and_its_token(served, review_run, tmp_path_factory):
     """Read-only by default (POST /api/steer does not exist); with --allow-steer, on 127.0.0.1 only,
     a steering request needs the token in the printed URL; the page's pin button records a pin,
     and the node shows it."""
@@ -246,7 +191,7 @@ def test_steering_from_the_page_needs_the_flag_and_its_token(served, tmp_path_fa
     _, readonly = served
     assert _post(readonly, "/api/steer", b'{"action": "stop"}', None) == 404  # no such route
     run = tmp_path_factory.mktemp("steer") / "run"
-    shutil.copytree(review_run(tmp_path_factory), run, ignore=shutil.ignore_patterns("READY"))
+    shutil.copytree(review_run, run)
     helpers.assert_user_error(helpers.cli("serve", run, "--allow-steer", "--host", "0.0.0.0"))
     server = Server(run, "--allow-steer")
     try:

