@@ -33,7 +33,9 @@ def spearman(xs, ys) -> float | None:
     return None if math.isnan(rho) else float(rho)
 
 
-def bootstrap_interval(xs, ys, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> tuple[float, float] | None:
+def bootstrap_interval(
+    xs, ys, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
+) -> tuple[float, float] | None:
     """A percentile bootstrap interval of Spearman's rho: `resamples` draws of the pairs with
     replacement (numpy's default generator seeded with `seed`, so the interval is repeatable);
     draws with constant ranks are skipped. None when fewer than two pairs or no draw has a rho."""
@@ -79,11 +81,14 @@ def agreement(xs, ys, min_nodes: int = MIN_NODES, resamples: int = RESAMPLES, se
 
 def sentence(a: dict, cheap: str = "the cheap", dear: str = "the dear") -> str:
     """One sentence for people: what `agreement`'s result means for the two tiers."""
-    figures = (f"rho {a['rho']:.2f} [{a['low']:.2f}, {a['high']:.2f}] over {a['n']} nodes"
-               if a["low"] is not None else f"{a['n']} node{'s' if a['n'] != 1 else ''}")
+    figures = (
+        f"rho {a['rho']:.2f} [{a['low']:.2f}, {a['high']:.2f}] over {a['n']} nodes"
+        if a["low"] is not None
+        else f"{a['n']} node{'s' if a['n'] != 1 else ''}"
+    )
     return {
         "too few nodes": f"too few nodes to tell whether the {cheap} tier ranks nodes like the {dear} tier: "
-                         f"{a['n']} evaluated at both, {a['min_nodes']} needed",
+        f"{a['n']} evaluated at both, {a['min_nodes']} needed",
         "no ranking": f"no ranking to compare: every node has the same figure at the {cheap} or the {dear} tier ({figures})",
         "agree": f"the {cheap} tier ranks nodes like the {dear} tier: {figures}",
         "disagree": f"the {cheap} tier ranks nodes against the {dear} tier (reversed): {figures}",
@@ -98,7 +103,7 @@ def tier_pairs(figures: dict[str, dict], order: list[str], **options) -> list[di
     out = []
     tiers = [t for t in order if figures.get(t)]
     for i, cheap in enumerate(tiers):
-        for dear in tiers[i + 1:]:
+        for dear in tiers[i + 1 :]:
             nodes = sorted(set(figures[cheap]) & set(figures[dear]))
             if not nodes:
                 continue

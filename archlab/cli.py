@@ -34,54 +34,151 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # docstring paragraphs are re-wrapped to the terminal, not cut at source line breaks
 )
-app.add_typer(knowledge_app, name="knowledge", help="The cognition base: curated entries plus your own (list, search, show).")
+app.add_typer(
+    knowledge_app, name="knowledge", help="The cognition base: curated entries plus your own (list, search, show)."
+)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one error = one line, however long
 
 RunDir = typer.Argument(..., metavar="RUN_DIR", help="the run directory (e.g. runs/demo)")
-RESUME_OPTIONS = ("max_nodes", "hours", "threads", "workers", "max_cost", "llm_timeout_s", "llm_patience_s",
-                  "executor", "address", "device", "max_cpu_hours", "max_gpu_hours", "promote", "keep_weights", "mirror")
+RESUME_OPTIONS = (
+    "max_nodes",
+    "hours",
+    "threads",
+    "workers",
+    "max_cost",
+    "llm_timeout_s",
+    "llm_patience_s",
+    "executor",
+    "address",
+    "device",
+    "max_cpu_hours",
+    "max_gpu_hours",
+    "promote",
+    "keep_weights",
+    "mirror",
+)
 
 
 @app.command()
 def run(
     run_dir: Path = RunDir,
-    max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="stop at this many nodes, root included (default: 12)"),
+    max_nodes: Optional[int] = typer.Option(
+        None, "--max-nodes", min=1, help="stop at this many nodes, root included (default: 12)"
+    ),
     hours: Optional[float] = typer.Option(None, "--hours", help="stop after this many hours of run time (> 0)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for selection, mutations and training (default: 0)"),
-    data: Optional[Path] = typer.Option(None, "--data", help="a text file or folder to train on (default: built-in Python docs/sources)"),
-    root: Optional[str] = typer.Option(None, "--root", help="deltanet | gated_deltanet | deltanet_ablated | transformer | FILE"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="a text file or folder to train on (default: built-in Python docs/sources)"
+    ),
+    root: Optional[str] = typer.Option(
+        None, "--root", help="deltanet | gated_deltanet | deltanet_ablated | transformer | FILE"
+    ),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="parent selection: asi | ucb | evolution | random"),
-    tier: Optional[str] = typer.Option(None, "--tier", help="evaluation tier for every candidate: micro | smoke | explore | verify"),
-    tier_set: Optional[list[str]] = typer.Option(None, "--tier-set", help="override a field of the search tier, e.g. --tier-set d_model=512 (a bigger model on a GPU)"),
-    llm: Optional[str] = typer.Option(None, "--llm", help="'offline' (embedded brain, no API key) or openai:MODEL for any OpenAI-compatible endpoint"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="endpoint URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama)"),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the API key (default: OPENAI_API_KEY)"),
-    trust_endpoint: bool = typer.Option(False, "--trust-endpoint", help="resume a run (or a fork) whose archlab.toml names another endpoint or key variable without repeating them: its key goes to its URL"),
-    researcher_model: Optional[str] = typer.Option(None, "--researcher-model", help="model for the researcher (default: the --llm model)"),
+    tier: Optional[str] = typer.Option(
+        None, "--tier", help="evaluation tier for every candidate: micro | smoke | explore | verify"
+    ),
+    tier_set: Optional[list[str]] = typer.Option(
+        None,
+        "--tier-set",
+        help="override a field of the search tier, e.g. --tier-set d_model=512 (a bigger model on a GPU)",
+    ),
+    llm: Optional[str] = typer.Option(
+        None, "--llm", help="'offline' (embedded brain, no API key) or openai:MODEL for any OpenAI-compatible endpoint"
+    ),
+    base_url: Optional[str] = typer.Option(
+        None, "--base-url", help="endpoint URL, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama)"
+    ),
+    api_key_env: Optional[str] = typer.Option(
+        None, "--api-key-env", help="environment variable holding the API key (default: OPENAI_API_KEY)"
+    ),
+    trust_endpoint: bool = typer.Option(
+        False,
+        "--trust-endpoint",
+        help="resume a run (or a fork) whose archlab.toml names another endpoint or key variable without repeating them: its key goes to its URL",
+    ),
+    researcher_model: Optional[str] = typer.Option(
+        None, "--researcher-model", help="model for the researcher (default: the --llm model)"
+    ),
     engineer_model: Optional[str] = typer.Option(None, "--engineer-model", help="model for the engineer"),
     analyst_model: Optional[str] = typer.Option(None, "--analyst-model", help="model for the analyst"),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0, help="stop when LLM spend reaches this many USD (prices: archlab.toml)"),
-    allow_quadratic: Optional[bool] = typer.Option(None, "--allow-quadratic/--linear-only", help="accept candidates whose cost grows faster than linearly (default: only with --root transformer)"),
-    judge_weight: Optional[float] = typer.Option(None, "--judge-weight", min=0.0, help="weight of an LLM judge's novelty-minus-complexity score in fitness (default: 0, no judge)"),
-    code_edits: Optional[float] = typer.Option(None, "--code-edits", min=0.0, max=1.0, help="with --llm: the share of proposals made by the offline brain's code operators instead (local refinements of what the LLM wrote; default: 0)"),
-    llm_timeout: Optional[float] = typer.Option(None, "--llm-timeout", min=0.1, help="seconds before one LLM request is abandoned and retried (default: 120)"),
-    llm_patience: Optional[float] = typer.Option(None, "--llm-patience", min=0.0, help="seconds to wait out a failing endpoint before stopping (default: 600)"),
+    max_cost: Optional[float] = typer.Option(
+        None, "--max-cost", min=0.0, help="stop when LLM spend reaches this many USD (prices: archlab.toml)"
+    ),
+    allow_quadratic: Optional[bool] = typer.Option(
+        None,
+        "--allow-quadratic/--linear-only",
+        help="accept candidates whose cost grows faster than linearly (default: only with --root transformer)",
+    ),
+    judge_weight: Optional[float] = typer.Option(
+        None,
+        "--judge-weight",
+        min=0.0,
+        help="weight of an LLM judge's novelty-minus-complexity score in fitness (default: 0, no judge)",
+    ),
+    code_edits: Optional[float] = typer.Option(
+        None,
+        "--code-edits",
+        min=0.0,
+        max=1.0,
+        help="with --llm: the share of proposals made by the offline brain's code operators instead (local refinements of what the LLM wrote; default: 0)",
+    ),
+    llm_timeout: Optional[float] = typer.Option(
+        None, "--llm-timeout", min=0.1, help="seconds before one LLM request is abandoned and retried (default: 120)"
+    ),
+    llm_patience: Optional[float] = typer.Option(
+        None, "--llm-patience", min=0.0, help="seconds to wait out a failing endpoint before stopping (default: 600)"
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="candidates evaluated at once (default: 1)"),
-    param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help="mixer parameter budget relative to the root (default: 1.2)"),
-    knowledge: Optional[list[Path]] = typer.Option(None, "--knowledge", help="a folder of your own knowledge entries (repeatable)"),
-    executor: Optional[str] = typer.Option(None, "--executor", help="local (slots on this machine) | ray (one Ray task per evaluation) (default: local)"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto | HOST:PORT (default: start a private local Ray instance)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (one slot per GPU when there are GPUs) (default: auto)"),
-    cpu_hours: Optional[float] = typer.Option(None, "--cpu-hours", help="stop when evaluations have used this many CPU-hours (> 0)"),
-    gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", help="stop when evaluations have used this many GPU-hours (> 0)"),
-    promote: Optional[float] = typer.Option(None, "--promote", min=0.0, max=1.0, help="fraction of finished candidates re-evaluated at --promote-tier with several seeds (default: 0.25 at the explore tier, else 0)"),
-    promote_tier: Optional[str] = typer.Option(None, "--promote-tier", help="smoke | explore | verify: the tier of promoted nodes (default: verify)"),
-    promote_seeds: Optional[int] = typer.Option(None, "--promote-seeds", min=1, help="seeds per promoted node (default: 3)"),
-    promote_set: Optional[list[str]] = typer.Option(None, "--promote-set", help="override a field of the promotion tier, e.g. --promote-set steps=2000"),
-    keep_weights: Optional[int] = typer.Option(None, "--keep-weights", min=0, help="keep the trained weights of this many best nodes, besides the root and promoted nodes, so `archlab export` of them needs no training (default: 3)"),
-    mirror: Optional[str] = typer.Option(None, "--mirror", help="mirror each finished node to tensorboard, mlflow and/or wandb (comma-separated; none: stop; files under RUN_DIR/mirror; pip install 'archlab\\[tensorboard]' etc.)"),
+    param_ratio: Optional[float] = typer.Option(
+        None, "--param-ratio", help="mixer parameter budget relative to the root (default: 1.2)"
+    ),
+    knowledge: Optional[list[Path]] = typer.Option(
+        None, "--knowledge", help="a folder of your own knowledge entries (repeatable)"
+    ),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="local (slots on this machine) | ray (one Ray task per evaluation) (default: local)"
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to join: auto | HOST:PORT (default: start a private local Ray instance)"
+    ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="cpu | cuda | auto (one slot per GPU when there are GPUs) (default: auto)"
+    ),
+    cpu_hours: Optional[float] = typer.Option(
+        None, "--cpu-hours", help="stop when evaluations have used this many CPU-hours (> 0)"
+    ),
+    gpu_hours: Optional[float] = typer.Option(
+        None, "--gpu-hours", help="stop when evaluations have used this many GPU-hours (> 0)"
+    ),
+    promote: Optional[float] = typer.Option(
+        None,
+        "--promote",
+        min=0.0,
+        max=1.0,
+        help="fraction of finished candidates re-evaluated at --promote-tier with several seeds (default: 0.25 at the explore tier, else 0)",
+    ),
+    promote_tier: Optional[str] = typer.Option(
+        None, "--promote-tier", help="smoke | explore | verify: the tier of promoted nodes (default: verify)"
+    ),
+    promote_seeds: Optional[int] = typer.Option(
+        None, "--promote-seeds", min=1, help="seeds per promoted node (default: 3)"
+    ),
+    promote_set: Optional[list[str]] = typer.Option(
+        None, "--promote-set", help="override a field of the promotion tier, e.g. --promote-set steps=2000"
+    ),
+    keep_weights: Optional[int] = typer.Option(
+        None,
+        "--keep-weights",
+        min=0,
+        help="keep the trained weights of this many best nodes, besides the root and promoted nodes, so `archlab export` of them needs no training (default: 3)",
+    ),
+    mirror: Optional[str] = typer.Option(
+        None,
+        "--mirror",
+        help="mirror each finished node to tensorboard, mlflow and/or wandb (comma-separated; none: stop; files under RUN_DIR/mirror; pip install 'archlab\\[tensorboard]' etc.)",
+    ),
 ) -> None:
     """Start a discovery run in RUN_DIR, or resume the one that is there.
 
@@ -96,19 +193,49 @@ def run(
     """
     from archlab.agents.graph import Run
 
-    given = {k: v for k, v in dict(max_nodes=max_nodes, hours=hours, seed=seed, data=str(data.resolve()) if data else None,
-                                    root=root, strategy=strategy, tier=tier, llm=llm, threads=threads, workers=workers, param_ratio=param_ratio,
-                                    base_url=base_url, api_key_env=api_key_env, researcher_model=researcher_model,
-                                    engineer_model=engineer_model, analyst_model=analyst_model, max_cost=max_cost,
-                                    llm_timeout_s=llm_timeout, llm_patience_s=llm_patience, judge_weight=judge_weight,
-                                    code_edits=code_edits, allow_quadratic=allow_quadratic,
-                                    knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None,
-                                    executor=executor, address=address, device=device, max_cpu_hours=cpu_hours,
-                                    max_gpu_hours=gpu_hours, promote=promote, promote_tier=promote_tier, promote_seeds=promote_seeds,
-                                    keep_weights=keep_weights, mirror=_mirror_targets(mirror) if mirror is not None else None,
-                                    promote_overrides=_tier_overrides(promote_tier or "verify", promote_set, "--promote-set") if promote_set else None,
-                                    tier_overrides=_tier_overrides(tier or "smoke", tier_set, "--tier-set") if tier_set else None,
-                                    ).items() if v is not None}
+    given = {
+        k: v
+        for k, v in dict(
+            max_nodes=max_nodes,
+            hours=hours,
+            seed=seed,
+            data=str(data.resolve()) if data else None,
+            root=root,
+            strategy=strategy,
+            tier=tier,
+            llm=llm,
+            threads=threads,
+            workers=workers,
+            param_ratio=param_ratio,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            researcher_model=researcher_model,
+            engineer_model=engineer_model,
+            analyst_model=analyst_model,
+            max_cost=max_cost,
+            llm_timeout_s=llm_timeout,
+            llm_patience_s=llm_patience,
+            judge_weight=judge_weight,
+            code_edits=code_edits,
+            allow_quadratic=allow_quadratic,
+            knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None,
+            executor=executor,
+            address=address,
+            device=device,
+            max_cpu_hours=cpu_hours,
+            max_gpu_hours=gpu_hours,
+            promote=promote,
+            promote_tier=promote_tier,
+            promote_seeds=promote_seeds,
+            keep_weights=keep_weights,
+            mirror=_mirror_targets(mirror) if mirror is not None else None,
+            promote_overrides=_tier_overrides(promote_tier or "verify", promote_set, "--promote-set")
+            if promote_set
+            else None,
+            tier_overrides=_tier_overrides(tier or "smoke", tier_set, "--tier-set") if tier_set else None,
+        ).items()
+        if v is not None
+    }
     if root and Path(root).is_file():
         given["root"] = str(Path(root).resolve())
     if data and not data.exists():
@@ -126,8 +253,10 @@ def run(
         fixed = {k: v for k, v in given.items() if k not in RESUME_OPTIONS and getattr(config, k) != v}
         if fixed:
             name = next(iter(fixed))
-            raise UserError(f"{run_dir} was started with --{name.replace('_', '-')} {getattr(config, name)}; "
-                            f"resume without changing it, or start a new run directory")
+            raise UserError(
+                f"{run_dir} was started with --{name.replace('_', '-')} {getattr(config, name)}; "
+                f"resume without changing it, or start a new run directory"
+            )
         try:
             config = RunConfig(**{**config.model_dump(), **{k: given[k] for k in RESUME_OPTIONS if k in given}})
         except Exception as e:
@@ -138,8 +267,10 @@ def run(
         config.save(run_dir)
         store = _store(run_dir)
         open_ = store.count("status = 'evaluating'")
-        console.print(f"Resuming [bold]{run_dir}[/] ({store.count() - open_} nodes finished"
-                      + (f", {open_} interrupted to finish first)" if open_ else ")"))
+        console.print(
+            f"Resuming [bold]{run_dir}[/] ({store.count() - open_} nodes finished"
+            + (f", {open_} interrupted to finish first)" if open_ else ")")
+        )
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"{run_dir} exists, is not empty and is not an archlab run")
@@ -157,7 +288,9 @@ def run(
         check_brain_options(config)  # and when --llm or --knowledge is: archlab.toml would keep them
         Run.create(run_dir, config)
         lock = hold_driver_lock(run_dir)  # noqa: F841  (held open, so locked, until this process ends)
-        console.print(f"Started [bold]{run_dir}[/] from root [bold]{config.root}[/] ({config.tier} tier, {config.strategy} selection)")
+        console.print(
+            f"Started [bold]{run_dir}[/] from root [bold]{config.root}[/] ({config.tier} tier, {config.strategy} selection)"
+        )
     _warn_weak_sandbox(config)
     from archlab.agents.brains import make_brain
     from archlab.agents.graph import experiences
@@ -166,14 +299,26 @@ def run(
     brain = make_brain(config, store, experiences(store), on_wait=lambda message: err.print(message, markup=False))
     session = Run(run_dir, config, brain)
     mirror_node = _live_mirror(run_dir, config, session.store)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("nodes", total=config.max_nodes, completed=session.store.count("status != 'evaluating'"), best="")
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(
+            "nodes", total=config.max_nodes, completed=session.store.count("status != 'evaluating'"), best=""
+        )
 
         def on_node(node: dict) -> None:
             best = session.store.leaderboard(1)  # the highest-fidelity figure first (multi-fidelity promotion)
-            progress.update(task, completed=session.store.count("status != 'evaluating'"),
-                            best=f"best: node {best[0]['id']} fitness {best[0]['fitness']:+.4f}" if best else "")
+            progress.update(
+                task,
+                completed=session.store.count("status != 'evaluating'"),
+                best=f"best: node {best[0]['id']} fitness {best[0]['fitness']:+.4f}" if best else "",
+            )
             progress.console.print(_node_line(node))
             mirror_node(node)
             if node["id"] == 0:  # the root measured this machine: what the run will take, and the limits
@@ -184,14 +329,20 @@ def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.default_int_handler)
         done = threading.Event()
-        watcher = threading.Thread(target=_show_in_flight, args=(progress, run_dir, done), daemon=True, name="archlab-progress")
+        watcher = threading.Thread(
+            target=_show_in_flight, args=(progress, run_dir, done), daemon=True, name="archlab-progress"
+        )
         watcher.start()
         try:
             why = session.run(on_node)
         except KeyboardInterrupt:
             progress.stop()
-            err.print(f"interrupted; run the same command to resume where it stopped: {shlex.join(['archlab', *sys.argv[1:]])}",
-                      markup=False, highlight=False, soft_wrap=True)
+            err.print(
+                f"interrupted; run the same command to resume where it stopped: {shlex.join(['archlab', *sys.argv[1:]])}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
             sys.stdout.flush()
             sys.stderr.flush()
             # Every write is already durable (SQLite statements, git objects, langgraph checkpoints),
@@ -202,8 +353,12 @@ def run(
             watcher.join(timeout=5)
     console.print(f"Stopped: {why}. See [bold]archlab tree {run_dir}[/] and [bold]archlab status {run_dir}[/].")
     if session.endpoint_down:  # not a budget reached: scripts must see the failure
-        err.print(f"error: {session.endpoint_down}; fix it and run the same command to resume: {shlex.join(['archlab', *sys.argv[1:]])}",
-                  markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"error: {session.endpoint_down}; fix it and run the same command to resume: {shlex.join(['archlab', *sys.argv[1:]])}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)
 
 
@@ -221,8 +376,12 @@ def _show_in_flight(progress: Progress, run_dir: Path, stop: threading.Event) ->
         for node_id in set(lines) - set(now):
             progress.remove_task(lines.pop(node_id))
         for node_id, n in sorted(now.items()):
-            fields = dict(description=f"  node {node_id}: {n['stage']}", total=n.get("steps"), completed=n.get("step", 0),
-                          best=_in_flight_words(n, steps=False))
+            fields = dict(
+                description=f"  node {node_id}: {n['stage']}",
+                total=n.get("steps"),
+                completed=n.get("step", 0),
+                best=_in_flight_words(n, steps=False),
+            )
             if node_id in lines:
                 progress.update(lines[node_id], **fields)
             else:
@@ -268,38 +427,81 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
     for key in ("root", "best"):
         if facts[key]:
             n = facts[key]
-            t.add_row(key, f"node {n['id']} fitness {n['fitness']:+.4f} val_loss {n['val_loss']:.4f}  {terminal(n['operator'])}"
-                      if n["fitness"] is not None else f"node {n['id']} {n['status']} ({terminal(n['reason'])})")
+            t.add_row(
+                key,
+                f"node {n['id']} fitness {n['fitness']:+.4f} val_loss {n['val_loss']:.4f}  {terminal(n['operator'])}"
+                if n["fitness"] is not None
+                else f"node {n['id']} {n['status']} ({terminal(n['reason'])})",
+            )
     t.add_row("failures", terminal(", ".join(f"{k}: {v}" for k, v in facts["failure_reasons"].items()) or "none"))
     sp = facts["spend"]
-    t.add_row("compute", f"{sp['evaluations']} evaluations, {sp['cpu_hours']:.3f} CPU-h"
-              + (f" of {sp['max_cpu_hours']}" if sp["max_cpu_hours"] else "")
-              + (f", {sp['gpu_hours']:.3f} GPU-h" + (f" of {sp['max_gpu_hours']}" if sp["max_gpu_hours"] else "")
-                 if sp["gpu_hours"] or sp["max_gpu_hours"] else "")
-              + (f", {sp['evaluations_per_cpu_hour']:.1f} evaluations/CPU-h" if sp["evaluations_per_cpu_hour"] else "")
-              + (f", {sp['evaluations_per_gpu_hour']:.1f} evaluations/GPU-h" if sp["evaluations_per_gpu_hour"] else ""))
+    t.add_row(
+        "compute",
+        f"{sp['evaluations']} evaluations, {sp['cpu_hours']:.3f} CPU-h"
+        + (f" of {sp['max_cpu_hours']}" if sp["max_cpu_hours"] else "")
+        + (
+            f", {sp['gpu_hours']:.3f} GPU-h" + (f" of {sp['max_gpu_hours']}" if sp["max_gpu_hours"] else "")
+            if sp["gpu_hours"] or sp["max_gpu_hours"]
+            else ""
+        )
+        + (f", {sp['evaluations_per_cpu_hour']:.1f} evaluations/CPU-h" if sp["evaluations_per_cpu_hour"] else "")
+        + (f", {sp['evaluations_per_gpu_hour']:.1f} evaluations/GPU-h" if sp["evaluations_per_gpu_hour"] else ""),
+    )
     if facts["promotion"]:
         p = facts["promotion"]
-        t.add_row("promotion", f"top {p['fraction']:.0%} to {p['tier']} x {p['seeds']} seeds: {len(p['promoted'])} promoted"
-                  f" (root included), {len(p['due'])} due, {len(p['failed'])} failed")
+        t.add_row(
+            "promotion",
+            f"top {p['fraction']:.0%} to {p['tier']} x {p['seeds']} seeds: {len(p['promoted'])} promoted"
+            f" (root included), {len(p['due'])} due, {len(p['failed'])} failed",
+        )
     for a in facts["tier_agreement"]:  # Spearman's rho of fitness between tiers, 95% bootstrap interval over nodes
         t.add_row(f"{a['cheap']} vs {a['dear']}", terminal(a["sentence"]))
     console.print(t)
     gpu = bool(sp["gpu_hours"])
-    s = Table("tier", "kind", "evals", "ok", "wall h", "CPU-h", *(("GPU-h",) if gpu else ()), "evals/CPU-h",
-              *(("evals/GPU-h",) if gpu else ()), title="spend per tier")
+    s = Table(
+        "tier",
+        "kind",
+        "evals",
+        "ok",
+        "wall h",
+        "CPU-h",
+        *(("GPU-h",) if gpu else ()),
+        "evals/CPU-h",
+        *(("evals/GPU-h",) if gpu else ()),
+        title="spend per tier",
+    )
     for r in sp["by_tier"]:
         per_cpu, per_gpu = r["evaluations_per_cpu_hour"], r["evaluations_per_gpu_hour"]
-        s.add_row(r["tier"], r["kind"], str(r["evaluations"]), str(r["ok"]), f"{r['wall_hours']:.3f}", f"{r['cpu_hours']:.3f}",
-                  *((f"{r['gpu_hours']:.3f}",) if gpu else ()), f"{per_cpu:.1f}" if per_cpu else "",
-                  *((f"{per_gpu:.1f}" if per_gpu else "",) if gpu else ()))
+        s.add_row(
+            r["tier"],
+            r["kind"],
+            str(r["evaluations"]),
+            str(r["ok"]),
+            f"{r['wall_hours']:.3f}",
+            f"{r['cpu_hours']:.3f}",
+            *((f"{r['gpu_hours']:.3f}",) if gpu else ()),
+            f"{per_cpu:.1f}" if per_cpu else "",
+            *((f"{per_gpu:.1f}" if per_gpu else "",) if gpu else ()),
+        )
     if sp["by_tier"]:
         console.print(s)
     if facts["leaderboard"]:
-        b = Table("node", "fitness", "val_loss", "tier", "operator", title="leaderboard (highest fidelity first, mean ± std over seeds)")
+        b = Table(
+            "node",
+            "fitness",
+            "val_loss",
+            "tier",
+            "operator",
+            title="leaderboard (highest fidelity first, mean ± std over seeds)",
+        )
         for n in facts["leaderboard"]:
-            b.add_row(str(n["id"]), _pm(n["fitness"], n["fitness_std"], signed=True), _pm(n["val_loss"], n["val_loss_std"]),
-                      _tier_tag(n), n["operator"] or "")
+            b.add_row(
+                str(n["id"]),
+                _pm(n["fitness"], n["fitness_std"], signed=True),
+                _pm(n["val_loss"], n["val_loss_std"]),
+                _tier_tag(n),
+                n["operator"] or "",
+            )
         console.print(b)
 
 
@@ -341,8 +543,11 @@ def _steer_marks(store) -> dict[int, str]:
 
 
 @app.command()
-def show(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE", help="node id"),
-         as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+def show(
+    run_dir: Path = RunDir,
+    node: int = typer.Argument(..., metavar="NODE", help="node id"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
     """One node: motivation, diff against its parent, metrics beside parent and root, analysis."""
     from archlab.tree.report import node_report
 
@@ -352,15 +557,22 @@ def show(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE",
         return
     console.rule(f"node {node} — {facts['status']}" + (f" ({terminal(facts['reason'])})" if facts["reason"] else ""))
     parent = "none (the root)" if facts["parent_id"] is None else facts["parent_id"]
-    console.print(f"[bold]parent[/] {parent}   [bold]operator[/] {terminal(facts['operator'])}   "
-                  f"[bold]fitness[/] {_pm(facts['fitness'], facts['fitness_std'], signed=True)} {_tier_tag(facts)}"
-                  + (f"   [bold]search fitness[/] {facts['search_fitness']:+.4f}"
-                     if facts["search_fitness"] is not None and facts["search_fitness"] != facts["fitness"] else ""))
+    console.print(
+        f"[bold]parent[/] {parent}   [bold]operator[/] {terminal(facts['operator'])}   "
+        f"[bold]fitness[/] {_pm(facts['fitness'], facts['fitness_std'], signed=True)} {_tier_tag(facts)}"
+        + (
+            f"   [bold]search fitness[/] {facts['search_fitness']:+.4f}"
+            if facts["search_fitness"] is not None and facts["search_fitness"] != facts["fitness"]
+            else ""
+        )
+    )
     for tier, promoted in (facts["promoted"] or {}).items():
         m = promoted["metrics"] or {}
-        console.print(f"[bold]promoted to {tier}[/] seeds {', '.join(map(str, promoted['seeds']))}: "
-                      + (f"val_loss {_pm(m.get('val_loss'), m.get('val_loss_std'))}" if m else "")
-                      + "".join(f"  [red]seed {f['seed']} failed: {terminal(f['reason'])}[/]" for f in promoted["failed"]))
+        console.print(
+            f"[bold]promoted to {tier}[/] seeds {', '.join(map(str, promoted['seeds']))}: "
+            + (f"val_loss {_pm(m.get('val_loss'), m.get('val_loss_std'))}" if m else "")
+            + "".join(f"  [red]seed {f['seed']} failed: {terminal(f['reason'])}[/]" for f in promoted["failed"])
+        )
     console.print(f"[bold]motivation[/] {terminal(facts['motivation'])}")
     if facts["detail"]:
         console.print(f"[bold]failure[/] {terminal(facts['detail'])}")
@@ -373,12 +585,17 @@ def show(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE",
         console.print(f"[bold]knowledge used[/] {terminal(', '.join(facts['knowledge']))}")
     if facts["diff"]:
         console.print(Syntax(printable(facts["diff"]), "diff", theme="ansi_dark"))
-    console.print(f"[dim]{len(facts['evaluations'])} evaluation(s), {facts['traces']} trace(s): archlab traces {run_dir} {node}[/]")
+    console.print(
+        f"[dim]{len(facts['evaluations'])} evaluation(s), {facts['traces']} trace(s): archlab traces {run_dir} {node}[/]"
+    )
 
 
 @app.command()
-def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, metavar="NODE", help="only this node's traces"),
-           as_json: bool = typer.Option(False, "--json", help="print a JSON list with every field")) -> None:
+def traces(
+    run_dir: Path = RunDir,
+    node: Optional[int] = typer.Argument(None, metavar="NODE", help="only this node's traces"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list with every field"),
+) -> None:
     """Every decision and LLM call that produced the tree (or one node), in order."""
     store = _store(run_dir, reading=True)
     if node is not None:
@@ -390,24 +607,38 @@ def traces(run_dir: Path = RunDir, node: Optional[int] = typer.Argument(None, me
     t = Table("id", "node", "role", "attempt", "kind", "model", "tokens", "latency", "response")
     for r in rows:
         tokens = f"{r['tokens_in'] or 0}+{r['tokens_out'] or 0}" if r["tokens_in"] is not None else ""
-        t.add_row(str(r["id"]), str(r["node_id"]), terminal(r["role"]), str(r["attempt"] or 0), terminal(r["kind"]),
-                  terminal(r["model"] or ""), tokens, f"{r['latency_s']:.2f}s" if r["latency_s"] else "",
-                  terminal((r["response"] or json.dumps(r["decision"]))[:100]))
+        t.add_row(
+            str(r["id"]),
+            str(r["node_id"]),
+            terminal(r["role"]),
+            str(r["attempt"] or 0),
+            terminal(r["kind"]),
+            terminal(r["model"] or ""),
+            tokens,
+            f"{r['latency_s']:.2f}s" if r["latency_s"] else "",
+            terminal((r["response"] or json.dumps(r["decision"]))[:100]),
+        )
     console.print(t)
 
 
-PARAM_RATIO_HELP = ("parameter budget per block: the root DeltaNet mixer's parameter count at this width times RATIO "
-                    "(default 1.2, as `archlab run --param-ratio`)")
+PARAM_RATIO_HELP = (
+    "parameter budget per block: the root DeltaNet mixer's parameter count at this width times RATIO "
+    "(default 1.2, as `archlab run --param-ratio`)"
+)
 NO_BUDGET_HELP = "no parameter budget at all (the metrics show param_limit null)"
 
 
 @app.command()
-def check(file: Path = typer.Argument(..., metavar="FILE", help="a candidate .py file"),
-          as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON"),
-          allow_quadratic: bool = typer.Option(False, "--allow-quadratic", help="accept mixers whose cost grows faster than linearly"),
-          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the sandbox"),
-          param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help=PARAM_RATIO_HELP),
-          no_budget: bool = typer.Option(False, "--no-budget", help=NO_BUDGET_HELP)) -> None:
+def check(
+    file: Path = typer.Argument(..., metavar="FILE", help="a candidate .py file"),
+    as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON"),
+    allow_quadratic: bool = typer.Option(
+        False, "--allow-quadratic", help="accept mixers whose cost grows faster than linearly"
+    ),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the sandbox"),
+    param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help=PARAM_RATIO_HELP),
+    no_budget: bool = typer.Option(False, "--no-budget", help=NO_BUDGET_HELP),
+) -> None:
     """Contract, static, causality, complexity, step() and parameter-budget checks plus one forward/backward, no training.
 
     The parameter budget per block is the root DeltaNet mixer's parameter count at the tier's width
@@ -416,8 +647,16 @@ def check(file: Path = typer.Argument(..., metavar="FILE", help="a candidate .py
 
     Exit code 0: accepted, 1: rejected (the reason says why), 2: usage error.
     """
-    _sandbox_command(file, "check", as_json, seed=0, data=None, allow_quadratic=allow_quadratic, threads=threads,
-                     **_budget_options(param_ratio, no_budget))
+    _sandbox_command(
+        file,
+        "check",
+        as_json,
+        seed=0,
+        data=None,
+        allow_quadratic=allow_quadratic,
+        threads=threads,
+        **_budget_options(param_ratio, no_budget),
+    )
 
 
 @app.command(name="eval")
@@ -427,10 +666,16 @@ def evaluate(
     seed: int = typer.Option(0, "--seed"),
     data: Optional[Path] = typer.Option(None, "--data", help="a text file or folder to train on"),
     as_json: bool = typer.Option(False, "--json", help="print {ok, reason, metrics} as JSON"),
-    allow_quadratic: bool = typer.Option(False, "--allow-quadratic", help="accept mixers whose cost grows faster than linearly"),
+    allow_quadratic: bool = typer.Option(
+        False, "--allow-quadratic", help="accept mixers whose cost grows faster than linearly"
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the sandbox"),
-    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="seeds from --seed up (default: the tier's); metrics are means"),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a tier field, e.g. --set steps=800 --set probes.steps=300"),
+    seeds: Optional[int] = typer.Option(
+        None, "--seeds", min=1, help="seeds from --seed up (default: the tier's); metrics are means"
+    ),
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", help="override a tier field, e.g. --set steps=800 --set probes.steps=300"
+    ),
     param_ratio: Optional[float] = typer.Option(None, "--param-ratio", help=PARAM_RATIO_HELP),
     no_budget: bool = typer.Option(False, "--no-budget", help=NO_BUDGET_HELP),
 ) -> None:
@@ -447,9 +692,18 @@ def evaluate(
     if data and not data.exists():
         raise UserError(f"--data {data}: no such file or folder")
     budget = _budget_options(param_ratio, no_budget)
-    _sandbox_command(file, tier, as_json, seed=seed, data=str(data) if data else None, allow_quadratic=allow_quadratic,
-                     threads=threads, seeds=seeds or TIERS[tier].seeds, tier_overrides=_tier_overrides(tier, overrides or []),
-                     **budget)
+    _sandbox_command(
+        file,
+        tier,
+        as_json,
+        seed=seed,
+        data=str(data) if data else None,
+        allow_quadratic=allow_quadratic,
+        threads=threads,
+        seeds=seeds or TIERS[tier].seeds,
+        tier_overrides=_tier_overrides(tier, overrides or []),
+        **budget,
+    )
 
 
 def _budget_options(param_ratio: float | None, no_budget: bool) -> dict:
@@ -461,7 +715,9 @@ def _budget_options(param_ratio: float | None, no_budget: bool) -> dict:
     if param_ratio is None:
         return {}
     if not math.isfinite(param_ratio) or param_ratio <= 0:
-        raise UserError(f"--param-ratio {param_ratio}: give a number above 0 (1.2 allows 20% more than the root's mixer)")
+        raise UserError(
+            f"--param-ratio {param_ratio}: give a number above 0 (1.2 allows 20% more than the root's mixer)"
+        )
     return {"param_ratio": param_ratio}
 
 
@@ -509,7 +765,9 @@ def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str 
     elif result.ok:
         console.print(f"[green]accepted[/] {file} ({tier})")
         for key, value in result.metrics.items():
-            console.print(f"  {key:22} {'none (--no-budget)' if key == 'param_limit' and value is None else _fmt(value)}")
+            console.print(
+                f"  {key:22} {'none (--no-budget)' if key == 'param_limit' and value is None else _fmt(value)}"
+            )
     else:
         console.print(f"[red]rejected[/] {file}: {terminal(result.reason)}: {terminal(result.detail)}")
     raise typer.Exit(0 if result.ok else 1)
@@ -523,14 +781,21 @@ def _warn_weak_sandbox(config) -> None:
 
     lx = launch.launcher()
     if lx.kind != "bwrap":
-        console.print(f"[yellow]warning:[/] the sandbox runs on the weaker '{lx.kind}' launcher here (bubblewrap refused: "
-                      f"{lx.facts.get('refused', {}).get('bwrap', '?')[:160].strip()}); see `archlab doctor`", highlight=False)
+        console.print(
+            f"[yellow]warning:[/] the sandbox runs on the weaker '{lx.kind}' launcher here (bubblewrap refused: "
+            f"{lx.facts.get('refused', {}).get('bwrap', '?')[:160].strip()}); see `archlab doctor`",
+            highlight=False,
+        )
 
 
 @app.command()
-def doctor(run_dir: Optional[Path] = typer.Argument(None, metavar="RUN_DIR", help="a run directory to check (omit: only the sandbox)"),
-           repair: bool = typer.Option(False, "--repair", help="fix what can be fixed without losing data"),
-           as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+def doctor(
+    run_dir: Optional[Path] = typer.Argument(
+        None, metavar="RUN_DIR", help="a run directory to check (omit: only the sandbox)"
+    ),
+    repair: bool = typer.Option(False, "--repair", help="fix what can be fixed without losing data"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
     """Check a run's consistency (database <-> git <-> logs <-> checkpoints) and which sandbox
     protections are active on this machine (each one is probed, not assumed).
 
@@ -551,7 +816,9 @@ def doctor(run_dir: Optional[Path] = typer.Argument(None, metavar="RUN_DIR", hel
         print(json.dumps(facts, indent=2))
     else:
         sandbox = facts["sandbox"]
-        t = Table("protection", "active", "how", title=f"archlab sandbox on this machine (launcher: {sandbox['launcher']})")
+        t = Table(
+            "protection", "active", "how", title=f"archlab sandbox on this machine (launcher: {sandbox['launcher']})"
+        )
         for p in sandbox["protections"]:
             t.add_row(p["name"], "[green]yes[/]" if p["active"] else "[red]no[/]", p["detail"])
         console.print(t)
@@ -559,7 +826,13 @@ def doctor(run_dir: Optional[Path] = typer.Argument(None, metavar="RUN_DIR", hel
             run = facts["run"]
             console.print(f"run {run_dir}: {', '.join(f'{k} {v}' for k, v in run['checked'].items())}")
             for f in run["findings"]:
-                mark = "[green]repaired[/]" if f["repaired"] else "[red]error[/]" if f["severity"] == "error" else "[yellow]warning[/]"
+                mark = (
+                    "[green]repaired[/]"
+                    if f["repaired"]
+                    else "[red]error[/]"
+                    if f["severity"] == "error"
+                    else "[yellow]warning[/]"
+                )
                 console.print(f"  {mark} {f['what']}", highlight=False)
             hint = "" if repair or not run["repairable"] else " (try --repair)"  # no advice that cannot help
             console.print("[green]consistent[/]" if run["ok"] else f"[red]problems remain[/]{hint}")
@@ -569,11 +842,19 @@ def doctor(run_dir: Optional[Path] = typer.Argument(None, metavar="RUN_DIR", hel
 
 # -- review and replay: serve, replay, fork, export (archlab/web, archlab/tree/replay.py, archlab/export) --
 @app.command()
-def serve(run_dir: Path = RunDir,
-          port: int = typer.Option(8765, "--port", min=0, max=65535, help="TCP port (0: any free port)"),
-          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (the default is only reachable from this machine)"),
-          allow_steer: bool = typer.Option(False, "--allow-steer", help="let the page pin, veto, note and stop (127.0.0.1 only; "
-                                           "the printed URL carries a token that every steering request must show)")) -> None:
+def serve(
+    run_dir: Path = RunDir,
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="TCP port (0: any free port)"),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="address to listen on (the default is only reachable from this machine)"
+    ),
+    allow_steer: bool = typer.Option(
+        False,
+        "--allow-steer",
+        help="let the page pin, veto, note and stop (127.0.0.1 only; "
+        "the printed URL carries a token that every steering request must show)",
+    ),
+) -> None:
     """Web UI of a run: tree, nodes (diff, metrics, curves, analysis, traces), plots; updates while the run goes.
     Read-only unless --allow-steer."""
     import secrets
@@ -587,25 +868,38 @@ def serve(run_dir: Path = RunDir,
     if allow_steer and not writable(run_dir):
         raise UserError(f"--allow-steer: this user cannot write {run_dir / 'archlab.db'}, where steering is recorded")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"warning: --host {host} makes the run's code, traces and prompts readable from the network", markup=False)
+        err.print(
+            f"warning: --host {host} makes the run's code, traces and prompts readable from the network", markup=False
+        )
 
     def ready(url: str) -> None:
         mode = "with steering (keep the URL to yourself: its token allows it)" if allow_steer else "read-only"
-        console.print(f"Serving {run_dir} {mode} at {url} (Ctrl-C to stop)", markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"Serving {run_dir} {mode} at {url} (Ctrl-C to stop)", markup=False, highlight=False, soft_wrap=True
+        )
         console.file.flush()
 
     serve_ui(run_dir, host, port, on_ready=ready, steer_token=secrets.token_urlsafe(24) if allow_steer else None)
 
 
 @app.command()
-def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE", help="node id"),
-           tier: Optional[str] = typer.Option(None, "--tier", help="micro | smoke | explore | verify (default: the run's tier)"),
-           seeds: int = typer.Option(3, "--seeds", min=1, help="seeds, counting up from the run's seed"),
-           lineage: bool = typer.Option(False, "--lineage", help="replay every ancestor from the root to NODE"),
-           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per evaluation (default: the run's)"),
-           force: bool = typer.Option(False, "--force", help="re-run evaluations that an earlier replay stored"),
-           workers: int = typer.Option(1, "--workers", min=1, help="evaluations at once, each in its own sandbox (on a GPU they share it)"),
-           as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+def replay(
+    run_dir: Path = RunDir,
+    node: int = typer.Argument(..., metavar="NODE", help="node id"),
+    tier: Optional[str] = typer.Option(
+        None, "--tier", help="micro | smoke | explore | verify (default: the run's tier)"
+    ),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="seeds, counting up from the run's seed"),
+    lineage: bool = typer.Option(False, "--lineage", help="replay every ancestor from the root to NODE"),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="CPU threads per evaluation (default: the run's)"
+    ),
+    force: bool = typer.Option(False, "--force", help="re-run evaluations that an earlier replay stored"),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="evaluations at once, each in its own sandbox (on a GPU they share it)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
     """Re-evaluate a node's exact code with the run's recorded config; mean ± std against the root evaluated the same way.
 
     Replays are stored beside the original evaluations (kind "replay") and reused by later
@@ -616,8 +910,15 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE
 
     _bounds(threads=threads)
     _store(run_dir)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, transient=True, disable=as_json)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json,
+    )
     task = progress.add_task("replaying", total=None)
 
     def start(total: int) -> None:  # only once the arguments are checked: a mistake stays one line
@@ -625,8 +926,18 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE
         progress.start()
 
     try:
-        facts = replay_nodes(run_dir, node, tier=tier, seeds=seeds, lineage=lineage, threads=threads, force=force,
-                             workers=workers, on_start=start, on_eval=lambda n, s, r: None if r["cached"] else progress.advance(task))
+        facts = replay_nodes(
+            run_dir,
+            node,
+            tier=tier,
+            seeds=seeds,
+            lineage=lineage,
+            threads=threads,
+            force=force,
+            workers=workers,
+            on_start=start,
+            on_eval=lambda n, s, r: None if r["cached"] else progress.advance(task),
+        )
     finally:
         if progress.live.is_started:
             progress.stop()
@@ -636,26 +947,39 @@ def replay(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE
     headers, rows = table(facts)
     from rich import box
 
-    t = Table(*headers, title=f"replay of node {node}: {facts['tier']} tier, seeds {', '.join(map(str, facts['seeds']))}",
-              box=box.SIMPLE_HEAD)
+    t = Table(
+        *headers,
+        title=f"replay of node {node}: {facts['tier']} tier, seeds {', '.join(map(str, facts['seeds']))}",
+        box=box.SIMPLE_HEAD,
+    )
     for row in rows:
         t.add_row(*map(terminal, row))
     (console if console.is_terminal else Console(width=200)).print(t)  # a pipe gets whole numbers, not "4.46…"
-    console.print("[dim]val_loss: nats/byte, mean±std over seeds, lower is better; Δ: paired by seed; "
-                  "replay−rec.: against the run's own evaluation (same tier and seed)[/]")
+    console.print(
+        "[dim]val_loss: nats/byte, mean±std over seeds, lower is better; Δ: paired by seed; "
+        "replay−rec.: against the run's own evaluation (same tier and seed)[/]"
+    )
     for n in facts["nodes"]:
         for key, change in n["env_changes"].items():
-            err.print(f"note: node {n['node']} was evaluated with {key} {change['recorded']}, replayed with {change['replay']}", markup=False)
+            err.print(
+                f"note: node {n['node']} was evaluated with {key} {change['recorded']}, replayed with {change['replay']}",
+                markup=False,
+            )
 
 
 @app.command()
-def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE", help="node id"),
-         new_run: Path = typer.Argument(..., metavar="NEW_RUN", help="directory of the new run (must not exist or be empty)"),
-         tier: Optional[str] = typer.Option(None, "--tier", help="the new run's tier (default: the source run's)"),
-         seed: Optional[int] = typer.Option(None, "--seed", help="the new run's seed (default: the source run's)"),
-         strategy: Optional[str] = typer.Option(None, "--strategy", help="asi | ucb | evolution | random"),
-         max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="the new run's node budget"),
-         as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+def fork(
+    run_dir: Path = RunDir,
+    node: int = typer.Argument(..., metavar="NODE", help="node id"),
+    new_run: Path = typer.Argument(
+        ..., metavar="NEW_RUN", help="directory of the new run (must not exist or be empty)"
+    ),
+    tier: Optional[str] = typer.Option(None, "--tier", help="the new run's tier (default: the source run's)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="the new run's seed (default: the source run's)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="asi | ucb | evolution | random"),
+    max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="the new run's node budget"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
     """Start a new run whose root is NODE of RUN (its code, design, evaluations and traces, with a link back)."""
     from archlab.tree.replay import fork as fork_node
 
@@ -665,23 +989,42 @@ def fork(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE",
     if as_json:
         print(json.dumps(facts, indent=2))
         return
-    console.print(f"Forked [bold]{run_dir}[/] node {node} into [bold]{new_run}[/] (root: {new_run / 'root.py'}; "
-                  f"{facts['evaluations']} evaluation(s) copied)")
+    console.print(
+        f"Forked [bold]{run_dir}[/] node {node} into [bold]{new_run}[/] (root: {new_run / 'root.py'}; "
+        f"{facts['evaluations']} evaluation(s) copied)"
+    )
     if not facts["root_ready"]:
         console.print(f"The root will be evaluated at the {facts['config']['tier']} tier when the run starts.")
     if not facts["design"] and facts["config"]["llm"] == "offline":
-        err.print(f"note: node {node} has no template design: the offline brain will change its code with its code "
-                  "operators (gate, conv, norm, constants, ...); an LLM brain can propose anything", markup=False)
+        err.print(
+            f"note: node {node} has no template design: the offline brain will change its code with its code "
+            "operators (gate, conv, norm, constants, ...); an LLM brain can propose anything",
+            markup=False,
+        )
     console.print(f"Grow it with: archlab run {new_run}")
 
 
 @app.command(name="import")
 def import_records(
-    source: str = typer.Argument(..., metavar="FORMAT", help="whose records: asi-arch (GAIR-NLP/ASI-Arch's published search)"),
+    source: str = typer.Argument(
+        ..., metavar="FORMAT", help="whose records: asi-arch (GAIR-NLP/ASI-Arch's published search)"
+    ),
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="the new run directory (must not exist or be empty)"),
-    files: list[Path] = typer.Argument(..., metavar="FILES...", help="asi-arch: data/tree.json, and data/106.json for the designs' code and measurements"),
-    tier: str = typer.Option("smoke", "--tier", help="the tier replays and forks of this run use by default (micro | smoke | explore | verify)"),
-    param_ratio: float = typer.Option(1.2, "--param-ratio", help="parameter budget of replays and forks, relative to the root (ASI-Arch's designs often exceed 1.2x at small widths)"),
+    files: list[Path] = typer.Argument(
+        ...,
+        metavar="FILES...",
+        help="asi-arch: data/tree.json, and data/106.json for the designs' code and measurements",
+    ),
+    tier: str = typer.Option(
+        "smoke",
+        "--tier",
+        help="the tier replays and forks of this run use by default (micro | smoke | explore | verify)",
+    ),
+    param_ratio: float = typer.Option(
+        1.2,
+        "--param-ratio",
+        help="parameter budget of replays and forks, relative to the root (ASI-Arch's designs often exceed 1.2x at small widths)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Turn another system's published search into an archlab run to review, replay and fork.
@@ -701,20 +1044,40 @@ def import_records(
         config = RunConfig(tier=tier, param_ratio=param_ratio)
     except Exception as e:
         raise UserError(_validation_message(e)) from None
-    progress = Progress(TextColumn("[bold]importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, transient=True, disable=as_json)
+    progress = Progress(
+        TextColumn("[bold]importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json,
+    )
     task = progress.add_task("importing", total=None)
     with progress:
-        facts = import_asi_arch(tree_file, programs, run_dir, config,
-                                on_node=lambda done, total: progress.update(task, completed=done, total=total))
+        facts = import_asi_arch(
+            tree_file,
+            programs,
+            run_dir,
+            config,
+            on_node=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     if as_json:
         print(json.dumps(facts, indent=2))
         return
-    console.print(f"Imported {facts['nodes']} nodes of ASI-Arch's tree into [bold]{run_dir}[/]: {facts['designs']} with code, "
-                  f"{facts['converted']} of them pass archlab's static checks"
-                  + (f", {facts['rejected']} do not (their reason is on the node: archlab show {run_dir} N)" if facts["rejected"] else ""))
-    console.print(f"Review: archlab tree {run_dir} | archlab serve {run_dir}.  Train one here: archlab replay {run_dir} N.  "
-                  f"Search from one: archlab fork {run_dir} N NEW_RUN")
+    console.print(
+        f"Imported {facts['nodes']} nodes of ASI-Arch's tree into [bold]{run_dir}[/]: {facts['designs']} with code, "
+        f"{facts['converted']} of them pass archlab's static checks"
+        + (
+            f", {facts['rejected']} do not (their reason is on the node: archlab show {run_dir} N)"
+            if facts["rejected"]
+            else ""
+        )
+    )
+    console.print(
+        f"Review: archlab tree {run_dir} | archlab serve {run_dir}.  Train one here: archlab replay {run_dir} N.  "
+        f"Search from one: archlab fork {run_dir} N NEW_RUN"
+    )
 
 
 def _asi_arch_files(files: list[Path]) -> tuple[Path, Path | None]:
@@ -744,18 +1107,23 @@ def _refuse_imported(run_dir: Path) -> None:
     from archlab.interop.importer import IMPORTED_META
 
     if _store(run_dir, reading=True).get_meta(IMPORTED_META):
-        raise UserError(f"{run_dir} holds imported records, not an archlab search; start one from a node: "
-                        f"archlab fork {run_dir} NODE NEW_RUN")
+        raise UserError(
+            f"{run_dir} holds imported records, not an archlab search; start one from a node: "
+            f"archlab fork {run_dir} NODE NEW_RUN"
+        )
 
 
 @app.command()
-def export(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE", help="node id"),
-           out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="directory for the model (must not exist or be empty)"),
-           tier: Optional[str] = typer.Option(None, "--tier", help="export weights trained at this tier (trains one if none)"),
-           seed: Optional[int] = typer.Option(None, "--seed", help="seed when a training is needed (default: the run's)"),
-           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads if a training is needed"),
-           force: bool = typer.Option(False, "--force", help="write into a non-empty OUT_DIR"),
-           as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+def export(
+    run_dir: Path = RunDir,
+    node: int = typer.Argument(..., metavar="NODE", help="node id"),
+    out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="directory for the model (must not exist or be empty)"),
+    tier: Optional[str] = typer.Option(None, "--tier", help="export weights trained at this tier (trains one if none)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed when a training is needed (default: the run's)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads if a training is needed"),
+    force: bool = typer.Option(False, "--force", help="write into a non-empty OUT_DIR"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
     """Write a Hugging Face transformers model directory for NODE (loads with trust_remote_code=True)."""
     from archlab.export.hf import export as export_node
 
@@ -769,20 +1137,34 @@ def export(run_dir: Path = RunDir, node: int = typer.Argument(..., metavar="NODE
         done = threading.Event()
         threading.Thread(target=_show_training, args=(run_dir, status, done), daemon=True).start()
         try:
-            facts = export_node(run_dir, node, out_dir, tier=tier, seed=seed, threads=threads, force=force,
-                                on_status=lambda message: (console.print(message), status.update(message)))
+            facts = export_node(
+                run_dir,
+                node,
+                out_dir,
+                tier=tier,
+                seed=seed,
+                threads=threads,
+                force=force,
+                on_status=lambda message: (console.print(message), status.update(message)),
+            )
         finally:
             done.set()
-    console.print(f"Exported node {node} ({facts['layers']}, d_model {facts['d_model']}, weights from the {facts['tier']} tier, "
-                  f"seed {facts['seed']}, val_loss {facts['val_loss']:.4f}) to [bold]{out_dir}[/]")
+    console.print(
+        f"Exported node {node} ({facts['layers']}, d_model {facts['d_model']}, weights from the {facts['tier']} tier, "
+        f"seed {facts['seed']}, val_loss {facts['val_loss']:.4f}) to [bold]{out_dir}[/]"
+    )
     console.print(f"Load it with AutoModelForCausalLM.from_pretrained({str(out_dir)!r}, trust_remote_code=True)")
     console.print("[yellow]Loading it runs the node's code[/] (candidate.py, written by the search): read it first.")
 
 
 @app.command()
-def steer(run_dir: Path = RunDir,
-          action: str = typer.Argument(..., metavar="ACTION", help="pin NODE | veto NODE | note TEXT | stop"),
-          arg: Optional[str] = typer.Argument(None, metavar="[NODE|TEXT]", help="the node to pin or veto, or the note's text")) -> None:
+def steer(
+    run_dir: Path = RunDir,
+    action: str = typer.Argument(..., metavar="ACTION", help="pin NODE | veto NODE | note TEXT | stop"),
+    arg: Optional[str] = typer.Argument(
+        None, metavar="[NODE|TEXT]", help="the node to pin or veto, or the note's text"
+    ),
+) -> None:
     """Steer a run while it goes (or before it resumes): `pin NODE` draws most parents from NODE's
     subtree, `veto NODE` never expands NODE again, `note TEXT` gives a hypothesis to the next
     researcher, `stop` lets the candidates in flight finish and starts no new one (only while an
@@ -800,12 +1182,19 @@ def steer(run_dir: Path = RunDir,
     elif action == "stop" and arg is not None:
         raise UserError("steer stop takes nothing after it")
     steering.add(store, action, node=node, text=arg if action == "note" else None, by=steering.who("cli"))
-    said = {"pin": f"pinned node {node}: most parents come from its subtree from the next candidate on",
-            "veto": f"vetoed node {node}: it is never a parent again", "note": "noted: the next researcher gets it",
-            "stop": "stop asked: the candidates in flight finish, no new one starts"}[action]
+    said = {
+        "pin": f"pinned node {node}: most parents come from its subtree from the next candidate on",
+        "veto": f"vetoed node {node}: it is never a parent again",
+        "note": "noted: the next researcher gets it",
+        "stop": "stop asked: the candidates in flight finish, no new one starts",
+    }[action]
     running = driver_pid(run_dir)
-    console.print(said + ("" if running else f" (no `archlab run` is driving {run_dir} now: it applies when it resumes)"),
-                  markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        said + ("" if running else f" (no `archlab run` is driving {run_dir} now: it applies when it resumes)"),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _show_training(run_dir: Path, status, stop: threading.Event) -> None:
@@ -814,7 +1203,9 @@ def _show_training(run_dir: Path, status, stop: threading.Event) -> None:
 
     while not stop.wait(1.0):
         try:
-            newest = max((run_dir / "logs").glob(f"replay-*.log{progress.SUFFIX}"), key=lambda f: f.stat().st_mtime, default=None)
+            newest = max(
+                (run_dir / "logs").glob(f"replay-*.log{progress.SUFFIX}"), key=lambda f: f.stat().st_mtime, default=None
+            )
         except OSError:  # one ended while we looked
             continue
         now = newest and progress.read(newest.with_name(newest.name.removesuffix(progress.SUFFIX)))
@@ -823,11 +1214,17 @@ def _show_training(run_dir: Path, status, stop: threading.Event) -> None:
 
 
 @app.command()
-def report(run_dir: Path = RunDir,
-           out: Optional[Path] = typer.Option(None, "--out", help="the report file (default: RUN_DIR/report.html, or .md)"),
-           top: int = typer.Option(5, "--top", min=1, help="how many of the best nodes to show in full"),
-           fmt: Optional[str] = typer.Option(None, "--format", help="html (one self-contained file) | md (FILE.md + FILE-plotN.svg) "
-                                             "(default: md when --out ends in .md, else html)")) -> None:
+def report(
+    run_dir: Path = RunDir,
+    out: Optional[Path] = typer.Option(None, "--out", help="the report file (default: RUN_DIR/report.html, or .md)"),
+    top: int = typer.Option(5, "--top", min=1, help="how many of the best nodes to show in full"),
+    fmt: Optional[str] = typer.Option(
+        None,
+        "--format",
+        help="html (one self-contained file) | md (FILE.md + FILE-plotN.svg) "
+        "(default: md when --out ends in .md, else html)",
+    ),
+) -> None:
     """A self-contained report of a run: summary, plots, and the top nodes' motivation, metrics, diff and analysis."""
     from archlab.web.report import write_report
 
@@ -838,9 +1235,11 @@ def report(run_dir: Path = RunDir,
 
 # -- the ecosystem: mirrors to TensorBoard / MLflow / W&B, the proposal dataset (archlab/export) --------
 @app.command(name="mirror")
-def mirror_run(run_dir: Path = RunDir,
-               to: str = typer.Option(..., "--to", help="tensorboard | mlflow | wandb, or several: --to tensorboard,mlflow"),
-               out: Optional[Path] = typer.Option(None, "--out", help="where the mirrors go (default: RUN_DIR/mirror)")) -> None:
+def mirror_run(
+    run_dir: Path = RunDir,
+    to: str = typer.Option(..., "--to", help="tensorboard | mlflow | wandb, or several: --to tensorboard,mlflow"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where the mirrors go (default: RUN_DIR/mirror)"),
+) -> None:
     """Mirror a run's finished nodes (figures, metrics, loss curves, events) to TensorBoard, MLflow or W&B.
 
     Adds the nodes a target does not hold yet, so it also completes a live `--mirror` or an
@@ -854,22 +1253,34 @@ def mirror_run(run_dir: Path = RunDir,
     RunConfig.load(run_dir)  # a clear error for a folder that is not a run
     total = store.count("status in ('done', 'failed')")
     mirror = Mirror(run_dir, targets, out)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
         task = progress.add_task("mirroring", total=total)
         try:
             written = mirror.sync(store, on_node=lambda node_id: progress.advance(task))
         finally:
             mirror.close()
     for target in targets:
-        console.print(f"{target}: {written[target]} node(s) mirrored, {total - written[target]} already there; {_mirror_hint(target, mirror.out)}",
-                      markup=False, highlight=False, soft_wrap=True)  # one line per target, whatever the width
+        console.print(
+            f"{target}: {written[target]} node(s) mirrored, {total - written[target]} already there; {_mirror_hint(target, mirror.out)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )  # one line per target, whatever the width
 
 
 @app.command()
-def dataset(run_dir: Path = RunDir,
-            out: Path = typer.Argument(..., metavar="OUT.jsonl", help="the file to write ('-': standard output)"),
-            force: bool = typer.Option(False, "--force", help="replace an existing OUT.jsonl")) -> None:
+def dataset(
+    run_dir: Path = RunDir,
+    out: Path = typer.Argument(..., metavar="OUT.jsonl", help="the file to write ('-': standard output)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing OUT.jsonl"),
+) -> None:
     """Every proposal of a run as one JSON line (parent code, diff, traces, measured outcome), to train a proposer on.
 
     The schema is in README.md ("The proposal dataset"). Nodes still being evaluated are left out.
@@ -894,8 +1305,12 @@ def dataset(run_dir: Path = RunDir,
         finally:
             tmp.unlink(missing_ok=True)
     skipped = f" ({facts['in_flight']} in flight left out)" if facts["in_flight"] else ""
-    (err if str(out) == "-" else console).print(f"Wrote {facts['proposals']} proposal(s) of {run_dir} to {out}{skipped}",
-                                                markup=False, highlight=False, soft_wrap=True)
+    (err if str(out) == "-" else console).print(
+        f"Wrote {facts['proposals']} proposal(s) of {run_dir} to {out}{skipped}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _mirror_targets(text: str, flag: str = "--mirror") -> list[str]:
@@ -913,7 +1328,11 @@ def _mirror_hint(target: str, out: Path) -> str:
     if target == "mlflow":
         where = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}"
         return f"view: mlflow ui --backend-store-uri {where}"
-    return f"upload: wandb sync {out / 'wandb'}/offline-run-*" if (os.environ.get("WANDB_MODE") or "offline") == "offline" else "sent to W&B"
+    return (
+        f"upload: wandb sync {out / 'wandb'}/offline-run-*"
+        if (os.environ.get("WANDB_MODE") or "offline") == "offline"
+        else "sent to W&B"
+    )
 
 
 def _live_mirror(run_dir: Path, config: RunConfig, store):
@@ -927,8 +1346,12 @@ def _live_mirror(run_dir: Path, config: RunConfig, store):
     mirror = Mirror(run_dir, list(config.mirror))
 
     def dropped(target: str, e: Exception) -> None:
-        err.print(f"warning: mirroring to {target} stopped ({brief(e)}); the run goes on; "
-                  f"`archlab mirror {run_dir} --to {target}` completes it later", markup=False, highlight=False)
+        err.print(
+            f"warning: mirroring to {target} stopped ({brief(e)}); the run goes on; "
+            f"`archlab mirror {run_dir} --to {target}` completes it later",
+            markup=False,
+            highlight=False,
+        )
 
     mirror.sync(store, on_error=dropped)
     return lambda node: mirror.node(store, node, on_error=dropped)
@@ -962,19 +1385,26 @@ def _check_endpoint(run_dir: Path, config: RunConfig, given: dict, trusted: bool
     or key variable other than the defaults must be repeated on the command line, or trusted."""
     if config.llm == "offline" or trusted:
         return
-    unconfirmed = [k for k in ("base_url", "api_key_env")
-                   if getattr(config, k) != RunConfig.model_fields[k].default and given.get(k) != getattr(config, k)]
+    unconfirmed = [
+        k
+        for k in ("base_url", "api_key_env")
+        if getattr(config, k) != RunConfig.model_fields[k].default and given.get(k) != getattr(config, k)
+    ]
     if unconfirmed:
-        raise UserError(f"{run_dir}/archlab.toml would send the key in ${config.api_key_env} to "
-                        f"{config.base_url or 'the OpenAI API'}; if that is yours, repeat "
-                        + " ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in unconfirmed)
-                        + " (or pass --trust-endpoint)")
+        raise UserError(
+            f"{run_dir}/archlab.toml would send the key in ${config.api_key_env} to "
+            f"{config.base_url or 'the OpenAI API'}; if that is yours, repeat "
+            + " ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in unconfirmed)
+            + " (or pass --trust-endpoint)"
+        )
 
 
 def _node_line(node: dict) -> str:
     if node["status"] == "done":
-        return (f"  node {node['id']:>4}  [green]done[/]    fitness {_pm(node['fitness'], node.get('fitness_std'), signed=True)}  "
-                f"val_loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  {terminal(node['operator'])}")
+        return (
+            f"  node {node['id']:>4}  [green]done[/]    fitness {_pm(node['fitness'], node.get('fitness_std'), signed=True)}  "
+            f"val_loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  {terminal(node['operator'])}"
+        )
     return f"  node {node['id']:>4}  [red]{node['status']}[/]  {terminal(node['reason'])}  {terminal(node['operator'])}"
 
 
@@ -986,8 +1416,10 @@ def _tree_label(node: dict, parent: dict | None) -> str:
     if node["status"] == "done":
         better = parent is None or parent.get("fitness") is None or node["fitness"] > parent["fitness"]
         colour = "green" if better else "yellow"
-        return (f"[{colour}]node {node['id']}[/]  fitness {_pm(node['fitness'], node.get('fitness_std'), signed=True)}  "
-                f"loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  [dim]{terminal(what)}[/]")
+        return (
+            f"[{colour}]node {node['id']}[/]  fitness {_pm(node['fitness'], node.get('fitness_std'), signed=True)}  "
+            f"loss {_pm(node['val_loss'], node.get('val_loss_std'))}  {_tier_tag(node)}  [dim]{terminal(what)}[/]"
+        )
     if node["status"] == "failed":
         return f"[red]node {node['id']}  failed: {terminal(node['reason'])}[/]  [dim]{terminal(what)}[/]"
     if node["status"] == "imported":  # another system's node: its own score, whether its code came along and passes
@@ -1022,8 +1454,14 @@ def _fmt(value) -> str:
 
 
 # RunConfig fields whose command-line option has another name
-OPTION_NAMES = {"max_cpu_hours": "cpu_hours", "max_gpu_hours": "gpu_hours", "llm_timeout_s": "llm_timeout",
-                "llm_patience_s": "llm_patience", "tier_overrides": "tier_set", "promote_overrides": "promote_set"}
+OPTION_NAMES = {
+    "max_cpu_hours": "cpu_hours",
+    "max_gpu_hours": "gpu_hours",
+    "llm_timeout_s": "llm_timeout",
+    "llm_patience_s": "llm_patience",
+    "tier_overrides": "tier_set",
+    "promote_overrides": "promote_set",
+}
 
 
 def _validation_message(e: Exception) -> str:
@@ -1041,8 +1479,10 @@ def _os_error(e: OSError) -> str:
 
     where = f": {e.filename}" if e.filename else ""
     if isinstance(e, git.exc.NoSuchPathError):
-        return (f"the run's git repository {e} is missing; `archlab doctor RUN_DIR --repair` rebuilds it "
-                f"from the database's copy of every node's code")
+        return (
+            f"the run's git repository {e} is missing; `archlab doctor RUN_DIR --repair` rebuilds it "
+            f"from the database's copy of every node's code"
+        )
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"the disk is full ({e.strerror}{where}); nothing stored so far is lost: free space and run the command again"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -1072,11 +1512,19 @@ def main() -> None:
         err.print(f"error: database: {e} ({hint}); nothing stored so far is lost", markup=False, highlight=False)
         sys.exit(1)
     except sqlite3.DatabaseError as e:  # a damaged file, not a bug of ours: say so, and where recovery starts
-        err.print(f"error: a database of the run is damaged ({e}); nothing was changed: "
-                  f"`archlab doctor RUN_DIR` says how to recover it", markup=False, highlight=False)
+        err.print(
+            f"error: a database of the run is damaged ({e}); nothing was changed: "
+            f"`archlab doctor RUN_DIR` says how to recover it",
+            markup=False,
+            highlight=False,
+        )
         sys.exit(1)
     except Exception as e:  # a bug of ours: still one line, the traceback on request
         if os.environ.get("ARCHLAB_DEBUG"):
             raise
-        err.print(f"internal error: {type(e).__name__}: {e} (set ARCHLAB_DEBUG=1 for the traceback)", markup=False, highlight=False)
+        err.print(
+            f"internal error: {type(e).__name__}: {e} (set ARCHLAB_DEBUG=1 for the traceback)",
+            markup=False,
+            highlight=False,
+        )
         sys.exit(3)

@@ -24,7 +24,9 @@ class RunConfig(BaseModel):
     llm: str = Field("offline", description="'offline' (embedded brain) or PROVIDER:MODEL")
     strategy: Literal["asi", "ucb", "evolution", "random"] = "asi"
     tier: Literal["micro", "smoke", "explore", "verify"] = "smoke"
-    tier_overrides: dict = Field({}, description="tier fields changed for every search evaluation, e.g. {d_model = 512, steps = 600}")
+    tier_overrides: dict = Field(
+        {}, description="tier fields changed for every search evaluation, e.g. {d_model = 512, steps = 600}"
+    )
     max_nodes: int = Field(12, ge=1, description="stop after this many nodes (the root included)")
     hours: float | None = Field(None, gt=0, description="stop after this many hours of wall time")
     seed: int = Field(0, ge=0, lt=MAX_SEED)
@@ -33,16 +35,25 @@ class RunConfig(BaseModel):
     allow_quadratic: bool = Field(False, description="accept mixers whose cost grows faster than linearly with length")
     # Real architectural changes move the smoke tier's loss by 10-17% (measured: the short conv and
     # the output gate are worth 0.25-0.4 nats of ~2.3); 10% flagged a real one-hour discovery.
-    implausible_gain: float = Field(0.25, gt=0, description="a val_loss this far below the root's is rechecked and flagged")
+    implausible_gain: float = Field(
+        0.25, gt=0, description="a val_loss this far below the root's is rechecked and flagged"
+    )
     speed_weight: float = Field(0.05, ge=0, description="fitness penalty per unit of log slowdown vs the root")
     workers: int = Field(1, ge=1, description="candidates evaluated at once (each in its own sandbox)")
-    threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="CPU threads per evaluation (default: all, up to 4)")
+    threads: int | None = Field(
+        None, ge=1, le=MAX_THREADS, description="CPU threads per evaluation (default: all, up to 4)"
+    )
     knowledge: list[str] = Field([], description="folders of the user's own knowledge entries")
     repair_attempts: int = Field(2, ge=0, description="engineer repairs per failed candidate")
-    keep_weights: int = Field(3, ge=0, description="keep the trained weights of this many best nodes (and of every promoted "
-                              "node and the root), so exporting them needs no training")
-    mirror: list[Literal["tensorboard", "mlflow", "wandb"]] = Field([], description="mirror each finished node to these "
-                                                                     "(archlab/export/mirrors.py), under RUN_DIR/mirror")
+    keep_weights: int = Field(
+        3,
+        ge=0,
+        description="keep the trained weights of this many best nodes (and of every promoted "
+        "node and the root), so exporting them needs no training",
+    )
+    mirror: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        [], description="mirror each finished node to these (archlab/export/mirrors.py), under RUN_DIR/mirror"
+    )
     # LLM backends (any OpenAI-compatible endpoint); the key is read from api_key_env, never stored.
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -56,21 +67,40 @@ class RunConfig(BaseModel):
     llm_patience_s: float = Field(600.0, ge=0, description="how long to wait out a failing endpoint before stopping")
     format_retries: int = Field(2, ge=0, description="re-asks after malformed LLM output")
     judge_weight: float = Field(0.0, ge=0, description="LLM judge's weight in fitness (0 = no judge)")
-    code_edits: float = Field(0.0, ge=0, le=1, description="LLM runs: the share of proposals made by the offline brain's code operators")
+    code_edits: float = Field(
+        0.0, ge=0, le=1, description="LLM runs: the share of proposals made by the offline brain's code operators"
+    )
     novelty_threshold: float = Field(0.92, gt=0, le=1, description="reject proposals this similar to a sibling")
     # Where evaluations run (archlab/sandbox/executors.py) and the compute budgets.
-    executor: Literal["local", "ray"] = Field("local", description="local: slots on this machine; ray: one Ray task per evaluation")
-    address: str | None = Field(None, description="Ray cluster to join: 'auto' or HOST:PORT; None = a private local Ray instance")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where evaluations train: auto = one slot per GPU when there are GPUs")
-    task_memory_gb: float | None = Field(2.0, gt=0, description="memory Ray reserves for one evaluation (scheduling only)")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: slots on this machine; ray: one Ray task per evaluation"
+    )
+    address: str | None = Field(
+        None, description="Ray cluster to join: 'auto' or HOST:PORT; None = a private local Ray instance"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where evaluations train: auto = one slot per GPU when there are GPUs"
+    )
+    task_memory_gb: float | None = Field(
+        2.0, gt=0, description="memory Ray reserves for one evaluation (scheduling only)"
+    )
     max_retries: int = Field(2, ge=0, description="Ray: re-runs of an evaluation whose worker or node was lost")
-    max_cpu_hours: float | None = Field(None, gt=0, description="stop when evaluations have used this many CPU-hours (wall x threads)")
+    max_cpu_hours: float | None = Field(
+        None, gt=0, description="stop when evaluations have used this many CPU-hours (wall x threads)"
+    )
     max_gpu_hours: float | None = Field(None, gt=0, description="stop when evaluations have used this many GPU-hours")
     # Multi-fidelity promotion (archlab/agents/promotion.py): the top slice of the search tier is re-evaluated higher.
-    promote: float | None = Field(None, ge=0, le=1, description="fraction of finished candidates promoted to promote_tier "
-                                  "(asynchronous successive halving); None = 0.25 when tier is explore, else off")
+    promote: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="fraction of finished candidates promoted to promote_tier "
+        "(asynchronous successive halving); None = 0.25 when tier is explore, else off",
+    )
     promote_seeds: int = Field(3, ge=1, description="seeds per promoted evaluation (figures are mean +- std)")
-    promote_tier: Literal["smoke", "explore", "verify"] = Field("verify", description="the higher tier of promoted nodes")
+    promote_tier: Literal["smoke", "explore", "verify"] = Field(
+        "verify", description="the higher tier of promoted nodes"
+    )
     promote_overrides: dict = Field({}, description="tier fields changed for promoted evaluations, e.g. {steps = 2000}")
 
     @field_validator("address")
@@ -86,8 +116,11 @@ class RunConfig(BaseModel):
         order = ("micro", "smoke", "explore", "verify")
         tier, fraction = info.data.get("tier"), info.data.get("promote")
         if fraction and tier in order and order.index(value) <= order.index(tier):
-            raise PydanticCustomError("tier_order", "must be a higher tier than --tier {tier} for --promote {fraction}",
-                                      {"tier": tier, "fraction": fraction})
+            raise PydanticCustomError(
+                "tier_order",
+                "must be a higher tier than --tier {tier} for --promote {fraction}",
+                {"tier": tier, "fraction": fraction},
+            )
         return value
 
     @field_validator("tier_overrides", "promote_overrides")

@@ -103,7 +103,13 @@ def changed_lines(old: str, new: str) -> list[str]:
     a, b = old.splitlines(), new.splitlines()
     out = []
     for tag, i1, i2, j1, j2 in line_opcodes(a, b):
-        out += ["-" + line for line in a[i1:i2]] if tag == "delete" else ["+" + line for line in b[j1:j2]] if tag == "insert" else []
+        out += (
+            ["-" + line for line in a[i1:i2]]
+            if tag == "delete"
+            else ["+" + line for line in b[j1:j2]]
+            if tag == "insert"
+            else []
+        )
     return out
 
 
@@ -115,8 +121,13 @@ def unified(old: str, new: str, context: int = 3) -> str:
         first, last = group[0], group[-1]
         out.append(f"@@ -{first[1] + 1},{last[2] - first[1]} +{first[3] + 1},{last[4] - first[3]} @@")
         for tag, i1, i2, j1, j2 in group:
-            out += [" " + line for line in a[i1:i2]] if tag == "equal" else \
-                   ["-" + line for line in a[i1:i2]] if tag == "delete" else ["+" + line for line in b[j1:j2]]
+            out += (
+                [" " + line for line in a[i1:i2]]
+                if tag == "equal"
+                else ["-" + line for line in a[i1:i2]]
+                if tag == "delete"
+                else ["+" + line for line in b[j1:j2]]
+            )
     return "".join(line + "\n" for line in out)
 
 

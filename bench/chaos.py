@@ -32,8 +32,17 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     run_dir = Path(tempfile.mkdtemp(prefix="archlab-chaos-")) / "run"
-    cmd = [sys.executable, "-c", "from archlab.cli import main; main()", "run", str(run_dir), "--tier", args.tier,
-           "--max-nodes", str(args.nodes)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from archlab.cli import main; main()",
+        "run",
+        str(run_dir),
+        "--tier",
+        args.tier,
+        "--max-nodes",
+        str(args.nodes),
+    ]
     kills = restarts = 0
     started = time.monotonic()
     while True:
@@ -53,16 +62,22 @@ def main() -> None:
         restarts += 1
     with sqlite3.connect(run_dir / "archlab.db") as db:
         ids = [r[0] for r in db.execute("select id from nodes order by id")]
-        dup = db.execute("select count(*) - count(distinct parent_id || ':' || commit_sha) from nodes where parent_id is not null").fetchone()[0]
+        dup = db.execute(
+            "select count(*) - count(distinct parent_id || ':' || commit_sha) from nodes where parent_id is not null"
+        ).fetchone()[0]
         started_evals = db.execute("select count(*) from events where kind = 'evaluate'").fetchone()[0]
-        distinct_evals = db.execute("select count(distinct node_id || ':' || message) from events where kind = 'evaluate'").fetchone()[0]
+        distinct_evals = db.execute(
+            "select count(distinct node_id || ':' || message) from events where kind = 'evaluate'"
+        ).fetchone()[0]
     code = Lineage(run_dir / "repo")
     same_code = len(ids) - len({(code.code(sha)) for sha in code.node_tags().values()})
     lost = len(set(range(args.nodes)) - set(ids)) + len(set(ids) - set(code.node_tags()))
     report = check(run_dir)
     print(f"\nkills {kills}, restarts {restarts}, wall {time.monotonic() - started:.0f} s")
-    print(f"nodes completed {len(ids)} of {args.nodes}; nodes lost {lost}; duplicate nodes {dup} "
-          f"(identical code anywhere in the tree: {same_code}); evaluations redone {started_evals - distinct_evals}")
+    print(
+        f"nodes completed {len(ids)} of {args.nodes}; nodes lost {lost}; duplicate nodes {dup} "
+        f"(identical code anywhere in the tree: {same_code}); evaluations redone {started_evals - distinct_evals}"
+    )
     print(f"doctor: {'consistent' if report.ok else report.as_json()}")
     print(f"run directory: {run_dir}")
 

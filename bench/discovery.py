@@ -45,16 +45,24 @@ def history(run_dir: Path) -> dict:
     over every `archlab run` of it, so a resumed run counts its earlier sessions too)."""
     with sqlite3.connect(run_dir / "archlab.db") as db:
         db.row_factory = sqlite3.Row
-        rows = [dict(r) for r in db.execute(
-            "select id, parent_id, status, fitness, val_loss, operator, design, reason, metrics from nodes "
-            "where status != 'evaluating' order by finished, id")]
+        rows = [
+            dict(r)
+            for r in db.execute(
+                "select id, parent_id, status, fitness, val_loss, operator, design, reason, metrics from nodes "
+                "where status != 'evaluating' order by finished, id"
+            )
+        ]
         elapsed = db.execute("select value from meta where key = 'elapsed_s'").fetchone()
     for r in rows:
         metrics = json.loads(r.pop("metrics") or "{}")
         r["flagged"] = bool(metrics.get("flagged"))
         r["design"] = json.loads(r["design"]) if r["design"] else None
     root = next(r for r in rows if r["id"] == 0)
-    return {"root": root, "candidates": [r for r in rows if r["id"] != 0], "wall_s": float(elapsed[0]) if elapsed else 0.0}
+    return {
+        "root": root,
+        "candidates": [r for r in rows if r["id"] != 0],
+        "wall_s": float(elapsed[0]) if elapsed else 0.0,
+    }
 
 
 def best_so_far(candidates: list[dict], start: float = 0.0) -> list[float]:
@@ -92,6 +100,13 @@ def curves_svg(title: str, y_label: str, curves: dict[str, list[list[float]]]) -
     for name, per_seed in curves.items():
         n = min(len(c) for c in per_seed)
         mean = [statistics.fmean(c[i] for c in per_seed) for i in range(n)]
-        series.append({"label": name, "type": "line", "markers": True, "colour": COLOURS.get(name, "#111827"),
-                       "points": [{"x": i + 1, "y": y} for i, y in enumerate(mean)]})
+        series.append(
+            {
+                "label": name,
+                "type": "line",
+                "markers": True,
+                "colour": COLOURS.get(name, "#111827"),
+                "points": [{"x": i + 1, "y": y} for i, y in enumerate(mean)],
+            }
+        )
     return chart(title, "evaluations", y_label, series).standalone()

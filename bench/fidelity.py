@@ -63,13 +63,15 @@ def main() -> None:
     ratio = NO_BUDGET if args.no_budget else args.param_ratio
     run = args.out / "run"
     if not (run / "archlab.db").exists():
-        facts = import_asi_arch(args.tree, args.programs, run, RunConfig(tier=args.tiers[0], param_ratio=ratio, threads=1))
+        facts = import_asi_arch(
+            args.tree, args.programs, run, RunConfig(tier=args.tiers[0], param_ratio=ratio, threads=1)
+        )
         print(f"imported {facts['designs']} designs into {run}: {facts['converted']} pass the static checks")
     elif RunConfig.load(run).param_ratio != ratio:
         sys.exit(f"{run} was imported with another parameter budget; use another --out")
     store = Store(run)
     designs = [n for n in store.nodes("status = 'imported' and commit_sha is not null and reason is null and id != 0")]
-    designs = designs[:args.limit] if args.limit else designs
+    designs = designs[: args.limit] if args.limit else designs
     ids = [n["id"] for n in designs]
     figures: dict[str, dict[int, float]] = {}
     failures: dict[str, dict[str, int]] = {}
@@ -82,8 +84,10 @@ def main() -> None:
             nonlocal done
             if not row["cached"]:
                 done += 1
-                print(f"  {tier} {done}/{total}: node {node} seed {seed} "
-                      + (f"val_loss {row['metrics']['val_loss']:.4f}" if row["ok"] else f"failed: {row['reason']}"))
+                print(
+                    f"  {tier} {done}/{total}: node {node} seed {seed} "
+                    + (f"val_loss {row['metrics']['val_loss']:.4f}" if row["ok"] else f"failed: {row['reason']}")
+                )
 
         print(f"{tier}: {len(ids)} designs x {len(seeds)} seeds ({total} to train)")
         items = replayer.replay(ids, seeds, progress, workers=args.jobs)
@@ -95,17 +99,30 @@ def main() -> None:
             else:
                 reason = next((r["reason"] for r in item.runs if not r["ok"]), "?")
                 failures[tier][reason] = failures[tier].get(reason, 0) + 1
-    external = {key: {n["id"]: sign * n["metrics"][key] for n in designs if isinstance((n["metrics"] or {}).get(key), (int, float))}
-                for key, sign in EXTERNAL.items()}
-    results = {"designs": len(ids), "tiers": args.tiers, "seeds": args.seeds,
-               "budget": "off" if args.no_budget else f"{args.param_ratio}x the root mixer", "trained": {
-                   t: len(f) for t, f in figures.items()}, "failures": failures, "vs_asi_arch": [], "between_tiers": []}
+    external = {
+        key: {
+            n["id"]: sign * n["metrics"][key]
+            for n in designs
+            if isinstance((n["metrics"] or {}).get(key), (int, float))
+        }
+        for key, sign in EXTERNAL.items()
+    }
+    results = {
+        "designs": len(ids),
+        "tiers": args.tiers,
+        "seeds": args.seeds,
+        "budget": "off" if args.no_budget else f"{args.param_ratio}x the root mixer",
+        "trained": {t: len(f) for t, f in figures.items()},
+        "failures": failures,
+        "vs_asi_arch": [],
+        "between_tiers": [],
+    }
     for tier in args.tiers:
         for key in EXTERNAL:
             results["vs_asi_arch"].append({"tier": tier, "asi_arch": key, **_agree(figures[tier], external[key])})
     tiers = [t for t in TIER_ORDER if t in args.tiers]
     for i, cheap in enumerate(tiers):
-        for dear in tiers[i + 1:]:
+        for dear in tiers[i + 1 :]:
             results["between_tiers"].append({"cheap": cheap, "dear": dear, **_agree(figures[cheap], figures[dear])})
     write(args.out, results, figures, external, designs)
 
@@ -125,14 +142,21 @@ def _rho(r: dict) -> str:
 def write(out: Path, results: dict, figures: dict, external: dict, designs: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"{results['designs']} designs, {results['seeds']} seed(s), parameter budget {results['budget']}; "
-             "Spearman rho [95% bootstrap interval] (n designs); positive = ranks the same way", "",
-             "| archlab tier | trained | vs final train loss | vs benchmark average | vs score |", "|---|---|---|---|---|"]
+    lines = [
+        f"{results['designs']} designs, {results['seeds']} seed(s), parameter budget {results['budget']}; "
+        "Spearman rho [95% bootstrap interval] (n designs); positive = ranks the same way",
+        "",
+        "| archlab tier | trained | vs final train loss | vs benchmark average | vs score |",
+        "|---|---|---|---|---|",
+    ]
     for tier in results["tiers"]:
         row = {r["asi_arch"]: _rho(r) for r in results["vs_asi_arch"] if r["tier"] == tier}
         failed = ", ".join(f"{k} {v}" for k, v in results["failures"][tier].items())
-        lines.append(f"| {tier} | {results['trained'][tier]}" + (f" (failed: {failed})" if failed else "")
-                     + f" | {row['train_loss']} | {row['bench_average']} | {row['asi_score']} |")
+        lines.append(
+            f"| {tier} | {results['trained'][tier]}"
+            + (f" (failed: {failed})" if failed else "")
+            + f" | {row['train_loss']} | {row['bench_average']} | {row['asi_score']} |"
+        )
     if results["between_tiers"]:
         lines += ["", "| cheap tier | dear tier | rho |", "|---|---|---|"]
         lines += [f"| {r['cheap']} | {r['dear']} | {_rho(r)} |" for r in results["between_tiers"]]
@@ -140,10 +164,17 @@ def write(out: Path, results: dict, figures: dict, external: dict, designs: list
     print("\n".join(lines))
     names = {n["id"]: n["operator"] for n in designs}
     for tier, values in figures.items():
-        points = [{"x": external["train_loss"][n], "y": v, "id": n, "tip": f"node {n} {names.get(n, '')}"}
-                  for n, v in values.items() if n in external["train_loss"]]
-        svg = chart(f"{tier} val_loss vs ASI-Arch's final training loss", "ASI-Arch train loss (2,000 steps, ~400M)",
-                    f"archlab {tier} val_loss (mean over seeds)", [{"label": tier, "type": "scatter", "colour": "#2563eb", "points": points}])
+        points = [
+            {"x": external["train_loss"][n], "y": v, "id": n, "tip": f"node {n} {names.get(n, '')}"}
+            for n, v in values.items()
+            if n in external["train_loss"]
+        ]
+        svg = chart(
+            f"{tier} val_loss vs ASI-Arch's final training loss",
+            "ASI-Arch train loss (2,000 steps, ~400M)",
+            f"archlab {tier} val_loss (mean over seeds)",
+            [{"label": tier, "type": "scatter", "colour": "#2563eb", "points": points}],
+        )
         (out / f"scatter-{tier}.svg").write_text(svg.standalone())
 
 

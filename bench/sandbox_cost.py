@@ -43,7 +43,9 @@ for which in ("first", "next"):
 
 def timed(path: Path, tier: str) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(path)}
-    out = subprocess.run([sys.executable, "-c", TIMED, tier], cwd=path, env=env, capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(
+        [sys.executable, "-c", TIMED, tier], cwd=path, env=env, capture_output=True, text=True, timeout=1800
+    )
     if out.returncode != 0:
         raise SystemExit(f"{path}: {out.stderr[-2000:]}")
     return [json.loads(line) for line in out.stdout.strip().splitlines()[-2:]]
@@ -57,8 +59,11 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="archlab-baseline-") as tmp:
         base = Path(tmp) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
+            check=True,
+            capture_output=True,
+        )
         try:
             sides = {"baseline": base, "this": ROOT}
             print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
@@ -71,12 +76,16 @@ def main() -> None:
                             if not result["ok"]:
                                 raise SystemExit(f"{name} rejected the root at {tier}: {result['reason']}")
                             walls.setdefault((name, result["which"]), []).append(result["wall_s"])
-                            print(f"  {tier} round {r + 1} {name:8} {result['which']:5} {result['wall_s']:6.2f} s  "
-                                  f"val_loss {result['val_loss']:.4f}")
+                            print(
+                                f"  {tier} round {r + 1} {name:8} {result['which']:5} {result['wall_s']:6.2f} s  "
+                                f"val_loss {result['val_loss']:.4f}"
+                            )
                 for which in ("first", "next"):
                     base, this = (statistics.median(walls[(name, which)]) for name in sides)
-                    print(f"{tier} {which}: baseline {base:.2f} s, this {this:.2f} s, ratio {this / base:.3f} "
-                          f"(min {min(walls[('this', which)]) / min(walls[('baseline', which)]):.3f})")
+                    print(
+                        f"{tier} {which}: baseline {base:.2f} s, this {this:.2f} s, ratio {this / base:.3f} "
+                        f"(min {min(walls[('this', which)]) / min(walls[('baseline', which)]):.3f})"
+                    )
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
 

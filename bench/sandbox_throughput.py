@@ -49,8 +49,15 @@ def fla_model(shape: dict, device: torch.device) -> torch.nn.Module | None:
     except Exception as e:  # fla needs triton and a GPU
         print(f"flash-linear-attention is not importable ({type(e).__name__}: {e})")
         return None
-    config = DeltaNetConfig(hidden_size=shape["d_model"], num_hidden_layers=shape["n_layers"], num_heads=shape["n_heads"],
-                            vocab_size=VOCAB_SIZE, use_short_conv=True, use_gate=True, fuse_cross_entropy=False)
+    config = DeltaNetConfig(
+        hidden_size=shape["d_model"],
+        num_hidden_layers=shape["n_layers"],
+        num_heads=shape["n_heads"],
+        vocab_size=VOCAB_SIZE,
+        use_short_conv=True,
+        use_gate=True,
+        fuse_cross_entropy=False,
+    )
     model = DeltaNetForCausalLM(config).to(device)
 
     class Logits(torch.nn.Module):  # the harness's interface: tokens -> logits
@@ -64,8 +71,9 @@ def fla_model(shape: dict, device: torch.device) -> torch.nn.Module | None:
     return Logits()
 
 
-def steps_per_second(model: torch.nn.Module, shape: dict, device: torch.device, steps: int, warmup: int = 3,
-                     cpu_time: bool = False) -> float:
+def steps_per_second(
+    model: torch.nn.Module, shape: dict, device: torch.device, steps: int, warmup: int = 3, cpu_time: bool = False
+) -> float:
     """Training tokens/s: forward, loss, backward, AdamW step; the first `warmup` steps are not timed.
     cpu_time: per second of this process's CPU time (on one thread, what other processes on a
     shared machine cannot distort) instead of wall time."""
@@ -93,10 +101,18 @@ def steps_per_second(model: torch.nn.Module, shape: dict, device: torch.device, 
 def sandbox_tokens_per_s(root: str, shape: dict, steps: int, threads: int | None) -> float:
     from archlab.sandbox import runner
 
-    overrides = {**shape, "steps": steps + 2, "val_windows": 8, "hardware": False, "extrapolation": False,
-                 "probes": None, "timeout_s": 3600}
-    result = runner.evaluate(render_root(root), "micro", tier_overrides=overrides, threads=threads, param_limit=-1,
-                             allow_quadratic=True)
+    overrides = {
+        **shape,
+        "steps": steps + 2,
+        "val_windows": 8,
+        "hardware": False,
+        "extrapolation": False,
+        "probes": None,
+        "timeout_s": 3600,
+    }
+    result = runner.evaluate(
+        render_root(root), "micro", tier_overrides=overrides, threads=threads, param_limit=-1, allow_quadratic=True
+    )
     if not result.ok:
         sys.exit(f"the sandbox rejected {root}: {result.reason}: {result.detail}")
     return result.metrics["tokens_per_s"]
@@ -114,13 +130,21 @@ def cpu(args) -> None:
             r = sandbox_tokens_per_s("deltanet", shape, args.steps, args.threads)
             a = sandbox_tokens_per_s("transformer", shape, args.steps, args.threads)
         else:
-            r = steps_per_second(harness_model("deltanet", shape, device), shape, device, args.steps, cpu_time=args.cpu_time)
-            a = steps_per_second(harness_model("transformer", shape, device), shape, device, args.steps, cpu_time=args.cpu_time)
+            r = steps_per_second(
+                harness_model("deltanet", shape, device), shape, device, args.steps, cpu_time=args.cpu_time
+            )
+            a = steps_per_second(
+                harness_model("transformer", shape, device), shape, device, args.steps, cpu_time=args.cpu_time
+            )
         ratios.append(r / a)
-        print(f"  round {round_ + 1}: root DeltaNet {r:,.0f} tokens/s, transformer template {a:,.0f} tokens/s, ratio {r / a:.2f}")
+        print(
+            f"  round {round_ + 1}: root DeltaNet {r:,.0f} tokens/s, transformer template {a:,.0f} tokens/s, ratio {r / a:.2f}"
+        )
     ratio = statistics.median(ratios)
-    print(f"root / transformer (median of {len(ratios)} rounds): {ratio:.2f}x   target >= 0.6x   "
-          f"[{'met' if ratio >= 0.6 else 'NOT met'}]")
+    print(
+        f"root / transformer (median of {len(ratios)} rounds): {ratio:.2f}x   target >= 0.6x   "
+        f"[{'met' if ratio >= 0.6 else 'NOT met'}]"
+    )
 
 
 def gpu(args) -> None:
@@ -137,8 +161,10 @@ def gpu(args) -> None:
         target = {"root in the harness (fla kernel)": 0.9, "root, pure PyTorch + torch.compile": 0.35}.get(name)
         if base and target:
             ratio = results[name] / base
-            print(f"{name} / fla's model: {ratio:.2f}x   target >= {target}x   [{'met' if ratio >= target else 'NOT met'}]",
-                  flush=True)
+            print(
+                f"{name} / fla's model: {ratio:.2f}x   target >= {target}x   [{'met' if ratio >= target else 'NOT met'}]",
+                flush=True,
+            )
 
     reference = fla_model(shape, device)
     if reference is not None:
@@ -159,8 +185,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds on the CPU")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     parser.add_argument("--sandbox", action="store_true", help="measure through runner.evaluate (CPU)")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="tokens per CPU-second of this process (steady on a shared machine; use with --threads 1)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="tokens per CPU-second of this process (steady on a shared machine; use with --threads 1)",
+    )
     parser.add_argument("--cpu", action="store_true", help="the CPU comparison even when a GPU is present")
     args = parser.parse_args()
     if torch.cuda.is_available() and not args.cpu:

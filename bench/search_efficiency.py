@@ -33,7 +33,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--roots", nargs="+", default=list(ROOTS))
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
-    parser.add_argument("--param-ratio", type=float, default=1.3, help="mixer budget vs the root (1.3: room to add parts back)")
+    parser.add_argument(
+        "--param-ratio", type=float, default=1.3, help="mixer budget vs the root (1.3: room to add parts back)"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU thread each)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/search_efficiency"))
     parser.add_argument("--quick", action="store_true", help="micro tier, 2 evaluations, 1 seed, the DeltaNet root")
@@ -43,18 +45,43 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     grid = [(root, strategy, seed) for root in args.roots for seed in range(args.seeds) for strategy in args.strategies]
-    runs = run_all([(search, args.out / "runs" / f"{root}-{strategy}-s{seed}", args.evaluations,
-                     dict(root=root, strategy=strategy, seed=seed, tier=args.tier, param_ratio=args.param_ratio,
-                          implausible_gain=0.5))
-                    for root, strategy, seed in grid], args.jobs)
+    runs = run_all(
+        [
+            (
+                search,
+                args.out / "runs" / f"{root}-{strategy}-s{seed}",
+                args.evaluations,
+                dict(
+                    root=root,
+                    strategy=strategy,
+                    seed=seed,
+                    tier=args.tier,
+                    param_ratio=args.param_ratio,
+                    implausible_gain=0.5,
+                ),
+            )
+            for root, strategy, seed in grid
+        ],
+        args.jobs,
+    )
     results = {"tier": args.tier, "evaluations": args.evaluations, "seeds": args.seeds, "runs": [], "summary": {}}
     for (root, strategy, seed), run in zip(grid, runs):
         curve = best_so_far(run["candidates"])
         failed = sum(c["status"] == "failed" for c in run["candidates"])
-        results["runs"].append({"root": root, "strategy": strategy, "seed": seed, "root_val_loss": run["root"]["val_loss"],
-                                "best_gain": curve[-1] if curve else 0.0, "auc": sum(curve) / len(curve) if curve else 0.0,
-                                "failed_rate": failed / max(1, len(run["candidates"])), "curve": curve,
-                                "wall_s": run["wall_s"], "run": run["run"]})
+        results["runs"].append(
+            {
+                "root": root,
+                "strategy": strategy,
+                "seed": seed,
+                "root_val_loss": run["root"]["val_loss"],
+                "best_gain": curve[-1] if curve else 0.0,
+                "auc": sum(curve) / len(curve) if curve else 0.0,
+                "failed_rate": failed / max(1, len(run["candidates"])),
+                "curve": curve,
+                "wall_s": run["wall_s"],
+                "run": run["run"],
+            }
+        )
 
     print(f"search efficiency: tier {args.tier}, {args.evaluations} evaluations per run, {args.seeds} seed(s)")
     print(f"{'root':18} {'strategy':10} {'best gain':>20} {'AUC best-so-far':>20} {'failed':>7} {'wall/run s':>10}")
@@ -65,21 +92,38 @@ def main() -> None:
             curves[strategy] = [r["curve"] for r in rows]
             summary = {k: mean_std([r[k] for r in rows]) for k in ("best_gain", "auc", "failed_rate", "wall_s")}
             results["summary"][f"{root}/{strategy}"] = summary
-            print(f"{root:18} {strategy:10} {fmt([r['best_gain'] for r in rows]):>20} {fmt([r['auc'] for r in rows]):>20} "
-                  f"{summary['failed_rate'][0]:7.0%} {summary['wall_s'][0]:10.0f}")
+            print(
+                f"{root:18} {strategy:10} {fmt([r['best_gain'] for r in rows]):>20} {fmt([r['auc'] for r in rows]):>20} "
+                f"{summary['failed_rate'][0]:7.0%} {summary['wall_s'][0]:10.0f}"
+            )
         (args.out / f"best_so_far-{root}.svg").write_text(
-            curves_svg(f"best fitness so far, root {root} ({args.tier}, mean of {args.seeds} seeds)", "fitness over the root", curves))
+            curves_svg(
+                f"best fitness so far, root {root} ({args.tier}, mean of {args.seeds} seeds)",
+                "fitness over the root",
+                curves,
+            )
+        )
         if "asi" in args.strategies:
             for baseline in (s for s in args.strategies if s != "asi"):
                 a, b = results["summary"][f"{root}/asi"], results["summary"][f"{root}/{baseline}"]
-                verdict = "beats" if a["best_gain"][0] > b["best_gain"][0] and a["auc"][0] > b["auc"][0] else "does NOT beat"
+                verdict = (
+                    "beats" if a["best_gain"][0] > b["best_gain"][0] and a["auc"][0] > b["auc"][0] else "does NOT beat"
+                )
                 # Paired by seed (a seed fixes the root's evaluation, so each pair starts from the same root)
-                pairs = [(x, y) for x in results["runs"] for y in results["runs"] if x["root"] == y["root"] == root
-                         and x["seed"] == y["seed"] and (x["strategy"], y["strategy"]) == ("asi", baseline)]
+                pairs = [
+                    (x, y)
+                    for x in results["runs"]
+                    for y in results["runs"]
+                    if x["root"] == y["root"] == root
+                    and x["seed"] == y["seed"]
+                    and (x["strategy"], y["strategy"]) == ("asi", baseline)
+                ]
                 wins = {k: sum(x[k] > y[k] for x, y in pairs) for k in ("best_gain", "auc")}
                 results["summary"][f"{root}/asi-vs-{baseline}"] = {"seeds": len(pairs), "wins": wins}
-                print(f"  {root}: the default {verdict} {baseline} (means of best gain and AUC); per seed it is ahead "
-                      f"in {wins['best_gain']}/{len(pairs)} on best gain, {wins['auc']}/{len(pairs)} on AUC")
+                print(
+                    f"  {root}: the default {verdict} {baseline} (means of best gain and AUC); per seed it is ahead "
+                    f"in {wins['best_gain']}/{len(pairs)} on best gain, {wins['auc']}/{len(pairs)} on AUC"
+                )
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"results: {args.out / 'results.json'}, plots: {args.out}/best_so_far-*.svg")
 

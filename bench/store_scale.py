@@ -33,21 +33,50 @@ def build(run: Path, n: int) -> None:
         parent = None if i == 0 else rng.randrange(max(0, i - 2000), i)
         failed = i > 0 and rng.random() < 0.2
         fit = None if failed else (0.0 if i == 0 else rng.gauss(-0.05, 0.08))
-        metrics = None if failed else json.dumps({"val_loss": 4.3 - fit, "tokens_per_s": rng.uniform(2e3, 2e4), "mixer_params": 21520})
+        metrics = (
+            None
+            if failed
+            else json.dumps({"val_loss": 4.3 - fit, "tokens_per_s": rng.uniform(2e3, 2e4), "mixer_params": 21520})
+        )
         design = json.dumps({"core": "delta", "variant": i})
-        nodes.append((i, parent, "failed" if failed else "done", "op", fit, None if failed else 4.3 - fit,
-                      "params" if failed else None, float(i), metrics, 1, design, f"motivation {i}"))
-        evaluations.append((i, "smoke", 0, int(not failed), json.dumps({"wall_s": 45.0}), "{}", float(i), "search", 45.0, 2, 0))
+        nodes.append(
+            (
+                i,
+                parent,
+                "failed" if failed else "done",
+                "op",
+                fit,
+                None if failed else 4.3 - fit,
+                "params" if failed else None,
+                float(i),
+                metrics,
+                1,
+                design,
+                f"motivation {i}",
+            )
+        )
+        evaluations.append(
+            (i, "smoke", 0, int(not failed), json.dumps({"wall_s": 45.0}), "{}", float(i), "search", 45.0, 2, 0)
+        )
         for role in ("researcher", "engineer", "analyst"):
             traces.append((i, role, "llm", 0, "m", "prompt " * 200, "response " * 100, 1500, 400, 0.01, 2.0, float(i)))
     conn = store.db.conn
     conn.execute("begin")
-    conn.executemany("insert into nodes (id, parent_id, status, operator, fitness, val_loss, reason, created, metrics, attempts, design, motivation) "
-                     "values (?,?,?,?,?,?,?,?,?,?,?,?)", nodes)
-    conn.executemany("insert into evaluations (node_id, tier, seed, ok, metrics, env, created, kind, wall_s, threads, gpus) "
-                     "values (?,?,?,?,?,?,?,?,?,?,?)", evaluations)
-    conn.executemany("insert into traces (node_id, role, kind, attempt, model, prompt, response, tokens_in, tokens_out, cost, latency_s, created) "
-                     "values (?,?,?,?,?,?,?,?,?,?,?,?)", traces)
+    conn.executemany(
+        "insert into nodes (id, parent_id, status, operator, fitness, val_loss, reason, created, metrics, attempts, design, motivation) "
+        "values (?,?,?,?,?,?,?,?,?,?,?,?)",
+        nodes,
+    )
+    conn.executemany(
+        "insert into evaluations (node_id, tier, seed, ok, metrics, env, created, kind, wall_s, threads, gpus) "
+        "values (?,?,?,?,?,?,?,?,?,?,?)",
+        evaluations,
+    )
+    conn.executemany(
+        "insert into traces (node_id, role, kind, attempt, model, prompt, response, tokens_in, tokens_out, cost, latency_s, created) "
+        "values (?,?,?,?,?,?,?,?,?,?,?,?)",
+        traces,
+    )
     conn.execute("commit")
 
 
@@ -71,15 +100,19 @@ def main() -> None:
         run = Path(tmp) / "run"
         started = time.perf_counter()
         build(run, args.nodes)
-        print(f"built {args.nodes:,} nodes with {3 * args.nodes:,} traces in {time.perf_counter() - started:.1f} s "
-              f"({(run / 'archlab.db').stat().st_size / 2**20:.0f} MiB)")
+        print(
+            f"built {args.nodes:,} nodes with {3 * args.nodes:,} traces in {time.perf_counter() - started:.1f} s "
+            f"({(run / 'archlab.db').stat().st_size / 2**20:.0f} MiB)"
+        )
         store = Store(run)
         rng = random.Random(1)
         for strategy in ("asi", "ucb", "evolution", "random"):
             parent_ms = ms(lambda: sampling.select_parent(store, strategy, rng))
             parent = sampling.select_parent(store, strategy, rng)
             refs_ms = ms(lambda: sampling.sample_references(store, parent, rng))
-            print(f"select_parent[{strategy:9}] {parent_ms:7.2f} ms   sample_references {refs_ms:6.2f} ms   (target < 20 ms)")
+            print(
+                f"select_parent[{strategy:9}] {parent_ms:7.2f} ms   sample_references {refs_ms:6.2f} ms   (target < 20 ms)"
+            )
         cmd = [sys.executable, "-c", "from archlab.cli import main; main()", "status", str(run), "--json"]
         walls = []
         for _ in range(3):
@@ -96,7 +129,9 @@ def main() -> None:
             tree = client.get("/api/tree?limit=600").json()
             first = time.perf_counter() - started
             cached = ms(lambda: client.get("/api/tree?limit=600"), repeat=5)
-        print(f"web /api/tree: first {first:.2f} s, cached {cached:.1f} ms, {tree['shown']} of {tree['total']:,} nodes shown")
+        print(
+            f"web /api/tree: first {first:.2f} s, cached {cached:.1f} ms, {tree['shown']} of {tree['total']:,} nodes shown"
+        )
 
 
 if __name__ == "__main__":

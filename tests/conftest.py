@@ -40,8 +40,19 @@ def micro_run(tmp_path_factory) -> Path:
     halves the parameter count) while the root is trained. Read-only for the tests that use
     it: copy it before changing anything."""
     run = tmp_path_factory.mktemp("shared") / "micro5"
-    proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 5, "--param-ratio", "0.5",
-                       "--threads", helpers.THREADS, timeout=600)
+    proc = helpers.cli(
+        "run",
+        run,
+        "--tier",
+        "micro",
+        "--max-nodes",
+        5,
+        "--param-ratio",
+        "0.5",
+        "--threads",
+        helpers.THREADS,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run
 

@@ -30,9 +30,26 @@ THREADS = "1"
 
 # The promotion tier of the promotion and agreement tests: smoke's measurements (hardware metrics) at micro's size, so
 # that it is higher than the search tier and still takes seconds.
-PROMOTE = ["--promote", "0.5", "--promote-tier", "smoke", "--promote-seeds", "2",
-           "--promote-set", "steps=20", "--promote-set", "d_model=64", "--promote-set", "seq_len=64",
-           "--promote-set", "batch_size=8", "--promote-set", "val_windows=16", "--promote-set", "complexity_lengths=[128,512]"]
+PROMOTE = [
+    "--promote",
+    "0.5",
+    "--promote-tier",
+    "smoke",
+    "--promote-seeds",
+    "2",
+    "--promote-set",
+    "steps=20",
+    "--promote-set",
+    "d_model=64",
+    "--promote-set",
+    "seq_len=64",
+    "--promote-set",
+    "batch_size=8",
+    "--promote-set",
+    "val_windows=16",
+    "--promote-set",
+    "complexity_lengths=[128,512]",
+]
 
 
 def cli_env() -> dict:
@@ -43,13 +60,29 @@ def cli_env() -> dict:
 
 def cli(*args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
     """Run `archlab ARGS...` in a child process, capturing text output."""
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=cli_env(), cwd=cwd, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def popen_cli(*args, cwd=None, preexec_fn=None) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(), cwd=cwd, stdin=subprocess.DEVNULL, bufsize=1, preexec_fn=preexec_fn)
+    return subprocess.Popen(
+        [*CLI, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        bufsize=1,
+        preexec_fn=preexec_fn,
+    )
 
 
 def wait_until(condition, timeout: float, what: str | None = None, interval: float = 0.05):
@@ -80,8 +113,15 @@ def assert_user_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
 
 # -- the web UI ---------------------------------------------------------------------------------
 CHROMIUM = os.environ.get("ARCHLAB_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 class Server:
@@ -101,7 +141,7 @@ class Server:
             except queue.Empty:
                 continue
             if "http://" in line:
-                self.url = line[line.index("http://"):].split()[0]
+                self.url = line[line.index("http://") :].split()[0]
         parsed = urlparse(self.url)
         self.host, self.port = parsed.hostname, parsed.port
 
@@ -193,8 +233,9 @@ def db_snapshot(run_dir: Path) -> tuple:
 
 # -- git ----------------------------------------------------------------------------------------
 def git(run_dir: Path, *args) -> str:
-    return subprocess.run(["git", "-C", str(Path(run_dir) / "repo"), *args], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(Path(run_dir) / "repo"), *args], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def commits(run_dir: Path) -> dict[str, list[str]]:
@@ -237,7 +278,9 @@ def assert_finished_run(run_dir: Path, n_nodes: int) -> list[dict]:
     assert not [r["id"] for r in rows if r["status"] not in ("done", "failed")]
     assert rows[0]["status"] == "done" and rows[0]["parent_id"] is None
     assert all(r["parent_id"] is not None and r["parent_id"] < r["id"] for r in rows[1:])
-    assert all(by["status"] == "done" for by in (rows[r["parent_id"]] for r in rows[1:])), "a parent must be a done node"
+    assert all(by["status"] == "done" for by in (rows[r["parent_id"]] for r in rows[1:])), (
+        "a parent must be a done node"
+    )
     root_loss = rows[0]["val_loss"]
     assert rows[0]["fitness"] == 0.0
     for r in rows:
@@ -251,8 +294,11 @@ def assert_finished_run(run_dir: Path, n_nodes: int) -> list[dict]:
             assert math.isfinite(r["fitness"]) and r["fitness"] <= root_loss - r["val_loss"] + 1e-9, r
     # the offline brain never proposes a design (or, for a code edit, a file) that is already in the tree
     for parent in {r["parent_id"] for r in rows[1:]}:
-        made = [json.dumps(r["design"], sort_keys=True) if r["design"] else code_at(run_dir, r["commit_sha"])
-                for r in rows if r["parent_id"] == parent and r["status"] == "done"]
+        made = [
+            json.dumps(r["design"], sort_keys=True) if r["design"] else code_at(run_dir, r["commit_sha"])
+            for r in rows
+            if r["parent_id"] == parent and r["status"] == "done"
+        ]
         assert len(made) == len(set(made)), f"duplicate candidates among the children of node {parent}"
     assert open_threads(run_dir) == []
     return rows
@@ -336,7 +382,10 @@ def mixer(forward: str = "return self.proj(x)\n", init: str = "", top: str = "",
     body = textwrap.indent(textwrap.dedent(init), " " * 8)
     fwd = textwrap.indent(textwrap.dedent(forward), " " * 8)
     more = textwrap.indent(textwrap.dedent(methods), " " * 4)
-    return CANDIDATE_HEADER + textwrap.dedent(top) + f"""
+    return (
+        CANDIDATE_HEADER
+        + textwrap.dedent(top)
+        + f"""
 
 class Mixer(nn.Module):
     def __init__(self, d_model, n_heads, **kwargs):
@@ -346,3 +395,4 @@ class Mixer(nn.Module):
     def forward(self, x):
 {fwd}
 {more}"""
+    )

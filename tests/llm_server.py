@@ -30,16 +30,31 @@ ROOT = render_root("deltanet")
 # (search, replace, motivation): each a real change with its own reason. A search text that occurs
 # more than once (in forward() and in step()) is changed everywhere, in a whole-file answer.
 EDITS = [
-    ("        o = o * F.silu(self.g_proj(x))\n", "        o = o * self.g_proj(x).sigmoid()\n",
-     "Use a sigmoid output gate instead of SiLU, bounding the gate in (0, 1) so it acts as a pure selector."),
-    ("beta = self.b_proj(x).sigmoid()", "beta = 2 * self.b_proj(x).sigmoid()",
-     "Let beta range over (0, 2) so the delta rule's transition can take negative eigenvalues, which helps state tracking."),
-    ("        q, k = F.silu(q), F.silu(k)\n", "        q, k = F.elu(q) + 1, F.elu(k) + 1\n",
-     "Replace the SiLU feature map with elu+1, keeping q and k positive as classic linear attention does."),
-    ("CHUNK_SIZE = 64\n", 'CHUNK_SIZE = 64\nLAYERS = "MA"\n',
-     "Make every second layer the harness's softmax attention: a hybrid layout recovers precise recall."),
-    ("CONV_SIZE = 4\n", "CONV_SIZE = 2\n",
-     "Shorten the causal convolution to two taps, RWKV's token shift, to test how much local context is needed."),
+    (
+        "        o = o * F.silu(self.g_proj(x))\n",
+        "        o = o * self.g_proj(x).sigmoid()\n",
+        "Use a sigmoid output gate instead of SiLU, bounding the gate in (0, 1) so it acts as a pure selector.",
+    ),
+    (
+        "beta = self.b_proj(x).sigmoid()",
+        "beta = 2 * self.b_proj(x).sigmoid()",
+        "Let beta range over (0, 2) so the delta rule's transition can take negative eigenvalues, which helps state tracking.",
+    ),
+    (
+        "        q, k = F.silu(q), F.silu(k)\n",
+        "        q, k = F.elu(q) + 1, F.elu(k) + 1\n",
+        "Replace the SiLU feature map with elu+1, keeping q and k positive as classic linear attention does.",
+    ),
+    (
+        "CHUNK_SIZE = 64\n",
+        'CHUNK_SIZE = 64\nLAYERS = "MA"\n',
+        "Make every second layer the harness's softmax attention: a hybrid layout recovers precise recall.",
+    ),
+    (
+        "CONV_SIZE = 4\n",
+        "CONV_SIZE = 2\n",
+        "Shorten the causal convolution to two taps, RWKV's token shift, to test how much local context is needed.",
+    ),
 ]
 SHAPE_BUG_CUT = "        return self.o_proj(o)[:, :-1]\n"  # drops the last position: the sandbox rejects the shape
 SYNTAX_ERROR = "Here is my idea: add a gate.\n\n```python\nclass Mixer(nn.Module:\n    pass\n```\n"
@@ -116,9 +131,15 @@ def make_handler(script: Script):
             body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
             messages = body.get("messages", [])
             role = _role(messages)
-            entry = {"role": role, "hash": hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest(),
-                     "completed": False, "status": 200, "time": time.time(), "messages": messages,
-                     "auth_ok": self.headers.get("authorization") == f"Bearer {API_KEY}"}
+            entry = {
+                "role": role,
+                "hash": hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest(),
+                "completed": False,
+                "status": 200,
+                "time": time.time(),
+                "messages": messages,
+                "auth_ok": self.headers.get("authorization") == f"Bearer {API_KEY}",
+            }
             with script.lock:
                 script.log.append(entry)
                 n = sum(1 for e in script.log if e["role"] == role)
@@ -131,18 +152,25 @@ def make_handler(script: Script):
             if fault and fault.get("status"):
                 entry["status"] = fault["status"]
                 headers = fault.get("headers", {"retry-after": "0"} if fault["status"] == 429 else {})
-                return self._send(fault["status"], {"error": {"message": fault.get("message", "scripted failure"),
-                                                              "type": "server_error"}}, headers)
+                return self._send(
+                    fault["status"],
+                    {"error": {"message": fault.get("message", "scripted failure"), "type": "server_error"}},
+                    headers,
+                )
             if fault and "raw" in fault:
                 entry["status"] = "raw"
-                return self._send_bytes(200, fault["raw"], {"content-type": fault.get("content_type", "application/json")})
+                return self._send_bytes(
+                    200, fault["raw"], {"content-type": fault.get("content_type", "application/json")}
+                )
             if script.delay_on and script.delay_on[0] == role and script.delay_on[1] == n:
                 time.sleep(script.delay_on[2])
             if fault and fault.get("delay"):
                 time.sleep(fault["delay"])
                 text = "(a late answer nobody waits for)"  # leaves the scripted answers for the retry
             else:
-                text = script.answer(role, messages[1]["content"] if len(messages) > 1 else "")  # the first user message
+                text = script.answer(
+                    role, messages[1]["content"] if len(messages) > 1 else ""
+                )  # the first user message
             prompt_tokens = sum(len(m["content"]) for m in messages) // 4
             completion_tokens = len(text) // 4
             form = (fault or {}).get("form")
@@ -152,13 +180,20 @@ def make_handler(script: Script):
             elif form == "reasoning":
                 message.update(content=None, reasoning_content=text)
             payload = {
-                "id": f"chatcmpl-{len(script.log)}", "object": "chat.completion", "created": int(time.time()),
+                "id": f"chatcmpl-{len(script.log)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
                 "model": body.get("model", "scripted"),
-                "choices": [{"index": 0, "message": message, "finish_reason": "length" if form == "length" else "stop"}],
+                "choices": [
+                    {"index": 0, "message": message, "finish_reason": "length" if form == "length" else "stop"}
+                ],
             }
             if script.usage == "full":
-                payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                    "total_tokens": prompt_tokens + completion_tokens}
+                payload["usage"] = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                }
             elif script.usage == "null":
                 payload["usage"] = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
             data = json.dumps(payload).encode()
@@ -171,7 +206,9 @@ def make_handler(script: Script):
             entry["completed"] = True
 
         def _send(self, status: int, payload: dict, headers: dict | None = None):
-            self._send_bytes(status, json.dumps(payload).encode(), {"content-type": "application/json", **(headers or {})})
+            self._send_bytes(
+                status, json.dumps(payload).encode(), {"content-type": "application/json", **(headers or {})}
+            )
 
         def _send_bytes(self, status: int, data: bytes, headers: dict):
             self.send_response(status)
@@ -192,7 +229,7 @@ def make_handler(script: Script):
             self.end_headers()
             try:
                 for i in range(0, len(data), 64):
-                    self.wfile.write(data[i:i + 64])
+                    self.wfile.write(data[i : i + 64])
                     self.wfile.flush()
                     time.sleep(pause)
             except (BrokenPipeError, ConnectionResetError):

@@ -20,15 +20,21 @@ from archlab.sandbox.tiers import Tier
 class Loopback:
     def __init__(self, name: str, source: str, tier: Tier, seed: int = 0):
         self.name = name
-        self.server = server.Server({"tier": tier.model_dump(mode="json"), "seed": seed, "device": "cpu",
-                                     "threads": torch.get_num_threads()})
+        self.server = server.Server(
+            {"tier": tier.model_dump(mode="json"), "seed": seed, "device": "cpu", "threads": torch.get_num_threads()}
+        )
         self.server.candidate = contract.load(source)
         self.requests: list[tuple[str, dict]] = []
 
     def start(self) -> dict:
         s = self.server
-        return {"ready": True, "has_step": callable(getattr(s.candidate.Mixer, "step", None)),
-                "has_ffn": getattr(s.candidate, "FFN", None) is not None, "dtype": s.widest_dtype(), "env": {}}
+        return {
+            "ready": True,
+            "has_step": callable(getattr(s.candidate.Mixer, "step", None)),
+            "has_ffn": getattr(s.candidate, "FFN", None) is not None,
+            "dtype": s.widest_dtype(),
+            "env": {},
+        }
 
     def ask(self, op: str, arrays: dict | None = None, **fields) -> tuple[dict, dict]:
         assert op in server.Server.OPS, op

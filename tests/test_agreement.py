@@ -26,8 +26,10 @@ import helpers  # noqa: E402
 
 def plain_spearman(xs, ys):
     """Textbook Spearman: Pearson's correlation of average ranks, one pair at a time."""
+
     def avg_ranks(v):
         return [sum(1 for w in v if w < x) + (sum(1 for w in v if w == x) + 1) / 2 for x in v]
+
     rx, ry = avg_ranks(xs), avg_ranks(ys)
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
     num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
@@ -102,17 +104,25 @@ def test_verdicts_and_tier_pairs():
     good = agree(range(9), [0, 2, 1, 3, 5, 4, 6, 8, 7])
     assert good["verdict"] == "agree" and good["low"] > 0 and good["n"] == 9
     assert agreement.sentence(good, "search", "verify") == (
-        f"the search tier ranks nodes like the verify tier: rho {good['rho']:.2f} [{good['low']:.2f}, {good['high']:.2f}] over 9 nodes")
+        f"the search tier ranks nodes like the verify tier: rho {good['rho']:.2f} [{good['low']:.2f}, {good['high']:.2f}] over 9 nodes"
+    )
     assert agree(range(9), [8, 6, 7, 5, 3, 4, 2, 0, 1])["verdict"] == "disagree"
     assert agree(range(6), [2, 0, 5, 1, 4, 3])["verdict"] == "unclear"
     assert agree(range(6), [1] * 6)["verdict"] == "no ranking"
 
-    figures = {"micro": {0: 0.0, 1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4, 5: 0.5, 9: 1.0},
-               "smoke": {0: 0.0, 1: 0.2, 2: 0.1, 3: 0.3, 4: 0.5, 5: 0.4},
-               "verify": {0: 0.0, 5: 0.3}, "explore": {7: 1.0}}
+    figures = {
+        "micro": {0: 0.0, 1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4, 5: 0.5, 9: 1.0},
+        "smoke": {0: 0.0, 1: 0.2, 2: 0.1, 3: 0.3, 4: 0.5, 5: 0.4},
+        "verify": {0: 0.0, 5: 0.3},
+        "explore": {7: 1.0},
+    }
     pairs = tier_pairs(figures, ["micro", "smoke", "explore", "verify"])
-    assert [(p["cheap"], p["dear"], p["n"]) for p in pairs] == [("micro", "smoke", 6), ("micro", "verify", 2), ("smoke", "verify", 2)]
-    assert math.isclose(pairs[0]["rho"], plain_spearman([0, .1, .2, .3, .4, .5], [0, .2, .1, .3, .5, .4]))
+    assert [(p["cheap"], p["dear"], p["n"]) for p in pairs] == [
+        ("micro", "smoke", 6),
+        ("micro", "verify", 2),
+        ("smoke", "verify", 2),
+    ]
+    assert math.isclose(pairs[0]["rho"], plain_spearman([0, 0.1, 0.2, 0.3, 0.4, 0.5], [0, 0.2, 0.1, 0.3, 0.5, 0.4]))
 
 
 # -- a run's figures --------------------------------------------------------------------------------
@@ -133,7 +143,9 @@ def test_figures_from_the_store_rank_fitness_per_tier_like_promotion(tmp_path):
     # the root and nodes 1-3 again at smoke, as a replay does (two seeds); node 4 only at micro
     for node_id, losses in {0: (3.5, 3.7), 1: (3.45, 3.5), 2: (3.3, 3.4), 3: (3.6, 3.6)}.items():
         for seed, loss in enumerate(losses):
-            store.add_evaluation(node_id, "smoke", seed, ok(loss, 800.0 if node_id == 2 else 1000.0), None, kind="replay")
+            store.add_evaluation(
+                node_id, "smoke", seed, ok(loss, 800.0 if node_id == 2 else 1000.0), None, kind="replay"
+            )
     store.add_evaluation(3, "smoke", 0, ok(3.2), None, kind="replay")  # a later row of the same seed replaces the first
     store.add_evaluation(1, "smoke", 2, Result(ok=False, reason="timeout"), None, kind="replay")  # failures never count
     store.add_evaluation(4, "micro", 1, ok(3.0), None, kind="replay")  # a second micro seed: still one tier
@@ -144,7 +156,9 @@ def test_figures_from_the_store_rank_fitness_per_tier_like_promotion(tmp_path):
     root_smoke = aggregate([_metrics(3.5), _metrics(3.7)])
     assert figures["micro"] == {0: 0.0, 1: pytest.approx(0.1), 2: pytest.approx(-0.1), 3: pytest.approx(0.2)}
     assert figures["smoke"][0] == 0.0
-    assert figures["smoke"][2] == pytest.approx(fitness(aggregate([_metrics(3.3, 800.0), _metrics(3.4, 800.0)]), root_smoke, 0.05))
+    assert figures["smoke"][2] == pytest.approx(
+        fitness(aggregate([_metrics(3.3, 800.0), _metrics(3.4, 800.0)]), root_smoke, 0.05)
+    )
     assert figures["smoke"][3] == pytest.approx(fitness(aggregate([_metrics(3.2), _metrics(3.6)]), root_smoke, 0.05))
     assert figures["smoke"][1] == pytest.approx(0.125)
 
@@ -164,8 +178,20 @@ def promoted_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("agreement") / "run"
     assert helpers.PROMOTE[:6] == ["--promote", "0.5", "--promote-tier", "smoke", "--promote-seeds", "2"]
     promote = ["--promote", "1.0", "--promote-tier", "smoke", "--promote-seeds", "1", *helpers.PROMOTE[6:]]
-    proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 6, "--workers", 2, "--threads", helpers.THREADS,
-                       *promote, timeout=600)
+    proc = helpers.cli(
+        "run",
+        run,
+        "--tier",
+        "micro",
+        "--max-nodes",
+        6,
+        "--workers",
+        2,
+        "--threads",
+        helpers.THREADS,
+        *promote,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run
 
@@ -233,7 +259,9 @@ def test_web_ui_shows_the_agreement_in_the_header_and_on_the_plots_page(promoted
             page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
             page.goto(server.url)
             tag = page.locator('#run-stats [data-testid="tier-agreement"]')
-            expect(tag).to_have_text(f"micro→smoke ρ {a['rho']:.2f} [{a['low']:.2f}, {a['high']:.2f}] · {n} nodes", timeout=30_000)
+            expect(tag).to_have_text(
+                f"micro→smoke ρ {a['rho']:.2f} [{a['low']:.2f}, {a['high']:.2f}] · {n} nodes", timeout=30_000
+            )
             assert tag.get_attribute("title") == a["sentence"]
             page.locator('nav a[data-nav="plots"]').click()
             note = page.locator('[data-testid="tier-agreement-note"]')

@@ -50,8 +50,23 @@ def test_foreign_rediscovery_quick(tmp_path):
     out = quick("rediscovery.py", tmp_path, "--foreign")
     (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert run["gap"] == run["root_val_loss"] - run["target_val_loss"] and len(run["curve"]) == 2
-    assert all(op in {"conv", "gate", "norm", "skip", "layers", "ffn", "activation", "norm_swap", "constant", "ablate", "crossover"}
-               for op in run["parts_back"]), run["parts_back"]
+    assert all(
+        op
+        in {
+            "conv",
+            "gate",
+            "norm",
+            "skip",
+            "layers",
+            "ffn",
+            "activation",
+            "norm_swap",
+            "constant",
+            "ablate",
+            "crossover",
+        }
+        for op in run["parts_back"]
+    ), run["parts_back"]
     assert "root gla_ablated -> hidden answer gla_full" in out
 
 
@@ -83,6 +98,8 @@ def test_fidelity_quick(tmp_path):
     assert (tmp_path / "scatter-micro.svg").read_text().startswith("<svg") and "| micro |" in out
     import sqlite3
 
-    with sqlite3.connect(tmp_path / "run" / "archlab.db") as db:  # the replays are the run's: status and serve read them
+    with sqlite3.connect(
+        tmp_path / "run" / "archlab.db"
+    ) as db:  # the replays are the run's: status and serve read them
         kinds = db.execute("select kind, count(*) from evaluations where tier = 'micro' group by kind").fetchall()
     assert kinds == [("replay", 6)]  # the root and the five designs, one seed

@@ -25,8 +25,13 @@ def run(run_dir: Path, chaos: str | None = None, extra: tuple = ()) -> subproces
     env.pop("ARCHLAB_CHAOS", None)
     if chaos:
         env["ARCHLAB_CHAOS"] = chaos
-    return subprocess.run([*helpers.CLI, "run", str(run_dir), "--tier", "micro", "--max-nodes", str(NODES), *extra],
-                          env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [*helpers.CLI, "run", str(run_dir), "--tier", "micro", "--max-nodes", str(NODES), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def assert_consistent(run_dir: Path) -> None:
@@ -39,18 +44,32 @@ def assert_consistent(run_dir: Path) -> None:
         assert db.execute("select count(*) from meta where key like 'thread:%'").fetchone()[0] == 0
         # A finished node has exactly the evaluations of its attempts: none lost, none doubled.
         for node_id, attempts in db.execute("select id, attempts from nodes where status = 'done'"):
-            n = db.execute("select count(*) from evaluations where node_id = ? and kind = 'search'", [node_id]).fetchone()[0]
+            n = db.execute(
+                "select count(*) from evaluations where node_id = ? and kind = 'search'", [node_id]
+            ).fetchone()[0]
             assert n == attempts, (node_id, n, attempts)
-    tags = subprocess.run(["git", "-C", str(run_dir / "repo"), "tag", "--list", "node-*"], capture_output=True, text=True).stdout.split()
+    tags = subprocess.run(
+        ["git", "-C", str(run_dir / "repo"), "tag", "--list", "node-*"], capture_output=True, text=True
+    ).stdout.split()
     assert sorted(tags) == sorted(f"node-{i}" for i in range(NODES))
-    commits = subprocess.run(["git", "-C", str(run_dir / "repo"), "log", "--all", "--format=%H"], capture_output=True, text=True).stdout.split()
+    commits = subprocess.run(
+        ["git", "-C", str(run_dir / "repo"), "log", "--all", "--format=%H"], capture_output=True, text=True
+    ).stdout.split()
     assert len(commits) == NODES
 
 
-@pytest.mark.parametrize("point", [
-    "select:2", "after_commit:1", "after_row:1", "during_evaluation:2", "after_evaluation:2",
-    "during_analysis:1", "after_record:1",
-])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "select:2",
+        "after_commit:1",
+        "after_row:1",
+        "during_evaluation:2",
+        "after_evaluation:2",
+        "during_analysis:1",
+        "after_record:1",
+    ],
+)
 def test_sigkill_at_each_write_point_then_resume(tmp_path, point):
     run_dir = tmp_path / "run"
     killed = run(run_dir, chaos=point)
@@ -80,7 +99,9 @@ def test_doctor_repairs_an_orphan_commit_and_a_stuck_node(tmp_path):
     assert not report.ok and any("no row" in f.what for f in report.findings)
     found = subprocess.run([*helpers.CLI, "doctor", str(run_dir), "--json"], capture_output=True, text=True)
     assert found.returncode == 1 and not json.loads(found.stdout)["run"]["ok"]
-    repaired = subprocess.run([*helpers.CLI, "doctor", str(run_dir), "--repair", "--json"], capture_output=True, text=True)
+    repaired = subprocess.run(
+        [*helpers.CLI, "doctor", str(run_dir), "--repair", "--json"], capture_output=True, text=True
+    )
     assert repaired.returncode == 0, repaired.stdout
     assert all(f["repaired"] for f in json.loads(repaired.stdout)["run"]["findings"] if f["severity"] == "error")
     assert check(run_dir).ok

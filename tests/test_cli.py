@@ -90,7 +90,9 @@ def test_status_json(cli, micro_run):
     failed = [r for r in rows if r["status"] == "failed"]
     best = max((r for r in rows if r["status"] == "done"), key=lambda r: (r["fitness"], -r["id"]))
     assert facts["nodes"] == len(rows) == 5
-    assert not (micro_run / "kernel-cache").exists(), "a model server's caches stay in its private scratch (no kernel cache)"
+    assert not (micro_run / "kernel-cache").exists(), (
+        "a model server's caches stay in its private scratch (no kernel cache)"
+    )
     assert facts["failed"] == len(failed) >= 1
     assert facts["done"] == len(rows) - len(failed)
     assert facts["best"]["id"] == best["id"] and facts["best"]["fitness"] == best["fitness"]
@@ -160,7 +162,9 @@ def test_show_json_of_one_node(cli, micro_run):
     assert proc.returncode == 0, proc.stderr
     facts = one_json_object(proc.stdout)
     row = helpers.node_rows(micro_run)[1]
-    assert facts["status"] == row["status"] and facts["operator"] == row["operator"] and facts["reason"] == row["reason"]
+    assert (
+        facts["status"] == row["status"] and facts["operator"] == row["operator"] and facts["reason"] == row["reason"]
+    )
     assert facts["metrics_table"]["val_loss"][2] == helpers.node_rows(micro_run)[0]["val_loss"]  # the root column
 
 
@@ -233,9 +237,16 @@ def test_every_command_has_help():
 
     commands = sorted(typer.main.get_command(app).commands)
     assert {"run", "status", "tree", "show", "traces", "check", "eval"} <= set(commands)
-    procs = {name: subprocess.Popen([*helpers.CLI, *([name] if name else []), "--help"], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=helpers.cli_env())
-             for name in ["", *commands]}
+    procs = {
+        name: subprocess.Popen(
+            [*helpers.CLI, *([name] if name else []), "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=helpers.cli_env(),
+        )
+        for name in ["", *commands]
+    }
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, (name, err)

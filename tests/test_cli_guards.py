@@ -84,9 +84,18 @@ def test_resume_refuses_too_many_threads_and_keeps_the_config(cli, run_copy):
     assert (run_copy / "archlab.toml").read_bytes() == config
 
 
-@pytest.mark.parametrize("args", [["--set", "steps=-1"], ["--set", "steps=0"], ["--tier", "explore", "--set", "probes.steps=0"],
-                                  ["--threads", "100000"], ["--seed", "99999999999999999999"], ["--seed", "-1"]],
-                         ids=["steps_negative", "steps_zero", "probe_steps", "threads", "seed_huge", "seed_negative"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "steps=-1"],
+        ["--set", "steps=0"],
+        ["--tier", "explore", "--set", "probes.steps=0"],
+        ["--threads", "100000"],
+        ["--seed", "99999999999999999999"],
+        ["--seed", "-1"],
+    ],
+    ids=["steps_negative", "steps_zero", "probe_steps", "threads", "seed_huge", "seed_negative"],
+)
 def test_eval_refuses_out_of_bounds_options(cli, tmp_path, args):
     candidate = tmp_path / "deltanet.py"
     candidate.write_text(render_root("deltanet"))
@@ -123,7 +132,7 @@ def checkpoint(run_dir: Path) -> None:
 def test_truncated_database_is_one_line_everywhere(cli, run_copy):
     checkpoint(run_copy)
     db = run_copy / "archlab.db"
-    db.write_bytes(db.read_bytes()[:db.stat().st_size // 2])
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
     for args in (("report", run_copy, "--out", run_copy / "r.html"), ("status", run_copy), ("show", run_copy, 1)):
         proc = cli(*args)
         line = helpers.assert_user_error(proc, code=1)  # not a usage error: the file must be restored
@@ -142,7 +151,7 @@ def test_corrupted_page_is_one_line_and_doctor_says_how_to_recover(cli, run_copy
     page = conn.execute("select rootpage from sqlite_master where name = 'evaluations'").fetchone()[0]
     conn.close()
     data = bytearray(db.read_bytes())  # the file opens, the nodes read, the evaluations do not
-    data[(page - 1) * size:(page - 1) * size + 64] = b"\xa5" * 64
+    data[(page - 1) * size : (page - 1) * size + 64] = b"\xa5" * 64
     db.write_bytes(bytes(data))
     proc = cli("show", run_copy, 1)
     line = helpers.assert_user_error(proc, code=1)
@@ -163,7 +172,9 @@ def test_missing_git_repository_is_named_and_rebuilt_by_doctor_repair(cli, run_c
     repair = cli("doctor", run_copy, "--repair")
     assert repair.returncode == 0, repair.stdout + repair.stderr
     rebuilt = helpers.assert_lineage(run_copy)  # one commit per node, tagged, parents as the tree's
-    assert [(r["id"], r["parent_id"], r["status"]) for r in rebuilt] == [(r["id"], r["parent_id"], r["status"]) for r in rows]
+    assert [(r["id"], r["parent_id"], r["status"]) for r in rebuilt] == [
+        (r["id"], r["parent_id"], r["status"]) for r in rows
+    ]
     conn = helpers.connect(run_copy)
     copies = dict(conn.execute("select node_id, code from code").fetchall())
     conn.close()
@@ -208,10 +219,19 @@ def test_read_only_run_can_be_read(micro_run, tmp_path):
         pytest.fail("needs bubblewrap (archlab installs it) or a non-root user to make a run read-only")
     try:
         for args in (("status", run, "--json"), ("tree", run), ("traces", run, "--json")):
-            proc = subprocess.run([*read_only, *helpers.CLI, *map(str, args)], capture_output=True, text=True, timeout=120,
-                                  env=helpers.cli_env(), stdin=subprocess.DEVNULL, cwd="/")
+            proc = subprocess.run(
+                [*read_only, *helpers.CLI, *map(str, args)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=helpers.cli_env(),
+                stdin=subprocess.DEVNULL,
+                cwd="/",
+            )
             assert proc.returncode == 0, (args, proc.stderr)
-        assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in micro_run.iterdir() if not p.name.startswith("archlab.db-"))
+        assert sorted(p.name for p in run.iterdir()) == sorted(
+            p.name for p in micro_run.iterdir() if not p.name.startswith("archlab.db-")
+        )
     finally:
         for p in (run, *run.rglob("*")):
             p.chmod(p.stat().st_mode | 0o200)
@@ -224,6 +244,8 @@ def test_hour_budgets_must_be_positive_and_the_help_agrees(cli, run_dir):
         assert line.startswith(f"error: {option}:") and "greater than 0" in line, line
     assert not run_dir.exists()
     env = dict(helpers.cli_env(), COLUMNS="200")
-    help_text = subprocess.run([*helpers.CLI, "run", "--help"], capture_output=True, text=True, env=env, timeout=120).stdout
+    help_text = subprocess.run(
+        [*helpers.CLI, "run", "--help"], capture_output=True, text=True, env=env, timeout=120
+    ).stdout
     hours = [line for line in help_text.splitlines() if "--hours " in line]
     assert hours and "x>=0.0" not in hours[0] and "> 0" in hours[0], hours

@@ -26,8 +26,11 @@ COMPOSED = ("conv", "gate", "norm", "skip", "layers", "ffn")
 
 
 def changed_lines(a: str, b: str) -> list[str]:
-    return [line for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0)
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    return [
+        line
+        for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
 
 
 def test_every_operator_edits_a_file_written_outside_the_template_family():
@@ -57,7 +60,11 @@ def test_in_place_edits_change_what_they_say():
     # a factor of a constant is a scale, not a gate: `F.gelu(q) * 0.5` keeps its activation
     assert not any("remove the gate F.gelu" in s for s in by_says)
     # a size stays below the training length (a chunk as long as the sequence is rejected as quadratic)
-    sizes = {e.spec["to"] for e in code_edits.edits(render_root("deltanet"), "constant", max_size=64) if e.says.startswith("set CHUNK_SIZE")}
+    sizes = {
+        e.spec["to"]
+        for e in code_edits.edits(render_root("deltanet"), "constant", max_size=64)
+        if e.says.startswith("set CHUNK_SIZE")
+    }
     assert sizes == {32}, sizes
 
 
@@ -75,10 +82,14 @@ def test_a_spec_makes_the_same_edit_again_on_this_file_and_on_others():
 def test_edits_that_would_fail_at_once_are_skipped():
     # A graft whose forward reads attributes the parent's __init__ never sets is not offered, nor one
     # that names something neither file defines; the whole class, which brings both along, is.
-    donor = GLA.replace("        return self.to_out(o.transpose(1, 2).reshape(b, t, d))\n",
-                        "        return self.extra(self.to_out(o.transpose(1, 2).reshape(b, t, d))) * helper_scale()\n")
-    donor = donor.replace("        self.to_out = nn.Linear(d_model, d_model, bias=False)\n",
-                          "        self.to_out = nn.Linear(d_model, d_model, bias=False)\n        self.extra = nn.Identity()\n")
+    donor = GLA.replace(
+        "        return self.to_out(o.transpose(1, 2).reshape(b, t, d))\n",
+        "        return self.extra(self.to_out(o.transpose(1, 2).reshape(b, t, d))) * helper_scale()\n",
+    )
+    donor = donor.replace(
+        "        self.to_out = nn.Linear(d_model, d_model, bias=False)\n",
+        "        self.to_out = nn.Linear(d_model, d_model, bias=False)\n        self.extra = nn.Identity()\n",
+    )
     parts = [e.spec["part"] for e in code_edits.edits(GLA, "crossover", {5: donor})]
     assert "Mixer.forward" not in parts and "Mixer" not in parts and "Mixer.__init__" in parts
     donor_ok = donor + "\n\ndef helper_scale():\n    return 1.0\n"
@@ -100,7 +111,10 @@ def test_every_composition_passes_the_sandbox(root):
         for edit in code_edits.edits(code, op):
             result = runner.evaluate(edit.code, "check", threads=1)
             assert result.ok, (op, edit.spec, result.reason, result.detail)
-            assert result.metrics["has_step"] == (root == "gla"), (op, result.metrics)  # the wrapper keeps decoding recurrent
+            assert result.metrics["has_step"] == (root == "gla"), (
+                op,
+                result.metrics,
+            )  # the wrapper keeps decoding recurrent
 
 
 @pytest.mark.e2e
@@ -118,16 +132,31 @@ def test_an_edit_of_forward_is_made_in_step_too():
         assert result.ok, (edit.says, result.reason, result.detail)
 
 
-def context(parent_code: str, design: dict | None, history: list[dict], seed: int, references=(), codes=None) -> Context:
+def context(
+    parent_code: str, design: dict | None, history: list[dict], seed: int, references=(), codes=None
+) -> Context:
     parent = {"id": 3, "design": design, "fitness": 0.01, "metrics": {"val_loss": 2.3}, "analysis": None}
-    return Context(node_id=9, parent=parent, root={"id": 0, "metrics": {"val_loss": 2.34}}, parent_code=parent_code,
-                   history=history, references=list(references), rng=random.Random(seed),
-                   code=lambda node_id: (codes or {})[node_id])
+    return Context(
+        node_id=9,
+        parent=parent,
+        root={"id": 0, "metrics": {"val_loss": 2.34}},
+        parent_code=parent_code,
+        history=history,
+        references=list(references),
+        rng=random.Random(seed),
+        code=lambda node_id: (codes or {})[node_id],
+    )
 
 
 def code_row(node: int, op: str, gain: float, edit: dict | None = None) -> dict:
-    return {"node": node, "operator": CODE + op, "fitness": None if gain is None else gain, "parent_fitness": 0.0,
-            "change": None, "edit": edit}
+    return {
+        "node": node,
+        "operator": CODE + op,
+        "fitness": None if gain is None else gain,
+        "parent_fitness": 0.0,
+        "change": None,
+        "edit": edit,
+    }
 
 
 def test_a_file_without_a_design_gets_code_edits_untried_operators_first():
@@ -150,9 +179,16 @@ def test_untried_operators_come_in_the_prior_order_after_the_recommended():
     firsts = set()
     for seed in range(8):
         proposal, (trace,) = OfflineBrain(knowledge).research(context(GLA, None, [], seed))
-        recommended = {op for hit in trace.decision["retrieved"] if hit["kind"] == "entry" for op in knowledge.entry(hit["id"]).operators}
+        recommended = {
+            op
+            for hit in trace.decision["retrieved"]
+            if hit["kind"] == "entry"
+            for op in knowledge.entry(hit["id"]).operators
+        }
         ranked = [name.removeprefix(CODE) for name in trace.decision["ranked"]]
-        assert ranked == sorted(ranked, key=lambda op: (code_edits.OPERATORS[op][1] not in recommended, prior.index(op))), ranked
+        assert ranked == sorted(
+            ranked, key=lambda op: (code_edits.OPERATORS[op][1] not in recommended, prior.index(op))
+        ), ranked
         firsts.add(ranked[0])
         assert proposal.operator == CODE + ranked[0]
     assert firsts & {"gate", "conv", "norm"}, firsts
@@ -172,7 +208,9 @@ def test_where_scaling_a_constant_cost_the_opposite_is_the_bet():
     helped = [code_row(4, "constant", 0.12, {"site": site, "from": 16, "to": 8})]  # down helped: keep going down
     _, (trace,) = OfflineBrain(knowledge).research(context(GLA, None, others + helped, 0))
     assert trace.decision["edit"] == {"site": site, "from": 8, "to": 4}, trace.decision["edit"]
-    assert code_edits.arm("constant", {"site": site, "from": 8, "to": 4}) == code_edits.arm("constant", {"site": site, "from": 16, "to": 8})
+    assert code_edits.arm("constant", {"site": site, "from": 8, "to": 4}) == code_edits.arm(
+        "constant", {"site": site, "from": 16, "to": 8}
+    )
     assert code_edits.arm("gate", {"variant": "silu"}, flip=True) is None
 
 
@@ -180,10 +218,12 @@ def test_in_place_edits_leave_what_code_operators_appended_alone():
     """Swapping or removing the gate a wrapper just added undoes the edit that made the parent: the
     wrapper's own variants are its operator's. The file's own code is still edited."""
     gated = code_edits.edits(GLA, "gate")[0].code
-    appended = gated[gated.index(code_edits.MARK):]
+    appended = gated[gated.index(code_edits.MARK) :]
     for op in IN_PLACE:
         made = code_edits.edits(gated, op)
-        assert [e.spec for e in made] == [e.spec for e in code_edits.edits(GLA, op)], op  # the same sites as without the wrapper
+        assert [e.spec for e in made] == [e.spec for e in code_edits.edits(GLA, op)], (
+            op
+        )  # the same sites as without the wrapper
         assert all(e.code.endswith(appended) for e in made), op
 
 
@@ -196,7 +236,9 @@ def test_the_code_edit_that_paid_elsewhere_is_made_again_here():
     for p, t in transplanted:
         assert t.decision["edit"] == {"variant": "sigmoid"} and t.decision["transplant"]["node"] == 4
         assert "sigmoid(self.gate_up" in p.code and "node 4" in p.motivation
-    blind = [OfflineBrain(knowledge, guided=False).research(context(GLA, None, history, seed))[1][0] for seed in range(10)]
+    blind = [
+        OfflineBrain(knowledge, guided=False).research(context(GLA, None, history, seed))[1][0] for seed in range(10)
+    ]
     assert not any(t.decision["transplant"] for t in blind)
 
 
@@ -225,11 +267,21 @@ def test_a_template_parent_mixes_both_kinds_and_learns_which_pays():
 
     assert 0.03 <= share([]) <= 0.35  # CODE_SHARE of the proposals: the bandit gets to see code edits
     assert CODE_SHARE < 0.35
-    template = [{"node": n, "operator": "output_gate", "fitness": -0.05, "parent_fitness": 0.0, "change": {"output_gate": "none"}}
-                for n in range(10, 13)]
+    template = [
+        {
+            "node": n,
+            "operator": "output_gate",
+            "fitness": -0.05,
+            "parent_fitness": 0.0,
+            "change": {"output_gate": "none"},
+        }
+        for n in range(10, 13)
+    ]
     paying = [code_row(n, "gate", 0.1, {"variant": "silu"}) for n in range(20, 23)]
     assert share(template + paying) >= 0.35  # once code edits paid more, they get the larger share
-    blind = [OfflineBrain(knowledge, guided=False).research(context(code, design, [], s))[0].operator for s in range(20)]
+    blind = [
+        OfflineBrain(knowledge, guided=False).research(context(code, design, [], s))[0].operator for s in range(20)
+    ]
     assert not any(op.startswith(CODE) for op in blind)  # the baselines keep their published template search
 
 
@@ -239,16 +291,22 @@ def test_the_default_brain_grows_a_tree_from_a_foreign_root(tmp_path):
     run_dir = tmp_path / "run"
     root = tmp_path / "my_retention.py"
     root.write_text(RETENTION)
-    done = helpers.cli("run", run_dir, "--root", root, "--tier", "micro", "--max-nodes", 7, "--threads", helpers.THREADS, timeout=600)
+    done = helpers.cli(
+        "run", run_dir, "--root", root, "--tier", "micro", "--max-nodes", 7, "--threads", helpers.THREADS, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = helpers.assert_finished_run(run_dir, 7)
     children = rows[1:]
-    assert all(r["operator"].startswith(CODE) and r["design"] is None for r in children), [r["operator"] for r in children]
+    assert all(r["operator"].startswith(CODE) and r["design"] is None for r in children), [
+        r["operator"] for r in children
+    ]
     assert sum(r["status"] == "done" for r in children) >= 4, [(r["operator"], r["reason"]) for r in children]
     assert len({r["operator"] for r in children}) >= 4  # untried operators first
     traces = helpers.table_rows(run_dir, "traces")
     for r in children:
-        decision = next(json.loads(t["decision"]) for t in traces if t["node_id"] == r["id"] and t["role"] == "researcher")
+        decision = next(
+            json.loads(t["decision"]) for t in traces if t["node_id"] == r["id"] and t["role"] == "researcher"
+        )
         assert decision["operator"] == r["operator"] and decision["edit"], decision
         parent = next(p for p in rows if p["id"] == r["parent_id"])
         assert changed_lines(helpers.code_at(run_dir, parent["commit_sha"]), helpers.code_at(run_dir, r["commit_sha"]))

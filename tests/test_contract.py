@@ -78,8 +78,10 @@ TYPE_CHECKING_ABUSE = {
     "rebound_by_walrus": "from typing import TYPE_CHECKING\n(TYPE_CHECKING := 1)\nif TYPE_CHECKING:\n    import os\n",
     "rebound_as_parameter": "from typing import TYPE_CHECKING\ndef f(TYPE_CHECKING=1):\n    if TYPE_CHECKING:\n        import os\n",
     "rebound_by_for": "from typing import TYPE_CHECKING\nfor TYPE_CHECKING in [1]:\n    pass\nif TYPE_CHECKING:\n    import os\n",
-    "rebound_by_except": ("from typing import TYPE_CHECKING\ntry:\n    pass\nexcept Exception as TYPE_CHECKING:\n    pass\n"
-                          "if TYPE_CHECKING:\n    import os\n"),
+    "rebound_by_except": (
+        "from typing import TYPE_CHECKING\ntry:\n    pass\nexcept Exception as TYPE_CHECKING:\n    pass\n"
+        "if TYPE_CHECKING:\n    import os\n"
+    ),
     "defined_as_a_class": "class TYPE_CHECKING:\n    pass\nif TYPE_CHECKING:\n    import os\n",
     "never_imported": "if TYPE_CHECKING:\n    import os\n",
     "imported_from_elsewhere": "from torch import TYPE_CHECKING\nif TYPE_CHECKING:\n    import os\n",
@@ -99,7 +101,9 @@ TYPE_CHECKING_ABUSE = {
 @pytest.mark.parametrize("top", list(TYPE_CHECKING_ABUSE.values()), ids=list(TYPE_CHECKING_ABUSE))
 def test_type_checking_blocks_cannot_smuggle_code(top):
     detail = reason(source(top))
-    assert detail is not None and ("'os'" in detail or "access to 'system'" in detail or "'TYPE_CHECKING'" in detail), detail
+    assert detail is not None and ("'os'" in detail or "access to 'system'" in detail or "'TYPE_CHECKING'" in detail), (
+        detail
+    )
 
 
 @pytest.mark.e2e
@@ -114,11 +118,11 @@ ACCEPTED = {  # each found in ASI-Arch's published designs (issue #23), in our o
     "hasattr_dunder": "def is_cache(x):\n    return hasattr(x, '__setitem__') or hasattr(x, \"ema\")\n",
     "module_all": "__all__ = ['Mixer']\n",
     "builtin_name_as_parameter": "def sparse(input, dim=-1):\n    return input - input.amax(dim=dim, keepdim=True)\n"
-                                 "f = lambda open: open + 1\n",
+    "f = lambda open: open + 1\n",
     "item_of_own_view": "class Init(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-                        "        self.out = nn.Linear(4, 8)\n        with torch.no_grad():\n"
-                        "            self.out.bias.view(2, 4)[:, 3] = 2.0\n            bias = self.out.bias\n"
-                        "            bias.view(2, 4)[:, -1] += 0.5\n",
+    "        self.out = nn.Linear(4, 8)\n        with torch.no_grad():\n"
+    "            self.out.bias.view(2, 4)[:, 3] = 2.0\n            bias = self.out.bias\n"
+    "            bias.view(2, 4)[:, -1] += 0.5\n",
 }
 STILL_FORBIDDEN = {
     "getattr_dunder": ("def f(x):\n    return getattr(x, '__class__')\n", "__class__"),
@@ -129,8 +133,10 @@ STILL_FORBIDDEN = {
     "builtin_made_global": ("def f():\n    global input\n    return input\n", "declaring 'input' global"),
     "item_of_an_imported_modules_call": ("torch.zeros(2).view(2)[0] = 1.0\n", "imported modules are read-only"),
     "item_through_getattr": ("getattr(nn, 'Linear')[0] = 1\n", "only attributes of your own objects"),
-    "attribute_of_a_call": ("class A(nn.Module):\n    def f(self):\n        self.get_submodule('x').forward = None\n",
-                            "only attributes of your own objects"),
+    "attribute_of_a_call": (
+        "class A(nn.Module):\n    def f(self):\n        self.get_submodule('x').forward = None\n",
+        "only attributes of your own objects",
+    ),
 }
 
 
@@ -147,7 +153,9 @@ def test_the_forms_around_them_stay_forbidden(case):
 
 
 # -- torch.compile: the sandbox decides ---------------------------------------------------------------
-COMPILED = HEADER + '''
+COMPILED = (
+    HEADER
+    + """
 
 @torch.compile
 def running_mean(h):
@@ -175,7 +183,8 @@ class Mixer(nn.Module):
 
     def forward(self, x):
         return half(gate(running_mean(self.proj(x))))
-'''
+"""
+)
 
 
 @pytest.mark.e2e
@@ -200,7 +209,10 @@ PROGRESS_API = {
     "from_archlab": ("from archlab import candidate\n", None),
     "bare_import_binds_archlab": ("import archlab.candidate\n", "binds the name archlab"),
     "the_private_setter": ("from archlab.candidate import _set_training_progress\n", "private attribute"),
-    "the_setter_through_the_module": ("import archlab.candidate as c\nc._set_training_progress(0.5)\n", "private attribute"),
+    "the_setter_through_the_module": (
+        "import archlab.candidate as c\nc._set_training_progress(0.5)\n",
+        "private attribute",
+    ),
     "replacing_the_reader": ("import archlab.candidate as c\nc.training_progress = lambda: 0.5\n", "read-only"),
     "the_rest_of_archlab": ("from archlab.sandbox import server\n", "'archlab.sandbox'"),
     "archlab_itself": ("import archlab\n", "'archlab'"),
@@ -226,7 +238,9 @@ def test_progress_outside_a_server_and_its_private_setter():
         api._set_training_progress(0.0)
 
 
-ANNEALED = HEADER + '''from archlab.candidate import training_progress
+ANNEALED = (
+    HEADER
+    + '''from archlab.candidate import training_progress
 
 AT_IMPORT = training_progress()
 
@@ -256,6 +270,7 @@ class Mixer(nn.Module):
         mean = h.cumsum(1) / torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[:, None]
         return (1.0 - 0.5 * p) * mean + 0.5 * p * h
 '''
+)
 
 
 @pytest.mark.e2e
@@ -264,19 +279,26 @@ def test_training_progress_rises_in_training_and_is_one_in_every_measurement(tmp
 
     assert static.static_check(ANNEALED) is None
     probes = {"steps": 10, "d_model": 32, "seq_len": 24, "batch_size": 8, "eval_examples": 32, "pairs": [2]}
-    result = runner.evaluate(ANNEALED, "micro", threads=1, weights_out=tmp_path / "w.safetensors",
-                             tier_overrides={"probes": probes, "val_points": 2})
+    result = runner.evaluate(
+        ANNEALED,
+        "micro",
+        threads=1,
+        weights_out=tmp_path / "w.safetensors",
+        tier_overrides={"probes": probes, "val_points": 2},
+    )
     assert result.ok, result
     weights = load_file(tmp_path / "w.safetensors")
     for model, steps in (("lm", 20), ("probe", 10)):
         seen = weights[f"{model}.blocks.0.mixer.seen"]
         expected = [s / steps for s in range(steps)]  # (the weights come back rounded: abs)
-        assert list(seen[:steps]) == pytest.approx(expected, abs=4e-3), (model, seen[:steps + 2])
+        assert list(seen[:steps]) == pytest.approx(expected, abs=4e-3), (model, seen[: steps + 2])
         assert seen[0] == 0.0 and seen[steps - 1] > 0.85 and (seen[steps:] == -1.0).all(), (model, seen)
     assert "mqar_acc" in result.metrics and result.metrics["val_loss"] < 6
 
 
-STEP_COUNTER = HEADER + '''
+STEP_COUNTER = (
+    HEADER
+    + '''
 
 class Mixer(nn.Module):
     """A step counter kept in a buffer and advanced in forward: state between calls."""
@@ -292,6 +314,7 @@ class Mixer(nn.Module):
         h = self.proj(x)
         return g * h.cumsum(1) / torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[:, None]
 '''
+)
 
 
 @pytest.mark.e2e
@@ -301,7 +324,8 @@ def test_a_step_counter_advanced_in_forward_is_still_rejected():
 
 
 # -- the parameter budget of `archlab check` / `archlab eval` ----------------------------------------
-WIDE = source(mixer="""
+WIDE = source(
+    mixer="""
 
 class Mixer(nn.Module):
     def __init__(self, d_model, n_heads, **kwargs):
@@ -312,7 +336,8 @@ class Mixer(nn.Module):
     def forward(self, x):
         h = self.down(torch.relu(self.up(x)))
         return h.cumsum(1) / torch.arange(1, h.shape[1] + 1, dtype=h.dtype, device=h.device)[:, None]
-""")  # 131,712 numbers at d_model 128: 1.57x the root DeltaNet mixer's 84,000
+"""
+)  # 131,712 numbers at d_model 128: 1.57x the root DeltaNet mixer's 84,000
 
 
 def _json(proc) -> dict:
@@ -326,10 +351,14 @@ def test_check_takes_the_parameter_budget_as_options(tmp_path):
     wide.write_text(WIDE)
     default = helpers.cli("check", wide, "--json", "--threads", helpers.THREADS)
     out = _json(default)
-    assert default.returncode == 1 and out["reason"] == "params" and "100,800" in out["detail"], out  # floor(84,000 x 1.2)
+    assert default.returncode == 1 and out["reason"] == "params" and "100,800" in out["detail"], (
+        out
+    )  # floor(84,000 x 1.2)
     roomy = helpers.cli("check", wide, "--json", "--threads", helpers.THREADS, "--param-ratio", "1.6")
     out = _json(roomy)
-    assert roomy.returncode == 0 and out["metrics"]["param_limit"] == 134_400 and out["metrics"]["mixer_params"] == 131_712, out
+    assert (
+        roomy.returncode == 0 and out["metrics"]["param_limit"] == 134_400 and out["metrics"]["mixer_params"] == 131_712
+    ), out
     free = helpers.cli("check", wide, "--json", "--threads", helpers.THREADS, "--no-budget")
     out = _json(free)
     assert free.returncode == 0 and "param_limit" in out["metrics"] and out["metrics"]["param_limit"] is None, out
@@ -348,7 +377,9 @@ def test_eval_takes_the_parameter_budget_as_options(tmp_path):
     wide.write_text(WIDE.replace("4 * d_model", "8 * d_model"))  # 66,112 numbers at d_model 64 (root: 21,520)
     free = helpers.cli("eval", wide, "--tier", "micro", "--json", "--threads", helpers.THREADS, "--no-budget")
     out = _json(free)
-    assert free.returncode == 0 and out["metrics"]["param_limit"] is None and out["metrics"]["mixer_params"] == 66_112, out
+    assert (
+        free.returncode == 0 and out["metrics"]["param_limit"] is None and out["metrics"]["mixer_params"] == 66_112
+    ), out
     assert out["metrics"]["val_loss"] < 6
     ratio = helpers.cli("eval", wide, "--tier", "micro", "--json", "--threads", helpers.THREADS, "--param-ratio", "3")
     out = _json(ratio)
@@ -356,9 +387,17 @@ def test_eval_takes_the_parameter_budget_as_options(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["check", "eval"])
-@pytest.mark.parametrize("args", [["--param-ratio", "0"], ["--param-ratio", "-1.5"], ["--param-ratio", "nan"],
-                                  ["--param-ratio", "inf"], ["--param-ratio", "2", "--no-budget"]],
-                         ids=["zero", "negative", "nan", "inf", "both"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--param-ratio", "0"],
+        ["--param-ratio", "-1.5"],
+        ["--param-ratio", "nan"],
+        ["--param-ratio", "inf"],
+        ["--param-ratio", "2", "--no-budget"],
+    ],
+    ids=["zero", "negative", "nan", "inf", "both"],
+)
 def test_bad_budget_options_are_usage_errors(tmp_path, command, args):
     narrow = tmp_path / "narrow.py"
     narrow.write_text(source())

@@ -24,14 +24,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the module's fixture
 MICRO = TIERS["micro"]
 
 # A root that trains normally for ten steps, then diverges (its eleventh training batch gives NaN).
-DIVERGING = helpers.mixer("""
+DIVERGING = helpers.mixer(
+    """
     y = self.proj(x)
     if self.training and x.shape[0] == 8:  # a training batch of the micro tier (the checks use 2 or 3 rows)
         CALLS[0] += 1
         if CALLS[0] > 2 * 10:  # two blocks a step
             return y * float("nan")
     return y
-    """, top="CALLS = [0]\n")
+    """,
+    top="CALLS = [0]\n",
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +51,19 @@ def diverged(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("diverged")
     (folder / "root.py").write_text(DIVERGING)
     run = folder / "run"
-    proc = helpers.cli("run", run, "--root", folder / "root.py", "--tier", "micro", "--max-nodes", 1,
-                       "--threads", helpers.THREADS, timeout=300)
+    proc = helpers.cli(
+        "run",
+        run,
+        "--root",
+        folder / "root.py",
+        "--tier",
+        "micro",
+        "--max-nodes",
+        1,
+        "--threads",
+        helpers.THREADS,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "rejected (nan)" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     return run
 
@@ -109,9 +123,15 @@ def test_older_stores_read_without_curves_and_gain_the_column(trained, tmp_path)
 def test_the_new_api_routes_refuse_bad_requests(trained):
     server = Server(trained)
     try:
-        for path, status in (("/api/leaderboard?sort=motivation", 400), ("/api/leaderboard?order=sideways", 400),
-                             ("/api/leaderboard?limit=x", 400), ("/api/curves?nodes=0,x", 400),
-                             ("/api/compare/0/999", 404), ("/api/evaluation/999", 404), ("/api/evaluation/999/log?full=1", 404)):
+        for path, status in (
+            ("/api/leaderboard?sort=motivation", 400),
+            ("/api/leaderboard?order=sideways", 400),
+            ("/api/leaderboard?limit=x", 400),
+            ("/api/curves?nodes=0,x", 400),
+            ("/api/compare/0/999", 404),
+            ("/api/evaluation/999", 404),
+            ("/api/evaluation/999/log?full=1", 404),
+        ):
             got, body = server.request("GET", path)
             assert got == status, (path, got, body[:200])
         board = server.get_json("/api/leaderboard?sort=val_loss&order=asc")
@@ -161,8 +181,11 @@ def test_browser_curves_overlay_compare_leaderboard_and_failed_log(trained, dive
             # ... and filters by typed text (the words of a child's operator).
             child = next(n for n in nodes if n["parent_id"] is not None)
             word = child["operator"]
-            matching = [n["id"] for n in nodes if any(word.lower() in (n[k] or "").lower()
-                                                      for k in ("operator", "status", "reason", "motivation"))]
+            matching = [
+                n["id"]
+                for n in nodes
+                if any(word.lower() in (n[k] or "").lower() for k in ("operator", "status", "reason", "motivation"))
+            ]
             assert 0 < len(matching) < len(nodes)
             page.locator('[data-testid="leaderboard-filter"]').fill(word)
             expect(rows).to_have_count(len(matching))
@@ -194,7 +217,9 @@ def test_browser_curves_overlay_compare_leaderboard_and_failed_log(trained, dive
             expect(page.locator('[data-testid="compare-a"]')).to_contain_text(f"Node {a['id']}")
             expect(page.locator('[data-testid="compare-b"]')).to_contain_text(f"Node {b['id']}")
             assert page.locator('[data-testid="compare-diff"]').locator("tr.add, tr.del").count() > 0
-            loss_row = page.locator('[data-testid="compare-metrics"] tr', has=page.locator("th", has_text="val_loss")).first
+            loss_row = page.locator(
+                '[data-testid="compare-metrics"] tr', has=page.locator("th", has_text="val_loss")
+            ).first
             expect(loss_row).to_contain_text(f"{a['val_loss']:.4f}")
             expect(loss_row).to_contain_text(f"{b['val_loss']:.4f}")
             expect(page.locator('[data-testid="compare-curves"] path[data-curve="train"]')).to_have_count(2)
@@ -203,7 +228,9 @@ def test_browser_curves_overlay_compare_leaderboard_and_failed_log(trained, dive
             # A failed node links to its whole sandbox log; following the link shows it.
             [e] = _evaluations(diverged)
             page.goto(f"{failed_server.url}#/node/0")
-            expect(page.locator('[data-testid="node-curves"] path[data-curve="train"]')).to_have_count(1, timeout=15_000)
+            expect(page.locator('[data-testid="node-curves"] path[data-curve="train"]')).to_have_count(
+                1, timeout=15_000
+            )
             page.locator('[data-testid="full-log-link"]').click()
             log = page.locator('[data-testid="full-log"]')
             expect(log).to_contain_text("[sandbox] rejected: nan", timeout=15_000)

@@ -24,13 +24,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # runs (600 s bound ea
 README = Path(__file__).resolve().parent.parent / "README.md"
 FINISHED = ("done", "failed")
 # a loss curve as the sandbox stores it with an evaluation (archlab/sandbox/curves.py): one dict per seed
-CURVE = {"seed": 0, "steps": 20, "train": [[5, 4.25], [10, 3.875], [20, 3.5]], "val": [[10, 3.9375, False], [20, 3.625, True]]}
+CURVE = {
+    "seed": 0,
+    "steps": 20,
+    "train": [[5, 4.25], [10, 3.875], [20, 3.5]],
+    "val": [[10, 3.9375, False], [20, 3.625, True]],
+}
 
 
 def mirror_env(tmp: Path) -> dict:
     """W&B offline with its config and cache in tmp; MLflow at its default (the run's SQLite file)."""
     env = {k: v for k, v in helpers.cli_env().items() if not k.startswith(("MLFLOW_", "WANDB_"))}
-    env.update(WANDB_MODE="offline", WANDB_CONFIG_DIR=str(tmp / "wandb-config"), WANDB_CACHE_DIR=str(tmp / "wandb-cache"))
+    env.update(
+        WANDB_MODE="offline", WANDB_CONFIG_DIR=str(tmp / "wandb-config"), WANDB_CACHE_DIR=str(tmp / "wandb-cache")
+    )
     return env
 
 
@@ -38,16 +45,33 @@ def run_cli(*args, tmp: Path, block: str | None = None, timeout: float = 600) ->
     """`archlab ARGS` in a child process; `block`: a module made unimportable there (sys.modules[name] = None
     is Python's own way to say a module is absent), as on a machine without that extra."""
     code = (f"import sys; sys.modules[{block!r}] = None; " if block else "") + helpers.CLI_CODE
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=mirror_env(tmp), stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=mirror_env(tmp),
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("ecosystem")
     run = tmp / "mirrored"
-    proc = run_cli("run", run, "--tier", "micro", "--max-nodes", 4, "--threads", helpers.THREADS,
-                   "--mirror", "tensorboard,mlflow,wandb", tmp=tmp)
+    proc = run_cli(
+        "run",
+        run,
+        "--tier",
+        "micro",
+        "--max-nodes",
+        4,
+        "--threads",
+        helpers.THREADS,
+        "--mirror",
+        "tensorboard,mlflow,wandb",
+        tmp=tmp,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "INFO" not in proc.stderr and "warning: mirroring" not in proc.stderr, proc.stderr
     return run
@@ -141,7 +165,9 @@ def test_live_mirror_to_mlflow_nests_nodes_under_their_parents(mirrored):
             assert "mlflow.parentRunId" not in r.data.tags
         else:
             assert r.data.tags["mlflow.parentRunId"] == runs[n["parent_id"]].info.run_id
-        events = Path(client.download_artifacts(r.info.run_id, "events.tsv", str(mirrored.parent / f"ev{i}"))).read_text()
+        events = Path(
+            client.download_artifacts(r.info.run_id, "events.tsv", str(mirrored.parent / f"ev{i}"))
+        ).read_text()
         assert [line.split("\t", 1)[1].replace("\t", ": ") for line in events.splitlines()] == events_of(mirrored, i)
 
 
@@ -157,7 +183,9 @@ def test_live_mirror_to_wandb_writes_one_offline_run_per_node(mirrored):
         if n["status"] == "done":
             assert r["summary"]["fitness"] == pytest.approx(n["fitness"])
     for i in nodes:
-        table = next(iter((mirrored / "mirror" / "wandb").glob(f"offline-run-*-n{i}/files/media/table/events_*.table.json")))
+        table = next(
+            iter((mirrored / "mirror" / "wandb").glob(f"offline-run-*-n{i}/files/media/table/events_*.table.json"))
+        )
         assert [f"{row[1]}: {row[2]}" for row in json.loads(table.read_text())["data"]] == events_of(mirrored, i)
 
 
@@ -166,9 +194,13 @@ def with_curve(run: Path, node_id: int) -> None:
     """Give the node's search evaluation a stored loss curve, as the sandbox records one."""
     conn = sqlite3.connect(run / "archlab.db")
     try:
-        if "curves" not in {row[1] for row in conn.execute("pragma table_info(evaluations)")}:  # a store from before curves
+        if "curves" not in {
+            row[1] for row in conn.execute("pragma table_info(evaluations)")
+        }:  # a store from before curves
             conn.execute("alter table evaluations add column curves text")
-        conn.execute("update evaluations set curves = ? where node_id = ? and kind = 'search'", [json.dumps([CURVE]), node_id])
+        conn.execute(
+            "update evaluations set curves = ? where node_id = ? and kind = 'search'", [json.dumps([CURVE]), node_id]
+        )
         conn.commit()
     finally:
         conn.close()
@@ -191,7 +223,9 @@ def test_mirror_command_writes_curves_to_every_target_and_adds_only_what_is_miss
     node2 = next(e for e in helpers.table_rows(run, "evaluations") if e["node_id"] == 2 and e["kind"] == "search")
     stored = json.loads(node2["curves"] or "[]")  # as its sandbox recorded it
     assert stored and stored[0]["train"], "every evaluation records its curves (sandbox/curves.py)"
-    assert set(tb_scalars(tensorboard(out / "tensorboard" / "node-00002"), "loss/train")) == {p[0] for p in stored[0]["train"]}
+    assert set(tb_scalars(tensorboard(out / "tensorboard" / "node-00002"), "loss/train")) == {
+        p[0] for p in stored[0]["train"]
+    }
 
     client, runs = mlflow_runs(out / "mlflow" / "mlflow.db", run)
     history = client.get_metric_history(runs[1].info.run_id, "loss/train")
@@ -212,25 +246,38 @@ def test_mirror_command_writes_curves_to_every_target_and_adds_only_what_is_miss
 
 
 @pytest.mark.parametrize("target, module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")])
-def test_a_missing_package_is_one_line_with_the_pip_command_before_anything_is_written(target, module, mirrored, tmp_path):
+def test_a_missing_package_is_one_line_with_the_pip_command_before_anything_is_written(
+    target, module, mirrored, tmp_path
+):
     new = tmp_path / "new"
-    line = helpers.assert_user_error(run_cli("run", new, "--tier", "micro", "--mirror", f"tensorboard,{target}",
-                                             tmp=tmp_path, block=module, timeout=60))
+    line = helpers.assert_user_error(
+        run_cli(
+            "run", new, "--tier", "micro", "--mirror", f"tensorboard,{target}", tmp=tmp_path, block=module, timeout=60
+        )
+    )
     assert f"pip install 'archlab[{target}]'" in line and module in line
     assert not new.exists()
     out = tmp_path / "out"
-    line = helpers.assert_user_error(run_cli("mirror", mirrored, "--to", target, "--out", out, tmp=tmp_path, block=module, timeout=60))
+    line = helpers.assert_user_error(
+        run_cli("mirror", mirrored, "--to", target, "--out", out, tmp=tmp_path, block=module, timeout=60)
+    )
     assert f"pip install 'archlab[{target}]'" in line
     assert not out.exists()
 
 
 def test_mirror_names_and_run_folders_are_checked(mirrored, tmp_path):
     new = tmp_path / "new"
-    line = helpers.assert_user_error(run_cli("run", new, "--tier", "micro", "--mirror", "tensorbord", tmp=tmp_path, timeout=60))
+    line = helpers.assert_user_error(
+        run_cli("run", new, "--tier", "micro", "--mirror", "tensorbord", tmp=tmp_path, timeout=60)
+    )
     assert "did you mean tensorboard" in line and not new.exists()
-    assert "at least one" in helpers.assert_user_error(run_cli("mirror", mirrored, "--to", ",", tmp=tmp_path, timeout=60))
+    assert "at least one" in helpers.assert_user_error(
+        run_cli("mirror", mirrored, "--to", ",", tmp=tmp_path, timeout=60)
+    )
     tmp_path.joinpath("plain").mkdir()
-    line = helpers.assert_user_error(run_cli("mirror", tmp_path / "plain", "--to", "tensorboard", tmp=tmp_path, timeout=60))
+    line = helpers.assert_user_error(
+        run_cli("mirror", tmp_path / "plain", "--to", "tensorboard", tmp=tmp_path, timeout=60)
+    )
     assert "not an archlab run" in line
 
 
@@ -260,9 +307,14 @@ def test_a_target_that_fails_is_dropped_and_the_others_go_on(mirrored, tmp_path)
 def test_a_target_that_cannot_start_is_one_line(mirrored, tmp_path):
     env_file = tmp_path / "a-file"
     env_file.write_text("")
-    proc = subprocess.run([*helpers.CLI, "mirror", str(mirrored), "--to", "mlflow", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                          env={**mirror_env(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{env_file}/mlflow.db"})
+    proc = subprocess.run(
+        [*helpers.CLI, "mirror", str(mirrored), "--to", "mlflow", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={**mirror_env(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{env_file}/mlflow.db"},
+    )
     line = helpers.assert_user_error(proc, code=1)
     assert line.startswith("error: mirroring to mlflow cannot start:"), line
 
@@ -309,7 +361,11 @@ def test_dataset_has_every_proposal_once_in_the_documented_schema_and_matches_th
             assert isinstance(line[field], types), (field, line[field])
         n, parent = nodes[line["node_id"]], nodes[line["parent_id"]]
         assert line["schema"] == "archlab.proposal/1" and line["run"] == mirrored.name
-        assert line["parent_id"] == n["parent_id"] and line["operator"] == n["operator"] and line["motivation"] == n["motivation"]
+        assert (
+            line["parent_id"] == n["parent_id"]
+            and line["operator"] == n["operator"]
+            and line["motivation"] == n["motivation"]
+        )
         for field in ("status", "reason", "detail", "fitness", "val_loss", "tier", "seeds", "analysis"):
             assert line[field] == n[field], field
         assert line["metrics"] == n["metrics"] and line["parent_fitness"] == parent["fitness"]

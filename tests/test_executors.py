@@ -22,7 +22,9 @@ ROOT = render_root("deltanet")
 
 
 def job(tmp_path: Path, key: str, tier: str = "check", source: str = ROOT) -> executors.Job:
-    return executors.Job(key=key, source=source, tier=tier, seed=0, options={"param_limit": -1}, log_path=str(tmp_path / f"{key}.log"))
+    return executors.Job(
+        key=key, source=source, tier=tier, seed=0, options={"param_limit": -1}, log_path=str(tmp_path / f"{key}.log")
+    )
 
 
 @pytest.mark.e2e
@@ -35,7 +37,9 @@ def test_two_cpu_slots_evaluate_side_by_side(tmp_path):
         ex.shutdown()
     assert all(r.ok for r in results), [r.detail for r in results]
     info = [r.env["executor"] for r in results]
-    assert {i["slot"] for i in info} == {0, 1} and all(i["kind"] == "local" and i["threads"] == 1 and i["gpus"] == 0 for i in info)
+    assert {i["slot"] for i in info} == {0, 1} and all(
+        i["kind"] == "local" and i["threads"] == 1 and i["gpus"] == 0 for i in info
+    )
     spans = [(i["started"], i["started"] + r.metrics["wall_s"]) for i, r in zip(info, results)]
     assert max(s for s, _ in spans) < min(e for _, e in spans), f"the two evaluations did not overlap: {spans}"
     for i in range(2):
@@ -69,13 +73,18 @@ def test_more_workers_than_gpus_share_them_round_robin(tmp_path):
     finally:
         ex.shutdown()
     assert all(r.ok for r in results), [r.detail for r in results]
-    pins = {r.env["executor"]["slot"]: (r.env["executor"]["gpu"], r.env["executor"]["cuda_visible_devices"]) for r in results}
+    pins = {
+        r.env["executor"]["slot"]: (r.env["executor"]["gpu"], r.env["executor"]["cuda_visible_devices"])
+        for r in results
+    }
     assert pins == {0: ("5", "5"), 1: ("7", "7"), 2: ("5", "5")}
 
 
 @pytest.mark.e2e
 def test_stop_abandons_the_evaluation_in_flight(tmp_path):
-    ex = executors.LocalExecutor(gpus=["0"], device="cpu", threads=1)  # a slot process: stopping it leaves this process usable
+    ex = executors.LocalExecutor(
+        gpus=["0"], device="cpu", threads=1
+    )  # a slot process: stopping it leaves this process usable
     log = tmp_path / "long.log"
     future = ex.submit(job(tmp_path, "long", tier="micro"))
     deadline = time.monotonic() + 120

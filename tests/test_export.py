@@ -46,9 +46,18 @@ def test_export_loads_with_transformers_matches_the_model_shell_and_generates(ru
     assert proc.returncode == 0, proc.stdout + proc.stderr
     facts = json.loads(proc.stdout)
     assert facts["trained_now"] and facts["tier"] == "micro" and facts["seed"] == 0
-    assert facts["val_loss"] == pytest.approx(node["val_loss"], abs=1e-4), "the retraining repeats the search evaluation"
-    for name in ("config.json", "model.safetensors", "modeling_archlab.py", "configuration_archlab.py", "candidate.py",
-                 "tokenizer.json", "README.md"):
+    assert facts["val_loss"] == pytest.approx(node["val_loss"], abs=1e-4), (
+        "the retraining repeats the search evaluation"
+    )
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "modeling_archlab.py",
+        "configuration_archlab.py",
+        "candidate.py",
+        "tokenizer.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     code = helpers.code_at(run, node["commit_sha"])
     assert (out / "candidate.py").read_text() == code
@@ -83,7 +92,7 @@ def test_export_loads_with_transformers_matches_the_model_shell_and_generates(ru
     prompt = tokenizer("for i in range(", return_tensors="pt").input_ids
     generated = model.generate(prompt, max_new_tokens=12, do_sample=False)
     assert generated.shape == (1, prompt.shape[1] + 12)
-    assert torch.equal(generated[0, :prompt.shape[1]], prompt[0])
+    assert torch.equal(generated[0, : prompt.shape[1]], prompt[0])
     ids = prompt
     with torch.no_grad():
         for _ in range(12):

@@ -41,7 +41,9 @@ def assert_resumes(run: Path, max_nodes: int) -> None:
         reasons = {r[0] for r in db.execute("select reason from nodes where id > 0")}
         assert reasons == {"params"}, reasons
         for node_id, attempts in db.execute("select id, attempts from nodes"):
-            n = db.execute("select count(*) from evaluations where node_id = ? and kind = 'search'", [node_id]).fetchone()[0]
+            n = db.execute(
+                "select count(*) from evaluations where node_id = ? and kind = 'search'", [node_id]
+            ).fetchone()[0]
             assert n == attempts, (node_id, n, attempts)
 
 
@@ -84,19 +86,22 @@ def test_disk_full_stops_the_run_with_a_clear_message_and_loses_nothing(micro_ru
     mnt, out = tmp_path / "mnt", tmp_path / "out"
     mnt.mkdir(), out.mkdir()
     namespace = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-r", "-m"]
-    env = dict(helpers.cli_env(), MNT=str(mnt), SRC=str(micro_run), OUT=str(out), PY=sys.executable,
-               ARCHLAB=helpers.CLI_CODE)
+    env = dict(
+        helpers.cli_env(), MNT=str(mnt), SRC=str(micro_run), OUT=str(out), PY=sys.executable, ARCHLAB=helpers.CLI_CODE
+    )
     proc = subprocess.run([*namespace, "bash", "-c", DISK_FULL], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert (out / "df").read_text().split()[-3] == "0", (out / "df").read_text()  # the disk really was full
 
-    stopped = subprocess.CompletedProcess([], int((out / "rc1").read_text()), (out / "run1.out").read_text(),
-                                          (out / "run1.err").read_text())
+    stopped = subprocess.CompletedProcess(
+        [], int((out / "rc1").read_text()), (out / "run1.out").read_text(), (out / "run1.err").read_text()
+    )
     line = helpers.assert_user_error(stopped, code=1)
     assert "disk is full" in line, line
     # a reader on the full disk either works or says why not, in one line
-    status = subprocess.CompletedProcess([], int((out / "rc_status").read_text()), (out / "status.out").read_text(),
-                                         (out / "status.err").read_text())
+    status = subprocess.CompletedProcess(
+        [], int((out / "rc_status").read_text()), (out / "status.out").read_text(), (out / "status.err").read_text()
+    )
     if status.returncode != 0:
         assert "disk is full" in helpers.assert_user_error(status, code=2)
 
@@ -130,7 +135,9 @@ def test_a_corrupted_git_object_is_named_and_repaired_from_the_database_copy(mic
     run = copy_run(micro_run, tmp_path)
     repo = run / "repo"
     original = subprocess.run(["git", "-C", repo, "show", "node-0:candidate.py"], capture_output=True, text=True).stdout
-    blob = subprocess.run(["git", "-C", repo, "rev-parse", "node-0:candidate.py"], capture_output=True, text=True).stdout.strip()
+    blob = subprocess.run(
+        ["git", "-C", repo, "rev-parse", "node-0:candidate.py"], capture_output=True, text=True
+    ).stdout.strip()
     path = repo / ".git" / "objects" / blob[:2] / blob[2:]
     path.chmod(0o644)
     path.write_bytes(b"not a zlib stream")  # what a bad sector or a half-copied backup looks like
@@ -145,7 +152,10 @@ def test_a_corrupted_git_object_is_named_and_repaired_from_the_database_copy(mic
     assert found.returncode == 1 and "node 0: its code cannot be read from git" in found.stdout, found.stdout
     repaired = helpers.cli("doctor", run, "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert subprocess.run(["git", "-C", repo, "show", "node-0:candidate.py"], capture_output=True, text=True).stdout == original
+    assert (
+        subprocess.run(["git", "-C", repo, "show", "node-0:candidate.py"], capture_output=True, text=True).stdout
+        == original
+    )
     assert subprocess.run(["git", "-C", repo, "fsck", "--no-dangling"], capture_output=True).returncode == 0
     assert helpers.cli("show", run, 1).returncode == 0
     assert_resumes(run, 6)

@@ -54,6 +54,7 @@ def test_an_endpoint_nobody_listens_on_is_named_before_anything_trains(tmp_path,
 def test_a_refused_key_is_named_and_a_resume_checks_again(tmp_path, monkeypatch):
     """A server that answers 401: the key is refused (a new run is not created). A run created
     while the endpoint worked, resumed after it went away, stops before training, data intact."""
+
     class Refusing(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(401)
@@ -68,7 +69,9 @@ def test_a_refused_key_is_named_and_a_resume_checks_again(tmp_path, monkeypatch)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        line = helpers.assert_user_error(helpers.cli("run", tmp_path / "run", "--llm", "openai:m", "--base-url", url), code=1)
+        line = helpers.assert_user_error(
+            helpers.cli("run", tmp_path / "run", "--llm", "openai:m", "--base-url", url), code=1
+        )
         assert "refused the key" in line and "OPENAI_API_KEY" in line and url in line, line
         assert not (tmp_path / "run").exists()
     finally:
@@ -88,12 +91,19 @@ def test_a_refused_key_is_named_and_a_resume_checks_again(tmp_path, monkeypatch)
 def test_candidates_get_time_in_proportion_to_what_the_root_took(tmp_path):
     """On a machine where the root took 100 s at smoke (limit 480 s), a candidate may take 800 s;
     a --tier-set timeout_s is the user's choice and stands; the forecast says so."""
+
     def run_with(overrides, wall):
         path = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
         config = RunConfig(tier="smoke", max_nodes=9, tier_overrides=overrides or {})
         Run.create(path, config)
-        Store(path).add_node(id=0, parent_id=None, status="done", operator="root", fitness=0.0,
-                             metrics={"wall_s": wall, "val_loss": 2.5, "mixer_params": 1000})
+        Store(path).add_node(
+            id=0,
+            parent_id=None,
+            status="done",
+            operator="root",
+            fitness=0.0,
+            metrics={"wall_s": wall, "val_loss": 2.5, "mixer_params": 1000},
+        )
         return Run(path, config, OfflineBrain(KnowledgeIndex.load(embeddings=False)))
 
     assert run_with(None, 100.0).candidate_timeout() == 800
@@ -118,8 +128,9 @@ def test_a_candidate_in_flight_can_be_watched_and_a_stopped_run_says_so(tmp_path
     advances, the training loss and the time limit. Stopped mid-evaluation, the run says the node
     was interrupted, and the run time counts the root."""
     run = tmp_path / "run"
-    proc = helpers.popen_cli("run", run, "--tier", "micro", "--tier-set", "steps=20000", "--max-nodes", 1,
-                             "--threads", helpers.THREADS)
+    proc = helpers.popen_cli(
+        "run", run, "--tier", "micro", "--tier-set", "steps=20000", "--max-nodes", 1, "--threads", helpers.THREADS
+    )
     try:
         seen = []
         deadline = time.monotonic() + 240
@@ -139,12 +150,16 @@ def test_a_candidate_in_flight_can_be_watched_and_a_stopped_run_says_so(tmp_path
         assert isinstance(last["loss"], float) and 0 < last["loss"] < 10 and last["limit_s"] == 150, last
         assert last["elapsed_s"] > first["elapsed_s"] >= 0
         text = helpers.cli("status", run).stdout
-        assert "running (archlab run, pid" in text and "node 0" in text and "step " in text and "of up to 150 s" in text, text
+        assert (
+            "running (archlab run, pid" in text and "node 0" in text and "step " in text and "of up to 150 s" in text
+        ), text
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert f"archlab run {run} --tier micro --tier-set steps=20000 --max-nodes 1" in err, err  # the same command resumes
+    assert f"archlab run {run} --tier micro --tier-set steps=20000 --max-nodes 1" in err, (
+        err
+    )  # the same command resumes
     facts = status(run)
     assert facts["driver_pid"] is None and facts["in_flight"] == [] and facts["evaluating"] == 1
     assert facts["elapsed_s"] >= last["elapsed_s"], facts["elapsed_s"]  # the root's time counts
@@ -167,7 +182,9 @@ def test_the_best_nodes_keep_their_weights_so_export_needs_no_training(tmp_path)
     pruned as it goes): exporting a kept node is instant; a pruned one is trained again, saying so;
     a node that cannot be trained is one line and exit 1."""
     run = tmp_path / "run"
-    done = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 7, "--keep-weights", 2, "--threads", helpers.THREADS, timeout=600)
+    done = helpers.cli(
+        "run", run, "--tier", "micro", "--max-nodes", 7, "--keep-weights", 2, "--threads", helpers.THREADS, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     nodes = [n for n in helpers.node_rows(run) if n["status"] == "done"]
     best = sorted((n for n in nodes if n["id"] != 0), key=lambda n: -n["fitness"])

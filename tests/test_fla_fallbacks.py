@@ -87,7 +87,9 @@ def test_short_convolution_is_causal_and_differentiable():
     w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     xs = torch.randn(2, 6, 5, dtype=torch.float64, requires_grad=True)
     init = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b, s: causal_conv1d(a, b, initial_state=s, activation="silu")[0], (xs, w, init))
+    assert torch.autograd.gradcheck(
+        lambda a, b, s: causal_conv1d(a, b, initial_state=s, activation="silu")[0], (xs, w, init)
+    )
 
 
 @pytest.mark.parametrize("split", [1, 2, 3, 7, 12])
@@ -114,7 +116,7 @@ def test_short_convolution_decodes_token_by_token_in_place():
     with torch.no_grad():
         steps = []
         for t in range(6):
-            y, returned = c(x[:, t:t + 1], cache=cache, output_final_state=True)
+            y, returned = c(x[:, t : t + 1], cache=cache, output_final_state=True)
             assert returned is cache  # fla's decoding kernel updates the cache in place
             steps.append(y)
     close(torch.cat(steps, 1), full)
@@ -272,8 +274,15 @@ def test_provide_fla_puts_the_stand_ins_first_where_the_real_fla_cannot_run():
         print(json.dumps({"which": which, "file": fla.__file__, "first": sys.path[0] == compat.DIRECTORY,
                           "again": compat.provide_fla("cpu"), "entries": sys.path.count(compat.DIRECTORY)}))
     """)
-    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                    env={**os.environ, "PYTHONSAFEPATH": "1"}).stdout.splitlines()[-1])
+    out = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONSAFEPATH": "1"},
+        ).stdout.splitlines()[-1]
+    )
     assert out["which"] == out["again"] == "fallback" and out["first"] and out["entries"] == 1
     assert out["file"].startswith(compat.DIRECTORY)
 
@@ -329,5 +338,7 @@ def test_a_candidate_importing_fla_evaluates_in_the_sandbox():
     result = runner.evaluate(CANDIDATE, "micro", threads=1)
     assert result.ok and result.reason is None, (result.reason, result.detail)
     assert result.metrics["val_loss"] > 0 and result.metrics["complexity"] == "linear"
-    expected = "fallback" if not torch.cuda.is_available() or importlib.util.find_spec("fla") is None else result.env["fla"]
+    expected = (
+        "fallback" if not torch.cuda.is_available() or importlib.util.find_spec("fla") is None else result.env["fla"]
+    )
     assert result.env["fla"] == expected

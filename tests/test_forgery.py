@@ -38,22 +38,27 @@ MARK = f"archlab-escape-{uuid.uuid4().hex[:8]}"  # names every file and process 
 
 
 # The server's own module, as a candidate reaches it (forked from the launch pad, it is imported).
-SERVER = "import sys\nimport numpy as np\nfrom archlab.sandbox import wire\nSERVER = sys.modules['archlab.sandbox.server']\n"
+SERVER = (
+    "import sys\nimport numpy as np\nfrom archlab.sandbox import wire\nSERVER = sys.modules['archlab.sandbox.server']\n"
+)
 
 FORGED = {  # F1, F2, F8: whatever a server sends, the scorer computes the score, or rejects
-    "patched_logits_read_the_next_token": SERVER + """
+    "patched_logits_read_the_next_token": SERVER
+    + """
 def cheat(self, req, arrays):
     tokens = self._tensor(arrays["tokens"]).long()
     nxt = torch.cat([tokens[:, 1:], tokens[:, -1:]], 1)
     return {}, {"logits": 20.0 * F.one_hot(nxt, 256).float()}
 SERVER.Server.logits = cheat
 """,
-    "forged_reply_written_to_the_pipe": SERVER + """
+    "forged_reply_written_to_the_pipe": SERVER
+    + """
 wire.send(SERVER.REPLY_FD, {"ready": True, "has_step": False, "has_ffn": False, "dtype": "float32", "env": {}})
 wire.send(SERVER.REPLY_FD, {"val_loss": 0.01, "ok": True})
 """,
-    "garbage_on_the_pipe": SERVER + "import os\nos.write(SERVER.REPLY_FD, b'{\"ok\": true, \"val_loss\": 0.0}' * 50)\n",
-    "nan_in_a_reply_header": SERVER + """
+    "garbage_on_the_pipe": SERVER + 'import os\nos.write(SERVER.REPLY_FD, b\'{"ok": true, "val_loss": 0.0}\' * 50)\n',
+    "nan_in_a_reply_header": SERVER
+    + """
 import struct
 def cheat(self, req, arrays):
     head = b'{"train_loss": NaN}'
@@ -65,17 +70,21 @@ def cheat(self, req, arrays):
     return {}, {}
 SERVER.Server.train = cheat
 """,
-    "huge_length_prefix": SERVER + """
+    "huge_length_prefix": SERVER
+    + """
 import os, struct
 os.write(SERVER.REPLY_FD, struct.pack("<4sIQ", b"ALW1", 2, 1 << 40) + b"{}")
 """,
-    "wrong_types_in_the_extras": SERVER + """
+    "wrong_types_in_the_extras": SERVER
+    + """
 SERVER.Server.extras = lambda self, req, arrays: ({"flops_per_token": "none at all", "compile_ok": "yes"}, {})
 """,
-    "logits_of_the_wrong_shape": SERVER + """
+    "logits_of_the_wrong_shape": SERVER
+    + """
 SERVER.Server.logits = lambda self, req, arrays: ({}, {"logits": torch.zeros(1, 1, 256)})
 """,
-    "exits_in_the_middle_of_training": SERVER + """
+    "exits_in_the_middle_of_training": SERVER
+    + """
 import os
 from archlab.sandbox import train as T
 T.train_step = lambda *args, **kwargs: os._exit(0)
@@ -84,21 +93,34 @@ T.train_step = lambda *args, **kwargs: os._exit(0)
 
 LATE_LEAK = "F.pad(x[:, 1:], (0, 0, 0, 1))"  # reads x[t + 1]
 SCORED_LEAKS = {  # F5, F10: the scored server is checked on every window it is scored on
-    "after_the_first_call_of_an_instance": ("y = self.proj(x)\nself.calls += 1\n"
-                                            f"return y + {LATE_LEAK} if self.calls > 1 and x.shape[0] > 1 and not self.training else y\n",
-                                            "self.calls = 0\n"),
-    "after_the_first_calls_of_the_process": ("y = self.proj(x)\nCALLS[0] += 1\n"
-                                             f"return y + {LATE_LEAK} if CALLS[0] > 8 and x.shape[0] > 1 and not self.training else y\n",
-                                             ""),
-    "only_without_gradients_in_eval_mode": (f"y = self.proj(x)\nreturn y if self.training or torch.is_grad_enabled() else y + {LATE_LEAK}\n", ""),
-    "only_once_trained_weights_are_loaded": ("y = self.proj(x)\n"
-                                             f"return y + {LATE_LEAK} if self.proj.bias.abs().sum() > 0.5 and not self.training else y\n",
-                                             ""),
-    "on_a_fraction_of_the_windows": ("y = self.proj(x)\nif self.training or x.shape[1] < 16:\n    return y\n"
-                                     f"hit = (x[:, :1, :1] > 0.6).to(x.dtype)\nreturn y + hit * {LATE_LEAK}\n", ""),
-    "keeps_the_previous_window_as_context": ("y = self.proj(x)\nprev = self.prev if self.prev is not None and self.prev.shape == y.shape else 0\n"
-                                            "self.prev = y.detach()\nreturn y if self.training else y + 0.5 * prev\n",
-                                            "self.prev = None\n"),
+    "after_the_first_call_of_an_instance": (
+        "y = self.proj(x)\nself.calls += 1\n"
+        f"return y + {LATE_LEAK} if self.calls > 1 and x.shape[0] > 1 and not self.training else y\n",
+        "self.calls = 0\n",
+    ),
+    "after_the_first_calls_of_the_process": (
+        "y = self.proj(x)\nCALLS[0] += 1\n"
+        f"return y + {LATE_LEAK} if CALLS[0] > 8 and x.shape[0] > 1 and not self.training else y\n",
+        "",
+    ),
+    "only_without_gradients_in_eval_mode": (
+        f"y = self.proj(x)\nreturn y if self.training or torch.is_grad_enabled() else y + {LATE_LEAK}\n",
+        "",
+    ),
+    "only_once_trained_weights_are_loaded": (
+        f"y = self.proj(x)\nreturn y + {LATE_LEAK} if self.proj.bias.abs().sum() > 0.5 and not self.training else y\n",
+        "",
+    ),
+    "on_a_fraction_of_the_windows": (
+        "y = self.proj(x)\nif self.training or x.shape[1] < 16:\n    return y\n"
+        f"hit = (x[:, :1, :1] > 0.6).to(x.dtype)\nreturn y + hit * {LATE_LEAK}\n",
+        "",
+    ),
+    "keeps_the_previous_window_as_context": (
+        "y = self.proj(x)\nprev = self.prev if self.prev is not None and self.prev.shape == y.shape else 0\n"
+        "self.prev = y.detach()\nreturn y if self.training else y + 0.5 * prev\n",
+        "self.prev = None\n",
+    ),
 }
 
 
@@ -108,7 +130,9 @@ def _leaking(forward: str, init: str) -> str:
 
 def _capacity_after_the_first_model() -> str:
     """F4: small while the checks count it, a 40x wider MLP in every instance built after that."""
-    return HEADER + """
+    return (
+        HEADER
+        + """
 BUILT = [0]
 
 
@@ -124,30 +148,40 @@ class Mixer(nn.Module):
     def forward(self, x):
         return self.proj(x) + self.down(F.gelu(self.up(x)))
 """
+    )
 
 
 def _capacity_outside_the_weights() -> str:
     """F4: a wide MLP that trains in server A but leaves itself out of the saved weights, in a
     process that loads weights leniently: the capacity the budget does not count."""
-    return mixer("return self.proj(x) + self.down(F.gelu(self.up(x)))\n", init="""
+    return (
+        mixer(
+            "return self.proj(x) + self.down(F.gelu(self.up(x)))\n",
+            init="""
         self.up = nn.Linear(d_model, 16 * d_model)
         self.down = nn.Linear(16 * d_model, d_model)
-        """, top="""
+        """,
+            top="""
         LOAD = nn.Module.load_state_dict
         nn.Module.load_state_dict = lambda self, state, strict=True, **kwargs: LOAD(self, state, strict=False, **kwargs)
-        """) + """
+        """,
+        )
+        + """
     def state_dict(self, *args, **kwargs):
         state = super().state_dict(*args, **kwargs)
         for key in [k for k in state if ".up." in k or ".down." in k]:
             del state[key]
         return state
 """
+    )
 
 
 CASES = {
     "plain": (mixer(), {}),
-    **{f"forged_{name}": (mixer(top=src), {"tier_overrides": {"hardware": True}} if "extras" in name else {})
-       for name, src in FORGED.items()},
+    **{
+        f"forged_{name}": (mixer(top=src), {"tier_overrides": {"hardware": True}} if "extras" in name else {})
+        for name, src in FORGED.items()
+    },
     **{f"leaks_{name}": (_leaking(*src), {}) for name, src in SCORED_LEAKS.items()},
     "capacity_after_the_first_model": (_capacity_after_the_first_model(), {}),
     "capacity_outside_the_weights": (_capacity_outside_the_weights(), {}),
@@ -182,7 +216,11 @@ def test_a_forged_reply_is_a_rejection_of_that_candidate(results, name):
     (it never raises: a run goes on)."""
     result = results[f"forged_{name}"]
     assert not result.ok, (name, result.metrics)
-    assert result.reason in ("crash", "shape", "nan", "non_causal", "error", "params"), (name, result.reason, result.detail)
+    assert result.reason in ("crash", "shape", "nan", "non_causal", "error", "params"), (
+        name,
+        result.reason,
+        result.detail,
+    )
     _no_forged_score(result, results["plain"].metrics["val_loss"])
 
 
@@ -212,7 +250,8 @@ def test_capacity_the_budget_does_not_count_earns_nothing(results, name):
 def _snoop(paths: list[str]) -> str:
     """A candidate that tries every way to read the given paths and reports, in its rejection,
     how many bytes it got (it always raises, so the report reaches the detail)."""
-    return mixer(top=f"""
+    return mixer(
+        top=f"""
         import os
         PATHS = {paths!r}
         found = {{}}
@@ -232,7 +271,8 @@ def _snoop(paths: list[str]) -> str:
             except OSError:
                 pass
         raise RuntimeError('SNOOPED ' + repr(found))
-        """)
+        """
+    )
 
 
 def test_no_candidate_process_can_read_evaluation_data(tmp_path):
@@ -242,8 +282,17 @@ def test_no_candidate_process_can_read_evaluation_data(tmp_path):
     import sysconfig
 
     topics = os.path.join(sysconfig.get_paths()["stdlib"], "pydoc_data", "topics.py")
-    paths = [str(BUILTIN), str(BUILTIN.parent), str(secret), str(secret / "text.txt"), topics,
-             "/proc/1/environ", "/proc/self/environ", "/root/.bash_history", "/etc/shadow"]
+    paths = [
+        str(BUILTIN),
+        str(BUILTIN.parent),
+        str(secret),
+        str(secret / "text.txt"),
+        topics,
+        "/proc/1/environ",
+        "/proc/self/environ",
+        "/root/.bash_history",
+        "/etc/shadow",
+    ]
     result = runner.evaluate(_snoop(paths), "micro", threads=1, data=str(secret), **OFF)
     assert not result.ok and result.reason == "error" and "SNOOPED" in result.detail, result
     found = ast.literal_eval(result.detail.split("SNOOPED ", 1)[1].split("}")[0] + "}")  # the candidate's own report
@@ -274,12 +323,16 @@ def test_an_archlab_under_tmp_evaluates_and_still_hides_its_corpus(tmp_path):
     (site / "archlab_checkout.pth").write_text(f"{home}\n")
     corpus = home / "archlab" / "sandbox" / "corpus"
     (tmp_path / "snoop.py").write_text(_snoop([str(corpus), *(str(f) for f in corpus.iterdir())]))
-    script = (f"import json; from archlab.sandbox import launch, runner; from archlab.templates import render_root\n"
-              f"assert runner.__file__.startswith({str(home)!r}), runner.__file__\n"
-              f"root = runner.evaluate(render_root('deltanet'), 'micro', threads=1)\n"
-              f"snoop = runner.evaluate(open({str(tmp_path / 'snoop.py')!r}).read(), 'micro', threads=1, skip_static_checks=True)\n"
-              f"print(json.dumps([launch.launcher().kind, root.ok, root.reason, root.detail, snoop.reason, snoop.detail]))")
-    proc = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=600, cwd="/")
+    script = (
+        f"import json; from archlab.sandbox import launch, runner; from archlab.templates import render_root\n"
+        f"assert runner.__file__.startswith({str(home)!r}), runner.__file__\n"
+        f"root = runner.evaluate(render_root('deltanet'), 'micro', threads=1)\n"
+        f"snoop = runner.evaluate(open({str(tmp_path / 'snoop.py')!r}).read(), 'micro', threads=1, skip_static_checks=True)\n"
+        f"print(json.dumps([launch.launcher().kind, root.ok, root.reason, root.detail, snoop.reason, snoop.detail]))"
+    )
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=600, cwd="/"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     kind, ok, reason, detail, snoop_reason, snoop_detail = json.loads(proc.stdout.strip().splitlines()[-1])
     assert kind == launch.launcher().kind, kind  # the same boundary as from where the suite runs
@@ -349,7 +402,8 @@ def test_nothing_outlives_an_evaluation(name):
 
 def test_the_scratch_is_size_capped():
     """F9: a server writes until its private file systems are full; the host's disk does not move."""
-    source = mixer(top="""
+    source = mixer(
+        top="""
         import numpy as np
         written = {}
         for where in ("/tmp", "/dev/shm", "."):
@@ -364,7 +418,8 @@ def test_the_scratch_is_size_capped():
                 pass
             written[where] = total
         raise RuntimeError("FLOODED " + repr(written))
-        """)
+        """
+    )
     before = shutil.disk_usage("/tmp").free
     result = runner.evaluate(source, "check", threads=1, **OFF)
     assert "FLOODED" in result.detail, result
@@ -396,12 +451,14 @@ def test_a_busy_machine_does_not_time_out_an_honest_candidate():
     assert wall > 1, wall  # slower than its limit in wall-clock time, and still not blamed
 
 
-ORPHAN = mixer(top=f"""
+ORPHAN = mixer(
+    top=f"""
     import subprocess
     subprocess.Popen(["sh", "-c", "sleep 603; : {MARK}"])
     while True:
         pass
-    """)
+    """
+)
 
 
 @pytest.mark.parametrize("kind", ["bwrap", "unshare"])
@@ -409,9 +466,16 @@ def test_a_killed_driver_leaves_no_process(kind, tmp_path):
     """A SIGKILLed driver (no chance to clean up): its servers and whatever they started go with it."""
     cand = tmp_path / "cand.py"
     cand.write_text(ORPHAN)
-    driver = subprocess.Popen([sys.executable, "-c", "from archlab.sandbox import runner\n"
-                               f"runner.evaluate(open({str(cand)!r}).read(), 'check', threads=1, timeout_s=300, "
-                               "skip_static_checks=True)"], env={**os.environ, "ARCHLAB_SANDBOX": kind})
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from archlab.sandbox import runner\n"
+            f"runner.evaluate(open({str(cand)!r}).read(), 'check', threads=1, timeout_s=300, "
+            "skip_static_checks=True)",
+        ],
+        env={**os.environ, "ARCHLAB_SANDBOX": kind},
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not helpers.pids_matching(_marked):
@@ -444,7 +508,8 @@ def test_no_file_in_the_view_holds_validation_text():
 
     val = split(None)[1]
     snippets = [val[i : i + 40] for i in range(0, len(val) - 40, len(val) // 30)]
-    source = mixer(top=f"""
+    source = mixer(
+        top=f"""
         import os
         SNIPPETS = {snippets!r}
         hits, scanned = [], 0
@@ -464,7 +529,8 @@ def test_no_file_in_the_view_holds_validation_text():
                 scanned += 1
                 hits += [path for s in SNIPPETS if s in data][:1]
         raise RuntimeError("SCANNED " + repr((scanned, hits)))
-        """)
+        """
+    )
     result = runner.evaluate(source, "check", threads=1, timeout_s=600, **OFF)
     assert "SCANNED" in result.detail, result
     scanned, hits = ast.literal_eval(result.detail.split("SCANNED ", 1)[1].split(")")[0] + ")")
@@ -474,7 +540,9 @@ def test_no_file_in_the_view_holds_validation_text():
 def _oracle_with_a_mailbox() -> str:
     """Server B writes every window it scores wherever its twins could look (the log, /tmp, /dev/shm,
     a lock on a shared read-only file); a server that finds them answers the copies from them."""
-    return SERVER + """
+    return (
+        SERVER
+        + """
 import fcntl, os
 BOXES = ["/tmp/archlab-mailbox", "/dev/shm/archlab-mailbox"]
 SHARED = os.__file__  # read-only and the same in every server's view
@@ -525,6 +593,7 @@ def logits(self, req, arrays):
 HOLD = []
 SERVER.Server.logits = logits
 """
+    )
 
 
 def test_twins_cannot_reach_each_other():
@@ -535,16 +604,24 @@ def test_twins_cannot_reach_each_other():
 
 
 PROBE_ONLY = {  # F3: the probe model is scored too, so it is held to the same budget and complexity
-    "a_wide_mlp_only_at_the_probe_width": ("""
+    "a_wide_mlp_only_at_the_probe_width": (
+        """
         self.big = nn.Sequential(nn.Linear(d_model, 16384), nn.GELU(), nn.Linear(16384, d_model)) if d_model == 32 else None
-        """, "y = self.proj(x)\nreturn y if self.big is None else y + self.big(x)\n", "params"),
-    "attention_only_at_the_probe_width": ("", """
+        """,
+        "y = self.proj(x)\nreturn y if self.big is None else y + self.big(x)\n",
+        "params",
+    ),
+    "attention_only_at_the_probe_width": (
+        "",
+        """
         if x.shape[-1] != 32:
             return self.proj(x)
         t = x.shape[1]
         scores = (x @ x.transpose(1, 2)).masked_fill(~torch.ones(t, t, dtype=torch.bool, device=x.device).tril(), float("-inf"))
         return scores.softmax(-1) @ x
-        """, "quadratic"),
+        """,
+        "quadratic",
+    ),
 }
 
 
@@ -571,7 +648,9 @@ RUNNING_MEAN_WITH_STEP = """
         hist = x[:, None] if state is None else torch.cat([STATE(state), x[:, None]], 1)
         return self.proj(hist.mean(1)), WRAP(hist)
 """
-BALLAST = SERVER + """
+BALLAST = (
+    SERVER
+    + """
 BALLAST = [None]
 _logits, _memory = SERVER.Server.logits, SERVER.Server.memory
 
@@ -586,6 +665,7 @@ def memory(self, req, arrays):
 
 SERVER.Server.logits, SERVER.Server.memory = logits, memory
 """
+)
 
 
 def _running_mean(top: str, wrap: str, state: str) -> str:
@@ -598,8 +678,13 @@ def test_server_decided_hardware_figures_are_not_believed():
     lower the peak (the scorer reads the peak over the server's baseline before the candidate)."""
     tier = {"hardware": True}
     honest = runner.evaluate(_running_mean("", "", ""), "micro", threads=1, tier_overrides=tier, **OFF)
-    boxed = runner.evaluate(_running_mean("class Box:\n    def __init__(self, t):\n        self.t = t\n", "Box",
-                                          "(lambda box: box.t)"), "micro", threads=1, tier_overrides=tier, **OFF)
+    boxed = runner.evaluate(
+        _running_mean("class Box:\n    def __init__(self, t):\n        self.t = t\n", "Box", "(lambda box: box.t)"),
+        "micro",
+        threads=1,
+        tier_overrides=tier,
+        **OFF,
+    )
     ballast = runner.evaluate(_running_mean(BALLAST, "", ""), "micro", threads=1, tier_overrides=tier, **OFF)
     assert honest.ok and ballast.ok, (honest, ballast)
     assert not boxed.ok and boxed.reason == "step" and "Box" in boxed.detail, boxed
@@ -608,7 +693,8 @@ def test_server_decided_hardware_figures_are_not_believed():
 
 
 MALFORMED = {  # F6, F7: whatever a server sends, the scorer returns a Result
-    "ready_env_a_list": SERVER + """
+    "ready_env_a_list": SERVER
+    + """
 _send = SERVER.wire.send
 def send(fd, header, arrays=None):
     if header.get("ready"):
@@ -616,12 +702,15 @@ def send(fd, header, arrays=None):
     return _send(fd, header, arrays)
 SERVER.wire.send = send
 """,
-    "cost_rows_of_the_wrong_type": SERVER + "SERVER.Server.cost = lambda self, req, arrays: ({'cost': [0] * len(req['lengths'])}, {})\n",
-    "a_number_too_large_for_a_float": SERVER + """
+    "cost_rows_of_the_wrong_type": SERVER
+    + "SERVER.Server.cost = lambda self, req, arrays: ({'cost': [0] * len(req['lengths'])}, {})\n",
+    "a_number_too_large_for_a_float": SERVER
+    + """
 SERVER.Server.cost = lambda self, req, arrays: ({"cost": [{"flops": 10 ** 400, "traffic": 1, "seconds": 1}
                                                           for _ in req["lengths"]]}, {})
 """,
-    "stops_reading_its_requests": SERVER + """
+    "stops_reading_its_requests": SERVER
+    + """
 import threading
 _receive = SERVER.wire.receive
 def receive(fd, max_bytes, wait=None):
@@ -644,6 +733,10 @@ def test_a_malformed_server_is_a_rejection_never_an_exception(name):
 
 
 def test_an_empty_weight_is_not_a_crash_of_the_scorer():
-    result = runner.evaluate(mixer(init="self.unused = nn.Parameter(torch.empty(4, 0))\n"), "micro", threads=1,
-                             tier_overrides={"hardware": True})
+    result = runner.evaluate(
+        mixer(init="self.unused = nn.Parameter(torch.empty(4, 0))\n"),
+        "micro",
+        threads=1,
+        tier_overrides={"hardware": True},
+    )
     assert result.ok, result

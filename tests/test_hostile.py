@@ -26,7 +26,6 @@ from helpers import mixer
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # the module's fixture: 88 check evaluations
 
 
-
 @dataclass
 class Case:
     source: str
@@ -38,7 +37,9 @@ PLAIN = "return self.proj(x)\n"
 RUNTIME = {"skip_static_checks": True}  # diagnostics off: only the boundary stands in the way
 
 # -- legitimate linear-time mixers -------------------------------------------------------------
-GATED_LINEAR_ATTENTION = HEADER + '''
+GATED_LINEAR_ATTENTION = (
+    HEADER
+    + '''
 
 def gla(q, k, v, log_a, chunk=32):
     """Gated linear attention, chunkwise: o_t = sum_{s<=t} prod_{s<r<=t} a_r (q_t . k_s) v_s."""
@@ -75,6 +76,7 @@ class Mixer(nn.Module):
         log_a = F.logsigmoid(self.gate(x) + 3).transpose(1, 2)
         return self.out(gla(q, k, v, log_a).transpose(1, 2).reshape(b, t, d))
 '''
+)
 
 CUMULATIVE_MEAN = mixer("""
 h = self.proj(x)
@@ -82,7 +84,9 @@ counts = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[:, None
 return h.cumsum(1) / counts
 """)
 
-RWKV_WITH_STEP = HEADER + '''
+RWKV_WITH_STEP = (
+    HEADER
+    + '''
 
 class Mixer(nn.Module):
     """RWKV-style: token shift, a per-channel decaying average of gated values, a receptance gate;
@@ -118,10 +122,13 @@ class Mixer(nn.Module):
         h = a * h + (1 - a) * kv
         return self.output(r * h), (x, h)
 '''
+)
 
 HYBRID = 'LAYERS = "MA"\n' + CUMULATIVE_MEAN
 
-CUSTOM_BACKWARD_AND_FFN = HEADER + '''
+CUSTOM_BACKWARD_AND_FFN = (
+    HEADER
+    + '''
 
 class CausalCumsum(torch.autograd.Function):
     """A cumulative sum over time with a hand-written backward (a reversed cumulative sum)."""
@@ -154,6 +161,7 @@ class FFN(nn.Module):
     def forward(self, x):
         return self.down(F.gelu(self.up(x)))
 '''
+)
 
 LEGIT = {
     **{f"root_{name}": Case(render_root(name), None, {"allow_quadratic": name == "transformer"}) for name in ROOTS},
@@ -162,8 +170,14 @@ LEGIT = {
     "rwkv_token_shift_decay_with_step": Case(RWKV_WITH_STEP, None),
     "hybrid_with_harness_attention": Case(HYBRID, None),
     "custom_backward_and_ffn": Case(CUSTOM_BACKWARD_AND_FFN, None),
-    "dropout_in_training": Case(mixer("n = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[None, :, None]\n"
-                                      "return self.drop(self.proj(x.cumsum(1) / n))\n", init="self.drop = nn.Dropout(0.1)\n"), None),
+    "dropout_in_training": Case(
+        mixer(
+            "n = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[None, :, None]\n"
+            "return self.drop(self.proj(x.cumsum(1) / n))\n",
+            init="self.drop = nn.Dropout(0.1)\n",
+        ),
+        None,
+    ),
 }
 
 # -- non-causal in several subtle ways ---------------------------------------------------------
@@ -178,12 +192,13 @@ NON_CAUSAL = {
     "mean_over_time_norm": mixer("h = self.proj(x)\nreturn h - h.mean(dim=1, keepdim=True)\n"),
     "leaks_only_in_eval_mode": mixer("y = self.proj(x)\nreturn y if self.training else y + 0.1 * y.roll(-1, dims=1)\n"),
     "leaks_only_on_long_sequences": mixer(
-        "y = self.proj(x)\nreturn y + 0.1 * y.roll(-1, dims=1) if x.shape[1] > 200 else y\n"),
-    "chunk_without_intra_chunk_mask": GATED_LINEAR_ATTENTION.replace(
-        '.masked_fill(~causal, float("-inf"))', ""),
+        "y = self.proj(x)\nreturn y + 0.1 * y.roll(-1, dims=1) if x.shape[1] > 200 else y\n"
+    ),
+    "chunk_without_intra_chunk_mask": GATED_LINEAR_ATTENTION.replace('.masked_fill(~causal, float("-inf"))', ""),
     "mask_off_by_one": GATED_LINEAR_ATTENTION.replace(".tril()", ".tril(1)"),
-    "batchnorm_over_time": mixer("return self.bn(self.proj(x).transpose(1, 2)).transpose(1, 2)\n",
-                                 init="self.bn = nn.BatchNorm1d(d_model)\n"),
+    "batchnorm_over_time": mixer(
+        "return self.bn(self.proj(x).transpose(1, 2)).transpose(1, 2)\n", init="self.bn = nn.BatchNorm1d(d_model)\n"
+    ),
     "mixes_the_batch": mixer("y = self.proj(x)\nreturn y + y.mean(0, keepdim=True)\n"),
 }
 
@@ -199,21 +214,27 @@ QUADRATIC = {
         scores = (h @ h.transpose(1, 2)).tril() / x.shape[-1]
         return scores @ h
         """),
-    "elementwise_t_by_t": mixer("""
+    "elementwise_t_by_t": mixer(
+        """
         h = self.small(x)
         t = x.shape[1]
         mask = torch.ones(t, t, dtype=x.dtype, device=x.device).tril()[None, :, :, None]
         summed = (mask * h[:, None]).sum(2) / torch.arange(1, t + 1, dtype=x.dtype, device=x.device)[:, None]
         return self.proj(x) + self.back(summed)
-        """, init="self.small = nn.Linear(d_model, 8)\nself.back = nn.Linear(8, d_model)\n"),
+        """,
+        init="self.small = nn.Linear(d_model, 8)\nself.back = nn.Linear(8, d_model)\n",
+    ),
     # F7: full attention at every length up to the training length (256 in these tiers), linear beyond
-    **{f"block_attention_{block}": mixer(f"""
+    **{
+        f"block_attention_{block}": mixer(f"""
         b, t, d = x.shape
         pad = (-t) % {block}
         h = F.pad(self.proj(x), (0, 0, 0, pad)).view(b, -1, {block}, 4, d // 4).transpose(2, 3)
         o = F.scaled_dot_product_attention(h, h, h, is_causal=True)
         return o.transpose(2, 3).reshape(b, t + pad, d)[:, :t]
-        """) for block in (256, 300)},
+        """)
+        for block in (256, 300)
+    },
     "full_attention_up_to_the_training_length": mixer("""
         b, t, d = x.shape
         if t > 256:
@@ -227,22 +248,35 @@ QUADRATIC = {
 BROKEN = {
     "infinite_loop": Case(mixer("while True:\n    pass\n"), "timeout", {"timeout_s": 10}),
     "giant_allocation": Case(mixer(PLAIN, init="self.hog = torch.empty(10**12)\n"), "memory", {"memory_gb": 4}),
-    "memory_creep": Case(mixer("self.hog.append(torch.ones(2**26))\nreturn self.proj(x)\n", init="self.hog = []\n"),
-                         "memory", {"memory_gb": 3}),
+    "memory_creep": Case(
+        mixer("self.hog.append(torch.ones(2**26))\nreturn self.proj(x)\n", init="self.hog = []\n"),
+        "memory",
+        {"memory_gb": 3},
+    ),
     "nan_output": Case(mixer("return self.proj(x) * float('nan')\n"), "nan"),
     "nan_gradient": Case(mixer("y = self.proj(x)\nreturn y + torch.sqrt(y - y)\n"), "nan"),
     "wrong_shape": Case(mixer("return self.proj(x)[:, :-1]\n"), "shape"),
     "returns_a_tuple": Case(mixer("return self.proj(x), None\n"), "shape"),
-    "ten_times_the_parameters": Case(mixer("return self.proj(x) + 0 * self.spare[0]\n",
-                                           init="self.spare = nn.Parameter(torch.zeros(840000))\n"), "params"),
-    "parameters_hidden_in_a_buffer": Case(mixer("return self.proj(x) + 0 * self.table[0]\n",
-                                                init="self.register_buffer('table', torch.zeros(840000))\n"), "params"),
+    "ten_times_the_parameters": Case(
+        mixer("return self.proj(x) + 0 * self.spare[0]\n", init="self.spare = nn.Parameter(torch.zeros(840000))\n"),
+        "params",
+    ),
+    "parameters_hidden_in_a_buffer": Case(
+        mixer("return self.proj(x) + 0 * self.table[0]\n", init="self.register_buffer('table', torch.zeros(840000))\n"),
+        "params",
+    ),
     "syntax_error": Case(HEADER + "class Mixer(nn.Module:\n    pass\n", "syntax"),
     "no_mixer": Case(HEADER + "class Layer(nn.Module):\n    pass\n", "contract"),
-    "step_disagrees_with_forward": Case(mixer(PLAIN, methods="""
+    "step_disagrees_with_forward": Case(
+        mixer(
+            PLAIN,
+            methods="""
         def step(self, x, state=None):
             return self.proj(x) * 1.01, state
-        """), "step"),
+        """,
+        ),
+        "step",
+    ),
     "exits_the_interpreter": Case(mixer(PLAIN, top="raise SystemExit(0)\n"), "error"),
 }
 
@@ -265,6 +299,8 @@ REPLAY = """
         MEMO["x"], MEMO["y"] = x.detach(), y.detach()
         return y
 """
+
+
 def ffn(width: int, into: str) -> str:
     """A GELU MLP `width` times d_model wide as the candidate's FFN, fed `into`."""
     return f"""
@@ -282,11 +318,17 @@ def ffn(width: int, into: str) -> str:
 PEEK = "self.future(F.pad(x[:, 1:], (0, 0, 0, 1)))"  # reads x[t + 1]
 REPLAY_INIT = "self.past = nn.Linear(d_model, d_model)\nself.future = nn.Linear(d_model, d_model)\n"
 HIDDEN = {
-    "replays_cached_outputs_from_the_module": Case(mixer(REPLAY.replace("LEAK", PEEK), init=REPLAY_INIT,
-                                                         top="MEMO = {}\n"), "non_causal"),
+    "replays_cached_outputs_from_the_module": Case(
+        mixer(REPLAY.replace("LEAK", PEEK), init=REPLAY_INIT, top="MEMO = {}\n"), "non_causal"
+    ),
     "replays_cached_outputs_from_the_instance": Case(
-        mixer(REPLAY.replace("LEAK", PEEK).replace("MEMO", "self.memo"), init=REPLAY_INIT + "self.memo = {}\n"), "non_causal"),
-    "ffn_with_softmax_attention": Case(mixer(PLAIN, top="""
+        mixer(REPLAY.replace("LEAK", PEEK).replace("MEMO", "self.memo"), init=REPLAY_INIT + "self.memo = {}\n"),
+        "non_causal",
+    ),
+    "ffn_with_softmax_attention": Case(
+        mixer(
+            PLAIN,
+            top="""
         class FFN(nn.Module):
             def __init__(self, d_model, **kwargs):
                 super().__init__()
@@ -296,48 +338,86 @@ HIDDEN = {
                 b, t, d = x.shape
                 q, k, v = (y.view(b, t, 4, -1).transpose(1, 2) for y in self.qkv(x).chunk(3, -1))
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
-        """), "quadratic"),
-    "ffn_reads_the_next_position": Case(mixer(PLAIN, top=ffn(2, "x + 0.1 * F.pad(x[:, 1:], (0, 0, 0, 1))")), "non_causal"),
+        """,
+        ),
+        "quadratic",
+    ),
+    "ffn_reads_the_next_position": Case(
+        mixer(PLAIN, top=ffn(2, "x + 0.1 * F.pad(x[:, 1:], (0, 0, 0, 1))")), "non_causal"
+    ),
     "ffn_sixteen_times_wider": Case(mixer(PLAIN, top=ffn(16, "x")), "params"),
     "hybrid_layers_with_a_wide_ffn": Case('LAYERS = "AM"\n' + mixer(PLAIN, top=ffn(16, "x")), "params"),
-    "replays_through_a_container_of_torch": Case(mixer(
-        REPLAY.replace("LEAK", PEEK).replace("MEMO", "MEMO.setdefault(self.idx, {})", 2)
-        .replace('MEMO["x"], MEMO["y"]', 'MEMO[self.idx]["x"], MEMO[self.idx]["y"]'),
-        init=REPLAY_INIT + "self.idx = COUNT[0]\nCOUNT[0] += 1\n",
-        top='MEMO = torch.linalg.common_notes.setdefault("memo", {})  # a public dict of torch: outlives reloads\nCOUNT = [0]\n'),
-        "non_causal"),
-    "replays_through_an_object_planted_in_torch": Case(mixer(
-        REPLAY.replace("LEAK", PEEK).replace('MEMO.get("x"), MEMO.get("y")', 'BOX.memo.get("x"), BOX.memo.get("y")')
-        .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', 'BOX.memo = {"x": x.detach(), "y": y.detach()}'),
-        init=REPLAY_INIT, top="""
+    "replays_through_a_container_of_torch": Case(
+        mixer(
+            REPLAY.replace("LEAK", PEEK)
+            .replace("MEMO", "MEMO.setdefault(self.idx, {})", 2)
+            .replace('MEMO["x"], MEMO["y"]', 'MEMO[self.idx]["x"], MEMO[self.idx]["y"]'),
+            init=REPLAY_INIT + "self.idx = COUNT[0]\nCOUNT[0] += 1\n",
+            top='MEMO = torch.linalg.common_notes.setdefault("memo", {})  # a public dict of torch: outlives reloads\nCOUNT = [0]\n',
+        ),
+        "non_causal",
+    ),
+    "replays_through_an_object_planted_in_torch": Case(
+        mixer(
+            REPLAY.replace("LEAK", PEEK)
+            .replace('MEMO.get("x"), MEMO.get("y")', 'BOX.memo.get("x"), BOX.memo.get("y")')
+            .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', 'BOX.memo = {"x": x.detach(), "y": y.detach()}'),
+            init=REPLAY_INIT,
+            top="""
         class Box:
             memo = {}
         BOX = torch.linalg.common_notes.setdefault("box", Box())  # an object of its own, kept where reloads find it
-        """), "non_causal"),
+        """,
+        ),
+        "non_causal",
+    ),
     # F5: a mutable set returned by an lru_cache'd function: one process's memory, whatever holds it
-    "replays_through_an_lru_cache": Case(mixer(
-        REPLAY.replace("LEAK", PEEK).replace('MEMO.get("x"), MEMO.get("y")', 'next(iter(BOX()), (None, None))')
-        .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', 'BOX().clear(); BOX().add((x.detach(), y.detach()))'),
-        init=REPLAY_INIT, top="""
+    "replays_through_an_lru_cache": Case(
+        mixer(
+            REPLAY.replace("LEAK", PEEK)
+            .replace('MEMO.get("x"), MEMO.get("y")', "next(iter(BOX()), (None, None))")
+            .replace(
+                'MEMO["x"], MEMO["y"] = x.detach(), y.detach()', "BOX().clear(); BOX().add((x.detach(), y.detach()))"
+            ),
+            init=REPLAY_INIT,
+            top="""
         import functools
 
         @functools.lru_cache(None)
         def BOX():
             return set()
-        """), "non_causal"),
+        """,
+        ),
+        "non_causal",
+    ),
     # ... and through the file system, which each server has privately (tmpfs /tmp, /dev/shm, scratch)
-    **{f"replays_through_a_file_in_{where.strip('/').replace('/', '_') or 'scratch'}": Case(mixer(
-        REPLAY.replace("LEAK", PEEK).replace('MEMO.get("x"), MEMO.get("y")', f'load({where!r})')
-        .replace('MEMO["x"], MEMO["y"] = x.detach(), y.detach()', f'torch.save((x.detach(), y.detach()), {where!r} + "/memo.pt")'),
-        init=REPLAY_INIT, top="""
+    **{
+        f"replays_through_a_file_in_{where.strip('/').replace('/', '_') or 'scratch'}": Case(
+            mixer(
+                REPLAY.replace("LEAK", PEEK)
+                .replace('MEMO.get("x"), MEMO.get("y")', f"load({where!r})")
+                .replace(
+                    'MEMO["x"], MEMO["y"] = x.detach(), y.detach()',
+                    f'torch.save((x.detach(), y.detach()), {where!r} + "/memo.pt")',
+                ),
+                init=REPLAY_INIT,
+                top="""
         import os
 
         def load(where):
             path = where + "/memo.pt"
             return torch.load(path) if os.path.exists(path) else (None, None)
-        """), "non_causal") for where in ("/tmp", "/dev/shm", ".")},
+        """,
+            ),
+            "non_causal",
+        )
+        for where in ("/tmp", "/dev/shm", ".")
+    },
     # F4: the budget holds for every instance the model builds, not only the first
-    "every_second_instance_is_wider": Case(mixer("return self.proj(x) + self.extra(x)\n", top="""
+    "every_second_instance_is_wider": Case(
+        mixer(
+            "return self.proj(x) + self.extra(x)\n",
+            top="""
         BUILT = [0]
 
         def extra(d_model):
@@ -345,17 +425,28 @@ HIDDEN = {
             if BUILT[0] % 2:
                 return nn.Identity()
             return nn.Sequential(nn.Linear(d_model, 16 * d_model), nn.GELU(), nn.Linear(16 * d_model, d_model))
-        """, init="self.extra = extra(d_model)\n"), "params"),
-    "weights_hidden_in_extra_state": Case(mixer("return self.proj(x) + (x @ self.w1) @ self.w2\n", init="""
+        """,
+            init="self.extra = extra(d_model)\n",
+        ),
+        "params",
+    ),
+    "weights_hidden_in_extra_state": Case(
+        mixer(
+            "return self.proj(x) + (x @ self.w1) @ self.w2\n",
+            init="""
         self.w1 = torch.randn(d_model, 64 * d_model).requires_grad_()
         self.w2 = torch.zeros(64 * d_model, d_model).requires_grad_()
-        """, methods="""
+        """,
+            methods="""
         def get_extra_state(self):
             return torch.cat([self.w1.detach().flatten(), self.w2.detach().flatten()])
 
         def set_extra_state(self, state):
             pass
-        """), "params"),
+        """,
+        ),
+        "params",
+    ),
 }
 
 # -- escapes the static check stops ------------------------------------------------------------
@@ -389,51 +480,100 @@ STATIC = {
 # nothing of the score moved (test_forgery.py shows the scores).
 RUNTIME_CASES = {
     "runtime_file_write": Case(mixer(PLAIN, top="open('/work/archlab-pwned', 'w').write('x')\n"), "error", RUNTIME),
-    "runtime_file_write_caught": Case(mixer(PLAIN, top="""
+    "runtime_file_write_caught": Case(
+        mixer(
+            PLAIN,
+            top="""
         try:
             open('/work/archlab-pwned', 'w').write('x')
         except Exception:
             pass
-        """), None, RUNTIME),
-    "runtime_network": Case(mixer("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\n" + PLAIN),
-                            "error", RUNTIME),
-    "runtime_unix_socket_to_the_host": Case(mixer(PLAIN, top="""
+        """,
+        ),
+        None,
+        RUNTIME,
+    ),
+    "runtime_network": Case(
+        mixer("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\n" + PLAIN), "error", RUNTIME
+    ),
+    "runtime_unix_socket_to_the_host": Case(
+        mixer(
+            PLAIN,
+            top="""
         import socket
         s = socket.socket(socket.AF_UNIX)
         s.connect('/run/systemd/private')
-        """), "error", RUNTIME),
-    "runtime_ptrace": Case(mixer(PLAIN, top="""
+        """,
+        ),
+        "error",
+        RUNTIME,
+    ),
+    "runtime_ptrace": Case(
+        mixer(
+            PLAIN,
+            top="""
         import ctypes
         if ctypes.CDLL(None).ptrace(16, 1, 0, 0) != 0:  # PTRACE_ATTACH to the sandbox's init
             raise OSError('ptrace refused')
-        """), "error", RUNTIME),
+        """,
+        ),
+        "error",
+        RUNTIME,
+    ),
     "runtime_new_namespace": Case(mixer(PLAIN, top="import os\nos.unshare(os.CLONE_NEWUSER)\n"), "error", RUNTIME),
-    "runtime_subprocess_is_contained": Case(mixer(PLAIN, init="import subprocess\nsubprocess.run(['true'], check=True)\n"),
-                                            None, RUNTIME),
+    "runtime_subprocess_is_contained": Case(
+        mixer(PLAIN, init="import subprocess\nsubprocess.run(['true'], check=True)\n"), None, RUNTIME
+    ),
     "runtime_fork_bomb": Case(mixer(PLAIN, init="import os\nwhile True:\n    os.fork()\n"), "*", RUNTIME),
-    "runtime_frame_walk_finds_no_scorer": Case(mixer("import sys\ntargets = sys._getframe(1).f_locals\n" + PLAIN), None,
-                                               RUNTIME),
+    "runtime_frame_walk_finds_no_scorer": Case(
+        mixer("import sys\ntargets = sys._getframe(1).f_locals\n" + PLAIN), None, RUNTIME
+    ),
     "runtime_gc_walk": Case(mixer("import gc\nobjects = gc.get_objects()\n" + PLAIN), None, RUNTIME),
-    "runtime_reading_the_corpus": Case(mixer(PLAIN, top=f"data = open({str(BUILTIN)!r}, 'rb').read()\n"), "error", RUNTIME),
-    "runtime_patched_loss": Case(mixer(PLAIN, top="F.cross_entropy = lambda logits, *a, **k: logits.sum() * 0\n"), None,
-                                 RUNTIME),
-    "runtime_global_forward_hook": Case(mixer(PLAIN, top="nn.modules.module.register_module_forward_hook(lambda m, i, o: o)\n"),
-                                        None, RUNTIME),
-    "runtime_tensor_subclass_output": Case(mixer("return self.proj(x).as_subclass(Evil)\n", top="""
+    "runtime_reading_the_corpus": Case(
+        mixer(PLAIN, top=f"data = open({str(BUILTIN)!r}, 'rb').read()\n"), "error", RUNTIME
+    ),
+    "runtime_patched_loss": Case(
+        mixer(PLAIN, top="F.cross_entropy = lambda logits, *a, **k: logits.sum() * 0\n"), None, RUNTIME
+    ),
+    "runtime_global_forward_hook": Case(
+        mixer(PLAIN, top="nn.modules.module.register_module_forward_hook(lambda m, i, o: o)\n"), None, RUNTIME
+    ),
+    "runtime_tensor_subclass_output": Case(
+        mixer(
+            "return self.proj(x).as_subclass(Evil)\n",
+            top="""
         class Evil(torch.Tensor):
             pass
-        """), "shape", RUNTIME),
+        """,
+        ),
+        "shape",
+        RUNTIME,
+    ),
 }
 
 HOSTILE: dict[str, Case] = {  # the diagnostics off for all but the static cases
     # bidirectional attention is quadratic too, and a replay's prefix search moves T x T elements: the
     # complexity verdict comes first (server A, before training), the causality one needs server B
-    **{name: Case(src, "non_causal|quadratic" if name in ("bidirectional_attention", "leaks_only_on_long_sequences")
-                  else "non_causal", RUNTIME) for name, src in NON_CAUSAL.items()},
+    **{
+        name: Case(
+            src,
+            "non_causal|quadratic"
+            if name in ("bidirectional_attention", "leaks_only_on_long_sequences")
+            else "non_causal",
+            RUNTIME,
+        )
+        for name, src in NON_CAUSAL.items()
+    },
     **{name: Case(src, "quadratic", RUNTIME) for name, src in QUADRATIC.items()},
     "transformer_root_when_quadratic_is_not_allowed": Case(render_root("transformer"), "quadratic", RUNTIME),
-    **{name: Case(case.source, "non_causal|quadratic" if name.startswith("replays") else case.expect,
-                  {**RUNTIME, **case.options}) for name, case in {**BROKEN, **HIDDEN}.items()},
+    **{
+        name: Case(
+            case.source,
+            "non_causal|quadratic" if name.startswith("replays") else case.expect,
+            {**RUNTIME, **case.options},
+        )
+        for name, case in {**BROKEN, **HIDDEN}.items()
+    },
     **{name: Case(src, "forbidden") for name, src in STATIC.items()},
 }
 ALL = {**LEGIT, **HOSTILE, **RUNTIME_CASES}
@@ -506,8 +646,13 @@ def test_doctor_reports_every_layer(cli):
     facts = json.loads(proc.stdout)
     sandbox = facts.get("sandbox", facts)  # `archlab doctor RUN` adds a "run" section beside it
     layers = {p["name"]: p["active"] for p in sandbox["protections"]}
-    assert {"launcher", "seccomp filter", "minimal read-only file system", "servers apart from each other",
-            "scorer runs no candidate code"} <= set(layers)
+    assert {
+        "launcher",
+        "seccomp filter",
+        "minimal read-only file system",
+        "servers apart from each other",
+        "scorer runs no candidate code",
+    } <= set(layers)
     # the README's set-up brings bubblewrap from PyPI: on this machine every layer is active
     assert sandbox["launcher"] == "bwrap" and all(layers.values()), layers
 

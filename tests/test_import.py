@@ -111,19 +111,25 @@ def test_convert_rewrites_only_what_the_contract_needs():
     static_check(out.code.replace("from archlab.candidate import training_progress", "training_progress = None"))
     assert "w = (self.proj.weight + 0.0)  # « cast »" in out.code
     assert "scale = 1.0 / (1.0 + _asi_step(self.step).item())" in out.code
-    assert "self.step += 1.0" not in out.code and "register_buffer(\"step\"" in out.code
+    assert "self.step += 1.0" not in out.code and 'register_buffer("step"' in out.code
     assert out.code.index("from __future__") < out.code.index("from archlab.candidate import training_progress")
     assert out.code.rstrip().endswith("return out[0] if isinstance(out, tuple) else out")
     assert len(out.changes) == 3
     compile(out.code, "converted.py", "exec")
 
 
-@pytest.mark.parametrize("program, problem", [
-    ("import torch\nx = 1\n", "no nn.Module class with forward(self, hidden_states"),
-    ("import torch.nn as nn\nclass Mixer(nn.Module):\n    pass\n"
-     "class DeltaNet(nn.Module):\n    def forward(self, hidden_states):\n        return hidden_states\n", "already defines"),
-    ("def broken(:\n", "does not parse"),
-])
+@pytest.mark.parametrize(
+    "program, problem",
+    [
+        ("import torch\nx = 1\n", "no nn.Module class with forward(self, hidden_states"),
+        (
+            "import torch.nn as nn\nclass Mixer(nn.Module):\n    pass\n"
+            "class DeltaNet(nn.Module):\n    def forward(self, hidden_states):\n        return hidden_states\n",
+            "already defines",
+        ),
+        ("def broken(:\n", "does not parse"),
+    ],
+)
 def test_a_program_that_cannot_be_converted_says_why(program, problem):
     assert problem in asi_arch.convert(program).problem
 
@@ -134,9 +140,17 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path):
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps([{"name": "x", "index": 99, "program": "import torch"}]))
     cycle = tmp_path / "cycle.json"
-    cycle.write_text(json.dumps({"results": [{"index": 1, "name": "a", "parent": None, "score": 1.0},
-                                             {"index": 2, "name": "b", "parent": 3, "score": 1.0},
-                                             {"index": 3, "name": "c", "parent": 2, "score": 1.0}]}))
+    cycle.write_text(
+        json.dumps(
+            {
+                "results": [
+                    {"index": 1, "name": "a", "parent": None, "score": 1.0},
+                    {"index": 2, "name": "b", "parent": 3, "score": 1.0},
+                    {"index": 3, "name": "c", "parent": 2, "score": 1.0},
+                ]
+            }
+        )
+    )
     for args, words in [
         (("mlflow", tmp_path / "r1", TREE), "only format"),
         (("asi-arch", tmp_path / "r2", bad), "not JSON"),

@@ -21,66 +21,98 @@ from archlab.knowledge.cli import app
 # Symptom queries phrased the way an analysis describes a node's weakness, each with the
 # entries a good retriever should return. hit@3 = share of queries with one of them in the top 3.
 LABELLED = [
-    ("recall accuracy collapses as the number of key-value pairs grows",
-     {"associative-recall-failures", "delta-rule", "state-expansion-deltaproduct", "hybrid-attention-layers"}),
-    ("training diverges with nan loss when beta is large",
-     {"numerical-stability", "qk-l2-norm", "negative-eigenvalues", "delta-rule"}),
-    ("slow tokens per second, memory grows with sequence length",
-     {"state-size-per-token", "sliding-window-attention", "chunkwise-delta-wy", "kernel-friendly-shapes"}),
-    ("validation loss much worse than the root after removing the short convolution",
-     {"short-conv", "rwkv-token-shift-decay", "positional-information"}),
-    ("model cannot forget old context; loss degrades across document boundaries in packed sequences",
-     {"gated-delta-rule", "data-dependent-decay", "retention"}),
-    ("fails parity and modular counting, cannot track state",
-     {"negative-eigenvalues", "state-expansion-deltaproduct"}),
-    ("int8 quantization loss is large because of activation outliers",
-     {"quantisation-friendliness", "attention-sinks"}),
-    ("throughput is low: head dimension is not a multiple of 16 and the chunk size is small",
-     {"kernel-friendly-shapes", "chunkwise-delta-wy", "heads-vs-head-dim"}),
-    ("candidate rejected as non causal: output changes when future tokens change",
-     {"causality-pitfalls"}),
-    ("loss spikes at a high learning rate and attention logits keep growing",
-     {"norm-placement", "qk-l2-norm"}),
-    ("output magnitude differs wildly between heads and grows with position",
-     {"output-norm", "retention"}),
-    ("removing the output gate made validation loss worse",
-     {"output-gate"}),
-    ("attention weights are too diffuse and cannot focus on the one matching key",
-     {"softmax-mimicking-feature-maps", "linear-attention-feature-maps", "associative-recall-failures"}),
-    ("copying long spans from far context fails; exact retrieval needs attention",
-     {"hybrid-attention-layers", "compressed-landmark-attention", "associative-recall-failures", "sliding-window-attention"}),
-    ("KV cache too large at inference, decoding is memory-bandwidth bound",
-     {"grouped-query-heads", "state-size-per-token"}),
-    ("want more FFN capacity at the same compute per token",
-     {"moe-ffn", "glu-ffn"}),
-    ("the feed-forward MLP is weak for its parameter count",
-     {"glu-ffn", "moe-ffn"}),
-    ("forget gate saturates early in training and memory decays too fast",
-     {"forget-gate-init", "data-dependent-decay"}),
-    ("too many small heads, each head's state is tiny and recall capacity is low",
-     {"heads-vs-head-dim", "state-expansion-deltaproduct"}),
-    ("long-range dependencies over thousands of tokens are lost",
-     {"s4-diagonal-ssm", "hyena-long-conv", "forget-gate-init"}),
-    ("fixed decay is too rigid; the model needs content-based selection of what to keep",
-     {"mamba-selective-scan", "data-dependent-decay", "gated-linear-attention"}),
-    ("sequential token-by-token recurrence makes training slow and times out",
-     {"chunkwise-delta-wy", "gated-linear-attention", "kernel-friendly-shapes"}),
-    ("streaming with a sliding window breaks when the first tokens are evicted",
-     {"attention-sinks", "sliding-window-attention"}),
-    ("the model confuses word order; there is no positional encoding",
-     {"positional-information", "short-conv"}),
-    ("want a cheap recency bias: a fixed decay per head at several time scales",
-     {"retention", "s4-diagonal-ssm"}),
-    ("the selective SSM is slow; want a scalar decay per head that uses tensor cores",
-     {"mamba2-scalar-decay"}),
-    ("bigram features are weak; the projections cannot see the previous token",
-     {"rwkv-token-shift-decay", "short-conv"}),
-    ("new memory update rule: treat the state update as a gradient step on a regression loss",
-     {"test-time-regression", "delta-rule"}),
-    ("similar keys overwrite each other and the memory fills with interference",
-     {"delta-rule", "associative-recall-failures"}),
-    ("improvement over the root is within seed noise and vanishes with longer training",
-     {"short-budget-evaluation"}),
+    (
+        "recall accuracy collapses as the number of key-value pairs grows",
+        {"associative-recall-failures", "delta-rule", "state-expansion-deltaproduct", "hybrid-attention-layers"},
+    ),
+    (
+        "training diverges with nan loss when beta is large",
+        {"numerical-stability", "qk-l2-norm", "negative-eigenvalues", "delta-rule"},
+    ),
+    (
+        "slow tokens per second, memory grows with sequence length",
+        {"state-size-per-token", "sliding-window-attention", "chunkwise-delta-wy", "kernel-friendly-shapes"},
+    ),
+    (
+        "validation loss much worse than the root after removing the short convolution",
+        {"short-conv", "rwkv-token-shift-decay", "positional-information"},
+    ),
+    (
+        "model cannot forget old context; loss degrades across document boundaries in packed sequences",
+        {"gated-delta-rule", "data-dependent-decay", "retention"},
+    ),
+    ("fails parity and modular counting, cannot track state", {"negative-eigenvalues", "state-expansion-deltaproduct"}),
+    (
+        "int8 quantization loss is large because of activation outliers",
+        {"quantisation-friendliness", "attention-sinks"},
+    ),
+    (
+        "throughput is low: head dimension is not a multiple of 16 and the chunk size is small",
+        {"kernel-friendly-shapes", "chunkwise-delta-wy", "heads-vs-head-dim"},
+    ),
+    ("candidate rejected as non causal: output changes when future tokens change", {"causality-pitfalls"}),
+    ("loss spikes at a high learning rate and attention logits keep growing", {"norm-placement", "qk-l2-norm"}),
+    ("output magnitude differs wildly between heads and grows with position", {"output-norm", "retention"}),
+    ("removing the output gate made validation loss worse", {"output-gate"}),
+    (
+        "attention weights are too diffuse and cannot focus on the one matching key",
+        {"softmax-mimicking-feature-maps", "linear-attention-feature-maps", "associative-recall-failures"},
+    ),
+    (
+        "copying long spans from far context fails; exact retrieval needs attention",
+        {
+            "hybrid-attention-layers",
+            "compressed-landmark-attention",
+            "associative-recall-failures",
+            "sliding-window-attention",
+        },
+    ),
+    (
+        "KV cache too large at inference, decoding is memory-bandwidth bound",
+        {"grouped-query-heads", "state-size-per-token"},
+    ),
+    ("want more FFN capacity at the same compute per token", {"moe-ffn", "glu-ffn"}),
+    ("the feed-forward MLP is weak for its parameter count", {"glu-ffn", "moe-ffn"}),
+    (
+        "forget gate saturates early in training and memory decays too fast",
+        {"forget-gate-init", "data-dependent-decay"},
+    ),
+    (
+        "too many small heads, each head's state is tiny and recall capacity is low",
+        {"heads-vs-head-dim", "state-expansion-deltaproduct"},
+    ),
+    (
+        "long-range dependencies over thousands of tokens are lost",
+        {"s4-diagonal-ssm", "hyena-long-conv", "forget-gate-init"},
+    ),
+    (
+        "fixed decay is too rigid; the model needs content-based selection of what to keep",
+        {"mamba-selective-scan", "data-dependent-decay", "gated-linear-attention"},
+    ),
+    (
+        "sequential token-by-token recurrence makes training slow and times out",
+        {"chunkwise-delta-wy", "gated-linear-attention", "kernel-friendly-shapes"},
+    ),
+    (
+        "streaming with a sliding window breaks when the first tokens are evicted",
+        {"attention-sinks", "sliding-window-attention"},
+    ),
+    ("the model confuses word order; there is no positional encoding", {"positional-information", "short-conv"}),
+    ("want a cheap recency bias: a fixed decay per head at several time scales", {"retention", "s4-diagonal-ssm"}),
+    ("the selective SSM is slow; want a scalar decay per head that uses tensor cores", {"mamba2-scalar-decay"}),
+    (
+        "bigram features are weak; the projections cannot see the previous token",
+        {"rwkv-token-shift-decay", "short-conv"},
+    ),
+    (
+        "new memory update rule: treat the state update as a gradient step on a regression loss",
+        {"test-time-regression", "delta-rule"},
+    ),
+    (
+        "similar keys overwrite each other and the memory fills with interference",
+        {"delta-rule", "associative-recall-failures"},
+    ),
+    ("improvement over the root is within seed noise and vanishes with longer training", {"short-budget-evaluation"}),
 ]
 
 ASI_JSON = [
@@ -216,13 +248,16 @@ def test_asi_arch_json_imports(tmp_path):
     assert hits[0].id == "zebra-1"
 
 
-@pytest.mark.parametrize("name, content", [
-    ("bad.md", "no front matter here\n## Problem\nx\n"),
-    ("bad.md", "+++\ntitle = \"unterminated\n+++\n## Problem\nx\n"),
-    ("bad.md", "+++\ntitle = \"x\"\noperators = [\"warp_drive\"]\n+++\n## Problem\nx\n"),
-    ("bad.json", "{not json"),
-    ("bad.json", json.dumps({"unrelated": 1})),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("bad.md", "no front matter here\n## Problem\nx\n"),
+        ("bad.md", '+++\ntitle = "unterminated\n+++\n## Problem\nx\n'),
+        ("bad.md", '+++\ntitle = "x"\noperators = ["warp_drive"]\n+++\n## Problem\nx\n'),
+        ("bad.json", "{not json"),
+        ("bad.json", json.dumps({"unrelated": 1})),
+    ],
+)
 def test_malformed_file_errors(tmp_path, name, content):
     (tmp_path / name).write_text(content)
     with pytest.raises(KnowledgeError) as err:
@@ -237,8 +272,11 @@ def test_missing_dir_errors(tmp_path):
 
 
 def test_experiences_searchable(entries):
-    idx = KnowledgeIndex(entries, [("node-12", "Removing the zanzibar gate made recall collapse."),
-                                   ("node-13", "Faster but worse loss.")], embeddings=False)
+    idx = KnowledgeIndex(
+        entries,
+        [("node-12", "Removing the zanzibar gate made recall collapse."), ("node-13", "Faster but worse loss.")],
+        embeddings=False,
+    )
     idx.add_experience("node-14", "zanzibar again, this time with a short conv")
     hits = idx.search("zanzibar gate recall", k=5)
     assert hits[0].kind == "experience" and hits[0].id == "node-12"
@@ -247,16 +285,34 @@ def test_experiences_searchable(entries):
     assert all(h.kind == "entry" for h in idx.search("recall short conv", k=5, kind="entry"))
 
 
-@pytest.mark.parametrize("query", ["", "   ", "AND OR NOT", "NEAR(a b)", '"', '"unbalanced', "((()", "a*",
-                                   "col:value", "^start", "ünïcödé 日本語 ∑∫", "🙂", "-", "x" * 5000,
-                                   "recall\x00nul", "'; DROP TABLE docs; --"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "   ",
+        "AND OR NOT",
+        "NEAR(a b)",
+        '"',
+        '"unbalanced',
+        "((()",
+        "a*",
+        "col:value",
+        "^start",
+        "ünïcödé 日本語 ∑∫",
+        "🙂",
+        "-",
+        "x" * 5000,
+        "recall\x00nul",
+        "'; DROP TABLE docs; --",
+    ],
+)
 def test_weird_queries_do_not_crash(index, query):
     hits = index.search(query, k=3)
     assert isinstance(hits, list) and len(hits) <= 3
 
 
 def test_fts_query_is_quoted_terms():
-    assert fts_query("Recall AND the (key) \"value\"") == '"recall" OR "key" OR "value"'
+    assert fts_query('Recall AND the (key) "value"') == '"recall" OR "key" OR "value"'
     assert fts_query("and or not the") == ""
     assert '"normalise"' in fts_query("normalize") and '"quantization"' in fts_query("quantisation")
     assert '"convolution"' in fts_query("conv")
@@ -279,8 +335,9 @@ def test_node_query_retrieves_relevant(index):
     q = query_for_node({"reason": "non_causal"})
     assert index.search(q, k=3)[0].id == "causality-pitfalls"
     q = query_for_node({"recall_acc": 0.05}, {"recall_acc": 0.7})
-    assert {"associative-recall-failures", "delta-rule", "state-expansion-deltaproduct",
-            "hybrid-attention-layers"} & {h.id for h in index.search(q, k=3)}
+    assert {"associative-recall-failures", "delta-rule", "state-expansion-deltaproduct", "hybrid-attention-layers"} & {
+        h.id for h in index.search(q, k=3)
+    }
 
 
 runner = CliRunner()

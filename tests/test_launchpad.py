@@ -110,10 +110,12 @@ def test_without_nested_namespaces_each_server_gets_a_launch_pad_of_its_own(monk
 def test_out_of_memory_takes_the_server_not_the_launch_pad():
     """A candidate that exhausts the machine's memory is the OOM killer's first choice (a killed launch
     pad would stop the run)."""
-    source = mixer(top="""
+    source = mixer(
+        top="""
         score = open("/proc/self/oom_score_adj").read().strip()
         if score != "1000":
             raise RuntimeError(f"oom_score_adj {score}")
-        """)
+        """
+    )
     result = runner.evaluate(source, "check", threads=1, **OFF)
     assert result.ok, result

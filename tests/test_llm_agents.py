@@ -23,8 +23,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # LLM runs (600 s boun
 
 GATED = ROOT.replace(EDITS[0][0], EDITS[0][1])  # a real change of the root: a sigmoid output gate
 # The gate plus a bug the sandbox rejects; the scripted engineer's repair removes the bug and keeps the gate.
-SHAPE_BUG = "Use a sigmoid output gate, and drop the last position of the output to save work.\n\n```python\n" + GATED.replace(
-    "        return self.o_proj(o)\n", SHAPE_BUG_CUT) + "```\n"
+SHAPE_BUG = (
+    "Use a sigmoid output gate, and drop the last position of the output to save work.\n\n```python\n"
+    + GATED.replace("        return self.o_proj(o)\n", SHAPE_BUG_CUT)
+    + "```\n"
+)
 
 
 def archlab(*args, env_extra=None, timeout=600):
@@ -33,8 +36,22 @@ def archlab(*args, env_extra=None, timeout=600):
 
 
 def llm_args(server, run_dir, nodes):
-    return ["run", str(run_dir), "--tier", "micro", "--max-nodes", str(nodes), "--llm", "openai:scripted",
-            "--base-url", server.url, "--llm-timeout", "2", "--llm-patience", "60"]
+    return [
+        "run",
+        str(run_dir),
+        "--tier",
+        "micro",
+        "--max-nodes",
+        str(nodes),
+        "--llm",
+        "openai:scripted",
+        "--base-url",
+        server.url,
+        "--llm-timeout",
+        "2",
+        "--llm-patience",
+        "60",
+    ]
 
 
 def rows(run_dir, sql, params=()):
@@ -61,15 +78,27 @@ def test_pipeline_survives_faults_repairs_and_traces_every_call(tmp_path):
 
     # Node 1: the researcher's prose-only and broken answers were fed back, then the
     # shape bug was caught by the sandbox and repaired by the engineer.
-    format_errors = rows(run_dir, "select decision from traces where node_id = 1 and role = 'researcher' and decision like '%format_error%'")
+    format_errors = rows(
+        run_dir,
+        "select decision from traces where node_id = 1 and role = 'researcher' and decision like '%format_error%'",
+    )
     assert len(format_errors) == 2 and "no_code" in format_errors[0][0] and "syntax" in format_errors[1][0]
     evals = rows(run_dir, "select ok, reason from evaluations where node_id = 1 order by id")
     assert evals[0] == (0, "shape") and evals[-1][0] == 1
-    assert rows(run_dir, "select count(*) from traces where node_id = 1 and role = 'engineer' and kind = 'llm' and error is null")[0][0] == 1
+    assert (
+        rows(
+            run_dir,
+            "select count(*) from traces where node_id = 1 and role = 'engineer' and kind = 'llm' and error is null",
+        )[0][0]
+        == 1
+    )
 
     # Every completed call is one trace row with tokens and latency; failed tries are rows with the error.
     completed = [e for e in script.log if e["completed"]]
-    ok_traces = rows(run_dir, "select tokens_in, tokens_out, latency_s, model, prompt, response from traces where kind = 'llm' and error is null")
+    ok_traces = rows(
+        run_dir,
+        "select tokens_in, tokens_out, latency_s, model, prompt, response from traces where kind = 'llm' and error is null",
+    )
     # The slow answer completed on the server after the client gave up: it is an error row, not a result.
     assert len(ok_traces) == len(completed) - 1
     assert all(t[0] > 0 and t[1] > 0 and t[2] > 0 and t[3] == "scripted" and t[4] and t[5] for t in ok_traces)
@@ -109,8 +138,13 @@ def test_killed_during_an_llm_call_repeats_no_completed_call(tmp_path):
     script = Script(researcher=[NO_CODE], delay_on=("researcher", 2, 60))  # the re-ask after NO_CODE hangs
     with ScriptedServer(script) as server:
         env = dict(os.environ, OPENAI_API_KEY=API_KEY)
-        proc = subprocess.Popen([*helpers.CLI, *llm_args(server, run_dir, 3)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [*helpers.CLI, *llm_args(server, run_dir, 3)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + 300
         while not [e for e in script.log if e["role"] == "researcher"][1:] and time.time() < deadline:
             time.sleep(0.2)
@@ -141,17 +175,43 @@ def test_endpoint_down_for_a_while_then_back_and_the_judge_scores(tmp_path):
         port = s.getsockname()[1]
     env = dict(os.environ, OPENAI_API_KEY=API_KEY)
     url = f"http://127.0.0.1:{port}/v1"
-    with ScriptedServer(Script(), port=port):  # up for the check made before the run starts (tests/test_first_minutes.py) ...
-        proc = subprocess.Popen([*helpers.CLI, "run", str(run_dir), "--tier", "micro", "--max-nodes", "2", "--llm", "openai:scripted",
-                                 "--base-url", url, "--llm-patience", "120", "--judge-weight", "0.1"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with ScriptedServer(
+        Script(), port=port
+    ):  # up for the check made before the run starts (tests/test_first_minutes.py) ...
+        proc = subprocess.Popen(
+            [
+                *helpers.CLI,
+                "run",
+                str(run_dir),
+                "--tier",
+                "micro",
+                "--max-nodes",
+                "2",
+                "--llm",
+                "openai:scripted",
+                "--base-url",
+                url,
+                "--llm-patience",
+                "120",
+                "--judge-weight",
+                "0.1",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         while not (run_dir / "archlab.toml").exists():
             assert proc.poll() is None, proc.communicate()[1]
             time.sleep(0.05)
+
     # ... and down while the root trains and for a while after: until several tries were refused
     def refused_tries() -> int:
         assert proc.poll() is None, proc.communicate()[1]
-        return (rows_if_any(run_dir, "select count(*) from traces where kind = 'llm' and error like '%Connection%'") or [(0,)])[0][0]
+        return (
+            rows_if_any(run_dir, "select count(*) from traces where kind = 'llm' and error like '%Connection%'")
+            or [(0,)]
+        )[0][0]
 
     helpers.wait_until(lambda: refused_tries() >= 2, 300, "two refused tries", interval=0.2)
     with ScriptedServer(Script(), port=port):
@@ -164,8 +224,10 @@ def test_endpoint_down_for_a_while_then_back_and_the_judge_scores(tmp_path):
     assert judged == 1
     metrics, fit = rows(run_dir, "select metrics, fitness from nodes where id = 1")[0]
     m = json.loads(metrics)
-    base = fitness({k: v for k, v in m.items() if not k.startswith("judge_")},
-                   json.loads(rows(run_dir, "select metrics from nodes where id = 0")[0][0]))
+    base = fitness(
+        {k: v for k, v in m.items() if not k.startswith("judge_")},
+        json.loads(rows(run_dir, "select metrics from nodes where id = 0")[0][0]),
+    )
     assert (m["judge_novelty"], m["judge_complexity"]) == (7.0, 2.0)
     assert abs(fit - (base + 0.1 * 0.5)) < 1e-6
 
@@ -182,7 +244,9 @@ def test_a_researcher_that_never_gives_code_becomes_a_failed_node(tmp_path):
     with ScriptedServer(Script(researcher=[NO_CODE] * 3)) as server:  # the first answer and both re-asks
         done = archlab(*llm_args(server, run_dir, 2))
     assert done.returncode == 0, done.stderr
-    status, reason, analysis, sha = rows(run_dir, "select status, reason, analysis, commit_sha from nodes where id = 1")[0]
+    status, reason, analysis, sha = rows(
+        run_dir, "select status, reason, analysis, commit_sha from nodes where id = 1"
+    )[0]
     assert (status, reason) == ("failed", "malformed") and analysis and sha
     assert rows(run_dir, "select count(*) from evaluations where node_id = 1")[0][0] == 0  # nothing reached the sandbox
 
@@ -200,7 +264,9 @@ def test_the_cost_cap_holds_when_the_endpoint_reports_no_usage(tmp_path):
     assert capped.returncode == 0, capped.stderr
     assert "max-cost" in capped.stdout
     assert rows(run_dir, "select count(*) from nodes where status != 'evaluating'")[0][0] < 4
-    spent, estimated = rows(run_dir, "select sum(cost), sum(decision like '%\"usage\": \"estimated\"%') from traces where kind = 'llm'")[0]
+    spent, estimated = rows(
+        run_dir, "select sum(cost), sum(decision like '%\"usage\": \"estimated\"%') from traces where kind = 'llm'"
+    )[0]
     assert spent >= 0.3 and estimated >= 1
 
 
@@ -215,7 +281,13 @@ def test_unreadable_answers_fail_the_candidate_and_the_run_goes_on(tmp_path):
     assert "reached --max-nodes 2" in done.stdout
     status, reason, detail = rows(run_dir, "select status, reason, detail from nodes where id = 1")[0]
     assert (status, reason) == ("failed", "malformed") and "unreadable answers" in detail
-    assert rows(run_dir, "select count(*) from traces where kind = 'llm' and error like 'Malformed: the answer is not JSON%'")[0][0] >= 2
+    assert (
+        rows(
+            run_dir,
+            "select count(*) from traces where kind = 'llm' and error like 'Malformed: the answer is not JSON%'",
+        )[0][0]
+        >= 2
+    )
 
 
 def test_a_refused_request_fails_its_candidate_and_the_run_goes_on(tmp_path):
@@ -229,18 +301,24 @@ def test_a_refused_request_fails_its_candidate_and_the_run_goes_on(tmp_path):
     status, reason, detail = rows(run_dir, "select status, reason, detail from nodes where id = 1")[0]
     assert (status, reason) == ("failed", "malformed") and "maximum context length" in detail
     assert rows(run_dir, "select status from nodes where id = 2")[0][0] == "done"
-    assert rows(run_dir, "select count(*) from traces where kind = 'llm' and error like 'BadRequestError 400%'")[0][0] == 1
+    assert (
+        rows(run_dir, "select count(*) from traces where kind = 'llm' and error like 'BadRequestError 400%'")[0][0] == 1
+    )
 
 
 def test_a_rejected_key_stops_with_an_error_and_the_echoed_key_is_stored_nowhere(tmp_path):
     run_dir = tmp_path / "run"
-    faults = [{"status": 500, "message": f"upstream failed for key {API_KEY}"},
-              {"status": 401, "message": f"Invalid API key: Bearer {API_KEY}"}]
+    faults = [
+        {"status": 500, "message": f"upstream failed for key {API_KEY}"},
+        {"status": 401, "message": f"Invalid API key: Bearer {API_KEY}"},
+    ]
     with ScriptedServer(Script(faults=faults)) as server:
         done = archlab(*llm_args(server, run_dir, 3))
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "error: the LLM endpoint refused the request (AuthenticationError 401: Invalid API key: Bearer [redacted]); " \
-           "check OPENAI_API_KEY" in " ".join(done.stderr.split())
+    assert (
+        "error: the LLM endpoint refused the request (AuthenticationError 401: Invalid API key: Bearer [redacted]); "
+        "check OPENAI_API_KEY" in " ".join(done.stderr.split())
+    )
     assert "retrying" in done.stderr and "Traceback" not in done.stderr
     assert API_KEY not in done.stdout + done.stderr
     for name in ("archlab.db", "archlab.db-wal", "checkpoints.db", "checkpoints.db-wal"):
@@ -259,7 +337,10 @@ def test_a_cut_off_answer_is_said_so_and_sent_back_trimmed(tmp_path):
     with ScriptedServer(script) as server:
         done = archlab(*llm_args(server, run_dir, 2))
     assert done.returncode == 0, done.stderr
-    said = rows(run_dir, "select response from traces where node_id = 1 and role = 'researcher' and decision like '%format_error%'")
+    said = rows(
+        run_dir,
+        "select response from traces where node_id = 1 and role = 'researcher' and decision like '%format_error%'",
+    )
     assert len(said) == 1 and said[0][0].startswith("Your answer was cut off by the token limit")
     reask = [e for e in script.log if e["role"] == "researcher"][1]["messages"]
     assert len(reask) == 4 and reask[3]["content"] == said[0][0]
@@ -276,7 +357,9 @@ def test_an_engineer_handing_back_the_parent_is_not_a_repair(tmp_path):
     assert rows(run_dir, "select status, reason from nodes where id = 1")[0] == ("failed", "shape")
     refused = rows(run_dir, "select decision from traces where role = 'engineer' and decision like '%no_change%'")
     assert len(refused) == 3
-    attempts = [r[0] for r in rows(run_dir, "select attempt from traces where role = 'engineer' and kind = 'llm' order by id")]
+    attempts = [
+        r[0] for r in rows(run_dir, "select attempt from traces where role = 'engineer' and kind = 'llm' order by id")
+    ]
     assert attempts == [0, 1, 2]  # each format retry its own number
 
 

@@ -19,8 +19,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_server import API_KEY, ROOT, Script, ScriptedServer  # noqa: E402
 
 KEY_ENV = "ARCHLAB_TEST_LLM_KEY"
-ASK = [{"role": "system", "content": "You are the researcher of a test."},
-       {"role": "user", "content": f"The parent:\n```python\n{ROOT}```\nPropose one change."}]
+ASK = [
+    {"role": "system", "content": "You are the researcher of a test."},
+    {"role": "user", "content": f"The parent:\n```python\n{ROOT}```\nPropose one change."},
+]
 
 
 @pytest.fixture
@@ -34,8 +36,15 @@ def _key(monkeypatch):
 
 
 def client(store, server, **options):
-    settings = dict(base_url=server.url, api_key_env=KEY_ENV, models={"researcher": "scripted"},
-                    prices={"scripted": [1000.0, 1000.0]}, timeout_s=5.0, patience_s=30.0, backoff_s=0.01)
+    settings = dict(
+        base_url=server.url,
+        api_key_env=KEY_ENV,
+        models={"researcher": "scripted"},
+        prices={"scripted": [1000.0, 1000.0]},
+        timeout_s=5.0,
+        patience_s=30.0,
+        backoff_s=0.01,
+    )
     return LLMClient(store, **{**settings, **options})
 
 
@@ -64,9 +73,15 @@ def test_missing_usage_is_estimated_so_the_caps_still_stop(store, usage):
 NOT_A_COMPLETION = [
     {"raw": b"<html><body>Bad gateway (proxy)</body></html>", "content_type": "text/html"},
     {"raw": b"<html><body>Bad gateway</body></html>"},  # HTML under a JSON content type
-    {"raw": b'data: {"choices": [{"index": 0, "delta": {"content": "Use a"}}]}\n\ndata: [DONE]\n\n',
-     "content_type": "text/event-stream"},  # a stream although stream=false was asked
-    {"raw": json.dumps({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop"}]}).encode()},
+    {
+        "raw": b'data: {"choices": [{"index": 0, "delta": {"content": "Use a"}}]}\n\ndata: [DONE]\n\n',
+        "content_type": "text/event-stream",
+    },  # a stream although stream=false was asked
+    {
+        "raw": json.dumps(
+            {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop"}]}
+        ).encode()
+    },
     {"raw": json.dumps({"error": {"message": "upstream overloaded"}}).encode()},  # an error with status 200
 ]
 
@@ -108,7 +123,9 @@ def test_answers_in_other_shapes_are_read(store, form):
 
 
 def test_invalid_utf8_is_replaced_not_fatal(store):
-    body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Gate XX here."}}]}).encode()
+    body = json.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Gate XX here."}}]}
+    ).encode()
     with ScriptedServer(Script(faults=[{"raw": body.replace(b"XX", b"\xff\xfe")}])) as server:
         reply = client(store, server).chat("researcher", 1, 0, ASK)
     assert reply.text == "Gate \ufffd\ufffd here."
@@ -147,8 +164,10 @@ def test_a_request_refused_as_too_long_fails_only_that_call(store):
 
 @pytest.mark.parametrize("status, hint", [(401, KEY_ENV), (403, KEY_ENV), (404, "--base-url")])
 def test_bad_credentials_or_model_stop_and_the_key_is_never_stored(store, status, hint, capsys):
-    echo = [{"status": 500, "message": f"upstream failed for key {API_KEY}"},
-            {"status": status, "message": f"Invalid API key: Bearer {API_KEY}"}]
+    echo = [
+        {"status": 500, "message": f"upstream failed for key {API_KEY}"},
+        {"status": status, "message": f"Invalid API key: Bearer {API_KEY}"},
+    ]
     waits = []
     with ScriptedServer(Script(faults=echo)) as server:
         with pytest.raises(EndpointDown) as stop:

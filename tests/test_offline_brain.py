@@ -14,22 +14,41 @@ SPEED_ONLY = {op.name for op in OPERATORS if op.speed_only}
 
 def context(history: list[dict], seed: int, val_loss: float = 2.3) -> Context:
     parent = {"id": 3, "design": ABLATED, "fitness": 0.01, "metrics": {"val_loss": val_loss}, "analysis": None}
-    return Context(node_id=9, parent=parent, root={"id": 0, "metrics": {"val_loss": 2.34}}, history=history,
-                   rng=random.Random(seed))
+    return Context(
+        node_id=9,
+        parent=parent,
+        root={"id": 0, "metrics": {"val_loss": 2.34}},
+        history=history,
+        rng=random.Random(seed),
+    )
 
 
 def every_value_set(gain: float, but) -> list[dict]:
     """A history in which every value of every operator was set once with this gain, except where but(op, value)."""
     changes = [(op, value) for op in OPERATORS for value in op.values if not but(op, value)]
-    return [{"node": 100 + n, "operator": op.name, "fitness": gain, "parent_fitness": 0.0, "change": {op.field: value}}
-            for n, (op, value) in enumerate(changes)]
+    return [
+        {"node": 100 + n, "operator": op.name, "fitness": gain, "parent_fitness": 0.0, "change": {op.field: value}}
+        for n, (op, value) in enumerate(changes)
+    ]
 
 
 def test_guided_researcher_transplants_the_best_change_found_elsewhere():
     knowledge = KnowledgeIndex.load(embeddings=False)
     history = [  # node 4 gained from an output gate, node 5 lost from a forget gate, node 6 gained less
-        {"node": 4, "operator": "output_gate", "fitness": 0.09, "parent_fitness": 0.0, "change": {"output_gate": "silu"}},
-        {"node": 5, "operator": "forget_gate", "fitness": -0.2, "parent_fitness": 0.0, "change": {"forget_gate": "data"}},
+        {
+            "node": 4,
+            "operator": "output_gate",
+            "fitness": 0.09,
+            "parent_fitness": 0.0,
+            "change": {"output_gate": "silu"},
+        },
+        {
+            "node": 5,
+            "operator": "forget_gate",
+            "fitness": -0.2,
+            "parent_fitness": 0.0,
+            "change": {"forget_gate": "data"},
+        },
         {"node": 6, "operator": "short_conv", "fitness": 0.03, "parent_fitness": 0.0, "change": {"short_conv": True}},
     ]
     guided, blind = OfflineBrain(knowledge), OfflineBrain(knowledge, guided=False)
@@ -55,22 +74,49 @@ def test_a_transplant_the_parent_already_has_is_not_proposed():
 
 def test_a_gain_within_seed_noise_is_not_transplanted():
     knowledge = KnowledgeIndex.load(embeddings=False)
-    history = [{"node": 4, "operator": "output_gate", "fitness": 0.015, "parent_fitness": 0.0, "change": {"output_gate": "silu"}}]
+    history = [
+        {
+            "node": 4,
+            "operator": "output_gate",
+            "fitness": 0.015,
+            "parent_fitness": 0.0,
+            "change": {"output_gate": "silu"},
+        }
+    ]
     for seed in range(20):
         _, (trace,) = OfflineBrain(knowledge).research(context(history, seed))
         assert trace.decision["transplant"] is None
     history[0]["fitness"] = 0.03  # above the noise floor: reused about half of the time
-    assert any(OfflineBrain(knowledge).research(context(history, seed))[1][0].decision["transplant"] for seed in range(20))
+    assert any(
+        OfflineBrain(knowledge).research(context(history, seed))[1][0].decision["transplant"] for seed in range(20)
+    )
 
 
 def test_a_change_that_stopped_paying_off_is_no_longer_transplanted():
     knowledge = KnowledgeIndex.load(embeddings=False)
     history = [  # a large gain once (node 4), then three transplants of the same change that hurt
-        {"node": 4, "operator": "output_gate", "fitness": 0.3, "parent_fitness": 0.0, "change": {"output_gate": "silu"}},
-        *({"node": n, "operator": "output_gate", "fitness": 0.4, "parent_fitness": 0.5, "change": {"output_gate": "silu"}} for n in (5, 6, 7)),
+        {
+            "node": 4,
+            "operator": "output_gate",
+            "fitness": 0.3,
+            "parent_fitness": 0.0,
+            "change": {"output_gate": "silu"},
+        },
+        *(
+            {
+                "node": n,
+                "operator": "output_gate",
+                "fitness": 0.4,
+                "parent_fitness": 0.5,
+                "change": {"output_gate": "silu"},
+            }
+            for n in (5, 6, 7)
+        ),
         {"node": 8, "operator": "short_conv", "fitness": 0.05, "parent_fitness": 0.0, "change": {"short_conv": True}},
     ]
-    transplants = [OfflineBrain(knowledge).research(context(history, seed))[1][0].decision["transplant"] for seed in range(20)]
+    transplants = [
+        OfflineBrain(knowledge).research(context(history, seed))[1][0].decision["transplant"] for seed in range(20)
+    ]
     assert {t["node"] for t in transplants if t} == {8}, transplants
     # after one failed transplant the average (+0.10) still clears the noise floor
     proposals = [OfflineBrain(knowledge).research(context(history[:2] + history[4:], seed)) for seed in range(20)]
@@ -82,8 +128,20 @@ def test_a_change_that_stopped_paying_off_is_no_longer_transplanted():
 def test_bandit_tries_every_operator_once_before_the_one_that_hurt():
     knowledge = KnowledgeIndex.load(embeddings=False)
     history = [
-        {"node": 4, "operator": "output_gate", "fitness": 0.09, "parent_fitness": 0.0, "change": {"output_gate": "silu"}},
-        {"node": 5, "operator": "forget_gate", "fitness": -0.2, "parent_fitness": 0.0, "change": {"forget_gate": "data"}},
+        {
+            "node": 4,
+            "operator": "output_gate",
+            "fitness": 0.09,
+            "parent_fitness": 0.0,
+            "change": {"output_gate": "silu"},
+        },
+        {
+            "node": 5,
+            "operator": "forget_gate",
+            "fitness": -0.2,
+            "parent_fitness": 0.0,
+            "change": {"forget_gate": "data"},
+        },
     ]
     for seed in range(10):
         _, (trace,) = OfflineBrain(knowledge).research(context(history, seed))
@@ -96,9 +154,25 @@ def test_credit_goes_to_the_value_an_operator_set():
     # so its only output_norm move is the one that hurt: an operator-level mean would still rank it first.
     knowledge = KnowledgeIndex.load(embeddings=False)
     history = every_value_set(-0.01, but=lambda op, value: op.name == "output_norm")
-    history += [{"node": 20 + n, "operator": "output_norm", "fitness": 0.3, "parent_fitness": 0.0, "change": {"output_norm": False}}
-                for n in range(3)]
-    history.append({"node": 30, "operator": "output_norm", "fitness": -0.35, "parent_fitness": 0.0, "change": {"output_norm": True}})
+    history += [
+        {
+            "node": 20 + n,
+            "operator": "output_norm",
+            "fitness": 0.3,
+            "parent_fitness": 0.0,
+            "change": {"output_norm": False},
+        }
+        for n in range(3)
+    ]
+    history.append(
+        {
+            "node": 30,
+            "operator": "output_norm",
+            "fitness": -0.35,
+            "parent_fitness": 0.0,
+            "change": {"output_norm": True},
+        }
+    )
     for seed in range(10):
         ctx = context(history, seed)
         ctx.parent = {**ctx.parent, "design": {**ABLATED, "output_norm": False}}
@@ -114,13 +188,26 @@ def test_credit_goes_to_the_value_an_operator_set():
 
 def test_a_value_not_yet_tried_comes_before_retrying_its_sibling():
     knowledge = KnowledgeIndex.load(embeddings=False)
-    history = [{"node": n, "operator": op.name, "fitness": -0.01, "parent_fitness": 0.0, "change": {}}
-               for n, op in enumerate(OPERATORS) if op.name != "feature_map"]
-    history += [{"node": 20 + n, "operator": "feature_map", "fitness": 0.015, "parent_fitness": 0.0, "change": {"feature_map": "identity"}}
-                for n in range(3)]
+    history = [
+        {"node": n, "operator": op.name, "fitness": -0.01, "parent_fitness": 0.0, "change": {}}
+        for n, op in enumerate(OPERATORS)
+        if op.name != "feature_map"
+    ]
+    history += [
+        {
+            "node": 20 + n,
+            "operator": "feature_map",
+            "fitness": 0.015,
+            "parent_fitness": 0.0,
+            "change": {"feature_map": "identity"},
+        }
+        for n in range(3)
+    ]
     for seed in range(10):
         proposal, _ = OfflineBrain(knowledge).research(context(history, seed))
-        assert proposal.operator == "feature_map" and proposal.design["feature_map"] in ("elu1", "relu"), proposal.design
+        assert proposal.operator == "feature_map" and proposal.design["feature_map"] in ("elu1", "relu"), (
+            proposal.design
+        )
     # doubling the heads hurt; halving them is a different bet and is tried before anything is retried
     history = every_value_set(0.01, but=lambda op, value: (op.name, value) == ("heads", 0.5))
     history[[r["change"] for r in history].index({"heads": 2})]["fitness"] = -0.16
@@ -133,8 +220,13 @@ def test_the_roots_placeholder_analysis_recommends_nothing():
     # The root's analysis only says that it is the root; entries retrieved with those words were
     # arbitrary, and the untried operators were ordered by them.
     knowledge = KnowledgeIndex.load(embeddings=False)
-    root = {"id": 0, "design": ABLATED, "fitness": 0.0, "metrics": {"val_loss": 2.34},
-            "analysis": "The root: every fitness in this run is relative to it."}
+    root = {
+        "id": 0,
+        "design": ABLATED,
+        "fitness": 0.0,
+        "metrics": {"val_loss": 2.34},
+        "analysis": "The root: every fitness in this run is relative to it.",
+    }
     firsts = set()
     for seed in range(12):
         ctx = Context(node_id=1, parent=root, root=root, history=[], rng=random.Random(seed))
@@ -152,8 +244,12 @@ def test_untried_operators_the_knowledge_base_recommends_come_first():
     for seed in range(10):
         ctx = context([], seed, val_loss=2.45)  # worse than the root: knowledge is searched for that weakness
         _, (trace,) = OfflineBrain(knowledge).research(ctx)
-        recommended = {op for hit in trace.decision["retrieved"] if hit["kind"] == "entry"
-                       for op in knowledge.entry(hit["id"]).operators}
+        recommended = {
+            op
+            for hit in trace.decision["retrieved"]
+            if hit["kind"] == "entry"
+            for op in knowledge.entry(hit["id"]).operators
+        }
         ranked = trace.decision["ranked"]
         first = recommended & set(ranked) - SPEED_ONLY
         assert first and set(ranked[: len(first)]) == first, (recommended, ranked)
@@ -162,14 +258,30 @@ def test_untried_operators_the_knowledge_base_recommends_come_first():
 def test_operators_that_only_change_the_speed_are_swept_last():
     knowledge = KnowledgeIndex.load(embeddings=False)
     assert SPEED_ONLY == {"chunk_size"}  # the chunkwise delta rule is exact for any chunk size
-    tried = [{"node": 4, "operator": "output_gate", "fitness": 0.09, "parent_fitness": 0.0, "change": {"output_gate": "silu"}}]
+    tried = [
+        {
+            "node": 4,
+            "operator": "output_gate",
+            "fitness": 0.09,
+            "parent_fitness": 0.0,
+            "change": {"output_gate": "silu"},
+        }
+    ]
     for seed in range(10):
         _, (trace,) = OfflineBrain(knowledge).research(context(tried, seed, val_loss=2.45))
         assert trace.decision["ranked"][-2:] == ["chunk_size", "output_gate"], trace.decision["ranked"]
     # once tried, a speed-only operator whose zero gain beats every real change that cost a little
     # still comes last; one that earned more than noise competes like the others
-    tried = [{"node": n, "operator": op.name, "fitness": 0.0 if op.name == "chunk_size" else -0.01, "parent_fitness": 0.0,
-              "change": {}} for n, op in enumerate(OPERATORS)]
+    tried = [
+        {
+            "node": n,
+            "operator": op.name,
+            "fitness": 0.0 if op.name == "chunk_size" else -0.01,
+            "parent_fitness": 0.0,
+            "change": {},
+        }
+        for n, op in enumerate(OPERATORS)
+    ]
     assert OfflineBrain(knowledge).research(context(tried, 0))[1][0].decision["ranked"][-1] == "chunk_size"
     tried[OPERATORS.index(BY_NAME["chunk_size"])]["fitness"] = 0.05
     assert OfflineBrain(knowledge).research(context(tried, 0))[1][0].decision["ranked"][0] == "chunk_size"

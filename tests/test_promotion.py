@@ -20,15 +20,32 @@ import helpers  # noqa: E402
 
 
 def metrics(val_loss: float, tokens_per_s: float = 1000.0) -> dict:
-    return {"val_loss": val_loss, "val_bpb": val_loss / math.log(2), "tokens_per_s": tokens_per_s, "mixer_params": 1000, "wall_s": 2.0}
+    return {
+        "val_loss": val_loss,
+        "val_bpb": val_loss / math.log(2),
+        "tokens_per_s": tokens_per_s,
+        "mixer_params": 1000,
+        "wall_s": 2.0,
+    }
 
 
 def test_the_rule_promotes_the_root_first_then_the_top_slice(tmp_path):
     store = Store(tmp_path, create=True)
     search = {1: 0.30, 2: -0.10, 3: 0.20, 4: 0.05, 5: 0.10, 6: -0.20}  # node -> search fitness
-    store.add_node(id=0, parent_id=None, status="done", fitness=0.0, search_fitness=0.0, tier="micro", seeds=1, fidelity=1)
+    store.add_node(
+        id=0, parent_id=None, status="done", fitness=0.0, search_fitness=0.0, tier="micro", seeds=1, fidelity=1
+    )
     for node_id, score in search.items():
-        store.add_node(id=node_id, parent_id=0, status="done", fitness=score, search_fitness=score, tier="micro", seeds=1, fidelity=1)
+        store.add_node(
+            id=node_id,
+            parent_id=0,
+            status="done",
+            fitness=score,
+            search_fitness=score,
+            tier="micro",
+            seeds=1,
+            fidelity=1,
+        )
     store.add_node(id=7, parent_id=0, status="failed", reason="nan")
     promoter = Promoter(store, Plan(0.5, "smoke", [0, 1]), speed_weight=0.05)
 
@@ -59,7 +76,9 @@ def test_the_rule_promotes_the_root_first_then_the_top_slice(tmp_path):
 
     # a failed seed ends that node's promotion (it keeps its search figures); a half-done one is finished
     store.add_evaluation(3, "smoke", 0, Result(ok=False, reason="timeout", metrics={"wall_s": 9.0}), None, kind=KIND)
-    store.add_evaluation(6, "smoke", 0, Result(ok=True, metrics=metrics(4.5)), None, kind=KIND)  # a crash left seed 1 to do
+    store.add_evaluation(
+        6, "smoke", 0, Result(ok=True, metrics=metrics(4.5)), None, kind=KIND
+    )  # a crash left seed 1 to do
     assert "failed" in promoter.finish(3) and store.node(3)["tier"] == "micro"
     assert promoter.due() == [5, 6]
 
@@ -72,7 +91,20 @@ def test_the_rule_promotes_the_root_first_then_the_top_slice(tmp_path):
 @pytest.mark.timeout(900)
 @pytest.mark.e2e
 def test_a_run_promotes_its_top_slice_with_several_seeds(cli, run_dir):
-    proc = cli("run", run_dir, "--tier", "micro", "--max-nodes", 3, "--workers", 2, "--threads", helpers.THREADS, *helpers.PROMOTE, timeout=900)
+    proc = cli(
+        "run",
+        run_dir,
+        "--tier",
+        "micro",
+        "--max-nodes",
+        3,
+        "--workers",
+        2,
+        "--threads",
+        helpers.THREADS,
+        *helpers.PROMOTE,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert check(run_dir).ok
     rows = {r["id"]: r for r in helpers.assert_lineage(run_dir)}
@@ -80,8 +112,12 @@ def test_a_run_promotes_its_top_slice_with_several_seeds(cli, run_dir):
     search = [e for e in evaluations if e["kind"] == "search"]
     assert sorted(e["node_id"] for e in search) == sorted(rows) and all(e["tier"] == "micro" for e in search)
 
-    children = sorted((r for r in rows.values() if r["id"] and r["status"] == "done"), key=lambda r: (-r["search_fitness"], r["id"]))
-    assert len(children) == 2, f"both children should train at the micro tier: {[(r['id'], r['reason']) for r in rows.values()]}"
+    children = sorted(
+        (r for r in rows.values() if r["id"] and r["status"] == "done"), key=lambda r: (-r["search_fitness"], r["id"])
+    )
+    assert len(children) == 2, (
+        f"both children should train at the micro tier: {[(r['id'], r['reason']) for r in rows.values()]}"
+    )
     top = {r["id"] for r in children[:1]}  # floor(0.5 x 2)
     promoted = {r["id"] for r in rows.values() if r["tier"] == "smoke"}
     assert promoted == {0} | top
@@ -90,7 +126,12 @@ def test_a_run_promotes_its_top_slice_with_several_seeds(cli, run_dir):
     for node_id, r in rows.items():
         mine = [e for e in evaluations if e["node_id"] == node_id and e["kind"] == KIND]
         if node_id not in promoted:
-            assert not mine and (r["tier"], r["seeds"], r["fitness"], r["fitness_std"]) == ("micro", 1, r["search_fitness"], None)
+            assert not mine and (r["tier"], r["seeds"], r["fitness"], r["fitness_std"]) == (
+                "micro",
+                1,
+                r["search_fitness"],
+                None,
+            )
             continue
         assert sorted(e["seed"] for e in mine) == [0, 1] and all(e["ok"] and e["tier"] == "smoke" for e in mine)
         runs = [json.loads(e["metrics"]) for e in sorted(mine, key=lambda e: e["seed"])]
@@ -100,12 +141,14 @@ def test_a_run_promotes_its_top_slice_with_several_seeds(cli, run_dir):
         if node_id:
             assert math.isclose(r["fitness"], fitness(aggregate(runs), aggregate([root_runs[0], root_runs[1]]), 0.05))
             assert r["fitness_std"] is not None
-            assert math.isclose(r["search_fitness"], fitness(r["metrics"], rows[0]["metrics"], 0.05)), "the search figure is kept"
+            assert math.isclose(r["search_fitness"], fitness(r["metrics"], rows[0]["metrics"], 0.05)), (
+                "the search figure is kept"
+            )
 
     facts = json.loads(cli("status", run_dir, "--json").stdout)
     board = facts["leaderboard"]
-    assert [n["tier"] for n in board[:len(promoted)]] == ["smoke"] * len(promoted), board
-    assert all(n["seeds"] == 2 and n["val_loss_std"] is not None for n in board[:len(promoted)])
+    assert [n["tier"] for n in board[: len(promoted)]] == ["smoke"] * len(promoted), board
+    assert all(n["seeds"] == 2 and n["val_loss_std"] is not None for n in board[: len(promoted)])
     assert facts["promotion"]["promoted"] == sorted(promoted) and facts["promotion"]["due"] == []
     by_tier = {(r["tier"], r["kind"]): r for r in facts["spend"]["by_tier"]}
     assert by_tier[("micro", "search")]["evaluations"] == 3

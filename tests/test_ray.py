@@ -54,11 +54,32 @@ def descendants(pid: int) -> list[int]:
 def test_a_discovery_run_through_a_ray_cluster(run_dir):
     """The test starts the cluster (2 CPUs); `archlab run --executor ray --address` joins it, ships
     archlab to the workers and evaluates every candidate as a Ray task."""
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-                       logging_level="ERROR", log_to_driver=False)
+    context = ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
     try:
-        proc = helpers.cli("run", run_dir, "--executor", "ray", "--address", context.address_info["gcs_address"],
-                           "--workers", 2, "--threads", helpers.THREADS, "--tier", "micro", "--max-nodes", 3, timeout=600)
+        proc = helpers.cli(
+            "run",
+            run_dir,
+            "--executor",
+            "ray",
+            "--address",
+            context.address_info["gcs_address"],
+            "--workers",
+            2,
+            "--threads",
+            helpers.THREADS,
+            "--tier",
+            "micro",
+            "--max-nodes",
+            3,
+            timeout=600,
+        )
         node_id = context.address_info["node_id"]
     finally:
         ray.shutdown()
@@ -73,9 +94,13 @@ def test_a_discovery_run_through_a_ray_cluster(run_dir):
         assert info["pid"] != os.getpid()
         log = (run_dir / e["log"]).read_text()
         verdict = "[sandbox] accepted" if e["ok"] else f"[sandbox] rejected: {e['reason']}"
-        assert "[server]" in log and verdict in log, "the worker's log (both servers and the scorer) comes back to the run"
+        assert "[server]" in log and verdict in log, (
+            "the worker's log (both servers and the scorer) comes back to the run"
+        )
     facts = json.loads(helpers.cli("status", run_dir, "--json").stdout)
-    assert facts["config"]["executor"] == "ray" and facts["spend"]["evaluations"] == 3 and facts["spend"]["cpu_hours"] > 0
+    assert (
+        facts["config"]["executor"] == "ray" and facts["spend"]["evaluations"] == 3 and facts["spend"]["cpu_hours"] > 0
+    )
 
 
 def test_a_killed_ray_worker_is_retried_and_recorded_once(run_dir):
@@ -83,9 +108,28 @@ def test_a_killed_ray_worker_is_retried_and_recorded_once(run_dir):
     sandbox runs; Ray runs the task again on a fresh worker and the run records one evaluation."""
     mark = f"ARCHLAB_TEST_RAY={uuid.uuid4().hex}".encode()
     env = {**helpers.cli_env(), "ARCHLAB_TEST_RAY": mark.split(b"=")[1].decode()}
-    proc = subprocess.Popen([*helpers.CLI, "run", str(run_dir), "--executor", "ray", "--workers", "1", "--threads", helpers.THREADS,
-                             "--tier", "micro", "--max-nodes", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            *helpers.CLI,
+            "run",
+            str(run_dir),
+            "--executor",
+            "ray",
+            "--workers",
+            "1",
+            "--threads",
+            helpers.THREADS,
+            "--tier",
+            "micro",
+            "--max-nodes",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
     def ours(pid: int) -> bool:
         return mark in environ(pid)

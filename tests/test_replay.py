@@ -78,14 +78,30 @@ def test_replay_reproduces_the_recorded_val_loss_within_the_seed_spread(run, rev
 def test_a_run_with_tier_overrides_trains_and_replays_that_shape(tmp_path, review_run):
     # --tier-set changes the search tier for every evaluation (a bigger model on a GPU); replay uses it too.
     run = tmp_path / "small"
-    proc = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 1, "--threads", helpers.THREADS,
-                       "--tier-set", "d_model=32", "--tier-set", "steps=5", timeout=300)
+    proc = helpers.cli(
+        "run",
+        run,
+        "--tier",
+        "micro",
+        "--max-nodes",
+        1,
+        "--threads",
+        helpers.THREADS,
+        "--tier-set",
+        "d_model=32",
+        "--tier-set",
+        "steps=5",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "d_model = 32" in (run / "archlab.toml").read_text()
     (search,) = [json.loads(e["metrics"]) for e in helpers.table_rows(run, "evaluations")]
     assert search["train_tokens"] == 5 * 8 * 64, "5 steps of micro's 8 x 64 batch"
-    default = next(json.loads(e["metrics"]) for e in helpers.table_rows(review_run, "evaluations")
-                   if e["node_id"] == 0 and e["kind"] == "search")
+    default = next(
+        json.loads(e["metrics"])
+        for e in helpers.table_rows(review_run, "evaluations")
+        if e["node_id"] == 0 and e["kind"] == "search"
+    )
     assert search["mixer_params"] < default["mixer_params"] / 3, "d_model 32 instead of micro's 64"
     replayed = _replay(run, 0, "--seeds", 1)["nodes"][0]
     assert abs(replayed["reproduction"]["difference"]) < 1e-4, "the replay trains the overridden shape, as the run did"

@@ -73,23 +73,31 @@ def test_html_report_has_summary_plots_and_the_top_nodes(run):
     text = path.read_text(encoding="utf-8")
     page = _self_contained(text)
     assert page.tags.count("svg") >= 5  # best over time, over evaluations, Pareto, discovery, spend
-    for title in ("Best-so-far fitness over time", "Best-so-far fitness over evaluations", "Pareto front",
-                  "Nodes that beat the root vs compute spent", "Spend over time"):
+    for title in (
+        "Best-so-far fitness over time",
+        "Best-so-far fitness over evaluations",
+        "Pareto front",
+        "Nodes that beat the root vs compute spent",
+        "Spend over time",
+    ):
         assert title in text
     nodes = helpers.node_rows(run)
-    done = sorted((n for n in nodes if n["parent_id"] is not None and n["status"] == "done"), key=lambda n: (-n["fitness"], n["id"]))
+    done = sorted(
+        (n for n in nodes if n["parent_id"] is not None and n["status"] == "done"),
+        key=lambda n: (-n["fitness"], n["id"]),
+    )
     assert f"<td>nodes</td><td>{len(nodes)} (" in text
     assert f"<td>beat the root</td><td>{sum(n['status'] == 'done' and n['fitness'] > 0 for n in nodes)}</td>" in text
     # The top nodes, best first, each with its motivation, metrics, highlighted diff and analysis.
     positions = [text.index(f"id='node-{n['id']}'") for n in done]
     assert positions == sorted(positions)
     for n in done:
-        section = text[text.index(f"id='node-{n['id']}'"):]
-        section = section[:section.index("</section>")]
+        section = text[text.index(f"id='node-{n['id']}'") :]
+        section = section[: section.index("</section>")]
         assert html.escape(n["motivation"]) in section and html.escape(n["analysis"]) in section
         assert "<td>val_loss</td>" in section and "vs root" in section
         assert "class='diff hl'" in section or "identical to the parent" in section
-        assert "<span class=\"k\">" in section or "<span class=\"kn\">" in section  # Pygments colours
+        assert '<span class="k">' in section or '<span class="kn">' in section  # Pygments colours
 
     # --top limits the nodes shown in full.
     _report(run, "--top", 1, "--out", run / "top1.html")
@@ -107,8 +115,10 @@ def test_markdown_report_writes_svg_files_beside_it(run, tmp_path):
         assert f"]({plot.name})" in text
         assert ET.parse(plot).getroot().tag == "{http://www.w3.org/2000/svg}svg"
     assert "```diff" in text and "## Top" in text and "| val_loss |" in text
-    best = max((n for n in helpers.node_rows(run) if n["parent_id"] is not None and n["status"] == "done"),
-               key=lambda n: n["fitness"])
+    best = max(
+        (n for n in helpers.node_rows(run) if n["parent_id"] is not None and n["status"] == "done"),
+        key=lambda n: n["fitness"],
+    )
     assert f"### #1 node {best['id']}:" in text and best["analysis"] in text
 
 
@@ -127,5 +137,7 @@ def test_report_of_a_run_without_finished_children(micro_run, tmp_path):
 def test_bad_arguments_are_one_line_errors(run, tmp_path):
     assert "no such run directory" in helpers.assert_user_error(helpers.cli("report", tmp_path / "missing"))
     assert "not an archlab run" in helpers.assert_user_error(helpers.cli("report", tmp_path))
-    assert "--format" in helpers.assert_user_error(helpers.cli("report", run, "--format", "pdf", "--out", tmp_path / "r.pdf"))
+    assert "--format" in helpers.assert_user_error(
+        helpers.cli("report", run, "--format", "pdf", "--out", tmp_path / "r.pdf")
+    )
     assert not (tmp_path / "r.pdf").exists()

@@ -101,7 +101,10 @@ def test_interrupted_run_resumes_to_the_same_shape(run_dir, sig, max_nodes):
         helpers.kill_pids(helpers.sandbox_servers_of(run_dir))  # see test_killed_driver_leaves_no_server
 
     flying = in_flight(run_dir)
-    assert len(flying) == 1 and flying[0]["id"] >= 3, (helpers.node_rows(run_dir), helpers.table_rows(run_dir, "events"))
+    assert len(flying) == 1 and flying[0]["id"] >= 3, (
+        helpers.node_rows(run_dir),
+        helpers.table_rows(run_dir, "events"),
+    )
     interrupted = flying[0]
     assert len(helpers.open_threads(run_dir)) == 1, "the interrupted candidate's thread must stay open"
 
@@ -111,7 +114,10 @@ def test_interrupted_run_resumes_to_the_same_shape(run_dir, sig, max_nodes):
     # the interrupted candidate was continued, not replaced or marked lost
     assert again["reason"] != "interrupted", again
     assert (again["design"], again["commit_sha"], again["parent_id"]) == (
-        interrupted["design"], interrupted["commit_sha"], interrupted["parent_id"])
+        interrupted["design"],
+        interrupted["commit_sha"],
+        interrupted["parent_id"],
+    )
     assert_traces_written_once(run_dir)
     printed = [int(m[1]) for m in map(NODE_LINE.match, out.splitlines()) if m]
     assert printed == list(range(interrupted["id"], max_nodes)), printed

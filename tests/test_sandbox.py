@@ -71,7 +71,9 @@ def test_causality_check_accepts_cumulative_mean():
     loopback.causality(ev, "Mixer")
     parts = [op for op, _ in ev.a.requests + ev.b.requests]
     assert parts and set(parts) == {"part"}
-    assert len(ev.a.requests) + len(ev.b.requests) == 2 * 4, "3 seeds at the check length + 1 at the training length, 2 sides"
+    assert len(ev.a.requests) + len(ev.b.requests) == 2 * 4, (
+        "3 seeds at the check length + 1 at the training length, 2 sides"
+    )
 
 
 def test_causality_check_accepts_the_deltanet_root():
@@ -109,7 +111,11 @@ class Mixer(nn.Module):
 """
 
 
-def candidate(body: str = "", mixer: str = MIXER, header: str = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n") -> str:
+def candidate(
+    body: str = "",
+    mixer: str = MIXER,
+    header: str = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n",
+) -> str:
     return header + textwrap.dedent(body) + "\n" + textwrap.dedent(mixer)
 
 
@@ -179,7 +185,9 @@ def test_runner_accepts_the_deltanet_root(tmp_path):
 
 @pytest.mark.e2e
 def test_runner_without_a_log_path_keeps_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the evaluation's directory (and its log) lands in tmp_path
+    monkeypatch.setattr(
+        tempfile, "tempdir", str(tmp_path)
+    )  # the evaluation's directory (and its log) lands in tmp_path
     result = evaluate("def broken(:\n")
     assert not result.ok and result.reason == "syntax", result
     assert list(tmp_path.iterdir()) == []
@@ -191,7 +199,8 @@ def test_runner_times_out_and_leaves_no_process(tmp_path, monkeypatch):
     is a timeout, and no server, launcher or directory of it is left behind."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the evaluation's directory lands in tmp_path
     log = tmp_path / "log.txt"
-    source = candidate(mixer="""
+    source = candidate(
+        mixer="""
         class Mixer(nn.Module):
             def __init__(self, d_model, n_heads, **kwargs):
                 super().__init__()
@@ -200,7 +209,8 @@ def test_runner_times_out_and_leaves_no_process(tmp_path, monkeypatch):
 
             def forward(self, x):
                 return x
-        """)
+        """
+    )
     mine = lambda: helpers.sandbox_servers_writing(log)  # noqa: E731
     seen: set[int] = set()
     done = threading.Event()
@@ -229,7 +239,8 @@ def test_runner_times_out_and_leaves_no_process(tmp_path, monkeypatch):
 REJECTED = {
     "syntax": candidate(mixer="class Mixer(nn.Module:\n    pass\n"),
     "contract": candidate(mixer="class Layer(nn.Module):\n    pass\n"),
-    "shape": candidate(mixer="""
+    "shape": candidate(
+        mixer="""
         class Mixer(nn.Module):
             def __init__(self, d_model, n_heads, **kwargs):
                 super().__init__()
@@ -237,8 +248,10 @@ REJECTED = {
 
             def forward(self, x):
                 return self.proj(x)[:, :-1]
-        """),
-    "non_causal": candidate(mixer="""
+        """
+    ),
+    "non_causal": candidate(
+        mixer="""
         class Mixer(nn.Module):
             def __init__(self, d_model, n_heads, **kwargs):
                 super().__init__()
@@ -246,8 +259,10 @@ REJECTED = {
 
             def forward(self, x):
                 return self.proj(x.flip(1).cumsum(1).flip(1))
-        """),
-    "nan_in_gradient": candidate(mixer="""
+        """
+    ),
+    "nan_in_gradient": candidate(
+        mixer="""
         class Mixer(nn.Module):
             def __init__(self, d_model, n_heads, **kwargs):
                 super().__init__()
@@ -256,8 +271,10 @@ REJECTED = {
             def forward(self, x):
                 y = self.proj(x)
                 return y + torch.sqrt(y - y)  # finite forward, NaN gradient
-        """),
-    "nan_in_output": candidate(mixer="""
+        """
+    ),
+    "nan_in_output": candidate(
+        mixer="""
         class Mixer(nn.Module):
             def __init__(self, d_model, n_heads, **kwargs):
                 super().__init__()
@@ -265,9 +282,11 @@ REJECTED = {
 
             def forward(self, x):
                 return self.proj(x) * float("nan")
-        """),
+        """
+    ),
 }
-TOO_MANY_PARAMS = candidate(mixer="""
+TOO_MANY_PARAMS = candidate(
+    mixer="""
     class Mixer(nn.Module):
         def __init__(self, d_model, n_heads, **kwargs):
             super().__init__()
@@ -276,7 +295,8 @@ TOO_MANY_PARAMS = candidate(mixer="""
 
         def forward(self, x):
             return self.proj(x) + 0 * self.spare[0]
-    """)
+    """
+)
 EXPECTED_REASON = {"nan_in_gradient": "nan", "nan_in_output": "nan"}
 
 
@@ -354,8 +374,21 @@ def test_micro_evaluation_of_deltanet(tmp_path):
 @pytest.mark.e2e
 def test_probe_weights_are_saved_beside_the_language_models(tmp_path):
     weights = tmp_path / "w.safetensors"
-    tier = {"probes": {"d_model": 32, "n_layers": 1, "seq_len": 32, "batch_size": 8, "steps": 5, "pairs": [2], "eval_examples": 16},
-            "extrapolation": False, "hardware": False, "val_windows": 8, "steps": 5}
+    tier = {
+        "probes": {
+            "d_model": 32,
+            "n_layers": 1,
+            "seq_len": 32,
+            "batch_size": 8,
+            "steps": 5,
+            "pairs": [2],
+            "eval_examples": 16,
+        },
+        "extrapolation": False,
+        "hardware": False,
+        "val_windows": 8,
+        "steps": 5,
+    }
     result = evaluate(render_root("deltanet"), "micro", tier_overrides=tier, weights_out=weights)
     assert result.ok, result
     assert 0 <= result.metrics["mqar_acc_p2"] <= 1 and 0 <= result.metrics["selcopy_acc"] <= 1
@@ -372,7 +405,12 @@ def test_compile_check_penalises_a_mixer_torch_compile_cannot_take_whole():
     fitness's compile penalty."""
     root = render_root("deltanet")
     head, sep, body = root.rpartition("    def forward(self, x: torch.Tensor) -> torch.Tensor:\n")
-    breaking = head + sep + "        if float(x.abs().max()) > 1e9:  # a host sync: TorchDynamo must break the graph here\n            x = x * 1.0\n" + body
+    breaking = (
+        head
+        + sep
+        + "        if float(x.abs().max()) > 1e9:  # a host sync: TorchDynamo must break the graph here\n            x = x * 1.0\n"
+        + body
+    )
     tier = {"hardware": True}
     good = evaluate(root, "micro", tier_overrides=tier)
     bad = evaluate(breaking, "micro", tier_overrides=tier)
@@ -391,8 +429,15 @@ def test_compile_check_penalises_a_mixer_torch_compile_cannot_take_whole():
 def test_torch_normal_operation_under_the_audit_hook():
     """Every request of a whole evaluation (training, probes, long windows, FLOPs, decoding, int8)
     runs in servers with the audit hook installed: torch's own operation must never trip it."""
-    tier = {"d_model": 32, "seq_len": 32, "batch_size": 4, "steps": 3, "val_windows": 8, "complexity_lengths": [64],
-            "probes": {"d_model": 32, "steps": 2, "batch_size": 8, "seq_len": 32, "pairs": [2, 4], "eval_examples": 8}}
+    tier = {
+        "d_model": 32,
+        "seq_len": 32,
+        "batch_size": 4,
+        "steps": 3,
+        "val_windows": 8,
+        "complexity_lengths": [64],
+        "probes": {"d_model": 32, "steps": 2, "batch_size": 8, "seq_len": 32, "pairs": [2, 4], "eval_examples": 8},
+    }
     for root in ("deltanet", "transformer"):
         result = evaluate(render_root(root), "explore", tier_overrides=tier, allow_quadratic=True, param_limit=-1)
         assert result.ok, (root, result.reason, result.detail)

@@ -87,7 +87,9 @@ def test_micro_evaluation_on_the_gpu(tmp_path):
 @needs_cuda
 def test_hardware_metrics_on_the_gpu():
     """The GPU's peak memory comes from the server's allocator; decoding agrees with the forward pass in bf16."""
-    result = runner.evaluate(render_root("deltanet"), "micro", device="cuda", threads=1, tier_overrides={"hardware": True})
+    result = runner.evaluate(
+        render_root("deltanet"), "micro", device="cuda", threads=1, tier_overrides={"hardware": True}
+    )
     assert result.ok, result
     m = result.metrics
     assert m["activation_mem_mb"] > 0 and m["peak_mem_mb"] > m["activation_mem_mb"]

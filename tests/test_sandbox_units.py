@@ -86,19 +86,34 @@ def test_fitness_is_backward_compatible():
 
 
 def test_fitness_hardware_penalties_apply_when_both_sides_have_the_metric():
-    root = {**ROOT, "decode_ms_per_token": 1.0, "peak_mem_mb": 100.0, "quant_loss": 0.01, "state_bytes": 1000,
-            "state_bytes_per_token": 0.0, "mqar_acc": 0.5}
+    root = {
+        **ROOT,
+        "decode_ms_per_token": 1.0,
+        "peak_mem_mb": 100.0,
+        "quant_loss": 0.01,
+        "state_bytes": 1000,
+        "state_bytes_per_token": 0.0,
+        "mqar_acc": 0.5,
+    }
     same = {**root, "val_loss": 1.9}
     assert fitness(same, root) == pytest.approx(0.1)
-    heavy = {**same, "decode_ms_per_token": 2.0, "peak_mem_mb": 400.0, "quant_loss": 0.11, "state_bytes_per_token": 1024.0,
-             "compile_ok": False}
+    heavy = {
+        **same,
+        "decode_ms_per_token": 2.0,
+        "peak_mem_mb": 400.0,
+        "quant_loss": 0.11,
+        "state_bytes_per_token": 1024.0,
+        "compile_ok": False,
+    }
     terms = breakdown(heavy, root)
     assert terms["latency"] == pytest.approx(-0.02 * math.log(2))
     assert terms["memory"] == pytest.approx(-0.02 * math.log(4))
     assert terms["quant"] == pytest.approx(-0.5 * 0.1)
     assert terms["state"] < 0 and terms["compile"] == -0.05
     assert terms["fitness"] == pytest.approx(sum(v for k, v in terms.items() if k != "fitness"))
-    assert fitness(heavy, root, weights={"latency": 0, "memory": 0, "quant": 0, "state": 0, "compile": 0}) == pytest.approx(0.1)
+    assert fitness(
+        heavy, root, weights={"latency": 0, "memory": 0, "quant": 0, "state": 0, "compile": 0}
+    ) == pytest.approx(0.1)
     assert fitness({**same, "mqar_acc": 0.9}, root, weights=Weights(recall=1.0)) == pytest.approx(0.1 + 0.4)
 
 
@@ -167,7 +182,6 @@ def test_static_check_survives_absurd_input():
             static_check(source)
 
 
-
 class _SwitchesThreads:
     """A garbage cycle whose finalizer lets other threads run: what torch's objects do."""
 
@@ -182,7 +196,11 @@ def test_static_checks_in_threads_side_by_side():
     """Two evaluations check their candidates at once. On CPython 3.11 a collection inside
     ast.parse that switches threads broke both parses ("AST constructor recursion depth
     mismatch", CI 2026-12-02, as a crashed candidate); archlab.syntax serializes every parse."""
-    source = ACCEPTED[next(iter(ACCEPTED))] + "\n" + "\n".join(f"v{i} = [(a, b) for a in range(3) for b in {{1: [2]}}]" for i in range(300))
+    source = (
+        ACCEPTED[next(iter(ACCEPTED))]
+        + "\n"
+        + "\n".join(f"v{i} = [(a, b) for a in range(3) for b in {{1: [2]}}]" for i in range(300))
+    )
     errors = []
 
     def check():
@@ -204,10 +222,16 @@ def test_static_checks_in_threads_side_by_side():
 
 def test_archlab_parses_python_only_through_its_lock():
     import archlab
+
     root = os.path.dirname(archlab.__file__)
-    direct = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files
-              if f.endswith(".py") and f != "syntax.py" and "ast.parse(" in open(os.path.join(d, f)).read()]
+    direct = [
+        os.path.join(d, f)
+        for d, _, files in os.walk(root)
+        for f in files
+        if f.endswith(".py") and f != "syntax.py" and "ast.parse(" in open(os.path.join(d, f)).read()
+    ]
     assert direct == [], f"parse through archlab.syntax.parse: {direct}"
+
 
 # -- data: the split and the batches (numpy only) -------------------------------------------------
 def test_no_validation_byte_of_the_built_in_corpus_comes_from_a_source_file():
@@ -222,10 +246,12 @@ def test_no_validation_byte_of_the_built_in_corpus_comes_from_a_source_file():
     text = gzip.decompress(BUILTIN.read_bytes())
     headers = [m.start() for m in re.finditer(rb"(?m)^### (?:doc|file): ", text)]
     assert headers[0] == 0
-    docs = [text[a:b - 2] for a, b in zip(headers, headers[1:] + [len(text) + 2])]  # joined by "\n\n"
+    docs = [text[a : b - 2] for a, b in zip(headers, headers[1:] + [len(text) + 2])]  # joined by "\n\n"
     kinds = [d.split(b":", 1)[0] for d in docs]
-    assert kinds.count(b"### doc") > 50 and kinds.count(b"### file") > 50, "both kinds of document, or this proves little"
-    expected = b"\n".join(d[int(len(d) * (1 - DOC_VAL_FRACTION)):] for d in docs if d.startswith(b"### doc: "))
+    assert kinds.count(b"### doc") > 50 and kinds.count(b"### file") > 50, (
+        "both kinds of document, or this proves little"
+    )
+    expected = b"\n".join(d[int(len(d) * (1 - DOC_VAL_FRACTION)) :] for d in docs if d.startswith(b"### doc: "))
     corpus = Corpus.load()
     assert corpus.val.dtype == np.uint8 and corpus.train.dtype == np.uint8
     assert corpus.val.tobytes() == expected
@@ -315,8 +341,11 @@ def _through_a_pipe(data: bytes, max_bytes: int = 1 << 20):
 
 
 def test_the_wire_round_trips_headers_and_arrays():
-    arrays = {"x": np.arange(12, dtype=np.float64).reshape(3, 4), "tokens": np.array([[1, 2]], dtype=np.int64),
-              "t": np.ones((2, 3), dtype=np.float32)[:, ::2]}  # a non-contiguous view is sent as its values
+    arrays = {
+        "x": np.arange(12, dtype=np.float64).reshape(3, 4),
+        "tokens": np.array([[1, 2]], dtype=np.int64),
+        "t": np.ones((2, 3), dtype=np.float32)[:, ::2],
+    }  # a non-contiguous view is sent as its values
     header, got = _through_a_pipe(wire.encode({"op": "logits", "model": "lm"}, arrays))
     assert header == {"op": "logits", "model": "lm"} and set(got) == set(arrays)
     for key, value in arrays.items():
@@ -341,7 +370,7 @@ def test_the_wire_rejects_malformed_messages():
         "not an object": message(b"[1, 2]"),
         "arrays not safetensors": message(b"{}", b"\x80\x04\x95" + b"\0" * 40),  # a pickle's first bytes
         "closed in the frame": good[:7],
-        "closed in the header": good[:frame.size + 3],
+        "closed in the header": good[: frame.size + 3],
         "closed in the arrays": good[:-5],
         "nothing": b"",
     }
@@ -356,10 +385,13 @@ def test_a_reply_must_hold_finite_floats_of_the_expected_shape():
     good = {"y": np.ones((2, 3), dtype=np.float32)}
     out = scorer.array(good, "y", (2, 3), "Mixer.forward")
     assert out.dtype == np.float64 and (out == 1).all()
-    for arrays, reason in (({}, "shape"), ({"y": np.ones((2, 4), dtype=np.float32)}, "shape"),
-                           ({"y": np.ones((2, 3), dtype=np.int64)}, "shape"),
-                           ({"y": np.array([[1, np.nan, 1]] * 2, dtype=np.float32)}, "nan"),
-                           ({"y": np.array([[1, np.inf, 1]] * 2)}, "nan")):
+    for arrays, reason in (
+        ({}, "shape"),
+        ({"y": np.ones((2, 4), dtype=np.float32)}, "shape"),
+        ({"y": np.ones((2, 3), dtype=np.int64)}, "shape"),
+        ({"y": np.array([[1, np.nan, 1]] * 2, dtype=np.float32)}, "nan"),
+        ({"y": np.array([[1, np.inf, 1]] * 2)}, "nan"),
+    ):
         with pytest.raises(CandidateError) as e:
             scorer.array(arrays, "y", (2, 3), "Mixer.forward")
         assert e.value.reason == reason and "Mixer.forward" in e.value.detail
@@ -376,8 +408,16 @@ def test_the_scorers_losses_are_torchs_cross_entropy():
     targets = rng.integers(0, 256, (3, 7))
     targets[1, 2:5] = IGNORE
     losses = scorer.token_losses(logits, targets)
-    reference = torch.nn.functional.cross_entropy(torch.from_numpy(logits).reshape(-1, 256), torch.from_numpy(targets).reshape(-1),
-                                                  ignore_index=IGNORE, reduction="none").reshape(3, 7).numpy()
+    reference = (
+        torch.nn.functional.cross_entropy(
+            torch.from_numpy(logits).reshape(-1, 256),
+            torch.from_numpy(targets).reshape(-1),
+            ignore_index=IGNORE,
+            reduction="none",
+        )
+        .reshape(3, 7)
+        .numpy()
+    )
     kept = targets != IGNORE
     assert np.isnan(losses[~kept]).all() and np.allclose(losses[kept], reference[kept], rtol=1e-12, atol=1e-12)
 
@@ -402,10 +442,12 @@ def test_the_budget_counts_every_blocks_mixer_from_the_weights():
     assert e.value.reason == "params" and "block 2" in e.value.detail and f"{n + 5000:,}" in e.value.detail
     assert scorer.budget(grown, tier.d_model, 3, False, n + 5000) == n + 5000
     # Nothing outside the blocks' mixers and FFNs, the harness's parts in their shapes, the harness MLP whole.
-    for bad, what in (({**weights, "smuggled.weight": np.zeros(3, dtype=np.float32)}, "smuggled"),
-                      ({**weights, "blocks.3.mixer.w": np.zeros(3, dtype=np.float32)}, "blocks.3"),
-                      ({**weights, "norm.weight": np.zeros(tier.d_model + 1, dtype=np.float32)}, "norm.weight"),
-                      ({**weights, "blocks.1.ffn.extra": np.zeros(7, dtype=np.float32)}, "block 1's MLP")):
+    for bad, what in (
+        ({**weights, "smuggled.weight": np.zeros(3, dtype=np.float32)}, "smuggled"),
+        ({**weights, "blocks.3.mixer.w": np.zeros(3, dtype=np.float32)}, "blocks.3"),
+        ({**weights, "norm.weight": np.zeros(tier.d_model + 1, dtype=np.float32)}, "norm.weight"),
+        ({**weights, "blocks.1.ffn.extra": np.zeros(7, dtype=np.float32)}, "block 1's MLP"),
+    ):
         with pytest.raises(CandidateError, match=what) as e:
             scorer.budget(bad, tier.d_model, 3, False, None)
         assert e.value.reason == "params"
@@ -413,7 +455,8 @@ def test_the_budget_counts_every_blocks_mixer_from_the_weights():
     mlp = scorer.swiglu_params(tier.d_model)
     assert mlp == sum(p.numel() for p in SwiGLU(tier.d_model).parameters())
     bigger = {k: v for k, v in weights.items() if ".ffn." not in k} | {
-        f"blocks.{i}.ffn.w": np.zeros(mlp + (300 if i == 1 else -300), dtype=np.float32) for i in range(3)}
+        f"blocks.{i}.ffn.w": np.zeros(mlp + (300 if i == 1 else -300), dtype=np.float32) for i in range(3)
+    }
     assert scorer.budget(bigger, tier.d_model, 3, True, None) == n + 300
 
 
@@ -474,12 +517,19 @@ def test_a_mixer_output_of_the_wrong_shape_is_a_shape_rejection():
     assert e.value.reason == "shape"
 
 
-@pytest.mark.parametrize("error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
-                                   RuntimeError("std::bad_alloc"),
-                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+        RuntimeError("std::bad_alloc"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"),
+    ],
+)
 def test_every_shape_of_memory_exhaustion_is_a_memory_rejection(error):
     """torch's CUDA wheels running on a CPU report a failed host allocation as
     RuntimeError('std::bad_alloc') (seen with Python 3.12 + torch 2.13+cu130): still 'memory'."""
+
     def fail():
         raise error
 
@@ -502,10 +552,34 @@ SECCOMP_DATA = struct.Struct("<IIQ6Q")  # nr, arch, instruction pointer, six arg
 RET_ALLOW, RET_KILL, RET_EPERM, RET_ENOSYS = 0x7FFF0000, 0x80000000, 0x00050001, 0x00050026
 ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 NUMBERS = {  # from the kernel's tables, written out here independently of launch.py
-    "x86_64": dict(read=0, socket=41, clone=56, clone3=435, ptrace=101, mount=165, unshare=272, setuid=105, bpf=321,
-                   io_uring_setup=425, openat=257, mmap=9),
-    "aarch64": dict(read=63, socket=198, clone=220, clone3=435, ptrace=117, mount=40, unshare=97, setuid=146, bpf=280,
-                    io_uring_setup=425, openat=56, mmap=222),
+    "x86_64": dict(
+        read=0,
+        socket=41,
+        clone=56,
+        clone3=435,
+        ptrace=101,
+        mount=165,
+        unshare=272,
+        setuid=105,
+        bpf=321,
+        io_uring_setup=425,
+        openat=257,
+        mmap=9,
+    ),
+    "aarch64": dict(
+        read=63,
+        socket=198,
+        clone=220,
+        clone3=435,
+        ptrace=117,
+        mount=40,
+        unshare=97,
+        setuid=146,
+        bpf=280,
+        io_uring_setup=425,
+        openat=56,
+        mmap=222,
+    ),
 }
 CLONE_THREAD_FLAGS = 0x3D0F00  # what pthread_create passes: VM, FS, FILES, SIGHAND, THREAD, SYSVSEM, SETTLS, ...
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
@@ -550,16 +624,21 @@ def test_the_seccomp_program_builds_for_each_architecture(machine):
     assert run_bpf(program, n["clone"], arch, 0x11) == RET_ALLOW  # fork(): SIGCHLD
     for flag in (CLONE_NEWUSER, CLONE_NEWNET):
         assert run_bpf(program, n["clone"], arch, 0x11 | flag) == RET_EPERM
-    assert run_bpf(program, n["clone3"], arch) == RET_ENOSYS  # its flags are out of BPF's reach: libc falls back to clone
+    assert (
+        run_bpf(program, n["clone3"], arch) == RET_ENOSYS
+    )  # its flags are out of BPF's reach: libc falls back to clone
     other = ARCH["aarch64" if machine == "x86_64" else "x86_64"]
     assert run_bpf(program, n["read"], other) == RET_KILL, "a foreign architecture's calls are killed"
     if machine == "x86_64":
         assert run_bpf(program, 0x40000000 | n["read"], arch) == RET_KILL, "x32 calls are killed"
     assert launch.seccomp_program(machine) == program and program != launch.seccomp_program(
-        "aarch64" if machine == "x86_64" else "x86_64")
+        "aarch64" if machine == "x86_64" else "x86_64"
+    )
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() not in ARCH, reason="seccomp: Linux on x86_64/aarch64")
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.machine() not in ARCH, reason="seccomp: Linux on x86_64/aarch64"
+)
 def test_the_installed_filter_refuses_what_it_should_and_nothing_else(tmp_path):
     script = textwrap.dedent("""
         import ctypes, errno, json, os, socket, subprocess, sys, threading
@@ -589,11 +668,22 @@ def test_the_installed_filter_refuses_what_it_should_and_nothing_else(tmp_path):
         attempt("write", lambda: open(sys.argv[1], "w").write("x"))
         print(json.dumps(out))
     """)
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "file")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "file")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.splitlines()[-1])
-    assert out == {"seccomp": "2", "inet": "EPERM", "inet6": "EPERM", "unix": "ok", "unshare": "EPERM", "setuid": "EPERM",
-                   "thread": "ok", "subprocess": "ok", "write": "ok"}, out
+    assert out == {
+        "seccomp": "2",
+        "inet": "EPERM",
+        "inet6": "EPERM",
+        "unix": "ok",
+        "unshare": "EPERM",
+        "setuid": "EPERM",
+        "thread": "ok",
+        "subprocess": "ok",
+        "write": "ok",
+    }, out
     assert (tmp_path / "file").read_text() == "x"
 
 
@@ -604,9 +694,20 @@ def test_a_servers_environment_carries_no_secrets(monkeypatch):
     monkeypatch.setenv("LANG", "C.UTF-8")
     env = launch.environment("/scratch", 3)
     assert "secret" not in json.dumps(env) and env["LANG"] == "C.UTF-8"
-    assert set(env) - set(launch.KEEP_ENV) <= {"HOME", "TMPDIR", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "XDG_CACHE_HOME",
-                                              "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONDONTWRITEBYTECODE",
-                                              "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONUNBUFFERED"}
+    assert set(env) - set(launch.KEEP_ENV) <= {
+        "HOME",
+        "TMPDIR",
+        "TRITON_CACHE_DIR",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "XDG_CACHE_HOME",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONNOUSERSITE",
+        "PYTHONSAFEPATH",
+        "PYTHONUNBUFFERED",
+    }
     assert env["OMP_NUM_THREADS"] == "3" and env["HOME"].startswith("/scratch/")
 
 
@@ -620,7 +721,9 @@ def test_the_report_lists_every_protection_as_probed():
     active = {p["name"]: p["active"] for p in facts["protections"]}
     if facts["launcher"] == "bwrap":
         assert facts["probe"]["ok"] and facts["probe"]["outside_writable"] == []
-        assert active["PID namespace"] and active["no network"] and active["seccomp filter"] and active["resource limits"]
+        assert (
+            active["PID namespace"] and active["no network"] and active["seccomp filter"] and active["resource limits"]
+        )
 
 
 def test_a_launched_child_sees_a_minimal_read_only_view(tmp_path):
@@ -653,14 +756,26 @@ def test_a_launched_child_sees_a_minimal_read_only_view(tmp_path):
     host = tmp_path / "host"
     host.mkdir()
     argv = lx.command([sys.executable, "-c", script, str(secret), private, str(BUILTIN), pydoc])
-    proc = subprocess.run(argv, env=launch.environment(lx.scratch(host), 1), capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        argv,
+        env=launch.environment(lx.scratch(host), 1),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.splitlines()[-1])
     prefix = out.pop("prefix")
     assert prefix != "written", "the interpreter's prefix must be read-only"
-    assert out == {"secret_visible": False, "corpus_visible": False, "pydoc": [], "cwd": launch.SCRATCH,
-                   "private": "written", "scratch": "written"}, out
+    assert out == {
+        "secret_visible": False,
+        "corpus_visible": False,
+        "pydoc": [],
+        "cwd": launch.SCRATCH,
+        "private": "written",
+        "scratch": "written",
+    }, out
     assert not os.path.exists(private), "the child's /tmp is its own"
     assert not os.path.exists(os.path.join(sys.prefix, "archlab-probe")) and list(host.iterdir()) == []
     assert os.path.exists(BUILTIN) and secret.read_text() == "host data"
@@ -668,7 +783,8 @@ def test_a_launched_child_sees_a_minimal_read_only_view(tmp_path):
 
 # -- the audit hook (a diagnostic: it judges the candidate's own frames only) ----------------------------
 def test_the_audit_hook_names_the_candidates_forbidden_calls_and_never_a_librarys(tmp_path):
-    (tmp_path / "library_mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "library_mod.py").write_text(
+        textwrap.dedent("""
         import importlib, pickle, subprocess, sys
         def write(path):
             with open(path, "w") as f:
@@ -680,7 +796,8 @@ def test_the_audit_hook_names_the_candidates_forbidden_calls_and_never_a_library
             return pickle.loads(pickle.dumps(fractions.Fraction(1, 3)))
         def load(name):
             return importlib.import_module(name).__name__
-    """))
+    """)
+    )
     candidate = textwrap.dedent("""
         def write(path):
             with open(path, "w") as f:
@@ -697,7 +814,8 @@ def test_the_audit_hook_names_the_candidates_forbidden_calls_and_never_a_library
         def run(code):
             exec(code)
     """)
-    (tmp_path / "driver.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "driver.py").write_text(
+        textwrap.dedent(f"""
         import json, sys, types
         sys.path.insert(0, {str(tmp_path)!r})
         import library_mod
@@ -724,23 +842,38 @@ def test_the_audit_hook_names_the_candidates_forbidden_calls_and_never_a_library
         out["violations"] = len(guard.violations)
         out["summary"] = guard.summary()
         print(json.dumps(out))
-    """))
+    """)
+    )
     proc = subprocess.run([sys.executable, str(tmp_path / "driver.py")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.splitlines()[-1])
     assert {k: v for k, v in out.items() if k.startswith("candidate")} == {
-        "candidate_write": "blocked", "candidate_import_colorsys": "colorsys", "candidate_import_jinja2": "blocked",
-        "candidate_import_json": "1", "candidate_exec": "blocked"}, out  # (the standard library is the static check's business)
+        "candidate_write": "blocked",
+        "candidate_import_colorsys": "colorsys",
+        "candidate_import_jinja2": "blocked",
+        "candidate_import_json": "1",
+        "candidate_exec": "blocked",
+    }, out  # (the standard library is the static check's business)
     assert out["library_write"] == "None" and out["library_spawn"] == "child" and out["library_unpickle"] == "1/3"
     assert out["library_import_jinja2"] == "jinja2"
-    assert out["violations"] == 3 and out["summary"].startswith("the sandbox blocked open") and "2 more" in out["summary"]
+    assert (
+        out["violations"] == 3 and out["summary"].startswith("the sandbox blocked open") and "2 more" in out["summary"]
+    )
     assert not (tmp_path / "c.txt").exists() and (tmp_path / "l.txt").read_text() == "library"
 
 
 # -- the scorer's checks against two in-process servers (loopback.py) --------------------------------------
-@pytest.mark.parametrize("design", [Design(), Design(forget_gate="data"), Design(forget_gate="fixed", conv_size=2),
-                                    Design(core="attention", short_conv=False), Design(short_conv=False, beta="const")],
-                         ids=["deltanet", "gated", "fixed_decay", "attention", "no_conv"])
+@pytest.mark.parametrize(
+    "design",
+    [
+        Design(),
+        Design(forget_gate="data"),
+        Design(forget_gate="fixed", conv_size=2),
+        Design(core="attention", short_conv=False),
+        Design(short_conv=False, beta="const"),
+    ],
+    ids=["deltanet", "gated", "fixed_decay", "attention", "no_conv"],
+)
 def test_template_step_agrees_with_forward(design):
     """step() runs in server B, forward() in server A; the state step() hands back grows with the
     context only for attention (a KV cache)."""
@@ -793,7 +926,9 @@ def test_every_scored_window_is_checked_for_causality_on_the_trained_model():
         direct = ev.b.server.models["lm"].eval()(torch.from_numpy(inputs)).double().numpy()
     assert np.allclose(logits, direct, atol=1e-5)
     rows = lambda s: sum(shape["tokens"][0] for op, shape in s.requests if op == "logits")  # noqa: E731
-    assert rows(ev.b) == 11 and rows(ev.a) == 33, "B scores each window once, the checker (C; A here) three copies of each"
+    assert rows(ev.b) == 11 and rows(ev.a) == 33, (
+        "B scores each window once, the checker (C; A here) three copies of each"
+    )
 
     for server in ev.servers.values():
         server.server.models["lm"].blocks[0].mixer = Peek()

@@ -16,10 +16,11 @@ from llm_server import API_KEY, Script, ScriptedServer
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # runs resumed (600 + 900 s bounds)
 
 
-
 def selections(run) -> dict[int, dict]:
     """node id -> its selector decision (parent, references, and what steering did)."""
-    return {t["node_id"]: json.loads(t["decision"]) for t in helpers.table_rows(run, "traces") if t["role"] == "selector"}
+    return {
+        t["node_id"]: json.loads(t["decision"]) for t in helpers.table_rows(run, "traces") if t["role"] == "selector"
+    }
 
 
 def subtree(rows: list[dict], top: int) -> set[int]:
@@ -37,7 +38,9 @@ def test_pin_veto_and_note_change_what_the_driver_does_next(tmp_path):
     run = tmp_path / "run"
     first = helpers.cli("run", run, "--tier", "micro", "--max-nodes", 5, "--threads", helpers.THREADS, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
-    done = sorted((r for r in helpers.node_rows(run) if r["status"] == "done" and r["id"] != 0), key=lambda r: -r["fitness"])
+    done = sorted(
+        (r for r in helpers.node_rows(run) if r["status"] == "done" and r["id"] != 0), key=lambda r: -r["fitness"]
+    )
     assert len(done) >= 2, [(r["id"], r["status"], r["reason"]) for r in helpers.node_rows(run)]
     best, pinned = done[0]["id"], done[-1]["id"]  # veto the node the strategy likes most; pin a weaker one
     for args in (("pin", pinned), ("veto", best), ("note", "add a short causal convolution before the mixer")):
@@ -58,9 +61,15 @@ def test_pin_veto_and_note_change_what_the_driver_does_next(tmp_path):
     assert len(from_pin) >= 4, (pinned, parents)  # most parents from the pinned branch (PIN_SHARE 0.8)
     assert all(chosen[n].get("pinned") == [pinned] for n in from_pin if "pinned" in chosen[n])
     assert all(chosen[n]["vetoed"] == [best] for n in parents)
-    noted = [t for t in helpers.table_rows(run, "traces") if t["role"] == "researcher" and "notes" in (t["decision"] or "")]
-    assert len(noted) == 1 and json.loads(noted[0]["decision"])["notes"] == ["add a short causal convolution before the mixer"]
-    assert json.loads(noted[0]["decision"])["query"].startswith("add a short causal convolution before the mixer")  # what it looks up
+    noted = [
+        t for t in helpers.table_rows(run, "traces") if t["role"] == "researcher" and "notes" in (t["decision"] or "")
+    ]
+    assert len(noted) == 1 and json.loads(noted[0]["decision"])["notes"] == [
+        "add a short causal convolution before the mixer"
+    ]
+    assert json.loads(noted[0]["decision"])["query"].startswith(
+        "add a short causal convolution before the mixer"
+    )  # what it looks up
     assert noted[0]["node_id"] == min(parents)  # the next researcher, and only it
     steers = [t for t in helpers.table_rows(run, "traces") if t["role"] == "user" and t["kind"] == "steer"]
     assert [json.loads(t["decision"])["action"] for t in steers] == ["pin", "veto", "note"]
@@ -76,11 +85,26 @@ def test_a_note_reaches_the_llm_researchers_prompt(tmp_path):
     script = Script()
     env = dict(os.environ, OPENAI_API_KEY=API_KEY)
     with ScriptedServer(script) as server:
-        args = ["run", str(run), "--tier", "micro", "--llm", "openai:scripted", "--base-url", server.url, "--threads", "1"]
-        first = subprocess.run([*helpers.CLI, *args, "--max-nodes", "1"], env=env, capture_output=True, text=True, timeout=600)
+        args = [
+            "run",
+            str(run),
+            "--tier",
+            "micro",
+            "--llm",
+            "openai:scripted",
+            "--base-url",
+            server.url,
+            "--threads",
+            "1",
+        ]
+        first = subprocess.run(
+            [*helpers.CLI, *args, "--max-nodes", "1"], env=env, capture_output=True, text=True, timeout=600
+        )
         assert first.returncode == 0, first.stderr
         assert helpers.cli("steer", run, "note", "try a data-dependent forget gate").returncode == 0
-        again = subprocess.run([*helpers.CLI, *args, "--max-nodes", "3"], env=env, capture_output=True, text=True, timeout=600)
+        again = subprocess.run(
+            [*helpers.CLI, *args, "--max-nodes", "3"], env=env, capture_output=True, text=True, timeout=600
+        )
         assert again.returncode == 0, again.stderr
     prompts = [e["messages"][1]["content"] for e in script.log if e["role"] == "researcher"]
     assert len(prompts) >= 2
@@ -90,8 +114,9 @@ def test_a_note_reaches_the_llm_researchers_prompt(tmp_path):
 
 def test_stop_finishes_the_candidate_in_flight_and_starts_no_new_one(tmp_path):
     run = tmp_path / "run"
-    proc = helpers.popen_cli("run", run, "--tier", "micro", "--tier-set", "steps=1500", "--max-nodes", 30,
-                             "--threads", helpers.THREADS)
+    proc = helpers.popen_cli(
+        "run", run, "--tier", "micro", "--tier-set", "steps=1500", "--max-nodes", 30, "--threads", helpers.THREADS
+    )
     try:
         deadline = time.monotonic() + 300
         while True:  # a candidate (not the root) is training
@@ -111,19 +136,21 @@ def test_stop_finishes_the_candidate_in_flight_and_starts_no_new_one(tmp_path):
     assert proc.returncode == 0, err
     assert "stopped by `archlab steer stop`" in out, out
     rows = helpers.node_rows(run)
-    assert all(r["status"] in ("done", "failed") for r in rows), [(r["id"], r["status"]) for r in rows]  # in flight: finished
+    assert all(r["status"] in ("done", "failed") for r in rows), [
+        (r["id"], r["status"]) for r in rows
+    ]  # in flight: finished
     assert len(rows) < 30
-    resumed = helpers.cli("run", run, "--max-nodes", len(rows) + 1, "--threads", helpers.THREADS,
-                          timeout=600)
+    resumed = helpers.cli("run", run, "--max-nodes", len(rows) + 1, "--threads", helpers.THREADS, timeout=600)
     helpers.assert_user_error(helpers.cli("steer", run, "stop"))  # nobody drives it now: nothing to stop
     # A stop that reached a driver which then died before acting on it (Ctrl-C, a crash) is the
     # earlier driver's: the run the user starts next does not stop because of it.
     store = Store(run)
     store.add_trace(None, "user", "steer", decision={"action": "stop", "node": None, "by": "test via cli"})
     store.close()
-    resumed = helpers.cli("run", run, "--max-nodes", len(rows) + 1, "--threads", helpers.THREADS,
-                          timeout=600)
-    assert resumed.returncode == 0 and len(helpers.node_rows(run)) == len(rows) + 1, resumed.stdout  # the stop was used once
+    resumed = helpers.cli("run", run, "--max-nodes", len(rows) + 1, "--threads", helpers.THREADS, timeout=600)
+    assert resumed.returncode == 0 and len(helpers.node_rows(run)) == len(rows) + 1, (
+        resumed.stdout
+    )  # the stop was used once
     assert "reached --max-nodes" in resumed.stdout, resumed.stdout
 
 

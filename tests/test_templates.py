@@ -22,7 +22,8 @@ def load(code: str) -> dict:
 def test_committed_root_file_is_the_rendered_root(name):
     assert root_path(name).is_file(), f"{root_path(name)} is missing: run `python -m archlab.templates`"
     assert render_root(name) == root_path(name).read_text(encoding="utf-8"), (
-        f"{root_path(name).name} is stale: run `python -m archlab.templates`")
+        f"{root_path(name).name} is stale: run `python -m archlab.templates`"
+    )
 
 
 @pytest.mark.parametrize("name", list(ROOTS))
@@ -99,7 +100,9 @@ def one_step_variants():
         for op in OPERATORS:
             if op.applies(design):
                 for variant in op.variants(design):
-                    cases.append(pytest.param(name, op.name, variant, id=f"{name}-{op.name}={getattr(variant, op.field)!r}"))
+                    cases.append(
+                        pytest.param(name, op.name, variant, id=f"{name}-{op.name}={getattr(variant, op.field)!r}")
+                    )
     return cases
 
 

@@ -24,6 +24,7 @@ from helpers import CHROMIUM, CHROMIUM_ARGS, Server
 
 pytestmark = pytest.mark.browser
 
+
 @pytest.fixture(scope="module")
 def served(review_run, tmp_path_factory):
     """A copy of the session's small trained run (the browser test grows it) and a server on it."""
@@ -137,8 +138,9 @@ def test_browser_watches_a_node_train_without_a_reload(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     run = tmp_path / "run"
-    grow = helpers.popen_cli("run", run, "--tier", "micro", "--tier-set", "steps=20000", "--max-nodes", 1,
-                             "--threads", helpers.THREADS)
+    grow = helpers.popen_cli(
+        "run", run, "--tier", "micro", "--tier-set", "steps=20000", "--max-nodes", 1, "--threads", helpers.THREADS
+    )
     server = None
     try:
         deadline = time.monotonic() + 120
@@ -176,7 +178,9 @@ def test_browser_watches_a_node_train_without_a_reload(tmp_path):
 def _post(server, path: str, body: bytes, token: str | None) -> int:
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
     try:
-        conn.request("POST", path, body, {"Content-Type": "application/json", **({"X-Archlab-Token": token} if token else {})})
+        conn.request(
+            "POST", path, body, {"Content-Type": "application/json", **({"X-Archlab-Token": token} if token else {})}
+        )
         return conn.getresponse().status
     finally:
         conn.close()
@@ -224,15 +228,21 @@ def test_steering_from_the_page_needs_the_flag_and_its_token(served, review_run,
             expect(page.locator('[data-testid="steer-pinned"]')).to_be_visible(timeout=15_000)
             assert page.locator('[data-testid="steer-pin"]').count() == 0
             page.goto(server.url.split("?")[0] + "#/")  # the tree marks the pinned node too
-            expect(page.locator(f'g.node[data-node="{child["id"]}"] [data-testid="tree-steer-pinned"]')).to_be_visible(timeout=15_000)
+            expect(page.locator(f'g.node[data-node="{child["id"]}"] [data-testid="tree-steer-pinned"]')).to_be_visible(
+                timeout=15_000
+            )
             assert page.locator('[data-testid="tree-steer-pinned"]').count() == 1
             page.goto(server.url.split("?")[0] + "#/traces?role=user")  # the note, with who sent it, in the traces
-            expect(page.locator("article.trace", has_text="try a data-dependent forget gate")).to_contain_text("via web", timeout=15_000)
+            expect(page.locator("article.trace", has_text="try a data-dependent forget gate")).to_contain_text(
+                "via web", timeout=15_000
+            )
             browser.close()
         steers = [t for t in helpers.table_rows(run, "traces") if t["role"] == "user"]
         by = f"{getpass.getuser()} via web"
-        assert [json.loads(t["decision"]) for t in steers] == [{"action": "note", "node": None, "by": by},
-                                                               {"action": "pin", "node": child["id"], "by": by}]
+        assert [json.loads(t["decision"]) for t in steers] == [
+            {"action": "note", "node": None, "by": by},
+            {"action": "pin", "node": child["id"], "by": by},
+        ]
         assert steers[0]["response"] == "try a data-dependent forget gate"
     finally:
         server.stop()
@@ -275,18 +285,26 @@ def test_path_traversal_and_writes_are_refused(served):
     with conn:
         ids = []
         for log in ("../../../../../../etc/passwd", "/etc/passwd", "logs/evil.log", "logs/../../archlab.toml"):
-            ids.append(conn.execute("insert into evaluations (node_id, tier, seed, ok, metrics, env, log, kind) "
-                                    "values (0, 'micro', 0, 1, '{}', '{}', ?, 'search')", [log]).lastrowid)
+            ids.append(
+                conn.execute(
+                    "insert into evaluations (node_id, tier, seed, ok, metrics, env, log, kind) "
+                    "values (0, 'micro', 0, 1, '{}', '{}', ?, 'search')",
+                    [log],
+                ).lastrowid
+            )
     conn.close()
     for evaluation in ids:
         status, body = server.request("GET", f"/api/evaluation/{evaluation}/log")
         assert status == 404, (evaluation, status, body[:200])
         assert not any(s in body for s in secrets)
     # A real log is served (so the 404s above are the guard, not a broken route).
-    real = next(e for e in helpers.table_rows(run, "evaluations") if e["log"] and (run / e["log"]).is_file()
-                and not (run / e["log"]).is_symlink())
+    real = next(
+        e
+        for e in helpers.table_rows(run, "evaluations")
+        if e["log"] and (run / e["log"]).is_file() and not (run / e["log"]).is_symlink()
+    )
     status, body = server.request("GET", f"/api/evaluation/{real['id']}/log")
-    assert status == 200 and body == (run / real["log"]).read_bytes()[-len(body):]
+    assert status == 200 and body == (run / real["log"]).read_bytes()[-len(body) :]
 
     # Nothing in the API writes: other methods are refused and the database stays byte-identical.
     before = _fingerprint(run)
@@ -294,8 +312,18 @@ def test_path_traversal_and_writes_are_refused(served):
         for path in ("/api/node/0", "/api/tree", "/api/run", "/static/app.js"):
             status, _ = server.request(method, path)
             assert status == 405, (method, path, status)
-    for path in ("/", "/api/run", "/api/live", "/api/tree", "/api/node/0", "/api/node/1/traces", "/api/plots",
-                 "/api/traces?limit=5", "/api/children/0", "/api/node/0/code"):
+    for path in (
+        "/",
+        "/api/run",
+        "/api/live",
+        "/api/tree",
+        "/api/node/0",
+        "/api/node/1/traces",
+        "/api/plots",
+        "/api/traces?limit=5",
+        "/api/children/0",
+        "/api/node/0/code",
+    ):
         status, _ = server.request("GET", path)
         assert status == 200, path
     assert _fingerprint(run) == before

@@ -31,19 +31,53 @@ def big_run(tmp_path_factory) -> Path:
         parent = None if i == 0 else (rng.randrange(max(0, i - 2000), i) if rng.random() < 0.9 else rng.randrange(i))
         failed = i and rng.random() < 0.2
         fit = None if failed else (0.0 if i == 0 else rng.gauss(-0.05, 0.08) + i * 1e-6)
-        metrics = None if failed else json.dumps({"val_loss": 4.3 - (fit or 0), "tokens_per_s": rng.uniform(2e3, 2e4),
-                                                  "mixer_params": 21520, "peak_mem_mb": rng.uniform(50, 80)})
-        nodes.append({"id": i, "parent_id": parent, "status": "failed" if failed else "done", "operator": "op",
-                      "fitness": fit, "val_loss": None if failed else 4.3 - fit, "reason": "params" if failed else None,
-                      "created": start + i, "finished": start + i + 0.5, "metrics": metrics, "attempts": 1})
-        evaluations.append({"node_id": i, "tier": "micro", "seed": 0, "ok": int(not failed), "metrics": json.dumps({"wall_s": 5.0}),
-                            "env": "{}", "created": start + i + 0.4, "kind": "search"})
+        metrics = (
+            None
+            if failed
+            else json.dumps(
+                {
+                    "val_loss": 4.3 - (fit or 0),
+                    "tokens_per_s": rng.uniform(2e3, 2e4),
+                    "mixer_params": 21520,
+                    "peak_mem_mb": rng.uniform(50, 80),
+                }
+            )
+        )
+        nodes.append(
+            {
+                "id": i,
+                "parent_id": parent,
+                "status": "failed" if failed else "done",
+                "operator": "op",
+                "fitness": fit,
+                "val_loss": None if failed else 4.3 - fit,
+                "reason": "params" if failed else None,
+                "created": start + i,
+                "finished": start + i + 0.5,
+                "metrics": metrics,
+                "attempts": 1,
+            }
+        )
+        evaluations.append(
+            {
+                "node_id": i,
+                "tier": "micro",
+                "seed": 0,
+                "ok": int(not failed),
+                "metrics": json.dumps({"wall_s": 5.0}),
+                "env": "{}",
+                "created": start + i + 0.4,
+                "kind": "search",
+            }
+        )
     conn = store.db.conn
     conn.execute("begin")
     for table, rows in (("nodes", nodes), ("evaluations", evaluations)):
         keys = list(rows[0])
-        conn.executemany(f"insert into {table} ({', '.join(keys)}) values ({', '.join('?' * len(keys))})",
-                         [tuple(r[k] for k in keys) for r in rows])
+        conn.executemany(
+            f"insert into {table} ({', '.join(keys)}) values ({', '.join('?' * len(keys))})",
+            [tuple(r[k] for k in keys) for r in rows],
+        )
     conn.execute("commit")
     conn.close()
     return run
@@ -88,8 +122,11 @@ def test_tree_api_summarises_and_pages_a_100k_tree(big_run):
         axes = {a["key"]: a for a in plots["pareto"]}
         assert set(axes) == {"tokens_per_s", "peak_mem_mb"}
         assert all(len(a["points"]) <= 3000 and a["front"] for a in axes.values())
-        beat = sqlite3.connect(big_run / "archlab.db").execute(
-            "select count(*) from nodes where status = 'done' and fitness > 0").fetchone()[0]
+        beat = (
+            sqlite3.connect(big_run / "archlab.db")
+            .execute("select count(*) from nodes where status = 'done' and fitness > 0")
+            .fetchone()[0]
+        )
         assert beat > 0 and plots["discovery"][-1]["y"] == beat
 
         # Any node's page answers.

@@ -30,7 +30,7 @@ def chunks(path: Path):
         if kind == 0:  # zero-filled: the rest of the block is empty
             pos += left
             continue
-        body = data[pos + RECORD.size:pos + RECORD.size + length]
+        body = data[pos + RECORD.size : pos + RECORD.size + length]
         pos += RECORD.size + length
         if kind == FULL:
             yield body

@@ -18,7 +18,9 @@ MAX_BYTES = 3_000_000
 def main() -> None:
     docs = [f"### doc: {name}\n{topics.topics[name]}" for name in sorted(topics.topics)]
     stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    sources = [f"### file: {p.name}\n{p.read_text(encoding='utf-8', errors='replace')}" for p in sorted(stdlib.glob("*.py"))]
+    sources = [
+        f"### file: {p.name}\n{p.read_text(encoding='utf-8', errors='replace')}" for p in sorted(stdlib.glob("*.py"))
+    ]
     text, size = [], 0
     # Interleave docs and sources so both splits see prose and code.
     for i in range(max(len(docs), len(sources))):

@@ -10,12 +10,18 @@ class Analyst:
         self.client = client
 
     def analyze(self, ctx: Context, node: dict, result: dict) -> tuple[str, list[Trace]]:
-        chat = prompting.messages("analyst", node=node, parent=ctx.parent, root=ctx.root, siblings=ctx.siblings,
-                                  result=result, diff=ctx.diff(node))
+        chat = prompting.messages(
+            "analyst",
+            node=node,
+            parent=ctx.parent,
+            root=ctx.root,
+            siblings=ctx.siblings,
+            result=result,
+            diff=ctx.diff(node),
+        )
         try:
             reply = self.client.chat("analyst", ctx.node_id, ctx.attempt, chat)
         except CallFailed as e:  # the node keeps its result; it only goes without an analysis
             return f"(no analysis: {e})", []
         text = " ".join(reply.text.split()) or "(the analyst returned nothing)"
         return text, []
-

@@ -61,7 +61,9 @@ def _model(config: RunConfig) -> str | None:
         return None
     provider, _, model = config.llm.partition(":")
     if provider != "openai" or not model.strip():
-        raise UserError(f"--llm {config.llm!r}: use 'offline' or 'openai:MODEL' (any OpenAI-compatible endpoint, with --base-url)")
+        raise UserError(
+            f"--llm {config.llm!r}: use 'offline' or 'openai:MODEL' (any OpenAI-compatible endpoint, with --base-url)"
+        )
     return model
 
 
@@ -77,9 +79,22 @@ def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_
     model = _model(config)
     if model is None:
         return OfflineBrain(knowledge, guided=config.strategy not in BASELINE_STRATEGIES)
-    models = {"researcher": config.researcher_model or model, "engineer": config.engineer_model or model,
-              "analyst": config.analyst_model or model, "judge": config.analyst_model or model}
-    client = LLMClient(store, base_url=config.base_url, api_key_env=config.api_key_env, models=models, prices=config.prices,
-                       timeout_s=config.llm_timeout_s, patience_s=config.llm_patience_s, max_cost=config.max_cost,
-                       max_tokens=config.max_tokens, on_wait=on_wait)
+    models = {
+        "researcher": config.researcher_model or model,
+        "engineer": config.engineer_model or model,
+        "analyst": config.analyst_model or model,
+        "judge": config.analyst_model or model,
+    }
+    client = LLMClient(
+        store,
+        base_url=config.base_url,
+        api_key_env=config.api_key_env,
+        models=models,
+        prices=config.prices,
+        timeout_s=config.llm_timeout_s,
+        patience_s=config.llm_patience_s,
+        max_cost=config.max_cost,
+        max_tokens=config.max_tokens,
+        on_wait=on_wait,
+    )
     return LLMBrain(client, knowledge, config)

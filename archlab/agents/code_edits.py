@@ -51,15 +51,70 @@ OPERATORS = {
 }
 ACTIVATIONS = ("silu", "gelu", "relu", "elu", "mish", "softplus")
 ACTIVATION_MODULES = ("SiLU", "GELU", "ReLU", "ELU", "Mish", "Softplus")
-GATES = {"torch.sigmoid", "torch.nn.functional.sigmoid", "torch.tanh", *(f"torch.nn.functional.{a}" for a in ACTIVATIONS)}
+GATES = {
+    "torch.sigmoid",
+    "torch.nn.functional.sigmoid",
+    "torch.tanh",
+    *(f"torch.nn.functional.{a}" for a in ACTIVATIONS),
+}
 NORMS = ("LayerNorm", "RMSNorm")
 SHAPE_KEEPING = ("Norm", "Dropout")  # submodules `self.m(x)` that keep the shape: removable
-KNOBS = {"kernel_size", "eps", "chunk_size", "size", "std", "scale", "temperature", "dropout", "p", "expand",
-         "rank", "conv_size", "gain", "mean", "a", "b", "alpha", "beta", "tau", "base", "theta", "window"}
-MODULE_ATTRS = {"training", "parameters", "buffers", "modules", "children", "named_parameters", "named_buffers",
-                "named_modules", "register_buffer", "register_parameter", "register_module", "add_module", "apply",
-                "to", "eval", "train", "zero_grad", "state_dict", "load_state_dict", "forward", "half", "float",
-                "double", "cpu", "cuda", "requires_grad_", "get_extra_state", "set_extra_state", "extra_repr", "type"}
+KNOBS = {
+    "kernel_size",
+    "eps",
+    "chunk_size",
+    "size",
+    "std",
+    "scale",
+    "temperature",
+    "dropout",
+    "p",
+    "expand",
+    "rank",
+    "conv_size",
+    "gain",
+    "mean",
+    "a",
+    "b",
+    "alpha",
+    "beta",
+    "tau",
+    "base",
+    "theta",
+    "window",
+}
+MODULE_ATTRS = {
+    "training",
+    "parameters",
+    "buffers",
+    "modules",
+    "children",
+    "named_parameters",
+    "named_buffers",
+    "named_modules",
+    "register_buffer",
+    "register_parameter",
+    "register_module",
+    "add_module",
+    "apply",
+    "to",
+    "eval",
+    "train",
+    "zero_grad",
+    "state_dict",
+    "load_state_dict",
+    "forward",
+    "half",
+    "float",
+    "double",
+    "cpu",
+    "cuda",
+    "requires_grad_",
+    "get_extra_state",
+    "set_extra_state",
+    "extra_repr",
+    "type",
+}
 MARK = "# archlab code operator"
 MAX_SIZE = 1024  # integer constants stay below this (and below the training length, when known)
 
@@ -97,7 +152,9 @@ def arm(operator: str, spec: dict, flip: bool = False) -> str | None:
     return f"{operator} {json.dumps(key, sort_keys=True)}"
 
 
-def redo(code: str, operator: str, spec: dict, donors: dict[int, str] | None = None, max_size: int = MAX_SIZE) -> Edit | None:
+def redo(
+    code: str, operator: str, spec: dict, donors: dict[int, str] | None = None, max_size: int = MAX_SIZE
+) -> Edit | None:
     """The edit `spec` describes, made on another file; None where it does not apply there."""
     return next((e for e in candidates(code, operator, donors, max_size) if e.spec == spec and valid(e, code)), None)
 
@@ -151,7 +208,9 @@ class Source:
         # Where what code operators appended begins: in-place edits stay above it. A wrapper's variants
         # are its operator's own, and removing or swapping what just made the parent mostly undoes
         # it (ablating or re-activating a gate just added lost 0.15-0.23 in 5 of 6 tries).
-        self.appended = next((i for i, line in enumerate(code.splitlines(), 1) if line.startswith(MARK)), len(self.starts))
+        self.appended = next(
+            (i for i, line in enumerate(code.splitlines(), 1) if line.startswith(MARK)), len(self.starts)
+        )
 
     def span(self, node: ast.AST) -> tuple[int, int]:
         return (self.starts[node.lineno - 1] + node.col_offset, self.starts[node.end_lineno - 1] + node.end_col_offset)
@@ -188,6 +247,7 @@ class Source:
         """(scope, node) for every node of the file's own code (not what code operators appended),
         scope being the qualified name of the def or class around it ('' at module level); a name
         defined twice in one scope gets '~2', '~3'."""
+
         def walk(node, scope):
             seen: dict[str, int] = {}
             for child in ast.iter_child_nodes(node):
@@ -202,6 +262,7 @@ class Source:
                 else:
                     yield scope, child
                     yield from walk(child, scope)
+
         yield from walk(self.tree, "")
 
     def numbered(self, matches, twins: bool = True, key=None):
@@ -225,7 +286,9 @@ def _aliases(tree: ast.Module) -> dict[str, str]:
             for a in node.names:
                 if a.name.split(".")[0] == "torch":
                     names[a.asname or "torch"] = a.name if a.asname else "torch"
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "torch" and not node.level:
+        elif (
+            isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "torch" and not node.level
+        ):
             for a in node.names:
                 names[a.asname or a.name] = f"{node.module}.{a.name}"
     return names
@@ -241,9 +304,13 @@ def _unset_attributes(code: str) -> frozenset[tuple[str, str]]:
         for node in ast.walk(cls):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
                 (assigned if isinstance(node.ctx, ast.Store) else read).add(node.attr)
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args \
-                    and node.func.attr in ("register_buffer", "register_parameter", "add_module", "register_module") \
-                    and isinstance(node.args[0], ast.Constant):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.args
+                and node.func.attr in ("register_buffer", "register_parameter", "add_module", "register_module")
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 assigned.add(node.args[0].value)
             elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node in cls.body:
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -253,7 +320,7 @@ def _unset_attributes(code: str) -> frozenset[tuple[str, str]]:
 
 
 # -- composition: a wrapper class around the file's own Mixer ---------------------------------------
-WRAPPER = '''
+WRAPPER = """
 
 {mark} `{op}`: {says}
 import torch  # (the wrapper names torch in full: the file may import it under other names)
@@ -273,7 +340,7 @@ class Mixer(torch.nn.Module):
     if callable(getattr(_Inner{n}, "step", None)):  # decoding keeps the inner mixer's recurrent form
         def step(self, x, state=None):  # one token: x is (batch, d_model)
 {step}
-'''
+"""
 
 _WRAPPER_PARTS = {
     "conv": dict(
@@ -286,26 +353,30 @@ _WRAPPER_PARTS = {
         step="""            inner, past = (None, x.new_zeros(x.shape[0], self.conv_size - 1, x.shape[-1])) if state is None else state
             window = torch.cat([past, x[:, None]], 1)
             y, inner = self.inner.step(x + (window * self.conv.weight[:, 0].t()).sum(1), inner)
-            return y, (inner, window[:, 1:])"""),
+            return y, (inner, window[:, 1:])""",
+    ),
     "gate": dict(
         variants={"silu": "SiLU", "sigmoid": "sigmoid"},
         init="""        self.gate_down = torch.nn.Linear(d_model, max(4, d_model // 8), bias=False)  # low rank: within the budget
         self.gate_up = torch.nn.Linear(max(4, d_model // 8), d_model)""",
         forward="""        return self.inner(x) * torch.nn.functional.{v}(self.gate_up(self.gate_down(x)))""",
         step="""            y, state = self.inner.step(x, state)
-            return y * torch.nn.functional.{v}(self.gate_up(self.gate_down(x))), state"""),
+            return y * torch.nn.functional.{v}(self.gate_up(self.gate_down(x))), state""",
+    ),
     "norm": dict(
         variants={"rms": "RMSNorm over all channels"},
         init="""        self.norm = torch.nn.RMSNorm(d_model, eps=1e-6)""",
         forward="""        return self.norm(self.inner(x))""",
         step="""            y, state = self.inner.step(x, state)
-            return self.norm(y), state"""),
+            return self.norm(y), state""",
+    ),
     "skip": dict(
         variants={"learned": "learned, starting at zero"},
         init="""        self.skip = torch.nn.Parameter(torch.zeros(d_model))""",
         forward="""        return self.inner(x) + self.skip * x""",
         step="""            y, state = self.inner.step(x, state)
-            return y + self.skip * x, state"""),
+            return y + self.skip * x, state""",
+    ),
 }
 
 
@@ -319,9 +390,12 @@ def _wrap(op: str):
         made = []
         for v, words in parts["variants"].items():
             says = f"{OPERATORS[op][0]} ({words})"
-            block = WRAPPER.format(mark=MARK, op=op, says=says, n=n, **{k: parts[k].format(v=v) for k in ("init", "forward", "step")})
+            block = WRAPPER.format(
+                mark=MARK, op=op, says=says, n=n, **{k: parts[k].format(v=v) for k in ("init", "forward", "step")}
+            )
             made.append(Edit(op, {"variant": v}, says, src.append(block)))
         return made
+
     return make
 
 
@@ -330,25 +404,38 @@ _WRAPPERS = {op: _wrap(op) for op in _WRAPPER_PARTS}
 
 # -- layout and FFN --------------------------------------------------------------------------------
 def _top_level(src: Source, name: str) -> list[ast.stmt]:
-    return [n for n in src.tree.body if (isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == name)
-            or (isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in n.targets))]
+    return [
+        n
+        for n in src.tree.body
+        if (isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == name)
+        or (isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in n.targets))
+    ]
 
 
 def _layers(src: Source) -> list[Edit]:
     found = [n for n in _top_level(src, "LAYERS") if isinstance(n, ast.Assign)]
-    current = found[-1].value.value if found and isinstance(found[-1].value, ast.Constant) else "M" if not found else None
+    current = (
+        found[-1].value.value if found and isinstance(found[-1].value, ast.Constant) else "M" if not found else None
+    )
     made = []
     for layout in ("M", "MA", "AM"):
         if layout == current or current is None:
             continue
-        says = {"M": "use the mixer in every layer", "MA": "make every second layer the harness's softmax attention",
-                "AM": "put softmax attention first and the mixer after it"}[layout]
-        code = src.replace(src.span(found[-1].value) + (repr(layout),)) if found else src.append(f"\nLAYERS = {layout!r}  # {MARK}: {says}\n")
+        says = {
+            "M": "use the mixer in every layer",
+            "MA": "make every second layer the harness's softmax attention",
+            "AM": "put softmax attention first and the mixer after it",
+        }[layout]
+        code = (
+            src.replace(src.span(found[-1].value) + (repr(layout),))
+            if found
+            else src.append(f"\nLAYERS = {layout!r}  # {MARK}: {says}\n")
+        )
         made.append(Edit("layers", {"layout": layout}, says, code))
     return made
 
 
-FFN_BLOCK = '''
+FFN_BLOCK = """
 
 {mark} `ffn`: {says}
 import torch
@@ -363,7 +450,7 @@ class FFN(torch.nn.Module):
 
     def forward(self, x):
         return self.down({act})
-'''
+"""
 
 
 def _ffn(src: Source) -> list[Edit]:
@@ -372,10 +459,14 @@ def _ffn(src: Source) -> list[Edit]:
         says = "drop the file's FFN for the harness's SwiGLU"
         return [Edit("ffn", {"variant": "harness"}, says, src.replace(*(src.lines(n) + ("",) for n in own)))]
     made = []
-    for variant, act, words in (("relu2", "torch.relu(self.up(x)).square()", "a squared-ReLU MLP (Primer)"),
-                                ("gelu", "torch.nn.functional.gelu(self.up(x))", "a GELU MLP")):
+    for variant, act, words in (
+        ("relu2", "torch.relu(self.up(x)).square()", "a squared-ReLU MLP (Primer)"),
+        ("gelu", "torch.nn.functional.gelu(self.up(x))", "a GELU MLP"),
+    ):
         says = f"replace the harness's SwiGLU with {words} of the same size"
-        made.append(Edit("ffn", {"variant": variant}, says, src.append(FFN_BLOCK.format(mark=MARK, says=says, act=act))))
+        made.append(
+            Edit("ffn", {"variant": variant}, says, src.append(FFN_BLOCK.format(mark=MARK, says=says, act=act)))
+        )
     return made
 
 
@@ -401,29 +492,53 @@ def _attr_span(src: Source, func: ast.Attribute) -> tuple[int, int]:
 
 
 def _activation(src: Source) -> list[Edit]:
-    sites = [(s, n, name) for s, n, name in _calls(src) if isinstance(n.func, ast.Attribute)
-             and (name in {f"torch.nn.functional.{a}" for a in ACTIVATIONS} or name in {f"torch.nn.{m}" for m in ACTIVATION_MODULES})]
+    sites = [
+        (s, n, name)
+        for s, n, name in _calls(src)
+        if isinstance(n.func, ast.Attribute)
+        and (
+            name in {f"torch.nn.functional.{a}" for a in ACTIVATIONS}
+            or name in {f"torch.nn.{m}" for m in ACTIVATION_MODULES}
+        )
+    ]
     made = []
     for site, nodes, name in src.numbered(sites):
         old = nodes[0].func.attr
-        for new in (ACTIVATION_MODULES if old in ACTIVATION_MODULES else ACTIVATIONS):
+        for new in ACTIVATION_MODULES if old in ACTIVATION_MODULES else ACTIVATIONS:
             if new != old:
                 says = f"use {new} instead of {old} in {_where(site, nodes)}"
-                made.append(Edit("activation", {"site": site, "from": old, "to": new}, says,
-                                 src.replace(*(_attr_span(src, n.func) + (new,) for n in nodes))))
+                made.append(
+                    Edit(
+                        "activation",
+                        {"site": site, "from": old, "to": new},
+                        says,
+                        src.replace(*(_attr_span(src, n.func) + (new,) for n in nodes)),
+                    )
+                )
     return made
 
 
 def _norm_swap(src: Source) -> list[Edit]:
-    sites = [(s, n, name) for s, n, name in _calls(src) if isinstance(n.func, ast.Attribute)
-             and name in {f"torch.nn.{m}" for m in NORMS} and not any(k.arg == "bias" for k in n.keywords)]
+    sites = [
+        (s, n, name)
+        for s, n, name in _calls(src)
+        if isinstance(n.func, ast.Attribute)
+        and name in {f"torch.nn.{m}" for m in NORMS}
+        and not any(k.arg == "bias" for k in n.keywords)
+    ]
     made = []
     for site, nodes, _ in src.numbered(sites):
         old = nodes[0].func.attr
         new = NORMS[1 - NORMS.index(old)]
         says = f"use {new} instead of {old} in {_where(site, nodes)}"
-        made.append(Edit("norm_swap", {"site": site, "from": old, "to": new}, says,
-                         src.replace(*(_attr_span(src, n.func) + (new,) for n in nodes))))
+        made.append(
+            Edit(
+                "norm_swap",
+                {"site": site, "from": old, "to": new},
+                says,
+                src.replace(*(_attr_span(src, n.func) + (new,) for n in nodes)),
+            )
+        )
     return made
 
 
@@ -439,7 +554,7 @@ def _constants(src: Source):
             yield scope, node.value, node.targets[0].id if isinstance(node.targets[0], ast.Name) else "value"
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             args = node.args.posonlyargs + node.args.args
-            for arg, default in zip(args[len(args) - len(node.args.defaults):], node.args.defaults):
+            for arg, default in zip(args[len(args) - len(node.args.defaults) :], node.args.defaults):
                 if _number(default):
                     yield scope, default, arg.arg
             for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults):
@@ -449,7 +564,9 @@ def _constants(src: Source):
             yield scope, node.value, node.arg
         elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)):
             for side in (node.left, node.right):  # a float factor, or an int divisor (`/ 8`: a temperature)
-                if _number(side) and (isinstance(side.value, float) or side is node.right and isinstance(node.op, ast.Div)):
+                if _number(side) and (
+                    isinstance(side.value, float) or side is node.right and isinstance(node.op, ast.Div)
+                ):
                     yield scope, side, "factor" if isinstance(node.op, ast.Mult) else "divisor"
 
 
@@ -466,8 +583,14 @@ def _constant(src: Source, max_size: int = MAX_SIZE) -> list[Edit]:
         for new in _scaled(node.value, max_size):
             shown = f"{new:.3g}" if isinstance(new, float) else str(new)
             says = f"set {name} to {shown} (was {node.value!r}) in {_where(site, [node])}"
-            made.append(Edit("constant", {"site": site, "from": node.value, "to": new}, says,
-                             src.replace(src.span(node) + (repr(new),))))
+            made.append(
+                Edit(
+                    "constant",
+                    {"site": site, "from": node.value, "to": new},
+                    says,
+                    src.replace(src.span(node) + (repr(new),)),
+                )
+            )
     return made
 
 
@@ -475,22 +598,45 @@ def _ablate(src: Source) -> list[Edit]:
     made = []
     # A gate is one side of a product that is an activation of something (not a constant factor);
     # gates that read the same in one class are one site, whatever they multiply (forward and step).
-    gates = [(s, n, which, src.text(side)) for s, n in src.sites() if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mult)
-             for which, side, other in (("left", n.left, n.right), ("right", n.right, n.left))
-             if isinstance(side, ast.Call) and src.canonical(side.func) in GATES and not isinstance(other, ast.Constant)]
+    gates = [
+        (s, n, which, src.text(side))
+        for s, n in src.sites()
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mult)
+        for which, side, other in (("left", n.left, n.right), ("right", n.right, n.left))
+        if isinstance(side, ast.Call) and src.canonical(side.func) in GATES and not isinstance(other, ast.Constant)
+    ]
     for site, nodes, which, gate in src.numbered(gates, key=lambda n: ""):
         says = f"remove the gate {gate[:60]} in {_where(site, nodes)}"
-        made.append(Edit("ablate", {"site": site, "gate": which}, says, src.replace(
-            *(src.span(n) + (f"({src.text(n.right if which == 'left' else n.left)})",) for n in nodes))))
-    acts = [(s, n, name) for s, n, name in _calls(src) if name in {f"torch.nn.functional.{a}" for a in ACTIVATIONS}
-            and len(n.args) == 1 and all(k.arg == "inplace" for k in n.keywords)]
+        made.append(
+            Edit(
+                "ablate",
+                {"site": site, "gate": which},
+                says,
+                src.replace(*(src.span(n) + (f"({src.text(n.right if which == 'left' else n.left)})",) for n in nodes)),
+            )
+        )
+    acts = [
+        (s, n, name)
+        for s, n, name in _calls(src)
+        if name in {f"torch.nn.functional.{a}" for a in ACTIVATIONS}
+        and len(n.args) == 1
+        and all(k.arg == "inplace" for k in n.keywords)
+    ]
     for site, nodes, name in src.numbered(acts):
         says = f"drop the {name.rsplit('.', 1)[1]} in {_where(site, nodes)} (identity instead)"
         made.append(Edit("ablate", {"site": site, "activation": name}, says, _unwrap(src, nodes)))
     removable = _shape_keeping_members(src)
-    members = [(s, n, n.func.attr) for s, n in src.sites() if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-               and isinstance(n.func.value, ast.Name) and n.func.value.id == "self" and (s.split(".")[0], n.func.attr) in removable
-               and len(n.args) == 1 and not n.keywords]
+    members = [
+        (s, n, n.func.attr)
+        for s, n in src.sites()
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "self"
+        and (s.split(".")[0], n.func.attr) in removable
+        and len(n.args) == 1
+        and not n.keywords
+    ]
     for site, nodes, attr in src.numbered(members):
         says = f"remove self.{attr} ({removable[site.split('.')[0], attr]}) in {_where(site, nodes)}"
         made.append(Edit("ablate", {"site": site, "member": attr}, says, _unwrap(src, nodes)))
@@ -511,8 +657,13 @@ def _shape_keeping_members(src: Source) -> dict[tuple[str, str], str]:
             target, func = node.targets[0], node.value.func
             kind = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
             torch_module = (src.canonical(func) or "").startswith("torch.nn.")
-            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self" \
-                    and any(k in kind for k in SHAPE_KEEPING) and (torch_module or kind in classes):
+            if (
+                isinstance(target, ast.Attribute)
+                and isinstance(target.value, ast.Name)
+                and target.value.id == "self"
+                and any(k in kind for k in SHAPE_KEEPING)
+                and (torch_module or kind in classes)
+            ):
                 found[scope.split(".")[0], target.attr] = kind
     return found
 
@@ -575,12 +726,22 @@ def _crossover(src: Source, donor_id: int, donor_code: str) -> list[Edit]:
         insert_at = src.lines(top)[0]
         changes = [(start, end, donor.raw[dstart:dend].decode())]
         if extra:
-            changes.append((insert_at, insert_at, "".join(donor.raw[slice(*donor.lines(s))].decode() for s in extra) + "\n"))
+            changes.append(
+                (insert_at, insert_at, "".join(donor.raw[slice(*donor.lines(s))].decode() for s in extra) + "\n")
+            )
         kind = "method" if "." in name else "class" if isinstance(node, ast.ClassDef) else "function"
-        says = f"take {kind} {name} from node {donor_id}" + (f" (with {', '.join(sorted(needed & set(offered)))})" if extra else "")
+        says = f"take {kind} {name} from node {donor_id}" + (
+            f" (with {', '.join(sorted(needed & set(offered)))})" if extra else ""
+        )
         made.append(Edit("crossover", {"part": name, "donor": donor_id}, says, src.replace(*changes)))
     return made
 
 
-_MAKERS = {**_WRAPPERS, "layers": _layers, "ffn": _ffn, "activation": _activation, "norm_swap": _norm_swap,
-           "ablate": _ablate}
+_MAKERS = {
+    **_WRAPPERS,
+    "layers": _layers,
+    "ffn": _ffn,
+    "activation": _activation,
+    "norm_swap": _norm_swap,
+    "ablate": _ablate,
+}

@@ -242,7 +242,10 @@ class Run:
         return state
 
     def open_threads(self) -> list[str]:
-        return [r[0].removeprefix("thread:") for r in self.store.db.execute("select key from meta where key like 'thread:%' order by key")]
+        return [
+            r[0].removeprefix("thread:")
+            for r in self.store.db.execute("select key from meta where key like 'thread:%' order by key")
+        ]
 
     def recover(self) -> None:
         """Make the store consistent after a crash: drop commits whose row never got written,
@@ -276,8 +279,15 @@ class Run:
         code, design = root_source(self.config.root)
         sha = self.lineage.commit(0, code, f"node 0: root ({self.config.root})", None)
         if not self.store.has_node(0):
-            self.store.add_node(id=0, parent_id=None, status="evaluating", operator="root", commit_sha=sha,
-                                motivation=f"the root design: {self.config.root}", design=design)
+            self.store.add_node(
+                id=0,
+                parent_id=None,
+                status="evaluating",
+                operator="root",
+                commit_sha=sha,
+                motivation=f"the root design: {self.config.root}",
+                design=design,
+            )
         self.store.save_code(0, code)
         root = self.store.node(0)
         # A root rejected for its data or its tier settings was not at fault: once the user fixed the
@@ -290,12 +300,22 @@ class Run:
             result = self._evaluate(0, code, attempt=attempt + 1, root=True, timeout_s=2 * self._tier().timeout_s)
         if not result.ok:
             self.store.update_node(0, status="failed", reason=result.reason, detail=result.detail, finished=time.time())
-            hint = ("; fix the cause and run the same command again: the root is then evaluated again"
-                    if result.reason in ROOT_RETRY_REASONS else "")
+            hint = (
+                "; fix the cause and run the same command again: the root is then evaluated again"
+                if result.reason in ROOT_RETRY_REASONS
+                else ""
+            )
             raise UserError(f"the root candidate was rejected ({result.reason}): {result.detail}{hint}")
-        self.store.update_node(0, status="done", fitness=0.0, val_loss=result.metrics["val_loss"], metrics=result.metrics,
-                               analysis="The root: every fitness in this run is relative to it.", finished=time.time(),
-                               **self._search_figures(0.0))
+        self.store.update_node(
+            0,
+            status="done",
+            fitness=0.0,
+            val_loss=result.metrics["val_loss"],
+            metrics=result.metrics,
+            analysis="The root: every fitness in this run is relative to it.",
+            finished=time.time(),
+            **self._search_figures(0.0),
+        )
         on_node(self.store.node(0))
 
     # -- graph steps ------------------------------------------------------------------------------
@@ -307,7 +327,9 @@ class Run:
         g.add_conditional_edges("select", lambda s: END if s.get("stop") else "research")
         g.add_conditional_edges("research", lambda s: END if s.get("stop") else "engineer")
         g.add_edge("engineer", "commit")
-        g.add_conditional_edges("commit", lambda s: "analyze" if s.get("discarded") or s["proposal"].get("failure") else "evaluate")
+        g.add_conditional_edges(
+            "commit", lambda s: "analyze" if s.get("discarded") or s["proposal"].get("failure") else "evaluate"
+        )
         g.add_conditional_edges("evaluate", self._after_evaluate)
         g.add_edge("analyze", "record")
         g.add_edge("record", END)
@@ -323,19 +345,37 @@ class Run:
                 self._reserved.discard(node_id)
             return {"stop": "no finished node can be a parent"}
         refs = sampling.sample_references(self.store, parent, rng)
-        self.store.add_trace(node_id, "selector", "offline", decision={
-            "strategy": self.config.strategy, "parent": parent["id"], "references": [r["id"] for r in refs], **steered})
-        return {"node_id": node_id, "parent_id": parent["id"], "references": [r["id"] for r in refs], "notes": self._notes()}
+        self.store.add_trace(
+            node_id,
+            "selector",
+            "offline",
+            decision={
+                "strategy": self.config.strategy,
+                "parent": parent["id"],
+                "references": [r["id"] for r in refs],
+                **steered,
+            },
+        )
+        return {
+            "node_id": node_id,
+            "parent_id": parent["id"],
+            "references": [r["id"] for r in refs],
+            "notes": self._notes(),
+        }
 
     def _steered_parent(self, rng: random.Random) -> tuple[dict | None, dict]:
         """The strategy's parent, never a vetoed node, and PIN_SHARE of the time from a pinned subtree
         (`archlab steer`); what steering did goes into the selector's trace."""
         steering = tree_steering.read(self.store)
-        where = sampling.DONE + (f" and id not in ({','.join(map(str, sorted(steering.vetoed)))})" if steering.vetoed else "")
+        where = sampling.DONE + (
+            f" and id not in ({','.join(map(str, sorted(steering.vetoed)))})" if steering.vetoed else ""
+        )
         steered = {"vetoed": sorted(steering.vetoed)} if steering.vetoed else {}
         if steering.pinned and rng.random() < PIN_SHARE:
             subtree = self.store.subtree(steering.pinned)
-            parent = sampling.select_parent(self.store, self.config.strategy, rng, f"{where} and id in ({','.join(map(str, subtree))})")
+            parent = sampling.select_parent(
+                self.store, self.config.strategy, rng, f"{where} and id in ({','.join(map(str, subtree))})"
+            )
             if parent is not None:
                 return parent, {**steered, "pinned": sorted(steering.pinned)}
         return sampling.select_parent(self.store, self.config.strategy, rng, where), steered
@@ -380,13 +420,23 @@ class Run:
         code = proposal.get("code") or self.lineage.code(parent["commit_sha"])
         sha = self.lineage.commit(node_id, code, message, parent["commit_sha"])
         chaos.point("after_commit")
-        fields = dict(commit_sha=sha, motivation=proposal["motivation"], design=proposal.get("design"),
-                      operator=proposal.get("operator"), knowledge=proposal.get("knowledge"))
+        fields = dict(
+            commit_sha=sha,
+            motivation=proposal["motivation"],
+            design=proposal.get("design"),
+            operator=proposal.get("operator"),
+            knowledge=proposal.get("knowledge"),
+        )
         if self.store.has_node(node_id):
             self.store.update_node(node_id, **fields)
         else:
-            self.store.add_node(id=node_id, parent_id=parent["id"], status="evaluating",
-                                references_used=state.get("references", []), **fields)
+            self.store.add_node(
+                id=node_id,
+                parent_id=parent["id"],
+                status="evaluating",
+                references_used=state.get("references", []),
+                **fields,
+            )
         self.store.save_code(node_id, code)
         chaos.point("after_row")
         return {}
@@ -414,29 +464,51 @@ class Run:
         """What the root cost and what the run will take, said once the root is measured."""
         tier, wall = self._tier(), self.store.node(0)["metrics"].get("wall_s") or 0.0
         left = max(0, self.config.max_nodes - self.store.count("status != 'evaluating'"))
-        line = (f"root: {wall:.0f} s at the {tier.name} tier; {left} more node(s) take about {duration(wall * left / self.config.workers)}"
-                f" ({self.config.workers} at a time); a candidate may take up to {self.candidate_timeout()} s")
+        line = (
+            f"root: {wall:.0f} s at the {tier.name} tier; {left} more node(s) take about {duration(wall * left / self.config.workers)}"
+            f" ({self.config.workers} at a time); a candidate may take up to {self.candidate_timeout()} s"
+        )
         if wall > tier.timeout_s / 2:
-            line += (f". This machine is slow or busy for the {tier.name} tier (the root used {wall / tier.timeout_s:.0%} of its"
-                     f" {tier.timeout_s} s): candidates get more time, so the run takes longer; --tier micro takes seconds per node")
+            line += (
+                f". This machine is slow or busy for the {tier.name} tier (the root used {wall / tier.timeout_s:.0%} of its"
+                f" {tier.timeout_s} s): candidates get more time, so the run takes longer; --tier micro takes seconds per node"
+            )
         return line
 
-    def _evaluate(self, node_id: int, code: str, attempt: int, root: bool = False, timeout_s: int | None = None) -> runner.Result:
+    def _evaluate(
+        self, node_id: int, code: str, attempt: int, root: bool = False, timeout_s: int | None = None
+    ) -> runner.Result:
         """Evaluate a node's code once per attempt; a re-run after a crash reuses a stored result."""
         stored = [e for e in self.store.evaluations(node_id) if e["kind"] == "search"]
         if len(stored) > attempt:
             e = stored[attempt]
-            return runner.Result(ok=bool(e["ok"]), reason=e["reason"], detail=e["detail"], metrics=e["metrics"], env=e["env"],
-                                 curves=e.get("curves") or [])
+            return runner.Result(
+                ok=bool(e["ok"]),
+                reason=e["reason"],
+                detail=e["detail"],
+                metrics=e["metrics"],
+                env=e["env"],
+                curves=e.get("curves") or [],
+            )
         log = self.dir / "logs" / f"node-{node_id}-{attempt}.log"
         root_node = None if root else self.store.node(0)
         limit = -1 if root else int(root_node["metrics"]["mixer_params"] * self.config.param_ratio)
         self.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
         chaos.point_later("during_evaluation")
-        options = {**self._options(limit, root_node), "tier_overrides": self.config.tier_overrides or None,
-                   "timeout_s": timeout_s or (None if root else self.candidate_timeout()), "weights_out": str(self._weights(log))}
-        job = executors.Job(key=f"node-{node_id} search {attempt}", source=code, tier=self.config.tier, seed=self.config.seed,
-                            options=options, log_path=str(log))
+        options = {
+            **self._options(limit, root_node),
+            "tier_overrides": self.config.tier_overrides or None,
+            "timeout_s": timeout_s or (None if root else self.candidate_timeout()),
+            "weights_out": str(self._weights(log)),
+        }
+        job = executors.Job(
+            key=f"node-{node_id} search {attempt}",
+            source=code,
+            tier=self.config.tier,
+            seed=self.config.seed,
+            options=options,
+            log_path=str(log),
+        )
         result = self.executor.evaluate(job)
         self._add_evaluation(node_id, self.config.tier, self.config.seed, result, log)
         self.store.update_node(node_id, attempts=attempt + 1)
@@ -446,9 +518,13 @@ class Run:
     def _options(self, param_limit: int, root_node: dict | None) -> dict:
         """runner.evaluate options from the run's config; `reference` (the root's metrics) makes an
         implausibly good result be rechecked and flagged instead of crowned."""
-        return dict(data=self.config.data, param_limit=param_limit, allow_quadratic=self.config.allow_quadratic,
-                    implausible_gain=self.config.implausible_gain,
-                    reference=(root_node or {}).get("metrics") if root_node else None)
+        return dict(
+            data=self.config.data,
+            param_limit=param_limit,
+            allow_quadratic=self.config.allow_quadratic,
+            implausible_gain=self.config.implausible_gain,
+            reference=(root_node or {}).get("metrics") if root_node else None,
+        )
 
     def _after_evaluate(self, state: CandidateState) -> str:
         if state["result"]["ok"] or state["attempt"] > self.config.repair_attempts:
@@ -480,8 +556,15 @@ class Run:
             score = fitness(result["metrics"], root, self.config.speed_weight)
             if state.get("judge"):  # ASI-Arch-style: the judge's view of novelty minus complexity
                 score += self.config.judge_weight * (metrics["judge_novelty"] - metrics["judge_complexity"]) / 10
-            fields.update(status="done", fitness=score, val_loss=result["metrics"]["val_loss"], metrics=metrics,
-                          reason=None, detail=None, **self._search_figures(score))
+            fields.update(
+                status="done",
+                fitness=score,
+                val_loss=result["metrics"]["val_loss"],
+                metrics=metrics,
+                reason=None,
+                detail=None,
+                **self._search_figures(score),
+            )
         else:
             failure = result or state["proposal"].get("failure") or {"reason": "discarded", "detail": None}
             fields.update(status="failed", reason=failure["reason"], detail=failure.get("detail"))
@@ -496,8 +579,14 @@ class Run:
     # -- multi-fidelity promotion ------------------------------------------------------------------
     def _search_figures(self, score: float) -> dict:
         """Node columns of a search-tier result (one seed); a promotion replaces them with its own."""
-        return dict(search_fitness=score, tier=self.config.tier, seeds=1, fidelity=promotion.fidelity(self.config.tier),
-                    fitness_std=None, val_loss_std=None)
+        return dict(
+            search_fitness=score,
+            tier=self.config.tier,
+            seeds=1,
+            fidelity=promotion.fidelity(self.config.tier),
+            fitness_std=None,
+            val_loss_std=None,
+        )
 
     def promote(self, node_id: int) -> str:
         """Evaluate a node at the promotion tier once per seed (in parallel through the executor), record
@@ -517,10 +606,18 @@ class Run:
             if seed in stored:
                 continue
             log = self.dir / "logs" / f"node-{node_id}-{plan.tier}-s{seed}.log"
-            job = executors.Job(key=f"node-{node_id} {plan.tier} seed {seed}", source=code, tier=plan.tier, seed=seed,
-                                options={**self._options(limit, reference), "tier_overrides": plan.overrides or None,
-                                         "weights_out": str(self._weights(log))},
-                                log_path=str(log))
+            job = executors.Job(
+                key=f"node-{node_id} {plan.tier} seed {seed}",
+                source=code,
+                tier=plan.tier,
+                seed=seed,
+                options={
+                    **self._options(limit, reference),
+                    "tier_overrides": plan.overrides or None,
+                    "weights_out": str(self._weights(log)),
+                },
+                log_path=str(log),
+            )
             self.store.event("promote", f"evaluating at {plan.tier}, seed {seed}", node_id)
             futures[self.executor.submit(job)] = (seed, log)
         for future in as_completed(futures):
@@ -532,8 +629,12 @@ class Run:
         return message
 
     # -- helpers --------------------------------------------------------------------------------
-    def _add_evaluation(self, node_id: int, tier: str, seed: int, result: runner.Result, log: Path, kind: str = "search") -> None:
-        if not result.ok:  # a full disk kills sandboxes too: stop (the evaluation is redone on resume), don't blame the candidate
+    def _add_evaluation(
+        self, node_id: int, tier: str, seed: int, result: runner.Result, log: Path, kind: str = "search"
+    ) -> None:
+        if (
+            not result.ok
+        ):  # a full disk kills sandboxes too: stop (the evaluation is redone on resume), don't blame the candidate
             space.ensure_free(self.dir)
         weights = self._weights(log)
         if result.ok and weights.is_file():  # what `archlab export` and `fork` load instead of training again
@@ -547,7 +648,11 @@ class Run:
     def prune_weights(self) -> None:
         """Keep the search weights of the root and the `keep_weights` best nodes (promoted nodes keep theirs:
         promotions are few and verified nodes are the ones worth exporting); the rest would grow with the tree."""
-        keep = {0} | {n["id"] for n in self.store.leaderboard(self.config.keep_weights)} if self.config.keep_weights else {0}
+        keep = (
+            {0} | {n["id"] for n in self.store.leaderboard(self.config.keep_weights)}
+            if self.config.keep_weights
+            else {0}
+        )
         for path in (self.dir / WEIGHTS_DIR).glob("node-*.safetensors"):
             match = SEARCH_WEIGHTS.fullmatch(path.name)
             if match and int(match[1]) not in keep:
@@ -560,10 +665,21 @@ class Run:
         root = self.store.node(0)
         tier = resolve(self.config.tier, self.config.tier_overrides)
         limit = int(root["metrics"]["mixer_params"] * self.config.param_ratio) if root.get("metrics") else None
-        edits = {r[0]: json.loads(r[1]).get("edit") for r in self.store.db.execute(  # code edits: what to make again elsewhere
-            "select node_id, decision from traces where role = 'researcher' and decision like '%\"edit\": {%'")}
+        edits = {
+            r[0]: json.loads(r[1]).get("edit")
+            for r in self.store.db.execute(  # code edits: what to make again elsewhere
+                "select node_id, decision from traces where role = 'researcher' and decision like '%\"edit\": {%'"
+            )
+        }
         history = [
-            {"node": r[0], "operator": r[1], "fitness": r[2], "parent_fitness": r[3], "change": _change(r[4], r[5]), "edit": edits.get(r[0])}
+            {
+                "node": r[0],
+                "operator": r[1],
+                "fitness": r[2],
+                "parent_fitness": r[3],
+                "change": _change(r[4], r[5]),
+                "edit": edits.get(r[0]),
+            }
             for r in self.store.db.execute(
                 "select c.id, c.operator, c.fitness, p.fitness, c.design, p.design from nodes c join nodes p on c.parent_id = p.id "
                 "where c.status in ('done', 'failed') and p.fitness is not null"
@@ -578,14 +694,24 @@ class Run:
             limits={"param_limit": limit, "d_model": tier.d_model, "n_heads": tier.n_heads, "seq_len": tier.seq_len},
             references=[self.store.node(i) for i in state.get("references", [])],
             siblings=siblings,
-            known=[(n["id"], novelty.change_text(n["motivation"] or "", self.lineage.code(n["commit_sha"]), parent_code))
-                   for n in siblings if n["commit_sha"] and self.brain.kind == "llm"],
+            known=[
+                (n["id"], novelty.change_text(n["motivation"] or "", self.lineage.code(n["commit_sha"]), parent_code))
+                for n in siblings
+                if n["commit_sha"] and self.brain.kind == "llm"
+            ],
             diff=lambda node: self.lineage.diff(parent["commit_sha"], node["commit_sha"]),
             history=history,
-            seen=lambda design: json.dumps(design) in self._claimed or self.store.db.execute(
-                "select 1 from nodes where design = ? limit 1", [json.dumps(design)]).fetchone() is not None,
-            seen_code=lambda code: _claim(None, code) in self._claimed or self.store.db.execute(
-                "select 1 from code where code = ? limit 1", [code]).fetchone() is not None,
+            seen=lambda design: (
+                json.dumps(design) in self._claimed
+                or self.store.db.execute(
+                    "select 1 from nodes where design = ? limit 1", [json.dumps(design)]
+                ).fetchone()
+                is not None
+            ),
+            seen_code=lambda code: (
+                _claim(None, code) in self._claimed
+                or self.store.db.execute("select 1 from code where code = ? limit 1", [code]).fetchone() is not None
+            ),
             code=lambda node_id: self.lineage.code(self.store.node(node_id)["commit_sha"]),
             rng=random.Random(self.config.seed * 1_000_003 + state["node_id"]),
             notes=state.get("notes") or [],
@@ -614,7 +740,9 @@ def _change(child: str | None, parent: str | None) -> dict | None:
 
 def experiences(store: Store) -> list[tuple[str, str]]:
     """The run's own experience: every analysis written so far, searchable like knowledge."""
-    return [(f"node-{r[0]}", r[1]) for r in store.db.execute("select id, analysis from nodes where analysis is not null")]
+    return [
+        (f"node-{r[0]}", r[1]) for r in store.db.execute("select id, analysis from nodes where analysis is not null")
+    ]
 
 
 PIN_SHARE = 0.8  # parents drawn from a pinned subtree (`archlab steer RUN pin NODE`); the rest as the strategy says

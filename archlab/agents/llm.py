@@ -29,8 +29,12 @@ from archlab.text import redact
 
 # HTTP statuses that say the endpoint as configured is unusable (key, credit, model or URL):
 # no other request will fare better, so the run stops.
-STOP_STATUSES = {401: "check {key}", 402: "check the account's credit", 403: "check {key}",
-                 404: "check the model in --llm and --base-url"}
+STOP_STATUSES = {
+    401: "check {key}",
+    402: "check the account's credit",
+    403: "check {key}",
+    404: "check the model in --llm and --base-url",
+}
 # Statuses of a busy or failing server: worth another try after a pause. Any other 4xx refuses
 # this request as it stands (too long for the context, invalid): its candidate fails, the run goes on.
 TRANSIENT_STATUSES = {408, 409, 429}
@@ -55,8 +59,10 @@ def preflight(base_url: str | None, api_key_env: str, timeout_s: float = PREFLIG
     url = (base_url or DEFAULT_URL).rstrip("/")
     key = os.environ.get(api_key_env)
     if not key and not base_url:
-        raise EndpointUnusable(f"--llm talks to {url}, which needs an API key: set {api_key_env} "
-                               f"(or --api-key-env NAME), or give --base-url for a local endpoint")
+        raise EndpointUnusable(
+            f"--llm talks to {url}, which needs an API key: set {api_key_env} "
+            f"(or --api-key-env NAME), or give --base-url for a local endpoint"
+        )
     request = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {key or 'not-needed'}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s):
@@ -66,8 +72,9 @@ def preflight(base_url: str | None, api_key_env: str, timeout_s: float = PREFLIG
             raise EndpointUnusable(f"{url} refused the key in ${api_key_env} (HTTP {e.code}); check it") from None
     except (urllib.error.URLError, OSError, ValueError) as e:  # refused, unresolvable, timed out, not a URL
         cause = getattr(e, "reason", None) or e
-        raise EndpointUnusable(redact(f"cannot reach the LLM endpoint {url} ({cause}); start it, or fix --base-url",
-                                      key)) from None
+        raise EndpointUnusable(
+            redact(f"cannot reach the LLM endpoint {url} ({cause}); start it, or fix --base-url", key)
+        ) from None
 
 
 class BudgetExceeded(Exception):
@@ -107,9 +114,21 @@ def _openai():
 
 
 class LLMClient:
-    def __init__(self, store, *, base_url: str | None, api_key_env: str, models: dict[str, str], prices: dict[str, list[float]],
-                 timeout_s: float = 120.0, patience_s: float = 600.0, max_cost: float | None = None,
-                 max_tokens: int | None = None, backoff_s: float = 1.0, on_wait=None):
+    def __init__(
+        self,
+        store,
+        *,
+        base_url: str | None,
+        api_key_env: str,
+        models: dict[str, str],
+        prices: dict[str, list[float]],
+        timeout_s: float = 120.0,
+        patience_s: float = 600.0,
+        max_cost: float | None = None,
+        max_tokens: int | None = None,
+        backoff_s: float = 1.0,
+        on_wait=None,
+    ):
         self.store = store
         self.base_url = base_url
         self.api_key_env = api_key_env
@@ -152,11 +171,21 @@ class LLMClient:
         key = hashlib.sha256(json.dumps([model, messages], sort_keys=True).encode()).hexdigest()
         done = self.store.db.execute(
             "select response, tokens_in, tokens_out, cost, latency_s, decision from traces "
-            "where node_id = ? and role = ? and request_hash = ? and error is null order by id limit 1", [node_id, role, key]
+            "where node_id = ? and role = ? and request_hash = ? and error is null order by id limit 1",
+            [node_id, role, key],
         ).fetchone()
         if done:
             finish = json.loads(done[5] or "{}").get("finish_reason")
-            return Reply(done[0], model, done[1] or 0, done[2] or 0, done[3] or 0.0, done[4] or 0.0, cached=True, finish_reason=finish)
+            return Reply(
+                done[0],
+                model,
+                done[1] or 0,
+                done[2] or 0,
+                done[3] or 0.0,
+                done[4] or 0.0,
+                cached=True,
+                finish_reason=finish,
+            )
         self.check_budget()
         openai = _openai()
         first_failure, delay = None, self.backoff_s
@@ -167,7 +196,9 @@ class LLMClient:
                 answer = _parse(self._post(model, messages))
             except openai.APIStatusError as e:
                 error = self._redact(_status_error(e))
-                self._trace(role, node_id, attempt, model, messages, None, key, latency=time.monotonic() - started, error=error)
+                self._trace(
+                    role, node_id, attempt, model, messages, None, key, latency=time.monotonic() - started, error=error
+                )
                 if e.status_code in STOP_STATUSES:
                     hint = STOP_STATUSES[e.status_code].format(key=self.api_key_env)
                     raise EndpointDown(f"the LLM endpoint refused the request ({error}); {hint}") from None
@@ -175,8 +206,12 @@ class LLMClient:
                     raise CallFailed(f"the LLM endpoint refused this request ({error})") from None
                 retry_after = _retry_after(e)
             except (openai.APIConnectionError, Malformed) as e:  # APITimeoutError is an APIConnectionError
-                error = self._redact(f"{type(e).__name__}: {getattr(e, 'message', None) or e} ({self.base_url or DEFAULT_URL})")
-                self._trace(role, node_id, attempt, model, messages, None, key, latency=time.monotonic() - started, error=error)
+                error = self._redact(
+                    f"{type(e).__name__}: {getattr(e, 'message', None) or e} ({self.base_url or DEFAULT_URL})"
+                )
+                self._trace(
+                    role, node_id, attempt, model, messages, None, key, latency=time.monotonic() - started, error=error
+                )
                 malformed = isinstance(e, Malformed)
             else:
                 chaos.point("llm_call")  # the answer arrived but is not yet stored
@@ -186,8 +221,20 @@ class LLMClient:
                 tokens_in, tokens_out, estimated = _tokens(usage, messages, text)
                 cost = self._cost(model, tokens_in, tokens_out)
                 decision = {"finish_reason": finish, **({"usage": "estimated"} if estimated else {})}
-                self._trace(role, node_id, attempt, model, messages, text, key, tokens_in=tokens_in, tokens_out=tokens_out,
-                            cost=cost, latency=latency, decision=decision)
+                self._trace(
+                    role,
+                    node_id,
+                    attempt,
+                    model,
+                    messages,
+                    text,
+                    key,
+                    tokens_in=tokens_in,
+                    tokens_out=tokens_out,
+                    cost=cost,
+                    latency=latency,
+                    decision=decision,
+                )
                 return Reply(text, model, tokens_in, tokens_out, cost, latency, finish_reason=finish)
             first_failure = first_failure or time.monotonic()
             waited = time.monotonic() - first_failure
@@ -213,7 +260,9 @@ class LLMClient:
                     body += chunk
             except TimeoutError:
                 raise openai.APITimeoutError(request=request) from None
-            except Exception as e:  # the HTTP library's errors while reading the body: openai wraps only those before it
+            except (
+                Exception
+            ) as e:  # the HTTP library's errors while reading the body: openai wraps only those before it
                 raise openai.APIConnectionError(message=f"{type(e).__name__}: {e}", request=request) from None
         return bytes(body)
 
@@ -225,12 +274,40 @@ class LLMClient:
         price_in, price_out = self.prices.get(model, [0.0, 0.0])
         return (tokens_in * price_in + tokens_out * price_out) / 1e6
 
-    def _trace(self, role, node_id, attempt, model, messages, response, key, *, tokens_in=None, tokens_out=None,
-               cost=None, latency=None, error=None, decision=None) -> None:
+    def _trace(
+        self,
+        role,
+        node_id,
+        attempt,
+        model,
+        messages,
+        response,
+        key,
+        *,
+        tokens_in=None,
+        tokens_out=None,
+        cost=None,
+        latency=None,
+        error=None,
+        decision=None,
+    ) -> None:
         prompt = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
-        self.store.add_trace(node_id, role, "llm", attempt=attempt, model=model, prompt=prompt, response=response,
-                             decision={"messages": len(messages), **(decision or {})}, tokens_in=tokens_in,
-                             tokens_out=tokens_out, cost=cost, latency_s=latency, error=error, request_hash=key)
+        self.store.add_trace(
+            node_id,
+            role,
+            "llm",
+            attempt=attempt,
+            model=model,
+            prompt=prompt,
+            response=response,
+            decision={"messages": len(messages), **(decision or {})},
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost=cost,
+            latency_s=latency,
+            error=error,
+            request_hash=key,
+        )
 
 
 def _parse(body: bytes) -> tuple[str, str | None, dict]:
@@ -270,6 +347,7 @@ def clean(text: str) -> str:
 def _tokens(usage: dict, messages: list[dict], text: str) -> tuple[int, int, bool]:
     """(tokens in, tokens out, estimated?): an endpoint that reports no usage (llama.cpp, some
     proxies) or nulls must not blind the spend caps, so the counts it leaves out are estimated."""
+
     def count(field):
         value = usage.get(field)
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

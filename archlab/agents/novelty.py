@@ -26,7 +26,9 @@ def unchanged(code: str, parent_code: str) -> bool:
     return code.strip() == parent_code.strip()
 
 
-def too_similar(motivation: str, code: str, parent_code: str, known: list[tuple[int, str]], threshold: float) -> tuple[int, float] | None:
+def too_similar(
+    motivation: str, code: str, parent_code: str, known: list[tuple[int, str]], threshold: float
+) -> tuple[int, float] | None:
     """(node id, similarity) of the closest known change above the threshold, else None."""
     if unchanged(code, parent_code):
         return (-1, 1.0)  # no change at all

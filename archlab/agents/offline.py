@@ -51,38 +51,109 @@ class Operator:
 
 
 OPERATORS = [
-    Operator("short_conv", "short_conv", (True, False), {
-        True: "add a short causal depthwise convolution on q/k/v, giving the mixer cheap local context",
-        False: "remove the short convolution, testing whether local mixing earns its cost"}),
-    Operator("conv_size", "conv_size", (2, 3, 4, 6, 8), {
-        v: f"set the short convolution's kernel to {v} tokens" for v in (2, 3, 4, 6, 8)}),
-    Operator("feature_map", "feature_map", ("silu", "elu1", "relu", "identity"), {
-        "silu": "use SiLU as the q/k feature map", "elu1": "use elu(x)+1 (positive features) as the q/k feature map",
-        "relu": "use ReLU (sparse positive features) as the q/k feature map", "identity": "drop the q/k feature map"},
-        delta_only=True),
-    Operator("qk_norm", "qk_norm", (True, False), {
-        True: "L2-normalise q and k per head, bounding the delta rule's update", False: "scale q/k instead of L2-normalising them"},
-        delta_only=True),
-    Operator("beta", "beta", ("sigmoid", "sigmoid2", "const"), {
-        "sigmoid": "learn a per-token write strength beta in (0, 1)",
-        "sigmoid2": "let beta range over (0, 2) so the state transition can have negative eigenvalues",
-        "const": "fix beta to 1 (always fully overwrite the addressed memory)"}, delta_only=True),
-    Operator("forget_gate", "forget_gate", ("none", "data", "fixed"), {
-        "none": "remove the forget gate", "data": "add a data-dependent scalar forget gate per head (gated delta rule)",
-        "fixed": "add fixed per-head decays from fast to slow (retention-style)"}, delta_only=True),
-    Operator("output_norm", "output_norm", (True, False), {
-        True: "add a per-head RMSNorm on the mixer output", False: "remove the per-head output norm"}),
-    Operator("output_gate", "output_gate", ("none", "silu", "sigmoid"), {
-        "none": "remove the output gate", "silu": "gate the output with SiLU of a projection of the input",
-        "sigmoid": "gate the output with a sigmoid of a projection of the input"}),
-    Operator("heads", "heads", (0.5, 1, 2), {
-        0.5: "halve the number of heads (larger state per head)", 1: "use the harness's number of heads",
-        2: "double the number of heads (smaller, more diverse states)"}),
-    Operator("chunk_size", "chunk_size", (16, 32, 64, 128), {
-        v: f"process the delta rule in chunks of {v} tokens" for v in (16, 32, 64, 128)}, delta_only=True, speed_only=True),
-    Operator("hybrid", "layers", ("", "MA", "AM"), {
-        "": "use this mixer in every layer", "MA": "make every second layer softmax attention (a hybrid layout)",
-        "AM": "put softmax attention first and this mixer after it"}),
+    Operator(
+        "short_conv",
+        "short_conv",
+        (True, False),
+        {
+            True: "add a short causal depthwise convolution on q/k/v, giving the mixer cheap local context",
+            False: "remove the short convolution, testing whether local mixing earns its cost",
+        },
+    ),
+    Operator(
+        "conv_size",
+        "conv_size",
+        (2, 3, 4, 6, 8),
+        {v: f"set the short convolution's kernel to {v} tokens" for v in (2, 3, 4, 6, 8)},
+    ),
+    Operator(
+        "feature_map",
+        "feature_map",
+        ("silu", "elu1", "relu", "identity"),
+        {
+            "silu": "use SiLU as the q/k feature map",
+            "elu1": "use elu(x)+1 (positive features) as the q/k feature map",
+            "relu": "use ReLU (sparse positive features) as the q/k feature map",
+            "identity": "drop the q/k feature map",
+        },
+        delta_only=True,
+    ),
+    Operator(
+        "qk_norm",
+        "qk_norm",
+        (True, False),
+        {
+            True: "L2-normalise q and k per head, bounding the delta rule's update",
+            False: "scale q/k instead of L2-normalising them",
+        },
+        delta_only=True,
+    ),
+    Operator(
+        "beta",
+        "beta",
+        ("sigmoid", "sigmoid2", "const"),
+        {
+            "sigmoid": "learn a per-token write strength beta in (0, 1)",
+            "sigmoid2": "let beta range over (0, 2) so the state transition can have negative eigenvalues",
+            "const": "fix beta to 1 (always fully overwrite the addressed memory)",
+        },
+        delta_only=True,
+    ),
+    Operator(
+        "forget_gate",
+        "forget_gate",
+        ("none", "data", "fixed"),
+        {
+            "none": "remove the forget gate",
+            "data": "add a data-dependent scalar forget gate per head (gated delta rule)",
+            "fixed": "add fixed per-head decays from fast to slow (retention-style)",
+        },
+        delta_only=True,
+    ),
+    Operator(
+        "output_norm",
+        "output_norm",
+        (True, False),
+        {True: "add a per-head RMSNorm on the mixer output", False: "remove the per-head output norm"},
+    ),
+    Operator(
+        "output_gate",
+        "output_gate",
+        ("none", "silu", "sigmoid"),
+        {
+            "none": "remove the output gate",
+            "silu": "gate the output with SiLU of a projection of the input",
+            "sigmoid": "gate the output with a sigmoid of a projection of the input",
+        },
+    ),
+    Operator(
+        "heads",
+        "heads",
+        (0.5, 1, 2),
+        {
+            0.5: "halve the number of heads (larger state per head)",
+            1: "use the harness's number of heads",
+            2: "double the number of heads (smaller, more diverse states)",
+        },
+    ),
+    Operator(
+        "chunk_size",
+        "chunk_size",
+        (16, 32, 64, 128),
+        {v: f"process the delta rule in chunks of {v} tokens" for v in (16, 32, 64, 128)},
+        delta_only=True,
+        speed_only=True,
+    ),
+    Operator(
+        "hybrid",
+        "layers",
+        ("", "MA", "AM"),
+        {
+            "": "use this mixer in every layer",
+            "MA": "make every second layer softmax attention (a hybrid layout)",
+            "AM": "put softmax attention first and this mixer after it",
+        },
+    ),
 ]
 BY_NAME = {op.name: op for op in OPERATORS}
 FAILED_GAIN = -0.2  # what a failed child counts as in the operator bandit
@@ -110,7 +181,9 @@ class OfflineBrain:
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
         query, hits, recommended = self._retrieve(ctx)
         share = self._code_share(ctx.history)
-        if ctx.parent.get("design") and (share == 0 or ctx.rng.random() >= share):  # (no draw for the baselines: as published)
+        if ctx.parent.get("design") and (
+            share == 0 or ctx.rng.random() >= share
+        ):  # (no draw for the baselines: as published)
             proposal, traces = self._research_design(ctx, query, hits, recommended)
             if proposal is not None:
                 return proposal, traces
@@ -136,11 +209,17 @@ class OfflineBrain:
             return 0.0  # the baselines keep their template search as published (bench figures)
         code = [_gain(r) for r in history if (r["operator"] or "").startswith(CODE)]
         template = [_gain(r) for r in history if r["operator"] in BY_NAME]
-        if len(code) >= MIN_TRIES and len(template) >= MIN_TRIES and statistics.fmean(code) > statistics.fmean(template):
+        if (
+            len(code) >= MIN_TRIES
+            and len(template) >= MIN_TRIES
+            and statistics.fmean(code) > statistics.fmean(template)
+        ):
             return CODE_SHARE_PAYING
         return CODE_SHARE
 
-    def _research_design(self, ctx: Context, query: str, hits: list, recommended: set) -> tuple[Proposal | None, list[Trace]]:
+    def _research_design(
+        self, ctx: Context, query: str, hits: list, recommended: set
+    ) -> tuple[Proposal | None, list[Trace]]:
         parent = Design.model_validate(ctx.parent["design"])
         stats, arms = _bandit_stats(ctx.history)
         total = sum(len(v) for v in stats.values())
@@ -161,7 +240,10 @@ class OfflineBrain:
             return False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
 
         if self.guided:
-            best = {op.name: min(((*arm(op, d), d) for d in fresh[op.name]), key=lambda t: t[:3], default=None) for op in applicable}
+            best = {
+                op.name: min(((*arm(op, d), d) for d in fresh[op.name]), key=lambda t: t[:3], default=None)
+                for op in applicable
+            }
             # Untried operators first, in the order the knowledge base suggests, then operators with an
             # untried value, then by the UCB of their best value; in each group those that only change the
             # speed come last unless they have earned more than noise (fitness is mostly quality: in 60
@@ -169,9 +251,14 @@ class OfflineBrain:
             # costs a little, its zero topped the UCB). Building on an operator that just helped (a finite
             # UCB prior) mostly tries its other values on the child it improved: measured worse
             # (bench/search_efficiency.py, micro: AUC 0.25 vs 0.35 from the DeltaNet root).
-            ranked = sorted(applicable, key=lambda op: (
-                op.name in stats, op.speed_only and statistics.fmean(stats.get(op.name) or [0.0]) <= NOISE_FLOOR,
-                best[op.name][:3] if best[op.name] else (True, 0.0, 0.0)))
+            ranked = sorted(
+                applicable,
+                key=lambda op: (
+                    op.name in stats,
+                    op.speed_only and statistics.fmean(stats.get(op.name) or [0.0]) <= NOISE_FLOOR,
+                    best[op.name][:3] if best[op.name] else (True, 0.0, 0.0),
+                ),
+            )
         else:
             ranked = ctx.rng.sample(applicable, len(applicable))
         choice = self._transplant(ctx, parent) if self.guided and ctx.rng.random() < TRANSPLANT_SHARE else None
@@ -181,35 +268,59 @@ class OfflineBrain:
             if fresh[op.name]:
                 choice = op, (best[op.name][3] if self.guided else ctx.rng.choice(fresh[op.name])), None
         if choice is None:
-            trace = Trace(role="researcher", prompt=_describe_context(ctx), response="every variant of this parent is already in the tree",
-                          decision={"operator": None})
+            trace = Trace(
+                role="researcher",
+                prompt=_describe_context(ctx),
+                response="every variant of this parent is already in the tree",
+                decision={"operator": None},
+            )
             return None, [trace]
         op, child, transplant = choice
         value = getattr(child, op.field)
         cited = self._cite(op.name, op.says[value], ctx.rng)
-        motivation = f"{op.says[value][0].upper()}{op.says[value][1:]} ({op.name}: {getattr(parent, op.field)!r} -> {value!r})."
+        motivation = (
+            f"{op.says[value][0].upper()}{op.says[value][1:]} ({op.name}: {getattr(parent, op.field)!r} -> {value!r})."
+        )
         if transplant:
             motivation += f" The same change raised fitness by {transplant['gain']:+.4f} at node {transplant['node']}"
-            motivation += f" ({transplant['mean_gain']:+.4f} on average over {transplant['times']} tries)." if transplant["times"] > 1 else "."
+            motivation += (
+                f" ({transplant['mean_gain']:+.4f} on average over {transplant['times']} tries)."
+                if transplant["times"] > 1
+                else "."
+            )
         if cited:
             motivation += f" Background: {cited['title']} [{cited['id']}]."
         used = ([cited["id"]] if cited else []) + [h.id for h in hits if not cited or h.id != cited["id"]]
         decision = {
-            "operator": op.name, "from": getattr(parent, op.field), "to": value, "transplant": transplant,
+            "operator": op.name,
+            "from": getattr(parent, op.field),
+            "to": value,
+            "transplant": transplant,
             "bandit": {name: _summary(gains) for name, gains in stats.items()},
             "values": {f"{name}={value}": _summary(gains) for (name, value), gains in arms.items()},
-            "ranked": [o.name for o in ranked], "query": query,
+            "ranked": [o.name for o in ranked],
+            "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
-            "cited": cited["id"] if cited else None, "knowledge": used, **({"notes": ctx.notes} if ctx.notes else {}),
+            "cited": cited["id"] if cited else None,
+            "knowledge": used,
+            **({"notes": ctx.notes} if ctx.notes else {}),
         }
         trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
         return Proposal(motivation=motivation, operator=op.name, design=child.model_dump(), knowledge=used), [trace]
 
-    def _research_code(self, ctx: Context, query: str, hits: list, recommended: set) -> tuple[Proposal | None, list[Trace]]:
+    def _research_code(
+        self, ctx: Context, query: str, hits: list, recommended: set
+    ) -> tuple[Proposal | None, list[Trace]]:
         """A code edit of the parent's file: any file that meets the contract has some."""
         stats, arms = _code_stats(ctx.history)
-        donors = {r["id"]: ctx.code(r["id"]) for r in ctx.references if r["id"] != ctx.parent["id"] and r.get("fitness") is not None}
-        made = [e for op in code_edits.OPERATORS for e in code_edits.candidates(ctx.parent_code, op, donors, _max_size(ctx))]
+        donors = {
+            r["id"]: ctx.code(r["id"])
+            for r in ctx.references
+            if r["id"] != ctx.parent["id"] and r.get("fitness") is not None
+        }
+        made = [
+            e for op in code_edits.OPERATORS for e in code_edits.candidates(ctx.parent_code, op, donors, _max_size(ctx))
+        ]
         ctx.rng.shuffle(made)  # (ties are broken at random)
         if self.guided:
             made.sort(key=lambda edit: _code_rank(edit, stats, arms, recommended))
@@ -223,25 +334,38 @@ class OfflineBrain:
             edit = code_edits.first(made, ctx.parent_code, ctx.seen_code)
             choice = (edit, None) if edit else None
         if choice is None:
-            trace = Trace(role="researcher", prompt=_describe_context(ctx), response="no code edit of this parent is new to the tree",
-                          decision={"operator": None})
+            trace = Trace(
+                role="researcher",
+                prompt=_describe_context(ctx),
+                response="no code edit of this parent is new to the tree",
+                decision={"operator": None},
+            )
             return None, [trace]
         edit, transplant = choice
         motivation = f"{edit.says[0].upper()}{edit.says[1:]} (code edit: {edit.operator})."
         if transplant:
-            motivation += (f" The same edit raised fitness by {transplant['gain']:+.4f} at node {transplant['node']}"
-                           + (f" ({transplant['mean_gain']:+.4f} on average over {transplant['times']} tries)." if transplant["times"] > 1 else "."))
+            motivation += f" The same edit raised fitness by {transplant['gain']:+.4f} at node {transplant['node']}" + (
+                f" ({transplant['mean_gain']:+.4f} on average over {transplant['times']} tries)."
+                if transplant["times"] > 1
+                else "."
+            )
         cited = self._cite(code_edits.OPERATORS[edit.operator][1], edit.says, ctx.rng)
         if cited:
             motivation += f" Background: {cited['title']} [{cited['id']}]."
         used = ([cited["id"]] if cited else []) + [h.id for h in hits if not cited or h.id != cited["id"]]
         decision = {
-            "operator": CODE + edit.operator, "edit": edit.spec, "transplant": transplant,
+            "operator": CODE + edit.operator,
+            "edit": edit.spec,
+            "transplant": transplant,
             "bandit": {CODE + name: _summary(gains) for name, gains in stats.items()},
             "arms": {name: _summary(gains) for name, gains in arms.items()},
-            "ranked": [CODE + op for op in ops], "donors": sorted(donors), "query": query,
+            "ranked": [CODE + op for op in ops],
+            "donors": sorted(donors),
+            "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
-            "cited": cited["id"] if cited else None, "knowledge": used, **({"notes": ctx.notes} if ctx.notes else {}),
+            "cited": cited["id"] if cited else None,
+            "knowledge": used,
+            **({"notes": ctx.notes} if ctx.notes else {}),
         }
         trace = Trace(role="researcher", prompt=_describe_context(ctx), response=motivation, decision=decision)
         return Proposal(motivation=motivation, operator=CODE + edit.operator, code=edit.code, knowledge=used), [trace]
@@ -254,17 +378,32 @@ class OfflineBrain:
             if (row["operator"] or "").startswith(CODE) and row.get("edit") and row["fitness"] is not None:
                 key = json.dumps([row["operator"], row["edit"]], sort_keys=True)
                 made.setdefault(key, []).append({"gain": row["fitness"] - row["parent_fitness"], "node": row["node"]})
-        ranked = sorted(((statistics.fmean(r["gain"] for r in rows), max(rows, key=lambda r: r["gain"]), len(rows), key)
-                         for key, rows in made.items()), key=lambda t: -t[0])
+        ranked = sorted(
+            (
+                (statistics.fmean(r["gain"] for r in rows), max(rows, key=lambda r: r["gain"]), len(rows), key)
+                for key, rows in made.items()
+            ),
+            key=lambda t: -t[0],
+        )
         for mean, found, times, key in ranked:
             if mean <= NOISE_FLOOR:
                 break
             operator, spec = json.loads(key)
             donor = spec.get("donor")
-            edit = code_edits.redo(ctx.parent_code, operator[len(CODE):], spec,
-                                   {donor: ctx.code(donor)} if donor is not None else None, _max_size(ctx))
+            edit = code_edits.redo(
+                ctx.parent_code,
+                operator[len(CODE) :],
+                spec,
+                {donor: ctx.code(donor)} if donor is not None else None,
+                _max_size(ctx),
+            )
             if edit is not None and not ctx.seen_code(edit.code):
-                return edit, {"node": found["node"], "gain": round(found["gain"], 4), "mean_gain": round(mean, 4), "times": times}
+                return edit, {
+                    "node": found["node"],
+                    "gain": round(found["gain"], 4),
+                    "mean_gain": round(mean, 4),
+                    "times": times,
+                }
         return None
 
     @staticmethod
@@ -278,18 +417,43 @@ class OfflineBrain:
         for row in ctx.history:
             change = row.get("change") or {}
             if row["fitness"] is not None and len(change) == 1:
-                (field, value), = change.items()
+                ((field, value),) = change.items()
                 made.setdefault((field, json.dumps(value)), []).append(
-                    {"gain": row["fitness"] - row["parent_fitness"], "node": row["node"], "field": field, "value": value})
-        ranked = sorted(((statistics.fmean(r["gain"] for r in rows), max(rows, key=lambda r: r["gain"]), len(rows))
-                         for rows in made.values()), key=lambda t: -t[0])
+                    {
+                        "gain": row["fitness"] - row["parent_fitness"],
+                        "node": row["node"],
+                        "field": field,
+                        "value": value,
+                    }
+                )
+        ranked = sorted(
+            (
+                (statistics.fmean(r["gain"] for r in rows), max(rows, key=lambda r: r["gain"]), len(rows))
+                for rows in made.values()
+            ),
+            key=lambda t: -t[0],
+        )
         for mean, found, times in ranked:
             if mean <= NOISE_FLOOR:
                 break
             op = next((o for o in OPERATORS if o.field == found["field"] and found["value"] in o.values), None)
             child = parent.model_copy(update={found["field"]: found["value"]})
-            if op is not None and op.applies(parent) and getattr(parent, found["field"]) != found["value"] and not ctx.seen(child.model_dump()):
-                return op, child, {"node": found["node"], "gain": round(found["gain"], 4), "mean_gain": round(mean, 4), "times": times}
+            if (
+                op is not None
+                and op.applies(parent)
+                and getattr(parent, found["field"]) != found["value"]
+                and not ctx.seen(child.model_dump())
+            ):
+                return (
+                    op,
+                    child,
+                    {
+                        "node": found["node"],
+                        "gain": round(found["gain"], 4),
+                        "mean_gain": round(mean, 4),
+                        "times": times,
+                    },
+                )
         return None
 
     def _cite(self, operator: str, change: str, rng: random.Random) -> dict | None:
@@ -304,24 +468,42 @@ class OfflineBrain:
     def engineer(self, ctx: Context, proposal: Proposal, failure: dict | None) -> tuple[Proposal | None, list[Trace]]:
         if proposal.design is None:  # a code edit: the researcher already made it
             if failure is None:
-                return proposal, [Trace(role="engineer", response="the code edit as proposed", decision={"action": "code_edit"})]
+                return proposal, [
+                    Trace(role="engineer", response="the code edit as proposed", decision={"action": "code_edit"})
+                ]
             note = f"no repair known for a code edit that failed with '{failure['reason']}'; discarding the candidate"
-            return None, [Trace(role="engineer", prompt=failure.get("detail") or "", response=note, decision={"action": "discard"})]
+            return None, [
+                Trace(
+                    role="engineer", prompt=failure.get("detail") or "", response=note, decision={"action": "discard"}
+                )
+            ]
         design = Design.model_validate(proposal.design)
         if failure is None:
             code = render(design, title="A candidate from archlab's offline brain.", summary=proposal.motivation)
-            return proposal.model_copy(update={"code": code}), [Trace(role="engineer", response="rendered the design", decision={"action": "render"})]
+            return proposal.model_copy(update={"code": code}), [
+                Trace(role="engineer", response="rendered the design", decision={"action": "render"})
+            ]
         fix = _repair(design, failure["reason"])
         if fix is None:
             note = f"no repair known for '{failure['reason']}'; discarding the candidate"
-            return None, [Trace(role="engineer", prompt=failure.get("detail") or "", response=note, decision={"action": "discard"})]
+            return None, [
+                Trace(
+                    role="engineer", prompt=failure.get("detail") or "", response=note, decision={"action": "discard"}
+                )
+            ]
         field, value = fix
         repaired = design.model_copy(update={field: value})
         motivation = f"{proposal.motivation} Repaired after '{failure['reason']}': set {field} = {value!r}."
         code = render(repaired, title="A candidate from archlab's offline brain.", summary=motivation)
-        trace = Trace(role="engineer", prompt=failure.get("detail") or "", response=f"set {field} = {value!r}",
-                      decision={"action": "repair", "reason": failure["reason"], "field": field, "value": value})
-        return proposal.model_copy(update={"design": repaired.model_dump(), "code": code, "motivation": motivation}), [trace]
+        trace = Trace(
+            role="engineer",
+            prompt=failure.get("detail") or "",
+            response=f"set {field} = {value!r}",
+            decision={"action": "repair", "reason": failure["reason"], "field": field, "value": value},
+        )
+        return proposal.model_copy(update={"design": repaired.model_dump(), "code": code, "motivation": motivation}), [
+            trace
+        ]
 
     # -- analyst --------------------------------------------------------------------------------
     def analyze(self, ctx: Context, node: dict, result: dict) -> tuple[str, list[Trace]]:
@@ -329,7 +511,9 @@ class OfflineBrain:
         head = f"Node {node['id']} ({node['operator']} from node {parent['id']})"
         if not result["ok"]:
             text = f"{head} failed: {result['reason']} — {(result.get('detail') or '').splitlines()[0][:200] if result.get('detail') else ''}"
-            return text, [Trace(role="analyst", response=text, decision={"verdict": "failed", "reason": result["reason"]})]
+            return text, [
+                Trace(role="analyst", response=text, decision={"verdict": "failed", "reason": result["reason"]})
+            ]
         m, p = result["metrics"], parent.get("metrics") or {}
         delta = m["val_loss"] - p.get("val_loss", m["val_loss"])
         speed = m["tokens_per_s"] / p["tokens_per_s"] - 1 if p.get("tokens_per_s") else 0.0
@@ -344,11 +528,16 @@ class OfflineBrain:
         if done:
             best = min(done, key=lambda s: s["val_loss"])
             parts.append(f"Best sibling so far: node {best['id']} ({best['operator']}) at {best['val_loss']:.3f}.")
-        lesson = {"better": "keep this change and build on it", "worse": "this change hurts at this budget",
-                  "no clear change": "the change is neutral here; prefer the cheaper variant"}[verdict]
+        lesson = {
+            "better": "keep this change and build on it",
+            "worse": "this change hurts at this budget",
+            "no clear change": "the change is neutral here; prefer the cheaper variant",
+        }[verdict]
         parts.append(f"Lesson: {node['operator']} — {lesson}.")
         text = " ".join(parts)
-        return text, [Trace(role="analyst", response=text, decision={"verdict": verdict, "delta_val_loss": delta, "speed": speed})]
+        return text, [
+            Trace(role="analyst", response=text, decision={"verdict": verdict, "delta_val_loss": delta, "speed": speed})
+        ]
 
 
 def _repair(design: Design, reason: str) -> tuple[str, object] | None:
@@ -386,7 +575,7 @@ def _code_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[str, 
     per_arm: dict[str, list[float]] = {}
     for row in history:
         if (row["operator"] or "").startswith(CODE):
-            operator = row["operator"][len(CODE):]
+            operator = row["operator"][len(CODE) :]
             per_operator.setdefault(operator, []).append(_gain(row))
             if row.get("edit"):
                 per_arm.setdefault(code_edits.arm(operator, row["edit"]), []).append(_gain(row))
@@ -402,7 +591,11 @@ def _code_rank(edit: Edit, stats: dict, arms: dict, recommended: set) -> tuple:
     but the operator's mean kept the default from ever trying it); else of half its operator's mean
     (another site or variant of the same operator is a related bet, not the same one)."""
     if edit.operator not in stats:
-        return 0, code_edits.OPERATORS[edit.operator][1] not in recommended, list(code_edits.OPERATORS).index(edit.operator)
+        return (
+            0,
+            code_edits.OPERATORS[edit.operator][1] not in recommended,
+            list(code_edits.OPERATORS).index(edit.operator),
+        )
     total = sum(len(v) for v in stats.values())
     gains = arms.get(code_edits.arm(edit.operator, edit.spec))
     opposite = [-g for g in arms.get(code_edits.arm(edit.operator, edit.spec, flip=True)) or [] if g != FAILED_GAIN]
@@ -427,6 +620,10 @@ def _summary(gains: list[float]) -> dict:
 
 def _describe_context(ctx: Context) -> str:
     parent = ctx.parent
-    lines = [f"parent: node {parent['id']} fitness={parent.get('fitness')} design={json.dumps(parent['design'], sort_keys=True)}"]
-    lines += [f"reference: node {r['id']} fitness={r.get('fitness')} operator={r.get('operator')}" for r in ctx.references]
+    lines = [
+        f"parent: node {parent['id']} fitness={parent.get('fitness')} design={json.dumps(parent['design'], sort_keys=True)}"
+    ]
+    lines += [
+        f"reference: node {r['id']} fitness={r.get('fitness')} operator={r.get('operator')}" for r in ctx.references
+    ]
     return "\n".join(lines)

@@ -42,12 +42,21 @@ def parse_answer(text: str, parent_code: str | None) -> tuple[str, str]:
         code = max(blocks, key=lambda b: ("class Mixer" in b, len(b)))
         prose = FENCE.sub("", text)
     elif OPEN_FENCE.search(text):
-        raise FormatError("truncated", "Your answer was cut off: the ```python block was never closed. Send the complete file again, shorter if needed.")
+        raise FormatError(
+            "truncated",
+            "Your answer was cut off: the ```python block was never closed. Send the complete file again, shorter if needed.",
+        )
     else:
-        raise FormatError("no_code", "Your answer had no code. Reply with your motivation in prose and the complete candidate file in one ```python block.")
+        raise FormatError(
+            "no_code",
+            "Your answer had no code. Reply with your motivation in prose and the complete candidate file in one ```python block.",
+        )
     motivation = " ".join(prose.replace("```", " ").split())
     if len(motivation) < 10:
-        raise FormatError("no_motivation", "Explain the motivation for the change in a few sentences of prose, outside the code block.")
+        raise FormatError(
+            "no_motivation",
+            "Explain the motivation for the change in a few sentences of prose, outside the code block.",
+        )
     validate_code(code)
     return motivation, code.strip() + "\n"
 
@@ -70,7 +79,10 @@ def apply_edits(code: str, edits: list[tuple[str, str]]) -> str:
         count = code.count(search)
         if count != 1:
             where = "does not occur" if count == 0 else f"occurs {count} times"
-            raise FormatError("bad_edit", f"A SEARCH block {where} in the parent's code; copy the lines exactly, or send the whole file in a ```python block.\nSEARCH block:\n{search[:500]}")
+            raise FormatError(
+                "bad_edit",
+                f"A SEARCH block {where} in the parent's code; copy the lines exactly, or send the whole file in a ```python block.\nSEARCH block:\n{search[:500]}",
+            )
         code = code.replace(search, replace)
     return code
 
@@ -79,10 +91,14 @@ def validate_code(code: str) -> None:
     try:
         tree = syntax.parse(code)
     except SyntaxError as e:
-        raise FormatError("syntax", f"The code does not parse: line {e.lineno}: {e.msg}. Send the corrected complete file.") from None
+        raise FormatError(
+            "syntax", f"The code does not parse: line {e.lineno}: {e.msg}. Send the corrected complete file."
+        ) from None
     if not any(isinstance(n, ast.ClassDef) and n.name == "Mixer" for n in tree.body):
         raise FormatError("contract", "The file must define `class Mixer(nn.Module)` at top level (that exact name).")
     try:
         static_check(code)
     except CandidateError as e:
-        raise FormatError(e.reason, f"The sandbox would reject this code ({e.reason}): {e.detail}. Fix it and send the complete file.") from None
+        raise FormatError(
+            e.reason, f"The sandbox would reject this code ({e.reason}): {e.detail}. Fix it and send the complete file."
+        ) from None

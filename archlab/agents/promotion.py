@@ -54,8 +54,12 @@ def plan_of(config) -> Plan | None:
         fraction = DEFAULT_FRACTION if config.tier == "explore" else 0.0
     if fraction <= 0 or fidelity(config.promote_tier) <= fidelity(config.tier):
         return None
-    return Plan(fraction, config.promote_tier, [config.seed + i for i in range(config.promote_seeds)],
-                dict(config.promote_overrides or {}))
+    return Plan(
+        fraction,
+        config.promote_tier,
+        [config.seed + i for i in range(config.promote_seeds)],
+        dict(config.promote_overrides or {}),
+    )
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -65,7 +69,15 @@ def aggregate(runs: list[dict]) -> dict:
     for key in keys:
         values = [float(r[key]) for r in runs]
         out[key] = statistics.fmean(values)
-        if len(values) > 1 and key in ("val_loss", "val_bpb", "tokens_per_s", "mqar_acc", "selcopy_acc", "val_loss_2x", "quant_loss"):
+        if len(values) > 1 and key in (
+            "val_loss",
+            "val_bpb",
+            "tokens_per_s",
+            "mqar_acc",
+            "selcopy_acc",
+            "val_loss_2x",
+            "quant_loss",
+        ):
             out[f"{key}_std"] = statistics.stdev(values)
     for key, value in runs[0].items():
         out.setdefault(key, value)
@@ -110,21 +122,38 @@ class Promoter:
 
     def ranked(self) -> list[int]:
         """Finished candidates (not the root), best search fitness first."""
-        return [r[0] for r in self.store.db.execute(
-            "select id from nodes where status = 'done' and id != 0 and coalesce(search_fitness, fitness) is not null "
-            "order by coalesce(search_fitness, fitness) desc, id")]
+        return [
+            r[0]
+            for r in self.store.db.execute(
+                "select id from nodes where status = 'done' and id != 0 and coalesce(search_fitness, fitness) is not null "
+                "order by coalesce(search_fitness, fitness) desc, id"
+            )
+        ]
 
     def due(self) -> list[int]:
         """Nodes to promote now: the top slice not yet promoted, then promotions a crash left half done."""
         ranked = self.ranked()
-        top = ranked[:math.floor(self.plan.fraction * len(ranked) + 1e-9)]
+        top = ranked[: math.floor(self.plan.fraction * len(ranked) + 1e-9)]
         args = [KIND, self.plan.tier]
-        started = [r[0] for r in self.store.db.execute(
-            "select distinct node_id from evaluations where kind = ? and tier = ? and node_id != 0 order by node_id", args)]
-        failed = {r[0] for r in self.store.db.execute(
-            "select distinct node_id from evaluations where kind = ? and tier = ? and ok = 0", args)}
-        done = {r[0] for r in self.store.db.execute(
-            "select id from nodes where tier = ? and seeds = ?", [self.plan.tier, len(self.plan.seeds)])}
+        started = [
+            r[0]
+            for r in self.store.db.execute(
+                "select distinct node_id from evaluations where kind = ? and tier = ? and node_id != 0 order by node_id",
+                args,
+            )
+        ]
+        failed = {
+            r[0]
+            for r in self.store.db.execute(
+                "select distinct node_id from evaluations where kind = ? and tier = ? and ok = 0", args
+            )
+        }
+        done = {
+            r[0]
+            for r in self.store.db.execute(
+                "select id from nodes where tier = ? and seeds = ?", [self.plan.tier, len(self.plan.seeds)]
+            )
+        }
         out = []
         for node_id in top + started:
             if node_id not in out and node_id not in failed and node_id not in done:
@@ -144,11 +173,24 @@ class Promoter:
         return next((n for n in due if n not in busy), None)
 
     def summary(self) -> dict:
-        promoted = [r[0] for r in self.store.db.execute("select id from nodes where tier = ? order by id", [self.plan.tier])]
-        failed = [r[0] for r in self.store.db.execute(
-            "select distinct node_id from evaluations where kind = ? and tier = ? and ok = 0 order by node_id", [KIND, self.plan.tier])]
-        return {"fraction": self.plan.fraction, "tier": self.plan.tier, "seeds": len(self.plan.seeds), "promoted": promoted,
-                "failed": failed, "due": self.due()}
+        promoted = [
+            r[0] for r in self.store.db.execute("select id from nodes where tier = ? order by id", [self.plan.tier])
+        ]
+        failed = [
+            r[0]
+            for r in self.store.db.execute(
+                "select distinct node_id from evaluations where kind = ? and tier = ? and ok = 0 order by node_id",
+                [KIND, self.plan.tier],
+            )
+        ]
+        return {
+            "fraction": self.plan.fraction,
+            "tier": self.plan.tier,
+            "seeds": len(self.plan.seeds),
+            "promoted": promoted,
+            "failed": failed,
+            "due": self.due(),
+        }
 
     # -- the node's figures -------------------------------------------------------------------------
     def finish(self, node_id: int) -> str:
@@ -163,8 +205,13 @@ class Promoter:
             return "promotion incomplete"
         runs = [rows[s]["metrics"] for s in self.plan.seeds]
         mean = aggregate(runs)
-        fields = dict(tier=self.plan.tier, seeds=len(runs), fidelity=fidelity(self.plan.tier), val_loss=mean["val_loss"],
-                      val_loss_std=mean.get("val_loss_std"))
+        fields = dict(
+            tier=self.plan.tier,
+            seeds=len(runs),
+            fidelity=fidelity(self.plan.tier),
+            val_loss=mean["val_loss"],
+            val_loss_std=mean.get("val_loss_std"),
+        )
         if node_id == 0:
             fields.update(fitness=0.0, fitness_std=0.0)
         else:
@@ -172,9 +219,13 @@ class Promoter:
             root_runs = [root_rows[s]["metrics"] for s in self.plan.seeds]
             root_mean = aggregate(root_runs)
             paired = [fitness(m, r, self.speed_weight) for m, r in zip(runs, root_runs)]
-            fields.update(fitness=fitness(mean, root_mean, self.speed_weight),
-                          fitness_std=statistics.stdev(paired) if len(paired) > 1 else None)
+            fields.update(
+                fitness=fitness(mean, root_mean, self.speed_weight),
+                fitness_std=statistics.stdev(paired) if len(paired) > 1 else None,
+            )
         self.store.update_node(node_id, **fields)
         std = f" ± {fields['fitness_std']:.4f}" if fields.get("fitness_std") is not None else ""
-        return (f"promoted to {self.plan.tier} x {len(runs)} seeds: fitness {fields['fitness']:+.4f}{std}, "
-                f"val_loss {fields['val_loss']:.4f} ± {fields['val_loss_std'] or 0:.4f}")
+        return (
+            f"promoted to {self.plan.tier} x {len(runs)} seeds: fitness {fields['fitness']:+.4f}{std}, "
+            f"val_loss {fields['val_loss']:.4f} ± {fields['val_loss_std'] or 0:.4f}"
+        )

@@ -17,9 +17,33 @@ from archlab.tree.lineage import Lineage
 from archlab.tree.store import Store
 
 SCHEMA = "archlab.proposal/1"
-TRACE_FIELDS = ("id", "attempt", "kind", "model", "prompt", "response", "decision", "tokens_in", "tokens_out",
-                "cost", "latency_s", "error", "created")
-OUTCOME_FIELDS = ("status", "reason", "detail", "fitness", "fitness_std", "val_loss", "val_loss_std", "metrics", "tier", "seeds")
+TRACE_FIELDS = (
+    "id",
+    "attempt",
+    "kind",
+    "model",
+    "prompt",
+    "response",
+    "decision",
+    "tokens_in",
+    "tokens_out",
+    "cost",
+    "latency_s",
+    "error",
+    "created",
+)
+OUTCOME_FIELDS = (
+    "status",
+    "reason",
+    "detail",
+    "fitness",
+    "fitness_std",
+    "val_loss",
+    "val_loss_std",
+    "metrics",
+    "tier",
+    "seeds",
+)
 
 
 def proposals(run_dir: Path, store: Store) -> Iterator[dict]:
@@ -43,13 +67,23 @@ def proposal(run: str, node: dict, parent: dict, parent_code: str | None, diff: 
     for t in traces:
         by_role.setdefault(t["role"] or "other", []).append({k: t.get(k) for k in TRACE_FIELDS})
     return {
-        "schema": SCHEMA, "run": run, "node_id": node["id"], "parent_id": node["parent_id"],
-        "operator": node["operator"], "motivation": node["motivation"], "design": node.get("design"),
-        "references": node.get("references_used") or [], "knowledge": node.get("knowledge") or [],
-        "parent_commit": parent["commit_sha"], "commit": node["commit_sha"], "parent_code": parent_code, "diff": diff,
+        "schema": SCHEMA,
+        "run": run,
+        "node_id": node["id"],
+        "parent_id": node["parent_id"],
+        "operator": node["operator"],
+        "motivation": node["motivation"],
+        "design": node.get("design"),
+        "references": node.get("references_used") or [],
+        "knowledge": node.get("knowledge") or [],
+        "parent_commit": parent["commit_sha"],
+        "commit": node["commit_sha"],
+        "parent_code": parent_code,
+        "diff": diff,
         "traces": by_role,
         **{k: node.get(k) for k in OUTCOME_FIELDS},
-        "parent_fitness": parent.get("fitness"), "parent_val_loss": parent.get("val_loss"),
+        "parent_fitness": parent.get("fitness"),
+        "parent_val_loss": parent.get("val_loss"),
         "analysis": node.get("analysis"),
     }
 

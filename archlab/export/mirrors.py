@@ -70,7 +70,9 @@ def check_installed(targets: list[str]) -> None:
         modules, label = NEEDS[target]
         missing = [m for m in modules if importlib.util.find_spec(m) is None]
         if missing:
-            raise UserError(f"mirroring to {target} needs {label} ({missing[0]} is missing): pip install 'archlab[{target}]'")
+            raise UserError(
+                f"mirroring to {target} needs {label} ({missing[0]} is missing): pip install 'archlab[{target}]'"
+            )
 
 
 # -- what is mirrored of a node ---------------------------------------------------------------------
@@ -79,8 +81,23 @@ def node_facts(store: Store, node: dict) -> dict:
     evaluations = store.evaluations(node["id"])
     metrics = node.get("metrics") or next((e["metrics"] for e in reversed(evaluations) if e.get("metrics")), None)
     return {
-        **{k: node.get(k) for k in ("id", "parent_id", "status", "reason", "operator", "motivation",
-                                    "fitness", "val_loss", "tier", "seeds", "created", "finished")},
+        **{
+            k: node.get(k)
+            for k in (
+                "id",
+                "parent_id",
+                "status",
+                "reason",
+                "operator",
+                "motivation",
+                "fitness",
+                "val_loss",
+                "tier",
+                "seeds",
+                "created",
+                "finished",
+            )
+        },
         "metrics": numbers(metrics),
         "curves": curves(evaluations),
         "events": [{"ts": e["ts"], "kind": e["kind"], "message": e["message"]} for e in store.events(node["id"])],
@@ -100,11 +117,16 @@ def curves(evaluations: list[dict]) -> dict[str, list[tuple[int, float]]]:
     for e in evaluations:
         for curve in _stored_curves(e):
             for split in ("train", "val"):
-                points = [(int(p[0]), float(p[1])) for p in curve.get(split) or ()
-                          if isinstance(p, list | tuple) and len(p) >= 2 and _finite(p[0]) and _finite(p[1])]
+                points = [
+                    (int(p[0]), float(p[1]))
+                    for p in curve.get(split) or ()
+                    if isinstance(p, list | tuple) and len(p) >= 2 and _finite(p[0]) and _finite(p[1])
+                ]
                 if points:
                     plain = e.get("kind") == "search" and split not in out
-                    out.setdefault(split if plain else f"{split}/{e.get('tier')}-seed{curve.get('seed', e.get('seed'))}", points)
+                    out.setdefault(
+                        split if plain else f"{split}/{e.get('tier')}-seed{curve.get('seed', e.get('seed'))}", points
+                    )
     return out
 
 
@@ -125,9 +147,16 @@ def _finite(value) -> bool:
 def headline(f: dict) -> str:
     """'node 7 (parent 3) done: fitness +0.0123, val_loss 2.3456 [micro] · short_conv' — plain text."""
     parent = "the root" if f["parent_id"] is None else f"parent {f['parent_id']}"
-    outcome = (f"done: fitness {f['fitness']:+.4f}, val_loss {f['val_loss']:.4f}" if f["status"] == "done" and f["fitness"] is not None
-               else f"{f['status']}: {f['reason'] or '?'}")
-    return f"node {f['id']} ({parent}) {outcome}" + (f" [{f['tier']}]" if f.get("tier") else "") + f" · {f['operator'] or ''}"
+    outcome = (
+        f"done: fitness {f['fitness']:+.4f}, val_loss {f['val_loss']:.4f}"
+        if f["status"] == "done" and f["fitness"] is not None
+        else f"{f['status']}: {f['reason'] or '?'}"
+    )
+    return (
+        f"node {f['id']} ({parent}) {outcome}"
+        + (f" [{f['tier']}]" if f.get("tier") else "")
+        + f" · {f['operator'] or ''}"
+    )
 
 
 # -- the targets ----------------------------------------------------------------------------------
@@ -177,7 +206,11 @@ class TensorBoardTarget:
         self.search: EventFile | None = None
 
     def mirrored(self) -> set[int]:
-        return {int(p.name[5:]) for p in self.dir.glob("node-*") if p.name[5:].isdigit() and any(p.glob("events.out.tfevents.*"))}
+        return {
+            int(p.name[5:])
+            for p in self.dir.glob("node-*")
+            if p.name[5:].isdigit() and any(p.glob("events.out.tfevents.*"))
+        }
 
     def node(self, f: dict) -> None:
         if self.search is None:
@@ -224,8 +257,16 @@ class MlflowTarget:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.name = f"archlab/{Path(run_dir).resolve().name}"
         found = self.client.get_experiment_by_name(self.name)
-        self.experiment = found.experiment_id if found else self.client.create_experiment(
-            self.name, artifact_location=(local.resolve() / "artifacts").as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None)
+        self.experiment = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(
+                self.name,
+                artifact_location=(local.resolve() / "artifacts").as_uri()
+                if "MLFLOW_TRACKING_URI" not in os.environ
+                else None,
+            )
+        )
         self.runs = self._node_runs()
 
     def _node_runs(self) -> dict[int, str]:
@@ -247,25 +288,44 @@ class MlflowTarget:
     def node(self, f: dict) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        tags = {"archlab.node": str(f["id"]), "archlab.status": f["status"], "mlflow.note.content": (f["motivation"] or "")[:TEXT_LIMIT]}
+        tags = {
+            "archlab.node": str(f["id"]),
+            "archlab.status": f["status"],
+            "mlflow.note.content": (f["motivation"] or "")[:TEXT_LIMIT],
+        }
         if f["parent_id"] in self.runs:  # the search tree as MLflow's nested runs
             tags["mlflow.parentRunId"] = self.runs[f["parent_id"]]
         start = int((f["created"] or 0) * 1000) or None
         run = self.client.create_run(self.experiment, run_name=f"node-{f['id']}", tags=tags, start_time=start)
         run_id = run.info.run_id
         at = int((f["finished"] or f["created"] or 0) * 1000)
-        figures = {**{f"metrics/{k}": v for k, v in f["metrics"].items()},
-                   **{k: f[k] for k in ("fitness", "val_loss") if f[k] is not None}}
+        figures = {
+            **{f"metrics/{k}": v for k, v in f["metrics"].items()},
+            **{k: f[k] for k in ("fitness", "val_loss") if f[k] is not None},
+        }
         metrics = [Metric(_key(k), v, at, 0) for k, v in figures.items()]
         metrics += [Metric(_key(f"loss/{name}"), v, at, s) for name, points in f["curves"].items() for s, v in points]
-        params = [Param(k, str(f[k])[:TEXT_LIMIT]) for k in ("operator", "parent_id", "tier", "seeds", "reason") if f[k] is not None]
+        params = [
+            Param(k, str(f[k])[:TEXT_LIMIT])
+            for k in ("operator", "parent_id", "tier", "seeds", "reason")
+            if f[k] is not None
+        ]
         for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000], params=params if i == 0 else [],
-                                  tags=[RunTag("archlab.headline", headline(f)[:TEXT_LIMIT])] if i == 0 else [])
+            self.client.log_batch(
+                run_id,
+                metrics=metrics[i : i + 1000],
+                params=params if i == 0 else [],
+                tags=[RunTag("archlab.headline", headline(f)[:TEXT_LIMIT])] if i == 0 else [],
+            )
         if f["events"]:
-            self.client.log_text(run_id, "".join(f"{e['ts']:.3f}\t{e['kind']}\t{e['message']}\n" for e in f["events"]), "events.tsv")
-        self.client.set_terminated(run_id, status="FINISHED" if f["status"] == "done" else "FAILED",
-                                   end_time=int((f["finished"] or 0) * 1000) or None)
+            self.client.log_text(
+                run_id, "".join(f"{e['ts']:.3f}\t{e['kind']}\t{e['message']}\n" for e in f["events"]), "events.tsv"
+            )
+        self.client.set_terminated(
+            run_id,
+            status="FINISHED" if f["status"] == "done" else "FAILED",
+            end_time=int((f["finished"] or 0) * 1000) or None,
+        )
         self.runs[f["id"]] = run_id
 
     def close(self) -> None:
@@ -301,9 +361,19 @@ class WandbTarget:
         wandb = self.wandb
         settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True)
         config = {k: f[k] for k in ("id", "parent_id", "operator", "tier", "seeds", "motivation")}
-        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "archlab"), group=self.group, job_type="node",
-                         name=f"node-{f['id']}", id=f"{self.prefix}-n{f['id']}", dir=str(self.dir), mode=self.mode,
-                         config=config, tags=[f["status"]], reinit="create_new", settings=settings)
+        run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "archlab"),
+            group=self.group,
+            job_type="node",
+            name=f"node-{f['id']}",
+            id=f"{self.prefix}-n{f['id']}",
+            dir=str(self.dir),
+            mode=self.mode,
+            config=config,
+            tags=[f["status"]],
+            reinit="create_new",
+            settings=settings,
+        )
         try:
             by_step: dict[int, dict] = {}  # W&B's history wants steps in order: curves merged by step
             for name, points in f["curves"].items():
@@ -311,11 +381,22 @@ class WandbTarget:
                     by_step.setdefault(s, {})[f"loss/{name}"] = value
             for s in sorted(by_step):
                 run.log(by_step[s], step=s)
-            run.summary.update({**{f"metrics/{k}": v for k, v in f["metrics"].items()},
-                                **{k: f[k] for k in ("fitness", "val_loss", "status", "reason")}, "headline": headline(f)})
+            run.summary.update(
+                {
+                    **{f"metrics/{k}": v for k, v in f["metrics"].items()},
+                    **{k: f[k] for k in ("fitness", "val_loss", "status", "reason")},
+                    "headline": headline(f),
+                }
+            )
             if f["events"]:
-                run.log({"events": wandb.Table(columns=["ts", "kind", "message"],
-                                               data=[[e["ts"], e["kind"], e["message"]] for e in f["events"]])})
+                run.log(
+                    {
+                        "events": wandb.Table(
+                            columns=["ts", "kind", "message"],
+                            data=[[e["ts"], e["kind"], e["message"]] for e in f["events"]],
+                        )
+                    }
+                )
         finally:
             run.finish(exit_code=0 if f["status"] == "done" else 1)
 

@@ -88,20 +88,26 @@ def convert(program: str) -> Conversion:
             elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and _self_attr(node) in counters:
                 edits.append((*span(node), f"_asi_step({ast.get_source_segment(program, node)})"))
         names = ", ".join(f"self.{c}" for c in sorted(counters))
-        changes.append(f"step counter {names}: advanced in forward() (a mixer that keeps state between calls "
-                       f"fails archlab's causality twins); now read from archlab's training progress x {ASI_ARCH_STEPS} steps")
+        changes.append(
+            f"step counter {names}: advanced in forward() (a mixer that keeps state between calls "
+            f"fails archlab's causality twins); now read from archlab's training progress x {ASI_ARCH_STEPS} steps"
+        )
     casts = [n for n in ast.walk(tree) if _is_bf16_cast(n)]
     for node in casts:  # `(a + b).to(torch.bfloat16)` -> `(a + b)`: the call's own text less its last `.to(...)`
         edits.append((*span(node), BF16_CAST.sub("", ast.get_source_segment(program, node))))
     if casts:
-        changes.append(f"{len(casts)} .to(torch.bfloat16) cast(s) removed: under ASI-Arch's GPU autocast they saved "
-                       "memory; in archlab's fp32 training they make a matmul mix dtypes")
+        changes.append(
+            f"{len(casts)} .to(torch.bfloat16) cast(s) removed: under ASI-Arch's GPU autocast they saved "
+            "memory; in archlab's fp32 training they make a matmul mix dtypes"
+        )
     code = _apply(program, edits)
     if counters:
         code = _insert_after_imports(code, STEP_HELPER)
     code = code.rstrip() + "\n" + ADAPTER.format(layer=layer)
-    changes.append(f"adapter class Mixer added: builds {layer}(hidden_size=d_model, num_heads=n_heads) and returns its "
-                   "output (archlab's contract: Mixer(d_model, n_heads), forward(x) -> y)")
+    changes.append(
+        f"adapter class Mixer added: builds {layer}(hidden_size=d_model, num_heads=n_heads) and returns its "
+        "output (archlab's contract: Mixer(d_model, n_heads), forward(x) -> y)"
+    )
     return Conversion(code, changes)
 
 
@@ -112,8 +118,12 @@ def _layer_class(tree: ast.Module) -> str | None:
         if not isinstance(node, ast.ClassDef):
             continue
         for item in node.body:
-            if isinstance(item, ast.FunctionDef) and item.name == "forward" and len(item.args.args) > 1 \
-                    and item.args.args[1].arg == "hidden_states":
+            if (
+                isinstance(item, ast.FunctionDef)
+                and item.name == "forward"
+                and len(item.args.args) > 1
+                and item.args.args[1].arg == "hidden_states"
+            ):
                 candidates.append(node.name)
     if LAYER_CLASS in candidates:
         return LAYER_CLASS
@@ -128,17 +138,35 @@ def _self_attr(node: ast.AST) -> str | None:
 
 def _step_counters(tree: ast.Module) -> set[str]:
     """Buffers (register_buffer) that the code advances by a constant: training-step counters."""
-    buffers = {n.args[0].value for n in ast.walk(tree)
-               if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "register_buffer"
-               and n.args and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str)}
-    return {_self_attr(n.target) for n in ast.walk(tree)
-            if isinstance(n, ast.AugAssign) and isinstance(n.op, ast.Add) and _self_attr(n.target) in buffers
-            and isinstance(n.value, ast.Constant)}
+    buffers = {
+        n.args[0].value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "register_buffer"
+        and n.args
+        and isinstance(n.args[0], ast.Constant)
+        and isinstance(n.args[0].value, str)
+    }
+    return {
+        _self_attr(n.target)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.AugAssign)
+        and isinstance(n.op, ast.Add)
+        and _self_attr(n.target) in buffers
+        and isinstance(n.value, ast.Constant)
+    }
 
 
 def _is_bf16_cast(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "to"
-            and len(node.args) == 1 and not node.keywords and ast.unparse(node.args[0]) == "torch.bfloat16")
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "to"
+        and len(node.args) == 1
+        and not node.keywords
+        and ast.unparse(node.args[0]) == "torch.bfloat16"
+    )
 
 
 def _line_offsets(source: str) -> list[int]:
@@ -198,8 +226,13 @@ def read(tree_path: Path, programs_path: Path | None) -> list[Record]:
         try:
             index, name, parent = int(row["index"]), str(row["name"]), row.get("parent")
             score = row.get("score")
-            record = Record(index, name, None if parent is None else int(parent),
-                            float(score) if isinstance(score, (int, float)) else None, row.get("name_new"))
+            record = Record(
+                index,
+                name,
+                None if parent is None else int(parent),
+                float(score) if isinstance(score, (int, float)) else None,
+                row.get("name_new"),
+            )
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{tree_path}: result {i} lacks an integer index, a name or a parent") from None
         if index in records:
@@ -220,7 +253,9 @@ def read(tree_path: Path, programs_path: Path | None) -> list[Record]:
                 raise UserError(f"{programs_path}: design {i} has no program")
             record = records.get(design.get("index")) if isinstance(design.get("index"), int) else None
             if record is None or record.name != design.get("name"):
-                raise UserError(f"{programs_path}: design {i} ({design.get('name')!r}) is not a node of {tree_path.name}")
+                raise UserError(
+                    f"{programs_path}: design {i} ({design.get('name')!r}) is not a node of {tree_path.name}"
+                )
             record.design = design
     return _parents_first(records, roots[0])
 
@@ -271,8 +306,21 @@ def measurements(design: dict) -> tuple[dict, list[dict]]:
         metrics["asi_score"] = float(design["score"])
     if isinstance(design.get("parameters"), str):
         metrics["asi_parameters"] = design["parameters"]
-    curves = [{"seed": 0, "steps": curve[-1][0], "train": curve, "val": [], "val_windows": 0, "val_cost_s": 0.0,
-               "val_note": "ASI-Arch's published training loss (its data, ~400M parameters, 2,000 steps)"}] if curve else []
+    curves = (
+        [
+            {
+                "seed": 0,
+                "steps": curve[-1][0],
+                "train": curve,
+                "val": [],
+                "val_windows": 0,
+                "val_cost_s": 0.0,
+                "val_note": "ASI-Arch's published training loss (its data, ~400M parameters, 2,000 steps)",
+            }
+        ]
+        if curve
+        else []
+    )
     return metrics, curves
 
 

@@ -31,8 +31,13 @@ EXTERNAL_TIER = "asi-arch"  # the tier name of the other system's figures (not o
 IMPORTED_META = "imported_from"
 
 
-def import_asi_arch(tree_path: Path, programs_path: Path | None, run_dir: Path, config: RunConfig,
-                    on_node: Callable[[int, int], None] = lambda done, total: None) -> dict:
+def import_asi_arch(
+    tree_path: Path,
+    programs_path: Path | None,
+    run_dir: Path,
+    config: RunConfig,
+    on_node: Callable[[int, int], None] = lambda done, total: None,
+) -> dict:
     """Create run_dir from ASI-Arch's tree.json (and 106.json); returns counts for the CLI to print."""
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -50,8 +55,14 @@ def import_asi_arch(tree_path: Path, programs_path: Path | None, run_dir: Path, 
         raise
 
 
-def _write(records: list[asi_arch.Record], run_dir: Path, config: RunConfig, tree_path, programs_path,
-           on_node: Callable[[int, int], None]) -> dict:
+def _write(
+    records: list[asi_arch.Record],
+    run_dir: Path,
+    config: RunConfig,
+    tree_path,
+    programs_path,
+    on_node: Callable[[int, int], None],
+) -> dict:
     create_run(run_dir, config)
     store, lineage = Store(run_dir), Lineage(run_dir / "repo")
     root_index = records[0].index
@@ -79,23 +90,40 @@ def _write(records: list[asi_arch.Record], run_dir: Path, config: RunConfig, tre
             if code is not None:
                 store.save_code(node_id, code)
             if conversion is not None:
-                store.add_trace(node_id, "import", "convert", model="archlab import asi-arch",
-                                response="\n".join(conversion.changes) or conversion.problem,
-                                decision={"changes": conversion.changes, "problem": conversion.problem,
-                                          "static_check": fields.get("reason") or "passed",
-                                          "detail": fields.get("detail")})
+                store.add_trace(
+                    node_id,
+                    "import",
+                    "convert",
+                    model="archlab import asi-arch",
+                    response="\n".join(conversion.changes) or conversion.problem,
+                    decision={
+                        "changes": conversion.changes,
+                        "problem": conversion.problem,
+                        "static_check": fields.get("reason") or "passed",
+                        "detail": fields.get("detail"),
+                    },
+                )
             if record.design is not None:
                 metrics, curves = asi_arch.measurements(record.design)
-                result = runner.Result(ok=True, metrics=metrics, curves=curves,
-                                       env={"source": "ASI-Arch data/106.json", "external": True})
+                result = runner.Result(
+                    ok=True, metrics=metrics, curves=curves, env={"source": "ASI-Arch data/106.json", "external": True}
+                )
                 store.add_evaluation(node_id, EXTERNAL_TIER, 0, result, None, kind="external")
             counts["nodes"] += 1
             on_node(done + 1, len(records))
-        source = {"system": "ASI-Arch", "tree": str(Path(tree_path).resolve()),
-                  "programs": str(Path(programs_path).resolve()) if programs_path else None, "imported": now, **counts}
+        source = {
+            "system": "ASI-Arch",
+            "tree": str(Path(tree_path).resolve()),
+            "programs": str(Path(programs_path).resolve()) if programs_path else None,
+            "imported": now,
+            **counts,
+        }
         store.set_meta(IMPORTED_META, json.dumps(source))
-        store.event("import", f"imported {counts['nodes']} nodes of ASI-Arch's tree ({counts['designs']} with code) "
-                              f"from {source['tree']}")
+        store.event(
+            "import",
+            f"imported {counts['nodes']} nodes of ASI-Arch's tree ({counts['designs']} with code) "
+            f"from {source['tree']}",
+        )
     return {"run": str(run_dir), **counts}
 
 
@@ -103,8 +131,10 @@ def _node_fields(record: asi_arch.Record, node_id: int, parent_id: int | None, n
     design = record.design or {}
     label = f"{record.name}" + (f" ({record.display_name})" if record.display_name else "")
     if node_id == 0:
-        motivation = (f"ASI-Arch's root, {label}. ASI-Arch did not publish its code: archlab's DeltaNet "
-                      "template stands in for it here (replays and forks of node 0 use that template).")
+        motivation = (
+            f"ASI-Arch's root, {label}. ASI-Arch did not publish its code: archlab's DeltaNet "
+            "template stands in for it here (replays and forks of node 0 use that template)."
+        )
     else:
         motivation = f"{label}: {design.get('motivation') or 'ASI-Arch published only its name and score.'}"
     metrics = {"asi_index": record.index, "asi_name": record.name}
@@ -112,8 +142,17 @@ def _node_fields(record: asi_arch.Record, node_id: int, parent_id: int | None, n
         metrics["asi_score"] = record.score
     if record.design is not None:  # its published figures beside the score, so `show` and the web UI list them
         metrics.update(asi_arch.measurements(record.design)[0])
-    return dict(id=node_id, parent_id=parent_id, status=STATUS, operator=record.name, motivation=motivation,
-                analysis=design.get("summary"), metrics=metrics, created=now, finished=now)
+    return dict(
+        id=node_id,
+        parent_id=parent_id,
+        status=STATUS,
+        operator=record.name,
+        motivation=motivation,
+        analysis=design.get("summary"),
+        metrics=metrics,
+        created=now,
+        finished=now,
+    )
 
 
 def _code(record: asi_arch.Record) -> tuple[str | None, asi_arch.Conversion | None]:

@@ -78,8 +78,17 @@ class Entry:
 
     def __post_init__(self) -> None:
         if not self.text:
-            parts = [self.title, " ".join(self.tags), " ".join(self.operators), self.problem,
-                     self.insight, self.when, self.how, self.costs, self.extra]
+            parts = [
+                self.title,
+                " ".join(self.tags),
+                " ".join(self.operators),
+                self.problem,
+                self.insight,
+                self.when,
+                self.how,
+                self.costs,
+                self.extra,
+            ]
             self.text = "\n\n".join(p for p in parts if p)
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,9 +104,14 @@ class Entry:
             lines.append(f"*tags:* {', '.join(self.tags)}  ")
         if self.operators:
             lines.append(f"*operators:* {', '.join(self.operators)}  ")
-        for heading, body in (("Problem", self.problem), ("Key insight", self.insight),
-                              ("When to apply", self.when), ("How to implement in a mixer", self.how),
-                              ("Known costs", self.costs), ("Notes", self.extra)):
+        for heading, body in (
+            ("Problem", self.problem),
+            ("Key insight", self.insight),
+            ("When to apply", self.when),
+            ("How to implement in a mixer", self.how),
+            ("Known costs", self.costs),
+            ("Notes", self.extra),
+        ):
             if body:
                 lines += ["", f"## {heading}", body]
         return "\n".join(lines) + "\n"
@@ -121,7 +135,9 @@ def parse_markdown(path: Path, text: str | None = None) -> Entry:
         text = _read(path)
     m = _FRONT_MATTER.match(text)
     if not m:
-        raise KnowledgeError(f"{path}: missing TOML front matter (the file must start with a '+++' line and close it with another)")
+        raise KnowledgeError(
+            f"{path}: missing TOML front matter (the file must start with a '+++' line and close it with another)"
+        )
     try:
         meta = tomllib.loads(m.group(1))
     except tomllib.TOMLDecodeError as e:
@@ -156,15 +172,27 @@ def parse_markdown(path: Path, text: str | None = None) -> Entry:
     fields = {k: "\n".join(v).strip() for k, v in sections.items()}
     if not any(fields.values()):
         raise KnowledgeError(f"{path}: the entry has no text after the front matter")
-    return Entry(id=entry_id.strip(), title=title.strip(), source=source.strip(),
-                 tags=_str_list(meta.get("tags", []), "tags", path), operators=operators,
-                 path=path, **fields)
+    return Entry(
+        id=entry_id.strip(),
+        title=title.strip(),
+        source=source.strip(),
+        tags=_str_list(meta.get("tags", []), "tags", path),
+        operators=operators,
+        path=path,
+        **fields,
+    )
 
 
 # --- ASI-Arch cognition JSON -------------------------------------------------------------
 
-_ASI_FIELDS = ("DESIGN_INSIGHT", "EXPERIMENTAL_TRIGGER_PATTERNS", "BACKGROUND",
-               "ALGORITHMIC_INNOVATION", "IMPLEMENTATION_GUIDANCE", "DESIGN_AI_INSTRUCTIONS")
+_ASI_FIELDS = (
+    "DESIGN_INSIGHT",
+    "EXPERIMENTAL_TRIGGER_PATTERNS",
+    "BACKGROUND",
+    "ALGORITHMIC_INNOVATION",
+    "IMPLEMENTATION_GUIDANCE",
+    "DESIGN_AI_INSTRUCTIONS",
+)
 
 
 def _flatten(value: object) -> str:
@@ -207,27 +235,43 @@ def parse_asi_json(path: Path) -> list[Entry]:
         raise KnowledgeError(f"{path}: invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
     records = _asi_records(data)
     if not records:
-        raise KnowledgeError(f"{path}: no ASI-Arch cognition entries found (expected objects with fields like "
-                             "DESIGN_INSIGHT, EXPERIMENTAL_TRIGGER_PATTERNS, IMPLEMENTATION_GUIDANCE)")
+        raise KnowledgeError(
+            f"{path}: no ASI-Arch cognition entries found (expected objects with fields like "
+            "DESIGN_INSIGHT, EXPERIMENTAL_TRIGGER_PATTERNS, IMPLEMENTATION_GUIDANCE)"
+        )
     entries = []
     for i, (obj, paper) in enumerate(records, 1):
         background = _flatten(obj.get("BACKGROUND"))
         # The paper's title is the best citation we have: from the nesting key or a "Title:" line.
         m = re.search(r"\btitle\W*\s*[:\-]\s*(.+)", background, re.I)
         source = paper or (m.group(1).strip(" *\"'") if m else f"ASI-Arch cognition file {path.name}")
-        insight = "\n\n".join(t for t in (_flatten(obj.get("DESIGN_INSIGHT")),
-                                          _flatten(obj.get("ALGORITHMIC_INNOVATION"))) if t)
-        how = "\n\n".join(t for t in (_flatten(obj.get("IMPLEMENTATION_GUIDANCE")),
-                                      _flatten(obj.get("DESIGN_AI_INSTRUCTIONS"))) if t)
+        insight = "\n\n".join(
+            t for t in (_flatten(obj.get("DESIGN_INSIGHT")), _flatten(obj.get("ALGORITHMIC_INNOVATION"))) if t
+        )
+        how = "\n\n".join(
+            t for t in (_flatten(obj.get("IMPLEMENTATION_GUIDANCE")), _flatten(obj.get("DESIGN_AI_INSTRUCTIONS"))) if t
+        )
         title = _asi_title(obj, paper) or f"{path.stem} #{i}"
-        entries.append(Entry(id=f"{path.stem}-{i}", title=title, source=source, tags=["asi-arch"],
-                             operators=[], problem=background, insight=insight,
-                             when=_flatten(obj.get("EXPERIMENTAL_TRIGGER_PATTERNS")), how=how,
-                             costs="", path=path))
+        entries.append(
+            Entry(
+                id=f"{path.stem}-{i}",
+                title=title,
+                source=source,
+                tags=["asi-arch"],
+                operators=[],
+                problem=background,
+                insight=insight,
+                when=_flatten(obj.get("EXPERIMENTAL_TRIGGER_PATTERNS")),
+                how=how,
+                costs="",
+                path=path,
+            )
+        )
     return entries
 
 
 # --- loading -----------------------------------------------------------------------------
+
 
 def _read(path: Path) -> str:
     try:
@@ -250,8 +294,11 @@ def load_file(path: Path) -> list[Entry]:
 
 def _dir_files(directory: Path) -> list[Path]:
     # A README next to the entries is documentation, not an entry.
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and p.suffix.lower() in (".md", ".json") and p.stem.lower() != "readme")
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.suffix.lower() in (".md", ".json") and p.stem.lower() != "readme"
+    )
 
 
 def load_entries(extra_dirs: Sequence[Path] = ()) -> list[Entry]:

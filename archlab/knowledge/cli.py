@@ -29,7 +29,9 @@ app = typer.Typer(
 
 KnowledgeDirs = Annotated[
     Optional[list[Path]],
-    typer.Option("--knowledge", "-K", help="Extra directory (or file) of entries: our .md format or ASI-Arch .json. Repeatable."),
+    typer.Option(
+        "--knowledge", "-K", help="Extra directory (or file) of entries: our .md format or ASI-Arch .json. Repeatable."
+    ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 
@@ -56,8 +58,19 @@ def list_entries(knowledge: KnowledgeDirs = None, as_json: AsJson = False) -> No
     """List every entry (built-in plus --knowledge dirs): id, title, linked mutation operators."""
     entries = _entries(knowledge)
     if as_json:
-        _print_json([{"id": e.id, "title": e.title, "source": e.source, "tags": e.tags,
-                      "operators": e.operators, "path": str(e.path) if e.path else None} for e in entries])
+        _print_json(
+            [
+                {
+                    "id": e.id,
+                    "title": e.title,
+                    "source": e.source,
+                    "tags": e.tags,
+                    "operators": e.operators,
+                    "path": str(e.path) if e.path else None,
+                }
+                for e in entries
+            ]
+        )
         return
     table = Table(title=f"{len(entries)} knowledge entries")
     table.add_column("id", style="cyan", no_wrap=True)
@@ -70,10 +83,17 @@ def list_entries(knowledge: KnowledgeDirs = None, as_json: AsJson = False) -> No
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="Free text, e.g. a node's weakness: 'recall collapses with many key-value pairs'.")],
+    query: Annotated[
+        str, typer.Argument(help="Free text, e.g. a node's weakness: 'recall collapses with many key-value pairs'.")
+    ],
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")] = 5,
     knowledge: KnowledgeDirs = None,
-    bm25: Annotated[bool, typer.Option("--bm25", help="Lexical search only: skip the embedding model even when installed (faster start).")] = False,
+    bm25: Annotated[
+        bool,
+        typer.Option(
+            "--bm25", help="Lexical search only: skip the embedding model even when installed (faster start)."
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Find the entries most relevant to a free-text query.
@@ -98,7 +118,12 @@ def search(
     table.add_column("score", justify="right")
     table.add_column("title / matching text")
     for i, h in enumerate(hits, 1):
-        table.add_row(str(i), terminal(h.id), f"{h.score:.3g}", f"[bold]{terminal(h.title)}[/bold]\n[dim]{terminal(h.snippet)}[/dim]")
+        table.add_row(
+            str(i),
+            terminal(h.id),
+            f"{h.score:.3g}",
+            f"[bold]{terminal(h.title)}[/bold]\n[dim]{terminal(h.snippet)}[/dim]",
+        )
     Console().print(table)
 
 

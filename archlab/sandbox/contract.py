@@ -34,7 +34,7 @@ import torch.nn as nn
 from archlab.sandbox.errors import CandidateError, out_of_memory  # noqa: F401  (CandidateError re-exported)
 
 LOAD_SEED = 1234  # the random state a candidate's file is executed in: module-level random tables are the
-                  # same in every model server of an evaluation
+# same in every model server of an evaluation
 
 
 def load(source: str, name: str = "candidate") -> types.ModuleType:
@@ -76,7 +76,9 @@ def validate(module: types.ModuleType) -> None:
         _require_params(ffn, ["d_model"], "FFN.__init__(self, d_model, **kwargs)")
     layers = getattr(module, "LAYERS", "M")
     if not (isinstance(layers, str) and layers and set(layers) <= {"M", "A"} and "M" in layers):
-        raise CandidateError("contract", f"LAYERS must be a string of M and A containing at least one M, got {layers!r}")
+        raise CandidateError(
+            "contract", f"LAYERS must be a string of M and A containing at least one M, got {layers!r}"
+        )
 
 
 def _require_params(cls: type, names: list[str], wanted: str) -> None:

@@ -61,8 +61,14 @@ class Curves:
         self.val.sort(key=lambda p: p[0])
 
     def as_dict(self) -> dict:
-        out = {"seed": self.seed, "steps": self.steps, "train": self.train, "val": self.val,
-               "val_windows": self.val_windows, "val_cost_s": round(self.val_cost_s, 3)}
+        out = {
+            "seed": self.seed,
+            "steps": self.steps,
+            "train": self.train,
+            "val": self.val,
+            "val_windows": self.val_windows,
+            "val_cost_s": round(self.val_cost_s, 3),
+        }
         if self.bucket > 1:
             out["train_bucket"] = self.bucket
         if self.val_note:

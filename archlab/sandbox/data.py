@@ -121,8 +121,16 @@ KEY_BASE, VALUE_BASE, COPY_BASE = 64, 128, 192
 IGNORE = -100  # target value that the loss and the accuracy skip
 
 
-def mqar_batch(batch: int, pairs: int, seq: int, rng: np.random.Generator, *, keys: int = 64, values: int = 64,
-               queries: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def mqar_batch(
+    batch: int,
+    pairs: int,
+    seq: int,
+    rng: np.random.Generator,
+    *,
+    keys: int = 64,
+    values: int = 64,
+    queries: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Multi-query associative recall (Zoology's MQAR, simplified): `pairs` key-value pairs,
     then the keys again in a random order, each followed by its value. The target is the value
     at every query position and IGNORE elsewhere, so only recall is scored. Keys are distinct
@@ -144,8 +152,9 @@ def mqar_batch(batch: int, pairs: int, seq: int, rng: np.random.Generator, *, ke
     return inputs, targets
 
 
-def selective_copy_batch(batch: int, tokens: int, region: int, seq: int, rng: np.random.Generator, *,
-                         symbols: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def selective_copy_batch(
+    batch: int, tokens: int, region: int, seq: int, rng: np.random.Generator, *, symbols: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     """Selective copying (Mamba's synthetic task): `tokens` symbols scattered at random places
     in a noise region of length `region`, then a separator, then the symbols in order (teacher
     forced). The target is the next symbol from the separator on; IGNORE elsewhere."""
@@ -171,8 +180,10 @@ def probe_batch(p, batch: int, rng: np.random.Generator, task: str | None = None
         return mqar_batch(batch, int(task[4:]), p.seq_len, rng, keys=p.keys, values=p.values)
     tasks = probe_tasks(p)
     share = max(1, batch // len(tasks))
-    parts = [probe_batch(p, share if i < len(tasks) - 1 else batch - share * (len(tasks) - 1), rng, t)
-             for i, t in enumerate(tasks)]
+    parts = [
+        probe_batch(p, share if i < len(tasks) - 1 else batch - share * (len(tasks) - 1), rng, t)
+        for i, t in enumerate(tasks)
+    ]
     return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
 
 

@@ -15,5 +15,10 @@ def out_of_memory(e: BaseException) -> bool:
     RuntimeError from torch's C++ side ("can't allocate memory" on the CPU; "std::bad_alloc" from
     some builds, e.g. the CUDA wheels running on the CPU)."""
     text = str(e)
-    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
-            or "out of memory" in text.lower() or "bad_alloc" in text)
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "out of memory" in text.lower()
+        or "bad_alloc" in text
+    )

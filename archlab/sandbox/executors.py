@@ -67,7 +67,9 @@ class Job:
     source: str
     tier: str
     seed: int = 0
-    options: dict = field(default_factory=dict)  # data, param_limit, tier_overrides, seeds, reference, timeout_s, memory_gb ...
+    options: dict = field(
+        default_factory=dict
+    )  # data, param_limit, tier_overrides, seeds, reference, timeout_s, memory_gb ...
     log_path: str | None = None  # where the driver keeps the evaluation's log
 
     def as_payload(self) -> dict:
@@ -110,8 +112,14 @@ def wait(future: Future) -> Result:
 class LocalExecutor(Executor):
     kind = "local"
 
-    def __init__(self, slots: int = 1, threads: int | None = None, device: str | None = None,
-                 gpus: list[str] | None = None, isolate: bool | None = None):
+    def __init__(
+        self,
+        slots: int = 1,
+        threads: int | None = None,
+        device: str | None = None,
+        gpus: list[str] | None = None,
+        isolate: bool | None = None,
+    ):
         """slots: evaluations at once. With `gpus`, at least one slot per GPU id, pinned with CUDA_VISIBLE_DEVICES;
         more slots than GPUs share them round-robin (small models leave a GPU mostly idle).
         device: what the sandbox trains on (default: "cuda" with `gpus`, else "cpu").
@@ -125,7 +133,9 @@ class LocalExecutor(Executor):
         self._free: queue.Queue = queue.Queue()
         for slot in range(self.slots):
             self._free.put(slot)
-        self._pool = ThreadPoolExecutor(self.slots * 4, thread_name_prefix="executor")  # submit() waits for a slot in here
+        self._pool = ThreadPoolExecutor(
+            self.slots * 4, thread_name_prefix="executor"
+        )  # submit() waits for a slot in here
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -141,17 +151,34 @@ class LocalExecutor(Executor):
                 raise Interrupted("the run is stopping")
             started = time.time()
             result = self._in_slot_process(job, slot) if self.isolate else self._in_thread(job)
-            result.env = {**result.env, "executor": {
-                "kind": self.kind, "host": socket.gethostname(), "pid": os.getpid(), "slot": slot,
-                "gpu": self._gpu_of(slot), "threads": self.threads, "gpus": self.gpus,
-                "started": started, **result.env.get("executor", {})}}
+            result.env = {
+                **result.env,
+                "executor": {
+                    "kind": self.kind,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "slot": slot,
+                    "gpu": self._gpu_of(slot),
+                    "threads": self.threads,
+                    "gpus": self.gpus,
+                    "started": started,
+                    **result.env.get("executor", {}),
+                },
+            }
             return result
         finally:
             self._free.put(slot)
 
     def _in_thread(self, job: Job) -> Result:
-        return runner.evaluate(job.source, job.tier, seed=job.seed, threads=self.threads, device=self.device,
-                               log_path=Path(job.log_path) if job.log_path else None, **job.options)
+        return runner.evaluate(
+            job.source,
+            job.tier,
+            seed=job.seed,
+            threads=self.threads,
+            device=self.device,
+            log_path=Path(job.log_path) if job.log_path else None,
+            **job.options,
+        )
 
     def _gpu_of(self, slot: int) -> str | None:
         return str(self.gpus_ids[slot % len(self.gpus_ids)]) if self.gpus_ids else None
@@ -164,8 +191,14 @@ class LocalExecutor(Executor):
         with self._lock:
             if self._stopping.is_set():
                 raise Interrupted("the run is stopping")
-            proc = subprocess.Popen([sys.executable, "-m", "archlab.sandbox.executors"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "archlab.sandbox.executors"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                text=True,
+            )
             self._procs.add(proc)
         try:
             out, errors = proc.communicate(json.dumps(payload))
@@ -178,8 +211,12 @@ class LocalExecutor(Executor):
             reply = json.loads(out.strip().splitlines()[-1])
             return Result.model_validate(reply["result"])
         except (ValueError, IndexError, KeyError) as e:
-            return Result(ok=False, reason="lost", detail=f"the slot process exited with {proc.returncode} and no result "
-                                                          f"({type(e).__name__}); {errors[-1500:]}")
+            return Result(
+                ok=False,
+                reason="lost",
+                detail=f"the slot process exited with {proc.returncode} and no result "
+                f"({type(e).__name__}); {errors[-1500:]}",
+            )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -220,12 +257,21 @@ def _slot_process_main() -> None:
     signal.signal(signal.SIGTERM, stop)
     threading.Thread(target=watchdog, daemon=True).start()
     try:
-        result = runner.evaluate(payload["source"], payload["tier"], seed=payload["seed"], threads=payload["threads"],
-                                 device=payload["device"], log_path=Path(payload["log_path"]) if payload["log_path"] else None,
-                                 **payload["options"])
+        result = runner.evaluate(
+            payload["source"],
+            payload["tier"],
+            seed=payload["seed"],
+            threads=payload["threads"],
+            device=payload["device"],
+            log_path=Path(payload["log_path"]) if payload["log_path"] else None,
+            **payload["options"],
+        )
     except Interrupted:
         sys.exit(EXIT_INTERRUPTED)
-    result.env = {**result.env, "executor": {"slot_pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}}
+    result.env = {
+        **result.env,
+        "executor": {"slot_pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+    }
     sys.stdout.write(json.dumps({"result": result.model_dump()}) + "\n")
 
 
@@ -242,16 +288,32 @@ def _ray_task(payload: dict) -> dict:
         options = dict(payload["options"])
         if options.get("weights_out"):  # the driver's path may not exist on this node: the weights travel back
             options["weights_out"] = str(Path(tmp) / "weights.safetensors")
-        result = runner.evaluate(payload["source"], payload["tier"], seed=payload["seed"], threads=payload["threads"],
-                                 device=payload["device"], log_path=log, **options)
-        logs = {p.name[len("eval.log"):]: _read_capped(p) for p in sorted(Path(tmp).glob("eval.log*"))}
+        result = runner.evaluate(
+            payload["source"],
+            payload["tier"],
+            seed=payload["seed"],
+            threads=payload["threads"],
+            device=payload["device"],
+            log_path=log,
+            **options,
+        )
+        logs = {p.name[len("eval.log") :]: _read_capped(p) for p in sorted(Path(tmp).glob("eval.log*"))}
         weights = Path(tmp) / "weights.safetensors"
         weights = weights.read_bytes() if options.get("weights_out") and weights.is_file() else None
     context = ray.get_runtime_context()
-    result.env = {**result.env, "executor": {
-        "kind": "ray", "host": socket.gethostname(), "pid": os.getpid(), "node": context.get_node_id(),
-        "threads": payload["threads"], "gpus": payload["gpus"], "started": started,
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}}
+    result.env = {
+        **result.env,
+        "executor": {
+            "kind": "ray",
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "node": context.get_node_id(),
+            "threads": payload["threads"],
+            "gpus": payload["gpus"],
+            "started": started,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        },
+    }
     return {"result": result.model_dump(), "logs": logs, "weights": weights}
 
 
@@ -259,15 +321,28 @@ def _read_capped(path: Path) -> str:
     data = path.read_bytes()
     if len(data) > LOG_LIMIT:
         half = LOG_LIMIT // 2
-        data = data[:half] + f"\n[executor] ... {len(data) - LOG_LIMIT:,} bytes of log left out ...\n".encode() + data[-half:]
+        data = (
+            data[:half]
+            + f"\n[executor] ... {len(data) - LOG_LIMIT:,} bytes of log left out ...\n".encode()
+            + data[-half:]
+        )
     return data.decode("utf-8", "replace")
 
 
 class RayExecutor(Executor):
     kind = "ray"
 
-    def __init__(self, address: str | None = None, *, workers: int = 1, threads: int | None = None, device: str = "auto",
-                 memory_gb: float | None = 2.0, max_retries: int = DEFAULT_RETRIES, ship_package: bool | None = None):
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        workers: int = 1,
+        threads: int | None = None,
+        device: str = "auto",
+        memory_gb: float | None = 2.0,
+        max_retries: int = DEFAULT_RETRIES,
+        ship_package: bool | None = None,
+    ):
         """address: None = start a private local instance; "auto" or HOST:PORT = join that cluster.
         ship_package: send archlab to the workers (default: when joining a cluster)."""
         try:
@@ -291,11 +366,20 @@ class RayExecutor(Executor):
             try:
                 ray.init(address=address, runtime_env=runtime_env, logging_level="ERROR", log_to_driver=False)
             except (ConnectionError, ValueError, RuntimeError) as e:
-                raise UserError(f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
+                raise UserError(
+                    f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})"
+                ) from None
         else:
             cpus = max(workers * self.threads, self.threads)
-            ray.init(address="local", num_cpus=cpus, num_gpus=len(local_gpus), include_dashboard=False,
-                     object_store_memory=100 * 2**20, logging_level="ERROR", log_to_driver=False)
+            ray.init(
+                address="local",
+                num_cpus=cpus,
+                num_gpus=len(local_gpus),
+                include_dashboard=False,
+                object_store_memory=100 * 2**20,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
             self._owns = True
             self.memory = None  # sized by CPUs already; a memory request could only make tasks unschedulable here
         resources = ray.cluster_resources()
@@ -314,8 +398,13 @@ class RayExecutor(Executor):
         out: Future = Future()
         payload = {**job.as_payload(), "threads": self.threads, "gpus": self.gpus, "device": self.device}
         payload.pop("log_path")
-        options = dict(name=f"archlab-eval {job.key}", num_cpus=self.threads, num_gpus=self.gpus,
-                       max_retries=self.max_retries, retry_exceptions=False)
+        options = dict(
+            name=f"archlab-eval {job.key}",
+            num_cpus=self.threads,
+            num_gpus=self.gpus,
+            max_retries=self.max_retries,
+            retry_exceptions=False,
+        )
         if self.memory:
             options["memory"] = self.memory
         with self._lock:
@@ -353,12 +442,27 @@ class RayExecutor(Executor):
         ex = self._ray.exceptions
         if self._stopping.is_set() or isinstance(e, ex.TaskCancelledError | CancelledError):
             return Interrupted("the run is stopping")
-        lost = tuple(getattr(ex, name) for name in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError",
-                                                    "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError")
-                     if hasattr(ex, name))
+        lost = tuple(
+            getattr(ex, name)
+            for name in (
+                "WorkerCrashedError",
+                "NodeDiedError",
+                "OutOfMemoryError",
+                "ObjectLostError",
+                "OwnerDiedError",
+                "LocalRayletDiedError",
+            )
+            if hasattr(ex, name)
+        )
         if isinstance(e, lost):
-            return _Lost(Result(ok=False, reason="lost", detail=f"the evaluation's Ray worker was lost {self.max_retries + 1} "
-                                                                 f"times ({type(e).__name__}): {str(e).splitlines()[0][:300]}"))
+            return _Lost(
+                Result(
+                    ok=False,
+                    reason="lost",
+                    detail=f"the evaluation's Ray worker was lost {self.max_retries + 1} "
+                    f"times ({type(e).__name__}): {str(e).splitlines()[0][:300]}",
+                )
+            )
         if isinstance(e, ex.RayError):
             return ExecutorError(f"the Ray task for {job.key} failed: {str(e).strip().splitlines()[-1][:400]}")
         return e
@@ -386,8 +490,12 @@ class RayExecutor(Executor):
             self._owns = False
 
     def describe(self) -> dict:
-        return {**super().describe(), "device": self.device, "address": self.address or "local (private instance)",
-                "max_retries": self.max_retries}
+        return {
+            **super().describe(),
+            "device": self.device,
+            "address": self.address or "local (private instance)",
+            "max_retries": self.max_retries,
+        }
 
 
 class _Lost(Exception):
@@ -433,8 +541,14 @@ def make(config) -> Executor:
     """The executor a RunConfig asks for (executor, address, device, workers, threads)."""
     device = getattr(config, "device", "auto")
     if getattr(config, "executor", "local") == "ray":
-        return RayExecutor(config.address, workers=config.workers, threads=config.threads, device=device,
-                           memory_gb=getattr(config, "task_memory_gb", 2.0), max_retries=getattr(config, "max_retries", DEFAULT_RETRIES))
+        return RayExecutor(
+            config.address,
+            workers=config.workers,
+            threads=config.threads,
+            device=device,
+            memory_gb=getattr(config, "task_memory_gb", 2.0),
+            max_retries=getattr(config, "max_retries", DEFAULT_RETRIES),
+        )
     gpus = visible_gpus() if device != "cpu" else []
     if device == "cuda" and not gpus:
         raise UserError("--device cuda: no CUDA GPU is visible on this machine")

@@ -35,14 +35,26 @@ class Weights:
     compile: float = 0.05
 
 
-def fitness(metrics: dict, root: dict, speed_weight: float = 0.05, *, weights: "Weights | dict | None" = None,
-            trust_flagged: bool = False) -> float:
+def fitness(
+    metrics: dict,
+    root: dict,
+    speed_weight: float = 0.05,
+    *,
+    weights: "Weights | dict | None" = None,
+    trust_flagged: bool = False,
+) -> float:
     """Quality gain over the root minus hardware penalties (see the module docstring)."""
     return breakdown(metrics, root, speed_weight, weights=weights, trust_flagged=trust_flagged)["fitness"]
 
 
-def breakdown(metrics: dict, root: dict, speed_weight: float = 0.05, *, weights: "Weights | dict | None" = None,
-              trust_flagged: bool = False) -> dict:
+def breakdown(
+    metrics: dict,
+    root: dict,
+    speed_weight: float = 0.05,
+    *,
+    weights: "Weights | dict | None" = None,
+    trust_flagged: bool = False,
+) -> dict:
     """Every term of the fitness, for reports and the analyst."""
     w = _weights(weights, speed_weight)
     terms: dict[str, float] = {}
@@ -53,7 +65,11 @@ def breakdown(metrics: dict, root: dict, speed_weight: float = 0.05, *, weights:
         gain = min(gain, 0.0)
         terms["flagged"] = 1.0
     terms["quality"] = gain
-    slowdown = math.log(root["tokens_per_s"] / metrics["tokens_per_s"]) if metrics.get("tokens_per_s") and root.get("tokens_per_s") else 1.0
+    slowdown = (
+        math.log(root["tokens_per_s"] / metrics["tokens_per_s"])
+        if metrics.get("tokens_per_s") and root.get("tokens_per_s")
+        else 1.0
+    )
     terms["speed"] = -w.speed * max(0.0, slowdown)
     if _both(metrics, root, "decode_ms_per_token"):
         terms["latency"] = -w.latency * max(0.0, math.log(metrics["decode_ms_per_token"] / root["decode_ms_per_token"]))
@@ -73,12 +89,20 @@ def breakdown(metrics: dict, root: dict, speed_weight: float = 0.05, *, weights:
 
 def state_at(metrics: dict, context: int = STATE_CONTEXT) -> float:
     """Inference state (or KV cache) bytes at `context` tokens, from the measured size and growth."""
-    return metrics["state_bytes"] + metrics.get("state_bytes_per_token", 0.0) * max(0, context - metrics.get("state_context", 256))
+    return metrics["state_bytes"] + metrics.get("state_bytes_per_token", 0.0) * max(
+        0, context - metrics.get("state_context", 256)
+    )
 
 
 def _both(metrics: dict, root: dict, key: str, positive: bool = True) -> bool:
     a, b = metrics.get(key), root.get(key)
-    ok = isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool) and math.isfinite(a) and math.isfinite(b)
+    ok = (
+        isinstance(a, int | float)
+        and isinstance(b, int | float)
+        and not isinstance(a, bool)
+        and math.isfinite(a)
+        and math.isfinite(b)
+    )
     return ok and (not positive or (a > 0 and b > 0))
 
 
@@ -116,7 +140,10 @@ class ParetoArchive:
 
     def add(self, node_id, metrics: dict) -> bool:
         point = tuple(_value(metrics, key) for key in self.objectives)
-        if any(_dominates(other, point) or other == point and other_id != node_id for other_id, other in self.points.items()):
+        if any(
+            _dominates(other, point) or other == point and other_id != node_id
+            for other_id, other in self.points.items()
+        ):
             return False
         self.points = {i: p for i, p in self.points.items() if not _dominates(point, p)}
         self.points[node_id] = point

@@ -13,14 +13,61 @@ boundary is launch.py, and the score is computed by a process that never runs it
 import sys
 import threading
 
-RUNTIME_MODULES = {"torch", "math", "einops", "typing", "typing_extensions", "functools", "fla", "triton",
-                   "numpy", "sympy", "opt_einsum", "archlab"}
-DENIED_PREFIXES = ("socket.", "ctypes.", "subprocess.", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-                   "os.system", "pty.", "shutil.", "tempfile.", "urllib.", "http.", "mmap.")
-DENIED = {"open", "exec", "compile", "sys._getframe", "sys._getframemodulename", "marshal.loads", "marshal.load",
-          "sys.settrace", "sys.setprofile", "gc.get_objects", "gc.get_referrers", "gc.get_referents", "os.kill",
-          "os.remove", "os.rename", "os.mkdir", "os.chmod", "os.listdir", "os.scandir", "sys.addaudithook",
-          "object.__setattr__", "object.__delattr__", "pickle.find_class"}
+RUNTIME_MODULES = {
+    "torch",
+    "math",
+    "einops",
+    "typing",
+    "typing_extensions",
+    "functools",
+    "fla",
+    "triton",
+    "numpy",
+    "sympy",
+    "opt_einsum",
+    "archlab",
+}
+DENIED_PREFIXES = (
+    "socket.",
+    "ctypes.",
+    "subprocess.",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.fork",
+    "os.system",
+    "pty.",
+    "shutil.",
+    "tempfile.",
+    "urllib.",
+    "http.",
+    "mmap.",
+)
+DENIED = {
+    "open",
+    "exec",
+    "compile",
+    "sys._getframe",
+    "sys._getframemodulename",
+    "marshal.loads",
+    "marshal.load",
+    "sys.settrace",
+    "sys.setprofile",
+    "gc.get_objects",
+    "gc.get_referrers",
+    "gc.get_referents",
+    "os.kill",
+    "os.remove",
+    "os.rename",
+    "os.mkdir",
+    "os.chmod",
+    "os.listdir",
+    "os.scandir",
+    "sys.addaudithook",
+    "object.__setattr__",
+    "object.__delattr__",
+    "pickle.find_class",
+}
 TRANSPARENT_FILES = ("inspect.py", "traceback.py", "functools.py", "contextlib.py")  # callers seen through
 
 

@@ -53,8 +53,17 @@ UID_BASE, UID_SPAN = 1_600_000, 400_000  # unprivileged uids for sandboxes start
 DEFAULT_NPROC = 256  # processes + threads of one server (torch's thread pools, a compiler's children)
 SCRATCH = "/scratch"  # inside bubblewrap: the server's working directory, HOME, TMPDIR and compiler caches
 SCRATCH_MB = 2048  # size cap of each private tmpfs (scratch, /tmp, /dev/shm); it counts as the server's memory
-ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "passwd", "group", "nsswitch.conf",
-             "localtime", "os-release")
+ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "localtime",
+    "os-release",
+)
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt/conda")
 
 
@@ -91,9 +100,18 @@ def environment(scratch: str, threads: int) -> dict:
     env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
     cache = os.path.join(scratch, "cache")
     env.update(
-        HOME=cache, TMPDIR=cache, TRITON_CACHE_DIR=cache, TORCHINDUCTOR_CACHE_DIR=cache, XDG_CACHE_HOME=cache,
-        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-        PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1", PYTHONSAFEPATH="1", PYTHONUNBUFFERED="1",
+        HOME=cache,
+        TMPDIR=cache,
+        TRITON_CACHE_DIR=cache,
+        TORCHINDUCTOR_CACHE_DIR=cache,
+        XDG_CACHE_HOME=cache,
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        OPENBLAS_NUM_THREADS=str(threads),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONNOUSERSITE="1",
+        PYTHONSAFEPATH="1",
+        PYTHONUNBUFFERED="1",
     )
     return env
 
@@ -205,15 +223,26 @@ def _probe(cand: Launcher) -> dict:
         os.chmod(host, 0o777)  # the plain and unshare launchers work in it as the dropped uid
         from archlab.sandbox.data import BUILTIN
 
-        outside = {"writable": [str(Path(__file__).resolve().parent), sys.prefix],  # host paths it must not write
-                   "hidden": [p for p in (str(BUILTIN), "/etc/shadow", "/etc/hostname", str(Path.home() / ".bash_history"),
-                                          "/var/log") if os.path.exists(p) and not _in_view(p)]}
+        outside = {
+            "writable": [str(Path(__file__).resolve().parent), sys.prefix],  # host paths it must not write
+            "hidden": [
+                p
+                for p in (str(BUILTIN), "/etc/shadow", "/etc/hostname", str(Path.home() / ".bash_history"), "/var/log")
+                if os.path.exists(p) and not _in_view(p)
+            ],
+        }
         if cand.kind == "bwrap":  # what the view holds must not be writable either
             outside["writable"] += ["/", "/etc", "/dev", str(BUILTIN.parent)]
         argv = cand.command([sys.executable, "-c", _PROBE, str(-1 if uid is None else uid), json.dumps(outside)])
-        proc = subprocess.run(argv, cwd=host if cand.kind != "bwrap" else None, stdin=subprocess.DEVNULL,
-                              env=environment(cand.scratch(host), 1), capture_output=True, timeout=120,
-                              start_new_session=True)
+        proc = subprocess.run(
+            argv,
+            cwd=host if cand.kind != "bwrap" else None,
+            stdin=subprocess.DEVNULL,
+            env=environment(cand.scratch(host), 1),
+            capture_output=True,
+            timeout=120,
+            start_new_session=True,
+        )
         if proc.returncode != 0:
             return {"ok": False, "error": proc.stderr.decode(errors="replace")[-500:]}
         facts = json.loads(proc.stdout.decode().strip().splitlines()[-1])
@@ -230,16 +259,27 @@ def _probe(cand: Launcher) -> dict:
 
 
 def _bwrap_argv(cuda: bool, as_root: bool, hide: tuple[str, ...]) -> list[str]:
-    argv = [bwrap_path() or "bwrap", "--die-with-parent", "--new-session",
-            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    argv = [
+        bwrap_path() or "bwrap",
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+    ]
     if as_root:  # keep only what the server needs to drop to its own uid; it loses those too when it does
-        argv += ["--cap-drop", "ALL"] + [a for cap in ("SETUID", "SETGID", "CHOWN") for a in ("--cap-add", f"CAP_{cap}")]
+        argv += ["--cap-drop", "ALL"] + [
+            a for cap in ("SETUID", "SETGID", "CHOWN") for a in ("--cap-add", f"CAP_{cap}")
+        ]
     else:
         argv.append("--unshare-user")
     argv += ["--proc", "/proc"]
     if cuda:  # the driver's device files and what it reads about the GPU
-        argv += ["--dev-bind", "/dev", "/dev"] + [a for p in ("/sys", "/proc/driver/nvidia") if os.path.exists(p)
-                                                  for a in ("--ro-bind", p, p)]
+        argv += ["--dev-bind", "/dev", "/dev"] + [
+            a for p in ("/sys", "/proc/driver/nvidia") if os.path.exists(p) for a in ("--ro-bind", p, p)
+        ]
     else:
         argv += ["--dev", "/dev"]
     size = str(SCRATCH_MB * 2**20)
@@ -250,7 +290,7 @@ def _bwrap_argv(cuda: bool, as_root: bool, hide: tuple[str, ...]) -> list[str]:
     for parent in sorted({str(a) for p in view for a in Path(p).parents if str(a) != "/"}, key=len):
         argv += ["--perms", "0755", "--dir", parent]
     for path in view:  # after the tmpfs mounts: an interpreter installed under /tmp stays visible
-        argv += (["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path])
+        argv += ["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path]
     for path in (*_hidden(), *hide):  # the evaluation data, wherever it lies inside the view
         p = Path(path)
         if p.is_dir():
@@ -270,9 +310,16 @@ def _view() -> tuple[str, ...]:
     when sysconfig may no longer be able to import what it reads."""
     import archlab
 
-    paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, *sysconfig.get_paths().values(),
-             str(Path(archlab.__file__).resolve().parent), os.path.dirname(os.path.realpath(sys.executable)),
-             *SYSTEM_DIRS, *(f"/etc/{name}" for name in ETC_FILES)]
+    paths = [
+        sys.prefix,
+        sys.exec_prefix,
+        sys.base_prefix,
+        *sysconfig.get_paths().values(),
+        str(Path(archlab.__file__).resolve().parent),
+        os.path.dirname(os.path.realpath(sys.executable)),
+        *SYSTEM_DIRS,
+        *(f"/etc/{name}" for name in ETC_FILES),
+    ]
     seen: list[str] = []
     for p in paths:
         if not p or not os.path.lexists(p):
@@ -358,7 +405,9 @@ def isolate(scratch: str) -> bool:
     flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
     if libc.unshare(flags) != 0:
         return False
-    _write_own(("setgroups", "deny"), ("uid_map", f"{outer_uid} {outer_uid} 1"), ("gid_map", f"{outer_gid} {outer_gid} 1"))
+    _write_own(
+        ("setgroups", "deny"), ("uid_map", f"{outer_uid} {outer_uid} 1"), ("gid_map", f"{outer_gid} {outer_gid} 1")
+    )
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         raise OSError(ctypes.get_errno(), "making the server's mounts private failed")
     options = f"size={SCRATCH_MB}m,mode=1777".encode()
@@ -375,7 +424,9 @@ def isolate(scratch: str) -> bool:
             open(path, "a").close()
         if libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None) != 0:
             raise OSError(ctypes.get_errno(), f"keeping {path} visible in the server's view failed")
-        locked = os.statvfs(path).f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC)  # kept by a remount (ST_* = MS_* bits)
+        locked = os.statvfs(path).f_flag & (
+            os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+        )  # kept by a remount (ST_* = MS_* bits)
         if libc.mount(None, path.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked, None) != 0:
             raise OSError(ctypes.get_errno(), f"making {path} read-only in the server's view failed")
         os.close(fd)
@@ -441,31 +492,135 @@ def _tasks_of_user() -> int:
 
 # -- seccomp -----------------------------------------------------------------------------------
 # Numbers per architecture: (audit arch, seccomp syscall, socket, clone, clone3, denied calls).
-_DENIED_NAMES = ("ptrace process_vm_readv process_vm_writev mount umount2 pivot_root chroot swapon swapoff reboot "
-                 "sethostname setdomainname init_module finit_module delete_module kexec_load kexec_file_load bpf "
-                 "perf_event_open keyctl add_key request_key unshare setns userfaultfd io_uring_setup io_uring_enter "
-                 "io_uring_register open_by_handle_at name_to_handle_at acct quotactl setuid setgid setreuid setregid "
-                 "setresuid setresgid setgroups setfsuid setfsgid capset personality syslog open_tree move_mount "
-                 "fsopen fsconfig fsmount fspick mount_setattr").split()
+_DENIED_NAMES = (
+    "ptrace process_vm_readv process_vm_writev mount umount2 pivot_root chroot swapon swapoff reboot "
+    "sethostname setdomainname init_module finit_module delete_module kexec_load kexec_file_load bpf "
+    "perf_event_open keyctl add_key request_key unshare setns userfaultfd io_uring_setup io_uring_enter "
+    "io_uring_register open_by_handle_at name_to_handle_at acct quotactl setuid setgid setreuid setregid "
+    "setresuid setresgid setgroups setfsuid setfsgid capset personality syslog open_tree move_mount "
+    "fsopen fsconfig fsmount fspick mount_setattr"
+).split()
 _SYSCALLS = {
-    "x86_64": (0xC000003E, dict(seccomp=317, socket=41, clone=56, clone3=435, ptrace=101, process_vm_readv=310,
-               process_vm_writev=311, mount=165, umount2=166, pivot_root=155, chroot=161, swapon=167, swapoff=168,
-               reboot=169, sethostname=170, setdomainname=171, init_module=175, finit_module=313, delete_module=176,
-               kexec_load=246, kexec_file_load=320, bpf=321, perf_event_open=298, keyctl=250, add_key=248,
-               request_key=249, unshare=272, setns=308, userfaultfd=323, io_uring_setup=425, io_uring_enter=426,
-               io_uring_register=427, open_by_handle_at=304, name_to_handle_at=303, acct=163, quotactl=179, setuid=105,
-               setgid=106, setreuid=113, setregid=114, setresuid=117, setresgid=119, setgroups=116, setfsuid=122,
-               setfsgid=123, capset=126, personality=135, syslog=103, open_tree=428, move_mount=429, fsopen=430,
-               fsconfig=431, fsmount=432, fspick=433, mount_setattr=442)),
-    "aarch64": (0xC00000B7, dict(seccomp=277, socket=198, clone=220, clone3=435, ptrace=117, process_vm_readv=270,
-                process_vm_writev=271, mount=40, umount2=39, pivot_root=41, chroot=51, swapon=224, swapoff=225,
-                reboot=142, sethostname=161, setdomainname=162, init_module=105, finit_module=273, delete_module=106,
-                kexec_load=104, kexec_file_load=294, bpf=280, perf_event_open=241, keyctl=219, add_key=217,
-                request_key=218, unshare=97, setns=268, userfaultfd=282, io_uring_setup=425, io_uring_enter=426,
-                io_uring_register=427, open_by_handle_at=265, name_to_handle_at=264, acct=89, quotactl=60, setuid=146,
-                setgid=144, setreuid=145, setregid=143, setresuid=147, setresgid=149, setgroups=159, setfsuid=151,
-                setfsgid=152, capset=91, personality=92, syslog=116, open_tree=428, move_mount=429, fsopen=430,
-                fsconfig=431, fsmount=432, fspick=433, mount_setattr=442)),
+    "x86_64": (
+        0xC000003E,
+        dict(
+            seccomp=317,
+            socket=41,
+            clone=56,
+            clone3=435,
+            ptrace=101,
+            process_vm_readv=310,
+            process_vm_writev=311,
+            mount=165,
+            umount2=166,
+            pivot_root=155,
+            chroot=161,
+            swapon=167,
+            swapoff=168,
+            reboot=169,
+            sethostname=170,
+            setdomainname=171,
+            init_module=175,
+            finit_module=313,
+            delete_module=176,
+            kexec_load=246,
+            kexec_file_load=320,
+            bpf=321,
+            perf_event_open=298,
+            keyctl=250,
+            add_key=248,
+            request_key=249,
+            unshare=272,
+            setns=308,
+            userfaultfd=323,
+            io_uring_setup=425,
+            io_uring_enter=426,
+            io_uring_register=427,
+            open_by_handle_at=304,
+            name_to_handle_at=303,
+            acct=163,
+            quotactl=179,
+            setuid=105,
+            setgid=106,
+            setreuid=113,
+            setregid=114,
+            setresuid=117,
+            setresgid=119,
+            setgroups=116,
+            setfsuid=122,
+            setfsgid=123,
+            capset=126,
+            personality=135,
+            syslog=103,
+            open_tree=428,
+            move_mount=429,
+            fsopen=430,
+            fsconfig=431,
+            fsmount=432,
+            fspick=433,
+            mount_setattr=442,
+        ),
+    ),
+    "aarch64": (
+        0xC00000B7,
+        dict(
+            seccomp=277,
+            socket=198,
+            clone=220,
+            clone3=435,
+            ptrace=117,
+            process_vm_readv=270,
+            process_vm_writev=271,
+            mount=40,
+            umount2=39,
+            pivot_root=41,
+            chroot=51,
+            swapon=224,
+            swapoff=225,
+            reboot=142,
+            sethostname=161,
+            setdomainname=162,
+            init_module=105,
+            finit_module=273,
+            delete_module=106,
+            kexec_load=104,
+            kexec_file_load=294,
+            bpf=280,
+            perf_event_open=241,
+            keyctl=219,
+            add_key=217,
+            request_key=218,
+            unshare=97,
+            setns=268,
+            userfaultfd=282,
+            io_uring_setup=425,
+            io_uring_enter=426,
+            io_uring_register=427,
+            open_by_handle_at=265,
+            name_to_handle_at=264,
+            acct=89,
+            quotactl=60,
+            setuid=146,
+            setgid=144,
+            setreuid=145,
+            setregid=143,
+            setresuid=147,
+            setresgid=149,
+            setgroups=159,
+            setfsuid=151,
+            setfsgid=152,
+            capset=91,
+            personality=92,
+            syslog=116,
+            open_tree=428,
+            move_mount=429,
+            fsopen=430,
+            fsconfig=431,
+            fsmount=432,
+            fspick=433,
+            mount_setattr=442,
+        ),
+    ),
 }
 _NEW_NAMESPACES = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 AF_UNIX = 1
@@ -521,31 +676,78 @@ def report(refresh: bool = False) -> dict:
     namespaces = lx.kind in ("bwrap", "unshare")
     root = os.getuid() == 0
     layers = [
-        ("launcher", bwrap, f"{lx.kind}" + ("" if bwrap else f" (bubblewrap refused: {f.get('refused', {}).get('bwrap', '?')[:200]})")),
+        (
+            "launcher",
+            bwrap,
+            f"{lx.kind}" + ("" if bwrap else f" (bubblewrap refused: {f.get('refused', {}).get('bwrap', '?')[:200]})"),
+        ),
         ("PID namespace", namespaces and f.get("pid", 99) < 10, f"a server sees itself as pid {f.get('pid')}"),
-        ("no network", not f.get("inet_socket", True) and set(f.get("interfaces", [])) <= {"lo"},
-         f"interfaces inside: {', '.join(f.get('interfaces', [])) or 'none'}; inet sockets refused by seccomp"),
-        ("minimal read-only file system", bwrap and not f.get("outside_writable") and not f.get("outside_visible"),
-         "interpreter, libraries, archlab (no corpus); private size-capped /tmp, /dev/shm, scratch" if bwrap
-         else "the whole file system is visible; only file permissions" + (" of the unprivileged uid" if lx.drop_uid else "")),
-        ("unprivileged uid", lx.drop_uid or not root,
-         f"a server drops to uid {f.get('uid')} when it is forked" if lx.drop_uid else
-         "runs as your user" if not root else "runs as root"),
-        ("servers apart from each other", bool(f.get("isolates")),
-         "each server is forked from a warm launch pad into user, mount, PID, network and IPC namespaces of its own, "
-         "with fresh /tmp, /dev/shm and scratch" if f.get("isolates") else
-         "nested namespaces refused: each server gets a launch pad (and a launcher) of its own"),
-        ("seccomp filter", f.get("seccomp") == "2", "ptrace, mount, namespaces, bpf, keyrings, io_uring, setuid, inet sockets"),
-        ("resource limits", bool(f.get("nproc_enforced")), f"address space, {DEFAULT_NPROC} tasks, CPU seconds, file size"),
-        ("killed with its parent", True, "bwrap --die-with-parent + PID namespace" if bwrap else
-         "parent-death signal re-armed after the uid drop" + (" + unshare --kill-child" if namespaces else "")),
+        (
+            "no network",
+            not f.get("inet_socket", True) and set(f.get("interfaces", [])) <= {"lo"},
+            f"interfaces inside: {', '.join(f.get('interfaces', [])) or 'none'}; inet sockets refused by seccomp",
+        ),
+        (
+            "minimal read-only file system",
+            bwrap and not f.get("outside_writable") and not f.get("outside_visible"),
+            "interpreter, libraries, archlab (no corpus); private size-capped /tmp, /dev/shm, scratch"
+            if bwrap
+            else "the whole file system is visible; only file permissions"
+            + (" of the unprivileged uid" if lx.drop_uid else ""),
+        ),
+        (
+            "unprivileged uid",
+            lx.drop_uid or not root,
+            f"a server drops to uid {f.get('uid')} when it is forked"
+            if lx.drop_uid
+            else "runs as your user"
+            if not root
+            else "runs as root",
+        ),
+        (
+            "servers apart from each other",
+            bool(f.get("isolates")),
+            "each server is forked from a warm launch pad into user, mount, PID, network and IPC namespaces of its own, "
+            "with fresh /tmp, /dev/shm and scratch"
+            if f.get("isolates")
+            else "nested namespaces refused: each server gets a launch pad (and a launcher) of its own",
+        ),
+        (
+            "seccomp filter",
+            f.get("seccomp") == "2",
+            "ptrace, mount, namespaces, bpf, keyrings, io_uring, setuid, inet sockets",
+        ),
+        (
+            "resource limits",
+            bool(f.get("nproc_enforced")),
+            f"address space, {DEFAULT_NPROC} tasks, CPU seconds, file size",
+        ),
+        (
+            "killed with its parent",
+            True,
+            "bwrap --die-with-parent + PID namespace"
+            if bwrap
+            else "parent-death signal re-armed after the uid drop" + (" + unshare --kill-child" if namespaces else ""),
+        ),
         ("stripped environment", True, f"only {', '.join(KEEP_ENV)} are passed"),
-        ("scorer runs no candidate code", True, "servers return outputs; losses, verdicts and parameter counts are the "
-         "scorer's; causality twins are separate processes"),
-        ("diagnostics", True, "static AST checks and an audit hook give honest mistakes a fast reason (not the boundary)"),
+        (
+            "scorer runs no candidate code",
+            True,
+            "servers return outputs; losses, verdicts and parameter counts are the "
+            "scorer's; causality twins are separate processes",
+        ),
+        (
+            "diagnostics",
+            True,
+            "static AST checks and an audit hook give honest mistakes a fast reason (not the boundary)",
+        ),
     ]
-    return {"launcher": lx.kind, "uid_dropped": lx.drop_uid, "probe": f,
-            "protections": [{"name": n, "active": bool(a), "detail": d} for n, a, d in layers]}
+    return {
+        "launcher": lx.kind,
+        "uid_dropped": lx.drop_uid,
+        "probe": f,
+        "protections": [{"name": n, "active": bool(a), "detail": d} for n, a, d in layers],
+    }
 
 
 _view()  # see its docstring: the launch pad and the probe import this module before forking servers

@@ -62,8 +62,14 @@ def cost(part: nn.Module, lengths: list[int], d_model: int, device: torch.device
                 x = torch.randn(1, t, d_model, device=device)
                 with flop_counter() as counter, Traffic() as moved:
                     guard(lambda: part(x))
-                out.append({"length": t, "flops": counter.get_total_flops(), "traffic": moved.elements,
-                            "seconds": best_time(lambda: guard(lambda: part(x)), device, 5)})
+                out.append(
+                    {
+                        "length": t,
+                        "flops": counter.get_total_flops(),
+                        "traffic": moved.elements,
+                        "seconds": best_time(lambda: guard(lambda: part(x)), device, 5),
+                    }
+                )
     finally:
         torch.set_num_threads(threads)
     return out
@@ -107,8 +113,11 @@ def compile_metrics(mixer: nn.Module, seq_len: int, d_model: int, device: torch.
         explanation = torch._dynamo.explain(mixer)(x)
         breaks = explanation.graph_break_count
         if breaks:
-            return {"compile_ok": False, "compile_graph_breaks": breaks,
-                    "compile_error": f"graph break: {explanation.break_reasons[0].reason}"[:300]}
+            return {
+                "compile_ok": False,
+                "compile_graph_breaks": breaks,
+                "compile_error": f"graph break: {explanation.break_reasons[0].reason}"[:300],
+            }
         return {"compile_ok": True, "compile_graph_breaks": 0}
     except CandidateError:
         raise
@@ -130,8 +139,10 @@ def flat_state(state, prefix: str = "s") -> dict[str, torch.Tensor]:
     elif type(state) is dict:  # noqa: E721
         items = state.items()
     else:
-        raise CandidateError("step", f"the decoding state holds a {type(state).__name__}: a state must be tensors "
-                             "in lists, tuples and dicts")
+        raise CandidateError(
+            "step",
+            f"the decoding state holds a {type(state).__name__}: a state must be tensors in lists, tuples and dicts",
+        )
     out = {}
     for key, value in items:
         out.update(flat_state(value, f"{prefix}.{key}"))

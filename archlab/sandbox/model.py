@@ -80,8 +80,11 @@ class Block(nn.Module):
     def forward(self, x):
         y = self.mixer(self.norm1(x))
         if type(y) is not torch.Tensor or y.shape != x.shape:  # noqa: E721  (subclasses could carry __torch_function__)
-            raise CandidateError("shape", f"Mixer.forward must return a plain torch.Tensor of shape {tuple(x.shape)}, "
-                                 f"got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
+            raise CandidateError(
+                "shape",
+                f"Mixer.forward must return a plain torch.Tensor of shape {tuple(x.shape)}, "
+                f"got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}",
+            )
         x = x + y
         return x + self.ffn(self.norm2(x))
 
@@ -95,7 +98,11 @@ class LM(nn.Module):
         self.embed = nn.Embedding(VOCAB_SIZE, d)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.blocks = nn.ModuleList(
-            Block(contract.build_mixer(candidate, d, tier.n_heads) if kind == "M" else Attention(d, tier.n_heads), ffn(d_model=d), d)
+            Block(
+                contract.build_mixer(candidate, d, tier.n_heads) if kind == "M" else Attention(d, tier.n_heads),
+                ffn(d_model=d),
+                d,
+            )
             for kind in self.pattern
         )
         self.norm = nn.RMSNorm(d)
@@ -120,7 +127,9 @@ class LM(nn.Module):
                 state = h[:, None] if state is None else torch.cat([state, h[:, None]], 1)
                 y = block.mixer(state)[:, -1]
             if type(y) is not torch.Tensor or y.shape != h.shape:  # noqa: E721
-                raise CandidateError("step", f"Mixer.step must return a plain tensor of shape {tuple(h.shape)} and a state")
+                raise CandidateError(
+                    "step", f"Mixer.step must return a plain tensor of shape {tuple(h.shape)} and a state"
+                )
             x = x + y
             x = x + block.ffn(block.norm2(x))
             new.append(state)

@@ -37,7 +37,12 @@ class Progress:
         if stage is None and now - self.written < MIN_INTERVAL_S:
             return
         self.written = now
-        data = {**self.state, "elapsed_s": round(now - self.started, 1), "limit_s": self.limit_s, "updated": time.time()}
+        data = {
+            **self.state,
+            "elapsed_s": round(now - self.started, 1),
+            "limit_s": self.limit_s,
+            "updated": time.time(),
+        }
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             tmp.write_text(json.dumps(data))

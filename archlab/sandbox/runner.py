@@ -95,9 +95,17 @@ def evaluate(
         spec = resolve(tier, tier_overrides)
     except TierError as e:
         return Result(ok=False, reason="config", detail=str(e))
-    opt = dict(data=data, param_limit=param_limit, param_ratio=param_ratio, threads=threads or min(os.cpu_count() or 1, 4),
-               timeout_s=timeout_s, memory_gb=memory_gb, allow_quadratic=allow_quadratic, device=device,
-               skip_static_checks=skip_static_checks)
+    opt = dict(
+        data=data,
+        param_limit=param_limit,
+        param_ratio=param_ratio,
+        threads=threads or min(os.cpu_count() or 1, 4),
+        timeout_s=timeout_s,
+        memory_gb=memory_gb,
+        allow_quadratic=allow_quadratic,
+        device=device,
+        skip_static_checks=skip_static_checks,
+    )
     results = []
     for i in range(seeds or 1):
         log_i = Path(f"{log_path}.seed{seed + i}") if log_path and i else log_path
@@ -109,13 +117,19 @@ def evaluate(
         ref = (reference or {}).get("val_loss")
         val = result.metrics.get("val_loss")
         if ref and val is not None and val < (1 - implausible_gain) * ref:
-            result.metrics.update(flagged="implausible_gain", flag_detail=(
-                f"val_loss {1 - val / ref:.1%} below the root's; every validation window was checked for causality"))
+            result.metrics.update(
+                flagged="implausible_gain",
+                flag_detail=(
+                    f"val_loss {1 - val / ref:.1%} below the root's; every validation window was checked for causality"
+                ),
+            )
         results.append(result)
     return results[0] if len(results) == 1 else _aggregate(results, [seed + i for i in range(len(results))])
 
 
-def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path | None, weights_out: Path | None) -> Result:
+def _evaluate_seed(
+    source: str, tier: Tier, seed: int, opt: dict, log_path: Path | None, weights_out: Path | None
+) -> Result:
     from archlab.sandbox.data import DataError
     from archlab.sandbox.scorer import Evaluation
     from archlab.sandbox.static import static_check
@@ -140,15 +154,23 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
             if weights_out and evaluation.weights:
                 evaluation.save_weights(Path(weights_out))
             lx = launch.launcher()
-            result = Result(ok=True, metrics=metrics, env={**evaluation.env, "tier": tier.name, "launcher": lx.kind},
-                            curves=_curves(evaluation))
+            result = Result(
+                ok=True,
+                metrics=metrics,
+                env={**evaluation.env, "tier": tier.name, "launcher": lx.kind},
+                curves=_curves(evaluation),
+            )
         except CandidateError as e:
             if _stopping.is_set():
                 raise Interrupted("the run is stopping") from None
-            result = Result(ok=False, reason=e.reason, detail=e.detail[:2000],
-                            metrics=dict(evaluation.metrics) if evaluation else {},
-                            env={**evaluation.env, "tier": tier.name, "launcher": launch.launcher().kind} if evaluation else {},
-                            curves=_curves(evaluation))
+            result = Result(
+                ok=False,
+                reason=e.reason,
+                detail=e.detail[:2000],
+                metrics=dict(evaluation.metrics) if evaluation else {},
+                env={**evaluation.env, "tier": tier.name, "launcher": launch.launcher().kind} if evaluation else {},
+                curves=_curves(evaluation),
+            )
         except DataError as e:
             result = Result(ok=False, reason="data", detail=str(e))
         except OSError:
@@ -158,9 +180,13 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
                 raise Interrupted("the run is stopping") from None
             with open(log, "a") as f:
                 traceback.print_exc(file=f)
-            result = Result(ok=False, reason="crash", detail=f"the scorer could not use what a server sent: "
-                            f"{type(e).__name__}: {e}"[:2000], metrics=dict(evaluation.metrics) if evaluation else {},
-                            curves=_curves(evaluation))
+            result = Result(
+                ok=False,
+                reason="crash",
+                detail=f"the scorer could not use what a server sent: {type(e).__name__}: {e}"[:2000],
+                metrics=dict(evaluation.metrics) if evaluation else {},
+                curves=_curves(evaluation),
+            )
         finally:
             if evaluation is not None:
                 evaluation.close()
@@ -169,7 +195,9 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
                     _live.discard(evaluation)
         result.metrics["wall_s"] = time.monotonic() - started
         with open(log, "a") as f:
-            f.write(f"[sandbox] {'accepted' if result.ok else 'rejected: ' + str(result.reason)}: {result.detail or ''}\n")
+            f.write(
+                f"[sandbox] {'accepted' if result.ok else 'rejected: ' + str(result.reason)}: {result.detail or ''}\n"
+            )
         _cap_log(log)
     finally:
         shutil.rmtree(host_dir, ignore_errors=True)
@@ -178,8 +206,11 @@ def _evaluate_seed(source: str, tier: Tier, seed: int, opt: dict, log_path: Path
 
 def _aggregate(results: list[Result], seeds: list[int]) -> Result:
     metrics: dict = {"seeds": seeds}
-    keys = [k for k in results[0].metrics if all(isinstance(r.metrics.get(k), int | float) and not isinstance(r.metrics.get(k), bool)
-                                                   for r in results)]
+    keys = [
+        k
+        for k in results[0].metrics
+        if all(isinstance(r.metrics.get(k), int | float) and not isinstance(r.metrics.get(k), bool) for r in results)
+    ]
     for key in keys:
         values = [r.metrics[key] for r in results]
         metrics[key] = statistics.fmean(values)

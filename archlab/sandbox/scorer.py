@@ -60,8 +60,9 @@ class Server:
 
     LOG_CAP = 4 << 20  # bytes of a server's own output kept in the evaluation's log
 
-    def __init__(self, name: str, job: dict, log: Path, deadline: float, pad: zygote.LaunchPad, scratch: str,
-                 isolate: bool):
+    def __init__(
+        self, name: str, job: dict, log: Path, deadline: float, pad: zygote.LaunchPad, scratch: str, isolate: bool
+    ):
         self.name, self.deadline, self.cpu_s, self.pad, self.isolate = name, deadline, job.get("cpu_s"), pad, isolate
         self.expired = False  # set by the evaluation's watchdog when it kills the server at the backstop
         self.closed = False
@@ -71,8 +72,14 @@ class Server:
         ends = [os.pipe() for _ in range(3)]
         theirs, ours = (ends[0][0], ends[1][1], ends[2][1]), (ends[0][1], ends[1][0], ends[2][0])
         try:  # its title names the log in `ps` (the server never opens it: it is not in its view)
-            self.bridge = pad.fork(f"{sys.executable} -m archlab.sandbox.server --for={log}", job.get("uid"), scratch,
-                                   isolate, list(theirs), deadline)
+            self.bridge = pad.fork(
+                f"{sys.executable} -m archlab.sandbox.server --for={log}",
+                job.get("uid"),
+                scratch,
+                isolate,
+                list(theirs),
+                deadline,
+            )
         except BaseException:
             for fd in ours:
                 os.close(fd)
@@ -114,8 +121,15 @@ class Server:
         self._send({"op": op, **fields}, arrays)
         return self._receive()
 
-    def train(self, which: str, steps: int, batches, progress, curves: Curves | None = None,
-              snapshots: tuple[int, ...] | list[int] = ()) -> tuple[dict, dict, float, int, dict]:
+    def train(
+        self,
+        which: str,
+        steps: int,
+        batches,
+        progress,
+        curves: Curves | None = None,
+        snapshots: tuple[int, ...] | list[int] = (),
+    ) -> tuple[dict, dict, float, int, dict]:
         """Serve `steps` training batches on request; returns the final reply, the weights, the
         seconds and tokens of every step after the third (the first pay for warm-up), and the copies
         of the weights it sent before each step in `snapshots` (asked for with that step's batch,
@@ -126,7 +140,9 @@ class Server:
         for step in range(steps):
             header, _ = self._receive()
             if header.get("need") != step:
-                raise CandidateError("crash", f"server {self.name} asked for {str(header)[:100]} instead of training batch {step}")
+                raise CandidateError(
+                    "crash", f"server {self.name} asked for {str(header)[:100]} instead of training batch {step}"
+                )
             progress(step=step, steps=steps, loss=header.get("loss"))
             if curves is not None and step:
                 curves.train_loss(step, header.get("loss"))
@@ -140,7 +156,9 @@ class Server:
             if step in snapshots:
                 copy, copies[step] = self._receive()
                 if copy.get("snapshot") != step:
-                    raise CandidateError("crash", f"server {self.name} sent {str(copy)[:100]} instead of its weights after step {step}")
+                    raise CandidateError(
+                        "crash", f"server {self.name} sent {str(copy)[:100]} instead of its weights after step {step}"
+                    )
                 if curves is not None:
                     curves.val_cost_s += time.perf_counter() - started
                 started = None  # a step that made a copy is not timed (nor could a server hide its training in it)
@@ -243,8 +261,11 @@ class Server:
     def _died(self) -> CandidateError:
         if self.expired:
             self.kill()
-            return CandidateError("timeout", f"server {self.name} did not answer within the wall-clock backstop (its own "
-                                  "CPU time was not used up: it waited, or the machine was overloaded)")
+            return CandidateError(
+                "timeout",
+                f"server {self.name} did not answer within the wall-clock backstop (its own "
+                "CPU time was not used up: it waited, or the machine was overloaded)",
+            )
         code = self.pad.wait(self.bridge, 10)
         self._drain.join(timeout=5)
         tail = self.tail.decode("utf-8", "replace").strip()
@@ -345,8 +366,13 @@ def budget(weights: dict, d_model: int, n_layers: int, has_ffn: bool, limit: int
             if value.shape != harness[key]:
                 raise CandidateError("params", f"{key} has shape {value.shape}, not the harness's {harness[key]}")
             continue
-        if len(parts) < 4 or parts[0] != "blocks" or not re.fullmatch(r"[0-9]{1,4}", parts[1]) \
-                or int(parts[1]) >= n_layers or parts[2] not in ("mixer", "ffn"):
+        if (
+            len(parts) < 4
+            or parts[0] != "blocks"
+            or not re.fullmatch(r"[0-9]{1,4}", parts[1])
+            or int(parts[1]) >= n_layers
+            or parts[2] not in ("mixer", "ffn")
+        ):
             raise CandidateError("params", f"the model carries {key[:80]!r} outside its blocks' mixers and FFNs")
         i = int(parts[1])
         if parts[2] == "mixer":
@@ -360,8 +386,11 @@ def budget(weights: dict, d_model: int, n_layers: int, has_ffn: bool, limit: int
     worst = max(per_block)
     if limit is not None and limit >= 0 and worst > limit:
         block = per_block.index(worst)
-        raise CandidateError("params", f"{worst:,} numbers in block {block}'s mixer (and FFN beyond the harness MLP), "
-                             f"over the run's budget of {limit:,}")
+        raise CandidateError(
+            "params",
+            f"{worst:,} numbers in block {block}'s mixer (and FFN beyond the harness MLP), "
+            f"over the run's budget of {limit:,}",
+        )
     return worst
 
 
@@ -369,11 +398,18 @@ def budget(weights: dict, d_model: int, n_layers: int, has_ffn: bool, limit: int
 def root_mixer_params(d_model: int, n_heads: int) -> int:
     """The root DeltaNet mixer's parameter count at this width: trusted template code, counted in a
     plain subprocess (this process never imports torch)."""
-    code = ("import sys\nfrom archlab.sandbox import contract\nfrom archlab.templates import render_root\n"
-            "m = contract.build_mixer(contract.load(render_root('deltanet'), name='root'), int(sys.argv[1]), int(sys.argv[2]))\n"
-            "print(sum(p.numel() for p in m.parameters()))")
-    out = subprocess.run([sys.executable, "-c", code, str(d_model), str(n_heads)], capture_output=True, text=True,
-                         timeout=300, check=True)
+    code = (
+        "import sys\nfrom archlab.sandbox import contract\nfrom archlab.templates import render_root\n"
+        "m = contract.build_mixer(contract.load(render_root('deltanet'), name='root'), int(sys.argv[1]), int(sys.argv[2]))\n"
+        "print(sum(p.numel() for p in m.parameters()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(d_model), str(n_heads)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return int(out.stdout.split()[-1])
 
 
@@ -406,9 +442,15 @@ class Evaluation:
         self.cuda = opt.get("device") != "cpu" and (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0"))
         self.device = "cuda" if self.cuda else "cpu"
         self.diagnostics = not opt.get("skip_static_checks")
-        job = {"tier": tier.model_dump(mode="json"), "seed": seed, "threads": threads, "device": opt.get("device"),
-               "memory_gb": None if self.cuda else opt.get("memory_gb"), "nproc": launch.DEFAULT_NPROC,
-               "cpu_s": wall * max(threads, 1) * 1.5 + 20}
+        job = {
+            "tier": tier.model_dump(mode="json"),
+            "seed": seed,
+            "threads": threads,
+            "device": opt.get("device"),
+            "memory_gb": None if self.cuda else opt.get("memory_gb"),
+            "nproc": launch.DEFAULT_NPROC,
+            "cpu_s": wall * max(threads, 1) * 1.5 + 20,
+        }
         self.job, self.log, self.host_dir = job, log, host_dir
         self.progress = Progress(log, wall)
         self.servers: dict[str, Server] = {}
@@ -467,8 +509,15 @@ class Evaluation:
             if self.closed:
                 raise CandidateError("crash", "the evaluation was stopped")
             try:
-                server = self.servers[name] = Server(name, job, self.log, self.deadline, self.pads[name],
-                                                     launch.launcher().scratch(self.host_dir / name), self.isolate)
+                server = self.servers[name] = Server(
+                    name,
+                    job,
+                    self.log,
+                    self.deadline,
+                    self.pads[name],
+                    launch.launcher().scratch(self.host_dir / name),
+                    self.isolate,
+                )
             except zygote.LaunchPadError as e:
                 if self.isolate:
                     raise  # this machine's fault: no candidate can reach an isolated server's launch pad
@@ -522,13 +571,25 @@ class Evaluation:
         mode, several seeds and cuts; then once in float32 at the training length with gradients."""
         tier, d = self.tier, self.tier.d_model
         length = tier.causality_length
-        cuts = sorted({c for c in CUTS if c < length - 1} | {length // 2 + 7, length - 2,
-                                                              *self.rng.integers(0, length - 1, 4).tolist()})
+        cuts = sorted(
+            {c for c in CUTS if c < length - 1}
+            | {length // 2 + 7, length - 2, *self.rng.integers(0, length - 1, 4).tolist()}
+        )
         tolerance = 1e-9 if self.dtype == "float64" else 1e-5
         runs = [(length, 2, cuts, seed, self.dtype, tolerance, seed < 2, False) for seed in range(3)]
         if tier.seq_len != length:
-            runs.append((tier.seq_len, 3, [tier.seq_len // 3, int(self.rng.integers(0, tier.seq_len - 1)), tier.seq_len - 2],
-                         7, "float32", 1e-5, True, True))
+            runs.append(
+                (
+                    tier.seq_len,
+                    3,
+                    [tier.seq_len // 3, int(self.rng.integers(0, tier.seq_len - 1)), tier.seq_len - 2],
+                    7,
+                    "float32",
+                    1e-5,
+                    True,
+                    True,
+                )
+            )
         plan = []
         for part in ("Mixer", "FFN") if self.has_ffn else ("Mixer",):
             for length, batch, cuts, seed, dtype, tol, train, grad in runs:
@@ -536,7 +597,7 @@ class Evaluation:
                 copies = []
                 for cut in cuts:
                     x2 = x.copy()
-                    x2[:, cut + 1:] = self.rng.standard_normal((batch, length - cut - 1, d))
+                    x2[:, cut + 1 :] = self.rng.standard_normal((batch, length - cut - 1, d))
                     copies.append(x2)
                 fields = dict(part=part, seed=seed, dtype=dtype, train=train, grad=grad)
                 plan.append((np.tile(x, (len(cuts), 1, 1)), np.concatenate(copies), cuts, batch, fields, tol))
@@ -563,8 +624,10 @@ class Evaluation:
             self.step_compare(b, *firsts[1])
 
     def first_passes(self, a: Server, plan: list) -> list:
-        return [array(a.ask("part", {"x": x}, **fields)[1], "y", x.shape, f"{fields['part']}.forward")
-                for x, _, _, _, fields, _ in plan]
+        return [
+            array(a.ask("part", {"x": x}, **fields)[1], "y", x.shape, f"{fields['part']}.forward")
+            for x, _, _, _, fields, _ in plan
+        ]
 
     def compare(self, b: Server, plan: list, firsts: list) -> None:
         """B's outputs for the perturbed copies must equal A's for the originals up to every cut."""
@@ -575,15 +638,22 @@ class Evaluation:
                 rows = slice(i * batch, (i + 1) * batch)
                 diff = leak(y[rows, : cut + 1], y2[rows, : cut + 1])
                 if not diff <= tol:
-                    raise CandidateError("non_causal", f"{part} outputs at positions <= {cut} changed by {diff:.1e} "
-                                         f"(relative, {fields['dtype']}, {'train' if fields['train'] else 'eval'} mode, "
-                                         f"length {x.shape[1]}) when only later positions changed")
+                    raise CandidateError(
+                        "non_causal",
+                        f"{part} outputs at positions <= {cut} changed by {diff:.1e} "
+                        f"(relative, {fields['dtype']}, {'train' if fields['train'] else 'eval'} mode, "
+                        f"length {x.shape[1]}) when only later positions changed",
+                    )
 
     def step_first(self, a: Server, length: int = 40) -> tuple[np.ndarray, np.ndarray]:
         """A random input and the mixer's forward() of it in A (evaluation mode)."""
         x = self.rng.standard_normal((2, length, self.tier.d_model)).astype(self.dtype)
-        return x, array(a.ask("part", {"x": x}, part="Mixer", seed=11, dtype=self.dtype, train=False)[1], "y", x.shape,
-                        "Mixer.forward")
+        return x, array(
+            a.ask("part", {"x": x}, part="Mixer", seed=11, dtype=self.dtype, train=False)[1],
+            "y",
+            x.shape,
+            "Mixer.forward",
+        )
 
     def step_compare(self, b: Server, x: np.ndarray, forward: np.ndarray) -> None:
         """step() token by token in B must agree with A's forward(); the state it ends with is counted."""
@@ -591,7 +661,9 @@ class Evaluation:
         err = leak(forward, array(reply, "y", x.shape, "Mixer.step"))
         if not err <= (1e-6 if self.dtype == "float64" else 2e-3):
             raise CandidateError("step", f"step() disagrees with forward() by {err:.1e} (relative, eval mode)")
-        self.metrics["mixer_state_bytes"] = sum(a.size for k, a in reply.items() if k != "y") * 4 // 2  # float32, batch 1
+        self.metrics["mixer_state_bytes"] = (
+            sum(a.size for k, a in reply.items() if k != "y") * 4 // 2
+        )  # float32, batch 1
 
     def complexity(self, a: Server) -> None:
         """Cost of one forward at lengths below, at and above the training length (FLOPs, memory traffic,
@@ -601,38 +673,62 @@ class Evaluation:
         tier = self.tier
         shapes = [(tier.d_model, tier.seq_len, tier.complexity_lengths)]
         if tier.probes is not None:
-            shapes.append((tier.probes.d_model, tier.probes.seq_len, (2 * tier.probes.seq_len, 4 * tier.probes.seq_len)))
+            shapes.append(
+                (tier.probes.d_model, tier.probes.seq_len, (2 * tier.probes.seq_len, 4 * tier.probes.seq_len))
+            )
         quadratic = []
         for n, (d, seq_len, extra) in enumerate(shapes):
             lengths = sorted(set(extra) | {max(16, seq_len // 2), seq_len})
             for part in ("Mixer", "FFN") if self.has_ffn else ("Mixer",):
                 costs = self._cost_table(a, part, d, lengths)
-                worst = [max(_exponent(costs[i][j], costs[i + 1][j], lengths[i], lengths[i + 1])
-                             for i in range(len(lengths) - 1)) for j in range(3)]
+                worst = [
+                    max(
+                        _exponent(costs[i][j], costs[i + 1][j], lengths[i], lengths[i + 1])
+                        for i in range(len(lengths) - 1)
+                    )
+                    for j in range(3)
+                ]
                 if max(worst[:2]) <= FLOP_EXPONENT_LIMIT and worst[2] > TIME_EXPONENT_LIMIT:  # timing noise?
                     again = self._cost_table(a, part, d, lengths)  # a time-only verdict is measured twice
-                    worst[2] = min(worst[2], max(_exponent(again[i][2], again[i + 1][2], lengths[i], lengths[i + 1])
-                                                 for i in range(len(lengths) - 1)))
+                    worst[2] = min(
+                        worst[2],
+                        max(
+                            _exponent(again[i][2], again[i + 1][2], lengths[i], lengths[i + 1])
+                            for i in range(len(lengths) - 1)
+                        ),
+                    )
                 if n == 0:
                     key = "" if part == "Mixer" else "ffn_"
-                    self.metrics.update({f"{key}flops_exponent": worst[0], f"{key}traffic_exponent": worst[1],
-                                         f"{key}time_exponent": worst[2],
-                                         f"{key or 'mixer_'}flops_per_token": costs[-1][0] / lengths[-1],
-                                         f"{key or 'mixer_'}ms_per_token": costs[-1][2] / lengths[-1] * 1e3})
+                    self.metrics.update(
+                        {
+                            f"{key}flops_exponent": worst[0],
+                            f"{key}traffic_exponent": worst[1],
+                            f"{key}time_exponent": worst[2],
+                            f"{key or 'mixer_'}flops_per_token": costs[-1][0] / lengths[-1],
+                            f"{key or 'mixer_'}ms_per_token": costs[-1][2] / lengths[-1] * 1e3,
+                        }
+                    )
                 half, full = lengths.index(max(16, seq_len // 2)), lengths.index(seq_len)
                 flat = _exponent(costs[half][0], costs[full][0], lengths[half], lengths[full]) if half < full else 1.0
                 where = f"(d_model {d}, training length {seq_len})"
                 if max(worst[:2]) > FLOP_EXPONENT_LIMIT or worst[2] > TIME_EXPONENT_LIMIT:
-                    quadratic.append(f"one {part} forward grows like T^{worst[0]:.2f} in FLOPs, T^{worst[1]:.2f} in "
-                                     f"memory traffic and T^{worst[2]:.2f} in time between lengths {lengths} {where}")
+                    quadratic.append(
+                        f"one {part} forward grows like T^{worst[0]:.2f} in FLOPs, T^{worst[1]:.2f} in "
+                        f"memory traffic and T^{worst[2]:.2f} in time between lengths {lengths} {where}"
+                    )
                 elif flat < FLAT_EXPONENT_LIMIT and n == 0:  # the probes' 32 tokens are inside one chunk of the root's
-                    quadratic.append(f"one {part} forward costs as many FLOPs at T={lengths[half]} as at T={lengths[full]} "
-                                     f"(T^{flat:.2f}) {where}: it works on the whole training window as one block, which "
-                                     "is full attention at the length it is trained and scored at")
+                    quadratic.append(
+                        f"one {part} forward costs as many FLOPs at T={lengths[half]} as at T={lengths[full]} "
+                        f"(T^{flat:.2f}) {where}: it works on the whole training window as one block, which "
+                        "is full attention at the length it is trained and scored at"
+                    )
         self.metrics["complexity"] = "superlinear" if quadratic else "linear"
         if quadratic and not self.opt.get("allow_quadratic"):
-            raise CandidateError("quadratic", f"{quadratic[0]}; the run only accepts (near-)linear mixers and FFNs "
-                                 "(put softmax attention in LAYERS: the harness's own attention)")
+            raise CandidateError(
+                "quadratic",
+                f"{quadratic[0]}; the run only accepts (near-)linear mixers and FFNs "
+                "(put softmax attention in LAYERS: the harness's own attention)",
+            )
 
     def _cost_table(self, a: Server, part: str, d_model: int, lengths: list[int]) -> list[list[float]]:
         """[flops, traffic, seconds] of one forward of the part at each length, measured in server A."""
@@ -651,7 +747,9 @@ class Evaluation:
             return math.floor(root_mixer_params(d_model, tier.n_heads) * self.opt.get("param_ratio", 1.2))
         if d_model == tier.d_model:
             return limit
-        return math.floor(limit * root_mixer_params(d_model, tier.n_heads) / root_mixer_params(tier.d_model, tier.n_heads))
+        return math.floor(
+            limit * root_mixer_params(d_model, tier.n_heads) / root_mixer_params(tier.d_model, tier.n_heads)
+        )
 
     # -- training (server A) ---------------------------------------------------------------------
     def train(self, a: Server, corpus: Corpus) -> None:
@@ -660,29 +758,41 @@ class Evaluation:
         batches = (corpus.train_batch(tier.batch_size, tier.seq_len, rng) for _ in range(tier.steps))
         self.progress("training")
         self.curves = Curves(tier.steps, self.seed)
-        header, weights, seconds, tokens, copies = a.train("lm", tier.steps, batches, self.progress, self.curves,
-                                                           val_steps(tier.steps, tier.val_points))
+        header, weights, seconds, tokens, copies = a.train(
+            "lm", tier.steps, batches, self.progress, self.curves, val_steps(tier.steps, tier.val_points)
+        )
         weights = canonical(weights)
         self.copies = {step: copy for step, copy in ((s, _same_shapes(c, weights)) for s, c in copies.items()) if copy}
-        self.metrics["mixer_params"] = budget(weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit(tier.d_model))
+        self.metrics["mixer_params"] = budget(
+            weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit(tier.d_model)
+        )
         self.weights = {f"lm.{k}": v for k, v in weights.items()}
-        self.metrics.update(train_loss=number(header, "train_loss", "training"), tokens_per_s=tokens / seconds if seconds else 0.0,
-                            train_time_s=seconds, timed_tokens=tokens, train_tokens=tier.steps * tier.batch_size * tier.seq_len)
+        self.metrics.update(
+            train_loss=number(header, "train_loss", "training"),
+            tokens_per_s=tokens / seconds if seconds else 0.0,
+            train_time_s=seconds,
+            timed_tokens=tokens,
+            train_tokens=tier.steps * tier.batch_size * tier.seq_len,
+        )
         if tier.probes is not None:
             p = tier.probes
             prng = np.random.default_rng(self.seed + 7919)
             started = time.perf_counter()
             self.progress("training the probes")
-            header, probe, _, _, _ = a.train("probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)), self.progress)
+            header, probe, _, _, _ = a.train(
+                "probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)), self.progress
+            )
             probe = canonical(probe)
             budget(probe, p.d_model, p.n_layers, self.has_ffn, self._limit(p.d_model))
-            self.metrics.update(probe_train_loss=number(header, "train_loss", "probe training"),
-                                probe_train_s=time.perf_counter() - started)
+            self.metrics.update(
+                probe_train_loss=number(header, "train_loss", "probe training"),
+                probe_train_s=time.perf_counter() - started,
+            )
             self.weights |= {f"probe.{k}": v for k, v in probe.items()}
 
     def _load(self, server: Server, weights: dict) -> None:
         for model in ("lm", "probe"):
-            part = {k[len(model) + 1:]: v for k, v in weights.items() if k.startswith(model + ".")}
+            part = {k[len(model) + 1 :]: v for k, v in weights.items() if k.startswith(model + ".")}
             if part:
                 server.ask("build", part, model=model)
 
@@ -703,9 +813,17 @@ class Evaluation:
         try:
             for step, copy in sorted(self.copies.items()):
                 b.ask("build", copy, model="lm")
-                logits = np.concatenate([array(b.ask("logits", {"tokens": inputs[r]}, model="lm")[1], "logits",
-                                               (len(r), inputs.shape[1], VOCAB_SIZE), f"logits of the weights after step {step}")
-                                         for r in batches])
+                logits = np.concatenate(
+                    [
+                        array(
+                            b.ask("logits", {"tokens": inputs[r]}, model="lm")[1],
+                            "logits",
+                            (len(r), inputs.shape[1], VOCAB_SIZE),
+                            f"logits of the weights after step {step}",
+                        )
+                        for r in batches
+                    ]
+                )
                 self.curves.val_loss(step, float(token_losses(logits, targets[rows]).mean()), False)
         except CandidateError as e:
             self.curves.val_note = f"the curve stops: {e.reason}: {e.detail[:200]}"
@@ -726,9 +844,12 @@ class Evaluation:
         self.metrics.update(val_loss=val, val_bpb=val / math.log(2))
         if tier.extrapolation:  # positions seq_len..2*seq_len of windows twice as long vs seq_len/2..seq_len
             long_in, long_targets = corpus.val_windows(max(tier.val_windows // 4, 1), 2 * t)
-            long = float(token_losses(self.scored(b, long_in, "lm", 1, "windows twice the training length"),
-                                      long_targets)[:, t:].mean())
-            late = float(losses[:, t // 2:].mean())
+            long = float(
+                token_losses(self.scored(b, long_in, "lm", 1, "windows twice the training length"), long_targets)[
+                    :, t:
+                ].mean()
+            )
+            late = float(losses[:, t // 2 :].mean())
             self.metrics.update(val_loss_2x=long, val_loss_late=late, extrapolation_gap=long - late)
         if tier.probes is not None:
             p = tier.probes
@@ -769,16 +890,25 @@ class Evaluation:
             donors = (which + self.rng.integers(1, max(n, 2), len(which))) % n
             perturbed = inputs[which].copy()
             for j, (cut, donor) in enumerate(zip(cuts, donors)):
-                perturbed[j, cut + 1:] = inputs[donor, cut + 1:] if donor != which[j] else self.rng.integers(0, VOCAB_SIZE, t - cut - 1)
+                perturbed[j, cut + 1 :] = (
+                    inputs[donor, cut + 1 :] if donor != which[j] else self.rng.integers(0, VOCAB_SIZE, t - cut - 1)
+                )
             for rows in np.array_split(self.rng.permutation(len(which)), max(1, math.ceil(len(which) / batch))):
-                out = array(c.ask("logits", {"tokens": perturbed[rows]}, model=model)[1], "logits",
-                            (len(rows), t, VOCAB_SIZE), f"logits of the {what}")
+                out = array(
+                    c.ask("logits", {"tokens": perturbed[rows]}, model=model)[1],
+                    "logits",
+                    (len(rows), t, VOCAB_SIZE),
+                    f"logits of the {what}",
+                )
                 for k, j in enumerate(rows):
                     diff = leak(logits[which[j], : cuts[j] + 1], out[k, : cuts[j] + 1])
                     if not diff <= tolerance:
-                        raise CandidateError("non_causal", f"the trained model's outputs at positions <= {cuts[j]} changed "
-                                             f"by {diff:.1e} (relative) when only later text changed (checked on {what}; "
-                                             "or it answered from what it kept of earlier inputs)")
+                        raise CandidateError(
+                            "non_causal",
+                            f"the trained model's outputs at positions <= {cuts[j]} changed "
+                            f"by {diff:.1e} (relative) when only later text changed (checked on {what}; "
+                            "or it answered from what it kept of earlier inputs)",
+                        )
 
     # -- hardware --------------------------------------------------------------------------------
     def hardware_in_b(self, b: Server) -> None:
@@ -799,11 +929,15 @@ class Evaluation:
         self.stepped = stepped
         extras, _ = b.ask("extras")
         decode = max(0.0, float(np.mean(times[-DECODE_TOKENS:])) - b.pipe_s)  # the pipe's own time, measured warm
-        self.metrics.update(decode_ms_per_token=decode * 1e3,
-                            decode_mode="recurrent" if self.has_step else "recompute", state_bytes=sizes[t], state_context=t,
-                            state_bytes_per_token=max(0.0, (sizes[t] - sizes[t // 2]) / (t - t // 2)),
-                            flops_per_token=number(extras, "flops_per_token", "extras"),
-                            compile_ok=extras.get("compile_ok") is True)
+        self.metrics.update(
+            decode_ms_per_token=decode * 1e3,
+            decode_mode="recurrent" if self.has_step else "recompute",
+            state_bytes=sizes[t],
+            state_context=t,
+            state_bytes_per_token=max(0.0, (sizes[t] - sizes[t // 2]) / (t - t // 2)),
+            flops_per_token=number(extras, "flops_per_token", "extras"),
+            compile_ok=extras.get("compile_ok") is True,
+        )
         for key in ("compile_graph_breaks", "compile_error"):
             if isinstance(extras.get(key), int | str):
                 self.metrics[key] = extras[key] if isinstance(extras[key], int) else extras[key][:300]
@@ -816,25 +950,42 @@ class Evaluation:
         forward, prefill = None, math.inf
         for _ in range(3):
             started = time.perf_counter()
-            forward = array(c.ask("logits", {"tokens": self.decode_tokens}, model="lm")[1], "logits", (1, t, VOCAB_SIZE),
-                            "prefill")
+            forward = array(
+                c.ask("logits", {"tokens": self.decode_tokens}, model="lm")[1], "logits", (1, t, VOCAB_SIZE), "prefill"
+            )
             prefill = min(prefill, time.perf_counter() - started)
         if not leak(forward, self.stepped) <= 2e-2:
-            raise CandidateError("step", f"token-by-token decoding disagrees with the forward pass by {leak(forward, self.stepped):.1e}")
+            raise CandidateError(
+                "step", f"token-by-token decoding disagrees with the forward pass by {leak(forward, self.stepped):.1e}"
+            )
         header, _ = c.ask("memory")
         n = sum(numbers(a) for k, a in self.weights.items() if k.startswith("lm."))
         if self.cuda:
             measured = number(header, "cuda_peak_bytes", "memory", 0)
         else:
             measured = max(0, _memory(c.host_pid(), "VmHWM") - c.warm_hwm)
-        self.metrics.update(prefill_ms=prefill * 1e3, peak_mem_mb=(8 * n + measured) / 2**20,  # + AdamW's two moments
-                            activation_mem_mb=max(0, measured - 8 * n) / 2**20)
+        self.metrics.update(
+            prefill_ms=prefill * 1e3,
+            peak_mem_mb=(8 * n + measured) / 2**20,  # + AdamW's two moments
+            activation_mem_mb=max(0, measured - 8 * n) / 2**20,
+        )
         inputs, targets, losses = self.val
         rows = np.arange(0, len(inputs), 2)
         c.ask("build", {k[3:]: v for k, v in quantized(self.weights).items() if k.startswith("lm.")}, model="lm")
-        q = np.concatenate([token_losses(array(c.ask("logits", {"tokens": inputs[r]}, model="lm")[1], "logits",
-                                               (len(r), t, VOCAB_SIZE), "int8 logits"), targets[r])
-                            for r in np.array_split(rows, max(1, math.ceil(len(rows) / tier.batch_size)))])
+        q = np.concatenate(
+            [
+                token_losses(
+                    array(
+                        c.ask("logits", {"tokens": inputs[r]}, model="lm")[1],
+                        "logits",
+                        (len(r), t, VOCAB_SIZE),
+                        "int8 logits",
+                    ),
+                    targets[r],
+                )
+                for r in np.array_split(rows, max(1, math.ceil(len(rows) / tier.batch_size)))
+            ]
+        )
         increase = float(q.mean() - losses[rows].mean())
         self.metrics.update(quant_loss=increase, val_loss_int8=self.metrics["val_loss"] + increase)
 

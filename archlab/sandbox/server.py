@@ -75,7 +75,9 @@ class Server:
                 except Exception as e:
                     raise CandidateError("step", f"Mixer.step raised {type(e).__name__}: {e}"[:1500]) from e
                 if type(y) is not torch.Tensor or y.shape != x[:, t].shape:  # noqa: E721
-                    raise CandidateError("step", f"Mixer.step must return (tensor of shape {tuple(x[:, t].shape)}, state)")
+                    raise CandidateError(
+                        "step", f"Mixer.step must return (tensor of shape {tuple(x[:, t].shape)}, state)"
+                    )
                 outs.append(y)
         return {}, {"y": torch.stack(outs, 1), **flat_state(state)}
 
@@ -96,7 +98,9 @@ class Server:
             try:
                 model.load_state_dict({k: self._tensor(v) for k, v in arrays.items()}, strict=True)
             except (RuntimeError, KeyError, ValueError) as e:
-                raise CandidateError("error", f"the trained weights do not fit a freshly built model: {e}"[:600]) from None
+                raise CandidateError(
+                    "error", f"the trained weights do not fit a freshly built model: {e}"[:600]
+                ) from None
             model.to(self.device)
             return {}, {}
         return {}, self._weights(model)
@@ -112,8 +116,9 @@ class Server:
         with autocast(self.device):
             loss = guard(lambda: lm_loss(model, tokens, tokens))
         guard(loss.backward)
-        finite = bool(torch.isfinite(loss)) and all(p.grad is None or bool(torch.isfinite(p.grad).all())
-                                                     for p in model.parameters())
+        finite = bool(torch.isfinite(loss)) and all(
+            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
+        )
         return {"finite": finite}, {}
 
     def train(self, req: dict, arrays: dict) -> tuple[dict, dict]:
@@ -135,9 +140,15 @@ class Server:
                 header, batch = wire.receive(0, MAX_REQUEST)
                 if header.get("snapshot"):  # a copy of the weights so far, for the validation curve (curves.py)
                     wire.send(REPLY_FD, {"snapshot": step}, {k: v.numpy() for k, v in self._weights(model).items()})
-                inputs, targets = (self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets"))
-                candidate_api._set_training_progress(step / tier.steps)  # between optimizer steps (archlab/candidate.py)
-                loss = train.train_step(model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}")
+                inputs, targets = (
+                    self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets")
+                )
+                candidate_api._set_training_progress(
+                    step / tier.steps
+                )  # between optimizer steps (archlab/candidate.py)
+                loss = train.train_step(
+                    model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}"
+                )
                 if step % 50 == 49:
                     print(f"[server] {which} step {step + 1}/{tier.steps} loss {loss:.3f}", flush=True)
         finally:
@@ -238,8 +249,11 @@ class Server:
         out = {}
         for key, value in model.state_dict().items():
             if not isinstance(value, torch.Tensor):
-                raise CandidateError("contract", f"state_dict entry {key!r} is a {type(value).__name__}: a part's state "
-                                     "(parameters, buffers, get_extra_state) must be tensors")
+                raise CandidateError(
+                    "contract",
+                    f"state_dict entry {key!r} is a {type(value).__name__}: a part's state "
+                    "(parameters, buffers, get_extra_state) must be tensors",
+                )
             value = value.detach().cpu()
             out[key] = value.float() if value.is_floating_point() else value
         return out
@@ -251,8 +265,11 @@ class Server:
 
         torch.manual_seed(seed)
         d = d_model or self.tier.d_model
-        module = contract.build_mixer(self.candidate, d, self.tier.n_heads) if part == "Mixer" else \
-            contract.build_ffn(self.candidate, d)
+        module = (
+            contract.build_mixer(self.candidate, d, self.tier.n_heads)
+            if part == "Mixer"
+            else contract.build_ffn(self.candidate, d)
+        )
         if module is None:
             raise CandidateError("contract", "the candidate defines no FFN")
         return module.to(device=self.device, dtype=dtype).train(train)
@@ -264,8 +281,10 @@ class Server:
 
         y = guard(lambda: module(x.to(self.device)))
         if type(y) is not torch.Tensor or y.shape != x.shape:  # noqa: E721
-            raise CandidateError("shape", f"{part}.forward: input {tuple(x.shape)} gave {type(y).__name__} "
-                                 f"{tuple(getattr(y, 'shape', ()))}")
+            raise CandidateError(
+                "shape",
+                f"{part}.forward: input {tuple(x.shape)} gave {type(y).__name__} {tuple(getattr(y, 'shape', ()))}",
+            )
         return y
 
     def widest_dtype(self) -> str:
@@ -274,8 +293,9 @@ class Server:
 
         try:
             with torch.no_grad():
-                self._build_part("Mixer", 0, torch.float64, False)(torch.zeros(1, 4, self.tier.d_model, dtype=torch.float64,
-                                                                                device=self.device))
+                self._build_part("Mixer", 0, torch.float64, False)(
+                    torch.zeros(1, 4, self.tier.d_model, dtype=torch.float64, device=self.device)
+                )
             return "float64"
         except Exception:
             return "float32"
@@ -384,7 +404,9 @@ def serve(job: dict) -> None:
             role = job.get("role")
             warm_up(server.device, train=role == "A", count=role == "A" or (role == "B" and server.tier.hardware))
         fla = provide_fla(server.device.type)
-        launch.contain(memory_gb=job.get("memory_gb"), nproc=job.get("nproc", launch.DEFAULT_NPROC), cpu_s=job.get("cpu_s"))
+        launch.contain(
+            memory_gb=job.get("memory_gb"), nproc=job.get("nproc", launch.DEFAULT_NPROC), cpu_s=job.get("cpu_s")
+        )
         print(f"[server] {time.monotonic() - started:.2f}s warm and contained", flush=True)
         wire.send(REPLY_FD, {"warm": True})
         while True:  # until the candidate's source arrives (only once no other server of it is alive)
@@ -400,17 +422,28 @@ def serve(job: dict) -> None:
             guard = AuditGuard()
             guard.install()
         server.candidate = contract.load(load["source"])
-        contract.check_shape(contract.build_mixer(server.candidate, server.tier.d_model, server.tier.n_heads),
-                             server.tier.d_model)
+        contract.check_shape(
+            contract.build_mixer(server.candidate, server.tier.d_model, server.tier.n_heads), server.tier.d_model
+        )
         mixer_type = server.candidate.Mixer
-        wire.send(REPLY_FD, {"ready": True, "has_step": callable(getattr(mixer_type, "step", None)),
-                             "has_ffn": getattr(server.candidate, "FFN", None) is not None,
-                             "dtype": server.widest_dtype(),
-                             "env": {"torch": torch.__version__, "device": server.device.type, "python": platform.python_version(),
-                                     "candidate_compile": "compiled" if compiling else "eager",
-                                     "cuda": torch.version.cuda if server.device.type == "cuda" else None,
-                                     "gpu": torch.cuda.get_device_name(server.device) if server.device.type == "cuda" else None,
-                                     "fla": fla}})
+        wire.send(
+            REPLY_FD,
+            {
+                "ready": True,
+                "has_step": callable(getattr(mixer_type, "step", None)),
+                "has_ffn": getattr(server.candidate, "FFN", None) is not None,
+                "dtype": server.widest_dtype(),
+                "env": {
+                    "torch": torch.__version__,
+                    "device": server.device.type,
+                    "python": platform.python_version(),
+                    "candidate_compile": "compiled" if compiling else "eager",
+                    "cuda": torch.version.cuda if server.device.type == "cuda" else None,
+                    "gpu": torch.cuda.get_device_name(server.device) if server.device.type == "cuda" else None,
+                    "fla": fla,
+                },
+            },
+        )
     except wire.WireError:
         os._exit(0)  # the scorer did not need this server after all
     except BaseException as e:  # noqa: BLE001  (SystemExit from candidate code is a rejection too)

@@ -41,9 +41,26 @@ ALLOWED_IMPORTS = {"torch", "math", "einops", "typing", "functools", "fla", "__f
 CANDIDATE_API = "archlab.candidate"  # the one part of archlab a candidate may import (archlab/candidate.py)
 # Builtins that reach the file system, the interpreter or other code.
 FORBIDDEN_NAMES = {
-    "__import__", "eval", "exec", "compile", "open", "globals", "locals", "vars", "breakpoint",
-    "input", "setattr", "delattr", "memoryview", "help", "exit", "quit", "copyright", "credits",
-    "license", "dir",
+    "__import__",
+    "eval",
+    "exec",
+    "compile",
+    "open",
+    "globals",
+    "locals",
+    "vars",
+    "breakpoint",
+    "input",
+    "setattr",
+    "delattr",
+    "memoryview",
+    "help",
+    "exit",
+    "quit",
+    "copyright",
+    "credits",
+    "license",
+    "dir",
 }
 ALLOWED_DUNDER_NAMES = {"__name__", "__doc__", "__debug__", "__all__"}
 ALLOWED_DUNDER_ATTRS = {"__init__", "__name__", "__doc__"}
@@ -51,20 +68,78 @@ ALLOWED_DUNDER_DEFS = {"__init__"}
 # Attribute names that lead out of the tensor world, anywhere they appear.
 FORBIDDEN_ATTRS = {
     # modules torch and others re-export
-    "os", "sys", "subprocess", "builtins", "importlib", "ctypes", "socket", "shutil", "pathlib", "io",
-    "multiprocessing", "threading", "signal", "pickle", "marshal", "inspect", "gc", "types", "tempfile",
+    "os",
+    "sys",
+    "subprocess",
+    "builtins",
+    "importlib",
+    "ctypes",
+    "socket",
+    "shutil",
+    "pathlib",
+    "io",
+    "multiprocessing",
+    "threading",
+    "signal",
+    "pickle",
+    "marshal",
+    "inspect",
+    "gc",
+    "types",
+    "tempfile",
     # loading code or files, registering kernels, hubs (torch.compile is allowed: DESIGN.md)
-    "load", "save", "load_library", "cpp_extension", "from_file", "hub", "library", "classes",
-    "jit", "distributed", "overrides", "ops_registry", "get_type_hints", "ForwardRef", "singledispatch",
-    "singledispatchmethod", "format", "format_map", "mro", "untyped_storage",
+    "load",
+    "save",
+    "load_library",
+    "cpp_extension",
+    "from_file",
+    "hub",
+    "library",
+    "classes",
+    "jit",
+    "distributed",
+    "overrides",
+    "ops_registry",
+    "get_type_hints",
+    "ForwardRef",
+    "singledispatch",
+    "singledispatchmethod",
+    "format",
+    "format_map",
+    "mro",
+    "untyped_storage",
     # frames, code objects and the autograd graph (ways to reach the harness's locals and tensors)
-    "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace", "tb_frame", "tb_next",
-    "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame", "ag_code", "co_code", "co_consts",
-    "func_globals", "grad_fn", "next_functions", "variable", "metadata",
+    "f_back",
+    "f_globals",
+    "f_locals",
+    "f_builtins",
+    "f_code",
+    "f_trace",
+    "tb_frame",
+    "tb_next",
+    "gi_frame",
+    "gi_code",
+    "cr_frame",
+    "cr_code",
+    "ag_frame",
+    "ag_code",
+    "co_code",
+    "co_consts",
+    "func_globals",
+    "grad_fn",
+    "next_functions",
+    "variable",
+    "metadata",
     # global state of torch that the harness relies on
-    "set_num_threads", "set_num_interop_threads", "set_default_dtype", "set_default_device",
-    "set_default_tensor_type", "set_flush_denormal", "use_deterministic_algorithms",
-    "set_grad_enabled", "set_anomaly_enabled",
+    "set_num_threads",
+    "set_num_interop_threads",
+    "set_default_dtype",
+    "set_default_device",
+    "set_default_tensor_type",
+    "set_flush_denormal",
+    "use_deterministic_algorithms",
+    "set_grad_enabled",
+    "set_anomaly_enabled",
 }
 FORBIDDEN_ATTR_PREFIXES = ("register_module_", "register_global_")
 MODULE_ONLY_ATTRS = {"ops": {"fla"}}  # `x.ops` only below these imported roots (fla.ops.* kernels)
@@ -99,12 +174,21 @@ class _Checker:
         self.annotation_only = _type_checking_imports(tree, self.nodes)  # ids of imports that never run
         self.shadowed = _parameter_uses(self.nodes, FORBIDDEN_NAMES)  # ids of Names that are a function's own argument
         self.hasattr_names = {  # hasattr's constant names: any is fine, hasattr returns a bool
-            id(n.args[1]) for n in self.nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-            and n.func.id == "hasattr" and len(n.args) == 2 and isinstance(n.args[1], ast.Constant)}
+            id(n.args[1])
+            for n in self.nodes
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Name)
+            and n.func.id == "hasattr"
+            and len(n.args) == 2
+            and isinstance(n.args[1], ast.Constant)
+        }
         self.docstrings = {  # docstrings are text for people, never evaluated
-            id(n.body[0].value) for n in self.nodes
-            if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and n.body
-            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)
+            id(n.body[0].value)
+            for n in self.nodes
+            if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
         }
 
     def run(self) -> None:
@@ -138,8 +222,11 @@ class _Checker:
         else:
             for alias in node.names:
                 if alias.name == CANDIDATE_API and not alias.asname and not any_module:
-                    _forbid(node, f"`import {CANDIDATE_API}` binds the name archlab: write "
-                            f"`from {CANDIDATE_API} import training_progress`")
+                    _forbid(
+                        node,
+                        f"`import {CANDIDATE_API}` binds the name archlab: write "
+                        f"`from {CANDIDATE_API} import training_progress`",
+                    )
                 if not any_module:
                     self.check_module(node, alias.name)
                 bound = (alias.asname or alias.name).split(".")[0]
@@ -189,8 +276,11 @@ class _Checker:
                 self.check_target(node)
         elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del):
             self.check_target(node)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in self.docstrings | self.hasattr_names and any(
-            m not in ALLOWED_DUNDER_ATTRS | {"__main__"} for m in DUNDER_IN_STRING.findall(node.value)
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in self.docstrings | self.hasattr_names
+            and any(m not in ALLOWED_DUNDER_ATTRS | {"__main__"} for m in DUNDER_IN_STRING.findall(node.value))
         ):
             _forbid(node, f"the string {node.value[:60]!r} (dunder names are how sandbox escapes start)")
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -224,15 +314,26 @@ class _Checker:
             _forbid(node, f"access to the private attribute {attr!r} (only self._x is allowed)")
         if attr in FORBIDDEN_ATTRS or attr.startswith(FORBIDDEN_ATTR_PREFIXES):
             hint = " (use an f-string)" if attr in ("format", "format_map") else ""
-            _forbid(node, f"access to {attr!r}" + (f" in {ast.unparse(node)[:80]!r}" if isinstance(node, ast.Attribute) else "") + hint)
+            _forbid(
+                node,
+                f"access to {attr!r}"
+                + (f" in {ast.unparse(node)[:80]!r}" if isinstance(node, ast.Attribute) else "")
+                + hint,
+            )
         if attr in MODULE_ONLY_ATTRS and root_module not in MODULE_ONLY_ATTRS[attr]:
             _forbid(node, f"access to {attr!r} outside {', '.join(sorted(MODULE_ONLY_ATTRS[attr]))}")
 
     def check_target(self, node: ast.Attribute | ast.Subscript) -> None:
         root = _root_name(node)
-        own_item = isinstance(node, ast.Subscript)  # items of its own objects, through views too (`bias.view(h, 4)[:, 3] = 2.0`)
+        own_item = isinstance(
+            node, ast.Subscript
+        )  # items of its own objects, through views too (`bias.view(h, 4)[:, 3] = 2.0`)
         if root is None or root in self.roots or root in UNSAFE_ROOTS or (_has_call(node) and not own_item):
-            what = "imported modules are read-only" if root in self.roots else "only attributes of your own objects may be set"
+            what = (
+                "imported modules are read-only"
+                if root in self.roots
+                else "only attributes of your own objects may be set"
+            )
             _forbid(node, f"assignment to {ast.unparse(node)!r} ({what})")
 
     def is_safe_getattr_call(self, name: ast.Name) -> bool:
@@ -284,20 +385,30 @@ def _type_checking_imports(tree: ast.Module, nodes: list[ast.AST]) -> set[int]:
                 return False
             if module_itself and not (isinstance(stmt, ast.Import) and alias.name == "typing"):
                 return False
-            if not module_itself and not (isinstance(stmt, ast.ImportFrom) and stmt.module == "typing" and not stmt.level):
+            if not module_itself and not (
+                isinstance(stmt, ast.ImportFrom) and stmt.module == "typing" and not stmt.level
+            ):
                 return False
         return bool(found)
 
     def is_test(test: ast.expr) -> bool:
         if isinstance(test, ast.Name) and test.id == "TYPE_CHECKING":
             return only_from_typing("TYPE_CHECKING", False)
-        return (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING" and isinstance(test.value, ast.Name)
-                and test.value.id == "typing" and only_from_typing("typing", True))
+        return (
+            isinstance(test, ast.Attribute)
+            and test.attr == "TYPE_CHECKING"
+            and isinstance(test.value, ast.Name)
+            and test.value.id == "typing"
+            and only_from_typing("typing", True)
+        )
 
     out: set[int] = set()
     for node in nodes:
-        if isinstance(node, ast.If) and is_test(node.test) \
-                and all(isinstance(s, ast.Import | ast.ImportFrom | ast.Pass) for s in node.body):
+        if (
+            isinstance(node, ast.If)
+            and is_test(node.test)
+            and all(isinstance(s, ast.Import | ast.ImportFrom | ast.Pass) for s in node.body)
+        ):
             out.update(id(s) for s in node.body if not isinstance(s, ast.Pass))
     return out
 

@@ -39,7 +39,9 @@ class Probes(BaseModel):
     batch_size: Positive = 32
     steps: Positive = 600
     lr: float = Field(3e-3, gt=0, allow_inf_nan=False)
-    pairs: tuple[Positive, ...] = Field((2, 4, 8), min_length=1)  # MQAR difficulty levels, each reported as mqar_acc_p{n}
+    pairs: tuple[Positive, ...] = Field(
+        (2, 4, 8), min_length=1
+    )  # MQAR difficulty levels, each reported as mqar_acc_p{n}
     keys: Positive = 16  # key and value vocabulary sizes: small, so a short budget can learn the task
     values: Positive = 16
     copy_tokens: Positive = 8  # selective copying: symbols to copy, scattered over seq_len - copy_tokens - 1 noise
@@ -60,7 +62,9 @@ class Tier(BaseModel):
     warmup: int = Field(10, ge=0)
     val_windows: Positive = 64
     timeout_s: Positive = 300  # for all the tier's processes together, per seed
-    seeds: Positive = 1  # how many seeds a result at this tier deserves (`archlab eval` runs them; metrics are means, *_std beside)
+    seeds: Positive = (
+        1  # how many seeds a result at this tier deserves (`archlab eval` runs them; metrics are means, *_std beside)
+    )
     # checks (every tier runs them before training)
     causality_length: Length = 150
     # complexity is also measured at seq_len / 2 and seq_len (scorer.complexity)
@@ -80,16 +84,34 @@ TIERS: dict[str, Tier] = {
     # contract, static checks, causality, complexity, step(), parameter budget, one forward/backward
     "check": Tier(name="check", timeout_s=120),
     # seconds: exercises the whole pipeline (tests, trying a setup); too short to rank designs
-    "micro": Tier(name="micro", d_model=64, seq_len=64, batch_size=8, steps=20, val_windows=16, timeout_s=150,
-                  complexity_lengths=(128, 512)),
+    "micro": Tier(
+        name="micro",
+        d_model=64,
+        seq_len=64,
+        batch_size=8,
+        steps=20,
+        val_windows=16,
+        timeout_s=150,
+        complexity_lengths=(128, 512),
+    ),
     # ~1 minute on 2 CPU cores: separates large architectural changes (they move its loss by 10-17%)
     "smoke": Tier(name="smoke", steps=120, timeout_s=480, hardware=True),
     # the main proxy: learning speed over ~1.6 M bytes, plus probes and length extrapolation
-    "explore": Tier(name="explore", steps=400, val_windows=128, timeout_s=1500, hardware=True, extrapolation=True,
-                    probes=Probes()),
+    "explore": Tier(
+        name="explore", steps=400, val_windows=128, timeout_s=1500, hardware=True, extrapolation=True, probes=Probes()
+    ),
     # longer training for the top slice, several seeds
-    "verify": Tier(name="verify", steps=1000, lr=1e-3, val_windows=256, timeout_s=3600, seeds=3, hardware=True,
-                   extrapolation=True, probes=Probes(steps=1000)),
+    "verify": Tier(
+        name="verify",
+        steps=1000,
+        lr=1e-3,
+        val_windows=256,
+        timeout_s=3600,
+        seeds=3,
+        hardware=True,
+        extrapolation=True,
+        probes=Probes(steps=1000),
+    ),
 }
 
 
@@ -117,8 +139,10 @@ def resolve(tier: "str | Tier", overrides: dict[str, Any] | None = None) -> Tier
         first = e.errors()[0]
         raise TierError(f"tier override {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     if tier.steps > 0 and resolved.steps == 0:  # nothing trained means no val_loss to rank by
-        raise TierError(f"tier override steps: the {tier.name} tier trains, so it needs at least 1 step "
-                        "(`archlab check` runs the checks without training)")
+        raise TierError(
+            f"tier override steps: the {tier.name} tier trains, so it needs at least 1 step "
+            "(`archlab check` runs the checks without training)"
+        )
     return resolved
 
 

@@ -35,7 +35,7 @@ def encode(header: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
 def send(fd: int, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
     data = memoryview(encode(header, arrays))
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def read_exactly(fd: int, n: int, wait=None) -> bytes:

@@ -65,9 +65,15 @@ class LaunchPad:
             os.chmod(self.host_dir, 0o777)
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = lx.command([sys.executable, "-m", "archlab.sandbox.zygote"], cuda=cuda, hide=hide)
-        self.proc = subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     cwd=self.host_dir if lx.kind != "bwrap" else None, start_new_session=True,
-                                     env=launch.environment(lx.scratch(self.host_dir), 1))
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=theirs,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.host_dir if lx.kind != "bwrap" else None,
+            start_new_session=True,
+            env=launch.environment(lx.scratch(self.host_dir), 1),
+        )
         theirs.close()
         self.tail = b""
         threading.Thread(target=self._drain, daemon=True, name="archlab-launchpad-log").start()
@@ -87,8 +93,15 @@ class LaunchPad:
         with self._lock:
             self.wait_warm(deadline)
             try:
-                socket.send_fds(self.sock, [json.dumps({"fork": title, "uid": uid, "scratch": scratch, "isolate": isolate,
-                                                        "threads": self.key[1]}).encode()], fds)
+                socket.send_fds(
+                    self.sock,
+                    [
+                        json.dumps(
+                            {"fork": title, "uid": uid, "scratch": scratch, "isolate": isolate, "threads": self.key[1]}
+                        ).encode()
+                    ],
+                    fds,
+                )
             except OSError:
                 raise self._error("is gone") from None
             pid = self._reply(deadline).get("pid")
@@ -107,7 +120,10 @@ class LaunchPad:
 
     def host_pid(self) -> int | None:
         """The launch pad's pid as this machine sees it (below bwrap or setpriv)."""
-        return _find(self.proc.pid, lambda pid: _read(f"/proc/{pid}/cmdline").split(b"\0")[1:3] == [b"-m", b"archlab.sandbox.zygote"])
+        return _find(
+            self.proc.pid,
+            lambda pid: _read(f"/proc/{pid}/cmdline").split(b"\0")[1:3] == [b"-m", b"archlab.sandbox.zygote"],
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None

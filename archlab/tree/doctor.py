@@ -43,14 +43,20 @@ class Report:
         return not any(f.severity == "error" and not f.repaired for f in self.findings)
 
     def as_json(self) -> dict:
-        return {"ok": self.ok, "checked": self.checked, "findings": [f.__dict__ for f in self.findings],
-                "repairable": self.repairable}
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "findings": [f.__dict__ for f in self.findings],
+            "repairable": self.repairable,
+        }
 
 
 # What to do with a damaged archlab.db: nothing here rewrites it, since a wrong guess would lose rows.
-DAMAGED_DB = ("copy the run directory aside, then restore archlab.db from a backup, or salvage its readable rows with "
-              "`sqlite3 archlab.db .recover | sqlite3 recovered.db` and put recovered.db in its place "
-              "(every node's code is also in the run's git repository, tags node-N)")
+DAMAGED_DB = (
+    "copy the run directory aside, then restore archlab.db from a backup, or salvage its readable rows with "
+    "`sqlite3 archlab.db .recover | sqlite3 recovered.db` and put recovered.db in its place "
+    "(every node's code is also in the run's git repository, tags node-N)"
+)
 
 
 def check(run_dir: Path, repair: bool = False) -> Report:
@@ -82,7 +88,10 @@ def _check(run_dir: Path, repair: bool, report: Report) -> None:
         report.repairable = False
     if not (run_dir / "repo" / ".git").exists():
         if not repair:
-            report.add("error", "the git repository (repo/) is missing; --repair rebuilds it from the database's copy of the code")
+            report.add(
+                "error",
+                "the git repository (repo/) is missing; --repair rebuilds it from the database's copy of the code",
+            )
             return
         if not _rebuild_repo(run_dir, store, report):
             return
@@ -90,8 +99,11 @@ def _check(run_dir: Path, repair: bool, report: Report) -> None:
         lineage = Lineage(run_dir / "repo")
         tags = lineage.node_tags()
     except (git.exc.GitError, ValueError, OSError) as e:
-        report.add("error", f"the git repository cannot be read: {e}; restore repo/ from a backup, "
-                            f"or move it aside and run `archlab doctor {run_dir} --repair` to rebuild it from the database")
+        report.add(
+            "error",
+            f"the git repository cannot be read: {e}; restore repo/ from a backup, "
+            f"or move it aside and run `archlab doctor {run_dir} --repair` to rebuild it from the database",
+        )
         return
     nodes = store.nodes()
     report.checked.update(nodes=len(nodes), commits=len(tags))
@@ -119,19 +131,29 @@ def _rebuild_repo(run_dir: Path, store: Store, report: Report) -> bool:
     nodes = store.nodes()  # by id: a parent's id is always below its children's
     uncopied = [n["id"] for n in nodes if store.code_copy(n["id"]) is None]
     if uncopied:
-        report.add("error", f"the git repository (repo/) is missing and the database has no copy of node {uncopied[0]}'s code "
-                            f"(a run from an older archlab): restore repo/ from a backup")
+        report.add(
+            "error",
+            f"the git repository (repo/) is missing and the database has no copy of node {uncopied[0]}'s code "
+            f"(a run from an older archlab): restore repo/ from a backup",
+        )
         return False
     lineage = Lineage(run_dir / "repo", create=True)
     shas: dict[int, str] = {}
     for n in nodes:
         parent = n["parent_id"]
-        message = (f"node {n['id']}: {n['operator'] or 'proposal'}" + (f" (from node {parent})" if parent is not None else "")
-                   + f"\n\n{n['motivation'] or ''}\n\nRebuilt by archlab doctor --repair from the database's copy of the code.")
+        message = (
+            f"node {n['id']}: {n['operator'] or 'proposal'}"
+            + (f" (from node {parent})" if parent is not None else "")
+            + f"\n\n{n['motivation'] or ''}\n\nRebuilt by archlab doctor --repair from the database's copy of the code."
+        )
         shas[n["id"]] = lineage.commit(n["id"], store.code_copy(n["id"]), message, shas.get(parent))
         store.update_node(n["id"], commit_sha=shas[n["id"]])
     lineage.repo.close()
-    report.add("error", f"the git repository (repo/) was missing: rebuilt with {len(shas)} commit(s) from the database", repaired=True)
+    report.add(
+        "error",
+        f"the git repository (repo/) was missing: rebuilt with {len(shas)} commit(s) from the database",
+        repaired=True,
+    )
     return True
 
 
@@ -146,8 +168,12 @@ def _check_code(store: Store, nodes: list[dict], tags: dict, lineage: Lineage, r
             code = lineage.code(tags[nid])
         except DamagedObject:
             restored = repair and copy is not None and lineage.restore(tags[nid], copy)
-            report.add("error", f"node {nid}: its code cannot be read from git"
-                                + ("" if copy is not None else " and the database has no copy of it"), repaired=bool(restored))
+            report.add(
+                "error",
+                f"node {nid}: its code cannot be read from git"
+                + ("" if copy is not None else " and the database has no copy of it"),
+                repaired=bool(restored),
+            )
             continue
         if copy is None:
             uncopied.append(nid)
@@ -156,8 +182,12 @@ def _check_code(store: Store, nodes: list[dict], tags: dict, lineage: Lineage, r
         elif copy != code:
             report.add("error", f"node {nid}: its code in git differs from the database's copy")
     if uncopied:
-        report.add("warning", f"{len(uncopied)} node(s) have no database copy of their code (e.g. node {uncopied[0]}; "
-                              f"runs from an older archlab)", repaired=repair)
+        report.add(
+            "warning",
+            f"{len(uncopied)} node(s) have no database copy of their code (e.g. node {uncopied[0]}; "
+            f"runs from an older archlab)",
+            repaired=repair,
+        )
 
 
 def _check_node(node: dict, by_id: dict, tags: dict, lineage: Lineage, report: Report) -> None:
@@ -186,7 +216,9 @@ def _check_node(node: dict, by_id: dict, tags: dict, lineage: Lineage, report: R
 
 def _check_threads(run_dir: Path, store: Store, repair: bool, report: Report) -> None:
     """Open candidate threads must have a checkpoint; in-flight nodes must belong to one."""
-    open_threads = [r[0].removeprefix("thread:") for r in store.db.execute("select key from meta where key like 'thread:%'")]
+    open_threads = [
+        r[0].removeprefix("thread:") for r in store.db.execute("select key from meta where key like 'thread:%'")
+    ]
     checkpointed: set[str] = set()
     path = Path(run_dir) / "checkpoints.db"
     if path.exists():
@@ -208,7 +240,9 @@ def _check_threads(run_dir: Path, store: Store, repair: bool, report: Report) ->
         for node in evaluating:
             if repair:
                 store.update_node(node["id"], status="failed", reason="interrupted", finished=time.time())
-            report.add("error", f"node {node['id']} is still 'evaluating' and no checkpoint resumes it", repaired=repair)
+            report.add(
+                "error", f"node {node['id']} is still 'evaluating' and no checkpoint resumes it", repaired=repair
+            )
 
 
 def _check_evaluations(run_dir: Path, store: Store, by_id: dict, report: Report) -> None:
@@ -216,8 +250,11 @@ def _check_evaluations(run_dir: Path, store: Store, by_id: dict, report: Report)
     report.checked["evaluations"] = len(rows)
     missing_logs = [r for r in rows if r[2] and not (Path(run_dir) / r[2]).exists()]
     if missing_logs:
-        report.add("warning", f"{len(missing_logs)} evaluation log(s) are missing (e.g. {missing_logs[0][2]}); "
-                              f"metrics are kept in the database")
+        report.add(
+            "warning",
+            f"{len(missing_logs)} evaluation log(s) are missing (e.g. {missing_logs[0][2]}); "
+            f"metrics are kept in the database",
+        )
     ok_nodes = {r[1] for r in rows if r[3]}
     for node in by_id.values():
         if node["status"] == "done" and node["id"] not in ok_nodes:

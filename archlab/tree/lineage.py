@@ -48,9 +48,11 @@ def _reading(method):
         except READ_ERRORS as e:
             detail = (getattr(e, "stderr", None) or str(e)).strip().splitlines()[-1].strip(" '")
             run_dir = Path(self.repo.working_dir).parent
-            raise DamagedObject(f"{self.repo.working_dir}: a git object of commit {str(args[-1])[:12]} cannot be read ({detail}); "
-                                f"`archlab doctor {run_dir}` names the damaged nodes and `--repair` rewrites their code "
-                                f"from the database's copy") from None
+            raise DamagedObject(
+                f"{self.repo.working_dir}: a git object of commit {str(args[-1])[:12]} cannot be read ({detail}); "
+                f"`archlab doctor {run_dir}` names the damaged nodes and `--repair` rewrites their code "
+                f"from the database's copy"
+            ) from None
 
     return wrapper
 
@@ -72,8 +74,9 @@ class Lineage:
             self.repo.delete_tag(self.repo.tags[tag])
         tree = git.Tree(self.repo, self._write_tree(code))
         parents = [self.repo.commit(parent_sha)] if parent_sha else []
-        commit = git.Commit.create_from_tree(self.repo, tree, message, parent_commits=parents, head=False,
-                                             author=ACTOR, committer=ACTOR)
+        commit = git.Commit.create_from_tree(
+            self.repo, tree, message, parent_commits=parents, head=False, author=ACTOR, committer=ACTOR
+        )
         self.repo.create_tag(tag, ref=commit)
         return commit.hexsha
 
@@ -113,7 +116,11 @@ class Lineage:
 
     @_locked
     def node_tags(self) -> dict[int, str]:
-        return {int(t.name[5:]): t.commit.hexsha for t in self.repo.tags if t.name.startswith("node-") and t.name[5:].isdigit()}
+        return {
+            int(t.name[5:]): t.commit.hexsha
+            for t in self.repo.tags
+            if t.name.startswith("node-") and t.name[5:].isdigit()
+        }
 
     @_locked
     def drop_tag(self, node_id: int) -> None:

@@ -118,7 +118,9 @@ class Replayer:
         else:
             counted = [r["metrics"]["mixer_params"] for r in root_runs if r["ok"] and "mixer_params" in r["metrics"]]
             if not counted:
-                raise UserError(f"the root failed its replay at the {self.tier} tier, so there is no parameter budget to hold the nodes to")
+                raise UserError(
+                    f"the root failed its replay at the {self.tier} tier, so there is no parameter budget to hold the nodes to"
+                )
             root_params = counted[0]
         return int(root_params * self.config.param_ratio)
 
@@ -134,19 +136,38 @@ class Replayer:
         log = self.dir / "logs" / f"replay-{name}.log"
         log.parent.mkdir(exist_ok=True)
         weights = self.dir / WEIGHTS_DIR / f"{name}.safetensors"
-        result = runner.evaluate(code, self.tier, seed=seed, seeds=1, data=self.config.data, param_limit=param_limit,
-                                 threads=self.threads, log_path=log, weights_out=weights, tier_overrides=self.overrides,
-                                 device=None if self.config.device == "auto" else self.config.device)
+        result = runner.evaluate(
+            code,
+            self.tier,
+            seed=seed,
+            seeds=1,
+            data=self.config.data,
+            param_limit=param_limit,
+            threads=self.threads,
+            log_path=log,
+            weights_out=weights,
+            tier_overrides=self.overrides,
+            device=None if self.config.device == "auto" else self.config.device,
+        )
         result.env = {**result.env, "commit": node["commit_sha"]}
         if result.ok and weights.is_file():
             result.env["weights"] = str(weights.relative_to(self.dir))
         self.store.add_evaluation(node_id, self.tier, seed, result, str(log.relative_to(self.dir)), kind="replay")
-        self.store.event("replay", f"replayed node {node_id} at {self.tier} seed {seed}: "
-                                   + (f"val_loss {result.metrics.get('val_loss'):.4f}" if result.ok else f"failed ({result.reason})"), node_id)
+        self.store.event(
+            "replay",
+            f"replayed node {node_id} at {self.tier} seed {seed}: "
+            + (f"val_loss {result.metrics.get('val_loss'):.4f}" if result.ok else f"failed ({result.reason})"),
+            node_id,
+        )
         return _run_row(self.stored(node_id, seed), cached=False)
 
-    def replay(self, node_ids: list[int], seeds: list[int], on_eval: Callable[[int, int, dict], None] = lambda n, s, r: None,
-               workers: int = 1) -> list[Replayed]:
+    def replay(
+        self,
+        node_ids: list[int],
+        seeds: list[int],
+        on_eval: Callable[[int, int, dict], None] = lambda n, s, r: None,
+        workers: int = 1,
+    ) -> list[Replayed]:
         """Replay the root and then each node (in the order given) once per seed; `workers`
         evaluations at once (each its own sandbox), the root's first since its runs set the
         parameter budget of the others."""
@@ -154,8 +175,14 @@ class Replayer:
         items = {}
         for n in order:  # a clear error for an unknown node before anything runs
             node = self.store.node(n)
-            items[n] = Replayed(n, node["parent_id"], node["operator"], node["status"], recorded=self.recorded(n),
-                                originals=self.originals(n))
+            items[n] = Replayed(
+                n,
+                node["parent_id"],
+                node["operator"],
+                node["status"],
+                recorded=self.recorded(n),
+                originals=self.originals(n),
+            )
 
         def evaluate_all(pairs: list[tuple[int, int]], limit) -> None:
             def one(pair: tuple[int, int]) -> dict:
@@ -178,7 +205,11 @@ class Replayer:
         out = {}
         for e in self.store.evaluations(node_id):
             if e["kind"] in ("search", "promotion") and e["tier"] == self.tier and e["ok"]:
-                out[e["seed"]] = {"kind": e["kind"], "val_loss": (e["metrics"] or {}).get("val_loss"), "env": e["env"] or {}}
+                out[e["seed"]] = {
+                    "kind": e["kind"],
+                    "val_loss": (e["metrics"] or {}).get("val_loss"),
+                    "env": e["env"] or {},
+                }
         return out
 
     def recorded(self, node_id: int) -> dict | None:
@@ -187,8 +218,13 @@ class Replayer:
         e = (ok or searches or [None])[-1]
         if e is None:
             return None
-        return {"tier": e["tier"], "seed": e["seed"], "ok": bool(e["ok"]), "val_loss": (e["metrics"] or {}).get("val_loss"),
-                "env": e["env"] or {}}
+        return {
+            "tier": e["tier"],
+            "seed": e["seed"],
+            "ok": bool(e["ok"]),
+            "val_loss": (e["metrics"] or {}).get("val_loss"),
+            "env": e["env"] or {},
+        }
 
 
 def tier_overrides(config: RunConfig, tier: str) -> dict | None:
@@ -199,8 +235,17 @@ def tier_overrides(config: RunConfig, tier: str) -> dict | None:
 
 
 def _run_row(e: dict, cached: bool) -> dict:
-    return {"seed": e["seed"], "ok": bool(e["ok"]), "reason": e["reason"], "detail": e["detail"], "metrics": e["metrics"] or {},
-            "env": e["env"] or {}, "evaluation": e["id"], "cached": cached, "log": e.get("log")}
+    return {
+        "seed": e["seed"],
+        "ok": bool(e["ok"]),
+        "reason": e["reason"],
+        "detail": e["detail"],
+        "metrics": e["metrics"] or {},
+        "env": e["env"] or {},
+        "evaluation": e["id"],
+        "cached": cached,
+        "log": e.get("log"),
+    }
 
 
 def summarise(items: list[Replayed], tier: str, seeds: list[int]) -> dict:
@@ -230,8 +275,13 @@ def summarise(items: list[Replayed], tier: str, seeds: list[int]) -> dict:
         same = [seed for seed in seeds if seed in loss and (item.originals.get(seed) or {}).get("val_loss") is not None]
         if same:  # the first seed the run itself evaluated at this tier
             original = item.originals[same[0]]
-            reproduction = {"seed": same[0], "kind": original["kind"], "recorded": original["val_loss"],
-                            "replayed": loss[same[0]], "difference": loss[same[0]] - original["val_loss"]}
+            reproduction = {
+                "seed": same[0],
+                "kind": original["kind"],
+                "recorded": original["val_loss"],
+                "replayed": loss[same[0]],
+                "difference": loss[same[0]] - original["val_loss"],
+            }
         env_changes = {}
         if rec:
             for run in item.ok_runs():
@@ -239,23 +289,49 @@ def summarise(items: list[Replayed], tier: str, seeds: list[int]) -> dict:
                     before, now = rec["env"].get(key), run["env"].get(key)
                     if before is not None and now is not None and before != now:
                         env_changes[key] = {"recorded": before, "replay": now}
-        rows.append({
-            "node": item.node, "parent": item.parent, "operator": item.operator, "status": item.status,
-            "ok": len(loss), "failed": [{"seed": r["seed"], "reason": r["reason"], "detail": r["detail"]} for r in item.runs if not r["ok"]],
-            "val_loss": loss, "val_loss_mean": m, "val_loss_std": s, "spread": spread,
-            "tokens_per_s_mean": tm, "tokens_per_s_std": ts,
-            "vs_root_mean": dm if item.node != 0 else 0.0, "vs_root_std": ds if item.node != 0 else None,
-            "vs_parent_mean": dpm, "vs_parent_std": dps,
-            "recorded": rec["val_loss"] if rec else None, "reproduction": reproduction, "env_changes": env_changes,
-            "evaluations": [r["evaluation"] for r in item.runs], "cached": sum(r["cached"] for r in item.runs),
-        })
+        rows.append(
+            {
+                "node": item.node,
+                "parent": item.parent,
+                "operator": item.operator,
+                "status": item.status,
+                "ok": len(loss),
+                "failed": [
+                    {"seed": r["seed"], "reason": r["reason"], "detail": r["detail"]} for r in item.runs if not r["ok"]
+                ],
+                "val_loss": loss,
+                "val_loss_mean": m,
+                "val_loss_std": s,
+                "spread": spread,
+                "tokens_per_s_mean": tm,
+                "tokens_per_s_std": ts,
+                "vs_root_mean": dm if item.node != 0 else 0.0,
+                "vs_root_std": ds if item.node != 0 else None,
+                "vs_parent_mean": dpm,
+                "vs_parent_std": dps,
+                "recorded": rec["val_loss"] if rec else None,
+                "reproduction": reproduction,
+                "env_changes": env_changes,
+                "evaluations": [r["evaluation"] for r in item.runs],
+                "cached": sum(r["cached"] for r in item.runs),
+            }
+        )
     return {"tier": tier, "seeds": seeds, "nodes": rows}
 
 
-def replay(run_dir: Path, node_id: int, *, tier: str | None = None, seeds: int = 3, lineage: bool = False,
-           threads: int | None = None, force: bool = False, workers: int = 1,
-           on_start: Callable[[int], None] = lambda total: None,
-           on_eval: Callable[[int, int, dict], None] = lambda n, s, r: None) -> dict:
+def replay(
+    run_dir: Path,
+    node_id: int,
+    *,
+    tier: str | None = None,
+    seeds: int = 3,
+    lineage: bool = False,
+    threads: int | None = None,
+    force: bool = False,
+    workers: int = 1,
+    on_start: Callable[[int], None] = lambda total: None,
+    on_eval: Callable[[int, int, dict], None] = lambda n, s, r: None,
+) -> dict:
     """Replay a node (and with lineage=True every ancestor) beside the root; see summarise()."""
     r = Replayer(run_dir, tier, threads, force)
     r.store.node(node_id)
@@ -275,13 +351,24 @@ def trained_node(run_dir: Path, node_id: int, purpose: str, imported: bool = Fal
     config, store = RunConfig.load(run_dir), Store(run_dir)
     node = store.node(node_id)
     if node["status"] != "done" and not (imported and node["status"] == "imported" and node["commit_sha"]):
-        raise UserError(f"node {node_id} {node['status']}" + (f" ({node['reason']})" if node["reason"] else "")
-                        + f": only a trained node can {purpose}")
+        raise UserError(
+            f"node {node_id} {node['status']}"
+            + (f" ({node['reason']})" if node["reason"] else "")
+            + f": only a trained node can {purpose}"
+        )
     return config, store, node
 
 
-def fork(run_dir: Path, node_id: int, new_dir: Path, *, tier: str | None = None, seed: int | None = None,
-         strategy: str | None = None, max_nodes: int | None = None) -> dict:
+def fork(
+    run_dir: Path,
+    node_id: int,
+    new_dir: Path,
+    *,
+    tier: str | None = None,
+    seed: int | None = None,
+    strategy: str | None = None,
+    max_nodes: int | None = None,
+) -> dict:
     """Create NEW_RUN rooted at node_id of RUN; returns what was done, for the CLI to print."""
     run_dir, new_dir = Path(run_dir), Path(new_dir)
     config, store, node = trained_node(run_dir, node_id, "root a new run", imported=True)
@@ -313,8 +400,11 @@ def fork(run_dir: Path, node_id: int, new_dir: Path, *, tier: str | None = None,
     # The new root's figures: the node's own evaluation at the new run's tier and seed (its
     # search evaluation; not a promotion's, which the node's columns may hold); without one,
     # the new run evaluates its root first.
-    search = [e for e in store.evaluations(node_id) if e["kind"] == "search" and e["ok"]
-              and e["tier"] == new_config.tier and e["seed"] == new_config.seed]
+    search = [
+        e
+        for e in store.evaluations(node_id)
+        if e["kind"] == "search" and e["ok"] and e["tier"] == new_config.tier and e["seed"] == new_config.seed
+    ]
     baseline = search[-1]["metrics"] if search and (search[-1]["metrics"] or {}).get("val_loss") is not None else None
     same_tier = baseline is not None
 
@@ -333,52 +423,104 @@ def fork(run_dir: Path, node_id: int, new_dir: Path, *, tier: str | None = None,
         store.event("forked", f"node {node_id} forked into {new_dir.resolve()}", node_id)
     except sqlite3.OperationalError:  # a read-only source run still forks
         pass
-    return {"source": source, "new_run": str(new_dir), "config": new_config.model_dump(exclude_none=True),
-            "root_ready": same_tier, "evaluations": copied, "design": node.get("design") is not None,
-            "param_ratio": ratio}
+    return {
+        "source": source,
+        "new_run": str(new_dir),
+        "config": new_config.model_dump(exclude_none=True),
+        "root_ready": same_tier,
+        "evaluations": copied,
+        "design": node.get("design") is not None,
+        "param_ratio": ratio,
+    }
 
 
 def _source(run_dir: Path, config: RunConfig, node: dict) -> dict:
-    return {"run": str(run_dir.resolve()), "name": run_dir.resolve().name, "node": node["id"], "commit": node["commit_sha"],
-            "fitness": node["fitness"], "val_loss": node["val_loss"], "operator": node["operator"], "tier": config.tier,
-            "forked": time.time()}
+    return {
+        "run": str(run_dir.resolve()),
+        "name": run_dir.resolve().name,
+        "node": node["id"],
+        "commit": node["commit_sha"],
+        "fitness": node["fitness"],
+        "val_loss": node["val_loss"],
+        "operator": node["operator"],
+        "tier": config.tier,
+        "forked": time.time(),
+    }
 
 
-def _write_fork(store: Store, node: dict, code: str, new_dir: Path, new_config: RunConfig, source: dict,
-                baseline: dict | None) -> tuple[str, int]:
+def _write_fork(
+    store: Store, node: dict, code: str, new_dir: Path, new_config: RunConfig, source: dict, baseline: dict | None
+) -> tuple[str, int]:
     node_id = node["id"]
     new_dir.mkdir(parents=True, exist_ok=True)
     (new_dir / FORK_ROOT_FILE).write_text(code, encoding="utf-8")
     create_run(new_dir, new_config)
     new_store = Store(new_dir)
-    message = (f"node 0: fork of {source['name']} node {node_id} (commit {node['commit_sha'][:12]})\n\n"
-               f"{node['motivation'] or ''}\n\nsource run: {source['run']}")
+    message = (
+        f"node 0: fork of {source['name']} node {node_id} (commit {node['commit_sha'][:12]})\n\n"
+        f"{node['motivation'] or ''}\n\nsource run: {source['run']}"
+    )
     sha = Lineage(new_dir / "repo").commit(0, code, message, None)
     motivation = f"forked from {source['name']} node {node_id} ({node['operator'] or 'root'}): {node['motivation'] or ''}".strip()
-    fields = dict(id=0, parent_id=None, operator="root", commit_sha=sha, motivation=motivation, design=node.get("design"),
-                  knowledge=[k for k in node.get("knowledge") or [] if not str(k).startswith("node-")],  # the source's experiences
-                  created=time.time())
+    fields = dict(
+        id=0,
+        parent_id=None,
+        operator="root",
+        commit_sha=sha,
+        motivation=motivation,
+        design=node.get("design"),
+        knowledge=[
+            k for k in node.get("knowledge") or [] if not str(k).startswith("node-")
+        ],  # the source's experiences
+        created=time.time(),
+    )
     same_tier = baseline is not None
     if same_tier:
-        new_store.add_node(**fields, status="done", fitness=0.0, val_loss=baseline["val_loss"], metrics=baseline,
-                           finished=time.time(),
-                           analysis=f"The root, forked from node {node_id} of {source['name']} (fitness there "
-                                    f"{node['fitness']:+.4f}); every fitness in this run is relative to it."
-                                    + (f" Its analysis there: {node['analysis']}" if node.get("analysis") else ""))
+        new_store.add_node(
+            **fields,
+            status="done",
+            fitness=0.0,
+            val_loss=baseline["val_loss"],
+            metrics=baseline,
+            finished=time.time(),
+            analysis=f"The root, forked from node {node_id} of {source['name']} (fitness there "
+            f"{node['fitness']:+.4f}); every fitness in this run is relative to it."
+            + (f" Its analysis there: {node['analysis']}" if node.get("analysis") else ""),
+        )
     else:  # evaluated at the new tier or seed by the first `archlab run`
         new_store.add_node(**fields, status="evaluating")
     new_store.save_code(0, code)
     copied = _copy_evaluations(store, new_store, Path(source["run"]), new_dir, node_id, keep_kinds=same_tier)
     for t in store.traces(node_id):
-        new_store.add_trace(0, t["role"], t["kind"], **{k: t[k] for k in (
-            "attempt", "model", "prompt", "response", "decision", "tokens_in", "tokens_out", "cost", "latency_s", "error")})
+        new_store.add_trace(
+            0,
+            t["role"],
+            t["kind"],
+            **{
+                k: t[k]
+                for k in (
+                    "attempt",
+                    "model",
+                    "prompt",
+                    "response",
+                    "decision",
+                    "tokens_in",
+                    "tokens_out",
+                    "cost",
+                    "latency_s",
+                    "error",
+                )
+            },
+        )
     new_store.add_trace(0, "fork", "fork", decision=source, response=f"forked from {source['run']} node {node_id}")
     new_store.set_meta("forked_from", json.dumps(source))
     new_store.event("fork", f"forked from {source['run']} node {node_id} (commit {node['commit_sha']})", 0)
     return sha, copied
 
 
-def _copy_evaluations(store: Store, new_store: Store, run_dir: Path, new_dir: Path, node_id: int, keep_kinds: bool) -> int:
+def _copy_evaluations(
+    store: Store, new_store: Store, run_dir: Path, new_dir: Path, node_id: int, keep_kinds: bool
+) -> int:
     """The source node's evaluations become node 0's. With another tier or seed the search
     evaluations are kept as kind 'source' (the new run evaluates its root itself)."""
     count = 0
@@ -397,12 +539,17 @@ def _copy_evaluations(store: Store, new_store: Store, run_dir: Path, new_dir: Pa
             target.parent.mkdir(exist_ok=True)
             shutil.copyfile(run_dir / weights, target)
             env["weights"] = str(target.relative_to(new_dir))
-        result = runner.Result(ok=bool(e["ok"]), reason=e["reason"], detail=e["detail"], metrics=e["metrics"] or {}, env=env,
-                               curves=e.get("curves") or [])
+        result = runner.Result(
+            ok=bool(e["ok"]),
+            reason=e["reason"],
+            detail=e["detail"],
+            metrics=e["metrics"] or {},
+            env=env,
+            curves=e.get("curves") or [],
+        )
         new_store.add_evaluation(0, e["tier"], e["seed"], result, log, kind=kind)
         count += 1
     return count
-
 
 
 # -- presentation (shared by the CLI's table and anything else that prints a replay) ----------------
@@ -417,20 +564,34 @@ def table(facts: dict) -> tuple[list[str], list[list[str]]]:
     """Headers and rows: val_loss mean±std, the paired difference to the root (and to the
     parent for a lineage), throughput, the run's own val_loss and replay minus it."""
     lineage = facts.get("lineage")
-    headers = ["node", "operator", "val_loss", "Δ root"] + (["Δ parent"] if lineage else []) + ["tokens/s", "recorded", "replay−rec."]
+    headers = (
+        ["node", "operator", "val_loss", "Δ root"]
+        + (["Δ parent"] if lineage else [])
+        + ["tokens/s", "recorded", "replay−rec."]
+    )
     rows = []
     for n in facts["nodes"]:
         if not n["ok"]:
             reasons = ", ".join(sorted({f["reason"] or "?" for f in n["failed"]}))
-            rows.append([str(n["node"]), n["operator"] or "", f"failed: {reasons}", ""] + ([""] if lineage else [])
-                        + ["", _pm(n["recorded"], None), ""])
+            rows.append(
+                [str(n["node"]), n["operator"] or "", f"failed: {reasons}", ""]
+                + ([""] if lineage else [])
+                + ["", _pm(n["recorded"], None), ""]
+            )
             continue
         rep = n["reproduction"]
-        row = [str(n["node"]), n["operator"] or "", _pm(n["val_loss_mean"], n["val_loss_std"]),
-               "root" if n["node"] == 0 else _pm(n["vs_root_mean"], n["vs_root_std"], signed=True)]
+        row = [
+            str(n["node"]),
+            n["operator"] or "",
+            _pm(n["val_loss_mean"], n["val_loss_std"]),
+            "root" if n["node"] == 0 else _pm(n["vs_root_mean"], n["vs_root_std"], signed=True),
+        ]
         if lineage:
             row.append("" if n["vs_parent_mean"] is None else _pm(n["vs_parent_mean"], n["vs_parent_std"], signed=True))
-        row += [_pm(n["tokens_per_s_mean"], n["tokens_per_s_std"], digits=0), _pm(n["recorded"], None),
-                "" if rep is None else f"{rep['difference']:+.1e}"]
+        row += [
+            _pm(n["tokens_per_s_mean"], n["tokens_per_s_std"], digits=0),
+            _pm(n["recorded"], None),
+            "" if rep is None else f"{rep['difference']:+.1e}",
+        ]
         rows.append(row)
     return headers, rows

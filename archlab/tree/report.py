@@ -19,8 +19,11 @@ def summary(node: dict | None) -> dict | None:
 
 def run_status(store: Store, config: RunConfig) -> dict:
     counts = dict(store.db.execute("select status, count(*) from nodes group by status").fetchall())
-    reasons = dict(store.db.execute(
-        "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc").fetchall())
+    reasons = dict(
+        store.db.execute(
+            "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc"
+        ).fetchall()
+    )
     best = store.leaderboard(1)
     root = store.node(0) if store.has_node(0) else None
     running = driver_pid(store.path.parent)
@@ -48,10 +51,14 @@ def run_status(store: Store, config: RunConfig) -> dict:
 def in_flight(store: Store) -> list[dict]:
     """The nodes being evaluated, each with its sandbox's progress (sandbox/progress.py) when its
     evaluation has started: stage, step, steps, loss, elapsed_s, limit_s."""
-    rows = store.db.execute("select id, coalesce(attempts, 0) from nodes where status = 'evaluating' order by id").fetchall()
+    rows = store.db.execute(
+        "select id, coalesce(attempts, 0) from nodes where status = 'evaluating' order by id"
+    ).fetchall()
     logs = store.path.parent / "logs"
-    return [{"id": node_id, **(progress.read(logs / f"node-{node_id}-{attempt}.log") or {"stage": "proposing"})}
-            for node_id, attempt in rows]
+    return [
+        {"id": node_id, **(progress.read(logs / f"node-{node_id}-{attempt}.log") or {"stage": "proposing"})}
+        for node_id, attempt in rows
+    ]
 
 
 def node_report(run_dir: Path, store: Store, node_id: int) -> dict:
@@ -69,15 +76,34 @@ def node_report(run_dir: Path, store: Store, node_id: int) -> dict:
     ordered = [k for k in METRIC_ORDER if k in metrics] + sorted(k for k in metrics if k not in METRIC_ORDER)
     table = {k: [((n or {}).get("metrics") or {}).get(k) for n in (node, parent, root)] for k in ordered}
     return {
-        **{k: node.get(k) for k in ("id", "parent_id", "status", "operator", "motivation", "fitness", "val_loss",
-                                    "reason", "detail", "analysis", "design", "commit_sha", "metrics")},
+        **{
+            k: node.get(k)
+            for k in (
+                "id",
+                "parent_id",
+                "status",
+                "operator",
+                "motivation",
+                "fitness",
+                "val_loss",
+                "reason",
+                "detail",
+                "analysis",
+                "design",
+                "commit_sha",
+                "metrics",
+            )
+        },
         "knowledge": node.get("knowledge") or [],
         "references": node.get("references_used") or [],
         "metrics_table": table,
         "parent": summary(parent),
         "root": summary(root),
         "diff": diff,
-        "evaluations": [{k: e[k] for k in ("tier", "seed", "ok", "reason", "metrics", "env", "log", "kind")} for e in store.evaluations(node_id)],
+        "evaluations": [
+            {k: e[k] for k in ("tier", "seed", "ok", "reason", "metrics", "env", "log", "kind")}
+            for e in store.evaluations(node_id)
+        ],
         "traces": len(store.traces(node_id)),
         **{k: node.get(k) for k in FIDELITY_KEYS},
         "promoted": promoted_metrics(store, node_id),
@@ -100,11 +126,15 @@ def spend(store: Store, config: RunConfig) -> dict:
         r["evaluations_per_cpu_hour"] = r["evaluations"] / r["cpu_hours"] if r["cpu_hours"] else None
         r["evaluations_per_gpu_hour"] = r["evaluations"] / r["gpu_hours"] if r["gpu_hours"] else None
     return {
-        "by_tier": rows, "evaluations": count, "cpu_hours": cpu, "gpu_hours": gpu,
+        "by_tier": rows,
+        "evaluations": count,
+        "cpu_hours": cpu,
+        "gpu_hours": gpu,
         "wall_hours": sum(r["wall_hours"] for r in rows),
         "evaluations_per_cpu_hour": count / cpu if cpu else None,
         "evaluations_per_gpu_hour": count / gpu if gpu else None,
-        "max_cpu_hours": config.max_cpu_hours, "max_gpu_hours": config.max_gpu_hours,
+        "max_cpu_hours": config.max_cpu_hours,
+        "max_gpu_hours": config.max_gpu_hours,
     }
 
 
@@ -164,7 +194,10 @@ def promoted_metrics(store: Store, node_id: int) -> dict | None:
     out = {}
     for tier, rows in by_tier.items():
         ok = [r["metrics"] for r in rows.values() if r["ok"]]
-        out[tier] = {"seeds": sorted(rows), "ok": len(ok), "failed": [{"seed": r["seed"], "reason": r["reason"]}
-                                                                        for r in rows.values() if not r["ok"]],
-                     "metrics": aggregate(ok) if ok else None}
+        out[tier] = {
+            "seeds": sorted(rows),
+            "ok": len(ok),
+            "failed": [{"seed": r["seed"], "reason": r["reason"]} for r in rows.values() if not r["ok"]],
+            "metrics": aggregate(ok) if ok else None,
+        }
     return out or None

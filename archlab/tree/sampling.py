@@ -25,7 +25,11 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
             good, top = where, _rows(store, where, "fitness desc, id", 10)
         if not top:
             return None
-        return rng.choices(top, weights=[0.5 ** i for i in range(len(top))])[0] if rng.random() < 0.8 else _any(store, good, rng)
+        return (
+            rng.choices(top, weights=[0.5**i for i in range(len(top))])[0]
+            if rng.random() < 0.8
+            else _any(store, good, rng)
+        )
     if strategy == "ucb":
         # UCB over subtrees: a node's value is the mean fitness of itself and its children
         # (failed children count as the node's fitness minus a penalty), plus a bonus for
@@ -38,7 +42,10 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
         if not rows:
             return None
         expansions = sum(r[2] for r in rows) + 1
-        best = max(rows, key=lambda r: (r[1] + (r[3] or 0)) / (1 + r[2]) + 0.05 * math.sqrt(2 * math.log(expansions) / (1 + r[2])))
+        best = max(
+            rows,
+            key=lambda r: (r[1] + (r[3] or 0)) / (1 + r[2]) + 0.05 * math.sqrt(2 * math.log(expansions) / (1 + r[2])),
+        )
         return store.node(best[0])
     if strategy == "evolution":
         # Regularized evolution: a tournament among the most recent population.
@@ -55,7 +62,9 @@ def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4
     where = f"{DONE} and id != {int(parent['id'])}"
     top = _rows(store, where, "fitness desc, id", 10)
     best = rng.sample(top, min(k // 2, len(top)))
-    following = store.db.execute(f"select id from nodes where {where} order by fitness desc, id limit 40 offset 10").fetchall()
+    following = store.db.execute(
+        f"select id from nodes where {where} order by fitness desc, id limit 40 offset 10"
+    ).fetchall()
     nxt = [store.node(r[0]) for r in rng.sample(following, min(k - len(best), len(following)))]
     return best + nxt
 

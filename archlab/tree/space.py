@@ -22,5 +22,7 @@ def free_bytes(path: Path) -> int:
 def ensure_free(path: Path) -> None:
     free = free_bytes(path)
     if free < MIN_FREE_BYTES:
-        raise DiskFull(errno.ENOSPC, f"{free / 2**20:.0f} MiB left on the disk of {path}; archlab stops below "
-                                     f"{MIN_FREE_BYTES >> 20} MiB")
+        raise DiskFull(
+            errno.ENOSPC,
+            f"{free / 2**20:.0f} MiB left on the disk of {path}; archlab stops below {MIN_FREE_BYTES >> 20} MiB",
+        )

@@ -49,12 +49,19 @@ def add(store: Store, action: str, node: int | None = None, text: str | None = N
         if not (text or "").strip():
             raise UserError('steer note: give the hypothesis as text, e.g. archlab steer RUN note "try a longer conv"')
         if len(text) > MAX_NOTE:
-            raise UserError(f"steer note: {len(text)} characters; keep a note under {MAX_NOTE} (it goes into the researcher's prompt)")
+            raise UserError(
+                f"steer note: {len(text)} characters; keep a note under {MAX_NOTE} (it goes into the researcher's prompt)"
+            )
     if action == "stop" and driver_pid(store.path.parent) is None:
         # Kept, it would stop the next `archlab run` before it did anything.
         raise UserError("steer stop: no `archlab run` is driving this run now; there is nothing to stop")
-    store.add_trace(node if action in ("pin", "veto") else None, ROLE, KIND, response=text if action == "note" else None,
-                    decision={"action": action, "node": node, **({"by": by} if by else {})})
+    store.add_trace(
+        node if action in ("pin", "veto") else None,
+        ROLE,
+        KIND,
+        response=text if action == "note" else None,
+        decision={"action": action, "node": node, **({"by": by} if by else {})},
+    )
 
 
 def _check_node(store: Store, action: str, node: int | None) -> None:

@@ -22,24 +22,68 @@ DB_FILE = "archlab.db"
 WEIGHTS_DIR = "weights"  # trained weights kept beside the database (search, promotions, replays) for export and fork
 SCHEMA = {
     "nodes": {
-        "id": int, "parent_id": int, "status": str, "operator": str, "motivation": str, "design": str,
-        "commit_sha": str, "created": float, "finished": float, "fitness": float, "val_loss": float,
-        "reason": str, "detail": str, "analysis": str, "attempts": int, "references_used": str,
-        "metrics": str, "knowledge": str,
+        "id": int,
+        "parent_id": int,
+        "status": str,
+        "operator": str,
+        "motivation": str,
+        "design": str,
+        "commit_sha": str,
+        "created": float,
+        "finished": float,
+        "fitness": float,
+        "val_loss": float,
+        "reason": str,
+        "detail": str,
+        "analysis": str,
+        "attempts": int,
+        "references_used": str,
+        "metrics": str,
+        "knowledge": str,
         # multi-fidelity (archlab/agents/promotion.py): where fitness/val_loss come from, and their spread
-        "search_fitness": float, "tier": str, "seeds": int, "fidelity": int, "fitness_std": float, "val_loss_std": float,
+        "search_fitness": float,
+        "tier": str,
+        "seeds": int,
+        "fidelity": int,
+        "fitness_std": float,
+        "val_loss_std": float,
     },
     "evaluations": {
-        "id": int, "node_id": int, "tier": str, "seed": int, "ok": int, "reason": str, "detail": str,
-        "metrics": str, "env": str, "log": str, "created": float, "kind": str,
+        "id": int,
+        "node_id": int,
+        "tier": str,
+        "seed": int,
+        "ok": int,
+        "reason": str,
+        "detail": str,
+        "metrics": str,
+        "env": str,
+        "log": str,
+        "created": float,
+        "kind": str,
         # compute spent, out of the JSON so that summing 100k evaluations stays fast (Store.spend)
-        "wall_s": float, "threads": int, "gpus": int,
+        "wall_s": float,
+        "threads": int,
+        "gpus": int,
         "curves": str,  # loss over steps, one dict per seed (archlab/sandbox/curves.py); display-only
     },
     "traces": {
-        "id": int, "node_id": int, "role": str, "attempt": int, "kind": str, "model": str, "prompt": str,
-        "response": str, "decision": str, "tokens_in": int, "tokens_out": int, "cost": float,
-        "latency_s": float, "error": str, "created": float, "request_hash": str,
+        "id": int,
+        "node_id": int,
+        "role": str,
+        "attempt": int,
+        "kind": str,
+        "model": str,
+        "prompt": str,
+        "response": str,
+        "decision": str,
+        "tokens_in": int,
+        "tokens_out": int,
+        "cost": float,
+        "latency_s": float,
+        "error": str,
+        "created": float,
+        "request_hash": str,
     },
     "events": {"id": int, "ts": float, "kind": str, "node_id": int, "message": str},
     "meta": {"key": str, "value": str},
@@ -51,7 +95,9 @@ PRIMARY_KEYS = {"meta": "key", "code": "node_id"}
 # The compute of an evaluation as stored in its JSON (rows written before the columns existed).
 WALL_SQL = "coalesce(json_extract(metrics, '$.wall_s'), 0.0)"
 THREADS_SQL = "coalesce(json_extract(env, '$.executor.threads'), json_extract(env, '$.threads'), 1)"
-GPUS_SQL = "coalesce(json_extract(env, '$.executor.gpus'), case when json_extract(env, '$.device') = 'cuda' then 1 else 0 end)"
+GPUS_SQL = (
+    "coalesce(json_extract(env, '$.executor.gpus'), case when json_extract(env, '$.device') = 'cuda' then 1 else 0 end)"
+)
 
 
 def writable(run_dir: Path) -> bool:
@@ -88,7 +134,9 @@ class Store:
             self.db.execute("select 1 from nodes limit 1")
         except sqlite3.DatabaseError as e:
             self.close()
-            full = shutil.disk_usage(self.path.parent).free < 2**20  # SQLite needs a little space even to read a WAL database
+            full = (
+                shutil.disk_usage(self.path.parent).free < 2**20
+            )  # SQLite needs a little space even to read a WAL database
             if full:
                 raise UserError(f"cannot open {self.path}: {e} (the disk is full: free some space and retry)") from None
             raise DamagedStore(f"cannot open {self.path}: {e}") from None
@@ -126,7 +174,9 @@ class Store:
                 for column, kind in missing.items():
                     self.db[name].add_column(column, kind)
                 if name == "evaluations" and "wall_s" in missing:
-                    self.db.execute(f"update evaluations set wall_s = {WALL_SQL}, threads = {THREADS_SQL}, gpus = {GPUS_SQL}")
+                    self.db.execute(
+                        f"update evaluations set wall_s = {WALL_SQL}, threads = {THREADS_SQL}, gpus = {GPUS_SQL}"
+                    )
         self.db["evaluations"].create_index(["node_id"], if_not_exists=True)
         if "wall_s" in self.db["evaluations"].columns_dict:  # covers Store.spend: it never reads the rows themselves
             self.db["evaluations"].create_index(["tier", "kind", "ok", "wall_s", "threads", "gpus"], if_not_exists=True)
@@ -136,7 +186,9 @@ class Store:
         self.db["nodes"].create_index(["parent_id"], if_not_exists=True)
         self.db["nodes"].create_index(["status", "id"], if_not_exists=True)  # recent finished nodes (evolution)
         # the leaderboard's order (highest fidelity first), so `archlab status` reads ten rows, not all
-        self.db.execute("create index if not exists idx_nodes_rank on nodes (status, coalesce(fidelity, 0) desc, fitness desc, id)")
+        self.db.execute(
+            "create index if not exists idx_nodes_rank on nodes (status, coalesce(fidelity, 0) desc, fitness desc, id)"
+        )
 
     # -- nodes ---------------------------------------------------------------------------
     def next_node_id(self) -> int:
@@ -158,11 +210,13 @@ class Store:
             raise UserError(f"no node {node_id} in this run") from None
 
     def has_node(self, node_id: int) -> bool:
-        if not -2**63 <= node_id < 2**63:  # SQLite cannot even compare it
+        if not -(2**63) <= node_id < 2**63:  # SQLite cannot even compare it
             return False
         return self.db.execute("select 1 from nodes where id = ?", [node_id]).fetchone() is not None
 
-    def nodes(self, where: str | None = None, params: list | None = None, order: str = "id", limit: int | None = None) -> list[dict]:
+    def nodes(
+        self, where: str | None = None, params: list | None = None, order: str = "id", limit: int | None = None
+    ) -> list[dict]:
         return [_decode(r) for r in self.db["nodes"].rows_where(where, params or [], order_by=order, limit=limit)]
 
     def count(self, where: str | None = None, params: list | None = None) -> int:
@@ -187,20 +241,33 @@ class Store:
     def add_evaluation(self, node_id: int, tier: str, seed: int, result, log: str | None, kind: str = "search") -> None:
         env = result.env or {}
         executor = env.get("executor") or {}
-        self.db["evaluations"].insert({
-            "node_id": node_id, "tier": tier, "seed": seed, "ok": int(result.ok), "reason": result.reason,
-            "detail": result.detail, "metrics": json.dumps(result.metrics), "env": json.dumps(result.env),
-            "log": log, "created": time.time(), "kind": kind, "wall_s": (result.metrics or {}).get("wall_s") or 0.0,
-            "threads": executor.get("threads") or env.get("threads") or 1,
-            "gpus": executor["gpus"] if executor.get("gpus") is not None else int(env.get("device") == "cuda"),
-            "curves": json.dumps(result.curves) if getattr(result, "curves", None) else None,
-        })
+        self.db["evaluations"].insert(
+            {
+                "node_id": node_id,
+                "tier": tier,
+                "seed": seed,
+                "ok": int(result.ok),
+                "reason": result.reason,
+                "detail": result.detail,
+                "metrics": json.dumps(result.metrics),
+                "env": json.dumps(result.env),
+                "log": log,
+                "created": time.time(),
+                "kind": kind,
+                "wall_s": (result.metrics or {}).get("wall_s") or 0.0,
+                "threads": executor.get("threads") or env.get("threads") or 1,
+                "gpus": executor["gpus"] if executor.get("gpus") is not None else int(env.get("device") == "cuda"),
+                "curves": json.dumps(result.curves) if getattr(result, "curves", None) else None,
+            }
+        )
 
     def evaluations(self, node_id: int) -> list[dict]:
         return [_decode(r) for r in self.db["evaluations"].rows_where("node_id = ?", [node_id], order_by="id")]
 
     def add_trace(self, node_id: int | None, role: str, kind: str, **fields) -> None:
-        self.db["traces"].insert(_encode({"node_id": node_id, "role": role, "kind": kind, "created": time.time(), **fields}))
+        self.db["traces"].insert(
+            _encode({"node_id": node_id, "role": role, "kind": kind, "created": time.time(), **fields})
+        )
 
     def traces_of(self, role: str, kind: str) -> list[dict]:
         """Every trace of one role and kind, in order (steering commands: role "user", kind "steer")."""
@@ -211,9 +278,14 @@ class Store:
         if not node_ids:
             return []
         marks = ",".join("?" * len(node_ids))
-        return [r[0] for r in self.db.execute(
-            f"with recursive sub(id) as (select id from nodes where id in ({marks}) "
-            f"union select n.id from nodes n join sub on n.parent_id = sub.id) select id from sub", list(node_ids))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                f"with recursive sub(id) as (select id from nodes where id in ({marks}) "
+                f"union select n.id from nodes n join sub on n.parent_id = sub.id) select id from sub",
+                list(node_ids),
+            )
+        ]
 
     def traces(self, node_id: int | None = None) -> list[dict]:
         where, params = ("node_id = ?", [node_id]) if node_id is not None else (None, [])
@@ -242,26 +314,34 @@ class Store:
         """Finished nodes, highest-fidelity figure first (promoted before search-tier only), then fitness."""
         if "fidelity" not in self.db["nodes"].columns_dict:  # a store from an older archlab, opened read-only
             return self.best(limit)
-        return self.nodes("status = 'done' and fitness is not null", order="coalesce(fidelity, 0) desc, fitness desc, id", limit=limit)
+        return self.nodes(
+            "status = 'done' and fitness is not null", order="coalesce(fidelity, 0) desc, fitness desc, id", limit=limit
+        )
 
     def multi_tier_evaluations(self) -> list[dict]:
         """The successful evaluations (node_id, tier, seed, kind, metrics) of every node evaluated
         successfully at more than one tier (search and promotion, or a replay), oldest first.
         Such a node has an evaluation outside the tier with the most, so only those are looked up
         through the (tier, kind, ok) index, not every search evaluation of a big run."""
-        counts = self.db.execute("select tier, count(*) from evaluations where ok = 1 group by tier order by count(*) desc").fetchall()
+        counts = self.db.execute(
+            "select tier, count(*) from evaluations where ok = 1 group by tier order by count(*) desc"
+        ).fetchall()
         if len(counts) < 2:
             return []
         others = [t for t, _ in counts[1:]]
         rows = self.db.execute(
             f"select node_id, tier, seed, kind, metrics from evaluations where ok = 1 and node_id in ("
             f"select distinct node_id from evaluations where tier in ({', '.join('?' * len(others))}) and ok = 1) order by id",
-            others).fetchall()
+            others,
+        ).fetchall()
         tiers: dict = {}
         for node_id, tier, *_ in rows:
             tiers.setdefault(node_id, set()).add(tier)
-        return [_decode({"node_id": r[0], "tier": r[1], "seed": r[2], "kind": r[3], "metrics": r[4]})
-                for r in rows if len(tiers[r[0]]) > 1]
+        return [
+            _decode({"node_id": r[0], "tier": r[1], "seed": r[2], "kind": r[3], "metrics": r[4]})
+            for r in rows
+            if len(tiers[r[0]]) > 1
+        ]
 
     def spend(self, kinds: tuple[str, ...] | None = None) -> list[dict]:
         """Evaluations and compute per (tier, kind): wall hours, CPU-hours (wall x threads), GPU-hours."""
@@ -272,9 +352,21 @@ class Store:
             wall, threads, gpus = WALL_SQL, THREADS_SQL, GPUS_SQL
         rows = self.db.execute(
             f"select tier, kind, count(*), sum(ok), sum({wall}) / 3600.0, sum({wall} * {threads}) / 3600.0, "
-            f"sum({wall} * {gpus}) / 3600.0 from evaluations {where} group by tier, kind order by min(id)", params).fetchall()
-        return [{"tier": r[0], "kind": r[1], "evaluations": r[2], "ok": r[3] or 0, "wall_hours": r[4] or 0.0,
-                 "cpu_hours": r[5] or 0.0, "gpu_hours": r[6] or 0.0} for r in rows]
+            f"sum({wall} * {gpus}) / 3600.0 from evaluations {where} group by tier, kind order by min(id)",
+            params,
+        ).fetchall()
+        return [
+            {
+                "tier": r[0],
+                "kind": r[1],
+                "evaluations": r[2],
+                "ok": r[3] or 0,
+                "wall_hours": r[4] or 0.0,
+                "cpu_hours": r[5] or 0.0,
+                "gpu_hours": r[6] or 0.0,
+            }
+            for r in rows
+        ]
 
 
 def _encode(fields: dict) -> dict:

@@ -31,7 +31,7 @@ from archlab.web.highlight import stylesheet
 STATIC = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-                               "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -67,8 +67,11 @@ class SecurityHeaders:
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.decode().lower() not in
-                           {h.lower() for h in SECURITY_HEADERS}]
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.decode().lower() not in {h.lower() for h in SECURITY_HEADERS}
+                ]
                 headers += [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
                 if scope["path"].startswith("/api/"):
                     headers.append((b"cache-control", b"no-store"))
@@ -106,7 +109,11 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
         return JSON(await run_in_threadpool(view.tree, _int(request, "limit", 400), _int(request, "focus", None)))
 
     async def children(request: Request) -> Response:
-        return JSON(await run_in_threadpool(view.children, request.path_params["node_id"], _int(request, "offset", 0), _int(request, "limit", 200)))
+        return JSON(
+            await run_in_threadpool(
+                view.children, request.path_params["node_id"], _int(request, "offset", 0), _int(request, "limit", 200)
+            )
+        )
 
     async def node(request: Request) -> Response:
         return JSON(await run_in_threadpool(view.node, request.path_params["node_id"]))
@@ -115,16 +122,33 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
         return JSON(await run_in_threadpool(view.code, request.path_params["node_id"]))
 
     async def node_traces(request: Request) -> Response:
-        return JSON(await run_in_threadpool(view.traces, request.path_params["node_id"], None, _int(request, "offset", 0), _int(request, "limit", 500)))
+        return JSON(
+            await run_in_threadpool(
+                view.traces,
+                request.path_params["node_id"],
+                None,
+                _int(request, "offset", 0),
+                _int(request, "limit", 500),
+            )
+        )
 
     async def traces(request: Request) -> Response:
-        return JSON(await run_in_threadpool(view.traces, _int(request, "node", None), request.query_params.get("role") or None,
-                                            _int(request, "offset", 0), _int(request, "limit", 100)))
+        return JSON(
+            await run_in_threadpool(
+                view.traces,
+                _int(request, "node", None),
+                request.query_params.get("role") or None,
+                _int(request, "offset", 0),
+                _int(request, "limit", 100),
+            )
+        )
 
     async def log(request: Request) -> Response:
         full = request.query_params.get("full") in ("1", "true")
         try:
-            return PlainTextResponse(await run_in_threadpool(view.evaluation_log, request.path_params["evaluation_id"], full))
+            return PlainTextResponse(
+                await run_in_threadpool(view.evaluation_log, request.path_params["evaluation_id"], full)
+            )
         except LookupError as e:
             raise HTTPException(404, str(e)) from None
 
@@ -147,8 +171,16 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
     async def leaderboard(request: Request) -> Response:
         q = request.query_params
         try:
-            return JSON(await run_in_threadpool(view.leaderboard, q.get("sort") or "fitness", q.get("order") or "desc",
-                                                q.get("q") or "", _int(request, "offset", 0), _int(request, "limit", 200)))
+            return JSON(
+                await run_in_threadpool(
+                    view.leaderboard,
+                    q.get("sort") or "fitness",
+                    q.get("order") or "desc",
+                    q.get("q") or "",
+                    _int(request, "offset", 0),
+                    _int(request, "limit", 200),
+                )
+            )
         except ValueError as e:
             raise HTTPException(400, str(e)) from None
 
@@ -158,7 +190,9 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
     async def steer(request: Request) -> Response:
         """`archlab serve --allow-steer` only: a steering command (tree/steering.py), with the run's token."""
         if not secrets.compare_digest(request.headers.get("x-archlab-token", ""), steer_token):
-            raise HTTPException(403, "steering needs this server's token (the URL `archlab serve --allow-steer` printed)")
+            raise HTTPException(
+                403, "steering needs this server's token (the URL `archlab serve --allow-steer` printed)"
+            )
         body = await request.body()
         try:
             order = json.loads(body) if len(body) <= 4096 else None
@@ -166,9 +200,13 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
             node, text = order.get("node"), order.get("text")
             assert (node is None or type(node) is int) and (text is None or isinstance(text, str))
         except (ValueError, AssertionError):
-            raise HTTPException(400, 'send {"action": "pin" | "veto" | "note" | "stop", "node": N, "text": "..."}') from None
+            raise HTTPException(
+                400, 'send {"action": "pin" | "veto" | "note" | "stop", "node": N, "text": "..."}'
+            ) from None
         try:
-            await run_in_threadpool(steering.add, view.writer(), str(order.get("action")), node, text, steering.who("web"))
+            await run_in_threadpool(
+                steering.add, view.writer(), str(order.get("action")), node, text, steering.who("web")
+            )
         except UserError as e:
             raise HTTPException(400, str(e)) from None
         return JSON({"ok": True})

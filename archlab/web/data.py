@@ -37,10 +37,17 @@ FULL_LOG_BYTES = 16 * 2**20  # a whole log (runner caps logs at 8 MiB; this boun
 MAX_OVERLAY = 20  # nodes whose curves one overlay draws
 # The leaderboard's sortable columns: name -> SQL over the nodes table (metrics from its JSON).
 LEADERBOARD_COLUMNS = {
-    "id": "id", "parent_id": "parent_id", "status": "status", "operator": "operator", "fitness": "fitness",
-    "val_loss": "val_loss", "train_loss": "json_extract(metrics, '$.train_loss')",
-    "tokens_per_s": "json_extract(metrics, '$.tokens_per_s')", "mixer_params": "json_extract(metrics, '$.mixer_params')",
-    "wall_s": "json_extract(metrics, '$.wall_s')", "reason": "reason",
+    "id": "id",
+    "parent_id": "parent_id",
+    "status": "status",
+    "operator": "operator",
+    "fitness": "fitness",
+    "val_loss": "val_loss",
+    "train_loss": "json_extract(metrics, '$.train_loss')",
+    "tokens_per_s": "json_extract(metrics, '$.tokens_per_s')",
+    "mixer_params": "json_extract(metrics, '$.mixer_params')",
+    "wall_s": "json_extract(metrics, '$.wall_s')",
+    "reason": "reason",
 }
 # Knowledge entries are Markdown: shown rendered, with any raw HTML in them escaped (html=False) and
 # markdown-it's link check (no javascript: URLs); the page's CSP stops scripts besides.
@@ -65,8 +72,9 @@ class ReadOnlyStore(Store):
         # not write (chmod a-w, another user's run): then nothing can be writing it either, and
         # immutable=1 reads the file as it is.
         for mode in ("mode=ro", "immutable=1"):
-            conn = sqlite3.connect(f"{self.path.as_uri()}?{mode}", uri=True, timeout=10, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                f"{self.path.as_uri()}?{mode}", uri=True, timeout=10, isolation_level=None, check_same_thread=False
+            )
             try:
                 conn.execute("select 1 from sqlite_master limit 1")
                 break
@@ -141,8 +149,13 @@ class RunView:
     def live(self) -> dict:
         row = self.store.db.execute("select count(*), sum(status = 'evaluating') from nodes").fetchone()
         running = driver_pid(self.dir) is not None
-        return {"version": self.version(), "nodes": row[0], "evaluating": row[1] or 0, "running": running,
-                "in_flight": in_flight(self.store) if running and row[1] else []}
+        return {
+            "version": self.version(),
+            "nodes": row[0],
+            "evaluating": row[1] or 0,
+            "running": running,
+            "in_flight": in_flight(self.store) if running and row[1] else [],
+        }
 
     # -- the run ------------------------------------------------------------------------------------
     def run_info(self) -> dict:
@@ -150,21 +163,38 @@ class RunView:
             facts = self._status()
             forked = self.store.get_meta("forked_from")
             started = self.store.db.execute("select min(created) from nodes").fetchone()[0]
-            last = self.store.db.execute("select max(max(coalesce(finished, 0)), max(created)) from nodes").fetchone()[0]
-            return {**facts, "name": self.dir.name, "path": str(self.dir), "forked_from": json.loads(forked) if forked else None,
-                    "started": started, "last_activity": last, "version": self._version}
+            last = self.store.db.execute("select max(max(coalesce(finished, 0)), max(created)) from nodes").fetchone()[
+                0
+            ]
+            return {
+                **facts,
+                "name": self.dir.name,
+                "path": str(self.dir),
+                "forked_from": json.loads(forked) if forked else None,
+                "started": started,
+                "last_activity": last,
+                "version": self._version,
+            }
+
         return self._cached("run", compute)
 
     def _status(self) -> dict:
         """The facts of `archlab status` (report.run_status), with SQL that stays fast on big runs."""
         db = self.store.db
         counts = dict(db.execute("select status, count(*) from nodes group by status").fetchall())
-        reasons = dict(db.execute(
-            "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc").fetchall())
+        reasons = dict(
+            db.execute(
+                "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc"
+            ).fetchall()
+        )
         best = self._best()
         return {
-            "nodes": sum(counts.values()), "done": counts.get("done", 0), "failed": counts.get("failed", 0),
-            "evaluating": counts.get("evaluating", 0), "running": driver_pid(self.dir) is not None, "failure_reasons": reasons,
+            "nodes": sum(counts.values()),
+            "done": counts.get("done", 0),
+            "failed": counts.get("failed", 0),
+            "evaluating": counts.get("evaluating", 0),
+            "running": driver_pid(self.dir) is not None,
+            "failure_reasons": reasons,
             "root": summary(self.store.node(0)) if self.store.has_node(0) else None,
             "best": summary(self.store.node(best)) if best is not None else None,
             "beat_root": self.store.count("status = 'done' and fitness > 0"),
@@ -177,7 +207,8 @@ class RunView:
         """The run's best node: highest fitness, a promoted (higher-fidelity) figure first when the run promotes."""
         fidelity = "coalesce(fidelity, 0) desc, " if "fidelity" in self.store.db["nodes"].columns_dict else ""
         row = self.store.db.execute(
-            f"select id from nodes where status = 'done' and fitness is not null order by {fidelity}fitness desc, id limit 1").fetchone()
+            f"select id from nodes where status = 'done' and fitness is not null order by {fidelity}fitness desc, id limit 1"
+        ).fetchone()
         return row[0] if row else None
 
     # -- the tree -----------------------------------------------------------------------------------
@@ -195,14 +226,16 @@ class RunView:
         ids = sorted(ids)
         rows = []
         for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+            chunk = ids[i : i + 500]
             rows += self.store.db.execute(
-                f"select {TREE_FIELDS} from nodes where id in ({','.join('?' * len(chunk))}) order by id", chunk).fetchall()
+                f"select {TREE_FIELDS} from nodes where id in ({','.join('?' * len(chunk))}) order by id", chunk
+            ).fetchall()
         keys = [k.strip() for k in TREE_FIELDS.split(",")]
         return [dict(zip(keys, r)) for r in rows]
 
     def _sizes(self) -> dict[int, int]:
         """Descendants of every node, itself included (children always have larger ids)."""
+
         def compute():
             sizes = dict.fromkeys(self._parent, 1)
             for node_id in sorted(self._parent, reverse=True):
@@ -210,6 +243,7 @@ class RunView:
                 if parent in sizes:
                     sizes[parent] += sizes[node_id]
             return sizes
+
         return self._cached("sizes", compute)
 
     def _annotate(self, rows: list[dict], shown: set[int]) -> list[dict]:
@@ -256,8 +290,13 @@ class RunView:
                 for kid in self._children.get(focus, [])[:50]:
                     chosen.add(kid)
             quarter = max(1, limit // 4)
-            best = [r[0] for r in self.store.db.execute(
-                "select id from nodes where status = 'done' and fitness is not null order by fitness desc, id limit ?", [quarter])]
+            best = [
+                r[0]
+                for r in self.store.db.execute(
+                    "select id from nodes where status = 'done' and fitness is not null order by fitness desc, id limit ?",
+                    [quarter],
+                )
+            ]
             newest = [r[0] for r in self.store.db.execute("select id from nodes order by id desc limit ?", [quarter])]
             for node_id in best + newest:
                 if len(chosen) >= limit:
@@ -271,7 +310,14 @@ class RunView:
                     chosen.add(kid)
                     queue.append(kid)
         rows = self._annotate(self._rows(chosen), chosen)
-        return {"total": total, "shown": len(rows), "limit": limit, "nodes": rows, "best": self._best(), "version": self._version}
+        return {
+            "total": total,
+            "shown": len(rows),
+            "limit": limit,
+            "nodes": rows,
+            "best": self._best(),
+            "version": self._version,
+        }
 
     def children(self, node_id: int, offset: int = 0, limit: int = 200) -> dict:
         self.version()
@@ -279,7 +325,7 @@ class RunView:
         if node_id not in self._parent:
             raise UserError(f"no node {node_id} in this run")
         kids = self._children.get(node_id, [])
-        page = kids[max(0, offset):max(0, offset) + max(1, min(limit, MAX_LIMIT))]
+        page = kids[max(0, offset) : max(0, offset) + max(1, min(limit, MAX_LIMIT))]
         rows = self._annotate(self._rows(page), set(page))
         return {"node": node_id, "total": len(kids), "offset": offset, "nodes": rows}
 
@@ -299,14 +345,21 @@ class RunView:
 
     def _node(self, node_id: int) -> dict:
         node = self.store.node(node_id)
-        parent = self.store.node(node["parent_id"]) if node["parent_id"] is not None and self.store.has_node(node["parent_id"]) else None
+        parent = (
+            self.store.node(node["parent_id"])
+            if node["parent_id"] is not None and self.store.has_node(node["parent_id"])
+            else None
+        )
         root = self.store.node(0) if self.store.has_node(0) else None
         metrics = {}
         for source in (node, parent, root):
             for key in (source or {}).get("metrics") or {}:
                 metrics.setdefault(key, None)
         ordered = [k for k in METRIC_ORDER if k in metrics] + sorted(k for k in metrics if k not in METRIC_ORDER)
-        table = [{"metric": k, "node": _metric(node, k), "parent": _metric(parent, k), "root": _metric(root, k)} for k in ordered]
+        table = [
+            {"metric": k, "node": _metric(node, k), "parent": _metric(parent, k), "root": _metric(root, k)}
+            for k in ordered
+        ]
         code = self._source(node["commit_sha"])
         parent_code = self._source(parent["commit_sha"]) if parent else None
         if code is None:
@@ -316,18 +369,42 @@ class RunView:
         else:
             diff = diff_html(parent_code, code)
         kids = self.store.db.execute(
-            "select id, status, fitness, operator from nodes where parent_id = ? order by id limit 200", [node_id]).fetchall()
+            "select id, status, fitness, operator from nodes where parent_id = ? order by id limit 200", [node_id]
+        ).fetchall()
         evaluations = [
-            {k: e.get(k) for k in ("id", "kind", "tier", "seed", "ok", "reason", "detail", "metrics", "env", "created", "curves")}
+            {
+                k: e.get(k)
+                for k in ("id", "kind", "tier", "seed", "ok", "reason", "detail", "metrics", "env", "created", "curves")
+            }
             | {"has_log": bool(e.get("log"))}
             for e in self.store.evaluations(node_id)
         ]
         neighbours = self.store.db.execute(
-            "select (select max(id) from nodes where id < ?), (select min(id) from nodes where id > ?)", [node_id, node_id]).fetchone()
+            "select (select max(id) from nodes where id < ?), (select min(id) from nodes where id > ?)",
+            [node_id, node_id],
+        ).fetchone()
         steered = steering.read(self.store)
         return {
-            **{k: node.get(k) for k in ("id", "parent_id", "status", "operator", "motivation", "fitness", "val_loss",
-                                        "reason", "detail", "analysis", "design", "commit_sha", "created", "finished", "attempts")},
+            **{
+                k: node.get(k)
+                for k in (
+                    "id",
+                    "parent_id",
+                    "status",
+                    "operator",
+                    "motivation",
+                    "fitness",
+                    "val_loss",
+                    "reason",
+                    "detail",
+                    "analysis",
+                    "design",
+                    "commit_sha",
+                    "created",
+                    "finished",
+                    "attempts",
+                )
+            },
             # present when the run promotes nodes to a higher tier (mean over seeds there)
             **{k: node.get(k) for k in ("tier", "seeds", "fitness_std", "val_loss_std", "search_fitness", "fidelity")},
             "parent": summary(parent) | {"design": parent.get("design")} if parent else None,
@@ -366,13 +443,24 @@ class RunView:
         if isinstance(ref, str) and ref.startswith("node-") and ref[5:].isdigit():
             node_id = int(ref[5:])
             row = self.store.db.execute("select analysis from nodes where id = ?", [node_id]).fetchone()
-            return {"id": ref, "kind": "experience", "node": node_id, "title": f"experience of node {node_id}",
-                    "text": row[0] if row else None}
+            return {
+                "id": ref,
+                "kind": "experience",
+                "node": node_id,
+                "title": f"experience of node {node_id}",
+                "text": row[0] if row else None,
+            }
         entry = self._knowledge_entries().get(ref)
         if entry is None:
             return {"id": str(ref), "kind": "unknown", "title": str(ref), "text": None}
-        return {"id": entry.id, "kind": "entry", "title": entry.title, "source": entry.source, "text": entry.markdown(),
-                "html": _MARKDOWN.render(entry.markdown())}
+        return {
+            "id": entry.id,
+            "kind": "entry",
+            "title": entry.title,
+            "source": entry.source,
+            "text": entry.markdown(),
+            "html": _MARKDOWN.render(entry.markdown()),
+        }
 
     # -- traces -------------------------------------------------------------------------------------
     def traces(self, node_id: int | None = None, role: str | None = None, offset: int = 0, limit: int = 100) -> dict:
@@ -388,21 +476,29 @@ class RunView:
         limit = max(1, min(int(limit), 1000))
         total = self.store.db.execute(f"select count(*) from traces where {clause}", params).fetchone()[0]
         rows = [
-            _decode_trace(r) for r in self.store.db["traces"].rows_where(
-                clause, params, order_by="id", limit=limit, offset=max(0, int(offset)))
+            _decode_trace(r)
+            for r in self.store.db["traces"].rows_where(
+                clause, params, order_by="id", limit=limit, offset=max(0, int(offset))
+            )
         ]
         roles = self.store.db.execute(
             "select role, count(*), sum(coalesce(tokens_in, 0)), sum(coalesce(tokens_out, 0)), sum(coalesce(cost, 0)), "
             f"sum(coalesce(latency_s, 0)), sum(error is not null) from traces where {clause} group by role order by min(id)",
-            params).fetchall()
-        totals = [dict(zip(("role", "calls", "tokens_in", "tokens_out", "cost", "latency_s", "errors"), r)) for r in roles]
+            params,
+        ).fetchall()
+        totals = [
+            dict(zip(("role", "calls", "tokens_in", "tokens_out", "cost", "latency_s", "errors"), r)) for r in roles
+        ]
         return {"total": total, "offset": offset, "limit": limit, "traces": rows, "by_role": totals}
 
     # -- logs ---------------------------------------------------------------------------------------
     def evaluation(self, evaluation_id: int) -> dict:
         """One evaluation's facts (not its log), for the log page's heading."""
-        row = self.store.db.execute("select id, node_id, kind, tier, seed, ok, reason, detail, log is not null and log != '' "
-                                    "from evaluations where id = ?", [evaluation_id]).fetchone()
+        row = self.store.db.execute(
+            "select id, node_id, kind, tier, seed, ok, reason, detail, log is not null and log != '' "
+            "from evaluations where id = ?",
+            [evaluation_id],
+        ).fetchone()
         if not row:
             raise LookupError(f"no evaluation {evaluation_id} in this run")
         return dict(zip(("id", "node_id", "kind", "tier", "seed", "ok", "reason", "detail", "has_log"), row))
@@ -418,8 +514,10 @@ class RunView:
         if not path.is_relative_to(self.dir):
             raise LookupError("no log for this evaluation")
         if not path.is_file():
-            raise LookupError(f"the log file {row[0]} is missing (deleted?); the evaluation's metrics and error "
-                              f"excerpt are kept in the database")
+            raise LookupError(
+                f"the log file {row[0]} is missing (deleted?); the evaluation's metrics and error "
+                f"excerpt are kept in the database"
+            )
         keep = FULL_LOG_BYTES if full else LOG_BYTES
         with open(path, "rb") as f:
             f.seek(0, 2)
@@ -436,14 +534,21 @@ class RunView:
             return None
         row = self.store.db.execute(
             "select id, kind, tier, curves from evaluations where node_id = ? and curves is not null "
-            "order by kind = 'search' desc, id desc limit 1", [node_id]).fetchone()
+            "order by kind = 'search' desc, id desc limit 1",
+            [node_id],
+        ).fetchone()
         if not row:
             return None
         try:
             curves = json.loads(row[3])
         except ValueError:
             return None
-        return {"evaluation": row[0], "kind": row[1], "tier": row[2], "curves": curves if isinstance(curves, list) else []}
+        return {
+            "evaluation": row[0],
+            "kind": row[1],
+            "tier": row[2],
+            "curves": curves if isinstance(curves, list) else [],
+        }
 
     def curves(self, node_ids: list[int]) -> dict:
         """The curves of up to MAX_OVERLAY nodes, one entry per node (in the order asked)."""
@@ -465,11 +570,17 @@ class RunView:
         else:
             diff = diff_html(code_a, code_b, against=f"node {a}")
         side = lambda n: {**summary(n), "design": n.get("design"), "main": self._main_curves(n["id"])}  # noqa: E731
-        return {"a": side(na), "b": side(nb), "diff_html": diff, "version": self.version(),
-                "metrics_table": [{"metric": k, "a": _metric(na, k), "b": _metric(nb, k)} for k in ordered]}
+        return {
+            "a": side(na),
+            "b": side(nb),
+            "diff_html": diff,
+            "version": self.version(),
+            "metrics_table": [{"metric": k, "a": _metric(na, k), "b": _metric(nb, k)} for k in ordered],
+        }
 
-    def leaderboard(self, sort: str = "fitness", order: str = "desc", query: str = "", offset: int = 0,
-                    limit: int = 200) -> dict:
+    def leaderboard(
+        self, sort: str = "fitness", order: str = "desc", query: str = "", offset: int = 0, limit: int = 200
+    ) -> dict:
         """Every node, sorted by one column (missing values last) and filtered by words: each word
         must match the node's id (`12` or `#12`), status, operator, failure reason or motivation."""
         if sort not in LEADERBOARD_COLUMNS:
@@ -479,8 +590,10 @@ class RunView:
         where, params = [], []
         for word in query.split()[:8]:
             like = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append("(cast(id as text) = ? or operator like ? escape '\\' or status like ? escape '\\' "
-                         "or reason like ? escape '\\' or motivation like ? escape '\\')")
+            where.append(
+                "(cast(id as text) = ? or operator like ? escape '\\' or status like ? escape '\\' "
+                "or reason like ? escape '\\' or motivation like ? escape '\\')"
+            )
             params += [word.lstrip("#"), like, like, like, like]
         clause = " and ".join(where) or "1"
         column = LEADERBOARD_COLUMNS[sort]
@@ -490,10 +603,21 @@ class RunView:
         rows = self.store.db.execute(
             f"select id, parent_id, status, operator, fitness, val_loss, reason, substr(motivation, 1, 200), "
             f"{', '.join(LEADERBOARD_COLUMNS[k] for k in extra)} from nodes where {clause} "
-            f"order by {column} is null, {column} {order}, id limit ? offset ?", [*params, limit, offset]).fetchall()
+            f"order by {column} is null, {column} {order}, id limit ? offset ?",
+            [*params, limit, offset],
+        ).fetchall()
         names = ("id", "parent_id", "status", "operator", "fitness", "val_loss", "reason", "motivation", *extra)
-        return {"total": total, "offset": offset, "limit": limit, "sort": sort, "order": order, "query": query,
-                "columns": list(LEADERBOARD_COLUMNS), "rows": [dict(zip(names, r)) for r in rows], "version": self.version()}
+        return {
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+            "sort": sort,
+            "order": order,
+            "query": query,
+            "columns": list(LEADERBOARD_COLUMNS),
+            "rows": [dict(zip(names, r)) for r in rows],
+            "version": self.version(),
+        }
 
     # -- plots --------------------------------------------------------------------------------------
     def plots(self) -> dict:
@@ -504,10 +628,12 @@ class RunView:
         start = db.execute("select min(created) from nodes").fetchone()[0] or time.time()
         nodes = db.execute(
             "select id, status, fitness, coalesce(finished, created) as t from nodes "
-            "where status in ('done', 'failed') and t is not null order by t, id").fetchall()
+            "where status in ('done', 'failed') and t is not null order by t, id"
+        ).fetchall()
         evals = db.execute(
             "select created, coalesce(json_extract(metrics, '$.wall_s'), 0) from evaluations "
-            "where (kind in ('search', 'promotion') or kind is null) and created is not null order by created, id").fetchall()
+            "where (kind in ('search', 'promotion') or kind is null) and created is not null order by created, id"
+        ).fetchall()
         # Evaluations and compute spent by the time each node finished (merge of two sorted lists).
         best, beat, j, count, compute = -math.inf, 0, 0, 0, 0.0
         over_time, over_evals, discovery = [], [], []
@@ -529,8 +655,9 @@ class RunView:
         spend = []
         cost = tokens = 0.0
         for t, c, tin, tout in db.execute(
-                "select created, coalesce(cost, 0), coalesce(tokens_in, 0), coalesce(tokens_out, 0) from traces "
-                "where (cost is not null or tokens_in is not null) and created is not null order by created, id"):
+            "select created, coalesce(cost, 0), coalesce(tokens_in, 0), coalesce(tokens_out, 0) from traces "
+            "where (cost is not null or tokens_in is not null) and created is not null order by created, id"
+        ):
             cost += c
             tokens += tin + tout
             spend.append({"x": t - start, "cost": cost, "tokens": tokens})
@@ -552,7 +679,8 @@ class RunView:
     def _pareto(self) -> list[dict]:
         """Quality (val_loss, lower is better) against each cost the metrics have."""
         row = self.store.db.execute(
-            "select metrics from nodes where status = 'done' and metrics is not null order by id desc limit 1").fetchone()
+            "select metrics from nodes where status = 'done' and metrics is not null order by id desc limit 1"
+        ).fetchone()
         keys = list(json.loads(row[0])) if row else []
         axes = [("tokens_per_s", "training throughput (tokens/s)", True)]
         for word, label in (("latency", "inference latency"), ("mem", "peak memory"), ("state", "state per token")):
@@ -562,7 +690,8 @@ class RunView:
         columns = ", ".join("json_extract(metrics, ?)" for _ in axes)
         rows = self.store.db.execute(
             f"select id, val_loss, {columns} from nodes where status = 'done' and val_loss is not null and metrics is not null",
-            [f"$.{key}" for key, _, _ in axes]).fetchall()
+            [f"$.{key}" for key, _, _ in axes],
+        ).fetchall()
         out = []
         for n, (key, label, higher) in enumerate(axes, start=2):
             values = [(r[0], r[1], r[n]) for r in rows if isinstance(r[n], (int, float))]
@@ -571,8 +700,15 @@ class RunView:
             if len(pts) > MAX_POINTS:
                 step = math.ceil(len(pts) / MAX_POINTS)
                 pts = [p for m, p in enumerate(pts) if p["front"] or m % step == 0 or p["id"] == 0]
-            out.append({"key": key, "label": label, "higher_is_better": higher, "points": pts,
-                        "front": sorted((p for p in pts if p["front"]), key=lambda p: p["x"])})
+            out.append(
+                {
+                    "key": key,
+                    "label": label,
+                    "higher_is_better": higher,
+                    "points": pts,
+                    "front": sorted((p for p in pts if p["front"]), key=lambda p: p["x"]),
+                }
+            )
         return out
 
 
@@ -608,4 +744,6 @@ def _origin(url: str | None) -> str | None:
 
 def _steering_of(steered: steering.Steering, node_id: int) -> list[str]:
     """The badges `archlab steer` earned a node: "pinned", "vetoed" (both, when asked both)."""
-    return [badge for badge, held in (("pinned", node_id in steered.pinned), ("vetoed", node_id in steered.vetoed)) if held]
+    return [
+        badge for badge, held in (("pinned", node_id in steered.pinned), ("vetoed", node_id in steered.vetoed)) if held
+    ]

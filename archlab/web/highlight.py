@@ -38,8 +38,10 @@ def diff_html(old: str, new: str, context: int = CONTEXT, against: str = "the pa
     rows, added, removed = [], 0, 0
     for group in hunks(line_opcodes(old_src, new_src), context):
         first, last = group[0], group[-1]
-        rows.append(f"<tr class='hunk'><td class='ln'></td><td class='ln'></td><td class='src'>"
-                    f"@@ -{first[1] + 1},{last[2] - first[1]} +{first[3] + 1},{last[4] - first[3]} @@</td></tr>")
+        rows.append(
+            f"<tr class='hunk'><td class='ln'></td><td class='ln'></td><td class='src'>"
+            f"@@ -{first[1] + 1},{last[2] - first[1]} +{first[3] + 1},{last[4] - first[3]} @@</td></tr>"
+        )
         for tag, i1, i2, j1, j2 in group:
             if tag == "equal":
                 rows += [_row("ctx", i + 1, j + 1, new_hl[j]) for i, j in zip(range(i1, i2), range(j1, j2))]
@@ -58,8 +60,10 @@ def diff_html(old: str, new: str, context: int = CONTEXT, against: str = "the pa
 
 def _row(kind: str, old_no: int | None, new_no: int | None, fragment: str) -> str:
     sign = {"add": "+", "del": "-", "ctx": " "}[kind]
-    return (f"<tr class='{kind}'><td class='ln'>{old_no or ''}</td><td class='ln'>{new_no or ''}</td>"
-            f"<td class='src'><span class='sign'>{html.escape(sign)}</span>{fragment}</td></tr>")
+    return (
+        f"<tr class='{kind}'><td class='ln'>{old_no or ''}</td><td class='ln'>{new_no or ''}</td>"
+        f"<td class='src'><span class='sign'>{html.escape(sign)}</span>{fragment}</td></tr>"
+    )
 
 
 def _table(rows: list[str], kind: str) -> str:

@@ -58,7 +58,12 @@ def write_report(run_dir: Path, out: Path | None = None, top: int = 5, fmt: str 
             path.write_text(plot.standalone(), encoding="utf-8")
             files.append(path)
         out.write_text(_markdown(facts, [p.name for p in files]), encoding="utf-8")
-    return {"path": str(out), "format": fmt, "plots": [str(p) for p in files], "nodes": [n["id"] for n in facts["nodes"]]}
+    return {
+        "path": str(out),
+        "format": fmt,
+        "plots": [str(p) for p in files],
+        "nodes": [n["id"] for n in facts["nodes"]],
+    }
 
 
 # Inside the run directory a report may only replace an earlier report: `--out RUN/archlab.db` once
@@ -75,8 +80,10 @@ def _check_out(run_dir: Path, out: Path) -> None:
         return
     inside = target.relative_to(run).parts
     if inside[0] in RUN_FOLDERS or (target.exists() and target.suffix.lower() not in REPORT_SUFFIXES):
-        raise UserError(f"--out {out}: refusing to write over the run's own files; "
-                        f"write the report outside {run_dir} or as RUN_DIR/report.html")
+        raise UserError(
+            f"--out {out}: refusing to write over the run's own files; "
+            f"write the report outside {run_dir} or as RUN_DIR/report.html"
+        )
 
 
 # -- the facts --------------------------------------------------------------------------------------
@@ -84,9 +91,14 @@ def _facts(view: RunView, top: int) -> dict:
     info = view.run_info()
     plots = view.plots()
     fidelity = "coalesce(fidelity, 0) desc, " if "fidelity" in view.store.db["nodes"].columns_dict else ""
-    ids = [r[0] for r in view.store.db.execute(
-        "select id from nodes where status = 'done' and fitness is not null and parent_id is not null "
-        f"order by {fidelity}fitness desc, id limit ?", [top])]
+    ids = [
+        r[0]
+        for r in view.store.db.execute(
+            "select id from nodes where status = 'done' and fitness is not null and parent_id is not null "
+            f"order by {fidelity}fitness desc, id limit ?",
+            [top],
+        )
+    ]
     nodes = []
     for node_id in ids:
         node = view.node(node_id)
@@ -94,8 +106,14 @@ def _facts(view: RunView, top: int) -> dict:
         parent_code = view.code(node["parent_id"])["code"] if node["parent"] else None
         nodes.append(node | {"unified_diff": _unified(parent_code, code)})
     llm = plots["spend"][-1] if plots["spend"] else {"cost": 0.0, "tokens": 0}
-    return {"info": info, "spend": spend(view.store, view.config), "llm": llm, "nodes": nodes,
-            "plots": _plots(plots), "generated": time.time()}
+    return {
+        "info": info,
+        "spend": spend(view.store, view.config),
+        "llm": llm,
+        "nodes": nodes,
+        "plots": _plots(plots),
+        "generated": time.time(),
+    }
 
 
 def _unified(old: str | None, new: str) -> str:
@@ -107,34 +125,117 @@ def _unified(old: str | None, new: str) -> str:
 # -- plots: the web UI's series (static/app.js showPlots), drawn as SVG ---------------------------------
 def _plots(p: dict) -> list[Plot]:
     def best(points: list[dict], title: str, x_label: str, time_axis: bool) -> Plot:
-        return chart(title, x_label, "fitness", [
-            {"label": "every node", "colour": GREY, "type": "scatter", "r": 2.5,
-             "points": [{"x": q["x"], "y": q["fitness"], "id": q["id"]} for q in points if q["fitness"] is not None]},
-            {"label": "best so far", "colour": GREEN, "type": "step", "extend": True,
-             "points": [{"x": q["x"], "y": q["best"], "id": q["id"]} for q in points]},
-            {"label": "improvements", "colour": GREEN, "type": "scatter", "r": 4.5,
-             "points": [{"x": q["x"], "y": q["best"], "id": q["id"], "tip": f"node {q['id']}: new best {q['best']:+.4f}"}
-                        for q in points if q["improved"]]},
-        ], time_axis=time_axis)
+        return chart(
+            title,
+            x_label,
+            "fitness",
+            [
+                {
+                    "label": "every node",
+                    "colour": GREY,
+                    "type": "scatter",
+                    "r": 2.5,
+                    "points": [
+                        {"x": q["x"], "y": q["fitness"], "id": q["id"]} for q in points if q["fitness"] is not None
+                    ],
+                },
+                {
+                    "label": "best so far",
+                    "colour": GREEN,
+                    "type": "step",
+                    "extend": True,
+                    "points": [{"x": q["x"], "y": q["best"], "id": q["id"]} for q in points],
+                },
+                {
+                    "label": "improvements",
+                    "colour": GREEN,
+                    "type": "scatter",
+                    "r": 4.5,
+                    "points": [
+                        {
+                            "x": q["x"],
+                            "y": q["best"],
+                            "id": q["id"],
+                            "tip": f"node {q['id']}: new best {q['best']:+.4f}",
+                        }
+                        for q in points
+                        if q["improved"]
+                    ],
+                },
+            ],
+            time_axis=time_axis,
+        )
 
-    plots = [best(p["best_over_time"], "Best-so-far fitness over time", "run time", True),
-             best(p["best_over_evaluations"], "Best-so-far fitness over evaluations", "evaluations", False)]
+    plots = [
+        best(p["best_over_time"], "Best-so-far fitness over time", "run time", True),
+        best(p["best_over_evaluations"], "Best-so-far fitness over evaluations", "evaluations", False),
+    ]
     for axis in p["pareto"]:
-        plots.append(chart(
-            f"Pareto front: validation loss vs {axis['label']}", axis["label"], "val_loss (nats/byte)", [
-                {"label": "nodes", "colour": GREY, "type": "scatter", "r": 3, "points": axis["points"]},
-                {"label": "Pareto front", "colour": ORANGE, "type": "line", "markers": True, "r": 4.5, "points": axis["front"]},
-                {"label": "root", "colour": BLUE, "type": "scatter", "r": 5, "points": [q for q in axis["points"] if q["id"] == 0]},
-            ], note="lower-right is better" if axis["higher_is_better"] else "lower-left is better"))
-    plots.append(chart("Nodes that beat the root vs compute spent", "evaluation compute (hours)", "nodes with fitness > 0",
-                        [{"label": "beat the root", "colour": PURPLE, "type": "step", "markers": True, "r": 2.5,
-                          "points": p["discovery"]}], y_integer=True, note="the discovery-scaling curve (ASI-Arch)"))
+        plots.append(
+            chart(
+                f"Pareto front: validation loss vs {axis['label']}",
+                axis["label"],
+                "val_loss (nats/byte)",
+                [
+                    {"label": "nodes", "colour": GREY, "type": "scatter", "r": 3, "points": axis["points"]},
+                    {
+                        "label": "Pareto front",
+                        "colour": ORANGE,
+                        "type": "line",
+                        "markers": True,
+                        "r": 4.5,
+                        "points": axis["front"],
+                    },
+                    {
+                        "label": "root",
+                        "colour": BLUE,
+                        "type": "scatter",
+                        "r": 5,
+                        "points": [q for q in axis["points"] if q["id"] == 0],
+                    },
+                ],
+                note="lower-right is better" if axis["higher_is_better"] else "lower-left is better",
+            )
+        )
+    plots.append(
+        chart(
+            "Nodes that beat the root vs compute spent",
+            "evaluation compute (hours)",
+            "nodes with fitness > 0",
+            [
+                {
+                    "label": "beat the root",
+                    "colour": PURPLE,
+                    "type": "step",
+                    "markers": True,
+                    "r": 2.5,
+                    "points": p["discovery"],
+                }
+            ],
+            y_integer=True,
+            note="the discovery-scaling curve (ASI-Arch)",
+        )
+    )
     series = [{"label": "evaluation compute (hours)", "colour": BLUE, "type": "line", "points": p["compute"]}]
     if p["spend"]:
-        series.append({"label": "LLM cost ($)", "colour": ORANGE, "type": "line",
-                       "points": [{"x": q["x"], "y": q["cost"]} for q in p["spend"]]})
-    plots.append(chart("Spend over time", "run time", "hours / $" if p["spend"] else "compute hours", series, time_axis=True,
-                        note=None if p["spend"] else "no LLM spend (the offline brain makes no paid calls)"))
+        series.append(
+            {
+                "label": "LLM cost ($)",
+                "colour": ORANGE,
+                "type": "line",
+                "points": [{"x": q["x"], "y": q["cost"]} for q in p["spend"]],
+            }
+        )
+    plots.append(
+        chart(
+            "Spend over time",
+            "run time",
+            "hours / $" if p["spend"] else "compute hours",
+            series,
+            time_axis=True,
+            note=None if p["spend"] else "no LLM spend (the offline brain makes no paid calls)",
+        )
+    )
     return plots
 
 
@@ -142,18 +243,29 @@ W, H = 600, 360
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 30, 70
 
 
-def chart(title: str, x_label: str, y_label: str, series: list[dict], time_axis: bool = False,
-           y_integer: bool = False, note: str | None = None) -> Plot:
+def chart(
+    title: str,
+    x_label: str,
+    y_label: str,
+    series: list[dict],
+    time_axis: bool = False,
+    y_integer: bool = False,
+    note: str | None = None,
+) -> Plot:
     """A line/step/scatter chart as one standalone SVG: title, axes with nice ticks, legend, a tooltip per point."""
     e = html.escape
-    out = [f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
-           f'aria-label="{e(title)}" font-family="system-ui, sans-serif" font-size="11">',
-           f'<rect width="{W}" height="{H}" fill="#fff"/>',
-           f'<text x="{LEFT}" y="18" font-size="14" font-weight="600" fill="#1f2328">{e(title)}</text>']
+    out = [
+        f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
+        f'aria-label="{e(title)}" font-family="system-ui, sans-serif" font-size="11">',
+        f'<rect width="{W}" height="{H}" fill="#fff"/>',
+        f'<text x="{LEFT}" y="18" font-size="14" font-weight="600" fill="#1f2328">{e(title)}</text>',
+    ]
     series = [s | {"points": [q for q in s["points"] if _finite(q.get("x")) and _finite(q.get("y"))]} for s in series]
     every = [q for s in series for q in s["points"]]
     if not every:
-        out.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" fill="#6b7280" font-size="13">no data yet</text></svg>')
+        out.append(
+            f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" fill="#6b7280" font-size="13">no data yet</text></svg>'
+        )
         return Plot(title, "".join(out))
     x0, x1 = _extent([q["x"] for q in every], 0.03)
     y0, y1 = _extent([q["y"] for q in every], 0.05)
@@ -166,18 +278,24 @@ def chart(title: str, x_label: str, y_label: str, series: list[dict], time_axis:
 
     x_format = text.duration if time_axis else _tick
     for t in (_time_ticks if time_axis else _ticks)(x0, x1):
-        out.append(f'<line x1="{sx(t)}" x2="{sx(t)}" y1="{TOP}" y2="{H - BOTTOM}" stroke="#eef1f4"/>'
-                   f'<text x="{sx(t)}" y="{H - BOTTOM + 16}" text-anchor="middle" fill="#6b7280">{e(x_format(t))}</text>')
+        out.append(
+            f'<line x1="{sx(t)}" x2="{sx(t)}" y1="{TOP}" y2="{H - BOTTOM}" stroke="#eef1f4"/>'
+            f'<text x="{sx(t)}" y="{H - BOTTOM + 16}" text-anchor="middle" fill="#6b7280">{e(x_format(t))}</text>'
+        )
     for t in _ticks(y0, y1):
         if y_integer and t != int(t):
             continue
-        out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(t)}" y2="{sy(t)}" stroke="#eef1f4"/>'
-                   f'<text x="{LEFT - 6}" y="{sy(t) + 4}" text-anchor="end" fill="#6b7280">{e(_tick(t))}</text>')
+        out.append(
+            f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(t)}" y2="{sy(t)}" stroke="#eef1f4"/>'
+            f'<text x="{LEFT - 6}" y="{sy(t) + 4}" text-anchor="end" fill="#6b7280">{e(_tick(t))}</text>'
+        )
     mid = (TOP + H - BOTTOM) / 2
-    out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{H - BOTTOM}" y2="{H - BOTTOM}" stroke="#8c959f"/>'
-               f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{H - BOTTOM}" stroke="#8c959f"/>'
-               f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - BOTTOM + 34}" text-anchor="middle" font-size="12" fill="#1f2328">{e(x_label)}</text>'
-               f'<text x="14" y="{mid}" text-anchor="middle" font-size="12" fill="#1f2328" transform="rotate(-90 14 {mid})">{e(y_label)}</text>')
+    out.append(
+        f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{H - BOTTOM}" y2="{H - BOTTOM}" stroke="#8c959f"/>'
+        f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{H - BOTTOM}" stroke="#8c959f"/>'
+        f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - BOTTOM + 34}" text-anchor="middle" font-size="12" fill="#1f2328">{e(x_label)}</text>'
+        f'<text x="14" y="{mid}" text-anchor="middle" font-size="12" fill="#1f2328" transform="rotate(-90 14 {mid})">{e(y_label)}</text>'
+    )
     legend_x = LEFT
     for s in series:
         pts = s["points"]
@@ -190,15 +308,24 @@ def chart(title: str, x_label: str, y_label: str, series: list[dict], time_axis:
             out.append(f'<path d="{d}" stroke="{s["colour"]}" stroke-width="2" fill="none"/>')
         if s["type"] == "scatter" or s.get("markers"):
             for q in pts:
-                tip = q.get("tip") or (f"node {q['id']}: " if q.get("id") is not None else "") + \
-                    f"{x_label} {x_format(q['x'])}, {y_label} {_tick(q['y'])}"
-                out.append(f'<circle cx="{sx(q["x"])}" cy="{sy(q["y"])}" r="{s.get("r", 3.5)}" fill="{s["colour"]}">'
-                           f'<title>{e(tip)}</title></circle>')
-        out.append(f'<circle cx="{legend_x + 5}" cy="{H - 16}" r="5" fill="{s["colour"]}"/>'
-                   f'<text x="{legend_x + 14}" y="{H - 12}" font-size="12" fill="#6b7280">{e(s["label"])}</text>')
+                tip = (
+                    q.get("tip")
+                    or (f"node {q['id']}: " if q.get("id") is not None else "")
+                    + f"{x_label} {x_format(q['x'])}, {y_label} {_tick(q['y'])}"
+                )
+                out.append(
+                    f'<circle cx="{sx(q["x"])}" cy="{sy(q["y"])}" r="{s.get("r", 3.5)}" fill="{s["colour"]}">'
+                    f"<title>{e(tip)}</title></circle>"
+                )
+        out.append(
+            f'<circle cx="{legend_x + 5}" cy="{H - 16}" r="5" fill="{s["colour"]}"/>'
+            f'<text x="{legend_x + 14}" y="{H - 12}" font-size="12" fill="#6b7280">{e(s["label"])}</text>'
+        )
         legend_x += 24 + 7 * len(s["label"])
     if note:
-        out.append(f'<text x="{W - RIGHT}" y="{H - 12}" text-anchor="end" font-size="11" font-style="italic" fill="#6b7280">{e(note)}</text>')
+        out.append(
+            f'<text x="{W - RIGHT}" y="{H - 12}" text-anchor="end" font-size="11" font-style="italic" fill="#6b7280">{e(note)}</text>'
+        )
     out.append("</svg>")
     return Plot(title, "".join(out))
 
@@ -262,25 +389,52 @@ def _change(metric: str, value, ref) -> tuple[str, str]:
 
 def _summary_rows(facts: dict) -> list[tuple[str, str]]:
     info, sp, llm, cfg = facts["info"], facts["spend"], facts["llm"], facts["info"]["config"]
-    failed = f"{info['failed']}" + (" (" + ", ".join(f"{k}: {v}" for k, v in info["failure_reasons"].items()) + ")"
-                                    if info["failure_reasons"] else "")
+    failed = f"{info['failed']}" + (
+        " (" + ", ".join(f"{k}: {v}" for k, v in info["failure_reasons"].items()) + ")"
+        if info["failure_reasons"]
+        else ""
+    )
     best = info["best"]
     rows = [
         ("nodes", f"{info['nodes']} ({info['done']} done, {info['evaluating']} evaluating)"),
         ("failed", failed),
         ("beat the root", str(info["beat_root"])),
-        ("best node", f"node {best['id']} ({best['operator']}): fitness {best['fitness']:+.4f}, val_loss {_num(best['val_loss'])}"
-         if best else "none yet"),
-        ("compute", f"{sp['evaluations']} evaluations, {sp['cpu_hours']:.3f} CPU-h"
-         + (f", {sp['gpu_hours']:.3f} GPU-h" if sp["gpu_hours"] else "")),
-        ("LLM spend", f"${llm['cost']:.4f}, {llm['tokens']:,.0f} tokens" if llm["tokens"] or llm["cost"] else "none (offline brain)"),
-        ("run time", text.duration(info["elapsed_s"]) + " of running, the root included"  # (a resumed run was stopped in between)
-         + (f"; between {_when(info['started'])} and {_when(info['last_activity'])}" if info["started"] else "")),
-        ("setup", f"root {cfg.get('root')}, {cfg.get('tier')} tier, {cfg.get('strategy')} selection, llm {cfg.get('llm')}, seed {cfg.get('seed')}"),
+        (
+            "best node",
+            f"node {best['id']} ({best['operator']}): fitness {best['fitness']:+.4f}, val_loss {_num(best['val_loss'])}"
+            if best
+            else "none yet",
+        ),
+        (
+            "compute",
+            f"{sp['evaluations']} evaluations, {sp['cpu_hours']:.3f} CPU-h"
+            + (f", {sp['gpu_hours']:.3f} GPU-h" if sp["gpu_hours"] else ""),
+        ),
+        (
+            "LLM spend",
+            f"${llm['cost']:.4f}, {llm['tokens']:,.0f} tokens"
+            if llm["tokens"] or llm["cost"]
+            else "none (offline brain)",
+        ),
+        (
+            "run time",
+            text.duration(info["elapsed_s"])
+            + " of running, the root included"  # (a resumed run was stopped in between)
+            + (f"; between {_when(info['started'])} and {_when(info['last_activity'])}" if info["started"] else ""),
+        ),
+        (
+            "setup",
+            f"root {cfg.get('root')}, {cfg.get('tier')} tier, {cfg.get('strategy')} selection, llm {cfg.get('llm')}, seed {cfg.get('seed')}",
+        ),
     ]
     for a in info.get("tier_agreement") or []:  # does the cheaper tier rank like the dearer one (archlab/agreement.py)
-        rows.append((f"{a['cheap']} vs {a['dear']} ranking", f"{a['sentence']} (Spearman's rho of fitness over the nodes "
-                     "evaluated at both tiers, 95% bootstrap interval over nodes)"))
+        rows.append(
+            (
+                f"{a['cheap']} vs {a['dear']} ranking",
+                f"{a['sentence']} (Spearman's rho of fitness over the nodes "
+                "evaluated at both tiers, 95% bootstrap interval over nodes)",
+            )
+        )
     if info["forked_from"]:
         rows.append(("forked from", str(info["forked_from"])))
     return rows
@@ -291,7 +445,9 @@ def _when(ts: float | None) -> str:
 
 
 def _figure_line(node: dict) -> str:
-    line = f"fitness {node['fitness']:+.4f}" + (f" ± {node['fitness_std']:.4f}" if node.get("fitness_std") is not None else "")
+    line = f"fitness {node['fitness']:+.4f}" + (
+        f" ± {node['fitness_std']:.4f}" if node.get("fitness_std") is not None else ""
+    )
     line += f", val_loss {_num(node['val_loss'])}"
     if node.get("tier"):
         line += f" [{node['tier']}" + (f" x{node['seeds']}" if (node.get("seeds") or 1) > 1 else "") + "]"
@@ -300,7 +456,9 @@ def _figure_line(node: dict) -> str:
 
 def _parent_line(node: dict) -> str:
     parent = node["parent"]
-    return f"from node {parent['id']} ({parent['operator']}) by {node['operator']}" if parent else f"by {node['operator']}"
+    return (
+        f"from node {parent['id']} ({parent['operator']}) by {node['operator']}" if parent else f"by {node['operator']}"
+    )
 
 
 # -- HTML -------------------------------------------------------------------------------------------
@@ -334,36 +492,46 @@ tr.hunk td { background: #ddf4ff; color: #57606a; }
 def _html(facts: dict) -> str:
     e = html.escape
     name = facts["info"]["name"]
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>archlab report: {e(name)}</title>"
-             f"<style>{CSS}\n{stylesheet()}</style></head><body><main>",
-             f"<h1>archlab report: {e(name)}</h1>",
-             f"<p class='muted'>{e(facts['info']['path'])} · generated {e(_when(facts['generated']))}</p>",
-             "<h2 id='summary'>Summary</h2><table class='facts'>",
-             *(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _summary_rows(facts)),
-             "</table><h2 id='plots'>Plots</h2><div class='plots'>",
-             *(f"<figure>{p.svg}</figure>" for p in facts["plots"]),
-             f"</div><h2 id='top'>{_top_heading(facts['nodes'])}</h2>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>archlab report: {e(name)}</title>"
+        f"<style>{CSS}\n{stylesheet()}</style></head><body><main>",
+        f"<h1>archlab report: {e(name)}</h1>",
+        f"<p class='muted'>{e(facts['info']['path'])} · generated {e(_when(facts['generated']))}</p>",
+        "<h2 id='summary'>Summary</h2><table class='facts'>",
+        *(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _summary_rows(facts)),
+        "</table><h2 id='plots'>Plots</h2><div class='plots'>",
+        *(f"<figure>{p.svg}</figure>" for p in facts["plots"]),
+        f"</div><h2 id='top'>{_top_heading(facts['nodes'])}</h2>",
+    ]
     if not facts["nodes"]:
         parts.append("<p class='muted'>No node other than the root has finished yet.</p>")
     else:
-        parts.append("<p>" + " · ".join(f"<a href='#node-{n['id']}'>node {n['id']}</a>" for n in facts["nodes"]) + "</p>")
+        parts.append(
+            "<p>" + " · ".join(f"<a href='#node-{n['id']}'>node {n['id']}</a>" for n in facts["nodes"]) + "</p>"
+        )
     for rank, n in enumerate(facts["nodes"], start=1):
-        parts += [f"<section class='node' id='node-{n['id']}'><h3>#{rank} node {n['id']}: {e(_figure_line(n))}</h3>",
-                  f"<p class='muted'>{e(_parent_line(n))}</p>",
-                  f"<h4>Motivation</h4><p class='text'>{e(n['motivation'] or '')}</p>",
-                  "<h4>Metrics</h4><table class='metrics'><tr><th>metric</th><th>node</th><th>parent</th><th>vs parent</th>"
-                  "<th>root</th><th>vs root</th></tr>"]
+        parts += [
+            f"<section class='node' id='node-{n['id']}'><h3>#{rank} node {n['id']}: {e(_figure_line(n))}</h3>",
+            f"<p class='muted'>{e(_parent_line(n))}</p>",
+            f"<h4>Motivation</h4><p class='text'>{e(n['motivation'] or '')}</p>",
+            "<h4>Metrics</h4><table class='metrics'><tr><th>metric</th><th>node</th><th>parent</th><th>vs parent</th>"
+            "<th>root</th><th>vs root</th></tr>",
+        ]
         for m in n["metrics_table"]:
             cells = [f"<td>{e(m['metric'])}</td><td class='num'>{_num(m['node'])}</td>"]
             for ref in ("parent", "root"):
                 text, mood = _change(m["metric"], m["node"], m[ref])
                 cells.append(f"<td class='num'>{_num(m[ref])}</td><td class='num {mood}'>{e(text)}</td>")
             parts.append(f"<tr>{''.join(cells)}</tr>")
-        parts += ["</table>",
-                  f"<h4>Diff against node {n['parent_id']}</h4><div class='diff-wrap'>{n['diff_html']}</div>",
-                  f"<h4>Analysis</h4><p class='text'>{e(n['analysis'] or 'no analysis')}</p>"]
+        parts += [
+            "</table>",
+            f"<h4>Diff against node {n['parent_id']}</h4><div class='diff-wrap'>{n['diff_html']}</div>",
+            f"<h4>Analysis</h4><p class='text'>{e(n['analysis'] or 'no analysis')}</p>",
+        ]
         if n["knowledge"]:
-            parts.append("<p class='muted'>knowledge used: " + e("; ".join(k["title"] for k in n["knowledge"])) + "</p>")
+            parts.append(
+                "<p class='muted'>knowledge used: " + e("; ".join(k["title"] for k in n["knowledge"])) + "</p>"
+            )
         parts.append("</section>")
     parts.append("</main></body></html>\n")
     return "\n".join(parts)
@@ -379,22 +547,49 @@ def _top_heading(nodes: list) -> str:
 
 
 def _markdown(facts: dict, plot_files: list[str]) -> str:
-    lines = [f"# archlab report: {facts['info']['name']}", "",
-             f"{facts['info']['path']} · generated {_when(facts['generated'])}", "", "## Summary", "", "| | |", "|---|---|",
-             *(f"| {_cell(k)} | {_cell(v)} |" for k, v in _summary_rows(facts)), "", "## Plots", ""]
+    lines = [
+        f"# archlab report: {facts['info']['name']}",
+        "",
+        f"{facts['info']['path']} · generated {_when(facts['generated'])}",
+        "",
+        "## Summary",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {_cell(k)} | {_cell(v)} |" for k, v in _summary_rows(facts)),
+        "",
+        "## Plots",
+        "",
+    ]
     lines += [f"![{_cell(p.title)}]({f})" + "\n" for p, f in zip(facts["plots"], plot_files)]
     lines += [f"## {_top_heading(facts['nodes'])}", ""]
     if not facts["nodes"]:
         lines += ["No node other than the root has finished yet.", ""]
     for rank, n in enumerate(facts["nodes"], start=1):
-        lines += [f"### #{rank} node {n['id']}: {_figure_line(n)}", "", f"*{_parent_line(n)}*", "",
-                  "**Motivation.** " + text.markdown(n["motivation"] or ""), "",
-                  "| metric | node | parent | vs parent | root | vs root |", "|---|--:|--:|--:|--:|--:|"]
+        lines += [
+            f"### #{rank} node {n['id']}: {_figure_line(n)}",
+            "",
+            f"*{_parent_line(n)}*",
+            "",
+            "**Motivation.** " + text.markdown(n["motivation"] or ""),
+            "",
+            "| metric | node | parent | vs parent | root | vs root |",
+            "|---|--:|--:|--:|--:|--:|",
+        ]
         for m in n["metrics_table"]:
-            lines.append(f"| {m['metric']} | {_num(m['node'])} | {_num(m['parent'])} | {_change(m['metric'], m['node'], m['parent'])[0]} "
-                         f"| {_num(m['root'])} | {_change(m['metric'], m['node'], m['root'])[0]} |")
-        lines += ["", f"**Diff against node {n['parent_id']}:**", "", text.code_block(n["unified_diff"], "diff"), "",
-                  "**Analysis.** " + text.markdown(n["analysis"] or "no analysis"), ""]
+            lines.append(
+                f"| {m['metric']} | {_num(m['node'])} | {_num(m['parent'])} | {_change(m['metric'], m['node'], m['parent'])[0]} "
+                f"| {_num(m['root'])} | {_change(m['metric'], m['node'], m['root'])[0]} |"
+            )
+        lines += [
+            "",
+            f"**Diff against node {n['parent_id']}:**",
+            "",
+            text.code_block(n["unified_diff"], "diff"),
+            "",
+            "**Analysis.** " + text.markdown(n["analysis"] or "no analysis"),
+            "",
+        ]
         if n["knowledge"]:
             lines += ["Knowledge used: " + text.markdown("; ".join(k["title"] for k in n["knowledge"])), ""]
     return "\n".join(lines)

@@ -25,7 +25,9 @@ def bind(host: str, port: int) -> socket.socket:
         if e.errno == errno.EADDRINUSE:
             raise UserError(f"port {port} on {host} is in use; pick another --port (0 = any free)") from None
         if e.errno in (errno.EACCES, errno.EPERM):
-            raise UserError(f"not allowed to listen on {host}:{port} (ports below 1024 need privileges); choose another --port") from None
+            raise UserError(
+                f"not allowed to listen on {host}:{port} (ports below 1024 need privileges); choose another --port"
+            ) from None
         if e.errno == errno.EADDRNOTAVAIL:
             raise UserError(f"--host {host}: not an address of this machine") from None
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
@@ -39,8 +41,13 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}/"
 
 
-def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, on_ready: Callable[[str], None] = print,
-          steer_token: str | None = None) -> None:
+def serve(
+    run_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    on_ready: Callable[[str], None] = print,
+    steer_token: str | None = None,
+) -> None:
     """Serve the run's review UI until interrupted. Everything that can fail because of the
     user's input (not a run, busy port) fails before anything is printed as ready."""
     try:
@@ -53,8 +60,17 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8765, on_ready: Ca
     sock = bind(host, port)
     # A client that holds connections open cannot starve the others: idle ones close after 5 s, and
     # past 64 at once new ones get a 503.
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                           timeout_graceful_shutdown=2, timeout_keep_alive=5, limit_concurrency=64))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=5,
+            limit_concurrency=64,
+        )
+    )
     on_ready(url_of(sock) + (f"?token={steer_token}" if steer_token else ""))
     try:
         server.run(sockets=[sock])

@@ -50,7 +50,7 @@ class Mixer(nn.Module):
         b, t, _ = x.shape
         q, k, v = (z.view(b, t, self.heads, self.head_dim).transpose(1, 2) for z in self.to_qkv(x).chunk(3, -1))
         log_a = F.logsigmoid(self.to_decay(x)).transpose(1, 2) / 8
-        return q * self.head_dim ** -0.5, k, v, log_a
+        return q * self.head_dim**-0.5, k, v, log_a
 
     def forward(self, x):
         b, t, d = x.shape

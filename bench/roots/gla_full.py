@@ -58,6 +58,6 @@ class Mixer(nn.Module):
         qkv = F.silu(self.conv(F.pad(qkv, (3, 0)))).transpose(1, 2)
         q, k, v = (self.heads_of(z) for z in qkv.chunk(3, -1))
         log_a = F.logsigmoid(self.to_decay(x)).transpose(1, 2) / 8
-        o = self.norm(gla_chunked(q * self.head_dim ** -0.5, k, v, log_a))
+        o = self.norm(gla_chunked(q * self.head_dim**-0.5, k, v, log_a))
         o = o.transpose(1, 2).reshape(b, t, d) * F.silu(self.to_gate(x))
         return self.to_out(o)

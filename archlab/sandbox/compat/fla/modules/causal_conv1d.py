@@ -72,7 +72,7 @@ def causal_conv1d(
         bounds = [int(b) for b in cu_seqlens.tolist()]
         ys, finals = [], []
         for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
-            init = None if initial_state is None else initial_state[i:i + 1]
+            init = None if initial_state is None else initial_state[i : i + 1]
             y_i, full = _conv_one(x[:, bos:eos], weight, bias, init, activation)
             ys.append(y_i)
             finals.append(full[..., -W:])
@@ -136,8 +136,16 @@ class ShortConvolution(nn.Conv1d):
             x = x * mask.unsqueeze(-1).to(x.dtype)  # (fla multiplies x in place)
         if not torch.is_grad_enabled() and B * T == N and (cu_seqlens is None or bool((cu_seqlens.diff() == 1).all())):
             return self.step(x, residual, cache, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-        return causal_conv1d(x, weight=self.weight[:, 0], bias=self.bias, residual=residual, initial_state=cache,
-                             output_final_state=output_final_state, activation=self.activation, cu_seqlens=cu_seqlens)
+        return causal_conv1d(
+            x,
+            weight=self.weight[:, 0],
+            bias=self.bias,
+            residual=residual,
+            initial_state=cache,
+            output_final_state=output_final_state,
+            activation=self.activation,
+            cu_seqlens=cu_seqlens,
+        )
 
     def step(
         self,
@@ -151,8 +159,14 @@ class ShortConvolution(nn.Conv1d):
         in place, as fla's decoding kernel does."""
         shape = x.shape
         tokens = x.reshape(-1, 1, self.hidden_size)  # (N, 1, D)
-        y, state = causal_conv1d(tokens, weight=self.weight[:, 0], bias=self.bias, initial_state=cache,
-                                 output_final_state=True, activation=self.activation)
+        y, state = causal_conv1d(
+            tokens,
+            weight=self.weight[:, 0],
+            bias=self.bias,
+            initial_state=cache,
+            output_final_state=True,
+            activation=self.activation,
+        )
         y = y.reshape(shape)
         if residual is not None:
             y = y + residual.reshape(shape).to(y.dtype)

@@ -43,8 +43,9 @@ def rms_norm(x, weight, bias, residual=None, eps=1e-6, prenorm=False, residual_i
     return _rms_norm(x, weight, bias, eps, residual, prenorm, residual_in_fp32)
 
 
-def rms_norm_gated(x, g, weight, bias, activation="swish", residual=None, prenorm=False, residual_in_fp32=False,
-                   eps=1e-6):
+def rms_norm_gated(
+    x, g, weight, bias, activation="swish", residual=None, prenorm=False, residual_in_fp32=False, eps=1e-6
+):
     return _rms_norm(x, weight, bias, eps, residual, prenorm, residual_in_fp32, g=g, activation=activation)
 
 
@@ -77,7 +78,11 @@ class RMSNorm(nn.Module):
                 nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.hidden_size}" + ("" if self.elementwise_affine else ", elementwise_affine=False") + f", eps={self.eps}"
+        return (
+            f"{self.hidden_size}"
+            + ("" if self.elementwise_affine else ", elementwise_affine=False")
+            + f", eps={self.eps}"
+        )
 
     def forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):
         return _rms_norm(x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32)
@@ -112,12 +117,16 @@ class FusedRMSNormGated(nn.Module):
             nn.init.ones_(self.weight)
 
     def extra_repr(self) -> str:
-        return (f"{self.hidden_size}" + ("" if self.elementwise_affine else ", elementwise_affine=False")
-                + f", eps={self.eps}, activation={self.activation}")
+        return (
+            f"{self.hidden_size}"
+            + ("" if self.elementwise_affine else ", elementwise_affine=False")
+            + f", eps={self.eps}, activation={self.activation}"
+        )
 
     def forward(self, x, g, residual=None, prenorm=False, residual_in_fp32=False):
-        return _rms_norm(x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32, g=g,
-                         activation=self.activation)
+        return _rms_norm(
+            x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32, g=g, activation=self.activation
+        )
 
 
 FusedRMSNormSwishGate = FusedRMSNormGated
