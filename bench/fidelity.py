@@ -74,6 +74,7 @@ def main() -> None:
     designs = designs[: args.limit] if args.limit else designs
     ids = [n["id"] for n in designs]
     figures: dict[str, dict[int, float]] = {}
+    per_seed: dict[str, dict[int, list[float]]] = {}  # the val_loss of each seed, for the tier's own reliability
     failures: dict[str, dict[str, int]] = {}
     for tier in args.tiers:
         replayer = Replayer(run, tier, threads=1)
@@ -91,11 +92,12 @@ def main() -> None:
 
         print(f"{tier}: {len(ids)} designs x {len(seeds)} seeds ({total} to train)")
         items = replayer.replay(ids, seeds, progress, workers=args.jobs)
-        figures[tier], failures[tier] = {}, {}
+        figures[tier], failures[tier], per_seed[tier] = {}, {}, {}
         for item in items[1:]:
             values = item.values("val_loss")
             if len(values) == len(seeds):  # every seed trained: a design that fails one seed is not ranked
                 figures[tier][item.node] = statistics.fmean(values.values())
+                per_seed[tier][item.node] = [values[s] for s in seeds]
             else:
                 reason = next((r["reason"] for r in item.runs if not r["ok"]), "?")
                 failures[tier][reason] = failures[tier].get(reason, 0) + 1
@@ -114,6 +116,7 @@ def main() -> None:
         "budget": "off" if args.no_budget else f"{args.param_ratio}x the root mixer",
         "trained": {t: len(f) for t, f in figures.items()},
         "failures": failures,
+        "reliability": {t: reliability(per_seed[t]) for t in args.tiers},
         "vs_asi_arch": [],
         "between_tiers": [],
     }
@@ -125,6 +128,23 @@ def main() -> None:
         for dear in tiers[i + 1 :]:
             results["between_tiers"].append({"cheap": cheap, "dear": dear, **_agree(figures[cheap], figures[dear])})
     write(args.out, results, figures, external, designs)
+
+
+def reliability(per_seed: dict[int, list[float]]) -> dict:
+    """How well a tier agrees with itself: Spearman's rho between the designs' ranks under two different
+    seeds (averaged over seed pairs), beside the seed noise and the spread between designs. A tier
+    cannot rank designs like anything else better than it ranks them like itself."""
+    runs = list(per_seed.values())
+    seeds = len(runs[0]) if runs else 0
+    rhos = [
+        agreement([r[i] for r in runs], [r[j] for r in runs])["rho"] for i in range(seeds) for j in range(i + 1, seeds)
+    ]
+    rhos = [r for r in rhos if r is not None]
+    return {
+        "seed_vs_seed_rho": statistics.fmean(rhos) if rhos else None,
+        "seed_std": statistics.fmean(statistics.pstdev(r) for r in runs) if runs and seeds > 1 else None,
+        "design_std": statistics.pstdev(statistics.fmean(r) for r in runs) if len(runs) > 1 else None,
+    }
 
 
 def _agree(a: dict[int, float], b: dict[int, float]) -> dict:
@@ -146,16 +166,23 @@ def write(out: Path, results: dict, figures: dict, external: dict, designs: list
         f"{results['designs']} designs, {results['seeds']} seed(s), parameter budget {results['budget']}; "
         "Spearman rho [95% bootstrap interval] (n designs); positive = ranks the same way",
         "",
-        "| archlab tier | trained | vs final train loss | vs benchmark average | vs score |",
-        "|---|---|---|---|---|",
+        "| archlab tier | trained | seed vs seed | seed std / design std | vs final train loss | vs benchmark average | vs score |",
+        "|---|---|---|---|---|---|---|",
     ]
     for tier in results["tiers"]:
         row = {r["asi_arch"]: _rho(r) for r in results["vs_asi_arch"] if r["tier"] == tier}
         failed = ", ".join(f"{k} {v}" for k, v in results["failures"][tier].items())
+        own = results["reliability"][tier]
+        self_rho = "-" if own["seed_vs_seed_rho"] is None else f"{own['seed_vs_seed_rho']:+.2f}"
+        noise = (
+            "-"
+            if own["seed_std"] is None or own["design_std"] is None
+            else f"{own['seed_std']:.3f} / {own['design_std']:.3f}"
+        )
         lines.append(
             f"| {tier} | {results['trained'][tier]}"
             + (f" (failed: {failed})" if failed else "")
-            + f" | {row['train_loss']} | {row['bench_average']} | {row['asi_score']} |"
+            + f" | {self_rho} | {noise} | {row['train_loss']} | {row['bench_average']} | {row['asi_score']} |"
         )
     if results["between_tiers"]:
         lines += ["", "| cheap tier | dear tier | rho |", "|---|---|---|"]

@@ -96,6 +96,7 @@ def test_fidelity_quick(tmp_path):
     assert set(rows) == {"train_loss", "bench_average", "asi_score"}
     assert all(r["n"] == results["trained"]["micro"] and r["verdict"] == "too few nodes" for r in rows.values())
     assert (tmp_path / "scatter-micro.svg").read_text().startswith("<svg") and "| micro |" in out
+    assert results["reliability"]["micro"]["seed_vs_seed_rho"] is None  # one seed: no second ranking to compare
     import sqlite3
 
     with sqlite3.connect(
