@@ -67,64 +67,71 @@ def _write(
     store, lineage = Store(run_dir), Lineage(run_dir / "repo")
     root_index = records[0].index
     ids = {r.index: 0 if r.index == root_index else r.index for r in records}  # node N is ASI-Arch's index N
-    shas: dict[int, str] = {}
+    shas: dict[int, str] = {}  # node -> the commit its children descend from
     counts = {"nodes": 0, "designs": 0, "converted": 0, "rejected": 0}
     now = time.time()
-    if True:
-        for done, record in enumerate(records):
-            node_id, parent_id = ids[record.index], ids.get(record.parent)
-            fields = _node_fields(record, node_id, parent_id, now)
-            code, conversion = _code(record)
-            if code is not None:
-                message = f"node {node_id}: ASI-Arch {record.name} (index {record.index})\n\n{fields['motivation']}"
-                shas[node_id] = fields["commit_sha"] = lineage.commit(node_id, code, message, shas.get(parent_id))
-            elif parent_id is not None:  # no code: its children's commits descend from its nearest ancestor with code
-                shas[node_id] = shas[parent_id]
-            if conversion is not None:
-                counts["designs"] += 1
-                verdict = _static_verdict(conversion)
-                counts["converted" if verdict is None else "rejected"] += 1
-                if verdict is not None:
-                    fields["reason"], fields["detail"] = verdict
-            store.add_node(**fields)
-            if code is not None:
-                store.save_code(node_id, code)
-            if conversion is not None:
-                store.add_trace(
-                    node_id,
-                    "import",
-                    "convert",
-                    model="archlab import asi-arch",
-                    response="\n".join(conversion.changes) or conversion.problem,
-                    decision={
-                        "changes": conversion.changes,
-                        "problem": conversion.problem,
-                        "static_check": fields.get("reason") or "passed",
-                        "detail": fields.get("detail"),
-                    },
-                )
-            if record.design is not None:
-                metrics, curves = asi_arch.measurements(record.design)
-                result = runner.Result(
-                    ok=True, metrics=metrics, curves=curves, env={"source": "ASI-Arch data/106.json", "external": True}
-                )
-                store.add_evaluation(node_id, EXTERNAL_TIER, 0, result, None, kind="external")
-            counts["nodes"] += 1
-            on_node(done + 1, len(records))
-        source = {
-            "system": "ASI-Arch",
-            "tree": str(Path(tree_path).resolve()),
-            "programs": str(Path(programs_path).resolve()) if programs_path else None,
-            "imported": now,
-            **counts,
-        }
-        store.set_meta(IMPORTED_META, json.dumps(source))
-        store.event(
-            "import",
-            f"imported {counts['nodes']} nodes of ASI-Arch's tree ({counts['designs']} with code) "
-            f"from {source['tree']}",
-        )
+    for done, record in enumerate(records):
+        _import_node(store, lineage, record, ids[record.index], ids.get(record.parent), shas, counts, now)
+        on_node(done + 1, len(records))
+    source = {
+        "system": "ASI-Arch",
+        "tree": str(Path(tree_path).resolve()),
+        "programs": str(Path(programs_path).resolve()) if programs_path else None,
+        "imported": now,
+        **counts,
+    }
+    store.set_meta(IMPORTED_META, json.dumps(source))
+    store.event(
+        "import",
+        f"imported {counts['nodes']} nodes of ASI-Arch's tree ({counts['designs']} with code) from {source['tree']}",
+    )
     return {"run": str(run_dir), **counts}
+
+
+def _import_node(
+    store: Store,
+    lineage: Lineage,
+    record: asi_arch.Record,
+    node_id: int,
+    parent_id: int | None,
+    shas: dict[int, str],
+    counts: dict[str, int],
+    now: float,
+) -> None:
+    """One node: its row, its commit and code (when published), its conversion trace and external figures."""
+    fields = _node_fields(record, node_id, parent_id, now)
+    code, conversion = _code(record)
+    if code is not None:
+        message = f"node {node_id}: ASI-Arch {record.name} (index {record.index})\n\n{fields['motivation']}"
+        shas[node_id] = fields["commit_sha"] = lineage.commit(node_id, code, message, shas.get(parent_id))
+    elif parent_id is not None:  # no code: its children's commits descend from its nearest ancestor with code
+        shas[node_id] = shas[parent_id]
+    if conversion is not None:
+        counts["designs"] += 1
+        verdict = _static_verdict(conversion)
+        counts["converted" if verdict is None else "rejected"] += 1
+        if verdict is not None:
+            fields["reason"], fields["detail"] = verdict
+    store.add_node(**fields)
+    if code is not None:
+        store.save_code(node_id, code)
+    if conversion is not None:
+        decision = {
+            "changes": conversion.changes,
+            "problem": conversion.problem,
+            "static_check": fields.get("reason") or "passed",
+            "detail": fields.get("detail"),
+        }
+        response = "\n".join(conversion.changes) or conversion.problem
+        store.add_trace(
+            node_id, "import", "convert", model="archlab import asi-arch", response=response, decision=decision
+        )
+    if record.design is not None:
+        metrics, curves = asi_arch.measurements(record.design)
+        env = {"source": "ASI-Arch data/106.json", "external": True}
+        result = runner.Result(ok=True, metrics=metrics, curves=curves, env=env)
+        store.add_evaluation(node_id, EXTERNAL_TIER, 0, result, None, kind="external")
+    counts["nodes"] += 1
 
 
 def _node_fields(record: asi_arch.Record, node_id: int, parent_id: int | None, now: float) -> dict:
