@@ -84,7 +84,7 @@ def convert(program: str) -> Conversion:
     if counters:
         for node in ast.walk(tree):
             if isinstance(node, ast.AugAssign) and _self_attr(node.target) in counters:
-                edits.append((*span(node), "pass  # archlab: the step count comes from training_progress()"))
+                edits.append((*span(node), "pass"))  # no comment: a `; more` after it on the line must still run
             elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and _self_attr(node) in counters:
                 edits.append((*span(node), f"_asi_step({ast.get_source_segment(program, node)})"))
         names = ", ".join(f"self.{c}" for c in sorted(counters))
