@@ -1365,7 +1365,7 @@ def _store(run_dir: Path, reading: bool = False):
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     if reading and (run_dir / "archlab.db").is_file() and not writable(run_dir):
-        from archlab.web.data import ReadOnlyStore
+        from archlab.tree.readonly import ReadOnlyStore
 
         return ReadOnlyStore(run_dir)
     return Store(run_dir)

@@ -79,7 +79,7 @@ def _check(run_dir: Path, repair: bool, report: Report) -> None:
     if repair or writable(run_dir):
         store = Store(run_dir)
     else:  # another user's run, or one made read-only: check it without writing
-        from archlab.web.data import ReadOnlyStore
+        from archlab.tree.readonly import ReadOnlyStore
 
         store = ReadOnlyStore(run_dir)
     integrity = store.db.execute("pragma integrity_check").fetchone()[0]
