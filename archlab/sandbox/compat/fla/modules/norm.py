@@ -88,7 +88,9 @@ class RMSNorm(nn.Module):
         return _rms_norm(x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32)
 
 
-class FusedRMSNormGated(nn.Module):
+class FusedRMSNormGated(RMSNorm):
+    """RMSNorm without bias whose output is multiplied by activation(g)."""
+
     def __init__(
         self,
         hidden_size: int,
@@ -98,30 +100,15 @@ class FusedRMSNormGated(nn.Module):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.elementwise_affine = elementwise_affine
-        self.eps = eps
-        self.activation = activation
         if activation not in ("swish", "silu", "sigmoid"):
             raise ValueError(f"Unsupported activation: {activation}")
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(hidden_size, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-        self.register_parameter("bias", None)
-
-    def reset_parameters(self) -> None:
-        if self.elementwise_affine:
-            nn.init.ones_(self.weight)
+        super().__init__(
+            hidden_size, elementwise_affine=elementwise_affine, bias=False, eps=eps, device=device, dtype=dtype
+        )
+        self.activation = activation
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.hidden_size}"
-            + ("" if self.elementwise_affine else ", elementwise_affine=False")
-            + f", eps={self.eps}, activation={self.activation}"
-        )
+        return super().extra_repr() + f", activation={self.activation}"
 
     def forward(self, x, g, residual=None, prenorm=False, residual_in_fp32=False):
         return _rms_norm(
