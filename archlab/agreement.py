@@ -4,7 +4,7 @@ Pure functions over paired lists of numbers, no store: Spearman's rho (Pearson's
 average ranks, so ties share their rank), a percentile bootstrap interval over the pairs (nodes
 resampled with replacement; a resample whose ranks are constant at either tier has no rho and is
 skipped) and a plain verdict. `archlab status`, the report and the web UI apply `agreement` to a
-run's tiers (archlab/tree/report.py tier_agreement); a benchmark can call them on any pairs.
+run's tiers (archlab/commands/status.py tier_agreement); a benchmark can call them on any pairs.
 """
 
 import math

@@ -191,7 +191,7 @@ def run(
     --address a private Ray instance is started here. On a cluster, a --data path must be readable
     at the same place on every node (the built-in corpus ships with archlab).
     """
-    from archlab.agents.graph import Run
+    from archlab.search.driver import Run
 
     given = {
         k: v
@@ -243,7 +243,7 @@ def run(
     for folder in knowledge or []:
         if not folder.exists():
             raise UserError(f"--knowledge {folder}: no such file or folder")
-    from archlab.tree.driver import hold_driver_lock
+    from archlab.search.lock import hold_driver_lock
 
     if (run_dir / CONFIG_FILE).exists():
         config = RunConfig.load(run_dir)
@@ -280,7 +280,7 @@ def run(
             config = RunConfig(**given)
         except Exception as e:
             raise UserError(_validation_message(e)) from None
-        from archlab.agents.graph import root_source
+        from archlab.search.root import root_source
 
         root_source(config.root)  # fail before creating anything when the root is wrong
         from archlab.agents.brains import check_brain_options
@@ -293,7 +293,7 @@ def run(
         )
     _warn_weak_sandbox(config)
     from archlab.agents.brains import make_brain
-    from archlab.agents.graph import experiences
+    from archlab.search.context import experiences
 
     store = _store(run_dir)
     brain = make_brain(config, store, experiences(store), on_wait=lambda message: err.print(message, markup=False))
@@ -365,7 +365,7 @@ def run(
 def _show_in_flight(progress: Progress, run_dir: Path, stop: threading.Event) -> None:
     """A line per candidate in flight under the run's bar: stage, step/steps, the last training loss,
     seconds spent of its limit; read from the sandbox's progress files every second."""
-    from archlab.tree.report import in_flight
+    from archlab.commands.status import in_flight
 
     store, lines = _store(run_dir, reading=True), {}
     while not stop.wait(1.0):
@@ -405,7 +405,7 @@ def _in_flight_words(n: dict, steps: bool = True) -> str:
 @app.command()
 def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Progress of a run: nodes, failures, the best node, time spent."""
-    from archlab.tree.report import run_status
+    from archlab.commands.status import run_status
 
     facts = run_status(_store(run_dir, reading=True), RunConfig.load(run_dir))
     if as_json:
@@ -513,7 +513,7 @@ def tree(run_dir: Path = RunDir, limit: int = typer.Option(500, help="show at mo
     if not nodes:
         console.print("the run has no nodes yet")
         return
-    from archlab.tree.driver import driver_pid
+    from archlab.search.lock import driver_pid
 
     if driver_pid(run_dir) is None:  # stopped: what it left `evaluating` resumes with the next `archlab run`
         nodes = [n | {"status": "interrupted"} if n["status"] == "evaluating" else n for n in nodes]
@@ -532,7 +532,7 @@ def tree(run_dir: Path = RunDir, limit: int = typer.Option(500, help="show at mo
 
 def _steer_marks(store) -> dict[int, str]:
     """node id -> "  [pinned]" / "  [vetoed]" (rich markup) for the nodes `archlab steer` pinned or vetoed."""
-    from archlab.tree import steering
+    from archlab.search import steering
 
     held = steering.read(store)
     marks: dict[int, str] = {}
@@ -549,7 +549,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """One node: motivation, diff against its parent, metrics beside parent and root, analysis."""
-    from archlab.tree.report import node_report
+    from archlab.commands.status import node_report
 
     facts = node_report(run_dir, _store(run_dir, reading=True), node)
     if as_json:
@@ -809,7 +809,7 @@ def doctor(
         raise UserError(f"{run_dir} is not an archlab run (no {CONFIG_FILE})")
     facts = {"sandbox": launch.report(refresh=True)}
     if run_dir is not None:
-        from archlab.tree.doctor import check
+        from archlab.commands.doctor import check
 
         facts["run"] = check(run_dir, repair=repair).as_json()
     if as_json:
@@ -840,7 +840,7 @@ def doctor(
         raise typer.Exit(1)
 
 
-# -- review and replay: serve, replay, fork, export (archlab/web, archlab/tree/replay.py, archlab/export) --
+# -- review and replay: serve, replay, fork, export (archlab/web, archlab/commands, archlab/export) --
 @app.command()
 def serve(
     run_dir: Path = RunDir,
@@ -905,8 +905,8 @@ def replay(
     Replays are stored beside the original evaluations (kind "replay") and reused by later
     replays with the same tier and seed.
     """
-    from archlab.tree.replay import replay as replay_nodes
-    from archlab.tree.replay import table
+    from archlab.commands.replay import replay as replay_nodes
+    from archlab.commands.replay import table
 
     _bounds(threads=threads)
     _store(run_dir)
@@ -981,7 +981,7 @@ def fork(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Start a new run whose root is NODE of RUN (its code, design, evaluations and traces, with a link back)."""
-    from archlab.tree.replay import fork as fork_node
+    from archlab.commands.fork import fork as fork_node
 
     _bounds(seed=seed)
     _store(run_dir)
@@ -1170,8 +1170,8 @@ def steer(
     researcher, `stop` lets the candidates in flight finish and starts no new one (only while an
     `archlab run` drives the run). Each is kept as a trace of the run (who, when); the driver picks
     it up before its next candidate."""
-    from archlab.tree import steering
-    from archlab.tree.driver import driver_pid
+    from archlab.search import steering
+    from archlab.search.lock import driver_pid
 
     store = _store(run_dir)
     node = None

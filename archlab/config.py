@@ -89,7 +89,7 @@ class RunConfig(BaseModel):
         None, gt=0, description="stop when evaluations have used this many CPU-hours (wall x threads)"
     )
     max_gpu_hours: float | None = Field(None, gt=0, description="stop when evaluations have used this many GPU-hours")
-    # Multi-fidelity promotion (archlab/agents/promotion.py): the top slice of the search tier is re-evaluated higher.
+    # Multi-fidelity promotion (archlab/search/promotion.py): the top slice of the search tier is re-evaluated higher.
     promote: float | None = Field(
         None,
         ge=0,

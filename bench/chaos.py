@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from archlab.tree.doctor import check
+from archlab.commands.doctor import check
 from archlab.tree.lineage import Lineage
 
 

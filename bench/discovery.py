@@ -12,8 +12,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from archlab.agents.graph import Run
 from archlab.config import RunConfig
+from archlab.search.driver import Run
 from archlab.web.report import chart
 
 sys.stdout.reconfigure(line_buffering=True)  # these run for an hour: show progress even when redirected to a file

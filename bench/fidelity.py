@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 
 from archlab.agreement import agreement
+from archlab.commands.replay import Replayer
 from archlab.config import RunConfig
 from archlab.interop.importer import import_asi_arch
-from archlab.tree.replay import Replayer
 from archlab.tree.store import Store
 from archlab.web.report import chart
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from archlab.config import RunConfig
-from archlab.tree import sampling
+from archlab.search import sampling
 from archlab.tree.lineage import Lineage
 from archlab.tree.store import Store
 

@@ -16,8 +16,8 @@ import pytest
 from archlab import agreement
 from archlab.agreement import agreement as agree
 from archlab.agreement import bootstrap_interval, ranks, spearman, tier_pairs
+from archlab.commands.status import tier_figures
 from archlab.sandbox.runner import Result
-from archlab.tree.report import tier_figures
 from archlab.tree.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -131,8 +131,8 @@ def _metrics(val_loss, tokens_per_s=1000.0):
 
 
 def test_figures_from_the_store_rank_fitness_per_tier_like_promotion(tmp_path):
-    from archlab.agents.promotion import aggregate
-    from archlab.sandbox.fitness import fitness
+    from archlab.search.fitness import fitness
+    from archlab.search.promotion import aggregate
 
     store = Store(tmp_path, create=True)
     for node_id in range(5):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archlab.tree.doctor import check
+from archlab.commands.doctor import check
 
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers  # noqa: E402

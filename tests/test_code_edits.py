@@ -13,7 +13,7 @@ import pytest
 import helpers
 from archlab.agents import code_edits
 from archlab.agents.offline import CODE, CODE_SHARE, OfflineBrain
-from archlab.agents.roles import Context
+from archlab.agents.schema import Context
 from archlab.knowledge import KnowledgeIndex
 from archlab.sandbox import runner
 from archlab.templates import ROOTS, render_root

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from archlab.tree.doctor import check
+from archlab.commands.doctor import check
 from archlab.web.app import create_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # runs (600 s bound each)

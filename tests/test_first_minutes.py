@@ -12,10 +12,10 @@ import time
 import pytest
 
 import helpers
-from archlab.agents.graph import Run
 from archlab.agents.offline import OfflineBrain
 from archlab.config import RunConfig
 from archlab.knowledge import KnowledgeIndex
+from archlab.search.driver import Run
 from archlab.tree.store import Store
 
 

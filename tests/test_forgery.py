@@ -26,7 +26,7 @@ import pytest
 import helpers
 from archlab.sandbox import launch, runner
 from archlab.sandbox.data import BUILTIN
-from archlab.sandbox.fitness import fitness
+from archlab.search.fitness import fitness
 from archlab.templates import render_root
 from helpers import CANDIDATE_HEADER as HEADER
 from helpers import mixer

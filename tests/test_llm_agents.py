@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from archlab.sandbox.fitness import fitness
+from archlab.search.fitness import fitness
 
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers  # noqa: E402

@@ -4,7 +4,7 @@ tree; the baselines draw uniformly."""
 import random
 
 from archlab.agents.offline import BY_NAME, OPERATORS, OfflineBrain
-from archlab.agents.roles import Context
+from archlab.agents.schema import Context
 from archlab.knowledge import KnowledgeIndex
 from archlab.templates import ROOTS
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from archlab.agents.promotion import KIND, Plan, Promoter, aggregate
-from archlab.sandbox.fitness import fitness
+from archlab.commands.doctor import check
 from archlab.sandbox.runner import Result
-from archlab.tree.doctor import check
+from archlab.search.fitness import fitness
+from archlab.search.promotion import KIND, Plan, Promoter, aggregate
 from archlab.tree.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))

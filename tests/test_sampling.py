@@ -4,7 +4,7 @@ children that lost to the root."""
 import collections
 import random
 
-from archlab.tree import sampling
+from archlab.search import sampling
 from archlab.tree.store import Store
 
 

@@ -15,9 +15,9 @@ import helpers
 import loopback
 from archlab.sandbox import contract, runner, static
 from archlab.sandbox.contract import CandidateError
-from archlab.sandbox.fitness import breakdown
 from archlab.sandbox.model import LM
 from archlab.sandbox.tiers import TIERS, resolve
+from archlab.search.fitness import breakdown
 from archlab.templates import ROOTS, render_root
 
 THREADS = 1

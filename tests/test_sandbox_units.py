@@ -39,10 +39,10 @@ from archlab.sandbox.data import (
     selective_copy_batch,
 )
 from archlab.sandbox.errors import CandidateError
-from archlab.sandbox.fitness import OBJECTIVES, ParetoArchive, Weights, breakdown, fitness, pareto_front
 from archlab.sandbox.model import LM, SwiGLU, guard, has_step
 from archlab.sandbox.static import static_check
 from archlab.sandbox.tiers import TIERS, Probes, TierError, resolve
+from archlab.search.fitness import OBJECTIVES, ParetoArchive, Weights, breakdown, fitness, pareto_front
 from archlab.templates import Design, render, render_root
 
 

@@ -2,14 +2,14 @@
 
 from archlab.agents import prompting
 from archlab.agents.llm import CallFailed
-from archlab.agents.roles import Context, Trace
+from archlab.agents.schema import Context, Trace
 
 
 class Analyst:
     def __init__(self, client):
         self.client = client
 
-    def analyze(self, ctx: Context, node: dict, result: dict) -> tuple[str, list[Trace]]:
+    def analyse(self, ctx: Context, node: dict, result: dict) -> tuple[str, list[Trace]]:
         chat = prompting.messages(
             "analyst",
             node=node,

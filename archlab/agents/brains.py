@@ -8,7 +8,7 @@ from archlab.agents.judge import Judge
 from archlab.agents.llm import LLMClient, preflight
 from archlab.agents.offline import CODE, OfflineBrain
 from archlab.agents.researcher import Researcher
-from archlab.agents.roles import Context, Proposal, Trace
+from archlab.agents.schema import Context, Proposal, Trace
 from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.knowledge import KnowledgeError, KnowledgeIndex
@@ -29,7 +29,7 @@ class LLMBrain:
         self.knowledge = knowledge
         self.researcher = Researcher(client, knowledge, config.format_retries)
         self.engineer_role = Engineer(client, config.format_retries)
-        self.analyze = Analyst(client).analyze
+        self.analyse = Analyst(client).analyse
         self.judge = Judge(client) if config.judge_weight > 0 else None
         self.code_edits = config.code_edits
         self.offline = OfflineBrain(knowledge)

@@ -3,7 +3,7 @@
 from archlab.agents import novelty, prompting
 from archlab.agents.llm import CallFailed
 from archlab.agents.parsing import FormatError, feedback, parse_answer, reask
-from archlab.agents.roles import Context, Proposal, Trace
+from archlab.agents.schema import Context, Proposal, Trace
 
 
 class Engineer:

@@ -9,7 +9,7 @@ import re
 
 from archlab.agents import prompting
 from archlab.agents.llm import CallFailed
-from archlab.agents.roles import Context
+from archlab.agents.schema import Context
 
 JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from archlab.agents import code_edits
 from archlab.agents.code_edits import Edit
-from archlab.agents.roles import Context, Proposal, Trace
+from archlab.agents.schema import Context, Proposal, Trace
 from archlab.knowledge import KnowledgeIndex
 from archlab.templates import Design, render
 
@@ -506,7 +506,7 @@ class OfflineBrain:
         ]
 
     # -- analyst --------------------------------------------------------------------------------
-    def analyze(self, ctx: Context, node: dict, result: dict) -> tuple[str, list[Trace]]:
+    def analyse(self, ctx: Context, node: dict, result: dict) -> tuple[str, list[Trace]]:
         parent, root = ctx.parent, ctx.root
         head = f"Node {node['id']} ({node['operator']} from node {parent['id']})"
         if not result["ok"]:

@@ -21,6 +21,8 @@ from typing import Callable
 import jinja2
 
 from archlab import syntax
+from archlab.commands.fork import trained_node
+from archlab.commands.replay import Replayer, tier_overrides
 from archlab.errors import UserError
 from archlab.sandbox.data import VOCAB_SIZE
 from archlab.sandbox.errors import CandidateError
@@ -28,7 +30,6 @@ from archlab.sandbox.static import static_check
 from archlab.sandbox.tiers import TIERS, TierError, resolve
 from archlab.text import duration, markdown
 from archlab.tree.lineage import Lineage
-from archlab.tree.replay import Replayer, tier_overrides, trained_node
 from archlab.tree.store import Store
 
 TEMPLATES = Path(__file__).parent / "template"

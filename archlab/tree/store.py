@@ -40,7 +40,7 @@ SCHEMA = {
         "references_used": str,
         "metrics": str,
         "knowledge": str,
-        # multi-fidelity (archlab/agents/promotion.py): where fitness/val_loss come from, and their spread
+        # multi-fidelity (archlab/search/promotion.py): where fitness/val_loss come from, and their spread
         "search_fitness": float,
         "tier": str,
         "seeds": int,

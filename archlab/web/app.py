@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from archlab.errors import UserError
-from archlab.tree import steering
+from archlab.search import steering
 from archlab.web.data import RunView
 from archlab.web.highlight import stylesheet
 
@@ -188,7 +188,7 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
         return JSON(await run_in_threadpool(view.plots))
 
     async def steer(request: Request) -> Response:
-        """`archlab serve --allow-steer` only: a steering command (tree/steering.py), with the run's token."""
+        """`archlab serve --allow-steer` only: a steering command (search/steering.py), with the run's token."""
         if not secrets.compare_digest(request.headers.get("x-archlab-token", ""), steer_token):
             raise HTTPException(
                 403, "steering needs this server's token (the URL `archlab serve --allow-steer` printed)"

@@ -16,14 +16,14 @@ from urllib.parse import urlsplit
 
 from markdown_it import MarkdownIt
 
+from archlab.commands.status import METRIC_ORDER, in_flight, summary, tier_agreement
 from archlab.config import RunConfig
 from archlab.errors import UserError
-from archlab.sandbox.fitness import pareto_front
-from archlab.tree import steering
-from archlab.tree.driver import driver_pid
+from archlab.search import steering
+from archlab.search.fitness import pareto_front
+from archlab.search.lock import driver_pid
 from archlab.tree.lineage import Lineage
 from archlab.tree.readonly import ReadOnlyStore
-from archlab.tree.report import METRIC_ORDER, in_flight, summary, tier_agreement
 from archlab.tree.store import Store
 from archlab.web.highlight import code_html, diff_html
 

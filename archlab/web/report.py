@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archlab import text
+from archlab.commands.status import spend
 from archlab.errors import UserError
-from archlab.tree.report import spend
 from archlab.web.data import RunView
 from archlab.web.highlight import stylesheet
 

@@ -24,7 +24,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from archlab.sandbox.fitness import fitness
+from archlab.search.fitness import fitness
 from archlab.tree.store import Store
 
 TIER_ORDER = ("check", "micro", "smoke", "explore", "verify")  # cheapest first: a tier's index is its fidelity

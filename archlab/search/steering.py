@@ -2,7 +2,7 @@
 
 Each command is a trace (role "user", kind "steer", its decision the action) that another process
 writes into the run's database, so it is kept with the run, shown with the other traces, and read
-by the driver between candidates (agents/graph.py): a pinned node's subtree is where most parents
+by the driver between candidates (search/pipeline.py): a pinned node's subtree is where most parents
 come from, a vetoed node is never a parent again, a note goes to the next researcher (once), and a
 stop lets the candidates in flight finish and starts no new one. Pins and vetoes hold for the rest
 of the run; notes and stops are used once (the run's meta remembers the last one used). Each
@@ -13,7 +13,7 @@ import getpass
 from dataclasses import dataclass, field
 
 from archlab.errors import UserError
-from archlab.tree.driver import driver_pid
+from archlab.search.lock import driver_pid
 from archlab.tree.store import Store
 
 ACTIONS = ("pin", "veto", "note", "stop")

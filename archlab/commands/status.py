@@ -5,7 +5,7 @@ from pathlib import Path
 
 from archlab.config import RunConfig
 from archlab.sandbox import progress
-from archlab.tree.driver import driver_pid
+from archlab.search.lock import driver_pid
 from archlab.tree.store import Store
 
 SUMMARY_KEYS = ("id", "parent_id", "status", "reason", "operator", "fitness", "val_loss", "motivation")
@@ -139,7 +139,7 @@ def spend(store: Store, config: RunConfig) -> dict:
 
 
 def promotion_status(store: Store, config: RunConfig) -> dict | None:
-    from archlab.agents.promotion import Promoter, plan_of
+    from archlab.search.promotion import Promoter, plan_of
 
     plan = plan_of(config)
     if plan is None or "fidelity" not in store.db["nodes"].columns_dict:
@@ -152,8 +152,8 @@ def tier_figures(rows: list[dict], speed_weight: float) -> dict[str, dict[int, f
     and tier the latest row of each seed, its metrics averaged over seeds, and the fitness of that
     mean against the root's mean at the same tier, the root's own being 0 (as Promoter.finish and
     the search figures have it). No root at a tier: no figures there."""
-    from archlab.agents.promotion import aggregate
-    from archlab.sandbox.fitness import fitness
+    from archlab.search.fitness import fitness
+    from archlab.search.promotion import aggregate
 
     latest: dict = {}
     for r in rows:
@@ -176,7 +176,7 @@ def tier_agreement(store: Store, config: RunConfig) -> list[dict]:
     were evaluated (promotions, replays): Spearman's rho of their fitness with a bootstrap interval
     over nodes (archlab/agreement.py), in tier order. Empty when no node has two tiers."""
     from archlab import agreement  # numpy: imported when a status is asked for, not by every command
-    from archlab.agents.promotion import TIER_ORDER
+    from archlab.search.promotion import TIER_ORDER
 
     figures = tier_figures(store.multi_tier_evaluations(), config.speed_weight)
     order = sorted(figures, key=lambda t: (TIER_ORDER.index(t) if t in TIER_ORDER else len(TIER_ORDER), t))
@@ -185,7 +185,7 @@ def tier_agreement(store: Store, config: RunConfig) -> list[dict]:
 
 def promoted_metrics(store: Store, node_id: int) -> dict | None:
     """The node's promotion evaluations by tier: seeds and mean metrics (with *_std)."""
-    from archlab.agents.promotion import KIND, aggregate
+    from archlab.search.promotion import KIND, aggregate
 
     by_tier: dict = {}
     for e in store.evaluations(node_id):

@@ -1,0 +1,89 @@
+"""What the roles see of a run when they work on one candidate: its parent, siblings, history, limits."""
+
+import hashlib
+import json
+import random
+
+from archlab.agents import novelty
+from archlab.agents.schema import Context
+from archlab.tree.store import Store
+
+
+def context(run, state: dict) -> Context:
+    """The roles' view of the run for the candidate in `state`."""
+    parent = run.store.node(state["parent_id"])
+    parent_code = run.lineage.code(parent["commit_sha"])
+    siblings = [n for n in run.store.children(parent["id"]) if n["id"] != state["node_id"]]
+    root = run.store.node(0)
+    tier = run.tier()
+    limit = int(root["metrics"]["mixer_params"] * run.config.param_ratio) if root.get("metrics") else None
+    edits = {
+        r[0]: json.loads(r[1]).get("edit")
+        for r in run.store.db.execute(  # code edits: what to make again elsewhere
+            "select node_id, decision from traces where role = 'researcher' and decision like '%\"edit\": {%'"
+        )
+    }
+    history = [
+        {
+            "node": r[0],
+            "operator": r[1],
+            "fitness": r[2],
+            "parent_fitness": r[3],
+            "change": _change(r[4], r[5]),
+            "edit": edits.get(r[0]),
+        }
+        for r in run.store.db.execute(
+            "select c.id, c.operator, c.fitness, p.fitness, c.design, p.design from nodes c join nodes p on c.parent_id = p.id "
+            "where c.status in ('done', 'failed') and p.fitness is not null"
+        )
+    ]
+    return Context(
+        node_id=state["node_id"],
+        parent=parent,
+        root=root,
+        parent_code=parent_code,
+        attempt=state.get("attempt", 0),
+        limits={"param_limit": limit, "d_model": tier.d_model, "n_heads": tier.n_heads, "seq_len": tier.seq_len},
+        references=[run.store.node(i) for i in state.get("references", [])],
+        siblings=siblings,
+        known=[
+            (n["id"], novelty.change_text(n["motivation"] or "", run.lineage.code(n["commit_sha"]), parent_code))
+            for n in siblings
+            if n["commit_sha"] and run.brain.kind == "llm"
+        ],
+        diff=lambda node: run.lineage.diff(parent["commit_sha"], node["commit_sha"]),
+        history=history,
+        seen=lambda design: (
+            json.dumps(design) in run.claimed
+            or run.store.db.execute("select 1 from nodes where design = ? limit 1", [json.dumps(design)]).fetchone()
+            is not None
+        ),
+        seen_code=lambda code: (
+            claim(None, code) in run.claimed
+            or run.store.db.execute("select 1 from code where code = ? limit 1", [code]).fetchone() is not None
+        ),
+        code=lambda node_id: run.lineage.code(run.store.node(node_id)["commit_sha"]),
+        rng=random.Random(run.config.seed * 1_000_003 + state["node_id"]),
+        notes=state.get("notes") or [],
+    )
+
+
+def claim(design: dict | None, code: str | None) -> str:
+    """What a candidate in flight claims, so parallel workers never pick the same: its design, or
+    for a code edit its file."""
+    return json.dumps(design) if design is not None else "code:" + hashlib.sha256((code or "").encode()).hexdigest()
+
+
+def _change(child: str | None, parent: str | None) -> dict | None:
+    """The design fields a child changed from its parent (templated designs only)."""
+    if not child or not parent:
+        return None
+    child, parent = json.loads(child), json.loads(parent)
+    return {k: v for k, v in child.items() if parent.get(k) != v}
+
+
+def experiences(store: Store) -> list[tuple[str, str]]:
+    """The run's own experience: every analysis written so far, searchable like knowledge."""
+    return [
+        (f"node-{r[0]}", r[1]) for r in store.db.execute("select id, analysis from nodes where analysis is not null")
+    ]
