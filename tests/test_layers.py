@@ -72,3 +72,38 @@ def test_the_check_sees_a_wrong_import(tmp_path):
     bad.write_text("def f():\n    from archlab.search.driver import Run\n")
     assert _imports(bad) == {"archlab.search.driver"}
     assert _layer(_part("archlab.search.driver")) > _layer("tree")  # the store importing the search is caught
+
+
+def _readme_layout() -> dict[str, str]:
+    """The README's layout block: each top-level entry of archlab/ with the text that describes it."""
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    entries: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            current = line.split()[0].rstrip(",/")
+            entries[current] = ""
+        elif not line.startswith(" "):
+            current = None
+        if current:
+            entries[current] += line + "\n"
+    return entries
+
+
+def test_the_readme_layout_names_every_module_in_layer_order():
+    entries = _readme_layout()
+    text = "".join(entries.values())
+    missing = [f"archlab/{p.name}" for p in ROOT.glob("*.py") if p.name != "__init__.py" and p.name not in text]
+    for package in (p for p in ROOT.iterdir() if (p / "__init__.py").is_file()):
+        if package.name not in entries:
+            missing.append(f"archlab/{package.name}/")
+            continue
+        missing += [
+            f"archlab/{package.name}/{m.name}"
+            for m in package.glob("*.py")
+            if m.name != "__init__.py" and m.name not in entries[package.name]
+        ]
+    assert not missing, f"README.md's layout leaves out {missing}"
+    order = [_layer(name.removesuffix(".py")) for name in entries]
+    assert order == sorted(order), f"README.md's layout is not in layer order: {list(entries)}"
