@@ -51,7 +51,8 @@ class Replayer:
     """Replays nodes of one run; every evaluation is stored in the run as kind 'replay'.
 
     executor: where the evaluations run (it is not shut down here); None: local slots made for each
-    replay, sized by its `workers`, on the run's device, `threads` (else the run's) CPU threads each."""
+    replay, sized by its `workers`, on the run's device, `threads` CPU threads each (else the run's, else
+    runner.evaluate's default: all the machine's up to 4)."""
 
     def __init__(
         self,
