@@ -746,7 +746,9 @@ def _tier_overrides(tier: str, items: list[str], flag: str = "--set") -> dict:
 
 
 def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str | None, **options) -> None:
+    """Evaluate FILE once, as `options` (EvaluationRequest fields) say, in this process; print the verdict."""
     from archlab.sandbox import runner
+    from archlab.sandbox.request import EvaluationRequest
 
     _bounds(threads=options.get("threads"), seed=seed)
     if not file.is_file():
@@ -755,11 +757,12 @@ def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str 
         source = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{file}: cannot read it as UTF-8 text ({e})") from None
+    request = EvaluationRequest(source=source, tier=tier, seed=seed, data=data, **options)
     if as_json:
-        result = runner.evaluate(source, tier, seed=seed, data=data, **options)
+        result = runner.evaluate(request)
     else:
         with console.status(f"evaluating {file} at the {tier} tier in the sandbox ..."):
-            result = runner.evaluate(source, tier, seed=seed, data=data, **options)
+            result = runner.evaluate(request)
     if as_json:
         print(json.dumps(result.as_json()))
     elif result.ok:

@@ -80,6 +80,7 @@ def run_mode(tmp: Path, workers: int, args) -> dict:
 def executor_mode(tmp: Path, workers: int, args) -> dict:
     from archlab.config import RunConfig
     from archlab.sandbox import executors
+    from archlab.sandbox.request import EvaluationRequest
     from archlab.templates import render_root
 
     config = RunConfig(workers=workers, threads=1, executor=args.executor, device=args.device or "cpu")
@@ -91,11 +92,13 @@ def executor_mode(tmp: Path, workers: int, args) -> dict:
             ex.submit(
                 executors.Job(
                     key=f"bench {i}",
-                    source=source,
-                    tier=args.tier,
-                    seed=i,
-                    options={"param_limit": -1},
-                    log_path=str(tmp / f"exec-w{workers}-{i}.log"),
+                    request=EvaluationRequest(
+                        source=source,
+                        tier=args.tier,
+                        seed=i,
+                        param_limit=-1,
+                        log_path=tmp / f"exec-w{workers}-{i}.log",
+                    ),
                 )
             )
             for i in range(args.evaluations)

@@ -12,6 +12,7 @@ import pytest
 from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.sandbox import executors
+from archlab.sandbox.request import EvaluationRequest
 from archlab.sandbox.runner import Interrupted
 from archlab.templates import render_root
 
@@ -23,7 +24,8 @@ ROOT = render_root("deltanet")
 
 def job(tmp_path: Path, key: str, tier: str = "check", source: str = ROOT) -> executors.Job:
     return executors.Job(
-        key=key, source=source, tier=tier, seed=0, options={"param_limit": -1}, log_path=str(tmp_path / f"{key}.log")
+        key=key,
+        request=EvaluationRequest(source=source, tier=tier, seed=0, param_limit=-1, log_path=tmp_path / f"{key}.log"),
     )
 
 

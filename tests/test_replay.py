@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import helpers
+from archlab.commands.replay import Replayer
+from archlab.sandbox import executors
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # replays and forks (600 s bound each)
 
@@ -107,6 +109,33 @@ def test_a_run_with_tier_overrides_trains_and_replays_that_shape(tmp_path, revie
     assert abs(replayed["reproduction"]["difference"]) < 1e-4, "the replay trains the overridden shape, as the run did"
     bad = helpers.cli("run", tmp_path / "bad", "--tier", "micro", "--tier-set", "d_model=big", timeout=60)
     assert "--tier-set" in helpers.assert_user_error(bad)
+
+
+class RecordingExecutor(executors.LocalExecutor):
+    """A real local executor that keeps the requests it was given."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.requests = []
+
+    def evaluate(self, job):
+        self.requests.append(job.request)
+        return super().evaluate(job)
+
+
+def test_replay_goes_through_the_executor_it_is_given(run):
+    ex = RecordingExecutor(slots=1, threads=1)
+    try:
+        (root,) = Replayer(run, threads=1, executor=ex).replay([0], [0])
+    finally:
+        ex.shutdown()
+    (row,) = root.runs
+    assert row["ok"] and not row["cached"], row["detail"]
+    (request,) = ex.requests
+    assert (request.tier, request.seed, request.seeds, request.param_limit) == ("micro", 0, 1, -1)
+    assert request.log_path == run / "logs" / "replay-node-0-micro-s0.log" and request.source.strip()
+    assert row["env"]["executor"]["kind"] == "local" and row["env"]["executor"]["threads"] == 1
+    assert (run / row["env"]["weights"]).is_file()
 
 
 def test_replay_user_errors(run):

@@ -2,22 +2,27 @@
 
 Replay takes the code from the node's commit, the run's recorded configuration (data, seed,
 threads, parameter budget: the root's mixer parameters at the replay tier times the run's
-param_ratio) and evaluates it in the sandbox once per seed, the root too, the same way.
+param_ratio) and evaluates it in the sandbox once per seed, the root too, the same way, through an
+executor: the one it is given, else local slots on the run's device (one per GPU on a GPU machine).
 Results go into the evaluations table beside the originals (kind "replay", the commit and
 the weights file in their env), so a second replay with the same tier and seed reuses them
 unless asked to re-run. Seeds start at the run's seed, so the first replay at the run's own
 tier repeats the search evaluation exactly and shows whether the result reproduces.
 """
 
-import statistics
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 from archlab.config import CONFIG_FILE, RunConfig
 from archlab.errors import UserError
-from archlab.sandbox import runner
+from archlab.sandbox import executors
+from archlab.sandbox.averaging import mean_std
+from archlab.sandbox.request import EvaluationRequest, default_threads, param_budget
 from archlab.sandbox.tiers import TIERS
 from archlab.tree.lineage import Lineage
 from archlab.tree.store import WEIGHTS_DIR, Store
@@ -42,17 +47,21 @@ class Replayed:
         return {r["seed"]: r["metrics"][key] for r in self.ok_runs() if isinstance(r["metrics"].get(key), (int, float))}
 
 
-def mean_std(values) -> tuple[float | None, float | None]:
-    values = list(values)
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
 class Replayer:
-    """Replays nodes of one run; every evaluation is stored in the run as kind 'replay'."""
+    """Replays nodes of one run; every evaluation is stored in the run as kind 'replay'.
 
-    def __init__(self, run_dir: Path, tier: str | None = None, threads: int | None = None, force: bool = False):
+    executor: where the evaluations run (it is not shut down here); None: local slots made for each
+    replay, sized by its `workers`, on the run's device, `threads` CPU threads each (else the run's, else
+    runner.evaluate's default: all the machine's up to 4)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        tier: str | None = None,
+        threads: int | None = None,
+        force: bool = False,
+        executor: executors.Executor | None = None,
+    ):
         self.dir = Path(run_dir)
         if not (self.dir / CONFIG_FILE).exists():
             raise UserError(f"{run_dir} is not an archlab run (no {CONFIG_FILE})")
@@ -66,6 +75,8 @@ class Replayer:
             raise UserError(f"--tier {self.tier}: it trains nothing, so there is no val_loss to replay")
         self.threads = threads or self.config.threads
         self.force = force
+        self.executor = executor
+        self._own: executors.Executor | None = None  # the local slots of the replay in progress
         self.overrides = tier_overrides(self.config, self.tier)
         if not self.store.has_node(0):
             raise UserError(f"{run_dir} has no root node yet")
@@ -108,7 +119,25 @@ class Replayer:
                     f"the root failed its replay at the {self.tier} tier, so there is no parameter budget to hold the nodes to"
                 )
             root_params = counted[0]
-        return int(root_params * self.config.param_ratio)
+        return param_budget(root_params, self.config.param_ratio)
+
+    @contextmanager
+    def slots(self, workers: int = 1) -> Iterator[executors.Executor]:
+        """The executor evaluations go through: the one given, the replay's own while one is in
+        progress, else local slots made for the call (and shut down after it)."""
+        if self.executor is not None or self._own is not None:
+            yield self.executor or self._own
+            return
+        # threads as runner.evaluate's own default, so a replay trains like the evaluation it repeats
+        local = SimpleNamespace(
+            executor="local", device=self.config.device, workers=workers, threads=self.threads or default_threads()
+        )
+        self._own = executors.make(local)
+        try:
+            yield self._own
+        finally:
+            self._own.shutdown()
+            self._own = None
 
     def evaluate(self, node_id: int, seed: int, param_limit: int) -> dict:
         stored = None if self.force else self.stored(node_id, seed)
@@ -122,19 +151,19 @@ class Replayer:
         log = self.dir / "logs" / f"replay-{name}.log"
         log.parent.mkdir(exist_ok=True)
         weights = self.dir / WEIGHTS_DIR / f"{name}.safetensors"
-        result = runner.evaluate(
-            code,
-            self.tier,
+        request = EvaluationRequest(
+            source=code,
+            tier=self.tier,
             seed=seed,
             seeds=1,
             data=self.config.data,
             param_limit=param_limit,
-            threads=self.threads,
             log_path=log,
             weights_out=weights,
             tier_overrides=self.overrides,
-            device=None if self.config.device == "auto" else self.config.device,
-        )
+        )  # threads and device: the executor's
+        with self.slots() as executor:
+            result = executor.evaluate(executors.Job(key=f"replay {name}", request=request))
         result.env = {**result.env, "commit": node["commit_sha"]}
         if result.ok and weights.is_file():
             result.env["weights"] = str(weights.relative_to(self.dir))
@@ -155,8 +184,8 @@ class Replayer:
         workers: int = 1,
     ) -> list[Replayed]:
         """Replay the root and then each node (in the order given) once per seed; `workers`
-        evaluations at once (each its own sandbox), the root's first since its runs set the
-        parameter budget of the others."""
+        evaluations at once (each its own sandbox; more where the executor has more slots, e.g. one
+        per GPU), the root's first since its runs set the parameter budget of the others."""
         order = [0] + [n for n in node_ids if n != 0]
         items = {}
         for n in order:  # a clear error for an unknown node before anything runs
@@ -176,13 +205,14 @@ class Replayer:
                 on_eval(*pair, row)
                 return row
 
-            with ThreadPoolExecutor(max(1, workers), thread_name_prefix="replay") as pool:
+            with ThreadPoolExecutor(max(1, workers, executor.slots), thread_name_prefix="replay") as pool:
                 for (node_id, _), row in zip(pairs, pool.map(one, pairs)):
                     items[node_id].runs.append(row)
 
-        evaluate_all([(0, seed) for seed in seeds], lambda n: -1)
-        limits = {n: self.param_limit(n, items[0].runs) for n in order[1:]}
-        evaluate_all([(n, seed) for n in order[1:] for seed in seeds], limits.get)
+        with self.slots(workers) as executor:
+            evaluate_all([(0, seed) for seed in seeds], lambda n: -1)
+            limits = {n: self.param_limit(n, items[0].runs) for n in order[1:]}
+            evaluate_all([(n, seed) for n in order[1:] for seed in seeds], limits.get)
         return [items[n] for n in order]
 
     def originals(self, node_id: int) -> dict[int, dict]:

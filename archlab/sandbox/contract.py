@@ -31,7 +31,7 @@ import types
 import torch
 import torch.nn as nn
 
-from archlab.sandbox.errors import CandidateError, out_of_memory  # noqa: F401  (CandidateError re-exported)
+from archlab.sandbox.errors import CandidateError, rejected  # noqa: F401  (CandidateError re-exported)
 
 LOAD_SEED = 1234  # the random state a candidate's file is executed in: module-level random tables are the
 # same in every model server of an evaluation
@@ -54,12 +54,8 @@ def load(source: str, name: str = "candidate") -> types.ModuleType:
         exec(code, module.__dict__)
     except CandidateError:
         raise
-    except MemoryError:
-        raise CandidateError("memory", "ran out of memory while importing the candidate") from None
     except Exception as e:
-        if out_of_memory(e):
-            raise CandidateError("memory", f"importing the candidate ran out of memory: {e}"[:600]) from None
-        raise CandidateError("error", f"importing the candidate raised {type(e).__name__}: {e}"[:1500]) from e
+        raise rejected(e, "importing the candidate") from e
     validate(module)
     return module
 
@@ -108,9 +104,7 @@ def _build(cls: type, name: str, **kwargs) -> nn.Module:
     except CandidateError:
         raise
     except Exception as e:
-        if out_of_memory(e):
-            raise CandidateError("memory", f"{call} ran out of memory: {e}"[:600]) from None
-        raise CandidateError("contract", f"{call} raised {type(e).__name__}: {e}"[:1500]) from e
+        raise rejected(e, call, "contract") from e
 
 
 def check_shape(mixer: nn.Module, d_model: int, dtype=torch.float32) -> None:
@@ -120,9 +114,7 @@ def check_shape(mixer: nn.Module, d_model: int, dtype=torch.float32) -> None:
     except CandidateError:
         raise
     except Exception as e:
-        if out_of_memory(e):
-            raise CandidateError("memory", f"Mixer.forward ran out of memory: {e}"[:600]) from None
-        raise CandidateError("error", f"Mixer.forward raised {type(e).__name__}: {e}"[:1500]) from e
+        raise rejected(e, "Mixer.forward") from e
     if not isinstance(y, torch.Tensor):
         raise CandidateError("shape", f"Mixer.forward must return a Tensor, got {type(y).__name__}")
     if y.shape != x.shape or y.dtype != x.dtype:

@@ -1,4 +1,7 @@
-"""The sandbox's exception type and its test for memory exhaustion, importable without torch."""
+"""The sandbox's exception type, its test for memory exhaustion and the one wording of a
+candidate's exception as a rejection; importable without torch."""
+
+DETAIL_LIMIT = 2000  # a rejection's detail is cut here: the error's last lines, not a whole traceback in the store
 
 
 class CandidateError(Exception):
@@ -22,3 +25,15 @@ def out_of_memory(e: BaseException) -> bool:
         or "out of memory" in text.lower()
         or "bad_alloc" in text
     )
+
+
+def rejected(e: BaseException, doing: str | None = None, reason: str = "error", memory: bool = True) -> CandidateError:
+    """A candidate's exception as its rejection, worded one way everywhere: "{doing} raised {type}: {message}"
+    (or "{type}: {message}" when nothing more is known of what raised it), cut at DETAIL_LIMIT. A failed
+    allocation is reason "memory" ("{doing} ran out of memory: {message}") unless `memory` is False, where the
+    caller's reason has always stood for every exception."""
+    if memory and out_of_memory(e):
+        detail = f"{doing} ran out of memory" if doing else "ran out of memory"
+        return CandidateError("memory", (detail + (f": {e}" if str(e) else ""))[:DETAIL_LIMIT])
+    detail = f"{type(e).__name__}: {e}"
+    return CandidateError(reason, (f"{doing} raised {detail}" if doing else detail)[:DETAIL_LIMIT])

@@ -1,7 +1,9 @@
 """Executors: where evaluations run. The driver submits jobs and writes every result itself.
 
-An evaluation is a `Job` (the candidate's source travels inside it, so no shared file system is
-needed for the code). `Executor.submit(job)` returns a `concurrent.futures.Future` whose result
+An evaluation is a `Job`: a key naming it and the caller's `EvaluationRequest` (request.py; the
+candidate's source travels inside it, so no shared file system is needed for the code). An
+executor changes only the request's threads and device (its slot's), and on a Ray worker where
+the log and the weights are written. `Executor.submit(job)` returns a `concurrent.futures.Future` whose result
 is a `runner.Result`; `Executor.evaluate(job)` waits for it. A future raises
 `runner.Interrupted` when the run is stopping (the evaluation was abandoned, not failed: the
 driver re-runs it on resume) and `ExecutorError` when the executor itself is broken (for
@@ -44,11 +46,12 @@ import tempfile
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from archlab.errors import UserError
 from archlab.sandbox import runner
+from archlab.sandbox.request import EvaluationRequest
 from archlab.sandbox.runner import Interrupted, Result
 
 LOG_LIMIT = 2 * 2**20  # a log sent back from a Ray worker keeps its first and last MiB
@@ -59,21 +62,12 @@ class ExecutorError(UserError):
     """The executor cannot run evaluations (not the candidate's fault); the run stops and can be resumed."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
-    """One evaluation: the candidate's code, the tier and seed, and more `runner.evaluate` options."""
+    """One evaluation: its name and the request the sandbox reads."""
 
     key: str  # names the evaluation in logs, events and Ray's task list, e.g. "node-3 search 0"
-    source: str
-    tier: str
-    seed: int = 0
-    options: dict = field(
-        default_factory=dict
-    )  # data, param_limit, tier_overrides, seeds, reference, timeout_s, memory_gb ...
-    log_path: str | None = None  # where the driver keeps the evaluation's log
-
-    def as_payload(self) -> dict:
-        return asdict(self)
+    request: EvaluationRequest  # its log_path is where the driver keeps the evaluation's log
 
 
 class Executor:
@@ -169,16 +163,12 @@ class LocalExecutor(Executor):
         finally:
             self._free.put(slot)
 
+    def _placed(self, job: Job) -> EvaluationRequest:
+        """The job's request with this executor's threads and device."""
+        return job.request.placed(threads=self.threads, device=self.device)
+
     def _in_thread(self, job: Job) -> Result:
-        return runner.evaluate(
-            job.source,
-            job.tier,
-            seed=job.seed,
-            threads=self.threads,
-            device=self.device,
-            log_path=Path(job.log_path) if job.log_path else None,
-            **job.options,
-        )
+        return runner.evaluate(self._placed(job))
 
     def _gpu_of(self, slot: int) -> str | None:
         return str(self.gpus_ids[slot % len(self.gpus_ids)]) if self.gpus_ids else None
@@ -187,7 +177,7 @@ class LocalExecutor(Executor):
         env = dict(os.environ)
         if self.gpus_ids:
             env["CUDA_VISIBLE_DEVICES"] = self._gpu_of(slot)
-        payload = {**job.as_payload(), "threads": self.threads, "device": self.device}
+        payload = self._placed(job).model_dump(mode="json")
         with self._lock:
             if self._stopping.is_set():
                 raise Interrupted("the run is stopping")
@@ -240,8 +230,8 @@ EXIT_INTERRUPTED = 3
 
 
 def _slot_process_main() -> None:
-    """`python -m archlab.sandbox.executors`: one job (JSON on stdin) -> one result (JSON on stdout)."""
-    payload = json.loads(sys.stdin.read())
+    """`python -m archlab.sandbox.executors`: one request (JSON on stdin) -> one result (JSON on stdout)."""
+    request = EvaluationRequest.model_validate(json.loads(sys.stdin.read()))
     parent = os.getppid()
 
     def stop(*_):  # not in the handler itself: it may interrupt this thread while it holds the runner's lock
@@ -257,15 +247,7 @@ def _slot_process_main() -> None:
     signal.signal(signal.SIGTERM, stop)
     threading.Thread(target=watchdog, daemon=True).start()
     try:
-        result = runner.evaluate(
-            payload["source"],
-            payload["tier"],
-            seed=payload["seed"],
-            threads=payload["threads"],
-            device=payload["device"],
-            log_path=Path(payload["log_path"]) if payload["log_path"] else None,
-            **payload["options"],
-        )
+        result = runner.evaluate(request)
     except Interrupted:
         sys.exit(EXIT_INTERRUPTED)
     result.env = {
@@ -283,23 +265,14 @@ def _ray_task(payload: dict) -> dict:
     import ray
 
     started = time.time()
+    request = EvaluationRequest.model_validate(payload["request"])
     with tempfile.TemporaryDirectory(prefix="archlab-ray-") as tmp:
-        log = Path(tmp) / "eval.log"
-        options = dict(payload["options"])
-        if options.get("weights_out"):  # the driver's path may not exist on this node: the weights travel back
-            options["weights_out"] = str(Path(tmp) / "weights.safetensors")
-        result = runner.evaluate(
-            payload["source"],
-            payload["tier"],
-            seed=payload["seed"],
-            threads=payload["threads"],
-            device=payload["device"],
-            log_path=log,
-            **options,
-        )
+        # the driver's paths may not exist on this node: the log and the weights travel back
+        wanted = Path(tmp) / "weights.safetensors" if request.weights_out else None
+        request = request.placed(log_path=Path(tmp) / "eval.log", weights_out=wanted)
+        result = runner.evaluate(request)
         logs = {p.name[len("eval.log") :]: _read_capped(p) for p in sorted(Path(tmp).glob("eval.log*"))}
-        weights = Path(tmp) / "weights.safetensors"
-        weights = weights.read_bytes() if options.get("weights_out") and weights.is_file() else None
+        weights = wanted.read_bytes() if wanted and wanted.is_file() else None
     context = ray.get_runtime_context()
     result.env = {
         **result.env,
@@ -308,7 +281,7 @@ def _ray_task(payload: dict) -> dict:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "node": context.get_node_id(),
-            "threads": payload["threads"],
+            "threads": request.threads,
             "gpus": payload["gpus"],
             "started": started,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -396,8 +369,8 @@ class RayExecutor(Executor):
 
     def submit(self, job: Job) -> Future:
         out: Future = Future()
-        payload = {**job.as_payload(), "threads": self.threads, "gpus": self.gpus, "device": self.device}
-        payload.pop("log_path")
+        placed = job.request.placed(threads=self.threads, device=self.device, log_path=None)
+        payload = {"request": placed.model_dump(mode="json"), "gpus": self.gpus}
         options = dict(
             name=f"archlab-eval {job.key}",
             num_cpus=self.threads,
@@ -427,13 +400,13 @@ class RayExecutor(Executor):
 
     def _unpack(self, job: Job, reply: dict) -> Result:
         result = Result.model_validate(reply["result"])
-        if job.log_path:
+        if job.request.log_path:
             for suffix, text in reply.get("logs", {}).items():
-                path = Path(f"{job.log_path}{suffix}")
+                path = Path(f"{job.request.log_path}{suffix}")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
-        if reply.get("weights") and job.options.get("weights_out"):
-            path = Path(job.options["weights_out"])
+        if reply.get("weights") and job.request.weights_out:
+            path = Path(job.request.weights_out)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(reply["weights"])
         return result

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from archlab.sandbox import contract
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE
-from archlab.sandbox.errors import CandidateError, out_of_memory
+from archlab.sandbox.errors import CandidateError, rejected
 from archlab.sandbox.tiers import Tier
 
 
@@ -151,11 +151,5 @@ def guard(fn):
         return fn()
     except CandidateError:
         raise
-    except MemoryError:
-        raise CandidateError("memory", "ran out of memory") from None
-    except RecursionError as e:
-        raise CandidateError("error", f"RecursionError: {e}") from e
     except Exception as e:
-        if out_of_memory(e):
-            raise CandidateError("memory", f"{type(e).__name__}: {str(e)[:300]}") from None
-        raise CandidateError("error", f"{type(e).__name__}: {str(e)[:1500]}") from e
+        raise rejected(e) from e

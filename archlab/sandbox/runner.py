@@ -9,7 +9,6 @@ crown it: every validation window was already checked for causality on the score
 
 import os
 import shutil
-import statistics
 import tempfile
 import threading
 import time
@@ -19,7 +18,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from archlab.sandbox import launch
-from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.averaging import average
+from archlab.sandbox.errors import DETAIL_LIMIT, CandidateError, rejected
+from archlab.sandbox.request import EvaluationRequest, default_threads
 from archlab.sandbox.tiers import TIERS, Tier, TierError, resolve
 
 LOG_LIMIT = 8 * 2**20  # a log longer than this keeps its first and last MiB
@@ -54,29 +55,11 @@ class Result(BaseModel):
         return {"ok": self.ok, "reason": self.reason, "detail": self.detail, "metrics": self.metrics, "env": self.env}
 
 
-def evaluate(
-    source: str,
-    tier: "str | Tier" = "smoke",
-    *,
-    seed: int = 0,
-    data: str | None = None,
-    param_limit: int | None = None,
-    param_ratio: float = 1.2,
-    threads: int | None = None,
-    timeout_s: float | None = None,
-    memory_gb: float = 12.0,
-    log_path: Path | None = None,
-    tier_overrides: dict | None = None,
-    allow_quadratic: bool = False,
-    reference: dict | None = None,
-    implausible_gain: float = 0.25,
-    seeds: int | None = None,
-    device: str | None = None,
-    skip_static_checks: bool = False,
-    weights_out: Path | None = None,
-) -> Result:
-    """Evaluate candidate source code at a tier in sandboxed model servers.
+def evaluate(request: "EvaluationRequest | str", tier: "str | Tier | None" = None, **options) -> Result:
+    """Evaluate candidate source code at a tier in sandboxed model servers, as `request` says.
 
+    `evaluate(source, tier, **options)` is shorthand for `evaluate(EvaluationRequest(source=source,
+    tier=tier, **options))`. The request's fields:
     tier: a tier name (see tiers.py) or a Tier; tier_overrides: fields to change (a run's config).
     param_limit: the budget per block (mixer + FFN beyond the harness MLP); None = param_ratio x the
         DeltaNet root mixer's; -1 = none.
@@ -91,32 +74,37 @@ def evaluate(
     weights_out: where to keep the trained weights (safetensors; `lm.*` and `probe.*`; with several
         seeds, the last seed's).
     """
+    if not isinstance(request, EvaluationRequest):
+        request = EvaluationRequest(source=request, **({} if tier is None else {"tier": tier}), **options)
+    elif tier is not None or options:
+        raise TypeError("evaluate(request) takes no more arguments: the request holds them all")
     try:
-        spec = resolve(tier, tier_overrides)
+        spec = resolve(request.tier, request.tier_overrides)
     except TierError as e:
         return Result(ok=False, reason="config", detail=str(e))
     opt = dict(
-        data=data,
-        param_limit=param_limit,
-        param_ratio=param_ratio,
-        threads=threads or min(os.cpu_count() or 1, 4),
-        timeout_s=timeout_s,
-        memory_gb=memory_gb,
-        allow_quadratic=allow_quadratic,
-        device=device,
-        skip_static_checks=skip_static_checks,
+        data=request.data,
+        param_limit=request.param_limit,
+        param_ratio=request.param_ratio,
+        threads=request.threads or default_threads(),
+        timeout_s=request.timeout_s,
+        memory_gb=request.memory_gb,
+        allow_quadratic=request.allow_quadratic,
+        device=request.device,
+        skip_static_checks=request.skip_static_checks,
     )
+    seed, seeds, log_path = request.seed, request.seeds, request.log_path
     results = []
     for i in range(seeds or 1):
         log_i = Path(f"{log_path}.seed{seed + i}") if log_path and i else log_path
-        result = _evaluate_seed(source, spec, seed + i, opt, log_i, weights_out)
+        result = _evaluate_seed(request.source, spec, seed + i, opt, log_i, request.weights_out)
         if not result.ok:
             if seeds and seeds > 1:
                 result.detail = f"seed {seed + i}: {result.detail}"
             return result
-        ref = (reference or {}).get("val_loss")
+        ref = (request.reference or {}).get("val_loss")
         val = result.metrics.get("val_loss")
-        if ref and val is not None and val < (1 - implausible_gain) * ref:
+        if ref and val is not None and val < (1 - request.implausible_gain) * ref:
             result.metrics.update(
                 flagged="implausible_gain",
                 flag_detail=(
@@ -166,7 +154,7 @@ def _evaluate_seed(
             result = Result(
                 ok=False,
                 reason=e.reason,
-                detail=e.detail[:2000],
+                detail=e.detail[:DETAIL_LIMIT],
                 metrics=dict(evaluation.metrics) if evaluation else {},
                 env={**evaluation.env, "tier": tier.name, "launcher": launch.launcher().kind} if evaluation else {},
                 curves=_curves(evaluation),
@@ -180,10 +168,11 @@ def _evaluate_seed(
                 raise Interrupted("the run is stopping") from None
             with open(log, "a") as f:
                 traceback.print_exc(file=f)
+            error = rejected(e, "the scorer, reading what a server sent,", "crash", memory=False)
             result = Result(
                 ok=False,
-                reason="crash",
-                detail=f"the scorer could not use what a server sent: {type(e).__name__}: {e}"[:2000],
+                reason=error.reason,
+                detail=error.detail,
                 metrics=dict(evaluation.metrics) if evaluation else {},
                 curves=_curves(evaluation),
             )
@@ -205,22 +194,7 @@ def _evaluate_seed(
 
 
 def _aggregate(results: list[Result], seeds: list[int]) -> Result:
-    metrics: dict = {"seeds": seeds}
-    keys = [
-        k
-        for k in results[0].metrics
-        if all(isinstance(r.metrics.get(k), int | float) and not isinstance(r.metrics.get(k), bool) for r in results)
-    ]
-    for key in keys:
-        values = [r.metrics[key] for r in results]
-        metrics[key] = statistics.fmean(values)
-        if key in ("val_loss", "val_bpb", "tokens_per_s", "mqar_acc", "selcopy_acc", "val_loss_2x", "quant_loss"):
-            metrics[f"{key}_std"] = statistics.stdev(values)
-    for key, value in results[0].metrics.items():
-        metrics.setdefault(key, value)
-    if any(r.metrics.get("flagged") for r in results):
-        metrics["flagged"] = next(r.metrics["flagged"] for r in results if r.metrics.get("flagged"))
-    metrics["wall_s"] = sum(r.metrics.get("wall_s", 0.0) for r in results)
+    metrics = {"seeds": seeds, **average([r.metrics for r in results])}
     return Result(ok=True, metrics=metrics, env=results[0].env, curves=[c for r in results for c in r.curves])
 
 
@@ -252,4 +226,4 @@ def tail(path, size: int = 1500) -> str:
         return ""
 
 
-__all__ = ["Result", "evaluate", "tail", "TIERS"]
+__all__ = ["EvaluationRequest", "Result", "evaluate", "tail", "TIERS"]

@@ -38,8 +38,9 @@ from safetensors.numpy import save_file
 from archlab.sandbox import launch, wire, zygote
 from archlab.sandbox.curves import VAL_WINDOWS, Curves, val_steps
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, probe_batch, probe_tasks
-from archlab.sandbox.errors import CandidateError
+from archlab.sandbox.errors import DETAIL_LIMIT, CandidateError
 from archlab.sandbox.progress import Progress
+from archlab.sandbox.request import param_budget
 from archlab.sandbox.tiers import Tier
 
 FLOP_EXPONENT_LIMIT = 1.25  # growth of FLOPs or memory traffic with length above this is super-linear
@@ -249,7 +250,7 @@ class Server:
         if error is not None:
             if not (isinstance(error, dict) and isinstance(error.get("reason"), str)):
                 raise CandidateError("crash", f"server {self.name} sent a malformed error: {str(error)[:200]}")
-            raise CandidateError(error["reason"][:40], str(error.get("detail"))[:2000])
+            raise CandidateError(error["reason"][:40], str(error.get("detail"))[:DETAIL_LIMIT])
         return header, arrays
 
     def _wait(self, fd: int) -> None:
@@ -744,7 +745,7 @@ class Evaluation:
         if limit is not None and limit < 0:
             return None
         if limit is None:
-            return math.floor(root_mixer_params(d_model, tier.n_heads) * self.opt.get("param_ratio", 1.2))
+            return param_budget(root_mixer_params(d_model, tier.n_heads), self.opt.get("param_ratio", 1.2))
         if d_model == tier.d_model:
             return limit
         return math.floor(

@@ -22,7 +22,7 @@ import numpy as np
 
 from archlab import candidate as candidate_api
 from archlab.sandbox import wire
-from archlab.sandbox.errors import CandidateError, out_of_memory
+from archlab.sandbox.errors import CandidateError, out_of_memory, rejected
 
 REPLY_FD = 1  # main() moves the scorer's pipe off stdout, so a print() of the candidate lands in the log
 MAX_REQUEST = 1 << 31
@@ -72,8 +72,8 @@ class Server:
                     y, state = mixer.step(x[:, t], state)
                 except CandidateError:
                     raise
-                except Exception as e:
-                    raise CandidateError("step", f"Mixer.step raised {type(e).__name__}: {e}"[:1500]) from e
+                except Exception as e:  # an allocation failing in step() is a "step" rejection too, as it always was
+                    raise rejected(e, "Mixer.step", "step", memory=False) from e
                 if type(y) is not torch.Tensor or y.shape != x[:, t].shape:  # noqa: E721
                     raise CandidateError(
                         "step", f"Mixer.step must return (tensor of shape {tuple(x[:, t].shape)}, state)"
@@ -379,11 +379,10 @@ def provide_fla(device_type: str) -> str:
 def _reply_error(e: BaseException) -> dict:
     if isinstance(e, CandidateError):
         return {"reason": e.reason, "detail": e.detail}
-    if out_of_memory(e):
-        return {"reason": "memory", "detail": ("ran out of memory" + (f": {e}" if str(e) else ""))[:600]}
-    if isinstance(e, SystemExit | KeyboardInterrupt | GeneratorExit):
+    if isinstance(e, SystemExit | KeyboardInterrupt | GeneratorExit) and not out_of_memory(e):
         return {"reason": "error", "detail": f"the candidate tried to leave the interpreter ({type(e).__name__})"}
-    return {"reason": "error", "detail": f"{type(e).__name__}: {e}"[:1500]}
+    error = rejected(e)
+    return {"reason": error.reason, "detail": error.detail}
 
 
 def serve(job: dict) -> None:

@@ -6,6 +6,7 @@ import random
 
 from archlab.agents import novelty
 from archlab.agents.schema import Context
+from archlab.sandbox.request import param_budget
 from archlab.tree.store import Store
 
 
@@ -16,7 +17,7 @@ def context(run, state: dict) -> Context:
     siblings = [n for n in run.store.children(parent["id"]) if n["id"] != state["node_id"]]
     root = run.store.node(0)
     tier = run.tier()
-    limit = int(root["metrics"]["mixer_params"] * run.config.param_ratio) if root.get("metrics") else None
+    limit = param_budget(root["metrics"]["mixer_params"], run.config.param_ratio) if root.get("metrics") else None
     edits = {
         r[0]: json.loads(r[1]).get("edit")
         for r in run.store.db.execute(  # code edits: what to make again elsewhere

@@ -1,8 +1,8 @@
 """A node's evaluations in a run: asked of the sandbox through the run's executor, stored as they arrive.
 
 `search` evaluates a candidate once per attempt at the search tier (a re-run after a crash reuses
-the stored result); `promote` evaluates a node at the promotion tier once per seed. Both keep the
-trained weights named like the evaluation's log.
+the stored result); `promote` evaluates a node at the promotion tier once per seed. Both build one
+`EvaluationRequest` per evaluation (`request`) and keep the trained weights named like its log.
 """
 
 import re
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from archlab import chaos
 from archlab.sandbox import executors, runner
+from archlab.sandbox.request import EvaluationRequest, param_budget
 from archlab.search import promotion
 from archlab.tree import space
 from archlab.tree.store import WEIGHTS_DIR
@@ -35,22 +36,22 @@ def search(
         )
     log = run.dir / "logs" / f"node-{node_id}-{attempt}.log"
     root_node = None if root else run.store.node(0)
-    limit = -1 if root else int(root_node["metrics"]["mixer_params"] * run.config.param_ratio)
+    limit = -1 if root else param_budget(root_node["metrics"]["mixer_params"], run.config.param_ratio)
     run.store.event("evaluate", f"attempt {attempt}", node_id)  # an audit trail: evaluations redone after crashes
     chaos.point_later("during_evaluation")
-    options = {
-        **sandbox_options(run.config, limit, root_node),
-        "tier_overrides": run.config.tier_overrides or None,
-        "timeout_s": timeout_s or (None if root else run.candidate_timeout()),
-        "weights_out": str(weights_path(run.dir, log)),
-    }
     job = executors.Job(
         key=f"node-{node_id} search {attempt}",
-        source=code,
-        tier=run.config.tier,
-        seed=run.config.seed,
-        options=options,
-        log_path=str(log),
+        request=request(
+            run,
+            code,
+            run.config.tier,
+            run.config.seed,
+            log,
+            param_limit=limit,
+            root_node=root_node,
+            tier_overrides=run.config.tier_overrides or None,
+            timeout_s=timeout_s or (None if root else run.candidate_timeout()),
+        ),
     )
     result = run.executor.evaluate(job)
     add_evaluation(run, node_id, run.config.tier, run.config.seed, result, log)
@@ -59,15 +60,35 @@ def search(
     return result
 
 
-def sandbox_options(config, param_limit: int, root_node: dict | None) -> dict:
-    """runner.evaluate options from the run's config; `reference` (the root's metrics) makes an
-    implausibly good result be rechecked and flagged instead of crowned."""
-    return dict(
+def request(
+    run,
+    code: str,
+    tier: str,
+    seed: int,
+    log: Path,
+    *,
+    param_limit: int,
+    root_node: dict | None,
+    tier_overrides: dict | None,
+    timeout_s: int | None = None,
+) -> EvaluationRequest:
+    """The request for one of the run's evaluations: the run's config, the budget, and the weights
+    kept named like the log (`weights_path`); the root's metrics (`root_node`) as `reference` make an implausibly good
+    result be rechecked and flagged instead of crowned."""
+    config = run.config
+    return EvaluationRequest(
+        source=code,
+        tier=tier,
+        seed=seed,
         data=config.data,
         param_limit=param_limit,
         allow_quadratic=config.allow_quadratic,
         implausible_gain=config.implausible_gain,
         reference=(root_node or {}).get("metrics") if root_node else None,
+        tier_overrides=tier_overrides,
+        timeout_s=timeout_s,
+        log_path=log,
+        weights_out=weights_path(run.dir, log),
     )
 
 
@@ -80,7 +101,7 @@ def promote(run, node_id: int) -> str:
     limit, reference = -1, None
     if node_id != 0:  # the budget at the promotion tier: the root's mixer there times the run's ratio
         root_rows = run.promoter.rows(0)
-        limit = int(root_rows[plan.seeds[0]]["metrics"]["mixer_params"] * run.config.param_ratio)
+        limit = param_budget(root_rows[plan.seeds[0]]["metrics"]["mixer_params"], run.config.param_ratio)
         # the root's mean at this tier: an implausible gain over it is rechecked and flagged, as in the search
         reference = {"metrics": promotion.aggregate([root_rows[s]["metrics"] for s in plan.seeds])}
     stored = run.promoter.rows(node_id)
@@ -91,15 +112,16 @@ def promote(run, node_id: int) -> str:
         log = run.dir / "logs" / f"node-{node_id}-{plan.tier}-s{seed}.log"
         job = executors.Job(
             key=f"node-{node_id} {plan.tier} seed {seed}",
-            source=code,
-            tier=plan.tier,
-            seed=seed,
-            options={
-                **sandbox_options(run.config, limit, reference),
-                "tier_overrides": plan.overrides or None,
-                "weights_out": str(weights_path(run.dir, log)),
-            },
-            log_path=str(log),
+            request=request(
+                run,
+                code,
+                plan.tier,
+                seed,
+                log,
+                param_limit=limit,
+                root_node=reference,
+                tier_overrides=plan.overrides or None,
+            ),
         )
         run.store.event("promote", f"evaluating at {plan.tier}, seed {seed}", node_id)
         futures[run.executor.submit(job)] = (seed, log)

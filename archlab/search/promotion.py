@@ -24,6 +24,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from archlab.sandbox.averaging import average
 from archlab.search.fitness import fitness
 from archlab.tree.store import Store
 
@@ -63,32 +64,8 @@ def plan_of(config) -> Plan | None:
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """Mean of every numeric metric over seeds, with `KEY_std` beside the main ones."""
-    out: dict = {}
-    keys = [k for k in runs[0] if all(_number(r.get(k)) for r in runs)]
-    for key in keys:
-        values = [float(r[key]) for r in runs]
-        out[key] = statistics.fmean(values)
-        if len(values) > 1 and key in (
-            "val_loss",
-            "val_bpb",
-            "tokens_per_s",
-            "mqar_acc",
-            "selcopy_acc",
-            "val_loss_2x",
-            "quant_loss",
-        ):
-            out[f"{key}_std"] = statistics.stdev(values)
-    for key, value in runs[0].items():
-        out.setdefault(key, value)
-    if any(r.get("flagged") for r in runs):
-        out["flagged"] = next(r["flagged"] for r in runs if r.get("flagged"))
-    out["wall_s"] = sum(float(r.get("wall_s") or 0.0) for r in runs)
-    return out
-
-
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """Mean of every numeric metric over seeds, with `KEY_std` beside the main ones (averaging.average)."""
+    return average(runs)
 
 
 class Promoter:
