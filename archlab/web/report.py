@@ -90,17 +90,8 @@ def _check_out(run_dir: Path, out: Path) -> None:
 def _facts(view: RunView, top: int) -> dict:
     info = view.run_info()
     plots = view.plots()
-    fidelity = "coalesce(fidelity, 0) desc, " if "fidelity" in view.store.db["nodes"].columns_dict else ""
-    ids = [
-        r[0]
-        for r in view.store.db.execute(
-            "select id from nodes where status = 'done' and fitness is not null and parent_id is not null "
-            f"order by {fidelity}fitness desc, id limit ?",
-            [top],
-        )
-    ]
     nodes = []
-    for node_id in ids:
+    for node_id in view.store.leaderboard_ids(top, children_only=True):
         node = view.node(node_id)
         code = view.code(node_id)["code"] or ""
         parent_code = view.code(node["parent_id"])["code"] if node["parent"] else None
