@@ -12,6 +12,13 @@ from archlab.tree.store import Store
 SUMMARY_KEYS = ("id", "parent_id", "status", "reason", "operator", "fitness", "val_loss", "motivation")
 FIDELITY_KEYS = ("tier", "seeds", "fitness_std", "val_loss_std", "search_fitness")
 METRIC_ORDER = ("val_loss", "val_bpb", "train_loss", "tokens_per_s", "params", "mixer_params", "train_tokens", "wall_s")
+# Which way a metric improves, by fragments of its name (lower-cased; "lower" is tried first, and a
+# metric matching neither has no direction). The HTML report colours changes by it, and the web UI
+# reads this table from /api/run (metric_directions).
+METRIC_DIRECTIONS = {
+    "lower": ("loss", "bpb", "wall", "latency", "mem", "state", "flops", "quant"),
+    "higher": ("tokens_per_s", "acc", "recall"),
+}
 # A node's own fields, as `archlab show` and the web UI's node page both give them (each adds its own).
 NODE_KEYS = (
     "id",
@@ -31,6 +38,15 @@ NODE_KEYS = (
 
 def summary(node: dict | None) -> dict | None:
     return None if node is None else {k: node.get(k) for k in SUMMARY_KEYS}
+
+
+def metric_direction(key: str) -> str | None:
+    """Which way the metric improves: "lower", "higher" or None (by METRIC_DIRECTIONS)."""
+    name = key.lower()
+    for direction in ("lower", "higher"):
+        if any(fragment in name for fragment in METRIC_DIRECTIONS[direction]):
+            return direction
+    return None
 
 
 def metric_keys(*nodes: dict | None) -> list[str]:

@@ -18,6 +18,7 @@ from markdown_it import MarkdownIt
 
 from archlab.commands.status import (
     FIDELITY_KEYS,
+    METRIC_DIRECTIONS,
     NODE_KEYS,
     in_flight,
     metric_keys,
@@ -118,6 +119,7 @@ class RunView:
                 "forked_from": json.loads(forked) if forked else None,
                 "started": self.store.first_created(),
                 "last_activity": self.store.last_activity(),
+                "metric_directions": METRIC_DIRECTIONS,  # which way each metric improves (commands/status.py)
                 "version": self._version,
             }
 
