@@ -113,7 +113,8 @@ class RunConfig(BaseModel):
     @field_validator("promote_tier")
     @classmethod
     def _higher_tier(cls, value: str, info):
-        order = ("micro", "smoke", "explore", "verify")
+        from archlab.sandbox.tiers import TIER_ORDER as order  # cheapest first
+
         tier, fraction = info.data.get("tier"), info.data.get("promote")
         if fraction and tier in order and order.index(value) <= order.index(tier):
             raise PydanticCustomError(

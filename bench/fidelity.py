@@ -32,12 +32,13 @@ from archlab.agreement import agreement
 from archlab.commands.replay import Replayer
 from archlab.config import RunConfig
 from archlab.interop.importer import import_asi_arch
+from archlab.sandbox.tiers import TIER_ORDER as ALL_TIERS
 from archlab.tree.store import Store
 from archlab.web.report import chart
 
 sys.stdout.reconfigure(line_buffering=True)
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "asi_arch"
-TIER_ORDER = ("micro", "smoke", "explore", "verify")
+TIER_ORDER = tuple(t for t in ALL_TIERS if t != "check")  # the tiers that train, cheapest first
 # ASI-Arch's figures, each with the sign that makes "lower is better" (as val_loss is)
 EXTERNAL = {"train_loss": 1.0, "bench_average": -1.0, "asi_score": -1.0}
 NO_BUDGET = 1e9  # a ratio no design reaches: the parameter budget is off

@@ -152,10 +152,7 @@ class LLMClient:
         return self._client
 
     def spent(self) -> tuple[float, int]:
-        cost, tokens = self.store.db.execute(
-            "select coalesce(sum(cost), 0), coalesce(sum(tokens_in), 0) + coalesce(sum(tokens_out), 0) from traces where kind = 'llm'"
-        ).fetchone()
-        return cost, tokens
+        return self.store.llm_spend()
 
     def check_budget(self) -> None:
         cost, tokens = self.spent()
@@ -169,20 +166,16 @@ class LLMClient:
         CallFailed (this request cannot be answered: the caller fails its candidate)."""
         model = self.models[role]
         key = hashlib.sha256(json.dumps([model, messages], sort_keys=True).encode()).hexdigest()
-        done = self.store.db.execute(
-            "select response, tokens_in, tokens_out, cost, latency_s, decision from traces "
-            "where node_id = ? and role = ? and request_hash = ? and error is null order by id limit 1",
-            [node_id, role, key],
-        ).fetchone()
+        done = self.store.answered_call(node_id, role, key)
         if done:
-            finish = json.loads(done[5] or "{}").get("finish_reason")
+            finish = json.loads(done["decision"] or "{}").get("finish_reason")
             return Reply(
-                done[0],
+                done["response"],
                 model,
-                done[1] or 0,
-                done[2] or 0,
-                done[3] or 0.0,
-                done[4] or 0.0,
+                done["tokens_in"] or 0,
+                done["tokens_out"] or 0,
+                done["cost"] or 0.0,
+                done["latency_s"] or 0.0,
                 cached=True,
                 finish_reason=finish,
             )

@@ -19,7 +19,7 @@ import git
 from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.tree.lineage import DamagedObject, Lineage
-from archlab.tree.store import DB_FILE, DamagedStore, Store, writable
+from archlab.tree.store import DB_FILE, DamagedStore, Store, checkpointed_threads, writable
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _check(run_dir: Path, repair: bool, report: Report) -> None:
         from archlab.tree.readonly import ReadOnlyStore
 
         store = ReadOnlyStore(run_dir)
-    integrity = store.db.execute("pragma integrity_check").fetchone()[0]
+    integrity = store.integrity_check()
     if integrity != "ok":
         report.add("error", f"SQLite integrity check: {integrity}; {DAMAGED_DB}")
         report.repairable = False
@@ -216,17 +216,14 @@ def _check_node(node: dict, by_id: dict, tags: dict, lineage: Lineage, report: R
 
 def _check_threads(run_dir: Path, store: Store, repair: bool, report: Report) -> None:
     """Open candidate threads must have a checkpoint; in-flight nodes must belong to one."""
-    open_threads = [
-        r[0].removeprefix("thread:") for r in store.db.execute("select key from meta where key like 'thread:%'")
-    ]
+    open_threads = store.open_threads()
     checkpointed: set[str] = set()
     path = Path(run_dir) / "checkpoints.db"
     if path.exists():
-        with sqlite3.connect(path) as db:
-            try:
-                checkpointed = {r[0] for r in db.execute("select distinct thread_id from checkpoints")}
-            except sqlite3.DatabaseError:
-                report.add("warning", "checkpoints.db cannot be read: interrupted candidates will start over")
+        try:
+            checkpointed = checkpointed_threads(path)
+        except sqlite3.DatabaseError:
+            report.add("warning", "checkpoints.db cannot be read: interrupted candidates will start over")
     resumable = set()
     for thread in open_threads:
         if thread in checkpointed:
@@ -246,19 +243,19 @@ def _check_threads(run_dir: Path, store: Store, repair: bool, report: Report) ->
 
 
 def _check_evaluations(run_dir: Path, store: Store, by_id: dict, report: Report) -> None:
-    rows = store.db.execute("select id, node_id, log, ok from evaluations").fetchall()
+    rows = store.evaluation_outcomes()
     report.checked["evaluations"] = len(rows)
-    missing_logs = [r for r in rows if r[2] and not (Path(run_dir) / r[2]).exists()]
+    missing_logs = [r for r in rows if r["log"] and not (Path(run_dir) / r["log"]).exists()]
     if missing_logs:
         report.add(
             "warning",
-            f"{len(missing_logs)} evaluation log(s) are missing (e.g. {missing_logs[0][2]}); "
+            f"{len(missing_logs)} evaluation log(s) are missing (e.g. {missing_logs[0]['log']}); "
             f"metrics are kept in the database",
         )
-    ok_nodes = {r[1] for r in rows if r[3]}
+    ok_nodes = {r["node_id"] for r in rows if r["ok"]}
     for node in by_id.values():
         if node["status"] == "done" and node["id"] not in ok_nodes:
             report.add("error", f"node {node['id']} is done but has no accepted evaluation")
-    orphans = {r[1] for r in rows} - set(by_id)
+    orphans = {r["node_id"] for r in rows} - set(by_id)
     if orphans:
         report.add("error", f"evaluations of unknown nodes: {sorted(orphans)[:10]}")

@@ -5,41 +5,90 @@ from pathlib import Path
 
 from archlab.config import RunConfig
 from archlab.sandbox import progress
+from archlab.sandbox.tiers import TIER_ORDER
 from archlab.search.lock import driver_pid
 from archlab.tree.store import Store
 
 SUMMARY_KEYS = ("id", "parent_id", "status", "reason", "operator", "fitness", "val_loss", "motivation")
 FIDELITY_KEYS = ("tier", "seeds", "fitness_std", "val_loss_std", "search_fitness")
 METRIC_ORDER = ("val_loss", "val_bpb", "train_loss", "tokens_per_s", "params", "mixer_params", "train_tokens", "wall_s")
+# Which way a metric improves, by fragments of its name (lower-cased; "lower" is tried first, and a
+# metric matching neither has no direction). The HTML report colours changes by it, and the web UI
+# reads this table from /api/run (metric_directions).
+METRIC_DIRECTIONS = {
+    "lower": ("loss", "bpb", "wall", "latency", "mem", "state", "flops", "quant"),
+    "higher": ("tokens_per_s", "acc", "recall"),
+}
+# A node's own fields, as `archlab show` and the web UI's node page both give them (each adds its own).
+NODE_KEYS = (
+    "id",
+    "parent_id",
+    "status",
+    "operator",
+    "motivation",
+    "fitness",
+    "val_loss",
+    "reason",
+    "detail",
+    "analysis",
+    "design",
+    "commit_sha",
+)
 
 
 def summary(node: dict | None) -> dict | None:
     return None if node is None else {k: node.get(k) for k in SUMMARY_KEYS}
 
 
-def run_status(store: Store, config: RunConfig) -> dict:
-    counts = dict(store.db.execute("select status, count(*) from nodes group by status").fetchall())
-    reasons = dict(
-        store.db.execute(
-            "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc"
-        ).fetchall()
-    )
-    best = store.leaderboard(1)
-    root = store.node(0) if store.has_node(0) else None
-    running = driver_pid(store.path.parent)
+def metric_direction(key: str) -> str | None:
+    """Which way the metric improves: "lower", "higher" or None (by METRIC_DIRECTIONS)."""
+    name = key.lower()
+    for direction in ("lower", "higher"):
+        if any(fragment in name for fragment in METRIC_DIRECTIONS[direction]):
+            return direction
+    return None
+
+
+def metric_keys(*nodes: dict | None) -> list[str]:
+    """Every metric of the given nodes (None: none), METRIC_ORDER's first, then the others by name."""
+    metrics = {}
+    for source in nodes:
+        for key in (source or {}).get("metrics") or {}:
+            metrics.setdefault(key, None)
+    return [k for k in METRIC_ORDER if k in metrics] + sorted(k for k in metrics if k not in METRIC_ORDER)
+
+
+def node_counts(store: Store) -> dict:
+    """How many nodes the run has, and how many are done, failed, evaluating, imported."""
+    counts = store.status_counts()
     return {
         "nodes": sum(counts.values()),
         "done": counts.get("done", 0),
         "failed": counts.get("failed", 0),
         "evaluating": counts.get("evaluating", 0),
         "imported": counts.get("imported", 0),  # another system's nodes (archlab import): reviewed, replayed, forked
-        "driver_pid": running,  # None: stopped, and what is `evaluating` was interrupted
-        "in_flight": in_flight(store) if running else [],
-        "failure_reasons": reasons,
-        "root": summary(root),
+    }
+
+
+def results(store: Store) -> dict:
+    """Why nodes failed, the root and the best node (highest fidelity first), how many beat the root, time spent."""
+    best = store.leaderboard(1)
+    return {
+        "failure_reasons": store.failure_reasons(),
+        "root": summary(store.node(0)) if store.has_node(0) else None,
         "best": summary(best[0]) if best else None,
         "beat_root": store.count("status = 'done' and fitness > 0"),
         "elapsed_s": round(float(store.get_meta("elapsed_s", "0")), 1),
+    }
+
+
+def run_status(store: Store, config: RunConfig) -> dict:
+    running = driver_pid(store.path.parent)
+    return {
+        **node_counts(store),
+        "driver_pid": running,  # None: stopped, and what is `evaluating` was interrupted
+        "in_flight": in_flight(store) if running else [],
+        **results(store),
         "config": config.model_dump(),
         "leaderboard": [ranked(n) for n in store.leaderboard(10)],
         "spend": spend(store, config),
@@ -51,13 +100,10 @@ def run_status(store: Store, config: RunConfig) -> dict:
 def in_flight(store: Store) -> list[dict]:
     """The nodes being evaluated, each with its sandbox's progress (sandbox/progress.py) when its
     evaluation has started: stage, step, steps, loss, elapsed_s, limit_s."""
-    rows = store.db.execute(
-        "select id, coalesce(attempts, 0) from nodes where status = 'evaluating' order by id"
-    ).fetchall()
     logs = store.path.parent / "logs"
     return [
         {"id": node_id, **(progress.read(logs / f"node-{node_id}-{attempt}.log") or {"stage": "proposing"})}
-        for node_id, attempt in rows
+        for node_id, attempt in store.evaluating_attempts()
     ]
 
 
@@ -69,31 +115,12 @@ def node_report(run_dir: Path, store: Store, node_id: int) -> dict:
 
     lineage = Lineage(Path(run_dir) / "repo")
     diff = lineage.diff(parent["commit_sha"] if parent else None, node["commit_sha"]) if node["commit_sha"] else ""
-    metrics = {}
-    for source in (node, parent, root):
-        for key in (source or {}).get("metrics") or {}:
-            metrics.setdefault(key, None)
-    ordered = [k for k in METRIC_ORDER if k in metrics] + sorted(k for k in metrics if k not in METRIC_ORDER)
-    table = {k: [((n or {}).get("metrics") or {}).get(k) for n in (node, parent, root)] for k in ordered}
+    table = {
+        k: [((n or {}).get("metrics") or {}).get(k) for n in (node, parent, root)]
+        for k in metric_keys(node, parent, root)
+    }
     return {
-        **{
-            k: node.get(k)
-            for k in (
-                "id",
-                "parent_id",
-                "status",
-                "operator",
-                "motivation",
-                "fitness",
-                "val_loss",
-                "reason",
-                "detail",
-                "analysis",
-                "design",
-                "commit_sha",
-                "metrics",
-            )
-        },
+        **{k: node.get(k) for k in (*NODE_KEYS, "metrics")},
         "knowledge": node.get("knowledge") or [],
         "references": node.get("references_used") or [],
         "metrics_table": table,
@@ -142,7 +169,7 @@ def promotion_status(store: Store, config: RunConfig) -> dict | None:
     from archlab.search.promotion import Promoter, plan_of
 
     plan = plan_of(config)
-    if plan is None or "fidelity" not in store.db["nodes"].columns_dict:
+    if plan is None or not store.has_column("nodes", "fidelity"):
         return None
     return Promoter(store, plan, config.speed_weight).summary()
 
@@ -176,7 +203,6 @@ def tier_agreement(store: Store, config: RunConfig) -> list[dict]:
     were evaluated (promotions, replays): Spearman's rho of their fitness with a bootstrap interval
     over nodes (archlab/agreement.py), in tier order. Empty when no node has two tiers."""
     from archlab import agreement  # numpy: imported when a status is asked for, not by every command
-    from archlab.search.promotion import TIER_ORDER
 
     figures = tier_figures(store.multi_tier_evaluations(), config.speed_weight)
     order = sorted(figures, key=lambda t: (TIER_ORDER.index(t) if t in TIER_ORDER else len(TIER_ORDER), t))

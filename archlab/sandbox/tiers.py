@@ -113,6 +113,7 @@ TIERS: dict[str, Tier] = {
         probes=Probes(steps=1000),
     ),
 }
+TIER_ORDER = tuple(TIERS)  # cheapest first: a tier's index is its fidelity (search/promotion.py)
 
 
 class TierError(ValueError):

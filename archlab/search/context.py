@@ -18,25 +18,17 @@ def context(run, state: dict) -> Context:
     root = run.store.node(0)
     tier = run.tier()
     limit = param_budget(root["metrics"]["mixer_params"], run.config.param_ratio) if root.get("metrics") else None
-    edits = {
-        r[0]: json.loads(r[1]).get("edit")
-        for r in run.store.db.execute(  # code edits: what to make again elsewhere
-            "select node_id, decision from traces where role = 'researcher' and decision like '%\"edit\": {%'"
-        )
-    }
+    edits = run.store.code_edits()  # code edits: what to make again elsewhere
     history = [
         {
-            "node": r[0],
-            "operator": r[1],
-            "fitness": r[2],
-            "parent_fitness": r[3],
-            "change": _change(r[4], r[5]),
-            "edit": edits.get(r[0]),
+            "node": r["child"],
+            "operator": r["operator"],
+            "fitness": r["fitness"],
+            "parent_fitness": r["parent_fitness"],
+            "change": _change(r["design"], r["parent_design"]),
+            "edit": edits.get(r["child"]),
         }
-        for r in run.store.db.execute(
-            "select c.id, c.operator, c.fitness, p.fitness, c.design, p.design from nodes c join nodes p on c.parent_id = p.id "
-            "where c.status in ('done', 'failed') and p.fitness is not null"
-        )
+        for r in run.store.parent_child_pairs()
     ]
     return Context(
         node_id=state["node_id"],
@@ -54,15 +46,8 @@ def context(run, state: dict) -> Context:
         ],
         diff=lambda node: run.lineage.diff(parent["commit_sha"], node["commit_sha"]),
         history=history,
-        seen=lambda design: (
-            json.dumps(design) in run.claimed
-            or run.store.db.execute("select 1 from nodes where design = ? limit 1", [json.dumps(design)]).fetchone()
-            is not None
-        ),
-        seen_code=lambda code: (
-            claim(None, code) in run.claimed
-            or run.store.db.execute("select 1 from code where code = ? limit 1", [code]).fetchone() is not None
-        ),
+        seen=lambda design: json.dumps(design) in run.claimed or run.store.has_design(design),
+        seen_code=lambda code: claim(None, code) in run.claimed or run.store.has_code(code),
         code=lambda node_id: run.lineage.code(run.store.node(node_id)["commit_sha"]),
         rng=random.Random(run.config.seed * 1_000_003 + state["node_id"]),
         notes=state.get("notes") or [],
@@ -75,16 +60,13 @@ def claim(design: dict | None, code: str | None) -> str:
     return json.dumps(design) if design is not None else "code:" + hashlib.sha256((code or "").encode()).hexdigest()
 
 
-def _change(child: str | None, parent: str | None) -> dict | None:
+def _change(child: dict | None, parent: dict | None) -> dict | None:
     """The design fields a child changed from its parent (templated designs only)."""
-    if not child or not parent:
+    if not isinstance(child, dict) or not isinstance(parent, dict):
         return None
-    child, parent = json.loads(child), json.loads(parent)
     return {k: v for k, v in child.items() if parent.get(k) != v}
 
 
 def experiences(store: Store) -> list[tuple[str, str]]:
     """The run's own experience: every analysis written so far, searchable like knowledge."""
-    return [
-        (f"node-{r[0]}", r[1]) for r in store.db.execute("select id, analysis from nodes where analysis is not null")
-    ]
+    return [(f"node-{node_id}", analysis) for node_id, analysis in store.analyses()]

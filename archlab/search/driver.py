@@ -216,10 +216,7 @@ class Run:
         return state
 
     def open_threads(self) -> list[str]:
-        return [
-            r[0].removeprefix("thread:")
-            for r in self.store.db.execute("select key from meta where key like 'thread:%' order by key")
-        ]
+        return self.store.open_threads()
 
     def recover(self) -> None:
         """Make the store consistent after a crash: drop commits whose row never got written,

@@ -25,10 +25,10 @@ import statistics
 from dataclasses import dataclass, field
 
 from archlab.sandbox.averaging import average
+from archlab.sandbox.tiers import TIER_ORDER  # cheapest first: a tier's index is its fidelity
 from archlab.search.fitness import fitness
 from archlab.tree.store import Store
 
-TIER_ORDER = ("check", "micro", "smoke", "explore", "verify")  # cheapest first: a tier's index is its fidelity
 KIND = "promotion"
 DEFAULT_FRACTION = 0.25  # when the search tier is explore and the run does not say
 
@@ -99,38 +99,15 @@ class Promoter:
 
     def ranked(self) -> list[int]:
         """Finished candidates (not the root), best search fitness first."""
-        return [
-            r[0]
-            for r in self.store.db.execute(
-                "select id from nodes where status = 'done' and id != 0 and coalesce(search_fitness, fitness) is not null "
-                "order by coalesce(search_fitness, fitness) desc, id"
-            )
-        ]
+        return self.store.candidates_by_search_fitness()
 
     def due(self) -> list[int]:
         """Nodes to promote now: the top slice not yet promoted, then promotions a crash left half done."""
         ranked = self.ranked()
         top = ranked[: math.floor(self.plan.fraction * len(ranked) + 1e-9)]
-        args = [KIND, self.plan.tier]
-        started = [
-            r[0]
-            for r in self.store.db.execute(
-                "select distinct node_id from evaluations where kind = ? and tier = ? and node_id != 0 order by node_id",
-                args,
-            )
-        ]
-        failed = {
-            r[0]
-            for r in self.store.db.execute(
-                "select distinct node_id from evaluations where kind = ? and tier = ? and ok = 0", args
-            )
-        }
-        done = {
-            r[0]
-            for r in self.store.db.execute(
-                "select id from nodes where tier = ? and seeds = ?", [self.plan.tier, len(self.plan.seeds)]
-            )
-        }
+        started = [n for n in self.store.evaluated_node_ids(KIND, self.plan.tier) if n != 0]
+        failed = set(self.store.evaluated_node_ids(KIND, self.plan.tier, failed=True))
+        done = set(self.store.nodes_at_tier(self.plan.tier, len(self.plan.seeds)))
         out = []
         for node_id in top + started:
             if node_id not in out and node_id not in failed and node_id not in done:
@@ -150,16 +127,8 @@ class Promoter:
         return next((n for n in due if n not in busy), None)
 
     def summary(self) -> dict:
-        promoted = [
-            r[0] for r in self.store.db.execute("select id from nodes where tier = ? order by id", [self.plan.tier])
-        ]
-        failed = [
-            r[0]
-            for r in self.store.db.execute(
-                "select distinct node_id from evaluations where kind = ? and tier = ? and ok = 0 order by node_id",
-                [KIND, self.plan.tier],
-            )
-        ]
+        promoted = self.store.nodes_at_tier(self.plan.tier)
+        failed = self.store.evaluated_node_ids(KIND, self.plan.tier, failed=True)
         return {
             "fraction": self.plan.fraction,
             "tier": self.plan.tier,

@@ -34,11 +34,7 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
         # UCB over subtrees: a node's value is the mean fitness of itself and its children
         # (failed children count as the node's fitness minus a penalty), plus a bonus for
         # subtrees that have been expanded rarely.
-        rows = store.db.execute(
-            f"select n.id, n.fitness, count(c.id), sum(coalesce(c.fitness, n.fitness - 0.1)) from nodes n "
-            f"left join nodes c on c.parent_id = n.id and c.status in ('done', 'failed') "
-            f"where n.id in (select id from nodes where {where} order by fitness desc limit 50) group by n.id"
-        ).fetchall()
+        rows = store.expansion_stats(where, limit=50)
         if not rows:
             return None
         expansions = sum(r[2] for r in rows) + 1
@@ -62,10 +58,8 @@ def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4
     where = f"{DONE} and id != {int(parent['id'])}"
     top = _rows(store, where, "fitness desc, id", 10)
     best = rng.sample(top, min(k // 2, len(top)))
-    following = store.db.execute(
-        f"select id from nodes where {where} order by fitness desc, id limit 40 offset 10"
-    ).fetchall()
-    nxt = [store.node(r[0]) for r in rng.sample(following, min(k - len(best), len(following)))]
+    following = store.node_ids(where, order="fitness desc, id", limit=40, offset=10)
+    nxt = [store.node(i) for i in rng.sample(following, min(k - len(best), len(following)))]
     return best + nxt
 
 
@@ -76,10 +70,9 @@ def _rows(store: Store, where: str, order: str, limit: int) -> list[dict]:
 def _any(store: Store, where: str, rng: random.Random) -> dict | None:
     """A uniformly drawn id, moved to the next node that qualifies: O(log n) on the primary key.
     (Nodes right after a run of failures are a little likelier; fine for exploration.)"""
-    top = store.db.execute("select max(id) from nodes").fetchone()[0]
+    top = store.max_node_id()
     if top is None:
         return None
     pick = rng.randint(0, top)
-    row = store.db.execute(f"select id from nodes where {where} and id >= ? order by id limit 1", [pick]).fetchone()
-    row = row or store.db.execute(f"select id from nodes where {where} order by id limit 1").fetchone()
-    return store.node(row[0]) if row else None
+    found = store.node_ids(f"{where} and id >= ?", [pick], limit=1) or store.node_ids(where, limit=1)
+    return store.node(found[0]) if found else None

@@ -99,6 +99,21 @@ GPUS_SQL = (
     "coalesce(json_extract(env, '$.executor.gpus'), case when json_extract(env, '$.device') = 'cuda' then 1 else 0 end)"
 )
 
+# The leaderboard's sortable columns (Store.leaderboard_page): name -> SQL over the nodes table (metrics from its JSON).
+LEADERBOARD_COLUMNS = {
+    "id": "id",
+    "parent_id": "parent_id",
+    "status": "status",
+    "operator": "operator",
+    "fitness": "fitness",
+    "val_loss": "val_loss",
+    "train_loss": "json_extract(metrics, '$.train_loss')",
+    "tokens_per_s": "json_extract(metrics, '$.tokens_per_s')",
+    "mixer_params": "json_extract(metrics, '$.mixer_params')",
+    "wall_s": "json_extract(metrics, '$.wall_s')",
+    "reason": "reason",
+}
+
 
 def writable(run_dir: Path) -> bool:
     """Whether this user may write the run's database (and the folder where SQLite keeps its WAL files)."""
@@ -190,10 +205,22 @@ class Store:
             "create index if not exists idx_nodes_rank on nodes (status, coalesce(fidelity, 0) desc, fitness desc, id)"
         )
 
+    def has_column(self, table: str, column: str) -> bool:
+        """Whether the table has the column (a store from an older archlab, opened read-only, may not)."""
+        return column in self.db[table].columns_dict
+
+    def integrity_check(self) -> str:
+        """SQLite's verdict on the database file: "ok", or the first problems it found."""
+        return self.db.execute("pragma integrity_check").fetchone()[0]
+
     # -- nodes ---------------------------------------------------------------------------
+    def max_node_id(self) -> int | None:
+        """The highest node id, None in an empty store."""
+        return self.db.execute("select max(id) from nodes").fetchone()[0]
+
     def next_node_id(self) -> int:
-        row = self.db.execute("select max(id) from nodes").fetchone()
-        return 0 if row[0] is None else row[0] + 1
+        top = self.max_node_id()
+        return 0 if top is None else top + 1
 
     def add_node(self, **fields) -> None:
         fields.setdefault("created", time.time())
@@ -227,6 +254,213 @@ class Store:
 
     def children(self, node_id: int) -> list[dict]:
         return self.nodes("parent_id = ?", [node_id])
+
+    def node_ids(
+        self,
+        where: str | None = None,
+        params: list | None = None,
+        order: str = "id",
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[int]:
+        """The ids of the nodes `nodes()` would return (and `offset` of them skipped), without their rows."""
+        sql, args = f"select id from nodes where {where or '1'} order by {order}", list(params or [])
+        if limit is not None or offset:
+            sql, args = sql + " limit ? offset ?", [*args, -1 if limit is None else limit, offset or 0]
+        return [r[0] for r in self.db.execute(sql, args)]
+
+    def fittest_ids(self, limit: int) -> list[int]:
+        """The finished nodes with the highest fitness (whatever tier it comes from), best first."""
+        return self.node_ids("status = 'done' and fitness is not null", order="fitness desc, id", limit=limit)
+
+    def leaderboard_ids(self, limit: int, children_only: bool = False) -> list[int]:
+        """The ids of `leaderboard(limit)` (highest fidelity first, then fitness); `children_only`: not the roots."""
+        fidelity = "coalesce(fidelity, 0) desc, " if self.has_column("nodes", "fidelity") else ""
+        children = " and parent_id is not null" if children_only else ""
+        return self.node_ids(
+            f"status = 'done' and fitness is not null{children}", order=f"{fidelity}fitness desc, id", limit=limit
+        )
+
+    def newest_ids(self, limit: int) -> list[int]:
+        """The most recently created nodes, newest first."""
+        return self.node_ids(order="id desc", limit=limit)
+
+    def status_counts(self) -> dict[str, int]:
+        """How many nodes have each status ("done", "failed", "evaluating", "imported")."""
+        return dict(self.db.execute("select status, count(*) from nodes group by status").fetchall())
+
+    def failure_reasons(self) -> dict[str, int]:
+        """How many nodes failed for each reason, the commonest first."""
+        return dict(
+            self.db.execute(
+                "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc"
+            ).fetchall()
+        )
+
+    def live_counts(self) -> tuple[int, int]:
+        """(nodes, nodes being evaluated), in one read."""
+        row = self.db.execute("select count(*), sum(status = 'evaluating') from nodes").fetchone()
+        return row[0], row[1] or 0
+
+    def evaluating_attempts(self) -> list[tuple[int, int]]:
+        """(id, attempts so far) of every node being evaluated, by id."""
+        return self.db.execute(
+            "select id, coalesce(attempts, 0) from nodes where status = 'evaluating' order by id"
+        ).fetchall()
+
+    def first_created(self) -> float | None:
+        """When the first node was created (the run's start), None in an empty store."""
+        return self.db.execute("select min(created) from nodes").fetchone()[0]
+
+    def last_activity(self) -> float | None:
+        """The latest time a node was created or finished."""
+        return self.db.execute("select max(max(coalesce(finished, 0)), max(created)) from nodes").fetchone()[0]
+
+    def parents(self) -> dict[int, int | None]:
+        """Every node's parent id (None for a root), by node id."""
+        return dict(self.db.execute("select id, parent_id from nodes order by id").fetchall())
+
+    def node_columns(self, ids, columns: tuple[str, ...]) -> list[dict]:
+        """Some columns (as stored: JSON undecoded) of the given nodes, by id, read 500 at a time."""
+        ids, rows = sorted(ids), []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            rows += self.db.execute(
+                f"select {', '.join(columns)} from nodes where id in ({','.join('?' * len(chunk))}) order by id", chunk
+            ).fetchall()
+        return [dict(zip(columns, r)) for r in rows]
+
+    def child_summaries(self, node_id: int, limit: int = 200) -> list[dict]:
+        """id, status, fitness and operator of a node's first `limit` children, by id."""
+        rows = self.db.execute(
+            "select id, status, fitness, operator from nodes where parent_id = ? order by id limit ?", [node_id, limit]
+        ).fetchall()
+        return [dict(zip(("id", "status", "fitness", "operator"), r)) for r in rows]
+
+    def neighbour_ids(self, node_id: int) -> tuple[int | None, int | None]:
+        """The ids just below and just above a node's (None at either end)."""
+        row = self.db.execute(
+            "select (select max(id) from nodes where id < ?), (select min(id) from nodes where id > ?)",
+            [node_id, node_id],
+        ).fetchone()
+        return row[0], row[1]
+
+    def analysis(self, node_id: int) -> str | None:
+        """A node's analysis (its experience), None when it has none or there is no such node."""
+        row = self.db.execute("select analysis from nodes where id = ?", [node_id]).fetchone()
+        return row[0] if row else None
+
+    def analyses(self) -> list[tuple[int, str]]:
+        """(id, analysis) of every node that has one."""
+        return self.db.execute("select id, analysis from nodes where analysis is not null").fetchall()
+
+    def parent_child_pairs(self) -> list[dict]:
+        """Every finished or failed node beside its scored parent: child, operator, fitness,
+        parent_fitness, design, parent_design (designs decoded)."""
+        rows = self.db.execute(
+            "select c.id, c.operator, c.fitness, p.fitness, c.design, p.design from nodes c join nodes p on c.parent_id = p.id "
+            "where c.status in ('done', 'failed') and p.fitness is not null"
+        ).fetchall()
+        keys = ("child", "operator", "fitness", "parent_fitness", "design", "parent_design")
+        return [_decode(dict(zip(keys, r)), ("design", "parent_design")) for r in rows]
+
+    def has_design(self, design: dict) -> bool:
+        """Whether some node already has this design (compared as stored JSON)."""
+        return (
+            self.db.execute("select 1 from nodes where design = ? limit 1", [json.dumps(design)]).fetchone() is not None
+        )
+
+    def has_code(self, code: str) -> bool:
+        """Whether some node's stored code copy is exactly this code."""
+        return self.db.execute("select 1 from code where code = ? limit 1", [code]).fetchone() is not None
+
+    def expansion_stats(self, where: str, limit: int = 50) -> list[tuple]:
+        """For the `limit` fittest nodes matching `where`: (id, fitness, finished or failed children,
+        sum of the children's fitness, a failed one counting as the node's fitness minus 0.1)."""
+        return self.db.execute(
+            f"select n.id, n.fitness, count(c.id), sum(coalesce(c.fitness, n.fitness - 0.1)) from nodes n "
+            f"left join nodes c on c.parent_id = n.id and c.status in ('done', 'failed') "
+            f"where n.id in (select id from nodes where {where} order by fitness desc limit {int(limit)}) group by n.id"
+        ).fetchall()
+
+    def finished_by_time(self) -> list[tuple]:
+        """(id, status, fitness, time) of every done or failed node, in the order they finished
+        (the time is when it finished, else when it was created)."""
+        return self.db.execute(
+            "select id, status, fitness, coalesce(finished, created) as t from nodes "
+            "where status in ('done', 'failed') and t is not null order by t, id"
+        ).fetchall()
+
+    def latest_done_metrics(self) -> dict | None:
+        """The metrics of the newest finished node that has some."""
+        row = self.db.execute(
+            "select metrics from nodes where status = 'done' and metrics is not null order by id desc limit 1"
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def metric_values(self, keys: list[str]) -> list[tuple]:
+        """(id, val_loss, metrics[key] for each key) of every finished node with a val_loss and metrics."""
+        columns = ", ".join("json_extract(metrics, ?)" for _ in keys)
+        return self.db.execute(
+            f"select id, val_loss, {columns} from nodes where status = 'done' and val_loss is not null and metrics is not null",
+            [f"$.{key}" for key in keys],
+        ).fetchall()
+
+    def leaderboard_page(
+        self, sort: str, order: str, words: list[str], offset: int, limit: int
+    ) -> tuple[int, list[dict]]:
+        """(matching nodes, one page of them) sorted by a LEADERBOARD_COLUMNS column (`order` asc
+        or desc, missing values last): each word must match the node's id (`12` or `#12`), status,
+        operator, failure reason or motivation. A row: id, parent_id, status, operator, fitness,
+        val_loss, reason, motivation (its first 200 characters) and the columns read from metrics."""
+        if sort not in LEADERBOARD_COLUMNS or order not in ("asc", "desc"):
+            raise ValueError(f"cannot sort by {sort!r} {order!r}")
+        where, params = [], []
+        for word in words:
+            like = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(
+                "(cast(id as text) = ? or operator like ? escape '\\' or status like ? escape '\\' "
+                "or reason like ? escape '\\' or motivation like ? escape '\\')"
+            )
+            params += [word.lstrip("#"), like, like, like, like]
+        clause = " and ".join(where) or "1"
+        column = LEADERBOARD_COLUMNS[sort]
+        total = self.db.execute(f"select count(*) from nodes where {clause}", params).fetchone()[0]
+        extra = [k for k, sql in LEADERBOARD_COLUMNS.items() if sql.startswith("json_extract")]
+        rows = self.db.execute(
+            f"select id, parent_id, status, operator, fitness, val_loss, reason, substr(motivation, 1, 200), "
+            f"{', '.join(LEADERBOARD_COLUMNS[k] for k in extra)} from nodes where {clause} "
+            f"order by {column} is null, {column} {order}, id limit ? offset ?",
+            [*params, limit, offset],
+        ).fetchall()
+        names = ("id", "parent_id", "status", "operator", "fitness", "val_loss", "reason", "motivation", *extra)
+        return total, [dict(zip(names, r)) for r in rows]
+
+    # -- multi-fidelity promotion (archlab/search/promotion.py) ----------------------------------
+    def candidates_by_search_fitness(self) -> list[int]:
+        """Finished nodes other than the root, best search-tier fitness first."""
+        return self.node_ids(
+            "status = 'done' and id != 0 and coalesce(search_fitness, fitness) is not null",
+            order="coalesce(search_fitness, fitness) desc, id",
+        )
+
+    def nodes_at_tier(self, tier: str, seeds: int | None = None) -> list[int]:
+        """Nodes whose figures come from `tier` (and, when given, that many seeds), by id."""
+        if seeds is None:
+            return self.node_ids("tier = ?", [tier])
+        return self.node_ids("tier = ? and seeds = ?", [tier, seeds])
+
+    def evaluated_node_ids(self, kind: str, tier: str, failed: bool = False) -> list[int]:
+        """Nodes with an evaluation of this kind at this tier (`failed`: a failed one), by id."""
+        return [
+            r[0]
+            for r in self.db.execute(
+                "select distinct node_id from evaluations where kind = ? and tier = ?"
+                + (" and ok = 0" if failed else "")
+                + " order by node_id",
+                [kind, tier],
+            )
+        ]
 
     def save_code(self, node_id: int, code: str) -> None:
         self.db["code"].upsert({"node_id": node_id, "code": code}, pk="node_id")
@@ -264,6 +498,48 @@ class Store:
     def evaluations(self, node_id: int) -> list[dict]:
         return [_decode(r) for r in self.db["evaluations"].rows_where("node_id = ?", [node_id], order_by="id")]
 
+    def evaluation_facts(self, evaluation_id: int) -> dict | None:
+        """One evaluation's id, node_id, kind, tier, seed, ok, reason, detail and has_log (not its metrics or log)."""
+        row = self.db.execute(
+            "select id, node_id, kind, tier, seed, ok, reason, detail, log is not null and log != '' "
+            "from evaluations where id = ?",
+            [evaluation_id],
+        ).fetchone()
+        return (
+            dict(zip(("id", "node_id", "kind", "tier", "seed", "ok", "reason", "detail", "has_log"), row))
+            if row
+            else None
+        )
+
+    def log_path(self, evaluation_id: int) -> str | None:
+        """Where an evaluation's log is, relative to the run directory (None: no log, or no such evaluation)."""
+        row = self.db.execute("select log from evaluations where id = ?", [evaluation_id]).fetchone()
+        return row[0] if row else None
+
+    def evaluation_outcomes(self) -> list[dict]:
+        """id, node_id, log and ok of every evaluation (what `archlab doctor` checks)."""
+        rows = self.db.execute("select id, node_id, log, ok from evaluations").fetchall()
+        return [dict(zip(("id", "node_id", "log", "ok"), r)) for r in rows]
+
+    def latest_curves(self, node_id: int) -> dict | None:
+        """id, kind, tier and curves (JSON undecoded) of the node's latest evaluation that has curves,
+        a search one first; None when none has (or the store predates curves)."""
+        if not self.has_column("evaluations", "curves"):
+            return None
+        row = self.db.execute(
+            "select id, kind, tier, curves from evaluations where node_id = ? and curves is not null "
+            "order by kind = 'search' desc, id desc limit 1",
+            [node_id],
+        ).fetchone()
+        return dict(zip(("id", "kind", "tier", "curves"), row)) if row else None
+
+    def compute_by_time(self) -> list[tuple[float, float]]:
+        """(created, wall seconds) of every search and promotion evaluation, oldest first."""
+        return self.db.execute(
+            "select created, coalesce(json_extract(metrics, '$.wall_s'), 0) from evaluations "
+            "where (kind in ('search', 'promotion') or kind is null) and created is not null order by created, id"
+        ).fetchall()
+
     def add_trace(self, node_id: int | None, role: str, kind: str, **fields) -> None:
         self.db["traces"].insert(
             _encode({"node_id": node_id, "role": role, "kind": kind, "created": time.time(), **fields})
@@ -291,6 +567,62 @@ class Store:
         where, params = ("node_id = ?", [node_id]) if node_id is not None else (None, [])
         return [_decode(r) for r in self.db["traces"].rows_where(where, params, order_by="id")]
 
+    def trace_page(
+        self, node_id: int | None = None, role: str | None = None, offset: int = 0, limit: int = 100
+    ) -> list[dict]:
+        """One page of the traces (of a node, of a role), in order."""
+        where, params = _trace_filter(node_id, role)
+        return [
+            _decode(r) for r in self.db["traces"].rows_where(where, params, order_by="id", limit=limit, offset=offset)
+        ]
+
+    def trace_count(self, node_id: int | None = None, role: str | None = None) -> int:
+        where, params = _trace_filter(node_id, role)
+        return self.db.execute(f"select count(*) from traces where {where}", params).fetchone()[0]
+
+    def trace_totals(self, node_id: int | None = None, role: str | None = None) -> list[dict]:
+        """Per role, in order of first appearance: calls, tokens_in, tokens_out, cost, latency_s, errors."""
+        where, params = _trace_filter(node_id, role)
+        rows = self.db.execute(
+            "select role, count(*), sum(coalesce(tokens_in, 0)), sum(coalesce(tokens_out, 0)), sum(coalesce(cost, 0)), "
+            f"sum(coalesce(latency_s, 0)), sum(error is not null) from traces where {where} group by role order by min(id)",
+            params,
+        ).fetchall()
+        return [dict(zip(("role", "calls", "tokens_in", "tokens_out", "cost", "latency_s", "errors"), r)) for r in rows]
+
+    def llm_spend(self) -> tuple[float, int]:
+        """(cost in USD, tokens in and out) of every model call so far."""
+        cost, tokens = self.db.execute(
+            "select coalesce(sum(cost), 0), coalesce(sum(tokens_in), 0) + coalesce(sum(tokens_out), 0) from traces where kind = 'llm'"
+        ).fetchone()
+        return cost, tokens
+
+    def spend_by_time(self) -> list[tuple]:
+        """(created, cost, tokens_in, tokens_out) of every trace that cost something, oldest first."""
+        return self.db.execute(
+            "select created, coalesce(cost, 0), coalesce(tokens_in, 0), coalesce(tokens_out, 0) from traces "
+            "where (cost is not null or tokens_in is not null) and created is not null order by created, id"
+        ).fetchall()
+
+    def answered_call(self, node_id: int, role: str, request_hash: str) -> dict | None:
+        """The first successful answer to this request (same node, role and request hash):
+        response, tokens_in, tokens_out, cost, latency_s, decision (JSON undecoded)."""
+        row = self.db.execute(
+            "select response, tokens_in, tokens_out, cost, latency_s, decision from traces "
+            "where node_id = ? and role = ? and request_hash = ? and error is null order by id limit 1",
+            [node_id, role, request_hash],
+        ).fetchone()
+        return dict(zip(("response", "tokens_in", "tokens_out", "cost", "latency_s", "decision"), row)) if row else None
+
+    def code_edits(self) -> dict[int, dict | None]:
+        """The code edit each researcher decision asked for (its decision's "edit"), by node id."""
+        return {
+            r[0]: json.loads(r[1]).get("edit")
+            for r in self.db.execute(
+                "select node_id, decision from traces where role = 'researcher' and decision like '%\"edit\": {%'"
+            )
+        }
+
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
         return default if row is None else row[0]
@@ -300,6 +632,13 @@ class Store:
             self.db.execute("delete from meta where key = ?", [key])
         else:
             self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    def open_threads(self) -> list[str]:
+        """The candidate threads marked open (`thread:NAME` in meta), by name."""
+        return [
+            r[0].removeprefix("thread:")
+            for r in self.db.execute("select key from meta where key like 'thread:%' order by key")
+        ]
 
     def event(self, kind: str, message: str, node_id: int | None = None) -> None:
         self.db["events"].insert({"ts": time.time(), "kind": kind, "node_id": node_id, "message": message})
@@ -374,8 +713,29 @@ def _encode(fields: dict) -> dict:
     return {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()}
 
 
-def _decode(row: dict) -> dict:
-    for key in ("design", "metrics", "env", "decision", "references_used", "knowledge", "curves"):
+def checkpointed_threads(path: Path) -> set[str]:
+    """The candidate threads that the driver's langgraph checkpoint database (runs/NAME/checkpoints.db)
+    holds a checkpoint of. sqlite3.DatabaseError when it cannot be read."""
+    db = sqlite3.connect(path)
+    try:
+        return {r[0] for r in db.execute("select distinct thread_id from checkpoints")}
+    finally:
+        db.close()
+
+
+def _trace_filter(node_id: int | None, role: str | None) -> tuple[str, list]:
+    where, params = [], []
+    if node_id is not None:
+        where.append("node_id = ?")
+        params.append(node_id)
+    if role:
+        where.append("role = ?")
+        params.append(role)
+    return " and ".join(where) or "1", params
+
+
+def _decode(row: dict, keys=("design", "metrics", "env", "decision", "references_used", "knowledge", "curves")) -> dict:
+    for key in keys:
         if isinstance(row.get(key), str):
             try:
                 row[key] = json.loads(row[key])

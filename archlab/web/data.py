@@ -16,7 +16,17 @@ from urllib.parse import urlsplit
 
 from markdown_it import MarkdownIt
 
-from archlab.commands.status import METRIC_ORDER, in_flight, summary, tier_agreement
+from archlab.commands.status import (
+    FIDELITY_KEYS,
+    METRIC_DIRECTIONS,
+    NODE_KEYS,
+    in_flight,
+    metric_keys,
+    node_counts,
+    results,
+    summary,
+    tier_agreement,
+)
 from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.search import steering
@@ -24,29 +34,15 @@ from archlab.search.fitness import pareto_front
 from archlab.search.lock import driver_pid
 from archlab.tree.lineage import Lineage
 from archlab.tree.readonly import ReadOnlyStore
-from archlab.tree.store import Store
+from archlab.tree.store import LEADERBOARD_COLUMNS, Store
 from archlab.web.highlight import code_html, diff_html
 
-TREE_FIELDS = "id, parent_id, status, fitness, val_loss, operator, reason"
+TREE_FIELDS = ("id", "parent_id", "status", "fitness", "val_loss", "operator", "reason")
 MAX_LIMIT = 5000
 MAX_POINTS = 2500  # per plotted series; more is decimated (the shape and every improvement are kept)
 LOG_BYTES = 256 * 1024  # the tail of an evaluation log that the UI shows
 FULL_LOG_BYTES = 16 * 2**20  # a whole log (runner caps logs at 8 MiB; this bounds one that grew otherwise)
 MAX_OVERLAY = 20  # nodes whose curves one overlay draws
-# The leaderboard's sortable columns: name -> SQL over the nodes table (metrics from its JSON).
-LEADERBOARD_COLUMNS = {
-    "id": "id",
-    "parent_id": "parent_id",
-    "status": "status",
-    "operator": "operator",
-    "fitness": "fitness",
-    "val_loss": "val_loss",
-    "train_loss": "json_extract(metrics, '$.train_loss')",
-    "tokens_per_s": "json_extract(metrics, '$.tokens_per_s')",
-    "mixer_params": "json_extract(metrics, '$.mixer_params')",
-    "wall_s": "json_extract(metrics, '$.wall_s')",
-    "reason": "reason",
-}
 # Knowledge entries are Markdown: shown rendered, with any raw HTML in them escaped (html=False) and
 # markdown-it's link check (no javascript: URLs); the page's CSP stops scripts besides.
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})
@@ -101,14 +97,14 @@ class RunView:
         return self._cache[key]
 
     def live(self) -> dict:
-        row = self.store.db.execute("select count(*), sum(status = 'evaluating') from nodes").fetchone()
+        nodes, evaluating = self.store.live_counts()
         running = driver_pid(self.dir) is not None
         return {
             "version": self.version(),
-            "nodes": row[0],
-            "evaluating": row[1] or 0,
+            "nodes": nodes,
+            "evaluating": evaluating,
             "running": running,
-            "in_flight": in_flight(self.store) if running and row[1] else [],
+            "in_flight": in_flight(self.store) if running and evaluating else [],
         }
 
     # -- the run ------------------------------------------------------------------------------------
@@ -116,76 +112,48 @@ class RunView:
         def compute():
             facts = self._status()
             forked = self.store.get_meta("forked_from")
-            started = self.store.db.execute("select min(created) from nodes").fetchone()[0]
-            last = self.store.db.execute("select max(max(coalesce(finished, 0)), max(created)) from nodes").fetchone()[
-                0
-            ]
             return {
                 **facts,
                 "name": self.dir.name,
                 "path": str(self.dir),
                 "forked_from": json.loads(forked) if forked else None,
-                "started": started,
-                "last_activity": last,
+                "started": self.store.first_created(),
+                "last_activity": self.store.last_activity(),
+                "metric_directions": METRIC_DIRECTIONS,  # which way each metric improves (commands/status.py)
                 "version": self._version,
             }
 
         return self._cached("run", compute)
 
     def _status(self) -> dict:
-        """The facts of `archlab status` (report.run_status), with SQL that stays fast on big runs."""
-        db = self.store.db
-        counts = dict(db.execute("select status, count(*) from nodes group by status").fetchall())
-        reasons = dict(
-            db.execute(
-                "select reason, count(*) from nodes where status = 'failed' group by reason order by count(*) desc"
-            ).fetchall()
-        )
-        best = self._best()
+        """The facts of `archlab status` (commands/status.py) that the header shows."""
+        counts = node_counts(self.store)
+        del counts["imported"]
         return {
-            "nodes": sum(counts.values()),
-            "done": counts.get("done", 0),
-            "failed": counts.get("failed", 0),
-            "evaluating": counts.get("evaluating", 0),
+            **counts,
             "running": driver_pid(self.dir) is not None,
-            "failure_reasons": reasons,
-            "root": summary(self.store.node(0)) if self.store.has_node(0) else None,
-            "best": summary(self.store.node(best)) if best is not None else None,
-            "beat_root": self.store.count("status = 'done' and fitness > 0"),
-            "elapsed_s": round(float(self.store.get_meta("elapsed_s", "0")), 1),
+            **results(self.store),
             "config": {**self.config.model_dump(), "base_url": _origin(self.config.base_url)},
             "tier_agreement": tier_agreement(self.store, self.config),
         }
 
     def _best(self) -> int | None:
         """The run's best node: highest fitness, a promoted (higher-fidelity) figure first when the run promotes."""
-        fidelity = "coalesce(fidelity, 0) desc, " if "fidelity" in self.store.db["nodes"].columns_dict else ""
-        row = self.store.db.execute(
-            f"select id from nodes where status = 'done' and fitness is not null order by {fidelity}fitness desc, id limit 1"
-        ).fetchone()
-        return row[0] if row else None
+        best = self.store.leaderboard_ids(1)
+        return best[0] if best else None
 
     # -- the tree -----------------------------------------------------------------------------------
     def _refresh_parents(self) -> None:
-        count = self.store.db.execute("select count(*) from nodes").fetchone()[0]
-        if count == len(self._parent):
+        if self.store.count() == len(self._parent):
             return
-        self._parent = dict(self.store.db.execute("select id, parent_id from nodes order by id").fetchall())
+        self._parent = self.store.parents()
         self._children = {}
         for node_id, parent in self._parent.items():
             if parent is not None:
                 self._children.setdefault(parent, []).append(node_id)
 
     def _rows(self, ids) -> list[dict]:
-        ids = sorted(ids)
-        rows = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            rows += self.store.db.execute(
-                f"select {TREE_FIELDS} from nodes where id in ({','.join('?' * len(chunk))}) order by id", chunk
-            ).fetchall()
-        keys = [k.strip() for k in TREE_FIELDS.split(",")]
-        return [dict(zip(keys, r)) for r in rows]
+        return self.store.node_columns(ids, TREE_FIELDS)
 
     def _sizes(self) -> dict[int, int]:
         """Descendants of every node, itself included (children always have larger ids)."""
@@ -244,15 +212,7 @@ class RunView:
                 for kid in self._children.get(focus, [])[:50]:
                     chosen.add(kid)
             quarter = max(1, limit // 4)
-            best = [
-                r[0]
-                for r in self.store.db.execute(
-                    "select id from nodes where status = 'done' and fitness is not null order by fitness desc, id limit ?",
-                    [quarter],
-                )
-            ]
-            newest = [r[0] for r in self.store.db.execute("select id from nodes order by id desc limit ?", [quarter])]
-            for node_id in best + newest:
+            for node_id in self.store.fittest_ids(quarter) + self.store.newest_ids(quarter):
                 if len(chosen) >= limit:
                     break
                 branch(node_id)
@@ -305,14 +265,9 @@ class RunView:
             else None
         )
         root = self.store.node(0) if self.store.has_node(0) else None
-        metrics = {}
-        for source in (node, parent, root):
-            for key in (source or {}).get("metrics") or {}:
-                metrics.setdefault(key, None)
-        ordered = [k for k in METRIC_ORDER if k in metrics] + sorted(k for k in metrics if k not in METRIC_ORDER)
         table = [
             {"metric": k, "node": _metric(node, k), "parent": _metric(parent, k), "root": _metric(root, k)}
-            for k in ordered
+            for k in metric_keys(node, parent, root)
         ]
         code = self._source(node["commit_sha"])
         parent_code = self._source(parent["commit_sha"]) if parent else None
@@ -322,9 +277,6 @@ class RunView:
             diff = code_html(code)
         else:
             diff = diff_html(parent_code, code)
-        kids = self.store.db.execute(
-            "select id, status, fitness, operator from nodes where parent_id = ? order by id limit 200", [node_id]
-        ).fetchall()
         evaluations = [
             {
                 k: e.get(k)
@@ -333,40 +285,18 @@ class RunView:
             | {"has_log": bool(e.get("log"))}
             for e in self.store.evaluations(node_id)
         ]
-        neighbours = self.store.db.execute(
-            "select (select max(id) from nodes where id < ?), (select min(id) from nodes where id > ?)",
-            [node_id, node_id],
-        ).fetchone()
+        neighbours = self.store.neighbour_ids(node_id)
         steered = steering.read(self.store)
         return {
-            **{
-                k: node.get(k)
-                for k in (
-                    "id",
-                    "parent_id",
-                    "status",
-                    "operator",
-                    "motivation",
-                    "fitness",
-                    "val_loss",
-                    "reason",
-                    "detail",
-                    "analysis",
-                    "design",
-                    "commit_sha",
-                    "created",
-                    "finished",
-                    "attempts",
-                )
-            },
+            **{k: node.get(k) for k in (*NODE_KEYS, "created", "finished", "attempts")},
             # present when the run promotes nodes to a higher tier (mean over seeds there)
-            **{k: node.get(k) for k in ("tier", "seeds", "fitness_std", "val_loss_std", "search_fitness", "fidelity")},
+            **{k: node.get(k) for k in (*FIDELITY_KEYS, "fidelity")},
             "parent": summary(parent) | {"design": parent.get("design")} if parent else None,
             "root": summary(root),
             "metrics_table": table,
             "knowledge": [self._knowledge_ref(k) for k in node.get("knowledge") or []],
             "references": node.get("references_used") or [],
-            "children": [dict(zip(("id", "status", "fitness", "operator"), r)) for r in kids],
+            "children": self.store.child_summaries(node_id, limit=200),
             "diff_html": diff,
             "has_parent_code": parent_code is not None,
             "evaluations": evaluations,
@@ -396,13 +326,12 @@ class RunView:
     def _knowledge_ref(self, ref: str) -> dict:
         if isinstance(ref, str) and ref.startswith("node-") and ref[5:].isdigit():
             node_id = int(ref[5:])
-            row = self.store.db.execute("select analysis from nodes where id = ?", [node_id]).fetchone()
             return {
                 "id": ref,
                 "kind": "experience",
                 "node": node_id,
                 "title": f"experience of node {node_id}",
-                "text": row[0] if row else None,
+                "text": self.store.analysis(node_id),
             }
         entry = self._knowledge_entries().get(ref)
         if entry is None:
@@ -418,58 +347,38 @@ class RunView:
 
     # -- traces -------------------------------------------------------------------------------------
     def traces(self, node_id: int | None = None, role: str | None = None, offset: int = 0, limit: int = 100) -> dict:
-        where, params = [], []
         if node_id is not None:
             self.store.node(node_id)
-            where.append("node_id = ?")
-            params.append(node_id)
-        if role:
-            where.append("role = ?")
-            params.append(role)
-        clause = " and ".join(where) or "1"
         limit = max(1, min(int(limit), 1000))
-        total = self.store.db.execute(f"select count(*) from traces where {clause}", params).fetchone()[0]
-        rows = [
-            _decode_trace(r)
-            for r in self.store.db["traces"].rows_where(
-                clause, params, order_by="id", limit=limit, offset=max(0, int(offset))
-            )
-        ]
-        roles = self.store.db.execute(
-            "select role, count(*), sum(coalesce(tokens_in, 0)), sum(coalesce(tokens_out, 0)), sum(coalesce(cost, 0)), "
-            f"sum(coalesce(latency_s, 0)), sum(error is not null) from traces where {clause} group by role order by min(id)",
-            params,
-        ).fetchall()
-        totals = [
-            dict(zip(("role", "calls", "tokens_in", "tokens_out", "cost", "latency_s", "errors"), r)) for r in roles
-        ]
-        return {"total": total, "offset": offset, "limit": limit, "traces": rows, "by_role": totals}
+        return {
+            "total": self.store.trace_count(node_id, role),
+            "offset": offset,
+            "limit": limit,
+            "traces": self.store.trace_page(node_id, role, offset=max(0, int(offset)), limit=limit),
+            "by_role": self.store.trace_totals(node_id, role),
+        }
 
     # -- logs ---------------------------------------------------------------------------------------
     def evaluation(self, evaluation_id: int) -> dict:
         """One evaluation's facts (not its log), for the log page's heading."""
-        row = self.store.db.execute(
-            "select id, node_id, kind, tier, seed, ok, reason, detail, log is not null and log != '' "
-            "from evaluations where id = ?",
-            [evaluation_id],
-        ).fetchone()
-        if not row:
+        facts = self.store.evaluation_facts(evaluation_id)
+        if facts is None:
             raise LookupError(f"no evaluation {evaluation_id} in this run")
-        return dict(zip(("id", "node_id", "kind", "tier", "seed", "ok", "reason", "detail", "has_log"), row))
+        return facts
 
     def evaluation_log(self, evaluation_id: int, full: bool = False) -> str:
         """The tail of an evaluation's log (`full`: all of it, up to FULL_LOG_BYTES); only files
         that resolve inside the run directory. LookupError (with what to tell the user) when there
         is none to show."""
-        row = self.store.db.execute("select log from evaluations where id = ?", [evaluation_id]).fetchone()
-        if not row or not row[0]:
+        log = self.store.log_path(evaluation_id)
+        if not log:
             raise LookupError("no log for this evaluation")
-        path = (self.dir / row[0]).resolve()
+        path = (self.dir / log).resolve()
         if not path.is_relative_to(self.dir):
             raise LookupError("no log for this evaluation")
         if not path.is_file():
             raise LookupError(
-                f"the log file {row[0]} is missing (deleted?); the evaluation's metrics and error "
+                f"the log file {log} is missing (deleted?); the evaluation's metrics and error "
                 f"excerpt are kept in the database"
             )
         keep = FULL_LOG_BYTES if full else LOG_BYTES
@@ -484,23 +393,17 @@ class RunView:
     def _main_curves(self, node_id: int) -> dict | None:
         """The loss curves of a node's own evaluation at the run's tier (its latest search evaluation
         that has curves; else its latest one that has), with where they come from."""
-        if "curves" not in self.store.db["evaluations"].columns_dict:  # a store from an older archlab
-            return None
-        row = self.store.db.execute(
-            "select id, kind, tier, curves from evaluations where node_id = ? and curves is not null "
-            "order by kind = 'search' desc, id desc limit 1",
-            [node_id],
-        ).fetchone()
+        row = self.store.latest_curves(node_id)  # None also for a store from an older archlab
         if not row:
             return None
         try:
-            curves = json.loads(row[3])
+            curves = json.loads(row["curves"])
         except ValueError:
             return None
         return {
-            "evaluation": row[0],
-            "kind": row[1],
-            "tier": row[2],
+            "evaluation": row["id"],
+            "kind": row["kind"],
+            "tier": row["tier"],
             "curves": curves if isinstance(curves, list) else [],
         }
 
@@ -516,8 +419,6 @@ class RunView:
         """Two nodes side by side: their summaries, every metric of either, b's code as a diff
         against a's, and their curves."""
         na, nb = self.store.node(a), self.store.node(b)
-        keys = dict.fromkeys([*(na.get("metrics") or {}), *(nb.get("metrics") or {})])
-        ordered = [k for k in METRIC_ORDER if k in keys] + sorted(k for k in keys if k not in METRIC_ORDER)
         code_a, code_b = self._source(na["commit_sha"]), self._source(nb["commit_sha"])
         if code_a is None or code_b is None:
             diff = "<p class='muted'>no code committed yet for one of the two nodes</p>"
@@ -529,7 +430,7 @@ class RunView:
             "b": side(nb),
             "diff_html": diff,
             "version": self.version(),
-            "metrics_table": [{"metric": k, "a": _metric(na, k), "b": _metric(nb, k)} for k in ordered],
+            "metrics_table": [{"metric": k, "a": _metric(na, k), "b": _metric(nb, k)} for k in metric_keys(na, nb)],
         }
 
     def leaderboard(
@@ -541,26 +442,8 @@ class RunView:
             raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(LEADERBOARD_COLUMNS)}")
         if order not in ("asc", "desc"):
             raise ValueError("order must be asc or desc")
-        where, params = [], []
-        for word in query.split()[:8]:
-            like = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append(
-                "(cast(id as text) = ? or operator like ? escape '\\' or status like ? escape '\\' "
-                "or reason like ? escape '\\' or motivation like ? escape '\\')"
-            )
-            params += [word.lstrip("#"), like, like, like, like]
-        clause = " and ".join(where) or "1"
-        column = LEADERBOARD_COLUMNS[sort]
         limit, offset = max(1, min(int(limit), MAX_LIMIT)), max(0, int(offset))
-        total = self.store.db.execute(f"select count(*) from nodes where {clause}", params).fetchone()[0]
-        extra = [k for k, sql in LEADERBOARD_COLUMNS.items() if sql.startswith("json_extract")]
-        rows = self.store.db.execute(
-            f"select id, parent_id, status, operator, fitness, val_loss, reason, substr(motivation, 1, 200), "
-            f"{', '.join(LEADERBOARD_COLUMNS[k] for k in extra)} from nodes where {clause} "
-            f"order by {column} is null, {column} {order}, id limit ? offset ?",
-            [*params, limit, offset],
-        ).fetchall()
-        names = ("id", "parent_id", "status", "operator", "fitness", "val_loss", "reason", "motivation", *extra)
+        total, rows = self.store.leaderboard_page(sort, order, query.split()[:8], offset, limit)
         return {
             "total": total,
             "offset": offset,
@@ -569,7 +452,7 @@ class RunView:
             "order": order,
             "query": query,
             "columns": list(LEADERBOARD_COLUMNS),
-            "rows": [dict(zip(names, r)) for r in rows],
+            "rows": rows,
             "version": self.version(),
         }
 
@@ -578,16 +461,9 @@ class RunView:
         return self._cached("plots", self._plots)
 
     def _plots(self) -> dict:
-        db = self.store.db
-        start = db.execute("select min(created) from nodes").fetchone()[0] or time.time()
-        nodes = db.execute(
-            "select id, status, fitness, coalesce(finished, created) as t from nodes "
-            "where status in ('done', 'failed') and t is not null order by t, id"
-        ).fetchall()
-        evals = db.execute(
-            "select created, coalesce(json_extract(metrics, '$.wall_s'), 0) from evaluations "
-            "where (kind in ('search', 'promotion') or kind is null) and created is not null order by created, id"
-        ).fetchall()
+        start = self.store.first_created() or time.time()
+        nodes = self.store.finished_by_time()
+        evals = self.store.compute_by_time()
         # Evaluations and compute spent by the time each node finished (merge of two sorted lists).
         best, beat, j, count, compute = -math.inf, 0, 0, 0, 0.0
         over_time, over_evals, discovery = [], [], []
@@ -608,10 +484,7 @@ class RunView:
             discovery.append({"id": node_id, "x": compute / 3600, "y": beat})
         spend = []
         cost = tokens = 0.0
-        for t, c, tin, tout in db.execute(
-            "select created, coalesce(cost, 0), coalesce(tokens_in, 0), coalesce(tokens_out, 0) from traces "
-            "where (cost is not null or tokens_in is not null) and created is not null order by created, id"
-        ):
+        for t, c, tin, tout in self.store.spend_by_time():
             cost += c
             tokens += tin + tout
             spend.append({"x": t - start, "cost": cost, "tokens": tokens})
@@ -632,20 +505,13 @@ class RunView:
 
     def _pareto(self) -> list[dict]:
         """Quality (val_loss, lower is better) against each cost the metrics have."""
-        row = self.store.db.execute(
-            "select metrics from nodes where status = 'done' and metrics is not null order by id desc limit 1"
-        ).fetchone()
-        keys = list(json.loads(row[0])) if row else []
+        keys = list(self.store.latest_done_metrics() or {})
         axes = [("tokens_per_s", "training throughput (tokens/s)", True)]
         for word, label in (("latency", "inference latency"), ("mem", "peak memory"), ("state", "state per token")):
             key = next((k for k in keys if word in k.lower()), None)
             if key:
                 axes.append((key, f"{label} ({key})", False))
-        columns = ", ".join("json_extract(metrics, ?)" for _ in axes)
-        rows = self.store.db.execute(
-            f"select id, val_loss, {columns} from nodes where status = 'done' and val_loss is not null and metrics is not null",
-            [f"$.{key}" for key, _, _ in axes],
-        ).fetchall()
+        rows = self.store.metric_values([key for key, _, _ in axes])
         out = []
         for n, (key, label, higher) in enumerate(axes, start=2):
             values = [(r[0], r[1], r[n]) for r in rows if isinstance(r[n], (int, float))]
@@ -668,15 +534,6 @@ class RunView:
 
 def _metric(node: dict | None, key: str):
     return ((node or {}).get("metrics") or {}).get(key)
-
-
-def _decode_trace(row: dict) -> dict:
-    if isinstance(row.get("decision"), str):
-        try:
-            row["decision"] = json.loads(row["decision"])
-        except ValueError:
-            pass
-    return row
 
 
 def _decimate(points: list[dict], key: str | None = "improved") -> list[dict]:

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archlab import text
-from archlab.commands.status import spend
+from archlab.commands.status import metric_direction, spend
 from archlab.errors import UserError
 from archlab.web.data import RunView
 from archlab.web.highlight import stylesheet
 
 FORMATS = ("html", "md")
 GREY, GREEN, ORANGE, BLUE, PURPLE = "#9aa5b1", "#1a9850", "#d95f02", "#2b7bb9", "#7570b3"
-LOWER_IS_BETTER = {"val_loss", "val_bpb", "train_loss"}
-HIGHER_IS_BETTER = {"tokens_per_s"}
 
 
 @dataclass
@@ -90,17 +88,8 @@ def _check_out(run_dir: Path, out: Path) -> None:
 def _facts(view: RunView, top: int) -> dict:
     info = view.run_info()
     plots = view.plots()
-    fidelity = "coalesce(fidelity, 0) desc, " if "fidelity" in view.store.db["nodes"].columns_dict else ""
-    ids = [
-        r[0]
-        for r in view.store.db.execute(
-            "select id from nodes where status = 'done' and fitness is not null and parent_id is not null "
-            f"order by {fidelity}fitness desc, id limit ?",
-            [top],
-        )
-    ]
     nodes = []
-    for node_id in ids:
+    for node_id in view.store.leaderboard_ids(top, children_only=True):
         node = view.node(node_id)
         code = view.code(node_id)["code"] or ""
         parent_code = view.code(node["parent_id"])["code"] if node["parent"] else None
@@ -383,7 +372,8 @@ def _change(metric: str, value, ref) -> tuple[str, str]:
     if not all(isinstance(v, (int, float)) for v in (value, ref)) or ref == 0 or value == ref:
         return ("" if value != ref or value is None else "=", "")
     pct = (value - ref) / abs(ref) * 100
-    better = (pct < 0) if metric in LOWER_IS_BETTER else (pct > 0) if metric in HIGHER_IS_BETTER else None
+    direction = metric_direction(metric)
+    better = (pct < 0) if direction == "lower" else (pct > 0) if direction == "higher" else None
     return f"{pct:+.{1 if abs(pct) >= 0.1 else 2}f}%", "" if better is None else "good" if better else "bad"
 
 

@@ -3,7 +3,7 @@
 //   #/            the search tree         #/node/N   one node: diff, metrics, analysis, traces
 //   #/plots       run plots               #/traces   every trace of the run, page by page
 
-import { api, duration, h, num, signed, statusBadge, when } from "./dom.js";
+import { api, changeClass, duration, h, metricDirections, num, signed, statusBadge, when } from "./dom.js";
 import { chart, timeTicks } from "./plots.js";
 import { TreeView } from "./tree.js";
 import { curvesSection, failedLogLink } from "./curves.js";
@@ -151,16 +151,11 @@ function makeTreePage() {
 }
 
 // -- one node -------------------------------------------------------------------------------
-const LOWER_IS_BETTER = /loss|bpb|wall|latency|mem|state|flops|quant/i;
-const HIGHER_IS_BETTER = /tokens_per_s|acc|recall/i;
-
-function delta(key, value, base) {
+function delta(directions, key, value, base) {
   if (typeof value !== "number" || typeof base !== "number") return h("td");
   const d = value - base;
   const rel = base !== 0 ? ` (${d >= 0 ? "+" : "−"}${Math.abs((100 * d) / base).toFixed(1)}%)` : "";
-  let cls = "";
-  if (LOWER_IS_BETTER.test(key)) cls = d < 0 ? "better" : d > 0 ? "worse" : "";
-  else if (HIGHER_IS_BETTER.test(key)) cls = d > 0 ? "better" : d < 0 ? "worse" : "";
+  const cls = changeClass(directions, key, d);
   return h("td", { class: `num delta ${cls}` }, signed(d, Number.isInteger(value) && Number.isInteger(base) || Math.abs(d) >= 100 ? 0 : 4) + rel);
 }
 
@@ -200,12 +195,12 @@ export function traceCard(t) {
 async function showNode(id) {
   const state = { key: null };
   async function load() {
-    const [n, tr] = await Promise.all([api(`/api/node/${id}`), api(`/api/node/${id}/traces?limit=1000`)]);
+    const [n, tr, directions] = await Promise.all([api(`/api/node/${id}`), api(`/api/node/${id}/traces?limit=1000`), metricDirections()]);
     const key = JSON.stringify([n.status, n.fitness, n.evaluations.length, n.children.length, tr.total, n.commit_sha, n.analysis]);
     if (key === state.key) return;
     state.key = key;
     const y = window.scrollY;
-    view.replaceChildren(renderNode(n, tr));
+    view.replaceChildren(renderNode(n, tr, directions));
     window.scrollTo(0, y);
   }
   await load();
@@ -226,7 +221,7 @@ async function showNode(id) {
   return { name: "node", refresh: load, progress };
 }
 
-function renderNode(n, tr) {
+function renderNode(n, tr, directions) {
   const head = h("div", { class: "node-head" },
     h("h1", {}, `Node ${n.id}`),
     statusBadge(n.status, n.reason),
@@ -254,8 +249,8 @@ function renderNode(n, tr) {
   // Metrics beside the parent and the root.
   const rows = n.metrics_table.map((m) => h("tr", {},
     h("th", {}, m.metric), h("td", { class: "num" }, num(m.node)),
-    h("td", { class: "num" }, num(m.parent)), delta(m.metric, m.node, m.parent),
-    h("td", { class: "num" }, num(m.root)), delta(m.metric, m.node, m.root)));
+    h("td", { class: "num" }, num(m.parent)), delta(directions, m.metric, m.node, m.parent),
+    h("td", { class: "num" }, num(m.root)), delta(directions, m.metric, m.node, m.root)));
   out.append(section("Metrics",
     rows.length ? h("table", { class: "metrics" },
       h("thead", {}, h("tr", {}, h("th", {}, "metric"), h("th", {}, `node ${n.id}`),

@@ -25,6 +25,23 @@ export async function api(path) {
   return body;
 }
 
+// Which way each metric improves: the server's one table (METRIC_DIRECTIONS in
+// archlab/commands/status.py, served as /api/run's metric_directions), fetched once.
+let directions = null;
+export function metricDirections() {
+  directions = directions || api("/api/run").then((run) => run.metric_directions, (e) => { directions = null; throw e; });
+  return directions;
+}
+
+// "better", "worse" or "" for a change d of the metric `key`, by that table: the first of "lower"
+// and "higher" with a fragment in the metric's lower-cased name says which way is better.
+export function changeClass(table, key, d) {
+  const name = key.toLowerCase();
+  const way = ["lower", "higher"].find((w) => table[w].some((fragment) => name.includes(fragment)));
+  if (!way || d === 0) return "";
+  return (way === "lower") === (d < 0) ? "better" : "worse";
+}
+
 export function num(v, digits = 4) {
   if (v === null || v === undefined || v === "") return "";
   if (typeof v !== "number") return String(v);

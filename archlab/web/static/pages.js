@@ -4,7 +4,7 @@
 //   #/compare/A/B                                 two nodes side by side: metrics, curves, code diff
 //   #/log/E                                       the whole sandbox log of evaluation E
 
-import { api, duration, h, num, signed, statusBadge } from "./dom.js";
+import { api, changeClass, duration, h, metricDirections, num, signed, statusBadge } from "./dom.js";
 import { PALETTE, curveChart, curveSeries, curvesNote } from "./curves.js";
 
 const selected = new Set(); // nodes ticked in the leaderboard, kept while the page is left and reopened
@@ -135,15 +135,10 @@ async function showCurves(view, params) {
 }
 
 // -- two nodes side by side -------------------------------------------------------------------
-const LOWER_IS_BETTER = /loss|bpb|wall|latency|mem|state|flops|quant/i; // as on the node page
-const HIGHER_IS_BETTER = /tokens_per_s|acc|recall/i;
-
-function deltaCell(key, a, b) {
+function deltaCell(directions, key, a, b) {
   if (typeof a !== "number" || typeof b !== "number") return h("td");
   const d = b - a;
-  const better = LOWER_IS_BETTER.test(key) ? d < 0 : HIGHER_IS_BETTER.test(key) ? d > 0 : null;
-  const worse = LOWER_IS_BETTER.test(key) ? d > 0 : HIGHER_IS_BETTER.test(key) ? d < 0 : null;
-  return h("td", { class: `num delta ${better ? "better" : worse ? "worse" : ""}` },
+  return h("td", { class: `num delta ${changeClass(directions, key, d)}` },
     signed(d, Math.abs(d) >= 100 ? 0 : 4) + (a !== 0 ? ` (${d >= 0 ? "+" : "−"}${Math.abs((100 * d) / a).toFixed(1)}%)` : ""));
 }
 
@@ -158,9 +153,9 @@ function sideCard(n, label) {
 
 async function showCompare(view, a, b) {
   async function load() {
-    const c = await api(`/api/compare/${a}/${b}`);
+    const [c, directions] = await Promise.all([api(`/api/compare/${a}/${b}`), metricDirections()]);
     const rows = c.metrics_table.map((m) => h("tr", {}, h("th", {}, m.metric),
-      h("td", { class: "num" }, num(m.a)), h("td", { class: "num" }, num(m.b)), deltaCell(m.metric, m.a, m.b)));
+      h("td", { class: "num" }, num(m.a)), h("td", { class: "num" }, num(m.b)), deltaCell(directions, m.metric, m.a, m.b)));
     const series = [c.a, c.b].flatMap((n, i) => (n.main ? curveSeries(n.main.curves, { label: `#${n.id} `, colours: PALETTE[i], node: n.id }) : []));
     const withCurves = [c.a, c.b].find((n) => n.main);
     view.replaceChildren(h("div", { class: "compare-page", "data-testid": "compare" },
