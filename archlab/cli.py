@@ -19,7 +19,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
-from archlab.config import CONFIG_FILE, MAX_SEED, MAX_THREADS, RunConfig
+from archlab.config import CONFIG_FILE, MAX_SEED, MAX_THREADS, RunConfig, run_options, validation_message
+from archlab.config import parse_overrides as _tier_overrides  # eval's --set (and bench/) parse KEY=VALUE here too
 from archlab.errors import UserError
 from archlab.knowledge.cli import app as knowledge_app
 from archlab.sandbox.tiers import TIERS
@@ -41,23 +42,6 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one error = one line, however long
 
 RunDir = typer.Argument(..., metavar="RUN_DIR", help="the run directory (e.g. runs/demo)")
-RESUME_OPTIONS = (
-    "max_nodes",
-    "hours",
-    "threads",
-    "workers",
-    "max_cost",
-    "llm_timeout_s",
-    "llm_patience_s",
-    "executor",
-    "address",
-    "device",
-    "max_cpu_hours",
-    "max_gpu_hours",
-    "promote",
-    "keep_weights",
-    "mirror",
-)
 
 
 @app.command()
@@ -191,76 +175,21 @@ def run(
     --address a private Ray instance is started here. On a cluster, a --data path must be readable
     at the same place on every node (the built-in corpus ships with archlab).
     """
+    # Every option but these two sets a RunConfig field (named alike, or renamed in config.OPTION_NAMES).
+    # First line of the body: locals() holds the parameters only.
+    options = {k: v for k, v in locals().items() if k not in ("run_dir", "trust_endpoint")}
+    if mirror is not None:
+        options["mirror"] = _mirror_targets(mirror)  # export's parser: config is below it
+    given = run_options(options)  # the fields to set, paths absolute and checked; else one line
     from archlab.search.driver import Run
-
-    given = {
-        k: v
-        for k, v in dict(
-            max_nodes=max_nodes,
-            hours=hours,
-            seed=seed,
-            data=str(data.resolve()) if data else None,
-            root=root,
-            strategy=strategy,
-            tier=tier,
-            llm=llm,
-            threads=threads,
-            workers=workers,
-            param_ratio=param_ratio,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            researcher_model=researcher_model,
-            engineer_model=engineer_model,
-            analyst_model=analyst_model,
-            max_cost=max_cost,
-            llm_timeout_s=llm_timeout,
-            llm_patience_s=llm_patience,
-            judge_weight=judge_weight,
-            code_edits=code_edits,
-            allow_quadratic=allow_quadratic,
-            knowledge=[str(k.resolve()) for k in knowledge] if knowledge else None,
-            executor=executor,
-            address=address,
-            device=device,
-            max_cpu_hours=cpu_hours,
-            max_gpu_hours=gpu_hours,
-            promote=promote,
-            promote_tier=promote_tier,
-            promote_seeds=promote_seeds,
-            keep_weights=keep_weights,
-            mirror=_mirror_targets(mirror) if mirror is not None else None,
-            promote_overrides=_tier_overrides(promote_tier or "verify", promote_set, "--promote-set")
-            if promote_set
-            else None,
-            tier_overrides=_tier_overrides(tier or "smoke", tier_set, "--tier-set") if tier_set else None,
-        ).items()
-        if v is not None
-    }
-    if root and Path(root).is_file():
-        given["root"] = str(Path(root).resolve())
-    if data and not data.exists():
-        raise UserError(f"--data {data}: no such file or folder")
-    for folder in knowledge or []:
-        if not folder.exists():
-            raise UserError(f"--knowledge {folder}: no such file or folder")
     from archlab.search.lock import hold_driver_lock
 
     if (run_dir / CONFIG_FILE).exists():
-        config = RunConfig.load(run_dir)
+        stored = RunConfig.load(run_dir)
         _refuse_imported(run_dir)
         lock = hold_driver_lock(run_dir)  # held (open) until this process ends
-        _check_endpoint(run_dir, config, given, trust_endpoint)
-        fixed = {k: v for k, v in given.items() if k not in RESUME_OPTIONS and getattr(config, k) != v}
-        if fixed:
-            name = next(iter(fixed))
-            raise UserError(
-                f"{run_dir} was started with --{name.replace('_', '-')} {getattr(config, name)}; "
-                f"resume without changing it, or start a new run directory"
-            )
-        try:
-            config = RunConfig(**{**config.model_dump(), **{k: given[k] for k in RESUME_OPTIONS if k in given}})
-        except Exception as e:
-            raise UserError(_validation_message(e)) from None
+        _check_endpoint(run_dir, stored, given, trust_endpoint)
+        config = stored.resumed(given, run_dir)
         from archlab.agents.brains import check_brain_options
 
         check_brain_options(config)  # a key gone or an endpoint down since: say so before anything trains
@@ -274,12 +203,7 @@ def run(
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"{run_dir} exists, is not empty and is not an archlab run")
-        if given.get("root") == "transformer":
-            given.setdefault("allow_quadratic", True)  # softmax attention is the point of that root
-        try:
-            config = RunConfig(**given)
-        except Exception as e:
-            raise UserError(_validation_message(e)) from None
+        config = RunConfig.for_new_run(given)
         from archlab.search.root import root_source
 
         root_source(config.root)  # fail before creating anything when the root is wrong
@@ -721,30 +645,6 @@ def _budget_options(param_ratio: float | None, no_budget: bool) -> dict:
     return {"param_ratio": param_ratio}
 
 
-def _tier_overrides(tier: str, items: list[str], flag: str = "--set") -> dict:
-    from archlab.sandbox.tiers import TierError, resolve
-
-    out: dict = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"{flag} {item!r}: write KEY=VALUE, e.g. {flag} steps=800")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        if "." in key:
-            outer, inner = key.split(".", 1)
-            out.setdefault(outer, {})[inner] = value
-        else:
-            out[key] = value
-    try:
-        resolve(tier, out)
-    except TierError as e:
-        raise UserError(f"{flag}: {e}") from None
-    return out
-
-
 def _sandbox_command(file: Path, tier: str, as_json: bool, seed: int, data: str | None, **options) -> None:
     """Evaluate FILE once, as `options` (EvaluationRequest fields) say, in this process; print the verdict."""
     from archlab.sandbox import runner
@@ -1046,7 +946,7 @@ def import_records(
     try:
         config = RunConfig(tier=tier, param_ratio=param_ratio)
     except Exception as e:
-        raise UserError(_validation_message(e)) from None
+        raise UserError(validation_message(e)) from None
     progress = Progress(
         TextColumn("[bold]importing"),
         BarColumn(),
@@ -1454,26 +1354,6 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.0f}"
     return "" if value is None else str(value)
-
-
-# RunConfig fields whose command-line option has another name
-OPTION_NAMES = {
-    "max_cpu_hours": "cpu_hours",
-    "max_gpu_hours": "gpu_hours",
-    "llm_timeout_s": "llm_timeout",
-    "llm_patience_s": "llm_patience",
-    "tier_overrides": "tier_set",
-    "promote_overrides": "promote_set",
-}
-
-
-def _validation_message(e: Exception) -> str:
-    errors = getattr(e, "errors", None)
-    if errors:
-        first = errors()[0]
-        loc = [OPTION_NAMES.get(str(part), str(part)) for part in first["loc"]]
-        return f"--{'-'.join(loc).replace('_', '-')}: {first['msg']}"
-    return str(e)
 
 
 def _os_error(e: OSError) -> str:

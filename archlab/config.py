@@ -1,5 +1,6 @@
 """RunConfig: one typed object per run, frozen into runs/NAME/archlab.toml when the run starts."""
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,34 @@ CONFIG_FILE = "archlab.toml"
 # top of the evaluation's: 100000 threads made every candidate fail, and stuck in archlab.toml.
 MAX_THREADS = 64
 MAX_SEED = 2**32  # seeds are 0 .. 2**32-1: runs add small offsets, and SQLite and torch take 64-bit ones
+# The fields a resumed run may change (`archlab run` again): budgets and where evaluations run.
+# Every other field is fixed when the run starts: a resume that changes one is refused.
+RESUME_OPTIONS = (
+    "max_nodes",
+    "hours",
+    "threads",
+    "workers",
+    "max_cost",
+    "llm_timeout_s",
+    "llm_patience_s",
+    "executor",
+    "address",
+    "device",
+    "max_cpu_hours",
+    "max_gpu_hours",
+    "promote",
+    "keep_weights",
+    "mirror",
+)
+# RunConfig fields whose command-line option has another name
+OPTION_NAMES = {
+    "max_cpu_hours": "cpu_hours",
+    "max_gpu_hours": "gpu_hours",
+    "llm_timeout_s": "llm_timeout",
+    "llm_patience_s": "llm_patience",
+    "tier_overrides": "tier_set",
+    "promote_overrides": "promote_set",
+}
 
 
 class RunConfig(BaseModel):
@@ -156,3 +185,96 @@ class RunConfig(BaseModel):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(tomli_w.dumps(self.model_dump(exclude_none=True)))
         tmp.replace(path)  # atomic: a crash leaves the old or the new file, never half of one
+
+    @classmethod
+    def for_new_run(cls, given: dict) -> "RunConfig":
+        """The config of a new run from the options given (run_options); one line when one is wrong."""
+        if given.get("root") == "transformer":
+            given = {"allow_quadratic": True, **given}  # softmax attention is the point of that root
+        return _validated(given)
+
+    def resumed(self, given: dict, run_dir: Path) -> "RunConfig":
+        """This stored config with the options given on resume (run_options): RESUME_OPTIONS change,
+        any other option that differs from the stored one is refused (one line)."""
+        fixed = [k for k, v in given.items() if k not in RESUME_OPTIONS and getattr(self, k) != v]
+        if fixed:
+            name = fixed[0]
+            raise UserError(
+                f"{run_dir} was started with --{name.replace('_', '-')} {getattr(self, name)}; "
+                f"resume without changing it, or start a new run directory"
+            )
+        return _validated({**self.model_dump(), **{k: given[k] for k in RESUME_OPTIONS if k in given}})
+
+
+def run_options(options: dict) -> dict:
+    """`archlab run`'s options (by option name, None where not given; --mirror already parsed to a
+    list) -> the RunConfig fields they set. Paths become absolute (--data, --knowledge, a --root
+    FILE) and must exist; --tier-set/--promote-set KEY=VALUE lists become override dicts."""
+    fields = {OPTION_NAMES.get(name, name): name for name in RunConfig.model_fields}
+    unknown = set(options) - set(fields)
+    if unknown:  # a typer option without its RunConfig field (or its OPTION_NAMES entry)
+        raise TypeError(f"options without a RunConfig field: {sorted(unknown)}")
+    # not given: None, or an empty list of a repeatable option (--mirror none is the empty list: no mirrors)
+    given = {fields[k]: v for k, v in options.items() if v is not None and (v != [] or k == "mirror")}
+    if "promote_overrides" in given:
+        given["promote_overrides"] = parse_overrides(
+            given.get("promote_tier") or "verify", given["promote_overrides"], "--promote-set"
+        )
+    if "tier_overrides" in given:
+        given["tier_overrides"] = parse_overrides(given.get("tier") or "smoke", given["tier_overrides"], "--tier-set")
+    if "data" in given:
+        given["data"] = str(Path(given["data"]).resolve())
+    if "knowledge" in given:
+        given["knowledge"] = [str(Path(k).resolve()) for k in given["knowledge"]]
+    root = given.get("root")
+    if root and Path(root).is_file():
+        given["root"] = str(Path(root).resolve())
+    if options.get("data") is not None and not Path(options["data"]).exists():
+        raise UserError(f"--data {options['data']}: no such file or folder")
+    for folder in options.get("knowledge") or []:
+        if not Path(folder).exists():
+            raise UserError(f"--knowledge {folder}: no such file or folder")
+    return given
+
+
+def parse_overrides(tier: str, items: list[str], flag: str = "--set") -> dict:
+    """KEY=VALUE tier overrides (VALUE as JSON, else a string; OUTER.INNER=VALUE nests) -> a dict
+    that resolves against `tier`; one line naming `flag` when it does not."""
+    from archlab.sandbox.tiers import TierError, resolve
+
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {item!r}: write KEY=VALUE, e.g. {flag} steps=800")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            out.setdefault(outer, {})[inner] = value
+        else:
+            out[key] = value
+    try:
+        resolve(tier, out)
+    except TierError as e:
+        raise UserError(f"{flag}: {e}") from None
+    return out
+
+
+def validation_message(e: Exception) -> str:
+    """A RunConfig validation error as one line naming the command-line option: '--cpu-hours: ...'."""
+    errors = getattr(e, "errors", None)
+    if errors:
+        first = errors()[0]
+        loc = [OPTION_NAMES.get(str(part), str(part)) for part in first["loc"]]
+        return f"--{'-'.join(loc).replace('_', '-')}: {first['msg']}"
+    return str(e)
+
+
+def _validated(fields: dict) -> RunConfig:
+    try:
+        return RunConfig(**fields)
+    except Exception as e:
+        raise UserError(validation_message(e)) from None
