@@ -127,8 +127,10 @@ class RunConfig(BaseModel):
         "(asynchronous successive halving); None = 0.25 when tier is explore, else off",
     )
     promote_seeds: int = Field(3, ge=1, description="seeds per promoted evaluation (figures are mean +- std)")
+    # validate_default: `--tier verify --promote F` alone must be refused at the start, not saved into an
+    # archlab.toml that the same validator then refuses to load
     promote_tier: Literal["smoke", "explore", "verify"] = Field(
-        "verify", description="the higher tier of promoted nodes"
+        "verify", validate_default=True, description="the higher tier of promoted nodes"
     )
     promote_overrides: dict = Field({}, description="tier fields changed for promoted evaluations, e.g. {steps = 2000}")
 

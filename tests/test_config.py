@@ -74,6 +74,10 @@ def test_the_transformer_root_gets_allow_quadratic():
             {"tier": "verify", "promote": 0.5, "promote_tier": "verify"},
             "--promote-tier: must be a higher tier than --tier verify for --promote 0.5",
         ),
+        (  # the default promote tier is checked too: before, this run started and then could not resume
+            {"tier": "verify", "promote": 0.5},
+            "--promote-tier: must be a higher tier than --tier verify for --promote 0.5",
+        ),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_option(given, message):
