@@ -19,8 +19,15 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
-from archlab.config import CONFIG_FILE, MAX_SEED, MAX_THREADS, RunConfig, run_options, validation_message
-from archlab.config import parse_overrides as _tier_overrides  # eval's --set (and bench/) parse KEY=VALUE here too
+from archlab.config import (
+    CONFIG_FILE,
+    MAX_SEED,
+    MAX_THREADS,
+    RunConfig,
+    parse_overrides,
+    run_options,
+    validation_message,
+)
 from archlab.errors import UserError
 from archlab.knowledge.cli import app as knowledge_app
 from archlab.sandbox.tiers import TIERS
@@ -195,7 +202,7 @@ def run(
         check_brain_options(config)  # a key gone or an endpoint down since: say so before anything trains
         config.save(run_dir)
         store = _store(run_dir)
-        open_ = store.count("status = 'evaluating'")
+        open_ = len(store.evaluating())
         console.print(
             f"Resuming [bold]{run_dir}[/] ({store.count() - open_} nodes finished"
             + (f", {open_} interrupted to finish first)" if open_ else ")")
@@ -232,15 +239,13 @@ def run(
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task(
-            "nodes", total=config.max_nodes, completed=session.store.count("status != 'evaluating'"), best=""
-        )
+        task = progress.add_task("nodes", total=config.max_nodes, completed=session.store.finished_count(), best="")
 
         def on_node(node: dict) -> None:
             best = session.store.leaderboard(1)  # the highest-fidelity figure first (multi-fidelity promotion)
             progress.update(
                 task,
-                completed=session.store.count("status != 'evaluating'"),
+                completed=session.store.finished_count(),
                 best=f"best: node {best[0]['id']} fitness {best[0]['fitness']:+.4f}" if best else "",
             )
             progress.console.print(_node_line(node))
@@ -625,7 +630,7 @@ def evaluate(
         allow_quadratic=allow_quadratic,
         threads=threads,
         seeds=seeds or TIERS[tier].seeds,
-        tier_overrides=_tier_overrides(tier, overrides or []),
+        tier_overrides=parse_overrides(tier, overrides or []),
         **budget,
     )
 
@@ -1154,7 +1159,7 @@ def mirror_run(
     targets = _mirror_targets(to, "--to")
     store = _store(run_dir, reading=True)
     RunConfig.load(run_dir)  # a clear error for a folder that is not a run
-    total = store.count("status in ('done', 'failed')")
+    total = len(store.evaluated())
     mirror = Mirror(run_dir, targets, out)
     with Progress(
         TextColumn("[bold]{task.description}"),

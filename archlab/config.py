@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from archlab.errors import UserError
+from archlab.sandbox.request import EvaluationRequest
 
 CONFIG_FILE = "archlab.toml"
 # A sandbox may hold 256 tasks (protections.DEFAULT_NPROC) and torch starts pools of threads on
@@ -188,6 +189,37 @@ class RunConfig(BaseModel):
         tmp.write_text(tomli_w.dumps(self.model_dump(exclude_none=True)))
         tmp.replace(path)  # atomic: a crash leaves the old or the new file, never half of one
 
+    def request(
+        self,
+        source: str,
+        tier: str,
+        seed: int,
+        log: Path,
+        weights: Path | None,
+        *,
+        param_limit: int,
+        reference: dict | None = None,
+        tier_overrides: dict | None = None,
+        timeout_s: int | None = None,
+    ) -> EvaluationRequest:
+        """One of this run's evaluations as the sandbox receives it (the search's, a promotion's, a
+        replay's): the run's data and its rules (quadratic mixers, implausible gains over `reference`,
+        the root's metrics) with the caller's tier, seed, budget and paths."""
+        return EvaluationRequest(
+            source=source,
+            tier=tier,
+            seed=seed,
+            data=self.data,
+            param_limit=param_limit,
+            allow_quadratic=self.allow_quadratic,
+            implausible_gain=self.implausible_gain,
+            reference=reference,
+            tier_overrides=tier_overrides,
+            timeout_s=timeout_s,
+            log_path=log,
+            weights_out=weights,
+        )
+
     @classmethod
     def for_new_run(cls, given: dict) -> "RunConfig":
         """The config of a new run from the options given (run_options); one line when one is wrong."""
@@ -201,8 +233,11 @@ class RunConfig(BaseModel):
         fixed = [k for k, v in given.items() if k not in RESUME_OPTIONS and getattr(self, k) != v]
         if fixed:
             name = fixed[0]
+            option = OPTION_NAMES.get(name, name).replace(
+                "_", "-"
+            )  # the flag the user typed: --tier-set, not --tier-overrides
             raise UserError(
-                f"{run_dir} was started with --{name.replace('_', '-')} {getattr(self, name)}; "
+                f"{run_dir} was started with --{option} {getattr(self, name)}; "
                 f"resume without changing it, or start a new run directory"
             )
         return _validated({**self.model_dump(), **{k: given[k] for k in RESUME_OPTIONS if k in given}})

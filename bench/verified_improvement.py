@@ -20,7 +20,7 @@ from pathlib import Path
 
 from discovery import archlab, search
 
-from archlab.cli import _tier_overrides as tier_overrides  # the CLI's KEY=VALUE parsing, nested keys included
+from archlab.config import parse_overrides as tier_overrides  # the CLI's KEY=VALUE parsing, nested keys included
 
 
 def main() -> None:

@@ -131,8 +131,8 @@ def _metrics(val_loss, tokens_per_s=1000.0):
 
 
 def test_figures_from_the_store_rank_fitness_per_tier_like_promotion(tmp_path):
+    from archlab.sandbox.averaging import average
     from archlab.search.fitness import fitness
-    from archlab.search.promotion import aggregate
 
     store = Store(tmp_path, create=True)
     for node_id in range(5):
@@ -153,13 +153,13 @@ def test_figures_from_the_store_rank_fitness_per_tier_like_promotion(tmp_path):
     rows = store.multi_tier_evaluations()
     assert {r["node_id"] for r in rows} == {0, 1, 2, 3}
     figures = tier_figures(rows, speed_weight=0.05)
-    root_smoke = aggregate([_metrics(3.5), _metrics(3.7)])
+    root_smoke = average([_metrics(3.5), _metrics(3.7)])
     assert figures["micro"] == {0: 0.0, 1: pytest.approx(0.1), 2: pytest.approx(-0.1), 3: pytest.approx(0.2)}
     assert figures["smoke"][0] == 0.0
     assert figures["smoke"][2] == pytest.approx(
-        fitness(aggregate([_metrics(3.3, 800.0), _metrics(3.4, 800.0)]), root_smoke, 0.05)
+        fitness(average([_metrics(3.3, 800.0), _metrics(3.4, 800.0)]), root_smoke, 0.05)
     )
-    assert figures["smoke"][3] == pytest.approx(fitness(aggregate([_metrics(3.2), _metrics(3.6)]), root_smoke, 0.05))
+    assert figures["smoke"][3] == pytest.approx(fitness(average([_metrics(3.2), _metrics(3.6)]), root_smoke, 0.05))
     assert figures["smoke"][1] == pytest.approx(0.125)
 
     # no root at a tier: nothing to measure fitness against there

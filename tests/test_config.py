@@ -28,6 +28,8 @@ def test_resume_refuses_a_changed_fixed_option_in_one_line():
     )
     with pytest.raises(UserError, match=r"^runs/demo was started with --tier micro; resume without"):
         stored.resumed({"tier": "smoke"}, Path("runs/demo"))
+    with pytest.raises(UserError, match=r"^runs/demo was started with --tier-set \{\}; resume"):
+        stored.resumed({"tier_overrides": {"steps": 9}}, Path("runs/demo"))  # the flag's name, not the field's
     # the same value given again is no change
     assert stored.resumed({"tier": "micro", "seed": 0}, Path("runs/demo")) == stored
 
@@ -160,3 +162,13 @@ def test_every_option_of_archlab_run_is_a_config_field():
     assert run_options(dict.fromkeys(names)) == {}
     with pytest.raises(TypeError, match="no_such_option"):
         run_options({"no_such_option": 1})
+
+
+def test_an_evaluation_request_carries_the_runs_rules(tmp_path):
+    """Search, promotion and replay build their requests here: a replay of a --root transformer run
+    used to drop allow_quadratic and so rejected the quadratic mixers the run had accepted."""
+    config = RunConfig(root="transformer", allow_quadratic=True, implausible_gain=0.4, data=str(tmp_path))
+    log = tmp_path / "logs" / "x.log"
+    request = config.request("code", "explore", 3, log, None, param_limit=-1, reference={"val_loss": 4.0})
+    assert (request.allow_quadratic, request.implausible_gain, request.data) == (True, 0.4, str(tmp_path))
+    assert (request.tier, request.seed, request.log_path, request.reference) == ("explore", 3, log, {"val_loss": 4.0})

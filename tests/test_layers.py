@@ -39,12 +39,24 @@ def _layer(part: str) -> int:
 
 
 def _imports(path: Path) -> set[str]:
+    return _imports_of(path, path.read_text(encoding="utf-8"))
+
+
+def _imports_of(path: Path, source: str) -> set[str]:
+    """The archlab modules `source` (the text of `path`) imports, relative imports resolved against its package."""
+    package = ["archlab", *path.relative_to(ROOT).parts[:-1]] if path.is_relative_to(ROOT) else ["archlab"]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("archlab")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("archlab") and not node.level:
-            found |= {f"{node.module}.{a.name}" if node.module == "archlab" else node.module for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x / from ..search import x
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            if base == "archlab":
+                found |= {f"archlab.{a.name}" for a in node.names}
+            elif base.startswith("archlab."):
+                found.add(base)
     return found
 
 
@@ -71,6 +83,11 @@ def test_the_check_sees_a_wrong_import(tmp_path):
     bad = tmp_path / "m.py"
     bad.write_text("def f():\n    from archlab.search.driver import Run\n")
     assert _imports(bad) == {"archlab.search.driver"}
+    relative = ROOT / "tree" / "_probe.py"  # a relative import is resolved, not skipped (never written to disk)
+    assert _imports_of(relative, "from ..search import driver\nfrom . import store\n") == {
+        "archlab.search",
+        "archlab.tree",
+    }
     assert _layer(_part("archlab.search.driver")) > _layer("tree")  # the store importing the search is caught
 
 

@@ -15,6 +15,7 @@ STATIC = Path(report.__file__).parent / "static"
 
 def test_the_table_decides_each_metric():
     lower = ("val_loss", "val_bpb", "train_loss", "wall_s", "peak_mem_mb", "state_bytes_per_token", "quant_loss")
+    lower += ("decode_ms_per_token",)  # latency per token: the smoke tier measures it
     assert all(metric_direction(k) == "lower" for k in lower)
     assert all(metric_direction(k) == "higher" for k in ("tokens_per_s", "recall_acc", "Copy_Recall"))
     assert all(metric_direction(k) is None for k in ("params", "mixer_params", "train_tokens", "seeds"))

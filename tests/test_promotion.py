@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from archlab.commands.doctor import check
+from archlab.sandbox.averaging import average
 from archlab.sandbox.runner import Result
 from archlab.search.fitness import fitness
-from archlab.search.promotion import KIND, Plan, Promoter, aggregate
+from archlab.search.promotion import KIND, Plan, Promoter
 from archlab.tree.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -69,7 +70,7 @@ def test_the_rule_promotes_the_root_first_then_the_top_slice(tmp_path):
     assert promoter.finish(1) == first, "deriving a node's figures again changes nothing"
     node = store.node(1)
     root_runs = [metrics(4.0), metrics(4.2)]
-    assert node["fitness"] == fitness(aggregate(runs), aggregate(root_runs), 0.05)
+    assert node["fitness"] == fitness(average(runs), average(root_runs), 0.05)
     assert math.isclose(node["fitness_std"], statistics.stdev(fitness(m, r, 0.05) for m, r in zip(runs, root_runs)))
     assert (node["tier"], node["seeds"], node["search_fitness"]) == ("smoke", 2, 0.30)
     assert promoter.state(1) == "done" and promoter.due() == [3, 5]
@@ -139,7 +140,7 @@ def test_a_run_promotes_its_top_slice_with_several_seeds(cli, run_dir):
         assert r["seeds"] == 2 and math.isclose(r["val_loss"], statistics.fmean(m["val_loss"] for m in runs))
         assert math.isclose(r["val_loss_std"], statistics.stdev(m["val_loss"] for m in runs))
         if node_id:
-            assert math.isclose(r["fitness"], fitness(aggregate(runs), aggregate([root_runs[0], root_runs[1]]), 0.05))
+            assert math.isclose(r["fitness"], fitness(average(runs), average([root_runs[0], root_runs[1]]), 0.05))
             assert r["fitness_std"] is not None
             assert math.isclose(r["search_fitness"], fitness(r["metrics"], rows[0]["metrics"], 0.05)), (
                 "the search figure is kept"

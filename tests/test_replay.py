@@ -11,6 +11,7 @@ import pytest
 
 import helpers
 from archlab.commands.replay import Replayer
+from archlab.config import RunConfig
 from archlab.sandbox import executors
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # replays and forks (600 s bound each)
@@ -134,6 +135,8 @@ def test_replay_goes_through_the_executor_it_is_given(run):
     (request,) = ex.requests
     assert (request.tier, request.seed, request.seeds, request.param_limit) == ("micro", 0, 1, -1)
     assert request.log_path == run / "logs" / "replay-node-0-micro-s0.log" and request.source.strip()
+    config = RunConfig.load(run)  # the run's own rules, built by the one request builder the search uses
+    assert (request.data, request.allow_quadratic) == (config.data, config.allow_quadratic)
     assert row["env"]["executor"]["kind"] == "local" and row["env"]["executor"]["threads"] == 1
     assert (run / row["env"]["weights"]).is_file()
 

@@ -232,7 +232,7 @@ def _check_threads(run_dir: Path, store: Store, repair: bool, report: Report) ->
             store.set_meta(f"thread:{thread}", None)
             report.add("warning", f"open candidate {thread} has no checkpoint yet (nothing to resume)", repaired=True)
     report.checked["open_candidates"] = len(open_threads)
-    evaluating = store.nodes("status = 'evaluating'")
+    evaluating = store.evaluating()
     if evaluating and not resumable:
         for node in evaluating:
             if repair:

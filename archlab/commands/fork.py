@@ -13,13 +13,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from archlab.config import RunConfig
+from archlab.config import RunConfig, validation_message
 from archlab.errors import UserError
 from archlab.sandbox import runner
 from archlab.sandbox.tiers import TIERS
 from archlab.tree.create import create_run
 from archlab.tree.lineage import Lineage
-from archlab.tree.store import WEIGHTS_DIR, Store
+from archlab.tree.store import TRACE_FIELDS, WEIGHTS_DIR, Store
 
 FORK_ROOT_FILE = "root.py"
 
@@ -74,8 +74,7 @@ def fork(
     try:  # a bad --strategy etc. fails before anything is written
         new_config = RunConfig.model_validate({**config.model_dump(), **updates})
     except ValidationError as e:
-        error = e.errors()[0]
-        raise UserError(f"--{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}") from None
+        raise UserError(validation_message(e)) from None
     # The new root's figures: the node's own evaluation at the new run's tier and seed (its
     # search evaluation; not a promotion's, which the node's columns may hold); without one,
     # the new run evaluates its root first.
@@ -175,21 +174,7 @@ def _write_fork(
             0,
             t["role"],
             t["kind"],
-            **{
-                k: t[k]
-                for k in (
-                    "attempt",
-                    "model",
-                    "prompt",
-                    "response",
-                    "decision",
-                    "tokens_in",
-                    "tokens_out",
-                    "cost",
-                    "latency_s",
-                    "error",
-                )
-            },
+            **{k: t[k] for k in TRACE_FIELDS},
         )
     new_store.add_trace(0, "fork", "fork", decision=source, response=f"forked from {source['run']} node {node_id}")
     new_store.set_meta("forked_from", json.dumps(source))

@@ -22,7 +22,7 @@ from archlab.config import CONFIG_FILE, RunConfig
 from archlab.errors import UserError
 from archlab.sandbox import executors
 from archlab.sandbox.averaging import mean_std
-from archlab.sandbox.request import EvaluationRequest, default_threads, param_budget
+from archlab.sandbox.request import default_threads, param_budget
 from archlab.sandbox.tiers import TIERS
 from archlab.tree.lineage import Lineage
 from archlab.tree.store import WEIGHTS_DIR, Store
@@ -50,9 +50,9 @@ class Replayed:
 class Replayer:
     """Replays nodes of one run; every evaluation is stored in the run as kind 'replay'.
 
-    executor: where the evaluations run (it is not shut down here); None: local slots made for each
-    replay, sized by its `workers`, on the run's device, `threads` CPU threads each (else the run's, else
-    runner.evaluate's default: all the machine's up to 4)."""
+    executor: where the evaluations run (it is not shut down here); None: an executor of the kind the
+    run used (local or Ray, as its config says) made for each replay, sized by its `workers`, on the run's
+    device, `threads` CPU threads each (else the run's, else all the machine's up to 4)."""
 
     def __init__(
         self,
@@ -124,15 +124,20 @@ class Replayer:
     @contextmanager
     def slots(self, workers: int = 1) -> Iterator[executors.Executor]:
         """The executor evaluations go through: the one given, the replay's own while one is in
-        progress, else local slots made for the call (and shut down after it)."""
+        progress, else the kind the run used (local slots, one per GPU where there are GPUs, or Ray
+        at the run's --address) made for the call and shut down after it."""
         if self.executor is not None or self._own is not None:
             yield self.executor or self._own
             return
         # threads as runner.evaluate's own default, so a replay trains like the evaluation it repeats
-        local = SimpleNamespace(
-            executor="local", device=self.config.device, workers=workers, threads=self.threads or default_threads()
+        own = SimpleNamespace(
+            executor=self.config.executor,
+            address=self.config.address,
+            device=self.config.device,
+            workers=workers,
+            threads=self.threads or default_threads(),
         )
-        self._own = executors.make(local)
+        self._own = executors.make(own)
         try:
             yield self._own
         finally:
@@ -151,17 +156,10 @@ class Replayer:
         log = self.dir / "logs" / f"replay-{name}.log"
         log.parent.mkdir(exist_ok=True)
         weights = self.dir / WEIGHTS_DIR / f"{name}.safetensors"
-        request = EvaluationRequest(
-            source=code,
-            tier=self.tier,
-            seed=seed,
-            seeds=1,
-            data=self.config.data,
-            param_limit=param_limit,
-            log_path=log,
-            weights_out=weights,
-            tier_overrides=self.overrides,
-        )  # threads and device: the executor's
+        # the run's rules (data, quadratic mixers) at the replay's tier; threads and device: the executor's
+        request = self.config.request(
+            code, self.tier, seed, log, weights, param_limit=param_limit, tier_overrides=self.overrides
+        )
         with self.slots() as executor:
             result = executor.evaluate(executors.Job(key=f"replay {name}", request=request))
         result.env = {**result.env, "commit": node["commit_sha"]}

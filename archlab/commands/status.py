@@ -16,7 +16,7 @@ METRIC_ORDER = ("val_loss", "val_bpb", "train_loss", "tokens_per_s", "params", "
 # metric matching neither has no direction). The HTML report colours changes by it, and the web UI
 # reads this table from /api/run (metric_directions).
 METRIC_DIRECTIONS = {
-    "lower": ("loss", "bpb", "wall", "latency", "mem", "state", "flops", "quant"),
+    "lower": ("loss", "bpb", "wall", "latency", "mem", "state", "flops", "quant", "ms_per"),
     "higher": ("tokens_per_s", "acc", "recall"),
 }
 # A node's own fields, as `archlab show` and the web UI's node page both give them (each adds its own).
@@ -179,8 +179,8 @@ def tier_figures(rows: list[dict], speed_weight: float) -> dict[str, dict[int, f
     and tier the latest row of each seed, its metrics averaged over seeds, and the fitness of that
     mean against the root's mean at the same tier, the root's own being 0 (as Promoter.finish and
     the search figures have it). No root at a tier: no figures there."""
+    from archlab.sandbox.averaging import average
     from archlab.search.fitness import fitness
-    from archlab.search.promotion import aggregate
 
     latest: dict = {}
     for r in rows:
@@ -190,9 +190,9 @@ def tier_figures(rows: list[dict], speed_weight: float) -> dict[str, dict[int, f
     for tier, nodes in latest.items():
         if 0 not in nodes:
             continue
-        root = aggregate(list(nodes[0].values()))
+        root = average(list(nodes[0].values()))
         for node_id, seeds in nodes.items():
-            value = 0.0 if node_id == 0 else fitness(aggregate(list(seeds.values())), root, speed_weight)
+            value = 0.0 if node_id == 0 else fitness(average(list(seeds.values())), root, speed_weight)
             if math.isfinite(value):
                 out.setdefault(tier, {})[node_id] = value
     return out
@@ -211,7 +211,8 @@ def tier_agreement(store: Store, config: RunConfig) -> list[dict]:
 
 def promoted_metrics(store: Store, node_id: int) -> dict | None:
     """The node's promotion evaluations by tier: seeds and mean metrics (with *_std)."""
-    from archlab.search.promotion import KIND, aggregate
+    from archlab.sandbox.averaging import average
+    from archlab.search.promotion import KIND
 
     by_tier: dict = {}
     for e in store.evaluations(node_id):
@@ -224,6 +225,6 @@ def promoted_metrics(store: Store, node_id: int) -> dict | None:
             "seeds": sorted(rows),
             "ok": len(ok),
             "failed": [{"seed": r["seed"], "reason": r["reason"]} for r in rows.values() if not r["ok"]],
-            "metrics": aggregate(ok) if ok else None,
+            "metrics": average(ok) if ok else None,
         }
     return out or None

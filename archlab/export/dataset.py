@@ -14,24 +14,10 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from archlab.tree.lineage import Lineage
-from archlab.tree.store import Store
+from archlab.tree.store import TRACE_FIELDS, Store
 
 SCHEMA = "archlab.proposal/1"
-TRACE_FIELDS = (
-    "id",
-    "attempt",
-    "kind",
-    "model",
-    "prompt",
-    "response",
-    "decision",
-    "tokens_in",
-    "tokens_out",
-    "cost",
-    "latency_s",
-    "error",
-    "created",
-)
+EXPORTED = ("id", "kind", *TRACE_FIELDS, "created")  # of each trace
 OUTCOME_FIELDS = (
     "status",
     "reason",
@@ -65,7 +51,7 @@ def proposals(run_dir: Path, store: Store) -> Iterator[dict]:
 def proposal(run: str, node: dict, parent: dict, parent_code: str | None, diff: str | None, traces: list[dict]) -> dict:
     by_role: dict[str, list[dict]] = {"researcher": [], "engineer": [], "analyst": []}
     for t in traces:
-        by_role.setdefault(t["role"] or "other", []).append({k: t.get(k) for k in TRACE_FIELDS})
+        by_role.setdefault(t["role"] or "other", []).append({k: t.get(k) for k in EXPORTED})
     return {
         "schema": SCHEMA,
         "run": run,
@@ -102,4 +88,4 @@ def write(run_dir: Path, store: Store, out: IO[str]) -> dict:
     for line in proposals(run_dir, store):
         out.write(json.dumps(line) + "\n")
         written += 1
-    return {"proposals": written, "in_flight": store.count("status = 'evaluating'")}
+    return {"proposals": written, "in_flight": len(store.evaluating())}

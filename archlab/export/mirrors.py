@@ -455,7 +455,7 @@ class Mirror:
     def sync(self, store: Store, on_node=lambda node_id: None, on_error=None) -> dict[str, int]:
         """Every finished node a target lacks, in id order (parents first: MLflow nests children under them)."""
         written = dict.fromkeys(self.targets, 0)
-        for node in store.nodes("status in ('done', 'failed')"):
+        for node in store.evaluated():
             for name in self.node(store, node, on_error):
                 written[name] += 1
             on_node(node["id"])

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from archlab.errors import UserError
 from archlab.sandbox import runner
-from archlab.sandbox.request import EvaluationRequest
+from archlab.sandbox.request import EvaluationRequest, default_threads
 from archlab.sandbox.runner import Interrupted, Result
 
 LOG_LIMIT = 2 * 2**20  # a log sent back from a Ray worker keeps its first and last MiB
@@ -490,11 +490,6 @@ def result_of(future: Future) -> Result:
 # ---------------------------------------------------------------------------------------------
 # choosing an executor for a run
 # ---------------------------------------------------------------------------------------------
-def default_threads(slots: int) -> int:
-    """CPU threads per evaluation when the run does not say: the machine's cores shared by the slots, at most 4."""
-    return max(1, min(4, (os.cpu_count() or 1) // max(1, slots)))
-
-
 def visible_gpus() -> list[str]:
     """Ids of the CUDA GPUs this process may use (CUDA_VISIBLE_DEVICES entries when it is set)."""
     pinned = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -53,6 +53,6 @@ def param_budget(root_mixer_params: float, ratio: float) -> int:
     return math.floor(root_mixer_params * ratio)
 
 
-def default_threads() -> int:
-    """CPU threads of an evaluation that does not say: all the machine's, up to 4."""
-    return min(os.cpu_count() or 1, 4)
+def default_threads(slots: int = 1) -> int:
+    """CPU threads per evaluation when nobody says: the machine's cores shared by the slots, at most 4."""
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, slots)))

@@ -2,8 +2,8 @@
 
 Each candidate is a langgraph thread (pipeline.py) checkpointed in runs/NAME/checkpoints.db, so a
 crash resumes at the step it reached; `recover` makes the store consistent with the git lineage
-first. Evaluations go through an executor (archlab/sandbox/executors.py: local slots or Ray); only
-this process writes the store. With promotion on (promotion.py) a free slot first promotes a node
+first. Evaluations go through an executor (archlab/sandbox/executors.py: local slots or Ray), whose
+workers never write the store: the driver records what they return. With promotion on (promotion.py) a free slot first promotes a node
 from the top slice of the search tier to a higher tier with several seeds (asynchronous successive
 halving), else it starts a new candidate.
 """
@@ -68,8 +68,8 @@ class Run:
     def run(self, on_node: Callable[[dict], None] = lambda node: None) -> str:
         """Grow the tree with `workers` candidates in flight until a budget is reached; returns why it stopped.
 
-        Interrupted candidates (open langgraph threads) are resumed first. Only this process
-        writes the store; the workers are threads whose sandboxes are child processes.
+        Interrupted candidates (open langgraph threads) are resumed first. The workers are threads
+        whose sandboxes are child processes; of this run's processes only this one writes the store.
         """
         self.recover()
         steering.forget_stops(self.store)  # a stop asked of an earlier driver is not one for this run
@@ -117,7 +117,7 @@ class Run:
         (promotion on), else starts a new candidate. `why`: no new candidates (reaching --max-nodes or
         running out of ideas still lets due promotions finish); `halt`: nothing new at all (time,
         compute or LLM budgets, a failing endpoint)."""
-        pending = self.open_threads()
+        pending = self.store.open_threads()
         running: dict = {}  # future -> ("candidate", thread) | ("promotion", node_id)
         why = halt = None
         while True:
@@ -178,7 +178,7 @@ class Run:
         return "stopped by `archlab steer stop` (the candidates in flight finished)"
 
     def _budget_reason(self, in_flight: int, elapsed: float) -> str | None:
-        if self.store.count("status != 'evaluating'") + in_flight >= self.config.max_nodes:
+        if self.store.finished_count() + in_flight >= self.config.max_nodes:
             return f"reached --max-nodes {self.config.max_nodes}"
         return self._hard_stop(elapsed)
 
@@ -215,9 +215,6 @@ class Run:
         self.release_id(state.get("node_id"))
         return state
 
-    def open_threads(self) -> list[str]:
-        return self.store.open_threads()
-
     def recover(self) -> None:
         """Make the store consistent after a crash: drop commits whose row never got written,
         and fail in-flight nodes that no checkpoint will resume."""
@@ -227,12 +224,12 @@ class Run:
                 self.lineage.drop_tag(node_id)
                 self.store.event("recover", f"dropped commit of node {node_id}: its row was never written", node_id)
         resumable = set()
-        for thread in self.open_threads():
+        for thread in self.store.open_threads():
             node_id = self.graph.get_state({"configurable": {"thread_id": thread}}).values.get("node_id")
             if node_id is not None:
                 resumable.add(node_id)
                 self.reserved.add(node_id)
-        for node in self.store.nodes("status = 'evaluating'"):
+        for node in self.store.evaluating():
             if node["id"] not in resumable and node["id"] != 0:
                 self.store.update_node(node["id"], status="failed", reason="interrupted", finished=time.time())
                 self.store.event("recover", "in-flight node had no checkpoint; marked interrupted", node["id"])
@@ -265,7 +262,7 @@ class Run:
     def forecast(self) -> str:
         """What the root cost and what the run will take, said once the root is measured."""
         tier, wall = self.tier(), self.store.node(0)["metrics"].get("wall_s") or 0.0
-        left = max(0, self.config.max_nodes - self.store.count("status != 'evaluating'"))
+        left = max(0, self.config.max_nodes - self.store.finished_count())
         line = (
             f"root: {wall:.0f} s at the {tier.name} tier; {left} more node(s) take about {duration(wall * left / self.config.workers)}"
             f" ({self.config.workers} at a time); a candidate may take up to {self.candidate_timeout()} s"

@@ -2,7 +2,7 @@
 
 `search` evaluates a candidate once per attempt at the search tier (a re-run after a crash reuses
 the stored result); `promote` evaluates a node at the promotion tier once per seed. Both build one
-`EvaluationRequest` per evaluation (`request`) and keep the trained weights named like its log.
+`EvaluationRequest` per evaluation (RunConfig.request) and keep the trained weights named like its log.
 """
 
 import re
@@ -11,7 +11,8 @@ from pathlib import Path
 
 from archlab import chaos
 from archlab.sandbox import executors, runner
-from archlab.sandbox.request import EvaluationRequest, param_budget
+from archlab.sandbox.averaging import average
+from archlab.sandbox.request import param_budget
 from archlab.search import promotion
 from archlab.tree import space
 from archlab.tree.store import WEIGHTS_DIR
@@ -41,14 +42,14 @@ def search(
     chaos.point_later("during_evaluation")
     job = executors.Job(
         key=f"node-{node_id} search {attempt}",
-        request=request(
-            run,
+        request=run.config.request(
             code,
             run.config.tier,
             run.config.seed,
             log,
+            weights_path(run.dir, log),
             param_limit=limit,
-            root_node=root_node,
+            reference=root_node["metrics"] if root_node else None,
             tier_overrides=run.config.tier_overrides or None,
             timeout_s=timeout_s or (None if root else run.candidate_timeout()),
         ),
@@ -58,38 +59,6 @@ def search(
     run.store.update_node(node_id, attempts=attempt + 1)
     chaos.point("after_evaluation")
     return result
-
-
-def request(
-    run,
-    code: str,
-    tier: str,
-    seed: int,
-    log: Path,
-    *,
-    param_limit: int,
-    root_node: dict | None,
-    tier_overrides: dict | None,
-    timeout_s: int | None = None,
-) -> EvaluationRequest:
-    """The request for one of the run's evaluations: the run's config, the budget, and the weights
-    kept named like the log (`weights_path`); the root's metrics (`root_node`) as `reference` make an implausibly good
-    result be rechecked and flagged instead of crowned."""
-    config = run.config
-    return EvaluationRequest(
-        source=code,
-        tier=tier,
-        seed=seed,
-        data=config.data,
-        param_limit=param_limit,
-        allow_quadratic=config.allow_quadratic,
-        implausible_gain=config.implausible_gain,
-        reference=(root_node or {}).get("metrics") if root_node else None,
-        tier_overrides=tier_overrides,
-        timeout_s=timeout_s,
-        log_path=log,
-        weights_out=weights_path(run.dir, log),
-    )
 
 
 def promote(run, node_id: int) -> str:
@@ -103,7 +72,7 @@ def promote(run, node_id: int) -> str:
         root_rows = run.promoter.rows(0)
         limit = param_budget(root_rows[plan.seeds[0]]["metrics"]["mixer_params"], run.config.param_ratio)
         # the root's mean at this tier: an implausible gain over it is rechecked and flagged, as in the search
-        reference = {"metrics": promotion.aggregate([root_rows[s]["metrics"] for s in plan.seeds])}
+        reference = average([root_rows[s]["metrics"] for s in plan.seeds])
     stored = run.promoter.rows(node_id)
     futures = {}
     for seed in plan.seeds:
@@ -112,14 +81,14 @@ def promote(run, node_id: int) -> str:
         log = run.dir / "logs" / f"node-{node_id}-{plan.tier}-s{seed}.log"
         job = executors.Job(
             key=f"node-{node_id} {plan.tier} seed {seed}",
-            request=request(
-                run,
+            request=run.config.request(
                 code,
                 plan.tier,
                 seed,
                 log,
+                weights_path(run.dir, log),
                 param_limit=limit,
-                root_node=reference,
+                reference=reference,
                 tier_overrides=plan.overrides or None,
             ),
         )

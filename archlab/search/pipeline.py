@@ -24,7 +24,12 @@ from archlab.sandbox import runner
 from archlab.search import evaluation, sampling, steering
 from archlab.search.context import claim, context
 from archlab.search.fitness import fitness
+from archlab.tree.store import DONE
 
+# The analyse step's node name, spelt as archlab first wrote it: checkpoints.db of a run stopped at
+# that step names it, and langgraph drops a next step it does not know (the candidate would then
+# never be analysed and recorded).
+ANALYSE = "analyze"
 PIN_SHARE = 0.8  # parents drawn from a pinned subtree (`archlab steer RUN pin NODE`); the rest as the strategy says
 
 
@@ -51,7 +56,7 @@ def build(run) -> StateGraph:
         "engineer": engineer,
         "commit": commit,
         "evaluate": evaluate,
-        "analyse": analyse,
+        ANALYSE: analyse,
         "record": record,
     }
     g = StateGraph(CandidateState)
@@ -62,10 +67,10 @@ def build(run) -> StateGraph:
     g.add_conditional_edges("research", lambda s: END if s.get("stop") else "engineer")
     g.add_edge("engineer", "commit")
     g.add_conditional_edges(
-        "commit", lambda s: "analyse" if s.get("discarded") or s["proposal"].get("failure") else "evaluate"
+        "commit", lambda s: ANALYSE if s.get("discarded") or s["proposal"].get("failure") else "evaluate"
     )
     g.add_conditional_edges("evaluate", lambda s: after_evaluate(run, s))
-    g.add_edge("analyse", "record")
+    g.add_edge(ANALYSE, "record")
     g.add_edge("record", END)
     return g
 
@@ -102,9 +107,7 @@ def _steered_parent(run, rng: random.Random) -> tuple[dict | None, dict]:
     """The strategy's parent, never a vetoed node, and PIN_SHARE of the time from a pinned subtree
     (`archlab steer`); what steering did goes into the selector's trace."""
     steered_by = steering.read(run.store)
-    where = sampling.DONE + (
-        f" and id not in ({','.join(map(str, sorted(steered_by.vetoed)))})" if steered_by.vetoed else ""
-    )
+    where = DONE + (f" and id not in ({','.join(map(str, sorted(steered_by.vetoed)))})" if steered_by.vetoed else "")
     steered = {"vetoed": sorted(steered_by.vetoed)} if steered_by.vetoed else {}
     if steered_by.pinned and rng.random() < PIN_SHARE:
         subtree = run.store.subtree(steered_by.pinned)
@@ -191,7 +194,7 @@ def evaluate(run, state: CandidateState) -> CandidateState:
 
 def after_evaluate(run, state: CandidateState) -> str:
     if state["result"]["ok"] or state["attempt"] > run.config.repair_attempts:
-        return "analyse"
+        return ANALYSE
     return "engineer"
 
 

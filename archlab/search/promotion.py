@@ -63,11 +63,6 @@ def plan_of(config) -> Plan | None:
     )
 
 
-def aggregate(runs: list[dict]) -> dict:
-    """Mean of every numeric metric over seeds, with `KEY_std` beside the main ones (averaging.average)."""
-    return average(runs)
-
-
 class Promoter:
     """Which node to promote next, and the node figures that follow from its promotion rows."""
 
@@ -150,7 +145,7 @@ class Promoter:
         if len(rows) < len(self.plan.seeds):
             return "promotion incomplete"
         runs = [rows[s]["metrics"] for s in self.plan.seeds]
-        mean = aggregate(runs)
+        mean = average(runs)
         fields = dict(
             tier=self.plan.tier,
             seeds=len(runs),
@@ -163,7 +158,7 @@ class Promoter:
         else:
             root_rows = self.rows(0)
             root_runs = [root_rows[s]["metrics"] for s in self.plan.seeds]
-            root_mean = aggregate(root_runs)
+            root_mean = average(root_runs)
             paired = [fitness(m, r, self.speed_weight) for m, r in zip(runs, root_runs)]
             fields.update(
                 fitness=fitness(mean, root_mean, self.speed_weight),

@@ -1,15 +1,13 @@
 """Parent selection and reference sampling: pluggable strategies over the stored tree.
 
-Each strategy queries the store with SQL (ordered by an index, limited), so picking a parent
+Each strategy asks the store for rows by a condition (ordered by an index, limited), so picking a parent
 stays fast on runs of any size, and draws from a seeded random.Random for reproducibility.
 """
 
 import math
 import random
 
-from archlab.tree.store import Store
-
-DONE = "status = 'done' and fitness is not null"
+from archlab.tree.store import DONE, Store
 
 
 def select_parent(store: Store, strategy: str, rng: random.Random, where: str = DONE) -> dict | None:
@@ -20,9 +18,9 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
         # all there is, and building on children that lost to the root spent evaluations that
         # tournament selection did not (bench/search_efficiency.py).
         good = f"{where} and fitness >= 0"
-        top = _rows(store, good, "fitness desc, id", 10)
+        top = store.nodes(good, order="fitness desc, id", limit=10)
         if not top:  # the root itself failed or was re-scored below zero: fall back to everything
-            good, top = where, _rows(store, where, "fitness desc, id", 10)
+            good, top = where, store.nodes(where, order="fitness desc, id", limit=10)
         if not top:
             return None
         return (
@@ -45,7 +43,7 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
         return store.node(best[0])
     if strategy == "evolution":
         # Regularized evolution: a tournament among the most recent population.
-        population = _rows(store, where, "id desc", 20)
+        population = store.nodes(where, order="id desc", limit=20)
         return max(rng.sample(population, min(5, len(population))), key=lambda n: n["fitness"]) if population else None
     if strategy == "random":
         return _any(store, where, rng)
@@ -56,15 +54,11 @@ def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4
     """Context for a proposal, as in ASI-Arch: some of the best nodes and some from the next
     ranks (good but different ideas), never the parent itself."""
     where = f"{DONE} and id != {int(parent['id'])}"
-    top = _rows(store, where, "fitness desc, id", 10)
+    top = store.nodes(where, order="fitness desc, id", limit=10)
     best = rng.sample(top, min(k // 2, len(top)))
     following = store.node_ids(where, order="fitness desc, id", limit=40, offset=10)
     nxt = [store.node(i) for i in rng.sample(following, min(k - len(best), len(following)))]
     return best + nxt
-
-
-def _rows(store: Store, where: str, order: str, limit: int) -> list[dict]:
-    return store.nodes(where, order=order, limit=limit)
 
 
 def _any(store: Store, where: str, rng: random.Random) -> dict | None:

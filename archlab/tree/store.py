@@ -20,6 +20,20 @@ from archlab.errors import UserError
 
 DB_FILE = "archlab.db"
 WEIGHTS_DIR = "weights"  # trained weights kept beside the database (search, promotions, replays) for export and fork
+DONE = "status = 'done' and fitness is not null"  # a node that can be ranked, and be a parent
+# What a trace records beyond its node, role, kind and time: what fork copies and the dataset exports.
+TRACE_FIELDS = (
+    "attempt",
+    "model",
+    "prompt",
+    "response",
+    "decision",
+    "tokens_in",
+    "tokens_out",
+    "cost",
+    "latency_s",
+    "error",
+)
 SCHEMA = {
     "nodes": {
         "id": int,
@@ -249,8 +263,18 @@ class Store:
     def count(self, where: str | None = None, params: list | None = None) -> int:
         return self.db["nodes"].count_where(where or "1", params or [])
 
-    def best(self, limit: int = 1) -> list[dict]:
-        return self.nodes("status = 'done' and fitness is not null", order="fitness desc, id", limit=limit)
+    # Node states the driver and the commands ask about by name.
+    def finished_count(self) -> int:
+        """Nodes no longer being evaluated: what --max-nodes and the progress bar count."""
+        return self.count("status != 'evaluating'")
+
+    def evaluating(self) -> list[dict]:
+        """Nodes in flight (or left in flight by a crash, until the driver recovers them)."""
+        return self.nodes("status = 'evaluating'")
+
+    def evaluated(self) -> list[dict]:
+        """Nodes this run's search evaluated to an end: done or failed (not in flight, not imported)."""
+        return self.nodes("status in ('done', 'failed')")
 
     def children(self, node_id: int) -> list[dict]:
         return self.nodes("parent_id = ?", [node_id])
@@ -271,15 +295,18 @@ class Store:
 
     def fittest_ids(self, limit: int) -> list[int]:
         """The finished nodes with the highest fitness (whatever tier it comes from), best first."""
-        return self.node_ids("status = 'done' and fitness is not null", order="fitness desc, id", limit=limit)
+        return self.node_ids(DONE, order="fitness desc, id", limit=limit)
 
     def leaderboard_ids(self, limit: int, children_only: bool = False) -> list[int]:
-        """The ids of `leaderboard(limit)` (highest fidelity first, then fitness); `children_only`: not the roots."""
-        fidelity = "coalesce(fidelity, 0) desc, " if self.has_column("nodes", "fidelity") else ""
+        """The ids of `leaderboard(limit)`; `children_only`: not the roots."""
         children = " and parent_id is not null" if children_only else ""
-        return self.node_ids(
-            f"status = 'done' and fitness is not null{children}", order=f"{fidelity}fitness desc, id", limit=limit
-        )
+        return self.node_ids(DONE + children, order=self._ranking(), limit=limit)
+
+    def _ranking(self) -> str:
+        """The leaderboard's order: the highest-fidelity figure first (promoted before search-tier only),
+        then fitness (a store from an older archlab, opened read-only, has no fidelity column)."""
+        fidelity = "coalesce(fidelity, 0) desc, " if self.has_column("nodes", "fidelity") else ""
+        return f"{fidelity}fitness desc, id"
 
     def newest_ids(self, limit: int) -> list[int]:
         """The most recently created nodes, newest first."""
@@ -650,12 +677,8 @@ class Store:
 
     # -- multi-fidelity leaderboard and compute spend ------------------------------------------------
     def leaderboard(self, limit: int = 10) -> list[dict]:
-        """Finished nodes, highest-fidelity figure first (promoted before search-tier only), then fitness."""
-        if "fidelity" not in self.db["nodes"].columns_dict:  # a store from an older archlab, opened read-only
-            return self.best(limit)
-        return self.nodes(
-            "status = 'done' and fitness is not null", order="coalesce(fidelity, 0) desc, fitness desc, id", limit=limit
-        )
+        """Finished nodes in the leaderboard's order (`_ranking`)."""
+        return self.nodes(DONE, order=self._ranking(), limit=limit)
 
     def multi_tier_evaluations(self) -> list[dict]:
         """The successful evaluations (node_id, tier, seed, kind, metrics) of every node evaluated

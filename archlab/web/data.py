@@ -1,4 +1,5 @@
-"""Read-only views of a run for the web UI: every query its pages make, and nothing that writes.
+"""Read-only views of a run for the web UI: what its pages show, read through the Store's named
+queries (archlab/tree), and nothing that writes.
 
 The database is opened with SQLite's `mode=ro` and `query_only`, git objects are only read,
 and no request names a file: logs are found through their evaluation row and must resolve
@@ -21,6 +22,7 @@ from archlab.commands.status import (
     METRIC_DIRECTIONS,
     NODE_KEYS,
     in_flight,
+    metric_direction,
     metric_keys,
     node_counts,
     results,
@@ -506,14 +508,15 @@ class RunView:
     def _pareto(self) -> list[dict]:
         """Quality (val_loss, lower is better) against each cost the metrics have."""
         keys = list(self.store.latest_done_metrics() or {})
-        axes = [("tokens_per_s", "training throughput (tokens/s)", True)]
+        axes = [("tokens_per_s", "training throughput (tokens/s)")]
         for word, label in (("latency", "inference latency"), ("mem", "peak memory"), ("state", "state per token")):
             key = next((k for k in keys if word in k.lower()), None)
             if key:
-                axes.append((key, f"{label} ({key})", False))
-        rows = self.store.metric_values([key for key, _, _ in axes])
+                axes.append((key, f"{label} ({key})"))
+        rows = self.store.metric_values([key for key, _ in axes])
         out = []
-        for n, (key, label, higher) in enumerate(axes, start=2):
+        for n, (key, label) in enumerate(axes, start=2):
+            higher = metric_direction(key) == "higher"  # the front of a cost to keep low, or of a rate to keep high
             values = [(r[0], r[1], r[n]) for r in rows if isinstance(r[n], (int, float))]
             front = set(pareto_front([(i, loss, -v if higher else v) for i, loss, v in values]))
             pts = [{"id": i, "x": v, "y": loss, "front": i in front} for i, loss, v in values]
