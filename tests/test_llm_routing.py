@@ -68,6 +68,8 @@ def test_the_bandit_moves_researcher_calls_to_the_best_gain_per_dollar(tmp_path)
     run_dir = tmp_path / "run"
     script = Script(by_model={"bad": NO_CODE})
     with ScriptedServer(script) as server:
+        half = routed_run(server, run_dir, 7)  # stopped half-way: the resumed run goes on with what it learnt
+        assert half.returncode == 0, half.stderr
         done = routed_run(server, run_dir, 14)
     assert done.returncode == 0, done.stderr
     assert "reached --max-nodes 14" in done.stdout
@@ -78,7 +80,7 @@ def test_the_bandit_moves_researcher_calls_to_the_best_gain_per_dollar(tmp_path)
     )
     assert len(choices) == 13  # one per child: the re-asks of a node keep its model
     models = [m for _, m, _ in choices]
-    assert sorted(models[:FIRST]) == sorted(ARMS)  # every arm once, first
+    assert sorted(models[:FIRST]) == sorted(ARMS)  # every arm once, first (and not again after the resume)
     later = models[FIRST:]
     share = later.count("good") / len(later)
     print(f"routing: {later.count('good')}/{len(later)} researcher choices after the first {FIRST} went to 'good'")
