@@ -89,10 +89,16 @@ def run(
         help="resume a run (or a fork) whose archlab.toml names another endpoint or key variable without repeating them: its key goes to its URL",
     ),
     researcher_model: Optional[str] = typer.Option(
-        None, "--researcher-model", help="model for the researcher (default: the --llm model)"
+        None,
+        "--researcher-model",
+        help="model for the researcher (default: the --llm model); a,b,c: a bandit picks by gain per dollar",
     ),
-    engineer_model: Optional[str] = typer.Option(None, "--engineer-model", help="model for the engineer"),
-    analyst_model: Optional[str] = typer.Option(None, "--analyst-model", help="model for the analyst"),
+    engineer_model: Optional[str] = typer.Option(
+        None, "--engineer-model", help="model for the engineer; a,b,c: a bandit picks by gain per dollar"
+    ),
+    analyst_model: Optional[str] = typer.Option(
+        None, "--analyst-model", help="model for the analyst and judge; a,b,c: a bandit picks by gain per dollar"
+    ),
     max_cost: Optional[float] = typer.Option(
         None, "--max-cost", min=0.0, help="stop when LLM spend reaches this many USD (prices: archlab.toml)"
     ),

@@ -87,6 +87,7 @@ class RunConfig(BaseModel):
     # LLM backends (any OpenAI-compatible endpoint); the key is read from api_key_env, never stored.
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    # One model, or several separated by commas: a bandit then picks one per node (archlab/agents/router.py).
     researcher_model: str | None = None
     engineer_model: str | None = None
     analyst_model: str | None = None
@@ -134,6 +135,13 @@ class RunConfig(BaseModel):
         "verify", validate_default=True, description="the higher tier of promoted nodes"
     )
     promote_overrides: dict = Field({}, description="tier fields changed for promoted evaluations, e.g. {steps = 2000}")
+
+    @field_validator("researcher_model", "engineer_model", "analyst_model")
+    @classmethod
+    def _model_list(cls, value: str | None):
+        if value is not None:
+            model_list(value)
+        return value
 
     @field_validator("address")
     @classmethod
@@ -241,6 +249,15 @@ class RunConfig(BaseModel):
                 f"resume without changing it, or start a new run directory"
             )
         return _validated({**self.model_dump(), **{k: given[k] for k in RESUME_OPTIONS if k in given}})
+
+
+def model_list(value: str) -> list[str]:
+    """A role's --MODEL option ("a" or "a,b,c") -> its models in order, each once. The config keeps
+    the string; this is the one place it is read. ValueError on an empty name ("a,,b")."""
+    models = [m.strip() for m in value.split(",")]
+    if not all(models):
+        raise PydanticCustomError("model_list", "name one model, or several separated by commas (a,b,c)")
+    return list(dict.fromkeys(models))
 
 
 def run_options(options: dict) -> dict:

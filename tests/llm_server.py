@@ -62,8 +62,9 @@ NO_CODE = "I think we should add a forget gate to the delta rule so the state ca
 
 
 class Script:
-    def __init__(self, faults=(), researcher=(), engineer=(), delay_on=None, usage="full"):
+    def __init__(self, faults=(), researcher=(), engineer=(), delay_on=None, usage="full", by_model=None):
         self.faults = list(faults)  # dicts, one per request in order: see the module's docstring
+        self.by_model = dict(by_model or {})  # model -> its researcher's answer, always the same
         self.researcher = list(researcher)  # literal answers, used before the built-in edits
         self.engineer = list(engineer)  # literal answers, used before the built-in repair
         self.usage = usage
@@ -76,8 +77,10 @@ class Script:
         with self.lock:
             return self.faults.pop(0) if self.faults else None
 
-    def answer(self, role: str, user: str) -> str:
+    def answer(self, role: str, user: str, model: str | None = None) -> str:
         with self.lock:
+            if role == "researcher" and model in self.by_model:
+                return self.by_model[model]
             if role == "researcher":
                 if self.researcher:
                     return self.researcher.pop(0)
@@ -133,6 +136,7 @@ def make_handler(script: Script):
             role = _role(messages)
             entry = {
                 "role": role,
+                "model": body.get("model"),
                 "hash": hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest(),
                 "completed": False,
                 "status": 200,
@@ -169,7 +173,7 @@ def make_handler(script: Script):
                 text = "(a late answer nobody waits for)"  # leaves the scripted answers for the retry
             else:
                 text = script.answer(
-                    role, messages[1]["content"] if len(messages) > 1 else ""
+                    role, messages[1]["content"] if len(messages) > 1 else "", body.get("model")
                 )  # the first user message
             prompt_tokens = sum(len(m["content"]) for m in messages) // 4
             completion_tokens = len(text) // 4

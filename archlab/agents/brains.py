@@ -8,8 +8,9 @@ from archlab.agents.judge import Judge
 from archlab.agents.llm import LLMClient, preflight
 from archlab.agents.offline import CODE, OfflineBrain
 from archlab.agents.researcher import Researcher
+from archlab.agents.router import Router
 from archlab.agents.schema import Context, Proposal, Trace
-from archlab.config import RunConfig
+from archlab.config import RunConfig, model_list
 from archlab.errors import UserError
 from archlab.knowledge import KnowledgeError, KnowledgeIndex
 
@@ -40,6 +41,11 @@ class LLMBrain:
             if proposal is not None:
                 return proposal, traces
         return self.researcher.research(ctx)
+
+    def settle(self) -> None:
+        """A node was recorded: the router writes the reward of its choices (a no-op without one)."""
+        if self.client.router is not None:
+            self.client.router.settle()
 
     def engineer(self, ctx: Context, proposal: Proposal, failure: dict | None) -> tuple[Proposal | None, list[Trace]]:
         if (proposal.operator or "").startswith(CODE):
@@ -74,22 +80,30 @@ def _knowledge(config: RunConfig, experiences: list[tuple[str, str]], embeddings
         raise UserError(str(e)) from None
 
 
+def role_models(config: RunConfig, model: str) -> dict[str, list[str]]:
+    """Each LLM role's models (the --llm model unless its option names one or several); the judge
+    shares the analyst's."""
+    given = {
+        "researcher": config.researcher_model,
+        "engineer": config.engineer_model,
+        "analyst": config.analyst_model,
+        "judge": config.analyst_model,
+    }
+    return {role: model_list(value) if value else [model] for role, value in given.items()}
+
+
 def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_wait=None):
     knowledge = _knowledge(config, experiences)
     model = _model(config)
     if model is None:
         return OfflineBrain(knowledge, guided=config.strategy not in BASELINE_STRATEGIES)
-    models = {
-        "researcher": config.researcher_model or model,
-        "engineer": config.engineer_model or model,
-        "analyst": config.analyst_model or model,
-        "judge": config.analyst_model or model,
-    }
+    arms = role_models(config, model)
     client = LLMClient(
         store,
         base_url=config.base_url,
         api_key_env=config.api_key_env,
-        models=models,
+        models={role: models[0] for role, models in arms.items()},
+        router=Router(store, arms, config.seed) if any(len(m) > 1 for m in arms.values()) else None,
         prices=config.prices,
         timeout_s=config.llm_timeout_s,
         patience_s=config.llm_patience_s,

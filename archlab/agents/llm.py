@@ -128,6 +128,7 @@ class LLMClient:
         max_tokens: int | None = None,
         backoff_s: float = 1.0,
         on_wait=None,
+        router=None,
     ):
         self.store = store
         self.base_url = base_url
@@ -140,6 +141,7 @@ class LLMClient:
         self.max_tokens = max_tokens
         self.backoff_s = backoff_s
         self.on_wait = on_wait or (lambda message: None)
+        self.router = router  # archlab/agents/router.py: the roles with several models
         self._client = None
 
     @property
@@ -164,7 +166,11 @@ class LLMClient:
     def chat(self, role: str, node_id: int, attempt: int, messages: list[dict]) -> Reply:
         """One answer to `messages`. Raises BudgetExceeded or EndpointDown (the run stops) or
         CallFailed (this request cannot be answered: the caller fails its candidate)."""
-        model = self.models[role]
+        routed = self.router is not None and self.router.routes(role)
+        model = self.router.chosen(role, node_id) if routed else self.models[role]
+        if model is None:  # this node's first call of a routed role: the router picks among what the budget allows
+            self.check_budget()
+            model = self.router.choose(role, node_id, self._affordable(role, messages))
         key = hashlib.sha256(json.dumps([model, messages], sort_keys=True).encode()).hexdigest()
         done = self.store.answered_call(node_id, role, key)
         if done:
@@ -180,6 +186,10 @@ class LLMClient:
                 finish_reason=finish,
             )
         self.check_budget()
+        if routed and self._affordable(role, messages, [model]) == []:
+            raise BudgetExceeded(
+                f"reached --max-cost {self.max_cost} USD: the next {role} call to {model} would pass it"
+            )
         openai = _openai()
         first_failure, delay = None, self.backoff_s
         while True:
@@ -239,6 +249,23 @@ class LLMClient:
             self.on_wait(f"LLM endpoint: {error}; retrying in {pause:.1f} s")
             time.sleep(min(pause, max(0.0, self.patience_s - waited) + 0.01))
             delay = min(delay * 2, 60.0)
+
+    def _affordable(self, role: str, messages: list[dict], models: list[str] | None = None) -> list[str]:
+        """The models of a routed role whose next call fits in what --max-cost leaves: its estimated
+        cost is the prompt's tokens (4 characters each) plus the longest answer the role has had so
+        far, at the model's prices. Raises BudgetExceeded when none of the role's models fits."""
+        models = models if models is not None else self.router.models[role]
+        if self.max_cost is None:
+            return models
+        left = self.max_cost - self.spent()[0]
+        tokens_in = sum(len(str(m.get("content") or "")) for m in messages) // CHARS_PER_TOKEN
+        tokens_out = self.store.longest_answer(role)
+        fits = [m for m in models if self._cost(m, tokens_in, tokens_out) <= left]
+        if not fits and len(models) > 1:
+            raise BudgetExceeded(
+                f"reached --max-cost {self.max_cost} USD: no {role} model's next call fits in the {left:.4f} USD left"
+            )
+        return fits
 
     def _post(self, model: str, messages: list[dict]) -> bytes:
         """The raw body of one request, read within an overall deadline of --llm-timeout: the

@@ -238,6 +238,8 @@ def record(run, state: CandidateState) -> CandidateState:
         fields.update(status="failed", reason=failure["reason"], detail=failure.get("detail"))
     run.store.update_node(node_id, **fields)
     run.store.event("node", f"node {node_id} {fields['status']}", node_id)
+    if hasattr(run.brain, "settle"):  # an LLM brain routing between models: the node's reward
+        run.brain.settle()
     evaluation.prune_weights(run)
     chaos.point("after_record")
     if fields["analysis"] and hasattr(run.brain, "knowledge"):

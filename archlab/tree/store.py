@@ -641,6 +641,46 @@ class Store:
         ).fetchone()
         return dict(zip(("response", "tokens_in", "tokens_out", "cost", "latency_s", "decision"), row)) if row else None
 
+    # -- model routing (archlab/agents/router.py): its statistics are read here, never kept in memory --
+    def router_choice(self, node_id: int, role: str) -> str | None:
+        """The model the router chose for this node's `role` calls (the first "router" trace of
+        kind "choice" for them), None when it has not chosen yet."""
+        row = self.db.execute(
+            "select model from traces where node_id = ? and role = 'router' and kind = 'choice' "
+            "and json_extract(decision, '$.role') = ? order by id limit 1",
+            [node_id, role],
+        ).fetchone()
+        return row[0] if row else None
+
+    def router_outcomes(self, role: str) -> list[dict]:
+        """Every node the router chose a model for `role` for, by node id: node_id, model, status,
+        fitness, parent_fitness, cost (of the node's `role` calls), calls (completed ones) and
+        rewarded (whether its "router" trace of kind "reward" is written). A node whose row is gone
+        (discarded before its first commit) is left out."""
+        rows = self.db.execute(
+            "select c.node_id, c.model, n.status, n.fitness, p.fitness, "
+            "(select coalesce(sum(t.cost), 0) from traces t where t.node_id = c.node_id and t.role = ? "
+            "and t.kind = 'llm'), "
+            "(select count(*) from traces t where t.node_id = c.node_id and t.role = ? and t.kind = 'llm' "
+            "and t.error is null), "
+            "exists(select 1 from traces r where r.node_id = c.node_id and r.role = 'router' and r.kind = 'reward' "
+            "and json_extract(r.decision, '$.role') = ?) "
+            "from traces c join nodes n on n.id = c.node_id left join nodes p on p.id = n.parent_id "
+            "where c.role = 'router' and c.kind = 'choice' and json_extract(c.decision, '$.role') = ? "
+            "and c.id = (select min(f.id) from traces f where f.node_id = c.node_id and f.role = 'router' "
+            "and f.kind = 'choice' and json_extract(f.decision, '$.role') = ?) order by c.node_id",
+            [role, role, role, role, role],
+        ).fetchall()
+        keys = ("node_id", "model", "status", "fitness", "parent_fitness", "cost", "calls", "rewarded")
+        return [dict(zip(keys, r)) | {"rewarded": bool(r[7])} for r in rows]
+
+    def longest_answer(self, role: str) -> int:
+        """The most output tokens any completed call of `role` took (0 before the first)."""
+        row = self.db.execute(
+            "select max(tokens_out) from traces where role = ? and kind = 'llm' and error is null", [role]
+        ).fetchone()
+        return row[0] or 0
+
     def code_edits(self) -> dict[int, dict | None]:
         """The code edit each researcher decision asked for (its decision's "edit"), by node id."""
         return {
