@@ -132,6 +132,14 @@ def test_browser_tree_node_live_update_and_plots(served, shots):
     assert not foreign, f"the page fetched from other hosts: {foreign}"
 
 
+def _root_stored(run: Path) -> bool:
+    """The root is in the tree. (The database file exists a moment before its tables do.)"""
+    try:
+        return (run / "archlab.db").exists() and bool(helpers.node_rows(run))
+    except sqlite3.OperationalError:
+        return False
+
+
 def test_browser_watches_a_node_train_without_a_reload(tmp_path):
     """The page of a node being evaluated shows the sandbox's progress (stage, step, training loss)
     and it advances while the page stays loaded; once the run stops, the node reads interrupted."""
@@ -144,7 +152,7 @@ def test_browser_watches_a_node_train_without_a_reload(tmp_path):
     server = None
     try:
         deadline = time.monotonic() + 120
-        while not (run / "archlab.db").exists() or not helpers.node_rows(run):  # the root is in the tree
+        while not _root_stored(run):
             assert time.monotonic() < deadline and grow.poll() is None, "the run did not start"
             time.sleep(0.2)
         server = Server(run)
