@@ -49,18 +49,29 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, help="ASI-Arch's data/tree.json")
     parser.add_argument("--programs", type=Path, help="ASI-Arch's data/106.json")
     parser.add_argument("--tiers", nargs="+", default=["micro", "smoke"], choices=TIER_ORDER)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--seeds", nargs="+", default=["3"], help="seeds per design: N for every tier, TIER=N for one (verify=1)"
+    )
     parser.add_argument("--param-ratio", type=float, default=1.2, help="the search's parameter budget vs the root")
     parser.add_argument("--no-budget", action="store_true", help="train every design whatever its size")
     parser.add_argument("--limit", type=int, help="only the first N designs (by ASI-Arch index)")
+    parser.add_argument(
+        "--sample", type=int, help="only N designs spread evenly over ASI-Arch's score ranking (for the dear tiers)"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="evaluations at once (one CPU thread each)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fidelity"))
     parser.add_argument("--quick", action="store_true", help="the test fixtures, micro tier, one seed")
     args = parser.parse_args()
     if args.quick:
-        args.tree, args.programs, args.tiers, args.seeds = FIXTURES / "tree.json", FIXTURES / "106.json", ["micro"], 1
+        args.tree, args.programs, args.tiers, args.seeds = (
+            FIXTURES / "tree.json",
+            FIXTURES / "106.json",
+            ["micro"],
+            ["1"],
+        )
     if not (args.tree and args.programs):
         parser.error("--tree and --programs (ASI-Arch's data/tree.json and data/106.json) are required, or --quick")
+    seed_counts = parse_seeds(parser, args.seeds, args.tiers)
     ratio = NO_BUDGET if args.no_budget else args.param_ratio
     run = args.out / "run"
     if not (run / "archlab.db").exists():
@@ -73,13 +84,14 @@ def main() -> None:
     store = Store(run)
     designs = [n for n in store.nodes("status = 'imported' and commit_sha is not null and reason is null and id != 0")]
     designs = designs[: args.limit] if args.limit else designs
+    designs = spread(designs, args.sample) if args.sample else designs
     ids = [n["id"] for n in designs]
     figures: dict[str, dict[int, float]] = {}
     per_seed: dict[str, dict[int, list[float]]] = {}  # the val_loss of each seed, for the tier's own reliability
     failures: dict[str, dict[str, int]] = {}
     for tier in args.tiers:
         replayer = Replayer(run, tier, threads=1)
-        seeds = replayer.seeds(args.seeds)
+        seeds = replayer.seeds(seed_counts[tier])
         total, done = replayer.pending([0] + ids, seeds), 0  # the root is replayed first: its runs set the budget
 
         def progress(node: int, seed: int, row: dict, tier=tier) -> None:
@@ -113,7 +125,7 @@ def main() -> None:
     results = {
         "designs": len(ids),
         "tiers": args.tiers,
-        "seeds": args.seeds,
+        "seeds": seed_counts,
         "budget": "off" if args.no_budget else f"{args.param_ratio}x the root mixer",
         "trained": {t: len(f) for t, f in figures.items()},
         "failures": failures,
@@ -129,6 +141,34 @@ def main() -> None:
         for dear in tiers[i + 1 :]:
             results["between_tiers"].append({"cheap": cheap, "dear": dear, **_agree(figures[cheap], figures[dear])})
     write(args.out, results, figures, external, designs)
+
+
+def parse_seeds(parser: argparse.ArgumentParser, words: list[str], tiers: list[str]) -> dict[str, int]:
+    """--seeds 3 verify=1 -> {tier: count} for the tiers asked (a dear tier can take fewer seeds)."""
+    counts: dict[str, int] = {}
+    for word in words:
+        tier, _, count = word.rpartition("=")
+        if not count.isdigit() or int(count) < 1 or (tier and tier not in TIER_ORDER):
+            parser.error(f"--seeds {word!r}: give N or TIER=N with N >= 1 and TIER one of {', '.join(TIER_ORDER)}")
+        for t in [tier] if tier else tiers:
+            counts[t] = int(count) if tier or t not in counts else counts[t]
+    missing = [t for t in tiers if t not in counts]
+    if missing:
+        parser.error(f"--seeds: no count for {', '.join(missing)} (give N for every tier)")
+    return {t: counts[t] for t in tiers}
+
+
+def spread(designs: list[dict], n: int) -> list[dict]:
+    """n designs evenly spaced over ASI-Arch's score ranking (best, worst and between), so a small sample
+    spans the range the full set has; designs without a score are left out."""
+    scored = sorted(
+        (d for d in designs if isinstance((d["metrics"] or {}).get("asi_score"), (int, float))),
+        key=lambda d: (-d["metrics"]["asi_score"], d["id"]),
+    )
+    if n >= len(scored):
+        return scored
+    picks = sorted({round(i * (len(scored) - 1) / max(1, n - 1)) for i in range(n)})
+    return sorted((scored[i] for i in picks), key=lambda d: d["id"])
 
 
 def reliability(per_seed: dict[int, list[float]]) -> dict:
@@ -164,7 +204,7 @@ def write(out: Path, results: dict, figures: dict, external: dict, designs: list
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
-        f"{results['designs']} designs, {results['seeds']} seed(s), parameter budget {results['budget']}; "
+        f"{results['designs']} designs, seeds {', '.join(f'{t} {n}' for t, n in results['seeds'].items())}, parameter budget {results['budget']}; "
         "Spearman rho [95% bootstrap interval] (n designs); positive = ranks the same way",
         "",
         "| archlab tier | trained | seed vs seed | seed std / design std | vs final train loss | vs benchmark average | vs score |",
