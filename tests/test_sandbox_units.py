@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 import torch
 
+import helpers
 import loopback
+from archlab import templates
 from archlab.sandbox import contract, launch, scorer, wire
 from archlab.sandbox.data import (
     BUILTIN,
@@ -975,3 +977,31 @@ def test_a_time_only_superlinear_verdict_is_measured_twice(noisy):
             ev.complexity(ev.a)
         assert e.value.reason == "quadratic" and "in time" in e.value.detail
     assert calls == ["Mixer", "Mixer"]
+
+
+@pytest.mark.parametrize(
+    "forced, path, says",
+    [
+        ("bwarp", os.environ["PATH"], "choose one of bwrap, unshare, plain"),  # a misspelt name is not "plain"
+        ("unshare", "/nonexistent", "ARCHLAB_SANDBOX=unshare: that launcher cannot start here"),  # no unshare binary
+    ],
+)
+def test_a_forced_launcher_that_cannot_start_is_an_error_not_a_weaker_one(forced, path, says, tmp_path):
+    """ARCHLAB_SANDBOX names the boundary or nothing: before, both cases ran candidates on the plain launcher."""
+    env = {**os.environ, "ARCHLAB_SANDBOX": forced, "PATH": path}
+    cand = tmp_path / "cand.py"
+    cand.write_text((templates.HERE / "deltanet.py").read_text())
+    check = subprocess.run([*helpers.CLI, "check", str(cand)], env=env, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 2, check
+    assert says in check.stderr and "Traceback" not in check.stderr, check.stderr
+    assert len(check.stderr.strip().splitlines()) == 1, check.stderr
+    # the library path: runner.evaluate raises for the caller instead of returning a failed candidate
+    code = (
+        "from archlab.sandbox import runner, launch\n"
+        "try:\n"
+        f"    print(runner.evaluate(open({str(cand)!r}).read(), 'check', threads=1))\n"
+        "except launch.SandboxUnavailable as e:\n"
+        "    print('refused:', e)\n"
+    )
+    lib = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert lib.stdout.startswith("refused: ") and says in lib.stdout, (lib.stdout, lib.stderr[-2000:])

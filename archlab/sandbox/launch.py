@@ -48,6 +48,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archlab.errors import UserError
+
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES")
 UID_BASE, UID_SPAN = 1_600_000, 400_000  # unprivileged uids for sandboxes started by root
 DEFAULT_NPROC = 256  # processes + threads of one server (torch's thread pools, a compiler's children)
@@ -65,6 +67,13 @@ ETC_FILES = (
     "os-release",
 )
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt/conda")
+
+
+KINDS = ("bwrap", "unshare", "plain")  # strongest first
+
+
+class SandboxUnavailable(UserError):
+    """The launcher the user forced cannot start here: no candidate runs rather than one run weaker."""
 
 
 @dataclass
@@ -150,17 +159,27 @@ def _next_uid() -> int:
 
 
 def _choose_launcher() -> Launcher:
-    forced = os.environ.get("ARCHLAB_SANDBOX")  # "bwrap" | "unshare" | "plain": for tests and doctor
+    # ARCHLAB_SANDBOX names the one launcher to use (tests, doctor, a user who wants the boundary or
+    # nothing). It is never a preference: a forced launcher that cannot start is an error, not a quiet
+    # step down to a weaker one, and a misspelt name is not read as "plain".
+    forced = os.environ.get("ARCHLAB_SANDBOX")
+    if forced and forced not in KINDS:
+        raise SandboxUnavailable(f"ARCHLAB_SANDBOX={forced!r}: choose one of {', '.join(KINDS)}, or unset it")
     drop = hasattr(os, "getuid") and os.getuid() == 0
-    kinds = [forced] if forced else ["bwrap", "unshare", "plain"]
     failures = {}
-    for kind in kinds:
+    for kind in [forced] if forced else KINDS:
         candidate = Launcher(kind, drop)
         facts = _probe(candidate)
         if facts.get("ok"):
             candidate.facts = facts | {"refused": failures}
             return candidate
         failures[kind] = facts.get("error", "failed")
+    if forced:
+        reason = " ".join(failures[forced].split())[-300:]
+        raise SandboxUnavailable(
+            f"ARCHLAB_SANDBOX={forced}: that launcher cannot start here ({reason}); "
+            "unset it to use the strongest one that works (`archlab doctor` shows which)"
+        )
     return Launcher("plain", False, {"ok": False, "error": "even a plain child failed to start", "refused": failures})
 
 

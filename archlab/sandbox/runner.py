@@ -123,6 +123,7 @@ def _evaluate_seed(
     from archlab.sandbox.static import static_check
 
     started = time.monotonic()
+    launch.launcher()  # a forced launcher that cannot start stops the caller here, never blamed on a candidate
     host_dir = Path(tempfile.mkdtemp(prefix="archlab-sandbox-"))
     os.chmod(host_dir, 0o711)  # the unshare and plain launchers: a dropped uid reaches its scratch below
     log = Path(log_path).resolve() if log_path else host_dir / "log.txt"
