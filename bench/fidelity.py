@@ -19,18 +19,22 @@ Writes results.json, table.md and one SVG scatter per tier into --out.
 
     python bench/fidelity.py --tree data/tree.json --programs data/106.json              # micro+smoke, 3 seeds
     python bench/fidelity.py --tree ... --programs ... --tiers micro smoke explore --jobs 8  # a bigger machine
+    python bench/fidelity.py ... --tiers verify --seeds 1 --sample 12 --out A      # the dear tier on a sample
+    python bench/fidelity.py ... --tiers smoke --tier-set lr=0.004 --sample 12 --reference A/results.json --out B
     python bench/fidelity.py --quick        # minutes: the test fixtures, micro tier, one seed
 """
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
 
 from archlab.agreement import agreement
 from archlab.commands.replay import Replayer
-from archlab.config import RunConfig
+from archlab.config import RunConfig, parse_overrides
+from archlab.errors import UserError
 from archlab.interop.importer import import_asi_arch
 from archlab.sandbox.tiers import TIER_ORDER as ALL_TIERS
 from archlab.tree.store import Store
@@ -59,6 +63,18 @@ def main() -> None:
         "--sample", type=int, help="only N designs spread evenly over ASI-Arch's score ranking (for the dear tiers)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="evaluations at once (one CPU thread each)")
+    parser.add_argument(
+        "--tier-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a variant of the first --tiers tier (e.g. lr=0.004 steps=200), for tuning it; needs its own --out",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="another --out's results.json (e.g. the verify tier's): its tiers join the between-tier table",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/fidelity"))
     parser.add_argument("--quick", action="store_true", help="the test fixtures, micro tier, one seed")
     args = parser.parse_args()
@@ -73,14 +89,21 @@ def main() -> None:
         parser.error("--tree and --programs (ASI-Arch's data/tree.json and data/106.json) are required, or --quick")
     seed_counts = parse_seeds(parser, args.seeds, args.tiers)
     ratio = NO_BUDGET if args.no_budget else args.param_ratio
+    try:
+        variant = parse_overrides(args.tiers[0], args.tier_set, "--tier-set") if args.tier_set else {}
+    except UserError as e:
+        parser.error(str(e))
     run = args.out / "run"
     if not (run / "archlab.db").exists():
         facts = import_asi_arch(
-            args.tree, args.programs, run, RunConfig(tier=args.tiers[0], param_ratio=ratio, threads=1)
+            args.tree,
+            args.programs,
+            run,
+            RunConfig(tier=args.tiers[0], tier_overrides=variant, param_ratio=ratio, threads=1),
         )
         print(f"imported {facts['designs']} designs into {run}: {facts['converted']} pass the static checks")
-    elif RunConfig.load(run).param_ratio != ratio:
-        sys.exit(f"{run} was imported with another parameter budget; use another --out")
+    elif (RunConfig.load(run).param_ratio, RunConfig.load(run).tier_overrides) != (ratio, variant):
+        sys.exit(f"{run} was imported with another parameter budget or --tier-set; use another --out")
     store = Store(run)
     designs = [n for n in store.nodes("status = 'imported' and commit_sha is not null and reason is null and id != 0")]
     designs = designs[: args.limit] if args.limit else designs
@@ -122,25 +145,38 @@ def main() -> None:
         }
         for key, sign in EXTERNAL.items()
     }
+    # a variant of the run's tier is labelled with its fields; designs by name, so another --out can be compared
+    label = {t: t if t != args.tiers[0] or not variant else f"{t} ({' '.join(args.tier_set)})" for t in args.tiers}
+    names = {n["id"]: n["operator"] for n in designs}
     results = {
         "designs": len(ids),
-        "tiers": args.tiers,
-        "seeds": seed_counts,
+        "tiers": [label[t] for t in args.tiers],
+        "seeds": {label[t]: n for t, n in seed_counts.items()},
         "budget": "off" if args.no_budget else f"{args.param_ratio}x the root mixer",
-        "trained": {t: len(f) for t, f in figures.items()},
-        "failures": failures,
-        "reliability": {t: reliability(per_seed[t]) for t in args.tiers},
+        "trained": {label[t]: len(f) for t, f in figures.items()},
+        "failures": {label[t]: f for t, f in failures.items()},
+        "reliability": {label[t]: reliability(per_seed[t]) for t in args.tiers},
         "vs_asi_arch": [],
         "between_tiers": [],
+        "figures": {label[t]: {names[n]: v for n, v in f.items()} for t, f in figures.items()},
     }
     for tier in args.tiers:
         for key in EXTERNAL:
-            results["vs_asi_arch"].append({"tier": tier, "asi_arch": key, **_agree(figures[tier], external[key])})
+            results["vs_asi_arch"].append(
+                {"tier": label[tier], "asi_arch": key, **_agree(figures[tier], external[key])}
+            )
     tiers = [t for t in TIER_ORDER if t in args.tiers]
     for i, cheap in enumerate(tiers):
         for dear in tiers[i + 1 :]:
-            results["between_tiers"].append({"cheap": cheap, "dear": dear, **_agree(figures[cheap], figures[dear])})
-    write(args.out, results, figures, external, designs)
+            results["between_tiers"].append(
+                {"cheap": label[cheap], "dear": label[dear], **_agree(figures[cheap], figures[dear])}
+            )
+    if args.reference:
+        for theirs, values in json.loads(args.reference.read_text())["figures"].items():
+            for tier in args.tiers:
+                ours = results["figures"][label[tier]]
+                results["between_tiers"].append({"cheap": label[tier], "dear": theirs, **_agree(ours, values)})
+    write(args.out, results, {label[t]: f for t, f in figures.items()}, external, designs)
 
 
 def parse_seeds(parser: argparse.ArgumentParser, words: list[str], tiers: list[str]) -> dict[str, int]:
@@ -188,7 +224,7 @@ def reliability(per_seed: dict[int, list[float]]) -> dict:
     }
 
 
-def _agree(a: dict[int, float], b: dict[int, float]) -> dict:
+def _agree(a: dict, b: dict) -> dict:
     common = sorted(set(a) & set(b))
     return agreement([a[n] for n in common], [b[n] for n in common])
 
@@ -243,7 +279,7 @@ def write(out: Path, results: dict, figures: dict, external: dict, designs: list
             f"archlab {tier} val_loss (mean over seeds)",
             [{"label": tier, "type": "scatter", "colour": "#2563eb", "points": points}],
         )
-        (out / f"scatter-{tier}.svg").write_text(svg.standalone())
+        (out / f"scatter-{re.sub(r'[^A-Za-z0-9.]+', '-', tier).strip('-')}.svg").write_text(svg.standalone())
 
 
 if __name__ == "__main__":

@@ -104,3 +104,13 @@ def test_fidelity_quick(tmp_path):
     ) as db:  # the replays are the run's: status and serve read them
         kinds = db.execute("select kind, count(*) from evaluations where tier = 'micro' group by kind").fetchall()
     assert kinds == [("replay", 6)]  # the root and the five designs, one seed
+    # a variant of the tier (tuning), compared with the first out's figures design by design
+    variant = tmp_path / "variant"
+    quick("fidelity.py", variant, "--tier-set", "lr=0.004", "--reference", str(tmp_path / "results.json"))
+    tuned = json.loads((variant / "results.json").read_text())
+    assert tuned["tiers"] == ["micro (lr=0.004)"] and set(tuned["figures"]["micro (lr=0.004)"]) == set(
+        results["figures"]["micro"]
+    )
+    assert tuned["figures"]["micro (lr=0.004)"] != results["figures"]["micro"]  # the variant trained differently
+    (row,) = tuned["between_tiers"]
+    assert (row["cheap"], row["dear"], row["n"]) == ("micro (lr=0.004)", "micro", results["trained"]["micro"])
