@@ -66,6 +66,21 @@ def run(
         None, "--root", help="deltanet | gated_deltanet | deltanet_ablated | transformer | FILE"
     ),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="parent selection: asi | ucb | evolution | random"),
+    islands: Optional[int] = typer.Option(
+        None,
+        "--islands",
+        help="sub-populations taking proposals in turn, each drawing parents from its own nodes (default: 1)",
+    ),
+    migration_interval: Optional[int] = typer.Option(
+        None,
+        "--migration-interval",
+        help="with --islands: every this many finished nodes each island's best moves to the next (default: 10)",
+    ),
+    stagnation: Optional[int] = typer.Option(
+        None,
+        "--stagnation",
+        help="with --islands: start a new island (up to twice as many) when the best has not improved for this many nodes (default: 20)",
+    ),
     tier: Optional[str] = typer.Option(
         None, "--tier", help="evaluation tier for every candidate: micro | smoke | explore | verify"
     ),

@@ -53,6 +53,16 @@ class RunConfig(BaseModel):
     root: str = Field("deltanet", description="built-in root name or path of a candidate file")
     llm: str = Field("offline", description="'offline' (embedded brain) or PROVIDER:MODEL")
     strategy: Literal["asi", "ucb", "evolution", "random"] = "asi"
+    # Islands (archlab/search/islands.py): sub-populations, each drawing parents with `strategy` from its own nodes.
+    islands: int = Field(1, ge=1, description="sub-populations of the search; 1: one population")
+    migration_interval: int | None = Field(
+        None,
+        ge=1,
+        description="with islands: each island's elite moves to the next every this many finished nodes (10)",
+    )
+    stagnation: int | None = Field(
+        None, ge=1, description="with islands: a new island starts when the best has not moved for this many nodes (20)"
+    )
     tier: Literal["micro", "smoke", "explore", "verify"] = "smoke"
     tier_overrides: dict = Field(
         {}, description="tier fields changed for every search evaluation, e.g. {d_model = 512, steps = 600}"
@@ -141,6 +151,13 @@ class RunConfig(BaseModel):
     def _model_list(cls, value: str | None):
         if value is not None:
             model_list(value)
+        return value
+
+    @field_validator("migration_interval", "stagnation")
+    @classmethod
+    def _with_islands(cls, value: int | None, info):
+        if value is not None and info.data.get("islands", 1) < 2:
+            raise PydanticCustomError("islands", "only with --islands 2 or more")
         return value
 
     @field_validator("address")

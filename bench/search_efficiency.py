@@ -37,19 +37,23 @@ def main() -> None:
         "--param-ratio", type=float, default=1.3, help="mixer budget vs the root (1.3: room to add parts back)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU thread each)")
+    parser.add_argument(
+        "--islands", type=int, default=1, help="every run with this many islands (rows and run folders say i3)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/search_efficiency"))
     parser.add_argument("--quick", action="store_true", help="micro tier, 2 evaluations, 1 seed, the DeltaNet root")
     args = parser.parse_args()
     if args.quick:
         args.tier, args.evaluations, args.seeds, args.roots = "micro", 2, 1, ["deltanet"]
     args.out.mkdir(parents=True, exist_ok=True)
+    islands = f"-i{args.islands}" if args.islands > 1 else ""  # in run folders and row labels
 
     grid = [(root, strategy, seed) for root in args.roots for seed in range(args.seeds) for strategy in args.strategies]
     runs = run_all(
         [
             (
                 search,
-                args.out / "runs" / f"{root}-{strategy}-s{seed}",
+                args.out / "runs" / f"{root}-{strategy}{islands}-s{seed}",
                 args.evaluations,
                 dict(
                     root=root,
@@ -58,13 +62,21 @@ def main() -> None:
                     tier=args.tier,
                     param_ratio=args.param_ratio,
                     implausible_gain=0.5,
+                    **({"islands": args.islands} if islands else {}),
                 ),
             )
             for root, strategy, seed in grid
         ],
         args.jobs,
     )
-    results = {"tier": args.tier, "evaluations": args.evaluations, "seeds": args.seeds, "runs": [], "summary": {}}
+    results = {
+        "tier": args.tier,
+        "evaluations": args.evaluations,
+        "seeds": args.seeds,
+        "islands": args.islands,
+        "runs": [],
+        "summary": {},
+    }
     for (root, strategy, seed), run in zip(grid, runs):
         curve = best_so_far(run["candidates"])
         failed = sum(c["status"] == "failed" for c in run["candidates"])
@@ -72,6 +84,7 @@ def main() -> None:
             {
                 "root": root,
                 "strategy": strategy,
+                "islands": args.islands,
                 "seed": seed,
                 "root_val_loss": run["root"]["val_loss"],
                 "best_gain": curve[-1] if curve else 0.0,
@@ -83,7 +96,10 @@ def main() -> None:
             }
         )
 
-    print(f"search efficiency: tier {args.tier}, {args.evaluations} evaluations per run, {args.seeds} seed(s)")
+    print(
+        f"search efficiency: tier {args.tier}, {args.evaluations} evaluations per run, {args.seeds} seed(s)"
+        + (f", {args.islands} islands" if islands else "")
+    )
     print(f"{'root':18} {'strategy':10} {'best gain':>20} {'AUC best-so-far':>20} {'failed':>7} {'wall/run s':>10}")
     for root in args.roots:
         curves = {}
@@ -93,7 +109,7 @@ def main() -> None:
             summary = {k: mean_std([r[k] for r in rows]) for k in ("best_gain", "auc", "failed_rate", "wall_s")}
             results["summary"][f"{root}/{strategy}"] = summary
             print(
-                f"{root:18} {strategy:10} {fmt([r['best_gain'] for r in rows]):>20} {fmt([r['auc'] for r in rows]):>20} "
+                f"{root:18} {strategy + islands:10} {fmt([r['best_gain'] for r in rows]):>20} {fmt([r['auc'] for r in rows]):>20} "
                 f"{summary['failed_rate'][0]:7.0%} {summary['wall_s'][0]:10.0f}"
             )
         (args.out / f"best_so_far-{root}.svg").write_text(

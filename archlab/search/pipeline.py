@@ -21,7 +21,7 @@ from langgraph.graph import END, START, StateGraph
 from archlab import chaos
 from archlab.agents.schema import Proposal, Trace
 from archlab.sandbox import runner
-from archlab.search import evaluation, sampling, steering
+from archlab.search import evaluation, islands, sampling, steering
 from archlab.search.context import claim, context
 from archlab.search.fitness import fitness
 from archlab.tree.store import DONE
@@ -46,6 +46,7 @@ class CandidateState(TypedDict, total=False):
     judge: dict | None
     stop: str
     notes: list[str]  # what `archlab steer RUN note` asked this candidate's researcher to consider
+    island: int  # the island the proposal works on (islands.py)
 
 
 def build(run) -> StateGraph:
@@ -79,11 +80,15 @@ def select(run, state: CandidateState) -> CandidateState:
     chaos.point("select")
     node_id = run.reserve_id()
     rng = random.Random(run.config.seed * 1_000_003 + node_id)  # reproducible, also across resumes
-    parent, steered = _steered_parent(run, rng)
+    with run.lock:  # migrations and new islands are due by the store's counts: one worker acts on them
+        islands.tend(run.store, run.config)
+    island = islands.island_of(node_id, islands.count(run.store, run.config))
+    own = islands.condition(run.store, run.config, island)  # None: one population, as without islands
+    parent, steered = _steered_parent(run, rng, own)
     if parent is None:
         run.release_id(node_id)
         return {"stop": "no finished node can be a parent"}
-    refs = sampling.sample_references(run.store, parent, rng)
+    refs = sampling.sample_references(run.store, parent, rng, where=f"{DONE} and {own}" if own else DONE)
     run.store.add_trace(
         node_id,
         "selector",
@@ -92,6 +97,7 @@ def select(run, state: CandidateState) -> CandidateState:
             "strategy": run.config.strategy,
             "parent": parent["id"],
             "references": [r["id"] for r in refs],
+            **({"island": island} if own else {}),
             **steered,
         },
     )
@@ -100,12 +106,14 @@ def select(run, state: CandidateState) -> CandidateState:
         "parent_id": parent["id"],
         "references": [r["id"] for r in refs],
         "notes": _notes(run),
+        "island": island,
     }
 
 
-def _steered_parent(run, rng: random.Random) -> tuple[dict | None, dict]:
-    """The strategy's parent, never a vetoed node, and PIN_SHARE of the time from a pinned subtree
-    (`archlab steer`); what steering did goes into the selector's trace."""
+def _steered_parent(run, rng: random.Random, island: str | None) -> tuple[dict | None, dict]:
+    """The strategy's parent among what the island (a condition, None: everything) may build on,
+    never a vetoed node, and PIN_SHARE of the time from a pinned subtree (`archlab steer`: the
+    user's pin holds across islands); what steering did goes into the selector's trace."""
     steered_by = steering.read(run.store)
     where = DONE + (f" and id not in ({','.join(map(str, sorted(steered_by.vetoed)))})" if steered_by.vetoed else "")
     steered = {"vetoed": sorted(steered_by.vetoed)} if steered_by.vetoed else {}
@@ -116,7 +124,9 @@ def _steered_parent(run, rng: random.Random) -> tuple[dict | None, dict]:
         )
         if parent is not None:
             return parent, {**steered, "pinned": sorted(steered_by.pinned)}
-    return sampling.select_parent(run.store, run.config.strategy, rng, where), steered
+    return sampling.select_parent(
+        run.store, run.config.strategy, rng, f"{where} and {island}" if island else where
+    ), steered
 
 
 def _notes(run) -> list[str]:
@@ -177,6 +187,7 @@ def commit(run, state: CandidateState) -> CandidateState:
             parent_id=parent["id"],
             status="evaluating",
             references_used=state.get("references", []),
+            island=state.get("island"),
             **fields,
         )
     run.store.save_code(node_id, code)

@@ -50,10 +50,10 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
-def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4) -> list[dict]:
+def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4, where: str = DONE) -> list[dict]:
     """Context for a proposal, as in ASI-Arch: some of the best nodes and some from the next
-    ranks (good but different ideas), never the parent itself."""
-    where = f"{DONE} and id != {int(parent['id'])}"
+    ranks (good but different ideas), never the parent itself; among the nodes `where` admits."""
+    where = f"{where} and id != {int(parent['id'])}"
     top = store.nodes(where, order="fitness desc, id", limit=10)
     best = rng.sample(top, min(k // 2, len(top)))
     following = store.node_ids(where, order="fitness desc, id", limit=40, offset=10)

@@ -61,6 +61,9 @@ SCHEMA = {
         "fidelity": int,
         "fitness_std": float,
         "val_loss_std": float,
+        # the sub-population the node was proposed in (archlab/search/islands.py); the root, shared by
+        # every island, and nodes of older runs have none
+        "island": int,
     },
     "evaluations": {
         "id": int,
@@ -101,6 +104,19 @@ SCHEMA = {
     },
     "events": {"id": int, "ts": float, "kind": str, "node_id": int, "message": str},
     "meta": {"key": str, "value": str},
+    # Nodes made available to another island (archlab/search/islands.py): an island's elite moved
+    # along the ring ("migrate"), or the node a new island was started from ("seed"); `finished` is
+    # how many nodes had finished when it happened.
+    "migrations": {
+        "id": int,
+        "kind": str,
+        "node_id": int,
+        "from_island": int,
+        "to_island": int,
+        "fitness": float,
+        "finished": int,
+        "created": float,
+    },
     # A second copy of each node's code beside its git blob: `archlab doctor --repair` rewrites a
     # damaged git object from it (same bytes, same hash), so a corrupted repository loses nothing.
     "code": {"node_id": int, "code": str},
@@ -689,6 +705,46 @@ class Store:
                 "select node_id, decision from traces where role = 'researcher' and decision like '%\"edit\": {%'"
             )
         }
+
+    # -- islands (archlab/search/islands.py) ---------------------------------------------------------
+    def island_condition(self, island: int) -> str:
+        """The nodes an island may build on, as a condition on `nodes`: its own, the root (shared by
+        every island: it has none) and the nodes that migrated to it or seeded it."""
+        i = int(island)
+        return f"(island = {i} or island is null or id in (select node_id from migrations where to_island = {i}))"
+
+    def island_elite(self, island: int) -> dict | None:
+        """The island's own fittest finished node (not one that migrated to it)."""
+        rows = self.nodes(f"{DONE} and island = ?", [island], order="fitness desc, id", limit=1)
+        return rows[0] if rows else None
+
+    def add_migrations(self, rows: list[dict]) -> None:
+        """Record moves between islands (one insert: all of them or none)."""
+        now = time.time()
+        self.db["migrations"].insert_all([{"created": now, **r} for r in rows])
+
+    def migrations(self, kind: str | None = None) -> list[dict]:
+        """Every move between islands (of one kind: "migrate" or "seed"), in order."""
+        where, params = ("kind = ?", [kind]) if kind else (None, [])
+        return list(self.db["migrations"].rows_where(where, params, order_by="id"))
+
+    def migrated(self, node_id: int, to_island: int) -> bool:
+        """Whether the node has already been made available to that island."""
+        row = self.db.execute(
+            "select 1 from migrations where node_id = ? and to_island = ? limit 1", [node_id, to_island]
+        ).fetchone()
+        return row is not None
+
+    def island_counts(self) -> list[tuple]:
+        """(island, nodes, done nodes, best fitness) per island that has nodes, by island."""
+        return self.db.execute(
+            "select island, count(*), sum(status = 'done'), max(case when status = 'done' then fitness end) "
+            "from nodes where island is not null group by island order by island"
+        ).fetchall()
+
+    def finished_by(self, when: float) -> int:
+        """How many nodes had finished by that time (the root included)."""
+        return self.count("status != 'evaluating' and finished <= ?", [when])
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
