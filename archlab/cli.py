@@ -406,6 +406,18 @@ def status(run_dir: Path = RunDir, as_json: bool = typer.Option(False, "--json",
         )
     for a in facts["tier_agreement"]:  # Spearman's rho of fitness between tiers, 95% bootstrap interval over nodes
         t.add_row(f"{a['cheap']} vs {a['dear']}", terminal(a["sentence"]))
+    for i in facts["islands"] or []:
+        t.add_row(
+            f"island {i['island']}",
+            f"{i['nodes']} nodes"
+            + (f", best node {i['best_node']} fitness {i['best_fitness']:+.4f}" if i["best_node"] is not None else "")
+            + (
+                f", started from node {i['seeded_from']} after {i['started_after']} nodes"
+                if i["seeded_from"] is not None
+                else ""
+            )
+            + (f", {len(i['migrants'])} migrant(s)" if i["migrants"] else ""),
+        )
     console.print(t)
     gpu = bool(sp["gpu_hours"])
     s = Table(

@@ -6,6 +6,7 @@ from pathlib import Path
 from archlab.config import RunConfig
 from archlab.sandbox import progress
 from archlab.sandbox.tiers import TIER_ORDER
+from archlab.search import islands
 from archlab.search.lock import driver_pid
 from archlab.tree.store import Store
 
@@ -94,7 +95,35 @@ def run_status(store: Store, config: RunConfig) -> dict:
         "spend": spend(store, config),
         "promotion": promotion_status(store, config),
         "tier_agreement": tier_agreement(store, config),
+        "islands": island_status(store, config),
     }
+
+
+def island_status(store: Store, config: RunConfig) -> list[dict] | None:
+    """Each island of the run (None with one): its nodes, its own best, the node it was started
+    from (None: one of the islands the run started with) and the nodes that migrated to it."""
+    if config.islands < 2:
+        return None
+    counts = {row[0]: row[1:] for row in store.island_counts()}
+    moves = store.migrations()
+    seeds = {m["to_island"]: m for m in moves if m["kind"] == "seed"}
+    out = []
+    for island in range(islands.count(store, config)):
+        nodes, done, best = counts.get(island, (0, 0, None))
+        elite = store.island_elite(island)
+        out.append(
+            {
+                "island": island,
+                "nodes": nodes,
+                "done": done or 0,
+                "best_fitness": best,
+                "best_node": elite["id"] if elite else None,
+                "seeded_from": seeds[island]["node_id"] if island in seeds else None,
+                "started_after": seeds[island]["finished"] if island in seeds else 0,
+                "migrants": [m["node_id"] for m in moves if m["kind"] == "migrate" and m["to_island"] == island],
+            }
+        )
+    return out
 
 
 def in_flight(store: Store) -> list[dict]:

@@ -293,6 +293,7 @@ class RunView:
             **{k: node.get(k) for k in (*NODE_KEYS, "created", "finished", "attempts")},
             # present when the run promotes nodes to a higher tier (mean over seeds there)
             **{k: node.get(k) for k in (*FIDELITY_KEYS, "fidelity")},
+            "island": node.get("island") if self.config.islands > 1 else None,  # with --islands only
             "parent": summary(parent) | {"design": parent.get("design")} if parent else None,
             "root": summary(root),
             "metrics_table": table,

@@ -226,6 +226,7 @@ function renderNode(n, tr, directions) {
     h("h1", {}, `Node ${n.id}`),
     statusBadge(n.status, n.reason),
     n.operator ? h("span", { class: "badge op" }, n.operator) : null,
+    n.island !== null && n.island !== undefined ? h("span", { class: "badge op", "data-testid": "island" }, `island ${n.island}`) : null,
     n.fitness !== null ? h("span", { class: `fitness ${n.fitness >= 0 ? "good" : "bad"}` }, `fitness ${signed(n.fitness)}` +
       (n.fitness_std !== null && n.fitness_std !== undefined ? ` ± ${n.fitness_std.toFixed(4)}` : "") +
       (n.seeds > 1 ? ` (${n.tier}, ${n.seeds} seeds; search ${signed(n.search_fitness)})` : "")) : null,
