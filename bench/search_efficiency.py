@@ -14,6 +14,7 @@ and `random` (uniformly random parent and mutation).
     python bench/search_efficiency.py                    # CPU: micro tier, 40 evaluations, 3 seeds, 2 roots (~30 min on 2 cores)
     python bench/search_efficiency.py --tier smoke --jobs 8   # a bigger machine
     python bench/search_efficiency.py --quick            # a few minutes: checks that it all works
+    python bench/search_efficiency.py --strategies asi --islands 3   # every run with 3 islands (rows say asi-i3)
 """
 
 import argparse

@@ -35,6 +35,14 @@ def test_search_efficiency_quick(tmp_path):
         assert paired["seeds"] == 1 and set(paired["wins"].values()) <= {0, 1}
 
 
+def test_search_efficiency_with_islands_labels_its_rows(tmp_path):
+    out = quick("search_efficiency.py", tmp_path, "--strategies", "asi", "--islands", "2")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["islands"] == 2 and [r["islands"] for r in results["runs"]] == [2]
+    assert "2 islands" in out and "asi-i2" in out
+    assert (tmp_path / "runs" / "deltanet-asi-i2-s0" / "archlab.toml").read_text().count("islands = 2") == 1
+
+
 def test_rediscovery_quick(tmp_path):
     out = quick("rediscovery.py", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
