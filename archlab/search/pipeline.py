@@ -110,8 +110,8 @@ def select(run, state: CandidateState) -> CandidateState:
     }
 
 
-def _steered_parent(run, rng: random.Random, island: str | None) -> tuple[dict | None, dict]:
-    """The strategy's parent among what the island (a condition, None: everything) may build on,
+def _steered_parent(run, rng: random.Random, within: str | None) -> tuple[dict | None, dict]:
+    """The strategy's parent among the nodes `within` admits (an island's; None: all of them),
     never a vetoed node, and PIN_SHARE of the time from a pinned subtree (`archlab steer`: the
     user's pin holds across islands); what steering did goes into the selector's trace."""
     steered_by = steering.read(run.store)
@@ -125,7 +125,7 @@ def _steered_parent(run, rng: random.Random, island: str | None) -> tuple[dict |
         if parent is not None:
             return parent, {**steered, "pinned": sorted(steered_by.pinned)}
     return sampling.select_parent(
-        run.store, run.config.strategy, rng, f"{where} and {island}" if island else where
+        run.store, run.config.strategy, rng, f"{where} and {within}" if within else where
     ), steered
 
 
