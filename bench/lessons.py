@@ -66,7 +66,7 @@ def main() -> None:
         args.tier, args.evaluations, args.seeds, args.roots = "micro", 3, 1, ["deltanet"]
     args.out.mkdir(parents=True, exist_ok=True)
     config = dict(tier=args.tier, param_ratio=args.param_ratio, implausible_gain=0.5)
-    grid = [(root, seed) for root in args.roots for seed in range(args.seeds)]
+    grid = [(root, seed) for seed in range(args.seeds) for root in args.roots]  # every root early in a long run
     pairs = run_all([(pair, args.out, root, seed, args.evaluations, config) for root, seed in grid], args.jobs)
 
     results = {"tier": args.tier, "evaluations": args.evaluations, "seeds": args.seeds, "runs": [], "summary": {}}

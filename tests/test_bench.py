@@ -104,3 +104,16 @@ def test_fidelity_quick(tmp_path):
     ) as db:  # the replays are the run's: status and serve read them
         kinds = db.execute("select kind, count(*) from evaluations where tier = 'micro' group by kind").fetchall()
     assert kinds == [("replay", 6)]  # the root and the five designs, one seed
+
+
+def test_lessons_quick(tmp_path):
+    """Run 1 writes lessons into its own store; run 2 runs with them and without (--no-lessons)."""
+    out = quick("lessons.py", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    (run,) = results["runs"]
+    assert len(run["with_curve"]) == len(run["without_curve"]) == 3 and run["run1_best"] == run["run1_curve"][-1]
+    for k in ("with", "without"):
+        assert run[f"{k}_reached"] is None or 1 <= run[f"{k}_reached"] <= 3
+    assert list((tmp_path / "homes" / "deltanet-s0" / "lessons").glob("lesson-*.json"))  # run 1's lessons
+    assert "lessons = false" in (tmp_path / "runs" / "deltanet-s0-run2-none" / "archlab.toml").read_text()
+    assert "reaches it" in out
