@@ -14,6 +14,7 @@ within N" when it never does), run 2's best gain and AUC of best-so-far; a table
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -34,7 +35,12 @@ def pair(out: Path, root: str, seed: int, evaluations: int, config: dict) -> dic
     home = out / "homes" / name  # run 1's lessons only: a fresh store per pair
     first = search(out / "runs" / f"{name}-run1", evaluations, {**config, "root": root, "seed": seed}, home=home)
     second = {**config, "root": root, "seed": seed + SECOND_SEED}
-    with_lessons = search(out / "runs" / f"{name}-run2-lessons", evaluations, second, home=home)
+    run2 = out / "runs" / f"{name}-run2-lessons"
+    home2 = out / "homes" / f"{name}-run2"  # run 2 starts from a copy of run 1's store (and writes its own there)
+    if not run2.exists():
+        shutil.rmtree(home2, ignore_errors=True)
+        shutil.copytree(home, home2)
+    with_lessons = search(run2, evaluations, second, home=home2)
     without = search(out / "runs" / f"{name}-run2-none", evaluations, {**second, "lessons": False})
     return {"run1": first, "with": with_lessons, "without": without}
 

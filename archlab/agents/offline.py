@@ -198,7 +198,7 @@ class OfflineBrain:
     # -- researcher ---------------------------------------------------------------------------
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
         query, hits, recommended = self._retrieve(ctx)
-        share = self._code_share(ctx.history)
+        share = self._code_share(ctx.history, self._priors_for(ctx))
         if ctx.parent.get("design") and (
             share == 0 or ctx.rng.random() >= share
         ):  # (no draw for the baselines: as published)
@@ -221,17 +221,19 @@ class OfflineBrain:
         hits = self.knowledge.search(query, k=5)
         return query, hits, {op for h in hits if h.kind == "entry" for op in self.knowledge.entry(h.id).operators}
 
-    def _code_share(self, history: list[dict]) -> float:
-        """How often a template parent gets a code edit instead of a template operator."""
+    def _code_share(self, history: list[dict], lessons: dict) -> float:
+        """How often a template parent gets a code edit instead of a template operator: the larger
+        share once code edits have paid more on average, here and in the lessons (as priors)."""
         if not self.guided:
             return 0.0  # the baselines keep their template search as published (bench figures)
-        code = [_gain(r) for r in history if (r["operator"] or "").startswith(CODE)]
-        template = [_gain(r) for r in history if r["operator"] in BY_NAME]
-        if (
-            len(code) >= MIN_TRIES
-            and len(template) >= MIN_TRIES
-            and statistics.fmean(code) > statistics.fmean(template)
-        ):
+        pooled = {}  # code edits or not -> (trials, mean gain)
+        for is_code in (True, False):
+            kind = (lambda name: name.startswith(CODE)) if is_code else (lambda name: name in BY_NAME)
+            own = [_gain(r) for r in history if kind(r["operator"] or "")]
+            prior = [(p["mean_gain"], p["trials"]) for (name, _), p in lessons.items() if kind(name)]
+            n = len(own) + PRIOR_WEIGHT * sum(t for _, t in prior)
+            pooled[is_code] = n, (sum(own) + PRIOR_WEIGHT * sum(m * t for m, t in prior)) / n if n else 0.0
+        if pooled[True][0] >= MIN_TRIES and pooled[False][0] >= MIN_TRIES and pooled[True][1] > pooled[False][1]:
             return CODE_SHARE_PAYING
         return CODE_SHARE
 
@@ -261,7 +263,10 @@ class OfflineBrain:
             lead = _lead(learnt, gains)
             if gains or learnt:
                 bonus = KNOWLEDGE_BONUS * (op.name in recommended)
-                return lead, True, -(_ucb(gains, total, learnt) + bonus), ctx.rng.random()
+                # not yet tried here: ranked by what it gained before (a prior of one trial would
+                # otherwise win on the exploration bonus alone)
+                score = _ucb(gains, total, learnt) if gains else learnt[0]
+                return lead, True, -(score + bonus), ctx.rng.random()
             if op.name in stats:  # an untried value of a tried operator: ranked by its operator's average
                 return lead, False, -statistics.fmean(stats[op.name]), ctx.rng.random()
             return lead, False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
@@ -689,8 +694,8 @@ def _code_rank(edit: Edit, stats: dict, arms: dict, recommended: set, lessons: d
             list(code_edits.OPERATORS).index(edit.operator),
         )
     total = sum(len(v) for v in stats.values()) + (prior[1] if prior else 0)
-    if prior is not None:
-        return lead, 1, -_ucb(gains or [], total, prior)
+    if prior is not None:  # not yet tried here: ranked by what it gained before
+        return lead, 1, -(_ucb(gains, total, prior) if gains else prior[0])
     opposite = [-g for g in arms.get(code_edits.arm(edit.operator, edit.spec, flip=True)) or [] if g != FAILED_GAIN]
     return lead, 1, -_ucb(gains or opposite or [statistics.fmean(stats[edit.operator]) / 2], total)
 
