@@ -149,6 +149,11 @@ def run(
     knowledge: Optional[list[Path]] = typer.Option(
         None, "--knowledge", help="a folder of your own knowledge entries (repeatable)"
     ),
+    lessons: Optional[bool] = typer.Option(
+        None,
+        "--lessons/--no-lessons",
+        help="weigh earlier runs' lessons from $ARCHLAB_HOME/lessons (default ~/.archlab/lessons) and write this run's there (default: on; kept on resume)",
+    ),
     executor: Optional[str] = typer.Option(
         None, "--executor", help="local (slots on this machine) | ray (one Ray task per evaluation) (default: local)"
     ),
@@ -246,9 +251,15 @@ def run(
     _warn_weak_sandbox(config)
     from archlab.agents.brains import make_brain
     from archlab.search.context import experiences
+    from archlab.search.lessons import started_from
 
     store = _store(run_dir)
-    brain = make_brain(config, store, experiences(store), on_wait=lambda message: err.print(message, markup=False))
+    learned, unreadable = started_from(store, config)
+    for line in unreadable:
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    brain = make_brain(
+        config, store, experiences(store), on_wait=lambda message: err.print(message, markup=False), lessons=learned
+    )
     session = Run(run_dir, config, brain)
     mirror_node = _live_mirror(run_dir, config, session.store)
     with Progress(
@@ -302,6 +313,12 @@ def run(
             done.set()
             watcher.join(timeout=5)
     console.print(f"Stopped: {why}. See [bold]archlab tree {run_dir}[/] and [bold]archlab status {run_dir}[/].")
+    if session.lessons_written:
+        console.print(
+            f"{len(session.lessons_written)} lesson(s) of this run kept for later runs: archlab knowledge list --learned",
+            markup=False,
+            highlight=False,
+        )
     if session.endpoint_down:  # not a budget reached: scripts must see the failure
         err.print(
             f"error: {session.endpoint_down}; fix it and run the same command to resume: {shlex.join(['archlab', *sys.argv[1:]])}",

@@ -84,6 +84,10 @@ class RunConfig(BaseModel):
         None, ge=1, le=MAX_THREADS, description="CPU threads per evaluation (default: all, up to 4)"
     )
     knowledge: list[str] = Field([], description="folders of the user's own knowledge entries")
+    lessons: bool = Field(
+        True,
+        description="weigh earlier runs' lessons ($ARCHLAB_HOME/lessons) and write this run's there",
+    )
     repair_attempts: int = Field(2, ge=0, description="engineer repairs per failed candidate")
     keep_weights: int = Field(
         3,

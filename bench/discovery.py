@@ -5,6 +5,7 @@ A run here is an ordinary run directory: `archlab status DIR` / `archlab serve D
 """
 
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -21,20 +22,32 @@ ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
 COLOURS = {"asi": "#2563eb", "ucb": "#7c3aed", "evolution": "#d97706", "random": "#6b7280"}
 
 
-def archlab(*args, timeout: float | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*ARCHLAB, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def archlab(*args, timeout: float | None = None, home: Path | None = None) -> subprocess.CompletedProcess:
+    """`archlab ARGS`; `home`: its $ARCHLAB_HOME (where lessons are read and written)."""
+    env = {**os.environ, **({"ARCHLAB_HOME": str(home)} if home else {})}
+    proc = subprocess.run([*ARCHLAB, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"archlab {' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
     return proc
 
 
-def search(run_dir: Path, evaluations: int, config: dict) -> dict:
+def search(run_dir: Path, evaluations: int, config: dict, home: Path | None = None) -> dict:
     """One run of `evaluations` candidates (the root not counted) with the given RunConfig fields;
-    resumes a run directory that is already there. Returns its history."""
+    resumes a run directory that is already there. Returns its history. `home`: the $ARCHLAB_HOME
+    whose lessons it weighs and where it writes its own; by default one of its own beside it, so
+    that no run of a benchmark learns from another (or from the user's) unless asked to."""
     if not (run_dir / "archlab.toml").exists():
         Run.create(run_dir, RunConfig(**config))
     print(f"{run_dir}: searching (watch it with: archlab status {run_dir})")
-    archlab("run", run_dir, "--max-nodes", evaluations + 1, "--threads", 1)
+    archlab(
+        "run",
+        run_dir,
+        "--max-nodes",
+        evaluations + 1,
+        "--threads",
+        1,
+        home=home or run_dir.with_name(f"{run_dir.name}.home"),
+    )
     found = history(run_dir)
     print(f"{run_dir}: done in {found['wall_s'] / 60:.1f} min")
     return {"run": str(run_dir), **found}

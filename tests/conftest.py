@@ -1,12 +1,20 @@
 """Shared fixtures: a CLI runner in a child process, fresh run directories and the two trained
 micro-tier runs that several modules read (and never modify); the markers that select a subset."""
 
+import atexit
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import helpers
+
+# Lessons are read from and written to $ARCHLAB_HOME (default ~/.archlab): never the real user's.
+# Set before any fixture runs (the session's trained runs write lessons too); each test gets its own below.
+os.environ["ARCHLAB_HOME"] = tempfile.mkdtemp(prefix="archlab-home-")
+atexit.register(shutil.rmtree, os.environ["ARCHLAB_HOME"], True)
 
 # Every test of these kinds is end-to-end too, so `pytest -m "not e2e"` is the whole unit layer.
 SLOW_KINDS = ("chaos", "bench", "browser", "ray", "gpu")
@@ -19,6 +27,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if TRAINED_RUNS & set(item.fixturenames) or any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def archlab_home(tmp_path_factory, monkeypatch) -> Path:
+    """This test's own $ARCHLAB_HOME (its lessons store), inherited by every CLI child process."""
+    home = tmp_path_factory.mktemp("archlab-home")
+    monkeypatch.setenv("ARCHLAB_HOME", str(home))
+    return home
 
 
 @pytest.fixture

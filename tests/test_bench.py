@@ -122,3 +122,16 @@ def test_fidelity_quick(tmp_path):
     assert tuned["figures"]["micro (lr=0.004)"] != results["figures"]["micro"]  # the variant trained differently
     (row,) = tuned["between_tiers"]
     assert (row["cheap"], row["dear"], row["n"]) == ("micro (lr=0.004)", "micro", results["trained"]["micro"])
+
+
+def test_lessons_quick(tmp_path):
+    """Run 1 writes lessons into its own store; run 2 runs with them and without (--no-lessons)."""
+    out = quick("lessons.py", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    (run,) = results["runs"]
+    assert len(run["with_curve"]) == len(run["without_curve"]) == 3 and run["run1_best"] == run["run1_curve"][-1]
+    for k in ("with", "without"):
+        assert run[f"{k}_reached"] is None or 1 <= run[f"{k}_reached"] <= 3
+    assert list((tmp_path / "homes" / "deltanet-s0" / "lessons").glob("lesson-*.json"))  # run 1's lessons
+    assert "lessons = false" in (tmp_path / "runs" / "deltanet-s0-run2-none" / "archlab.toml").read_text()
+    assert "reaches it" in out

@@ -12,7 +12,8 @@ from archlab.agents.router import Router
 from archlab.agents.schema import Context, Proposal, Trace
 from archlab.config import RunConfig, model_list
 from archlab.errors import UserError
-from archlab.knowledge import KnowledgeError, KnowledgeIndex
+from archlab.knowledge import KnowledgeError, KnowledgeIndex, load_entries
+from archlab.knowledge.lessons import Lesson
 
 # Honest baselines for benchmarks: their parent selection is blind to the tree's lessons, and so
 # are their mutations (the offline brain draws operators uniformly instead of by bandit + knowledge).
@@ -25,7 +26,7 @@ class LLMBrain:
 
     kind = "llm"
 
-    def __init__(self, client: LLMClient, knowledge: KnowledgeIndex, config: RunConfig):
+    def __init__(self, client: LLMClient, knowledge: KnowledgeIndex, config: RunConfig, lessons: list[Lesson] = ()):
         self.client = client
         self.knowledge = knowledge
         self.researcher = Researcher(client, knowledge, config.format_retries)
@@ -33,7 +34,7 @@ class LLMBrain:
         self.analyse = Analyst(client).analyse
         self.judge = Judge(client) if config.judge_weight > 0 else None
         self.code_edits = config.code_edits
-        self.offline = OfflineBrain(knowledge)
+        self.offline = OfflineBrain(knowledge, lessons=lessons)
 
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
         if self.code_edits and ctx.rng.random() < self.code_edits:
@@ -73,9 +74,16 @@ def _model(config: RunConfig) -> str | None:
     return model
 
 
-def _knowledge(config: RunConfig, experiences: list[tuple[str, str]], embeddings: bool | None = None) -> KnowledgeIndex:
+def _knowledge(
+    config: RunConfig,
+    experiences: list[tuple[str, str]],
+    embeddings: bool | None = None,
+    lessons: list[Lesson] = (),
+) -> KnowledgeIndex:
+    """The curated entries, the --knowledge folders' and the learned ones, beside the run's experience."""
     try:
-        return KnowledgeIndex.load([Path(k) for k in config.knowledge], experiences, embeddings=embeddings)
+        entries = load_entries([Path(k) for k in config.knowledge]) + [lesson.entry() for lesson in lessons]
+        return KnowledgeIndex(entries, experiences, embeddings=embeddings)
     except KnowledgeError as e:
         raise UserError(str(e)) from None
 
@@ -92,11 +100,13 @@ def role_models(config: RunConfig, model: str) -> dict[str, list[str]]:
     return {role: model_list(value) if value else [model] for role, value in given.items()}
 
 
-def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_wait=None):
-    knowledge = _knowledge(config, experiences)
+def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_wait=None, lessons: list[Lesson] = ()):
+    """`lessons`: earlier runs' (archlab/search/lessons.py), retrieved as knowledge and, offline, the
+    researcher's priors."""
+    knowledge = _knowledge(config, experiences, lessons=lessons)
     model = _model(config)
     if model is None:
-        return OfflineBrain(knowledge, guided=config.strategy not in BASELINE_STRATEGIES)
+        return OfflineBrain(knowledge, guided=config.strategy not in BASELINE_STRATEGIES, lessons=lessons)
     arms = role_models(config, model)
     client = LLMClient(
         store,
@@ -111,4 +121,4 @@ def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_
         max_tokens=config.max_tokens,
         on_wait=on_wait,
     )
-    return LLMBrain(client, knowledge, config)
+    return LLMBrain(client, knowledge, config, lessons)

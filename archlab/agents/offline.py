@@ -28,6 +28,7 @@ from archlab.agents import code_edits
 from archlab.agents.code_edits import Edit
 from archlab.agents.schema import Context, Proposal, Trace
 from archlab.knowledge import KnowledgeIndex
+from archlab.knowledge.lessons import Lesson, code_hash, priors
 from archlab.templates import Design, render
 
 
@@ -168,22 +169,44 @@ CODE = "code:"  # the operator names of code edits: code:gate, code:constant, ..
 # pay from a template root, without costing the template operators' proven efficiency; once both
 # kinds have MIN_TRIES results, code edits get the larger share if they paid more on average.
 CODE_SHARE, CODE_SHARE_PAYING, MIN_TRIES = 0.15, 0.5, 3
+# Lessons of earlier runs from the same root (archlab/knowledge/lessons.py) start the statistics as
+# priors: each earlier trial counts PRIOR_WEIGHT of one of this run's, and that weight halves once
+# this run has made the change PRIOR_HALF_LIFE times, so the run's own evidence soon decides. Until
+# this run has tried an arm, one that helped before (mean over NOISE_FLOOR) comes before everything
+# else and one that hurt after everything else.
+PRIOR_WEIGHT, PRIOR_HALF_LIFE = 0.5, 2
 
 
 class OfflineBrain:
     kind = "offline"
 
-    def __init__(self, knowledge: KnowledgeIndex, guided: bool = True):
+    def __init__(self, knowledge: KnowledgeIndex, guided: bool = True, lessons: list[Lesson] = ()):
         self.knowledge = knowledge
         self.guided = guided
+        self.lessons = list(lessons)  # earlier runs' (the baselines ignore them, as published)
+        self._priors: dict[str, dict] = {}  # root hash -> priors(lessons, root hash)
+
+    def _priors_for(self, ctx: Context) -> dict[tuple[str, str], dict]:
+        """What lessons about this run's root say per (operator, arm)."""
+        if not self.guided or not self.lessons:
+            return {}
+        root = code_hash(ctx.code(ctx.root["id"]))
+        if root not in self._priors:
+            self._priors[root] = priors(self.lessons, root)
+        return self._priors[root]
 
     # -- researcher ---------------------------------------------------------------------------
     def research(self, ctx: Context) -> tuple[Proposal | None, list[Trace]]:
         query, hits, recommended = self._retrieve(ctx)
-        share = self._code_share(ctx.history)
-        if ctx.parent.get("design") and (
+        lessons = self._priors_for(ctx)
+        share = self._code_share(ctx.history, lessons)
+        design = ctx.parent.get("design") and (
             share == 0 or ctx.rng.random() >= share
-        ):  # (no draw for the baselines: as published)
+        )  # (no draw for the baselines: as published)
+        best = _lesson_kind(ctx, lessons, Design.model_validate(ctx.parent["design"])) if design is not None else None
+        if best is not None:  # the change that helped most before, and is new to this run, decides the kind
+            design = not best
+        if design:
             proposal, traces = self._research_design(ctx, query, hits, recommended)
             if proposal is not None:
                 return proposal, traces
@@ -203,17 +226,19 @@ class OfflineBrain:
         hits = self.knowledge.search(query, k=5)
         return query, hits, {op for h in hits if h.kind == "entry" for op in self.knowledge.entry(h.id).operators}
 
-    def _code_share(self, history: list[dict]) -> float:
-        """How often a template parent gets a code edit instead of a template operator."""
+    def _code_share(self, history: list[dict], lessons: dict) -> float:
+        """How often a template parent gets a code edit instead of a template operator: the larger
+        share once code edits have paid more on average, here and in the lessons (as priors)."""
         if not self.guided:
             return 0.0  # the baselines keep their template search as published (bench figures)
-        code = [_gain(r) for r in history if (r["operator"] or "").startswith(CODE)]
-        template = [_gain(r) for r in history if r["operator"] in BY_NAME]
-        if (
-            len(code) >= MIN_TRIES
-            and len(template) >= MIN_TRIES
-            and statistics.fmean(code) > statistics.fmean(template)
-        ):
+        pooled = {}  # code edits or not -> (trials, mean gain)
+        for is_code in (True, False):
+            kind = (lambda name: name.startswith(CODE)) if is_code else (lambda name: name in BY_NAME)
+            own = [_gain(r) for r in history if kind(r["operator"] or "")]
+            prior = [(p["mean_gain"], p["trials"]) for (name, _), p in lessons.items() if kind(name)]
+            n = len(own) + PRIOR_WEIGHT * sum(t for _, t in prior)
+            pooled[is_code] = n, (sum(own) + PRIOR_WEIGHT * sum(m * t for m, t in prior)) / n if n else 0.0
+        if pooled[True][0] >= MIN_TRIES and pooled[False][0] >= MIN_TRIES and pooled[True][1] > pooled[False][1]:
             return CODE_SHARE_PAYING
         return CODE_SHARE
 
@@ -222,9 +247,15 @@ class OfflineBrain:
     ) -> tuple[Proposal | None, list[Trace]]:
         parent = Design.model_validate(ctx.parent["design"])
         stats, arms = _bandit_stats(ctx.history)
-        total = sum(len(v) for v in stats.values())
+        lessons = self._priors_for(ctx)
+        total = sum(len(v) for v in stats.values()) + PRIOR_WEIGHT * sum(p["trials"] for p in lessons.values())
         applicable = [op for op in OPERATORS if op.applies(parent)]
         fresh = {op.name: [d for d in op.variants(parent) if not ctx.seen(d.model_dump())] for op in applicable}
+        learned = {name for name, _ in lessons}  # (operator, arm) keys: their operators count as tried
+
+        def prior(op: Operator, design: Design) -> tuple[float, float] | None:
+            key = (op.name, json.dumps(getattr(design, op.field)))
+            return _prior(lessons.get(key), arms.get(key) or [])
 
         def arm(op: Operator, design: Design) -> tuple:
             # Credit goes to the value an operator sets, not just the operator: removing the output norm
@@ -232,16 +263,22 @@ class OfflineBrain:
             # proposing the latter (4 of 40 evaluations in one micro run). Every value is tried once
             # before any is retried (halving and doubling the heads are opposite bets: neither's record
             # says much about the other), those of operators that did well first.
-            gains = arms.get((op.name, json.dumps(getattr(design, op.field))))
-            if gains:
-                return True, -(_ucb(gains, total) + KNOWLEDGE_BONUS * (op.name in recommended)), ctx.rng.random()
+            gains = arms.get((op.name, json.dumps(getattr(design, op.field)))) or []
+            learnt = prior(op, design)
+            lead = _lead(learnt, gains)
+            if gains or learnt:
+                bonus = KNOWLEDGE_BONUS * (op.name in recommended)
+                # not yet tried here: ranked by what it gained before (a prior of one trial would
+                # otherwise win on the exploration bonus alone)
+                score = _ucb(gains, total, learnt) if gains else learnt[0]
+                return lead, True, -(score + bonus), ctx.rng.random()
             if op.name in stats:  # an untried value of a tried operator: ranked by its operator's average
-                return False, -statistics.fmean(stats[op.name]), ctx.rng.random()
-            return False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
+                return lead, False, -statistics.fmean(stats[op.name]), ctx.rng.random()
+            return lead, False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
 
         if self.guided:
             best = {
-                op.name: min(((*arm(op, d), d) for d in fresh[op.name]), key=lambda t: t[:3], default=None)
+                op.name: min(((*arm(op, d), d) for d in fresh[op.name]), key=lambda t: t[:4], default=None)
                 for op in applicable
             }
             # Untried operators first, in the order the knowledge base suggests, then operators with an
@@ -254,9 +291,10 @@ class OfflineBrain:
             ranked = sorted(
                 applicable,
                 key=lambda op: (
-                    op.name in stats,
+                    best[op.name][0] if best[op.name] else 1,  # what a lesson says helped first, hurt last
+                    op.name in stats or op.name in learned,
                     op.speed_only and statistics.fmean(stats.get(op.name) or [0.0]) <= NOISE_FLOOR,
-                    best[op.name][:3] if best[op.name] else (True, 0.0, 0.0),
+                    best[op.name][1:4] if best[op.name] else (True, 0.0, 0.0),
                 ),
             )
         else:
@@ -266,7 +304,7 @@ class OfflineBrain:
             if choice is not None:
                 break
             if fresh[op.name]:
-                choice = op, (best[op.name][3] if self.guided else ctx.rng.choice(fresh[op.name])), None
+                choice = op, (best[op.name][4] if self.guided else ctx.rng.choice(fresh[op.name])), None
         if choice is None:
             trace = Trace(
                 role="researcher",
@@ -298,6 +336,12 @@ class OfflineBrain:
             "transplant": transplant,
             "bandit": {name: _summary(gains) for name, gains in stats.items()},
             "values": {f"{name}={value}": _summary(gains) for (name, value), gains in arms.items()},
+            **_priors_used(
+                lessons,
+                {(o.name, json.dumps(getattr(d, o.field))) for o in applicable for d in fresh[o.name]},
+                (op.name, json.dumps(value)),
+                arms,
+            ),
             "ranked": [o.name for o in ranked],
             "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
@@ -313,6 +357,7 @@ class OfflineBrain:
     ) -> tuple[Proposal | None, list[Trace]]:
         """A code edit of the parent's file: any file that meets the contract has some."""
         stats, arms = _code_stats(ctx.history)
+        lessons = self._priors_for(ctx)
         donors = {
             r["id"]: ctx.code(r["id"])
             for r in ctx.references
@@ -323,7 +368,7 @@ class OfflineBrain:
         ]
         ctx.rng.shuffle(made)  # (ties are broken at random)
         if self.guided:
-            made.sort(key=lambda edit: _code_rank(edit, stats, arms, recommended))
+            made.sort(key=lambda edit: _code_rank(edit, stats, arms, recommended, lessons))
         else:  # an operator drawn uniformly, then one of its edits
             ops = list(code_edits.OPERATORS)
             ctx.rng.shuffle(ops)
@@ -359,6 +404,12 @@ class OfflineBrain:
             "transplant": transplant,
             "bandit": {CODE + name: _summary(gains) for name, gains in stats.items()},
             "arms": {name: _summary(gains) for name, gains in arms.items()},
+            **_priors_used(
+                lessons,
+                {(CODE + e.operator, code_edits.arm(e.operator, e.spec)) for e in made},
+                (CODE + edit.operator, code_edits.arm(edit.operator, edit.spec)),
+                arms,
+            ),
             "ranked": [CODE + op for op in ops],
             "donors": sorted(donors),
             "query": query,
@@ -553,19 +604,33 @@ def _repair(design: Design, reason: str) -> tuple[str, object] | None:
     return None
 
 
+def credits(history: list[dict]) -> list[tuple[str, str | None, float, dict]]:
+    """How the researcher credits every finished child: (operator, arm, fitness gain over the parent
+    (failed: FAILED_GAIN), the history row). A template operator's arm is the value it set (JSON), a
+    code edit's is code_edits.arm(); None where the child's change is not known."""
+    out = []
+    for row in history:
+        name = row["operator"] or ""
+        op = BY_NAME.get(name)
+        if op is not None:
+            change = row.get("change") or {}
+            out.append((name, json.dumps(change[op.field]) if op.field in change else None, _gain(row), row))
+        elif name.startswith(CODE):
+            edit = row.get("edit")
+            out.append((name, code_edits.arm(name[len(CODE) :], edit) if edit else None, _gain(row), row))
+    return out
+
+
 def _bandit_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[tuple[str, str], list[float]]]:
     """Fitness gain over the parent of every finished child (failed: FAILED_GAIN), per operator and
     per (operator, the value it set)."""
     per_operator: dict[str, list[float]] = {}
     per_value: dict[tuple[str, str], list[float]] = {}
-    for row in history:
-        op = BY_NAME.get(row["operator"])
-        if op is None:
-            continue
-        gain = _gain(row)
-        per_operator.setdefault(op.name, []).append(gain)
-        if op.field in (row.get("change") or {}):
-            per_value.setdefault((op.name, json.dumps(row["change"][op.field])), []).append(gain)
+    for name, arm, gain, _ in credits(history):
+        if name in BY_NAME:
+            per_operator.setdefault(name, []).append(gain)
+            if arm is not None:
+                per_value.setdefault((name, arm), []).append(gain)
     return per_operator, per_value
 
 
@@ -573,33 +638,107 @@ def _code_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[str, 
     """Fitness gains of the children made by code edits, per operator and per arm (code_edits.arm)."""
     per_operator: dict[str, list[float]] = {}
     per_arm: dict[str, list[float]] = {}
-    for row in history:
-        if (row["operator"] or "").startswith(CODE):
-            operator = row["operator"][len(CODE) :]
-            per_operator.setdefault(operator, []).append(_gain(row))
-            if row.get("edit"):
-                per_arm.setdefault(code_edits.arm(operator, row["edit"]), []).append(_gain(row))
+    for name, arm, gain, _ in credits(history):
+        if name.startswith(CODE):
+            per_operator.setdefault(name[len(CODE) :], []).append(gain)
+            if arm is not None:
+                per_arm.setdefault(arm, []).append(gain)
     return per_operator, per_arm
 
 
-def _code_rank(edit: Edit, stats: dict, arms: dict, recommended: set) -> tuple:
+def _lesson_kind(ctx: Context, lessons: dict, parent: Design) -> bool | None:
+    """Whether the change that lessons say helped most (above noise), that this run has not made and
+    that applies to this template parent, is a code edit (True) or a template operator's (False);
+    None when there is none. In a run whose best lineage was code edits made on a template root, the
+    template operators' own lessons are few, and the code share alone kept the researcher on them
+    (bench/lessons.py, DeltaNet root: 8 evaluations to run 1's best with lessons, 7 without)."""
+    if not lessons:
+        return None
+    _, values = _bandit_stats(ctx.history)
+    _, code_arms = _code_stats(ctx.history)
+    for (name, arm), p in sorted(lessons.items(), key=lambda kv: -kv[1]["mean_gain"]):
+        if p["mean_gain"] <= NOISE_FLOOR:
+            return None
+        if name in BY_NAME:
+            op = BY_NAME[name]
+            child = parent.model_copy(update={op.field: json.loads(arm)})
+            if (
+                (name, arm) not in values
+                and op.applies(parent)
+                and child != parent
+                and not ctx.seen(child.model_dump())
+            ):
+                return False
+        elif name.startswith(CODE) and arm not in code_arms:
+            operator = name[len(CODE) :]
+            edits = code_edits.candidates(ctx.parent_code, operator, None, _max_size(ctx))
+            if any(
+                code_edits.arm(operator, e.spec) == arm
+                and code_edits.valid(e, ctx.parent_code)
+                and not ctx.seen_code(e.code)
+                for e in edits
+            ):
+                return True
+    return None
+
+
+def _prior(lesson: dict | None, own: list[float]) -> tuple[float, float] | None:
+    """A pooled lesson as (mean gain, weight in trials of this run), discounted as this run's own
+    trials of the same arm grow."""
+    if not lesson:
+        return None
+    return lesson["mean_gain"], PRIOR_WEIGHT * lesson["trials"] * PRIOR_HALF_LIFE / (PRIOR_HALF_LIFE + len(own))
+
+
+def _lead(prior: tuple[float, float] | None, own: list[float]) -> int:
+    """0: a lesson says this arm helped and this run has not tried it yet; 2: it hurt; else 1."""
+    if prior is None or own:
+        return 1
+    return 0 if prior[0] > NOISE_FLOOR else 2 if prior[0] < -NOISE_FLOOR else 1
+
+
+def _priors_used(lessons: dict, weighed: set, chosen: tuple, arms: dict) -> dict:
+    """For the decision trace: the lessons behind the arms this choice weighed, and the chosen one's."""
+    used = {
+        f"{name}={arm}": {
+            "trials": p["trials"],
+            "mean_gain": round(p["mean_gain"], 4),
+            "weight": round(_prior(p, arms.get((name, arm)) or arms.get(arm) or [])[1], 3),
+            "lessons": p["lessons"],
+        }
+        for (name, arm), p in sorted(lessons.items())
+        if (name, arm) in weighed
+    }
+    if not used:
+        return {}
+    return {"priors": used, "prior_chosen": lessons[chosen]["lessons"] if chosen in lessons else []}
+
+
+def _code_rank(edit: Edit, stats: dict, arms: dict, recommended: set, lessons: dict | None = None) -> tuple:
     """Untried operators first (those the knowledge base recommends for the parent, then in the prior
     order of code_edits.OPERATORS), then by UCB: of the edit's arm where it was made before; where
     only the opposite bet was made, of that record mirrored (a constant's effect is locally monotone:
     when scaling it up cost, scaling it down is the bet; in the first foreign-root benchmark the decay
     divisor 8 -> 16 lost 0.09-0.15 five times of five and 8 -> 4 gained 0.09-0.19 three times of three,
     but the operator's mean kept the default from ever trying it); else of half its operator's mean
-    (another site or variant of the same operator is a related bet, not the same one)."""
-    if edit.operator not in stats:
+    (another site or variant of the same operator is a related bet, not the same one). Lessons of
+    earlier runs (`lessons`, by (operator, arm)) lead and are merged in as discounted priors."""
+    key = code_edits.arm(edit.operator, edit.spec)
+    gains = arms.get(key)
+    prior = _prior((lessons or {}).get((CODE + edit.operator, key)), gains or [])
+    lead = _lead(prior, gains or [])
+    if edit.operator not in stats and prior is None:
         return (
+            lead,
             0,
             code_edits.OPERATORS[edit.operator][1] not in recommended,
             list(code_edits.OPERATORS).index(edit.operator),
         )
-    total = sum(len(v) for v in stats.values())
-    gains = arms.get(code_edits.arm(edit.operator, edit.spec))
+    total = sum(len(v) for v in stats.values()) + (prior[1] if prior else 0)
+    if prior is not None:  # not yet tried here: ranked by what it gained before
+        return lead, 1, -(_ucb(gains, total, prior) if gains else prior[0])
     opposite = [-g for g in arms.get(code_edits.arm(edit.operator, edit.spec, flip=True)) or [] if g != FAILED_GAIN]
-    return 1, -_ucb(gains or opposite or [statistics.fmean(stats[edit.operator]) / 2], total)
+    return lead, 1, -_ucb(gains or opposite or [statistics.fmean(stats[edit.operator]) / 2], total)
 
 
 def _max_size(ctx: Context) -> int:
@@ -610,8 +749,11 @@ def _gain(row: dict) -> float:
     return FAILED_GAIN if row["fitness"] is None else row["fitness"] - row["parent_fitness"]
 
 
-def _ucb(gains: list[float], total: int) -> float:
-    return sum(gains) / len(gains) + 0.1 * math.sqrt(2 * math.log(total + 1) / len(gains))
+def _ucb(gains: list[float], total: float, prior: tuple[float, float] | None = None) -> float:
+    """UCB1 of an arm's gains; a prior (mean, weight) counts as `weight` more trials of its mean."""
+    mean, weight = prior or (0.0, 0.0)
+    n = len(gains) + weight
+    return (sum(gains) + mean * weight) / n + 0.1 * math.sqrt(2 * math.log(total + 1) / n)
 
 
 def _summary(gains: list[float]) -> dict:

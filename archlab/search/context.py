@@ -18,18 +18,6 @@ def context(run, state: dict) -> Context:
     root = run.store.node(0)
     tier = run.tier()
     limit = param_budget(root["metrics"]["mixer_params"], run.config.param_ratio) if root.get("metrics") else None
-    edits = run.store.code_edits()  # code edits: what to make again elsewhere
-    history = [
-        {
-            "node": r["child"],
-            "operator": r["operator"],
-            "fitness": r["fitness"],
-            "parent_fitness": r["parent_fitness"],
-            "change": _change(r["design"], r["parent_design"]),
-            "edit": edits.get(r["child"]),
-        }
-        for r in run.store.parent_child_pairs()
-    ]
     return Context(
         node_id=state["node_id"],
         parent=parent,
@@ -45,13 +33,31 @@ def context(run, state: dict) -> Context:
             if n["commit_sha"] and run.brain.kind == "llm"
         ],
         diff=lambda node: run.lineage.diff(parent["commit_sha"], node["commit_sha"]),
-        history=history,
+        history=history(run.store),
         seen=lambda design: json.dumps(design) in run.claimed or run.store.has_design(design),
         seen_code=lambda code: claim(None, code) in run.claimed or run.store.has_code(code),
         code=lambda node_id: run.lineage.code(run.store.node(node_id)["commit_sha"]),
         rng=random.Random(run.config.seed * 1_000_003 + state["node_id"]),
         notes=state.get("notes") or [],
     )
+
+
+def history(store: Store) -> list[dict]:
+    """Every finished child beside its parent, as the researcher credits it: node, parent, operator,
+    fitness, parent_fitness, change (template designs), edit (code edits: what to make again elsewhere)."""
+    edits = store.code_edits()
+    return [
+        {
+            "node": r["child"],
+            "parent": r["parent"],
+            "operator": r["operator"],
+            "fitness": r["fitness"],
+            "parent_fitness": r["parent_fitness"],
+            "change": _change(r["design"], r["parent_design"]),
+            "edit": edits.get(r["child"]),
+        }
+        for r in store.parent_child_pairs()
+    ]
 
 
 def claim(design: dict | None, code: str | None) -> str:

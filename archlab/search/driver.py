@@ -23,9 +23,10 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from archlab.agents.llm import BudgetExceeded, EndpointDown
 from archlab.config import RunConfig
 from archlab.errors import UserError
+from archlab.knowledge import KnowledgeError
 from archlab.sandbox import executors
 from archlab.sandbox.tiers import resolve
-from archlab.search import evaluation, pipeline, promotion, steering
+from archlab.search import evaluation, lessons, pipeline, promotion, steering
 from archlab.search.root import ensure_root
 from archlab.text import duration
 from archlab.tree import space
@@ -60,6 +61,7 @@ class Run:
         self.claimed: set[str] = set()  # designs chosen by candidates in flight (pipeline.research)
         self.executor = executor  # None: run() makes the one the config asks for, and shuts it down at the end
         self.endpoint_down: str | None = None  # why the LLM endpoint stopped the run (the CLI then exits 1)
+        self.lessons_written: list = []  # what the last write_lessons wrote (the CLI says how many)
         plan = promotion.plan_of(config)
         self.promoter = promotion.Promoter(self.store, plan, config.speed_weight) if plan else None
 
@@ -83,6 +85,15 @@ class Run:
             if own_executor:
                 self.executor.shutdown()
                 self.executor = None
+            self.write_lessons()  # every stop: a budget, `archlab steer stop`, Ctrl-C, a failure
+
+    def write_lessons(self) -> None:
+        """The analyst's lessons of this run into the user's store (archlab/search/lessons.py). A
+        store that cannot be written costs the lessons, never the run: an event says why."""
+        try:
+            self.lessons_written = lessons.write(self)
+        except (OSError, KnowledgeError, sqlite3.Error) as e:
+            self.store.event("lessons", f"lessons not written: {e}")
 
     def _run(self, on_node: Callable[[dict], None]) -> str:
         # Run time counts the root, and is stored as it grows (after the root and every node), so
@@ -152,6 +163,7 @@ class Run:
                 kind, key = running.pop(future)
                 if kind == "promotion":
                     future.result()  # an executor failure stops the run (the promotion resumes next time)
+                    self.write_lessons()  # a verified node's figures join its change's lesson
                     on_node(self.store.node(key))
                     continue
                 try:

@@ -398,13 +398,13 @@ class Store:
         return self.db.execute("select id, analysis from nodes where analysis is not null").fetchall()
 
     def parent_child_pairs(self) -> list[dict]:
-        """Every finished or failed node beside its scored parent: child, operator, fitness,
+        """Every finished or failed node beside its scored parent: child, parent, operator, fitness,
         parent_fitness, design, parent_design (designs decoded)."""
         rows = self.db.execute(
-            "select c.id, c.operator, c.fitness, p.fitness, c.design, p.design from nodes c join nodes p on c.parent_id = p.id "
+            "select c.id, p.id, c.operator, c.fitness, p.fitness, c.design, p.design from nodes c join nodes p on c.parent_id = p.id "
             "where c.status in ('done', 'failed') and p.fitness is not null"
         ).fetchall()
-        keys = ("child", "operator", "fitness", "parent_fitness", "design", "parent_design")
+        keys = ("child", "parent", "operator", "fitness", "parent_fitness", "design", "parent_design")
         return [_decode(dict(zip(keys, r)), ("design", "parent_design")) for r in rows]
 
     def has_design(self, design: dict) -> bool:
