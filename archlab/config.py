@@ -52,7 +52,7 @@ class RunConfig(BaseModel):
 
     root: str = Field("deltanet", description="built-in root name or path of a candidate file")
     llm: str = Field("offline", description="'offline' (embedded brain) or PROVIDER:MODEL")
-    strategy: Literal["asi", "ucb", "evolution", "random"] = "asi"
+    strategy: Literal["asi", "asi-qd", "qd", "ucb", "evolution", "random"] = "asi"
     tier: Literal["micro", "smoke", "explore", "verify"] = "smoke"
     tier_overrides: dict = Field(
         {}, description="tier fields changed for every search evaluation, e.g. {d_model = 512, steps = 600}"

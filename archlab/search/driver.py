@@ -25,7 +25,7 @@ from archlab.config import RunConfig
 from archlab.errors import UserError
 from archlab.sandbox import executors
 from archlab.sandbox.tiers import resolve
-from archlab.search import evaluation, pipeline, promotion, steering
+from archlab.search import archive, evaluation, pipeline, promotion, steering
 from archlab.search.root import ensure_root
 from archlab.text import duration
 from archlab.tree import space
@@ -95,6 +95,7 @@ class Run:
         try:
             try:
                 ensure_root(self, on_node)
+                archive.backfill(self.store, self.tier())  # a run from an older archlab: place its nodes
             except BaseException as e:
                 if not isinstance(e, UserError):  # a rejected root is over; anything else may still be running
                     self.executor.stop()
