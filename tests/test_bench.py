@@ -24,15 +24,18 @@ def quick(script: str, out: Path | None, *extra: str, timeout: float = 900) -> s
 def test_search_efficiency_quick(tmp_path):
     out = quick("search_efficiency.py", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {r["strategy"] for r in results["runs"]} == {"asi", "evolution", "random"}
+    assert {r["strategy"] for r in results["runs"]} == {"asi-qd", "asi", "evolution", "random"}
     for r in results["runs"]:
         assert len(r["curve"]) == 2 and r["curve"] == sorted(r["curve"]) and r["best_gain"] == r["curve"][-1] >= 0
         assert 0 <= r["failed_rate"] <= 1 and r["root_val_loss"] > 0
+        # the root and up to 2 candidates in the micro grid's 300 cells, each elite at least the floor
+        assert 1 <= r["qd_cells"] <= 3 and r["qd_coverage"] == r["qd_cells"] / 300 and r["qd_score"] >= 1.0
     assert (tmp_path / "best_so_far-deltanet.svg").read_text().startswith("<svg")
-    assert "the default" in out
-    for baseline in ("evolution", "random"):
-        paired = results["summary"][f"deltanet/asi-vs-{baseline}"]
-        assert paired["seeds"] == 1 and set(paired["wins"].values()) <= {0, 1}
+    assert "QD coverage" in out and "deltanet: asi-qd " in out and "on qd coverage" in out
+    for baseline in ("asi", "evolution", "random"):
+        paired = results["summary"][f"deltanet/asi-qd-vs-{baseline}"]
+        assert paired["seeds"] == 1 and set(paired["wins"]) == {"best_gain", "auc", "qd_coverage", "qd_score"}
+        assert set(paired["wins"].values()) <= {0, 1}
 
 
 def test_rediscovery_quick(tmp_path):

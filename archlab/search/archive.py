@@ -5,7 +5,7 @@ Descriptors of a finished node, each only where its tier measures it:
 
 | descriptor | value                                                       | bins (fixed)                       |
 |------------|-------------------------------------------------------------|------------------------------------|
-| family     | the mechanism family read from the code (archlab/mechanisms)| hybrid, delta, decay, gating, convolution, other |
+| family     | the mechanism family read from the code (archlab/sandbox/mechanisms)| hybrid, delta, decay, gating, convolution, other |
 | speed      | log2(training tokens/s / the root's), every tier            | < 1/2, 1/2-0.84, 0.84-1.19, 1.19-2, > 2 times the root's |
 | share      | the mixer's share of a block's parameters (mixer + FFN)      | tenths: 0-10%, ..., 90-100%        |
 | state      | log2(decoding state bytes / the root's), tiers with hardware metrics (smoke and up) | as speed |
@@ -26,8 +26,8 @@ root adds to it, and a cell adds more the better its elite.
 import math
 from dataclasses import dataclass
 
-from archlab.mechanisms import FAMILIES, family, mechanisms
 from archlab.sandbox.data import VOCAB_SIZE
+from archlab.sandbox.mechanisms import FAMILIES, family, mechanisms
 from archlab.sandbox.tiers import Tier
 from archlab.tree.store import DONE, Store
 
@@ -143,6 +143,38 @@ class Archive:
             if at not in shown or (elite["fitness"], -elite["id"]) > (shown[at]["fitness"], -shown[at]["id"]):
                 shown[at] = elite
         return shown
+
+
+def grid(found: Archive, x: str | None = None, y: str | None = None) -> dict:
+    """The archive seen along two descriptors, as the web UI and the report draw it: by default the
+    mechanism family against the most informative one the tier measures (recall, else state bytes,
+    else the mixer share). ValueError for a descriptor the tier does not measure."""
+    names = axes(found.tier)
+    x, y = x or "family", y or names[-1]
+    for axis in (x, y):
+        if axis not in names:
+            raise ValueError(
+                f"the {found.tier.name} tier's archive has no {axis!r} axis; choose one of {', '.join(names)}"
+            )
+    if x == y:
+        raise ValueError("choose two different axes")
+    return {
+        "axes": list(names),
+        "titles": {a: AXIS_TITLES[a] for a in names},
+        "x": x,
+        "y": y,
+        "x_labels": list(AXES[x]),
+        "y_labels": list(AXES[y]),
+        "cells": [
+            {"x": i, "y": j, "id": e["id"], "fitness": e["fitness"]}
+            for (i, j), e in sorted(found.projection(x, y).items())
+        ],
+        "occupied": len(found.elites),
+        "reachable": reachable(found.tier),
+        "coverage": found.coverage,
+        "qd_score": found.qd_score,
+        "floor": FLOOR,
+    }
 
 
 def load(store: Store, tier: Tier, where: str = DONE) -> Archive:
