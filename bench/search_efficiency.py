@@ -9,13 +9,15 @@ cells of the tier's grid) and QD-score (the elites' fitness above a floor), both
 archive with the same fixed bins for every strategy (archlab/search/archive.py); as a table,
 results.json and one SVG of best-so-far per root.
 
-The first strategy listed is compared with each of the others, per seed. `asi-qd` draws a share of
-its parents from the MAP-Elites archive and the rest as `asi` (ASI-Arch-style parent selection; the
-offline brain picks operators with a bandit over their gains plus what the knowledge base
-recommends). The baselines: `evolution` (regularized evolution: tournament among the recent
-population, uniformly random mutations) and `random` (uniformly random parent and mutation).
+The first strategy listed (by default `asi`, the default) is compared with each of the others, per
+seed. `asi` is ASI-Arch-style parent selection (the offline brain picks operators with a bandit over
+their gains plus what the knowledge base recommends); `asi-qd` draws a quarter of its parents from
+the MAP-Elites archive and the rest as `asi`. The baselines: `evolution` (regularized evolution:
+tournament among the recent population, uniformly random mutations) and `random` (uniformly random
+parent and mutation).
 
-    python bench/search_efficiency.py                    # CPU: micro tier, 40 evaluations, 3 seeds, 2 roots (~30 min on 2 cores)
+    python bench/search_efficiency.py                    # CPU: micro tier, 40 evaluations, 3 seeds, 2 roots (~45 min on 2 cores)
+    python bench/search_efficiency.py --strategies asi-qd asi --jobs 1   # asi-qd against the default
     python bench/search_efficiency.py --tier smoke --jobs 8   # a bigger machine
     python bench/search_efficiency.py --quick            # a few minutes: checks that it all works
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from discovery import best_so_far, curves_svg, fmt, mean_std, quality_diversity, run_all, search
 
-STRATEGIES = ("asi-qd", "asi", "evolution", "random")
+STRATEGIES = ("asi", "asi-qd", "evolution", "random")  # the default first: it is compared with each other one
 METRICS = ("best_gain", "auc", "qd_coverage", "qd_score")  # compared per seed, higher is better
 ROOTS = ("deltanet", "deltanet_ablated")
 

@@ -31,9 +31,9 @@ def test_search_efficiency_quick(tmp_path):
         # the root and up to 2 candidates in the micro grid's 300 cells, each elite at least the floor
         assert 1 <= r["qd_cells"] <= 3 and r["qd_coverage"] == r["qd_cells"] / 300 and r["qd_score"] >= 1.0
     assert (tmp_path / "best_so_far-deltanet.svg").read_text().startswith("<svg")
-    assert "QD coverage" in out and "deltanet: asi-qd " in out and "on qd coverage" in out
-    for baseline in ("asi", "evolution", "random"):
-        paired = results["summary"][f"deltanet/asi-qd-vs-{baseline}"]
+    assert "QD coverage" in out and "deltanet: asi " in out and "on qd coverage" in out
+    for baseline in ("asi-qd", "evolution", "random"):
+        paired = results["summary"][f"deltanet/asi-vs-{baseline}"]
         assert paired["seeds"] == 1 and set(paired["wins"]) == {"best_gain", "auc", "qd_coverage", "qd_score"}
         assert set(paired["wins"].values()) <= {0, 1}
 

@@ -9,7 +9,7 @@ import random
 
 from archlab.tree.store import DONE, Store
 
-QD_SHARE = 0.25  # `asi-qd` (the default): parents drawn from the quality-diversity archive; the rest as `asi`
+QD_SHARE = 0.25  # `asi-qd`: parents drawn from the quality-diversity archive; the rest as `asi`
 
 
 def select_parent(store: Store, strategy: str, rng: random.Random, where: str = DONE) -> dict | None:
