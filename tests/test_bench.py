@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]  # a benchmark's --quick mode (900 s bound)
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -32,6 +34,10 @@ def test_search_efficiency_quick(tmp_path):
         assert 1 <= r["qd_cells"] <= 3 and r["qd_coverage"] == r["qd_cells"] / 300 and r["qd_score"] >= 1.0
     assert (tmp_path / "best_so_far-deltanet.svg").read_text().startswith("<svg")
     assert "QD coverage" in out and "deltanet: asi " in out and "on qd coverage" in out
+    qd_run = Path(next(r["run"] for r in results["runs"] if r["strategy"] == "asi-qd"))
+    selections = [t for t in helpers.table_rows(qd_run, "traces") if t["role"] == "selector"]
+    assert len(selections) == 2 and all(json.loads(t["decision"])["drawn"] in ("archive", "asi") for t in selections)
+    assert all(n["cell"] for n in helpers.node_rows(qd_run) if n["status"] == "done"), "each node placed when recorded"
     for baseline in ("asi-qd", "evolution", "random"):
         paired = results["summary"][f"deltanet/asi-vs-{baseline}"]
         assert paired["seeds"] == 1 and set(paired["wins"]) == {"best_gain", "auc", "qd_coverage", "qd_score"}
