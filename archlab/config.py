@@ -52,7 +52,7 @@ class RunConfig(BaseModel):
 
     root: str = Field("deltanet", description="built-in root name or path of a candidate file")
     llm: str = Field("offline", description="'offline' (embedded brain) or PROVIDER:MODEL")
-    strategy: Literal["asi", "ucb", "evolution", "random"] = "asi"
+    strategy: Literal["asi", "asi-qd", "qd", "ucb", "evolution", "random"] = "asi"
     # Islands (archlab/search/islands.py): sub-populations, each drawing parents with `strategy` from its own nodes.
     islands: int = Field(1, ge=1, description="sub-populations of the search; 1: one population")
     migration_interval: int | None = Field(

@@ -14,12 +14,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from archlab.config import RunConfig
+from archlab.sandbox.tiers import resolve
+from archlab.search import archive
 from archlab.search.driver import Run
+from archlab.tree.readonly import ReadOnlyStore
 from archlab.web.report import chart
 
 sys.stdout.reconfigure(line_buffering=True)  # these run for an hour: show progress even when redirected to a file
 ARCHLAB = [sys.executable, "-c", "from archlab.cli import main; main()"]
-COLOURS = {"asi": "#2563eb", "ucb": "#7c3aed", "evolution": "#d97706", "random": "#6b7280"}
+COLOURS = {
+    "asi-qd": "#059669",
+    "qd": "#db2777",
+    "asi": "#2563eb",
+    "ucb": "#7c3aed",
+    "evolution": "#d97706",
+    "random": "#6b7280",
+}
 
 
 def archlab(*args, timeout: float | None = None, home: Path | None = None) -> subprocess.CompletedProcess:
@@ -76,6 +86,18 @@ def history(run_dir: Path) -> dict:
         "candidates": [r for r in rows if r["id"] != 0],
         "wall_s": float(elapsed[0]) if elapsed else 0.0,
     }
+
+
+def quality_diversity(run_dir: Path) -> dict:
+    """The finished tree's QD coverage and QD-score, with archlab's own archive (the same fixed
+    bins whatever the strategy: archlab/search/archive.py)."""
+    config = RunConfig.load(run_dir)
+    store = ReadOnlyStore(run_dir)
+    try:
+        found = archive.load(store, resolve(config.tier, config.tier_overrides))
+    finally:
+        store.close()
+    return {"qd_coverage": found.coverage, "qd_score": found.qd_score, "qd_cells": len(found.elites)}
 
 
 def best_so_far(candidates: list[dict], start: float = 0.0) -> list[float]:

@@ -4,14 +4,20 @@ For each root and strategy, `--seeds` runs of `--evaluations` candidates each (t
 selection, mutations and training, so strategies are compared on the same root evaluations).
 Reports, per root and strategy (mean ± std over seeds): the best fitness gain over the root,
 the area under the best-so-far curve (its mean over the evaluations: finding it early counts),
-the failed-candidate rate; as a table, results.json and one SVG of best-so-far per root.
+the failed-candidate rate, and the finished tree's quality diversity: QD coverage (occupied
+cells of the tier's grid) and QD-score (the elites' fitness above a floor), both from archlab's
+archive with the same fixed bins for every strategy (archlab/search/archive.py); as a table,
+results.json and one SVG of best-so-far per root.
 
-The default is `asi` (ASI-Arch-style parent selection; the offline brain picks operators with a
-bandit over their gains plus what the knowledge base recommends). The baselines: `evolution`
-(regularized evolution: tournament among the recent population, uniformly random mutations)
-and `random` (uniformly random parent and mutation).
+The first strategy listed (by default `asi`, the default) is compared with each of the others, per
+seed. `asi` is ASI-Arch-style parent selection (the offline brain picks operators with a bandit over
+their gains plus what the knowledge base recommends); `asi-qd` draws a quarter of its parents from
+the MAP-Elites archive and the rest as `asi`. The baselines: `evolution` (regularized evolution:
+tournament among the recent population, uniformly random mutations) and `random` (uniformly random
+parent and mutation).
 
-    python bench/search_efficiency.py                    # CPU: micro tier, 40 evaluations, 3 seeds, 2 roots (~30 min on 2 cores)
+    python bench/search_efficiency.py                    # CPU: micro tier, 40 evaluations, 3 seeds, 2 roots (~45 min on 2 cores)
+    python bench/search_efficiency.py --strategies asi-qd asi --jobs 1   # asi-qd against the default
     python bench/search_efficiency.py --tier smoke --jobs 8   # a bigger machine
     python bench/search_efficiency.py --quick            # a few minutes: checks that it all works
     python bench/search_efficiency.py --strategies asi --islands 3   # every run with 3 islands (rows say asi-i3)
@@ -21,9 +27,10 @@ import argparse
 import json
 from pathlib import Path
 
-from discovery import best_so_far, curves_svg, fmt, mean_std, run_all, search
+from discovery import best_so_far, curves_svg, fmt, mean_std, quality_diversity, run_all, search
 
-STRATEGIES = ("asi", "evolution", "random")
+STRATEGIES = ("asi", "asi-qd", "evolution", "random")  # the default first: it is compared with each other one
+METRICS = ("best_gain", "auc", "qd_coverage", "qd_score")  # compared per seed, higher is better
 ROOTS = ("deltanet", "deltanet_ablated")
 
 
@@ -94,6 +101,7 @@ def main() -> None:
                 "curve": curve,
                 "wall_s": run["wall_s"],
                 "run": run["run"],
+                **quality_diversity(Path(run["run"])),
             }
         )
 
@@ -101,16 +109,20 @@ def main() -> None:
         f"search efficiency: tier {args.tier}, {args.evaluations} evaluations per run, {args.seeds} seed(s)"
         + (f", {args.islands} islands" if islands else "")
     )
-    print(f"{'root':18} {'strategy':10} {'best gain':>20} {'AUC best-so-far':>20} {'failed':>7} {'wall/run s':>10}")
+    print(
+        f"{'root':18} {'strategy':10} {'best gain':>20} {'AUC best-so-far':>20} {'QD coverage':>18} "
+        f"{'QD-score':>16} {'failed':>7} {'wall/run s':>10}"
+    )
     for root in args.roots:
         curves = {}
         for strategy in args.strategies:
             rows = [r for r in results["runs"] if r["root"] == root and r["strategy"] == strategy]
             curves[strategy] = [r["curve"] for r in rows]
-            summary = {k: mean_std([r[k] for r in rows]) for k in ("best_gain", "auc", "failed_rate", "wall_s")}
+            summary = {k: mean_std([r[k] for r in rows]) for k in (*METRICS, "failed_rate", "wall_s")}
             results["summary"][f"{root}/{strategy}"] = summary
             print(
                 f"{root:18} {strategy + islands:10} {fmt([r['best_gain'] for r in rows]):>20} {fmt([r['auc'] for r in rows]):>20} "
+                f"{fmt([r['qd_coverage'] for r in rows]):>18} {fmt([r['qd_score'] for r in rows], 2):>16} "
                 f"{summary['failed_rate'][0]:7.0%} {summary['wall_s'][0]:10.0f}"
             )
         (args.out / f"best_so_far-{root}.svg").write_text(
@@ -120,27 +132,27 @@ def main() -> None:
                 curves,
             )
         )
-        if "asi" in args.strategies:
-            for baseline in (s for s in args.strategies if s != "asi"):
-                a, b = results["summary"][f"{root}/asi"], results["summary"][f"{root}/{baseline}"]
-                verdict = (
-                    "beats" if a["best_gain"][0] > b["best_gain"][0] and a["auc"][0] > b["auc"][0] else "does NOT beat"
-                )
-                # Paired by seed (a seed fixes the root's evaluation, so each pair starts from the same root)
-                pairs = [
-                    (x, y)
-                    for x in results["runs"]
-                    for y in results["runs"]
-                    if x["root"] == y["root"] == root
-                    and x["seed"] == y["seed"]
-                    and (x["strategy"], y["strategy"]) == ("asi", baseline)
-                ]
-                wins = {k: sum(x[k] > y[k] for x, y in pairs) for k in ("best_gain", "auc")}
-                results["summary"][f"{root}/asi-vs-{baseline}"] = {"seeds": len(pairs), "wins": wins}
-                print(
-                    f"  {root}: the default {verdict} {baseline} (means of best gain and AUC); per seed it is ahead "
-                    f"in {wins['best_gain']}/{len(pairs)} on best gain, {wins['auc']}/{len(pairs)} on AUC"
-                )
+        first = args.strategies[0]
+        for baseline in args.strategies[1:]:
+            a, b = results["summary"][f"{root}/{first}"], results["summary"][f"{root}/{baseline}"]
+            verdict = (
+                "beats" if a["best_gain"][0] > b["best_gain"][0] and a["auc"][0] > b["auc"][0] else "does NOT beat"
+            )
+            # Paired by seed (a seed fixes the root's evaluation, so each pair starts from the same root)
+            pairs = [
+                (x, y)
+                for x in results["runs"]
+                for y in results["runs"]
+                if x["root"] == y["root"] == root
+                and x["seed"] == y["seed"]
+                and (x["strategy"], y["strategy"]) == (first, baseline)
+            ]
+            wins = {k: sum(x[k] > y[k] for x, y in pairs) for k in METRICS}
+            results["summary"][f"{root}/{first}-vs-{baseline}"] = {"seeds": len(pairs), "wins": wins}
+            print(
+                f"  {root}: {first} {verdict} {baseline} (means of best gain and AUC); per seed it is ahead in "
+                + ", ".join(f"{wins[k]}/{len(pairs)} on {k.replace('_', ' ')}" for k in METRICS)
+            )
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"results: {args.out / 'results.json'}, plots: {args.out}/best_so_far-*.svg")
 

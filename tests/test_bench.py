@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]  # a benchmark's --quick mode (900 s bound)
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -24,15 +26,22 @@ def quick(script: str, out: Path | None, *extra: str, timeout: float = 900) -> s
 def test_search_efficiency_quick(tmp_path):
     out = quick("search_efficiency.py", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {r["strategy"] for r in results["runs"]} == {"asi", "evolution", "random"}
+    assert {r["strategy"] for r in results["runs"]} == {"asi-qd", "asi", "evolution", "random"}
     for r in results["runs"]:
         assert len(r["curve"]) == 2 and r["curve"] == sorted(r["curve"]) and r["best_gain"] == r["curve"][-1] >= 0
         assert 0 <= r["failed_rate"] <= 1 and r["root_val_loss"] > 0
+        # the root and up to 2 candidates in the micro grid's 300 cells, each elite at least the floor
+        assert 1 <= r["qd_cells"] <= 3 and r["qd_coverage"] == r["qd_cells"] / 300 and r["qd_score"] >= 1.0
     assert (tmp_path / "best_so_far-deltanet.svg").read_text().startswith("<svg")
-    assert "the default" in out
-    for baseline in ("evolution", "random"):
+    assert "QD coverage" in out and "deltanet: asi " in out and "on qd coverage" in out
+    qd_run = Path(next(r["run"] for r in results["runs"] if r["strategy"] == "asi-qd"))
+    selections = [t for t in helpers.table_rows(qd_run, "traces") if t["role"] == "selector"]
+    assert len(selections) == 2 and all(json.loads(t["decision"])["drawn"] in ("archive", "asi") for t in selections)
+    assert all(n["cell"] for n in helpers.node_rows(qd_run) if n["status"] == "done"), "each node placed when recorded"
+    for baseline in ("asi-qd", "evolution", "random"):
         paired = results["summary"][f"deltanet/asi-vs-{baseline}"]
-        assert paired["seeds"] == 1 and set(paired["wins"].values()) <= {0, 1}
+        assert paired["seeds"] == 1 and set(paired["wins"]) == {"best_gain", "auc", "qd_coverage", "qd_score"}
+        assert set(paired["wins"].values()) <= {0, 1}
 
 
 def test_search_efficiency_with_islands_labels_its_rows(tmp_path):

@@ -132,6 +132,38 @@ def test_browser_tree_node_live_update_and_plots(served, shots):
     assert not foreign, f"the page fetched from other hosts: {foreign}"
 
 
+def test_browser_archive_grid_links_to_its_elites(served, shots):
+    """The quality-diversity grid: one cell per elite of the run's archive along two descriptors, each
+    linked to its node's page; another pair of axes from the selector; an axis the tier lacks is a 400."""
+    from playwright.sync_api import expect, sync_playwright
+
+    run, server = served
+    grid = server.get_json("/api/archive")
+    assert (grid["x"], grid["y"]) == ("family", "share") and grid["reachable"] == 300  # micro: no state, no recall
+    stored = {n["cell"] for n in helpers.node_rows(run) if n["status"] == "done"}
+    assert grid["occupied"] == len(stored) >= 1 and grid["coverage"] == len(stored) / 300
+    assert server.request("GET", "/api/archive?y=recall")[0] == 400
+    problems = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.goto(server.url + "#/archive")
+        cells = page.locator('[data-testid="archive-cell"]')
+        expect(cells).to_have_count(len(grid["cells"]), timeout=30_000)
+        expect(page.locator('[data-testid="archive-summary"]')).to_contain_text(f"{grid['occupied']} of 300 cells")
+        page.screenshot(path=str(shots / "6-archive.png"))
+        page.locator('[data-testid="archive-y"]').select_option("speed")
+        expect(page).to_have_url(server.url + "#/archive?x=family&y=speed")
+        speed = server.get_json("/api/archive?y=speed")
+        expect(cells).to_have_count(len(speed["cells"]))
+        elite = speed["cells"][0]["id"]
+        page.locator(f'[data-testid="archive-cell"][data-node="{elite}"]').click()
+        expect(page.locator(f'[data-testid="node-page"][data-node="{elite}"]')).to_be_visible(timeout=15_000)
+        browser.close()
+    assert not problems, problems
+
+
 def _root_stored(run: Path) -> bool:
     """The root is in the tree. (The database file exists a moment before its tables do.)"""
     try:

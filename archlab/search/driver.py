@@ -26,7 +26,7 @@ from archlab.errors import UserError
 from archlab.knowledge import KnowledgeError
 from archlab.sandbox import executors
 from archlab.sandbox.tiers import resolve
-from archlab.search import evaluation, lessons, pipeline, promotion, steering
+from archlab.search import archive, evaluation, lessons, pipeline, promotion, steering
 from archlab.search.root import ensure_root
 from archlab.text import duration
 from archlab.tree import space
@@ -106,6 +106,7 @@ class Run:
         try:
             try:
                 ensure_root(self, on_node)
+                archive.backfill(self.store, self.tier())  # a run from an older archlab: place its nodes
             except BaseException as e:
                 if not isinstance(e, UserError):  # a rejected root is over; anything else may still be running
                     self.executor.stop()

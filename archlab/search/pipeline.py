@@ -21,7 +21,7 @@ from langgraph.graph import END, START, StateGraph
 from archlab import chaos
 from archlab.agents.schema import Proposal, Trace
 from archlab.sandbox import runner
-from archlab.search import evaluation, islands, sampling, steering
+from archlab.search import archive, evaluation, islands, sampling, steering
 from archlab.search.context import claim, context
 from archlab.search.fitness import fitness
 from archlab.tree.store import DONE
@@ -98,6 +98,7 @@ def select(run, state: CandidateState) -> CandidateState:
             "parent": parent["id"],
             "references": [r["id"] for r in refs],
             **({"island": island} if own else {}),
+            **({"drawn": parent["drawn"]} if "drawn" in parent else {}),
             **steered,
         },
     )
@@ -243,6 +244,7 @@ def record(run, state: CandidateState) -> CandidateState:
             reason=None,
             detail=None,
             **evaluation.search_figures(run.config, score),
+            **archive.node_fields(result["metrics"], root, state["proposal"].get("code"), run.tier()),
         )
     else:
         failure = result or state["proposal"].get("failure") or {"reason": "discarded", "detail": None}

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable
 
 from archlab.errors import UserError
-from archlab.search import evaluation
+from archlab.search import archive, evaluation
 from archlab.templates import ROOTS, render_root
 
 # A root's failures that the run's settings or the machine caused, not its code: resuming evaluates it again.
@@ -55,6 +55,7 @@ def ensure_root(run, on_node: Callable[[dict], None]) -> None:
         analysis="The root: every fitness in this run is relative to it.",
         finished=time.time(),
         **evaluation.search_figures(run.config, 0.0),
+        **archive.node_fields(result.metrics, result.metrics, code, run.tier()),
     )
     on_node(run.store.node(0))
 

@@ -9,8 +9,23 @@ import random
 
 from archlab.tree.store import DONE, Store
 
+QD_SHARE = 0.25  # `asi-qd`: parents drawn from the quality-diversity archive; the rest as `asi`
+
 
 def select_parent(store: Store, strategy: str, rng: random.Random, where: str = DONE) -> dict | None:
+    """A parent among the nodes `where` selects. `asi-qd` and `qd` mark theirs with how it was drawn
+    (`drawn`: "archive" or "asi"), which the selector's trace records."""
+    if strategy == "asi-qd":
+        # ASI-Arch's exploitation, and a share of parents from the MAP-Elites archive (archive.py): the
+        # best of a cell unlike the top of the tree, so the run keeps building in several directions.
+        parent = _elite(store, where, rng) if rng.random() < QD_SHARE else None
+        if parent is not None:
+            return parent | {"drawn": "archive"}
+        parent = select_parent(store, "asi", rng, where)
+        return None if parent is None else parent | {"drawn": "asi"}
+    if strategy == "qd":
+        parent = _elite(store, where, rng)
+        return None if parent is None else parent | {"drawn": "archive"}
     if strategy == "asi":
         # ASI-Arch: mostly exploit the top of the tree (rank-weighted: the best half the time),
         # sometimes explore anywhere else. Only among nodes at least as fit as the root (fitness 0),
@@ -59,6 +74,15 @@ def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4
     following = store.node_ids(where, order="fitness desc, id", limit=40, offset=10)
     nxt = [store.node(i) for i in rng.sample(following, min(k - len(best), len(following)))]
     return best + nxt
+
+
+def _elite(store: Store, where: str, rng: random.Random) -> dict | None:
+    """MAP-Elites' draw: a cell uniformly among the occupied ones whose elite did not lose to the
+    root (all occupied cells when none did; building on nodes that lost to the root spends
+    evaluations, as `asi` found), then that cell's elite. None before any node is in the archive."""
+    elites = store.archive_elites(where) or []
+    good = [e for e in elites if e["fitness"] >= 0] or elites
+    return store.node(rng.choice(good)["id"]) if good else None
 
 
 def _any(store: Store, where: str, rng: random.Random) -> dict | None:

@@ -64,6 +64,10 @@ SCHEMA = {
         # the sub-population the node was proposed in (archlab/search/islands.py); the root, shared by
         # every island, and nodes of older runs have none
         "island": int,
+        # the quality-diversity archive (archlab/search/archive.py): what was measured and read from
+        # the code, and the cell it places the node in ("" when it cannot be placed; null: not yet described)
+        "descriptors": str,
+        "cell": str,
     },
     "evaluations": {
         "id": int,
@@ -229,6 +233,7 @@ class Store:
         self.db["traces"].create_index(["role", "kind"], if_not_exists=True)  # steering, read before every candidate
         self.db["nodes"].create_index(["status", "fitness"], if_not_exists=True)
         self.db["nodes"].create_index(["parent_id"], if_not_exists=True)
+        self.db["nodes"].create_index(["cell", "fitness"], if_not_exists=True)  # the archive's elites
         self.db["nodes"].create_index(["status", "id"], if_not_exists=True)  # recent finished nodes (evolution)
         # the leaderboard's order (highest fidelity first), so `archlab status` reads ten rows, not all
         self.db.execute(
@@ -513,6 +518,23 @@ class Store:
             return None
         row = self.db.execute("select code from code where node_id = ?", [node_id]).fetchone()
         return row[0] if row else None
+
+    # -- the quality-diversity archive (archlab/search/archive.py) ------------------------------
+    def archive_elites(self, where: str = DONE) -> list[dict] | None:
+        """The fittest node (ties: the lowest id) of every occupied archive cell among the nodes
+        `where` selects, by cell: id, cell, fitness. None when the store predates the archive."""
+        if not self.has_column("nodes", "cell"):
+            return None
+        rows = self.db.execute(
+            "select id, cell, fitness from (select id, cell, fitness, row_number() over "
+            f"(partition by cell order by fitness desc, id) as r from nodes where ({where}) and cell != '') "
+            "where r = 1 order by cell"
+        ).fetchall()
+        return [dict(zip(("id", "cell", "fitness"), r)) for r in rows]
+
+    def undescribed(self) -> list[dict]:
+        """The finished nodes the archive has not described yet (a run from an older archlab)."""
+        return self.nodes(f"{DONE} and cell is null" if self.has_column("nodes", "cell") else DONE)
 
     # -- evaluations, traces, events ---------------------------------------------------------
     def add_evaluation(self, node_id: int, tier: str, seed: int, result, log: str | None, kind: str = "search") -> None:
@@ -853,7 +875,9 @@ def _trace_filter(node_id: int | None, role: str | None) -> tuple[str, list]:
     return " and ".join(where) or "1", params
 
 
-def _decode(row: dict, keys=("design", "metrics", "env", "decision", "references_used", "knowledge", "curves")) -> dict:
+def _decode(
+    row: dict, keys=("design", "metrics", "env", "decision", "references_used", "knowledge", "curves", "descriptors")
+) -> dict:
     for key in keys:
         if isinstance(row.get(key), str):
             try:

@@ -184,6 +184,13 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
         except ValueError as e:
             raise HTTPException(400, str(e)) from None
 
+    async def archive(request: Request) -> Response:
+        q = request.query_params
+        try:
+            return JSON(await run_in_threadpool(view.archive, q.get("x") or None, q.get("y") or None))
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+
     async def plots(request: Request) -> Response:
         return JSON(await run_in_threadpool(view.plots))
 
@@ -239,6 +246,7 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
         Route("/api/compare/{a:int}/{b:int}", compare, methods=get),
         Route("/api/leaderboard", leaderboard, methods=get),
         Route("/api/plots", plots, methods=get),
+        Route("/api/archive", archive, methods=get),
         Mount("/static", app=StaticFiles(directory=STATIC, follow_symlink=False), name="static"),
     ]
     if steer_token:  # the one write, and only with the flag: everything else stays read-only

@@ -31,7 +31,8 @@ from archlab.commands.status import (
 )
 from archlab.config import RunConfig
 from archlab.errors import UserError
-from archlab.search import steering
+from archlab.sandbox.tiers import resolve
+from archlab.search import archive, steering
 from archlab.search.fitness import pareto_front
 from archlab.search.lock import driver_pid
 from archlab.tree.lineage import Lineage
@@ -460,6 +461,13 @@ class RunView:
         }
 
     # -- plots --------------------------------------------------------------------------------------
+    def archive(self, x: str | None = None, y: str | None = None) -> dict:
+        """The quality-diversity grid along two descriptors (search/archive.py); ValueError for an axis
+        the run's tier does not measure."""
+        tier = resolve(self.config.tier, self.config.tier_overrides)
+        found = self._cached("archive", lambda: archive.load(self.store, tier))
+        return archive.grid(found, x, y)
+
     def plots(self) -> dict:
         return self._cached("plots", self._plots)
 

@@ -20,6 +20,7 @@ from archlab.web.highlight import stylesheet
 
 FORMATS = ("html", "md")
 GREY, GREEN, ORANGE, BLUE, PURPLE = "#9aa5b1", "#1a9850", "#d95f02", "#2b7bb9", "#7570b3"
+RED = "#d73027"
 
 
 @dataclass
@@ -101,6 +102,7 @@ def _facts(view: RunView, top: int) -> dict:
         "llm": llm,
         "nodes": nodes,
         "plots": _plots(plots),
+        "archive": view.archive(),
         "generated": time.time(),
     }
 
@@ -455,6 +457,8 @@ def _parent_line(node: dict) -> str:
 CSS = """
 body { font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; background: #f6f8fa; margin: 0; }
 main { max-width: 1240px; margin: 0 auto; padding: 16px 22px 40px; }
+table.archive { border-collapse: separate; border-spacing: 3px; } table.archive td { width: 60px; height: 40px; text-align: center; font-size: 12px; border-radius: 4px; }
+table.archive td.empty { background: #eef1f4; } table.archive th { font-size: 11px; color: #57606a; font-weight: normal; }
 h1 { font-size: 24px; margin: 8px 0 2px; } h2 { font-size: 19px; margin: 28px 0 10px; border-bottom: 1px solid #d8dee4; }
 h3 { font-size: 16px; margin: 16px 0 6px; }
 .muted { color: #6b7280; } a { color: #0969da; text-decoration: none; }
@@ -491,7 +495,10 @@ def _html(facts: dict) -> str:
         *(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _summary_rows(facts)),
         "</table><h2 id='plots'>Plots</h2><div class='plots'>",
         *(f"<figure>{p.svg}</figure>" for p in facts["plots"]),
-        f"</div><h2 id='top'>{_top_heading(facts['nodes'])}</h2>",
+        "</div><h2 id='archive'>Quality-diversity archive</h2>",
+        f"<p class='muted'>{e(_archive_line(facts['archive']))}</p>",
+        _archive_html(facts["archive"], {n["id"] for n in facts["nodes"]}),
+        f"<h2 id='top'>{_top_heading(facts['nodes'])}</h2>",
     ]
     if not facts["nodes"]:
         parts.append("<p class='muted'>No node other than the root has finished yet.</p>")
@@ -527,6 +534,50 @@ def _html(facts: dict) -> str:
     return "\n".join(parts)
 
 
+def _archive_line(g: dict) -> str:
+    return (
+        f"{g['occupied']} of {g['reachable']} cells occupied (coverage {g['coverage']:.1%}), QD-score "
+        f"{g['qd_score']:.2f} (each elite's fitness above {g['floor']}). Across: {g['titles'][g['x']]}; up: "
+        f"{g['titles'][g['y']]}; each square is the best elite of the cells with those two values."
+    )
+
+
+def _archive_rows(g: dict) -> list[tuple[str, list[dict | None]]]:
+    """The grid top row first: (y label, the elite or None per x bin)."""
+    at = {(c["x"], c["y"]): c for c in g["cells"]}
+    return [
+        (g["y_labels"][j], [at.get((i, j)) for i in range(len(g["x_labels"]))])
+        for j in reversed(range(len(g["y_labels"])))
+    ]
+
+
+def _archive_html(g: dict, in_report: set[int]) -> str:
+    """The grid as a table, each elite coloured like the web UI's tree (green above the root, red
+    below) and linked to its section when it is one of the report's nodes."""
+    e = html.escape
+    span = max([abs(c["fitness"]) for c in g["cells"]] + [0.0])
+    rows = []
+    for label, cells in _archive_rows(g):
+        tds = []
+        for c in cells:
+            if c is None:
+                tds.append("<td class='empty'></td>")
+                continue
+            colour = _mix(GREY, GREEN if c["fitness"] >= 0 else RED, abs(c["fitness"]) / span if span else 0.0)
+            name = f"#{c['id']}<br>{c['fitness']:+.3f}"
+            link = f"<a href='#node-{c['id']}'>{name}</a>" if c["id"] in in_report else name
+            tds.append(f"<td style='background:{colour}' title='node {c['id']}'>{link}</td>")
+        rows.append(f"<tr><th>{e(label)}</th>{''.join(tds)}</tr>")
+    rows.append("<tr><th></th>" + "".join(f"<th>{e(label)}</th>" for label in g["x_labels"]) + "</tr>")
+    return f"<table class='archive'>{''.join(rows)}</table>"
+
+
+def _mix(a: str, b: str, t: float) -> str:
+    t = max(0.0, min(1.0, t))
+    pa, pb = (tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in (a, b))
+    return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(pa, pb))
+
+
 # -- Markdown ---------------------------------------------------------------------------------------
 def _cell(value) -> str:
     return text.markdown(value).replace("|", "\\|").replace("\n", " ")
@@ -552,6 +603,13 @@ def _markdown(facts: dict, plot_files: list[str]) -> str:
         "",
     ]
     lines += [f"![{_cell(p.title)}]({f})" + "\n" for p, f in zip(facts["plots"], plot_files)]
+    g = facts["archive"]
+    lines += ["## Quality-diversity archive", "", _archive_line(g), ""]
+    lines += ["| | " + " | ".join(_cell(x) for x in g["x_labels"]) + " |", "|---" * (len(g["x_labels"]) + 1) + "|"]
+    for label, cells in _archive_rows(g):
+        shown = (f"#{c['id']} {c['fitness']:+.3f}" if c else "" for c in cells)
+        lines.append(f"| {_cell(label)} | " + " | ".join(shown) + " |")
+    lines.append("")
     lines += [f"## {_top_heading(facts['nodes'])}", ""]
     if not facts["nodes"]:
         lines += ["No node other than the root has finished yet.", ""]

@@ -3,9 +3,11 @@
 //   #/curves?nodes=1,2,3                          loss curves of several nodes overlaid
 //   #/compare/A/B                                 two nodes side by side: metrics, curves, code diff
 //   #/log/E                                       the whole sandbox log of evaluation E
+//   #/archive?x=A&y=B                             the quality-diversity archive along two descriptors (archive.js)
 
 import { api, changeClass, duration, h, metricDirections, num, signed, statusBadge } from "./dom.js";
 import { PALETTE, curveChart, curveSeries, curvesNote } from "./curves.js";
+import { showArchive } from "./archive.js";
 
 const selected = new Set(); // nodes ticked in the leaderboard, kept while the page is left and reopened
 
@@ -16,6 +18,7 @@ export function route(parts, params) {
   if (parts[0] === "compare" && id(parts[1]) && id(parts[2])) {
     return { name: "compare", show: (view) => showCompare(view, Number(parts[1]), Number(parts[2])) };
   }
+  if (parts[0] === "archive") return { name: "archive", show: (view) => showArchive(view, params) };
   if (parts[0] === "log" && id(parts[1])) return { name: "log", show: (view) => showLog(view, Number(parts[1])) };
   return null;
 }

@@ -16,6 +16,14 @@ function mix(a, b, t) {
   return "#" + pa.map((v, i) => Math.round(v + (pb[i] - v) * Math.max(0, Math.min(1, t))).toString(16).padStart(2, "0")).join("");
 }
 
+// Green above the root, red below, grey near 0, on one scale for both sides (a tiny loss stays
+// grey); the tree's nodes and the archive's cells share it.
+export function fitnessColour(f, lo, hi) {
+  const span = Math.max(hi, -lo);
+  if (!span) return "#b8c2cc";
+  return mix("#b8c2cc", f >= 0 ? "#1a9850" : "#d73027", Math.abs(f) / span);
+}
+
 export class TreeView {
   constructor(container, { onOpen, loadChildren }) {
     this.container = container;
@@ -89,10 +97,7 @@ export class TreeView {
   colourOf(n) {
     if (this.colour === "status") return STATUS_COLOURS[n.status] || "#999";
     if (n.status !== "done" || n.fitness === null) return "#ffffff";
-    const f = n.fitness;
-    const span = Math.max(this.hi, -this.lo); // one scale for both sides: a tiny loss stays grey
-    if (!span) return "#b8c2cc";
-    return mix("#b8c2cc", f >= 0 ? "#1a9850" : "#d73027", Math.abs(f) / span);
+    return fitnessColour(n.fitness, this.lo, this.hi);
   }
 
   // -- drawing ------------------------------------------------------------------------------

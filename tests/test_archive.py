@@ -1,0 +1,201 @@
+"""The quality-diversity archive: mechanisms read from code, fixed bins, elites, coverage and
+QD-score, parents drawn from it, and runs from before it (real SQLite stores, real root files)."""
+
+import random
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from archlab.sandbox.mechanisms import family, mechanisms
+from archlab.sandbox.tiers import TIERS
+from archlab.search import archive, sampling
+from archlab.templates import render_root
+from archlab.tree.readonly import ReadOnlyStore
+from archlab.tree.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO, SMOKE, EXPLORE = TIERS["micro"], TIERS["smoke"], TIERS["explore"]
+# The micro root's measured figures (d_model 64, 2 layers): 16,384 embedding + 320 norm numbers,
+# then per block 21,520 in the mixer and 36,864 in the harness MLP.
+ROOT = {"params": 133472, "mixer_params": 21520, "tokens_per_s": 25000.0}
+
+
+def mixer(body: str, extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+        {extra}
+
+        class Mixer(nn.Module):
+            def __init__(self, d_model, n_heads, **kwargs):
+                super().__init__()
+                self.proj = nn.Linear(d_model, d_model)
+                self.g = nn.Linear(d_model, d_model)
+
+            def forward(self, x):
+        {textwrap.indent(textwrap.dedent(body), "        ")}
+        """
+    )
+
+
+@pytest.mark.parametrize(
+    "root, found, fam",
+    [
+        ("deltanet", {"delta", "convolution", "gating"}, "delta"),
+        ("gated_deltanet", {"delta", "decay", "convolution", "gating"}, "delta"),
+        ("deltanet_ablated", {"delta"}, "delta"),  # its helper takes log_decay=None: read, never given a value
+        ("transformer", set(), "other"),
+    ],
+)
+def test_mechanisms_of_the_template_roots(root, found, fam):
+    assert mechanisms(render_root(root)) == found
+    assert family(found) == fam
+
+
+def test_mechanisms_of_code_outside_the_template():
+    retention = mechanisms((REPO / "tests/roots/retention.py").read_text())
+    assert retention == {"decay", "gating"} and family(retention) == "decay"  # a gammas buffer, a sigmoid gate
+    assert mechanisms((REPO / "bench/roots/gla_ablated.py").read_text()) == {"decay"}
+    assert mechanisms((REPO / "bench/roots/gla_full.py").read_text()) == {"decay", "gating", "convolution"}
+
+
+def test_mechanism_rules_on_small_mixers():
+    assert mechanisms(mixer("return self.proj(x) * torch.sigmoid(self.g(x))")) == {"gating"}
+    assert mechanisms(mixer("return self.proj(x) * self.g(x).sigmoid()")) == {"gating"}
+    assert mechanisms(mixer("return 2 * self.g(x).sigmoid()")) == set(), "a constant times a sigmoid is no gate"
+    assert mechanisms(mixer("return F.conv1d(x, self.proj.weight[:, :, None])")) == {"convolution"}
+    assert mechanisms(mixer("log_decay = None\nreturn self.proj(x)")) == set()
+    assert mechanisms(mixer("log_decay = F.logsigmoid(self.g(x))\nreturn self.proj(x) * log_decay.exp()")) == {"decay"}
+    assert mechanisms(mixer("forget_gate = self.g(x)\nreturn self.proj(x)")) == {"decay"}, "a forget gate decays"
+    hybrid = mixer("return self.proj(x)", extra='LAYERS = "MA"')
+    assert mechanisms(hybrid) == {"hybrid"} and family(mechanisms(hybrid)) == "hybrid"
+    assert mechanisms(mixer("return self.proj(x)", extra='LAYERS = "A"')) == set(), "attention alone is no hybrid"
+    ffn = mixer("return self.proj(x)") + textwrap.dedent(
+        """
+        class FFN(nn.Module):
+            def forward(self, x):
+                return F.silu(self.up(x)) * self.gate(x)
+        """
+    )
+    assert mechanisms(ffn) == set(), "the FFN's GLU is not the mixer's gate"
+    assert mechanisms("class Mixer(:") == set() and family(set()) == "other"
+    assert family({"gating", "delta", "hybrid"}) == "hybrid" and family({"convolution", "decay"}) == "decay"
+
+
+def test_bins_are_fixed_and_relative_to_the_root():
+    values = archive.describe(ROOT, ROOT, render_root("deltanet"), MICRO)
+    assert values["family"] == "delta" and values["speed"] == 0.0
+    assert values["share"] == pytest.approx(21520 / (21520 + 36864))
+    assert archive.cell(values, MICRO) == "family=1;speed=2;share=3"
+    twice = archive.describe({**ROOT, "tokens_per_s": 50000.0}, ROOT, None, MICRO)
+    assert twice["family"] == "other" and archive.bins(archive.cell(twice, MICRO))["speed"] == 4  # 2x: the top bin
+    half = archive.describe({**ROOT, "tokens_per_s": 12600.0}, ROOT, None, MICRO)
+    assert archive.bins(archive.cell(half, MICRO))["speed"] == 1  # just above 1/2
+    assert archive.cell(archive.describe({**ROOT, "tokens_per_s": None}, ROOT, None, MICRO), MICRO) == ""
+    # Only what the tier measures: micro has neither state bytes nor probes, explore has both.
+    assert archive.axes(MICRO) == ("family", "speed", "share") and archive.reachable(MICRO) == 6 * 5 * 10
+    assert archive.axes(SMOKE)[-1] == "state" and archive.reachable(SMOKE) == 6 * 5 * 10 * 5
+    assert archive.reachable(EXPLORE) == 6 * 5 * 10 * 5 * 4
+    root = {**ROOT, "state_bytes": 4096, "mqar_acc_p2": 1.0, "mqar_acc_p8": 0.3}
+    node = {**root, "state_bytes": 16384, "mqar_acc_p8": 0.8}
+    values = archive.describe(node, root, None, EXPLORE)
+    assert values["state"] == 2.0 and values["recall"] == 0.8  # the hardest level: 8 pairs
+    # (the share is read at explore's width, d_model 128: 21,520 of (133,472 - 32,768 - 640) / 2 per block)
+    assert archive.bins(archive.cell(values, EXPLORE)) == {"family": 5, "speed": 2, "share": 4, "state": 4, "recall": 3}
+
+
+def _store(tmp_path: Path, nodes: list[tuple]) -> Store:
+    """A real run store holding (id, status, fitness, cell) nodes."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    store = Store(tmp_path, create=True)
+    for node_id, status, fit, key in nodes:
+        store.add_node(id=node_id, parent_id=None if node_id == 0 else 0, status=status, fitness=fit, cell=key)
+    return store
+
+
+CELL_A, CELL_B, CELL_C = "family=1;speed=2;share=3", "family=1;speed=4;share=3", "family=0;speed=2;share=5"
+
+
+def test_elites_coverage_and_qd_score(tmp_path):
+    store = _store(
+        tmp_path,
+        [
+            (0, "done", 0.0, CELL_A),
+            (1, "done", 0.3, CELL_A),
+            (2, "done", 0.3, CELL_A),  # ties go to the older node
+            (3, "done", -0.5, CELL_B),
+            (4, "done", -2.0, CELL_C),  # below the floor: occupies its cell, adds nothing to the score
+            (5, "failed", None, None),
+            (6, "done", 0.9, ""),  # could not be placed
+        ],
+    )
+    found = archive.load(store, MICRO)
+    assert {k: e["id"] for k, e in found.elites.items()} == {CELL_A: 1, CELL_B: 3, CELL_C: 4}
+    assert found.coverage == 3 / 300
+    assert found.qd_score == pytest.approx((0.3 + 1) + (-0.5 + 1) + 0)
+    assert {at: e["id"] for at, e in found.projection("family", "share").items()} == {(1, 3): 1, (0, 5): 4}
+    g = archive.grid(found)
+    assert (g["x"], g["y"]) == ("family", "share") and g["occupied"] == 3 and len(g["cells"]) == 2
+    with pytest.raises(ValueError, match="no 'recall' axis"):
+        archive.grid(found, "family", "recall")
+    assert (
+        archive.load(store, MICRO, where="status = 'done' and fitness is not null and id != 1").elites[CELL_A]["id"]
+        == 2
+    )
+
+
+def test_qd_strategy_draws_elites_deterministically(tmp_path):
+    store = _store(
+        tmp_path,
+        [(0, "done", 0.0, CELL_A), (1, "done", 0.2, CELL_A), (2, "done", 0.1, CELL_B), (3, "done", -0.4, CELL_C)],
+    )
+    draws = [sampling.select_parent(store, "qd", random.Random(seed))["id"] for seed in range(40)]
+    assert draws == [sampling.select_parent(store, "qd", random.Random(seed))["id"] for seed in range(40)]
+    assert set(draws) == {1, 2}, "uniform over the cells whose elite did not lose to the root, then the elite"
+    mixed = [sampling.select_parent(store, "asi-qd", random.Random(seed)) for seed in range(200)]
+    ways = [p["drawn"] for p in mixed]
+    assert 0.15 < ways.count("archive") / len(ways) < 0.35  # QD_SHARE = 0.25
+    assert {p["id"] for p in mixed if p["drawn"] == "archive"} == {1, 2}
+    only_losers = _store(tmp_path / "losers", [(0, "done", -0.1, CELL_A), (1, "done", -0.3, CELL_B)])
+    assert sampling.select_parent(only_losers, "qd", random.Random(0))["id"] in {0, 1}
+    assert sampling.select_parent(_store(tmp_path / "empty", []), "qd", random.Random(0)) is None
+
+
+def test_a_run_from_before_the_archive_opens_and_is_described(tmp_path):
+    """A store without the archive's columns: read-only it is described in memory, and opening it
+    for writing (as resuming does) adds the columns and fills them with the same cells."""
+    store = Store(tmp_path, create=True)
+    code = render_root("deltanet")
+    for node_id, speed in ((0, 25000.0), (1, 51000.0)):
+        store.add_node(
+            id=node_id,
+            parent_id=None if node_id == 0 else 0,
+            status="done",
+            fitness=0.1 * node_id,
+            metrics={**ROOT, "tokens_per_s": speed},
+        )
+        store.save_code(node_id, code)
+    store.close()
+    db = sqlite3.connect(tmp_path / "archlab.db")
+    db.execute("drop index if exists idx_nodes_cell_fitness")
+    db.execute("alter table nodes drop column cell")
+    db.execute("alter table nodes drop column descriptors")
+    db.commit()
+    db.close()
+
+    old = ReadOnlyStore(tmp_path)
+    assert not old.has_column("nodes", "cell") and old.archive_elites() is None
+    lazily = archive.load(old, MICRO)
+    old.close()
+    assert {k: e["id"] for k, e in lazily.elites.items()} == {CELL_A: 0, CELL_B: 1}
+
+    resumed = Store(tmp_path, create=True)
+    assert len(resumed.undescribed()) == 2
+    assert archive.backfill(resumed, MICRO) == 2 and resumed.undescribed() == []
+    assert resumed.node(1)["descriptors"]["family"] == "delta" and resumed.node(1)["cell"] == CELL_B
+    assert archive.load(resumed, MICRO).elites == lazily.elites
+    assert archive.backfill(resumed, MICRO) == 0
