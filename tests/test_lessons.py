@@ -31,7 +31,7 @@ def lesson(run_id: str, operator: str, arm: str, gain: float, root_hash: str, tr
         arm=arm,
         change=f"{operator} -> {arm}",
         parent_kind="template",
-        parent_mechanisms=["delta rule"],
+        parent_mechanisms=["delta"],
         parents={"root": trials, "descendants": 0},
         trials=trials,
         mean_gain=gain,

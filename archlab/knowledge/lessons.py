@@ -32,17 +32,8 @@ SCHEMA = "archlab.lesson/1"
 PREFIX = "lesson-"  # every learned id starts so: `archlab knowledge show/delete` tell them from curated ones
 _ID = re.compile(r"^lesson-[0-9a-f]{8}-[0-9a-f]{10}$")
 
+
 # Mechanisms read from a parent's code: a description of the parent that means the same in any run.
-MECHANISMS = {
-    "delta rule": re.compile(r"\bbeta\b|delta"),
-    "gating": re.compile(r"sigmoid|gate", re.I),
-    "decay": re.compile(r"decay|forget|logsigmoid", re.I),
-    "convolution": re.compile(r"conv", re.I),
-    "hybrid layout": re.compile(r"^LAYERS\s*=", re.M),
-    "norm": re.compile(r"norm", re.I),
-}
-
-
 def home() -> Path:
     """The user-level archlab directory: $ARCHLAB_HOME, else ~/.archlab."""
     return Path(os.environ.get("ARCHLAB_HOME") or Path.home() / ".archlab").expanduser()
@@ -55,10 +46,6 @@ def lessons_dir() -> Path:
 def code_hash(code: str) -> str:
     """A root's identity across runs: the hash of its code."""
     return hashlib.sha256(code.encode()).hexdigest()[:16]
-
-
-def mechanisms(code: str) -> list[str]:
-    return [name for name, pattern in MECHANISMS.items() if pattern.search(code)]
 
 
 @dataclass

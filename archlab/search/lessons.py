@@ -18,7 +18,8 @@ import uuid
 from archlab.agents import code_edits
 from archlab.agents.offline import BY_NAME, CODE, credits
 from archlab.knowledge import lessons as store_of_lessons
-from archlab.knowledge.lessons import Lesson, code_hash, mechanisms
+from archlab.knowledge.lessons import Lesson, code_hash
+from archlab.sandbox.mechanisms import mechanisms
 from archlab.search.context import history
 from archlab.tree.store import Store
 
@@ -73,7 +74,7 @@ def _lesson(run, rid: str, root_id: int, root_hash: str, key: tuple[str, str], r
     parents = sorted({row["parent"] for _, row in rows})
     parent_mechanisms = None
     for parent in parents:
-        found = set(mechanisms(run.store.code_copy(parent) or ""))
+        found = mechanisms(run.store.code_copy(parent) or "")  # the archive's reader (AST, not words)
         parent_mechanisms = found if parent_mechanisms is None else parent_mechanisms & found
     nodes = [row["node"] for _, row in rows]
     verified = []
