@@ -58,7 +58,14 @@ def run(
         None, "--max-nodes", min=1, help="stop at this many nodes, root included (default: 12)"
     ),
     hours: Optional[float] = typer.Option(None, "--hours", help="stop after this many hours of run time (> 0)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed for selection, mutations and training (default: 0)"),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="seed for training, and for selection and proposals unless --search-seed (default: 0)"
+    ),
+    search_seed: Optional[int] = typer.Option(
+        None,
+        "--search-seed",
+        help="seed for selection and proposals only: search anew with the same training seeds (default: --seed)",
+    ),
     data: Optional[Path] = typer.Option(
         None, "--data", help="a text file or folder to train on (default: built-in Python docs/sources)"
     ),

@@ -1,6 +1,7 @@
 """RunConfig: one typed object per run, frozen into runs/NAME/archlab.toml when the run starts."""
 
 import json
+import random
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -70,6 +71,13 @@ class RunConfig(BaseModel):
     max_nodes: int = Field(12, ge=1, description="stop after this many nodes (the root included)")
     hours: float | None = Field(None, gt=0, description="stop after this many hours of wall time")
     seed: int = Field(0, ge=0, lt=MAX_SEED)
+    search_seed: int | None = Field(
+        None,
+        ge=0,
+        lt=MAX_SEED,
+        description="seed for the search's draws (parents, references, proposals); None: the seed. "
+        "Another value searches anew over the same training seeds, so fitness stays comparable",
+    )
     data: str | None = Field(None, description="text file or folder; None = the built-in corpus")
     param_ratio: float = Field(1.2, gt=0, description="mixer parameter budget relative to the root")
     allow_quadratic: bool = Field(False, description="accept mixers whose cost grows faster than linearly with length")
@@ -217,6 +225,15 @@ class RunConfig(BaseModel):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(tomli_w.dumps(self.model_dump(exclude_none=True)))
         tmp.replace(path)  # atomic: a crash leaves the old or the new file, never half of one
+
+    @property
+    def draws_seed(self) -> int:
+        """The seed of the search's draws: --search-seed, else --seed."""
+        return self.seed if self.search_seed is None else self.search_seed
+
+    def draws(self, node_id: int) -> random.Random:
+        """The seeded draws that select and propose node `node_id`: reproducible, also across resumes."""
+        return random.Random(self.draws_seed * 1_000_003 + node_id)
 
     def request(
         self,

@@ -1,10 +1,13 @@
 """Lessons kept across runs: does a second run from the same root, with the first run's lessons,
 reach the first run's best sooner than the same run without them?
 
-For each root and seed: run 1 (seed S) writes its lessons into a fresh $ARCHLAB_HOME; run 2 (seed
-S + 100: other training seeds, other draws) runs twice from the same root, once with that home (the
-offline brain starts from run 1's lessons as discounted priors) and once with --no-lessons. Both run
-2s share their seed, so their roots train alike and only the lessons differ. Reported side by side
+For each root and seed: run 1 (seed S) writes its lessons into a fresh $ARCHLAB_HOME; run 2 runs
+twice from the same root, once with that home (the offline brain starts from run 1's lessons as
+discounted priors) and once with --no-lessons. Run 2 trains with run 1's seed but draws its parents
+and proposals with another (--search-seed S + 100): every candidate is trained as run 1 would train
+it, so run 1's best fitness is a target run 2 can reach (with another training seed the root's own
+evaluation moves every fitness by as much as the lessons save), yet run 2 is a new search, not a
+replay of run 1. Both run 2s share their seeds, so only the lessons differ. Reported side by side
 (mean ± std over seeds): evaluations run 2 needs to reach run 1's best fitness gain (censored: "not
 within N" when it never does), run 2's best gain and AUC of best-so-far; a table and results.json.
 
@@ -21,7 +24,7 @@ from pathlib import Path
 from discovery import best_so_far, fmt, run_all, search
 
 ROOTS = ("deltanet", "deltanet_ablated")
-SECOND_SEED = 100  # run 2's seed is run 1's plus this
+SECOND_SEED = 100  # run 2's search seed is run 1's seed plus this
 
 
 def reached(curve: list[float], target: float) -> int | None:
@@ -34,7 +37,7 @@ def pair(out: Path, root: str, seed: int, evaluations: int, config: dict) -> dic
     name = f"{root}-s{seed}"
     home = out / "homes" / name  # run 1's lessons only: a fresh store per pair
     first = search(out / "runs" / f"{name}-run1", evaluations, {**config, "root": root, "seed": seed}, home=home)
-    second = {**config, "root": root, "seed": seed + SECOND_SEED}
+    second = {**config, "root": root, "seed": seed, "search_seed": seed + SECOND_SEED}
     run2 = out / "runs" / f"{name}-run2-lessons"
     home2 = out / "homes" / f"{name}-run2"  # run 2 starts from a copy of run 1's store (and writes its own there)
     if not run2.exists():

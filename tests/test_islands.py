@@ -207,3 +207,18 @@ def test_island_options_are_saved_and_fixed_on_resume(tmp_path):
     proc = helpers.cli("run", run_dir, "--islands", "2")
     assert proc.returncode == 2 and "was started with --islands 3" in proc.stderr, proc.stderr
     assert RunConfig.load(run_dir).islands == 3
+
+
+def test_a_search_seed_changes_the_draws_and_equal_to_the_seed_changes_nothing(tmp_path):
+    """--search-seed: the same evaluations (a run trains with --seed) under other selection draws."""
+    picks = {}
+    for name, search_seed in (("plain", None), ("same", 7), ("other", 107)):
+        config = RunConfig(tier="micro", seed=7, search_seed=search_seed)
+        Run.create(tmp_path / name, config)
+        run = Run(tmp_path / name, config, brain=None)
+        tree(run.store, {k: (p, None, f) for k, (p, _, f) in THREE.items()})
+        first = sampling.select_parent(run.store, "asi", random.Random((search_seed or 7) * 1_000_003 + 10), DONE)
+        picks[name] = [pipeline.select(run, {}) for _ in range(12)]
+        assert picks[name][0]["parent_id"] == first["id"]
+    drawn = {name: [(s["parent_id"], tuple(s["references"])) for s in p] for name, p in picks.items()}
+    assert drawn["plain"] == drawn["same"] != drawn["other"]

@@ -113,7 +113,7 @@ def make_brain(config: RunConfig, store, experiences: list[tuple[str, str]], on_
         base_url=config.base_url,
         api_key_env=config.api_key_env,
         models={role: models[0] for role, models in arms.items()},
-        router=Router(store, arms, config.seed) if any(len(m) > 1 for m in arms.values()) else None,
+        router=Router(store, arms, config.draws_seed) if any(len(m) > 1 for m in arms.values()) else None,
         prices=config.prices,
         timeout_s=config.llm_timeout_s,
         patience_s=config.llm_patience_s,

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import random
 
 from archlab.agents import novelty
 from archlab.agents.schema import Context
@@ -37,7 +36,7 @@ def context(run, state: dict) -> Context:
         seen=lambda design: json.dumps(design) in run.claimed or run.store.has_design(design),
         seen_code=lambda code: claim(None, code) in run.claimed or run.store.has_code(code),
         code=lambda node_id: run.lineage.code(run.store.node(node_id)["commit_sha"]),
-        rng=random.Random(run.config.seed * 1_000_003 + state["node_id"]),
+        rng=run.config.draws(state["node_id"]),
         notes=state.get("notes") or [],
     )
 

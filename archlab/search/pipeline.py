@@ -79,7 +79,7 @@ def build(run) -> StateGraph:
 def select(run, state: CandidateState) -> CandidateState:
     chaos.point("select")
     node_id = run.reserve_id()
-    rng = random.Random(run.config.seed * 1_000_003 + node_id)  # reproducible, also across resumes
+    rng = run.config.draws(node_id)
     with run.lock:  # migrations and new islands are due by the store's counts: one worker acts on them
         islands.tend(run.store, run.config)
     island = islands.island_of(node_id, islands.count(run.store, run.config))
