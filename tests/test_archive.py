@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from archlab.config import RunConfig
 from archlab.sandbox.mechanisms import family, mechanisms
 from archlab.sandbox.tiers import TIERS
-from archlab.search import archive, sampling
+from archlab.search import archive, context, pipeline, sampling
+from archlab.search.driver import Run
 from archlab.templates import render_root
 from archlab.tree.readonly import ReadOnlyStore
 from archlab.tree.store import Store
@@ -158,8 +160,11 @@ def test_qd_strategy_draws_elites_deterministically(tmp_path):
     assert set(draws) == {1, 2}, "uniform over the cells whose elite did not lose to the root, then the elite"
     mixed = [sampling.select_parent(store, "asi-qd", random.Random(seed)) for seed in range(200)]
     ways = [p["drawn"] for p in mixed]
-    assert 0.15 < ways.count("archive") / len(ways) < 0.35  # QD_SHARE = 0.25
+    assert 0.1 < ways.count("archive") / len(ways) < 0.3  # asi's exploring share, EXPLORE_SHARE = 0.2
     assert {p["id"] for p in mixed if p["drawn"] == "archive"} == {1, 2}
+    # the rest is asi's own draw, parent for parent: asi-qd exploits exactly as asi does
+    plain = [sampling.select_parent(store, "asi", random.Random(seed))["id"] for seed in range(200)]
+    assert all(p["id"] == q for p, q in zip(mixed, plain) if p["drawn"] == "asi")
     only_losers = _store(tmp_path / "losers", [(0, "done", -0.1, CELL_A), (1, "done", -0.3, CELL_B)])
     assert sampling.select_parent(only_losers, "qd", random.Random(0))["id"] in {0, 1}
     assert sampling.select_parent(_store(tmp_path / "empty", []), "qd", random.Random(0)) is None
@@ -199,3 +204,42 @@ def test_a_run_from_before_the_archive_opens_and_is_described(tmp_path):
     assert resumed.node(1)["descriptors"]["family"] == "delta" and resumed.node(1)["cell"] == CELL_B
     assert archive.load(resumed, MICRO).elites == lazily.elites
     assert archive.backfill(resumed, MICRO) == 0
+
+
+def test_the_frontier_of_a_cell_is_its_empty_neighbours_in_words(tmp_path):
+    """What an exploring researcher is told: the parent's cell and the cells one step away (any other
+    family; one bin up or down elsewhere) that no node holds; and which nodes opened a cell."""
+    near = "family=1;speed=3;share=3"  # next to CELL_A on the speed axis, occupied
+    store = _store(
+        tmp_path, [(0, "done", 0.0, CELL_A), (1, "done", 0.2, CELL_A), (2, "done", 0.1, near), (3, "failed", None, "")]
+    )
+    assert archive.words(CELL_A) == (
+        "mechanism family delta, training tokens/s vs the root 0.84-1.19x, mixer share of a block's parameters 30-40%"
+    )
+    empty = archive.frontier(store, CELL_A, limit=20)
+    assert len(empty) == 5 + 1 + 2 and near not in empty and CELL_A not in empty
+    assert "family=0;speed=2;share=3" in empty and "family=1;speed=1;share=3" in empty
+    assert "family=1;speed=2;share=4" in empty and "family=1;speed=2;share=2" in empty
+    assert archive.frontier(store, CELL_A) == empty[:6]
+    assert archive.frontier(store, "family=0;speed=0;share=0", limit=20)[-2:] == [
+        "family=0;speed=1;share=0",
+        "family=0;speed=0;share=1",
+    ]  # no bin below the first
+    assert store.cell_openers() == {0, 2}
+    assert context.explore(store, store.node(1)) == {
+        "cell": archive.words(CELL_A),
+        "empty": [archive.words(k) for k in empty[:6]],
+    }
+
+
+def test_asi_qd_marks_the_parents_it_draws_from_the_archive_for_exploring(tmp_path):
+    config = RunConfig(tier="micro", strategy="asi-qd")
+    Run.create(tmp_path / "run", config)
+    run = Run(tmp_path / "run", config, brain=None)
+    for node_id, fit, key in ((1, 0.2, CELL_A), (2, 0.1, CELL_B), (3, 0.3, CELL_A)):
+        run.store.add_node(id=node_id, parent_id=0, status="done", fitness=fit, cell=key)
+    states = [pipeline.select(run, {}) for _ in range(60)]
+    drawn = [t["decision"]["drawn"] for t in run.store.traces_of("selector", "offline")]
+    assert [s["explore"] for s in states] == [d == "archive" for d in drawn]
+    assert 3 <= drawn.count("archive") <= 25
+    assert {s["parent_id"] for s in states if s["explore"]} <= {2, 3}  # the elites of the cells

@@ -285,3 +285,44 @@ def test_operators_that_only_change_the_speed_are_swept_last():
     assert OfflineBrain(knowledge).research(context(tried, 0))[1][0].decision["ranked"][-1] == "chunk_size"
     tried[OPERATORS.index(BY_NAME["chunk_size"])]["fitness"] = 0.05
     assert OfflineBrain(knowledge).research(context(tried, 0))[1][0].decision["ranked"][0] == "chunk_size"
+
+
+EXPLORE = {"cell": "mechanism family delta, ...", "empty": ["mechanism family hybrid, ..."]}
+
+
+def test_a_parent_drawn_from_the_archive_gets_the_change_likeliest_to_open_a_cell():
+    """Exploring (ctx.explore set, asi-qd's archive draws): untried values first, then by how often a
+    change opened an archive cell, whatever it gained; no transplant of a known gain. The same
+    history without explore exploits: the output gate that gained most."""
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    history = every_value_set(0.0, but=lambda op, value: False)
+    for row in history:
+        row["opened"] = row["change"] in ({"layers": "MA"}, {"heads": 2})
+        row["fitness"] = 0.12 if row["change"] == {"output_gate": "silu"} else 0.0
+    changes = [r["change"] for r in history]
+    history.append({**history[changes.index({"layers": "MA"})], "node": 300})  # MA opened a cell twice of 2
+    history.append({**history[changes.index({"heads": 2})], "node": 301, "opened": False})  # heads=2 once of 2
+    designs = {}
+    for seed in range(30):
+        ctx = context(history, seed)
+        ctx.explore = EXPLORE
+        proposal, (trace,) = OfflineBrain(knowledge).research(ctx)
+        if proposal.operator.startswith("code:"):  # a template parent's share of code edits
+            assert trace.decision["explore"]["cell"] == EXPLORE["cell"]
+            continue
+        designs[seed] = proposal.design
+        assert trace.decision["transplant"] is None
+        assert trace.decision["explore"]["empty"] == EXPLORE["empty"]
+        assert trace.decision["explore"]["openings"]['hybrid="MA"'] == {"n": 2, "opened": 1.0}
+        assert proposal.design["layers"] == "MA", proposal.design  # 2 of 2: before heads=2's 1 of 2
+    assert len(designs) >= 20
+    exploiting = [OfflineBrain(knowledge).research(context(history, seed))[0] for seed in range(10)]
+    assert any(p.design and p.design["output_gate"] == "silu" for p in exploiting)
+    assert not any(p.design and p.design["layers"] == "MA" for p in exploiting)
+    # a value never tried comes first: it may open a cell
+    untried = [r for r in history if r["change"] != {"beta": "const"}]
+    for seed in range(10):
+        ctx = context(untried, seed)
+        ctx.explore = EXPLORE
+        proposal, _ = OfflineBrain(knowledge).research(ctx)
+        assert proposal.operator.startswith("code:") or proposal.design["beta"] == "const", proposal.design

@@ -112,6 +112,24 @@ def test_a_note_reaches_the_llm_researchers_prompt(tmp_path):
     assert all("try a data-dependent forget gate" not in p for p in prompts[1:])  # given once
 
 
+def test_a_parent_drawn_from_the_archive_asks_the_llm_for_an_empty_cell(tmp_path):
+    """`--strategy qd`: every parent comes from the archive, so every researcher prompt says which cell
+    it is in and which cells next to it no design holds (real HTTP to a scripted endpoint)."""
+    script = Script()
+    env = dict(os.environ, OPENAI_API_KEY=API_KEY)
+    with ScriptedServer(script) as server:
+        args = ["run", str(tmp_path / "run"), "--tier", "micro", "--strategy", "qd", "--max-nodes", "3"]
+        args += ["--llm", "openai:scripted", "--base-url", server.url, "--threads", "1"]
+        done = subprocess.run([*helpers.CLI, *args], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    prompts = [e["messages"][1]["content"] for e in script.log if e["role"] == "researcher"]
+    assert prompts and all("# Explore: this parent was drawn from the archive" in p for p in prompts)
+    root_cell = Store(tmp_path / "run").node(0)["cell"]
+    assert "mechanism family delta, training tokens/s vs the root 0.84-1.19x" in prompts[0]
+    assert root_cell and "No design holds these cells next to it yet:" in prompts[0]
+    assert "- mechanism family hybrid, training tokens/s vs the root 0.84-1.19x" in prompts[0]
+
+
 def test_stop_finishes_the_candidate_in_flight_and_starts_no_new_one(tmp_path):
     run = tmp_path / "run"
     proc = helpers.popen_cli(

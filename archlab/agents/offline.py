@@ -203,7 +203,11 @@ class OfflineBrain:
         design = ctx.parent.get("design") and (
             share == 0 or ctx.rng.random() >= share
         )  # (no draw for the baselines: as published)
-        best = _lesson_kind(ctx, lessons, Design.model_validate(ctx.parent["design"])) if design is not None else None
+        best = (
+            _lesson_kind(ctx, lessons, Design.model_validate(ctx.parent["design"]))
+            if design is not None and ctx.explore is None
+            else None
+        )
         if best is not None:  # the change that helped most before, and is new to this run, decides the kind
             design = not best
         if design:
@@ -276,7 +280,23 @@ class OfflineBrain:
                 return lead, False, -statistics.fmean(stats[op.name]), ctx.rng.random()
             return lead, False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
 
-        if self.guided:
+        opened = _openings(ctx.history)
+        if self.guided and ctx.explore is not None:
+            # A parent drawn from the archive to widen the search: the value likeliest to open a cell no
+            # node holds, whatever it gained (untried values first, then by how often they opened one).
+            best = {
+                op.name: min(
+                    (
+                        (*_novelty(opened.get((op.name, json.dumps(getattr(d, op.field))))), ctx.rng.random(), d)
+                        for d in fresh[op.name]
+                    ),
+                    key=lambda t: t[:3],
+                    default=None,
+                )
+                for op in applicable
+            }
+            ranked = sorted(applicable, key=lambda op: best[op.name][:3] if best[op.name] else (2, 0.0, 0.0))
+        elif self.guided:
             best = {
                 op.name: min(((*arm(op, d), d) for d in fresh[op.name]), key=lambda t: t[:4], default=None)
                 for op in applicable
@@ -299,12 +319,13 @@ class OfflineBrain:
             )
         else:
             ranked = ctx.rng.sample(applicable, len(applicable))
-        choice = self._transplant(ctx, parent) if self.guided and ctx.rng.random() < TRANSPLANT_SHARE else None
+        exploit = self.guided and ctx.explore is None  # a transplant repeats a known gain: not exploring
+        choice = self._transplant(ctx, parent) if exploit and ctx.rng.random() < TRANSPLANT_SHARE else None
         for op in ranked:
             if choice is not None:
                 break
             if fresh[op.name]:
-                choice = op, (best[op.name][4] if self.guided else ctx.rng.choice(fresh[op.name])), None
+                choice = op, (best[op.name][-1] if self.guided else ctx.rng.choice(fresh[op.name])), None
         if choice is None:
             trace = Trace(
                 role="researcher",
@@ -343,6 +364,7 @@ class OfflineBrain:
                 arms,
             ),
             "ranked": [o.name for o in ranked],
+            **_explored(ctx, opened),
             "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
             "cited": cited["id"] if cited else None,
@@ -367,14 +389,18 @@ class OfflineBrain:
             e for op in code_edits.OPERATORS for e in code_edits.candidates(ctx.parent_code, op, donors, _max_size(ctx))
         ]
         ctx.rng.shuffle(made)  # (ties are broken at random)
-        if self.guided:
+        opened = _openings(ctx.history)
+        if self.guided and ctx.explore is not None:  # as for a template parent: the likeliest to open a cell
+            made.sort(key=lambda edit: _novelty(opened.get(CODE + edit.operator)))
+        elif self.guided:
             made.sort(key=lambda edit: _code_rank(edit, stats, arms, recommended, lessons))
         else:  # an operator drawn uniformly, then one of its edits
             ops = list(code_edits.OPERATORS)
             ctx.rng.shuffle(ops)
             made.sort(key=lambda edit: ops.index(edit.operator))
         ops = list(dict.fromkeys(e.operator for e in made))
-        choice = self._code_transplant(ctx) if self.guided and ctx.rng.random() < TRANSPLANT_SHARE else None
+        exploit = self.guided and ctx.explore is None
+        choice = self._code_transplant(ctx) if exploit and ctx.rng.random() < TRANSPLANT_SHARE else None
         if choice is None:
             edit = code_edits.first(made, ctx.parent_code, ctx.seen_code)
             choice = (edit, None) if edit else None
@@ -411,6 +437,7 @@ class OfflineBrain:
                 arms,
             ),
             "ranked": [CODE + op for op in ops],
+            **_explored(ctx, opened),
             "donors": sorted(donors),
             "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
@@ -644,6 +671,35 @@ def _code_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[str, 
             if arm is not None:
                 per_arm.setdefault(arm, []).append(gain)
     return per_operator, per_arm
+
+
+def _openings(history: list[dict]) -> dict:
+    """Whether each finished child opened an archive cell (1.0) or not, per (operator, arm) of the
+    template operators and per operator of the code edits (their arms are sites: too many to learn)."""
+    out: dict = {}
+    for name, arm, _, row in credits(history):
+        out.setdefault((name, arm) if name in BY_NAME else name, []).append(float(bool(row.get("opened"))))
+    return out
+
+
+def _novelty(openings: list[float] | None) -> tuple[int, float]:
+    """A change's rank when exploring: untried first, then by the share of its children that opened a cell."""
+    return (0, 0.0) if not openings else (1, -statistics.fmean(openings))
+
+
+def _explored(ctx: Context, opened: dict) -> dict:
+    """For the decision trace of an exploring proposal: the parent's cell, the empty cells next to it
+    and how often each change opened a cell so far."""
+    if ctx.explore is None:
+        return {}
+    rates = {
+        (f"{key[0]}={key[1]}" if isinstance(key, tuple) else key): {
+            "n": len(v),
+            "opened": round(statistics.fmean(v), 3),
+        }
+        for key, v in sorted(opened.items(), key=lambda kv: str(kv[0]))
+    }
+    return {"explore": {**ctx.explore, "openings": rates}}
 
 
 def _lesson_kind(ctx: Context, lessons: dict, parent: Design) -> bool | None:

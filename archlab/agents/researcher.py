@@ -29,6 +29,7 @@ class Researcher:
             entries=entries,
             experiences=experiences,
             notes=ctx.notes,
+            explore=ctx.explore,
             **ctx.limits,
         )
         traces = [

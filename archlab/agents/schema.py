@@ -49,12 +49,15 @@ class Context:
     siblings: list[dict] = field(default_factory=list)
     history: list[dict] = field(
         default_factory=list
-    )  # finished children: node, operator, fitness, parent_fitness, change, edit
+    )  # finished children: node, operator, fitness, parent_fitness, change, edit, opened
     seen: Callable[[dict], bool] = lambda design: False
     seen_code: Callable[[str], bool] = lambda code: False  # the file is already a node (or claimed by one in flight)
     code: Callable[[int], str] = lambda node_id: ""  # another node's file (crossover donors)
     rng: random.Random = field(default_factory=random.Random)  # seeded per node: reproducible choices
     notes: list[str] = field(default_factory=list)  # the user's hypotheses (`archlab steer RUN note`), given once
+    # Set when the parent was drawn from the quality-diversity archive to widen the search: its cell
+    # and the empty cells next to it, in words ({"cell": str, "empty": [str]}); None otherwise.
+    explore: dict | None = None
 
     def knowledge_query(self) -> str:
         """What is wrong with the parent, as a knowledge-base query: its weaknesses against the root

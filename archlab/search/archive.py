@@ -115,6 +115,27 @@ def bins(cell_key: str) -> dict[str, int]:
     return {axis: int(i) for axis, i in (part.split("=") for part in cell_key.split(";"))} if cell_key else {}
 
 
+def words(cell_key: str) -> str:
+    """A cell as a person reads it: "mechanism family delta, training tokens/s vs the root 0.84-1.19x, ..."."""
+    return ", ".join(f"{AXIS_TITLES[axis]} {AXES[axis][i]}" for axis, i in bins(cell_key).items())
+
+
+def frontier(store: Store, cell_key: str, limit: int = 6) -> list[str]:
+    """The cells next to `cell_key` that no node holds yet, where exploring from its elite can go:
+    another mechanism family (families have no order), or one bin up or down on another axis."""
+    occupied = {e["cell"] for e in store.archive_elites() or []}
+    here = bins(cell_key)
+    near = []
+    for axis, index in here.items():
+        steps = range(len(AXES[axis])) if axis == "family" else (index - 1, index + 1)
+        near += [
+            ";".join(f"{a}={j if a == axis else i}" for a, i in here.items())
+            for j in steps
+            if j != index and 0 <= j < len(AXES[axis])
+        ]
+    return [key for key in near if key not in occupied][:limit]
+
+
 def node_fields(metrics: dict, root: dict, code: str | None, tier: Tier) -> dict:
     """The node columns that place a finished node in the archive."""
     values = describe(metrics, root, code, tier)

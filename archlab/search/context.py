@@ -6,6 +6,7 @@ import json
 from archlab.agents import novelty
 from archlab.agents.schema import Context
 from archlab.sandbox.request import param_budget
+from archlab.search import archive
 from archlab.tree.store import Store
 
 
@@ -38,13 +39,22 @@ def context(run, state: dict) -> Context:
         code=lambda node_id: run.lineage.code(run.store.node(node_id)["commit_sha"]),
         rng=run.config.draws(state["node_id"]),
         notes=state.get("notes") or [],
+        explore=explore(run.store, parent) if state.get("explore") else None,
     )
+
+
+def explore(store: Store, parent: dict) -> dict:
+    """For a parent drawn from the archive: its cell and the empty cells next to it, in words."""
+    cell = parent.get("cell") or ""
+    return {"cell": archive.words(cell), "empty": [archive.words(k) for k in archive.frontier(store, cell)]}
 
 
 def history(store: Store) -> list[dict]:
     """Every finished child beside its parent, as the researcher credits it: node, parent, operator,
-    fitness, parent_fitness, change (template designs), edit (code edits: what to make again elsewhere)."""
+    fitness, parent_fitness, change (template designs), edit (code edits: what to make again elsewhere),
+    opened (it was the first node of its archive cell)."""
     edits = store.code_edits()
+    openers = store.cell_openers()
     return [
         {
             "node": r["child"],
@@ -54,6 +64,7 @@ def history(store: Store) -> list[dict]:
             "parent_fitness": r["parent_fitness"],
             "change": _change(r["design"], r["parent_design"]),
             "edit": edits.get(r["child"]),
+            "opened": r["child"] in openers,
         }
         for r in store.parent_child_pairs()
     ]

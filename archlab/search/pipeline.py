@@ -47,6 +47,7 @@ class CandidateState(TypedDict, total=False):
     stop: str
     notes: list[str]  # what `archlab steer RUN note` asked this candidate's researcher to consider
     island: int  # the island the proposal works on (islands.py)
+    explore: bool  # the parent was drawn from the archive: the proposal aims at a cell no node holds
 
 
 def build(run) -> StateGraph:
@@ -108,6 +109,7 @@ def select(run, state: CandidateState) -> CandidateState:
         "references": [r["id"] for r in refs],
         "notes": _notes(run),
         "island": island,
+        "explore": parent.get("drawn") == "archive",
     }
 
 

@@ -9,40 +9,38 @@ import random
 
 from archlab.tree.store import DONE, Store
 
-QD_SHARE = 0.25  # `asi-qd`: parents drawn from the quality-diversity archive; the rest as `asi`
+EXPLORE_SHARE = 0.2  # `asi`: parents drawn beyond the top of the tree (`asi-qd`: from the archive)
 
 
 def select_parent(store: Store, strategy: str, rng: random.Random, where: str = DONE) -> dict | None:
     """A parent among the nodes `where` selects. `asi-qd` and `qd` mark theirs with how it was drawn
-    (`drawn`: "archive" or "asi"), which the selector's trace records."""
-    if strategy == "asi-qd":
-        # ASI-Arch's exploitation, and a share of parents from the MAP-Elites archive (archive.py): the
-        # best of a cell unlike the top of the tree, so the run keeps building in several directions.
-        parent = _elite(store, where, rng) if rng.random() < QD_SHARE else None
-        if parent is not None:
-            return parent | {"drawn": "archive"}
-        parent = select_parent(store, "asi", rng, where)
-        return None if parent is None else parent | {"drawn": "asi"}
+    (`drawn`: "archive" or "asi"), which the selector's trace records and the researcher reads."""
     if strategy == "qd":
         parent = _elite(store, where, rng)
         return None if parent is None else parent | {"drawn": "archive"}
-    if strategy == "asi":
+    if strategy in ("asi", "asi-qd"):
         # ASI-Arch: mostly exploit the top of the tree (rank-weighted: the best half the time),
         # sometimes explore anywhere else. Only among nodes at least as fit as the root (fitness 0),
         # as ASI-Arch samples parents from its top candidates only: in a young tree the top ten are
         # all there is, and building on children that lost to the root spent evaluations that
-        # tournament selection did not (bench/search_efficiency.py).
+        # tournament selection did not (bench/search_efficiency.py). `asi-qd` exploits alike and
+        # explores from the quality-diversity archive (archive.py), marking that parent: its
+        # proposal then aims at a cell no node holds (a quarter of parents from the archive on top
+        # of asi's exploring share cost AUC and widened nothing: bench/README.md).
         good = f"{where} and fitness >= 0"
         top = store.nodes(good, order="fitness desc, id", limit=10)
         if not top:  # the root itself failed or was re-scored below zero: fall back to everything
             good, top = where, store.nodes(where, order="fitness desc, id", limit=10)
         if not top:
             return None
-        return (
-            rng.choices(top, weights=[0.5**i for i in range(len(top))])[0]
-            if rng.random() < 0.8
-            else _any(store, good, rng)
-        )
+        if rng.random() < 1 - EXPLORE_SHARE:
+            parent = rng.choices(top, weights=[0.5**i for i in range(len(top))])[0]
+            return parent | {"drawn": "asi"} if strategy == "asi-qd" else parent
+        if strategy == "asi-qd":
+            parent = _elite(store, where, rng)
+            if parent is not None:
+                return parent | {"drawn": "archive"}
+        return _any(store, good, rng)
     if strategy == "ucb":
         # UCB over subtrees: a node's value is the mean fitness of itself and its children
         # (failed children count as the node's fitness minus a penalty), plus a bonus for
