@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import helpers
+from archlab.agents import code_edits
 from archlab.agents.offline import OfflineBrain
 from archlab.agents.schema import Context
 from archlab.knowledge import KnowledgeIndex
@@ -101,6 +102,32 @@ def test_the_researcher_tries_first_what_a_lesson_says_helped_and_the_trace_name
             _, (plain,) = brain.research(context(seed))
             assert "priors" not in plain.decision
     assert template >= 4
+
+
+def test_template_lessons_go_before_code_edit_lessons_on_a_template_parent():
+    """A code edit turns a template parent into a file for good: a helpful template change from the
+    lessons is made first even when a code edit gained more; once it is made, the code edit's turn."""
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    h = code_hash(ROOT_CODE)
+    learned = [
+        lesson("earlier", "code:gate", code_edits.arm("gate", {"variant": "silu"}), 0.3, h),
+        lesson("earlier", "heads", "2", 0.1, h),
+    ]
+    brain = OfflineBrain(knowledge, lessons=learned)
+    for seed in range(6):
+        ctx = context(seed)
+        ctx.parent_code = ROOT_CODE
+        proposal, _ = brain.research(ctx)
+        assert (proposal.operator, proposal.design["heads"]) == ("heads", 2)
+    made = [
+        {"node": 1, "parent": 0, "operator": "heads", "fitness": 0.1, "parent_fitness": 0.0, "change": {"heads": 2}}
+    ]
+    for seed in range(6):
+        ctx = context(seed)
+        ctx.history, ctx.parent_code = made, ROOT_CODE
+        proposal, (trace,) = brain.research(ctx)
+        assert proposal.operator == "code:gate" and proposal.design is None, proposal.operator
+        assert trace.decision["prior_chosen"] == [learned[0].id]
 
 
 # --- end to end: real runs ------------------------------------------------------------------------
