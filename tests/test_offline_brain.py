@@ -3,8 +3,6 @@ tree; the baselines draw uniformly."""
 
 import random
 
-from archlab.agents import code_edits, offline
-from archlab.agents.code_edits import Edit
 from archlab.agents.offline import BY_NAME, OPERATORS, OfflineBrain
 from archlab.agents.schema import Context
 from archlab.knowledge import KnowledgeIndex
@@ -328,16 +326,3 @@ def test_a_parent_drawn_from_the_archive_gets_the_change_likeliest_to_open_a_cel
         ctx.explore = EXPLORE
         proposal, _ = OfflineBrain(knowledge).research(ctx)
         assert proposal.operator.startswith("code:") or proposal.design["beta"] == "const", proposal.design
-
-
-def test_an_operator_with_many_sites_does_not_win_on_its_untried_arms_alone():
-    """An untried arm of a tried code operator is scored by the operator's record (gains halved) with
-    as many trials as it had: after eleven activation swaps that did little, a new site of the same
-    swap ranks below a constant that gained twice (as one pseudo-trial its exploration bonus won)."""
-    stats = {"activation": [-0.008] * 11, "constant": [0.03, 0.03]}
-    arms = {code_edits.arm("activation", {"site": f"Mixer.forward#{i}", "to": "gelu"}): [-0.008] for i in range(11)}
-    again = Edit("constant", {"site": "<module>#2", "from": 4, "to": 2}, "", "")
-    arms[code_edits.arm(again.operator, again.spec)] = [0.03, 0.03]
-    new_site = Edit("activation", {"site": "Mixer.forward#12", "from": "silu", "to": "mish"}, "", "")
-    ranked = sorted([new_site, again], key=lambda e: offline._code_rank(e, stats, arms, set()))
-    assert ranked == [again, new_site]

@@ -780,12 +780,9 @@ def _code_rank(edit: Edit, stats: dict, arms: dict, recommended: set, lessons: d
     only the opposite bet was made, of that record mirrored (a constant's effect is locally monotone:
     when scaling it up cost, scaling it down is the bet; in the first foreign-root benchmark the decay
     divisor 8 -> 16 lost 0.09-0.15 five times of five and 8 -> 4 gained 0.09-0.19 three times of three,
-    but the operator's mean kept the default from ever trying it); else of its operator's record with
-    every gain halved (another site or variant of the same operator is a related bet, not the same
-    one), as many trials as the operator had: counted as one trial, an operator with many sites (four
-    activations x five swaps) won on its exploration bonus alone, 14 of 40 evaluations in one run
-    (bench/lessons.py, DeltaNet, seed 1). Lessons of earlier runs (`lessons`, by (operator, arm)) lead
-    and are merged in as discounted priors."""
+    but the operator's mean kept the default from ever trying it); else of half its operator's mean
+    (another site or variant of the same operator is a related bet, not the same one). Lessons of
+    earlier runs (`lessons`, by (operator, arm)) lead and are merged in as discounted priors."""
     key = code_edits.arm(edit.operator, edit.spec)
     gains = arms.get(key)
     prior = _prior((lessons or {}).get((CODE + edit.operator, key)), gains or [])
@@ -801,7 +798,7 @@ def _code_rank(edit: Edit, stats: dict, arms: dict, recommended: set, lessons: d
     if prior is not None:  # not yet tried here: ranked by what it gained before
         return lead, 1, -(_ucb(gains, total, prior) if gains else prior[0])
     opposite = [-g for g in arms.get(code_edits.arm(edit.operator, edit.spec, flip=True)) or [] if g != FAILED_GAIN]
-    return lead, 1, -_ucb(gains or opposite or [g / 2 for g in stats[edit.operator]], total)
+    return lead, 1, -_ucb(gains or opposite or [statistics.fmean(stats[edit.operator]) / 2], total)
 
 
 def _max_size(ctx: Context) -> int:
