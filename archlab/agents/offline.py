@@ -280,7 +280,7 @@ class OfflineBrain:
                 return lead, False, -statistics.fmean(stats[op.name]), ctx.rng.random()
             return lead, False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
 
-        opened = _openings(ctx.history)
+        opened = _openings(ctx.history) if ctx.explore is not None else {}  # only an exploring proposal reads it
         if self.guided and ctx.explore is not None:
             # A parent drawn from the archive to widen the search: the value likeliest to open a cell no
             # node holds, whatever it gained (untried values first, then by how often they opened one).
@@ -389,7 +389,7 @@ class OfflineBrain:
             e for op in code_edits.OPERATORS for e in code_edits.candidates(ctx.parent_code, op, donors, _max_size(ctx))
         ]
         ctx.rng.shuffle(made)  # (ties are broken at random)
-        opened = _openings(ctx.history)
+        opened = _openings(ctx.history) if ctx.explore is not None else {}  # only an exploring proposal reads it
         if self.guided and ctx.explore is not None:  # as for a template parent: the likeliest to open a cell
             made.sort(key=lambda edit: _novelty(opened.get(CODE + edit.operator)))
         elif self.guided:
