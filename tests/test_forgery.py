@@ -12,6 +12,7 @@ import ast
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -636,6 +637,20 @@ def test_the_probe_model_is_held_to_the_same_checks(name):
     probes = {"probes": {"d_model": 32, "steps": 5, "eval_examples": 32}}
     result = runner.evaluate(mixer(forward, init), "micro", threads=1, tier_overrides=probes, **OFF, **options)
     assert not result.ok and result.reason == reason, result
+
+
+def test_work_the_counters_cannot_see_is_timed():
+    """Python arithmetic is invisible to torch's FLOP and traffic counters; a mixer that does work
+    growing like T^2 there is still named quadratic, by its time, however often time is re-measured."""
+    hidden = """
+    t = x.shape[1]
+    waste = sum(i % 7 for i in range(t * t))  # T^2 steps of plain Python: no tensor op to count
+    return self.proj(x) + 0.0 * waste
+    """
+    result = runner.evaluate(mixer(hidden), "micro", threads=1, **OFF)
+    assert not result.ok and result.reason == "quadratic", result
+    flops, traffic, seconds = map(float, re.findall(r"T\^(-?[\d.]+)", result.detail)[:3])
+    assert max(flops, traffic) <= 1.25 < 1.75 < seconds, result.detail  # the counters saw nothing; the clock did
 
 
 @pytest.mark.parametrize("dtype", ["torch.complex64", "torch.int64"])

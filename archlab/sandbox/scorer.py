@@ -45,6 +45,10 @@ from archlab.sandbox.tiers import Tier
 
 FLOP_EXPONENT_LIMIT = 1.25  # growth of FLOPs or memory traffic with length above this is super-linear
 TIME_EXPONENT_LIMIT = 1.75  # time is noisy on a shared machine: only clear growth counts
+# A verdict from time alone (FLOPs and traffic linear: compute hidden from the counters, or noise) is
+# measured up to this many times, keeping the best time at each length: a spike at one length of one
+# table failed a linear MLP under CI's load when the two tables were judged one by one.
+TIME_MEASUREMENTS = 3
 # Padding every input to one block of the training length keeps the cost flat below it (block attention
 # over the whole window looks linear above it): FLOPs from seq_len/2 to seq_len must grow at least this fast.
 # (The root's chunk padding at the micro tier's seq_len = its chunk size gives ~0.45.)
@@ -682,22 +686,14 @@ class Evaluation:
             lengths = sorted(set(extra) | {max(16, seq_len // 2), seq_len})
             for part in ("Mixer", "FFN") if self.has_ffn else ("Mixer",):
                 costs = self._cost_table(a, part, d, lengths)
-                worst = [
-                    max(
-                        _exponent(costs[i][j], costs[i + 1][j], lengths[i], lengths[i + 1])
-                        for i in range(len(lengths) - 1)
-                    )
-                    for j in range(3)
-                ]
-                if max(worst[:2]) <= FLOP_EXPONENT_LIMIT and worst[2] > TIME_EXPONENT_LIMIT:  # timing noise?
-                    again = self._cost_table(a, part, d, lengths)  # a time-only verdict is measured twice
-                    worst[2] = min(
-                        worst[2],
-                        max(
-                            _exponent(again[i][2], again[i + 1][2], lengths[i], lengths[i + 1])
-                            for i in range(len(lengths) - 1)
-                        ),
-                    )
+                worst = [_growth(costs, lengths, j) for j in range(3)]  # FLOPs, traffic, time
+                for _ in range(TIME_MEASUREMENTS - 1):  # growth in time alone may be a busy machine: measure again
+                    if max(worst[:2]) > FLOP_EXPONENT_LIMIT or worst[2] <= TIME_EXPONENT_LIMIT:
+                        break
+                    again = self._cost_table(a, part, d, lengths)
+                    for row, other in zip(costs, again):  # noise only adds time: the best seen at each length
+                        row[2] = min(row[2], other[2])
+                    worst[2] = _growth(costs, lengths, 2)
                 if n == 0:
                     key = "" if part == "Mixer" else "ffn_"
                     self.metrics.update(
@@ -1017,6 +1013,13 @@ def _memory(pid: int | None, field: str = "VmRSS") -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _growth(costs: list[list[float]], lengths: list[int], column: int) -> float:
+    """The largest growth exponent of a cost column between neighbouring lengths."""
+    return max(
+        _exponent(costs[i][column], costs[i + 1][column], lengths[i], lengths[i + 1]) for i in range(len(lengths) - 1)
+    )
 
 
 def _exponent(a: float, b: float, short: int, long: int) -> float:
