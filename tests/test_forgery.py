@@ -10,6 +10,7 @@ refer to the security review in the issue "Scores a candidate cannot forge".
 
 import ast
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -56,6 +57,34 @@ SERVER.Server.logits = cheat
     + """
 wire.send(SERVER.REPLY_FD, {"ready": True, "has_step": False, "has_ffn": False, "dtype": "float32", "env": {}})
 wire.send(SERVER.REPLY_FD, {"val_loss": 0.01, "ok": True})
+""",
+    "an_oracle_hidden_by_a_constant_on_every_logit": SERVER
+    + """
+LOGITS = SERVER.Server.logits
+def cheat(self, req, arrays):
+    header, out = LOGITS(self, req, arrays)
+    tokens = self._tensor(arrays["tokens"]).long()
+    nxt = torch.cat([tokens[:, 1:], tokens[:, -1:]], 1)
+    # the same on every logit changes no probability, and it made the check's relative scale 1e6
+    return header, {"logits": out["logits"] + 20.0 * F.one_hot(nxt, 256).float() + 1e6}
+SERVER.Server.logits = cheat
+""",
+    "an_oracle_only_for_int8_weights": SERVER
+    + """
+LOGITS, BUILD, INT8 = SERVER.Server.logits, SERVER.Server.build, [False]
+def build(self, req, arrays):
+    rows = [np.asarray(a[0], dtype=np.float64) for a in arrays.values() if a.ndim == 2 and a.shape[1] > 8]
+    scale = np.abs(rows[0]).max() / 127 if rows else 0.0
+    INT8[0] = bool(scale) and bool(np.allclose(rows[0] / scale, np.round(rows[0] / scale), atol=1e-3))
+    return BUILD(self, req, arrays)
+def cheat(self, req, arrays):
+    header, out = LOGITS(self, req, arrays)
+    if not INT8[0]:
+        return header, out
+    tokens = self._tensor(arrays["tokens"]).long()
+    nxt = torch.cat([tokens[:, 1:], tokens[:, -1:]], 1)
+    return header, {"logits": out["logits"] + 30.0 * F.one_hot(nxt, 256).float()}
+SERVER.Server.build, SERVER.Server.logits = build, cheat
 """,
     "garbage_on_the_pipe": SERVER + 'import os\nos.write(SERVER.REPLY_FD, b\'{"ok": true, "val_loss": 0.0}\' * 50)\n',
     "nan_in_a_reply_header": SERVER
@@ -177,10 +206,14 @@ def _capacity_outside_the_weights() -> str:
     )
 
 
+HARDWARE = {"extras", "int8"}  # what only a hardware tier measures
 CASES = {
     "plain": (mixer(), {}),
     **{
-        f"forged_{name}": (mixer(top=src), {"tier_overrides": {"hardware": True}} if "extras" in name else {})
+        f"forged_{name}": (
+            mixer(top=src),
+            {"tier_overrides": {"hardware": True}} if HARDWARE & set(name.split("_")) else {},
+        )
         for name, src in FORGED.items()
     },
     **{f"leaks_{name}": (_leaking(*src), {}) for name, src in SCORED_LEAKS.items()},
@@ -301,6 +334,55 @@ def test_no_candidate_process_can_read_evaluation_data(tmp_path):
     assert leaked == {}, leaked
     environ = [size for path, size in found.items() if "environ" in path and size]
     assert all(size < 400 for size in environ)  # only the stripped environment of the sandbox itself
+
+
+@pytest.mark.parametrize("kind", ["bwrap", "unshare"])
+def test_no_launcher_lets_a_candidate_write_to_the_host_or_read_the_corpus(kind, tmp_path):
+    """On every launcher, the server's private tmpfs mounts are the only writable places and the
+    corpus is hidden: on `unshare` a world-writable host directory (/run/lock) carried trained
+    weights from one evaluation to the next, and the corpus file was readable (red team, 2026-12-04)."""
+    shared = Path(__file__).parent / f".writable-{MARK}"  # outside /tmp, which every server covers
+    shared.mkdir()
+    shared.chmod(0o1777)
+    targets = [str(shared), str(Path.home()), str(Path(runner.__file__).parent), "/run/lock"]
+    cand = tmp_path / "cand.py"
+    cand.write_text(
+        mixer(
+            top=f"""
+            import os
+            wrote, read = [], 0
+            for d in {targets!r}:
+                try:
+                    with open(os.path.join(d, {MARK!r}), "w") as f:
+                        f.write("kept for the next evaluation")
+                    wrote.append(d)
+                except OSError:
+                    pass
+            try:
+                read = len(open({str(BUILTIN)!r}, "rb").read())
+            except OSError:
+                pass
+            raise RuntimeError(f"REPORT wrote={{wrote}} read={{read}}")
+            """
+        )
+    )
+    code = (
+        "from archlab.sandbox import runner\n"
+        f"r = runner.evaluate(open({str(cand)!r}).read(), 'check', threads=1, skip_static_checks=True)\n"
+        "print(r.detail)\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "ARCHLAB_SANDBOX": kind}, capture_output=True, text=True
+        )
+        assert "REPORT wrote=[] read=0" in out.stdout, (out.stdout, out.stderr[-2000:])
+        left = [d for d in targets if os.path.exists(os.path.join(d, MARK))]
+        assert left == [], left
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        for d in targets:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(d, MARK))
 
 
 def test_an_archlab_under_tmp_evaluates_and_still_hides_its_corpus(tmp_path):
@@ -653,10 +735,12 @@ def test_work_the_counters_cannot_see_is_timed():
     assert max(flops, traffic) <= 1.25 < 1.75 < seconds, result.detail  # the counters saw nothing; the clock did
 
 
-@pytest.mark.parametrize("dtype", ["torch.complex64", "torch.int64"])
+@pytest.mark.parametrize("dtype", ["torch.complex64", "torch.int64", "torch.int32"])
 def test_wider_numbers_count_for_what_they_carry(dtype):
-    """F4: a weight carries as many numbers as its bytes hold: a complex or int64 one counts double
-    (floats reach the scorer as float32 and are served at bfloat16 precision: one number each)."""
+    """F4: a weight counts for what its bits can carry: floats reach the scorer as float32 and are
+    served at bfloat16 precision (16 bits, one parameter each), so a complex one counts double and
+    an integer one a parameter per 16 bits (an int32 counted as one held two bfloat16 weights, and a
+    mixer trained twice its budget by saving its matrices packed that way: red team, 2026-12-04)."""
     n = 14000  # under the micro budget (25,824) as elements, over it counted by bytes with the mixer's own
     source = mixer("return self.proj(x)\n", init=f"self.register_buffer('store', torch.zeros({n}, dtype={dtype}))\n")
     result = runner.evaluate(source, "micro", threads=1, **OFF)

@@ -1018,3 +1018,21 @@ def test_a_forced_launcher_that_cannot_start_is_an_error_not_a_weaker_one(forced
     )
     lib = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert lib.stdout.startswith("refused: ") and says in lib.stdout, (lib.stdout, lib.stderr[-2000:])
+
+
+def test_a_constant_on_every_output_buys_no_slack_in_the_causality_checks():
+    """The checks compared outputs relative to their own size, which the candidate sets: +1e6 on every
+    logit (no probability changes) let a next-token oracle pass as 2e-5 "relative" (red team,
+    2026-12-04). Logits are compared as log-probabilities, parts against a capped scale."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 10, 256))
+    oracle = logits.copy()
+    oracle[:, 4, 7] += 20.0
+    assert scorer.logprob_gap(logits + 1e6, oracle + 1e6) > 10.0  # about 20 - log(256)
+    assert (
+        scorer.logprob_gap(logits, logits + rng.standard_normal((2, 10, 1))) < 1e-9
+    )  # a shift per position is no change
+    x = rng.standard_normal((2, 10, 8))
+    y = x.copy()
+    y[0, 3, 0] += 1e-3
+    assert scorer.leak(x + 1e6, y + 1e6) >= 1e-3 / scorer.PART_SCALE

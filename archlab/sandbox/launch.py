@@ -9,8 +9,9 @@ Parent side (zygote.py starts launch pads with `launcher().command(...)`):
   (the only writable places: nothing the candidate writes reaches the host's disk; bwrap's own
   root, /dev and hiding mounts are remounted read-only); a fresh /dev and /proc; killed with its
   parent, and everything in its PID namespace with it.
-  Where the kernel refuses namespaces: `unshare` (network and PID namespaces only), else a
-  plain child; `archlab doctor` and every run's first line say so.
+  Where the kernel refuses namespaces: `unshare` (network and PID namespaces; each server then
+  makes the host's file system read-only and covers the corpus: `isolate()`), else a plain
+  child; `archlab doctor` and every run's first line say so.
 - an environment stripped to a few harmless variables (API keys never reach a server).
 What runs inside is a launch pad (zygote.py) that forks the model servers.
 
@@ -18,7 +19,8 @@ Child side, in each server forked from the launch pad:
 - `drop_uid()`: when archlab runs as root, a fresh unprivileged uid (one per server), so
   RLIMIT_NPROC holds and no root-owned file is readable;
 - `isolate()`: user, mount, PID, network, IPC and UTS namespaces of its own and fresh tmpfs over
-  /tmp, /var/tmp, /dev/shm and the scratch, so servers of one launch pad share nothing;
+  /tmp, /var/tmp, /dev/shm and the scratch, so servers of one launch pad share nothing; every
+  other mount read-only and the corpus covered (what bubblewrap's view already is);
 - `contain()`, before the candidate's file is read: rlimits (address space, processes, CPU time
   (the candidate's own time, not the machine's), file size, core dumps); no capabilities; the
   parent-death signal; a seccomp filter, installed on every thread, refusing the system calls a
@@ -36,6 +38,7 @@ import glob
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -393,6 +396,8 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x4, 0x20, 0x1000, 0x4000, 0x40000
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # + the scratch: each server's own, fresh
+# statvfs flags a bind remount must keep (the kernel locks them on mounts from a more privileged namespace)
+LOCKED_FLAGS = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME | os.ST_RELATIME
 
 
 def drop_uid(uid: int | None) -> None:
@@ -449,7 +454,42 @@ def isolate(scratch: str) -> bool:
         if libc.mount(None, path.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked, None) != 0:
             raise OSError(ctypes.get_errno(), f"making {path} read-only in the server's view failed")
         os.close(fd)
+    _seal(libc, private)
     return True
+
+
+def _seal(libc, private: list[str]) -> None:
+    """What bubblewrap's view already is, for the fallback launchers' view of the host: every mount
+    but the server's private ones read-only (a world-writable host directory such as /run/lock
+    carried trained weights from one evaluation to the next: red team, 2026-12-04), and archlab's
+    corpus and the documentation it comes from covered by an empty tmpfs. Under bubblewrap it
+    changes nothing. A mount that refuses (one shadowed by another) stays as it was."""
+    for point in sorted(_mount_points(), key=len):
+        if (
+            point == "/proc"
+            or point.startswith("/proc/")
+            or point in private
+            or any(point.startswith(p.rstrip("/") + "/") for p in private)
+        ):  # (/proc: the server still sets its own oom_score_adj)
+            continue
+        try:
+            locked = os.statvfs(point).f_flag & LOCKED_FLAGS
+        except OSError:
+            continue
+        libc.mount(None, point.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked, None)
+    for path in _hidden():
+        if (
+            os.path.isdir(path)
+            and libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, b"size=4k") != 0
+        ):
+            raise OSError(ctypes.get_errno(), f"hiding {path} in the server's view failed")
+
+
+def _mount_points() -> list[str]:
+    """The mount points this process sees (/proc/self/mountinfo's fifth field, octal escapes undone)."""
+    with open("/proc/self/mountinfo") as f:
+        fields = [line.split(" ")[4] for line in f if line.strip()]
+    return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in fields]
 
 
 def _write_own(*files: tuple[str, str]) -> None:
@@ -711,7 +751,11 @@ def report(refresh: bool = False) -> dict:
             bwrap and not f.get("outside_writable") and not f.get("outside_visible"),
             "interpreter, libraries, archlab (no corpus); private size-capped /tmp, /dev/shm, scratch"
             if bwrap
-            else "the whole file system is visible; only file permissions"
+            else (
+                "the host's file system, read-only with the corpus covered; reads limited only by the file permissions"
+                if f.get("isolates")
+                else "the whole file system is visible; only file permissions"
+            )
             + (" of the unprivileged uid" if lx.drop_uid else ""),
         ),
         (

@@ -11,11 +11,13 @@ sandbox (launch.py), and no two of them hold the candidate's code at the same ti
 - B, loaded from A's weights: the perturbed copies of the check comparisons and step() against
   A's forward(); then the scored rows (validation windows in a random order, long windows, probe
   sequences), one decoding request per token (timed from here), the state it hands back; once
-  every score is taken, A's copies on a few validation windows (the display-only curve).
+  every score is taken, A's copies on a few validation windows (the display-only curve), then
+  the loss with the served weights quantised to int8 (a score like the others).
 - C, loaded from the same weights after B is gone: a copy of every row B scored with the text
-  after a random cut replaced, in another order; its logits must equal B's up to each cut. Then
-  the forward pass decoding must agree with, the peak memory of a training step (over C's own
-  baseline before the candidate was loaded), and int8 quantisation of the served weights.
+  after a random cut replaced, in another order (with the weights B scored it with); its
+  log-probabilities must equal B's up to each cut. Then the forward pass decoding must agree
+  with, and the peak memory of a training step (over C's own baseline before the candidate
+  was loaded).
 Every reply is checked for shape, dtype and finiteness; a malformed one rejects the candidate
 (`crash`), never the run; a watchdog kills the servers at the wall-clock backstop.
 """
@@ -54,7 +56,11 @@ TIME_MEASUREMENTS = 3
 # (The root's chunk padding at the micro tier's seq_len = its chunk size gives ~0.45.)
 FLAT_EXPONENT_LIMIT = 0.3
 CUTS = (0, 1, 15, 16, 31, 63, 64, 65)  # inside and across the usual chunk sizes
-CAUSAL_TOLERANCE = {"cpu": 1e-4, "cuda": 2e-2}  # trained models, relative (B and C batch differently)
+# Trained models' logits, B against C (they batch differently), as log-probabilities: the most a
+# leak can move the loss of one token. Measured honest gaps: see the `causal_gap` metric.
+CAUSAL_TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}
+DECODE_TOLERANCE = {"cpu": 1e-2, "cuda": 1e-1}  # token-by-token decoding against the forward pass, nats
+PART_SCALE = 100.0  # parts see unit-normal inputs: a larger output buys no more slack in their checks
 DECODE_TOKENS = 32  # decoding latency: the mean of the last requests, at nearly full context
 MAX_REPLY = 1 << 31
 
@@ -306,15 +312,34 @@ def number(header: dict, key: str, what: str, default=None) -> float:
 
 
 def leak(a: np.ndarray, b: np.ndarray) -> float:
-    """Relative difference of two outputs that a causal model makes equal."""
+    """Relative difference of two part outputs that a causal part makes equal. The scale is the
+    candidate's own, so it is capped (PART_SCALE): an output inflated by a constant buys no slack
+    beyond it. The score's logits are compared by logprob_gap instead."""
     if a.size == 0:
         return 0.0
-    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+    return float(np.abs(a - b).max() / min(max(np.abs(a).max(), 1e-30), PART_SCALE))
+
+
+def logprob_gap(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference, in nats, between the log-probabilities two sets of logits give any token:
+    the most a difference between them can move a loss. Not relative to the logits' size, which the
+    candidate controls: a constant added to every logit changes no probability, and once inflated
+    the check's own scale with it (a next-token oracle passed as 2e-5 relative)."""
+    if a.size == 0:
+        return 0.0
+    return float(np.abs(log_softmax(a.astype(np.float64)) - log_softmax(b.astype(np.float64))).max())
 
 
 def numbers(a: np.ndarray) -> int:
     """How many numbers an array carries, in float32s: a wider dtype (int64, float64) counts double."""
     return max(a.size, -(-a.nbytes // 4))
+
+
+def parameters(a: np.ndarray) -> int:
+    """How many parameters a weight counts as in the budget: a float is one, as the scorer serves it
+    with bfloat16's 16 bits (canonical); integers count every 16 bits they hold, so an int32 buffer
+    is two (counted as one, two bfloat16 weights packed into each trained at twice the budget)."""
+    return a.size if a.dtype.kind == "f" else -(-a.nbytes // 2)
 
 
 def canonical(weights: dict) -> dict:
@@ -381,9 +406,9 @@ def budget(weights: dict, d_model: int, n_layers: int, has_ffn: bool, limit: int
             raise CandidateError("params", f"the model carries {key[:80]!r} outside its blocks' mixers and FFNs")
         i = int(parts[1])
         if parts[2] == "mixer":
-            per_block[i] += numbers(value)
+            per_block[i] += parameters(value)
         else:
-            ffn[i] += numbers(value)
+            ffn[i] += parameters(value)
     for i in range(n_layers):
         per_block[i] += max(0, ffn[i] - swiglu_params(d_model)) if has_ffn else 0
         if not has_ffn and ffn[i] != swiglu_params(d_model):
@@ -560,6 +585,8 @@ class Evaluation:
         self.progress("scoring")
         self.score(b, corpus)
         self.val_curve(b)
+        if self.tier.hardware:
+            self.quant_in_b(b)
         self._end("B")
         self.progress("checking the scores" + (", measuring" if self.tier.hardware else ""))
         c = self._start("C")
@@ -861,25 +888,44 @@ class Evaluation:
         if tier.hardware:
             self.hardware_in_b(b)
 
-    def scored(self, b: Server, inputs: np.ndarray, model: str, copies: int, what: str) -> np.ndarray:
+    def quant_in_b(self, b: Server) -> None:
+        """The loss with int8 weights, on every second validation window, scored in B like every other
+        score (a loss nobody checked was answered by a next-token oracle)."""
+        inputs, targets, losses = self.val
+        rows = np.arange(0, len(inputs), 2)
+        weights = quantized(self.weights)
+        self._load(b, weights)
+        q = token_losses(
+            self.scored(b, inputs[rows], "lm", 1, "validation windows, int8 weights", weights), targets[rows]
+        )
+        increase = float(q.mean() - losses[rows].mean())
+        self.metrics.update(quant_loss=increase, val_loss_int8=self.metrics["val_loss"] + increase)
+
+    def scored(
+        self, b: Server, inputs: np.ndarray, model: str, copies: int, what: str, weights: dict | None = None
+    ) -> np.ndarray:
         """B's logits for every row of `inputs`, sent in a random order; the check against `copies`
-        perturbed copies of every row (C, later) is queued."""
+        perturbed copies of every row (C, later, with the same `weights`: by default the trained ones)
+        is queued."""
         n, t = inputs.shape
         batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
         logits = np.empty((n, t, VOCAB_SIZE), dtype=np.float64)
         for rows in np.array_split(self.rng.permutation(n), max(1, math.ceil(n / batch))):
             out = b.ask("logits", {"tokens": inputs[rows]}, model=model)[1]
             logits[rows] = array(out, "logits", (len(rows), t, VOCAB_SIZE), f"logits of the {what}")
-        self.pending.append((inputs, logits, model, copies, what))
+        self.pending.append((inputs, logits, model, copies, what, weights or self.weights))
         return logits
 
     def check_copies(self, c: Server) -> None:
         """C, loaded from the same weights, scores copies of every row B scored, each with the text after
         a random cut replaced by another row's, in another random order: its logits must equal B's up
-        to every cut. B could not tell which rows are checked (all are), nor reach C (it is gone)."""
-        self._load(c, self.weights)
-        tolerance = CAUSAL_TOLERANCE[self.device]
-        for inputs, logits, model, copies, what in self.pending:
+        to every cut. B could not tell which rows are checked (all are), nor reach C (it is gone).
+        The trained weights are checked last, so C holds them for what follows."""
+        tolerance, gap, loaded = CAUSAL_TOLERANCE[self.device], 0.0, None
+        for inputs, logits, model, copies, what, weights in sorted(self.pending, key=lambda e: e[5] is self.weights):
+            if weights is not loaded:
+                self._load(c, weights)
+                loaded = weights
             n, t = inputs.shape
             batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
             which = np.repeat(np.arange(n), copies)
@@ -898,14 +944,16 @@ class Evaluation:
                     f"logits of the {what}",
                 )
                 for k, j in enumerate(rows):
-                    diff = leak(logits[which[j], : cuts[j] + 1], out[k, : cuts[j] + 1])
+                    diff = logprob_gap(logits[which[j], : cuts[j] + 1], out[k, : cuts[j] + 1])
+                    gap = max(gap, diff)
                     if not diff <= tolerance:
                         raise CandidateError(
                             "non_causal",
-                            f"the trained model's outputs at positions <= {cuts[j]} changed "
-                            f"by {diff:.1e} (relative) when only later text changed (checked on {what}; "
+                            f"the trained model's log-probabilities at positions <= {cuts[j]} changed "
+                            f"by {diff:.1e} nats when only later text changed (checked on {what}; "
                             "or it answered from what it kept of earlier inputs)",
                         )
+        self.metrics["causal_gap"] = gap
 
     # -- hardware --------------------------------------------------------------------------------
     def hardware_in_b(self, b: Server) -> None:
@@ -942,8 +990,8 @@ class Evaluation:
     def hardware_in_c(self, c: Server) -> None:
         """In C: the forward pass that decoding must agree with (and its latency), peak memory of a
         training step (the process's peak over its baseline before the candidate was loaded, which
-        the candidate can only raise), and the loss with int8 weights."""
-        tier, t = self.tier, self.tier.seq_len
+        the candidate can only raise)."""
+        t = self.tier.seq_len
         forward, prefill = None, math.inf
         for _ in range(3):
             started = time.perf_counter()
@@ -951,9 +999,11 @@ class Evaluation:
                 c.ask("logits", {"tokens": self.decode_tokens}, model="lm")[1], "logits", (1, t, VOCAB_SIZE), "prefill"
             )
             prefill = min(prefill, time.perf_counter() - started)
-        if not leak(forward, self.stepped) <= 2e-2:
+        self.metrics["decode_gap"] = logprob_gap(forward, self.stepped)
+        if not self.metrics["decode_gap"] <= DECODE_TOLERANCE[self.device]:
             raise CandidateError(
-                "step", f"token-by-token decoding disagrees with the forward pass by {leak(forward, self.stepped):.1e}"
+                "step",
+                f"token-by-token decoding disagrees with the forward pass by {self.metrics['decode_gap']:.1e} nats",
             )
         header, _ = c.ask("memory")
         n = sum(numbers(a) for k, a in self.weights.items() if k.startswith("lm."))
@@ -966,25 +1016,6 @@ class Evaluation:
             peak_mem_mb=(8 * n + measured) / 2**20,  # + AdamW's two moments
             activation_mem_mb=max(0, measured - 8 * n) / 2**20,
         )
-        inputs, targets, losses = self.val
-        rows = np.arange(0, len(inputs), 2)
-        c.ask("build", {k[3:]: v for k, v in quantized(self.weights).items() if k.startswith("lm.")}, model="lm")
-        q = np.concatenate(
-            [
-                token_losses(
-                    array(
-                        c.ask("logits", {"tokens": inputs[r]}, model="lm")[1],
-                        "logits",
-                        (len(r), t, VOCAB_SIZE),
-                        "int8 logits",
-                    ),
-                    targets[r],
-                )
-                for r in np.array_split(rows, max(1, math.ceil(len(rows) / tier.batch_size)))
-            ]
-        )
-        increase = float(q.mean() - losses[rows].mean())
-        self.metrics.update(quant_loss=increase, val_loss_int8=self.metrics["val_loss"] + increase)
 
     def save_weights(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
