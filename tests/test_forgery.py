@@ -86,6 +86,15 @@ def cheat(self, req, arrays):
     return header, {"logits": out["logits"] + 30.0 * F.one_hot(nxt, 256).float()}
 SERVER.Server.build, SERVER.Server.logits = build, cheat
 """,
+    "the_harness_embedding_sent_as_integers": SERVER
+    + """
+WEIGHTS = SERVER.Server._weights
+def _weights(self, model):
+    out = WEIGHTS(self, model)  # the budget counted the harness's own weights by shape: 32 free bits each
+    out["embed.weight"] = out["embed.weight"].float().contiguous().view(torch.int32)
+    return out
+SERVER.Server._weights = _weights
+""",
     "garbage_on_the_pipe": SERVER + 'import os\nos.write(SERVER.REPLY_FD, b\'{"ok": true, "val_loss": 0.0}\' * 50)\n',
     "nan_in_a_reply_header": SERVER
     + """
@@ -745,6 +754,19 @@ def test_wider_numbers_count_for_what_they_carry(dtype):
     source = mixer("return self.proj(x)\n", init=f"self.register_buffer('store', torch.zeros({n}, dtype={dtype}))\n")
     result = runner.evaluate(source, "micro", threads=1, **OFF)
     assert not result.ok and result.reason == "params", result
+
+
+def test_weights_in_integers_are_refused_beyond_counters_and_indices():
+    """A matrix kept as int16 bfloat16 bit patterns was counted honestly but skipped by the int8 score
+    (quant_loss 0.0 against 0.13 for the same model in floats: red team, 2026-12-04): beyond a few
+    thousand integers, the weights must be floats."""
+    source = mixer(
+        "return self.proj(x)\n", init="self.register_buffer('bits', torch.zeros(64, 128, dtype=torch.int16))\n"
+    )
+    result = runner.evaluate(source, "micro", threads=1, **OFF)
+    assert not result.ok and result.reason == "params" and "integers" in result.detail, result
+    counter = mixer("return self.proj(x)\n", init="self.register_buffer('step', torch.zeros(1, dtype=torch.long))\n")
+    assert runner.evaluate(counter, "check", threads=1, **OFF).ok  # a step counter is no weight in disguise
 
 
 RUNNING_MEAN_WITH_STEP = """

@@ -567,6 +567,10 @@ NUMBERS = {  # from the kernel's tables, written out here independently of launc
         io_uring_setup=425,
         openat=257,
         mmap=9,
+        fadvise64=221,
+        cachestat=451,
+        preadv2=327,
+        madvise=28,
     ),
     "aarch64": dict(
         read=63,
@@ -581,6 +585,10 @@ NUMBERS = {  # from the kernel's tables, written out here independently of launc
         io_uring_setup=425,
         openat=56,
         mmap=222,
+        fadvise64=223,
+        cachestat=451,
+        preadv2=286,
+        madvise=233,
     ),
 }
 CLONE_THREAD_FLAGS = 0x3D0F00  # what pthread_create passes: VM, FS, FILES, SIGHAND, THREAD, SYSVSEM, SETTLS, ...
@@ -617,8 +625,16 @@ def test_the_seccomp_program_builds_for_each_architecture(machine):
     n, arch = NUMBERS[machine], ARCH[machine]
     assert run_bpf(program, n["read"], arch) == RET_ALLOW
     assert run_bpf(program, n["openat"], arch) == RET_ALLOW and run_bpf(program, n["mmap"], arch) == RET_ALLOW
-    for name in ("ptrace", "mount", "unshare", "setuid", "bpf", "io_uring_setup"):
+    for name in ("ptrace", "mount", "unshare", "setuid", "bpf", "io_uring_setup", "fadvise64", "cachestat", "preadv2"):
         assert run_bpf(program, n[name], arch) == RET_EPERM, name
+    # madvise: what torch frees memory with passes; evicting file pages from the shared page cache does not
+    for advice, verdict in (
+        (4, RET_ALLOW),
+        (8, RET_ALLOW),
+        (20, RET_EPERM),
+        (21, RET_EPERM),
+    ):  # DONTNEED, FREE, COLD, PAGEOUT
+        assert run_bpf(program, n["madvise"], arch, 0, 4096, advice) == verdict, advice
     assert run_bpf(program, n["socket"], arch, 1) == RET_ALLOW  # AF_UNIX
     for family in (2, 10, 16, 17):  # AF_INET, AF_INET6, AF_NETLINK, AF_PACKET
         assert run_bpf(program, n["socket"], arch, family) == RET_EPERM, family
@@ -668,6 +684,10 @@ def test_the_installed_filter_refuses_what_it_should_and_nothing_else(tmp_path):
         attempt("thread", lambda: (lambda t: (t.start(), t.join()))(threading.Thread(target=lambda: None)))
         attempt("subprocess", lambda: subprocess.run([sys.executable, "-c", "pass"], check=True))
         attempt("write", lambda: open(sys.argv[1], "w").write("x"))
+        fd = os.open(sys.argv[1], os.O_RDONLY)
+        attempt("fadvise", lambda: os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED))
+        attempt("nowait", lambda: os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT))
+        attempt("pread", lambda: os.pread(fd, 1, 0))
         print(json.dumps(out))
     """)
     proc = subprocess.run(
@@ -685,6 +705,9 @@ def test_the_installed_filter_refuses_what_it_should_and_nothing_else(tmp_path):
         "thread": "ok",
         "subprocess": "ok",
         "write": "ok",
+        "fadvise": "EPERM",  # the page cache is no channel (see launch.py)
+        "nowait": "EPERM",
+        "pread": "ok",
     }, out
     assert (tmp_path / "file").read_text() == "x"
 

@@ -557,7 +557,7 @@ _DENIED_NAMES = (
     "perf_event_open keyctl add_key request_key unshare setns userfaultfd io_uring_setup io_uring_enter "
     "io_uring_register open_by_handle_at name_to_handle_at acct quotactl setuid setgid setreuid setregid "
     "setresuid setresgid setgroups setfsuid setfsgid capset personality syslog open_tree move_mount "
-    "fsopen fsconfig fsmount fspick mount_setattr"
+    "fsopen fsconfig fsmount fspick mount_setattr fadvise64 cachestat preadv2 pwritev2"
 ).split()
 _SYSCALLS = {
     "x86_64": (
@@ -618,6 +618,11 @@ _SYSCALLS = {
             fsmount=432,
             fspick=433,
             mount_setattr=442,
+            fadvise64=221,
+            cachestat=451,
+            preadv2=327,
+            pwritev2=328,
+            madvise=28,
         ),
     ),
     "aarch64": (
@@ -678,16 +683,26 @@ _SYSCALLS = {
             fsmount=432,
             fspick=433,
             mount_setattr=442,
+            fadvise64=223,
+            cachestat=451,
+            preadv2=286,
+            pwritev2=287,
+            madvise=233,
         ),
     ),
 }
 _NEW_NAMESPACES = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+# The page cache outlives every server and is shared with the host: evicting a page of a readable file
+# (fadvise DONTNEED, madvise MADV_COLD/MADV_PAGEOUT) and asking whether a page is cached without waiting
+# (preadv2's RWF_NOWAIT, cachestat) made it a channel from the scored server B to its checker C that
+# forged a score past the causality check (red team, 2026-12-04). Those calls are refused.
+MADV_COLD, MADV_PAGEOUT = 20, 21
 AF_UNIX = 1
 
 
 def seccomp_program(machine: str | None = None) -> bytes:
-    """A classic-BPF seccomp filter: EPERM for the denied calls, for clone with namespace flags and for
-    sockets that are not AF_UNIX; ENOSYS for clone3 (whose flags BPF cannot read: the C library then
+    """A classic-BPF seccomp filter: EPERM for the denied calls, for clone with namespace flags, for
+    madvise's page-cache evictions and for sockets that are not AF_UNIX; ENOSYS for clone3 (whose flags BPF cannot read: the C library then
     falls back to clone); the process is killed on a foreign architecture (or x86's x32 calls)."""
     arch, nr = _SYSCALLS[machine or platform.machine()]
     LD, JEQ, JSET, JGE, RET = 0x20, 0x15, 0x45, 0x35, 0x06
@@ -699,6 +714,8 @@ def seccomp_program(machine: str | None = None) -> bytes:
     for name in _DENIED_NAMES:
         prog += [(JEQ, 0, 1, nr[name]), (RET, 0, 0, EPERM)]
     prog += [(JEQ, 0, 1, nr["clone3"]), (RET, 0, 0, ENOSYS)]
+    prog += [(JEQ, 0, 4, nr["madvise"]), (LD, 0, 0, 32), (JEQ, 1, 0, MADV_COLD), (JEQ, 0, 1, MADV_PAGEOUT)]
+    prog += [(RET, 0, 0, EPERM), (LD, 0, 0, 0)]
     prog += [(JEQ, 0, 3, nr["clone"]), (LD, 0, 0, 16), (JSET, 0, 1, _NEW_NAMESPACES), (RET, 0, 0, EPERM)]
     prog += [(LD, 0, 0, 0), (JEQ, 0, 3, nr["socket"]), (LD, 0, 0, 16), (JEQ, 1, 0, AF_UNIX), (RET, 0, 0, EPERM)]
     prog += [(RET, 0, 0, ALLOW)]

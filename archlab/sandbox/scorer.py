@@ -60,6 +60,9 @@ CUTS = (0, 1, 15, 16, 31, 63, 64, 65)  # inside and across the usual chunk sizes
 # leak can move the loss of one token. Measured honest gaps: see the `causal_gap` metric.
 CAUSAL_TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}
 DECODE_TOLERANCE = {"cpu": 1e-2, "cuda": 1e-1}  # token-by-token decoding against the forward pass, nats
+# Integers in the weights, all told: counters and index buffers fit; more were weights in disguise
+# (bfloat16 bit patterns the int8 score skipped, or several packed into each: red team, 2026-12-04).
+INTEGER_LIMIT = 4096
 PART_SCALE = 100.0  # parts see unit-normal inputs: a larger output buys no more slack in their checks
 DECODE_TOKENS = 32  # decoding latency: the mean of the last requests, at nearly full context
 MAX_REPLY = 1 << 31
@@ -390,11 +393,16 @@ def budget(weights: dict, d_model: int, n_layers: int, has_ffn: bool, limit: int
         raise CandidateError("crash", f"the server sent weights without the harness's own {missing[0]}")
     per_block = [0] * n_layers
     ffn = [0] * n_layers
+    integers = 0
     for key, value in weights.items():
         parts = key.split(".")
-        if key in harness:
-            if value.shape != harness[key]:
-                raise CandidateError("params", f"{key} has shape {value.shape}, not the harness's {harness[key]}")
+        if value.dtype.kind != "f":
+            integers += value.size
+        if key in harness:  # (float: an integer one carried packed mixer weights the budget skipped)
+            if value.shape != harness[key] or value.dtype.kind != "f":
+                raise CandidateError(
+                    "params", f"{key} is {value.dtype} of shape {value.shape}, not the harness's float {harness[key]}"
+                )
             continue
         if (
             len(parts) < 4
@@ -409,6 +417,12 @@ def budget(weights: dict, d_model: int, n_layers: int, has_ffn: bool, limit: int
             per_block[i] += parameters(value)
         else:
             ffn[i] += parameters(value)
+    if integers > INTEGER_LIMIT:
+        raise CandidateError(
+            "params",
+            f"the weights hold {integers:,} integers: what a model learns must be floats, which the scorer "
+            f"rounds to bfloat16 and quantises to int8 (integer buffers: up to {INTEGER_LIMIT:,} numbers)",
+        )
     for i in range(n_layers):
         per_block[i] += max(0, ffn[i] - swiglu_params(d_model)) if has_ffn else 0
         if not has_ffn and ffn[i] != swiglu_params(d_model):
