@@ -340,9 +340,10 @@ def numbers(a: np.ndarray) -> int:
 
 def parameters(a: np.ndarray) -> int:
     """How many parameters a weight counts as in the budget: a float is one, as the scorer serves it
-    with bfloat16's 16 bits (canonical); integers count every 16 bits they hold, so an int32 buffer
-    is two (counted as one, two bfloat16 weights packed into each trained at twice the budget)."""
-    return a.size if a.dtype.kind == "f" else -(-a.nbytes // 2)
+    with bfloat16's 16 bits (canonical), a complex number two; integers count every 16 bits they hold,
+    so an int32 buffer is two (counted as one, two bfloat16 weights packed into each trained at twice
+    the budget)."""
+    return {"f": a.size, "c": 2 * a.size}.get(a.dtype.kind, -(-a.nbytes // 2))
 
 
 def canonical(weights: dict) -> dict:
@@ -396,7 +397,7 @@ def budget(weights: dict, d_model: int, n_layers: int, has_ffn: bool, limit: int
     integers = 0
     for key, value in weights.items():
         parts = key.split(".")
-        if value.dtype.kind != "f":
+        if value.dtype.kind in "iub":
             integers += value.size
         if key in harness:  # (float: an integer one carried packed mixer weights the budget skipped)
             if value.shape != harness[key] or value.dtype.kind != "f":
