@@ -741,7 +741,52 @@ def test_work_the_counters_cannot_see_is_timed():
     result = runner.evaluate(mixer(hidden), "micro", threads=1, **OFF)
     assert not result.ok and result.reason == "quadratic", result
     flops, traffic, seconds = map(float, re.findall(r"T\^(-?[\d.]+)", result.detail)[:3])
-    assert max(flops, traffic) <= 1.25 < 1.75 < seconds, result.detail  # the counters saw nothing; the clock did
+    assert max(flops, traffic) <= 1.25 < 1.45 < seconds, result.detail  # the counters saw nothing; the clock did
+
+
+ATTENTION = """
+t = x.shape[1]
+scores = (self.proj(x) @ x.transpose(1, 2)) / x.shape[-1] ** 0.5
+scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool, device=x.device).tril(), float("-inf"))
+return scores.softmax(-1) @ x
+"""
+LINEAR_REPORT = {  # every way a server can say its part costs what a linear one would
+    "the_cost_request_answered": SERVER
+    + """
+def cost(self, req, arrays):
+    return {"cost": [{"length": t, "flops": 9e3 * t, "traffic": 7e2 * t, "seconds": 1e-6 * t} for t in req["lengths"]]}, {}
+SERVER.Server.cost = cost
+""",
+    "the_measuring_function_replaced": """
+import sys
+METRICS = sys.modules["archlab.sandbox.metrics"]
+_cost = METRICS.cost
+def cost(part, lengths, d_model, device):
+    rows = _cost(part, [lengths[0]] * len(lengths), d_model, device)
+    return [{**r, "length": t, "flops": r["flops"] * t / lengths[0], "traffic": r["traffic"] * t / lengths[0]}
+            for r, t in zip(rows, lengths)]
+METRICS.cost = cost
+""",
+    "the_counters_scaled": """
+import sys
+from torch.utils.flop_counter import FlopCounterMode
+METRICS = sys.modules["archlab.sandbox.metrics"]
+FlopCounterMode.get_total_flops = lambda self: 1000
+METRICS.Traffic.__torch_dispatch__ = lambda self, func, types, args=(), kwargs=None: func(*args, **(kwargs or {}))
+""",
+}
+
+
+@pytest.mark.parametrize("name", list(LINEAR_REPORT))
+def test_softmax_attention_cannot_report_itself_linear(name):
+    """The server's FLOP and traffic counts are the candidate's own word: softmax attention that made
+    them say linear (the request answered, the measuring function or the counters replaced) was
+    accepted as a linear mixer, val_loss 3.83 against the plain mixer's 4.09 (2026-12-04). Counts now
+    only convict; the scorer's own clock (the server's CPU time, from this side) names it."""
+    result = runner.evaluate(mixer(ATTENTION, top=LINEAR_REPORT[name]), "micro", threads=1, **OFF)
+    assert not result.ok and result.reason == "quadratic", result
+    clock = float(re.findall(r"T\^(-?[\d.]+) in CPU time", result.detail)[0])
+    assert clock > 1.45, result.detail
 
 
 @pytest.mark.parametrize("dtype", ["torch.complex64", "torch.int64", "torch.int32"])

@@ -975,44 +975,87 @@ def test_the_checks_count_parameters_from_the_weights_a_server_sends():
 
 
 @pytest.mark.parametrize(
-    "spikes, verdict, tables",
+    "spikes, verdict, measurements",
     [
-        ([], "linear", 1),  # a quiet machine: one table
-        ([256], "linear", 2),  # one busy table, then a quiet one
-        ([256, 64], "linear", 2),  # busy at another length each time: the best time per length is clean
-        ([256, 256], "linear", 3),
-        ([256, 256, 256], "quadratic", 3),  # growth that every measurement shows is kept
+        ([], "linear", 1),  # a quiet machine: one measurement
+        ([4096], "linear", 2),  # one busy measurement, then a quiet one
+        ([4096, 1024], "linear", 2),  # busy at another length each time: the best time per length is clean
+        ([4096, 4096], "linear", 3),
+        ([4096, 4096, 4096], "quadratic", 3),  # growth that every measurement shows is kept
     ],
     ids=["quiet", "once", "elsewhere", "twice", "always"],
 )
-def test_a_time_only_superlinear_verdict_is_measured_again(spikes, verdict, tables):
-    """Time is noisy on a busy machine: growth in time alone, with FLOPs and traffic linear, is measured
-    up to three times, keeping the best time at each length (before, two tables were judged one by one
-    and a linear MLP failed as `quadratic` under CI's load)."""
-    tier = resolve("check", {"d_model": 32, "seq_len": 64, "complexity_lengths": (256,)})
+def test_a_clock_only_superlinear_verdict_is_measured_again(spikes, verdict, measurements):
+    """The scorer's clock is noisy on a busy machine: growth on the clock alone, with the counts linear,
+    is measured up to three times, keeping the best time at each length (two tables judged one by one
+    failed a linear MLP under CI's load)."""
+    tier = resolve("check", {"d_model": 64, "seq_len": 64, "complexity_lengths": (256,)})
     ev = loopback.evaluation(render_root("deltanet"), tier)
-    ask, calls = ev.a.ask, []
+    ask, clock, taken = ev.a.ask, ev._clock, []
+
+    def measure(*args):
+        taken.append(args)
+        return clock(*args)
 
     def busy(op, arrays=None, **fields):
         header, out = ask(op, arrays, **fields)
-        if op == "cost" and fields["part"] == "Mixer":
-            calls.append(fields["part"])
-            for row in header["cost"]:  # as if the machine were busy while this length ran
-                if len(calls) <= len(spikes) and row["length"] == spikes[len(calls) - 1]:
-                    row["seconds"] *= 100.0
+        if op == "part" and len(taken) <= len(spikes) and arrays["x"].shape[1] == spikes[len(taken) - 1]:
+            ev.a.busy_s += 1.0  # as if the machine were busy while this length ran
         return header, out
 
-    ev.a.ask = busy
+    ev.a.ask, ev._clock = busy, measure
     if verdict == "linear":
         ev.complexity(ev.a)
-        assert ev.metrics["complexity"] == "linear" and ev.metrics["time_exponent"] <= scorer.TIME_EXPONENT_LIMIT
+        assert ev.metrics["complexity"] == "linear" and ev.metrics["time_exponent"] <= scorer.CLOCK_EXPONENT_LIMIT
     else:
         with pytest.raises(CandidateError) as e:
             ev.complexity(ev.a)
-        assert e.value.reason == "quadratic"
-        assert ev.metrics["flops_exponent"] <= scorer.FLOP_EXPONENT_LIMIT < scorer.TIME_EXPONENT_LIMIT
-        assert ev.metrics["time_exponent"] > scorer.TIME_EXPONENT_LIMIT
-    assert len(calls) == tables
+        assert e.value.reason == "quadratic" and "in CPU time between lengths 1024 and 4096" in e.value.detail
+        assert ev.metrics["flops_exponent"] <= scorer.FLOP_EXPONENT_LIMIT
+        assert ev.metrics["time_exponent"] > scorer.CLOCK_EXPONENT_LIMIT
+    assert len(taken) == measurements
+
+
+def test_the_clock_sees_work_a_forged_count_hides_and_answers_must_agree():
+    """The server's counts are the candidate's word: counts that say linear do not clear softmax
+    attention, the clock names it; and a part that answers the clock's long input with something
+    else than its short one (on the positions they share) is non-causal."""
+    attention = helpers.mixer(
+        """
+        t = x.shape[1]
+        scores = (x @ x.transpose(1, 2)).masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+        return scores.softmax(-1) @ x
+        """
+    )
+    tier = resolve("check", {"d_model": 32, "seq_len": 64, "complexity_lengths": (256,)})
+    ev = loopback.evaluation(attention, tier)
+    ask = ev.a.ask
+
+    def linear_counts(op, arrays=None, **fields):
+        header, out = ask(op, arrays, **fields)
+        if op == "cost":
+            header["cost"] = [{**r, "flops": 10.0 * r["length"], "traffic": 3.0 * r["length"]} for r in header["cost"]]
+        return header, out
+
+    ev.a.ask = linear_counts
+    with pytest.raises(CandidateError) as e:
+        ev.complexity(ev.a)
+    assert e.value.reason == "quadratic" and ev.metrics["flops_exponent"] == pytest.approx(1.0)
+    assert ev.metrics["time_exponent"] > scorer.CLOCK_EXPONENT_LIMIT
+
+    ev = loopback.evaluation(helpers.mixer(), tier)
+    ask = ev.a.ask
+
+    def other_answer_when_long(op, arrays=None, **fields):
+        header, out = ask(op, arrays, **fields)
+        if op == "part" and arrays["x"].shape[1] >= 4096:
+            out["y"] = np.zeros_like(out["y"])
+        return header, out
+
+    ev.a.ask = other_answer_when_long
+    with pytest.raises(CandidateError) as e:
+        ev.complexity(ev.a)
+    assert e.value.reason == "non_causal" and "length 1024 and 4096" in e.value.detail
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
 """Measurements a model server takes of its own candidate: FLOPs and memory traffic of one
-forward at several lengths, its time, whether torch.compile takes the mixer whole. These are
-the only figures a candidate process reports about itself (everything else is the scorer's);
-the scorer times training and decoding from outside and checks every output it is given."""
+forward at several lengths, whether torch.compile takes the mixer whole. These are the only
+figures a candidate process reports about itself, so none of them can pass it: counted growth
+can name a part quadratic, only the scorer's clock can clear it (scorer.complexity); the scorer
+times training, decoding and the parts from outside and checks every output it is given."""
 
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from archlab.sandbox.errors import CandidateError
-from archlab.sandbox.model import autocast, guard, synchronize
+from archlab.sandbox.model import autocast, guard
 
 REAL_COMPILE = torch.compile  # the harness's own, kept before a server makes the candidate's eager (server.set_compile)
 
@@ -51,43 +51,16 @@ def flop_counter() -> FlopCounterMode:
 
 
 def cost(part: nn.Module, lengths: list[int], d_model: int, device: torch.device) -> list[dict]:
-    """FLOPs, elements moved and best-of-5 seconds of one forward (batch 1) at each length."""
+    """FLOPs and elements moved by one forward (batch 1) at each length. Time is the scorer's to take."""
     part = part.to(device).eval()
     out = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # timings of small ops are far less noisy on one thread
-    try:
-        with torch.no_grad():
-            for t in lengths:
-                x = torch.randn(1, t, d_model, device=device)
-                with flop_counter() as counter, Traffic() as moved:
-                    guard(lambda: part(x))
-                out.append(
-                    {
-                        "length": t,
-                        "flops": counter.get_total_flops(),
-                        "traffic": moved.elements,
-                        "seconds": best_time(lambda: guard(lambda: part(x)), device, 5),
-                    }
-                )
-    finally:
-        torch.set_num_threads(threads)
+    with torch.no_grad():
+        for t in lengths:
+            x = torch.randn(1, t, d_model, device=device)
+            with flop_counter() as counter, Traffic() as moved:
+                guard(lambda: part(x))
+            out.append({"length": t, "flops": counter.get_total_flops(), "traffic": moved.elements})
     return out
-
-
-def best_time(fn, device: torch.device, reps: int) -> float:
-    """Best of `reps` runs. On the CPU in this thread's own CPU time (cost() runs torch on one thread):
-    other processes on a busy machine do not stretch it, so growth with length stays readable."""
-    clock = time.perf_counter if device.type == "cuda" else time.thread_time
-    fn()  # warm
-    best = math.inf
-    for _ in range(reps):
-        synchronize(device)
-        start = clock()
-        fn()
-        synchronize(device)
-        best = min(best, clock() - start)
-    return best
 
 
 def forward_flops(model: nn.Module, tokens: torch.Tensor, device: torch.device) -> int:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from archlab.sandbox import launch, wire, zygote
+from archlab.sandbox import clock, launch, wire, zygote
 from archlab.sandbox.curves import VAL_WINDOWS, Curves, val_steps
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, probe_batch, probe_tasks
 from archlab.sandbox.errors import DETAIL_LIMIT, CandidateError
@@ -46,11 +46,20 @@ from archlab.sandbox.request import param_budget
 from archlab.sandbox.tiers import Tier
 
 FLOP_EXPONENT_LIMIT = 1.25  # growth of FLOPs or memory traffic with length above this is super-linear
-TIME_EXPONENT_LIMIT = 1.75  # time is noisy on a shared machine: only clear growth counts
-# A verdict from time alone (FLOPs and traffic linear: compute hidden from the counters, or noise) is
-# measured up to this many times, keeping the best time at each length: a spike at one length of one
-# table failed a linear MLP under CI's load when the two tables were judged one by one.
-TIME_MEASUREMENTS = 3
+# This side's clock: one forward at CLOCK_SPAN x and CLOCK_SPAN^2 x the training length (at least
+# CLOCK_MIN_LENGTH). Measured (1,024 -> 4,096, fixed cost taken off): the DeltaNet, ablated and gated
+# roots and 8 of ASI-Arch's designs T^0.90-1.27 through the sandbox on a loaded machine, a linear
+# layer T^1.05; fused softmax attention (the transformer root) T^1.60-1.68, plain softmax attention
+# T^2.3-2.6. Caches make honest parts superlinear further out (the root T^1.6 from 4,096 to 8,192).
+CLOCK_SPAN = 4
+CLOCK_MIN_LENGTH = 256
+CLOCK_BASE_LENGTH = 16  # a request this short measures what every request costs besides the forward
+CLOCK_EXPONENT_LIMIT = 1.45
+CLOCK_REPEATS = 3
+# A verdict from the clock alone (counts linear: compute hidden from the counters, a forged count, or
+# a busy machine) is measured up to this many times, keeping the best time at each length.
+CLOCK_MEASUREMENTS = 3
+CLOCK_TOLERANCE = 1e-4  # float32 outputs of one part at two lengths, on the positions both have (relative)
 # Padding every input to one block of the training length keeps the cost flat below it (block attention
 # over the whole window looks linear above it): FLOPs from seq_len/2 to seq_len must grow at least this fast.
 # (The root's chunk padding at the micro tier's seq_len = its chunk size gives ~0.45.)
@@ -186,6 +195,10 @@ class Server:
     def host_pid(self) -> int | None:
         """The model server's pid as this machine sees it: its /proc is readable from here."""
         return self.pids[1] if self.pids else None
+
+    def used_cpu_s(self) -> float:
+        """CPU seconds used by the server and everything it started (the scorer's clock)."""
+        return clock.tree_cpu_s(self.pids[0]) if self.pids else 0.0
 
     def _host_pids(self) -> tuple[int, int] | None:
         """While only archlab's code runs in them: the bridge (the launch pad's child) has one child, the
@@ -713,10 +726,12 @@ class Evaluation:
         )  # float32, batch 1
 
     def complexity(self, a: Server) -> None:
-        """Cost of one forward at lengths below, at and above the training length (FLOPs, memory traffic,
-        time), at the model's width and at the probe model's: the largest growth exponent between
-        neighbouring lengths must stay near 1, and the cost must grow from half the training length to
-        all of it (a part that pads to one block of the training length is full attention there)."""
+        """Whether one forward of each part grows (near-)linearly with length, at the model's width and
+        at the probe model's. Two witnesses: the server's own count of FLOPs and memory traffic at lengths
+        below, at and above the training length, which can convict but never acquit (it is the
+        candidate's report: a candidate that rewrote it passed full attention as linear, 2026-12-04);
+        and this side's clock, CPU time (GPU: wall time) of forwards at 4x and 16x that length, which a
+        candidate can lengthen but not shorten. Growth in either beyond its limit is super-linear."""
         tier = self.tier
         shapes = [(tier.d_model, tier.seq_len, tier.complexity_lengths)]
         if tier.probes is not None:
@@ -727,33 +742,33 @@ class Evaluation:
         for n, (d, seq_len, extra) in enumerate(shapes):
             lengths = sorted(set(extra) | {max(16, seq_len // 2), seq_len})
             for part in ("Mixer", "FFN") if self.has_ffn else ("Mixer",):
-                costs = self._cost_table(a, part, d, lengths)
-                worst = [_growth(costs, lengths, j) for j in range(3)]  # FLOPs, traffic, time
-                for _ in range(TIME_MEASUREMENTS - 1):  # growth in time alone may be a busy machine: measure again
-                    if max(worst[:2]) > FLOP_EXPONENT_LIMIT or worst[2] <= TIME_EXPONENT_LIMIT:
+                counts = self._counts(a, part, d, lengths)
+                worst = [_growth(counts, lengths, j) for j in range(2)]  # FLOPs, traffic
+                timed = self._clock(a, part, d, seq_len)
+                for _ in range(CLOCK_MEASUREMENTS - 1):  # clock growth alone may be a busy machine: again
+                    if max(worst) > FLOP_EXPONENT_LIMIT or timed["exponent"] <= CLOCK_EXPONENT_LIMIT:
                         break
-                    again = self._cost_table(a, part, d, lengths)
-                    for row, other in zip(costs, again):  # noise only adds time: the best seen at each length
-                        row[2] = min(row[2], other[2])
-                    worst[2] = _growth(costs, lengths, 2)
+                    timed = self._clock(a, part, d, seq_len, timed["seconds"])
                 if n == 0:
                     key = "" if part == "Mixer" else "ffn_"
                     self.metrics.update(
                         {
                             f"{key}flops_exponent": worst[0],
                             f"{key}traffic_exponent": worst[1],
-                            f"{key}time_exponent": worst[2],
-                            f"{key or 'mixer_'}flops_per_token": costs[-1][0] / lengths[-1],
-                            f"{key or 'mixer_'}ms_per_token": costs[-1][2] / lengths[-1] * 1e3,
+                            f"{key}time_exponent": timed["exponent"],
+                            f"{key or 'mixer_'}flops_per_token": counts[-1][0] / lengths[-1],
+                            f"{key or 'mixer_'}ms_per_token": timed["seconds"][-1] / timed["lengths"][-1] * 1e3,
                         }
                     )
                 half, full = lengths.index(max(16, seq_len // 2)), lengths.index(seq_len)
-                flat = _exponent(costs[half][0], costs[full][0], lengths[half], lengths[full]) if half < full else 1.0
+                flat = _exponent(counts[half][0], counts[full][0], lengths[half], lengths[full]) if half < full else 1.0
                 where = f"(d_model {d}, training length {seq_len})"
-                if max(worst[:2]) > FLOP_EXPONENT_LIMIT or worst[2] > TIME_EXPONENT_LIMIT:
+                if max(worst) > FLOP_EXPONENT_LIMIT or timed["exponent"] > CLOCK_EXPONENT_LIMIT:
+                    short, long = timed["lengths"][1:]
                     quadratic.append(
-                        f"one {part} forward grows like T^{worst[0]:.2f} in FLOPs, T^{worst[1]:.2f} in "
-                        f"memory traffic and T^{worst[2]:.2f} in time between lengths {lengths} {where}"
+                        f"one {part} forward grows like T^{worst[0]:.2f} in FLOPs and T^{worst[1]:.2f} in memory "
+                        f"traffic between lengths {lengths} (as the server counts them), and like "
+                        f"T^{timed['exponent']:.2f} in CPU time between lengths {short} and {long} {where}"
                     )
                 elif flat < FLAT_EXPONENT_LIMIT and n == 0:  # the probes' 32 tokens are inside one chunk of the root's
                     quadratic.append(
@@ -769,12 +784,52 @@ class Evaluation:
                 "(put softmax attention in LAYERS: the harness's own attention)",
             )
 
-    def _cost_table(self, a: Server, part: str, d_model: int, lengths: list[int]) -> list[list[float]]:
-        """[flops, traffic, seconds] of one forward of the part at each length, measured in server A."""
+    def _counts(self, a: Server, part: str, d_model: int, lengths: list[int]) -> list[list[float]]:
+        """[flops, traffic] of one forward of the part at each length, as server A counts them."""
         rows = a.ask("cost", part=part, d_model=d_model, lengths=lengths)[0].get("cost")
         if not (isinstance(rows, list) and len(rows) == len(lengths) and all(isinstance(r, dict) for r in rows)):
             raise CandidateError("crash", f"server A sent no cost table for the {part}")
-        return [[number(r, k, f"{part} cost") for k in ("flops", "traffic", "seconds")] for r in rows]
+        return [[number(r, k, f"{part} cost") for k in ("flops", "traffic")] for r in rows]
+
+    def _clock(self, a: Server, part: str, d_model: int, seq_len: int, best: list | None = None) -> dict:
+        """This side's time of one forward of the part (evaluation mode, batch 1, float32) at a short
+        length (the fixed cost of a request: building the part, the pipe) and at 4x and 16x the training
+        length (at least 1,024 and 4,096 tokens, where attention's T^2 outweighs any projection), each
+        the best of CLOCK_REPEATS on inputs drawn here, less the fixed cost. Adding time anywhere cannot
+        hide growth: a slower short request only makes the growth steeper. The longer input extends the
+        shorter, and a causal part gives the same outputs on the common positions: a part that answers
+        the long request with something else is non-causal."""
+        long = CLOCK_SPAN * CLOCK_SPAN * max(seq_len, CLOCK_MIN_LENGTH)
+        lengths = [CLOCK_BASE_LENGTH, long // CLOCK_SPAN, long]
+        x = self.rng.standard_normal((1, long, d_model)).astype(np.float32)
+        seconds, outputs = list(best or [math.inf] * len(lengths)), []
+        for i, t in enumerate(lengths):
+            for _ in range(CLOCK_REPEATS):
+                started = self._clock_now(a)
+                out = a.ask("part", {"x": x[:, :t]}, part=part, seed=5, dtype="float32", train=False, d_model=d_model)[
+                    1
+                ]
+                seconds[i] = min(seconds[i], self._clock_now(a) - started)
+            outputs.append(array(out, "y", (1, t, d_model), f"{part}.forward"))
+        for shorter, longer in zip(outputs, outputs[1:]):
+            t = shorter.shape[1]
+            if not leak(shorter, longer[:, :t]) <= CLOCK_TOLERANCE:
+                raise CandidateError(
+                    "non_causal",
+                    f"{part} outputs at positions < {t} differ between inputs of length {t} and "
+                    f"{longer.shape[1]} that agree there",
+                )
+        work = [max(s - seconds[0], 1e-6) for s in seconds[1:]]
+        return {
+            "lengths": lengths,
+            "seconds": seconds,
+            "exponent": _exponent(work[0], work[1], lengths[1], lengths[2]),
+        }
+
+    def _clock_now(self, server: Server) -> float:
+        """CPU seconds the server's process tree has used; on a GPU, the wall clock (a kernel's time is
+        not the CPU's)."""
+        return time.perf_counter() if self.cuda else server.used_cpu_s()
 
     def _limit(self, d_model: int) -> int | None:
         """The budget per block at this width: the run's, scaled like the root's mixer where the probe

@@ -47,10 +47,12 @@ class Server:
     # -- requests --------------------------------------------------------------------------------
     def part(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """A fresh Mixer (or FFN) built in random state `seed`, in float64/float32, train or eval mode,
-        applied to `x` with dropout drawn from `seed` too (so two servers draw the same masks)."""
+        at the tier's width or `d_model`, applied to `x` with dropout drawn from `seed` too (so two
+        servers draw the same masks)."""
         import torch
 
-        module = self._build_part(req["part"], int(req["seed"]), getattr(torch, req["dtype"]), bool(req["train"]))
+        d = int(req.get("d_model", self.tier.d_model))
+        module = self._build_part(req["part"], int(req["seed"]), getattr(torch, req["dtype"]), bool(req["train"]), d)
         x = self._tensor(arrays["x"]).to(getattr(torch, req["dtype"]))
         with torch.set_grad_enabled(bool(req.get("grad"))):
             torch.manual_seed(int(req["seed"]))

@@ -122,7 +122,7 @@ class LaunchPad:
         """The launch pad's pid as this machine sees it (below bwrap or setpriv)."""
         return _find(
             self.proc.pid,
-            lambda pid: _read(f"/proc/{pid}/cmdline").split(b"\0")[1:3] == [b"-m", b"archlab.sandbox.zygote"],
+            lambda pid: read(f"/proc/{pid}/cmdline").split(b"\0")[1:3] == [b"-m", b"archlab.sandbox.zygote"],
         )
 
     def alive(self) -> bool:
@@ -192,14 +192,14 @@ def close_all() -> None:
 
 def children(pid: int) -> list[int]:
     out = []
-    for task in _listdir(f"/proc/{pid}/task"):
-        out += [int(c) for c in _read(f"/proc/{pid}/task/{task}/children").split()]
+    for task in listdir(f"/proc/{pid}/task"):
+        out += [int(c) for c in read(f"/proc/{pid}/task/{task}/children").split()]
     return out
 
 
 def nspid(pid: int) -> list[int]:
     """The pid in every PID namespace it belongs to, outermost first (/proc/PID/status NSpid)."""
-    for line in _read(f"/proc/{pid}/status").splitlines():
+    for line in read(f"/proc/{pid}/status").splitlines():
         if line.startswith(b"NSpid:"):
             return [int(p) for p in line.split()[1:]]
     return []
@@ -215,14 +215,14 @@ def _find(root: int, predicate) -> int | None:
     return None
 
 
-def _read(path: str) -> bytes:
+def read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError:
         return b""
 
 
-def _listdir(path: str) -> list[str]:
+def listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
     except OSError:
