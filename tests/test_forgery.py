@@ -740,8 +740,9 @@ def test_work_the_counters_cannot_see_is_timed():
     """
     result = runner.evaluate(mixer(hidden), "micro", threads=1, **OFF)
     assert not result.ok and result.reason == "quadratic", result
-    flops, traffic, seconds = map(float, re.findall(r"T\^(-?[\d.]+)", result.detail)[:3])
-    assert max(flops, traffic) <= 1.25 < 1.45 < seconds, result.detail  # the counters saw nothing; the clock did
+    flops, traffic = map(float, re.findall(r"T\^(-?[\d.]+)", result.detail)[:2])
+    assert max(flops, traffic) <= 1.25, result.detail  # the counters saw nothing; the clock did
+    assert result.metrics["time_exponent"] > 1.45, result.metrics
 
 
 ATTENTION = """
@@ -785,8 +786,7 @@ def test_softmax_attention_cannot_report_itself_linear(name):
     only convict; the scorer's own clock (the server's CPU time, from this side) names it."""
     result = runner.evaluate(mixer(ATTENTION, top=LINEAR_REPORT[name]), "micro", threads=1, **OFF)
     assert not result.ok and result.reason == "quadratic", result
-    clock = float(re.findall(r"T\^(-?[\d.]+) in CPU time", result.detail)[0])
-    assert clock > 1.45, result.detail
+    assert result.metrics["flops_exponent"] <= 1.25 and result.metrics["time_exponent"] > 1.45, result.metrics
 
 
 @pytest.mark.parametrize("dtype", ["torch.complex64", "torch.int64", "torch.int32"])
@@ -911,3 +911,57 @@ def test_an_empty_weight_is_not_a_crash_of_the_scorer():
         tier_overrides={"hardware": True},
     )
     assert result.ok, result
+
+
+RUNNING_MEAN = """
+h = self.proj(x)
+return h.cumsum(1) / torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[:, None]
+"""
+DECODERS = {  # step() for RUNNING_MEAN: what a decoder carries from one token to the next
+    "the_state_it_returns": (
+        """
+        def step(self, x_t, state):
+            h = self.proj(x_t)
+            total, n = (h, torch.ones(())) if state is None else (state[0] + h, state[1] + 1)
+            return total / n, (total, n)
+        """,
+        None,
+    ),
+    "history_kept_in_an_attribute": (
+        """
+        def step(self, x_t, state):
+            if state is None or getattr(self, "kept", None) is None:
+                self.kept = []
+            self.kept.append(self.proj(x_t))
+            return torch.stack(self.kept).mean(0), ()
+        """,
+        "step",
+    ),
+    "history_kept_by_the_id_it_returns": (
+        """
+        def step(self, x_t, state):
+            import random
+            if not hasattr(self, "kept"):
+                self.kept = {}
+            key = random.random() if state is None else float(state)
+            self.kept.setdefault(key, []).append(self.proj(x_t))
+            return torch.stack(self.kept[key]).mean(0), torch.tensor(key, dtype=torch.float64)
+        """,
+        "step",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_a_decoders_state_is_all_it_carries(name):
+    """A step() that kept its history out of sight (in its attributes, or keyed by a number it returned)
+    decoded exactly like its forward pass and was measured with a state of 0 bytes, while the honest
+    running mean carries 520 (2026-12-05): a state smaller than it is earns the state and archive
+    credit. Now C, which never saw the text, resumes from the state B returned at half the context."""
+    methods, reason = DECODERS[name]
+    hardware = {"hardware": True}  # decoding, state and latency are measured at micro too
+    result = runner.evaluate(mixer(RUNNING_MEAN, methods=methods), "micro", threads=1, tier_overrides=hardware, **OFF)
+    if reason is None:
+        assert result.ok and result.metrics["state_bytes"] > 0 and result.metrics["resume_gap"] < 1e-3, result
+    else:
+        assert not result.ok and result.reason == reason and "resumed" in result.detail, result

@@ -249,7 +249,7 @@ BROKEN = {
     "infinite_loop": Case(mixer("while True:\n    pass\n"), "timeout", {"timeout_s": 10}),
     "giant_allocation": Case(mixer(PLAIN, init="self.hog = torch.empty(10**12)\n"), "memory", {"memory_gb": 4}),
     "memory_creep": Case(
-        mixer("self.hog.append(torch.ones(2**26))\nreturn self.proj(x)\n", init="self.hog = []\n"),
+        mixer("self.hog.append(torch.ones(2**28))\nreturn self.proj(x)\n", init="self.hog = []\n"),
         "memory",
         {"memory_gb": 3},
     ),
@@ -564,7 +564,12 @@ HOSTILE: dict[str, Case] = {  # the diagnostics off for all but the static cases
         )
         for name, src in NON_CAUSAL.items()
     },
-    **{name: Case(src, "quadratic", RUNTIME) for name, src in QUADRATIC.items()},
+    # attention up to the training length and a running mean beyond it: its outputs also depend on how
+    # long the input is, which the clock's inputs (16, 1,024, 4,096 tokens, each extending the last) show
+    **{
+        name: Case(src, "quadratic|non_causal" if name.startswith("full_attention") else "quadratic", RUNTIME)
+        for name, src in QUADRATIC.items()
+    },
     "transformer_root_when_quadratic_is_not_allowed": Case(render_root("transformer"), "quadratic", RUNTIME),
     **{
         name: Case(

@@ -990,7 +990,10 @@ def test_a_clock_only_superlinear_verdict_is_measured_again(spikes, verdict, mea
     is measured up to three times, keeping the best time at each length (two tables judged one by one
     failed a linear MLP under CI's load)."""
     tier = resolve("check", {"d_model": 64, "seq_len": 64, "complexity_lengths": (256,)})
-    ev = loopback.evaluation(render_root("deltanet"), tier)
+    steady = helpers.mixer(
+        "for _ in range(8):\n    x = torch.tanh(self.proj(x))\nreturn x\n"
+    )  # linear, enough to resolve
+    ev = loopback.evaluation(steady, tier)
     ask, clock, taken = ev.a.ask, ev._clock, []
 
     def measure(*args):
@@ -1055,7 +1058,7 @@ def test_the_clock_sees_work_a_forged_count_hides_and_answers_must_agree():
     ev.a.ask = other_answer_when_long
     with pytest.raises(CandidateError) as e:
         ev.complexity(ev.a)
-    assert e.value.reason == "non_causal" and "length 1024 and 4096" in e.value.detail
+    assert e.value.reason == "non_causal" and "length 1024 and one of length 4096" in e.value.detail
 
 
 @pytest.mark.parametrize(

@@ -120,3 +120,30 @@ def flat_state(state, prefix: str = "s") -> dict[str, torch.Tensor]:
     for key, value in items:
         out.update(flat_state(value, f"{prefix}.{key}"))
     return out
+
+
+def state_skeleton(state, prefix: str = "s"):
+    """How flat_state's tensors fit together (JSON: a tensor is its name, a list, tuple or dict is
+    {"list"|"tuple"|"dict": items}), so that another server can rebuild the state from them."""
+    if state is None or type(state) is torch.Tensor:  # noqa: E721  (flat_state has refused anything else)
+        return None if state is None else prefix
+    if type(state) is dict:  # noqa: E721
+        if not all(type(k) in (str, int) for k in state):
+            raise CandidateError("step", "the decoding state's dict keys must be str or int")
+        return {"dict": [[k, state_skeleton(v, f"{prefix}.{k}")] for k, v in state.items()]}
+    return {type(state).__name__: [state_skeleton(v, f"{prefix}.{i}") for i, v in enumerate(state)]}
+
+
+def restore_state(skeleton, tensors: dict, device: torch.device):
+    """The state a skeleton describes, from tensors sent by name (what state_skeleton undoes)."""
+    if skeleton is None:
+        return None
+    if isinstance(skeleton, str):
+        return tensors[skeleton].to(device)
+    (kind, items), *rest = skeleton.items()
+    if rest or kind not in ("list", "tuple", "dict"):
+        raise CandidateError("step", "a decoding state to resume is not one this server can rebuild")
+    if kind == "dict":
+        return {k: restore_state(v, tensors, device) for k, v in items}
+    values = [restore_state(v, tensors, device) for v in items]
+    return values if kind == "list" else tuple(values)

@@ -171,22 +171,29 @@ class Server:
         return {}, {"logits": logits.float()}
 
     def decode(self, req: dict, arrays: dict) -> tuple[dict, dict]:
-        """One token of inference (batch 1) after the ones sent before (`first`: a new sequence): its
-        logits, and the state (when asked: the scorer counts its bytes). The scorer sends the next
-        token only once these logits are back, and times each request."""
+        """One token of inference (batch 1) after the ones sent before (`first`: a new sequence;
+        `resume`: after the state sent with it, as another server returned it with its `skeleton`):
+        its logits, and the state (when asked: the scorer counts its bytes, and may resume it in
+        another server). The scorer sends the next token only once these logits are back, and times
+        each request."""
         import torch
 
-        from archlab.sandbox.metrics import flat_state
+        from archlab.sandbox.metrics import flat_state, restore_state, state_skeleton
         from archlab.sandbox.model import autocast, guard
 
         model = self._model("lm")
         token = self._tensor(arrays["token"]).long().to(self.device)
         if req.get("first"):
             self.states = None
+        if req.get("resume"):
+            tensors = {k: self._tensor(v) for k, v in arrays.items() if k != "token"}
+            self.states = restore_state(req.get("skeleton"), tensors, self.device)
         with torch.no_grad(), autocast(self.device):
             logits, self.states = guard(lambda: model.step(token, self.states))
-        state = flat_state(self.states, "state") if req.get("state") else {}
-        return {}, {"logits": logits.float(), **state}
+        if not req.get("state"):
+            return {}, {"logits": logits.float()}
+        state = flat_state(self.states, "state")
+        return {"skeleton": state_skeleton(self.states, "state")}, {"logits": logits.float(), **state}
 
     def memory(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """One training forward/backward at the tier's batch shape (the scorer reads the process's
@@ -461,9 +468,18 @@ def serve(job: dict) -> None:
             header, out = getattr(server, op)(req, arrays)
             if guard is not None and guard.violations:
                 raise CandidateError("forbidden", guard.summary())
-            wire.send(REPLY_FD, header, {k: v.detach().cpu().numpy() for k, v in out.items()} if out else None)
+            wire.send(REPLY_FD, header, {k: _array(v) for k, v in out.items()} if out else None)
         except BaseException as e:  # noqa: BLE001
             _finish(guard, e)
+
+
+def _array(tensor):
+    """A reply's tensor as numpy, which has no bfloat16: half-precision floats (a state under GPU
+    autocast) travel as float32."""
+    import torch
+
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy()
 
 
 def _finish(guard, e: BaseException) -> None:
