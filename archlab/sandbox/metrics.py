@@ -1,8 +1,9 @@
 """Measurements a model server takes of its own candidate: FLOPs and memory traffic of one
 forward at several lengths, whether torch.compile takes the mixer whole. These are the only
-figures a candidate process reports about itself, so none of them can pass it: counted growth
-can name a part quadratic, only the scorer's clock can clear it (scorer.complexity); the scorer
-times training, decoding and the parts from outside and checks every output it is given."""
+figures a candidate process reports about itself: counted growth can name a part quadratic, but
+only the scorer's clock can clear it (scorer.complexity); the compile flag is taken at its word
+(README). The scorer times training, decoding and the parts from outside and checks every output
+it is given."""
 
 import math
 

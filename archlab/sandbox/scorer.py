@@ -808,10 +808,10 @@ class Evaluation:
         times of an earlier measurement) on inputs drawn here: the growth exponent of the two long
         forwards less the short one's time (a request's fixed cost), and whether it is resolved (see
         CLOCK_RESOLUTION_S). Time added anywhere cannot hide growth, only slowing the middle request
-        on purpose can (README: what it does not protect against). Every
-        input extends the shorter ones, and a causal part gives the same outputs where they agree: a
-        part that answers a longer request with something else (or whose outputs depend on how long
-        its input is, which token-by-token decoding cannot reproduce) is non-causal."""
+        on purpose can (README: what it does not protect against). Every input extends the shorter
+        ones, and a causal part gives the same outputs where they agree: a part that answers a longer
+        request with something else (or whose outputs depend on how long its input is, which
+        token-by-token decoding cannot reproduce) is non-causal."""
         long = CLOCK_LONG * max(seq_len, CLOCK_MIN_LENGTH)
         lengths = [CLOCK_BASE_LENGTH, long // CLOCK_SPAN, long]
         x = self.rng.standard_normal((1, long, d_model)).astype(np.float32)
@@ -819,9 +819,9 @@ class Evaluation:
         for i, t in enumerate(lengths):
             for _ in range(CLOCK_REPEATS):
                 started = self._clock_now(a)
-                out = a.ask("part", {"x": x[:, :t]}, part=part, seed=5, dtype="float32", train=False, d_model=d_model)[
-                    1
-                ]
+                _, out = a.ask(
+                    "part", {"x": x[:, :t]}, part=part, seed=5, dtype="float32", train=False, d_model=d_model
+                )
                 seconds[i] = min(seconds[i], self._clock_now(a) - started)
             outputs.append(array(out, "y", (1, t, d_model), f"{part}.forward"))
         for shorter, longer in zip(outputs, outputs[1:]):
