@@ -778,13 +778,28 @@ METRICS.Traffic.__torch_dispatch__ = lambda self, func, types, args=(), kwargs=N
 }
 
 
+IN_A_THREAD = """
+import threading
+class Mixer(Mixer):
+    def forward(self, x):  # each call in a thread of its own: a thread's CPU time leaves with it
+        out = []
+        worker = threading.Thread(target=lambda: out.append(super(Mixer, self).forward(x)))
+        worker.start()
+        worker.join()
+        return out[0]
+"""
+LINEAR_REPORT["the_forward_in_a_thread_that_exits"] = LINEAR_REPORT["the_cost_request_answered"]
+
+
 @pytest.mark.parametrize("name", list(LINEAR_REPORT))
 def test_softmax_attention_cannot_report_itself_linear(name):
     """The server's FLOP and traffic counts are the candidate's own word: softmax attention that made
     them say linear (the request answered, the measuring function or the counters replaced) was
     accepted as a linear mixer, val_loss 3.83 against the plain mixer's 4.09 (2026-12-04). Counts now
-    only convict; the scorer's own clock (the server's CPU time, from this side) names it."""
-    result = runner.evaluate(mixer(ATTENTION, top=LINEAR_REPORT[name]), "micro", threads=1, **OFF)
+    only convict; the scorer's own clock (the server's CPU time, from this side) names it, also when
+    every forward runs in a thread that exits (its time left the threads' own schedstat with it)."""
+    tail = IN_A_THREAD if "thread" in name else ""
+    result = runner.evaluate(mixer(ATTENTION, top=LINEAR_REPORT[name]) + tail, "micro", threads=1, **OFF)
     assert not result.ok and result.reason == "quadratic", result
     assert result.metrics["flops_exponent"] <= 1.25 and result.metrics["time_exponent"] > 1.45, result.metrics
 
