@@ -804,8 +804,8 @@ class Evaluation:
     def _clock(self, a: Server, part: str, d_model: int, seq_len: int, best: list | None = None) -> dict:
         """This side's time of one forward of the part (evaluation mode, batch 1, float32) at
         CLOCK_BASE_LENGTH and at 4x and 16x the training length (at least 1,024 and 4,096 tokens, where
-        attention's T^2 outweighs any projection), each the best of CLOCK_REPEATS (and of `best`, the
-        times of an earlier measurement) on inputs drawn here: the growth exponent of the two long
+        attention's T^2 outweighs any projection), each the best of CLOCK_REPEATS rounds on fresh inputs
+        drawn here (and of `best`, the times of an earlier measurement): the growth exponent of the two long
         forwards less the short one's time (a request's fixed cost), and whether it is resolved (see
         CLOCK_RESOLUTION_S). Time added anywhere cannot hide growth, only slowing the middle request
         on purpose can (README: what it does not protect against). Every input extends the shorter
@@ -814,26 +814,27 @@ class Evaluation:
         token-by-token decoding cannot reproduce) is non-causal."""
         long = CLOCK_LONG * max(seq_len, CLOCK_MIN_LENGTH)
         lengths = [CLOCK_BASE_LENGTH, long // CLOCK_SPAN, long]
-        x = self.rng.standard_normal((1, long, d_model)).astype(np.float32)
-        seconds, outputs = list(best or [math.inf] * len(lengths)), []
-        for i, t in enumerate(lengths):
-            for _ in range(CLOCK_REPEATS):
+        seconds = list(best or [math.inf] * len(lengths))
+        for _ in range(CLOCK_REPEATS):  # a fresh input each round: an answer remembered from the last is no faster
+            x = self.rng.standard_normal((1, long, d_model)).astype(np.float32)
+            outputs = []
+            for i, t in enumerate(lengths):
                 started = self._clock_now(a)
                 _, out = a.ask(
                     "part", {"x": x[:, :t]}, part=part, seed=5, dtype="float32", train=False, d_model=d_model
                 )
                 seconds[i] = min(seconds[i], self._clock_now(a) - started)
-            outputs.append(array(out, "y", (1, t, d_model), f"{part}.forward"))
-        for shorter, longer in zip(outputs, outputs[1:]):
-            t = shorter.shape[1]
-            diff = leak(shorter, longer[:, :t])
-            if not diff <= CLOCK_TOLERANCE:
-                raise CandidateError(
-                    "non_causal",
-                    f"{part} outputs at positions <= {t - 1} changed by {diff:.1e} (relative, eval mode) between "
-                    f"an input of length {t} and one of length {longer.shape[1]} that extends it: they depend "
-                    "on what comes later, or on how long the input is",
-                )
+                outputs.append(array(out, "y", (1, t, d_model), f"{part}.forward"))
+            for shorter, longer in zip(outputs, outputs[1:]):
+                t = shorter.shape[1]
+                diff = leak(shorter, longer[:, :t])
+                if not diff <= CLOCK_TOLERANCE:
+                    raise CandidateError(
+                        "non_causal",
+                        f"{part} outputs at positions <= {t - 1} changed by {diff:.1e} (relative, eval mode) "
+                        f"between an input of length {t} and one of length {longer.shape[1]} that extends it: "
+                        "they depend on what comes later, or on how long the input is",
+                    )
         base, short, full = seconds
         return {
             "lengths": lengths,
