@@ -804,7 +804,7 @@ class Evaluation:
     def _clock(self, a: Server, part: str, d_model: int, seq_len: int, best: list | None = None) -> dict:
         """This side's time of one forward of the part (evaluation mode, batch 1, float32) at
         CLOCK_BASE_LENGTH and at 4x and 16x the training length (at least 1,024 and 4,096 tokens, where
-        attention's T^2 outweighs any projection), each the best of CLOCK_REPEATS rounds on fresh inputs
+        attention's T^2 outweighs any projection), each the best of CLOCK_REPEATS requests on fresh inputs
         drawn here (and of `best`, the times of an earlier measurement): the growth exponent of the two long
         forwards less the short one's time (a request's fixed cost), and whether it is resolved (see
         CLOCK_RESOLUTION_S). Time added anywhere cannot hide growth, only slowing the middle request
@@ -815,17 +815,22 @@ class Evaluation:
         long = CLOCK_LONG * max(seq_len, CLOCK_MIN_LENGTH)
         lengths = [CLOCK_BASE_LENGTH, long // CLOCK_SPAN, long]
         seconds = list(best or [math.inf] * len(lengths))
-        for _ in range(CLOCK_REPEATS):  # a fresh input each round: an answer remembered from the last is no faster
-            x = self.rng.standard_normal((1, long, d_model)).astype(np.float32)
-            outputs = []
-            for i, t in enumerate(lengths):
+        # A fresh input for every request of a length (an answer remembered from an earlier one is no
+        # faster), each length's requests in a row (the allocator warm, as in a run); input r of every
+        # length extends input r of the shorter ones.
+        xs = self.rng.standard_normal((CLOCK_REPEATS, 1, long, d_model)).astype(np.float32)
+        outputs = []
+        for i, t in enumerate(lengths):
+            outputs.append([])
+            for x in xs:
                 started = self._clock_now(a)
                 _, out = a.ask(
                     "part", {"x": x[:, :t]}, part=part, seed=5, dtype="float32", train=False, d_model=d_model
                 )
                 seconds[i] = min(seconds[i], self._clock_now(a) - started)
-                outputs.append(array(out, "y", (1, t, d_model), f"{part}.forward"))
-            for shorter, longer in zip(outputs, outputs[1:]):
+                outputs[i].append(array(out, "y", (1, t, d_model), f"{part}.forward"))
+        for shorts, longs in zip(outputs, outputs[1:]):
+            for shorter, longer in zip(shorts, longs):
                 t = shorter.shape[1]
                 diff = leak(shorter, longer[:, :t])
                 if not diff <= CLOCK_TOLERANCE:
@@ -1082,14 +1087,15 @@ class Evaluation:
         training step (the process's peak over its baseline before the candidate was loaded, which
         the candidate can only raise)."""
         t = self.tier.seq_len
-        forward, prefill = None, math.inf
-        for _ in range(3):
+        rounds = [self.decode_tokens] + [self.rng.integers(0, VOCAB_SIZE, (1, t)) for _ in range(2)]
+        prefill, outputs = math.inf, []
+        for tokens in rounds:  # new text each round: logits remembered from an earlier request are no faster
             started = time.perf_counter()
-            forward = array(
-                c.ask("logits", {"tokens": self.decode_tokens}, model="lm")[1], "logits", (1, t, VOCAB_SIZE), "prefill"
+            outputs.append(
+                array(c.ask("logits", {"tokens": tokens}, model="lm")[1], "logits", (1, t, VOCAB_SIZE), "prefill")
             )
             prefill = min(prefill, time.perf_counter() - started)
-        self.metrics["decode_gap"] = logprob_gap(forward, self.stepped)
+        self.metrics["decode_gap"] = logprob_gap(outputs[0], self.stepped)
         if not self.metrics["decode_gap"] <= DECODE_TOLERANCE[self.device]:
             raise CandidateError(
                 "step",
