@@ -977,6 +977,24 @@ DECODERS = {  # step() for RUNNING_MEAN: what a decoder carries from one token t
 }
 
 
+DECODERS["history_in_a_dict_key"] = (  # counted: the skeleton's keys are the state's bytes too
+    """
+    def step(self, x_t, state):
+        import base64, numpy
+        h = self.proj(x_t)
+        if state is not None:
+            (key,) = state
+            raw = numpy.frombuffer(base64.b64decode(key), numpy.float32)
+            h = h + torch.from_numpy(raw[1:].copy()).reshape(h.shape) * raw[0]
+        n = 1.0 if state is None else raw[0] + 1
+        total = h.detach().float().numpy()
+        key = base64.b64encode(numpy.float32(n).tobytes() + (total / n).astype(numpy.float32).tobytes()).decode()
+        return h / n, {key: torch.zeros(0)}
+    """,
+    None,
+)
+
+
 @pytest.mark.parametrize("name", list(DECODERS))
 def test_a_decoders_state_is_all_it_carries(name):
     """A step() that kept its history out of sight (in its attributes, or keyed by a number it returned)
@@ -986,7 +1004,156 @@ def test_a_decoders_state_is_all_it_carries(name):
     methods, reason = DECODERS[name]
     hardware = {"hardware": True}  # decoding, state and latency are measured at micro too
     result = runner.evaluate(mixer(RUNNING_MEAN, methods=methods), "micro", threads=1, tier_overrides=hardware, **OFF)
-    if reason is None:
-        assert result.ok and result.metrics["state_bytes"] > 0 and result.metrics["resume_gap"] < 1e-3, result
+    if reason is None:  # 520 bytes: the running mean's sum and count, in each of micro's two blocks
+        assert result.ok and result.metrics["state_bytes"] >= 520 and result.metrics["resume_gap"] < 1e-3, result
     else:
         assert not result.ok and result.reason == reason and "resumed" in result.detail, result
+
+
+# -- red team, 2026-12-05 -----------------------------------------------------------------------------
+NAMES_CARRY_WEIGHTS = (
+    SERVER
+    + """
+import base64, json, zlib
+def pack(d):
+    meta = {k: list(v.shape) for k, v in d.items()}
+    blob = b"".join(v.float().numpy().tobytes() for v in d.values())
+    return base64.urlsafe_b64encode(zlib.compress(json.dumps(meta).encode() + b"\\0" + blob, 1)).decode()
+def unpack(text):
+    meta, blob = zlib.decompress(base64.urlsafe_b64decode(text)).split(b"\\0", 1)
+    out, at = {}, 0
+    for k, shape in json.loads(meta).items():
+        n = int(np.prod(shape))
+        out[k], at = np.frombuffer(blob[at:at + 4 * n], np.float32).reshape(shape).copy(), at + 4 * n
+    return out
+_weights, _build = SERVER.Server._weights, SERVER.Server.build
+def weights(self, model):
+    out = _weights(self, model)
+    hidden = {k: out.pop(k) for k in [k for k in out if ".big." in k]}
+    if hidden:
+        out["blocks.0.mixer.Z" + pack(hidden)] = torch.zeros(0)
+    return out
+def build(self, req, arrays):
+    for k in [k for k in arrays or {} if k.startswith("blocks.0.mixer.Z")]:
+        del arrays[k]
+        arrays.update(unpack(k[len("blocks.0.mixer.Z"):]))
+    return _build(self, req, arrays)
+SERVER.Server._weights, SERVER.Server.build = weights, build
+"""
+)
+
+
+def test_weights_packed_into_names_are_refused():
+    """An MLP 10x the budget, sent as the name of an empty tensor (names are free text no budget counts),
+    unpacked in B and C before loading: accepted with mixer_params 4,160 (red team). The trained
+    weights must have the names and shapes the model was built with, before any training text."""
+    big = "self.big = nn.Sequential(nn.Linear(d_model, 32 * d_model), nn.GELU(), nn.Linear(32 * d_model, d_model))\n"
+    source = mixer("return self.proj(x) + self.big(x)\n", init=big, top=NAMES_CARRY_WEIGHTS)
+    # (the budget is what this tests: the clock, which comes first, can name a part this wide quadratic from
+    # caches alone; see test_the_probe_model_is_held_to_the_same_checks)
+    result = runner.evaluate(source, "micro", threads=1, allow_quadratic=True, **OFF)
+    assert not result.ok and result.reason == "params" and "built with" in result.detail, result
+
+
+def test_attention_in_children_the_kernel_would_reap_is_timed():
+    """Forked children whose parent ignores SIGCHLD are reaped by the kernel onto nobody's CPU time:
+    softmax attention computed in them passed the clock (red team). SIGCHLD's disposition is fixed
+    now; a child left unreaped is a zombie whose time the clock reads."""
+    top = """
+    import os, signal
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    except OSError:
+        pass
+    def in_a_child(q, x):
+        r, w = os.pipe()
+        if os.fork() == 0:
+            t = x.shape[1]
+            s = (q @ x.transpose(1, 2)).masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+            out = memoryview((s.softmax(-1) @ x).contiguous().numpy().tobytes())
+            while out:
+                out = out[os.write(w, out):]
+            os._exit(0)
+        os.close(w)
+        chunks = []
+        while chunk := os.read(r, 1 << 20):
+            chunks.append(chunk)
+        os.close(r)
+        return torch.frombuffer(bytearray(b"".join(chunks)), dtype=x.dtype).view(x.shape)
+    """
+    forward = """
+    if torch.is_grad_enabled():
+        t = x.shape[1]
+        s = (self.proj(x) @ x.transpose(1, 2)).masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+        return s.softmax(-1) @ x
+    return in_a_child(self.proj(x), x) + 0.0 * self.proj(x)
+    """
+    result = runner.evaluate(mixer(forward, top=top), "micro", threads=1, **OFF)
+    assert not result.ok and result.reason == "quadratic", result
+
+
+DEFERRED_TRAINING = (
+    SERVER
+    + """
+import math
+from archlab import candidate as progress
+from archlab.sandbox import train as harness
+def train(self, req, arrays):
+    tier = harness.probe_tier(self.tier) if req["model"] == "probe" else self.tier
+    model = self._new_model(req["model"]).train()
+    opt, schedule = harness.optimizer(model, tier)
+    queue, loss = [], [float("nan")]
+    def drain():
+        for step, (inputs, targets) in queue:
+            progress._set_training_progress(step / tier.steps)
+            loss[0] = harness.train_step(model, opt, schedule, inputs, targets, self.device, "loss")
+        queue.clear()
+    for step in range(tier.steps):
+        wire.send(SERVER.REPLY_FD, {"need": step, "loss": loss[0] if math.isfinite(loss[0]) else None})
+        header, batch = wire.receive(0, SERVER.MAX_REQUEST)
+        if header.get("snapshot"):
+            drain()
+            wire.send(SERVER.REPLY_FD, {"snapshot": step}, {k: v.numpy() for k, v in self._weights(model).items()})
+        queue.append((step, tuple(self._tensor(batch[k]).long() for k in ("inputs", "targets"))))
+        if header.get("snapshot"):
+            drain()
+    drain()
+    progress._set_training_progress(1.0)
+    return {"train_loss": loss[0]}, self._weights(model)
+SERVER.Server.train = train
+"""
+)
+
+
+def test_training_hidden_where_weights_are_copied_is_timed():
+    """A server that answered every request for a batch at once and trained in the intervals where it
+    sends copies of its weights (once untimed) showed 3.6x the plain mixer's throughput with the
+    same weights (red team). The training time now runs from the fourth batch to the final reply."""
+    plain, deferred = (runner.evaluate(mixer(top=top), "micro", threads=1, **OFF) for top in ("", DEFERRED_TRAINING))
+    assert plain.ok and deferred.ok, (plain, deferred)
+    assert deferred.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"], abs=1e-3)  # the same training
+    assert deferred.metrics["tokens_per_s"] < 2 * plain.metrics["tokens_per_s"], (deferred.metrics, plain.metrics)
+
+
+def test_a_matrix_kept_flat_is_quantised_like_a_matrix():
+    """The int8 score rounded matrices only: the same weights kept as a vector and reshaped in forward()
+    scored quant_loss 0 against 0.16 as a matrix (red team). Every float weight is rounded now."""
+    init = """
+    w = torch.randn(d_model, d_model) * d_model ** -0.5
+    w[:, 0] = 40.0  # one large, unused entry per row: rounding the row to int8 costs the rest
+    self.w = nn.Parameter(w.reshape(-1) if FLAT else w)
+    self.register_buffer("mask", (torch.arange(d_model) > 0).float().expand(d_model, d_model).clone(), persistent=False)
+    self.d = d_model
+    """
+    forward = "return F.linear(x, self.w.view(self.d, self.d) * self.mask)\n"
+    losses = {
+        flat: runner.evaluate(
+            mixer(forward, init=init, top=f"FLAT = {flat}\n"),
+            "micro",
+            threads=1,
+            tier_overrides={"hardware": True},
+            **OFF,
+        ).metrics["quant_loss"]
+        for flat in (False, True)
+    }
+    assert losses[False] > 0.05 and losses[True] >= 0.5 * losses[False], losses

@@ -571,6 +571,7 @@ NUMBERS = {  # from the kernel's tables, written out here independently of launc
         cachestat=451,
         preadv2=327,
         madvise=28,
+        rt_sigaction=13,
     ),
     "aarch64": dict(
         read=63,
@@ -589,6 +590,7 @@ NUMBERS = {  # from the kernel's tables, written out here independently of launc
         cachestat=451,
         preadv2=286,
         madvise=233,
+        rt_sigaction=134,
     ),
 }
 CLONE_THREAD_FLAGS = 0x3D0F00  # what pthread_create passes: VM, FS, FILES, SIGHAND, THREAD, SYSVSEM, SETTLS, ...
@@ -635,6 +637,9 @@ def test_the_seccomp_program_builds_for_each_architecture(machine):
         (21, RET_EPERM),
     ):  # DONTNEED, FREE, COLD, PAGEOUT
         assert run_bpf(program, n["madvise"], arch, 0, 4096, advice) == verdict, advice
+    # a SIGCHLD the kernel reaps on its own takes the child's CPU time off the scorer's clock
+    assert run_bpf(program, n["rt_sigaction"], arch, 17) == RET_EPERM  # SIGCHLD
+    assert run_bpf(program, n["rt_sigaction"], arch, 2) == RET_ALLOW  # SIGINT
     assert run_bpf(program, n["socket"], arch, 1) == RET_ALLOW  # AF_UNIX
     for family in (2, 10, 16, 17):  # AF_INET, AF_INET6, AF_NETLINK, AF_PACKET
         assert run_bpf(program, n["socket"], arch, family) == RET_EPERM, family
@@ -659,7 +664,7 @@ def test_the_seccomp_program_builds_for_each_architecture(machine):
 )
 def test_the_installed_filter_refuses_what_it_should_and_nothing_else(tmp_path):
     script = textwrap.dedent("""
-        import ctypes, errno, json, os, socket, subprocess, sys, threading
+        import ctypes, errno, json, os, signal, socket, subprocess, sys, threading
         from archlab.sandbox import launch
         launch.install_seccomp()
         libc = ctypes.CDLL(None, use_errno=True)
@@ -688,6 +693,8 @@ def test_the_installed_filter_refuses_what_it_should_and_nothing_else(tmp_path):
         attempt("fadvise", lambda: os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED))
         attempt("nowait", lambda: os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT))
         attempt("pread", lambda: os.pread(fd, 1, 0))
+        attempt("sigchld", lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+        attempt("sigint", lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         print(json.dumps(out))
     """)
     proc = subprocess.run(
@@ -708,6 +715,8 @@ def test_the_installed_filter_refuses_what_it_should_and_nothing_else(tmp_path):
         "fadvise": "EPERM",  # the page cache is no channel (see launch.py)
         "nowait": "EPERM",
         "pread": "ok",
+        "sigchld": "EPERM",  # children stay the parent's to reap, their time on its account (launch.py)
+        "sigint": "ok",
     }, out
     assert (tmp_path / "file").read_text() == "x"
 

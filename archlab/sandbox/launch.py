@@ -623,6 +623,7 @@ _SYSCALLS = {
             preadv2=327,
             pwritev2=328,
             madvise=28,
+            rt_sigaction=13,
         ),
     ),
     "aarch64": (
@@ -688,6 +689,7 @@ _SYSCALLS = {
             preadv2=286,
             pwritev2=287,
             madvise=233,
+            rt_sigaction=134,
         ),
     ),
 }
@@ -697,12 +699,17 @@ _NEW_NAMESPACES = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWU
 # (preadv2's RWF_NOWAIT, cachestat) made it a channel from the scored server B to its checker C that
 # forged a score past the causality check (red team, 2026-12-04). Those calls are refused.
 MADV_COLD, MADV_PAGEOUT = 20, 21
+# A child whose parent ignores SIGCHLD (or sets SA_NOCLDWAIT) is reaped by the kernel, and its CPU time
+# is added to no parent's: softmax attention run in such children was invisible to the scorer's clock
+# (red team, 2026-12-05). SIGCHLD's disposition cannot be changed (a child then stays a zombie, its
+# time readable, until it is waited for, and then it is its parent's).
+SIGCHLD = 17
 AF_UNIX = 1
 
 
 def seccomp_program(machine: str | None = None) -> bytes:
     """A classic-BPF seccomp filter: EPERM for the denied calls, for clone with namespace flags, for
-    madvise's page-cache evictions and for sockets that are not AF_UNIX; ENOSYS for clone3 (whose
+    madvise's page-cache evictions, for changing what SIGCHLD does and for sockets that are not AF_UNIX; ENOSYS for clone3 (whose
     flags BPF cannot read: the C library then falls back to clone); the process is killed on a
     foreign architecture (or x86's x32 calls)."""
     arch, nr = _SYSCALLS[machine or platform.machine()]
@@ -717,6 +724,7 @@ def seccomp_program(machine: str | None = None) -> bytes:
     prog += [(JEQ, 0, 1, nr["clone3"]), (RET, 0, 0, ENOSYS)]
     prog += [(JEQ, 0, 4, nr["madvise"]), (LD, 0, 0, 32), (JEQ, 1, 0, MADV_COLD), (JEQ, 0, 1, MADV_PAGEOUT)]
     prog += [(RET, 0, 0, EPERM), (LD, 0, 0, 0)]
+    prog += [(JEQ, 0, 3, nr["rt_sigaction"]), (LD, 0, 0, 16), (JEQ, 0, 1, SIGCHLD), (RET, 0, 0, EPERM), (LD, 0, 0, 0)]
     prog += [(JEQ, 0, 3, nr["clone"]), (LD, 0, 0, 16), (JSET, 0, 1, _NEW_NAMESPACES), (RET, 0, 0, EPERM)]
     prog += [(LD, 0, 0, 0), (JEQ, 0, 3, nr["socket"]), (LD, 0, 0, 16), (JEQ, 1, 0, AF_UNIX), (RET, 0, 0, EPERM)]
     prog += [(RET, 0, 0, ALLOW)]

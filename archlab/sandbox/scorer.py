@@ -22,6 +22,7 @@ Every reply is checked for shape, dtype and finiteness; a malformed one rejects 
 (`crash`), never the run; a watchdog kills the servers at the wall-clock backstop.
 """
 
+import json
 import math
 import os
 import re
@@ -164,12 +165,14 @@ class Server:
         snapshots: tuple[int, ...] | list[int] = (),
     ) -> tuple[dict, dict, float, int, dict]:
         """Serve `steps` training batches on request; returns the final reply, the weights, the
-        seconds and tokens of every step after the third (the first pay for warm-up), and the copies
-        of the weights it sent before each step in `snapshots` (asked for with that step's batch,
-        answered at once; those steps are not timed). The loss it reports with each request goes to
-        the progress display and to `curves`."""
+        seconds from sending the fourth batch to the final reply (the first three pay for warm-up) and
+        the tokens of the batches in that time, and the copies of the weights it sent before each step
+        in `snapshots` (asked for with that step's batch). The copies are timed with the training: a
+        server that answered every request at once and trained in the untimed copies showed 3.6x its
+        throughput (red team, 2026-12-05). The loss it reports with each request goes to the progress
+        display and to `curves`."""
         self._send({"op": "train", "model": which})
-        seconds, tokens, started, last, copies = 0.0, 0, None, 0, {}
+        tokens, started, copies = 0, None, {}
         for step in range(steps):
             header, _ = self._receive()
             if header.get("need") != step:
@@ -179,12 +182,11 @@ class Server:
             progress(step=step, steps=steps, loss=header.get("loss"))
             if curves is not None and step:
                 curves.train_loss(step, header.get("loss"))
-            now = time.perf_counter()
-            if started is not None and step >= 3:
-                seconds, tokens = seconds + now - started, tokens + last
             inputs, targets = next(batches)
-            last = inputs.size
-            started = time.perf_counter()
+            if step == 3:
+                started = time.perf_counter()
+            tokens += inputs.size if step >= 3 else 0
+            sent = time.perf_counter()
             self._send({"snapshot": True} if step in snapshots else {}, {"inputs": inputs, "targets": targets})
             if step in snapshots:
                 copy, copies[step] = self._receive()
@@ -193,11 +195,9 @@ class Server:
                         "crash", f"server {self.name} sent {str(copy)[:100]} instead of its weights after step {step}"
                     )
                 if curves is not None:
-                    curves.val_cost_s += time.perf_counter() - started
-                started = None  # a step that made a copy is not timed (nor could a server hide its training in it)
+                    curves.val_cost_s += time.perf_counter() - sent
         header, weights = self._receive()
-        if started is not None and steps >= 4:
-            seconds, tokens = seconds + time.perf_counter() - started, tokens + last
+        seconds = time.perf_counter() - started if started is not None else 0.0
         if curves is not None:
             curves.train_loss(steps, header.get("train_loss"))
         return header, weights, seconds, tokens, copies
@@ -482,11 +482,13 @@ def root_mixer_params(d_model: int, n_heads: int) -> int:
 
 
 def quantized(weights: dict) -> dict:
-    """Weight-only int8: every matrix rounded per output row (symmetric absmax scale), dequantised."""
+    """Weight-only int8: every float weight rounded (symmetric absmax scale) and dequantised, a matrix
+    per output row, a vector or scalar whole. Not by shape alone: a matrix kept flat and reshaped in
+    forward() skipped the score (quant_loss 0 against 0.16 as a matrix: red team, 2026-12-05)."""
     out = {}
     for key, w in weights.items():
-        if w.ndim >= 2 and w.size and w.dtype.kind == "f":
-            flat = w.reshape(w.shape[0], -1).astype(np.float32)
+        if w.size and w.dtype.kind == "f":
+            flat = w.reshape(w.shape[0] if w.ndim >= 2 else 1, -1).astype(np.float32)
             scale = np.maximum(np.abs(flat).max(1, keepdims=True), 1e-12) / 127
             w = (np.clip(np.round(flat / scale), -127, 127) * scale).reshape(w.shape).astype(w.dtype)
         out[key] = w
@@ -677,6 +679,9 @@ class Evaluation:
         """Parameters, complexity, one forward/backward, and the first pass of every comparison."""
         tier, d = self.tier, self.tier.d_model
         _, weights = a.ask("build", model="lm")
+        self.layouts = {"lm": _layout(weights)}
+        if tier.probes is not None and tier.steps:
+            self.layouts["probe"] = _layout(a.ask("build", model="probe")[1])
         self.metrics["param_limit"] = self._limit(d)  # the budget per block at this width; None: no budget
         self.metrics["mixer_params"] = budget(weights, d, tier.n_layers, self.has_ffn, self.metrics["param_limit"])
         self.metrics["params"] = int(sum(w.size for w in weights.values()))
@@ -877,7 +882,7 @@ class Evaluation:
         header, weights, seconds, tokens, copies = a.train(
             "lm", tier.steps, batches, self.progress, self.curves, val_steps(tier.steps, tier.val_points)
         )
-        weights = canonical(weights)
+        weights = canonical(self._as_built(weights, "lm"))
         self.copies = {step: copy for step, copy in ((s, _same_shapes(c, weights)) for s, c in copies.items()) if copy}
         self.metrics["mixer_params"] = budget(
             weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit(tier.d_model)
@@ -898,13 +903,26 @@ class Evaluation:
             header, probe, _, _, _ = a.train(
                 "probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)), self.progress
             )
-            probe = canonical(probe)
+            probe = canonical(self._as_built(probe, "probe"))
             budget(probe, p.d_model, p.n_layers, self.has_ffn, self._limit(p.d_model))
             self.metrics.update(
                 probe_train_loss=number(header, "train_loss", "probe training"),
                 probe_train_s=time.perf_counter() - started,
             )
             self.weights |= {f"probe.{k}": v for k, v in probe.items()}
+
+    def _as_built(self, weights: dict, model: str) -> dict:
+        """The trained weights, which must have the names and shapes the model had when it was first
+        built, before any training text: a name is free text that no budget counts, and trained
+        weights packed into the names of empty tensors reached B and C (red team, 2026-12-05)."""
+        if _layout(weights) != self.layouts[model]:
+            extra = sorted(set(weights) - set(self.layouts[model]))
+            raise CandidateError(
+                "params",
+                f"the trained {model} model's weights are not the ones it was built with (names or shapes; "
+                f"new: {', '.join(extra[:3])[:200] or 'none'})",
+            )
+        return weights
 
     def _load(self, server: Server, weights: dict) -> None:
         for model in ("lm", "probe"):
@@ -1063,9 +1081,10 @@ class Evaluation:
             stepped[0, i] = array(reply, "logits", (1, VOCAB_SIZE), "decoded logits")[0]
             if want:
                 state = {k: a for k, a in reply.items() if k != "logits"}
-                sizes[i + 1] = sum(numbers(a) * 4 for a in state.values())
+                layout = header.get("skeleton")  # its dict keys are the state's too: a whole state once rode in one
+                sizes[i + 1] = sum(numbers(a) * 4 for a in state.values()) + len(json.dumps(layout))
                 if i + 1 == t // 2:  # resumed in C: nothing of it may stay behind in B
-                    self.half_state = (header.get("skeleton"), state)
+                    self.half_state = (layout, state)
         self.stepped = stepped
         extras, _ = b.ask("extras")
         decode = max(0.0, float(np.mean(times[-DECODE_TOKENS:])) - b.pipe_s)  # the pipe's own time, measured warm
@@ -1142,6 +1161,10 @@ class Evaluation:
     def save_weights(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(self.weights, str(path))
+
+
+def _layout(weights: dict) -> dict:
+    return {k: tuple(w.shape) for k, w in weights.items()}
 
 
 def _same_shapes(copy: dict, weights: dict) -> dict | None:
