@@ -709,9 +709,9 @@ AF_UNIX = 1
 
 def seccomp_program(machine: str | None = None) -> bytes:
     """A classic-BPF seccomp filter: EPERM for the denied calls, for clone with namespace flags, for
-    madvise's page-cache evictions, for changing what SIGCHLD does and for sockets that are not AF_UNIX; ENOSYS for clone3 (whose
-    flags BPF cannot read: the C library then falls back to clone); the process is killed on a
-    foreign architecture (or x86's x32 calls)."""
+    madvise's page-cache evictions, for changing what SIGCHLD does and for sockets that are not
+    AF_UNIX; ENOSYS for clone3 (whose flags BPF cannot read: the C library then falls back to
+    clone); the process is killed on a foreign architecture (or x86's x32 calls)."""
     arch, nr = _SYSCALLS[machine or platform.machine()]
     LD, JEQ, JSET, JGE, RET = 0x20, 0x15, 0x45, 0x35, 0x06
     ALLOW, KILL = 0x7FFF0000, 0x80000000

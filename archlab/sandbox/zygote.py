@@ -192,7 +192,7 @@ def close_all() -> None:
 
 def children(pid: int) -> list[int]:
     out = []
-    for task in listdir(f"/proc/{pid}/task"):
+    for task in _listdir(f"/proc/{pid}/task"):
         out += [int(c) for c in read(f"/proc/{pid}/task/{task}/children").split()]
     return out
 
@@ -222,7 +222,7 @@ def read(path: str) -> bytes:
         return b""
 
 
-def listdir(path: str) -> list[str]:
+def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
     except OSError:
