@@ -850,20 +850,38 @@ BALLAST = (
     SERVER
     + """
 BALLAST = [None]
-_logits, _memory = SERVER.Server.logits, SERVER.Server.memory
+_part, _train = SERVER.Server.part, SERVER.Server.train
 
-def logits(self, req, arrays):
+def part(self, req, arrays):
     if BALLAST[0] is None:
-        BALLAST[0] = torch.ones(2 ** 26)  # 256 MiB, held while the scorer reads the baseline
-    return _logits(self, req, arrays)
+        BALLAST[0] = torch.ones(2 ** 26)  # 256 MiB, held through the checks before training
+    return _part(self, req, arrays)
 
-def memory(self, req, arrays):
-    BALLAST[0] = None  # and freed just before the measured step
-    return _memory(self, req, arrays)
+def train(self, req, arrays):
+    BALLAST[0] = None  # and freed just before the measured training
+    return _train(self, req, arrays)
 
-SERVER.Server.logits, SERVER.Server.memory = logits, memory
+SERVER.Server.part, SERVER.Server.train = part, train
 """
 )
+# The old separate request for one training step, whose peak the scorer read, answered without the
+# step (the red team's no-op: peak -22%), and memory that only training needs.
+MEMORY_NOOP = (
+    SERVER
+    + """
+SERVER.Server.memory = lambda self, req, arrays: ({"cuda_peak_bytes": None}, {})
+"""
+)
+TRAINING_ONLY = """
+_forward = Mixer.forward
+
+def forward(self, x):
+    if self.training and torch.is_grad_enabled():
+        x = x + 0 * torch.ones(2 ** 25).sum()  # 128 MiB, only while training
+    return _forward(self, x)
+
+Mixer.forward = forward
+"""
 
 
 def _running_mean(top: str, wrap: str, state: str) -> str:
@@ -886,8 +904,27 @@ def test_server_decided_hardware_figures_are_not_believed():
     ballast = runner.evaluate(_running_mean(BALLAST, "", ""), "micro", threads=1, tier_overrides=tier, **OFF)
     assert honest.ok and ballast.ok, (honest, ballast)
     assert not boxed.ok and boxed.reason == "step" and "Box" in boxed.detail, boxed
-    assert ballast.metrics["peak_mem_mb"] >= 0.9 * honest.metrics["peak_mem_mb"]
+    assert ballast.metrics["peak_mem_mb"] >= honest.metrics["peak_mem_mb"] + 200  # 256 MiB count where freed
     assert ballast.metrics["state_bytes"] == honest.metrics["state_bytes"] > 0
+
+
+def test_peak_memory_is_that_of_the_training_the_scores_depend_on():
+    """The peak was read around a separate request for one training step, which a server could answer
+    without the step (peak -22% at micro, red team 2026-12-05). It is now server A's peak through the
+    training whose weights are scored: skipping the old request changes nothing, and memory only
+    training needs counts."""
+    tier = {"hardware": True}
+    honest, noop, hungry = (
+        runner.evaluate(source, "micro", threads=1, tier_overrides=tier, **OFF)
+        for source in (mixer(), mixer(top=MEMORY_NOOP), mixer(top=MEMORY_NOOP) + TRAINING_ONLY)
+    )
+    assert honest.ok and noop.ok and hungry.ok, (honest, noop, hungry)
+    peak = honest.metrics["peak_mem_mb"]
+    assert noop.metrics["peak_mem_mb"] >= 0.95 * peak and hungry.metrics["peak_mem_mb"] >= peak + 100, (
+        peak,
+        noop.metrics,
+        hungry.metrics,
+    )
 
 
 MALFORMED = {  # F6, F7: whatever a server sends, the scorer returns a Result

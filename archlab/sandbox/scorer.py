@@ -890,6 +890,8 @@ class Evaluation:
             weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit(tier.d_model)
         )
         self.weights = {f"lm.{k}": v for k, v in weights.items()}
+        if tier.hardware:
+            self.peak_memory(a, header, weights)
         self.metrics.update(
             train_loss=number(header, "train_loss", "training"),
             tokens_per_s=tokens / seconds if seconds else 0.0,
@@ -912,6 +914,23 @@ class Evaluation:
                 probe_train_s=time.perf_counter() - started,
             )
             self.weights |= {f"probe.{k}": v for k, v in probe.items()}
+
+    def peak_memory(self, a: Server, header: dict, weights: dict) -> None:
+        """Peak memory of training, read just after it: on the CPU, server A's peak over its baseline
+        before the candidate was loaded (the candidate can only raise it; the checks before training
+        count too: a forward at 16x the training length is memory a model needs), on a GPU the
+        allocator's peak as the server reports it. A separate request for one training step could
+        be answered without the step (peak -22%, red team 2026-12-05); training cannot: its weights
+        are scored."""
+        n = sum(numbers(w) for w in weights.values())
+        if self.cuda:
+            measured = number(header, "cuda_peak_bytes", "training", 0)
+        else:
+            measured = max(0, _memory(a.host_pid(), "VmHWM") - a.warm_hwm)
+        self.metrics.update(
+            peak_mem_mb=measured / 2**20,
+            activation_mem_mb=max(0, measured - 16 * n) / 2**20,  # less weights, gradients, AdamW's moments
+        )
 
     def _as_built(self, weights: dict, model: str) -> dict:
         """The trained weights, which must have the names and shapes the model had when it was first
@@ -1104,9 +1123,8 @@ class Evaluation:
                 self.metrics[key] = extras[key] if isinstance(extras[key], int) else extras[key][:300]
 
     def hardware_in_c(self, c: Server) -> None:
-        """In C: the forward pass that decoding must agree with (and its latency), peak memory of a
-        training step (the process's peak over its baseline before the candidate was loaded, which
-        the candidate can only raise)."""
+        """In C: the forward pass that decoding must agree with (and its latency), and decoding
+        resumed from B's state."""
         t = self.tier.seq_len
         rounds = [self.decode_tokens] + [self.rng.integers(0, VOCAB_SIZE, (1, t)) for _ in range(2)]
         prefill, outputs = math.inf, []
@@ -1116,6 +1134,7 @@ class Evaluation:
                 array(c.ask("logits", {"tokens": tokens}, model="lm")[1], "logits", (1, t, VOCAB_SIZE), "prefill")
             )
             prefill = min(prefill, time.perf_counter() - started)
+        self.metrics["prefill_ms"] = prefill * 1e3
         self.metrics["decode_gap"] = logprob_gap(outputs[0], self.stepped)
         if not self.metrics["decode_gap"] <= DECODE_TOLERANCE[self.device]:
             raise CandidateError(
@@ -1123,17 +1142,6 @@ class Evaluation:
                 f"token-by-token decoding disagrees with the forward pass by {self.metrics['decode_gap']:.1e} nats",
             )
         self.resume_in_c(c)
-        header, _ = c.ask("memory")
-        n = sum(numbers(a) for k, a in self.weights.items() if k.startswith("lm."))
-        if self.cuda:
-            measured = number(header, "cuda_peak_bytes", "memory", 0)
-        else:
-            measured = max(0, _memory(c.host_pid(), "VmHWM") - c.warm_hwm)
-        self.metrics.update(
-            prefill_ms=prefill * 1e3,
-            peak_mem_mb=(8 * n + measured) / 2**20,  # + AdamW's two moments
-            activation_mem_mb=max(0, measured - 8 * n) / 2**20,
-        )
 
     def resume_in_c(self, c: Server) -> None:
         """The state B returned at half the context is all a decoder may carry: C, which never saw that

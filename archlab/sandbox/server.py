@@ -132,6 +132,8 @@ class Server:
 
         which = req["model"]
         tier = probe_tier(self.tier) if which == "probe" else self.tier
+        if self.device.type == "cuda":  # a GPU's peak is the allocator's, which only the server can read
+            torch.cuda.reset_peak_memory_stats(self.device)
         model = self._new_model(which).train()
         opt, schedule = train.optimizer(model, tier)
         loss = float("nan")
@@ -157,7 +159,8 @@ class Server:
             candidate_api._set_training_progress(1.0)  # frozen for every measurement
         del opt, schedule
         torch.manual_seed(self.seed)
-        return {"train_loss": loss}, self._weights(model)
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return {"train_loss": loss, "cuda_peak_bytes": peak}, self._weights(model)
 
     def logits(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         import torch
@@ -195,25 +198,6 @@ class Server:
         state = flat_state(self.states, "state")
         return {"skeleton": state_skeleton(self.states, "state")}, {"logits": logits.float(), **state}
 
-    def memory(self, req: dict, arrays: dict) -> tuple[dict, dict]:
-        """One training forward/backward at the tier's batch shape (the scorer reads the process's
-        peak memory from outside); on a GPU the allocator's peak is all there is to read."""
-        import torch
-
-        from archlab.sandbox.model import autocast, guard, lm_loss
-
-        model = self._model("lm").train()
-        tokens = torch.randint(0, 256, (self.tier.batch_size, self.tier.seq_len), device=self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        with autocast(self.device):
-            loss = guard(lambda: lm_loss(model, tokens, tokens))
-        guard(loss.backward)
-        model.zero_grad(set_to_none=True)
-        model.eval()
-        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return {"cuda_peak_bytes": peak}, {}
-
     def extras(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """FLOPs of one forward over seq_len tokens, and whether torch.compile takes the mixer."""
         import torch
@@ -228,7 +212,7 @@ class Server:
             out.update(metrics.compile_metrics(mixer, self.tier.seq_len, self.tier.d_model, self.device))
         return out, {}
 
-    OPS = ("part", "step", "cost", "build", "check_lm", "train", "logits", "decode", "memory", "extras")
+    OPS = ("part", "step", "cost", "build", "check_lm", "train", "logits", "decode", "extras")
 
     # -- helpers ---------------------------------------------------------------------------------
     def _tensor(self, array):
