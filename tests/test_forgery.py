@@ -1196,3 +1196,58 @@ def test_a_matrix_kept_flat_is_quantised_like_a_matrix():
         for flat in (False, True)
     }
     assert losses[False] > 0.05 and losses[True] >= 0.5 * losses[False], losses
+
+
+# Server A fills the probe model's FFN weights with the LM's bigram table (counted from its training
+# batches); wherever both models are loaded, the LM's logits come from that table.
+PROBE_AS_NGRAM = (
+    SERVER
+    + """
+TRAIN = sys.modules["archlab.sandbox.train"]
+COUNTS = torch.ones(256, 256)
+_step, _train, _logits = TRAIN.train_step, SERVER.Server.train, SERVER.Server.logits
+
+def train_step(model, opt, schedule, inputs, targets, *a, **k):
+    if model.embed.weight.shape[1] != 64 or inputs.shape[1] > 64:  # the LM's batches, not the probe's
+        COUNTS.index_put_((inputs.reshape(-1).cpu(), targets.reshape(-1).cpu()), torch.ones(inputs.numel()), accumulate=True)
+    return _step(model, opt, schedule, inputs, targets, *a, **k)
+
+def ffn(weights):
+    return sorted(k for k in weights if ".ffn." in k)
+
+def train(self, req, arrays):
+    header, weights = _train(self, req, arrays)
+    if req["model"] == "probe":
+        flat = torch.cat([weights[k].reshape(-1) for k in ffn(weights)])
+        flat[: 256 * 256] = (COUNTS / COUNTS.sum(1, keepdim=True)).log().reshape(-1)
+        at = 0
+        for k in ffn(weights):
+            weights[k] = flat[at : at + weights[k].numel()].reshape(weights[k].shape).clone()
+            at += weights[k].numel()
+    return header, weights
+
+def logits(self, req, arrays):
+    head, out = _logits(self, req, arrays)
+    if req["model"] == "lm" and "probe" in self.models:
+        probe = self.models["probe"].state_dict()
+        table = torch.cat([probe[k].reshape(-1).float() for k in ffn(probe)])[: 256 * 256].reshape(256, 256)
+        out = {"logits": table[self._tensor(arrays["tokens"]).long()]}
+    return head, out
+
+TRAIN.train_step, SERVER.Server.train, SERVER.Server.logits = train_step, train, logits
+"""
+)
+
+
+def test_the_probe_models_weights_are_no_capacity_for_the_lm():
+    """The probe model's weights (held to the probe's budget, trained by server A as it pleases) were
+    loaded beside the LM's in the scoring server: an LM that read its bigram table from them scored
+    val_loss 2.82 against 3.39 at explore (2026-12-05). The LM is now scored by a server that never
+    holds them, the probes by one that never holds the LM's."""
+    cheap = {"steps": 40, "val_windows": 16, "hardware": False, "probes": {"steps": 40}}
+    honest, forged = (
+        runner.evaluate(source, "explore", threads=1, tier_overrides=cheap, **OFF)
+        for source in (mixer(), mixer(top=PROBE_AS_NGRAM))
+    )
+    assert honest.ok and "mqar_acc" in honest.metrics, honest
+    assert not forged.ok or forged.metrics["val_loss"] >= honest.metrics["val_loss"] - 0.01, (honest, forged)

@@ -1,23 +1,23 @@
 """The trusted side of an evaluation: it owns the data, the targets, every loss, verdict and
 count, and never runs candidate code (numpy only: it does not even import torch).
 
-An evaluation runs up to three model servers of the candidate (server.py), each in its own
+An evaluation runs up to four model servers of the candidate (server.py), each in its own
 sandbox (launch.py), and no two of them hold the candidate's code at the same time:
 - A: parameters are counted from the weights it sends (safetensors), for every mixer and FFN
   instance of the model and of the probe model; complexity is measured below, at and above the
   training length; the first pass of every causality comparison; then training, on batches it
   is sent one per step and timed from here (with a copy of its weights at a few steps, asked for
-  with their batch, for the validation curve: curves.py).
-- B, loaded from A's weights: the perturbed copies of the check comparisons and step() against
-  A's forward(); then the scored rows (validation windows in a random order, long windows, probe
-  sequences), one decoding request per token (timed from here), the state it hands back; once
+  with their batch, for the validation curve: curves.py); its peak memory through training.
+- B, loaded from A's LM weights only: the perturbed copies of the check comparisons and step()
+  against A's forward(); then the scored rows (validation windows in a random order, long
+  windows), one decoding request per token (timed from here), the state it hands back; once
   every score is taken, A's copies on a few validation windows (the display-only curve), then
   the loss with the served weights quantised to int8 (a score like the others).
-- C, loaded from the same weights after B is gone: a copy of every row B scored with the text
-  after a random cut replaced, in another order (with the weights B scored it with); its
-  log-probabilities must equal B's up to each cut. Then the forward pass decoding must agree
-  with, and the peak memory of a training step (over C's own baseline before the candidate
-  was loaded).
+- P (tiers with probes), loaded from the probe model's weights only: the probe sequences.
+- C, loaded from the same weights after B and P are gone: a copy of every row they scored with
+  the text after a random cut replaced, in another order (with the weights it was scored with);
+  its log-probabilities must equal theirs up to each cut. Then the forward pass decoding must
+  agree with, and decoding resumed from the state B handed back at half the context.
 Every reply is checked for shape, dtype and finiteness; a malformed one rejects the candidate
 (`crash`), never the run; a watchdog kills the servers at the wall-clock backstop.
 """
@@ -529,7 +529,7 @@ class Evaluation:
         self._lock, self.closed = threading.Lock(), False
         hide = tuple(str(Path(p).resolve()) for p in [opt.get("data")] if p)
         self.isolate = bool(launch.launcher().facts.get("isolates"))
-        roles = ("A", "B", "C") if tier.steps else ("A", "B")
+        roles = ("A", "B", *(("P",) if tier.probes is not None else ()), "C") if tier.steps else ("A", "B")
         for name in roles:
             (host_dir / name).mkdir()
             os.chmod(host_dir / name, 0o777)  # the plain and unshare launchers: the dropped uid works in it
@@ -630,6 +630,11 @@ class Evaluation:
         if self.tier.hardware:
             self.quant_in_b(b)
         self._end("B")
+        if self.tier.probes is not None:
+            self.progress("scoring the probes")
+            p = self._start("P")
+            self.score_probes(p)
+            self._end("P")
         self.progress("checking the scores" + (", measuring" if self.tier.hardware else ""))
         c = self._start("C")
         self.check_copies(c)
@@ -988,10 +993,12 @@ class Evaluation:
 
     # -- scoring (server B), checked by server C -------------------------------------------------
     def score(self, b: Server, corpus: Corpus) -> None:
-        """B, holding only the saved weights, is sent every validation window, long window and probe
-        sequence in a random order; its logits give the scores. The copies that check them go to C."""
+        """B, holding only the LM's saved weights, is sent every validation window and long window in
+        a random order; its logits give the scores. The copies that check them go to C. The probe
+        model's weights never reach B: a server holding both used the probe's as an uncounted n-gram
+        table for the LM (val_loss 2.82 against 3.39 at explore, 2026-12-05)."""
         tier, t = self.tier, self.tier.seq_len
-        self._load(b, self.weights)
+        self._load(b, _model_weights(self.weights, "lm"))
         inputs, targets = corpus.val_windows(tier.val_windows, t)
         losses = token_losses(self.scored(b, inputs, "lm", tier.causal_copies, "validation windows"), targets)
         val = float(losses.mean())
@@ -1006,25 +1013,29 @@ class Evaluation:
             )
             late = float(losses[:, t // 2 :].mean())
             self.metrics.update(val_loss_2x=long, val_loss_late=late, extrapolation_gap=long - late)
-        if tier.probes is not None:
-            p = tier.probes
-            rng = np.random.default_rng(0x5EED)  # held out: training draws from another stream
-            for task in probe_tasks(p):
-                probe_in, probe_targets = probe_batch(p, max(p.batch_size, p.eval_examples), rng, task)
-                pred = self.scored(b, probe_in, "probe", 1, f"{task} probe sequences").argmax(-1)
-                mask = probe_targets != IGNORE
-                key = "selcopy_acc" if task == "copy" else f"mqar_acc_p{task[4:]}"
-                self.metrics[key] = float((pred[mask] == probe_targets[mask]).mean())
-            self.metrics["mqar_acc"] = float(np.mean([self.metrics[f"mqar_acc_p{n}"] for n in p.pairs]))
         if tier.hardware:
             self.hardware_in_b(b)
+
+    def score_probes(self, p: Server) -> None:
+        """P, holding only the probe model's weights (never the LM's, which are not counted against
+        the probe's budget), is sent the held-out probe sequences; C checks them with the rest."""
+        probes = self.tier.probes
+        self._load(p, _model_weights(self.weights, "probe"))
+        rng = np.random.default_rng(0x5EED)  # held out: training draws from another stream
+        for task in probe_tasks(probes):
+            probe_in, probe_targets = probe_batch(probes, max(probes.batch_size, probes.eval_examples), rng, task)
+            pred = self.scored(p, probe_in, "probe", 1, f"{task} probe sequences").argmax(-1)
+            mask = probe_targets != IGNORE
+            key = "selcopy_acc" if task == "copy" else f"mqar_acc_p{task[4:]}"
+            self.metrics[key] = float((pred[mask] == probe_targets[mask]).mean())
+        self.metrics["mqar_acc"] = float(np.mean([self.metrics[f"mqar_acc_p{n}"] for n in probes.pairs]))
 
     def quant_in_b(self, b: Server) -> None:
         """The loss with int8 weights, on every second validation window, scored in B like every other
         score (a loss nobody checked was answered by a next-token oracle)."""
         inputs, targets, losses = self.val
         rows = np.arange(0, len(inputs), 2)
-        weights = quantized(self.weights)
+        weights = quantized(_model_weights(self.weights, "lm"))
         self._load(b, weights)
         q = token_losses(
             self.scored(b, inputs[rows], "lm", 1, "validation windows, int8 weights", weights), targets[rows]
@@ -1171,6 +1182,11 @@ class Evaluation:
     def save_weights(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(self.weights, str(path))
+
+
+def _model_weights(weights: dict, model: str) -> dict:
+    """One model's part of the weights (lm.* or probe.*): a scoring server holds no other."""
+    return {k: v for k, v in weights.items() if k.startswith(model + ".")}
 
 
 def _layout(weights: dict) -> dict:
