@@ -1,6 +1,5 @@
 """RunConfig: one typed object per run, frozen into runs/NAME/archlab.toml when the run starts."""
 
-import json
 import random
 import tomllib
 from pathlib import Path
@@ -12,6 +11,7 @@ from pydantic_core import PydanticCustomError
 
 from archlab.errors import UserError
 from archlab.sandbox.request import EvaluationRequest
+from archlab.text import loads
 
 CONFIG_FILE = "archlab.toml"
 # A sandbox may hold 256 tasks (protections.DEFAULT_NPROC) and torch starts pools of threads on
@@ -340,7 +340,7 @@ def parse_overrides(tier: str, items: list[str], flag: str = "--set") -> dict:
         if not sep or not key:
             raise UserError(f"{flag} {item!r}: write KEY=VALUE, e.g. {flag} steps=800")
         try:
-            value = json.loads(raw)
+            value = loads(raw)
         except ValueError:
             value = raw
         if "." in key:

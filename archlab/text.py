@@ -8,6 +8,7 @@ longer than a fixed budget, whatever its size (a request or the driver waits on 
 """
 
 import html
+import json
 import re
 
 from diff_match_patch import diff_match_patch
@@ -17,6 +18,16 @@ from rich.markup import escape
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0/C1 controls (ESC starts every ANSI code); keeps \t, \n
 DIFF_TIMEOUT_S = 1.0  # a line diff gives up refining after this (still a correct diff, maybe a coarser one)
 SIMILARITY_CHARS = 20_000  # the start of each text that a similarity reads
+
+
+def loads(raw: str | bytes):
+    """json.loads for text from outside: nesting too deep for the decoder's recursion is malformed
+    JSON like any other (a ValueError), not a RecursionError that ends the process (an endpoint's
+    answer 100,000 arrays deep stopped a run, and the answer, kept for replay, stopped every resume)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def printable(text: object) -> str:

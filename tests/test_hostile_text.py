@@ -60,6 +60,21 @@ def test_line_diffs_reproduce_the_new_file():
 
 
 # -- the terminal ---------------------------------------------------------------------------------------
+def test_text_nested_deeper_than_a_stack_is_malformed_not_a_crash():
+    """A 3,000-term sum (model code) and JSON 100,000 arrays deep (an endpoint's body, a judge's
+    scores, an imported file) raised RecursionError, which stopped a run for good: the answer is kept
+    for replay, so every resume met it again (red team, 2026-12-05). Both are malformed input now."""
+    from archlab import syntax
+
+    for source in ("x = " + "+".join(["1"] * 3000), "x = " + "[" * 150 + "1" + "]" * 150, "x = 1\0"):
+        with pytest.raises(SyntaxError):
+            syntax.parse(source)
+    assert syntax.parse("x = " + "+".join(["1"] * 50)).body  # long, but as deep as real code gets
+    for raw in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+        with pytest.raises(ValueError):
+            text.loads(raw)
+
+
 def test_model_text_in_the_terminal_is_shown_not_obeyed(cli, run_copy):
     set_node(run_copy, 1, motivation=PAYLOAD, analysis=PAYLOAD, reason="[/]x")
     with sqlite3.connect(run_copy / "archlab.db") as db:

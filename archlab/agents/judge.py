@@ -4,12 +4,12 @@ Its score enters the fitness as weight * (novelty - complexity) / 10. Its calls 
 any other; an answer that is not the asked-for JSON scores nothing rather than stopping the run.
 """
 
-import json
 import re
 
 from archlab.agents import prompting
 from archlab.agents.llm import CallFailed
 from archlab.agents.schema import Context
+from archlab.text import loads
 
 JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
@@ -26,7 +26,7 @@ class Judge:
             return None
         match = JSON_OBJECT.search(reply.text)
         try:
-            scores = json.loads(match.group(0)) if match else {}
+            scores = loads(match.group(0)) if match else {}
             novelty, complexity = float(scores["novelty"]), float(scores["complexity"])
         except (ValueError, KeyError, TypeError):
             return None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from archlab import chaos
 from archlab.errors import UserError
-from archlab.text import redact
+from archlab.text import loads, redact
 
 # HTTP statuses that say the endpoint as configured is unusable (key, credit, model or URL):
 # no other request will fare better, so the run stops.
@@ -335,7 +335,7 @@ def _parse(body: bytes) -> tuple[str, str | None, dict]:
     # Invalid UTF-8 is replaced rather than refused: the rest of the answer is still usable.
     raw = body.decode("utf-8", errors="replace")
     try:
-        data = json.loads(raw)
+        data = loads(raw)
     except ValueError:
         raise Malformed(f"the answer is not JSON: {_preview(raw)}") from None
     choices = data.get("choices") if isinstance(data, dict) else None

@@ -19,13 +19,13 @@ Nothing else is rewritten: a program that still breaks a rule fails its check wi
 """
 
 import ast
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from archlab import syntax
 from archlab.errors import UserError
+from archlab.text import loads
 
 ASI_ARCH_STEPS = 2000  # ASI-Arch's training length: its programs' schedules count in these steps
 LAYER_CLASS = "DeltaNet"
@@ -262,10 +262,10 @@ def read(tree_path: Path, programs_path: Path | None) -> list[Record]:
 
 def _load_json(path: Path):
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not JSON ({e})") from None
 
 

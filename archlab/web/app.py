@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from archlab.errors import UserError
 from archlab.search import steering
+from archlab.text import loads
 from archlab.web.data import RunView
 from archlab.web.highlight import stylesheet
 
@@ -202,7 +203,7 @@ def create_app(run_dir: Path, host: str = "127.0.0.1", steer_token: str | None =
             )
         body = await request.body()
         try:
-            order = json.loads(body) if len(body) <= 4096 else None
+            order = loads(body) if len(body) <= 4096 else None
             assert isinstance(order, dict)
             node, text = order.get("node"), order.get("text")
             assert (node is None or type(node) is int) and (text is None or isinstance(text, str))
