@@ -110,7 +110,7 @@ def run(
     trust_endpoint: bool = typer.Option(
         False,
         "--trust-endpoint",
-        help="resume a run (or a fork) whose archlab.toml names another endpoint or key variable without repeating them: its key goes to its URL",
+        help="resume a run (or a fork) whose archlab.toml names another endpoint, key variable or Ray cluster without repeating them: its key goes to its URL, its candidates to its cluster",
     ),
     researcher_model: Optional[str] = typer.Option(
         None,
@@ -1348,19 +1348,26 @@ def _bounds(threads: int | None = None, seed: int | None = None) -> None:
 
 def _check_endpoint(run_dir: Path, config: RunConfig, given: dict, trusted: bool) -> None:
     """A run directory may come from elsewhere (a download, a colleague, a fork of theirs): its
-    archlab.toml must not send one of this user's secrets to a URL they did not choose. An endpoint
-    or key variable other than the defaults must be repeated on the command line, or trusted."""
-    if config.llm == "offline" or trusted:
+    archlab.toml must not send one of this user's secrets to a URL they did not choose, nor join a
+    Ray cluster they did not choose (a cluster runs what it is sent, and a doctored file once made a
+    resume dial one). An endpoint, key variable or cluster other than the defaults must be repeated
+    on the command line, or trusted."""
+    if trusted:
         return
+    keys = ("address",) if config.llm == "offline" else ("base_url", "api_key_env", "address")
     unconfirmed = [
         k
-        for k in ("base_url", "api_key_env")
+        for k in keys
         if getattr(config, k) != RunConfig.model_fields[k].default and given.get(k) != getattr(config, k)
     ]
     if unconfirmed:
+        would = []
+        if {"base_url", "api_key_env"} & set(unconfirmed):
+            would.append(f"send the key in ${config.api_key_env} to {config.base_url or 'the OpenAI API'}")
+        if "address" in unconfirmed:
+            would.append(f"join the Ray cluster at {config.address}")
         raise UserError(
-            f"{run_dir}/archlab.toml would send the key in ${config.api_key_env} to "
-            f"{config.base_url or 'the OpenAI API'}; if that is yours, repeat "
+            f"{run_dir}/archlab.toml would {' and '.join(would)}; if that is yours, repeat "
             + " ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in unconfirmed)
             + " (or pass --trust-endpoint)"
         )

@@ -181,6 +181,30 @@ def test_key_echoes_are_redacted_in_their_usual_disguises():
     assert text.redact("sk-live-other", key) == "sk-live-other"
 
 
+def test_a_doctored_checkpoint_runs_nothing_on_resume(cli, run_copy, tmp_path):
+    """langgraph's default serializer rebuilt any module.name(arg) a checkpoint names: a checkpoint
+    calling os.system in a run directory from elsewhere ran the command on `archlab run RUN` (resume),
+    which then finished as usual (red team, 2026-12-05). The state holds plain types only, and only
+    those are read."""
+    import ormsgpack
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    marker = tmp_path / "marker"
+    checkpoint = empty_checkpoint() | {"channel_versions": {"node_id": 1}}
+    with sqlite3.connect(run_copy / "checkpoints.db") as conn:
+        saver = SqliteSaver(conn)
+        saver.put({"configurable": {"thread_id": "x", "checkpoint_ns": ""}}, checkpoint, {"step": -1}, {"node_id": 1})
+        call = ormsgpack.Ext(0, ormsgpack.packb(["os", "system", f"touch {marker}"]))
+        blob = ormsgpack.packb({**checkpoint, "channel_values": {"node_id": call}})
+        conn.execute("update checkpoints set type = 'msgpack', checkpoint = ? where thread_id = 'x'", (blob,))
+    with sqlite3.connect(run_copy / "archlab.db") as db:
+        db.execute("insert or replace into meta(key, value) values ('thread:x', 'open')")
+    resumed = cli("run", run_copy, "--max-nodes", 3)
+    assert not marker.exists(), resumed.stdout + resumed.stderr
+    assert "Traceback" not in resumed.stderr
+
+
 def test_a_run_directory_cannot_send_the_key_to_its_own_url(cli, run_copy, tmp_path):
     """A doctored archlab.toml names an endpoint and a key variable: resuming (or running a fork of
     it) says which URL and variable it would use and stops, unless the user repeats them."""
@@ -193,6 +217,19 @@ def test_a_run_directory_cannot_send_the_key_to_its_own_url(cli, run_copy, tmp_p
         line = helpers.assert_user_error(cli("run", run, "--max-nodes", 99))
         assert "http://198.51.100.7:9/v1" in line and "ARCHLAB_TEST_SECRET" in line and "--trust-endpoint" in line
         assert not (run / "driver.lock").exists() or cli("status", run).returncode == 0
+
+
+def test_a_run_directory_cannot_join_a_cluster_of_its_choosing(cli, run_copy):
+    """A doctored archlab.toml with executor = "ray" and an address made a resume dial that cluster
+    (which runs what it is sent), and hang over 120 s when nobody answered (red team, 2026-12-05):
+    the address must be repeated or trusted, and one nobody answers is one line, at once."""
+    config = tomllib.loads((run_copy / "archlab.toml").read_text())
+    config.update(executor="ray", address="127.0.0.1:9")  # the discard port: nothing listens
+    (run_copy / "archlab.toml").write_text(tomli_w.dumps(config))
+    line = helpers.assert_user_error(cli("run", run_copy, "--max-nodes", 99))
+    assert "Ray cluster at 127.0.0.1:9" in line and "--address 127.0.0.1:9" in line, line
+    line = helpers.assert_user_error(cli("run", run_copy, "--max-nodes", 99, "--trust-endpoint", timeout=120))
+    assert "nothing answers there" in line, line
 
 
 def test_the_web_ui_shows_an_endpoints_origin_only(run_copy):

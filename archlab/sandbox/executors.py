@@ -260,6 +260,21 @@ def _slot_process_main() -> None:
 # ---------------------------------------------------------------------------------------------
 # Ray: one task per evaluation
 # ---------------------------------------------------------------------------------------------
+JOIN_TIMEOUT_S = 10.0
+
+
+def _answers(address: str) -> None:
+    """A HOST:PORT cluster must accept a connection within JOIN_TIMEOUT_S: ray.init retries an address
+    nobody answers for minutes, printing warnings (a resume hung over 120 s that way, 2026-12-05)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and the like: ray.init says what is wrong with them
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_TIMEOUT_S).close()
+    except OSError as e:
+        raise UserError(f"--address {address}: nothing answers there ({e.strerror or e})") from None
+
+
 def _ray_task(payload: dict) -> dict:
     """Runs on a Ray worker: evaluate in the sandbox there; send the result and the log back."""
     import ray
@@ -336,6 +351,7 @@ class RayExecutor(Executor):
         elif address:
             ship = True if ship_package is None else ship_package
             runtime_env = {"py_modules": [str(Path(__file__).resolve().parents[1])]} if ship else None
+            _answers(address)
             try:
                 ray.init(address=address, runtime_env=runtime_env, logging_level="ERROR", log_to_driver=False)
             except (ConnectionError, ValueError, RuntimeError) as e:

@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from archlab.agents.llm import BudgetExceeded, EndpointDown
@@ -54,7 +55,10 @@ class Run:
         self.brain = brain
         (self.dir / "logs").mkdir(exist_ok=True)
         conn = sqlite3.connect(self.dir / CHECKPOINT_FILE, check_same_thread=False)
-        self.checkpointer = SqliteSaver(conn)
+        # A run directory is data: langgraph's default serializer rebuilds any module.name(arg) a
+        # checkpoint names, so a doctored checkpoints.db ran a shell command on resume (red team,
+        # 2026-12-05). The state is plain types only (pipeline.CandidateState): nothing else is read.
+        self.checkpointer = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=None))
         self.graph = pipeline.build(self).compile(checkpointer=self.checkpointer)
         self.lock = threading.Lock()  # guards node-id reservation and the offline brain's choice
         self.reserved: set[int] = set()  # node ids held by candidates in flight
