@@ -1253,6 +1253,7 @@ def dataset(
     The schema is in README.md ("The proposal dataset"). Nodes still being evaluated are left out.
     """
     from archlab.export.dataset import write
+    from archlab.tree.outputs import check_out
 
     store = _store(run_dir, reading=True)
     RunConfig.load(run_dir)  # a clear error for a folder that is not a run
@@ -1260,8 +1261,7 @@ def dataset(
         facts = write(run_dir, store, sys.stdout)
         sys.stdout.flush()
     else:
-        if out.is_dir():
-            raise UserError(f"{out} is a directory; name a file, e.g. {out / 'proposals.jsonl'}")
+        check_out(run_dir, out, "", (".jsonl", ".json"), "proposals.jsonl")
         if out.exists() and not force:
             raise UserError(f"{out} exists; pass --force to replace it")
         tmp = out.with_name(f".{out.name}.tmp")

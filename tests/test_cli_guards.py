@@ -20,14 +20,22 @@ def owned_files(run_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
 
 
-# -- 1: a report never overwrites the run -------------------------------------------------------------
+# -- 1: a report or a dataset never overwrites the run ----------------------------------------------------
+WRITERS = {  # every command that writes a file made from a run, asked to write it over one of the run's
+    "report": lambda run, out: ("report", run, "--out", out),
+    "dataset": lambda run, out: ("dataset", run, out, "--force"),  # once replaced archlab.db (2026-12-05)
+}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
 @pytest.mark.parametrize("name", ["archlab.db", "archlab.toml", "checkpoints.db", "driver.lock"])
-def test_report_refuses_to_overwrite_the_runs_own_files(cli, run_copy, name):
+def test_no_command_writes_over_the_runs_own_files(cli, run_copy, name, writer):
     before = owned_files(run_copy)
-    line = helpers.assert_user_error(cli("report", run_copy, "--out", run_copy / name))
+    line = helpers.assert_user_error(cli(*WRITERS[writer](run_copy, run_copy / name)))
     assert "refusing" in line
     assert owned_files(run_copy) == before
     assert cli("status", run_copy, "--json").returncode == 0
+    assert cli(*WRITERS["dataset"](run_copy, run_copy / "proposals.jsonl")).returncode == 0  # its own kind: fine
 
 
 def test_report_inside_the_run_may_replace_an_earlier_report(cli, run_copy):

@@ -15,6 +15,7 @@ from pathlib import Path
 from archlab import text
 from archlab.commands.status import metric_direction, spend
 from archlab.errors import UserError
+from archlab.tree.outputs import check_out
 from archlab.web.data import RunView
 from archlab.web.highlight import stylesheet
 
@@ -40,7 +41,7 @@ def write_report(run_dir: Path, out: Path | None = None, top: int = 5, fmt: str 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose html or md")
     out = Path(out) if out is not None else Path(run_dir) / f"report.{fmt}"
-    _check_out(Path(run_dir), out)
+    check_out(Path(run_dir), out, "--out ", (".html", ".md", ".svg"), f"report.{fmt}")
     view = RunView(run_dir)
     try:
         facts = _facts(view, max(0, top))
@@ -67,24 +68,6 @@ def write_report(run_dir: Path, out: Path | None = None, top: int = 5, fmt: str 
 
 # Inside the run directory a report may only replace an earlier report: `--out RUN/archlab.db` once
 # overwrote the run's database. Archlab's own folders are off limits even for new files.
-REPORT_SUFFIXES = (".html", ".md", ".svg")
-RUN_FOLDERS = ("repo", "logs")
-
-
-def _check_out(run_dir: Path, out: Path) -> None:
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a directory; name a file, e.g. {out / 'report.html'}")
-    run, target = run_dir.resolve(), out.resolve()
-    if not target.is_relative_to(run):
-        return
-    inside = target.relative_to(run).parts
-    if inside[0] in RUN_FOLDERS or (target.exists() and target.suffix.lower() not in REPORT_SUFFIXES):
-        raise UserError(
-            f"--out {out}: refusing to write over the run's own files; "
-            f"write the report outside {run_dir} or as RUN_DIR/report.html"
-        )
-
-
 # -- the facts --------------------------------------------------------------------------------------
 def _facts(view: RunView, top: int) -> dict:
     info = view.run_info()
