@@ -30,6 +30,12 @@ def loads(raw: str | bytes):
         raise ValueError("JSON nested too deeply") from None
 
 
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters of a model's prose: it is stored, shown and quoted in later prompts
+    (a 5.4 MB motivation was copied into every prompt after it, 2026-12-05)."""
+    return text if len(text) <= limit else text[: limit - 6] + " [...]"
+
+
 def printable(text: object) -> str:
     return CONTROL.sub("", str(text))
 

@@ -75,6 +75,20 @@ def test_text_nested_deeper_than_a_stack_is_malformed_not_a_crash():
             text.loads(raw)
 
 
+def test_a_models_prose_and_files_are_bounded():
+    """A 5.4 MB motivation was stored whole and quoted in every later prompt (red team, 2026-12-05)."""
+    from archlab.agents.parsing import CODE_CHARS, MOTIVATION_CHARS, FormatError, parse_answer
+    from archlab.templates import render_root
+
+    root = render_root("deltanet")
+    motivation, code = parse_answer("Why. " * 1_000_000 + "\n```python\n" + root + "```\n", None)
+    assert len(motivation) <= MOTIVATION_CHARS and motivation.endswith("[...]") and code == root.strip() + "\n"
+    huge = root + "\n" + "# padding\n" * (CODE_CHARS // 10)
+    with pytest.raises(FormatError) as refused:
+        parse_answer("A change of some size.\n```python\n" + huge + "```\n", None)
+    assert refused.value.reason == "too_long"
+
+
 def test_model_text_in_the_terminal_is_shown_not_obeyed(cli, run_copy):
     set_node(run_copy, 1, motivation=PAYLOAD, analysis=PAYLOAD, reason="[/]x")
     with sqlite3.connect(run_copy / "archlab.db") as db:

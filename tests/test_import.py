@@ -151,7 +151,22 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path):
             }
         )
     )
+    # each once ended in "internal error" (red team, 2026-12-05): an index SQLite cannot hold, a second
+    # node 0 (the root's id), a number where text goes, and an expression nested past the stack
+    results = [{"index": 1, "name": "a", "parent": None}, {"index": 2, "name": "b", "parent": 1}]
+    huge, zero = tmp_path / "huge.json", tmp_path / "zero.json"
+    huge.write_text(json.dumps({"results": [results[0], {**results[1], "index": 2**70}]}))
+    zero.write_text(json.dumps({"results": [results[0], {**results[1], "index": 0}]}))
+    tree = tmp_path / "tree.json"
+    tree.write_text(json.dumps({"results": results}))
+    number, nested = tmp_path / "number.json", tmp_path / "nested.json"
+    number.write_text(json.dumps([{"name": "b", "index": 2, "program": "import torch\n", "summary": 10**400}]))
+    nested.write_text("[" * 100_000 + "]" * 100_000)
     for args, words in [
+        (("asi-arch", tmp_path / "r7", huge), "indices run from 0"),
+        (("asi-arch", tmp_path / "r8", zero), "only the root"),
+        (("asi-arch", tmp_path / "r9", tree, number), "summary is not text"),
+        (("asi-arch", tmp_path / "r10", nested), "tree.json"),
         (("mlflow", tmp_path / "r1", TREE), "only format"),
         (("asi-arch", tmp_path / "r2", bad), "not JSON"),
         (("asi-arch", tmp_path / "r3", PROGRAMS), "needs data/tree.json"),

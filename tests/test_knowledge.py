@@ -256,6 +256,11 @@ def test_asi_arch_json_imports(tmp_path):
         ("bad.md", '+++\ntitle = "x"\noperators = ["warp_drive"]\n+++\n## Problem\nx\n'),
         ("bad.json", "{not json"),
         ("bad.json", json.dumps({"unrelated": 1})),
+        # each once ended the command with "internal error" (red team, 2026-12-05)
+        ("deep.json", "[" * 100_000 + "]" * 100_000),
+        ("huge.json", '[{"DESIGN_INSIGHT": ' + "9" * 5000 + "}]"),
+        ("lone.json", '[{"DESIGN_INSIGHT": "a \\ud800 b"}]'),
+        ("deep.md", '+++\nid = "x"\ntitle = "t"\nx = ' + "[" * 5000 + "]" * 5000 + "\n+++\n## Problem\nx\n"),
     ],
 )
 def test_malformed_file_errors(tmp_path, name, content):

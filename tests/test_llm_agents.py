@@ -290,23 +290,27 @@ def test_unreadable_answers_fail_the_candidate_and_the_run_goes_on(tmp_path):
     )
 
 
-def test_answers_nested_too_deep_fail_as_data_and_a_resume_goes_on(tmp_path):
-    """A body 100,000 arrays deep, then a file whose one expression is 3,000 terms long, every time it
-    is asked: each raised RecursionError, the run stopped (exit 3), and since answers are kept for
-    replay, so did every resume. Now the candidate fails as malformed and the run goes on."""
+def test_answers_too_deep_or_too_large_fail_as_data_and_a_resume_goes_on(tmp_path):
+    """A body 100,000 arrays deep, a 5 MiB body, then a file whose one expression is 3,000 terms long,
+    every time it is asked. The first and last raised RecursionError: the run stopped (exit 3) and,
+    since answers are kept for replay, so did every resume; the large one was stored whole (a 200 MiB
+    answer took 1 GB of memory and 200 MB of database). Now each fails the candidate and the run goes on."""
     run_dir = tmp_path / "run"
     deep = (
         "Scale the output by a long constant.\n\n```python\n" + ROOT + "\nSCALE = " + "+".join(["1"] * 3000) + "\n```\n"
     )
     nested = {"raw": b"[" * 100_000 + b"]" * 100_000, "content_type": "application/json"}
-    with ScriptedServer(Script(researcher=[deep] * 3, faults=[nested])) as server:
+    large = {"raw": b'{"x": "' + b"a" * (5 << 20) + b'"}', "content_type": "application/json"}
+    with ScriptedServer(Script(researcher=[deep] * 3, faults=[nested, large])) as server:
         first = archlab(*llm_args(server, run_dir, 2))
         again = archlab(*llm_args(server, run_dir, 3))
     assert first.returncode == 0 and again.returncode == 0, (first.stderr, again.stderr)
     status, reason, detail = rows(run_dir, "select status, reason, detail from nodes where id = 1")[0]
     assert (status, reason) == ("failed", "malformed") and "parse" in detail, detail
     assert rows(run_dir, "select count(*) from traces where error like '%not JSON%'")[0][0] >= 1
+    assert rows(run_dir, "select count(*) from traces where error like '%larger than 4 MiB%'")[0][0] >= 1
     assert rows(run_dir, "select count(*) from nodes where status != 'evaluating'")[0][0] == 3
+    assert (run_dir / "archlab.db").stat().st_size < 4 << 20
 
 
 def test_a_refused_request_fails_its_candidate_and_the_run_goes_on(tmp_path):

@@ -3,6 +3,9 @@
 from archlab.agents import prompting
 from archlab.agents.llm import CallFailed
 from archlab.agents.schema import Context, Trace
+from archlab.text import clip
+
+ANALYSIS_CHARS = 8_000  # it is quoted in later prompts: a few paragraphs, not a model's whole ramble
 
 
 class Analyst:
@@ -23,5 +26,5 @@ class Analyst:
             reply = self.client.chat("analyst", ctx.node_id, ctx.attempt, chat)
         except CallFailed as e:  # the node keeps its result; it only goes without an analysis
             return f"(no analysis: {e})", []
-        text = " ".join(reply.text.split()) or "(the analyst returned nothing)"
+        text = clip(" ".join(reply.text.split()), ANALYSIS_CHARS) or "(the analyst returned nothing)"
         return text, []

@@ -43,6 +43,7 @@ CHARS_PER_TOKEN = 4  # the usual rough ratio, to estimate tokens an endpoint doe
 
 DEFAULT_URL = "https://api.openai.com/v1"  # where the openai client goes without --base-url
 PREFLIGHT_TIMEOUT_S = 10.0
+MAX_ANSWER_BYTES = 4 * 2**20  # a body beyond this is unreadable: a 200 MiB answer took 1 GB and the database 200 MB
 
 
 class EndpointUnusable(UserError):
@@ -277,9 +278,13 @@ class LLMClient:
                 for chunk in response.iter_bytes():
                     if time.monotonic() > deadline:
                         raise TimeoutError
+                    if len(body) + len(chunk) > MAX_ANSWER_BYTES:
+                        raise Malformed(f"the answer is larger than {MAX_ANSWER_BYTES >> 20} MiB")
                     body += chunk
             except TimeoutError:
                 raise openai.APITimeoutError(request=request) from None
+            except Malformed:
+                raise
             except (
                 Exception
             ) as e:  # the HTTP library's errors while reading the body: openai wraps only those before it

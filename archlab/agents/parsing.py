@@ -11,6 +11,7 @@ import re
 from archlab import syntax
 from archlab.sandbox.errors import CandidateError
 from archlab.sandbox.static import static_check  # (not via sandbox.checks: the driver never imports torch)
+from archlab.text import clip
 
 FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 OPEN_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n", re.DOTALL)
@@ -21,6 +22,8 @@ EDIT = re.compile(r"<{5,}\s*SEARCH\s*\n(.*?)\n?={5,}\s*\n(.*?)\n?>{5,}\s*REPLACE
 # a model rambling to its token limit can write 60 kB, and sending all of it back could overflow
 # the context (the endpoint then refuses the re-ask). Candidate files are well under this.
 REASK_CHARS = 16_000
+MOTIVATION_CHARS = 4_000  # "a few sentences": ASI-Arch's motivations run 1-3 kB
+CODE_CHARS = 200_000  # a candidate file: ASI-Arch's largest program is ~20 kB, the templates ~8 kB
 CUT_OFF = "Your answer was cut off by the token limit before it was complete: keep the prose short. "
 
 
@@ -51,11 +54,15 @@ def parse_answer(text: str, parent_code: str | None) -> tuple[str, str]:
             "no_code",
             "Your answer had no code. Reply with your motivation in prose and the complete candidate file in one ```python block.",
         )
-    motivation = " ".join(prose.replace("```", " ").split())
+    motivation = clip(" ".join(prose.replace("```", " ").split()), MOTIVATION_CHARS)
     if len(motivation) < 10:
         raise FormatError(
             "no_motivation",
             "Explain the motivation for the change in a few sentences of prose, outside the code block.",
+        )
+    if len(code) > CODE_CHARS:
+        raise FormatError(
+            "too_long", f"The file is {len(code):,} characters; send a candidate file under {CODE_CHARS:,}."
         )
     validate_code(code)
     return motivation, code.strip() + "\n"

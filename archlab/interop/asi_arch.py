@@ -215,6 +215,10 @@ class Record:
     design: dict | None = None  # the 106.json entry
 
 
+MAX_INDEX = 2**31  # ASI-Arch's run reached 1,772
+TEXT_FIELDS = ("name", "motivation", "summary")  # a design's fields archlab stores as text
+
+
 def read(tree_path: Path, programs_path: Path | None) -> list[Record]:
     """The tree's records (parents first), each joined with its published design; UserError on a file that is not ASI-Arch's."""
     tree = _load_json(tree_path)
@@ -237,10 +241,14 @@ def read(tree_path: Path, programs_path: Path | None) -> list[Record]:
             raise UserError(f"{tree_path}: result {i} lacks an integer index, a name or a parent") from None
         if index in records:
             raise UserError(f"{tree_path}: index {index} appears twice")
+        if not 0 <= index < MAX_INDEX:  # a node's id in archlab (a SQLite integer once overflowed)
+            raise UserError(f"{tree_path}: result {i} has index {index}; indices run from 0 to {MAX_INDEX - 1}")
         records[index] = record
     roots = [r for r in records.values() if r.parent is None]
     if len(roots) != 1:
         raise UserError(f"{tree_path}: expected one root (a node without parent), found {len(roots)}")
+    if 0 in records and records[0] is not roots[0]:  # the root becomes node 0, the others keep their index
+        raise UserError(f"{tree_path}: index 0 belongs to a node with a parent; only the root may have it")
     missing = [r.index for r in records.values() if r.parent is not None and r.parent not in records]
     if missing:
         raise UserError(f"{tree_path}: node {missing[0]} names a parent that is not in the tree")
@@ -251,6 +259,9 @@ def read(tree_path: Path, programs_path: Path | None) -> list[Record]:
         for i, design in enumerate(programs):
             if not isinstance(design, dict) or not isinstance(design.get("program"), str):
                 raise UserError(f"{programs_path}: design {i} has no program")
+            odd = [k for k in TEXT_FIELDS if design.get(k) is not None and not isinstance(design[k], str)]
+            if odd:  # stored as the node's proposal and analysis (a 400-digit summary overflowed SQLite)
+                raise UserError(f"{programs_path}: design {i}'s {odd[0]} is not text")
             record = records.get(design.get("index")) if isinstance(design.get("index"), int) else None
             if record is None or record.name != design.get("name"):
                 raise UserError(

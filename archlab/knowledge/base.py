@@ -283,13 +283,21 @@ def _read(path: Path) -> str:
 
 
 def load_file(path: Path) -> list[Entry]:
-    """Entries from one `.md` or `.json` file."""
+    """Entries from one `.md` or `.json` file. The file is data: whatever in it cannot be read
+    (nesting deeper than the parser's stack, a 5,000-digit number, an escaped lone surrogate: each
+    once ended the command with "internal error") is that file's error, in one line."""
     path = Path(path)
-    if path.suffix.lower() == ".md":
-        return [parse_markdown(path)]
-    if path.suffix.lower() == ".json":
-        return parse_asi_json(path)
-    raise KnowledgeError(f"{path}: unsupported knowledge file type (use .md or .json)")
+    if path.suffix.lower() not in (".md", ".json"):
+        raise KnowledgeError(f"{path}: unsupported knowledge file type (use .md or .json)")
+    try:
+        entries = [parse_markdown(path)] if path.suffix.lower() == ".md" else parse_asi_json(path)
+        for entry in entries:
+            "".join(str(v) for v in vars(entry).values()).encode("utf-8")  # stored and printed as UTF-8
+    except KnowledgeError:
+        raise
+    except (RecursionError, ValueError, UnicodeError, TypeError) as e:
+        raise KnowledgeError(f"{path}: cannot be read as knowledge ({type(e).__name__}: {str(e)[:100]})") from None
+    return entries
 
 
 def _dir_files(directory: Path) -> list[Path]:
