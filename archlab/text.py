@@ -45,9 +45,16 @@ def terminal(text: object) -> str:
     return escape(printable(text))
 
 
+def html_text(text: object) -> str:
+    """For HTML: escaped, no control codes (a terminal showing the file would run them)."""
+    return html.escape(printable(text))
+
+
 def markdown(text: object) -> str:
-    """For Markdown: HTML escaped (a renderer would run raw HTML), no control codes."""
-    return html.escape(printable(text), quote=False)
+    """For Markdown: HTML escaped (a renderer would run raw HTML), brackets escaped (a model's
+    `![t](http://host/x.png)` became an image the reader's viewer fetched, 2026-12-05: no link,
+    image or reference can open without one), no control codes."""
+    return re.sub(r"([\[\]])", r"\\\1", html.escape(printable(text), quote=False))
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -6,7 +6,6 @@ Every figure comes from the web UI's read-only RunView (archlab/web/data.py): th
 data, node pages and highlighted diffs as `archlab serve`, so the report and the UI agree.
 """
 
-import html
 import math
 import time
 from dataclasses import dataclass
@@ -227,7 +226,7 @@ def chart(
     note: str | None = None,
 ) -> Plot:
     """A line/step/scatter chart as one standalone SVG: title, axes with nice ticks, legend, a tooltip per point."""
-    e = html.escape
+    e = text.html_text
     out = [
         f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
         f'aria-label="{e(title)}" font-family="system-ui, sans-serif" font-size="11">',
@@ -467,7 +466,7 @@ tr.hunk td { background: #ddf4ff; color: #57606a; }
 
 
 def _html(facts: dict) -> str:
-    e = html.escape
+    e = text.html_text
     name = facts["info"]["name"]
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>archlab report: {e(name)}</title>"
@@ -500,8 +499,8 @@ def _html(facts: dict) -> str:
         for m in n["metrics_table"]:
             cells = [f"<td>{e(m['metric'])}</td><td class='num'>{_num(m['node'])}</td>"]
             for ref in ("parent", "root"):
-                text, mood = _change(m["metric"], m["node"], m[ref])
-                cells.append(f"<td class='num'>{_num(m[ref])}</td><td class='num {mood}'>{e(text)}</td>")
+                change, mood = _change(m["metric"], m["node"], m[ref])
+                cells.append(f"<td class='num'>{_num(m[ref])}</td><td class='num {mood}'>{e(change)}</td>")
             parts.append(f"<tr>{''.join(cells)}</tr>")
         parts += [
             "</table>",
@@ -537,7 +536,7 @@ def _archive_rows(g: dict) -> list[tuple[str, list[dict | None]]]:
 def _archive_html(g: dict, in_report: set[int]) -> str:
     """The grid as a table, each elite coloured like the web UI's tree (green above the root, red
     below) and linked to its section when it is one of the report's nodes."""
-    e = html.escape
+    e = text.html_text
     span = max([abs(c["fitness"]) for c in g["cells"]] + [0.0])
     rows = []
     for label, cells in _archive_rows(g):
