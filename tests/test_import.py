@@ -62,6 +62,8 @@ def test_the_git_lineage_follows_the_tree_through_nodes_without_code(imported):
     # node 7's parent (3) has no code: its commit descends from the nearest ancestor with code, the root
     assert [p.hexsha for p in repo.commit(sha[7]).parents] == [sha[0]]
     assert [p.hexsha for p in repo.commit(sha[4]).parents] == [sha[2]]
+    doctor = helpers.cli("doctor", imported)  # records without code are no damage (it said so, 2026-12-05)
+    assert doctor.returncode == 0 and doctor.stdout.strip().endswith("consistent"), doctor.stdout
     show = helpers.cli("show", imported, 4, "--json")
     facts = json.loads(show.stdout)
     assert "-        use_gate: bool = True," in facts["diff"] and "+        use_gate: bool = False," in facts["diff"]

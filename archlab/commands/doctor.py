@@ -193,7 +193,8 @@ def _check_code(store: Store, nodes: list[dict], tags: dict, lineage: Lineage, r
 def _check_node(node: dict, by_id: dict, tags: dict, lineage: Lineage, report: Report) -> None:
     nid = node["id"]
     if nid not in tags:
-        report.add("error", f"node {nid} has no commit (tag node-{nid} missing)")
+        if not (node["status"] == "imported" and node["commit_sha"] is None):  # a record published without code
+            report.add("error", f"node {nid} has no commit (tag node-{nid} missing)")
         return
     if node["commit_sha"] != tags[nid]:
         report.add("error", f"node {nid}: row says commit {node['commit_sha']}, tag says {tags[nid]}")
@@ -203,7 +204,10 @@ def _check_node(node: dict, by_id: dict, tags: dict, lineage: Lineage, report: R
     except (ValueError, git.exc.GitError) as e:
         report.add("error", f"node {nid}: commit {tags[nid]} cannot be read ({e})")
         return
-    wanted = [parent["commit_sha"]] if parent else []
+    coded = parent  # the nearest ancestor with code: an imported record without any is skipped in git
+    while coded is not None and coded["commit_sha"] is None and coded["parent_id"] is not None:
+        coded = by_id.get(coded["parent_id"])
+    wanted = [coded["commit_sha"]] if coded else []
     if node["parent_id"] is not None and parent is None:
         report.add("error", f"node {nid}: parent {node['parent_id']} has no row")
     elif parents != wanted:
