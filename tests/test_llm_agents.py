@@ -313,6 +313,19 @@ def test_answers_too_deep_or_too_large_fail_as_data_and_a_resume_goes_on(tmp_pat
     assert (run_dir / "archlab.db").stat().st_size < 4 << 20
 
 
+def test_the_same_file_with_other_words_is_not_trained_twice(tmp_path):
+    """The novelty gate compares motivation and diff within a bounded window: a long enough motivation
+    hid a byte-identical file, trained again as the next node (red team, 2026-12-05)."""
+    run_dir = tmp_path / "run"
+    answers = [f"{words}\n\n```python\n{GATED}```\n" for words in ("Use a sigmoid gate.", "Bound the gate. " * 3000)]
+    with ScriptedServer(Script(researcher=[answers[0]] + [answers[1]] * 3)) as server:
+        done = archlab(*llm_args(server, run_dir, 3))
+    assert done.returncode == 0, done.stderr
+    assert rows(run_dir, "select status from nodes where id = 1")[0][0] == "done"
+    status, reason, detail = rows(run_dir, "select status, reason, detail from nodes where id = 2")[0]
+    assert (status, reason) == ("failed", "malformed") and "not_novel" in detail, detail
+
+
 def test_a_refused_request_fails_its_candidate_and_the_run_goes_on(tmp_path):
     """A 400 for one request (the context is too long) is that candidate's failure, not the endpoint's."""
     run_dir = tmp_path / "run"

@@ -52,6 +52,8 @@ class Researcher:
                 ), traces
             try:
                 motivation, code = parse_answer(reply.text, ctx.parent_code)
+                if ctx.seen_code(code):  # the same file with other words: a similarity of prose may miss it
+                    raise FormatError("not_novel", "This exact file is already in the tree: propose another change.")
                 similar = novelty.too_similar(motivation, code, ctx.parent_code, ctx.known, self.novelty_threshold)
                 if similar is not None:
                     raise FormatError(
