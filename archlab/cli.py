@@ -1354,7 +1354,8 @@ def _check_endpoint(run_dir: Path, config: RunConfig, given: dict, trusted: bool
     on the command line, or trusted."""
     if trusted:
         return
-    keys = ("address",) if config.llm == "offline" else ("base_url", "api_key_env", "address")
+    keys = () if config.address in (None, "auto") else ("address",)  # auto: this machine's own cluster
+    keys += () if config.llm == "offline" else ("base_url", "api_key_env")
     unconfirmed = [
         k
         for k in keys
