@@ -51,10 +51,11 @@ def html_text(text: object) -> str:
 
 
 def markdown(text: object) -> str:
-    """For Markdown: HTML escaped (a renderer would run raw HTML), brackets escaped (a model's
-    `![t](http://host/x.png)` became an image the reader's viewer fetched, 2026-12-05: no link,
-    image or reference can open without one), no control codes."""
-    return re.sub(r"([\[\]])", r"\\\1", html.escape(printable(text), quote=False))
+    """For Markdown: HTML escaped (a renderer would run raw HTML), the joints of link syntax
+    escaped (a model's `![t](http://host/x.png)` became an image the reader's viewer fetched,
+    2026-12-05: no inline link, image or reference opens without `](`, `][` or `]:`), no control
+    codes. Brackets alone, as in "rho 0.94 [0.52, 1.00]", stay as they are."""
+    return re.sub(r"\]([(\[:])", r"]\\\1", html.escape(printable(text), quote=False))
 
 
 def redact(text: str, secret: str | None) -> str:
