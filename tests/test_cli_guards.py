@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,9 @@ def test_hour_budgets_must_be_positive_and_the_help_agrees(cli, run_dir):
     ).stdout
     hours = [line for line in help_text.splitlines() if "--hours " in line]
     assert hours and "x>=0.0" not in hours[0] and "> 0" in hours[0], hours
+
+
+def test_python_dash_m_archlab_is_the_cli():
+    """`python -m archlab` said "No module named archlab.__main__" (a newcomer, 2026-12-05)."""
+    proc = subprocess.run([sys.executable, "-m", "archlab", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Usage: python -m archlab" in proc.stdout, proc.stderr

@@ -21,6 +21,7 @@ LAYERS = [
     {"interop", "export"},  # other systems' records in, our runs out
     {"web"},  # the review UI and the HTML report
     {"cli"},
+    {"__main__"},  # `python -m archlab`: the CLI
 ]
 ROOT = Path(archlab.__file__).parent
 
