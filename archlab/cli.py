@@ -749,8 +749,8 @@ def _warn_weak_sandbox(config) -> None:
     lx = launch.launcher()
     if lx.kind != "bwrap":
         console.print(
-            f"[yellow]warning:[/] the sandbox runs on the weaker '{lx.kind}' launcher here (bubblewrap refused: "
-            f"{lx.facts.get('refused', {}).get('bwrap', '?')[:160].strip()}); see `archlab doctor`",
+            f"[yellow]warning:[/] the sandbox runs on the weaker '{lx.kind}' launcher here "
+            f"(not bubblewrap: {terminal(launch.why_not_bwrap(lx))}); see `archlab doctor`",
             highlight=False,
         )
 

@@ -1114,3 +1114,14 @@ def test_a_constant_on_every_output_buys_no_slack_in_the_causality_checks():
     y = x.copy()
     y[0, 3, 0] += 1e-3
     assert scorer.leak(x + 1e6, y + 1e6) >= 1e-3 / scorer.PART_SCALE
+
+
+def test_why_the_sandbox_is_not_on_bubblewrap_is_one_line(monkeypatch):
+    """A newcomer (2026-12-05): doctor's table held a child's whole traceback, and a launcher chosen on
+    purpose with ARCHLAB_SANDBOX warned "bubblewrap refused: ?" on every run."""
+    probe = launch.Launcher(
+        "unshare", True, {"refused": {"bwrap": "Traceback (most recent call last):\n  x\nE: gone\n"}}
+    )
+    assert launch.why_not_bwrap(probe) == "E: gone"
+    monkeypatch.setenv("ARCHLAB_SANDBOX", "unshare")
+    assert launch.why_not_bwrap(launch.Launcher("unshare", True, {})) == "ARCHLAB_SANDBOX=unshare chose it"

@@ -753,6 +753,17 @@ def install_seccomp(libc=None) -> None:
 # ---------------------------------------------------------------------------------------------
 # what `archlab doctor` prints
 # ---------------------------------------------------------------------------------------------
+def why_not_bwrap(lx: "Launcher") -> str:
+    """Why the sandbox is not on bubblewrap, in one line: the user's choice, or the last line of
+    what the probe said (its whole output held a child's traceback, shown in doctor's table)."""
+    said = lx.facts.get("refused", {}).get("bwrap")
+    if said is None:
+        forced = os.environ.get("ARCHLAB_SANDBOX")
+        return f"ARCHLAB_SANDBOX={forced} chose it" if forced else "not probed"
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    return (lines[-1] if lines else "no reason given")[:160]
+
+
 def report(refresh: bool = False) -> dict:
     """Every layer and whether it is active on this machine (probed, not assumed)."""
     lx = launcher(refresh)
@@ -764,7 +775,7 @@ def report(refresh: bool = False) -> dict:
         (
             "launcher",
             bwrap,
-            f"{lx.kind}" + ("" if bwrap else f" (bubblewrap refused: {f.get('refused', {}).get('bwrap', '?')[:200]})"),
+            f"{lx.kind}" + ("" if bwrap else f" (not bubblewrap: {why_not_bwrap(lx)})"),
         ),
         ("PID namespace", namespaces and f.get("pid", 99) < 10, f"a server sees itself as pid {f.get('pid')}"),
         (
