@@ -114,7 +114,7 @@ def test_status_of_a_run_whose_root_failed(cli, run_dir, tmp_path):
     broken = tmp_path / "broken_root.py"
     broken.write_text(code[:body] + "        raise RuntimeError('broken on purpose')\n" + code[body:])
     message = helpers.assert_user_error(cli("run", run_dir, "--root", broken, "--tier", "micro", "--max-nodes", 2))
-    assert "root candidate was rejected" in message
+    assert "root candidate was rejected" in message and "start a new run directory" in message
     table = cli("status", run_dir)
     assert table.returncode == 0, table.stderr
     assert "node 0 failed (" in " ".join(table.stdout.split())

@@ -43,7 +43,8 @@ def ensure_root(run, on_node: Callable[[dict], None]) -> None:
         hint = (
             "; fix the cause and run the same command again: the root is then evaluated again"
             if result.reason in ROOT_RETRY_REASONS
-            else ""
+            else f"; a run keeps the root it started with: fix the file and start a new run directory, "
+            f"or delete {run.dir}"  # (re-running here met the stored root again, whatever the file said)
         )
         raise UserError(f"the root candidate was rejected ({result.reason}): {result.detail}{hint}")
     run.store.update_node(
