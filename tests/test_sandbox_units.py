@@ -990,14 +990,14 @@ def test_the_checks_count_parameters_from_the_weights_a_server_sends():
         ([4096], "linear", 2),  # one busy measurement, then a quiet one
         ([4096, 1024], "linear", 2),  # busy at another length each time: the best time per length is clean
         ([4096, 4096], "linear", 3),
-        ([4096, 4096, 4096], "quadratic", 3),  # growth that every measurement shows is kept
+        ([4096] * scorer.CLOCK_MEASUREMENTS, "quadratic", scorer.CLOCK_MEASUREMENTS),  # growth every one shows
     ],
     ids=["quiet", "once", "elsewhere", "twice", "always"],
 )
 def test_a_clock_only_superlinear_verdict_is_measured_again(spikes, verdict, measurements):
     """The scorer's clock is noisy on a busy machine: growth on the clock alone, with the counts linear,
-    is measured up to three times, keeping the best time at each length (two tables judged one by one
-    failed a linear MLP under CI's load)."""
+    is measured up to CLOCK_MEASUREMENTS times, keeping the best time at each length (two tables judged
+    one by one failed a linear MLP under CI's load)."""
     tier = resolve("check", {"d_model": 64, "seq_len": 64, "complexity_lengths": (256,)})
     steady = helpers.mixer(
         "for _ in range(8):\n    x = torch.tanh(self.proj(x))\nreturn x\n"
