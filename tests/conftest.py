@@ -76,7 +76,7 @@ def micro_run(tmp_path_factory) -> Path:
 @pytest.fixture
 def run_copy(micro_run, tmp_path) -> Path:
     """A private copy of the shared micro run, free to change, corrupt or damage."""
-    return Path(shutil.copytree(micro_run, tmp_path / "copy"))
+    return helpers.copy_run(micro_run, tmp_path / "copy")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import math
 import os
 import queue
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -396,3 +397,10 @@ class Mixer(nn.Module):
 {fwd}
 {more}"""
     )
+
+
+def copy_run(src: Path, dst: Path, *ignore: str) -> Path:
+    """A private copy of a shared, finished run (and not the `ignore` patterns). Not SQLite's -wal and
+    -shm files: a finished run's are empty, and a reader elsewhere that closes its connection deletes
+    them, which failed a copy that had listed them (CI, 2026-12-03)."""
+    return Path(shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.db-wal", "*.db-shm", *ignore)))

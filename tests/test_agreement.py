@@ -7,7 +7,6 @@ import json
 import math
 import random
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -245,7 +244,7 @@ def test_web_ui_shows_the_agreement_in_the_header_and_on_the_plots_page(promoted
     from helpers import CHROMIUM, CHROMIUM_ARGS, Server
 
     run = tmp_path / "run"
-    shutil.copytree(promoted_run, run)
+    helpers.copy_run(promoted_run, run)
     server = Server(run)
     problems = []
     try:

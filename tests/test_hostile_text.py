@@ -5,7 +5,6 @@ directories (the shared micro run, copied), the real CLI in child processes.
 """
 
 import json
-import shutil
 import sqlite3
 import tomllib
 from pathlib import Path
@@ -107,7 +106,7 @@ def test_model_text_in_the_terminal_is_shown_not_obeyed(cli, run_copy):
 
 # -- Markdown and HTML --------------------------------------------------------------------------------
 def test_reports_escape_model_text_and_odd_metrics(cli, review_run, tmp_path):
-    run_copy = Path(shutil.copytree(review_run, tmp_path / "copy"))  # children trained: in "Top nodes"
+    run_copy = helpers.copy_run(review_run, tmp_path / "copy")  # children trained: in "Top nodes"
     with sqlite3.connect(run_copy / "archlab.db") as db:
         node = (
             db.execute("select id, metrics from nodes where status = 'done' and id > 0").fetchone()

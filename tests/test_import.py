@@ -7,7 +7,6 @@ process, the run's SQLite and git, the sandbox for replays and the forked search
 """
 
 import json
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -195,7 +194,7 @@ def test_an_imported_run_is_not_grown_but_forked(imported):
 @pytest.mark.e2e
 def test_replay_trains_imported_designs_in_the_sandbox_and_catches_the_leak(imported, tmp_path):
     run = tmp_path / "asi"
-    shutil.copytree(imported, run)
+    helpers.copy_run(imported, run)
     ok = helpers.cli("replay", run, 2, "--tier", "micro", "--seeds", 1, "--json", timeout=600)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     node = next(n for n in json.loads(ok.stdout)["nodes"] if n["node"] == 2)
@@ -230,7 +229,7 @@ def test_the_web_ui_shows_an_imported_design_with_its_published_curve(imported, 
     from helpers import CHROMIUM, CHROMIUM_ARGS, Server
 
     run = tmp_path / "asi"
-    shutil.copytree(imported, run)
+    helpers.copy_run(imported, run)
     server = Server(run)
     problems = []
     try:

@@ -3,7 +3,6 @@ training, real git): a replay repeats the recorded validation loss, stores its e
 beside the originals, and a fork grows a new run from a node."""
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -20,7 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]  # replays and forks (6
 @pytest.fixture
 def run(review_run, tmp_path) -> Path:
     copy = tmp_path / "run"
-    shutil.copytree(review_run, copy)
+    helpers.copy_run(review_run, copy)
     return copy
 
 

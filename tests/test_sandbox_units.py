@@ -1070,6 +1070,26 @@ def test_the_clock_sees_work_a_forged_count_hides_and_answers_must_agree():
     assert e.value.reason == "non_causal" and "length 1024 and one of length 4096" in e.value.detail
 
 
+def test_the_clock_times_one_thread_and_gives_the_server_its_threads_back():
+    """Two threads' CPU time includes their waiting for each other, which grows with the machine's load
+    and the input's length (CI: the root DeltaNet named T^1.80 at 2 threads; idle and loaded, one thread
+    gives T^0.84-1.25): every forward the clock times runs on one thread, and only those."""
+    seen = helpers.mixer("THREADS.append(torch.get_num_threads())\nreturn self.proj(x)\n", top="THREADS = []\n")
+    tier = resolve("check", {"d_model": 32, "seq_len": 64, "complexity_lengths": (256,)})
+    ev = loopback.evaluation(seen, tier)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the server's threads (the loopback server runs in this process)
+    try:
+        ev._clock(ev.a, "Mixer", 32, 64)
+        timed = list(ev.a.server.candidate.THREADS)
+        ev.a.ask("part", {"x": np.zeros((1, 8, 32), np.float32)}, part="Mixer", seed=0, dtype="float32", train=False)
+        after = ev.a.server.candidate.THREADS[len(timed) :]
+    finally:
+        torch.set_num_threads(before)
+    assert timed and set(timed) == {1}
+    assert after == [2]  # the requests that do not ask keep the server's threads
+
+
 @pytest.mark.parametrize(
     "forced, path, says",
     [

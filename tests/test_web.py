@@ -9,7 +9,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.browser
 def served(review_run, tmp_path_factory):
     """A copy of the session's small trained run (the browser test grows it) and a server on it."""
     run = tmp_path_factory.mktemp("web") / "run"
-    shutil.copytree(review_run, run)
+    helpers.copy_run(review_run, run)
     server = Server(run)
     yield run, server
     server.stop()
@@ -235,7 +234,7 @@ def test_steering_from_the_page_needs_the_flag_and_its_token(served, review_run,
     _, readonly = served
     assert _post(readonly, "/api/steer", b'{"action": "stop"}', None) == 404  # no such route
     run = tmp_path_factory.mktemp("steer") / "run"
-    shutil.copytree(review_run, run)
+    helpers.copy_run(review_run, run)
     helpers.assert_user_error(helpers.cli("serve", run, "--allow-steer", "--host", "0.0.0.0"))
     server = Server(run, "--allow-steer")
     try:

@@ -835,7 +835,8 @@ class Evaluation:
     def _clock(self, a: Server, part: str, d_model: int, seq_len: int, best: list | None = None) -> dict:
         """This side's time of one forward of the part (evaluation mode, batch 1, float32) at
         CLOCK_BASE_LENGTH and at 4x and 16x the training length (at least 1,024 and 4,096 tokens, where
-        attention's T^2 outweighs any projection), each the best of CLOCK_REPEATS requests on fresh inputs
+        attention's T^2 outweighs any projection), on one CPU thread (two threads' CPU time on a busy
+        2-core machine named the root T^1.80 in CI, and ran 2-150x one thread's), each the best of CLOCK_REPEATS requests on fresh inputs
         drawn here (and of `best`, the times of an earlier measurement): the growth exponent of the two long
         forwards less the short one's time (a request's fixed cost), and whether it is resolved (see
         CLOCK_RESOLUTION_S). Time added anywhere cannot hide growth, only slowing the middle request
@@ -856,7 +857,14 @@ class Evaluation:
             for x in xs:
                 started = self._clock_now(a)
                 _, out = a.ask(
-                    "part", {"x": x[:, :t]}, part=part, seed=5, dtype="float32", train=False, d_model=d_model
+                    "part",
+                    {"x": x[:, :t]},
+                    part=part,
+                    seed=5,
+                    dtype="float32",
+                    train=False,
+                    d_model=d_model,
+                    threads=1,
                 )
                 seconds[i] = min(seconds[i], self._clock_now(a) - started)
                 outputs[i].append(array(out, "y", (1, t, d_model), f"{part}.forward"))

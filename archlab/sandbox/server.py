@@ -48,15 +48,22 @@ class Server:
     def part(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """A fresh Mixer (or FFN) built in random state `seed`, in float64/float32, train or eval mode,
         at the tier's width or `d_model`, applied to `x` with dropout drawn from `seed` too (so two
-        servers draw the same masks)."""
+        servers draw the same masks), on `threads` CPU threads if given (the clock's requests ask for
+        one: the CPU time of more threads includes their waiting for each other, which grows with the
+        machine's load and the tensors' size)."""
         import torch
 
         d = int(req.get("d_model", self.tier.d_model))
         module = self._build_part(req["part"], int(req["seed"]), getattr(torch, req["dtype"]), bool(req["train"]), d)
         x = self._tensor(arrays["x"]).to(getattr(torch, req["dtype"]))
-        with torch.set_grad_enabled(bool(req.get("grad"))):
-            torch.manual_seed(int(req["seed"]))
-            y = self._call(module, x.requires_grad_(bool(req.get("grad"))), req["part"])
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(req.get("threads", threads)))
+        try:
+            with torch.set_grad_enabled(bool(req.get("grad"))):
+                torch.manual_seed(int(req["seed"]))
+                y = self._call(module, x.requires_grad_(bool(req.get("grad"))), req["part"])
+        finally:
+            torch.set_num_threads(threads)
         return {}, {"y": y.detach()}
 
     def step(self, req: dict, arrays: dict) -> tuple[dict, dict]:
