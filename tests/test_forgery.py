@@ -215,6 +215,38 @@ def _capacity_outside_the_weights() -> str:
     )
 
 
+# The harness's own code runs in the candidate's process, where the candidate can replace it: what is
+# scored must still be the harness's model around the candidate's parts (scorer.compose_in_s).
+MODEL = "import sys\nMODEL = sys.modules['archlab.sandbox.model']\n"
+HARNESS_PATCHED = {
+    # red team, 2026-12-05: a parameter-free copy rule (the token after the longest earlier match of the
+    # current suffix) mixed into the logits, causal and alike in every server: -12.9% at smoke
+    "copy_rule_in_the_lm": MODEL
+    + """
+FORWARD = MODEL.LM.forward
+def forward(self, tokens):
+    logits = FORWARD(self, tokens)
+    if self.training:
+        return logits
+    b, t = tokens.shape
+    earlier = (tokens[:, :, None] == tokens[:, None, :]) & torch.ones(t, t, dtype=torch.bool).tril(-1)
+    last = torch.where(earlier, torch.arange(t), -1).max(-1).values  # the last earlier match of this token
+    nxt = torch.gather(tokens, 1, (last + 1).clamp(0, t - 1))
+    boost = F.one_hot(nxt, 256).to(logits) * 3.0 * (last >= 0)[..., None]
+    return logits + boost
+MODEL.LM.forward = forward
+""",
+    "a_wider_harness_mlp": MODEL  # the harness MLP applied twice: capacity no budget counts
+    + """
+SWIGLU = MODEL.SwiGLU.forward
+MODEL.SwiGLU.forward = lambda self, x: SWIGLU(self, x) + SWIGLU(self, SWIGLU(self, x))
+""",
+    "a_sharper_head": MODEL  # the tied head at a temperature the candidate chose
+    + """
+FORWARD = MODEL.LM.forward
+MODEL.LM.forward = lambda self, tokens: FORWARD(self, tokens) * (1.0 if self.training else 1.3)
+""",
+}
 HARDWARE = {"extras", "int8"}  # what only a hardware tier measures
 CASES = {
     "plain": (mixer(), {}),
@@ -228,6 +260,7 @@ CASES = {
     **{f"leaks_{name}": (_leaking(*src), {}) for name, src in SCORED_LEAKS.items()},
     "capacity_after_the_first_model": (_capacity_after_the_first_model(), {}),
     "capacity_outside_the_weights": (_capacity_outside_the_weights(), {}),
+    **{f"harness_{name}": (mixer(top=src), {}) for name, src in HARNESS_PATCHED.items()},
 }
 
 
@@ -259,7 +292,7 @@ def test_a_forged_reply_is_a_rejection_of_that_candidate(results, name):
     (it never raises: a run goes on)."""
     result = results[f"forged_{name}"]
     assert not result.ok, (name, result.metrics)
-    assert result.reason in ("crash", "shape", "nan", "non_causal", "error", "params"), (
+    assert result.reason in ("crash", "shape", "nan", "non_causal", "error", "params", "tamper"), (
         name,
         result.reason,
         result.detail,
@@ -287,6 +320,65 @@ def test_capacity_the_budget_does_not_count_earns_nothing(results, name):
     weights do not carry is missing in the fresh scored server, whose outputs then disagree."""
     result = results[name]
     assert not result.ok and result.reason in ("params", "non_causal", "error"), (name, result.reason, result.detail)
+
+
+@pytest.mark.parametrize("name", list(HARNESS_PATCHED))
+def test_the_harness_code_a_candidate_replaces_is_not_what_is_scored(results, name):
+    """The scorer composes every scored row by the harness's shell around the parts, each computed in a
+    server that holds nothing but its weights: a server whose LM.forward, MLP or head was replaced
+    scored something else, and the candidate is rejected whatever the servers agree among themselves."""
+    result = results[f"harness_{name}"]
+    assert not result.ok and result.reason == "tamper", (name, result.reason, result.detail)
+    assert "composed from each part's outputs alone" in result.detail
+
+
+def test_honest_scores_are_the_harness_models():
+    """The same composition of an honest hybrid (the harness's attention in every second layer) with a
+    candidate FFN agrees with the scored logits to a small fraction of the tolerance."""
+    ffn = """
+class FFN(nn.Module):
+    def __init__(self, d_model, **kwargs):
+        super().__init__()
+        self.up, self.down = nn.Linear(d_model, 2 * d_model), nn.Linear(2 * d_model, d_model)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)) ** 2)
+"""
+    result = runner.evaluate(mixer(top='LAYERS = "MA"\n') + ffn, "micro", threads=1, **OFF)
+    assert result.ok, result
+    assert result.metrics["shell_gap"] < scorer.SHELL_TOLERANCE["cpu"][0] / 100
+
+
+def test_probe_scores_from_replaced_harness_code_are_refused():
+    """red team, 2026-12-05: a token-level solver added to the probe model's logits by a patched
+    LM.forward scored mqar 1.000 and selcopy 1.000 (the same mixer honestly: 0.06 / 0.07)."""
+    solver = (
+        MODEL
+        + """
+FORWARD = MODEL.LM.forward
+def forward(self, tokens):
+    logits = FORWARD(self, tokens)
+    if self.training or self.embed.weight.shape[1] != 32:  # the probe model only
+        return logits
+    b, t = tokens.shape
+    earlier = (tokens[:, :, None] == tokens[:, None, :]) & torch.ones(t, t, dtype=torch.bool).tril(-1)
+    last = torch.where(earlier, torch.arange(t), -1).max(-1).values
+    nxt = torch.gather(tokens, 1, (last + 1).clamp(0, t - 1))
+    return logits + F.one_hot(nxt, 256).to(logits) * 50.0 * (last >= 0)[..., None]
+MODEL.LM.forward = forward
+"""
+    )
+    cheap = {
+        "steps": 20,
+        "d_model": 64,
+        "seq_len": 64,
+        "batch_size": 8,
+        "val_windows": 16,
+        "complexity_lengths": [128, 512],
+        "probes": {"d_model": 32, "steps": 20, "eval_examples": 64},
+    }
+    result = runner.evaluate(mixer(top=solver), "explore", threads=1, tier_overrides=cheap, **OFF)
+    assert not result.ok and result.reason == "tamper" and "probe sequences" in result.detail, result
 
 
 # -- data a candidate cannot see (F6) -------------------------------------------------------------

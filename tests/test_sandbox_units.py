@@ -25,7 +25,7 @@ import torch
 import helpers
 import loopback
 from archlab import templates
-from archlab.sandbox import contract, launch, scorer, wire
+from archlab.sandbox import contract, launch, scorer, shell, wire
 from archlab.sandbox.data import (
     BUILTIN,
     DOC_VAL_FRACTION,
@@ -501,6 +501,49 @@ def test_the_model_shell_shapes_layers_and_step():
         assert len(states) == 3
         assert torch.allclose(torch.stack(stepped, 1), logits, atol=1e-4, rtol=1e-4)
     assert model.embed.weight.shape == (256, tier.d_model)
+
+
+WITH_FFN = (
+    HYBRID
+    + """
+
+class FFN(nn.Module):
+    def __init__(self, d_model, **kwargs):
+        super().__init__()
+        self.up = nn.Linear(d_model, 2 * d_model)
+        self.down = nn.Linear(2 * d_model, d_model)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)) ** 2)
+"""
+)
+
+
+@pytest.mark.parametrize("source", [HYBRID, WITH_FFN], ids=["harness_mlp", "candidate_ffn"])
+def test_the_scorers_shell_composes_the_models_logits_from_its_parts(source):
+    """shell.logits (numpy, in the scorer) around the parts' outputs is model.LM.forward: attention
+    layers, the harness MLP, norms, residuals and the tied head computed from the weights alone."""
+    tier = resolve("micro", {"n_layers": 3})
+    torch.manual_seed(0)
+    model = LM(contract.load(source), tier).eval()
+    for p in model.parameters():  # trained-looking weights: no norm left at one, no bias at zero
+        p.data += 0.05 * torch.randn_like(p)
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    tokens = np.random.default_rng(0).integers(0, 256, (3, 24))
+    asked = []
+
+    def part(kind, layer, x):
+        asked.append((kind, layer))
+        block = model.blocks[layer]
+        with torch.no_grad():
+            return (block.mixer if kind == "Mixer" else block.ffn)(torch.from_numpy(x).float()).double().numpy()
+
+    composed = shell.logits(tokens, weights, model.pattern, tier.n_heads, "FFN" in source, part)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(tokens)).numpy()
+    assert scorer.logprob_gap(expected, composed) < 1e-4
+    ffn = [("FFN", i) for i in range(3)] if "FFN" in source else []
+    assert sorted(asked) == sorted([("Mixer", 0), ("Mixer", 2), *ffn])  # the A layer and the MLP: computed
 
 
 def test_a_mixer_output_of_the_wrong_shape_is_a_shape_rejection():

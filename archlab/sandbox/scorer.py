@@ -1,7 +1,7 @@
 """The trusted side of an evaluation: it owns the data, the targets, every loss, verdict and
 count, and never runs candidate code (numpy only: it does not even import torch).
 
-An evaluation runs up to four model servers of the candidate (server.py), each in its own
+An evaluation runs up to five model servers of the candidate (server.py), each in its own
 sandbox (launch.py), and no two of them hold the candidate's code at the same time:
 - A: parameters are counted from the weights it sends (safetensors), for every mixer and FFN
   instance of the model and of the probe model; complexity is measured below, at and above the
@@ -18,6 +18,10 @@ sandbox (launch.py), and no two of them hold the candidate's code at the same ti
   the text after a random cut replaced, in another order (with the weights it was scored with);
   its log-probabilities must equal theirs up to each cut. Then the forward pass decoding must
   agree with, and decoding resumed from the state B handed back at half the context.
+- S, holding no model, last: every row B and P scored is composed here by the harness's own shell
+  (shell.py, numpy) around the candidate's parts, each part computed by S from its own weights
+  sent with the request; the logits must be the scored ones (a server's harness code is the
+  candidate's to change).
 Every reply is checked for shape, dtype and finiteness; a malformed one rejects the candidate
 (`crash`), never the run; a watchdog kills the servers at the wall-clock backstop.
 """
@@ -38,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from archlab.sandbox import clock, launch, wire, zygote
+from archlab.sandbox import clock, launch, shell, wire, zygote
 from archlab.sandbox.curves import VAL_WINDOWS, Curves, val_steps
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, probe_batch, probe_tasks
 from archlab.sandbox.errors import DETAIL_LIMIT, CandidateError
@@ -81,6 +85,11 @@ CUTS = (0, 1, 15, 16, 31, 63, 64, 65)  # inside and across the usual chunk sizes
 # Trained models' logits, B against C (they batch differently), as log-probabilities: the most a
 # leak can move the loss of one token. Measured honest gaps: see the `causal_gap` metric.
 CAUSAL_TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}
+# The scored logits against the harness's shell composed here around the parts' outputs (shell.py), as
+# log-probabilities: (the largest gap of any token, the mean over positions of each one's largest).
+# CPU: float32 in B against float64 here, measured below 1e-5 nats. A GPU scores under bf16 autocast
+# while the shell is float64: an estimate, not yet measured on a GPU.
+SHELL_TOLERANCE = {"cpu": (1e-3, 1e-3), "cuda": (1.0, 5e-2)}
 DECODE_TOLERANCE = {"cpu": 1e-2, "cuda": 1e-1}  # token-by-token decoding against the forward pass, nats
 # Integers in the weights, all told: counters and index buffers fit; more were weights in disguise
 # (bfloat16 bit patterns the int8 score skipped, or several packed into each: red team, 2026-12-04).
@@ -548,7 +557,7 @@ class Evaluation:
         self._lock, self.closed = threading.Lock(), False
         hide = tuple(str(Path(p).resolve()) for p in [opt.get("data")] if p)
         self.isolate = bool(launch.launcher().facts.get("isolates"))
-        roles = ("A", "B", *(("P",) if tier.probes is not None else ()), "C") if tier.steps else ("A", "B")
+        roles = ("A", "B", *(("P",) if tier.probes is not None else ()), "C", "S") if tier.steps else ("A", "B")
         for name in roles:
             (host_dir / name).mkdir()
             os.chmod(host_dir / name, 0o777)  # the plain and unshare launchers: the dropped uid works in it
@@ -660,6 +669,10 @@ class Evaluation:
         if self.tier.hardware:
             self.hardware_in_c(c)
         self._end("C")
+        self.progress("checking the scores: the harness's model")
+        s = self._start("S")
+        self.compose_in_s(s)
+        self._end("S")
         return self.metrics
 
     # -- checks ----------------------------------------------------------------------------------
@@ -704,10 +717,13 @@ class Evaluation:
     def checks_in_a(self, a: Server, plan: list) -> tuple:
         """Parameters, complexity, one forward/backward, and the first pass of every comparison."""
         tier, d = self.tier, self.tier.d_model
-        _, weights = a.ask("build", model="lm")
+        header, weights = a.ask("build", model="lm")
         self.layouts = {"lm": _layout(weights)}
+        self.patterns = {"lm": _pattern(header, tier.n_layers)}
         if tier.probes is not None and tier.steps:
-            self.layouts["probe"] = _layout(a.ask("build", model="probe")[1])
+            header, probe = a.ask("build", model="probe")
+            self.layouts["probe"] = _layout(probe)
+            self.patterns["probe"] = _pattern(header, tier.probes.n_layers)
         self.metrics["param_limit"] = self._limit(d)  # the budget per block at this width; None: no budget
         self.metrics["mixer_params"] = budget(weights, d, tier.n_layers, self.has_ffn, self.metrics["param_limit"])
         self.metrics["params"] = int(sum(w.size for w in weights.values()))
@@ -1086,6 +1102,50 @@ class Evaluation:
         self.pending.append((inputs, logits, model, copies, what, weights or self.weights))
         return logits
 
+    def compose_in_s(self, s: Server) -> None:
+        """Every row B and P scored, composed here by the harness's shell (shell.py: embeddings, norms,
+        residuals, the harness MLP and attention, the head) around the candidate's parts, each layer's
+        computed by S from that part's weights alone, the rows in a new random order and batching at
+        every layer; the logits must be the scored ones. What a server computes outside its parts
+        (a patched LM.forward, MLP or head) is not the harness's, whatever the checks between servers
+        say: S never holds a model, a token or another part's weights."""
+        tol_max, tol_mean = SHELL_TOLERANCE[self.device]
+        gap = 0.0
+        for inputs, logits, model, _, what, weights in self.pending:
+            held = {k[len(model) + 1 :]: v for k, v in weights.items() if k.startswith(model + ".")}
+            d = held["embed.weight"].shape[1]
+            batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
+
+            def part(kind: str, layer: int, x: np.ndarray) -> np.ndarray:
+                prefix = f"blocks.{layer}.{kind.lower() if kind == 'FFN' else 'mixer'}."
+                sent = {"w." + k: v for k, v in shell.sub(held, prefix).items()}
+                y = np.empty_like(x)
+                for rows in np.array_split(self.rng.permutation(len(x)), max(1, math.ceil(len(x) / batch))):
+                    out = s.ask(
+                        "part",
+                        {"x": x[rows].astype(np.float32), **sent},
+                        part=kind,
+                        seed=0,
+                        dtype="float32",
+                        train=False,
+                        d_model=d,
+                        autocast=True,
+                    )[1]
+                    y[rows] = array(out, "y", (len(rows), *x.shape[1:]), f"{kind}.forward of block {layer}")
+                return y
+
+            composed = shell.logits(inputs, held, self.patterns[model], self.tier.n_heads, self.has_ffn, part)
+            diff = np.abs(log_softmax(logits) - log_softmax(composed)).max(-1)
+            gap = max(gap, float(diff.max()))
+            if not (diff.max() <= tol_max and diff.mean() <= tol_mean):
+                raise CandidateError(
+                    "tamper",
+                    f"the {what} were not scored by the harness's model around the candidate's parts: its "
+                    f"log-probabilities, composed from each part's outputs alone, differ by up to "
+                    f"{diff.max():.1e} nats ({diff.mean():.1e} on average; the harness's code was changed)",
+                )
+        self.metrics["shell_gap"] = gap
+
     def check_copies(self, c: Server) -> None:
         """C, loaded from the same weights, scores copies of every row B scored, each with the text after
         a random cut replaced by another row's, in another random order: its logits must equal B's up
@@ -1215,6 +1275,16 @@ class Evaluation:
 def _model_weights(weights: dict, model: str) -> dict:
     """One model's part of the weights (lm.* or probe.*): a scoring server holds no other."""
     return {k: v for k, v in weights.items() if k.startswith(model + ".")}
+
+
+def _pattern(header: dict, n_layers: int) -> str:
+    """Which layers are the harness's attention (A) and which the candidate's mixer (M), as the server
+    built them: a wrong answer only makes the scorer's shell compute something else than the scored
+    server did, and the candidate rejected."""
+    pattern = header.get("pattern")
+    if not (isinstance(pattern, str) and len(pattern) == n_layers and set(pattern) <= {"M", "A"}):
+        raise CandidateError("crash", f"server A sent no layer pattern of {n_layers} layers")
+    return pattern
 
 
 def _layout(weights: dict) -> dict:

@@ -46,25 +46,39 @@ class Server:
 
     # -- requests --------------------------------------------------------------------------------
     def part(self, req: dict, arrays: dict) -> tuple[dict, dict]:
-        """A fresh Mixer (or FFN) built in random state `seed`, in float64/float32, train or eval mode,
-        at the tier's width or `d_model`, applied to `x` with dropout drawn from `seed` too (so two
-        servers draw the same masks), on `threads` CPU threads if given (the clock's requests ask for
-        one: the CPU time of more threads includes their waiting for each other, which grows with the
-        machine's load and the tensors' size)."""
+        """A fresh Mixer (or FFN) built in random state `seed` (or holding the weights sent as "w.NAME":
+        a trained one), in float64/float32, train or eval mode, at the tier's width or `d_model`, applied
+        to `x` with dropout drawn from `seed` too (so two servers draw the same masks), as a model's
+        logits are (bf16 autocast on a GPU) when `autocast`, on `threads` CPU threads if given (the
+        clock's requests ask for one: the CPU time of more threads includes their waiting for each
+        other, which grows with the machine's load and the tensors' size)."""
+        import contextlib
+
         import torch
+
+        from archlab.sandbox.model import autocast
 
         d = int(req.get("d_model", self.tier.d_model))
         module = self._build_part(req["part"], int(req["seed"]), getattr(torch, req["dtype"]), bool(req["train"]), d)
+        weights = {k[2:]: self._tensor(v) for k, v in arrays.items() if k.startswith("w.")}
+        if weights:
+            try:
+                module.load_state_dict(weights, strict=True)
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise CandidateError("error", f"the trained {req['part']}'s weights do not fit a fresh one: {e}"[:600])
         x = self._tensor(arrays["x"]).to(getattr(torch, req["dtype"]))
         threads = torch.get_num_threads()
         torch.set_num_threads(int(req.get("threads", threads)))
         try:
-            with torch.set_grad_enabled(bool(req.get("grad"))):
+            with (
+                torch.set_grad_enabled(bool(req.get("grad"))),
+                autocast(self.device) if req.get("autocast") else contextlib.nullcontext(),
+            ):
                 torch.manual_seed(int(req["seed"]))
                 y = self._call(module, x.requires_grad_(bool(req.get("grad"))), req["part"])
         finally:
             torch.set_num_threads(threads)
-        return {}, {"y": y.detach()}
+        return {}, {"y": (y.float() if req.get("autocast") else y).detach()}
 
     def step(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """The mixer's step() over every position of `x` (evaluation mode), its outputs stacked."""
@@ -103,6 +117,7 @@ class Server:
         """A fresh model of the tier's shape (or the probe model's), in the training's random state;
         replies with its weights (the scorer counts them), or loads the weights it is sent."""
         model = self._new_model(req["model"])
+        facts = {"pattern": model.pattern}  # which layers are the harness's attention (the scorer's shell)
         if arrays:
             try:
                 model.load_state_dict({k: self._tensor(v) for k, v in arrays.items()}, strict=True)
@@ -111,8 +126,8 @@ class Server:
                     "error", f"the trained weights do not fit a freshly built model: {e}"[:600]
                 ) from None
             model.to(self.device)
-            return {}, {}
-        return {}, self._weights(model)
+            return facts, {}
+        return facts, self._weights(model)
 
     def check_lm(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """One forward/backward of the whole model on the tokens given: are loss and gradients finite?"""
