@@ -126,7 +126,7 @@ SERVER.Server.logits = lambda self, req, arrays: ({}, {"logits": torch.zeros(1, 
     + """
 import os
 from archlab.sandbox import train as T
-T.train_step = lambda *args, **kwargs: os._exit(0)
+T.gradients = lambda *args, **kwargs: os._exit(0)
 """,
 }
 
@@ -1033,7 +1033,8 @@ def test_peak_memory_is_that_of_the_training_the_scores_depend_on():
     )
     assert honest.ok and noop.ok and reset.ok and hungry.ok, (honest, noop, reset, hungry)
     peak = honest.metrics["peak_mem_mb"]
-    assert min(noop.metrics["peak_mem_mb"], reset.metrics["peak_mem_mb"]) >= 0.9 * peak, (peak, noop, reset)
+    # (honest: 44-46 MB between runs, the reset 42.7: polling misses some short peaks; before: 34.4 of 44.4)
+    assert min(noop.metrics["peak_mem_mb"], reset.metrics["peak_mem_mb"]) >= 0.85 * peak, (peak, noop, reset)
     assert hungry.metrics["peak_mem_mb"] >= peak + 100, (peak, hungry.metrics)
 
 
@@ -1241,47 +1242,42 @@ def test_attention_in_children_the_kernel_would_reap_is_timed():
     assert not result.ok and result.reason == "quadratic", result
 
 
-DEFERRED_TRAINING = (
+# The training recipe is the harness's: a server only reports each step's gradients at the parameters
+# it is sent, and the scorer runs the optimizer (optim.py). Before, a patched optimizer (4x the
+# learning rate, warm-up 2) took val_loss 23% lower at micro (red team 4).
+OWN_RECIPE = (
     SERVER
     + """
-import math
-from archlab import candidate as progress
-from archlab.sandbox import train as harness
-def train(self, req, arrays):
-    tier = harness.probe_tier(self.tier) if req["model"] == "probe" else self.tier
-    model = self._new_model(req["model"]).train()
-    opt, schedule = harness.optimizer(model, tier)
-    queue, loss = [], [float("nan")]
-    def drain():
-        for step, (inputs, targets) in queue:
-            progress._set_training_progress(step / tier.steps)
-            loss[0] = harness.train_step(model, opt, schedule, inputs, targets, self.device, "loss")
-        queue.clear()
-    for step in range(tier.steps):
-        wire.send(SERVER.REPLY_FD, {"need": step, "loss": loss[0] if math.isfinite(loss[0]) else None})
-        header, batch = wire.receive(0, SERVER.MAX_REQUEST)
-        if header.get("snapshot"):
-            drain()
-            wire.send(SERVER.REPLY_FD, {"snapshot": step}, {k: v.numpy() for k, v in self._weights(model).items()})
-        queue.append((step, tuple(self._tensor(batch[k]).long() for k in ("inputs", "targets"))))
-        if header.get("snapshot"):
-            drain()
-    drain()
-    progress._set_training_progress(1.0)
-    return {"train_loss": loss[0]}, self._weights(model)
-SERVER.Server.train = train
+TRAIN = sys.modules["archlab.sandbox.train"]
+_gradients = TRAIN.gradients
+def gradients(model, *args, **kwargs):
+    loss = _gradients(model, *args, **kwargs)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.01 * p.grad  # its own steps, on its own copy
+                p.grad *= 4.0  # and larger gradients
+    return loss
+TRAIN.gradients = gradients
 """
 )
 
 
-def test_training_hidden_where_weights_are_copied_is_timed():
-    """A server that answered every request for a batch at once and trained in the intervals where it
-    sends copies of its weights (once untimed) showed 3.6x the plain mixer's throughput with the
-    same weights (red team). The training time now runs from the fourth batch to the final reply."""
-    plain, deferred = (runner.evaluate(mixer(top=top), "micro", threads=1, **OFF) for top in ("", DEFERRED_TRAINING))
-    assert plain.ok and deferred.ok, (plain, deferred)
-    assert deferred.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"], abs=1e-3)  # the same training
-    assert deferred.metrics["tokens_per_s"] < 2 * plain.metrics["tokens_per_s"], (deferred.metrics, plain.metrics)
+def test_the_optimizer_is_the_scorers():
+    """A server's own steps and scaled gradients change nothing (its copy is overwritten by the next
+    step's parameters; Adam is blind to the gradients' scale), and a buffer that training moves is
+    refused: what a model learns is a parameter, which only the scorer's optimizer trains."""
+    trained_buffer = mixer(
+        "if self.training:\n    with torch.no_grad():\n        self.w -= 0.01 * x.mean()\nreturn self.proj(x) + self.w\n",
+        init='self.register_buffer("w", torch.zeros(d_model))\n',
+    )
+    plain, own, buffer = (
+        runner.evaluate(source, "micro", threads=1, **OFF)
+        for source in (mixer(), mixer(top=OWN_RECIPE), trained_buffer)
+    )
+    assert plain.ok and own.ok, (plain, own)
+    assert own.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"], abs=1e-3)
+    assert not buffer.ok and buffer.reason == "tamper" and "buffer 'blocks.0.mixer.w'" in buffer.detail, buffer
 
 
 def test_a_matrix_kept_flat_is_quantised_like_a_matrix():
@@ -1315,26 +1311,27 @@ PROBE_AS_NGRAM = (
     + """
 TRAIN = sys.modules["archlab.sandbox.train"]
 COUNTS = torch.ones(256, 256)
-_step, _train, _logits = TRAIN.train_step, SERVER.Server.train, SERVER.Server.logits
+_gradients, _logits = TRAIN.gradients, SERVER.Server.logits
 
-def train_step(model, opt, schedule, inputs, targets, *a, **k):
+def ffn(named):
+    return sorted(k for k in named if ".ffn." in k)
+
+def gradients(model, inputs, targets, *a, **k):
+    loss = _gradients(model, inputs, targets, *a, **k)
     if model.embed.weight.shape[1] != 64 or inputs.shape[1] > 64:  # the LM's batches, not the probe's
         COUNTS.index_put_((inputs.reshape(-1).cpu(), targets.reshape(-1).cpu()), torch.ones(inputs.numel()), accumulate=True)
-    return _step(model, opt, schedule, inputs, targets, *a, **k)
-
-def ffn(weights):
-    return sorted(k for k in weights if ".ffn." in k)
-
-def train(self, req, arrays):
-    header, weights = _train(self, req, arrays)
-    if req["model"] == "probe":
-        flat = torch.cat([weights[k].reshape(-1) for k in ffn(weights)])
-        flat[: 256 * 256] = (COUNTS / COUNTS.sum(1, keepdim=True)).log().reshape(-1)
+    else:  # the probe model's FFN steered towards the table by the gradients it reports
+        params = dict(model.named_parameters())
+        table = (COUNTS / COUNTS.sum(1, keepdim=True)).log().reshape(-1)
         at = 0
-        for k in ffn(weights):
-            weights[k] = flat[at : at + weights[k].numel()].reshape(weights[k].shape).clone()
-            at += weights[k].numel()
-    return header, weights
+        for key in ffn(params):
+            p = params[key]
+            n = min(p.numel(), max(0, table.numel() - at))
+            target = p.detach().clone().reshape(-1)
+            target[:n] = table[at : at + n]
+            p.grad = (p.detach() - target.reshape(p.shape)).clone()
+            at += p.numel()
+    return loss
 
 def logits(self, req, arrays):
     head, out = _logits(self, req, arrays)
@@ -1344,7 +1341,7 @@ def logits(self, req, arrays):
         out = {"logits": table[self._tensor(arrays["tokens"]).long()]}
     return head, out
 
-TRAIN.train_step, SERVER.Server.train, SERVER.Server.logits = train_step, train, logits
+TRAIN.gradients, SERVER.Server.logits = gradients, logits
 """
 )
 

@@ -25,7 +25,7 @@ import torch
 import helpers
 import loopback
 from archlab import templates
-from archlab.sandbox import contract, launch, scorer, shell, wire
+from archlab.sandbox import contract, launch, optim, scorer, shell, wire
 from archlab.sandbox.data import (
     BUILTIN,
     DOC_VAL_FRACTION,
@@ -544,6 +544,43 @@ def test_the_scorers_shell_composes_the_models_logits_from_its_parts(source):
     assert scorer.logprob_gap(expected, composed) < 1e-4
     ffn = [("FFN", i) for i in range(3)] if "FFN" in source else []
     assert sorted(asked) == sorted([("Mixer", 0), ("Mixer", 2), *ffn])  # the A layer and the MLP: computed
+
+
+def test_the_scorers_optimizer_is_torchs_adamw_schedule_and_clipping():
+    """optim.AdamW (numpy, in the scorer) takes the steps the harness took with torch: AdamW with
+    weight decay on matrices only, warm-up then cosine decay (LambdaLR), clipping to a global norm of
+    1; a parameter without a gradient in a step is left alone, as torch leaves it."""
+    rng = np.random.default_rng(0)
+    start = {"w": rng.standard_normal((6, 4)).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    torch_params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in start.items()}
+    opt = torch.optim.AdamW(
+        [{"params": [torch_params["w"]], "weight_decay": 0.1}, {"params": [torch_params["b"]], "weight_decay": 0.0}],
+        lr=3e-3,
+        betas=(0.9, 0.95),
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: optim.lr_factor(s, 12, 3))
+    ours = optim.AdamW(start, 3e-3, 12, 3)
+    for step in range(12):
+        grads = {
+            k: (rng.standard_normal(v.shape) * (5.0 if step % 4 == 0 else 0.05)).astype(np.float32)
+            for k, v in start.items()
+        }
+        if step == 5:
+            del grads["b"]  # no gradient this step
+        opt.zero_grad(set_to_none=True)
+        for k, g in grads.items():
+            torch_params[k].grad = torch.from_numpy(g.copy())
+        torch.nn.utils.clip_grad_norm_(list(torch_params.values()), 1.0)
+        opt.step()
+        schedule.step()
+        ours.step(grads)
+    for k, p in torch_params.items():
+        assert np.allclose(ours.params[k], p.detach().numpy(), rtol=1e-5, atol=1e-6), k
+    with pytest.raises(CandidateError) as e:
+        ours.step({"w": np.full((6, 4), np.inf, np.float32)})
+    assert e.value.reason == "nan"
+    with pytest.raises(CandidateError):
+        ours.step({"w": np.zeros((4, 6), np.float32)})  # a gradient of no parameter's shape
 
 
 def test_a_mixer_output_of_the_wrong_shape_is_a_shape_rejection():

@@ -5,10 +5,11 @@ An evaluation runs up to five model servers of the candidate (server.py), each i
 sandbox (launch.py), and no two of them hold the candidate's code at the same time:
 - A: parameters are counted from the weights it sends (safetensors), for every mixer and FFN
   instance of the model and of the probe model; complexity is measured below, at and above the
-  training length; the first pass of every causality comparison; then training, on batches it
-  is sent one per step and timed from here (with a copy of its weights at a few steps, asked for
-  with their batch, for the validation curve: curves.py); its peak memory through training.
-- B, loaded from A's LM weights only: the perturbed copies of the check comparisons and step()
+  training length; the first pass of every causality comparison; then training: it is sent one
+  batch per step with the parameters to take it at and replies with the gradients, and the
+  optimizer runs here (optim.py), so the trained weights are this side's (copies at a few steps
+  give the validation curve: curves.py); timed from here; its peak memory through training.
+- B, loaded from the trained LM weights only: the perturbed copies of the check comparisons and step()
   against A's forward(); then the scored rows (validation windows in a random order, long
   windows), one decoding request per token (timed from here), the state it hands back; once
   every score is taken, A's copies on a few validation windows (the display-only curve), then
@@ -42,13 +43,13 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from archlab.sandbox import clock, launch, shell, wire, zygote
+from archlab.sandbox import clock, launch, optim, shell, wire, zygote
 from archlab.sandbox.curves import VAL_WINDOWS, Curves, val_steps
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, probe_batch, probe_tasks
 from archlab.sandbox.errors import DETAIL_LIMIT, CandidateError
 from archlab.sandbox.progress import Progress
 from archlab.sandbox.request import param_budget
-from archlab.sandbox.tiers import Tier
+from archlab.sandbox.tiers import Tier, probe_tier
 
 FLOP_EXPONENT_LIMIT = 1.25  # growth of FLOPs or memory traffic with length above this is super-linear
 # This side's clock: one forward at CLOCK_LONG / CLOCK_SPAN x and CLOCK_LONG x the training length (at
@@ -171,25 +172,26 @@ class Server:
     def train(
         self,
         which: str,
-        steps: int,
+        tier: Tier,
         batches,
         progress,
+        built: dict,
         curves: Curves | None = None,
         snapshots: tuple[int, ...] | list[int] = (),
     ) -> tuple[dict, dict, float, int, dict]:
-        """Serve `steps` training batches on request; returns the final reply, the weights, the
-        seconds from sending the fourth batch to the final reply (the first three pay for warm-up) and
-        the tokens of the batches in that time, and the copies of the weights it sent before each step
-        in `snapshots` (asked for with that step's batch). The copies are timed with the training: a
-        server that answered every request at once and trained in the untimed copies showed 3.6x its
-        throughput (red team, 2026-12-05). The loss it reports with each request goes to the progress
-        display and to `curves`."""
+        """Serve `tier.steps` training batches on request, each with the parameters to take the step
+        at, and run the optimizer (optim.py) on the gradients each request brings. Returns the final
+        reply, the trained weights (`built`, the model as it was built, with the optimizer's
+        parameters), the seconds from sending the fourth batch to the final reply (the first three
+        pay for warm-up) and the tokens of the batches in that time, and copies of the weights before
+        each step in `snapshots`. The loss it reports with each request goes to the progress display
+        and to `curves`."""
         self._send({"op": "train", "model": which})
         self.rss_peak, watching = 0, threading.Event()
         watcher = threading.Thread(target=self._watch_memory, args=(watching,), daemon=True)
         watcher.start()
         try:
-            return self._train(which, steps, batches, progress, curves, snapshots)
+            return self._train(tier, batches, progress, built, curves, snapshots)
         finally:
             watching.set()
             watcher.join()
@@ -201,36 +203,47 @@ class Server:
         while not done.wait(MEMORY_POLL_S):
             self.rss_peak = max(self.rss_peak, _memory(self.host_pid()))
 
-    def _train(self, which, steps, batches, progress, curves, snapshots) -> tuple[dict, dict, float, int, dict]:
-        tokens, started, copies = 0, None, {}
-        for step in range(steps):
-            header, _ = self._receive()
+    def _train(self, tier, batches, progress, built, curves, snapshots) -> tuple[dict, dict, float, int, dict]:
+        tokens, started, copies, groups, opt = 0, None, {}, [], None
+        for step in range(tier.steps):
+            header, arrays = self._receive()
             if header.get("need") != step:
                 raise CandidateError(
                     "crash", f"server {self.name} asked for {str(header)[:100]} instead of training batch {step}"
                 )
-            progress(step=step, steps=steps, loss=header.get("loss"))
+            if step == 0:
+                groups = _parameter_groups(header.get("params"), built)
+                opt = optim.AdamW({names[0]: built[names[0]] for names in groups}, tier.lr, tier.steps, tier.warmup)
+            else:
+                opt.step(_named(arrays, "g."))
+            progress(step=step, steps=tier.steps, loss=header.get("loss"))
             if curves is not None and step:
                 curves.train_loss(step, header.get("loss"))
+            if step in snapshots:
+                copies[step] = _trained(built, groups, opt.params)
             inputs, targets = next(batches)
             if step == 3:
                 started = time.perf_counter()
             tokens += inputs.size if step >= 3 else 0
-            sent = time.perf_counter()
-            self._send({"snapshot": True} if step in snapshots else {}, {"inputs": inputs, "targets": targets})
-            if step in snapshots:
-                copy, copies[step] = self._receive()
-                if copy.get("snapshot") != step:
-                    raise CandidateError(
-                        "crash", f"server {self.name} sent {str(copy)[:100]} instead of its weights after step {step}"
-                    )
-                if curves is not None:
-                    curves.val_cost_s += time.perf_counter() - sent
-        header, weights = self._receive()
+            params = {"p." + k: v for k, v in opt.params.items()}
+            self._send({}, {"inputs": inputs, "targets": targets, **params})
+        header, arrays = self._receive()
+        opt.step(_named(arrays, "g."))
         seconds = time.perf_counter() - started if started is not None else 0.0
         if curves is not None:
-            curves.train_loss(steps, header.get("train_loss"))
-        return header, weights, seconds, tokens, copies
+            curves.train_loss(tier.steps, header.get("train_loss"))
+        trained = _trained(built, groups, opt.params)
+        buffers = _named(arrays, "b.")
+        for key in sorted(set(trained) - {n for names in groups for n in names}):
+            if key not in buffers or buffers[key].shape != built[key].shape:
+                raise CandidateError("crash", f"server {self.name} did not send the buffer {key[:80]!r} after training")
+            if not np.array_equal(buffers[key], built[key]):
+                raise CandidateError(
+                    "tamper",
+                    f"training changed the buffer {key[:80]!r}: what a model learns must be a parameter, which "
+                    "the scorer's optimizer trains (a buffer stays as the model was built)",
+                )
+        return header, trained, seconds, tokens, copies
 
     def host_pid(self) -> int | None:
         """The model server's pid as this machine sees it: its /proc is readable from here."""
@@ -718,11 +731,10 @@ class Evaluation:
         """Parameters, complexity, one forward/backward, and the first pass of every comparison."""
         tier, d = self.tier, self.tier.d_model
         header, weights = a.ask("build", model="lm")
-        self.layouts = {"lm": _layout(weights)}
+        self.built = {"lm": weights}  # where training starts: the optimizer here takes it on (optim.py)
         self.patterns = {"lm": _pattern(header, tier.n_layers)}
         if tier.probes is not None and tier.steps:
-            header, probe = a.ask("build", model="probe")
-            self.layouts["probe"] = _layout(probe)
+            header, self.built["probe"] = a.ask("build", model="probe")
             self.patterns["probe"] = _pattern(header, tier.probes.n_layers)
         self.metrics["param_limit"] = self._limit(d)  # the budget per block at this width; None: no budget
         self.metrics["mixer_params"] = budget(weights, d, tier.n_layers, self.has_ffn, self.metrics["param_limit"])
@@ -930,10 +942,10 @@ class Evaluation:
         self.progress("training")
         self.curves = Curves(tier.steps, self.seed)
         header, weights, seconds, tokens, copies = a.train(
-            "lm", tier.steps, batches, self.progress, self.curves, val_steps(tier.steps, tier.val_points)
+            "lm", tier, batches, self.progress, self.built["lm"], self.curves, val_steps(tier.steps, tier.val_points)
         )
-        weights = canonical(self._as_built(weights, "lm"))
-        self.copies = {step: copy for step, copy in ((s, _same_shapes(c, weights)) for s, c in copies.items()) if copy}
+        weights = canonical(weights)
+        self.copies = {step: canonical(copy) for step, copy in copies.items()}
         self.metrics["mixer_params"] = budget(
             weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit(tier.d_model)
         )
@@ -953,9 +965,13 @@ class Evaluation:
             started = time.perf_counter()
             self.progress("training the probes")
             header, probe, _, _, _ = a.train(
-                "probe", p.steps, (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)), self.progress
+                "probe",
+                probe_tier(tier),
+                (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)),
+                self.progress,
+                self.built["probe"],
             )
-            probe = canonical(self._as_built(probe, "probe"))
+            probe = canonical(probe)
             budget(probe, p.d_model, p.n_layers, self.has_ffn, self._limit(p.d_model))
             self.metrics.update(
                 probe_train_loss=number(header, "train_loss", "probe training"),
@@ -978,21 +994,9 @@ class Evaluation:
             measured = max(0, max(_memory(a.host_pid(), "VmHWM"), a.rss_peak) - a.warm_hwm)
         self.metrics.update(
             peak_mem_mb=measured / 2**20,
-            activation_mem_mb=max(0, measured - 16 * n) / 2**20,  # less weights, gradients, AdamW's moments
+            # less the weights, their gradients and the copies of both the pipe takes (the moments are here)
+            activation_mem_mb=max(0, measured - 16 * n) / 2**20,
         )
-
-    def _as_built(self, weights: dict, model: str) -> dict:
-        """The trained weights, which must have the names and shapes the model had when it was first
-        built, before any training text: a name is free text that no budget counts, and trained
-        weights packed into the names of empty tensors reached B and C (red team, 2026-12-05)."""
-        if _layout(weights) != self.layouts[model]:
-            extra = sorted(set(weights) - set(self.layouts[model]))
-            raise CandidateError(
-                "params",
-                f"the trained {model} model's weights are not the ones it was built with (names or shapes; "
-                f"new: {', '.join(extra[:3])[:200] or 'none'})",
-            )
-        return weights
 
     def _load(self, server: Server, weights: dict) -> None:
         for model in ("lm", "probe"):
@@ -1287,19 +1291,44 @@ def _pattern(header: dict, n_layers: int) -> str:
     return pattern
 
 
-def _layout(weights: dict) -> dict:
-    return {k: tuple(w.shape) for k, w in weights.items()}
+def _parameter_groups(groups, built: dict) -> list[list[str]]:
+    """The parameters as server A names them for training: lists of names of one tensor each, every
+    name a float weight of the model as built and in one list only. A name it leaves out stays as
+    built (it gets no training); one it adds that is not a parameter gets Adam's steps and nothing more."""
+    if not (
+        isinstance(groups, list)
+        and all(isinstance(g, list) and g and all(isinstance(n, str) for n in g) for g in groups)
+    ):
+        raise CandidateError("crash", "server A sent no valid list of the parameters it trains")
+    seen: set = set()
+    for names in groups:
+        for name in names:
+            if (
+                name in seen
+                or name not in built
+                or built[name].dtype.kind != "f"
+                or built[name].shape != built[names[0]].shape
+            ):
+                raise CandidateError(
+                    "params",
+                    f"server A trains {name[:80]!r}, which is not a float weight of the model as it was built with "
+                    "(each once): a name is free text no budget counts",
+                )
+            seen.add(name)
+    return groups
 
 
-def _same_shapes(copy: dict, weights: dict) -> dict | None:
-    """A copy of the weights sent during training, as the scorer serves weights, if it has the
-    final weights' names and shapes (else None: it is left out of the validation curve)."""
-    if copy.keys() != weights.keys() or any(copy[k].shape != weights[k].shape for k in weights):
-        return None
-    try:
-        return canonical(copy)
-    except CandidateError:
-        return None
+def _named(arrays: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _trained(built: dict, groups: list[list[str]], params: dict) -> dict:
+    """The model as built, with the optimizer's parameters under every name each one has."""
+    out = dict(built)
+    for names in groups:
+        for name in names:
+            out[name] = params[names[0]].copy()
+    return out
 
 
 def _memory(pid: int | None, field: str = "VmRSS") -> int:

@@ -146,43 +146,49 @@ class Server:
         return {"finite": finite}, {}
 
     def train(self, req: dict, arrays: dict) -> tuple[dict, dict]:
-        """Train a fresh model on the batches the scorer sends, one per request for the next step."""
+        """A fresh model's gradients on the batches the scorer sends, one per request for the next step,
+        each at the parameters sent with it ("p.NAME"); each request after the first carries the
+        previous step's gradients ("g.NAME"), the first the parameters' names, the final reply the
+        last step's gradients and the buffers ("b.NAME": the scorer checks that training left them
+        as built)."""
         import torch
 
         from archlab.sandbox import train
-        from archlab.sandbox.train import probe_tier
+        from archlab.sandbox.tiers import probe_tier
 
         which = req["model"]
         tier = probe_tier(self.tier) if which == "probe" else self.tier
         if self.device.type == "cuda":  # a GPU's peak is the allocator's, which only the server can read
             torch.cuda.reset_peak_memory_stats(self.device)
         model = self._new_model(which).train()
-        opt, schedule = train.optimizer(model, tier)
-        loss = float("nan")
+        params = train.parameters(model)
+        loss, grads = float("nan"), {}
         try:
             for step in range(tier.steps):
                 # (the last step's loss, for the scorer's progress display and loss curve; the wire refuses NaN)
-                wire.send(REPLY_FD, {"need": step, "loss": loss if math.isfinite(loss) else None})
-                header, batch = wire.receive(0, MAX_REQUEST)
-                if header.get("snapshot"):  # a copy of the weights so far, for the validation curve (curves.py)
-                    wire.send(REPLY_FD, {"snapshot": step}, {k: v.numpy() for k, v in self._weights(model).items()})
+                header = {"need": step, "loss": loss if math.isfinite(loss) else None}
+                if step == 0:
+                    header["params"] = [names for names, _ in params]
+                wire.send(REPLY_FD, header, {k: _array(v) for k, v in grads.items()} or None)
+                _, batch = wire.receive(0, MAX_REQUEST)
+                with torch.no_grad():
+                    for names, p in params:
+                        p.copy_(self._tensor(batch["p." + names[0]]))
                 inputs, targets = (
                     self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets")
                 )
-                candidate_api._set_training_progress(
-                    step / tier.steps
-                )  # between optimizer steps (archlab/candidate.py)
-                loss = train.train_step(
-                    model, opt, schedule, inputs, targets, self.device, f"{which} training loss at step {step}"
-                )
+                candidate_api._set_training_progress(step / tier.steps)  # between steps (archlab/candidate.py)
+                loss = train.gradients(model, inputs, targets, self.device, f"{which} training loss at step {step}")
+                grads = {"g." + names[0]: p.grad for names, p in params if p.grad is not None}
                 if step % 50 == 49:
                     print(f"[server] {which} step {step + 1}/{tier.steps} loss {loss:.3f}", flush=True)
         finally:
             candidate_api._set_training_progress(1.0)  # frozen for every measurement
-        del opt, schedule
+        named = {n for names, _ in params for n in names}
+        buffers = {"b." + k: v for k, v in self._weights(model).items() if k not in named}
         torch.manual_seed(self.seed)
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return {"train_loss": loss, "cuda_peak_bytes": peak}, self._weights(model)
+        return {"train_loss": loss, "cuda_peak_bytes": peak}, grads | buffers
 
     def logits(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         import torch
@@ -246,7 +252,7 @@ class Server:
         import torch
 
         from archlab.sandbox.model import LM
-        from archlab.sandbox.train import probe_tier
+        from archlab.sandbox.tiers import probe_tier
 
         torch.manual_seed(self.seed + (1 if which == "probe" else 0))
         model = LM(self.candidate, probe_tier(self.tier) if which == "probe" else self.tier).to(self.device)
@@ -319,7 +325,7 @@ class Server:
 def warm_up(device, *, train: bool, count: bool) -> None:
     """Run the server's own torch paths once before the candidate exists (in the launch pad, and
     on a GPU in each server): torch finishes its lazy imports while the standard library is still
-    readable (a dropped uid may not read it under the fallback launchers). `train`: the optimizer;
+    readable (a dropped uid may not read it under the fallback launchers). `train`: a backward pass;
     `count`: the FLOP counter (each imports TorchDynamo, ~1.2 s of CPU)."""
     import importlib
     import types
@@ -340,8 +346,7 @@ def warm_up(device, *, train: bool, count: bool) -> None:
     model = LM(tiny, tier).to(device)
     inputs = torch.randint(0, 256, (2, 8), device=device)
     if train:
-        opt, schedule = training.optimizer(model, tier)
-        training.train_step(model, opt, schedule, inputs, inputs, device, "warm-up")
+        training.gradients(model, inputs, inputs, device, "warm-up")
     model.eval()
     with torch.no_grad(), autocast(device):
         lm_loss(model, inputs, inputs)

@@ -152,4 +152,20 @@ def describe(tier: Tier) -> dict:
     return tier.model_dump(mode="json")
 
 
-__all__ = ["Probes", "Tier", "TIERS", "TierError", "resolve", "describe"]
+def probe_tier(tier: Tier) -> Tier:
+    """The shape of the model trained on the synthetic probes."""
+    p = tier.probes
+    return Tier(
+        name=f"{tier.name}-probes",
+        d_model=p.d_model,
+        n_heads=tier.n_heads,
+        n_layers=p.n_layers,
+        seq_len=p.seq_len,
+        batch_size=p.batch_size,
+        steps=p.steps,
+        lr=p.lr,
+        warmup=min(30, p.steps // 10),
+    )
+
+
+__all__ = ["Probes", "Tier", "TIERS", "TierError", "resolve", "describe", "probe_tier"]
