@@ -146,3 +146,12 @@ def test_checkpointed_threads(tmp_path):
     else:
         raise AssertionError("an unreadable checkpoint database raises sqlite3.DatabaseError")
     assert json.dumps(sorted(checkpointed_threads(path)))  # a plain set of names
+
+
+def test_a_rate_over_seconds_of_compute_is_not_shown():
+    """`status` showed 4.5 million evaluations per CPU-hour for a run whose candidates were rejected in
+    0 s (newcomer, 2026-12-05): under 10 s of compute there is no rate."""
+    from archlab.commands.status import per_hour
+
+    assert per_hour(5, 5 / 3600) is None and per_hour(5, 0.0) is None
+    assert per_hour(6, 0.5) == 12.0

@@ -172,6 +172,13 @@ def ranked(node: dict) -> dict:
     return {**summary(node), **{k: node.get(k) for k in FIDELITY_KEYS}}
 
 
+RATE_MIN_HOURS = 10 / 3600  # below 10 s of compute a rate is noise (candidates rejected in 0 s: 4.5 million/h)
+
+
+def per_hour(count: int, hours: float) -> float | None:
+    return count / hours if hours >= RATE_MIN_HOURS else None
+
+
 def spend(store: Store, config: RunConfig) -> dict:
     """Evaluations and compute per tier and kind, totals, throughput per CPU/GPU-hour, and the budgets."""
     rows = store.spend()
@@ -179,16 +186,16 @@ def spend(store: Store, config: RunConfig) -> dict:
     gpu = sum(r["gpu_hours"] for r in rows)
     count = sum(r["evaluations"] for r in rows)
     for r in rows:
-        r["evaluations_per_cpu_hour"] = r["evaluations"] / r["cpu_hours"] if r["cpu_hours"] else None
-        r["evaluations_per_gpu_hour"] = r["evaluations"] / r["gpu_hours"] if r["gpu_hours"] else None
+        r["evaluations_per_cpu_hour"] = per_hour(r["evaluations"], r["cpu_hours"])
+        r["evaluations_per_gpu_hour"] = per_hour(r["evaluations"], r["gpu_hours"])
     return {
         "by_tier": rows,
         "evaluations": count,
         "cpu_hours": cpu,
         "gpu_hours": gpu,
         "wall_hours": sum(r["wall_hours"] for r in rows),
-        "evaluations_per_cpu_hour": count / cpu if cpu else None,
-        "evaluations_per_gpu_hour": count / gpu if gpu else None,
+        "evaluations_per_cpu_hour": per_hour(count, cpu),
+        "evaluations_per_gpu_hour": per_hour(count, gpu),
         "max_cpu_hours": config.max_cpu_hours,
         "max_gpu_hours": config.max_gpu_hours,
     }
