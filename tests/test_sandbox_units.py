@@ -1170,6 +1170,62 @@ def test_the_clock_times_one_thread_and_gives_the_server_its_threads_back():
     assert after == [2]  # the requests that do not ask keep the server's threads
 
 
+# A Hyena-like mixer (the newcomer's root with archlab's `norm` edit): a short convolution, implicit long
+# filters from an MLP over positions, order-2 gated FFT convolutions, a bias-free projection and a norm
+# (which scales up the rounding where outputs are small). Causal, but its float32 rounding depends on the
+# transform's length (above the 1e-4 tolerance between lengths; float64: ~1e-13).
+FFT_GATED = helpers.mixer(
+    """
+    b, t, d = x.shape
+    z = self.short(self.inp(x).transpose(1, 2))[..., :t]
+    v, *gates = z.split(d, dim=1)
+    pos = torch.arange(t, device=x.device, dtype=x.dtype)[:, None]
+    ang = pos * torch.linspace(1e-4, 1.0, 8, device=x.device, dtype=x.dtype)[None] * math.pi
+    k = self.filters(torch.cat([pos / 1000.0, torch.sin(ang), torch.cos(ang)], -1)) * torch.exp(-0.3 * pos / 16.0)
+    k = k.view(t, 2, d).permute(1, 2, 0)
+    for i, g in enumerate(gates):
+        y = torch.fft.irfft(torch.fft.rfft(v, n=2 * t) * torch.fft.rfft(k[i], n=2 * t), n=2 * t)[..., :t]
+        v = g * (y + v * self.skip[i][None, :, None])
+    return self.norm(F.linear(v.transpose(1, 2), self.proj.weight) + LEAK * F.pad(x[:, 1:], (0, 0, 0, 1)))
+    """,
+    init="""
+    self.inp = nn.Linear(d_model, 3 * d_model, bias=False)
+    self.short = nn.Conv1d(3 * d_model, 3 * d_model, 3, padding=2, groups=3 * d_model)
+    self.filters = nn.Sequential(nn.Linear(17, 16), nn.SiLU(), nn.Linear(16, 2 * d_model))
+    self.skip = nn.Parameter(torch.zeros(2, d_model))
+    self.norm = nn.RMSNorm(d_model, eps=1e-6)
+    """,
+    top="import math\n",
+)
+
+
+@pytest.mark.parametrize("leak", [0.0, 1e-3])
+def test_float32_rounding_of_a_causal_fft_convolution_is_not_a_leak(leak):
+    """A float32 difference is confirmed in float64 where the part runs in it before it is called a leak
+    (an FFT convolution + norm child of a Hyena root was rejected as non-causal: newcomer, 2026-12-05);
+    the same part reading one position ahead is non-causal in both."""
+    tier = resolve("check", {"d_model": 32, "seq_len": 64, "complexity_lengths": (256,)})
+    ev = loopback.evaluation(FFT_GATED.replace("LEAK *", f"{leak} *"), tier)
+    assert ev.dtype == "float64"
+    ask, confirmed = ev.a.ask, []
+
+    def spy(op, arrays=None, **fields):
+        if op == "part" and fields.get("dtype") == "float64" and arrays["x"].shape[1] in (16, 1024, 4096):
+            confirmed.append(arrays["x"].shape[1])
+        return ask(op, arrays, **fields)
+
+    ev.a.ask = spy
+    if leak:
+        with pytest.raises(CandidateError) as e:
+            ev.complexity(ev.a)
+            loopback.causality(ev)
+        assert e.value.reason == "non_causal"
+    else:
+        ev.complexity(ev.a)
+        loopback.causality(ev)
+        assert confirmed  # a float32 comparison needed the float64 one
+
+
 @pytest.mark.parametrize(
     "forced, path, says",
     [
