@@ -71,8 +71,8 @@ def test_causality_check_accepts_cumulative_mean():
     loopback.causality(ev, "Mixer")
     parts = [op for op, _ in ev.a.requests + ev.b.requests]
     assert parts and set(parts) == {"part"}
-    assert len(ev.a.requests) + len(ev.b.requests) == 2 * 4, (
-        "3 seeds at the check length + 1 at the training length, 2 sides"
+    assert ev.dtype == "float64" and len(ev.a.requests) + len(ev.b.requests) == 2 * 5, (
+        "3 seeds at the check length + 1 at the training length in float32 and its float64 twin, 2 sides"
     )
 
 

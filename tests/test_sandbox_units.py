@@ -1034,7 +1034,7 @@ def test_every_scored_window_is_checked_for_causality_on_the_trained_model():
     for server in ev.servers.values():
         server.ask("build", model="lm")
     inputs = np.random.default_rng(0).integers(0, 256, (11, tier.seq_len))
-    logits = ev.scored(ev.b, inputs, "lm", 3, "validation windows")
+    logits = ev.scored(ev.b, inputs, inputs, "lm", 3, "validation windows")
     ev.check_copies(ev.a)
     with torch.no_grad():
         direct = ev.b.server.models["lm"].eval()(torch.from_numpy(inputs)).double().numpy()
@@ -1046,10 +1046,35 @@ def test_every_scored_window_is_checked_for_causality_on_the_trained_model():
 
     for server in ev.servers.values():
         server.server.models["lm"].blocks[0].mixer = Peek()
-    ev.scored(ev.b, inputs, "lm", 3, "validation windows")
+    ev.scored(ev.b, inputs, inputs, "lm", 3, "validation windows")
     with pytest.raises(CandidateError) as e:
         ev.check_copies(ev.a)
     assert e.value.reason == "non_causal" and "trained model" in e.value.detail
+
+
+def test_the_scored_logits_must_be_the_shells_composition_of_the_parts():
+    """S computes each part from its weights alone; the scorer composes them with the harness's shell:
+    an honest server's logits agree, and one whose model was changed outside the parts (a scaled head,
+    a block whose mixer is not the candidate's) is `tamper`."""
+    tier = TIERS["micro"]
+    ev = loopback.evaluation(HYBRID, tier)
+    model = ev.b.server._new_model("lm").eval()
+    ev.weights = {f"lm.{k}": v.detach().numpy() for k, v in model.state_dict().items()}
+    ev.patterns = {"lm": model.pattern}
+    inputs = np.random.default_rng(1).integers(0, 256, (5, tier.seq_len))
+    ev.scored(ev.b, inputs, inputs, "lm", 1, "validation windows")
+    ev.compose_in_s(ev.a)
+    assert ev.metrics["shell_gap"] < 1e-4
+    sent = [shape for op, shape in ev.a.requests if op == "part"]
+    assert sent and all(set(shape) > {"x"} for shape in sent)  # every part came with its own weights
+
+    for change in (lambda m: setattr(m.blocks[0], "mixer", Peek()), lambda m: m.norm.weight.data.mul_(1.5)):
+        ev.pending = []
+        change(model)
+        ev.scored(ev.b, inputs, inputs, "lm", 1, "validation windows")
+        with pytest.raises(CandidateError) as e:
+            ev.compose_in_s(ev.a)
+        assert e.value.reason == "tamper", e.value
 
 
 def test_the_checks_count_parameters_from_the_weights_a_server_sends():

@@ -39,6 +39,7 @@ import threading
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -87,11 +88,13 @@ CUTS = (0, 1, 15, 16, 31, 63, 64, 65)  # inside and across the usual chunk sizes
 # Trained models' logits, B against C (they batch differently), as log-probabilities: the most a
 # leak can move the loss of one token. Measured honest gaps: see the `causal_gap` metric.
 CAUSAL_TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}
-# The scored logits against the harness's shell composed here around the parts' outputs (shell.py), as
-# log-probabilities: (the largest gap of any token, the mean over positions of each one's largest).
+# The scored logits against the harness's shell composed here around the parts' outputs (shell.py): the
+# largest gap of any token's log-probability, and of the mean loss of the scored tokens, in nats.
 # CPU: float32 in B against float64 here, measured 1e-6 to 1.2e-5 nats (micro, smoke). A GPU scores
-# under bf16 autocast while the shell is float64: an estimate, not yet measured on a GPU.
-SHELL_TOLERANCE = {"cpu": (1e-3, 1e-3), "cuda": (1.0, 5e-2)}
+# under bf16 autocast (logits to ~3 digits) while the shell is float64: its rounding moves single
+# log-probabilities by a few hundredths, the mean loss hardly (it averages out); an estimate, not yet
+# measured on a GPU. A forgery must move the mean loss to be worth anything.
+SHELL_TOLERANCE = {"cpu": (1e-3, 1e-3), "cuda": (2.0, 1e-2)}
 DECODE_TOLERANCE = {"cpu": 1e-2, "cuda": 1e-1}  # token-by-token decoding against the forward pass, nats
 # Integers in the weights, all told: counters and index buffers fit; more were weights in disguise
 # (bfloat16 bit patterns the int8 score skipped, or several packed into each: red team, 2026-12-04).
@@ -540,6 +543,18 @@ def quantized(weights: dict) -> dict:
 
 
 # -- the evaluation -----------------------------------------------------------------------------
+class Scored(NamedTuple):
+    """Rows a server scored, waiting for their checks: C's perturbed copies, S's composition."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    logits: np.ndarray
+    model: str  # "lm" or "probe"
+    copies: int  # perturbed copies of each row that C scores
+    what: str  # for messages
+    weights: dict  # the weights they were scored with
+
+
 class Evaluation:
     """One seed of one candidate at one tier: up to three model servers whose lives with the
     candidate's code never overlap (A checks and trains; B is checked against A and scored; C,
@@ -1080,16 +1095,16 @@ class Evaluation:
         tier, t = self.tier, self.tier.seq_len
         self._load(b, _model_weights(self.weights, "lm"))
         inputs, targets = corpus.val_windows(tier.val_windows, t)
-        losses = token_losses(self.scored(b, inputs, "lm", tier.causal_copies, "validation windows"), targets)
+        losses = token_losses(self.scored(b, inputs, targets, "lm", tier.causal_copies, "validation windows"), targets)
         val = float(losses.mean())
         self.val = (inputs, targets, losses)
         self.metrics.update(val_loss=val, val_bpb=val / math.log(2))
         if tier.extrapolation:  # positions seq_len..2*seq_len of windows twice as long vs seq_len/2..seq_len
             long_in, long_targets = corpus.val_windows(max(tier.val_windows // 4, 1), 2 * t)
             long = float(
-                token_losses(self.scored(b, long_in, "lm", 1, "windows twice the training length"), long_targets)[
-                    :, t:
-                ].mean()
+                token_losses(
+                    self.scored(b, long_in, long_targets, "lm", 1, "windows twice the training length"), long_targets
+                )[:, t:].mean()
             )
             late = float(losses[:, t // 2 :].mean())
             self.metrics.update(val_loss_2x=long, val_loss_late=late, extrapolation_gap=long - late)
@@ -1104,7 +1119,7 @@ class Evaluation:
         rng = np.random.default_rng(0x5EED)  # held out: training draws from another stream
         for task in probe_tasks(probes):
             probe_in, probe_targets = probe_batch(probes, max(probes.batch_size, probes.eval_examples), rng, task)
-            pred = self.scored(p, probe_in, "probe", 1, f"{task} probe sequences").argmax(-1)
+            pred = self.scored(p, probe_in, probe_targets, "probe", 1, f"{task} probe sequences").argmax(-1)
             mask = probe_targets != IGNORE
             key = "selcopy_acc" if task == "copy" else f"mqar_acc_p{task[4:]}"
             self.metrics[key] = float((pred[mask] == probe_targets[mask]).mean())
@@ -1118,24 +1133,32 @@ class Evaluation:
         weights = quantized(_model_weights(self.weights, "lm"))
         self._load(b, weights)
         q = token_losses(
-            self.scored(b, inputs[rows], "lm", 1, "validation windows, int8 weights", weights), targets[rows]
+            self.scored(b, inputs[rows], targets[rows], "lm", 1, "validation windows, int8 weights", weights),
+            targets[rows],
         )
         increase = float(q.mean() - losses[rows].mean())
         self.metrics.update(quant_loss=increase, val_loss_int8=self.metrics["val_loss"] + increase)
 
     def scored(
-        self, b: Server, inputs: np.ndarray, model: str, copies: int, what: str, weights: dict | None = None
+        self,
+        b: Server,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        model: str,
+        copies: int,
+        what: str,
+        weights: dict | None = None,
     ) -> np.ndarray:
         """B's logits for every row of `inputs`, sent in a random order; the check against `copies`
         perturbed copies of every row (C, later, with the same `weights`: by default the trained ones)
-        is queued."""
+        and against the harness's shell (S) are queued."""
         n, t = inputs.shape
         batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
         logits = np.empty((n, t, VOCAB_SIZE), dtype=np.float64)
         for rows in np.array_split(self.rng.permutation(n), max(1, math.ceil(n / batch))):
             out = b.ask("logits", {"tokens": inputs[rows]}, model=model)[1]
             logits[rows] = array(out, "logits", (len(rows), t, VOCAB_SIZE), f"logits of the {what}")
-        self.pending.append((inputs, logits, model, copies, what, weights or self.weights))
+        self.pending.append(Scored(inputs, targets, logits, model, copies, what, weights or self.weights))
         return logits
 
     def compose_in_s(self, s: Server) -> None:
@@ -1145,9 +1168,9 @@ class Evaluation:
         every layer; the logits must be the scored ones. What a server computes outside its parts
         (a patched LM.forward, MLP or head) is not the harness's, whatever the checks between servers
         say: S never holds a model, a token or another part's weights."""
-        tol_max, tol_mean = SHELL_TOLERANCE[self.device]
+        tol_max, tol_loss = SHELL_TOLERANCE[self.device]
         gap = 0.0
-        for inputs, logits, model, _, what, weights in self.pending:
+        for inputs, targets, logits, model, _, what, weights in self.pending:
             held = {k[len(model) + 1 :]: v for k, v in weights.items() if k.startswith(model + ".")}
             d = held["embed.weight"].shape[1]
             batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
@@ -1171,14 +1194,17 @@ class Evaluation:
                 return y
 
             composed = shell.logits(inputs, held, self.patterns[model], self.tier.n_heads, self.has_ffn, part)
-            diff = np.abs(log_softmax(logits) - log_softmax(composed)).max(-1)
-            gap = max(gap, float(diff.max()))
-            if not (diff.max() <= tol_max and diff.mean() <= tol_mean):
+            diff = float(np.abs(log_softmax(logits) - log_softmax(composed)).max())
+            scored = targets != IGNORE
+            moved = (token_losses(composed, targets) - token_losses(logits, targets))[scored]
+            loss_gap = float(moved.mean()) if moved.size else 0.0
+            gap = max(gap, diff)
+            if not (diff <= tol_max and abs(loss_gap) <= tol_loss):
                 raise CandidateError(
                     "tamper",
                     f"the {what} were not scored by the harness's model around the candidate's parts: its "
-                    f"log-probabilities, composed from each part's outputs alone, differ by up to "
-                    f"{diff.max():.1e} nats ({diff.mean():.1e} on average; the harness's code was changed)",
+                    f"log-probabilities, composed from each part's outputs alone, differ by up to {diff:.1e} nats "
+                    f"and its loss by {loss_gap:+.1e} (the harness's code was changed)",
                 )
         self.metrics["shell_gap"] = gap
 
@@ -1188,7 +1214,9 @@ class Evaluation:
         to every cut. B could not tell which rows are checked (all are), nor reach C (it is gone).
         The trained weights are checked last, so C holds them for what follows."""
         tolerance, gap, loaded = CAUSAL_TOLERANCE[self.device], 0.0, None
-        for inputs, logits, model, copies, what, weights in sorted(self.pending, key=lambda e: e[5] is self.weights):
+        for inputs, _, logits, model, copies, what, weights in sorted(
+            self.pending, key=lambda e: e.weights is self.weights
+        ):
             if weights is not loaded:
                 self._load(c, weights)
                 loaded = weights
