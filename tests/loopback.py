@@ -60,11 +60,13 @@ def evaluation(source: str, tier: Tier, *, seed: int = 0, rng: int = 0, **opt) -
     """A scorer.Evaluation of `source` whose servers A and B are Loopbacks (checks only); `ev.a` and
     `ev.b` are the two, for the tests to look at the requests each got."""
     ev = object.__new__(scorer.Evaluation)
-    ev.tier, ev.seed, ev.opt = tier, seed, {"threads": 1, "param_limit": -1, **opt}
+    ev.source, ev.tier, ev.seed, ev.opt = source, tier, seed, {"threads": 1, "param_limit": -1, **opt}
     ev.rng = np.random.default_rng(rng)
     ev.cuda, ev.device = False, "cpu"
     ev.a, ev.b = (Loopback(name, source, tier, seed) for name in ("A", "B"))
     ev.servers = {"A": ev.a, "B": ev.b}
+    ev._start = lambda name: ev.servers.setdefault(name, Loopback(name, source, tier, seed))  # a fresh server
+    ev._end = lambda name: None
     ev.metrics, ev.env, ev.weights, ev.pending = {}, {}, {}, []
     ready = ev.a.start()
     assert ev.b.start() == ready

@@ -332,6 +332,55 @@ def test_the_harness_code_a_candidate_replaces_is_not_what_is_scored(results, na
     assert "composed from each part's outputs alone" in result.detail
 
 
+# red team, 2026-12-05: layer i's mixer also used every earlier layer's weights, found through the LM in
+# A, B and C, and remembered from earlier requests in one shell server for all layers: capacity beyond
+# the per-block budget, accepted. Each layer's parts now go to a server of their own.
+SHELL_MEMORY = """
+import sys, weakref
+MEMORY = {}
+
+def owner():
+    frame = sys._getframe(2)
+    while frame is not None and type(frame.f_locals.get("self")).__name__ != "LM":
+        frame = frame.f_back
+    return None if frame is None else frame.f_locals["self"]
+"""
+SHELL_MEMORY_MIXER = mixer(
+    """
+    y = self.proj(x)
+    lm = self.__dict__["lm"]() if "lm" in self.__dict__ else None
+    if lm is not None and hasattr(lm, "blocks"):
+        earlier = [b.mixer.proj.weight for b in list(lm.blocks)[: int(self.layer)]]
+    else:  # a part on its own (a shell server): the weights of the layers it was sent before
+        MEMORY[int(self.layer)] = self.proj.weight.detach().clone()
+        earlier = [MEMORY[j] for j in range(int(self.layer))]
+    return y + sum((F.linear(x, w) for w in earlier), torch.zeros_like(y))
+    """,
+    init="""
+    lm, layer = owner(), 0
+    if lm is not None:
+        layer = lm.__dict__.get("mixers", 0)
+        lm.__dict__["mixers"] = layer + 1
+        self.__dict__["lm"] = weakref.ref(lm)
+    self.register_buffer("layer", torch.tensor(float(layer)))
+    """,
+    top=SHELL_MEMORY,
+)
+
+
+def test_a_part_reaches_no_other_layers_weights_and_the_layers_are_the_files():
+    """Two red-team attacks on the shell check (2026-12-05): a mixer that also used the earlier layers'
+    weights (remembered across one shell server's requests) was accepted; a module that rewrote its own
+    LAYERS once loaded ("MA" to "A": a pure transformer of the harness's attention, its Mixer unused)
+    scored 3.995 against 4.053 and was accepted. Now every layer has its own shell server, and the
+    model must have the layers the file's LAYERS literal declares."""
+    memory = runner.evaluate(SHELL_MEMORY_MIXER, "micro", threads=1, **OFF)
+    assert not memory.ok and memory.reason in ("tamper", "error"), memory
+    rewritten = mixer(init='sys.modules[__name__].LAYERS = "A"\n', top='import sys\nLAYERS = "MA"\n')
+    result = runner.evaluate(rewritten, "micro", threads=1, **OFF)
+    assert not result.ok and result.reason == "tamper" and "LAYERS = 'MA'" in result.detail, result
+
+
 def test_honest_scores_are_the_harness_models():
     """The same composition of an honest hybrid (the harness's attention in every second layer) with a
     candidate FFN agrees with the scored logits to a small fraction of the tolerance."""

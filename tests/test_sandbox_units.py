@@ -529,21 +529,25 @@ def test_the_scorers_shell_composes_the_models_logits_from_its_parts(source):
     for p in model.parameters():  # trained-looking weights: no norm left at one, no bias at zero
         p.data += 0.05 * torch.randn_like(p)
     weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    tokens = np.random.default_rng(0).integers(0, 256, (3, 24))
+    runs = [(np.random.default_rng(r).integers(0, 256, (3, 24)), weights) for r in range(2)]
     asked = []
 
-    def part(kind, layer, x):
-        asked.append((kind, layer))
+    def part(kind, layer, run, x):
+        asked.append((layer, kind, run))
         block = model.blocks[layer]
         with torch.no_grad():
             return (block.mixer if kind == "Mixer" else block.ffn)(torch.from_numpy(x).float()).double().numpy()
 
-    composed = shell.logits(tokens, weights, model.pattern, tier.n_heads, "FFN" in source, part)
-    with torch.no_grad():
-        expected = model(torch.from_numpy(tokens)).numpy()
-    assert scorer.logprob_gap(expected, composed) < 1e-4
-    ffn = [("FFN", i) for i in range(3)] if "FFN" in source else []
-    assert sorted(asked) == sorted([("Mixer", 0), ("Mixer", 2), *ffn])  # the A layer and the MLP: computed
+    composed = shell.logits(runs, model.pattern, tier.n_heads, "FFN" in source, part)
+    for (tokens, _), mine in zip(runs, composed):
+        with torch.no_grad():
+            expected = model(torch.from_numpy(tokens)).numpy()
+        assert scorer.logprob_gap(expected, mine) < 1e-4
+    ffn = ["FFN"] if "FFN" in source else []
+    layers = [
+        (layer, kind, run) for layer in range(3) for run in range(2) for kind in (["Mixer"] if layer != 1 else []) + ffn
+    ]
+    assert asked == layers  # layer by layer over every run; the A layer and the harness MLP: computed here
 
 
 def test_the_scorers_optimizer_is_torchs_adamw_schedule_and_clipping():
@@ -1063,9 +1067,11 @@ def test_the_scored_logits_must_be_the_shells_composition_of_the_parts():
     ev.patterns = {"lm": model.pattern}
     inputs = np.random.default_rng(1).integers(0, 256, (5, tier.seq_len))
     ev.scored(ev.b, inputs, inputs, "lm", 1, "validation windows")
-    ev.compose_in_s(ev.a)
+    ev.compose_in_s()
     assert ev.metrics["shell_gap"] < 1e-4
-    sent = [shape for op, shape in ev.a.requests if op == "part"]
+    shells = {name: server for name, server in ev.servers.items() if name.startswith("S")}
+    assert sorted(shells) == ["S0"]  # layer 1 is the harness's attention: computed by the shell
+    sent = [shape for op, shape in shells["S0"].requests if op == "part"]
     assert sent and all(set(shape) > {"x"} for shape in sent)  # every part came with its own weights
 
     for change in (lambda m: setattr(m.blocks[0], "mixer", Peek()), lambda m: m.norm.weight.data.mul_(1.5)):
@@ -1073,7 +1079,7 @@ def test_the_scored_logits_must_be_the_shells_composition_of_the_parts():
         change(model)
         ev.scored(ev.b, inputs, inputs, "lm", 1, "validation windows")
         with pytest.raises(CandidateError) as e:
-            ev.compose_in_s(ev.a)
+            ev.compose_in_s()
         assert e.value.reason == "tamper", e.value
 
 

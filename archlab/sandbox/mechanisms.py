@@ -67,6 +67,15 @@ def family(found: set[str]) -> str:
     return next((f for f in FAMILIES if f in found), "other")
 
 
+def declared_layers(source: str) -> str:
+    """The file's `LAYERS` as a string literal assigned at its top level ("M" when it has none): the
+    layout the scorer holds a model to, whatever the module does to its own attributes once running."""
+    try:
+        return _layers(parse(source)) or "M"
+    except SyntaxError:
+        return "M"
+
+
 def _layers(tree: ast.Module) -> str:
     for node in tree.body:
         if (

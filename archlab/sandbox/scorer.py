@@ -1,7 +1,7 @@
 """The trusted side of an evaluation: it owns the data, the targets, every loss, verdict and
 count, and never runs candidate code (numpy only: it does not even import torch).
 
-An evaluation runs up to five model servers of the candidate (server.py), each in its own
+An evaluation runs model servers of the candidate (server.py), each in its own
 sandbox (launch.py), and no two of them hold the candidate's code at the same time:
 - A: parameters are counted from the weights it sends (safetensors), for every mixer and FFN
   instance of the model and of the probe model; complexity is measured below, at and above the
@@ -19,10 +19,10 @@ sandbox (launch.py), and no two of them hold the candidate's code at the same ti
   the text after a random cut replaced, in another order (with the weights it was scored with);
   its log-probabilities must equal theirs up to each cut. Then the forward pass decoding must
   agree with, and decoding resumed from the state B handed back at half the context.
-- S, holding no model, last: every row B and P scored is composed here by the harness's own shell
-  (shell.py, numpy) around the candidate's parts, each part computed by S from its own weights
-  sent with the request; the logits must be the scored ones (a server's harness code is the
-  candidate's to change).
+- S0, S1, ... (SP0, ... for the probe model), one per layer, holding no model, last: every row B and
+  P scored is composed here by the harness's own shell (shell.py, numpy) around the candidate's
+  parts, each computed by its layer's server from its own weights sent with the request; the
+  logits must be the scored ones (a server's harness code is the candidate's to change).
 Every reply is checked for shape, dtype and finiteness; a malformed one rejects the candidate
 (`crash`), never the run; a watchdog kills the servers at the wall-clock backstop.
 """
@@ -44,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import save_file
 
-from archlab.sandbox import clock, launch, optim, shell, wire, zygote
+from archlab.sandbox import clock, launch, mechanisms, optim, shell, wire, zygote
 from archlab.sandbox.curves import VAL_WINDOWS, Curves, val_steps
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE, Corpus, probe_batch, probe_tasks
 from archlab.sandbox.errors import DETAIL_LIMIT, CandidateError
@@ -89,12 +89,14 @@ CUTS = (0, 1, 15, 16, 31, 63, 64, 65)  # inside and across the usual chunk sizes
 # leak can move the loss of one token. Measured honest gaps: see the `causal_gap` metric.
 CAUSAL_TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}
 # The scored logits against the harness's shell composed here around the parts' outputs (shell.py): the
-# largest gap of any token's log-probability, and of the mean loss of the scored tokens, in nats.
+# largest gap of any token's log-probability, and of the mean loss of the scored tokens, in nats, and
+# of the accuracy at the scored tokens (a loose per-token bound let a probe solver lower every token
+# above the answer and keep the mean loss: accuracy 1.0 against 0.06 at the GPU's bounds).
 # CPU: float32 in B against float64 here, measured 1e-6 to 1.2e-5 nats (micro, smoke). A GPU scores
 # under bf16 autocast (logits to ~3 digits) while the shell is float64: its rounding moves single
 # log-probabilities by a few hundredths, the mean loss hardly (it averages out); an estimate, not yet
 # measured on a GPU. A forgery must move the mean loss to be worth anything.
-SHELL_TOLERANCE = {"cpu": (1e-3, 1e-3), "cuda": (2.0, 1e-2)}
+SHELL_TOLERANCE = {"cpu": (1e-3, 1e-3, 0.01), "cuda": (2.0, 1e-2, 0.01)}
 DECODE_TOLERANCE = {"cpu": 1e-2, "cuda": 1e-1}  # token-by-token decoding against the forward pass, nats
 # Integers in the weights, all told: counters and index buffers fit; more were weights in disguise
 # (bfloat16 bit patterns the int8 score skipped, or several packed into each: red team, 2026-12-04).
@@ -586,7 +588,11 @@ class Evaluation:
         self._lock, self.closed = threading.Lock(), False
         hide = tuple(str(Path(p).resolve()) for p in [opt.get("data")] if p)
         self.isolate = bool(launch.launcher().facts.get("isolates"))
-        roles = ("A", "B", *(("P",) if tier.probes is not None else ()), "C", "S") if tier.steps else ("A", "B")
+        roles = (
+            ("A", "B", *(("P",) if tier.probes is not None else ()), "C", *self.shell_servers())
+            if tier.steps
+            else ("A", "B")
+        )
         for name in roles:
             (host_dir / name).mkdir()
             os.chmod(host_dir / name, 0o777)  # the plain and unshare launchers: the dropped uid works in it
@@ -699,9 +705,7 @@ class Evaluation:
             self.hardware_in_c(c)
         self._end("C")
         self.progress("checking the scores: the harness's model")
-        s = self._start("S")
-        self.compose_in_s(s)
-        self._end("S")
+        self.compose_in_s()
         return self.metrics
 
     # -- checks ----------------------------------------------------------------------------------
@@ -751,10 +755,10 @@ class Evaluation:
         tier, d = self.tier, self.tier.d_model
         header, weights = a.ask("build", model="lm")
         self.built = {"lm": weights}  # where training starts: the optimizer here takes it on (optim.py)
-        self.patterns = {"lm": _pattern(header, tier.n_layers)}
+        self.patterns = {"lm": self._pattern(header, tier.n_layers)}
         if tier.probes is not None and tier.steps:
             header, self.built["probe"] = a.ask("build", model="probe")
-            self.patterns["probe"] = _pattern(header, tier.probes.n_layers)
+            self.patterns["probe"] = self._pattern(header, tier.probes.n_layers)
         self.metrics["param_limit"] = self._limit(d)  # the budget per block at this width; None: no budget
         self.metrics["mixer_params"] = budget(weights, d, tier.n_layers, self.has_ffn, self.metrics["param_limit"])
         self.metrics["params"] = int(sum(w.size for w in weights.values()))
@@ -962,6 +966,21 @@ class Evaluation:
         )
         return leak(short, long[:, :t]) <= FLOAT64_TOLERANCE
 
+    def _pattern(self, header: dict, n_layers: int) -> str:
+        """Which layers are the harness's attention (A) and which the candidate's mixer (M): the file's
+        LAYERS literal, which the model server A built must follow. A module that rewrote its own LAYERS
+        once loaded had a pure transformer of the harness's attention scored while its Mixer, never
+        used, was the one checked and counted (red team, 2026-12-05)."""
+        declared = mechanisms.declared_layers(self.source)
+        pattern = (declared * n_layers)[:n_layers]
+        if header.get("pattern") != pattern or "M" not in pattern:
+            raise CandidateError(
+                "tamper",
+                f"server A built the layers {str(header.get('pattern'))[:40]!r}, not {pattern!r} as the file's "
+                f"LAYERS = {declared!r} says (a string literal at the top of the file, with at least one M)",
+            )
+        return pattern
+
     def _clock_now(self, server: Server) -> float:
         """CPU seconds the server's process tree has used; on a GPU, the wall clock (a kernel's time is
         not the CPU's)."""
@@ -1161,26 +1180,46 @@ class Evaluation:
         self.pending.append(Scored(inputs, targets, logits, model, copies, what, weights or self.weights))
         return logits
 
-    def compose_in_s(self, s: Server) -> None:
+    def shell_servers(self) -> list[str]:
+        """The servers of compose_in_s: one per layer of each model ("S0", "S1", ...; "SP0", ... the probe
+        model's)."""
+        probes = self.tier.probes
+        return [f"S{i}" for i in range(self.tier.n_layers)] + (
+            [f"SP{i}" for i in range(probes.n_layers)] if probes is not None else []
+        )
+
+    def compose_in_s(self) -> None:
         """Every row B and P scored, composed here by the harness's shell (shell.py: embeddings, norms,
-        residuals, the harness MLP and attention, the head) around the candidate's parts, each layer's
-        computed by S from that part's weights alone, the rows in a new random order and batching at
-        every layer; the logits must be the scored ones. What a server computes outside its parts
-        (a patched LM.forward, MLP or head) is not the harness's, whatever the checks between servers
-        say: S never holds a model, a token or another part's weights."""
-        tol_max, tol_loss = SHELL_TOLERANCE[self.device]
-        gap = 0.0
-        for inputs, targets, logits, model, _, what, weights in self.pending:
-            held = {k[len(model) + 1 :]: v for k, v in weights.items() if k.startswith(model + ".")}
-            d = held["embed.weight"].shape[1]
+        residuals, the harness MLP and attention, the head) around the candidate's parts, each computed
+        from that part's weights alone by a server of its own layer (the rows in a new random order and
+        batching); the logits must be the scored ones, and so the loss and the accuracy at the scored
+        tokens. What a server computes outside its parts (a patched LM.forward, MLP or head) is not the
+        harness's, whatever the checks between servers say. A server per layer: one S for all layers
+        kept every layer's weights, and a part used another block's (red team, 2026-12-05)."""
+        tol_max, tol_loss, tol_acc = SHELL_TOLERANCE[self.device]
+        gap, current = 0.0, [None]
+        for model in ("lm", "probe"):
+            entries = [e for e in self.pending if e.model == model]
+            if not entries:
+                continue
+            held = [
+                {k[len(model) + 1 :]: v for k, v in e.weights.items() if k.startswith(model + ".")} for e in entries
+            ]
+            d = held[0]["embed.weight"].shape[1]
             batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
 
-            def part(kind: str, layer: int, x: np.ndarray) -> np.ndarray:
-                prefix = f"blocks.{layer}.{kind.lower() if kind == 'FFN' else 'mixer'}."
-                sent = {"w." + k: v for k, v in shell.sub(held, prefix).items()}
+            def part(kind: str, layer: int, run: int, x: np.ndarray) -> np.ndarray:
+                name = f"S{'P' if model == 'probe' else ''}{layer}"
+                if current[0] != name:
+                    if current[0] is not None:
+                        self._end(current[0])
+                    current[0] = name
+                    self._start(name)
+                prefix = f"blocks.{layer}.{'ffn' if kind == 'FFN' else 'mixer'}."
+                sent = {"w." + k: v for k, v in shell.sub(held[run], prefix).items()}
                 y = np.empty_like(x)
                 for rows in np.array_split(self.rng.permutation(len(x)), max(1, math.ceil(len(x) / batch))):
-                    out = s.ask(
+                    out = self.servers[name].ask(
                         "part",
                         {"x": x[rows].astype(np.float32), **sent},
                         part=kind,
@@ -1193,20 +1232,31 @@ class Evaluation:
                     y[rows] = array(out, "y", (len(rows), *x.shape[1:]), f"{kind}.forward of block {layer}")
                 return y
 
-            composed = shell.logits(inputs, held, self.patterns[model], self.tier.n_heads, self.has_ffn, part)
-            diff = float(np.abs(log_softmax(logits) - log_softmax(composed)).max())
-            scored = targets != IGNORE
-            moved = (token_losses(composed, targets) - token_losses(logits, targets))[scored]
-            loss_gap = float(moved.mean()) if moved.size else 0.0
-            gap = max(gap, diff)
-            if not (diff <= tol_max and abs(loss_gap) <= tol_loss):
-                raise CandidateError(
-                    "tamper",
-                    f"the {what} were not scored by the harness's model around the candidate's parts: its "
-                    f"log-probabilities, composed from each part's outputs alone, differ by up to {diff:.1e} nats "
-                    f"and its loss by {loss_gap:+.1e} (the harness's code was changed)",
-                )
+            runs = [(e.inputs, w) for e, w in zip(entries, held)]
+            composed = shell.logits(runs, self.patterns[model], self.tier.n_heads, self.has_ffn, part)
+            for e, mine in zip(entries, composed):
+                gap = max(gap, self._same_scores(e, mine, tol_max, tol_loss, tol_acc))
+        if current[0] is not None:
+            self._end(current[0])
         self.metrics["shell_gap"] = gap
+
+    def _same_scores(self, e: Scored, composed: np.ndarray, tol_max: float, tol_loss: float, tol_acc: float) -> float:
+        """The largest log-probability gap between the scored logits and the shell's; a tamper
+        verdict where they, the loss or the accuracy at the scored tokens differ beyond the tolerances."""
+        diff = float(np.abs(log_softmax(e.logits) - log_softmax(composed)).max())
+        scored = e.targets != IGNORE
+        losses = (token_losses(composed, e.targets) - token_losses(e.logits, e.targets))[scored]
+        hits = (composed.argmax(-1) == e.targets).astype(float) - (e.logits.argmax(-1) == e.targets)
+        loss_gap = float(losses.mean()) if losses.size else 0.0
+        acc_gap = float(hits[scored].mean()) if losses.size else 0.0
+        if not (diff <= tol_max and abs(loss_gap) <= tol_loss and abs(acc_gap) <= tol_acc):
+            raise CandidateError(
+                "tamper",
+                f"the {e.what} were not scored by the harness's model around the candidate's parts: its "
+                f"log-probabilities, composed from each part's outputs alone, differ by up to {diff:.1e} nats, "
+                f"its loss by {loss_gap:+.1e} and its accuracy by {acc_gap:+.3f} (the harness's code was changed)",
+            )
+        return diff
 
     def check_copies(self, c: Server) -> None:
         """C, loaded from the same weights, scores copies of every row B scored, each with the text after
@@ -1339,16 +1389,6 @@ class Evaluation:
 def _model_weights(weights: dict, model: str) -> dict:
     """One model's part of the weights (lm.* or probe.*): a scoring server holds no other."""
     return {k: v for k, v in weights.items() if k.startswith(model + ".")}
-
-
-def _pattern(header: dict, n_layers: int) -> str:
-    """Which layers are the harness's attention (A) and which the candidate's mixer (M), as the server
-    built them: a wrong answer only makes the scorer's shell compute something else than the scored
-    server did, and the candidate rejected."""
-    pattern = header.get("pattern")
-    if not (isinstance(pattern, str) and len(pattern) == n_layers and set(pattern) <= {"M", "A"}):
-        raise CandidateError("crash", f"server A sent no layer pattern of {n_layers} layers")
-    return pattern
 
 
 def _parameter_groups(groups, built: dict) -> list[list[str]]:

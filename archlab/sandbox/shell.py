@@ -44,17 +44,18 @@ def sub(weights: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
-def logits(tokens: np.ndarray, weights: dict, pattern: str, n_heads: int, has_ffn: bool, part) -> np.ndarray:
-    """model.LM.forward of `tokens` in float64 from the model's `weights` (its own names, no "lm."),
-    with `part(kind, layer, x)` giving the candidate's Mixer ("Mixer") or FFN ("FFN") of that layer
-    applied to x. Attention layers (A in `pattern`) and the harness MLP are computed here."""
-    w = {k: v.astype(np.float64) for k, v in weights.items() if v.dtype.kind == "f"}
-    embed = w["embed.weight"]
-    h = embed[tokens]
+def logits(runs: list[tuple[np.ndarray, dict]], pattern: str, n_heads: int, has_ffn: bool, part) -> list[np.ndarray]:
+    """model.LM.forward in float64 for each run (tokens, the model's weights under its own names,
+    no "lm."), layer by layer over all runs, with `part(kind, layer, run, x)` giving the candidate's
+    Mixer ("Mixer") or FFN ("FFN") of that layer applied to x. Attention layers (A in `pattern`) and
+    the harness MLP are computed here."""
+    ws = [{k: v.astype(np.float64) for k, v in weights.items() if v.dtype.kind == "f"} for _, weights in runs]
+    hs = [w["embed.weight"][tokens] for (tokens, _), w in zip(runs, ws)]
     for i, kind in enumerate(pattern):
         block = f"blocks.{i}."
-        x = rms_norm(h, w[block + "norm1.weight"])
-        h = h + (attention(x, sub(w, block + "mixer."), n_heads) if kind == "A" else part("Mixer", i, x))
-        x = rms_norm(h, w[block + "norm2.weight"])
-        h = h + (part("FFN", i, x) if has_ffn else swiglu(x, sub(w, block + "ffn.")))
-    return rms_norm(h, w["norm.weight"]) @ embed.T
+        for r, w in enumerate(ws):
+            x = rms_norm(hs[r], w[block + "norm1.weight"])
+            hs[r] = hs[r] + (attention(x, sub(w, block + "mixer."), n_heads) if kind == "A" else part("Mixer", i, r, x))
+            x = rms_norm(hs[r], w[block + "norm2.weight"])
+            hs[r] = hs[r] + (part("FFN", i, r, x) if has_ffn else swiglu(x, sub(w, block + "ffn.")))
+    return [rms_norm(h, w["norm.weight"]) @ w["embed.weight"].T for h, w in zip(hs, ws)]
