@@ -558,10 +558,10 @@ class Scored(NamedTuple):
 
 
 class Evaluation:
-    """One seed of one candidate at one tier: up to three model servers whose lives with the
+    """One seed of one candidate at one tier: model servers whose lives with the
     candidate's code never overlap (A checks and trains; B is checked against A and scored; C,
-    loaded from the same weights, checks B), so no channel between processes can connect them.
-    Each is forked when it is needed from a warm launch pad (zygote.py): one from this process's
+    loaded from the same weights, checks B; one server per layer composes the scores: compose_in_s),
+    so no channel between processes can connect them. Each is forked when it is needed from a warm launch pad (zygote.py): one from this process's
     pool for every server where the kernel lets a fork isolate itself, else one per server."""
 
     def __init__(self, source: str, tier: Tier, seed: int, opt: dict, host_dir: Path, log: Path):
@@ -1181,11 +1181,10 @@ class Evaluation:
         return logits
 
     def shell_servers(self) -> list[str]:
-        """The servers of compose_in_s: one per layer of each model ("S0", "S1", ...; "SP0", ... the probe
-        model's)."""
+        """The servers of compose_in_s: one per layer of each model."""
         probes = self.tier.probes
-        return [f"S{i}" for i in range(self.tier.n_layers)] + (
-            [f"SP{i}" for i in range(probes.n_layers)] if probes is not None else []
+        return [_shell_server("lm", i) for i in range(self.tier.n_layers)] + (
+            [_shell_server("probe", i) for i in range(probes.n_layers)] if probes is not None else []
         )
 
     def compose_in_s(self) -> None:
@@ -1209,7 +1208,7 @@ class Evaluation:
             batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
 
             def part(kind: str, layer: int, run: int, x: np.ndarray) -> np.ndarray:
-                name = f"S{'P' if model == 'probe' else ''}{layer}"
+                name = _shell_server(model, layer)
                 if current[0] != name:
                     if current[0] is not None:
                         self._end(current[0])
@@ -1243,7 +1242,7 @@ class Evaluation:
     def _same_scores(self, e: Scored, composed: np.ndarray, tol_max: float, tol_loss: float, tol_acc: float) -> float:
         """The largest log-probability gap between the scored logits and the shell's; a tamper
         verdict where they, the loss or the accuracy at the scored tokens differ beyond the tolerances."""
-        diff = float(np.abs(log_softmax(e.logits) - log_softmax(composed)).max())
+        diff = logprob_gap(e.logits, composed)
         scored = e.targets != IGNORE
         losses = (token_losses(composed, e.targets) - token_losses(e.logits, e.targets))[scored]
         hits = (composed.argmax(-1) == e.targets).astype(float) - (e.logits.argmax(-1) == e.targets)
@@ -1389,6 +1388,11 @@ class Evaluation:
 def _model_weights(weights: dict, model: str) -> dict:
     """One model's part of the weights (lm.* or probe.*): a scoring server holds no other."""
     return {k: v for k, v in weights.items() if k.startswith(model + ".")}
+
+
+def _shell_server(model: str, layer: int) -> str:
+    """The name of the server that computes the parts of one layer: "S0", "S1", ...; "SP0", ... (probes)."""
+    return f"S{'P' if model == 'probe' else ''}{layer}"
 
 
 def _parameter_groups(groups, built: dict) -> list[list[str]]:
