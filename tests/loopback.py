@@ -67,7 +67,7 @@ def evaluation(source: str, tier: Tier, *, seed: int = 0, rng: int = 0, **opt) -
     ev.servers = {"A": ev.a, "B": ev.b}
     ev._start = lambda name: ev.servers.setdefault(name, Loopback(name, source, tier, seed))  # a fresh server
     ev._end = lambda name: None
-    ev.metrics, ev.env, ev.weights, ev.pending = {}, {}, {}, []
+    ev.metrics, ev.env, ev.weights, ev.pending, ev.taken = {}, {}, {}, [], []
     ready = ev.a.start()
     assert ev.b.start() == ready
     ev.has_step, ev.has_ffn = bool(ready["has_step"]), bool(ready["has_ffn"])

@@ -224,8 +224,8 @@ HARNESS_PATCHED = {
     "copy_rule_in_the_lm": MODEL
     + """
 FORWARD = MODEL.LM.forward
-def forward(self, tokens):
-    logits = FORWARD(self, tokens)
+def forward(self, tokens, *seed):
+    logits = FORWARD(self, tokens, *seed)
     if self.training:
         return logits
     b, t = tokens.shape
@@ -244,7 +244,39 @@ MODEL.SwiGLU.forward = lambda self, x: SWIGLU(self, x) + SWIGLU(self, SWIGLU(sel
     "a_sharper_head": MODEL  # the tied head at a temperature the candidate chose
     + """
 FORWARD = MODEL.LM.forward
-MODEL.LM.forward = lambda self, tokens: FORWARD(self, tokens) * (1.0 if self.training else 1.3)
+MODEL.LM.forward = lambda self, tokens, *seed: FORWARD(self, tokens, *seed) * (1.0 if self.training else 1.3)
+""",
+}
+# The gradients a training server reports are checked against the shell's backward pass on steps it
+# cannot know (scorer.compose_in_s). red team, 2026-12-05: sign(g) scaled up made AdamW take full steps
+# (micro val_loss 4.015 vs 4.095), and skipping steps (re-sending the last gradients) trained 3.4x "faster".
+TRAIN = "import sys, torch\nTRAIN = sys.modules['archlab.sandbox.train']\nGRADIENTS = TRAIN.gradients\n"
+GRADIENTS_FORGED = {
+    "signs_scaled_up": TRAIN
+    + """
+def gradients(model, *args):
+    loss = GRADIENTS(model, *args)
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad = p.grad.sign() * 1e-2
+    return loss
+TRAIN.gradients = gradients
+""",
+    "every_other_step_skipped": TRAIN
+    + """
+LAST = [0, None]
+def gradients(model, *args):
+    LAST[0] += 1
+    if LAST[0] % 2 == 0 and LAST[1] is not None:
+        return LAST[1]  # the last step's gradients are still in .grad
+    LAST[1] = GRADIENTS(model, *args)
+    return LAST[1]
+TRAIN.gradients = gradients
+""",
+    "another_loss_in_training": MODEL  # a temperature the scored model does not have
+    + """
+FORWARD = MODEL.LM.forward
+MODEL.LM.forward = lambda self, tokens, *seed: FORWARD(self, tokens, *seed) * (0.7 if self.training else 1.0)
 """,
 }
 HARDWARE = {"extras", "int8"}  # what only a hardware tier measures
@@ -261,6 +293,7 @@ CASES = {
     "capacity_after_the_first_model": (_capacity_after_the_first_model(), {}),
     "capacity_outside_the_weights": (_capacity_outside_the_weights(), {}),
     **{f"harness_{name}": (mixer(top=src), {}) for name, src in HARNESS_PATCHED.items()},
+    **{f"gradients_{name}": (mixer(top=src), {}) for name, src in GRADIENTS_FORGED.items()},
 }
 
 
@@ -332,6 +365,15 @@ def test_the_harness_code_a_candidate_replaces_is_not_what_is_scored(results, na
     assert "composed from each part's outputs alone" in result.detail
 
 
+@pytest.mark.parametrize("name", list(GRADIENTS_FORGED))
+def test_gradients_are_the_harness_models(results, name):
+    """Forged, stale or another model's gradients: whichever steps the scorer checks (8 of 20 at micro)
+    show them against the harness's backward pass around the parts' own."""
+    result = results[f"gradients_{name}"]
+    assert not result.ok and result.reason == "tamper", (name, result.reason, result.detail)
+    assert "training step" in result.detail and "off the gradient of the harness's model" in result.detail, result
+
+
 # red team, 2026-12-05: layer i's mixer also used every earlier layer's weights, found through the LM in
 # A, B and C, and remembered from earlier requests in one shell server for all layers: capacity beyond
 # the per-block budget, accepted. Each layer's parts now go to a server of their own.
@@ -396,6 +438,37 @@ class FFN(nn.Module):
     result = runner.evaluate(mixer(top='LAYERS = "MA"\n') + ffn, "micro", threads=1, **OFF)
     assert result.ok, result
     assert result.metrics["shell_gap"] < scorer.SHELL_TOLERANCE["cpu"][0] / 100
+    assert result.metrics["grad_gap"] < scorer.GRADIENT_TOLERANCE["cpu"] / 100
+
+
+HONEST_TRAINING = {  # what differs between a training step and an evaluation, drawn again by the check
+    "dropout": mixer("return self.proj(F.dropout(x, 0.3, self.training))\n"),
+    "annealed_over_training": mixer(
+        "return self.proj(x) * (1.0 - 0.5 * training_progress())\n",
+        top="from archlab.candidate import training_progress\n",
+    ),
+    # a choice finite differences cannot step across (errors 0.1-4 of the gradient's size at smoke)
+    "a_hard_top1_router": mixer(
+        """
+        b, t, d = x.shape
+        logits = self.gate(x)
+        pick = logits.argmax(-1)
+        y = torch.einsum("btd,bted->bte", x, self.experts[pick]) * logits.softmax(-1).gather(-1, pick[..., None])
+        return self.proj(y.cumsum(1) / torch.arange(1, t + 1)[:, None])
+        """,
+        init="self.gate = nn.Linear(d_model, 4)\nself.experts = nn.Parameter(torch.randn(4, d_model, d_model) / d_model**0.5)\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(HONEST_TRAINING))
+def test_honest_training_is_the_harness_models(name):
+    """The gradient check draws each part's randomness and training progress as the training step
+    did, and takes every part's own gradients at the step's inputs: honest candidates pass it with
+    room to spare."""
+    result = runner.evaluate(HONEST_TRAINING[name], "micro", threads=1, **OFF)
+    assert result.ok, result
+    assert result.metrics["grad_gap"] < scorer.GRADIENT_TOLERANCE["cpu"] / 100, result.metrics
 
 
 def test_probe_scores_from_replaced_harness_code_are_refused():
@@ -405,8 +478,8 @@ def test_probe_scores_from_replaced_harness_code_are_refused():
         MODEL
         + """
 FORWARD = MODEL.LM.forward
-def forward(self, tokens):
-    logits = FORWARD(self, tokens)
+def forward(self, tokens, *seed):
+    logits = FORWARD(self, tokens, *seed)
     if self.training or self.embed.weight.shape[1] != 32:  # the probe model only
         return logits
     b, t = tokens.shape
@@ -1313,19 +1386,17 @@ TRAIN.gradients = gradients
 
 
 def test_the_optimizer_is_the_scorers():
-    """A server's own steps and scaled gradients change nothing (its copy is overwritten by the next
-    step's parameters; Adam is blind to the gradients' scale), and a buffer that training moves is
-    refused: what a model learns is a parameter, which only the scorer's optimizer trains."""
+    """A server's own steps change nothing (its copy is overwritten by the next step's parameters), its
+    scaled gradients are refused (the gradient check), and so is a buffer that training moves: what a
+    model learns is a parameter, which only the scorer's optimizer trains."""
     trained_buffer = mixer(
         "if self.training:\n    with torch.no_grad():\n        self.w -= 0.01 * x.mean()\nreturn self.proj(x) + self.w\n",
         init='self.register_buffer("w", torch.zeros(d_model))\n',
     )
-    plain, own, buffer = (
-        runner.evaluate(source, "micro", threads=1, **OFF)
-        for source in (mixer(), mixer(top=OWN_RECIPE), trained_buffer)
+    own, buffer = (
+        runner.evaluate(source, "micro", threads=1, **OFF) for source in (mixer(top=OWN_RECIPE), trained_buffer)
     )
-    assert plain.ok and own.ok, (plain, own)
-    assert own.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"], abs=1e-3)
+    assert not own.ok and own.reason == "tamper" and "training step" in own.detail, own
     assert not buffer.ok and buffer.reason == "tamper" and "buffer 'blocks.0.mixer.w'" in buffer.detail, buffer
 
 

@@ -41,7 +41,7 @@ from archlab.sandbox.data import (
     selective_copy_batch,
 )
 from archlab.sandbox.errors import CandidateError
-from archlab.sandbox.model import LM, SwiGLU, guard, has_step
+from archlab.sandbox.model import LM, SwiGLU, guard, has_step, lm_loss
 from archlab.sandbox.static import static_check
 from archlab.sandbox.tiers import TIERS, Probes, TierError, resolve
 from archlab.search.fitness import OBJECTIVES, ParetoArchive, Weights, breakdown, fitness, pareto_front
@@ -548,6 +548,48 @@ def test_the_scorers_shell_composes_the_models_logits_from_its_parts(source):
         (layer, kind, run) for layer in range(3) for run in range(2) for kind in (["Mixer"] if layer != 1 else []) + ffn
     ]
     assert asked == layers  # layer by layer over every run; the A layer and the harness MLP: computed here
+
+
+@pytest.mark.parametrize("source", [HYBRID, WITH_FFN], ids=["harness_mlp", "candidate_ffn"])
+def test_the_scorers_shell_takes_the_models_gradients_around_its_parts(source):
+    """shell.gradients (numpy, in the scorer) around the parts' own gradients is backward() of
+    model.lm_loss: the loss over the scored tokens only, and every weight's gradient (the tied
+    embedding's from both its uses, attention, the harness MLP and the norms computed here)."""
+    tier = resolve("micro", {"n_layers": 3})
+    torch.manual_seed(0)
+    model = LM(contract.load(source), tier).train()
+    for p in model.parameters():
+        p.data += 0.05 * torch.randn_like(p)
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    tokens, targets = rng.integers(0, 256, (3, 24)), rng.integers(0, 256, (3, 24))
+    targets[0, :7] = IGNORE
+    loss = lm_loss(model, torch.from_numpy(tokens), torch.from_numpy(targets))
+    loss.backward()
+
+    def module(kind, layer):
+        return model.blocks[layer].mixer if kind == "Mixer" else model.blocks[layer].ffn
+
+    def part(kind, layer, run, x):
+        with torch.no_grad():
+            return module(kind, layer)(torch.from_numpy(x).float()).double().numpy()
+
+    def part_vjp(kind, layer, run, x, dy):
+        m = module(kind, layer)
+        x = torch.from_numpy(x).float().requires_grad_()
+        params = dict(m.named_parameters())
+        grads = torch.autograd.grad(m(x), [x, *params.values()], torch.from_numpy(dy).float())
+        return grads[0].double().numpy(), {k: g.double().numpy() for k, g in zip(params, grads[1:])}
+
+    ends, tape = shell.forward([(tokens, weights)], model.pattern, tier.n_heads, "FFN" in source, part, {0})
+    [(mine, grads)] = shell.gradients(
+        [(tokens, targets, weights, tape[0], ends[0])], model.pattern, tier.n_heads, "FFN" in source, part_vjp
+    )
+    assert mine == pytest.approx(loss.item(), abs=1e-5)
+    expected = {k: p.grad.numpy() for k, p in model.named_parameters()}
+    assert set(grads) == set(expected)
+    for k, g in expected.items():
+        assert np.linalg.norm(grads[k] - g) <= 1e-4 * np.linalg.norm(g) + 1e-7, k
 
 
 def test_the_scorers_optimizer_is_torchs_adamw_schedule_and_clipping():
@@ -1081,6 +1123,39 @@ def test_the_scored_logits_must_be_the_shells_composition_of_the_parts():
         with pytest.raises(CandidateError) as e:
             ev.compose_in_s()
         assert e.value.reason == "tamper", e.value
+
+
+def test_a_training_steps_gradients_must_be_the_shells_backward_pass():
+    """A checked training step goes through S0 forwards and SB0 backwards (the part's gradients at the
+    step's inputs, with its randomness and progress); the gradients and loss server A reported must be
+    the shell's: honest ones agree, and signs, one parameter's halved or another loss are `tamper`."""
+    tier = TIERS["micro"]
+    ev = loopback.evaluation(HYBRID, tier)
+    model = ev.b.server._new_model("lm").train()
+    ev.patterns = {"lm": model.pattern}
+    rng = np.random.default_rng(0)
+    inputs, targets = rng.integers(0, 256, (4, tier.seq_len)), rng.integers(0, 256, (4, tier.seq_len))
+    loss = lm_loss(model, torch.from_numpy(inputs), torch.from_numpy(targets), 5)
+    loss.backward()
+    weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    groups = [[name] for name, _ in model.named_parameters()]
+    grads = {name: p.grad.numpy().copy() for name, p in model.named_parameters()}
+    honest = scorer.Taken("lm", 3, 0.15, 5, weights, groups, inputs, targets, grads, loss.item())
+    ev.taken = [honest]
+    ev.compose_in_s()
+    assert ev.metrics["grad_gap"] < 1e-4
+    backward = [fields for op, fields in ev.servers["SB0"].requests if op == "part"]
+    assert backward and all({"x", "dy"} <= set(shape) for shape in backward)
+    first = groups[0][0]
+    for forged in (
+        honest._replace(grads={k: np.sign(g) * 1e-2 for k, g in grads.items()}),
+        honest._replace(grads={**grads, first: grads[first] / 2}),
+        honest._replace(loss=honest.loss + 0.01),
+    ):
+        ev.taken = [forged]
+        with pytest.raises(CandidateError) as e:
+            ev.compose_in_s()
+        assert e.value.reason == "tamper" and "training step 3" in e.value.detail, e.value
 
 
 def test_the_checks_count_parameters_from_the_weights_a_server_sends():

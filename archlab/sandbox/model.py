@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from archlab.sandbox import contract
+from archlab.sandbox import contract, shell
 from archlab.sandbox.data import IGNORE, VOCAB_SIZE
 from archlab.sandbox.errors import CandidateError, rejected
 from archlab.sandbox.tiers import Tier
@@ -72,12 +72,18 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, mixer: nn.Module, ffn: nn.Module, d_model: int):
+    def __init__(self, mixer: nn.Module, ffn: nn.Module, d_model: int, layer: int):
         super().__init__()
         self.norm1, self.mixer = nn.RMSNorm(d_model), mixer
         self.norm2, self.ffn = nn.RMSNorm(d_model), ffn
+        self.layer = layer
 
-    def forward(self, x):
+    def forward(self, x, seed: int | None = None):
+        """`seed`: a training step's; each part then draws its randomness (dropout) from a seed of
+        its own (shell.part_seed), which a server holding that part alone can draw again (the
+        scorer's gradient check)."""
+        if seed is not None:
+            torch.manual_seed(shell.part_seed(seed, self.layer, "Mixer"))
         y = self.mixer(self.norm1(x))
         if type(y) is not torch.Tensor or y.shape != x.shape:  # noqa: E721  (subclasses could carry __torch_function__)
             raise CandidateError(
@@ -86,6 +92,8 @@ class Block(nn.Module):
                 f"got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}",
             )
         x = x + y
+        if seed is not None:
+            torch.manual_seed(shell.part_seed(seed, self.layer, "FFN"))
         return x + self.ffn(self.norm2(x))
 
 
@@ -102,15 +110,16 @@ class LM(nn.Module):
                 contract.build_mixer(candidate, d, tier.n_heads) if kind == "M" else Attention(d, tier.n_heads),
                 ffn(d_model=d),
                 d,
+                i,
             )
-            for kind in self.pattern
+            for i, kind in enumerate(self.pattern)
         )
         self.norm = nn.RMSNorm(d)
 
-    def forward(self, tokens):
+    def forward(self, tokens, seed: int | None = None):
         x = self.embed(tokens)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, seed)
         return F.linear(self.norm(x), self.embed.weight)  # tied LM head
 
     def step(self, token: torch.Tensor, states: list | None):
@@ -140,8 +149,8 @@ def has_step(mixer: nn.Module) -> bool:
     return callable(getattr(type(mixer), "step", None))
 
 
-def lm_loss(model: LM, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = model(inputs)
+def lm_loss(model: LM, inputs: torch.Tensor, targets: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    logits = model(inputs, seed)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
 
 

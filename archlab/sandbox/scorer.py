@@ -97,6 +97,17 @@ CAUSAL_TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}
 # log-probabilities by a few hundredths, the mean loss hardly (it averages out); an estimate, not yet
 # measured on a GPU. A forgery must move the mean loss to be worth anything.
 SHELL_TOLERANCE = {"cpu": (1e-3, 1e-3, 0.01), "cuda": (2.0, 1e-2, 0.01)}
+# The gradients server A reports, on GRADIENT_CHECKS training steps drawn here, against the shell's own
+# backward pass (shell.gradients) around each part's gradients from its own layer's server: the
+# relative error of each parameter's (its norm over the larger of its own norm and 1e-3 of all of
+# them), and the loss against SHELL_TOLERANCE's. Before, a server that sent sign(g) scaled up made
+# AdamW take full steps (micro val_loss 4.015 vs 4.095) and one that computed every 4th step and
+# re-sent the rest trained 3.4x "faster" (red team, 2026-12-05). Measured honest errors (float32 in A,
+# float64 here): 1e-6 (hybrid) to 4e-5 (the DeltaNet root's chunked solve). A GPU trains under bf16
+# autocast: an estimate, not yet measured on a GPU. Finite differences were tried first: a top-1
+# router's tokens flip within any step float32 resolves (errors 0.1-4 on an honest candidate).
+GRADIENT_CHECKS = 8
+GRADIENT_TOLERANCE = {"cpu": 1e-2, "cuda": 0.1}
 DECODE_TOLERANCE = {"cpu": 1e-2, "cuda": 1e-1}  # token-by-token decoding against the forward pass, nats
 # Integers in the weights, all told: counters and index buffers fit; more were weights in disguise
 # (bfloat16 bit patterns the int8 score skipped, or several packed into each: red team, 2026-12-04).
@@ -109,6 +120,30 @@ MEMORY_POLL_S = 0.005  # how often the scorer reads a training server's resident
 
 
 # -- one model server, seen from here ---------------------------------------------------------
+class Taken(NamedTuple):
+    """A training step as server A took it, kept for the gradient check (compose_in_s)."""
+
+    model: str  # "lm" or "probe"
+    step: int
+    progress: float  # training_progress() during the step
+    seed: int  # of the parts' randomness (shell.part_seed)
+    weights: dict  # the model the step was taken at, under its own names
+    groups: list  # the parameters, as lists of the names of one tensor each
+    inputs: np.ndarray
+    targets: np.ndarray
+    grads: dict = {}  # the gradients the server reported, by each parameter's first name
+    loss: float | None = None  # the loss it reported
+
+
+class Training(NamedTuple):
+    reply: dict  # the server's final reply
+    weights: dict  # the trained model: as built, with the optimizer's parameters
+    seconds: float  # from sending the fourth batch to the final reply (the first three pay for warm-up)
+    tokens: int  # of the batches in that time
+    copies: dict  # step -> the weights before it, for the steps asked for (the validation curve)
+    taken: list  # the checked steps (Taken)
+
+
 class Server:
     """A model server, forked from a launch pad (zygote.py) warm, given the candidate's source later."""
 
@@ -118,6 +153,7 @@ class Server:
         self, name: str, job: dict, log: Path, deadline: float, pad: zygote.LaunchPad, scratch: str, isolate: bool
     ):
         self.name, self.deadline, self.cpu_s, self.pad, self.isolate = name, deadline, job.get("cpu_s"), pad, isolate
+        self.seed = int(job.get("seed", 0))
         self.expired = False  # set by the evaluation's watchdog when it kills the server at the backstop
         self.closed = False
         self.pids: tuple[int, int] | None = None  # (the process to kill, the server) as this machine sees them
@@ -182,22 +218,20 @@ class Server:
         batches,
         progress,
         built: dict,
+        checked: set[int],
         curves: Curves | None = None,
         snapshots: tuple[int, ...] | list[int] = (),
-    ) -> tuple[dict, dict, float, int, dict]:
+    ) -> "Training":
         """Serve `tier.steps` training batches on request, each with the parameters to take the step
-        at, and run the optimizer (optim.py) on the gradients each request brings. Returns the final
-        reply, the trained weights (`built`, the model as it was built, with the optimizer's
-        parameters), the seconds from sending the fourth batch to the final reply (the first three
-        pay for warm-up) and the tokens of the batches in that time, and copies of the weights before
-        each step in `snapshots`. The loss it reports with each request goes to the progress display
-        and to `curves`."""
+        at and the seed of the parts' randomness, and run the optimizer (optim.py) on the gradients
+        each request brings; the steps in `checked` are kept for the gradient check (compose_in_s).
+        The loss it reports with each request goes to the progress display and to `curves`."""
         self._send({"op": "train", "model": which})
         self.rss_peak, watching = 0, threading.Event()
         watcher = threading.Thread(target=self._watch_memory, args=(watching,), daemon=True)
         watcher.start()
         try:
-            return self._train(tier, batches, progress, built, curves, snapshots)
+            return self._train(which, tier, batches, progress, built, checked, curves, snapshots)
         finally:
             watching.set()
             watcher.join()
@@ -209,8 +243,9 @@ class Server:
         while not done.wait(MEMORY_POLL_S):
             self.rss_peak = max(self.rss_peak, _memory(self.host_pid()))
 
-    def _train(self, tier, batches, progress, built, curves, snapshots) -> tuple[dict, dict, float, int, dict]:
-        tokens, started, copies, groups, opt = 0, None, {}, [], None
+    def _train(self, which, tier, batches, progress, built, checked, curves, snapshots) -> "Training":
+        tokens, started, copies, groups, opt, taken = 0, None, {}, [], None, []
+        seeds = (self.seed * 2 + (which == "probe")) << 20  # each step's: seeds + step (deterministic, as training)
         for step in range(tier.steps):
             header, arrays = self._receive()
             if header.get("need") != step:
@@ -221,6 +256,7 @@ class Server:
                 groups = _parameter_groups(header.get("params"), built)
                 opt = optim.AdamW({names[0]: built[names[0]] for names in groups}, tier.lr, tier.steps, tier.warmup)
             else:
+                _took(taken, step - 1, arrays, header.get("loss"))
                 opt.step(_named(arrays, "g."))
             progress(step=step, steps=tier.steps, loss=header.get("loss"))
             if curves is not None and step:
@@ -231,9 +267,23 @@ class Server:
             if step == 3:
                 started = time.perf_counter()
             tokens += inputs.size if step >= 3 else 0
+            if step in checked:
+                taken.append(
+                    Taken(
+                        which,
+                        step,
+                        step / tier.steps,
+                        seeds + step,
+                        _trained(built, groups, opt.params),
+                        groups,
+                        inputs,
+                        targets,
+                    )
+                )
             params = {"p." + k: v for k, v in opt.params.items()}
-            self._send({}, {"inputs": inputs, "targets": targets, **params})
+            self._send({"seed": seeds + step}, {"inputs": inputs, "targets": targets, **params})
         header, arrays = self._receive()
+        _took(taken, tier.steps - 1, arrays, header.get("train_loss"))
         opt.step(_named(arrays, "g."))
         seconds = time.perf_counter() - started if started is not None else 0.0
         if curves is not None:
@@ -249,7 +299,7 @@ class Server:
                     f"training changed the buffer {key[:80]!r}: what a model learns must be a parameter, which "
                     "the scorer's optimizer trains (a buffer stays as the model was built)",
                 )
-        return header, trained, seconds, tokens, copies
+        return Training(header, trained, seconds, tokens, copies, taken)
 
     def host_pid(self) -> int | None:
         """The model server's pid as this machine sees it: its /proc is readable from here."""
@@ -545,6 +595,14 @@ def quantized(weights: dict) -> dict:
 
 
 # -- the evaluation -----------------------------------------------------------------------------
+class Run(NamedTuple):
+    """Rows the shell composes (compose_in_s): scored ones, or a checked training step's batch."""
+
+    inputs: np.ndarray
+    weights: dict  # one model's, under its own names
+    taken: Taken | None  # the training step (its parts run as in training), or None: scored rows
+
+
 class Scored(NamedTuple):
     """Rows a server scored, waiting for their checks: C's perturbed copies, S's composition."""
 
@@ -610,6 +668,7 @@ class Evaluation:
         self.curves: Curves | None = None  # loss curves (curves.py), from the start of training
         self.copies: dict = {}  # step -> a copy of the weights after it, for the validation curve
         self.pending: list = []  # scored rows waiting for their copies in server C
+        self.taken: list = []  # training steps waiting for their gradient check (compose_in_s)
 
     def _expire(self) -> None:
         """The wall-clock backstop: kill every server (a blocked pipe write then fails too)."""
@@ -1007,11 +1066,19 @@ class Evaluation:
         batches = (corpus.train_batch(tier.batch_size, tier.seq_len, rng) for _ in range(tier.steps))
         self.progress("training")
         self.curves = Curves(tier.steps, self.seed)
-        header, weights, seconds, tokens, copies = a.train(
-            "lm", tier, batches, self.progress, self.built["lm"], self.curves, val_steps(tier.steps, tier.val_points)
+        lm = a.train(
+            "lm",
+            tier,
+            batches,
+            self.progress,
+            self.built["lm"],
+            self._checked(tier.steps),
+            self.curves,
+            val_steps(tier.steps, tier.val_points),
         )
-        weights = canonical(weights)
-        self.copies = {step: canonical(copy) for step, copy in copies.items()}
+        header, seconds, tokens, weights = lm.reply, lm.seconds, lm.tokens, canonical(lm.weights)
+        self.copies = {step: canonical(copy) for step, copy in lm.copies.items()}
+        self.taken = lm.taken
         self.metrics["mixer_params"] = budget(
             weights, tier.d_model, tier.n_layers, self.has_ffn, self._limit(tier.d_model)
         )
@@ -1030,20 +1097,26 @@ class Evaluation:
             prng = np.random.default_rng(self.seed + 7919)
             started = time.perf_counter()
             self.progress("training the probes")
-            header, probe, _, _, _ = a.train(
+            probe = a.train(
                 "probe",
                 probe_tier(tier),
                 (probe_batch(p, p.batch_size, prng) for _ in range(p.steps)),
                 self.progress,
                 self.built["probe"],
+                self._checked(p.steps),
             )
-            probe = canonical(probe)
+            header, self.taken = probe.reply, self.taken + probe.taken
+            probe = canonical(probe.weights)
             budget(probe, p.d_model, p.n_layers, self.has_ffn, self._limit(p.d_model))
             self.metrics.update(
                 probe_train_loss=number(header, "train_loss", "probe training"),
                 probe_train_s=time.perf_counter() - started,
             )
             self.weights |= {f"probe.{k}": v for k, v in probe.items()}
+
+    def _checked(self, steps: int) -> set[int]:
+        """The training steps whose gradients compose_in_s checks: drawn here, where no server sees them."""
+        return set(self.rng.choice(steps, min(steps, GRADIENT_CHECKS), replace=False).tolist())
 
     def peak_memory(self, a: Server, header: dict, weights: dict) -> None:
         """Peak memory of training: on the CPU, server A's peak over its baseline before the candidate
@@ -1181,11 +1254,11 @@ class Evaluation:
         return logits
 
     def shell_servers(self) -> list[str]:
-        """The servers of compose_in_s: one per layer of each model."""
+        """The servers of compose_in_s: two per layer of each model (forward, then gradients)."""
         probes = self.tier.probes
-        return [_shell_server("lm", i) for i in range(self.tier.n_layers)] + (
-            [_shell_server("probe", i) for i in range(probes.n_layers)] if probes is not None else []
-        )
+        layers = [("lm", i) for i in range(self.tier.n_layers)]
+        layers += [("probe", i) for i in range(probes.n_layers)] if probes is not None else []
+        return [_shell_server(model, i, backward) for backward in (False, True) for model, i in layers]
 
     def compose_in_s(self) -> None:
         """Every row B and P scored, composed here by the harness's shell (shell.py: embeddings, norms,
@@ -1194,50 +1267,87 @@ class Evaluation:
         batching); the logits must be the scored ones, and so the loss and the accuracy at the scored
         tokens. What a server computes outside its parts (a patched LM.forward, MLP or head) is not the
         harness's, whatever the checks between servers say. A server per layer: one S for all layers
-        kept every layer's weights, and a part used another block's (red team, 2026-12-05)."""
+        kept every layer's weights, and a part used another block's (red team, 2026-12-05).
+        The checked training steps go through the same servers, then backwards through one more per
+        layer (SB0, ...): the gradients server A reported must be the shell's (_same_gradients)."""
         tol_max, tol_loss, tol_acc = SHELL_TOLERANCE[self.device]
-        gap, current = 0.0, [None]
+        gap, grad_gap, current = 0.0, 0.0, [None]
+
+        def server(name: str) -> Server:  # one at a time, each started once
+            if current[0] != name:
+                if current[0] is not None:
+                    self._end(current[0])
+                current[0] = name
+                self._start(name)
+            return self.servers[name]
+
         for model in ("lm", "probe"):
             entries = [e for e in self.pending if e.model == model]
-            if not entries:
+            taken = [t for t in self.taken if t.model == model]
+            if not entries and not taken:
                 continue
-            held = [
-                {k[len(model) + 1 :]: v for k, v in e.weights.items() if k.startswith(model + ".")} for e in entries
-            ]
-            d = held[0]["embed.weight"].shape[1]
+            runs = [Run(e.inputs, shell.sub(e.weights, model + "."), None) for e in entries]
+            runs += [Run(t.inputs, t.weights, t) for t in taken]
+            d = runs[0].weights["embed.weight"].shape[1]
             batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
 
-            def part(kind: str, layer: int, run: int, x: np.ndarray) -> np.ndarray:
-                name = _shell_server(model, layer)
-                if current[0] != name:
-                    if current[0] is not None:
-                        self._end(current[0])
-                    current[0] = name
-                    self._start(name)
+            def ask(name: str, kind: str, layer: int, run: int, arrays: dict) -> dict:
                 prefix = f"blocks.{layer}.{'ffn' if kind == 'FFN' else 'mixer'}."
-                sent = {"w." + k: v for k, v in shell.sub(held[run], prefix).items()}
+                sent = {"w." + k: v for k, v in shell.sub(runs[run].weights, prefix).items()}
+                step = runs[run].taken
+                fields = dict(part=kind, dtype="float32", d_model=d, autocast=True)
+                if step is not None:  # as in training: the batch whole, the step's randomness and progress
+                    fields |= dict(seed=shell.part_seed(step.seed, layer, kind), train=True, progress=step.progress)
+                else:
+                    fields |= dict(seed=0, train=False)
+                return server(name).ask("part", {**arrays, **sent}, **fields)[1]
+
+            def part(kind: str, layer: int, run: int, x: np.ndarray) -> np.ndarray:
+                name, what = _shell_server(model, layer), f"{kind}.forward of block {layer}"
+                if runs[run].taken is not None:
+                    return array(ask(name, kind, layer, run, {"x": x.astype(np.float32)}), "y", x.shape, what)
                 y = np.empty_like(x)
                 for rows in np.array_split(self.rng.permutation(len(x)), max(1, math.ceil(len(x) / batch))):
-                    out = self.servers[name].ask(
-                        "part",
-                        {"x": x[rows].astype(np.float32), **sent},
-                        part=kind,
-                        seed=0,
-                        dtype="float32",
-                        train=False,
-                        d_model=d,
-                        autocast=True,
-                    )[1]
-                    y[rows] = array(out, "y", (len(rows), *x.shape[1:]), f"{kind}.forward of block {layer}")
+                    out = ask(name, kind, layer, run, {"x": x[rows].astype(np.float32)})
+                    y[rows] = array(out, "y", (len(rows), *x.shape[1:]), what)
                 return y
 
-            runs = [(e.inputs, w) for e, w in zip(entries, held)]
-            composed = shell.logits(runs, self.patterns[model], self.tier.n_heads, self.has_ffn, part)
-            for e, mine in zip(entries, composed):
-                gap = max(gap, self._same_scores(e, mine, tol_max, tol_loss, tol_acc))
+            def part_vjp(kind: str, layer: int, run: int, x: np.ndarray, dy: np.ndarray) -> tuple:
+                r = len(entries) + run  # gradients() counts the taken runs from 0
+                arrays = {"x": x.astype(np.float32), "dy": dy.astype(np.float32)}
+                out = ask(_shell_server(model, layer, backward=True), kind, layer, r, arrays)
+                what = f"the gradients of {kind}.forward of block {layer}"
+                names = shell.sub(runs[r].weights, f"blocks.{layer}.{'ffn' if kind == 'FFN' else 'mixer'}.")
+                grads = {k: array(out, "d." + k, names[k].shape, what) for k in _named(out, "d.") if k in names}
+                return array(out, "dx", x.shape, what), grads
+
+            ends, tape = shell.forward(
+                [(r.inputs, r.weights) for r in runs],
+                self.patterns[model],
+                self.tier.n_heads,
+                self.has_ffn,
+                part,
+                set(range(len(entries), len(runs))),
+            )
+            for i, e in enumerate(entries):
+                gap = max(gap, self._same_scores(e, shell.head(ends[i], runs[i].weights), tol_max, tol_loss, tol_acc))
+            done = shell.gradients(
+                [
+                    (t.inputs, t.targets, t.weights, tape[len(entries) + j], ends[len(entries) + j])
+                    for j, t in enumerate(taken)
+                ],
+                self.patterns[model],
+                self.tier.n_heads,
+                self.has_ffn,
+                part_vjp,
+            )
+            for t, (loss, grads) in zip(taken, done):
+                grad_gap = max(grad_gap, _same_gradients(t, loss, grads, tol_loss, GRADIENT_TOLERANCE[self.device]))
         if current[0] is not None:
             self._end(current[0])
         self.metrics["shell_gap"] = gap
+        if self.taken:
+            self.metrics["grad_gap"] = grad_gap
 
     def _same_scores(self, e: Scored, composed: np.ndarray, tol_max: float, tol_loss: float, tol_acc: float) -> float:
         """The largest log-probability gap between the scored logits and the shell's; a tamper
@@ -1390,9 +1500,10 @@ def _model_weights(weights: dict, model: str) -> dict:
     return {k: v for k, v in weights.items() if k.startswith(model + ".")}
 
 
-def _shell_server(model: str, layer: int) -> str:
-    """The name of the server that computes the parts of one layer: "S0", "S1", ...; "SP0", ... (probes)."""
-    return f"S{'P' if model == 'probe' else ''}{layer}"
+def _shell_server(model: str, layer: int, backward: bool = False) -> str:
+    """The name of the server that computes the parts of one layer: "S0", "S1", ...; "SP0", ... (probes);
+    "SB0", "SPB0", ... for their gradients (after every layer's forward)."""
+    return f"S{'P' if model == 'probe' else ''}{'B' if backward else ''}{layer}"
 
 
 def _parameter_groups(groups, built: dict) -> list[list[str]]:
@@ -1420,6 +1531,40 @@ def _parameter_groups(groups, built: dict) -> list[list[str]]:
                 )
             seen.add(name)
     return groups
+
+
+def _same_gradients(t: Taken, loss: float, grads: dict, tol_loss: float, tol_grad: float) -> float:
+    """The largest relative error of the gradients server A reported for step `t` against the
+    shell's (each parameter's: its norm over the larger of its own and 1e-3 of all of them); a tamper
+    verdict where it exceeds `tol_grad` or the reported loss is not the shell's."""
+    mine = {
+        names[0]: sum((grads[n] for n in names if n in grads), np.zeros(t.weights[names[0]].shape))
+        for names in t.groups
+    }
+    total = math.sqrt(sum(float(np.square(g).sum()) for g in mine.values()))
+    worst, where = 0.0, ""
+    for name, g in mine.items():
+        theirs = t.grads.get(name, np.zeros(g.shape))
+        error = float(np.linalg.norm(theirs.astype(np.float64) - g)) / max(
+            float(np.linalg.norm(g)), 1e-3 * total, 1e-30
+        )
+        if error > worst:
+            worst, where = error, name
+    reported = t.loss if isinstance(t.loss, int | float) and not isinstance(t.loss, bool) else math.nan
+    if not (worst <= tol_grad and abs(loss - reported) <= tol_loss):
+        raise CandidateError(
+            "tamper",
+            f"server A's training step {t.step} of the {t.model} model was not the harness's: the gradient of "
+            f"{where[:80]!r} it reported is {worst:.2g} off the gradient of the harness's model around the "
+            f"candidate's parts (bound {tol_grad}), its loss {t.loss!r:.12} where the model's is {loss:.6f}",
+        )
+    return worst
+
+
+def _took(taken: list, step: int, arrays: dict, loss) -> None:
+    """Add what the server reported for training step `step` (its gradients and loss) to the check kept of it."""
+    if taken and taken[-1].step == step:
+        taken[-1] = taken[-1]._replace(grads=_named(arrays, "g."), loss=loss)
 
 
 def _named(arrays: dict, prefix: str) -> dict:

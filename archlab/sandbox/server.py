@@ -51,12 +51,14 @@ class Server:
         to `x` with dropout drawn from `seed` too (so two servers draw the same masks), as a model's
         logits are (bf16 autocast on a GPU) when `autocast`, on `threads` CPU threads if given (the
         clock's requests ask for one: the CPU time of more threads includes their waiting for each
-        other, which grows with the machine's load and the tensors' size)."""
+        other, which grows with the machine's load and the tensors' size), at training progress
+        `progress` if given (a training step's part, for the gradient check; 1.0 otherwise). With `dy`
+        (the gradient of its output), the gradients of its input ("dx") and weights ("d.NAME") too."""
         import contextlib
 
         import torch
 
-        from archlab.sandbox.model import autocast
+        from archlab.sandbox.model import autocast, guard
 
         d = int(req.get("d_model", self.tier.d_model))
         module = self._build_part(req["part"], int(req["seed"]), getattr(torch, req["dtype"]), bool(req["train"]), d)
@@ -69,15 +71,23 @@ class Server:
         x = self._tensor(arrays["x"]).to(getattr(torch, req["dtype"]))
         threads = torch.get_num_threads()
         torch.set_num_threads(int(req.get("threads", threads)))
+        candidate_api._set_training_progress(float(req.get("progress", 1.0)))
+        grad = bool(req.get("grad")) or "dy" in arrays
         try:
             with (
-                torch.set_grad_enabled(bool(req.get("grad"))),
+                torch.set_grad_enabled(grad),
                 autocast(self.device) if req.get("autocast") else contextlib.nullcontext(),
             ):
                 torch.manual_seed(int(req["seed"]))
-                y = self._call(module, x.requires_grad_(bool(req.get("grad"))), req["part"])
+                y = self._call(module, x.requires_grad_(grad), req["part"])
+            if "dy" in arrays:
+                dy = self._tensor(arrays["dy"]).to(device=y.device, dtype=y.dtype)
+                guard(lambda: torch.autograd.backward(y, dy))
+                grads = {"d." + k: p.grad for k, p in module.named_parameters() if p.grad is not None}
+                return {}, {"dx": x.grad if x.grad is not None else torch.zeros_like(x), **grads}
         finally:
             torch.set_num_threads(threads)
+            candidate_api._set_training_progress(1.0)
         return {}, {"y": (y.float() if req.get("autocast") else y).detach()}
 
     def step(self, req: dict, arrays: dict) -> tuple[dict, dict]:
@@ -147,7 +157,8 @@ class Server:
 
     def train(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """A fresh model's gradients on the batches the scorer sends, one per request for the next step,
-        each at the parameters sent with it ("p.NAME"); each request after the first carries the
+        each at the parameters sent with it ("p.NAME") and with the seed of its parts' randomness
+        (model.Block); each request after the first carries the
         previous step's gradients ("g.NAME"), the first the parameters' names, the final reply the
         last step's gradients and the buffers ("b.NAME": the scorer checks that training left them
         as built)."""
@@ -170,7 +181,7 @@ class Server:
                 if step == 0:
                     header["params"] = [names for names, _ in params]
                 wire.send(REPLY_FD, header, {k: _array(v) for k, v in grads.items()} or None)
-                _, batch = wire.receive(0, MAX_REQUEST)
+                request, batch = wire.receive(0, MAX_REQUEST)
                 with torch.no_grad():
                     for names, p in params:
                         p.copy_(self._tensor(batch["p." + names[0]]))
@@ -178,7 +189,9 @@ class Server:
                     self._tensor(batch[k]).long().to(self.device, non_blocking=True) for k in ("inputs", "targets")
                 )
                 candidate_api._set_training_progress(step / tier.steps)  # between steps (archlab/candidate.py)
-                loss = train.gradients(model, inputs, targets, self.device, f"{which} training loss at step {step}")
+                loss = train.gradients(
+                    model, inputs, targets, int(request["seed"]), self.device, f"{which} training loss at step {step}"
+                )
                 grads = {"g." + names[0]: p.grad for names, p in params if p.grad is not None}
                 if step % 50 == 49:
                     print(f"[server] {which} step {step + 1}/{tier.steps} loss {loss:.3f}", flush=True)
@@ -346,7 +359,7 @@ def warm_up(device, *, train: bool, count: bool) -> None:
     model = LM(tiny, tier).to(device)
     inputs = torch.randint(0, 256, (2, 8), device=device)
     if train:
-        training.gradients(model, inputs, inputs, device, "warm-up")
+        training.gradients(model, inputs, inputs, 0, device, "warm-up")
     model.eval()
     with torch.no_grad(), autocast(device):
         lm_loss(model, inputs, inputs)

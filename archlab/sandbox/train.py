@@ -19,11 +19,14 @@ def parameters(model: nn.Module) -> list[tuple[list[str], nn.Parameter]]:
     return list(groups.values())
 
 
-def gradients(model: LM, inputs: torch.Tensor, targets: torch.Tensor, device: torch.device, what: str) -> float:
+def gradients(
+    model: LM, inputs: torch.Tensor, targets: torch.Tensor, seed: int, device: torch.device, what: str
+) -> float:
     """The loss of one batch and its gradients in the model's parameters (the scorer runs the
-    optimizer: optim.py); returns the loss (reading it synchronizes)."""
+    optimizer: optim.py), each part's randomness drawn from `seed` (model.Block); returns the loss
+    (reading it synchronizes)."""
     with autocast(device):
-        loss = guard(lambda: lm_loss(model, inputs, targets))
+        loss = guard(lambda: lm_loss(model, inputs, targets, seed))
     if not torch.isfinite(loss):
         raise CandidateError("nan", f"{what} became {loss.item()}")
     model.zero_grad(set_to_none=True)
