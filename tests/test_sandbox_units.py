@@ -1186,7 +1186,7 @@ def test_a_clock_only_superlinear_verdict_is_measured_again(spikes, verdict, mea
     one by one failed a linear MLP under CI's load)."""
     tier = resolve("check", {"d_model": 64, "seq_len": 64, "complexity_lengths": (256,)})
     steady = helpers.mixer(
-        "for _ in range(8):\n    x = torch.tanh(self.proj(x))\nreturn x\n"
+        "for _ in range(32):\n    x = torch.tanh(self.proj(x))\nreturn x\n"
     )  # linear, enough to resolve
     ev = loopback.evaluation(steady, tier)
     ask, clock, taken = ev.a.ask, ev._clock, []
