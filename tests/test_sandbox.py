@@ -2,6 +2,7 @@
 checks, then the runner with real model servers (sandboxed child processes) and the trusted scorer."""
 
 import math
+import re
 import tempfile
 import textwrap
 import threading
@@ -339,14 +340,15 @@ def test_candidate_cannot_patch_the_loss_through_an_alias():
 
 
 @pytest.mark.e2e
-def test_a_patched_loss_fools_only_its_own_server():
-    """Without the diagnostics the patch runs: the server trains on a loss of 0 and says so, but
-    the validation loss is the scorer's, computed from the logits: an untrained model's."""
+def test_a_patched_loss_is_named_by_the_gradient_check():
+    """Without the diagnostics the patch runs: the server trains on a loss of 0 and says so, and the
+    scorer's gradient check finds that neither that loss nor its gradients are the harness's model's
+    (before the check, the model stayed untrained: what is scored is computed from the logits)."""
     result = evaluate(ALIAS_PATCH, "micro", skip_static_checks=True)
-    assert result.ok, result
-    m = result.metrics
-    assert m["train_loss"] == 0.0, "the patch did run in the server"
-    assert m["val_loss"] > math.log(256) - 0.3, m["val_loss"]  # ~ a uniform guess over bytes (the root learns ~4.2)
+    assert not result.ok and result.reason == "tamper", result
+    assert "training step" in result.detail and re.search(r"its loss -?0\.0 where the model.s is 5", result.detail), (
+        result
+    )
 
 
 @pytest.mark.e2e
