@@ -22,6 +22,15 @@ stamp "tests and throughput in the background (they share the GPU with the searc
 setsid bash -c "timeout $(left $((BUDGET / 3))) python3 -m pytest -q -p no:cacheprovider tests/test_sandbox_gpu.py > '$OUT/tests.log' 2>&1
   timeout \$(( $((T0 + BUDGET - 10)) - \$(date +%s) )) python3 bench/sandbox_throughput.py --steps 10 > '$OUT/throughput.log' 2>&1" &
 BACKGROUND=$!
+stamp "the scorer's checks on this GPU: the gaps its estimated tolerances bound (scorer.py)"
+timeout 150 python3 - <<'PY' 2>&1 | tee "$OUT/gaps.log"
+from archlab.sandbox import runner, scorer
+from archlab.templates import render_root
+for root in ("deltanet", "gated_deltanet"):
+    m = runner.evaluate(render_root(root), "micro", device="cuda", threads=1, param_limit=-1).metrics
+    print(root, {k: m.get(k) for k in ("val_loss", "causal_gap", "shell_gap", "grad_gap")})
+print("tolerances", scorer.CAUSAL_TOLERANCE["cuda"], scorer.SHELL_TOLERANCE["cuda"], scorer.GRADIENT_TOLERANCE["cuda"])
+PY
 stamp "search and verify"
 timeout $(left $((BUDGET - 20))) python3 bench/verified_improvement.py --hours $(python3 -c "print(round($BUDGET / 3 / 3600, 3))") \
   --top 1 --seeds 3 --device cuda --workers 4 --tier smoke --verify-tier smoke --out "$OUT/verified" \
