@@ -1,6 +1,7 @@
 """The harness's model shell (model.LM) in numpy, for the scorer: byte embeddings, pre-norm residual
-blocks, the harness MLP and softmax attention, the tied head. The candidate's parts are a function
-the caller passes (the scorer asks a server that holds nothing but that part's weights).
+blocks, the harness MLP and softmax attention, the tied head, and the backward pass of its loss.
+The candidate's parts (and their gradients) are a function the caller passes (the scorer asks a
+server that holds nothing but that part's weights).
 
 Why: a model server runs the harness's code in the candidate's process, where the candidate can
 replace any of it (a patched LM.forward added a hand-written copy rule to the logits: -12.9% at
@@ -30,15 +31,32 @@ def swiglu(x: np.ndarray, w: dict) -> np.ndarray:
     return (silu(gate) * up) @ w["down.weight"].T
 
 
+def heads(y: np.ndarray, n_heads: int) -> np.ndarray:
+    """(batch, time, d) -> (batch, heads, time, d / heads)."""
+    b, t, _ = y.shape
+    return y.reshape(b, t, n_heads, -1).transpose(0, 2, 1, 3)
+
+
+def merge(y: np.ndarray) -> np.ndarray:
+    """heads() undone."""
+    b, n, t, e = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(b, t, n * e)
+
+
+def causal_softmax(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Attention probabilities of every query over the keys up to its own position."""
+    t = q.shape[-2]
+    scores = np.where(
+        np.tril(np.ones((t, t), dtype=bool)), q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1]), -np.inf
+    )
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
 def attention(x: np.ndarray, w: dict, n_heads: int) -> np.ndarray:
     """Causal softmax attention over every head (model.Attention; no positional encoding)."""
-    b, t, d = x.shape
-    q, k, v = (y.reshape(b, t, n_heads, -1).transpose(0, 2, 1, 3) for y in np.split(x @ w["qkv.weight"].T, 3, -1))
-    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d // n_heads)
-    scores = np.where(np.tril(np.ones((t, t), dtype=bool)), scores, -np.inf)
-    scores = np.exp(scores - scores.max(-1, keepdims=True))
-    o = (scores / scores.sum(-1, keepdims=True)) @ v
-    return o.transpose(0, 2, 1, 3).reshape(b, t, d) @ w["out.weight"].T
+    q, k, v = (heads(y, n_heads) for y in np.split(x @ w["qkv.weight"].T, 3, -1))
+    return merge(causal_softmax(q, k) @ v) @ w["out.weight"].T
 
 
 def part_seed(seed: int, layer: int, kind: str) -> int:
@@ -92,7 +110,7 @@ def logits(runs: list[tuple[np.ndarray, dict]], pattern: str, n_heads: int, has_
     return [head(h, w) for h, (_, w) in zip(hs, runs)]
 
 
-# -- backward: the gradients of model.lm_loss, for the scorer's check of a training server's ----------
+# -- backward: the gradients of model.lm_loss, for the scorer's check of a training server's ------
 def rms_norm_vjp(x: np.ndarray, weight: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r = np.sqrt((x * x).mean(-1, keepdims=True) + EPS)
     xhat, g = x / r, dy * weight
@@ -109,20 +127,13 @@ def swiglu_vjp(x: np.ndarray, w: dict, dy: np.ndarray) -> tuple[np.ndarray, dict
 
 
 def attention_vjp(x: np.ndarray, w: dict, n_heads: int, dy: np.ndarray) -> tuple[np.ndarray, dict]:
-    b, t, d = x.shape
-    heads = lambda y: y.reshape(b, t, n_heads, -1).transpose(0, 2, 1, 3)  # noqa: E731
-    merge = lambda y: y.transpose(0, 2, 1, 3).reshape(b, t, d)  # noqa: E731
-    q, k, v = (heads(y) for y in np.split(x @ w["qkv.weight"].T, 3, -1))
-    scale = 1 / math.sqrt(d // n_heads)
-    scores = np.where(np.tril(np.ones((t, t), dtype=bool)), q @ k.transpose(0, 1, 3, 2) * scale, -np.inf)
-    p = np.exp(scores - scores.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    o = merge(p @ v)
-    do = heads(dy @ w["out.weight"])
+    q, k, v = (heads(y, n_heads) for y in np.split(x @ w["qkv.weight"].T, 3, -1))
+    p = causal_softmax(q, k)
+    do = heads(dy @ w["out.weight"], n_heads)
     dp = do @ v.transpose(0, 1, 3, 2)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) / math.sqrt(q.shape[-1])
     dqkv = np.concatenate([merge(ds @ k), merge(ds.transpose(0, 1, 3, 2) @ q), merge(p.transpose(0, 1, 3, 2) @ do)], -1)
-    return dqkv @ w["qkv.weight"], {"qkv.weight": _outer(dqkv, x), "out.weight": _outer(dy, o)}
+    return dqkv @ w["qkv.weight"], {"qkv.weight": _outer(dqkv, x), "out.weight": _outer(dy, merge(p @ v))}
 
 
 def _outer(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
