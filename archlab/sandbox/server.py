@@ -158,10 +158,9 @@ class Server:
     def train(self, req: dict, arrays: dict) -> tuple[dict, dict]:
         """A fresh model's gradients on the batches the scorer sends, one per request for the next step,
         each at the parameters sent with it ("p.NAME") and with the seed of its parts' randomness
-        (model.Block); each request after the first carries the
-        previous step's gradients ("g.NAME"), the first the parameters' names, the final reply the
-        last step's gradients and the buffers ("b.NAME": the scorer checks that training left them
-        as built)."""
+        (model.Block); each request after the first carries the previous step's gradients
+        ("g.NAME"), the first the parameters' names, the final reply the last step's gradients and
+        the buffers ("b.NAME": the scorer checks that training left them as built)."""
         import torch
 
         from archlab.sandbox import train
