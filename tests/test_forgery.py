@@ -447,6 +447,10 @@ HONEST_TRAINING = {  # what differs between a training step and an evaluation, d
         "return self.proj(x) * (1.0 - 0.5 * training_progress())\n",
         top="from archlab.candidate import training_progress\n",
     ),
+    # a part that skips itself: its output has no gradient at all (red team 6: `error` in the check)
+    "stochastic_depth": mixer(
+        "if self.training and torch.rand(()) < 0.3:\n    return torch.zeros_like(x)\nreturn self.proj(x)\n"
+    ),
     # a choice finite differences cannot step across (errors 0.1-4 of the gradient's size at smoke)
     "a_hard_top1_router": mixer(
         """
@@ -459,6 +463,18 @@ HONEST_TRAINING = {  # what differs between a training step and an evaluation, d
         init="self.gate = nn.Linear(d_model, 4)\nself.experts = nn.Parameter(torch.randn(4, d_model, d_model) / d_model**0.5)\n",
     ),
 }
+
+
+def test_a_part_that_keeps_state_between_calls_is_told_why_it_fails():
+    """What a part computed in training must be computed again in another process: noise from a
+    generator of its own (advanced by every call) cannot be, and the rejection says what can."""
+    own = mixer(
+        "if self.training:\n    x = x * (1 + 0.1 * torch.randn(x.shape, generator=self.gen))\nreturn self.proj(x)\n",
+        init="self.gen = torch.Generator().manual_seed(1234)\n",
+    )
+    result = runner.evaluate(own, "micro", threads=1, **OFF)
+    assert not result.ok and result.reason == "tamper", result
+    assert "torch's generator, which the harness seeds for every call" in result.detail, result
 
 
 @pytest.mark.parametrize("name", list(HONEST_TRAINING))

@@ -1140,7 +1140,8 @@ def test_a_training_steps_gradients_must_be_the_shells_backward_pass():
     weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     groups = [[name] for name, _ in model.named_parameters()]
     grads = {name: p.grad.numpy().copy() for name, p in model.named_parameters()}
-    honest = scorer.Taken("lm", 3, 0.15, 5, weights, groups, inputs, targets, grads, loss.item())
+    params = {"p." + names[0]: weights[names[0]] for names in groups}
+    honest = scorer.Taken("lm", 3, 0.15, 5, params, weights, groups, inputs, targets, grads, loss.item())
     ev.taken = [honest]
     ev.compose_in_s()
     assert ev.metrics["grad_gap"] < 1e-4
@@ -1156,6 +1157,26 @@ def test_a_training_steps_gradients_must_be_the_shells_backward_pass():
         with pytest.raises(CandidateError) as e:
             ev.compose_in_s()
         assert e.value.reason == "tamper" and "training step 3" in e.value.detail, e.value
+
+
+def test_the_checked_steps_are_drawn_one_by_one_and_leave_no_trace_a_server_could_time():
+    """Each step is checked with probability GRADIENT_CHECKS / steps on its own (a fixed number, once
+    seen go by, told a server the rest were free), the last one always (its loss is train_loss); a
+    kept step is the very parameters sent, which the optimizer never changes in place (copying only
+    the checked ones was work a server could time)."""
+    ev = loopback.evaluation(HYBRID, TIERS["micro"])
+    draws = [ev._checked(120) for _ in range(500)]
+    assert all(119 in d for d in draws) and len({len(d) for d in draws}) > 5
+    share = np.mean([[s in d for s in range(119)] for d in draws])
+    assert abs(share - scorer.GRADIENT_CHECKS / 120) < 0.01, share
+    opt = optim.AdamW({"w": np.ones((3, 3), np.float32)}, 1e-2, 10, 2)
+    sent = opt.params["w"]
+    opt.step({"w": np.ones((3, 3), np.float32)})
+    assert (
+        opt.params["w"] is not sent
+        and np.array_equal(sent, np.ones((3, 3)))
+        and not np.array_equal(opt.params["w"], sent)
+    )
 
 
 def test_the_checks_count_parameters_from_the_weights_a_server_sends():

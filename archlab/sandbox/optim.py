@@ -57,11 +57,13 @@ class AdamW:
             self.t[name] += 1
             t = self.t[name]
             if p.ndim >= 2:
-                p *= np.float32(1 - lr * WEIGHT_DECAY)
+                p = p * np.float32(1 - lr * WEIGHT_DECAY)
             m *= np.float32(b1)
             m += np.float32(1 - b1) * g
             v *= np.float32(b2)
             v += np.float32(1 - b2) * g * g
             denom = np.sqrt(v) / np.float32(math.sqrt(1 - b2**t)) + np.float32(EPS)
-            p -= np.float32(lr / (1 - b1**t)) * m / denom
+            # a new array: the parameters of an earlier step stay as they were sent (the gradient check
+            # keeps some, and copying only those would show a server which)
+            self.params[name] = p - np.float32(lr / (1 - b1**t)) * m / denom
         self.step_count += 1

@@ -127,12 +127,17 @@ class Taken(NamedTuple):
     step: int
     progress: float  # training_progress() during the step
     seed: int  # of the parts' randomness (shell.part_seed)
-    weights: dict  # the model the step was taken at, under its own names
+    params: dict  # the parameters as sent for the step ("p." + each one's first name)
+    built: dict  # the model as built (its buffers)
     groups: list  # the parameters, as lists of the names of one tensor each
     inputs: np.ndarray
     targets: np.ndarray
     grads: dict = {}  # the gradients the server reported, by each parameter's first name
     loss: float | None = None  # the loss it reported
+
+    def weights(self) -> dict:
+        """The model the step was taken at, under its own names."""
+        return _trained(self.built, self.groups, _named(self.params, "p."))
 
 
 class Training(NamedTuple):
@@ -267,20 +272,11 @@ class Server:
             if step == 3:
                 started = time.perf_counter()
             tokens += inputs.size if step >= 3 else 0
-            if step in checked:
+            params = {"p." + k: v for k, v in opt.params.items()}  # the optimizer never changes them in place
+            if step in checked:  # no work here a server could time: the step is kept by reference
                 taken.append(
-                    Taken(
-                        which,
-                        step,
-                        step / tier.steps,
-                        seeds + step,
-                        _trained(built, groups, opt.params),
-                        groups,
-                        inputs,
-                        targets,
-                    )
+                    Taken(which, step, step / tier.steps, seeds + step, params, built, groups, inputs, targets)
                 )
-            params = {"p." + k: v for k, v in opt.params.items()}
             self._send({"seed": seeds + step}, {"inputs": inputs, "targets": targets, **params})
         header, arrays = self._receive()
         _took(taken, tier.steps - 1, arrays, header.get("train_loss"))
@@ -1115,8 +1111,10 @@ class Evaluation:
             self.weights |= {f"probe.{k}": v for k, v in probe.items()}
 
     def _checked(self, steps: int) -> set[int]:
-        """The training steps whose gradients compose_in_s checks: drawn here, where no server sees them."""
-        return set(self.rng.choice(steps, min(steps, GRADIENT_CHECKS), replace=False).tolist())
+        """The training steps whose gradients compose_in_s checks, drawn here where no server sees them:
+        each with probability GRADIENT_CHECKS / steps on its own (a fixed number would tell a server
+        that has seen them all go by that the rest are free), and the last (its loss is train_loss)."""
+        return {s for s in range(steps) if self.rng.random() < GRADIENT_CHECKS / steps} | {steps - 1}
 
     def peak_memory(self, a: Server, header: dict, weights: dict) -> None:
         """Peak memory of training: on the CPU, server A's peak over its baseline before the candidate
@@ -1287,7 +1285,7 @@ class Evaluation:
             if not entries and not taken:
                 continue
             runs = [Run(e.inputs, shell.sub(e.weights, model + "."), None) for e in entries]
-            runs += [Run(t.inputs, t.weights, t) for t in taken]
+            runs += [Run(t.inputs, t.weights(), t) for t in taken]
             d = runs[0].weights["embed.weight"].shape[1]
             batch = self.tier.batch_size if model == "lm" else self.tier.probes.batch_size
 
@@ -1332,10 +1330,7 @@ class Evaluation:
             for i, e in enumerate(entries):
                 gap = max(gap, self._same_scores(e, shell.head(ends[i], runs[i].weights), tol_max, tol_loss, tol_acc))
             done = shell.gradients(
-                [
-                    (t.inputs, t.targets, t.weights, tape[len(entries) + j], ends[len(entries) + j])
-                    for j, t in enumerate(taken)
-                ],
+                [(r.inputs, r.taken.targets, r.weights, tape[i], ends[i]) for i, r in enumerate(runs) if r.taken],
                 self.patterns[model],
                 self.tier.n_heads,
                 self.has_ffn,
@@ -1538,7 +1533,7 @@ def _same_gradients(t: Taken, loss: float, grads: dict, tol_loss: float, tol_gra
     shell's (each parameter's: its norm over the larger of its own and 1e-3 of all of them); a tamper
     verdict where it exceeds `tol_grad` or the reported loss is not the shell's."""
     mine = {
-        names[0]: sum((grads[n] for n in names if n in grads), np.zeros(t.weights[names[0]].shape))
+        names[0]: sum((grads[n] for n in names if n in grads), np.zeros(t.params["p." + names[0]].shape))
         for names in t.groups
     }
     total = math.sqrt(sum(float(np.square(g).sum()) for g in mine.values()))
@@ -1556,7 +1551,10 @@ def _same_gradients(t: Taken, loss: float, grads: dict, tol_loss: float, tol_gra
             "tamper",
             f"server A's training step {t.step} of the {t.model} model was not the harness's: the gradient of "
             f"{where[:80]!r} it reported is {worst:.2g} off the gradient of the harness's model around the "
-            f"candidate's parts (bound {tol_grad}), its loss {t.loss!r:.12} where the model's is {loss:.6f}",
+            f"candidate's parts (bound {tol_grad}), its loss {t.loss!r:.12} where the model's is {loss:.6f} (a part "
+            "must compute in another process what it computed in training: its randomness from torch's generator, "
+            "which the harness seeds for every call, its schedule from training_progress(), no state kept between "
+            "calls)",
         )
     return worst
 

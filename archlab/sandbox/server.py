@@ -81,8 +81,9 @@ class Server:
                 torch.manual_seed(int(req["seed"]))
                 y = self._call(module, x.requires_grad_(grad), req["part"])
             if "dy" in arrays:
-                dy = self._tensor(arrays["dy"]).to(device=y.device, dtype=y.dtype)
-                guard(lambda: torch.autograd.backward(y, dy))
+                if y.requires_grad:  # not where a part skipped itself (stochastic depth: zeros, no gradient)
+                    dy = self._tensor(arrays["dy"]).to(device=y.device, dtype=y.dtype)
+                    guard(lambda: torch.autograd.backward(y, dy))
                 grads = {"d." + k: p.grad for k, p in module.named_parameters() if p.grad is not None}
                 return {}, {"dx": x.grad if x.grad is not None else torch.zeros_like(x), **grads}
         finally:
