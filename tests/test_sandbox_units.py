@@ -521,7 +521,7 @@ class FFN(nn.Module):
 
 @pytest.mark.parametrize("source", [HYBRID, WITH_FFN], ids=["harness_mlp", "candidate_ffn"])
 def test_the_scorers_shell_composes_the_models_logits_from_its_parts(source):
-    """shell.logits (numpy, in the scorer) around the parts' outputs is model.LM.forward: attention
+    """shell.forward and head (numpy, in the scorer) around the parts' outputs is model.LM.forward: attention
     layers, the harness MLP, norms, residuals and the tied head computed from the weights alone."""
     tier = resolve("micro", {"n_layers": 3})
     torch.manual_seed(0)
@@ -538,7 +538,8 @@ def test_the_scorers_shell_composes_the_models_logits_from_its_parts(source):
         with torch.no_grad():
             return (block.mixer if kind == "Mixer" else block.ffn)(torch.from_numpy(x).float()).double().numpy()
 
-    composed = shell.logits(runs, model.pattern, tier.n_heads, "FFN" in source, part)
+    ends, _ = shell.forward(runs, model.pattern, tier.n_heads, "FFN" in source, part)
+    composed = [shell.head(end, w) for end, (_, w) in zip(ends, runs)]
     for (tokens, _), mine in zip(runs, composed):
         with torch.no_grad():
             expected = model(torch.from_numpy(tokens)).numpy()

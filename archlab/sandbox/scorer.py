@@ -448,7 +448,7 @@ def logprob_gap(a: np.ndarray, b: np.ndarray) -> float:
     the check's own scale with it (a next-token oracle passed as 2e-5 relative)."""
     if a.size == 0:
         return 0.0
-    return float(np.abs(log_softmax(a.astype(np.float64)) - log_softmax(b.astype(np.float64))).max())
+    return float(np.abs(shell.log_softmax(a.astype(np.float64)) - shell.log_softmax(b.astype(np.float64))).max())
 
 
 def numbers(a: np.ndarray) -> int:
@@ -481,14 +481,9 @@ def canonical(weights: dict) -> dict:
     return out
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
 def token_losses(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Cross-entropy per position (nan where the target is IGNORE)."""
-    lp = log_softmax(logits)
+    lp = shell.log_softmax(logits)
     safe = np.where(targets == IGNORE, 0, targets)
     out = -np.take_along_axis(lp, safe[..., None], -1)[..., 0]
     return np.where(targets == IGNORE, np.nan, out)

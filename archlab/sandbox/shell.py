@@ -104,10 +104,9 @@ def head(h: np.ndarray, weights: dict) -> np.ndarray:
     return rms_norm(h, weights["norm.weight"].astype(np.float64)) @ weights["embed.weight"].astype(np.float64).T
 
 
-def logits(runs: list[tuple[np.ndarray, dict]], pattern: str, n_heads: int, has_ffn: bool, part) -> list[np.ndarray]:
-    """model.LM.forward (see forward) for each run."""
-    hs, _ = forward(runs, pattern, n_heads, has_ffn, part)
-    return [head(h, w) for h, (_, w) in zip(hs, runs)]
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 # -- backward: the gradients of model.lm_loss, for the scorer's check of a training server's ------
@@ -149,9 +148,7 @@ def gradients(runs: list[tuple], pattern: str, n_heads: int, has_ffn: bool, part
     ws = [floats(weights) for _, _, weights, _, _ in runs]
     out, ds = [], []
     for (_, targets, _, _, end), w in zip(runs, ws):
-        z = head(end, w)
-        lp = z - z.max(-1, keepdims=True)
-        lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+        lp = log_softmax(head(end, w))
         mask = targets != IGNORE
         at = np.where(mask, targets, 0)[..., None]
         dz = np.exp(lp)
