@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from archlab.config import RunConfig
-from archlab.sandbox.mechanisms import family, mechanisms
+from archlab.sandbox.mechanisms import mechanisms, named
 from archlab.sandbox.tiers import TIERS
 from archlab.search import archive, context, pipeline, sampling
 from archlab.search.driver import Run
@@ -45,22 +45,22 @@ def mixer(body: str, extra: str = "") -> str:
 
 
 @pytest.mark.parametrize(
-    "root, found, fam",
+    "root, found, called",
     [
-        ("deltanet", {"delta", "convolution", "gating"}, "delta"),
-        ("gated_deltanet", {"delta", "decay", "convolution", "gating"}, "delta"),
+        ("deltanet", {"delta", "convolution", "gating"}, "delta+gating+convolution"),
+        ("gated_deltanet", {"delta", "decay", "convolution", "gating"}, "delta+decay+gating+convolution"),
         ("deltanet_ablated", {"delta"}, "delta"),  # its helper takes log_decay=None: read, never given a value
-        ("transformer", set(), "other"),
+        ("transformer", set(), "none"),
     ],
 )
-def test_mechanisms_of_the_template_roots(root, found, fam):
+def test_mechanisms_of_the_template_roots(root, found, called):
     assert mechanisms(render_root(root)) == found
-    assert family(found) == fam
+    assert named(found) == called
 
 
 def test_mechanisms_of_code_outside_the_template():
     retention = mechanisms((REPO / "tests/roots/retention.py").read_text())
-    assert retention == {"decay", "gating"} and family(retention) == "decay"  # a gammas buffer, a sigmoid gate
+    assert retention == {"decay", "gating"} and named(retention) == "decay+gating"  # a gammas buffer, a sigmoid gate
     assert mechanisms((REPO / "bench/roots/gla_ablated.py").read_text()) == {"decay"}
     assert mechanisms((REPO / "bench/roots/gla_full.py").read_text()) == {"decay", "gating", "convolution"}
 
@@ -74,7 +74,7 @@ def test_mechanism_rules_on_small_mixers():
     assert mechanisms(mixer("log_decay = F.logsigmoid(self.g(x))\nreturn self.proj(x) * log_decay.exp()")) == {"decay"}
     assert mechanisms(mixer("forget_gate = self.g(x)\nreturn self.proj(x)")) == {"decay"}, "a forget gate decays"
     hybrid = mixer("return self.proj(x)", extra='LAYERS = "MA"')
-    assert mechanisms(hybrid) == {"hybrid"} and family(mechanisms(hybrid)) == "hybrid"
+    assert mechanisms(hybrid) == {"hybrid"} and named(mechanisms(hybrid)) == "hybrid"
     assert mechanisms(mixer("return self.proj(x)", extra='LAYERS = "A"')) == set(), "attention alone is no hybrid"
     ffn = mixer("return self.proj(x)") + textwrap.dedent(
         """
@@ -84,30 +84,37 @@ def test_mechanism_rules_on_small_mixers():
         """
     )
     assert mechanisms(ffn) == set(), "the FFN's GLU is not the mixer's gate"
-    assert mechanisms("class Mixer(:") == set() and family(set()) == "other"
-    assert family({"gating", "delta", "hybrid"}) == "hybrid" and family({"convolution", "decay"}) == "decay"
+    assert mechanisms("class Mixer(:") == set() and named(set()) == "none"
+    assert named({"gating", "delta", "hybrid"}) == "hybrid+delta+gating", "in MECHANISMS' order"
 
 
 def test_bins_are_fixed_and_relative_to_the_root():
     values = archive.describe(ROOT, ROOT, render_root("deltanet"), MICRO)
-    assert values["family"] == "delta" and values["speed"] == 0.0
+    assert values["mechanisms"] == ["convolution", "delta", "gating"] and values["speed"] == 0.0
     assert values["share"] == pytest.approx(21520 / (21520 + 36864))
-    assert archive.cell(values, MICRO) == "family=1;speed=2;share=3"
+    assert archive.cell(values, MICRO) == "mechanisms=26;speed=2;share=3"  # delta 2 + gating 8 + convolution 16
+    assert archive.MECHANISM_LABELS[26] == "delta+gating+convolution"
     twice = archive.describe({**ROOT, "tokens_per_s": 50000.0}, ROOT, None, MICRO)
-    assert twice["family"] == "other" and archive.bins(archive.cell(twice, MICRO))["speed"] == 4  # 2x: the top bin
+    assert twice["mechanisms"] == [] and archive.bins(archive.cell(twice, MICRO))["speed"] == 4  # 2x: the top bin
     half = archive.describe({**ROOT, "tokens_per_s": 12600.0}, ROOT, None, MICRO)
     assert archive.bins(archive.cell(half, MICRO))["speed"] == 1  # just above 1/2
     assert archive.cell(archive.describe({**ROOT, "tokens_per_s": None}, ROOT, None, MICRO), MICRO) == ""
     # Only what the tier measures: micro has neither state bytes nor probes, explore has both.
-    assert archive.axes(MICRO) == ("family", "speed", "share") and archive.reachable(MICRO) == 6 * 5 * 10
-    assert archive.axes(SMOKE)[-1] == "state" and archive.reachable(SMOKE) == 6 * 5 * 10 * 5
-    assert archive.reachable(EXPLORE) == 6 * 5 * 10 * 5 * 4
+    assert archive.axes(MICRO) == ("mechanisms", "speed", "share") and archive.reachable(MICRO) == 32 * 5 * 10
+    assert archive.axes(SMOKE)[-1] == "state" and archive.reachable(SMOKE) == 32 * 5 * 10 * 5
+    assert archive.reachable(EXPLORE) == 32 * 5 * 10 * 5 * 4
     root = {**ROOT, "state_bytes": 4096, "mqar_acc_p2": 1.0, "mqar_acc_p8": 0.3}
     node = {**root, "state_bytes": 16384, "mqar_acc_p8": 0.8}
     values = archive.describe(node, root, None, EXPLORE)
     assert values["state"] == 2.0 and values["recall"] == 0.8  # the hardest level: 8 pairs
     # (the share is read at explore's width, d_model 128: 21,520 of (133,472 - 32,768 - 640) / 2 per block)
-    assert archive.bins(archive.cell(values, EXPLORE)) == {"family": 5, "speed": 2, "share": 4, "state": 4, "recall": 3}
+    assert archive.bins(archive.cell(values, EXPLORE)) == {
+        "mechanisms": 0,
+        "speed": 2,
+        "share": 4,
+        "state": 4,
+        "recall": 3,
+    }
 
 
 def _store(tmp_path: Path, nodes: list[tuple]) -> Store:
@@ -119,7 +126,11 @@ def _store(tmp_path: Path, nodes: list[tuple]) -> Store:
     return store
 
 
-CELL_A, CELL_B, CELL_C = "family=1;speed=2;share=3", "family=1;speed=4;share=3", "family=0;speed=2;share=5"
+CELL_A, CELL_B, CELL_C = (
+    "mechanisms=26;speed=2;share=3",
+    "mechanisms=26;speed=4;share=3",
+    "mechanisms=27;speed=2;share=5",
+)
 
 
 def test_elites_coverage_and_qd_score(tmp_path):
@@ -137,13 +148,13 @@ def test_elites_coverage_and_qd_score(tmp_path):
     )
     found = archive.load(store, MICRO)
     assert {k: e["id"] for k, e in found.elites.items()} == {CELL_A: 1, CELL_B: 3, CELL_C: 4}
-    assert found.coverage == 3 / 300
+    assert found.coverage == 3 / 1600
     assert found.qd_score == pytest.approx((0.3 + 1) + (-0.5 + 1) + 0)
-    assert {at: e["id"] for at, e in found.projection("family", "share").items()} == {(1, 3): 1, (0, 5): 4}
+    assert {at: e["id"] for at, e in found.projection("mechanisms", "share").items()} == {(26, 3): 1, (27, 5): 4}
     g = archive.grid(found)
-    assert (g["x"], g["y"]) == ("family", "share") and g["occupied"] == 3 and len(g["cells"]) == 2
+    assert (g["x"], g["y"]) == ("mechanisms", "share") and g["occupied"] == 3 and len(g["cells"]) == 2
     with pytest.raises(ValueError, match="no 'recall' axis"):
-        archive.grid(found, "family", "recall")
+        archive.grid(found, "mechanisms", "recall")
     assert (
         archive.load(store, MICRO, where="status = 'done' and fitness is not null and id != 1").elites[CELL_A]["id"]
         == 2
@@ -199,36 +210,45 @@ def test_a_run_from_before_the_archive_opens_and_is_described(tmp_path):
     assert {k: e["id"] for k, e in lazily.elites.items()} == {CELL_A: 0, CELL_B: 1}
 
     resumed = Store(tmp_path, create=True)
-    assert len(resumed.undescribed()) == 2
-    assert archive.backfill(resumed, MICRO) == 2 and resumed.undescribed() == []
-    assert resumed.node(1)["descriptors"]["family"] == "delta" and resumed.node(1)["cell"] == CELL_B
+    assert len(resumed.undescribed(archive.OUTDATED)) == 2
+    assert archive.backfill(resumed, MICRO) == 2 and resumed.undescribed(archive.OUTDATED) == []
+    assert resumed.node(1)["descriptors"]["mechanisms"] == ["convolution", "delta", "gating"]
+    assert resumed.node(1)["cell"] == CELL_B
     assert archive.load(resumed, MICRO).elites == lazily.elites
     assert archive.backfill(resumed, MICRO) == 0
+    # A cell of the archive before the mechanisms axis (one "family" bin) is described again too.
+    resumed.update_node(1, cell="family=1;speed=4;share=3")
+    assert archive.load(resumed, MICRO).elites == lazily.elites  # read: placed anew, in memory
+    assert archive.backfill(resumed, MICRO) == 1 and resumed.node(1)["cell"] == CELL_B
 
 
 def test_the_frontier_of_a_cell_is_its_empty_neighbours_in_words(tmp_path):
     """What an exploring researcher is told: the parent's cell and the cells one step away (any other
-    family; one bin up or down elsewhere) that no node holds; and which nodes opened a cell."""
-    near = "family=1;speed=3;share=3"  # next to CELL_A on the speed axis, occupied
+    mechanism more or fewer; one bin up or down elsewhere) that no node holds; the sets of mechanisms
+    held; and which nodes opened a cell."""
+    near = "mechanisms=26;speed=3;share=3"  # next to CELL_A on the speed axis, occupied
     store = _store(
         tmp_path, [(0, "done", 0.0, CELL_A), (1, "done", 0.2, CELL_A), (2, "done", 0.1, near), (3, "failed", None, "")]
     )
     assert archive.words(CELL_A) == (
-        "mechanism family delta, training tokens/s vs the root 0.84-1.19x, mixer share of a block's parameters 30-40%"
+        "mechanisms delta+gating+convolution, training tokens/s vs the root 0.84-1.19x, "
+        "mixer share of a block's parameters 30-40%"
     )
     empty = archive.frontier(store, CELL_A, limit=20)
     assert len(empty) == 5 + 1 + 2 and near not in empty and CELL_A not in empty
-    assert "family=0;speed=2;share=3" in empty and "family=1;speed=1;share=3" in empty
-    assert "family=1;speed=2;share=4" in empty and "family=1;speed=2;share=2" in empty
+    assert "mechanisms=27;speed=2;share=3" in empty and "mechanisms=24;speed=2;share=3" in empty  # +hybrid, -delta
+    assert "mechanisms=26;speed=1;share=3" in empty
+    assert "mechanisms=26;speed=2;share=4" in empty and "mechanisms=26;speed=2;share=2" in empty
     assert archive.frontier(store, CELL_A) == empty[:6]
-    assert archive.frontier(store, "family=0;speed=0;share=0", limit=20)[-2:] == [
-        "family=0;speed=1;share=0",
-        "family=0;speed=0;share=1",
+    assert archive.frontier(store, "mechanisms=0;speed=0;share=0", limit=20)[-2:] == [
+        "mechanisms=0;speed=1;share=0",
+        "mechanisms=0;speed=0;share=1",
     ]  # no bin below the first
     assert store.cell_openers() == {0, 2}
     assert context.explore(store, store.node(1)) == {
         "cell": archive.words(CELL_A),
         "empty": [archive.words(k) for k in empty[:6]],
+        "held": ["delta+gating+convolution"],
     }
 
 

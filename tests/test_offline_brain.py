@@ -287,7 +287,7 @@ def test_operators_that_only_change_the_speed_are_swept_last():
     assert OfflineBrain(knowledge).research(context(tried, 0))[1][0].decision["ranked"][0] == "chunk_size"
 
 
-EXPLORE = {"cell": "mechanism family delta, ...", "empty": ["mechanism family hybrid, ..."]}
+EXPLORE = {"cell": "mechanisms delta, ...", "empty": ["mechanisms hybrid+delta, ..."]}
 
 
 def test_a_parent_drawn_from_the_archive_gets_the_change_likeliest_to_open_a_cell():
@@ -326,3 +326,25 @@ def test_a_parent_drawn_from_the_archive_gets_the_change_likeliest_to_open_a_cel
         ctx.explore = EXPLORE
         proposal, _ = OfflineBrain(knowledge).research(ctx)
         assert proposal.operator.startswith("code:") or proposal.design["beta"] == "const", proposal.design
+
+
+def test_an_exploring_parent_first_gets_a_change_to_a_set_of_mechanisms_no_node_has():
+    """Such a child opens a cell whatever its speed and share: read from the rendered code, it goes
+    before an untried value (beta=const) and before changes that opened cells before (layers=MA)."""
+    knowledge = KnowledgeIndex.load(embeddings=False)
+    history = every_value_set(0.0, but=lambda op, value: op.name == "beta" and value == "const")
+    for row in history:
+        row["opened"] = row["change"] == {"layers": "MA"}
+    held = ["delta", "delta+gating", "delta+convolution", "hybrid+delta"]  # the ablated parent is "delta"
+    made = []
+    for seed in range(20):
+        ctx = context(history, seed)
+        ctx.explore = {**EXPLORE, "held": held}
+        proposal, _ = OfflineBrain(knowledge).research(ctx)
+        if not proposal.operator.startswith("code:"):
+            made.append(proposal.design["forget_gate"])
+    assert made and set(made) <= {"data", "fixed"}, made  # the one change to delta+decay, a set not held
+    ctx = context(history, 0)
+    ctx.explore = {**EXPLORE, "held": [*held, "delta+decay"]}  # every set one change reaches is held
+    proposal, _ = OfflineBrain(knowledge).research(ctx)
+    assert proposal.operator.startswith("code:") or proposal.design["beta"] == "const", proposal.design

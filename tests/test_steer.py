@@ -125,9 +125,10 @@ def test_a_parent_drawn_from_the_archive_asks_the_llm_for_an_empty_cell(tmp_path
     prompts = [e["messages"][1]["content"] for e in script.log if e["role"] == "researcher"]
     assert prompts and all("# Explore: this parent was drawn from the archive" in p for p in prompts)
     root_cell = Store(tmp_path / "run").node(0)["cell"]
-    assert "mechanism family delta, training tokens/s vs the root 0.84-1.19x" in prompts[0]
+    assert "mechanisms delta+gating+convolution, training tokens/s vs the root 0.84-1.19x" in prompts[0]
     assert root_cell and "No design holds these cells next to it yet:" in prompts[0]
-    assert "- mechanism family hybrid, training tokens/s vs the root 0.84-1.19x" in prompts[0]
+    assert "- mechanisms hybrid+delta+gating+convolution, training tokens/s vs the root 0.84-1.19x" in prompts[0]
+    assert "designs have so far:\ndelta+gating+convolution" in prompts[0]
 
 
 def test_stop_finishes_the_candidate_in_flight_and_starts_no_new_one(tmp_path):

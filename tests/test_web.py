@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import pytest
 
 import helpers
+from archlab.search import archive
 from helpers import CHROMIUM, CHROMIUM_ARGS, Server
 
 pytestmark = pytest.mark.browser
@@ -138,9 +139,11 @@ def test_browser_archive_grid_links_to_its_elites(served, shots):
 
     run, server = served
     grid = server.get_json("/api/archive")
-    assert (grid["x"], grid["y"]) == ("family", "share") and grid["reachable"] == 300  # micro: no state, no recall
+    assert (grid["x"], grid["y"]) == ("mechanisms", "share") and grid["reachable"] == 1600  # micro: no state, recall
     stored = {n["cell"] for n in helpers.node_rows(run) if n["status"] == "done"}
-    assert grid["occupied"] == len(stored) >= 1 and grid["coverage"] == len(stored) / 300
+    assert grid["occupied"] == len(stored) >= 1 and grid["coverage"] == len(stored) / 1600
+    held = {int(key.split(";")[0].split("=")[1]) for key in stored}  # the mechanisms' bins: the sets held
+    assert grid["x_labels"] == [archive.MECHANISM_LABELS[i] for i in sorted(held)]
     assert server.request("GET", "/api/archive?y=recall")[0] == 400
     problems = []
     with sync_playwright() as p:
@@ -150,10 +153,10 @@ def test_browser_archive_grid_links_to_its_elites(served, shots):
         page.goto(server.url + "#/archive")
         cells = page.locator('[data-testid="archive-cell"]')
         expect(cells).to_have_count(len(grid["cells"]), timeout=30_000)
-        expect(page.locator('[data-testid="archive-summary"]')).to_contain_text(f"{grid['occupied']} of 300 cells")
+        expect(page.locator('[data-testid="archive-summary"]')).to_contain_text(f"{grid['occupied']} of 1600 cells")
         page.screenshot(path=str(shots / "6-archive.png"))
         page.locator('[data-testid="archive-y"]').select_option("speed")
-        expect(page).to_have_url(server.url + "#/archive?x=family&y=speed")
+        expect(page).to_have_url(server.url + "#/archive?x=mechanisms&y=speed")
         speed = server.get_json("/api/archive?y=speed")
         expect(cells).to_have_count(len(speed["cells"]))
         elite = speed["cells"][0]["id"]

@@ -29,6 +29,7 @@ from archlab.agents.code_edits import Edit
 from archlab.agents.schema import Context, Proposal, Trace
 from archlab.knowledge import KnowledgeIndex
 from archlab.knowledge.lessons import Lesson, code_hash, priors
+from archlab.sandbox.mechanisms import mechanisms, named
 from archlab.templates import Design, render
 
 
@@ -283,19 +284,25 @@ class OfflineBrain:
         opened = _openings(ctx.history) if ctx.explore is not None else {}  # only an exploring proposal reads it
         if self.guided and ctx.explore is not None:
             # A parent drawn from the archive to widen the search: the value likeliest to open a cell no
-            # node holds, whatever it gained (untried values first, then by how often they opened one).
+            # node holds, whatever it gained (one that gives the design a set of mechanisms no node has
+            # first: it opens one for sure; then untried values, then by how often they opened one).
             best = {
                 op.name: min(
                     (
-                        (*_novelty(opened.get((op.name, json.dumps(getattr(d, op.field))))), ctx.rng.random(), d)
+                        (
+                            _known_mechanisms(ctx, render(d)),
+                            *_novelty(opened.get((op.name, json.dumps(getattr(d, op.field))))),
+                            ctx.rng.random(),
+                            d,
+                        )
                         for d in fresh[op.name]
                     ),
-                    key=lambda t: t[:3],
+                    key=lambda t: t[:4],
                     default=None,
                 )
                 for op in applicable
             }
-            ranked = sorted(applicable, key=lambda op: best[op.name][:3] if best[op.name] else (2, 0.0, 0.0))
+            ranked = sorted(applicable, key=lambda op: best[op.name][:4] if best[op.name] else (2, 2, 0.0, 0.0))
         elif self.guided:
             best = {
                 op.name: min(((*arm(op, d), d) for d in fresh[op.name]), key=lambda t: t[:4], default=None)
@@ -391,7 +398,7 @@ class OfflineBrain:
         ctx.rng.shuffle(made)  # (ties are broken at random)
         opened = _openings(ctx.history) if ctx.explore is not None else {}  # only an exploring proposal reads it
         if self.guided and ctx.explore is not None:  # as for a template parent: the likeliest to open a cell
-            made.sort(key=lambda edit: _novelty(opened.get(CODE + edit.operator)))
+            made.sort(key=lambda edit: (_known_mechanisms(ctx, edit.code), *_novelty(opened.get(CODE + edit.operator))))
         elif self.guided:
             made.sort(key=lambda edit: _code_rank(edit, stats, arms, recommended, lessons))
         else:  # an operator drawn uniformly, then one of its edits
@@ -685,6 +692,12 @@ def _openings(history: list[dict]) -> dict:
 def _novelty(openings: list[float] | None) -> tuple[int, float]:
     """A change's rank when exploring: untried first, then by the share of its children that opened a cell."""
     return (0, 0.0) if not openings else (1, -statistics.fmean(openings))
+
+
+def _known_mechanisms(ctx: Context, code: str) -> bool:
+    """Whether some node of the archive has the set of mechanisms `code` has (False: a child with
+    this code opens a cell, whatever its speed and share)."""
+    return named(mechanisms(code)) in ctx.explore.get("held", ())
 
 
 def _explored(ctx: Context, opened: dict) -> dict:

@@ -56,7 +56,8 @@ class Context:
     rng: random.Random = field(default_factory=random.Random)  # seeded per node: reproducible choices
     notes: list[str] = field(default_factory=list)  # the user's hypotheses (`archlab steer RUN note`), given once
     # Set when the parent was drawn from the quality-diversity archive to widen the search: its cell
-    # and the empty cells next to it, in words ({"cell": str, "empty": [str]}); None otherwise.
+    # and the empty cells next to it, in words, and the sets of mechanisms some node has, by name
+    # ({"cell": str, "empty": [str], "held": ["delta+gating+convolution", ...]}); None otherwise.
     explore: dict | None = None
 
     def knowledge_query(self) -> str:

@@ -16,12 +16,11 @@ named `FFN` is the feed-forward block, not the mixer, and is skipped) and its `L
 Only names a class binds or calls count, not every name it reads: the template's helper takes a
 `log_decay` argument that is None unless the design forgets, so reading it is no evidence, while
 assigning it a value or registering a buffer under it is. (A mechanism hidden behind neutral names
-in a helper function is missed: the family then says "other" or the next mechanism, not a wrong one.)
+in a helper function is missed: the set then lacks it, it never names a wrong one.)
 
-A node belongs to one family, the first of FAMILIES among its mechanisms: the layout first (a
-hybrid is a different model whatever its recurrent layers do), then the state update from the
-most to the least expressive (a delta rule with a decay is a gated delta rule, a delta variant),
-then the parts around it; "other" when none is found (softmax attention, an unreadable file).
+A node's mechanisms, as a set, are one of the archive's descriptors: DeltaNet (a delta rule with a
+convolution and an output gate) and Gated DeltaNet (the same with a decay) are different designs, and a
+single "family" label (the first mechanism found) told them apart no better than the file's name.
 """
 
 import ast
@@ -29,7 +28,7 @@ import re
 
 from archlab.syntax import parse
 
-FAMILIES = ("hybrid", "delta", "decay", "gating", "convolution", "other")
+MECHANISMS = ("hybrid", "delta", "decay", "gating", "convolution")
 _DECAY_WORDS = {"decay", "forget", "gamma", "gammas", "retention", "gla"}
 _GATE_WORDS = {"gate", "gated", "gating"}
 _SQUASH = {"sigmoid", "silu"}  # what a gate multiplies by
@@ -37,7 +36,7 @@ _REGISTER = {"register_buffer", "register_parameter"}
 
 
 def mechanisms(code: str) -> set[str]:
-    """The mechanisms (FAMILIES but "other") that the code uses; empty when it does not parse."""
+    """The MECHANISMS that the code uses; empty when it does not parse."""
     try:
         tree = parse(code)
     except (SyntaxError, ValueError):
@@ -62,9 +61,9 @@ def mechanisms(code: str) -> set[str]:
     return found
 
 
-def family(found: set[str]) -> str:
-    """The family of a set of mechanisms: the first of FAMILIES it contains (see the module docstring)."""
-    return next((f for f in FAMILIES if f in found), "other")
+def named(found: set[str]) -> str:
+    """A set of mechanisms as one name, in MECHANISMS' order: "delta+gating+convolution" ("none": empty)."""
+    return "+".join(m for m in MECHANISMS if m in found) or "none"
 
 
 def declared_layers(source: str) -> str:

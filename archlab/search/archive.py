@@ -5,7 +5,7 @@ Descriptors of a finished node, each only where its tier measures it:
 
 | descriptor | value                                                       | bins (fixed)                       |
 |------------|-------------------------------------------------------------|------------------------------------|
-| family     | the mechanism family read from the code (archlab/sandbox/mechanisms)| hybrid, delta, decay, gating, convolution, other |
+| mechanisms | the set of mechanisms read from the code (archlab/sandbox/mechanisms) | every subset of hybrid, delta, decay, gating, convolution (32) |
 | speed      | log2(training tokens/s / the root's), every tier            | < 1/2, 1/2-0.84, 0.84-1.19, 1.19-2, > 2 times the root's |
 | share      | the mixer's share of a block's parameters (mixer + FFN)      | tenths: 0-10%, ..., 90-100%        |
 | state      | log2(decoding state bytes / the root's), tiers with hardware metrics (smoke and up) | as speed |
@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 from archlab.sandbox.data import VOCAB_SIZE
-from archlab.sandbox.mechanisms import FAMILIES, family, mechanisms
+from archlab.sandbox.mechanisms import MECHANISMS, mechanisms, named
 from archlab.sandbox.tiers import Tier
 from archlab.tree.store import DONE, Store
 
@@ -38,16 +38,21 @@ SHARE_EDGES = tuple(i / 10 for i in range(1, 10))
 SHARE_LABELS = tuple(f"{10 * i}-{10 * (i + 1)}%" for i in range(10))
 RECALL_EDGES = (0.25, 0.5, 0.75)
 RECALL_LABELS = ("0-25%", "25-50%", "50-75%", "75-100%")
+# a set of mechanisms is a bit mask over MECHANISMS: bin i holds the set whose bits make i ("none": 0)
+MECHANISM_LABELS = tuple(
+    named({m for b, m in enumerate(MECHANISMS) if i >> b & 1}) for i in range(2 ** len(MECHANISMS))
+)
+OUTDATED = "family="  # the cells of archlab before the mechanisms axis: described again
 # descriptor -> the labels of its bins, in the order a cell names them
 AXES = {
-    "family": FAMILIES,
+    "mechanisms": MECHANISM_LABELS,
     "speed": RATIO_LABELS,
     "share": SHARE_LABELS,
     "state": RATIO_LABELS,
     "recall": RECALL_LABELS,
 }
 AXIS_TITLES = {
-    "family": "mechanism family",
+    "mechanisms": "mechanisms",
     "speed": "training tokens/s vs the root",
     "share": "mixer share of a block's parameters",
     "state": "decoding state bytes vs the root",
@@ -58,7 +63,7 @@ AXIS_TITLES = {
 def axes(tier: Tier) -> tuple[str, ...]:
     """The descriptors this tier measures."""
     return (
-        "family",
+        "mechanisms",
         "speed",
         "share",
         *(("state",) if tier.hardware else ()),
@@ -79,7 +84,6 @@ def describe(metrics: dict, root: dict, code: str | None, tier: Tier) -> dict:
     )
     values = {
         "mechanisms": sorted(found),
-        "family": family(found),
         "speed": _log_ratio(metrics.get("tokens_per_s"), root.get("tokens_per_s")),
         "share": min(1.0, metrics["mixer_params"] / per_block)
         if metrics.get("mixer_params") and per_block > 0
@@ -94,15 +98,15 @@ def describe(metrics: dict, root: dict, code: str | None, tier: Tier) -> dict:
 
 
 def cell(values: dict, tier: Tier) -> str:
-    """The cell a node's descriptors place it in, "family=delta;speed=2;share=3" (bin indices), or ""
+    """The cell a node's descriptors place it in, "mechanisms=26;speed=2;share=3" (bin indices), or ""
     when one the tier measures is missing."""
     bins = []
     for axis in axes(tier):
         v = values.get(axis)
         if v is None:
             return ""
-        if axis == "family":
-            index = FAMILIES.index(v)
+        if axis == "mechanisms":
+            index = sum(1 << b for b, m in enumerate(MECHANISMS) if m in v)
         else:
             edges = {"share": SHARE_EDGES, "recall": RECALL_EDGES}.get(axis, RATIO_EDGES)
             index = sum(v >= e for e in edges)
@@ -116,24 +120,31 @@ def bins(cell_key: str) -> dict[str, int]:
 
 
 def words(cell_key: str) -> str:
-    """A cell as a person reads it: "mechanism family delta, training tokens/s vs the root 0.84-1.19x, ..."."""
+    """A cell as a person reads it: "mechanisms delta+gating+convolution, training tokens/s vs the root 0.84-1.19x, ..."."""
     return ", ".join(f"{AXIS_TITLES[axis]} {AXES[axis][i]}" for axis, i in bins(cell_key).items())
 
 
 def frontier(store: Store, cell_key: str, limit: int = 6) -> list[str]:
     """The cells next to `cell_key` that no node holds yet, where exploring from its elite can go:
-    another mechanism family (families have no order), or one bin up or down on another axis."""
+    one mechanism more or fewer (sets have no order), or one bin up or down on another axis."""
     occupied = {e["cell"] for e in store.archive_elites() or []}
     here = bins(cell_key)
     near = []
     for axis, index in here.items():
-        steps = range(len(AXES[axis])) if axis == "family" else (index - 1, index + 1)
+        steps = [index ^ 1 << b for b in range(len(MECHANISMS))] if axis == "mechanisms" else (index - 1, index + 1)
         near += [
             ";".join(f"{a}={j if a == axis else i}" for a, i in here.items())
             for j in steps
             if j != index and 0 <= j < len(AXES[axis])
         ]
     return [key for key in near if key not in occupied][:limit]
+
+
+def held(store: Store) -> list[str]:
+    """The sets of mechanisms some node of the archive has, by name: what an exploring proposal can
+    add to (a child with a set no node has opens a cell, whatever its speed and share)."""
+    found = {bins(e["cell"]).get("mechanisms") for e in store.archive_elites() or []}
+    return [MECHANISM_LABELS[i] for i in sorted(found - {None})]
 
 
 def node_fields(metrics: dict, root: dict, code: str | None, tier: Tier) -> dict:
@@ -168,10 +179,10 @@ class Archive:
 
 def grid(found: Archive, x: str | None = None, y: str | None = None) -> dict:
     """The archive seen along two descriptors, as the web UI and the report draw it: by default the
-    mechanism family against the most informative one the tier measures (recall, else state bytes,
+    mechanisms against the most informative one the tier measures (recall, else state bytes,
     else the mixer share). ValueError for a descriptor the tier does not measure."""
     names = axes(found.tier)
-    x, y = x or "family", y or names[-1]
+    x, y = x or "mechanisms", y or names[-1]
     for axis in (x, y):
         if axis not in names:
             raise ValueError(
@@ -179,16 +190,22 @@ def grid(found: Archive, x: str | None = None, y: str | None = None) -> dict:
             )
     if x == y:
         raise ValueError("choose two different axes")
+    shown = found.projection(x, y)
+    # Along the mechanisms the grid draws only the sets some node has: of 32, a run holds a few.
+    xs, ys = (
+        sorted({at[k] for at in shown}) if axis == "mechanisms" else list(range(len(AXES[axis])))
+        for k, axis in enumerate((x, y))
+    )
     return {
         "axes": list(names),
         "titles": {a: AXIS_TITLES[a] for a in names},
         "x": x,
         "y": y,
-        "x_labels": list(AXES[x]),
-        "y_labels": list(AXES[y]),
+        "x_labels": [AXES[x][i] for i in xs],
+        "y_labels": [AXES[y][j] for j in ys],
         "cells": [
-            {"x": i, "y": j, "id": e["id"], "fitness": e["fitness"]}
-            for (i, j), e in sorted(found.projection(x, y).items())
+            {"x": xs.index(i), "y": ys.index(j), "id": e["id"], "fitness": e["fitness"]}
+            for (i, j), e in sorted(shown.items())
         ],
         "occupied": len(found.elites),
         "reachable": reachable(found.tier),
@@ -201,8 +218,8 @@ def grid(found: Archive, x: str | None = None, y: str | None = None) -> dict:
 def load(store: Store, tier: Tier, where: str = DONE) -> Archive:
     """The archive of the nodes `where` selects; nodes not yet described (an older run, read-only)
     are described here, in memory."""
-    elites = {e["cell"]: e for e in store.archive_elites(where) or []}
-    pending = store.undescribed()
+    elites = {e["cell"]: e for e in store.archive_elites(where) or [] if not e["cell"].startswith(OUTDATED)}
+    pending = store.undescribed(OUTDATED)
     if pending:
         root = store.node(0)["metrics"] if store.has_node(0) else {}
         allowed = set(store.node_ids(where))
@@ -219,7 +236,7 @@ def load(store: Store, tier: Tier, where: str = DONE) -> Archive:
 
 def backfill(store: Store, tier: Tier) -> int:
     """Describe the finished nodes of a run from an older archlab (resuming it); how many."""
-    pending = store.undescribed()
+    pending = store.undescribed(OUTDATED)
     if not pending:
         return 0
     root = store.node(0)["metrics"] or {}

@@ -44,9 +44,14 @@ def context(run, state: dict) -> Context:
 
 
 def explore(store: Store, parent: dict) -> dict:
-    """For a parent drawn from the archive: its cell and the empty cells next to it, in words."""
+    """For a parent drawn from the archive: its cell and the empty cells next to it, in words, and the
+    sets of mechanisms the archive holds."""
     cell = parent.get("cell") or ""
-    return {"cell": archive.words(cell), "empty": [archive.words(k) for k in archive.frontier(store, cell)]}
+    return {
+        "cell": archive.words(cell),
+        "empty": [archive.words(k) for k in archive.frontier(store, cell)],
+        "held": archive.held(store),
+    }
 
 
 def history(store: Store) -> list[dict]:

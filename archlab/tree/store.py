@@ -538,9 +538,12 @@ class Store:
             return set()
         return {r[0] for r in self.db.execute("select min(id) from nodes where cell != '' group by cell")}
 
-    def undescribed(self) -> list[dict]:
-        """The finished nodes the archive has not described yet (a run from an older archlab)."""
-        return self.nodes(f"{DONE} and cell is null" if self.has_column("nodes", "cell") else DONE)
+    def undescribed(self, outdated: str) -> list[dict]:
+        """The finished nodes the archive has not described yet, or described in cells whose key starts
+        with `outdated` (a run from an older archlab)."""
+        if not self.has_column("nodes", "cell"):
+            return self.nodes(DONE)
+        return self.nodes(f"{DONE} and (cell is null or substr(cell, 1, ?) = ?)", [len(outdated), outdated])
 
     # -- evaluations, traces, events ---------------------------------------------------------
     def add_evaluation(self, node_id: int, tier: str, seed: int, result, log: str | None, kind: str = "search") -> None:
