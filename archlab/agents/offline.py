@@ -281,11 +281,14 @@ class OfflineBrain:
                 return lead, False, -statistics.fmean(stats[op.name]), ctx.rng.random()
             return lead, False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
 
-        opened = _openings(ctx.history) if ctx.explore is not None else {}  # only an exploring proposal reads it
-        if self.guided and ctx.explore is not None:
-            # A parent drawn from the archive to widen the search: the value likeliest to open a cell no
-            # node holds, whatever it gained (one that gives the design a set of mechanisms no node has
-            # first: it opens one for sure; then untried values, then by how often they opened one).
+        exploring = self.guided and _new_sets(ctx, (render(d) for op in applicable for d in fresh[op.name]))
+        opened = _openings(ctx.history) if exploring else {}  # only an exploring proposal reads it
+        if exploring:
+            # A parent drawn from the archive to widen the search, with a change that gives it a set of
+            # mechanisms no node has (its child opens a cell for sure): such a change, whatever it
+            # gained (untried values first, then by how often they opened a cell). With none, the
+            # parent is built on as any other: aiming at a speed or share bin alone spent evaluations
+            # on timing noise and cost AUC (bench/search_efficiency.py, ablated root).
             best = {
                 op.name: min(
                     (
@@ -326,7 +329,7 @@ class OfflineBrain:
             )
         else:
             ranked = ctx.rng.sample(applicable, len(applicable))
-        exploit = self.guided and ctx.explore is None  # a transplant repeats a known gain: not exploring
+        exploit = self.guided and not exploring  # a transplant repeats a known gain: not exploring
         choice = self._transplant(ctx, parent) if exploit and ctx.rng.random() < TRANSPLANT_SHARE else None
         for op in ranked:
             if choice is not None:
@@ -371,7 +374,7 @@ class OfflineBrain:
                 arms,
             ),
             "ranked": [o.name for o in ranked],
-            **_explored(ctx, opened),
+            **_explored(ctx, exploring, opened),
             "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
             "cited": cited["id"] if cited else None,
@@ -396,8 +399,9 @@ class OfflineBrain:
             e for op in code_edits.OPERATORS for e in code_edits.candidates(ctx.parent_code, op, donors, _max_size(ctx))
         ]
         ctx.rng.shuffle(made)  # (ties are broken at random)
-        opened = _openings(ctx.history) if ctx.explore is not None else {}  # only an exploring proposal reads it
-        if self.guided and ctx.explore is not None:  # as for a template parent: the likeliest to open a cell
+        exploring = self.guided and _new_sets(ctx, (edit.code for edit in made))
+        opened = _openings(ctx.history) if exploring else {}  # only an exploring proposal reads it
+        if exploring:  # as for a template parent: a new set of mechanisms first, then the likeliest to open a cell
             made.sort(key=lambda edit: (_known_mechanisms(ctx, edit.code), *_novelty(opened.get(CODE + edit.operator))))
         elif self.guided:
             made.sort(key=lambda edit: _code_rank(edit, stats, arms, recommended, lessons))
@@ -406,7 +410,7 @@ class OfflineBrain:
             ctx.rng.shuffle(ops)
             made.sort(key=lambda edit: ops.index(edit.operator))
         ops = list(dict.fromkeys(e.operator for e in made))
-        exploit = self.guided and ctx.explore is None
+        exploit = self.guided and not exploring
         choice = self._code_transplant(ctx) if exploit and ctx.rng.random() < TRANSPLANT_SHARE else None
         if choice is None:
             edit = code_edits.first(made, ctx.parent_code, ctx.seen_code)
@@ -444,7 +448,7 @@ class OfflineBrain:
                 arms,
             ),
             "ranked": [CODE + op for op in ops],
-            **_explored(ctx, opened),
+            **_explored(ctx, exploring, opened),
             "donors": sorted(donors),
             "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
@@ -700,9 +704,16 @@ def _known_mechanisms(ctx: Context, code: str) -> bool:
     return named(mechanisms(code)) in ctx.explore.get("held", ())
 
 
-def _explored(ctx: Context, opened: dict) -> dict:
-    """For the decision trace of an exploring proposal: the parent's cell, the empty cells next to it
-    and how often each change opened a cell so far."""
+def _new_sets(ctx: Context, codes) -> bool:
+    """Whether the parent was drawn from the archive and one of these children's `codes` has a set of
+    mechanisms no node has."""
+    return ctx.explore is not None and not all(_known_mechanisms(ctx, code) for code in codes)
+
+
+def _explored(ctx: Context, exploring: bool, opened: dict) -> dict:
+    """For the decision trace of a parent drawn from the archive: its cell, the empty cells next to it,
+    whether the proposal aimed at a new set of mechanisms (`new_set`) and, if so, how often each change
+    opened a cell so far."""
     if ctx.explore is None:
         return {}
     rates = {
@@ -712,7 +723,7 @@ def _explored(ctx: Context, opened: dict) -> dict:
         }
         for key, v in sorted(opened.items(), key=lambda kv: str(kv[0]))
     }
-    return {"explore": {**ctx.explore, "openings": rates}}
+    return {"explore": {**ctx.explore, "new_set": exploring, "openings": rates}}
 
 
 def _lesson_kind(ctx: Context, lessons: dict, parent: Design) -> bool | None:
