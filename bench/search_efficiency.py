@@ -12,7 +12,7 @@ results.json and one SVG of best-so-far per root.
 The first strategy listed (by default `asi`, the default) is compared with each of the others, per
 seed. `asi` is ASI-Arch-style parent selection (the offline brain picks operators with a bandit over
 their gains plus what the knowledge base recommends); `asi-qd` exploits as `asi` and draws its exploring
-fifth of parents from the MAP-Elites archive, their proposals aimed at cells no node holds. The baselines: `evolution` (regularized evolution:
+fifth of parents from the MAP-Elites archive, their proposals aimed at sets of mechanisms no node has. The baselines: `evolution` (regularized evolution:
 tournament among the recent population, uniformly random mutations) and `random` (uniformly random
 parent and mutation).
 

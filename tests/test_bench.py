@@ -31,8 +31,8 @@ def test_search_efficiency_quick(tmp_path):
     for r in results["runs"]:
         assert len(r["curve"]) == 2 and r["curve"] == sorted(r["curve"]) and r["best_gain"] == r["curve"][-1] >= 0
         assert 0 <= r["failed_rate"] <= 1 and r["root_val_loss"] > 0
-        # the root and up to 2 candidates in the micro grid's 300 cells, each elite at least the floor
-        assert 1 <= r["qd_cells"] <= 3 and r["qd_coverage"] == r["qd_cells"] / 300 and r["qd_score"] >= 1.0
+        # the root and up to 2 candidates in the micro grid's 1,600 cells, each elite at least the floor
+        assert 1 <= r["qd_cells"] <= 3 and r["qd_coverage"] == r["qd_cells"] / 1600 and r["qd_score"] >= 1.0
     assert (tmp_path / "best_so_far-deltanet.svg").read_text().startswith("<svg")
     assert "QD coverage" in out and "deltanet: asi " in out and "on qd coverage" in out
     qd_run = Path(next(r["run"] for r in results["runs"] if r["strategy"] == "asi-qd"))

@@ -25,7 +25,7 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
         # all there is, and building on children that lost to the root spent evaluations that
         # tournament selection did not (bench/search_efficiency.py). `asi-qd` exploits alike and
         # explores from the quality-diversity archive (archive.py), marking that parent: its
-        # proposal then aims at a cell no node holds (a quarter of parents from the archive on top
+        # proposal then aims at a set of mechanisms no node has (a quarter of parents from the archive on top
         # of asi's exploring share cost AUC and widened nothing: bench/README.md).
         good = f"{where} and fitness >= 0"
         top = store.nodes(good, order="fitness desc, id", limit=10)
