@@ -173,6 +173,16 @@ def test_qd_strategy_draws_elites_deterministically(tmp_path):
     ways = [p["drawn"] for p in mixed]
     assert 0.1 < ways.count("archive") / len(ways) < 0.3  # asi's exploring share, EXPLORE_SHARE = 0.2
     assert {p["id"] for p in mixed if p["drawn"] == "archive"} == {1, 2}
+    # asi-qd weighs the cells by their elites' rank (the best half the time), qd draws them uniformly
+    four = _store(
+        tmp_path / "four",
+        [(0, "done", 0.0, CELL_A), (1, "done", 0.3, CELL_B), (2, "done", 0.2, CELL_C), (3, "done", 0.1, CELL_A)],
+    )
+    ranked = [sampling.select_parent(four, "asi-qd", random.Random(seed)) for seed in range(2000)]
+    ranked = [p["id"] for p in ranked if p["drawn"] == "archive"]
+    uniform = [sampling.select_parent(four, "qd", random.Random(seed))["id"] for seed in range(400)]
+    assert 0.45 < ranked.count(1) / len(ranked) < 0.65 and ranked.count(2) > ranked.count(3)  # 4/7, 2/7, 1/7
+    assert all(0.25 < uniform.count(i) / len(uniform) < 0.42 for i in (1, 2, 3))  # the elites of 3 cells
     # the rest is asi's own draw, parent for parent: asi-qd exploits exactly as asi does
     plain = [sampling.select_parent(store, "asi", random.Random(seed))["id"] for seed in range(200)]
     assert all(p["id"] == q for p, q in zip(mixed, plain) if p["drawn"] == "asi")
@@ -224,8 +234,8 @@ def test_a_run_from_before_the_archive_opens_and_is_described(tmp_path):
 
 def test_the_frontier_of_a_cell_is_its_empty_neighbours_in_words(tmp_path):
     """What an exploring researcher is told: the parent's cell and the cells one step away (any other
-    mechanism more or fewer; one bin up or down elsewhere) that no node holds; the sets of mechanisms
-    held; and which nodes opened a cell."""
+    mechanism more or fewer; one bin up or down elsewhere) that no node holds; and the sets of
+    mechanisms held."""
     near = "mechanisms=26;speed=3;share=3"  # next to CELL_A on the speed axis, occupied
     store = _store(
         tmp_path, [(0, "done", 0.0, CELL_A), (1, "done", 0.2, CELL_A), (2, "done", 0.1, near), (3, "failed", None, "")]
@@ -234,17 +244,16 @@ def test_the_frontier_of_a_cell_is_its_empty_neighbours_in_words(tmp_path):
         "mechanisms delta+gating+convolution, training tokens/s vs the root 0.84-1.19x, "
         "mixer share of a block's parameters 30-40%"
     )
-    empty = archive.frontier(store, CELL_A, limit=20)
+    empty = archive.frontier(store.archive_elites(), CELL_A, limit=20)
     assert len(empty) == 5 + 1 + 2 and near not in empty and CELL_A not in empty
     assert "mechanisms=27;speed=2;share=3" in empty and "mechanisms=24;speed=2;share=3" in empty  # +hybrid, -delta
     assert "mechanisms=26;speed=1;share=3" in empty
     assert "mechanisms=26;speed=2;share=4" in empty and "mechanisms=26;speed=2;share=2" in empty
-    assert archive.frontier(store, CELL_A) == empty[:6]
-    assert archive.frontier(store, "mechanisms=0;speed=0;share=0", limit=20)[-2:] == [
+    assert archive.frontier(store.archive_elites(), CELL_A) == empty[:6]
+    assert archive.frontier(store.archive_elites(), "mechanisms=0;speed=0;share=0", limit=20)[-2:] == [
         "mechanisms=0;speed=1;share=0",
         "mechanisms=0;speed=0;share=1",
     ]  # no bin below the first
-    assert store.cell_openers() == {0, 2}
     assert context.explore(store, store.node(1)) == {
         "cell": archive.words(CELL_A),
         "empty": [archive.words(k) for k in empty[:6]],

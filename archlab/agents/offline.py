@@ -281,34 +281,24 @@ class OfflineBrain:
                 return lead, False, -statistics.fmean(stats[op.name]), ctx.rng.random()
             return lead, False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
 
-        exploring = self.guided and _new_sets(ctx, (render(d) for op in applicable for d in fresh[op.name]))
-        opened = _openings(ctx.history) if exploring else {}  # only an exploring proposal reads it
-        if exploring:
-            # A parent drawn from the archive to widen the search, with a change that gives it a set of
-            # mechanisms no node has (its child opens a cell for sure): such a change, whatever it
-            # gained (untried values first, then by how often they opened a cell). With none, the
-            # parent is built on as any other: aiming at a speed or share bin alone spent evaluations
-            # on timing noise and cost AUC (bench/search_efficiency.py, ablated root).
+        # A parent drawn from the archive to widen the search: a change that gives it a set of mechanisms
+        # no node has (its child opens a cell for sure) goes first, the one the bandit rates best (ranked
+        # by how often a change opened cells instead, whatever it gained, the exploring fifth ended behind
+        # asi on the best gain). With none, the parent is built on as any other: aiming at a speed or
+        # share bin alone spent evaluations on timing noise and cost AUC (bench/search_efficiency.py).
+        new = (
+            _new_sets(ctx, {(op.name, i): render(d) for op in applicable for i, d in enumerate(fresh[op.name])})
+            if self.guided and ctx.explore is not None
+            else set()
+        )
+        exploring = bool(new)
+        if self.guided:
             best = {
                 op.name: min(
-                    (
-                        (
-                            _known_mechanisms(ctx, render(d)),
-                            *_novelty(opened.get((op.name, json.dumps(getattr(d, op.field))))),
-                            ctx.rng.random(),
-                            d,
-                        )
-                        for d in fresh[op.name]
-                    ),
-                    key=lambda t: t[:4],
+                    (((op.name, i) not in new, *arm(op, d), d) for i, d in enumerate(fresh[op.name])),
+                    key=lambda t: t[:5],
                     default=None,
                 )
-                for op in applicable
-            }
-            ranked = sorted(applicable, key=lambda op: best[op.name][:4] if best[op.name] else (2, 2, 0.0, 0.0))
-        elif self.guided:
-            best = {
-                op.name: min(((*arm(op, d), d) for d in fresh[op.name]), key=lambda t: t[:4], default=None)
                 for op in applicable
             }
             # Untried operators first, in the order the knowledge base suggests, then operators with an
@@ -321,10 +311,10 @@ class OfflineBrain:
             ranked = sorted(
                 applicable,
                 key=lambda op: (
-                    best[op.name][0] if best[op.name] else 1,  # what a lesson says helped first, hurt last
+                    best[op.name][:2] if best[op.name] else (True, 1),  # a new set; what a lesson says helped
                     op.name in stats or op.name in learned,
                     op.speed_only and statistics.fmean(stats.get(op.name) or [0.0]) <= NOISE_FLOOR,
-                    best[op.name][1:4] if best[op.name] else (True, 0.0, 0.0),
+                    best[op.name][2:5] if best[op.name] else (True, 0.0, 0.0),
                 ),
             )
         else:
@@ -374,7 +364,7 @@ class OfflineBrain:
                 arms,
             ),
             "ranked": [o.name for o in ranked],
-            **_explored(ctx, exploring, opened),
+            **_explored(ctx, exploring),
             "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
             "cited": cited["id"] if cited else None,
@@ -399,12 +389,18 @@ class OfflineBrain:
             e for op in code_edits.OPERATORS for e in code_edits.candidates(ctx.parent_code, op, donors, _max_size(ctx))
         ]
         ctx.rng.shuffle(made)  # (ties are broken at random)
-        exploring = self.guided and _new_sets(ctx, (edit.code for edit in made))
-        opened = _openings(ctx.history) if exploring else {}  # only an exploring proposal reads it
-        if exploring:  # as for a template parent: a new set of mechanisms first, then the likeliest to open a cell
-            made.sort(key=lambda edit: (_known_mechanisms(ctx, edit.code), *_novelty(opened.get(CODE + edit.operator))))
-        elif self.guided:
-            made.sort(key=lambda edit: _code_rank(edit, stats, arms, recommended, lessons))
+        new = (
+            _new_sets(ctx, {i: e.code for i, e in enumerate(made)})
+            if self.guided and ctx.explore is not None
+            else set()
+        )
+        exploring = bool(new)
+        if self.guided:  # as for a template parent: a change to a new set of mechanisms first when exploring
+            order = {
+                id(edit): (i not in new, *_code_rank(edit, stats, arms, recommended, lessons))
+                for i, edit in enumerate(made)
+            }
+            made.sort(key=lambda edit: order[id(edit)])
         else:  # an operator drawn uniformly, then one of its edits
             ops = list(code_edits.OPERATORS)
             ctx.rng.shuffle(ops)
@@ -448,7 +444,7 @@ class OfflineBrain:
                 arms,
             ),
             "ranked": [CODE + op for op in ops],
-            **_explored(ctx, exploring, opened),
+            **_explored(ctx, exploring),
             "donors": sorted(donors),
             "query": query,
             "retrieved": [{"kind": h.kind, "id": h.id, "title": h.title} for h in hits],
@@ -684,46 +680,17 @@ def _code_stats(history: list[dict]) -> tuple[dict[str, list[float]], dict[str, 
     return per_operator, per_arm
 
 
-def _openings(history: list[dict]) -> dict:
-    """Whether each finished child opened an archive cell (1.0) or not, per (operator, arm) of the
-    template operators and per operator of the code edits (their arms are sites: too many to learn)."""
-    out: dict = {}
-    for name, arm, _, row in credits(history):
-        out.setdefault((name, arm) if name in BY_NAME else name, []).append(float(bool(row.get("opened"))))
-    return out
+def _new_sets(ctx: Context, codes: dict) -> set:
+    """For a parent drawn from the archive (ctx.explore), the keys of the children's `codes` whose set
+    of mechanisms no node has: such a child opens a cell, whatever its speed and share."""
+    held = set(ctx.explore.get("held", ()))
+    return {key for key, code in codes.items() if named(mechanisms(code)) not in held}
 
 
-def _novelty(openings: list[float] | None) -> tuple[int, float]:
-    """A change's rank when exploring: untried first, then by the share of its children that opened a cell."""
-    return (0, 0.0) if not openings else (1, -statistics.fmean(openings))
-
-
-def _known_mechanisms(ctx: Context, code: str) -> bool:
-    """Whether some node of the archive has the set of mechanisms `code` has (False: a child with
-    this code opens a cell, whatever its speed and share)."""
-    return named(mechanisms(code)) in ctx.explore.get("held", ())
-
-
-def _new_sets(ctx: Context, codes) -> bool:
-    """Whether the parent was drawn from the archive and one of these children's `codes` has a set of
-    mechanisms no node has."""
-    return ctx.explore is not None and not all(_known_mechanisms(ctx, code) for code in codes)
-
-
-def _explored(ctx: Context, exploring: bool, opened: dict) -> dict:
+def _explored(ctx: Context, exploring: bool) -> dict:
     """For the decision trace of a parent drawn from the archive: its cell, the empty cells next to it,
-    whether the proposal aimed at a new set of mechanisms (`new_set`) and, if so, how often each change
-    opened a cell so far."""
-    if ctx.explore is None:
-        return {}
-    rates = {
-        (f"{key[0]}={key[1]}" if isinstance(key, tuple) else key): {
-            "n": len(v),
-            "opened": round(statistics.fmean(v), 3),
-        }
-        for key, v in sorted(opened.items(), key=lambda kv: str(kv[0]))
-    }
-    return {"explore": {**ctx.explore, "new_set": exploring, "openings": rates}}
+    the sets of mechanisms held, and whether the proposal aimed at a new set (`new_set`)."""
+    return {} if ctx.explore is None else {"explore": {**ctx.explore, "new_set": exploring}}
 
 
 def _lesson_kind(ctx: Context, lessons: dict, parent: Design) -> bool | None:

@@ -49,7 +49,7 @@ class Context:
     siblings: list[dict] = field(default_factory=list)
     history: list[dict] = field(
         default_factory=list
-    )  # finished children: node, operator, fitness, parent_fitness, change, edit, opened
+    )  # finished children: node, operator, fitness, parent_fitness, change, edit
     seen: Callable[[dict], bool] = lambda design: False
     seen_code: Callable[[str], bool] = lambda code: False  # the file is already a node (or claimed by one in flight)
     code: Callable[[int], str] = lambda node_id: ""  # another node's file (crossover donors)

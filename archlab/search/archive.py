@@ -124,10 +124,11 @@ def words(cell_key: str) -> str:
     return ", ".join(f"{AXIS_TITLES[axis]} {AXES[axis][i]}" for axis, i in bins(cell_key).items())
 
 
-def frontier(store: Store, cell_key: str, limit: int = 6) -> list[str]:
-    """The cells next to `cell_key` that no node holds yet, where exploring from its elite can go:
-    one mechanism more or fewer (sets have no order), or one bin up or down on another axis."""
-    occupied = {e["cell"] for e in store.archive_elites() or []}
+def frontier(elites: list[dict], cell_key: str, limit: int = 6) -> list[str]:
+    """The cells next to `cell_key` that none of the archive's `elites` (Store.archive_elites) holds,
+    where exploring from its elite can go: one mechanism more or fewer (sets have no order), or one
+    bin up or down on another axis."""
+    occupied = {e["cell"] for e in elites}
     here = bins(cell_key)
     near = []
     for axis, index in here.items():
@@ -140,10 +141,10 @@ def frontier(store: Store, cell_key: str, limit: int = 6) -> list[str]:
     return [key for key in near if key not in occupied][:limit]
 
 
-def held(store: Store) -> list[str]:
-    """The sets of mechanisms some node of the archive has, by name: what an exploring proposal can
+def held(elites: list[dict]) -> list[str]:
+    """The sets of mechanisms the archive's `elites` have, by name: what an exploring proposal can
     add to (a child with a set no node has opens a cell, whatever its speed and share)."""
-    found = {bins(e["cell"]).get("mechanisms") for e in store.archive_elites() or []}
+    found = {bins(e["cell"]).get("mechanisms") for e in elites}
     return [MECHANISM_LABELS[i] for i in sorted(found - {None})]
 
 

@@ -46,20 +46,18 @@ def context(run, state: dict) -> Context:
 def explore(store: Store, parent: dict) -> dict:
     """For a parent drawn from the archive: its cell and the empty cells next to it, in words, and the
     sets of mechanisms the archive holds."""
-    cell = parent.get("cell") or ""
+    cell, elites = parent.get("cell") or "", store.archive_elites() or []
     return {
         "cell": archive.words(cell),
-        "empty": [archive.words(k) for k in archive.frontier(store, cell)],
-        "held": archive.held(store),
+        "empty": [archive.words(k) for k in archive.frontier(elites, cell)],
+        "held": archive.held(elites),
     }
 
 
 def history(store: Store) -> list[dict]:
     """Every finished child beside its parent, as the researcher credits it: node, parent, operator,
-    fitness, parent_fitness, change (template designs), edit (code edits: what to make again elsewhere),
-    opened (it was the first node of its archive cell)."""
+    fitness, parent_fitness, change (template designs), edit (code edits: what to make again elsewhere)."""
     edits = store.code_edits()
-    openers = store.cell_openers()
     return [
         {
             "node": r["child"],
@@ -69,7 +67,6 @@ def history(store: Store) -> list[dict]:
             "parent_fitness": r["parent_fitness"],
             "change": _change(r["design"], r["parent_design"]),
             "edit": edits.get(r["child"]),
-            "opened": r["child"] in openers,
         }
         for r in store.parent_child_pairs()
     ]

@@ -24,9 +24,11 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
         # as ASI-Arch samples parents from its top candidates only: in a young tree the top ten are
         # all there is, and building on children that lost to the root spent evaluations that
         # tournament selection did not (bench/search_efficiency.py). `asi-qd` exploits alike and
-        # explores from the quality-diversity archive (archive.py), marking that parent: its
-        # proposal then aims at a set of mechanisms no node has (a quarter of parents from the archive on top
-        # of asi's exploring share cost AUC and widened nothing: bench/README.md).
+        # explores from the quality-diversity archive (archive.py): the elites of the cells, rank-weighted
+        # as the top is (a cell drawn uniformly spent a fifth of the evaluations on weak parents and
+        # ended behind asi on the best gain), marking that parent: its proposal then aims at a set of
+        # mechanisms no node has (a quarter of parents from the archive on top of asi's exploring share
+        # cost AUC and widened nothing: bench/README.md).
         good = f"{where} and fitness >= 0"
         top = store.nodes(good, order="fitness desc, id", limit=10)
         if not top:  # the root itself failed or was re-scored below zero: fall back to everything
@@ -34,10 +36,10 @@ def select_parent(store: Store, strategy: str, rng: random.Random, where: str = 
         if not top:
             return None
         if rng.random() < 1 - EXPLORE_SHARE:
-            parent = rng.choices(top, weights=[0.5**i for i in range(len(top))])[0]
+            parent = _ranked(top, rng)
             return parent | {"drawn": "asi"} if strategy == "asi-qd" else parent
         if strategy == "asi-qd":
-            parent = _elite(store, where, rng)
+            parent = _elite(store, where, rng, ranked=True)
             if parent is not None:
                 return parent | {"drawn": "archive"}
         return _any(store, good, rng)
@@ -74,13 +76,22 @@ def sample_references(store: Store, parent: dict, rng: random.Random, k: int = 4
     return best + nxt
 
 
-def _elite(store: Store, where: str, rng: random.Random) -> dict | None:
-    """MAP-Elites' draw: a cell uniformly among the occupied ones whose elite did not lose to the
-    root (all occupied cells when none did; building on nodes that lost to the root spends
-    evaluations, as `asi` found), then that cell's elite. None before any node is in the archive."""
+def _elite(store: Store, where: str, rng: random.Random, ranked: bool = False) -> dict | None:
+    """MAP-Elites' draw: a cell uniformly (`ranked`: rank-weighted by its elite's fitness) among the
+    occupied ones whose elite did not lose to the root (all occupied cells when none did; building on
+    nodes that lost to the root spends evaluations, as `asi` found), then that cell's elite. None
+    before any node is in the archive."""
     elites = store.archive_elites(where) or []
     good = [e for e in elites if e["fitness"] >= 0] or elites
-    return store.node(rng.choice(good)["id"]) if good else None
+    if not good:
+        return None
+    pick = _ranked(sorted(good, key=lambda e: (-e["fitness"], e["id"])), rng) if ranked else rng.choice(good)
+    return store.node(pick["id"])
+
+
+def _ranked(best_first: list[dict], rng: random.Random) -> dict:
+    """One of `best_first`, the first half the time, the next a quarter, and so on."""
+    return rng.choices(best_first, weights=[0.5**i for i in range(len(best_first))])[0]
 
 
 def _any(store: Store, where: str, rng: random.Random) -> dict | None:

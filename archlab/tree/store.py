@@ -532,12 +532,6 @@ class Store:
         ).fetchall()
         return [dict(zip(("id", "cell", "fitness"), r)) for r in rows]
 
-    def cell_openers(self) -> set[int]:
-        """The first node (lowest id) of every occupied archive cell: the nodes that widened the archive."""
-        if not self.has_column("nodes", "cell"):
-            return set()
-        return {r[0] for r in self.db.execute("select min(id) from nodes where cell != '' group by cell")}
-
     def undescribed(self, outdated: str) -> list[dict]:
         """The finished nodes the archive has not described yet, or described in cells whose key starts
         with `outdated` (a run from an older archlab)."""
