@@ -73,7 +73,7 @@ def run(
         None, "--root", help="deltanet | gated_deltanet | deltanet_ablated | transformer | FILE"
     ),
     strategy: Optional[str] = typer.Option(
-        None, "--strategy", help="parent selection: asi | asi-qd | qd | ucb | evolution | random"
+        None, "--strategy", help="parent selection: asi-qd (default) | asi | qd | ucb | evolution | random"
     ),
     islands: Optional[int] = typer.Option(
         None,
@@ -943,7 +943,7 @@ def fork(
     ),
     tier: Optional[str] = typer.Option(None, "--tier", help="the new run's tier (default: the source run's)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="the new run's seed (default: the source run's)"),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="asi | asi-qd | qd | ucb | evolution | random"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="asi-qd | asi | qd | ucb | evolution | random"),
     max_nodes: Optional[int] = typer.Option(None, "--max-nodes", min=1, help="the new run's node budget"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:

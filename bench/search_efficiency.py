@@ -9,15 +9,16 @@ cells of the tier's grid) and QD-score (the elites' fitness above a floor), both
 archive with the same fixed bins for every strategy (archlab/search/archive.py); as a table,
 results.json and one SVG of best-so-far per root.
 
-The first strategy listed (by default `asi`, the default) is compared with each of the others, per
+The first strategy listed (by default `asi-qd`, the default) is compared with each of the others, per
 seed. `asi` is ASI-Arch-style parent selection (the offline brain picks operators with a bandit over
-their gains plus what the knowledge base recommends); `asi-qd` exploits as `asi` and draws its exploring
-fifth of parents from the MAP-Elites archive, their proposals aimed at sets of mechanisms no node has. The baselines: `evolution` (regularized evolution:
+their gains plus what the knowledge base recommends); `asi-qd` exploits as `asi` and draws its
+exploring fifth of parents from the MAP-Elites archive (cells rank-weighted by their elite's fitness),
+their proposals aimed at sets of mechanisms no node has. The baselines: `evolution` (regularized evolution:
 tournament among the recent population, uniformly random mutations) and `random` (uniformly random
 parent and mutation).
 
     python bench/search_efficiency.py                    # CPU: micro tier, 40 evaluations, 3 seeds, 2 roots (~45 min on 2 cores)
-    python bench/search_efficiency.py --strategies asi-qd asi --jobs 1   # asi-qd against the default
+    python bench/search_efficiency.py --strategies asi-qd asi --jobs 2   # the default against plain asi (~20 min)
     python bench/search_efficiency.py --tier smoke --jobs 8   # a bigger machine
     python bench/search_efficiency.py --quick            # a few minutes: checks that it all works
     python bench/search_efficiency.py --strategies asi --islands 3   # every run with 3 islands (rows say asi-i3)
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from discovery import best_so_far, curves_svg, fmt, mean_std, quality_diversity, run_all, search
 
-STRATEGIES = ("asi", "asi-qd", "evolution", "random")  # the default first: it is compared with each other one
+STRATEGIES = ("asi-qd", "asi", "evolution", "random")  # the default first: it is compared with each other one
 METRICS = ("best_gain", "auc", "qd_coverage", "qd_score")  # compared per seed, higher is better
 ROOTS = ("deltanet", "deltanet_ablated")
 

@@ -34,13 +34,13 @@ def test_search_efficiency_quick(tmp_path):
         # the root and up to 2 candidates in the micro grid's 1,600 cells, each elite at least the floor
         assert 1 <= r["qd_cells"] <= 3 and r["qd_coverage"] == r["qd_cells"] / 1600 and r["qd_score"] >= 1.0
     assert (tmp_path / "best_so_far-deltanet.svg").read_text().startswith("<svg")
-    assert "QD coverage" in out and "deltanet: asi " in out and "on qd coverage" in out
+    assert "QD coverage" in out and "deltanet: asi-qd " in out and "on qd coverage" in out
     qd_run = Path(next(r["run"] for r in results["runs"] if r["strategy"] == "asi-qd"))
     selections = [t for t in helpers.table_rows(qd_run, "traces") if t["role"] == "selector"]
     assert len(selections) == 2 and all(json.loads(t["decision"])["drawn"] in ("archive", "asi") for t in selections)
     assert all(n["cell"] for n in helpers.node_rows(qd_run) if n["status"] == "done"), "each node placed when recorded"
-    for baseline in ("asi-qd", "evolution", "random"):
-        paired = results["summary"][f"deltanet/asi-vs-{baseline}"]
+    for baseline in ("asi", "evolution", "random"):  # the default, asi-qd, against each
+        paired = results["summary"][f"deltanet/asi-qd-vs-{baseline}"]
         assert paired["seeds"] == 1 and set(paired["wins"]) == {"best_gain", "auc", "qd_coverage", "qd_score"}
         assert set(paired["wins"].values()) <= {0, 1}
 

@@ -50,7 +50,7 @@ THREE = {
 }
 
 
-@pytest.mark.parametrize("strategy", ["asi", "ucb", "evolution", "random"])
+@pytest.mark.parametrize("strategy", ["asi-qd", "asi", "ucb", "evolution", "random"])
 def test_every_strategy_draws_parents_from_its_island_its_migrants_and_the_root(tmp_path, strategy):
     store = Store(tmp_path, create=True)
     tree(store, THREE)
