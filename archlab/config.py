@@ -54,7 +54,7 @@ class RunConfig(BaseModel):
     root: str = Field("deltanet", description="built-in root name or path of a candidate file")
     llm: str = Field("offline", description="'offline' (embedded brain) or PROVIDER:MODEL")
     # asi-qd: ASI-Arch's selection, its exploring fifth from the quality-diversity archive (sampling.py);
-    # wider than asi and not behind on the best (bench/search_efficiency.py, README's table).
+    # wider than asi and level with it on quality (bench/search_efficiency.py, README's table).
     strategy: Literal["asi", "asi-qd", "qd", "ucb", "evolution", "random"] = "asi-qd"
     # Islands (archlab/search/islands.py): sub-populations, each drawing parents with `strategy` from its own nodes.
     islands: int = Field(1, ge=1, description="sub-populations of the search; 1: one population")

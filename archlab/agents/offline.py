@@ -281,11 +281,11 @@ class OfflineBrain:
                 return lead, False, -statistics.fmean(stats[op.name]), ctx.rng.random()
             return lead, False, -KNOWLEDGE_BONUS * (op.name in recommended), ctx.rng.random()  # an untried operator
 
-        # A parent drawn from the archive to widen the search: a change that gives it a set of mechanisms
-        # no node has (its child opens a cell for sure) goes first, the one the bandit rates best (ranked
-        # by how often a change opened cells instead, whatever it gained, the exploring fifth ended behind
-        # asi on the best gain). With none, the parent is built on as any other: aiming at a speed or
-        # share bin alone spent evaluations on timing noise and cost AUC (bench/search_efficiency.py).
+        # A parent drawn from the archive to widen the search: the changes that give it a set of
+        # mechanisms no node has (its child opens a cell for sure) go first, in the bandit's order
+        # (ranking them by how often a change had opened cells, whatever it gained, left the exploring
+        # fifth behind asi on the best gain). With none, the parent is built on as any other: aiming at a
+        # speed or share bin alone spent evaluations on timing noise and cost AUC (bench/search_efficiency.py).
         new = (
             _new_sets(ctx, {(op.name, i): render(d) for op in applicable for i, d in enumerate(fresh[op.name])})
             if self.guided and ctx.explore is not None
