@@ -389,18 +389,10 @@ class OfflineBrain:
             e for op in code_edits.OPERATORS for e in code_edits.candidates(ctx.parent_code, op, donors, _max_size(ctx))
         ]
         ctx.rng.shuffle(made)  # (ties are broken at random)
-        new = (
-            _new_sets(ctx, {i: e.code for i, e in enumerate(made)})
-            if self.guided and ctx.explore is not None
-            else set()
-        )
+        new = _new_sets(ctx, {e.code: e.code for e in made}) if self.guided and ctx.explore is not None else set()
         exploring = bool(new)
         if self.guided:  # as for a template parent: a change to a new set of mechanisms first when exploring
-            order = {
-                id(edit): (i not in new, *_code_rank(edit, stats, arms, recommended, lessons))
-                for i, edit in enumerate(made)
-            }
-            made.sort(key=lambda edit: order[id(edit)])
+            made.sort(key=lambda edit: (edit.code not in new, *_code_rank(edit, stats, arms, recommended, lessons)))
         else:  # an operator drawn uniformly, then one of its edits
             ops = list(code_edits.OPERATORS)
             ctx.rng.shuffle(ops)
